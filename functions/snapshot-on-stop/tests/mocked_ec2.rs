@@ -1,0 +1,151 @@
+//! What the emulator cannot do, with `aws-smithy-mocks`: AWS's `InvalidAMIName.Duplicate` on a
+//! redelivery racing the first, and throttling that the SDK's retry absorbs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use amiguard::snapshot_on_stop::core::SnapshotScope;
+use amiguard::snapshot_on_stop::ec2::{CreateImageOutcome, Ec2Client, SnapshotOnStopEc2};
+use aws_sdk_ec2::config::retry::RetryConfig;
+use aws_sdk_ec2::operation::create_image::CreateImageOutput;
+use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
+use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+use aws_sdk_ec2::operation::describe_launch_template_versions::DescribeLaunchTemplateVersionsOutput;
+use aws_sdk_ec2::operation::describe_launch_templates::DescribeLaunchTemplatesOutput;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, DeviceType, EbsBlockDevice, Image, Instance, InstanceState, InstanceStateName, LaunchTemplate,
+    LaunchTemplateVersion, Reservation, ResponseLaunchTemplateData, Tag,
+};
+use aws_sdk_ec2::Client;
+use aws_smithy_mocks::{mock, mock_client, RuleMode};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::http::StatusCode;
+use aws_smithy_types::body::SdkBody;
+use serde_json::json;
+use snapshot_on_stop::{handle, Config, Outcome};
+
+const INSTANCE: &str = "i-0123456789abcdef0";
+const IMAGE: &str = "ami-0aaaabbbbccccdddd";
+const NAME: &str = "amiguard-i-0123456789abcdef0-20261127T101530Z";
+
+/// An EC2 query-protocol error answer, as AWS sends it.
+fn ec2_error(status: u16, code: &str) -> HttpResponse {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code><Message>{code} (mocked)</Message></Error></Errors><RequestID>r-1</RequestID></Response>"
+    );
+    HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body))
+}
+
+fn fast_retries(builder: aws_sdk_ec2::config::Builder) -> aws_sdk_ec2::config::Builder {
+    builder.retry_config(RetryConfig::standard().with_max_attempts(4).with_initial_backoff(Duration::from_millis(1)))
+}
+
+fn image() -> Image {
+    Image::builder()
+        .image_id(IMAGE)
+        .name(NAME)
+        .creation_date("2026-11-27T10:16:00.000Z")
+        .tags(Tag::builder().key("amiguard:source-instance").value(INSTANCE).build())
+        .tags(Tag::builder().key("amiguard:created-by").value("snapshot-on-stop").build())
+        .tags(Tag::builder().key("amiguard:stopped-at").value("2026-11-27T10:15:30Z").build())
+        .block_device_mappings(
+            BlockDeviceMapping::builder().device_name("/dev/xvda").ebs(EbsBlockDevice::builder().snapshot_id("snap-1").build()).build(),
+        )
+        .build()
+}
+
+#[tokio::test]
+async fn a_duplicate_name_answer_is_an_image_made_already() {
+    let duplicate = mock!(Client::create_image).then_http_response(|| ec2_error(400, "InvalidAMIName.Duplicate"));
+    let ec2 = Ec2Client::new(mock_client!(aws_sdk_ec2, [&duplicate]));
+    let outcome = ec2.create_image(INSTANCE, NAME, "d", &[]).await.unwrap();
+    assert_eq!(outcome, CreateImageOutcome::NameTaken);
+}
+
+#[tokio::test]
+async fn the_handler_answers_already_created_when_aws_says_the_name_is_taken() {
+    let instance = mock!(Client::describe_instances).then_output(|| {
+        DescribeInstancesOutput::builder()
+            .reservations(
+                Reservation::builder()
+                    .instances(
+                        Instance::builder()
+                            .instance_id(INSTANCE)
+                            .state(InstanceState::builder().name(InstanceStateName::Stopped).build())
+                            .root_device_type(DeviceType::Ebs)
+                            .tags(Tag::builder().key("amiguard:snapshot-on-stop").value("true").build())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    });
+    // The name lookup finds nothing (another delivery is creating it right now), then finds it.
+    let by_name = mock!(Client::describe_images)
+        .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("name")))
+        .sequence()
+        .output(|| DescribeImagesOutput::builder().build())
+        .output(|| DescribeImagesOutput::builder().images(image()).build())
+        .build();
+    let create = mock!(Client::create_image).then_http_response(|| ec2_error(400, "InvalidAMIName.Duplicate"));
+    let by_id = mock!(Client::describe_images)
+        .match_requests(|r| r.image_ids() == [IMAGE])
+        .then_output(|| DescribeImagesOutput::builder().images(image()).build());
+    let by_tags = mock!(Client::describe_images)
+        .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("tag:amiguard:source-instance")))
+        .then_output(|| DescribeImagesOutput::builder().images(image()).build());
+    let tag = mock!(Client::create_tags).then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+    let template = mock!(Client::describe_launch_templates).then_output(|| {
+        DescribeLaunchTemplatesOutput::builder()
+            .launch_templates(LaunchTemplate::builder().launch_template_id("lt-1").launch_template_name(format!("amiguard-{INSTANCE}")).build())
+            .build()
+    });
+    let versions = mock!(Client::describe_launch_template_versions).then_output(|| {
+        DescribeLaunchTemplateVersionsOutput::builder()
+            .launch_template_versions(
+                LaunchTemplateVersion::builder()
+                    .version_number(4)
+                    .default_version(true)
+                    .launch_template_data(ResponseLaunchTemplateData::builder().image_id(IMAGE).build())
+                    .build(),
+            )
+            .build()
+    });
+    let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&instance, &by_name, &create, &by_id, &by_tags, &tag, &template, &versions]);
+    let config = Config { scope: SnapshotScope::Tagged, keep_last: 3, dry_run: false };
+    let mut event: serde_json::Value = serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();
+    event["detail"]["instance-id"] = json!(INSTANCE);
+
+    let report = handle(&Ec2Client::new(client), &config, event).await.unwrap();
+
+    assert_eq!(report.outcome, Outcome::AlreadyCreated);
+    assert_eq!(report.image_id.as_deref(), Some(IMAGE));
+    assert_eq!(create.num_calls(), 1);
+    assert_eq!(tag.num_calls(), 1, "the snapshots are tagged on the redelivery too");
+    assert_eq!(report.launch_template.map(|t| (t.id, t.version)), Some(("lt-1".to_string(), 4)));
+}
+
+#[tokio::test]
+async fn throttling_is_retried_until_the_call_succeeds() {
+    let throttled = mock!(Client::create_image)
+        .sequence()
+        .http_response(|| ec2_error(503, "RequestLimitExceeded"))
+        .times(2)
+        .output(|| CreateImageOutput::builder().image_id(IMAGE).build())
+        .build();
+    let client = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&throttled], fast_retries);
+    let outcome = Ec2Client::new(client).create_image(INSTANCE, NAME, "d", &[]).await.unwrap();
+    assert_eq!(outcome, CreateImageOutcome::Created(IMAGE.to_string()));
+    assert_eq!(throttled.num_calls(), 3);
+}
+
+#[tokio::test]
+async fn other_errors_keep_their_aws_code() {
+    let denied = mock!(Client::create_image).then_http_response(|| ec2_error(403, "UnauthorizedOperation"));
+    let client = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&denied], fast_retries);
+    let err = Ec2Client::new(client).create_image(INSTANCE, NAME, "d", &[]).await.unwrap_err();
+    assert_eq!(err.code, "UnauthorizedOperation");
+    assert_eq!(err.operation, "CreateImage");
+    assert_eq!(denied.num_calls(), 1, "a refusal is not retried");
+}

@@ -1,0 +1,17 @@
+//! amiguard: the pure core and the AWS adapters shared by the amiguard Lambda functions.
+//!
+//! Each function has a module: a pure `core` (decisions over plain data, no I/O, tested
+//! exhaustively) and an `ec2` adapter (a narrow trait and its `aws_sdk_ec2::Client` impl).
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod report;
+pub mod sdk;
+pub mod tags;
+
+pub mod snapshot_on_stop;
+pub mod sweeper;
+pub mod trust;
+
+pub use error::AwsError;

@@ -1,0 +1,377 @@
+//! The EC2 calls snapshot-on-stop makes, behind a narrow trait so that the handler can be
+//! exercised against the emulator, or against mocks for what the emulator cannot do.
+
+use std::future::Future;
+
+use aws_sdk_ec2::types::{Filter, RequestLaunchTemplateData, ResourceType, TagSpecification};
+
+use crate::error::AwsError;
+use crate::sdk;
+use crate::tags::{self, Tag};
+
+use super::core::InstanceFacts;
+
+/// An image as the adapter reports it: plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub image_id: String,
+    pub name: Option<String>,
+    pub state: Option<String>,
+    pub creation_date: Option<String>,
+    pub tags: Vec<Tag>,
+    pub snapshot_ids: Vec<String>,
+}
+
+/// The answer to CreateImage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateImageOutcome {
+    Created(String),
+    /// `InvalidAMIName.Duplicate`: an earlier delivery of the same event made it already.
+    NameTaken,
+}
+
+/// A launch template and one of its versions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LaunchTemplateRef {
+    pub id: String,
+    pub version: i64,
+}
+
+/// A version of a launch template and the image it launches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchTemplateVersion {
+    pub version: i64,
+    pub image_id: Option<String>,
+    pub is_default: bool,
+}
+
+pub trait SnapshotOnStopEc2: Sync {
+    /// The instance, or `None` when EC2 no longer knows it.
+    fn describe_instance(&self, instance_id: &str) -> impl Future<Output = Result<Option<InstanceFacts>, AwsError>> + Send;
+    /// This account's image named `name`, if any (every state, disabled and deprecated included).
+    fn find_own_image_by_name(&self, name: &str) -> impl Future<Output = Result<Option<ImageRecord>, AwsError>> + Send;
+    fn describe_image(&self, image_id: &str) -> impl Future<Output = Result<Option<ImageRecord>, AwsError>> + Send;
+    /// CreateImage without reboot, tagging the image (only) with `image_tags`.
+    fn create_image(
+        &self,
+        instance_id: &str,
+        name: &str,
+        description: &str,
+        image_tags: &[Tag],
+    ) -> impl Future<Output = Result<CreateImageOutcome, AwsError>> + Send;
+    fn create_tags(&self, resource_ids: &[String], tags: &[Tag]) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// This account's images tagged with every `(key, value)` of `tag_filters`, every page.
+    fn list_own_images_tagged(&self, tag_filters: &[Tag]) -> impl Future<Output = Result<Vec<ImageRecord>, AwsError>> + Send;
+    fn deregister_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn delete_snapshot(&self, snapshot_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// `GetLaunchTemplateData` of the instance.
+    fn instance_launch_data(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<aws_sdk_ec2::types::ResponseLaunchTemplateData, AwsError>> + Send;
+    /// The id of the launch template named `name`, or `None` when there is none.
+    fn find_launch_template(&self, name: &str) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
+    fn create_launch_template(
+        &self,
+        name: &str,
+        data: RequestLaunchTemplateData,
+        version_description: &str,
+        tags: &[Tag],
+    ) -> impl Future<Output = Result<LaunchTemplateRef, AwsError>> + Send;
+    fn create_launch_template_version(
+        &self,
+        template_id: &str,
+        data: RequestLaunchTemplateData,
+        version_description: &str,
+    ) -> impl Future<Output = Result<i64, AwsError>> + Send;
+    fn set_default_launch_template_version(&self, template_id: &str, version: i64) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn list_launch_template_versions(&self, template_id: &str) -> impl Future<Output = Result<Vec<LaunchTemplateVersion>, AwsError>> + Send;
+    /// Cleanup that loses nothing when it fails: few retries, the caller reports a warning.
+    fn delete_launch_template_versions(&self, template_id: &str, versions: &[i64]) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// The real EC2 client.
+#[derive(Debug, Clone)]
+pub struct Ec2Client {
+    client: aws_sdk_ec2::Client,
+}
+
+impl Ec2Client {
+    pub fn new(client: aws_sdk_ec2::Client) -> Self {
+        Self { client }
+    }
+}
+
+fn image_record(image: &aws_sdk_ec2::types::Image) -> Option<ImageRecord> {
+    Some(ImageRecord {
+        image_id: image.image_id()?.to_string(),
+        name: image.name().map(str::to_string),
+        state: image.state().map(|s| s.as_str().to_string()),
+        creation_date: image.creation_date().map(str::to_string),
+        tags: tags::from_sdk(image.tags()),
+        snapshot_ids: image
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+            .collect(),
+    })
+}
+
+impl SnapshotOnStopEc2 for Ec2Client {
+    async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceFacts>, AwsError> {
+        let output = match self.client.describe_instances().instance_ids(instance_id).send().await {
+            Ok(output) => output,
+            Err(err) => {
+                let err = AwsError::from_sdk("DescribeInstances", err);
+                return if err.is_not_found() { Ok(None) } else { Err(err) };
+            }
+        };
+        let instance = output.reservations().iter().flat_map(|r| r.instances()).find(|i| i.instance_id() == Some(instance_id));
+        Ok(instance.map(|i| InstanceFacts {
+            instance_id: instance_id.to_string(),
+            state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+            root_device_type: i.root_device_type().map(|t| t.as_str().to_string()),
+            tags: tags::from_sdk(i.tags()),
+        }))
+    }
+
+    async fn find_own_image_by_name(&self, name: &str) -> Result<Option<ImageRecord>, AwsError> {
+        let mut pages = self
+            .client
+            .describe_images()
+            .owners("self")
+            .filters(Filter::builder().name("name").values(name).build())
+            .include_disabled(true)
+            .include_deprecated(true)
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?;
+            if let Some(found) = page.images().iter().filter(|i| i.name() == Some(name)).find_map(image_record) {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn describe_image(&self, image_id: &str) -> Result<Option<ImageRecord>, AwsError> {
+        match self.client.describe_images().image_ids(image_id).include_disabled(true).include_deprecated(true).send().await {
+            Ok(output) => Ok(output.images().iter().filter(|i| i.image_id() == Some(image_id)).find_map(image_record)),
+            Err(err) => {
+                let err = AwsError::from_sdk("DescribeImages", err);
+                if err.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn create_image(&self, instance_id: &str, name: &str, description: &str, image_tags: &[Tag]) -> Result<CreateImageOutcome, AwsError> {
+        let result = self
+            .client
+            .create_image()
+            .instance_id(instance_id)
+            .name(name)
+            .description(description)
+            .no_reboot(true)
+            .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Image).set_tags(Some(tags::to_sdk(image_tags))).build())
+            .send()
+            .await;
+        match result {
+            Ok(output) => output
+                .image_id()
+                .map(|id| CreateImageOutcome::Created(id.to_string()))
+                .ok_or_else(|| AwsError::new("CreateImage", "MissingImageId", "CreateImage answered without an image id")),
+            Err(err) => {
+                let err = AwsError::from_sdk("CreateImage", err);
+                if err.has_code("InvalidAMIName.Duplicate") {
+                    Ok(CreateImageOutcome::NameTaken)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn create_tags(&self, resource_ids: &[String], tags: &[Tag]) -> Result<(), AwsError> {
+        self.client
+            .create_tags()
+            .set_resources(Some(resource_ids.to_vec()))
+            .set_tags(Some(tags::to_sdk(tags)))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::from_sdk("CreateTags", e))
+    }
+
+    async fn list_own_images_tagged(&self, tag_filters: &[Tag]) -> Result<Vec<ImageRecord>, AwsError> {
+        let filters = tag_filters.iter().map(|t| Filter::builder().name(format!("tag:{}", t.key)).values(&t.value).build());
+        let mut pages = self
+            .client
+            .describe_images()
+            .owners("self")
+            .set_filters(Some(filters.collect()))
+            .include_disabled(true)
+            .include_deprecated(true)
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        let mut images = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?;
+            images.extend(page.images().iter().filter_map(image_record));
+        }
+        Ok(images)
+    }
+
+    async fn deregister_image(&self, image_id: &str) -> Result<(), AwsError> {
+        self.client.deregister_image().image_id(image_id).send().await.map(|_| ()).map_err(|e| AwsError::from_sdk("DeregisterImage", e))
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), AwsError> {
+        self.client.delete_snapshot().snapshot_id(snapshot_id).send().await.map(|_| ()).map_err(|e| AwsError::from_sdk("DeleteSnapshot", e))
+    }
+
+    async fn instance_launch_data(&self, instance_id: &str) -> Result<aws_sdk_ec2::types::ResponseLaunchTemplateData, AwsError> {
+        let output = self
+            .client
+            .get_launch_template_data()
+            .instance_id(instance_id)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("GetLaunchTemplateData", e))?;
+        output.launch_template_data.ok_or_else(|| {
+            AwsError::new("GetLaunchTemplateData", "MissingLaunchTemplateData", "GetLaunchTemplateData answered without data")
+        })
+    }
+
+    async fn find_launch_template(&self, name: &str) -> Result<Option<String>, AwsError> {
+        match self.client.describe_launch_templates().launch_template_names(name).send().await {
+            Ok(output) => Ok(output
+                .launch_templates()
+                .iter()
+                .find(|t| t.launch_template_name() == Some(name))
+                .and_then(|t| t.launch_template_id())
+                .map(str::to_string)),
+            Err(err) => {
+                let err = AwsError::from_sdk("DescribeLaunchTemplates", err);
+                // AWS answers `InvalidLaunchTemplateName.NotFoundException` for an unknown name.
+                if err.is_not_found() || err.code.contains("NotFound") {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn create_launch_template(
+        &self,
+        name: &str,
+        data: RequestLaunchTemplateData,
+        version_description: &str,
+        tags: &[Tag],
+    ) -> Result<LaunchTemplateRef, AwsError> {
+        let output = self
+            .client
+            .create_launch_template()
+            .launch_template_name(name)
+            .version_description(version_description)
+            .launch_template_data(data)
+            .tag_specifications(
+                TagSpecification::builder().resource_type(ResourceType::LaunchTemplate).set_tags(Some(tags::to_sdk(tags))).build(),
+            )
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("CreateLaunchTemplate", e))?;
+        let template = output.launch_template();
+        match (template.and_then(|t| t.launch_template_id()), template.and_then(|t| t.latest_version_number())) {
+            (Some(id), Some(version)) => Ok(LaunchTemplateRef { id: id.to_string(), version }),
+            _ => Err(AwsError::new("CreateLaunchTemplate", "MissingLaunchTemplate", "CreateLaunchTemplate answered without id or version")),
+        }
+    }
+
+    async fn create_launch_template_version(
+        &self,
+        template_id: &str,
+        data: RequestLaunchTemplateData,
+        version_description: &str,
+    ) -> Result<i64, AwsError> {
+        let output = self
+            .client
+            .create_launch_template_version()
+            .launch_template_id(template_id)
+            .version_description(version_description)
+            .launch_template_data(data)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("CreateLaunchTemplateVersion", e))?;
+        output.launch_template_version().and_then(|v| v.version_number()).ok_or_else(|| {
+            AwsError::new("CreateLaunchTemplateVersion", "MissingVersion", "CreateLaunchTemplateVersion answered without a version")
+        })
+    }
+
+    async fn set_default_launch_template_version(&self, template_id: &str, version: i64) -> Result<(), AwsError> {
+        self.client
+            .modify_launch_template()
+            .launch_template_id(template_id)
+            .default_version(version.to_string())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::from_sdk("ModifyLaunchTemplate", e))
+    }
+
+    async fn list_launch_template_versions(&self, template_id: &str) -> Result<Vec<LaunchTemplateVersion>, AwsError> {
+        let mut pages = self
+            .client
+            .describe_launch_template_versions()
+            .launch_template_id(template_id)
+            .max_results(200) // the API's maximum for this call
+            .into_paginator()
+            .send();
+        let mut versions = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeLaunchTemplateVersions", e))?;
+            versions.extend(page.launch_template_versions().iter().filter_map(|v| {
+                Some(LaunchTemplateVersion {
+                    version: v.version_number()?,
+                    image_id: v.launch_template_data().and_then(|d| d.image_id()).map(str::to_string),
+                    is_default: v.default_version().unwrap_or(false),
+                })
+            }));
+        }
+        Ok(versions)
+    }
+
+    async fn delete_launch_template_versions(&self, template_id: &str, versions: &[i64]) -> Result<(), AwsError> {
+        let output = self
+            .client
+            .delete_launch_template_versions()
+            .launch_template_id(template_id)
+            .set_versions(Some(versions.iter().map(i64::to_string).collect()))
+            .customize()
+            .config_override(aws_sdk_ec2::config::Builder::default().retry_config(sdk::cleanup_retry_config()))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DeleteLaunchTemplateVersions", e))?;
+        match output.unsuccessfully_deleted_launch_template_versions().first() {
+            None => Ok(()),
+            Some(failed) => {
+                let error = failed.response_error();
+                Err(AwsError::new(
+                    "DeleteLaunchTemplateVersions",
+                    error.and_then(|e| e.code()).map(|c| c.as_str().to_string()).unwrap_or_else(|| "Unknown".into()),
+                    format!(
+                        "version {}: {}",
+                        failed.version_number().unwrap_or_default(),
+                        error.and_then(|e| e.message()).unwrap_or("not deleted")
+                    ),
+                ))
+            }
+        }
+    }
+}

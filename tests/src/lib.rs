@@ -1,0 +1,214 @@
+//! The integration-test harness: one moto server per test binary, started on loopback by the
+//! tests themselves, and a fresh AWS account on it for every test (the `x-moto-account-id`
+//! header), so tests run in parallel without seeing each other's resources.
+//!
+//! moto is found at `$MOTO_SERVER`, else `<workspace>/.venv/bin/moto_server` (what `make test`
+//! installs), else `moto_server` on `PATH`. When none can be started the tests fail with a
+//! message saying how to get it: they never skip silently.
+//!
+//! The server loads two public AMIs from `fixtures/amis.json` (Amazon Linux, owner
+//! `137112412989`, and RHEL, owner `309956199498`; moto gives every loaded AMI the alias
+//! `amazon`) instead of moto's ~1,300 defaults.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failure here should panic.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ec2::config::Credentials;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+
+pub const REGION: &str = "us-east-1";
+pub const AMAZON_LINUX_AMI: &str = "ami-0a1b2c3d4e5f00001";
+pub const AMAZON_OWNER_ID: &str = "137112412989";
+pub const RHEL_AMI: &str = "ami-0a1b2c3d4e5f00002";
+pub const RED_HAT_OWNER_ID: &str = "309956199498";
+
+/// The moto server of this test binary.
+pub struct Moto {
+    pub endpoint: String,
+    // Holding the wrapper's stdin: when this process exits, the pipe closes and the wrapper
+    // kills moto, so no server outlives its tests (statics are never dropped).
+    _guard: Mutex<Child>,
+}
+
+static MOTO: OnceLock<Moto> = OnceLock::new();
+
+/// The server, started on first use.
+pub fn moto() -> &'static Moto {
+    MOTO.get_or_init(start_moto)
+}
+
+fn moto_command() -> String {
+    if let Ok(path) = std::env::var("MOTO_SERVER") {
+        return path;
+    }
+    let venv = workspace_root().join(".venv/bin/moto_server");
+    if venv.exists() {
+        return venv.display().to_string();
+    }
+    "moto_server".to_string()
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn start_moto() -> Moto {
+    let command = moto_command();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let amis = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/amis.json");
+    let log = std::env::temp_dir().join(format!("amiguard-moto-{port}.log"));
+    // `read` returns when our end of the pipe closes (this process exited): then kill moto.
+    let script = r#""$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & child=$!; read -r _; kill $child"#;
+    let child = Command::new("sh")
+        .args(["-c", script, &command, &port.to_string(), &log.display().to_string()])
+        .env("MOTO_AMIS_PATH", &amis)
+        .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run sh to start moto: {e}"));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http_get_status(port, "/moto-api/") == Some(200) {
+            return Moto { endpoint, _guard: Mutex::new(child) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    panic!(
+        "moto server could not be started with `{command}` (its output: {output:?}).\n\
+         Run `make test` (it installs moto[server] into .venv), or install it with \
+         `pip install 'moto[server]==5.2.5'`, or set MOTO_SERVER to the moto_server executable."
+    );
+}
+
+fn http_get_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Sends `x-moto-account-id` on every request: moto keeps each account's resources apart.
+#[derive(Debug)]
+struct MotoAccount(String);
+
+impl Intercept for MotoAccount {
+    fn name(&self) -> &'static str {
+        "MotoAccount"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        context.request_mut().headers_mut().insert("x-moto-account-id", self.0.clone());
+        Ok(())
+    }
+}
+
+static NEXT_ACCOUNT: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh, empty AWS account on the test binary's moto server.
+pub struct TestAccount {
+    pub account_id: String,
+    pub region: String,
+    sdk_config: SdkConfig,
+}
+
+impl TestAccount {
+    /// A new account, in `us-east-1`.
+    pub async fn new() -> Self {
+        // 2xxxxxxxxxxx: never moto's default 123456789012, never a fixture owner.
+        let n = NEXT_ACCOUNT.fetch_add(1, Ordering::SeqCst);
+        Self::with_id(&format!("2{:05}{:06}", std::process::id() % 100_000, n)).await
+    }
+
+    /// The account `account_id` (another party, e.g. a publisher of AMIs).
+    pub async fn with_id(account_id: &str) -> Self {
+        let endpoint = moto().endpoint.clone();
+        let sdk_config = aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "amiguard-tests"))
+            .retry_config(amiguard::sdk::retry_config())
+            .timeout_config(amiguard::sdk::timeout_config())
+            .load()
+            .await;
+        Self { account_id: account_id.to_string(), region: REGION.to_string(), sdk_config }
+    }
+
+    pub fn sdk_config(&self) -> &SdkConfig {
+        &self.sdk_config
+    }
+
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        self.ec2_in(&self.region)
+    }
+
+    pub fn ec2_in(&self, region: &str) -> aws_sdk_ec2::Client {
+        let config = aws_sdk_ec2::config::Builder::from(&self.sdk_config)
+            .region(Region::new(region.to_string()))
+            .interceptor(MotoAccount(self.account_id.clone()))
+            .build();
+        aws_sdk_ec2::Client::from_conf(config)
+    }
+
+    pub fn sns(&self) -> aws_sdk_sns::Client {
+        let config = aws_sdk_sns::config::Builder::from(&self.sdk_config)
+            .interceptor(MotoAccount(self.account_id.clone()))
+            .build();
+        aws_sdk_sns::Client::from_conf(config)
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        let config = aws_sdk_sqs::config::Builder::from(&self.sdk_config)
+            .interceptor(MotoAccount(self.account_id.clone()))
+            .build();
+        aws_sdk_sqs::Client::from_conf(config)
+    }
+
+    /// Runs one instance of `image_id` tagged `tags` and returns its id (moto accepts any image id).
+    pub async fn run_instance(&self, image_id: &str, tags: &[(&str, &str)]) -> String {
+        let mut request = self.ec2().run_instances().image_id(image_id).instance_type(aws_sdk_ec2::types::InstanceType::T3Micro).min_count(1).max_count(1);
+        if !tags.is_empty() {
+            let spec = aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .set_tags(Some(tags.iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build()).collect()))
+                .build();
+            request = request.tag_specifications(spec);
+        }
+        let output = request.send().await.expect("RunInstances");
+        output.instances()[0].instance_id().unwrap().to_string()
+    }
+
+    /// Runs an instance and stops it (moto stops at once).
+    pub async fn stopped_instance(&self, tags: &[(&str, &str)]) -> String {
+        let id = self.run_instance(AMAZON_LINUX_AMI, tags).await;
+        self.ec2().stop_instances().instance_ids(&id).send().await.expect("StopInstances");
+        id
+    }
+}
+
+/// Loads `events/<name>` from the workspace as JSON.
+pub fn sample_event(name: &str) -> serde_json::Value {
+    let path = workspace_root().join("events").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

@@ -1,0 +1,315 @@
+//! snapshot-on-stop against a real EC2 emulator: the handler Lambda runs, on moto's state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use amiguard::snapshot_on_stop::core::SnapshotScope;
+use amiguard::snapshot_on_stop::ec2::Ec2Client;
+use amiguard_integration_tests::{sample_event, TestAccount};
+use aws_sdk_ec2::types::{Filter, Image};
+use serde_json::{json, Value};
+use snapshot_on_stop::{handle, Config, Error, Outcome};
+
+fn config(scope: SnapshotScope, keep_last: usize, dry_run: bool) -> Config {
+    Config { scope, keep_last, dry_run }
+}
+
+fn tagged() -> Config {
+    config(SnapshotScope::Tagged, 3, false)
+}
+
+/// The sample stop event, for `instance_id`, at `time`.
+fn stop_event(instance_id: &str, time: &str) -> Value {
+    let mut event = sample_event("snapshot-on-stop.stopped.json");
+    event["detail"]["instance-id"] = json!(instance_id);
+    event["time"] = json!(time);
+    event
+}
+
+async fn own_images(account: &TestAccount) -> Vec<Image> {
+    let output = account.ec2().describe_images().owners("self").send().await.unwrap();
+    output.images().to_vec()
+}
+
+fn tag<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
+    tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+fn snapshot_ids(image: &Image) -> Vec<String> {
+    image.block_device_mappings().iter().filter_map(|m| m.ebs()?.snapshot_id().map(str::to_string)).collect()
+}
+
+async fn snapshot_exists(account: &TestAccount, snapshot_id: &str) -> bool {
+    let output = account.ec2().describe_snapshots().snapshot_ids(snapshot_id).send().await;
+    output.map(|o| !o.snapshots().is_empty()).unwrap_or(false)
+}
+
+const OPT_IN: (&str, &str) = ("amiguard:snapshot-on-stop", "true");
+
+#[tokio::test]
+async fn a_tagged_stop_makes_a_tagged_image_its_snapshot_tags_and_a_relaunch_template() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN, ("Name", "db-1"), ("team", "data")]).await;
+    let ec2 = Ec2Client::new(account.ec2());
+
+    let report = handle(&ec2, &tagged(), stop_event(&instance, "2026-11-27T10:15:30Z")).await.unwrap();
+
+    assert_eq!(report.outcome, Outcome::Created);
+    let image_id = report.image_id.clone().unwrap();
+    let expected_name = format!("amiguard-{instance}-20261127T101530Z");
+    assert_eq!(report.image_name.as_deref(), Some(expected_name.as_str()));
+    let images = own_images(&account).await;
+    assert_eq!(images.len(), 1);
+    let image = &images[0];
+    assert_eq!(image.image_id(), Some(image_id.as_str()));
+    assert_eq!(image.name(), Some(expected_name.as_str()));
+    assert_eq!(tag(image.tags(), "amiguard:source-instance"), Some(instance.as_str()));
+    assert_eq!(tag(image.tags(), "amiguard:created-by"), Some("snapshot-on-stop"));
+    assert_eq!(tag(image.tags(), "amiguard:stopped-at"), Some("2026-11-27T10:15:30Z"));
+    assert_eq!(tag(image.tags(), "Name"), Some("db-1"));
+    assert_eq!(tag(image.tags(), "team"), Some("data"));
+    assert_eq!(tag(image.tags(), "amiguard:snapshot-on-stop"), None, "control tags are not copied");
+
+    let snapshots = snapshot_ids(image);
+    assert_eq!(snapshots.len(), 1);
+    let snapshot = account.ec2().describe_snapshots().snapshot_ids(&snapshots[0]).send().await.unwrap();
+    let snapshot_tags = snapshot.snapshots()[0].tags();
+    assert_eq!(tag(snapshot_tags, "amiguard:image"), Some(image_id.as_str()));
+    assert_eq!(tag(snapshot_tags, "amiguard:source-instance"), Some(instance.as_str()));
+    assert_eq!(tag(snapshot_tags, "amiguard:created-by"), Some("snapshot-on-stop"));
+    assert_eq!(tag(snapshot_tags, "amiguard:stopped-at"), Some("2026-11-27T10:15:30Z"));
+
+    let template = report.launch_template.clone().unwrap();
+    let versions = account
+        .ec2()
+        .describe_launch_template_versions()
+        .launch_template_name(format!("amiguard-{instance}"))
+        .versions("$Default")
+        .send()
+        .await
+        .unwrap();
+    let default = &versions.launch_template_versions()[0];
+    assert_eq!(default.launch_template_id(), Some(template.id.as_str()));
+    assert_eq!(default.version_number(), Some(template.version));
+    let data = default.launch_template_data().unwrap();
+    assert_eq!(data.image_id(), Some(image_id.as_str()));
+    assert_eq!(data.instance_type().map(|t| t.as_str()), Some("t3.micro"));
+    assert!(data.network_interfaces().iter().all(|n| n.network_interface_id().is_none() && n.private_ip_addresses().is_empty()));
+    assert!(report.retired_images.is_empty() && report.deleted_snapshots.is_empty() && report.warnings.is_empty());
+}
+
+#[tokio::test]
+async fn the_same_event_three_times_makes_one_image() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let ec2 = Ec2Client::new(account.ec2());
+    let event = stop_event(&instance, "2026-11-27T11:00:00Z");
+
+    let first = handle(&ec2, &tagged(), event.clone()).await.unwrap();
+    let second = handle(&ec2, &tagged(), event.clone()).await.unwrap();
+    let third = handle(&ec2, &tagged(), event).await.unwrap();
+
+    assert_eq!(first.outcome, Outcome::Created);
+    assert_eq!(second.outcome, Outcome::AlreadyCreated);
+    assert_eq!(third.outcome, Outcome::AlreadyCreated);
+    assert_eq!(second.image_id, first.image_id);
+    assert_eq!(third.launch_template, first.launch_template, "no second template version for the same image");
+    assert_eq!(own_images(&account).await.len(), 1);
+    let templates = account.ec2().describe_launch_templates().send().await.unwrap();
+    assert_eq!(templates.launch_templates().len(), 1);
+}
+
+#[tokio::test]
+async fn a_redelivery_completes_what_a_crashed_delivery_left_undone() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let name = format!("amiguard-{instance}-20261127T120000Z");
+    // A first delivery that died right after CreateImage: the image exists, nothing else does.
+    let created = account.ec2().create_image().instance_id(&instance).name(&name).no_reboot(true).send().await.unwrap();
+    let image_id = created.image_id().unwrap().to_string();
+
+    let report = handle(&Ec2Client::new(account.ec2()), &tagged(), stop_event(&instance, "2026-11-27T12:00:00Z")).await.unwrap();
+
+    assert_eq!(report.outcome, Outcome::AlreadyCreated);
+    assert_eq!(report.image_id.as_deref(), Some(image_id.as_str()));
+    let image = account.ec2().describe_images().image_ids(&image_id).send().await.unwrap().images()[0].clone();
+    let snapshot = account.ec2().describe_snapshots().snapshot_ids(&snapshot_ids(&image)[0]).send().await.unwrap();
+    assert_eq!(tag(snapshot.snapshots()[0].tags(), "amiguard:image"), Some(image_id.as_str()));
+    let template = report.launch_template.unwrap();
+    let versions = account.ec2().describe_launch_template_versions().launch_template_id(&template.id).send().await.unwrap();
+    assert_eq!(versions.launch_template_versions()[0].launch_template_data().unwrap().image_id(), Some(image_id.as_str()));
+    assert_eq!(own_images(&account).await.len(), 1);
+}
+
+async fn assert_nothing_made(account: &TestAccount) {
+    assert!(own_images(account).await.is_empty(), "no image may be made");
+    let templates = account.ec2().describe_launch_templates().send().await.unwrap();
+    assert!(templates.launch_templates().is_empty(), "no launch template may be made");
+}
+
+#[tokio::test]
+async fn instances_that_are_not_selected_are_skipped_and_nothing_is_made() {
+    let account = TestAccount::new().await;
+    let ec2 = Ec2Client::new(account.ec2());
+    let untagged = account.stopped_instance(&[]).await;
+    let opted_out = account.stopped_instance(&[("amiguard:snapshot-on-stop", "false")]).await;
+    let running_again = account.stopped_instance(&[OPT_IN]).await;
+    account.ec2().start_instances().instance_ids(&running_again).send().await.unwrap();
+    let time = "2026-11-27T13:00:00Z";
+
+    let cases = [
+        (untagged.as_str(), tagged(), "not tagged amiguard:snapshot-on-stop=true"),
+        (opted_out.as_str(), config(SnapshotScope::All, 3, false), "opted out"),
+        (running_again.as_str(), tagged(), "no longer stopped"),
+        ("i-0000000000000dead", tagged(), "no longer exists"),
+    ];
+    for (instance, config, why) in cases {
+        let report = handle(&ec2, &config, stop_event(instance, time)).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Skipped, "{instance}");
+        assert!(report.reason.as_deref().unwrap().contains(why), "{instance}: {:?}", report.reason);
+        assert_eq!(report.image_id, None);
+    }
+    let mut running_event = stop_event(&untagged, time);
+    running_event["detail"]["state"] = json!("running");
+    let report = handle(&ec2, &tagged(), running_event).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Skipped);
+    assert_eq!(report.reason.as_deref(), Some("event state is running, not stopped"));
+    assert_nothing_made(&account).await;
+}
+
+#[tokio::test]
+async fn scope_all_images_untagged_instances() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[]).await;
+    let report =
+        handle(&Ec2Client::new(account.ec2()), &config(SnapshotScope::All, 3, false), stop_event(&instance, "2026-11-27T13:30:00Z"))
+            .await
+            .unwrap();
+    assert_eq!(report.outcome, Outcome::Created);
+    assert_eq!(own_images(&account).await.len(), 1);
+}
+
+#[tokio::test]
+async fn retention_keeps_the_newest_and_retires_the_rest_with_their_snapshots() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    // An image of the same instance made by hand: retention must never touch it.
+    let manual = account.ec2().create_image().instance_id(&instance).name("hand-made-backup").send().await.unwrap();
+    let manual_id = manual.image_id().unwrap().to_string();
+    let ec2 = Ec2Client::new(account.ec2());
+    let keep_two = config(SnapshotScope::Tagged, 2, false);
+
+    let mut made = Vec::new();
+    for hour in ["01", "02", "03", "04"] {
+        let report = handle(&ec2, &keep_two, stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"))).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Created);
+        made.push(report);
+    }
+    let image = |n: usize| made[n].image_id.clone().unwrap();
+    let all_images = own_images(&account).await;
+    let snapshots_of = |id: &str| snapshot_ids(all_images.iter().find(|i| i.image_id() == Some(id)).unwrap());
+
+    // The third stop retired the first image, the fourth the second.
+    assert_eq!(made[2].retired_images, [image(0)]);
+    assert_eq!(made[3].retired_images, [image(1)]);
+    assert_eq!(made[2].deleted_snapshots.len(), 1);
+    let mut remaining: Vec<String> = all_images.iter().filter_map(|i| i.image_id().map(str::to_string)).collect();
+    remaining.sort();
+    let mut expected = vec![image(2), image(3), manual_id.clone()];
+    expected.sort();
+    assert_eq!(remaining, expected);
+    for retired in [&made[2], &made[3]] {
+        for snapshot in &retired.deleted_snapshots {
+            assert!(!snapshot_exists(&account, snapshot).await, "{snapshot} should be deleted");
+        }
+    }
+    for kept in [image(2), image(3), manual_id] {
+        for snapshot in snapshots_of(&kept) {
+            assert!(snapshot_exists(&account, &snapshot).await, "{snapshot} of kept {kept} must remain");
+        }
+    }
+    // The relaunch template's default launches the newest image.
+    let template = made[3].launch_template.clone().unwrap();
+    let default = account
+        .ec2()
+        .describe_launch_template_versions()
+        .launch_template_id(&template.id)
+        .versions("$Default")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(default.launch_template_versions()[0].launch_template_data().unwrap().image_id(), Some(image(3).as_str()));
+    // moto cannot delete launch-template versions (HTML 500): that is a warning, never a failure.
+    assert!(made[3].warnings.iter().all(|w| w.contains("launch-template versions")), "{:?}", made[3].warnings);
+}
+
+#[tokio::test]
+async fn a_dry_run_decides_and_reports_but_changes_nothing() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let ec2 = Ec2Client::new(account.ec2());
+    let first = handle(&ec2, &config(SnapshotScope::Tagged, 1, false), stop_event(&instance, "2026-11-27T01:00:00Z")).await.unwrap();
+    let before: Vec<_> = own_images(&account).await;
+
+    let report = handle(&ec2, &config(SnapshotScope::Tagged, 1, true), stop_event(&instance, "2026-11-27T02:00:00Z")).await.unwrap();
+
+    assert_eq!(report.outcome, Outcome::DryRun);
+    assert_eq!(report.image_name, Some(format!("amiguard-{instance}-20261127T020000Z")));
+    assert_eq!(report.image_id, None);
+    assert_eq!(report.retired_images, [first.image_id.clone().unwrap()], "KEEP_LAST=1: the new image would replace the first");
+    assert!(report.deleted_snapshots.is_empty());
+    assert_eq!(own_images(&account).await, before);
+    let versions = account.ec2().describe_launch_template_versions().launch_template_id(first.launch_template.unwrap().id).send().await.unwrap();
+    assert_eq!(versions.launch_template_versions().len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_or_unexpected_events_are_errors_and_change_nothing() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let ec2 = Ec2Client::new(account.ec2());
+    let good = stop_event(&instance, "2026-11-27T05:00:00Z");
+    let mut without_detail = good.clone();
+    without_detail.as_object_mut().unwrap().remove("detail");
+    let mut without_instance = good.clone();
+    without_instance["detail"].as_object_mut().unwrap().remove("instance-id");
+    let mut wrong_type = good.clone();
+    wrong_type["detail"]["instance-id"] = json!(42);
+    let mut without_time = good.clone();
+    without_time.as_object_mut().unwrap().remove("time");
+    let mut other_source = good.clone();
+    other_source["detail-type"] = json!("Scheduled Event");
+    other_source["source"] = json!("aws.events");
+
+    let cases = [
+        (json!("not an object"), "expected a JSON object"),
+        (json!({}), "missing field `detail-type`"),
+        (without_detail, "missing field `detail`"),
+        (without_instance, "instance-id"),
+        (wrong_type, "invalid type"),
+        (without_time, "missing field `time`"),
+        (other_source, "unexpected event"),
+    ];
+    for (payload, message) in cases {
+        let err = handle(&ec2, &tagged(), payload).await.unwrap_err();
+        assert!(matches!(err, Error::Event(_)), "{err}");
+        assert!(err.to_string().contains(message), "{err} should mention {message}");
+    }
+    assert_nothing_made(&account).await;
+}
+
+#[tokio::test]
+async fn images_of_other_instances_are_never_retired() {
+    let account = TestAccount::new().await;
+    let first = account.stopped_instance(&[OPT_IN]).await;
+    let second = account.stopped_instance(&[OPT_IN]).await;
+    let ec2 = Ec2Client::new(account.ec2());
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    handle(&ec2, &keep_one, stop_event(&first, "2026-11-27T01:00:00Z")).await.unwrap();
+    let report = handle(&ec2, &keep_one, stop_event(&second, "2026-11-27T02:00:00Z")).await.unwrap();
+    assert!(report.retired_images.is_empty());
+    let images = own_images(&account).await;
+    assert_eq!(images.len(), 2);
+    let filter = Filter::builder().name("tag:amiguard:source-instance").values(&first).build();
+    let of_first = account.ec2().describe_images().owners("self").filters(filter).send().await.unwrap();
+    assert_eq!(of_first.images().len(), 1);
+}
