@@ -1,0 +1,48 @@
+"""snapshot-on-stop in the demo: two instances stop; the tagged one is imaged (three times, so
+retention shows), the untagged one is skipped."""
+
+from common import client, heading, invoke, sample_event
+
+ec2 = client("ec2")
+AMI = "ami-0a1b2c3d4e5f00001"  # the fixture Amazon Linux AMI
+
+
+def launch(name, tags):
+    tags = [{"Key": "Name", "Value": name}] + [{"Key": k, "Value": v} for k, v in tags.items()]
+    run = ec2.run_instances(ImageId=AMI, InstanceType="t3.small", MinCount=1, MaxCount=1,
+                            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+    instance_id = run["Instances"][0]["InstanceId"]
+    ec2.stop_instances(InstanceIds=[instance_id])
+    return instance_id
+
+
+def stop_event(instance_id, time):
+    event = sample_event("snapshot-on-stop.stopped.json")
+    event["detail"]["instance-id"] = instance_id
+    event["time"] = time
+    return event
+
+
+heading("snapshot-on-stop: image stopped instances, keep the last 2 per instance")
+web = launch("web-1", {"amiguard:snapshot-on-stop": "true", "team": "storefront"})
+batch = launch("batch-1", {})
+for instance_id, label in [(web, "web-1 (tagged)"), (batch, "batch-1 (untagged)")]:
+    for time in ["2026-11-20T18:00:00Z", "2026-11-21T18:00:00Z", "2026-11-22T18:00:00Z"]:
+        report, error = invoke("snapshot-on-stop", stop_event(instance_id, time))
+        if error:
+            raise SystemExit(f"snapshot-on-stop failed: {error}")
+        line = f"{label:20} stop at {time}: {report['outcome']}"
+        if report["outcome"] == "skipped":
+            print(f"{line} ({report['reason']})")
+            break
+        template = report["launch_template"]
+        line += f" -> {report['image_id']}, template {template['id']} v{template['version']}"
+        if report["retired_images"]:
+            line += f"; retired {', '.join(report['retired_images'])} and {len(report['deleted_snapshots'])} snapshot(s)"
+        print(line)
+
+again, _ = invoke("snapshot-on-stop", stop_event(web, "2026-11-22T18:00:00Z"))
+print(f"{'web-1 (redelivery)':20} stop at 2026-11-22T18:00:00Z: {again['outcome']} -> {again['image_id']}")
+images = ec2.describe_images(Owners=["self"])["Images"]
+print(f"AMIs now: {', '.join(sorted(i['Name'] for i in images))}")
+print(f"relaunch web-1: aws ec2 run-instances --launch-template LaunchTemplateName=amiguard-{web}")

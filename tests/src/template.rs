@@ -1,0 +1,105 @@
+//! Reading `template.yaml`: which functions it deploys, from which binary, and which
+//! EventBridge patterns and schedules deliver events to each.
+
+use serde_json::Value;
+
+use crate::workspace_root;
+
+/// A function resource of the template and what triggers it.
+#[derive(Debug, Clone)]
+pub struct TemplateFunction {
+    pub logical_id: String,
+    /// `Metadata.BuildProperties.Binary`: the workspace package built for it.
+    pub binary: Option<String>,
+    pub code_uri: Option<Value>,
+    /// Event patterns of its EventBridge rules (SAM `EventBridgeRule` events and
+    /// `AWS::Events::Rule` resources that target it).
+    pub patterns: Vec<Value>,
+    /// Whether a schedule (SAM `Schedule`/`ScheduleV2`, or a rule with a `ScheduleExpression`)
+    /// invokes it.
+    pub scheduled: bool,
+}
+
+/// The template as JSON; CloudFormation's short tags (`!Ref x`) become `{"!Ref": x}`.
+pub fn load() -> Value {
+    let path = workspace_root().join("template.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let yaml: serde_norway::Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("template.yaml: {e}"));
+    serde_json::to_value(yaml).unwrap_or_else(|e| panic!("template.yaml as JSON: {e}"))
+}
+
+pub fn functions(template: &Value) -> Vec<TemplateFunction> {
+    let Some(resources) = template.get("Resources").and_then(Value::as_object) else { return Vec::new() };
+    let mut functions: Vec<TemplateFunction> = resources
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+        .map(|(id, r)| {
+            let events: Vec<&Value> = r["Properties"]["Events"].as_object().map(|e| e.values().collect()).unwrap_or_default();
+            TemplateFunction {
+                logical_id: id.clone(),
+                binary: r["Metadata"]["BuildProperties"]["Binary"].as_str().map(str::to_string),
+                code_uri: r["Properties"].get("CodeUri").cloned(),
+                patterns: events
+                    .iter()
+                    .filter(|e| e["Type"] == "EventBridgeRule" || e["Type"] == "CloudWatchEvent")
+                    .map(|e| e["Properties"]["Pattern"].clone())
+                    .collect(),
+                scheduled: events.iter().any(|e| e["Type"] == "Schedule" || e["Type"] == "ScheduleV2"),
+            }
+        })
+        .collect();
+    for rule in resources.values().filter(|r| r["Type"] == "AWS::Events::Rule") {
+        let targets = rule["Properties"]["Targets"].as_array().cloned().unwrap_or_default();
+        for target in targets {
+            let Some(function) = functions.iter_mut().find(|f| targets_function(&target["Arn"], &f.logical_id)) else { continue };
+            if let Some(pattern) = rule["Properties"].get("EventPattern") {
+                function.patterns.push(pattern.clone());
+            }
+            if rule["Properties"].get("ScheduleExpression").is_some() {
+                function.scheduled = true;
+            }
+        }
+    }
+    functions
+}
+
+/// `!GetAtt Fn.Arn`, `{"Fn::GetAtt": ["Fn", "Arn"]}` or `!GetAtt [Fn, Arn]`.
+fn targets_function(arn: &Value, logical_id: &str) -> bool {
+    let attribute = arn.get("!GetAtt").or_else(|| arn.get("Fn::GetAtt"));
+    match attribute {
+        Some(Value::String(s)) => s == &format!("{logical_id}.Arn"),
+        Some(Value::Array(parts)) => parts.first().and_then(Value::as_str) == Some(logical_id),
+        _ => false,
+    }
+}
+
+/// The workspace's function packages: the folders under `functions/`.
+pub fn function_packages() -> Vec<String> {
+    let dir = workspace_root().join("functions");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("Cargo.toml").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The sample events of `function`: `events/<function>.<case>.json`, by case name.
+pub fn sample_events(function: &str) -> Vec<(String, Value)> {
+    let dir = workspace_root().join("events");
+    let prefix = format!("{function}.");
+    let mut samples: Vec<(String, Value)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix) && name.ends_with(".json"))
+        .map(|name| {
+            let value = crate::sample_event(&name);
+            (name, value)
+        })
+        .collect();
+    samples.sort_by(|a, b| a.0.cmp(&b.0));
+    samples
+}

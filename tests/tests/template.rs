@@ -1,0 +1,76 @@
+//! The template and the workspace agree: every function package is deployed, every resource
+//! builds a package that exists, and each function's rules deliver its sample events (and reject
+//! near misses), by EventBridge pattern semantics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use amiguard_integration_tests::event_pattern::matches;
+use amiguard_integration_tests::template::{function_packages, functions, load, sample_events, TemplateFunction};
+use serde_json::{json, Value};
+
+/// Samples that exist to show what a function does with an event its rules never deliver
+/// (`cargo lambda invoke` can still send them); every other sample must be delivered.
+const NOT_DELIVERED: &[&str] = &[
+    // snapshot-on-stop answers `skipped` for another state; its rule only sends `stopped`.
+    "snapshot-on-stop.running.json",
+];
+
+fn delivered(function: &TemplateFunction, event: &Value) -> bool {
+    let scheduled = event["detail-type"] == "Scheduled Event" && event["source"] == "aws.events";
+    (scheduled && function.scheduled) || function.patterns.iter().any(|p| matches(p, event).unwrap())
+}
+
+#[test]
+fn every_function_package_has_its_resource_and_every_resource_its_package() {
+    let template = load();
+    let deployed = functions(&template);
+    let packages = function_packages();
+    assert!(!packages.is_empty());
+    for package in &packages {
+        let resource = deployed.iter().find(|f| f.binary.as_deref() == Some(package.as_str()));
+        let resource = resource.unwrap_or_else(|| panic!("functions/{package} has no resource in template.yaml"));
+        assert_eq!(resource.code_uri, Some(json!(".")), "{}: CodeUri must be the workspace root", resource.logical_id);
+    }
+    for function in &deployed {
+        let binary = function.binary.as_deref().unwrap_or_else(|| panic!("{} has no BuildProperties.Binary", function.logical_id));
+        assert!(packages.iter().any(|p| p == binary), "{} builds `{binary}`, which is not a package under functions/", function.logical_id);
+    }
+    let resources = template["Resources"].as_object().unwrap();
+    for function in &deployed {
+        assert_eq!(resources[&function.logical_id]["Metadata"]["BuildMethod"], "rust-cargolambda");
+    }
+}
+
+#[test]
+fn each_function_is_triggered_and_its_rules_deliver_its_sample_events() {
+    let template = load();
+    for function in functions(&template) {
+        let binary = function.binary.clone().unwrap();
+        assert!(function.scheduled || !function.patterns.is_empty(), "{binary} has no trigger");
+        let samples = sample_events(&binary);
+        assert!(!samples.is_empty(), "{binary} has no sample under events/");
+        for (name, event) in samples {
+            let expected = !NOT_DELIVERED.contains(&name.as_str());
+            assert_eq!(delivered(&function, &event), expected, "{name}: delivered to {binary} should be {expected}");
+        }
+    }
+}
+
+#[test]
+fn the_stop_rule_rejects_near_misses() {
+    let template = load();
+    let function = functions(&template).into_iter().find(|f| f.binary.as_deref() == Some("snapshot-on-stop")).unwrap();
+    let stopped = amiguard_integration_tests::sample_event("snapshot-on-stop.stopped.json");
+    assert!(delivered(&function, &stopped));
+    for state in ["running", "stopping", "pending", "terminated", "shutting-down"] {
+        let mut other = stopped.clone();
+        other["detail"]["state"] = json!(state);
+        assert!(!delivered(&function, &other), "state {state} must not be delivered");
+    }
+    let mut other_source = stopped.clone();
+    other_source["source"] = json!("custom.ec2");
+    assert!(!delivered(&function, &other_source));
+    let mut other_type = stopped;
+    other_type["detail-type"] = json!("EC2 Spot Instance Interruption Warning");
+    assert!(!delivered(&function, &other_type));
+}
