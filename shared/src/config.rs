@@ -89,6 +89,7 @@ pub fn choice_var<T: Copy>(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use std::collections::HashMap;
 

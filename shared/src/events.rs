@@ -55,6 +55,7 @@ fn kind(value: &serde_json::Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use serde::Deserialize;
     use serde_json::json;

@@ -57,7 +57,5 @@ pub fn to_sdk(tags: &[Tag]) -> Vec<aws_sdk_ec2::types::Tag> {
 }
 
 pub fn from_sdk(tags: &[aws_sdk_ec2::types::Tag]) -> Vec<Tag> {
-    tags.iter()
-        .filter_map(|t| Some(Tag::new(t.key()?, t.value().unwrap_or_default())))
-        .collect()
+    tags.iter().filter_map(|t| Some(Tag::new(t.key()?, t.value().unwrap_or_default()))).collect()
 }

@@ -74,7 +74,7 @@ fn start_moto() -> Moto {
     let log = std::env::temp_dir().join(format!("amiguard-moto-{port}.log"));
     // `read` returns when our end of the pipe closes (this process exited): then kill moto.
     let script = r#""$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & child=$!; read -r _; kill $child"#;
-    let child = Command::new("sh")
+    let mut child = Command::new("sh")
         .args(["-c", script, &command, &port.to_string(), &log.display().to_string()])
         .env("MOTO_AMIS_PATH", &amis)
         .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
@@ -89,6 +89,8 @@ fn start_moto() -> Moto {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     panic!(
         "moto server could not be started with `{command}` (its output: {output:?}).\n\
@@ -189,11 +191,19 @@ impl TestAccount {
 
     /// Runs one instance of `image_id` tagged `tags` and returns its id (moto accepts any image id).
     pub async fn run_instance(&self, image_id: &str, tags: &[(&str, &str)]) -> String {
-        let mut request = self.ec2().run_instances().image_id(image_id).instance_type(aws_sdk_ec2::types::InstanceType::T3Micro).min_count(1).max_count(1);
+        let mut request = self
+            .ec2()
+            .run_instances()
+            .image_id(image_id)
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1);
         if !tags.is_empty() {
             let spec = aws_sdk_ec2::types::TagSpecification::builder()
                 .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                .set_tags(Some(tags.iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build()).collect()))
+                .set_tags(Some(
+                    tags.iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build()).collect(),
+                ))
                 .build();
             request = request.tag_specifications(spec);
         }

@@ -34,7 +34,8 @@ pub fn functions(template: &Value) -> Vec<TemplateFunction> {
         .iter()
         .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
         .map(|(id, r)| {
-            let events: Vec<&Value> = r["Properties"]["Events"].as_object().map(|e| e.values().collect()).unwrap_or_default();
+            let events: Vec<&Value> =
+                r["Properties"]["Events"].as_object().map(|e| e.values().collect()).unwrap_or_default();
             TemplateFunction {
                 logical_id: id.clone(),
                 binary: r["Metadata"]["BuildProperties"]["Binary"].as_str().map(str::to_string),
@@ -51,7 +52,9 @@ pub fn functions(template: &Value) -> Vec<TemplateFunction> {
     for rule in resources.values().filter(|r| r["Type"] == "AWS::Events::Rule") {
         let targets = rule["Properties"]["Targets"].as_array().cloned().unwrap_or_default();
         for target in targets {
-            let Some(function) = functions.iter_mut().find(|f| targets_function(&target["Arn"], &f.logical_id)) else { continue };
+            let Some(function) = functions.iter_mut().find(|f| targets_function(&target["Arn"], &f.logical_id)) else {
+                continue;
+            };
             if let Some(pattern) = rule["Properties"].get("EventPattern") {
                 function.patterns.push(pattern.clone());
             }

@@ -93,7 +93,10 @@ async fn a_tagged_stop_makes_a_tagged_image_its_snapshot_tags_and_a_relaunch_tem
     let data = default.launch_template_data().unwrap();
     assert_eq!(data.image_id(), Some(image_id.as_str()));
     assert_eq!(data.instance_type().map(|t| t.as_str()), Some("t3.micro"));
-    assert!(data.network_interfaces().iter().all(|n| n.network_interface_id().is_none() && n.private_ip_addresses().is_empty()));
+    assert!(data
+        .network_interfaces()
+        .iter()
+        .all(|n| n.network_interface_id().is_none() && n.private_ip_addresses().is_empty()));
     assert!(report.retired_images.is_empty() && report.deleted_snapshots.is_empty() && report.warnings.is_empty());
 }
 
@@ -127,7 +130,8 @@ async fn a_redelivery_completes_what_a_crashed_delivery_left_undone() {
     let created = account.ec2().create_image().instance_id(&instance).name(&name).no_reboot(true).send().await.unwrap();
     let image_id = created.image_id().unwrap().to_string();
 
-    let report = handle(&Ec2Client::new(account.ec2()), &tagged(), stop_event(&instance, "2026-11-27T12:00:00Z")).await.unwrap();
+    let report =
+        handle(&Ec2Client::new(account.ec2()), &tagged(), stop_event(&instance, "2026-11-27T12:00:00Z")).await.unwrap();
 
     assert_eq!(report.outcome, Outcome::AlreadyCreated);
     assert_eq!(report.image_id.as_deref(), Some(image_id.as_str()));
@@ -135,8 +139,12 @@ async fn a_redelivery_completes_what_a_crashed_delivery_left_undone() {
     let snapshot = account.ec2().describe_snapshots().snapshot_ids(&snapshot_ids(&image)[0]).send().await.unwrap();
     assert_eq!(tag(snapshot.snapshots()[0].tags(), "amiguard:image"), Some(image_id.as_str()));
     let template = report.launch_template.unwrap();
-    let versions = account.ec2().describe_launch_template_versions().launch_template_id(&template.id).send().await.unwrap();
-    assert_eq!(versions.launch_template_versions()[0].launch_template_data().unwrap().image_id(), Some(image_id.as_str()));
+    let versions =
+        account.ec2().describe_launch_template_versions().launch_template_id(&template.id).send().await.unwrap();
+    assert_eq!(
+        versions.launch_template_versions()[0].launch_template_data().unwrap().image_id(),
+        Some(image_id.as_str())
+    );
     assert_eq!(own_images(&account).await.len(), 1);
 }
 
@@ -180,10 +188,13 @@ async fn instances_that_are_not_selected_are_skipped_and_nothing_is_made() {
 async fn scope_all_images_untagged_instances() {
     let account = TestAccount::new().await;
     let instance = account.stopped_instance(&[]).await;
-    let report =
-        handle(&Ec2Client::new(account.ec2()), &config(SnapshotScope::All, 3, false), stop_event(&instance, "2026-11-27T13:30:00Z"))
-            .await
-            .unwrap();
+    let report = handle(
+        &Ec2Client::new(account.ec2()),
+        &config(SnapshotScope::All, 3, false),
+        stop_event(&instance, "2026-11-27T13:30:00Z"),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.outcome, Outcome::Created);
     assert_eq!(own_images(&account).await.len(), 1);
 }
@@ -200,7 +211,8 @@ async fn retention_keeps_the_newest_and_retires_the_rest_with_their_snapshots() 
 
     let mut made = Vec::new();
     for hour in ["01", "02", "03", "04"] {
-        let report = handle(&ec2, &keep_two, stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"))).await.unwrap();
+        let report =
+            handle(&ec2, &keep_two, stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"))).await.unwrap();
         assert_eq!(report.outcome, Outcome::Created);
         made.push(report);
     }
@@ -237,7 +249,10 @@ async fn retention_keeps_the_newest_and_retires_the_rest_with_their_snapshots() 
         .send()
         .await
         .unwrap();
-    assert_eq!(default.launch_template_versions()[0].launch_template_data().unwrap().image_id(), Some(image(3).as_str()));
+    assert_eq!(
+        default.launch_template_versions()[0].launch_template_data().unwrap().image_id(),
+        Some(image(3).as_str())
+    );
     // moto cannot delete launch-template versions (HTML 500): that is a warning, never a failure.
     assert!(made[3].warnings.iter().all(|w| w.contains("launch-template versions")), "{:?}", made[3].warnings);
 }
@@ -247,18 +262,32 @@ async fn a_dry_run_decides_and_reports_but_changes_nothing() {
     let account = TestAccount::new().await;
     let instance = account.stopped_instance(&[OPT_IN]).await;
     let ec2 = Ec2Client::new(account.ec2());
-    let first = handle(&ec2, &config(SnapshotScope::Tagged, 1, false), stop_event(&instance, "2026-11-27T01:00:00Z")).await.unwrap();
+    let first = handle(&ec2, &config(SnapshotScope::Tagged, 1, false), stop_event(&instance, "2026-11-27T01:00:00Z"))
+        .await
+        .unwrap();
     let before: Vec<_> = own_images(&account).await;
 
-    let report = handle(&ec2, &config(SnapshotScope::Tagged, 1, true), stop_event(&instance, "2026-11-27T02:00:00Z")).await.unwrap();
+    let report = handle(&ec2, &config(SnapshotScope::Tagged, 1, true), stop_event(&instance, "2026-11-27T02:00:00Z"))
+        .await
+        .unwrap();
 
     assert_eq!(report.outcome, Outcome::DryRun);
     assert_eq!(report.image_name, Some(format!("amiguard-{instance}-20261127T020000Z")));
     assert_eq!(report.image_id, None);
-    assert_eq!(report.retired_images, [first.image_id.clone().unwrap()], "KEEP_LAST=1: the new image would replace the first");
+    assert_eq!(
+        report.retired_images,
+        [first.image_id.clone().unwrap()],
+        "KEEP_LAST=1: the new image would replace the first"
+    );
     assert!(report.deleted_snapshots.is_empty());
     assert_eq!(own_images(&account).await, before);
-    let versions = account.ec2().describe_launch_template_versions().launch_template_id(first.launch_template.unwrap().id).send().await.unwrap();
+    let versions = account
+        .ec2()
+        .describe_launch_template_versions()
+        .launch_template_id(first.launch_template.unwrap().id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(versions.launch_template_versions().len(), 1);
 }
 

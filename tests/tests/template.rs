@@ -32,8 +32,15 @@ fn every_function_package_has_its_resource_and_every_resource_its_package() {
         assert_eq!(resource.code_uri, Some(json!(".")), "{}: CodeUri must be the workspace root", resource.logical_id);
     }
     for function in &deployed {
-        let binary = function.binary.as_deref().unwrap_or_else(|| panic!("{} has no BuildProperties.Binary", function.logical_id));
-        assert!(packages.iter().any(|p| p == binary), "{} builds `{binary}`, which is not a package under functions/", function.logical_id);
+        let binary = function
+            .binary
+            .as_deref()
+            .unwrap_or_else(|| panic!("{} has no BuildProperties.Binary", function.logical_id));
+        assert!(
+            packages.iter().any(|p| p == binary),
+            "{} builds `{binary}`, which is not a package under functions/",
+            function.logical_id
+        );
     }
     let resources = template["Resources"].as_object().unwrap();
     for function in &deployed {

@@ -117,7 +117,9 @@ impl From<Error> for lambda_runtime::Diagnostic {
         match err {
             Error::Event(e) => e.into(),
             Error::Aws(e) => e.into(),
-            other => lambda_runtime::Diagnostic { error_type: "ImageVanished".into(), error_message: other.to_string() },
+            other => {
+                lambda_runtime::Diagnostic { error_type: "ImageVanished".into(), error_message: other.to_string() }
+            }
         }
     }
 }
@@ -129,7 +131,11 @@ const SNAPSHOT_ID_POLL_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Handles one EventBridge delivery. Idempotent: a redelivery finds the image by its
 /// deterministic name and completes what an earlier delivery left undone.
-pub async fn handle(ec2: &impl SnapshotOnStopEc2, config: &Config, payload: serde_json::Value) -> Result<Report, Error> {
+pub async fn handle(
+    ec2: &impl SnapshotOnStopEc2,
+    config: &Config,
+    payload: serde_json::Value,
+) -> Result<Report, Error> {
     let event = events::parse_envelope::<StateChange>(&payload)?;
     if event.detail_type != STATE_CHANGE || event.source != "aws.ec2" {
         return Err(EventError::Unexpected(format!(
@@ -140,7 +146,9 @@ pub async fn handle(ec2: &impl SnapshotOnStopEc2, config: &Config, payload: serd
     }
     let instance_id = event.detail.instance_id.as_str();
     if !instance_id.starts_with("i-") {
-        return Err(EventError::Malformed(format!("`detail.instance-id` is not an instance id: {instance_id:?}")).into());
+        return Err(
+            EventError::Malformed(format!("`detail.instance-id` is not an instance id: {instance_id:?}")).into()
+        );
     }
     if event.detail.state != "stopped" {
         return Ok(Report::skipped(instance_id, SkipReason::EventStateNotStopped(event.detail.state.clone())));
@@ -158,7 +166,8 @@ pub async fn handle(ec2: &impl SnapshotOnStopEc2, config: &Config, payload: serd
 
     let name = decide::image_name(instance_id, stopped_at);
     let existing = ec2.find_own_image_by_name(&name).await?;
-    let ownership = [Tag::new(tags::SOURCE_INSTANCE, instance_id), Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP)];
+    let ownership =
+        [Tag::new(tags::SOURCE_INSTANCE, instance_id), Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP)];
 
     if config.dry_run {
         let mut report = Report::new(Outcome::DryRun, instance_id);
@@ -168,7 +177,8 @@ pub async fn handle(ec2: &impl SnapshotOnStopEc2, config: &Config, payload: serd
         let managed = managed_images(ec2.list_own_images_tagged(&ownership).await?);
         // The image this stop would make counts among those kept.
         let keep_others = if current.is_empty() { config.keep_last - 1 } else { config.keep_last };
-        report.retired_images = decide::images_to_retire(&managed, keep_others, &current).into_iter().map(|i| i.image_id.clone()).collect();
+        report.retired_images =
+            decide::images_to_retire(&managed, keep_others, &current).into_iter().map(|i| i.image_id.clone()).collect();
         return Ok(report);
     }
 
@@ -176,10 +186,12 @@ pub async fn handle(ec2: &impl SnapshotOnStopEc2, config: &Config, payload: serd
         Some(image) => (Outcome::AlreadyCreated, image.image_id),
         None => {
             let description = decide::image_description(instance_id, stopped_at);
-            match ec2.create_image(instance_id, &name, &description, &decide::image_tags(&instance, stopped_at)).await? {
+            match ec2.create_image(instance_id, &name, &description, &decide::image_tags(&instance, stopped_at)).await?
+            {
                 CreateImageOutcome::Created(id) => (Outcome::Created, id),
                 CreateImageOutcome::NameTaken => {
-                    let image = ec2.find_own_image_by_name(&name).await?.ok_or_else(|| Error::ImageVanished(name.clone()))?;
+                    let image =
+                        ec2.find_own_image_by_name(&name).await?.ok_or_else(|| Error::ImageVanished(name.clone()))?;
                     (Outcome::AlreadyCreated, image.image_id)
                 }
             }
@@ -232,7 +244,10 @@ async fn ensure_launch_template(
     let description = format!("{image_id}, stopped at {}", decide::stopped_at_tag_value(stopped_at));
     let Some(template_id) = ec2.find_launch_template(&template_name).await? else {
         let data = launch_data::relaunch_data(&ec2.instance_launch_data(instance_id).await?, image_id);
-        let tags = [Tag::new(tags::SOURCE_INSTANCE, instance_id), Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP)];
+        let tags = [
+            Tag::new(tags::SOURCE_INSTANCE, instance_id),
+            Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP),
+        ];
         return Ok(ec2.create_launch_template(&template_name, data, &description, &tags).await?);
     };
     let versions = ec2.list_launch_template_versions(&template_id).await?;
@@ -260,7 +275,8 @@ async fn retire_old_images(
     report: &mut Report,
 ) -> Result<(), Error> {
     let managed = managed_images(ec2.list_own_images_tagged(ownership).await?);
-    let retiring: Vec<ManagedImage> = decide::images_to_retire(&managed, config.keep_last, current_image).into_iter().cloned().collect();
+    let retiring: Vec<ManagedImage> =
+        decide::images_to_retire(&managed, config.keep_last, current_image).into_iter().cloned().collect();
     for image in &retiring {
         match ec2.deregister_image(&image.image_id).await {
             Ok(()) => {}
@@ -330,7 +346,9 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
-    fn from(pairs: &'static [(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+    type Env = &'static [(&'static str, &'static str)];
+
+    fn from(pairs: Env) -> Result<Config, ConfigError> {
         Config::from_env(&|name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
     }
 
@@ -347,7 +365,7 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_variable_and_what_it_accepts() {
-        let cases: [(&'static [(&'static str, &'static str)], &str, &str); 4] = [
+        let cases: [(Env, &str, &str); 4] = [
             (&[("SNAPSHOT_SCOPE", "some")], "SNAPSHOT_SCOPE", "one of tagged, all"),
             (&[("KEEP_LAST", "0")], "KEEP_LAST", "a number from 1 to 1000"),
             (&[("KEEP_LAST", "three")], "KEEP_LAST", "a number from 1 to 1000"),

@@ -50,7 +50,10 @@ fn image() -> Image {
         .tags(Tag::builder().key("amiguard:created-by").value("snapshot-on-stop").build())
         .tags(Tag::builder().key("amiguard:stopped-at").value("2026-11-27T10:15:30Z").build())
         .block_device_mappings(
-            BlockDeviceMapping::builder().device_name("/dev/xvda").ebs(EbsBlockDevice::builder().snapshot_id("snap-1").build()).build(),
+            BlockDeviceMapping::builder()
+                .device_name("/dev/xvda")
+                .ebs(EbsBlockDevice::builder().snapshot_id("snap-1").build())
+                .build(),
         )
         .build()
 }
@@ -95,10 +98,16 @@ async fn the_handler_answers_already_created_when_aws_says_the_name_is_taken() {
     let by_tags = mock!(Client::describe_images)
         .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("tag:amiguard:source-instance")))
         .then_output(|| DescribeImagesOutput::builder().images(image()).build());
-    let tag = mock!(Client::create_tags).then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+    let tag = mock!(Client::create_tags)
+        .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
     let template = mock!(Client::describe_launch_templates).then_output(|| {
         DescribeLaunchTemplatesOutput::builder()
-            .launch_templates(LaunchTemplate::builder().launch_template_id("lt-1").launch_template_name(format!("amiguard-{INSTANCE}")).build())
+            .launch_templates(
+                LaunchTemplate::builder()
+                    .launch_template_id("lt-1")
+                    .launch_template_name(format!("amiguard-{INSTANCE}"))
+                    .build(),
+            )
             .build()
     });
     let versions = mock!(Client::describe_launch_template_versions).then_output(|| {
@@ -112,9 +121,14 @@ async fn the_handler_answers_already_created_when_aws_says_the_name_is_taken() {
             )
             .build()
     });
-    let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&instance, &by_name, &create, &by_id, &by_tags, &tag, &template, &versions]);
+    let client = mock_client!(
+        aws_sdk_ec2,
+        RuleMode::MatchAny,
+        [&instance, &by_name, &create, &by_id, &by_tags, &tag, &template, &versions]
+    );
     let config = Config { scope: SnapshotScope::Tagged, keep_last: 3, dry_run: false };
-    let mut event: serde_json::Value = serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();
+    let mut event: serde_json::Value =
+        serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();
     event["detail"]["instance-id"] = json!(INSTANCE);
 
     let report = handle(&Ec2Client::new(client), &config, event).await.unwrap();

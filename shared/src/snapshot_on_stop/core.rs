@@ -108,7 +108,10 @@ pub fn image_tags(instance: &InstanceFacts, stopped_at: DateTime<Utc>) -> Vec<Ta
     if let Some(name) = tags::value(&instance.tags, "Name") {
         result.push(Tag::new("Name", name));
     }
-    let copied = instance.tags.iter().filter(|t| t.key != "Name" && !tags::is_aws_reserved(&t.key) && !tags::is_amiguard(&t.key));
+    let copied = instance
+        .tags
+        .iter()
+        .filter(|t| t.key != "Name" && !tags::is_aws_reserved(&t.key) && !tags::is_amiguard(&t.key));
     for tag in copied {
         if result.len() >= tags::MAX_TAGS_PER_RESOURCE {
             break;
@@ -200,7 +203,10 @@ mod tests {
             select(&instance("running", Some("ebs"), &tag), SnapshotScope::All),
             Err(SkipReason::NoLongerStopped("running".into()))
         );
-        assert_eq!(select(&instance("terminated", Some("ebs"), &tag), SnapshotScope::All), Err(SkipReason::InstanceGone));
+        assert_eq!(
+            select(&instance("terminated", Some("ebs"), &tag), SnapshotScope::All),
+            Err(SkipReason::InstanceGone)
+        );
         assert_eq!(
             select(&instance("stopped", Some("instance-store"), &tag), SnapshotScope::All),
             Err(SkipReason::NotEbsBacked("instance-store".into()))
@@ -228,7 +234,13 @@ mod tests {
         let i = instance(
             "stopped",
             Some("ebs"),
-            &[("Name", "db-1"), ("team", "data"), ("aws:cloudformation:stack-name", "s"), ("AWS:x", "y"), ("amiguard:snapshot-on-stop", "true")],
+            &[
+                ("Name", "db-1"),
+                ("team", "data"),
+                ("aws:cloudformation:stack-name", "s"),
+                ("AWS:x", "y"),
+                ("amiguard:snapshot-on-stop", "true"),
+            ],
         );
         let got = image_tags(&i, at(1, 2));
         let keys: Vec<&str> = got.iter().map(|t| t.key.as_str()).collect();
@@ -248,7 +260,12 @@ mod tests {
     }
 
     fn managed(id: &str, stopped: Option<DateTime<Utc>>, created: Option<DateTime<Utc>>) -> ManagedImage {
-        ManagedImage { image_id: id.into(), stopped_at: stopped, creation_date: created, snapshot_ids: vec![format!("snap-{id}")] }
+        ManagedImage {
+            image_id: id.into(),
+            stopped_at: stopped,
+            creation_date: created,
+            snapshot_ids: vec![format!("snap-{id}")],
+        }
     }
 
     fn ids(images: Vec<&ManagedImage>) -> Vec<&str> {
@@ -269,7 +286,8 @@ mod tests {
 
     #[test]
     fn ties_in_stop_time_are_broken_by_creation_date() {
-        let images = [managed("ami-old", Some(at(1, 0)), Some(at(1, 0))), managed("ami-new", Some(at(1, 0)), Some(at(2, 0)))];
+        let images =
+            [managed("ami-old", Some(at(1, 0)), Some(at(1, 0))), managed("ami-new", Some(at(1, 0)), Some(at(2, 0)))];
         assert_eq!(ids(images_to_retire(&images, 1, "ami-x")), ["ami-old"]);
     }
 

@@ -47,7 +47,10 @@ pub struct LaunchTemplateVersion {
 
 pub trait SnapshotOnStopEc2: Sync {
     /// The instance, or `None` when EC2 no longer knows it.
-    fn describe_instance(&self, instance_id: &str) -> impl Future<Output = Result<Option<InstanceFacts>, AwsError>> + Send;
+    fn describe_instance(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Option<InstanceFacts>, AwsError>> + Send;
     /// This account's image named `name`, if any (every state, disabled and deprecated included).
     fn find_own_image_by_name(&self, name: &str) -> impl Future<Output = Result<Option<ImageRecord>, AwsError>> + Send;
     fn describe_image(&self, image_id: &str) -> impl Future<Output = Result<Option<ImageRecord>, AwsError>> + Send;
@@ -61,7 +64,10 @@ pub trait SnapshotOnStopEc2: Sync {
     ) -> impl Future<Output = Result<CreateImageOutcome, AwsError>> + Send;
     fn create_tags(&self, resource_ids: &[String], tags: &[Tag]) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// This account's images tagged with every `(key, value)` of `tag_filters`, every page.
-    fn list_own_images_tagged(&self, tag_filters: &[Tag]) -> impl Future<Output = Result<Vec<ImageRecord>, AwsError>> + Send;
+    fn list_own_images_tagged(
+        &self,
+        tag_filters: &[Tag],
+    ) -> impl Future<Output = Result<Vec<ImageRecord>, AwsError>> + Send;
     fn deregister_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
     fn delete_snapshot(&self, snapshot_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// `GetLaunchTemplateData` of the instance.
@@ -84,10 +90,21 @@ pub trait SnapshotOnStopEc2: Sync {
         data: RequestLaunchTemplateData,
         version_description: &str,
     ) -> impl Future<Output = Result<i64, AwsError>> + Send;
-    fn set_default_launch_template_version(&self, template_id: &str, version: i64) -> impl Future<Output = Result<(), AwsError>> + Send;
-    fn list_launch_template_versions(&self, template_id: &str) -> impl Future<Output = Result<Vec<LaunchTemplateVersion>, AwsError>> + Send;
+    fn set_default_launch_template_version(
+        &self,
+        template_id: &str,
+        version: i64,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn list_launch_template_versions(
+        &self,
+        template_id: &str,
+    ) -> impl Future<Output = Result<Vec<LaunchTemplateVersion>, AwsError>> + Send;
     /// Cleanup that loses nothing when it fails: few retries, the caller reports a warning.
-    fn delete_launch_template_versions(&self, template_id: &str, versions: &[i64]) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn delete_launch_template_versions(
+        &self,
+        template_id: &str,
+        versions: &[i64],
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 /// The real EC2 client.
@@ -126,7 +143,8 @@ impl SnapshotOnStopEc2 for Ec2Client {
                 return if err.is_not_found() { Ok(None) } else { Err(err) };
             }
         };
-        let instance = output.reservations().iter().flat_map(|r| r.instances()).find(|i| i.instance_id() == Some(instance_id));
+        let instance =
+            output.reservations().iter().flat_map(|r| r.instances()).find(|i| i.instance_id() == Some(instance_id));
         Ok(instance.map(|i| InstanceFacts {
             instance_id: instance_id.to_string(),
             state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
@@ -156,7 +174,15 @@ impl SnapshotOnStopEc2 for Ec2Client {
     }
 
     async fn describe_image(&self, image_id: &str) -> Result<Option<ImageRecord>, AwsError> {
-        match self.client.describe_images().image_ids(image_id).include_disabled(true).include_deprecated(true).send().await {
+        match self
+            .client
+            .describe_images()
+            .image_ids(image_id)
+            .include_disabled(true)
+            .include_deprecated(true)
+            .send()
+            .await
+        {
             Ok(output) => Ok(output.images().iter().filter(|i| i.image_id() == Some(image_id)).find_map(image_record)),
             Err(err) => {
                 let err = AwsError::from_sdk("DescribeImages", err);
@@ -169,7 +195,13 @@ impl SnapshotOnStopEc2 for Ec2Client {
         }
     }
 
-    async fn create_image(&self, instance_id: &str, name: &str, description: &str, image_tags: &[Tag]) -> Result<CreateImageOutcome, AwsError> {
+    async fn create_image(
+        &self,
+        instance_id: &str,
+        name: &str,
+        description: &str,
+        image_tags: &[Tag],
+    ) -> Result<CreateImageOutcome, AwsError> {
         let result = self
             .client
             .create_image()
@@ -177,14 +209,18 @@ impl SnapshotOnStopEc2 for Ec2Client {
             .name(name)
             .description(description)
             .no_reboot(true)
-            .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Image).set_tags(Some(tags::to_sdk(image_tags))).build())
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Image)
+                    .set_tags(Some(tags::to_sdk(image_tags)))
+                    .build(),
+            )
             .send()
             .await;
         match result {
-            Ok(output) => output
-                .image_id()
-                .map(|id| CreateImageOutcome::Created(id.to_string()))
-                .ok_or_else(|| AwsError::new("CreateImage", "MissingImageId", "CreateImage answered without an image id")),
+            Ok(output) => output.image_id().map(|id| CreateImageOutcome::Created(id.to_string())).ok_or_else(|| {
+                AwsError::new("CreateImage", "MissingImageId", "CreateImage answered without an image id")
+            }),
             Err(err) => {
                 let err = AwsError::from_sdk("CreateImage", err);
                 if err.has_code("InvalidAMIName.Duplicate") {
@@ -208,7 +244,8 @@ impl SnapshotOnStopEc2 for Ec2Client {
     }
 
     async fn list_own_images_tagged(&self, tag_filters: &[Tag]) -> Result<Vec<ImageRecord>, AwsError> {
-        let filters = tag_filters.iter().map(|t| Filter::builder().name(format!("tag:{}", t.key)).values(&t.value).build());
+        let filters =
+            tag_filters.iter().map(|t| Filter::builder().name(format!("tag:{}", t.key)).values(&t.value).build());
         let mut pages = self
             .client
             .describe_images()
@@ -228,14 +265,29 @@ impl SnapshotOnStopEc2 for Ec2Client {
     }
 
     async fn deregister_image(&self, image_id: &str) -> Result<(), AwsError> {
-        self.client.deregister_image().image_id(image_id).send().await.map(|_| ()).map_err(|e| AwsError::from_sdk("DeregisterImage", e))
+        self.client
+            .deregister_image()
+            .image_id(image_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::from_sdk("DeregisterImage", e))
     }
 
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), AwsError> {
-        self.client.delete_snapshot().snapshot_id(snapshot_id).send().await.map(|_| ()).map_err(|e| AwsError::from_sdk("DeleteSnapshot", e))
+        self.client
+            .delete_snapshot()
+            .snapshot_id(snapshot_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::from_sdk("DeleteSnapshot", e))
     }
 
-    async fn instance_launch_data(&self, instance_id: &str) -> Result<aws_sdk_ec2::types::ResponseLaunchTemplateData, AwsError> {
+    async fn instance_launch_data(
+        &self,
+        instance_id: &str,
+    ) -> Result<aws_sdk_ec2::types::ResponseLaunchTemplateData, AwsError> {
         let output = self
             .client
             .get_launch_template_data()
@@ -244,7 +296,11 @@ impl SnapshotOnStopEc2 for Ec2Client {
             .await
             .map_err(|e| AwsError::from_sdk("GetLaunchTemplateData", e))?;
         output.launch_template_data.ok_or_else(|| {
-            AwsError::new("GetLaunchTemplateData", "MissingLaunchTemplateData", "GetLaunchTemplateData answered without data")
+            AwsError::new(
+                "GetLaunchTemplateData",
+                "MissingLaunchTemplateData",
+                "GetLaunchTemplateData answered without data",
+            )
         })
     }
 
@@ -282,7 +338,10 @@ impl SnapshotOnStopEc2 for Ec2Client {
             .version_description(version_description)
             .launch_template_data(data)
             .tag_specifications(
-                TagSpecification::builder().resource_type(ResourceType::LaunchTemplate).set_tags(Some(tags::to_sdk(tags))).build(),
+                TagSpecification::builder()
+                    .resource_type(ResourceType::LaunchTemplate)
+                    .set_tags(Some(tags::to_sdk(tags)))
+                    .build(),
             )
             .send()
             .await
@@ -290,7 +349,11 @@ impl SnapshotOnStopEc2 for Ec2Client {
         let template = output.launch_template();
         match (template.and_then(|t| t.launch_template_id()), template.and_then(|t| t.latest_version_number())) {
             (Some(id), Some(version)) => Ok(LaunchTemplateRef { id: id.to_string(), version }),
-            _ => Err(AwsError::new("CreateLaunchTemplate", "MissingLaunchTemplate", "CreateLaunchTemplate answered without id or version")),
+            _ => Err(AwsError::new(
+                "CreateLaunchTemplate",
+                "MissingLaunchTemplate",
+                "CreateLaunchTemplate answered without id or version",
+            )),
         }
     }
 
@@ -310,7 +373,11 @@ impl SnapshotOnStopEc2 for Ec2Client {
             .await
             .map_err(|e| AwsError::from_sdk("CreateLaunchTemplateVersion", e))?;
         output.launch_template_version().and_then(|v| v.version_number()).ok_or_else(|| {
-            AwsError::new("CreateLaunchTemplateVersion", "MissingVersion", "CreateLaunchTemplateVersion answered without a version")
+            AwsError::new(
+                "CreateLaunchTemplateVersion",
+                "MissingVersion",
+                "CreateLaunchTemplateVersion answered without a version",
+            )
         })
     }
 

@@ -43,7 +43,9 @@ pub fn relaunch_data(source: &ResponseLaunchTemplateData, image_id: &str) -> Req
             // EC2 wants one of the two: the ARN names the profile unambiguously.
             match p.arn() {
                 Some(arn) => LaunchTemplateIamInstanceProfileSpecificationRequest::builder().arn(arn).build(),
-                None => LaunchTemplateIamInstanceProfileSpecificationRequest::builder().set_name(p.name().map(str::to_string)).build(),
+                None => LaunchTemplateIamInstanceProfileSpecificationRequest::builder()
+                    .set_name(p.name().map(str::to_string))
+                    .build(),
             }
         }))
         .set_network_interfaces(non_empty(network_interfaces))
@@ -56,7 +58,9 @@ pub fn relaunch_data(source: &ResponseLaunchTemplateData, image_id: &str) -> Req
                 .set_partition_number(p.partition_number())
                 .build()
         }))
-        .set_monitoring(source.monitoring().map(|m| LaunchTemplatesMonitoringRequest::builder().set_enabled(m.enabled()).build()))
+        .set_monitoring(
+            source.monitoring().map(|m| LaunchTemplatesMonitoringRequest::builder().set_enabled(m.enabled()).build()),
+        )
         .set_ebs_optimized(source.ebs_optimized())
         .set_disable_api_termination(source.disable_api_termination())
         .set_disable_api_stop(source.disable_api_stop())
@@ -70,9 +74,10 @@ pub fn relaunch_data(source: &ResponseLaunchTemplateData, image_id: &str) -> Req
                 .build()
         }))
         .set_credit_specification(
-            source.credit_specification().and_then(|c| c.cpu_credits()).map(|credits| {
-                CreditSpecificationRequest::builder().cpu_credits(credits).build()
-            }),
+            source
+                .credit_specification()
+                .and_then(|c| c.cpu_credits())
+                .map(|credits| CreditSpecificationRequest::builder().cpu_credits(credits).build()),
         )
         .set_capacity_reservation_specification(source.capacity_reservation_specification().and_then(|c| {
             c.capacity_reservation_preference().map(|preference| {
@@ -91,13 +96,19 @@ pub fn relaunch_data(source: &ResponseLaunchTemplateData, image_id: &str) -> Req
                 .build()
         }))
         .set_hibernation_options(
-            source.hibernation_options().map(|h| LaunchTemplateHibernationOptionsRequest::builder().set_configured(h.configured()).build()),
+            source
+                .hibernation_options()
+                .map(|h| LaunchTemplateHibernationOptionsRequest::builder().set_configured(h.configured()).build()),
         )
         .set_enclave_options(
-            source.enclave_options().map(|e| LaunchTemplateEnclaveOptionsRequest::builder().set_enabled(e.enabled()).build()),
+            source
+                .enclave_options()
+                .map(|e| LaunchTemplateEnclaveOptionsRequest::builder().set_enabled(e.enabled()).build()),
         )
         .set_maintenance_options(source.maintenance_options().map(|m| {
-            LaunchTemplateInstanceMaintenanceOptionsRequest::builder().set_auto_recovery(m.auto_recovery().cloned()).build()
+            LaunchTemplateInstanceMaintenanceOptionsRequest::builder()
+                .set_auto_recovery(m.auto_recovery().cloned())
+                .build()
         }))
         .set_private_dns_name_options(source.private_dns_name_options().map(|p| {
             LaunchTemplatePrivateDnsNameOptionsRequest::builder()
@@ -106,7 +117,9 @@ pub fn relaunch_data(source: &ResponseLaunchTemplateData, image_id: &str) -> Req
                 .set_enable_resource_name_dns_aaaa_record(p.enable_resource_name_dns_aaaa_record())
                 .build()
         }))
-        .set_tag_specifications(non_empty(source.tag_specifications().iter().filter_map(clean_tag_specification).collect()))
+        .set_tag_specifications(non_empty(
+            source.tag_specifications().iter().filter_map(clean_tag_specification).collect(),
+        ))
         .build()
 }
 
@@ -152,7 +165,12 @@ fn clean_tag_specification(spec: &LaunchTemplateTagSpecification) -> Option<Laun
     if kept.is_empty() {
         return None;
     }
-    Some(LaunchTemplateTagSpecificationRequest::builder().set_resource_type(spec.resource_type().cloned()).set_tags(Some(kept)).build())
+    Some(
+        LaunchTemplateTagSpecificationRequest::builder()
+            .set_resource_type(spec.resource_type().cloned())
+            .set_tags(Some(kept))
+            .build(),
+    )
 }
 
 fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
@@ -183,8 +201,12 @@ mod tests {
                     .subnet_id("subnet-1")
                     .network_interface_id("eni-source")
                     .private_ip_address("10.0.0.5")
-                    .private_ip_addresses(PrivateIpAddressSpecification::builder().primary(true).private_ip_address("10.0.0.5").build())
-                    .private_ip_addresses(PrivateIpAddressSpecification::builder().primary(false).private_ip_address("10.0.0.6").build())
+                    .private_ip_addresses(
+                        PrivateIpAddressSpecification::builder().primary(true).private_ip_address("10.0.0.5").build(),
+                    )
+                    .private_ip_addresses(
+                        PrivateIpAddressSpecification::builder().primary(false).private_ip_address("10.0.0.6").build(),
+                    )
                     .ipv6_addresses(InstanceIpv6Address::builder().ipv6_address("fd00::1").build())
                     .groups("{'GroupId': 'sg-0abc123'}")
                     .groups("sg-0def456")
@@ -192,7 +214,13 @@ mod tests {
                     .build(),
             )
             .security_group_ids("sg-ignored-when-interfaces")
-            .placement(LaunchTemplatePlacement::builder().availability_zone("us-east-1a").host_id("h-1").group_name("").build())
+            .placement(
+                LaunchTemplatePlacement::builder()
+                    .availability_zone("us-east-1a")
+                    .host_id("h-1")
+                    .group_name("")
+                    .build(),
+            )
             .tag_specifications(
                 LaunchTemplateTagSpecification::builder()
                     .resource_type(ResourceType::Instance)
@@ -202,7 +230,10 @@ mod tests {
                     .build(),
             )
             .tag_specifications(
-                LaunchTemplateTagSpecification::builder().resource_type(ResourceType::Volume).tags(tag("aws:backup:x", "y")).build(),
+                LaunchTemplateTagSpecification::builder()
+                    .resource_type(ResourceType::Volume)
+                    .tags(tag("aws:backup:x", "y"))
+                    .build(),
             )
             .build()
     }
@@ -237,7 +268,8 @@ mod tests {
         let data = relaunch_data(&source(), "ami-new");
         assert_eq!(data.network_interfaces()[0].groups(), ["sg-0abc123", "sg-0def456"]);
         assert!(data.security_group_ids().is_empty());
-        let without_nics = ResponseLaunchTemplateData::builder().security_group_ids("sg-1").security_group_ids("junk").build();
+        let without_nics =
+            ResponseLaunchTemplateData::builder().security_group_ids("sg-1").security_group_ids("junk").build();
         assert_eq!(relaunch_data(&without_nics, "ami-2").security_group_ids(), ["sg-1"]);
     }
 
