@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failure here should panic.
 
 pub mod event_pattern;
+pub mod proxy;
 pub mod template;
 
 use std::io::{Read, Write};
@@ -131,6 +132,7 @@ impl Intercept for MotoAccount {
 static NEXT_ACCOUNT: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh, empty AWS account on the test binary's moto server.
+#[derive(Clone)]
 pub struct TestAccount {
     pub account_id: String,
     pub region: String,
@@ -161,6 +163,12 @@ impl TestAccount {
 
     pub fn sdk_config(&self) -> &SdkConfig {
         &self.sdk_config
+    }
+
+    /// The same account, its calls going through `proxy` (to record them or inject faults).
+    pub fn through(&self, proxy: &proxy::Proxy) -> Self {
+        let sdk_config = self.sdk_config.to_builder().endpoint_url(&proxy.endpoint).build();
+        Self { sdk_config, ..self.clone() }
     }
 
     pub fn ec2(&self) -> aws_sdk_ec2::Client {

@@ -1,0 +1,292 @@
+//! A small HTTP proxy between the SDK and moto that records every call (service, action,
+//! account) and injects faults: throttle a share of calls, fail a chosen call with an error
+//! answer, cut the connection, or delay. It serves the fault-injection tests, the request counts
+//! of the benchmarks and the least-privilege proof (the actions each function really calls).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One call that reached the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// The signing name: `ec2`, `sns`, `sqs`, `sts`.
+    pub service: String,
+    /// `DescribeImages`, `Publish`, ...
+    pub action: String,
+    pub account: Option<String>,
+    /// Whether the proxy answered it with a fault instead of forwarding it.
+    pub faulted: bool,
+}
+
+/// What to do to the calls of `action` (every action when `None`).
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub action: Option<String>,
+    pub kind: FaultKind,
+    /// How many matching calls to fault; `None`: all of them.
+    pub times: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub enum FaultKind {
+    /// Answer `RequestLimitExceeded` (HTTP 503) to this share of the matching calls, spread evenly.
+    Throttle(f64),
+    /// Answer with this HTTP status and AWS error code.
+    Error { status: u16, code: String },
+    /// Close the connection without an answer.
+    Cut,
+    /// Forward after this delay.
+    Delay(Duration),
+}
+
+impl Fault {
+    pub fn throttle(share: f64) -> Self {
+        Self { action: None, kind: FaultKind::Throttle(share), times: None }
+    }
+    pub fn error(action: &str, status: u16, code: &str) -> Self {
+        Self { action: Some(action.into()), kind: FaultKind::Error { status, code: code.into() }, times: None }
+    }
+    pub fn cut(action: &str) -> Self {
+        Self { action: Some(action.into()), kind: FaultKind::Cut, times: None }
+    }
+    pub fn delay(action: &str, delay: Duration) -> Self {
+        Self { action: Some(action.into()), kind: FaultKind::Delay(delay), times: None }
+    }
+    /// Only the first `n` matching calls.
+    pub fn times(mut self, n: usize) -> Self {
+        self.times = Some(n);
+        self
+    }
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<Call>,
+    faults: Vec<(Fault, usize)>,
+}
+
+/// A proxy in front of `upstream`, serving on a free loopback port until it is dropped (or its
+/// runtime ends).
+pub struct Proxy {
+    pub endpoint: String,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Self {
+        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (state, upstream) = (shared.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let _ = serve(client, &upstream, &state).await;
+                });
+            }
+        });
+        Self { endpoint, state, task }
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.state.lock().expect("proxy state").faults.push((fault, 0));
+    }
+
+    pub fn clear_faults(&self) {
+        self.state.lock().expect("proxy state").faults.clear();
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().expect("proxy state").calls.clone()
+    }
+
+    /// How many calls of `action` reached the proxy (faulted or not).
+    pub fn count(&self, action: &str) -> usize {
+        self.calls().iter().filter(|c| c.action == action).count()
+    }
+}
+
+/// Serves the requests of one client connection, one at a time.
+async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::Result<()> {
+    let mut client = BufReader::new(client);
+    loop {
+        let Some((head, body)) = read_request(&mut client).await? else { return Ok(()) };
+        let call = Call {
+            service: signing_service(&head).unwrap_or_default(),
+            action: action(&head, &body).unwrap_or_default(),
+            account: header(&head, "x-moto-account-id"),
+            faulted: false,
+        };
+        let fault = take_fault(state, &call.action);
+        state
+            .lock()
+            .expect("proxy state")
+            .calls
+            .push(Call { faulted: fault.is_some() && !matches!(fault, Some(FaultKind::Delay(_))), ..call });
+        let response = match fault {
+            Some(FaultKind::Throttle(_)) => error_response(503, "RequestLimitExceeded"),
+            Some(FaultKind::Error { status, code }) => error_response(status, &code),
+            Some(FaultKind::Cut) => return Ok(()),
+            Some(FaultKind::Delay(delay)) => {
+                tokio::time::sleep(delay).await;
+                forward(upstream, &head, &body).await?
+            }
+            None => forward(upstream, &head, &body).await?,
+        };
+        client.get_mut().write_all(&response).await?;
+        client.get_mut().flush().await?;
+    }
+}
+
+fn take_fault(state: &Mutex<State>, action: &str) -> Option<FaultKind> {
+    let mut state = state.lock().expect("proxy state");
+    for (fault, seen) in state.faults.iter_mut() {
+        if fault.action.as_deref().is_some_and(|a| a != action) {
+            continue;
+        }
+        if fault.times.is_some_and(|limit| *seen >= limit) {
+            continue;
+        }
+        let n = *seen;
+        *seen += 1;
+        let applies = match fault.kind {
+            // Evenly spread: call n is throttled when the running share crosses a whole number.
+            FaultKind::Throttle(share) => ((n + 1) as f64 * share).floor() > (n as f64 * share).floor(),
+            _ => true,
+        };
+        if applies {
+            return Some(fault.kind.clone());
+        }
+    }
+    None
+}
+
+async fn read_request(client: &mut BufReader<TcpStream>) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if client.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        let end = line == "\r\n";
+        head.push_str(&line);
+        if end {
+            break;
+        }
+    }
+    let length: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; length];
+    client.read_exact(&mut body).await?;
+    Ok(Some((head, body)))
+}
+
+/// Forwards one request with `Connection: close` and returns moto's whole answer, which is then
+/// relayed with its own framing (moto closes after each answer, which the SDK handles).
+async fn forward(upstream: &str, head: &str, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut server = TcpStream::connect(upstream).await?;
+    let mut request = String::new();
+    for line in head.split("\r\n").filter(|l| !l.is_empty()) {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            request.push_str(line);
+            request.push_str("\r\n");
+        }
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    server.write_all(request.as_bytes()).await?;
+    server.write_all(body).await?;
+    let mut response = Vec::new();
+    server.read_to_end(&mut response).await?;
+    Ok(close_after(response))
+}
+
+/// Marks an answer `Connection: close` so the client opens a new connection for the next call.
+fn close_after(response: Vec<u8>) -> Vec<u8> {
+    let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return response };
+    let head = String::from_utf8_lossy(&response[..split]);
+    let mut out: String = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    out.push_str("\r\nConnection: close\r\n\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&response[split + 4..]);
+    bytes
+}
+
+fn error_response(status: u16, code: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error></Errors><RequestID>proxy</RequestID></Response>"
+    );
+    format!(
+        "HTTP/1.1 {status} Injected\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.split("\r\n").find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+    })
+}
+
+/// The service from the SigV4 credential scope: `Credential=AKID/date/region/SERVICE/aws4_request`.
+fn signing_service(head: &str) -> Option<String> {
+    let authorization = header(head, "authorization")?;
+    let scope = authorization.split("Credential=").nth(1)?.split(',').next()?;
+    scope.split('/').nth(3).map(str::to_string)
+}
+
+/// The action: the `Action` form field (EC2, SNS, STS: query protocol) or the `X-Amz-Target`
+/// header (JSON protocols such as SQS's).
+fn action(head: &str, body: &[u8]) -> Option<String> {
+    if let Some(target) = header(head, "x-amz-target") {
+        return target.rsplit('.').next().map(str::to_string);
+    }
+    String::from_utf8_lossy(body).split('&').find_map(|pair| pair.strip_prefix("Action=").map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_action_and_service_of_query_and_json_calls() {
+        let head = "POST / HTTP/1.1\r\nAuthorization: AWS4-HMAC-SHA256 Credential=AK/20261127/us-east-1/ec2/aws4_request, SignedHeaders=host\r\n\r\n";
+        assert_eq!(signing_service(head).as_deref(), Some("ec2"));
+        assert_eq!(action(head, b"Action=DescribeImages&Version=2016-11-15").as_deref(), Some("DescribeImages"));
+        let json = "POST / HTTP/1.1\r\nX-Amz-Target: AmazonSQS.ReceiveMessage\r\n\r\n";
+        assert_eq!(action(json, b"{}").as_deref(), Some("ReceiveMessage"));
+    }
+
+    #[test]
+    fn throttling_is_spread_evenly() {
+        let state = Mutex::new(State::default());
+        state.lock().unwrap().faults.push((Fault::throttle(0.3), 0));
+        let throttled = (0..100).filter(|_| take_fault(&state, "X").is_some()).count();
+        assert_eq!(throttled, 30);
+    }
+
+    #[test]
+    fn a_fault_for_the_first_calls_only() {
+        let state = Mutex::new(State::default());
+        state.lock().unwrap().faults.push((Fault::error("DeleteSnapshot", 500, "InternalError").times(1), 0));
+        assert!(take_fault(&state, "DescribeImages").is_none());
+        assert!(take_fault(&state, "DeleteSnapshot").is_some());
+        assert!(take_fault(&state, "DeleteSnapshot").is_none());
+    }
+}
