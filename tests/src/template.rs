@@ -106,3 +106,41 @@ pub fn sample_events(function: &str) -> Vec<(String, Value)> {
     samples.sort_by(|a, b| a.0.cmp(&b.0));
     samples
 }
+
+/// Every IAM action the function's inline policies grant, whatever the condition or the
+/// template condition (`!If`) it stands under: the most it could ever be allowed.
+pub fn policy_actions(template: &Value, logical_id: &str) -> std::collections::BTreeSet<String> {
+    let mut actions = std::collections::BTreeSet::new();
+    collect_actions(&template["Resources"][logical_id]["Properties"]["Policies"], &mut actions);
+    actions
+}
+
+fn collect_actions(value: &Value, actions: &mut std::collections::BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                if key == "Action" {
+                    match inner {
+                        Value::String(action) => {
+                            actions.insert(action.clone());
+                        }
+                        Value::Array(list) => actions.extend(list.iter().filter_map(Value::as_str).map(str::to_string)),
+                        other => collect_actions(other, actions),
+                    }
+                } else {
+                    collect_actions(inner, actions);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| collect_actions(item, actions)),
+        _ => {}
+    }
+}
+
+/// The template resource that deploys the package `binary`.
+pub fn function_for(template: &Value, binary: &str) -> TemplateFunction {
+    functions(template)
+        .into_iter()
+        .find(|f| f.binary.as_deref() == Some(binary))
+        .unwrap_or_else(|| panic!("template.yaml has no function built from `{binary}`"))
+}

@@ -1,0 +1,54 @@
+//! Least privilege, proved: each function runs scenarios that reach every AWS call it makes,
+//! through a proxy that records them; the actions recorded must equal the actions its policy in
+//! `template.yaml` grants: a test fails on an action missing from the policy, and on one granted
+//! and never used.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+
+use amiguard::snapshot_on_stop::core::SnapshotScope;
+use amiguard_integration_tests::proxy::{Call, Proxy};
+use amiguard_integration_tests::template::{function_for, load, policy_actions};
+use amiguard_integration_tests::{moto, sample_event, TestAccount};
+use serde_json::json;
+
+/// IAM actions of the recorded calls (`ec2:CreateImage`); STS `GetCallerIdentity` needs no
+/// permission, so it is left out.
+fn iam_actions(calls: &[Call]) -> BTreeSet<String> {
+    calls
+        .iter()
+        .filter(|c| !(c.service == "sts" && c.action == "GetCallerIdentity"))
+        .map(|c| format!("{}:{}", c.service, c.action))
+        .collect()
+}
+
+fn assert_policy_matches(binary: &str, used: BTreeSet<String>) {
+    let template = load();
+    let function = function_for(&template, binary);
+    let granted = policy_actions(&template, &function.logical_id);
+    assert!(granted.iter().all(|a| !a.contains('*')), "{binary}: wildcard action in {granted:?}");
+    let missing: Vec<_> = used.difference(&granted).collect();
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(
+        missing.is_empty() && unused.is_empty(),
+        "{binary}: called but not granted {missing:?}; granted but never called {unused:?}"
+    );
+}
+
+#[tokio::test]
+async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[("amiguard:snapshot-on-stop", "true")]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let ec2 = amiguard::snapshot_on_stop::ec2::Ec2Client::new(account.through(&proxy).ec2());
+    let config = snapshot_on_stop::Config { scope: SnapshotScope::Tagged, keep_last: 1, dry_run: false };
+    // Three stops with KEEP_LAST=1: create, new template versions, retention with its cleanup.
+    for time in ["2026-11-27T01:00:00Z", "2026-11-27T02:00:00Z", "2026-11-27T03:00:00Z"] {
+        let mut event = sample_event("snapshot-on-stop.stopped.json");
+        event["detail"]["instance-id"] = json!(instance);
+        event["time"] = json!(time);
+        snapshot_on_stop::handle(&ec2, &config, event).await.unwrap();
+    }
+    assert_policy_matches("snapshot-on-stop", iam_actions(&proxy.calls()));
+}
