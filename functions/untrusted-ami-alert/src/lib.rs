@@ -1,0 +1,1013 @@
+//! untrusted-ami-alert: judges every launch by who owns its AMI, alerts once per instance and
+//! image, and optionally tags or stops the instance.
+//!
+//! Three triggers: an `EC2 Instance State-change Notification` (`pending`/`running`), a CloudTrail
+//! `RunInstances` (one report per launched instance), and a `Scheduled Event` that audits every
+//! instance that is not terminated (alerts and tags, never stops). The decisions live in
+//! `amiguard::trust`; this handler gathers the facts, calls them and acts.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use amiguard::config::{self, ConfigError, VarSource};
+use amiguard::error::AwsError;
+use amiguard::events::EventError;
+use amiguard::tags::{self, Tag};
+use amiguard::trust::alert::{self, AlertDetails, OwnerSource};
+use amiguard::trust::ec2::TrustEc2;
+use amiguard::trust::enforce::{self, Enforcement, EnforcementTaken, InstanceFacts, InstanceState, Occasion, StopStep};
+use amiguard::trust::identity::CallerIdentity;
+use amiguard::trust::policy::{self, ImageFacts, TrustPolicy, Verdict};
+use amiguard::trust::sns::AlertPublisher;
+use amiguard::trust::trigger::{self, Trigger};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub const FUNCTION: &str = "untrusted-ami-alert";
+
+pub const TRUSTED_IMAGE_PROVIDERS: &str = "TRUSTED_IMAGE_PROVIDERS";
+pub const ALLOWED_IMAGES_CRITERIA: &str = "ALLOWED_IMAGES_CRITERIA";
+pub const ALERT_TOPIC_ARN: &str = "ALERT_TOPIC_ARN";
+pub const ENFORCEMENT: &str = "ENFORCEMENT";
+
+/// The function's configuration, validated whole at init.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub policy: TrustPolicy,
+    pub alert_topic_arn: String,
+    pub enforcement: Enforcement,
+}
+
+impl Config {
+    pub fn from_env(source: &dyn VarSource) -> Result<Self, ConfigError> {
+        let providers = config::optional(source, TRUSTED_IMAGE_PROVIDERS);
+        let criteria = config::optional(source, ALLOWED_IMAGES_CRITERIA);
+        let policy = match (providers, criteria) {
+            // Two policies would leave the reader guessing which one rules: refuse both.
+            (Some(_), Some(criteria)) => {
+                return Err(ConfigError::new(
+                    ALLOWED_IMAGES_CRITERIA,
+                    criteria,
+                    format!("to be unset when {TRUSTED_IMAGE_PROVIDERS} is set: set one of the two"),
+                ))
+            }
+            (Some(list), None) => TrustPolicy::from_provider_list(&list).map_err(|problem| {
+                ConfigError::new(
+                    TRUSTED_IMAGE_PROVIDERS,
+                    list.clone(),
+                    format!(
+                        "a comma list of amazon, aws-marketplace, aws-backup-vault, self and 12-digit account ids ({problem})"
+                    ),
+                )
+            })?,
+            (None, Some(json)) => TrustPolicy::from_criteria_json(&json).map_err(|problem| {
+                ConfigError::new(
+                    ALLOWED_IMAGES_CRITERIA,
+                    json.clone(),
+                    format!("a JSON list of EC2 Allowed AMIs criteria ({problem})"),
+                )
+            })?,
+            (None, None) => TrustPolicy::default(),
+        };
+        let alert_topic_arn = config::optional(source, ALERT_TOPIC_ARN)
+            .ok_or_else(|| ConfigError::new(ALERT_TOPIC_ARN, "", "the ARN of the SNS topic for alerts (required)"))?;
+        if !is_sns_topic_arn(&alert_topic_arn) {
+            return Err(ConfigError::new(
+                ALERT_TOPIC_ARN,
+                alert_topic_arn,
+                "an SNS topic ARN: arn:<partition>:sns:<region>:<12-digit account>:<topic name>",
+            ));
+        }
+        let enforcement = config::choice_var(source, ENFORCEMENT, Enforcement::Alert, &Enforcement::CHOICES)?;
+        Ok(Self { policy, alert_topic_arn, enforcement })
+    }
+}
+
+fn is_sns_topic_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    matches!(parts.as_slice(), ["arn", partition, "sns", region, account, name]
+        if !partition.is_empty() && !region.is_empty() && policy::is_account_id(account) && !name.is_empty()
+            && name.len() <= 256 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+}
+
+/// The adapters the handler acts through, built once per container.
+pub struct Clients<E, P, I> {
+    pub ec2: E,
+    pub alerts: P,
+    pub identity: I,
+    /// The region the clients talk to; an event from another region is refused.
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Trusted,
+    Untrusted,
+    Skipped,
+    Audit,
+}
+
+/// The verdict on one instance and what was done about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceReport {
+    pub outcome: Outcome,
+    pub instance_id: Option<String>,
+    pub image_id: Option<String>,
+    pub owner_id: Option<String>,
+    /// Why untrusted; for `skipped`, why skipped.
+    pub reasons: Vec<String>,
+    /// The SNS message id of the alert sent by this invocation.
+    pub alert_message_id: Option<String>,
+    pub enforcement: EnforcementTaken,
+    /// The instance already carried the alert mark for this image: no second alert was sent.
+    pub already_alerted: bool,
+}
+
+impl InstanceReport {
+    fn skipped(instance_id: Option<String>, reason: String) -> Self {
+        Self {
+            outcome: Outcome::Skipped,
+            instance_id,
+            image_id: None,
+            owner_id: None,
+            reasons: vec![reason],
+            alert_message_id: None,
+            enforcement: EnforcementTaken::None,
+            already_alerted: false,
+        }
+    }
+}
+
+/// One untrusted instance found by the audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditFinding {
+    pub instance_id: String,
+    pub image_id: Option<String>,
+    pub owner_id: Option<String>,
+    pub reasons: Vec<String>,
+    pub alert_message_id: Option<String>,
+    pub enforcement: EnforcementTaken,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditReport {
+    /// Always `audit`.
+    pub outcome: Outcome,
+    /// Instances judged (every instance that is not terminated).
+    pub audited: usize,
+    pub untrusted: Vec<AuditFinding>,
+    /// Alerts sent by this run (the others were sent before: the instances carry the mark).
+    pub alerts_sent: usize,
+}
+
+/// The answer of an invocation: one instance (state change), `instances` (CloudTrail
+/// RunInstances: one report per launched instance) or an audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    Instance(InstanceReport),
+    Launch { instances: Vec<InstanceReport> },
+    Audit(AuditReport),
+}
+
+/// The step of guarding an instance that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedStep {
+    /// SNS Publish failed: no mark was written, so a retry alerts.
+    Alert,
+    /// The alert went out but the mark could not be written: a retry may alert again.
+    Mark,
+    /// The tag or the stop failed.
+    Enforcement,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceFailure {
+    pub instance_id: String,
+    pub step: FailedStep,
+    pub error: AwsError,
+}
+
+impl fmt::Display for InstanceFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let step = match self.step {
+            FailedStep::Alert => "alert not sent",
+            FailedStep::Mark => "alert sent but the amiguard:alerted mark not written",
+            FailedStep::Enforcement => "enforcement failed",
+        };
+        write!(f, "{}: {step}: {}", self.instance_id, self.error)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// EC2 does not list the instance (yet): right after a launch its APIs can lag, so the
+    /// invocation fails and Lambda retries it.
+    #[error("instance not found: {}: EC2 may not list a new instance yet; failing so that Lambda retries", .0.join(", "))]
+    InstancesNotFound(Vec<String>),
+    /// Some instances could not be fully guarded; the others were. A retry is safe: the mark
+    /// keeps alerts single and enforcement is idempotent.
+    #[error("{} instance(s) not fully guarded: {}", .0.len(), describe_failures(.0))]
+    NotGuarded(Vec<InstanceFailure>),
+}
+
+fn describe_failures(failures: &[InstanceFailure]) -> String {
+    let shown: Vec<String> = failures.iter().take(5).map(ToString::to_string).collect();
+    let more = failures.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{}; and {more} more", shown.join("; "))
+    } else {
+        shown.join("; ")
+    }
+}
+
+impl From<Error> for lambda_runtime::Diagnostic {
+    fn from(err: Error) -> Self {
+        let error_type = match &err {
+            Error::Event(event) => return event.clone().into(),
+            Error::Aws(aws) => format!("AwsError.{}", aws.code),
+            Error::InstancesNotFound(_) => "InstanceNotFound".to_string(),
+            Error::NotGuarded(failures) => match failures.first().map(|f| f.step) {
+                Some(FailedStep::Alert) => "AlertNotSent".to_string(),
+                Some(FailedStep::Mark) => "AlertMarkNotWritten".to_string(),
+                _ => "EnforcementFailed".to_string(),
+            },
+        };
+        lambda_runtime::Diagnostic { error_type, error_message: err.to_string() }
+    }
+}
+
+/// Handles one event. `now` dates the age conditions of the policy.
+pub async fn handle<E, P, I>(
+    config: &Config,
+    clients: &Clients<E, P, I>,
+    payload: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<Report, Error>
+where
+    E: TrustEc2,
+    P: AlertPublisher,
+    I: CallerIdentity,
+{
+    let event = trigger::parse(payload)?;
+    if let Some(region) = event.region.as_deref().filter(|r| *r != clients.region) {
+        return Err(EventError::Unexpected(format!(
+            "event from region {region}: this function watches {} (deploy it in each region)",
+            clients.region
+        ))
+        .into());
+    }
+    let skipped = |instance_id: Option<String>, reason: String| {
+        Ok(Report::Instance(InstanceReport::skipped(instance_id, reason)))
+    };
+    let result = match event.trigger {
+        Trigger::StateChange { instance_id, state } if state != "pending" && state != "running" => skipped(
+            Some(instance_id),
+            format!("instance state {state}: only pending and running (launches) are judged"),
+        ),
+        Trigger::RunInstancesFailed { error_code } => {
+            skipped(None, format!("RunInstances failed ({error_code}): no instance was launched"))
+        }
+        Trigger::OtherApiCall { event_name } => {
+            skipped(None, format!("CloudTrail event for {event_name}: only RunInstances is judged"))
+        }
+        Trigger::StateChange { instance_id, state } => {
+            let account = this_account(event.account, clients).await?;
+            let ctx = Context { config, clients, account: &account, now };
+            ctx.launch(vec![instance_id], Occasion::StateChange(state)).await.map(|mut reports| {
+                let only = reports.pop();
+                only.map(Report::Instance).unwrap_or(Report::Launch { instances: vec![] })
+            })
+        }
+        Trigger::RunInstances { instance_ids } => {
+            let account = this_account(event.account, clients).await?;
+            let ctx = Context { config, clients, account: &account, now };
+            ctx.launch(instance_ids, Occasion::RunInstances).await.map(|instances| Report::Launch { instances })
+        }
+        Trigger::Audit => {
+            let account = this_account(event.account, clients).await?;
+            let ctx = Context { config, clients, account: &account, now };
+            ctx.audit().await
+        }
+    };
+    if let Ok(report) = &result {
+        amiguard::report::log(FUNCTION, report);
+    }
+    result
+}
+
+/// `self`: the event's account; STS only when the event does not say.
+async fn this_account<E, P, I: CallerIdentity>(
+    account: Option<String>,
+    clients: &Clients<E, P, I>,
+) -> Result<String, Error> {
+    match account {
+        Some(account) => Ok(account),
+        None => Ok(clients.identity.account_id().await?),
+    }
+}
+
+struct Context<'a, E, P, I> {
+    config: &'a Config,
+    clients: &'a Clients<E, P, I>,
+    account: &'a str,
+    now: DateTime<Utc>,
+}
+
+/// What one instance's guarding produced.
+struct Guarded {
+    report: InstanceReport,
+    failures: Vec<InstanceFailure>,
+}
+
+impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity> Context<'_, E, P, I> {
+    /// A launch: the instances named by the event, judged as EC2 describes them now.
+    async fn launch(&self, instance_ids: Vec<String>, occasion: Occasion) -> Result<Vec<InstanceReport>, Error> {
+        let instances = self.clients.ec2.instances(&instance_ids).await?;
+        let known: HashSet<&str> = instances.iter().map(|i| i.instance_id.as_str()).collect();
+        let missing: Vec<String> = instance_ids.iter().filter(|id| !known.contains(id.as_str())).cloned().collect();
+        // In the event's order; the ones EC2 knows are guarded even when others are missing.
+        let mut ordered: Vec<InstanceFacts> = Vec::with_capacity(instances.len());
+        for id in &instance_ids {
+            ordered.extend(instances.iter().filter(|i| &i.instance_id == id).take(1).cloned());
+        }
+        let guarded = self.guard(&ordered, &occasion).await?;
+        let mut failures = Vec::new();
+        let mut reports = Vec::new();
+        for g in guarded {
+            failures.extend(g.failures);
+            reports.push(g.report);
+        }
+        if !failures.is_empty() || !missing.is_empty() {
+            amiguard::report::log(FUNCTION, &Report::Launch { instances: reports });
+            return Err(if failures.is_empty() {
+                Error::InstancesNotFound(missing)
+            } else {
+                Error::NotGuarded(failures)
+            });
+        }
+        Ok(reports)
+    }
+
+    /// The audit: every instance that is not terminated. It alerts and tags, never stops.
+    async fn audit(&self) -> Result<Report, Error> {
+        let instances = self.clients.ec2.live_instances().await?;
+        let guarded = self.guard(&instances, &Occasion::Audit).await?;
+        let mut failures = Vec::new();
+        let mut untrusted = Vec::new();
+        let mut alerts_sent = 0;
+        for Guarded { report, failures: f } in guarded {
+            failures.extend(f);
+            alerts_sent += usize::from(report.alert_message_id.is_some());
+            if report.outcome == Outcome::Untrusted {
+                untrusted.push(AuditFinding {
+                    instance_id: report.instance_id.unwrap_or_default(),
+                    image_id: report.image_id,
+                    owner_id: report.owner_id,
+                    reasons: report.reasons,
+                    alert_message_id: report.alert_message_id,
+                    enforcement: report.enforcement,
+                });
+            }
+        }
+        let report =
+            Report::Audit(AuditReport { outcome: Outcome::Audit, audited: instances.len(), untrusted, alerts_sent });
+        if !failures.is_empty() {
+            amiguard::report::log(FUNCTION, &report);
+            return Err(Error::NotGuarded(failures));
+        }
+        Ok(report)
+    }
+
+    /// Reads the images of `instances` once, then guards each instance.
+    async fn guard(&self, instances: &[InstanceFacts], occasion: &Occasion) -> Result<Vec<Guarded>, Error> {
+        let mut image_ids: Vec<String> = instances.iter().filter_map(|i| i.image_id.clone()).collect();
+        image_ids.sort();
+        image_ids.dedup();
+        let images: HashMap<String, ImageFacts> = if image_ids.is_empty() {
+            HashMap::new()
+        } else {
+            self.clients.ec2.visible_images(&image_ids).await?.into_iter().map(|i| (i.image_id.clone(), i)).collect()
+        };
+        let hidden: Vec<String> = instances
+            .iter()
+            .filter(|i| i.state != InstanceState::Terminated)
+            .filter(|i| i.image_id.as_ref().is_some_and(|id| !images.contains_key(id)))
+            .map(|i| i.instance_id.clone())
+            .collect();
+        let launch_metadata = self.launch_metadata(&hidden).await;
+        let mut guarded = Vec::with_capacity(instances.len());
+        for instance in instances {
+            let image = instance.image_id.as_ref().and_then(|id| images.get(id));
+            guarded.push(self.guard_one(instance, image, launch_metadata.get(&instance.instance_id), occasion).await);
+        }
+        Ok(guarded)
+    }
+
+    /// The owners of images that are no longer visible, as EC2 recorded them at launch. Only
+    /// detail for the alert (the verdict stays "not visible"), so a failure is logged, not fatal.
+    async fn launch_metadata(&self, instance_ids: &[String]) -> HashMap<String, ImageFacts> {
+        if instance_ids.is_empty() {
+            return HashMap::new();
+        }
+        match self.clients.ec2.launch_image_metadata(instance_ids).await {
+            Ok(found) => found.into_iter().collect(),
+            Err(err) => {
+                tracing::warn!(function = FUNCTION, error = %err, "launch metadata unavailable: owners of invisible images unknown");
+                HashMap::new()
+            }
+        }
+    }
+
+    async fn guard_one(
+        &self,
+        instance: &InstanceFacts,
+        image: Option<&ImageFacts>,
+        launch_metadata: Option<&ImageFacts>,
+        occasion: &Occasion,
+    ) -> Guarded {
+        let instance_id = instance.instance_id.clone();
+        let Some(image_id) = instance.image_id.clone() else {
+            let report = InstanceReport::skipped(Some(instance_id), "EC2 reports no image id for the instance".into());
+            return Guarded { report, failures: vec![] };
+        };
+        if instance.state == InstanceState::Terminated {
+            let report =
+                InstanceReport::skipped(Some(instance_id), "instance is terminated: nothing left to guard".into());
+            return Guarded { report, failures: vec![] };
+        }
+        let verdict = policy::verdict(&self.config.policy, image, self.account, self.now);
+        let (owner, owner_source) = match (image, launch_metadata) {
+            (Some(image), _) => (Some(image), OwnerSource::Image),
+            (None, Some(recorded)) => (Some(recorded), OwnerSource::LaunchMetadata),
+            (None, None) => (None, OwnerSource::Unknown),
+        };
+        let owner_id = owner.map(|o| o.owner_id.clone()).filter(|id| !id.is_empty());
+        let Verdict::Untrusted { reasons, severity } = verdict else {
+            let report = InstanceReport {
+                outcome: Outcome::Trusted,
+                instance_id: Some(instance_id),
+                image_id: Some(image_id),
+                owner_id,
+                reasons: vec![],
+                alert_message_id: None,
+                enforcement: EnforcementTaken::None,
+                already_alerted: false,
+            };
+            return Guarded { report, failures: vec![] };
+        };
+        let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+        let plan = enforce::plan(self.config.enforcement, occasion, instance, &image_id);
+        let mut failures = Vec::new();
+
+        // Enforce first, so that the alert says what was done; a failure is said in the alert too.
+        let mut enforcement_error = None;
+        if plan.tag {
+            if let Err(error) =
+                self.clients.ec2.tag_instance(&instance_id, &Tag::new(tags::UNTRUSTED_AMI, &image_id)).await
+            {
+                enforcement_error = Some(error);
+            }
+        }
+        let mut stop = None;
+        if enforcement_error.is_none() && plan.stop == StopStep::Now {
+            match self.clients.ec2.stop_instance(&instance_id).await {
+                Ok(outcome) => stop = Some(outcome),
+                Err(error) => enforcement_error = Some(error),
+            }
+        }
+        let enforcement = enforce::taken(self.config.enforcement, &plan, stop.as_ref(), enforcement_error.is_some());
+        if let Some(error) = &enforcement_error {
+            failures.push(InstanceFailure {
+                instance_id: instance_id.clone(),
+                step: FailedStep::Enforcement,
+                error: error.clone(),
+            });
+        }
+
+        // Publish first, mark after: a failed publish leaves no mark, and the retry alerts.
+        let mut alert_message_id = None;
+        if plan.alert {
+            let details = AlertDetails {
+                instance_id: instance_id.clone(),
+                instance_state: instance.state.to_string(),
+                image_id: image_id.clone(),
+                owner_id: owner_id.clone(),
+                owner_alias: owner.and_then(|o| o.owner_alias.clone()),
+                owner_source,
+                image_name: owner.and_then(|o| o.name.clone()),
+                reasons: reasons.clone(),
+                severity,
+                region: self.clients.region.clone(),
+                account: self.account.to_string(),
+                seen_on: occasion.to_string(),
+                enforcement_mode: self.config.enforcement,
+                enforcement,
+                enforcement_error: enforcement_error.as_ref().map(ToString::to_string),
+                policy: self.config.policy.to_string(),
+            };
+            match self.clients.alerts.publish(&alert::compose(&details, occasion)).await {
+                Ok(message_id) => {
+                    alert_message_id = Some(message_id);
+                    let mark = Tag::new(tags::ALERTED, &image_id);
+                    if let Err(error) = self.clients.ec2.tag_instance(&instance_id, &mark).await {
+                        failures.push(InstanceFailure {
+                            instance_id: instance_id.clone(),
+                            step: FailedStep::Mark,
+                            error,
+                        });
+                    }
+                }
+                Err(error) => failures
+                    .insert(0, InstanceFailure { instance_id: instance_id.clone(), step: FailedStep::Alert, error }),
+            }
+        }
+        let report = InstanceReport {
+            outcome: Outcome::Untrusted,
+            instance_id: Some(instance_id),
+            image_id: Some(image_id),
+            owner_id,
+            reasons,
+            alert_message_id,
+            enforcement,
+            already_alerted: !plan.alert,
+        };
+        Guarded { report, failures }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use amiguard::trust::alert::Alert;
+    use amiguard::trust::enforce::StopOutcome;
+    use chrono::TimeZone;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    const ACCOUNT: &str = "123456789012";
+    const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:amiguard-alerts";
+    const INSTANCE: &str = "i-0123456789abcdef0";
+    const VENDOR_AMI: &str = "ami-0aaaaaaaaaaaaaaaa";
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name: &str| map.get(name).cloned()
+    }
+
+    // ---- configuration ----
+
+    #[test]
+    fn config_defaults() {
+        let config = Config::from_env(&env(&[(ALERT_TOPIC_ARN, TOPIC)])).unwrap();
+        assert_eq!(config.policy, TrustPolicy::default());
+        assert_eq!(config.enforcement, Enforcement::Alert);
+        assert_eq!(config.alert_topic_arn, TOPIC);
+        // Blank means unset (an empty template parameter).
+        let blank = Config::from_env(&env(&[
+            (ALERT_TOPIC_ARN, TOPIC),
+            (TRUSTED_IMAGE_PROVIDERS, " "),
+            (ALLOWED_IMAGES_CRITERIA, ""),
+        ]));
+        assert_eq!(blank.unwrap().policy, TrustPolicy::default());
+    }
+
+    #[test]
+    fn config_reads_each_variable() {
+        let config = Config::from_env(&env(&[
+            (ALERT_TOPIC_ARN, "arn:aws-us-gov:sns:us-gov-west-1:123456789012:alerts.fifo"),
+            (TRUSTED_IMAGE_PROVIDERS, "aws-marketplace,111122223333"),
+            (ENFORCEMENT, "stop"),
+        ]))
+        .unwrap();
+        assert_eq!(config.policy.to_string(), "trusted image providers: aws-marketplace, 111122223333");
+        assert_eq!(config.enforcement, Enforcement::Stop);
+        let criteria = Config::from_env(&env(&[
+            (ALERT_TOPIC_ARN, TOPIC),
+            (ALLOWED_IMAGES_CRITERIA, r#"[{"ImageProviders": ["amazon"], "ImageNames": ["al2023-*"]}]"#),
+            (ENFORCEMENT, "tag"),
+        ]))
+        .unwrap();
+        assert_eq!(criteria.policy.criteria().len(), 1);
+        assert_eq!(criteria.enforcement, Enforcement::Tag);
+    }
+
+    #[test]
+    fn config_errors_name_the_variable() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case; 7] = [
+            (&[], ALERT_TOPIC_ARN, "required"),
+            (&[(ALERT_TOPIC_ARN, "my-topic")], ALERT_TOPIC_ARN, "an SNS topic ARN"),
+            (&[(ALERT_TOPIC_ARN, "arn:aws:sqs:us-east-1:123456789012:q")], ALERT_TOPIC_ARN, "an SNS topic ARN"),
+            (&[(ALERT_TOPIC_ARN, TOPIC), (ENFORCEMENT, "terminate")], ENFORCEMENT, "one of alert, tag, stop"),
+            (
+                &[(ALERT_TOPIC_ARN, TOPIC), (TRUSTED_IMAGE_PROVIDERS, "amazon,redhat")],
+                TRUSTED_IMAGE_PROVIDERS,
+                "\"redhat\" is not a provider",
+            ),
+            (&[(ALERT_TOPIC_ARN, TOPIC), (ALLOWED_IMAGES_CRITERIA, "[{}]")], ALLOWED_IMAGES_CRITERIA, "no condition"),
+            (
+                &[
+                    (ALERT_TOPIC_ARN, TOPIC),
+                    (TRUSTED_IMAGE_PROVIDERS, "amazon,self"),
+                    (ALLOWED_IMAGES_CRITERIA, "[{\"ImageProviders\": [\"amazon\"]}]"),
+                ],
+                ALLOWED_IMAGES_CRITERIA,
+                "unset when TRUSTED_IMAGE_PROVIDERS is set",
+            ),
+        ];
+        for (vars, variable, expected) in cases {
+            let err = Config::from_env(&env(vars)).unwrap_err();
+            assert_eq!(err.variable, variable, "{err}");
+            assert!(err.to_string().contains(expected), "{err} lacks {expected}");
+        }
+        // Both set is an error whatever the values, even identical policies.
+        let same = Config::from_env(&env(&[
+            (ALERT_TOPIC_ARN, TOPIC),
+            (TRUSTED_IMAGE_PROVIDERS, "amazon"),
+            (ALLOWED_IMAGES_CRITERIA, "not even json"),
+        ]));
+        assert_eq!(same.unwrap_err().variable, ALLOWED_IMAGES_CRITERIA);
+    }
+
+    // ---- the handler against fakes (what moto cannot show: pending instances, failures) ----
+
+    #[derive(Default)]
+    struct FakeEc2 {
+        instances: Mutex<Vec<InstanceFacts>>,
+        images: Vec<ImageFacts>,
+        metadata: Vec<(String, ImageFacts)>,
+        fail_tag: Option<&'static str>,
+        fail_stop: Option<&'static str>,
+        stop_refused: bool,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl FakeEc2 {
+        fn with(instance: InstanceFacts) -> Self {
+            Self { instances: Mutex::new(vec![instance]), ..Self::default() }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        fn log(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+    }
+
+    impl TrustEc2 for FakeEc2 {
+        async fn instances(&self, ids: &[String]) -> Result<Vec<InstanceFacts>, AwsError> {
+            self.log("DescribeInstances".into());
+            Ok(self.instances.lock().unwrap().iter().filter(|i| ids.contains(&i.instance_id)).cloned().collect())
+        }
+
+        async fn live_instances(&self) -> Result<Vec<InstanceFacts>, AwsError> {
+            self.log("DescribeInstances".into());
+            Ok(self
+                .instances
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|i| i.state != InstanceState::Terminated)
+                .cloned()
+                .collect())
+        }
+
+        async fn visible_images(&self, ids: &[String]) -> Result<Vec<ImageFacts>, AwsError> {
+            self.log("DescribeImages".into());
+            Ok(self.images.iter().filter(|i| ids.contains(&i.image_id)).cloned().collect())
+        }
+
+        async fn launch_image_metadata(&self, ids: &[String]) -> Result<Vec<(String, ImageFacts)>, AwsError> {
+            self.log("DescribeInstanceImageMetadata".into());
+            if self.metadata.is_empty() {
+                return Err(AwsError::new("DescribeInstanceImageMetadata", "UnauthorizedOperation", "no"));
+            }
+            Ok(self.metadata.iter().filter(|(id, _)| ids.contains(id)).cloned().collect())
+        }
+
+        async fn tag_instance(&self, instance_id: &str, tag: &Tag) -> Result<(), AwsError> {
+            self.log(format!("CreateTags {instance_id} {}={}", tag.key, tag.value));
+            if let Some(code) = self.fail_tag {
+                return Err(AwsError::new("CreateTags", code, "mocked"));
+            }
+            for instance in self.instances.lock().unwrap().iter_mut().filter(|i| i.instance_id == instance_id) {
+                instance.tags.retain(|t| t.key != tag.key);
+                instance.tags.push(tag.clone());
+            }
+            Ok(())
+        }
+
+        async fn stop_instance(&self, instance_id: &str) -> Result<StopOutcome, AwsError> {
+            self.log(format!("StopInstances {instance_id}"));
+            if let Some(code) = self.fail_stop {
+                return Err(AwsError::new("StopInstances", code, "mocked"));
+            }
+            if self.stop_refused {
+                return Ok(StopOutcome::NotStoppable);
+            }
+            for instance in self.instances.lock().unwrap().iter_mut().filter(|i| i.instance_id == instance_id) {
+                instance.state = InstanceState::Stopping;
+            }
+            Ok(StopOutcome::Stopping)
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeSns {
+        sent: Mutex<Vec<Alert>>,
+        fail: bool,
+    }
+
+    impl AlertPublisher for FakeSns {
+        async fn publish(&self, alert: &Alert) -> Result<String, AwsError> {
+            if self.fail {
+                return Err(AwsError::new("Publish", "NotFound", "Topic does not exist"));
+            }
+            let mut sent = self.sent.lock().unwrap();
+            sent.push(alert.clone());
+            Ok(format!("msg-{}", sent.len()))
+        }
+    }
+
+    struct FakeSts {
+        calls: Mutex<usize>,
+    }
+
+    impl CallerIdentity for FakeSts {
+        async fn account_id(&self) -> Result<String, AwsError> {
+            *self.calls.lock().unwrap() += 1;
+            Ok(ACCOUNT.to_string())
+        }
+    }
+
+    fn clients(ec2: FakeEc2) -> Clients<FakeEc2, FakeSns, FakeSts> {
+        Clients {
+            ec2,
+            alerts: FakeSns::default(),
+            identity: FakeSts { calls: Mutex::new(0) },
+            region: "us-east-1".into(),
+        }
+    }
+
+    fn config(enforcement: Enforcement) -> Config {
+        Config { policy: TrustPolicy::default(), alert_topic_arn: TOPIC.into(), enforcement }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 31, 12, 0, 0).unwrap()
+    }
+
+    fn instance(id: &str, image: &str, state: InstanceState) -> InstanceFacts {
+        InstanceFacts { instance_id: id.into(), image_id: Some(image.into()), state, tags: vec![] }
+    }
+
+    fn vendor_image() -> ImageFacts {
+        ImageFacts {
+            image_id: VENDOR_AMI.into(),
+            owner_id: "111122223333".into(),
+            name: Some("vendor".into()),
+            creation_date: Some("2025-01-01T00:00:00.000Z".into()),
+            ..ImageFacts::default()
+        }
+    }
+
+    fn state_change(state: &str) -> serde_json::Value {
+        json!({
+            "version": "0", "id": "1", "detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2",
+            "account": ACCOUNT, "time": "2026-01-31T12:00:00Z", "region": "us-east-1", "resources": [],
+            "detail": {"instance-id": INSTANCE, "state": state}
+        })
+    }
+
+    fn instance_report(report: Report) -> InstanceReport {
+        match report {
+            Report::Instance(one) => one,
+            other => panic!("not an instance report: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pending_instance_is_tagged_now_and_stopped_on_its_running_event() {
+        let mut ec2 = FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Pending));
+        ec2.images = vec![vendor_image()];
+        let clients = clients(ec2);
+        let config = config(Enforcement::Stop);
+        let pending = instance_report(handle(&config, &clients, &state_change("pending"), now()).await.unwrap());
+        assert_eq!(pending.outcome, Outcome::Untrusted);
+        assert_eq!(pending.enforcement, EnforcementTaken::TaggedStopDeferred);
+        assert_eq!(pending.alert_message_id.as_deref(), Some("msg-1"));
+        assert!(
+            !clients.ec2.calls().iter().any(|c| c.starts_with("StopInstances")),
+            "EC2 cannot stop a pending instance"
+        );
+        assert!(clients.alerts.sent.lock().unwrap()[0].body.contains("it is stopped on its running event"));
+
+        clients.ec2.instances.lock().unwrap()[0].state = InstanceState::Running;
+        let running = instance_report(handle(&config, &clients, &state_change("running"), now()).await.unwrap());
+        assert_eq!(running.enforcement, EnforcementTaken::TaggedAndStopped);
+        assert_eq!(running.alert_message_id, None);
+        assert!(running.already_alerted);
+        assert_eq!(clients.alerts.sent.lock().unwrap().len(), 1, "alerted once");
+        let calls = clients.ec2.calls();
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("CreateTags")).count(),
+            2,
+            "the untrusted tag and the mark, once each: {calls:?}"
+        );
+        assert!(calls.contains(&format!("StopInstances {INSTANCE}")));
+    }
+
+    #[tokio::test]
+    async fn a_stop_refused_because_the_state_changed_is_no_error() {
+        let mut ec2 = FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running));
+        ec2.images = vec![vendor_image()];
+        ec2.stop_refused = true;
+        let clients = clients(ec2);
+        let report = instance_report(
+            handle(&config(Enforcement::Stop), &clients, &state_change("running"), now()).await.unwrap(),
+        );
+        assert_eq!(report.enforcement, EnforcementTaken::TaggedNotRunning);
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_leaves_no_mark_and_fails_the_invocation() {
+        let mut ec2 = FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running));
+        ec2.images = vec![vendor_image()];
+        let mut clients = clients(ec2);
+        clients.alerts.fail = true;
+        let err = handle(&config(Enforcement::Alert), &clients, &state_change("running"), now()).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::NotGuarded(f) if f[0].step == FailedStep::Alert && f[0].error.code == "NotFound"),
+            "{err}"
+        );
+        assert!(clients.ec2.calls().iter().all(|c| !c.starts_with("CreateTags")), "no mark: {:?}", clients.ec2.calls());
+        let diagnostic = lambda_runtime::Diagnostic::from(err);
+        assert_eq!(diagnostic.error_type, "AlertNotSent");
+        assert!(diagnostic.error_message.contains("Publish failed: NotFound"), "{}", diagnostic.error_message);
+    }
+
+    #[tokio::test]
+    async fn a_failed_stop_is_alerted_marked_and_fails_the_invocation_for_a_retry() {
+        let mut ec2 = FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running));
+        ec2.images = vec![vendor_image()];
+        ec2.fail_stop = Some("UnsupportedOperation");
+        let clients = clients(ec2);
+        let err = handle(&config(Enforcement::Stop), &clients, &state_change("running"), now()).await.unwrap_err();
+        assert!(matches!(&err, Error::NotGuarded(f) if f.len() == 1 && f[0].step == FailedStep::Enforcement), "{err}");
+        let sent = clients.alerts.sent.lock().unwrap();
+        assert_eq!(sent.len(), 1);
+        assert!(
+            sent[0].body.contains("Enforcement: FAILED (stop): StopInstances failed: UnsupportedOperation"),
+            "{}",
+            sent[0].body
+        );
+        assert!(clients.ec2.calls().contains(&format!("CreateTags {INSTANCE} amiguard:alerted={VENDOR_AMI}")));
+        assert_eq!(lambda_runtime::Diagnostic::from(err).error_type, "EnforcementFailed");
+    }
+
+    #[tokio::test]
+    async fn the_account_comes_from_sts_only_when_the_event_has_none() {
+        let own =
+            ImageFacts { image_id: "ami-0bbbbbbbbbbbbbbbb".into(), owner_id: ACCOUNT.into(), ..ImageFacts::default() };
+        let mut ec2 = FakeEc2::with(instance(INSTANCE, &own.image_id, InstanceState::Running));
+        ec2.images = vec![own];
+        let clients = clients(ec2);
+        let with_account = instance_report(
+            handle(&config(Enforcement::Alert), &clients, &state_change("running"), now()).await.unwrap(),
+        );
+        assert_eq!(with_account.outcome, Outcome::Trusted);
+        assert_eq!(*clients.identity.calls.lock().unwrap(), 0);
+        let mut event = state_change("running");
+        event.as_object_mut().unwrap().remove("account");
+        let without = instance_report(handle(&config(Enforcement::Alert), &clients, &event, now()).await.unwrap());
+        assert_eq!(without.outcome, Outcome::Trusted, "self resolved through STS");
+        assert_eq!(*clients.identity.calls.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_invisible_image_is_untrusted_and_its_recorded_owner_is_reported() {
+        let mut ec2 = FakeEc2::with(instance(INSTANCE, "ami-0ccccccccccccccc0", InstanceState::Running));
+        ec2.metadata = vec![(
+            INSTANCE.to_string(),
+            ImageFacts {
+                image_id: "ami-0ccccccccccccccc0".into(),
+                owner_id: ACCOUNT.into(),
+                name: Some("golden-old".into()),
+                ..ImageFacts::default()
+            },
+        )];
+        let clients = clients(ec2);
+        let report = instance_report(
+            handle(&config(Enforcement::Alert), &clients, &state_change("running"), now()).await.unwrap(),
+        );
+        assert_eq!(report.outcome, Outcome::Untrusted, "a recorded owner does not make an invisible image trusted");
+        assert_eq!(report.owner_id.as_deref(), Some(ACCOUNT));
+        assert!(report.reasons[0].starts_with("image not visible"));
+        let body = clients.alerts.sent.lock().unwrap()[0].body.clone();
+        assert!(body.contains("as recorded at launch; the image itself is not visible"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn unavailable_launch_metadata_still_alerts_with_an_unknown_owner() {
+        let clients = clients(FakeEc2::with(instance(INSTANCE, "ami-0ccccccccccccccc0", InstanceState::Running)));
+        let report = instance_report(
+            handle(&config(Enforcement::Alert), &clients, &state_change("running"), now()).await.unwrap(),
+        );
+        assert_eq!(report.outcome, Outcome::Untrusted);
+        assert_eq!(report.owner_id, None);
+        assert!(clients.alerts.sent.lock().unwrap()[0].body.contains("Owner:       unknown"));
+    }
+
+    #[tokio::test]
+    async fn states_other_than_pending_and_running_are_skipped_without_a_call() {
+        let clients = clients(FakeEc2::default());
+        for state in ["stopping", "stopped", "shutting-down", "terminated"] {
+            let report = instance_report(
+                handle(&config(Enforcement::Stop), &clients, &state_change(state), now()).await.unwrap(),
+            );
+            assert_eq!(report.outcome, Outcome::Skipped);
+            assert_eq!(report.instance_id.as_deref(), Some(INSTANCE));
+            assert!(report.reasons[0].contains(state));
+        }
+        assert!(clients.ec2.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_instance_fails_so_that_lambda_retries() {
+        let clients = clients(FakeEc2::default());
+        let err = handle(&config(Enforcement::Alert), &clients, &state_change("pending"), now()).await.unwrap_err();
+        assert!(matches!(&err, Error::InstancesNotFound(ids) if ids == &[INSTANCE.to_string()]), "{err}");
+        assert!(clients.alerts.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_terminated_instance_is_skipped() {
+        let clients = clients(FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Terminated)));
+        let report = instance_report(
+            handle(&config(Enforcement::Stop), &clients, &state_change("running"), now()).await.unwrap(),
+        );
+        assert_eq!(report.outcome, Outcome::Skipped);
+        assert!(clients.alerts.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bad_input_changes_nothing() {
+        let clients = clients(FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running)));
+        for payload in [
+            json!(null),
+            json!({}),
+            json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2", "detail": {"state": "running"}}),
+        ] {
+            let err = handle(&config(Enforcement::Stop), &clients, &payload, now()).await.unwrap_err();
+            assert_eq!(lambda_runtime::Diagnostic::from(err).error_type, "MalformedEvent");
+        }
+        let mut elsewhere = state_change("running");
+        elsewhere["region"] = json!("eu-west-1");
+        let err = handle(&config(Enforcement::Stop), &clients, &elsewhere, now()).await.unwrap_err();
+        assert!(err.to_string().contains("eu-west-1"), "{err}");
+        assert!(clients.ec2.calls().is_empty());
+        assert!(clients.alerts.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn cloudtrail_without_instances_is_skipped() {
+        let clients = clients(FakeEc2::default());
+        let failed = json!({
+            "detail-type": "AWS API Call via CloudTrail", "source": "aws.ec2", "account": ACCOUNT, "region": "us-east-1",
+            "detail": {"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances", "errorCode": "Client.UnauthorizedOperation", "responseElements": null}
+        });
+        let report = instance_report(handle(&config(Enforcement::Alert), &clients, &failed, now()).await.unwrap());
+        assert_eq!(report.outcome, Outcome::Skipped);
+        assert!(report.reasons[0].contains("Client.UnauthorizedOperation"));
+        assert!(clients.ec2.calls().is_empty());
+    }
+
+    #[test]
+    fn report_shapes() {
+        let one = InstanceReport::skipped(Some(INSTANCE.into()), "why".into());
+        assert_eq!(
+            serde_json::to_value(Report::Instance(one.clone())).unwrap(),
+            json!({"outcome": "skipped", "instance_id": INSTANCE, "image_id": null, "owner_id": null, "reasons": ["why"],
+                   "alert_message_id": null, "enforcement": "none", "already_alerted": false})
+        );
+        assert_eq!(
+            serde_json::to_value(Report::Launch { instances: vec![one] }).unwrap()["instances"][0]["outcome"],
+            "skipped"
+        );
+        let audit =
+            Report::Audit(AuditReport { outcome: Outcome::Audit, audited: 3, untrusted: vec![], alerts_sent: 0 });
+        assert_eq!(
+            serde_json::to_value(audit).unwrap(),
+            json!({"outcome": "audit", "audited": 3, "untrusted": [], "alerts_sent": 0})
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! The Lambda entry point: configuration and clients once per container, then one `handle` per
+//! event.
+
+use amiguard::config::ProcessEnv;
+use amiguard::trust::ec2::Ec2Trust;
+use amiguard::trust::identity::StsIdentity;
+use amiguard::trust::sns::SnsAlerts;
+use lambda_runtime::{service_fn, LambdaEvent};
+use untrusted_ami_alert::{handle, Clients, Config, FUNCTION};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = Config::from_env(&ProcessEnv).inspect_err(|e| tracing::error!(function = FUNCTION, error = %e))?;
+    let sdk = amiguard::sdk::load().await;
+    let region =
+        sdk.region().map(ToString::to_string).ok_or("AWS_REGION is not set: the region to watch is unknown")?;
+    let clients = Clients {
+        ec2: Ec2Trust::new(aws_sdk_ec2::Client::new(&sdk)),
+        alerts: SnsAlerts::new(aws_sdk_sns::Client::new(&sdk), config.alert_topic_arn.clone()),
+        identity: StsIdentity::from_conf(&sdk),
+        region,
+    };
+    let (config, clients) = (&config, &clients);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
+        handle(config, clients, &event.payload, chrono::Utc::now()).await
+    }))
+    .await
+}

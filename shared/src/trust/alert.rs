@@ -1,0 +1,243 @@
+//! The alert a person reads: a subject naming the instance, readable text, and a JSON block for
+//! tools. Pure: the SNS adapter only sends what this module writes.
+
+use serde::Serialize;
+
+use super::enforce::{Enforcement, EnforcementTaken, Occasion};
+use super::policy::Severity;
+use crate::tags;
+
+/// SNS subjects must be under 100 characters, printable ASCII, on one line.
+pub const MAX_SUBJECT_CHARS: usize = 99;
+
+/// Where the owner facts in an alert come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OwnerSource {
+    /// DescribeImages: the image is visible.
+    Image,
+    /// DescribeInstanceImageMetadata: what EC2 recorded at launch; the image itself is not visible.
+    LaunchMetadata,
+    /// Neither: the owner is unknown.
+    Unknown,
+}
+
+/// Everything an alert says, also its JSON block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertDetails {
+    pub instance_id: String,
+    pub instance_state: String,
+    pub image_id: String,
+    pub owner_id: Option<String>,
+    pub owner_alias: Option<String>,
+    pub owner_source: OwnerSource,
+    pub image_name: Option<String>,
+    pub reasons: Vec<String>,
+    pub severity: Severity,
+    pub region: String,
+    pub account: String,
+    pub seen_on: String,
+    /// The configured `ENFORCEMENT`.
+    pub enforcement_mode: Enforcement,
+    /// What was done.
+    pub enforcement: EnforcementTaken,
+    /// The failed call, when `enforcement` is `failed`.
+    pub enforcement_error: Option<String>,
+    pub policy: String,
+}
+
+/// A message ready for SNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    pub subject: String,
+    pub body: String,
+    pub severity: Severity,
+}
+
+pub fn compose(details: &AlertDetails, occasion: &Occasion) -> Alert {
+    let subject = fit_subject(&format!(
+        "amiguard: untrusted AMI on {} ({}, {} {})",
+        details.instance_id, details.image_id, details.account, details.region
+    ));
+    let owner = match (&details.owner_id, details.owner_source) {
+        (Some(id), OwnerSource::Image) => format!("{id} ({})", alias_text(details.owner_alias.as_deref())),
+        (Some(id), OwnerSource::LaunchMetadata) => format!(
+            "{id} ({}), as recorded at launch; the image itself is not visible",
+            alias_text(details.owner_alias.as_deref())
+        ),
+        _ => "unknown (the image is not visible and its launch metadata could not be read)".to_string(),
+    };
+    let name = details.image_name.as_deref().map(|n| format!(" {n:?}")).unwrap_or_default();
+    let reasons: String = details.reasons.iter().map(|r| format!("  - {r}\n")).collect();
+    let json = serde_json::to_string_pretty(details).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let body = format!(
+        "An EC2 instance runs from an AMI that amiguard does not trust ({severity} severity).\n\
+         \n\
+         Instance:    {instance} ({state}) in account {account}, {region}\n\
+         Image:       {image}{name}\n\
+         Owner:       {owner}\n\
+         Seen on:     {occasion}\n\
+         Why:\n{reasons}\
+         Enforcement: {enforcement}\n\
+         Policy:      {policy}\n\
+         \n\
+         What to do: find out who launched the instance and from which AMI (CloudTrail RunInstances).\n\
+         If the AMI is legitimate, trust its owner (TRUSTED_IMAGE_PROVIDERS or ALLOWED_IMAGES_CRITERIA);\n\
+         otherwise stop or terminate the instance.\n\
+         amiguard alerts once per instance and image (tag {alerted}).\n\
+         \n\
+         Details (JSON):\n{json}\n",
+        severity = details.severity.as_str(),
+        instance = details.instance_id,
+        state = details.instance_state,
+        account = details.account,
+        region = details.region,
+        image = details.image_id,
+        enforcement = enforcement_text(details, occasion),
+        policy = details.policy,
+        alerted = tags::ALERTED,
+    );
+    Alert { subject, body, severity: details.severity }
+}
+
+fn alias_text(alias: Option<&str>) -> String {
+    alias.map(|a| format!("owner alias {a}")).unwrap_or_else(|| "no owner alias".to_string())
+}
+
+fn enforcement_text(details: &AlertDetails, occasion: &Occasion) -> String {
+    let tag = format!("tagged {}={}", tags::UNTRUSTED_AMI, details.image_id);
+    match details.enforcement {
+        EnforcementTaken::None => "none (ENFORCEMENT=alert: alert only)".to_string(),
+        EnforcementTaken::Tagged if details.enforcement_mode == Enforcement::Stop && occasion.is_audit() => {
+            format!("{tag}; not stopped: a scheduled audit never stops an instance")
+        }
+        EnforcementTaken::Tagged => tag,
+        EnforcementTaken::TaggedAndStopped => format!("{tag} and stopped"),
+        EnforcementTaken::TaggedStopDeferred => {
+            format!("{tag}; the instance is pending (EC2 cannot stop it yet): it is stopped on its running event")
+        }
+        EnforcementTaken::TaggedNotRunning => format!("{tag}; not stopped: the instance is not running"),
+        EnforcementTaken::Failed => format!(
+            "FAILED ({}): {}",
+            details.enforcement_mode.as_str(),
+            details.enforcement_error.as_deref().unwrap_or("unknown error")
+        ),
+    }
+}
+
+/// One line of printable ASCII, at most `MAX_SUBJECT_CHARS` long (SNS refuses anything else).
+pub fn fit_subject(text: &str) -> String {
+    let clean: String = text.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+    if clean.len() <= MAX_SUBJECT_CHARS {
+        clean
+    } else {
+        format!("{}...", &clean[..MAX_SUBJECT_CHARS - 3])
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn details() -> AlertDetails {
+        AlertDetails {
+            instance_id: "i-0123456789abcdef0".into(),
+            instance_state: "running".into(),
+            image_id: "ami-0123456789abcdef0".into(),
+            owner_id: Some("111122223333".into()),
+            owner_alias: None,
+            owner_source: OwnerSource::Image,
+            image_name: Some("cheap-miner".into()),
+            reasons: vec![
+                "owner 111122223333 (no owner alias) is not a trusted provider (trusted: amazon, self)".into()
+            ],
+            severity: Severity::High,
+            region: "us-east-1".into(),
+            account: "123456789012".into(),
+            seen_on: "launch (state-change event: running)".into(),
+            enforcement_mode: Enforcement::Tag,
+            enforcement: EnforcementTaken::Tagged,
+            enforcement_error: None,
+            policy: "trusted image providers: amazon, self".into(),
+        }
+    }
+
+    #[test]
+    fn the_subject_names_the_instance_and_fits_sns() {
+        let alert = compose(&details(), &Occasion::RunInstances);
+        assert_eq!(
+            alert.subject,
+            "amiguard: untrusted AMI on i-0123456789abcdef0 (ami-0123456789abcdef0, 123456789012 us-east-1)"
+        );
+        assert!(alert.subject.len() <= MAX_SUBJECT_CHARS);
+        let mut long = details();
+        long.region = "a-very-long-region-name-that-does-not-exist-1".into();
+        long.instance_id = "i-0123456789abcdef0\nX".into();
+        let subject = compose(&long, &Occasion::RunInstances).subject;
+        assert_eq!(subject.len(), MAX_SUBJECT_CHARS);
+        assert!(subject.starts_with("amiguard: untrusted AMI on i-0123456789abcdef0?X ("), "{subject}");
+        assert!(subject.ends_with("..."));
+    }
+
+    #[test]
+    fn the_body_is_readable_text_then_a_json_block_with_every_fact() {
+        let alert = compose(&details(), &Occasion::StateChange("running".into()));
+        let body = &alert.body;
+        assert!(
+            body.contains("Instance:    i-0123456789abcdef0 (running) in account 123456789012, us-east-1"),
+            "{body}"
+        );
+        assert!(body.contains("Image:       ami-0123456789abcdef0 \"cheap-miner\""), "{body}");
+        assert!(body.contains("Owner:       111122223333 (no owner alias)"), "{body}");
+        assert!(body.contains("  - owner 111122223333 (no owner alias) is not a trusted provider"), "{body}");
+        assert!(body.contains("Enforcement: tagged amiguard:untrusted-ami=ami-0123456789abcdef0\n"), "{body}");
+        let json_start = body.find("Details (JSON):\n").unwrap() + "Details (JSON):\n".len();
+        let json: serde_json::Value = serde_json::from_str(&body[json_start..]).unwrap();
+        assert_eq!(json["instance_id"], "i-0123456789abcdef0");
+        assert_eq!(json["image_id"], "ami-0123456789abcdef0");
+        assert_eq!(json["owner_id"], "111122223333");
+        assert_eq!(json["owner_alias"], serde_json::Value::Null);
+        assert_eq!(json["image_name"], "cheap-miner");
+        assert_eq!(json["reasons"][0], details().reasons[0]);
+        assert_eq!(json["region"], "us-east-1");
+        assert_eq!(json["account"], "123456789012");
+        assert_eq!(json["enforcement"], "tagged");
+        assert_eq!(json["severity"], "high");
+        assert_eq!(alert.severity, Severity::High);
+    }
+
+    #[test]
+    fn the_owner_line_says_where_the_owner_comes_from() {
+        let mut hidden = details();
+        hidden.owner_source = OwnerSource::LaunchMetadata;
+        hidden.owner_alias = Some("amazon".into());
+        let body = compose(&hidden, &Occasion::Audit).body;
+        assert!(body.contains(
+            "Owner:       111122223333 (owner alias amazon), as recorded at launch; the image itself is not visible"
+        ));
+        hidden.owner_source = OwnerSource::Unknown;
+        hidden.owner_id = None;
+        let body = compose(&hidden, &Occasion::Audit).body;
+        assert!(body.contains("Owner:       unknown"), "{body}");
+    }
+
+    #[test]
+    fn enforcement_lines() {
+        let mut d = details();
+        d.enforcement_mode = Enforcement::Stop;
+        assert!(compose(&d, &Occasion::Audit).body.contains("a scheduled audit never stops an instance"));
+        d.enforcement = EnforcementTaken::TaggedStopDeferred;
+        assert!(compose(&d, &Occasion::RunInstances).body.contains("it is stopped on its running event"));
+        d.enforcement = EnforcementTaken::Failed;
+        d.enforcement_error = Some("StopInstances failed: UnauthorizedOperation: no".into());
+        assert!(compose(&d, &Occasion::RunInstances)
+            .body
+            .contains("Enforcement: FAILED (stop): StopInstances failed: UnauthorizedOperation: no"));
+        d.enforcement_mode = Enforcement::Alert;
+        d.enforcement = EnforcementTaken::None;
+        assert!(compose(&d, &Occasion::RunInstances)
+            .body
+            .contains("Enforcement: none (ENFORCEMENT=alert: alert only)"));
+    }
+}

@@ -1,0 +1,380 @@
+//! The EC2 calls untrusted-ami-alert makes, behind a narrow trait: DescribeInstances,
+//! DescribeImages, DescribeInstanceImageMetadata, CreateTags and StopInstances.
+
+use std::future::Future;
+
+use aws_sdk_ec2::types::Filter;
+
+use super::enforce::{InstanceFacts, InstanceState, StopOutcome};
+use super::policy::ImageFacts;
+use crate::error::AwsError;
+use crate::sdk;
+use crate::tags::{self, Tag};
+
+/// Ids per filter: EC2 takes up to 200 values per filter; stay well under.
+const IDS_PER_CALL: usize = 100;
+
+/// The states of an instance that is not terminated (the audit's scope).
+pub const LIVE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
+
+pub trait TrustEc2: Sync {
+    /// The instances among `instance_ids` that EC2 knows, every page; unknown ids are absent.
+    fn instances(&self, instance_ids: &[String]) -> impl Future<Output = Result<Vec<InstanceFacts>, AwsError>> + Send;
+    /// Every instance that is not terminated, every page.
+    fn live_instances(&self) -> impl Future<Output = Result<Vec<InstanceFacts>, AwsError>> + Send;
+    /// The images among `image_ids` this account can see (its own, public ones, shared with it),
+    /// deprecated and disabled ones included, every page; the others are absent.
+    fn visible_images(&self, image_ids: &[String]) -> impl Future<Output = Result<Vec<ImageFacts>, AwsError>> + Send;
+    /// What EC2 recorded at launch about each instance's image, even when the image is
+    /// deregistered or private: `(instance id, image facts)`. Best effort: few retries.
+    fn launch_image_metadata(
+        &self,
+        instance_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, ImageFacts)>, AwsError>> + Send;
+    fn tag_instance(&self, instance_id: &str, tag: &Tag) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn stop_instance(&self, instance_id: &str) -> impl Future<Output = Result<StopOutcome, AwsError>> + Send;
+}
+
+/// The real EC2 client.
+#[derive(Debug, Clone)]
+pub struct Ec2Trust {
+    client: aws_sdk_ec2::Client,
+    /// The same client with two attempts at most, for calls whose failure only loses detail.
+    best_effort: aws_sdk_ec2::Client,
+}
+
+impl Ec2Trust {
+    pub fn new(client: aws_sdk_ec2::Client) -> Self {
+        let config = client.config().to_builder().retry_config(sdk::cleanup_retry_config()).build();
+        Self { best_effort: aws_sdk_ec2::Client::from_conf(config), client }
+    }
+}
+
+fn instance_facts(instance: &aws_sdk_ec2::types::Instance) -> Option<InstanceFacts> {
+    Some(InstanceFacts {
+        instance_id: instance.instance_id()?.to_string(),
+        image_id: instance.image_id().map(str::to_string),
+        state: InstanceState::parse(instance.state().and_then(|s| s.name()).map(|n| n.as_str()).unwrap_or_default()),
+        tags: tags::from_sdk(instance.tags()),
+    })
+}
+
+fn image_facts(image: &aws_sdk_ec2::types::Image) -> Option<ImageFacts> {
+    Some(ImageFacts {
+        image_id: image.image_id()?.to_string(),
+        owner_id: image.owner_id().unwrap_or_default().to_string(),
+        owner_alias: image.image_owner_alias().map(str::to_string),
+        name: image.name().map(str::to_string),
+        creation_date: image.creation_date().map(str::to_string),
+        deprecation_time: image.deprecation_time().map(str::to_string),
+    })
+}
+
+fn metadata_facts(metadata: &aws_sdk_ec2::types::InstanceImageMetadata) -> Option<(String, ImageFacts)> {
+    let image = metadata.image_metadata()?;
+    Some((
+        metadata.instance_id()?.to_string(),
+        ImageFacts {
+            image_id: image.image_id()?.to_string(),
+            owner_id: image.owner_id().unwrap_or_default().to_string(),
+            owner_alias: image.image_owner_alias().map(str::to_string),
+            name: image.name().map(str::to_string),
+            creation_date: image.creation_date().map(str::to_string),
+            deprecation_time: image.deprecation_time().map(str::to_string),
+        },
+    ))
+}
+
+fn filter(name: &str, values: &[String]) -> Filter {
+    Filter::builder().name(name).set_values(Some(values.to_vec())).build()
+}
+
+impl Ec2Trust {
+    async fn describe_instances(&self, filter: Filter) -> Result<Vec<InstanceFacts>, AwsError> {
+        let mut found = Vec::new();
+        let mut pages = self.client.describe_instances().filters(filter).max_results(1000).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeInstances", e))?;
+            found.extend(page.reservations().iter().flat_map(|r| r.instances()).filter_map(instance_facts));
+        }
+        Ok(found)
+    }
+}
+
+impl TrustEc2 for Ec2Trust {
+    // Filters rather than `InstanceIds`/`ImageIds`: an unknown id in a filter is simply absent,
+    // where in the id list it fails the whole call; and filters page with MaxResults.
+    async fn instances(&self, instance_ids: &[String]) -> Result<Vec<InstanceFacts>, AwsError> {
+        let mut found = Vec::new();
+        for chunk in instance_ids.chunks(IDS_PER_CALL) {
+            found.extend(self.describe_instances(filter("instance-id", chunk)).await?);
+        }
+        Ok(found)
+    }
+
+    async fn live_instances(&self) -> Result<Vec<InstanceFacts>, AwsError> {
+        let states: Vec<String> = LIVE_STATES.iter().map(|s| s.to_string()).collect();
+        self.describe_instances(filter("instance-state-name", &states)).await
+    }
+
+    async fn visible_images(&self, image_ids: &[String]) -> Result<Vec<ImageFacts>, AwsError> {
+        let mut found = Vec::new();
+        for chunk in image_ids.chunks(IDS_PER_CALL) {
+            let mut pages = self
+                .client
+                .describe_images()
+                .filters(filter("image-id", chunk))
+                .include_deprecated(true)
+                .include_disabled(true)
+                .max_results(1000)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?;
+                found.extend(page.images().iter().filter_map(image_facts));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn launch_image_metadata(&self, instance_ids: &[String]) -> Result<Vec<(String, ImageFacts)>, AwsError> {
+        let mut found = Vec::new();
+        for chunk in instance_ids.chunks(IDS_PER_CALL) {
+            let mut pages = self
+                .best_effort
+                .describe_instance_image_metadata()
+                .filters(filter("instance-id", chunk))
+                .max_results(1000)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| AwsError::from_sdk("DescribeInstanceImageMetadata", e))?;
+                found.extend(page.instance_image_metadata().iter().filter_map(metadata_facts));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn tag_instance(&self, instance_id: &str, tag: &Tag) -> Result<(), AwsError> {
+        self.client
+            .create_tags()
+            .resources(instance_id)
+            .set_tags(Some(tags::to_sdk(std::slice::from_ref(tag))))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::from_sdk("CreateTags", e))
+    }
+
+    async fn stop_instance(&self, instance_id: &str) -> Result<StopOutcome, AwsError> {
+        match self.client.stop_instances().instance_ids(instance_id).send().await {
+            Ok(_) => Ok(StopOutcome::Stopping),
+            Err(err) => {
+                let err = AwsError::from_sdk("StopInstances", err);
+                if err.has_code("IncorrectInstanceState") {
+                    Ok(StopOutcome::NotStoppable)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
+    use aws_sdk_ec2::operation::describe_instance_image_metadata::{
+        DescribeInstanceImageMetadataError, DescribeInstanceImageMetadataOutput,
+    };
+    use aws_sdk_ec2::operation::describe_instances::{DescribeInstancesError, DescribeInstancesOutput};
+    use aws_sdk_ec2::operation::stop_instances::{StopInstancesError, StopInstancesOutput};
+    use aws_sdk_ec2::types::{Image, ImageMetadata, Instance, InstanceImageMetadata, InstanceStateName, Reservation};
+    use aws_sdk_ec2::Client;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+    use aws_smithy_types::error::ErrorMetadata;
+
+    fn code(code: &str) -> ErrorMetadata {
+        ErrorMetadata::builder().code(code).message("mocked").build()
+    }
+
+    fn instance(id: &str, state: InstanceStateName) -> Instance {
+        Instance::builder()
+            .instance_id(id)
+            .image_id("ami-0123456789abcdef0")
+            .state(aws_sdk_ec2::types::InstanceState::builder().name(state).build())
+            .tags(aws_sdk_ec2::types::Tag::builder().key(tags::ALERTED).value("ami-0123456789abcdef0").build())
+            .build()
+    }
+
+    #[tokio::test]
+    async fn instances_follow_every_page_and_keep_state_and_tags() {
+        let first = mock!(Client::describe_instances)
+            .match_requests(|r| r.next_token().is_none() && r.max_results() == Some(1000))
+            .then_output(|| {
+                DescribeInstancesOutput::builder()
+                    .reservations(Reservation::builder().instances(instance("i-1", InstanceStateName::Pending)).build())
+                    .next_token("page-2")
+                    .build()
+            });
+        let second =
+            mock!(Client::describe_instances).match_requests(|r| r.next_token() == Some("page-2")).then_output(|| {
+                DescribeInstancesOutput::builder()
+                    .reservations(Reservation::builder().instances(instance("i-2", InstanceStateName::Running)).build())
+                    .build()
+            });
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&first, &second]);
+        let found = Ec2Trust::new(client).live_instances().await.unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].instance_id, "i-1");
+        assert_eq!(found[0].state, InstanceState::Pending);
+        assert_eq!(found[1].state, InstanceState::Running);
+        assert_eq!(tags::value(&found[0].tags, tags::ALERTED), Some("ami-0123456789abcdef0"));
+        assert_eq!(first.num_calls() + second.num_calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_page_fails_the_listing() {
+        let first = mock!(Client::describe_instances).match_requests(|r| r.next_token().is_none()).then_output(|| {
+            DescribeInstancesOutput::builder()
+                .reservations(Reservation::builder().instances(instance("i-1", InstanceStateName::Running)).build())
+                .next_token("page-2")
+                .build()
+        });
+        let failing = mock!(Client::describe_instances)
+            .match_requests(|r| r.next_token() == Some("page-2"))
+            .then_error(|| DescribeInstancesError::generic(code("UnauthorizedOperation")));
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&first, &failing]);
+        let err = Ec2Trust::new(client).instances(&["i-1".to_string()]).await.unwrap_err();
+        assert_eq!(err.operation, "DescribeInstances");
+        assert_eq!(err.code, "UnauthorizedOperation");
+    }
+
+    #[tokio::test]
+    async fn images_are_asked_by_filter_with_deprecated_and_disabled_ones() {
+        let rule = mock!(Client::describe_images)
+            .match_requests(|r| {
+                r.include_deprecated() == Some(true)
+                    && r.include_disabled() == Some(true)
+                    && r.image_ids().is_empty()
+                    && r.filters().iter().any(|f| f.name() == Some("image-id") && f.values().len() == 2)
+            })
+            .then_output(|| {
+                DescribeImagesOutput::builder()
+                    .images(
+                        Image::builder()
+                            .image_id("ami-1")
+                            .owner_id("111122223333")
+                            .name("vendor")
+                            .creation_date("2025-01-01T00:00:00.000Z")
+                            .deprecation_time("2026-01-01T00:00:00Z")
+                            .build(),
+                    )
+                    .build()
+            });
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+        let images = Ec2Trust::new(client).visible_images(&["ami-1".to_string(), "ami-2".to_string()]).await.unwrap();
+        assert_eq!(
+            images,
+            [ImageFacts {
+                image_id: "ami-1".into(),
+                owner_id: "111122223333".into(),
+                owner_alias: None,
+                name: Some("vendor".into()),
+                creation_date: Some("2025-01-01T00:00:00.000Z".into()),
+                deprecation_time: Some("2026-01-01T00:00:00Z".into()),
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn more_ids_than_a_filter_takes_are_split_across_calls() {
+        let rule = mock!(Client::describe_images)
+            .match_requests(|r| r.filters().iter().all(|f| f.values().len() <= IDS_PER_CALL))
+            .then_output(|| DescribeImagesOutput::builder().build());
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+        let ids: Vec<String> = (0..250).map(|i| format!("ami-{i:017x}")).collect();
+        Ec2Trust::new(client).visible_images(&ids).await.unwrap();
+        assert_eq!(rule.num_calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn launch_metadata_gives_the_owner_of_an_image_no_longer_visible() {
+        let rule = mock!(Client::describe_instance_image_metadata)
+            .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("instance-id")))
+            .then_output(|| {
+                DescribeInstanceImageMetadataOutput::builder()
+                    .instance_image_metadata(
+                        InstanceImageMetadata::builder()
+                            .instance_id("i-1")
+                            .image_metadata(
+                                ImageMetadata::builder()
+                                    .image_id("ami-gone")
+                                    .owner_id("444455556666")
+                                    .image_owner_alias("aws-marketplace")
+                                    .name("old")
+                                    .state(aws_sdk_ec2::types::ImageState::Deregistered)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    // An instance without image metadata is left out rather than guessed.
+                    .instance_image_metadata(InstanceImageMetadata::builder().instance_id("i-2").build())
+                    .build()
+            });
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+        let found = Ec2Trust::new(client).launch_image_metadata(&["i-1".to_string(), "i-2".to_string()]).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "i-1");
+        assert_eq!(found[0].1.owner_id, "444455556666");
+        assert_eq!(found[0].1.owner_alias.as_deref(), Some("aws-marketplace"));
+    }
+
+    /// Tokio's clock, so that a paused test runtime skips the retry back-off.
+    #[derive(Debug)]
+    struct TokioSleeper;
+
+    impl aws_sdk_ec2::config::AsyncSleep for TokioSleeper {
+        fn sleep(&self, duration: std::time::Duration) -> aws_sdk_ec2::config::Sleep {
+            aws_sdk_ec2::config::Sleep::new(tokio::time::sleep(duration))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn launch_metadata_is_retried_at_most_twice_while_other_calls_keep_the_full_policy() {
+        let metadata = mock!(Client::describe_instance_image_metadata)
+            .then_error(|| DescribeInstanceImageMetadataError::generic(code("RequestLimitExceeded")));
+        let instances = mock!(Client::describe_instances)
+            .then_error(|| DescribeInstancesError::generic(code("RequestLimitExceeded")));
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&metadata, &instances], |b| b
+            .retry_config(sdk::retry_config())
+            .sleep_impl(aws_sdk_ec2::config::SharedAsyncSleep::new(TokioSleeper)));
+        let ec2 = Ec2Trust::new(client);
+        let err = ec2.launch_image_metadata(&["i-1".to_string()]).await.unwrap_err();
+        assert_eq!(err.code, "RequestLimitExceeded");
+        assert_eq!(metadata.num_calls(), 2);
+        let err = ec2.instances(&["i-1".to_string()]).await.unwrap_err();
+        assert_eq!(err.code, "RequestLimitExceeded");
+        assert_eq!(instances.num_calls(), sdk::MAX_ATTEMPTS as usize);
+    }
+
+    #[tokio::test]
+    async fn a_stop_refused_for_the_state_is_an_outcome_and_anything_else_an_error() {
+        let refused = mock!(Client::stop_instances)
+            .match_requests(|r| r.instance_ids() == ["i-pending"])
+            .then_error(|| StopInstancesError::generic(code("IncorrectInstanceState")));
+        let denied = mock!(Client::stop_instances)
+            .match_requests(|r| r.instance_ids() == ["i-spot"])
+            .then_error(|| StopInstancesError::generic(code("UnsupportedOperation")));
+        let ok = mock!(Client::stop_instances)
+            .match_requests(|r| r.instance_ids() == ["i-running"])
+            .then_output(|| StopInstancesOutput::builder().build());
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&refused, &denied, &ok]);
+        let ec2 = Ec2Trust::new(client);
+        assert_eq!(ec2.stop_instance("i-running").await.unwrap(), StopOutcome::Stopping);
+        assert_eq!(ec2.stop_instance("i-pending").await.unwrap(), StopOutcome::NotStoppable);
+        assert_eq!(ec2.stop_instance("i-spot").await.unwrap_err().code, "UnsupportedOperation");
+    }
+}

@@ -1,0 +1,294 @@
+//! The three events untrusted-ami-alert answers, parsed from the EventBridge envelope: a state
+//! change, a CloudTrail `RunInstances`, and the scheduled audit. Anything else is an error that
+//! changes nothing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{parse_envelope, EventError};
+
+pub const STATE_CHANGE: &str = "EC2 Instance State-change Notification";
+pub const CLOUDTRAIL_API_CALL: &str = "AWS API Call via CloudTrail";
+pub const SCHEDULED_EVENT: &str = "Scheduled Event";
+
+/// What the event asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// An instance changed state (any state: the handler skips all but `pending` and `running`).
+    StateChange { instance_id: String, state: String },
+    /// `RunInstances` launched these instances (in the order of the call, without repeats).
+    RunInstances { instance_ids: Vec<String> },
+    /// `RunInstances` failed (`errorCode`): nothing was launched.
+    RunInstancesFailed { error_code: String },
+    /// A CloudTrail event of another EC2 call: the rule sends more than it should.
+    OtherApiCall { event_name: String },
+    /// The scheduled audit.
+    Audit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerEvent {
+    pub trigger: Trigger,
+    /// The account the event is about (`self`), when the envelope says.
+    pub account: Option<String>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateChangeDetail {
+    #[serde(rename = "instance-id")]
+    instance_id: String,
+    state: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CloudTrailDetail {
+    event_source: String,
+    event_name: String,
+    #[serde(default)]
+    error_code: Option<String>,
+    #[serde(default)]
+    response_elements: Option<RunInstancesResponse>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunInstancesResponse {
+    instances_set: InstancesSet,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct InstancesSet {
+    items: Vec<LaunchedInstance>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LaunchedInstance {
+    instance_id: String,
+}
+
+pub fn parse(payload: &serde_json::Value) -> Result<TriggerEvent, EventError> {
+    let envelope = parse_envelope::<serde_json::Value>(payload)?;
+    let source = envelope.source.as_str();
+    let trigger = match envelope.detail_type.as_str() {
+        STATE_CHANGE => {
+            expect_source(source, &["aws.ec2"])?;
+            let detail: StateChangeDetail = detail(envelope.detail)?;
+            check_instance_id(&detail.instance_id)?;
+            Trigger::StateChange { instance_id: detail.instance_id, state: detail.state }
+        }
+        CLOUDTRAIL_API_CALL => {
+            expect_source(source, &["aws.ec2"])?;
+            cloudtrail(detail(envelope.detail)?)?
+        }
+        SCHEDULED_EVENT => {
+            expect_source(source, &["aws.events", "aws.scheduler"])?;
+            if !envelope.detail.is_object() {
+                return Err(EventError::Malformed("detail: expected a JSON object".to_string()));
+            }
+            Trigger::Audit
+        }
+        other => {
+            return Err(EventError::Unexpected(format!(
+                "detail-type {other:?}: expected {STATE_CHANGE:?}, {CLOUDTRAIL_API_CALL:?} or {SCHEDULED_EVENT:?}"
+            )))
+        }
+    };
+    let account = envelope.account.filter(|a| !a.trim().is_empty());
+    if let Some(account) = &account {
+        if !super::policy::is_account_id(account) {
+            return Err(EventError::Malformed(format!("account {account:?}: expected a 12-digit account id")));
+        }
+    }
+    Ok(TriggerEvent { trigger, account, region: envelope.region.filter(|r| !r.trim().is_empty()) })
+}
+
+fn cloudtrail(detail: CloudTrailDetail) -> Result<Trigger, EventError> {
+    if detail.event_source != "ec2.amazonaws.com" {
+        return Err(EventError::Unexpected(format!(
+            "CloudTrail eventSource {:?}: expected \"ec2.amazonaws.com\"",
+            detail.event_source
+        )));
+    }
+    if detail.event_name != "RunInstances" {
+        return Ok(Trigger::OtherApiCall { event_name: detail.event_name });
+    }
+    if let Some(error_code) = detail.error_code {
+        return Ok(Trigger::RunInstancesFailed { error_code });
+    }
+    let launched = detail.response_elements.ok_or_else(|| {
+        EventError::Malformed("detail.responseElements: missing for a RunInstances call without errorCode".to_string())
+    })?;
+    let mut instance_ids: Vec<String> = Vec::new();
+    for item in launched.instances_set.items {
+        check_instance_id(&item.instance_id)?;
+        if !instance_ids.contains(&item.instance_id) {
+            instance_ids.push(item.instance_id);
+        }
+    }
+    if instance_ids.is_empty() {
+        return Err(EventError::Malformed("detail.responseElements.instancesSet.items is empty".to_string()));
+    }
+    Ok(Trigger::RunInstances { instance_ids })
+}
+
+fn detail<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, EventError> {
+    serde_json::from_value(value).map_err(|e| EventError::Malformed(format!("detail: {e}")))
+}
+
+/// Events from `aws.*` sources can only come from AWS (PutEvents refuses them), so checking the
+/// source also keeps forged events out.
+fn expect_source(source: &str, expected: &[&str]) -> Result<(), EventError> {
+    if expected.contains(&source) {
+        Ok(())
+    } else {
+        Err(EventError::Unexpected(format!("source {source:?}: expected {}", expected.join(" or "))))
+    }
+}
+
+/// `i-` and hexadecimal digits: anything else would only come back from EC2 as a malformed id.
+fn check_instance_id(id: &str) -> Result<(), EventError> {
+    let valid = id
+        .strip_prefix("i-")
+        .is_some_and(|hex| (8..=32).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    if valid {
+        Ok(())
+    } else {
+        Err(EventError::Malformed(format!("instance id {id:?}: expected i- followed by hexadecimal digits")))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn state_change(state: &str) -> serde_json::Value {
+        json!({
+            "version": "0", "id": "e1", "detail-type": STATE_CHANGE, "source": "aws.ec2",
+            "account": "123456789012", "time": "2026-01-31T12:00:00Z", "region": "us-east-1",
+            "resources": ["arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"],
+            "detail": {"instance-id": "i-0123456789abcdef0", "state": state}
+        })
+    }
+
+    fn run_instances(detail: serde_json::Value) -> serde_json::Value {
+        json!({"detail-type": CLOUDTRAIL_API_CALL, "source": "aws.ec2", "account": "123456789012", "region": "us-east-1", "detail": detail})
+    }
+
+    #[test]
+    fn a_state_change() {
+        let event = parse(&state_change("pending")).unwrap();
+        assert_eq!(
+            event,
+            TriggerEvent {
+                trigger: Trigger::StateChange { instance_id: "i-0123456789abcdef0".into(), state: "pending".into() },
+                account: Some("123456789012".into()),
+                region: Some("us-east-1".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn a_run_instances_call_lists_its_instances_once_each() {
+        let event = parse(&run_instances(json!({
+            "eventSource": "ec2.amazonaws.com", "eventName": "RunInstances", "awsRegion": "us-east-1",
+            "responseElements": {"instancesSet": {"items": [
+                {"instanceId": "i-0aaaaaaaaaaaaaaaa", "imageId": "ami-1"},
+                {"instanceId": "i-0bbbbbbbbbbbbbbbb", "imageId": "ami-1"},
+                {"instanceId": "i-0aaaaaaaaaaaaaaaa", "imageId": "ami-1"}
+            ]}}
+        })))
+        .unwrap();
+        assert_eq!(
+            event.trigger,
+            Trigger::RunInstances { instance_ids: vec!["i-0aaaaaaaaaaaaaaaa".into(), "i-0bbbbbbbbbbbbbbbb".into()] }
+        );
+    }
+
+    #[test]
+    fn a_failed_or_other_call_is_recognised() {
+        let failed = parse(&run_instances(json!({
+            "eventSource": "ec2.amazonaws.com", "eventName": "RunInstances",
+            "errorCode": "Client.UnauthorizedOperation", "responseElements": null
+        })))
+        .unwrap();
+        assert_eq!(failed.trigger, Trigger::RunInstancesFailed { error_code: "Client.UnauthorizedOperation".into() });
+        let other =
+            parse(&run_instances(json!({"eventSource": "ec2.amazonaws.com", "eventName": "StopInstances"}))).unwrap();
+        assert_eq!(other.trigger, Trigger::OtherApiCall { event_name: "StopInstances".into() });
+    }
+
+    #[test]
+    fn a_scheduled_event_with_or_without_account() {
+        let event = parse(&json!({"detail-type": SCHEDULED_EVENT, "source": "aws.events", "detail": {}})).unwrap();
+        assert_eq!(event, TriggerEvent { trigger: Trigger::Audit, account: None, region: None });
+        let blank = parse(
+            &json!({"detail-type": SCHEDULED_EVENT, "source": "aws.scheduler", "account": "", "detail": {"x": 1}}),
+        );
+        assert_eq!(blank.unwrap().account, None);
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        let malformed = |payload: serde_json::Value, expected: &str| {
+            let err = parse(&payload).unwrap_err();
+            assert!(matches!(err, EventError::Malformed(_)), "{err}");
+            assert!(err.to_string().contains(expected), "{err} lacks {expected}");
+        };
+        malformed(json!("text"), "expected a JSON object");
+        malformed(json!({"source": "aws.ec2", "detail": {}}), "detail-type");
+        malformed(
+            json!({"detail-type": STATE_CHANGE, "source": "aws.ec2", "detail": {"state": "running"}}),
+            "instance-id",
+        );
+        malformed(
+            json!({"detail-type": STATE_CHANGE, "source": "aws.ec2", "detail": {"instance-id": 5, "state": "running"}}),
+            "invalid type",
+        );
+        malformed(
+            json!({"detail-type": STATE_CHANGE, "source": "aws.ec2", "detail": {"instance-id": "sg-1234abcd", "state": "running"}}),
+            "instance id \"sg-1234abcd\"",
+        );
+        malformed(
+            json!({"detail-type": STATE_CHANGE, "source": "aws.ec2", "account": "me", "detail": {"instance-id": "i-0123456789abcdef0", "state": "running"}}),
+            "12-digit",
+        );
+        malformed(
+            run_instances(json!({"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances"})),
+            "responseElements",
+        );
+        malformed(
+            run_instances(
+                json!({"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances", "responseElements": {"instancesSet": {"items": []}}}),
+            ),
+            "empty",
+        );
+        malformed(
+            run_instances(
+                json!({"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances", "responseElements": {"instancesSet": {}}}),
+            ),
+            "items",
+        );
+        malformed(
+            json!({"detail-type": SCHEDULED_EVENT, "source": "aws.events", "detail": []}),
+            "expected a JSON object",
+        );
+    }
+
+    #[test]
+    fn events_from_elsewhere_are_unexpected() {
+        let unexpected = |payload: serde_json::Value| {
+            let err = parse(&payload).unwrap_err();
+            assert!(matches!(err, EventError::Unexpected(_)), "{err}");
+        };
+        unexpected(json!({"detail-type": "Object Created", "source": "aws.s3", "detail": {}}));
+        unexpected(
+            json!({"detail-type": STATE_CHANGE, "source": "my.app", "detail": {"instance-id": "i-0123456789abcdef0", "state": "running"}}),
+        );
+        unexpected(json!({"detail-type": SCHEDULED_EVENT, "source": "aws.ec2", "detail": {}}));
+        unexpected(run_instances(json!({"eventSource": "s3.amazonaws.com", "eventName": "RunInstances"})));
+    }
+}

@@ -1,0 +1,463 @@
+//! untrusted-ami-alert against moto: the real handler, EC2 and SNS, alerts read back through an
+//! SQS queue subscribed to the topic.
+//!
+//! moto gives every fixture AMI the alias `amazon` whatever its owner, and does not share AMIs
+//! across accounts, so owner-id rules are tested with explicit account ids: Amazon Linux is owned
+//! by 137112412989, RHEL by 309956199498, and images made in the test account by that account.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use amiguard::tags;
+use amiguard::trust::ec2::Ec2Trust;
+use amiguard::trust::identity::StsIdentity;
+use amiguard::trust::sns::SnsAlerts;
+use amiguard_integration_tests::{
+    sample_event, TestAccount, AMAZON_LINUX_AMI, AMAZON_OWNER_ID, RED_HAT_OWNER_ID, RHEL_AMI,
+};
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{json, Value};
+use untrusted_ami_alert::{handle, Clients, Config, Error, InstanceReport, Outcome, Report};
+
+/// Alerts as a subscriber sees them: an SQS queue on the alert topic.
+struct AlertInbox {
+    topic_arn: String,
+    queue_url: String,
+    sqs: aws_sdk_sqs::Client,
+    raw: bool,
+}
+
+/// One alert read back: subject (non-raw delivery only), body, severity attribute.
+#[derive(Debug)]
+struct Received {
+    subject: Option<String>,
+    body: String,
+    severity: Option<String>,
+}
+
+impl AlertInbox {
+    async fn new(account: &TestAccount, raw: bool) -> Self {
+        let sns = account.sns();
+        let sqs = account.sqs();
+        let topic_arn =
+            sns.create_topic().name("amiguard-alerts").send().await.unwrap().topic_arn().unwrap().to_string();
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(format!("alerts-{raw}"))
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_string();
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap();
+        let queue_arn = attributes.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+        sns.subscribe()
+            .topic_arn(&topic_arn)
+            .protocol("sqs")
+            .endpoint(queue_arn)
+            .attributes("RawMessageDelivery", raw.to_string())
+            .send()
+            .await
+            .unwrap();
+        Self { topic_arn, queue_url, sqs, raw }
+    }
+
+    /// Every message waiting in the queue (and removes them).
+    async fn drain(&self) -> Vec<Received> {
+        let mut received = Vec::new();
+        loop {
+            let output = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .unwrap();
+            if output.messages().is_empty() {
+                return received;
+            }
+            for message in output.messages() {
+                let body = message.body().unwrap().to_string();
+                received.push(if self.raw {
+                    let severity =
+                        message.message_attributes().and_then(|a| a.get("severity")).and_then(|v| v.string_value());
+                    Received { subject: None, body, severity: severity.map(str::to_string) }
+                } else {
+                    let envelope: Value = serde_json::from_str(&body).unwrap();
+                    Received {
+                        subject: envelope["Subject"].as_str().map(str::to_string),
+                        body: envelope["Message"].as_str().unwrap().to_string(),
+                        severity: envelope["MessageAttributes"]["severity"]["Value"].as_str().map(str::to_string),
+                    }
+                });
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(message.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+fn config(topic_arn: &str, vars: &[(&str, &str)]) -> Config {
+    let mut map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    map.insert("ALERT_TOPIC_ARN".into(), topic_arn.into());
+    Config::from_env(&move |name: &str| map.get(name).cloned()).unwrap()
+}
+
+fn clients(account: &TestAccount, config: &Config) -> Clients<Ec2Trust, SnsAlerts, StsIdentity> {
+    Clients {
+        ec2: Ec2Trust::new(account.ec2()),
+        alerts: SnsAlerts::new(account.sns(), config.alert_topic_arn.clone()),
+        identity: StsIdentity::from_conf(account.sdk_config()),
+        region: account.region.clone(),
+    }
+}
+
+fn state_change(account: &TestAccount, instance_id: &str, state: &str) -> Value {
+    let mut event = sample_event(&format!("untrusted-ami-alert.{state}.json"));
+    event["account"] = json!(account.account_id);
+    event["resources"] =
+        json!([format!("arn:aws:ec2:{}:{}:instance/{instance_id}", account.region, account.account_id)]);
+    event["detail"]["instance-id"] = json!(instance_id);
+    event
+}
+
+fn one(report: Report) -> InstanceReport {
+    match report {
+        Report::Instance(report) => report,
+        other => panic!("expected one instance's report, got {other:?}"),
+    }
+}
+
+async fn instance_tags(account: &TestAccount, instance_id: &str) -> HashMap<String, String> {
+    let output = account.ec2().describe_instances().instance_ids(instance_id).send().await.unwrap();
+    let instance = &output.reservations()[0].instances()[0];
+    instance.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap_or_default().to_string())).collect()
+}
+
+async fn instance_state(account: &TestAccount, instance_id: &str) -> String {
+    let output = account.ec2().describe_instances().instance_ids(instance_id).send().await.unwrap();
+    output.reservations()[0].instances()[0].state().unwrap().name().unwrap().as_str().to_string()
+}
+
+/// An AMI made in the test account (owner: the test account, no alias).
+async fn own_image(account: &TestAccount, name: &str) -> String {
+    let source = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+    let output = account.ec2().create_image().instance_id(&source).name(name).send().await.unwrap();
+    output.image_id().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn an_instance_of_an_own_ami_is_trusted_and_nothing_is_sent_or_tagged() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[("ENFORCEMENT", "stop")]);
+    let image = own_image(&account, "golden-2026-01").await;
+    let instance = account.run_instance(&image, &[]).await;
+
+    let report =
+        one(handle(&config, &clients(&account, &config), &state_change(&account, &instance, "running"), Utc::now())
+            .await
+            .unwrap());
+
+    assert_eq!(report.outcome, Outcome::Trusted);
+    assert_eq!(report.image_id.as_deref(), Some(image.as_str()));
+    assert_eq!(report.owner_id.as_deref(), Some(account.account_id.as_str()));
+    assert!(inbox.drain().await.is_empty());
+    assert!(!instance_tags(&account, &instance).await.keys().any(|k| tags::is_amiguard(k)));
+    assert_eq!(instance_state(&account, &instance).await, "running");
+}
+
+#[tokio::test]
+async fn a_listed_account_id_is_trusted_by_owner_id_and_never_by_alias() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    // Red Hat's account listed, no alias keyword: RHEL is trusted by its owner id; Amazon Linux
+    // (alias amazon in moto, owner 137112412989) is not, alias or not.
+    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", RED_HAT_OWNER_ID)]);
+    let clients = clients(&account, &config);
+    let rhel = account.run_instance(RHEL_AMI, &[]).await;
+    let amazon = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+
+    let trusted = one(handle(&config, &clients, &state_change(&account, &rhel, "running"), Utc::now()).await.unwrap());
+    assert_eq!(trusted.outcome, Outcome::Trusted);
+    assert_eq!(trusted.owner_id.as_deref(), Some(RED_HAT_OWNER_ID));
+
+    let untrusted =
+        one(handle(&config, &clients, &state_change(&account, &amazon, "running"), Utc::now()).await.unwrap());
+    assert_eq!(untrusted.outcome, Outcome::Untrusted);
+    assert_eq!(
+        untrusted.reasons,
+        [format!(
+            "owner {AMAZON_OWNER_ID} (owner alias amazon) is not a trusted provider (trusted: {RED_HAT_OWNER_ID})"
+        )]
+    );
+    assert_eq!(inbox.drain().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_unlisted_owner_is_alerted_once_across_pending_running_and_redelivery() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, false).await;
+    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", &format!("self,{AMAZON_OWNER_ID}"))]);
+    let clients = clients(&account, &config);
+    let instance = account.run_instance(RHEL_AMI, &[("Name", "web-1")]).await;
+
+    let pending =
+        one(handle(&config, &clients, &state_change(&account, &instance, "pending"), Utc::now()).await.unwrap());
+    let running = state_change(&account, &instance, "running");
+    let later = one(handle(&config, &clients, &running, Utc::now()).await.unwrap());
+    let redelivered = one(handle(&config, &clients, &running, Utc::now()).await.unwrap());
+
+    assert_eq!(pending.outcome, Outcome::Untrusted);
+    assert_eq!(pending.owner_id.as_deref(), Some(RED_HAT_OWNER_ID));
+    assert!(pending.alert_message_id.is_some());
+    assert!(!pending.already_alerted);
+    for report in [&later, &redelivered] {
+        assert_eq!(report.outcome, Outcome::Untrusted);
+        assert_eq!(report.alert_message_id, None);
+        assert!(report.already_alerted);
+    }
+    let alerts = inbox.drain().await;
+    assert_eq!(alerts.len(), 1, "one alert per instance and image: {alerts:?}");
+    let alert = &alerts[0];
+    let subject = alert.subject.as_deref().unwrap();
+    assert!(subject.contains(&instance) && subject.len() <= 100, "{subject}");
+    assert_eq!(alert.severity.as_deref(), Some("high"));
+    assert!(alert.body.contains(&format!("Owner:       {RED_HAT_OWNER_ID} (owner alias amazon)")), "{}", alert.body);
+    let json_block: Value = serde_json::from_str(alert.body.split("Details (JSON):\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json_block["instance_id"], instance);
+    assert_eq!(json_block["image_id"], RHEL_AMI);
+    assert_eq!(json_block["owner_id"], RED_HAT_OWNER_ID);
+    assert_eq!(json_block["owner_alias"], "amazon");
+    assert_eq!(json_block["image_name"], "RHEL-9.4.0_HVM-20240605-x86_64-82-Hourly2-GP3");
+    assert_eq!(json_block["account"], account.account_id);
+    assert_eq!(json_block["region"], account.region);
+    assert_eq!(json_block["enforcement"], "none");
+    assert_eq!(json_block["reasons"][0], pending.reasons[0]);
+    assert_eq!(instance_tags(&account, &instance).await.get(tags::ALERTED), Some(&RHEL_AMI.to_string()));
+}
+
+#[tokio::test]
+async fn a_deregistered_image_is_alerted_as_unverifiable() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[]);
+    let image = own_image(&account, "golden-retired").await;
+    let instance = account.run_instance(&image, &[]).await;
+    account.ec2().deregister_image().image_id(&image).send().await.unwrap();
+
+    let report =
+        one(handle(&config, &clients(&account, &config), &state_change(&account, &instance, "running"), Utc::now())
+            .await
+            .unwrap());
+
+    assert_eq!(report.outcome, Outcome::Untrusted, "even the account's own image: its owner can no longer be verified");
+    assert_eq!(report.reasons.len(), 1);
+    assert!(report.reasons[0].starts_with("image not visible"), "{:?}", report.reasons);
+    let alerts = inbox.drain().await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].severity.as_deref(), Some("high"));
+    assert!(alerts[0].body.contains("image not visible"), "{}", alerts[0].body);
+    assert_eq!(instance_tags(&account, &instance).await.get(tags::ALERTED), Some(&image));
+}
+
+#[tokio::test]
+async fn a_cloudtrail_run_instances_event_reports_each_instance() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", &format!("self,{AMAZON_OWNER_ID}"))]);
+    let rhel = account.run_instance(RHEL_AMI, &[]).await;
+    let amazon = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+    let mut event = sample_event("untrusted-ami-alert.cloudtrail-run-instances.json");
+    event["account"] = json!(account.account_id);
+    event["detail"]["responseElements"]["instancesSet"]["items"][0]["instanceId"] = json!(rhel);
+    event["detail"]["responseElements"]["instancesSet"]["items"][1]["instanceId"] = json!(amazon);
+    event["detail"]["responseElements"]["instancesSet"]["items"][1]["imageId"] = json!(AMAZON_LINUX_AMI);
+
+    let report = handle(&config, &clients(&account, &config), &event, Utc::now()).await.unwrap();
+
+    let Report::Launch { instances } = report else { panic!("expected `instances`, got {report:?}") };
+    let verdicts: Vec<(&str, Outcome)> =
+        instances.iter().map(|r| (r.instance_id.as_deref().unwrap(), r.outcome)).collect();
+    assert_eq!(verdicts, [(rhel.as_str(), Outcome::Untrusted), (amazon.as_str(), Outcome::Trusted)]);
+    assert!(instances[0].alert_message_id.is_some());
+    assert_eq!(inbox.drain().await.len(), 1);
+
+    let mut failed = sample_event("untrusted-ami-alert.cloudtrail-run-instances-failed.json");
+    failed["account"] = json!(account.account_id);
+    let skipped = one(handle(&config, &clients(&account, &config), &failed, Utc::now()).await.unwrap());
+    assert_eq!(skipped.outcome, Outcome::Skipped);
+}
+
+#[tokio::test]
+async fn the_audit_lists_exactly_the_untrusted_instances_tags_them_and_never_stops() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(
+        &inbox.topic_arn,
+        &[("TRUSTED_IMAGE_PROVIDERS", &format!("self,{AMAZON_OWNER_ID}")), ("ENFORCEMENT", "stop")],
+    );
+    let clients = clients(&account, &config);
+    let own = own_image(&account, "golden-audit").await; // its source instance runs Amazon Linux
+    let trusted_own = account.run_instance(&own, &[]).await;
+    let running_rhel = account.run_instance(RHEL_AMI, &[]).await;
+    let stopped_amazon = account.stopped_instance(&[]).await; // Amazon Linux, stopped: trusted
+    let invisible = account.run_instance("ami-0123456789abcdef0", &[]).await; // no such image
+    let gone = account.run_instance(RHEL_AMI, &[]).await;
+    account.ec2().terminate_instances().instance_ids(&gone).send().await.unwrap();
+    let mut event = sample_event("untrusted-ami-alert.scheduled-audit.json");
+    event["account"] = json!(account.account_id);
+
+    let Report::Audit(audit) = handle(&config, &clients, &event, Utc::now()).await.unwrap() else {
+        panic!("not an audit")
+    };
+
+    assert_eq!(audit.outcome, Outcome::Audit);
+    assert_eq!(audit.audited, 5, "source, own, RHEL, stopped Amazon Linux, invisible; not the terminated one");
+    let mut found: Vec<(&str, Option<&str>)> =
+        audit.untrusted.iter().map(|f| (f.instance_id.as_str(), f.owner_id.as_deref())).collect();
+    found.sort();
+    let mut expected = vec![(running_rhel.as_str(), Some(RED_HAT_OWNER_ID)), (invisible.as_str(), None)];
+    expected.sort();
+    assert_eq!(found, expected);
+    assert_eq!(audit.alerts_sent, 2);
+    assert_eq!(inbox.drain().await.len(), 2);
+    for instance in [&running_rhel, &invisible] {
+        assert_eq!(instance_state(&account, instance).await, "running", "an audit never stops");
+        assert!(instance_tags(&account, instance).await.contains_key(tags::UNTRUSTED_AMI));
+    }
+    for instance in [&trusted_own, &stopped_amazon] {
+        assert!(!instance_tags(&account, instance).await.keys().any(|k| tags::is_amiguard(k)));
+    }
+
+    // The next audit finds the same instances but alerts nobody twice.
+    let Report::Audit(again) = handle(&config, &clients, &event, Utc::now()).await.unwrap() else {
+        panic!("not an audit")
+    };
+    assert_eq!(again.untrusted.len(), 2);
+    assert_eq!(again.alerts_sent, 0);
+    assert!(inbox.drain().await.is_empty());
+}
+
+#[tokio::test]
+async fn tag_enforcement_tags_the_instance_with_the_image() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "tag")]);
+    let instance = account.run_instance(RHEL_AMI, &[]).await;
+
+    let report =
+        one(handle(&config, &clients(&account, &config), &state_change(&account, &instance, "running"), Utc::now())
+            .await
+            .unwrap());
+
+    assert_eq!(serde_json::to_value(report.enforcement).unwrap(), "tagged");
+    let tags_now = instance_tags(&account, &instance).await;
+    assert_eq!(tags_now.get(tags::UNTRUSTED_AMI), Some(&RHEL_AMI.to_string()));
+    assert_eq!(instance_state(&account, &instance).await, "running");
+    assert!(inbox.drain().await[0].body.contains(&format!("Enforcement: tagged {}={RHEL_AMI}", tags::UNTRUSTED_AMI)));
+}
+
+#[tokio::test]
+async fn stop_enforcement_tags_and_stops_a_running_instance() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "stop")]);
+    let clients = clients(&account, &config);
+    let instance = account.run_instance(RHEL_AMI, &[]).await;
+
+    let report =
+        one(handle(&config, &clients, &state_change(&account, &instance, "running"), Utc::now()).await.unwrap());
+
+    assert_eq!(serde_json::to_value(report.enforcement).unwrap(), "tagged-and-stopped");
+    assert!(["stopping", "stopped"].contains(&instance_state(&account, &instance).await.as_str()));
+    assert_eq!(instance_tags(&account, &instance).await.get(tags::UNTRUSTED_AMI), Some(&RHEL_AMI.to_string()));
+    // A redelivery finds it stopped: nothing more to do, no error, no second alert.
+    let again =
+        one(handle(&config, &clients, &state_change(&account, &instance, "running"), Utc::now()).await.unwrap());
+    assert_eq!(serde_json::to_value(again.enforcement).unwrap(), "tagged-not-running");
+    assert_eq!(inbox.drain().await.len(), 1);
+}
+
+#[tokio::test]
+async fn allowed_images_criteria_judge_names_and_ages_by_the_given_clock() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let criteria = r#"[{"ImageProviders": ["amazon"], "ImageNames": ["al2023-ami-*"],
+                        "CreationDateCondition": {"MaximumDaysSinceCreated": 365}}]"#;
+    let config = config(&inbox.topic_arn, &[("ALLOWED_IMAGES_CRITERIA", criteria)]);
+    let clients = clients(&account, &config);
+    let amazon = account.run_instance(AMAZON_LINUX_AMI, &[]).await; // created 2024-10-10
+    let rhel = account.run_instance(RHEL_AMI, &[]).await;
+    let at = |y, m, d| -> DateTime<Utc> { Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap() };
+
+    let young =
+        one(handle(&config, &clients, &state_change(&account, &amazon, "running"), at(2025, 10, 10)).await.unwrap());
+    assert_eq!(young.outcome, Outcome::Trusted, "exactly 365 days old is still allowed");
+    let wrong_name =
+        one(handle(&config, &clients, &state_change(&account, &rhel, "running"), at(2025, 1, 1)).await.unwrap());
+    assert_eq!(wrong_name.outcome, Outcome::Untrusted);
+    assert!(wrong_name.reasons[0].contains("matches none of the allowed names"), "{:?}", wrong_name.reasons);
+    let old =
+        one(handle(&config, &clients, &state_change(&account, &amazon, "running"), at(2025, 10, 11)).await.unwrap());
+    assert_eq!(old.reasons, ["image created 2024-10-10T00:00:00Z is older than the 365 days allowed"]);
+    let alerts = inbox.drain().await;
+    assert_eq!(alerts.len(), 2);
+    assert!(alerts.iter().any(|a| a.severity.as_deref() == Some("medium")), "a trusted owner's old image is medium");
+}
+
+#[tokio::test]
+async fn a_failed_publish_is_an_error_and_leaves_no_mark() {
+    let account = TestAccount::new().await;
+    let missing_topic = format!("arn:aws:sns:{}:{}:does-not-exist", account.region, account.account_id);
+    let config = config(&missing_topic, &[("TRUSTED_IMAGE_PROVIDERS", "self")]);
+    let instance = account.run_instance(RHEL_AMI, &[]).await;
+
+    let err = handle(&config, &clients(&account, &config), &state_change(&account, &instance, "running"), Utc::now())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(&err, Error::NotGuarded(failures) if failures[0].error.operation == "Publish"), "{err}");
+    assert!(!instance_tags(&account, &instance).await.contains_key(tags::ALERTED), "no mark: the retry must alert");
+    assert_eq!(lambda_runtime::Diagnostic::from(err).error_type, "AlertNotSent");
+}
+
+#[tokio::test]
+async fn bad_input_is_an_error_that_sends_and_tags_nothing() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "stop")]);
+    let clients = clients(&account, &config);
+    let instance = account.run_instance(RHEL_AMI, &[]).await;
+    let mut wrong_type = state_change(&account, &instance, "running");
+    wrong_type["detail"]["instance-id"] = json!(42);
+    let mut missing = state_change(&account, &instance, "running");
+    missing["detail"].as_object_mut().unwrap().remove("state");
+
+    for payload in [json!("not an event"), json!({}), wrong_type, missing] {
+        let err = handle(&config, &clients, &payload, Utc::now()).await.unwrap_err();
+        assert!(matches!(err, Error::Event(_)), "{err}");
+    }
+    let stopped =
+        one(handle(&config, &clients, &state_change(&account, &instance, "stopped"), Utc::now()).await.unwrap());
+    assert_eq!(stopped.outcome, Outcome::Skipped);
+
+    assert!(inbox.drain().await.is_empty());
+    assert!(!instance_tags(&account, &instance).await.keys().any(|k| tags::is_amiguard(k)));
+    assert_eq!(instance_state(&account, &instance).await, "running");
+}
