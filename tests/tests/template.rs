@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 const NOT_DELIVERED: &[&str] = &[
     // snapshot-on-stop answers `skipped` for another state; its rule only sends `stopped`.
     "snapshot-on-stop.running.json",
+    // untrusted-ami-alert answers `skipped` for states other than pending and running.
+    "untrusted-ami-alert.stopped.json",
 ];
 
 fn delivered(function: &TemplateFunction, event: &Value) -> bool {
