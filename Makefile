@@ -4,10 +4,16 @@
 
 SHELL := /bin/bash
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell sha1sum requirements-dev.txt | cut -c1-12)
+# sam and checkov pin dependencies that conflict with moto's: each gets a venv of its own.
+SAM_VENV := .venv-sam
+CHECKOV_VENV := .venv-checkov
+stamp = $(1)/.installed-$(shell sha1sum $(2) | cut -c1-12)
+STAMP := $(call stamp,$(VENV),requirements-dev.txt)
+SAM_STAMP := $(call stamp,$(SAM_VENV),requirements-sam.txt)
+CHECKOV_STAMP := $(call stamp,$(CHECKOV_VENV),requirements-checkov.txt)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: test demo tools fmt-check clippy cargo-test lint-template bench
+.PHONY: test demo tools template-tools fmt-check clippy cargo-test lint-template
 
 test: tools fmt-check clippy cargo-test lint-template
 	@echo "make test: all checks passed"
@@ -17,13 +23,26 @@ demo: tools
 
 tools: $(STAMP)
 
-$(STAMP): requirements-dev.txt
+template-tools: $(SAM_STAMP) $(CHECKOV_STAMP)
+
+# $(call install-venv,venv,requirements file): a venv with the file's pinned tools, or a clear error.
+define install-venv
 	@command -v cargo >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs), then run make again" >&2; exit 1; }
 	@command -v python3 >/dev/null || { echo "error: python3 not found: install Python 3.9+ with venv (e.g. apt-get install python3 python3-venv)" >&2; exit 1; }
-	@test -x $(VENV)/bin/pip || python3 -m venv $(VENV) || { echo "error: could not create $(VENV): install python3-venv" >&2; exit 1; }
-	@echo "installing pinned Python tools into $(VENV) (moto, cfn-lint, cargo-lambda)"
-	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt || { echo "error: pip could not install requirements-dev.txt (is PyPI reachable?)" >&2; exit 1; }
-	@rm -f $(VENV)/.installed-* && touch $@
+	@test -x $(1)/bin/pip || python3 -m venv $(1) || { echo "error: could not create $(1): install python3-venv" >&2; exit 1; }
+	@echo "installing the pinned tools of $(2) into $(1)"
+	@$(1)/bin/pip install --quiet --disable-pip-version-check -r $(2) || { echo "error: pip could not install $(2) into $(1) (is PyPI reachable?)" >&2; exit 1; }
+	@rm -f $(1)/.installed-* && touch $@
+endef
+
+$(STAMP): requirements-dev.txt
+	$(call install-venv,$(VENV),requirements-dev.txt)
+
+$(SAM_STAMP): requirements-sam.txt
+	$(call install-venv,$(SAM_VENV),requirements-sam.txt)
+
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(call install-venv,$(CHECKOV_VENV),requirements-checkov.txt)
 
 fmt-check:
 	cargo fmt --all --check
@@ -34,5 +53,7 @@ clippy:
 cargo-test: tools
 	cargo test --workspace --locked
 
-lint-template: tools
+lint-template: tools template-tools
 	cfn-lint template.yaml
+	SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam validate --lint --template template.yaml --region us-east-1
+	$(CHECKOV_VENV)/bin/checkov --file template.yaml --quiet --compact --skip-download
