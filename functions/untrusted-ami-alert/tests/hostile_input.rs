@@ -1,0 +1,133 @@
+//! Hostile input: whatever the payload, the handler answers `Ok` or a typed error, never panics,
+//! never alerts, and keeps answering afterwards.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use amiguard::trust::ec2::Ec2Trust;
+use amiguard::trust::identity::StsIdentity;
+use amiguard::trust::sns::SnsAlerts;
+use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use serde_json::Value;
+use untrusted_ami_alert::{handle, Clients, Config};
+
+const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:amiguard-alerts";
+
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        ".{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+            prop::collection::btree_map(".{0,8}", inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// One of the samples, with one top-level or detail field replaced by anything.
+fn mutated_event() -> impl Strategy<Value = Value> {
+    let samples = [
+        include_str!("../../../events/untrusted-ami-alert.running.json"),
+        include_str!("../../../events/untrusted-ami-alert.pending.json"),
+        include_str!("../../../events/untrusted-ami-alert.cloudtrail-run-instances.json"),
+        include_str!("../../../events/untrusted-ami-alert.scheduled-audit.json"),
+    ];
+    let fields = [
+        "detail-type",
+        "source",
+        "account",
+        "time",
+        "region",
+        "detail",
+        "instance-id",
+        "state",
+        "responseElements",
+        "eventName",
+    ];
+    (prop::sample::select(samples.to_vec()), prop::sample::select(fields.to_vec()), any_json()).prop_map(
+        |(sample, field, value)| {
+            let mut event: Value = serde_json::from_str(sample).unwrap();
+            if event.get(field).is_some() || field.contains('-') && field != "instance-id" {
+                event[field] = value;
+            } else if event["detail"].is_object() {
+                event["detail"][field] = value;
+            }
+            event
+        },
+    )
+}
+
+struct Mocked {
+    clients: Clients<Ec2Trust, SnsAlerts, StsIdentity>,
+    publish: Rule,
+}
+
+/// No instance exists; every call that could change something is counted.
+fn clients() -> Mocked {
+    let describe = mock!(aws_sdk_ec2::Client::describe_instances)
+        .then_output(|| aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput::builder().build());
+    let publish = mock!(aws_sdk_sns::Client::publish)
+        .then_output(|| aws_sdk_sns::operation::publish::PublishOutput::builder().message_id("m-1").build());
+    let identity = mock!(aws_sdk_sts::Client::get_caller_identity).then_output(|| {
+        aws_sdk_sts::operation::get_caller_identity::GetCallerIdentityOutput::builder().account("123456789012").build()
+    });
+    Mocked {
+        clients: Clients {
+            ec2: Ec2Trust::new(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe])),
+            alerts: SnsAlerts::new(mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&publish]), TOPIC),
+            identity: StsIdentity::new(mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&identity])),
+            region: "us-east-1".into(),
+        },
+        publish,
+    }
+}
+
+fn config() -> Config {
+    Config::from_env(&|name: &str| (name == "ALERT_TOPIC_ARN").then(|| TOPIC.to_string())).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_json_never_panics_nor_alerts(payload in any_json()) {
+        let mocked = clients();
+        let _typed: Result<_, untrusted_ami_alert::Error> =
+            runtime().block_on(handle(&config(), &mocked.clients, &payload, chrono::Utc::now()));
+        prop_assert_eq!(mocked.publish.num_calls(), 0);
+    }
+
+    #[test]
+    fn mutated_events_never_panic_nor_alert(payload in mutated_event()) {
+        let mocked = clients();
+        let _typed: Result<_, untrusted_ami_alert::Error> =
+            runtime().block_on(handle(&config(), &mocked.clients, &payload, chrono::Utc::now()));
+        prop_assert_eq!(mocked.publish.num_calls(), 0);
+    }
+}
+
+#[test]
+fn still_alive_after_a_hundred_random_payloads() {
+    let rt = runtime();
+    let mocked = clients();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for _ in 0..100 {
+        let payload = any_json().new_tree(&mut runner).unwrap().current();
+        let _ = rt.block_on(handle(&config(), &mocked.clients, &payload, chrono::Utc::now()));
+    }
+    let audit: Value =
+        serde_json::from_str(include_str!("../../../events/untrusted-ami-alert.scheduled-audit.json")).unwrap();
+    let report = rt.block_on(handle(&config(), &mocked.clients, &audit, chrono::Utc::now())).unwrap();
+    let report = serde_json::to_value(report).unwrap();
+    assert_eq!(report["outcome"], "audit");
+    assert_eq!(report["audited"], 0);
+}
