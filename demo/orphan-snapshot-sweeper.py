@@ -1,0 +1,68 @@
+"""orphan-snapshot-sweeper in the demo: a small account with three orphans (AMIs created, then
+deregistered), a protected orphan, a snapshot an AMI still uses and a manual snapshot; then a dry
+run (the event's detail asks for it: a detail can only make a run drier) and a real sweep.
+
+demo/run.sh serves the functions with DRY_RUN=false MIN_AGE_HOURS=0 RECYCLE_BIN_CHECK=false
+(moto cannot backdate snapshots and has no Recycle Bin)."""
+
+from common import ACCOUNT, client, heading, invoke, sample_event
+
+ec2 = client("ec2")
+AMI = "ami-0a1b2c3d4e5f00001"  # the fixture Amazon Linux AMI
+
+
+def make_image(name):
+    """An AMI of a fresh instance; returns (image id, its snapshot id)."""
+    run = ec2.run_instances(ImageId=AMI, InstanceType="t3.micro", MinCount=1, MaxCount=1)
+    image_id = ec2.create_image(InstanceId=run["Instances"][0]["InstanceId"], Name=name)["ImageId"]
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    return image_id, image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+
+
+def scheduled(name):
+    event = sample_event(name)
+    event["account"] = ACCOUNT
+    return event
+
+
+def summarise(title, report):
+    print(f"\n{title} (dry_run={str(report['dry_run']).lower()}):")
+    for region in report["regions"]:
+        print(f"  {region['region']}: {region['snapshots_scanned']} snapshots scanned, "
+              f"{len(region['orphans'])} orphans, {region['planned_deletions']} planned, "
+              f"{len(region['deleted'])} deleted, {len(region['failed'])} failed")
+        if region["aborted"]:
+            print(f"    aborted: {region['aborted']}")
+        kept = ", ".join(f"{reason} {count}" for reason, count in region["kept"].items())
+        print(f"    kept: {kept or 'nothing'}")
+        manual = region["unreferenced_manual"]
+        print(f"    manual snapshots (never deleted): {manual['count']}, {manual['gib']} GiB")
+        print(f"    reclaimable: {region['reclaimable_gib']} GiB, "
+              f"up to ${region['estimated_monthly_savings_usd']:.2f}/month (snapshots are incremental)")
+        for snapshot_id in region["deleted"]:
+            print(f"    deleted {snapshot_id}")
+    for warning in report["warnings"]:
+        print(f"  note: {warning}")
+
+
+heading("orphan-snapshot-sweeper: delete what deregistered AMIs left behind, safely")
+for n in range(1, 4):
+    image_id, snapshot_id = make_image(f"release-{n}")
+    ec2.deregister_image(ImageId=image_id)
+    print(f"orphan      {snapshot_id}  (its AMI {image_id} was deregistered)")
+image_id, snapshot_id = make_image("legal-hold")
+ec2.deregister_image(ImageId=image_id)
+ec2.create_tags(Resources=[snapshot_id], Tags=[{"Key": "amiguard:keep", "Value": "legal hold"}])
+print(f"protected   {snapshot_id}  (an orphan tagged amiguard:keep)")
+image_id, snapshot_id = make_image("release-current")
+print(f"referenced  {snapshot_id}  (its AMI {image_id} is still registered)")
+volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=20)["VolumeId"]
+snapshot_id = ec2.create_snapshot(VolumeId=volume, Description="before the database upgrade")["SnapshotId"]
+print(f"manual      {snapshot_id}  (20 GiB, not made for an AMI)")
+
+for title, event_file in [("Dry run", "orphan-snapshot-sweeper.dry-run.json"),
+                          ("Sweep", "orphan-snapshot-sweeper.scheduled.json")]:
+    report, error = invoke("orphan-snapshot-sweeper", scheduled(event_file))
+    if error:
+        raise SystemExit(f"orphan-snapshot-sweeper failed: {error}")
+    summarise(title, report)

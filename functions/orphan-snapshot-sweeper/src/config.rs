@@ -1,0 +1,240 @@
+//! The sweeper's configuration: every variable validated at init; an invalid value stops the
+//! function with a message naming the variable and what it accepts.
+
+use amiguard::config::{bool_var, number_var, optional, ConfigError, VarSource};
+use amiguard::tags;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `DRY_RUN` (default true): decide and report everything, change nothing.
+    pub dry_run: bool,
+    /// `MIN_AGE_HOURS` (default 24): the grace period.
+    pub min_age_hours: u32,
+    /// `MAX_DELETIONS` (default 500): deletions (and deregistrations) started per invocation,
+    /// across regions.
+    pub max_deletions: u32,
+    /// `MAX_DELETE_FRACTION` (default 0.5): the circuit breaker, per region.
+    pub max_delete_fraction: f64,
+    /// `PROTECT_TAG` (default `amiguard:keep`): a snapshot or AMI with this tag key is kept.
+    pub protect_tag: String,
+    /// `REGIONS` (default the function's own `AWS_REGION`), in order, without repeats.
+    pub regions: Vec<String>,
+    /// `PRICE_PER_GB_MONTH` (default 0.05 USD, EBS standard snapshot storage).
+    pub price_per_gb_month: f64,
+    /// `REPORT_TOPIC_ARN` (optional): where the summary is published.
+    pub report_topic_arn: Option<String>,
+    /// `RECYCLE_BIN_CHECK` (default true): keep the snapshots of AMIs in the Recycle Bin.
+    pub recycle_bin_check: bool,
+    /// `RETIRE_UNUSED_AMIS_AFTER_DAYS` (optional; off when unset).
+    pub retire_unused_amis_after_days: Option<u32>,
+}
+
+pub const DEFAULT_MIN_AGE_HOURS: u32 = 24;
+pub const DEFAULT_MAX_DELETIONS: u32 = 500;
+pub const DEFAULT_MAX_DELETE_FRACTION: f64 = 0.5;
+pub const DEFAULT_PRICE_PER_GB_MONTH: f64 = 0.05;
+
+impl Config {
+    pub fn from_env(source: &dyn VarSource) -> Result<Self, ConfigError> {
+        let retire_unused_amis_after_days = match optional(source, "RETIRE_UNUSED_AMIS_AFTER_DAYS") {
+            None => None,
+            Some(_) => Some(number_var(source, "RETIRE_UNUSED_AMIS_AFTER_DAYS", 0u32, 0, 36_500)?),
+        };
+        Ok(Self {
+            dry_run: bool_var(source, "DRY_RUN", true)?,
+            min_age_hours: number_var(source, "MIN_AGE_HOURS", DEFAULT_MIN_AGE_HOURS, 0, 87_600)?,
+            max_deletions: number_var(source, "MAX_DELETIONS", DEFAULT_MAX_DELETIONS, 0, 100_000)?,
+            max_delete_fraction: number_var(source, "MAX_DELETE_FRACTION", DEFAULT_MAX_DELETE_FRACTION, 0.0, 1.0)?,
+            protect_tag: protect_tag(source)?,
+            regions: regions(source)?,
+            price_per_gb_month: number_var(source, "PRICE_PER_GB_MONTH", DEFAULT_PRICE_PER_GB_MONTH, 0.0, 100.0)?,
+            report_topic_arn: report_topic_arn(source)?,
+            recycle_bin_check: bool_var(source, "RECYCLE_BIN_CHECK", true)?,
+            retire_unused_amis_after_days,
+        })
+    }
+
+    /// The region of `REPORT_TOPIC_ARN`: SNS only accepts a publish in the topic's own region.
+    pub fn report_topic_region(&self) -> Option<&str> {
+        self.report_topic_arn.as_deref().and_then(|arn| arn.split(':').nth(3))
+    }
+}
+
+fn protect_tag(source: &dyn VarSource) -> Result<String, ConfigError> {
+    let Some(key) = optional(source, "PROTECT_TAG") else {
+        return Ok(tags::KEEP.to_string());
+    };
+    // Users cannot write `aws:` keys, so such a protect tag could never protect anything.
+    let reserved = key.get(..4).is_some_and(|head| head.eq_ignore_ascii_case("aws:"));
+    if key.chars().count() > 128 || reserved {
+        return Err(ConfigError::new("PROTECT_TAG", key, "a tag key of 1 to 128 characters, not starting with aws:"));
+    }
+    Ok(key)
+}
+
+fn regions(source: &dyn VarSource) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = optional(source, "REGIONS") else {
+        return match optional(source, "AWS_REGION") {
+            Some(region) if is_region(&region) => Ok(vec![region]),
+            _ => Err(ConfigError::new(
+                "REGIONS",
+                "",
+                "a comma-separated list of regions such as us-east-1 (unset, it defaults to AWS_REGION, which is not set either)",
+            )),
+        };
+    };
+    let mut regions: Vec<String> = Vec::new();
+    for region in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        if !is_region(region) {
+            return Err(ConfigError::new(
+                "REGIONS",
+                list.clone(),
+                format!("region names such as us-east-1, not {region:?}"),
+            ));
+        }
+        if !regions.iter().any(|r| r == region) {
+            regions.push(region.to_string());
+        }
+    }
+    if regions.is_empty() {
+        return Err(ConfigError::new("REGIONS", list, "at least one region such as us-east-1"));
+    }
+    Ok(regions)
+}
+
+/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `ap-southeast-4`, `cn-north-1`.
+fn is_region(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        && parts[parts.len() - 1].parse::<u8>().is_ok()
+}
+
+fn report_topic_arn(source: &dyn VarSource) -> Result<Option<String>, ConfigError> {
+    let Some(arn) = optional(source, "REPORT_TOPIC_ARN") else {
+        return Ok(None);
+    };
+    let parts: Vec<&str> = arn.split(':').collect();
+    let valid = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "sns"
+        && is_region(parts[3])
+        && parts[4].len() == 12
+        && parts[4].chars().all(|c| c.is_ascii_digit())
+        && !parts[5].is_empty();
+    if !valid {
+        return Err(ConfigError::new(
+            "REPORT_TOPIC_ARN",
+            arn,
+            "an SNS topic ARN such as arn:aws:sns:us-east-1:123456789012:reports",
+        ));
+    }
+    Ok(Some(arn))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name: &str| map.get(name).cloned()
+    }
+
+    #[test]
+    fn defaults_are_the_safe_ones() {
+        let config = Config::from_env(&env(&[("AWS_REGION", "eu-west-1")])).unwrap();
+        assert_eq!(
+            config,
+            Config {
+                dry_run: true,
+                min_age_hours: 24,
+                max_deletions: 500,
+                max_delete_fraction: 0.5,
+                protect_tag: "amiguard:keep".into(),
+                regions: vec!["eu-west-1".into()],
+                price_per_gb_month: 0.05,
+                report_topic_arn: None,
+                recycle_bin_check: true,
+                retire_unused_amis_after_days: None,
+            }
+        );
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let config = Config::from_env(&env(&[
+            ("DRY_RUN", "false"),
+            ("MIN_AGE_HOURS", "0"),
+            ("MAX_DELETIONS", "10"),
+            ("MAX_DELETE_FRACTION", "0.25"),
+            ("PROTECT_TAG", "team:keep"),
+            ("REGIONS", " us-east-1, eu-central-1 ,us-east-1,"),
+            ("PRICE_PER_GB_MONTH", "0.0125"),
+            ("REPORT_TOPIC_ARN", "arn:aws:sns:eu-west-1:123456789012:sweeps"),
+            ("RECYCLE_BIN_CHECK", "false"),
+            ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "180"),
+        ]))
+        .unwrap();
+        assert!(!config.dry_run);
+        assert_eq!((config.min_age_hours, config.max_deletions), (0, 10));
+        assert_eq!((config.max_delete_fraction, config.price_per_gb_month), (0.25, 0.0125));
+        assert_eq!(config.protect_tag, "team:keep");
+        assert_eq!(config.regions, ["us-east-1", "eu-central-1"]);
+        assert_eq!(config.report_topic_region(), Some("eu-west-1"));
+        assert!(!config.recycle_bin_check);
+        assert_eq!(config.retire_unused_amis_after_days, Some(180));
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        let region = ("AWS_REGION", "us-east-1");
+        for (name, value) in [
+            ("DRY_RUN", "yes"),
+            ("MIN_AGE_HOURS", "-1"),
+            ("MIN_AGE_HOURS", "1.5"),
+            ("MAX_DELETIONS", "many"),
+            ("MAX_DELETE_FRACTION", "1.5"),
+            ("MAX_DELETE_FRACTION", "NaN"),
+            ("PROTECT_TAG", "aws:keep"),
+            ("PROTECT_TAG", &"k".repeat(129)),
+            ("REGIONS", "us-east-1,Mars"),
+            ("REGIONS", " , "),
+            ("PRICE_PER_GB_MONTH", "-0.05"),
+            ("REPORT_TOPIC_ARN", "reports"),
+            ("REPORT_TOPIC_ARN", "arn:aws:sqs:us-east-1:123456789012:q"),
+            ("RECYCLE_BIN_CHECK", "0"),
+            ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "-3"),
+            ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "soon"),
+        ] {
+            let err = Config::from_env(&env(&[region, (name, value)])).unwrap_err();
+            assert_eq!(err.variable, name, "{name}={value}");
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn regions_need_a_default_when_unset() {
+        let err = Config::from_env(&env(&[])).unwrap_err();
+        assert_eq!(err.variable, "REGIONS");
+        assert!(err.expected.contains("AWS_REGION"), "{err}");
+        assert!(Config::from_env(&env(&[("REGIONS", "us-gov-west-1,ap-southeast-4")])).is_ok());
+    }
+
+    #[test]
+    fn blank_values_mean_the_default() {
+        let config = Config::from_env(&env(&[
+            ("AWS_REGION", "us-east-1"),
+            ("DRY_RUN", ""),
+            ("REPORT_TOPIC_ARN", " "),
+            ("RETIRE_UNUSED_AMIS_AFTER_DAYS", ""),
+        ]))
+        .unwrap();
+        assert!(config.dry_run);
+        assert_eq!((config.report_topic_arn, config.retire_unused_amis_after_days), (None, None));
+    }
+}

@@ -1,0 +1,34 @@
+//! The Lambda binary: configuration, one EC2 client per region and the SNS client, built once.
+
+use amiguard::config::ProcessEnv;
+use aws_config::Region;
+use lambda_runtime::{service_fn, LambdaEvent};
+use orphan_snapshot_sweeper::{handle, Config, Invocation};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = Config::from_env(&ProcessEnv).inspect_err(|err| tracing::error!(%err, "invalid configuration"))?;
+    let sdk_config = amiguard::sdk::load().await;
+    let regions: Vec<(String, aws_sdk_ec2::Client)> = config
+        .regions
+        .iter()
+        .map(|region| {
+            let ec2 = aws_sdk_ec2::config::Builder::from(&sdk_config).region(Region::new(region.clone())).build();
+            (region.clone(), aws_sdk_ec2::Client::from_conf(ec2))
+        })
+        .collect();
+    // SNS accepts a publish only in the topic's own region.
+    let mut sns = aws_sdk_sns::config::Builder::from(&sdk_config);
+    if let Some(region) = config.report_topic_region() {
+        sns = sns.region(Region::new(region.to_string()));
+    }
+    let sns = aws_sdk_sns::Client::from_conf(sns.build());
+
+    lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
+        let invocation = Invocation::from_lambda_deadline(event.context.deadline);
+        let (config, regions, sns) = (&config, &regions, &sns);
+        async move { handle(config, regions, sns, &event.payload, invocation).await }
+    }))
+    .await
+}

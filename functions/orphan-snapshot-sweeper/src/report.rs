@@ -1,0 +1,416 @@
+//! The sweep's report (returned, logged as one line, summarised to SNS) and its CloudWatch
+//! Embedded Metric Format line.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use amiguard::sweeper::{ImageKeepReason, KeepReason, ManualSnapshots, Orphan};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+pub const FUNCTION: &str = "orphan-snapshot-sweeper";
+/// The CloudWatch namespace of the EMF metrics.
+pub const METRICS_NAMESPACE: &str = "amiguard";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    pub account_id: String,
+    pub started_at: DateTime<Utc>,
+    pub regions: Vec<RegionReport>,
+    pub retired_images: Vec<RetiredImage>,
+    pub totals: Totals,
+    /// Things worth a look that did not stop the run (a summary that could not be published, ...).
+    pub warnings: Vec<String>,
+    /// `null` without `REPORT_TOPIC_ARN`; otherwise whether SNS accepted the summary.
+    pub summary_published: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RegionReport {
+    pub region: String,
+    pub snapshots_scanned: u64,
+    pub images_scanned: u64,
+    /// Every orphan found, oldest first (also those beyond the cap or held by the breaker).
+    pub orphans: Vec<Orphan>,
+    /// How many of the orphans this run set out to delete (in a dry run: would delete).
+    pub planned_deletions: u64,
+    /// Deletions AWS confirmed. Nothing else is ever counted as deleted.
+    pub deleted: Vec<String>,
+    /// `InvalidSnapshot.NotFound` on delete: someone else deleted it first.
+    pub already_gone: Vec<String>,
+    pub failed: Vec<FailedDeletion>,
+    /// Planned but not started because the invocation's deadline was near: the next run's.
+    pub left_for_next_run: Vec<String>,
+    pub kept: BTreeMap<KeepReason, u64>,
+    pub unreferenced_manual: ManualSnapshots,
+    pub reclaimable_gib: u64,
+    /// `reclaimable_gib` x `PRICE_PER_GB_MONTH`: an upper bound (snapshots are incremental).
+    pub estimated_monthly_savings_usd: f64,
+    /// Why this region deleted nothing (a failed listing, the circuit breaker), or `null`.
+    pub aborted: Option<String>,
+    /// With `RETIRE_UNUSED_AMIS_AFTER_DAYS`: the images not retired, by reason.
+    pub images_kept: BTreeMap<ImageKeepReason, u64>,
+    /// With `RETIRE_UNUSED_AMIS_AFTER_DAYS`: why no image was retired in this region, or `null`.
+    pub retirement_skipped: Option<String>,
+}
+
+impl RegionReport {
+    pub fn new(region: &str) -> Self {
+        Self {
+            region: region.to_string(),
+            snapshots_scanned: 0,
+            images_scanned: 0,
+            orphans: Vec::new(),
+            planned_deletions: 0,
+            deleted: Vec::new(),
+            already_gone: Vec::new(),
+            failed: Vec::new(),
+            left_for_next_run: Vec::new(),
+            kept: BTreeMap::new(),
+            unreferenced_manual: ManualSnapshots::default(),
+            reclaimable_gib: 0,
+            estimated_monthly_savings_usd: 0.0,
+            aborted: None,
+            images_kept: BTreeMap::new(),
+            retirement_skipped: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedDeletion {
+    pub snapshot_id: String,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetiredImage {
+    pub region: String,
+    pub image_id: String,
+    pub name: String,
+    pub creation_date: Option<DateTime<Utc>>,
+    pub snapshot_ids: Vec<String>,
+    pub outcome: RetireOutcome,
+    /// For `failed`: the AWS error.
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetireOutcome {
+    /// AWS confirmed the deregistration.
+    Deregistered,
+    /// `InvalidAMIID.NotFound` / `.Unavailable`: it was already gone.
+    AlreadyGone,
+    /// A dry run: it would be deregistered.
+    DryRun,
+    Failed,
+    /// Not started: the invocation's deadline was near.
+    LeftForNextRun,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub snapshots_scanned: u64,
+    pub orphans: u64,
+    pub planned_deletions: u64,
+    pub deleted: u64,
+    pub already_gone: u64,
+    pub failed: u64,
+    pub left_for_next_run: u64,
+    pub reclaimable_gib: u64,
+    pub estimated_monthly_savings_usd: f64,
+    pub unreferenced_manual_count: u64,
+    pub unreferenced_manual_gib: u64,
+    pub regions_aborted: u64,
+    pub images_retired: u64,
+}
+
+/// Dollars, to the cent.
+pub fn monthly_cost(gib: u64, price_per_gb_month: f64) -> f64 {
+    (gib as f64 * price_per_gb_month * 100.0).round() / 100.0
+}
+
+pub fn totals(regions: &[RegionReport], retired: &[RetiredImage], price_per_gb_month: f64) -> Totals {
+    let mut t = Totals::default();
+    for r in regions {
+        t.snapshots_scanned += r.snapshots_scanned;
+        t.orphans += r.orphans.len() as u64;
+        t.planned_deletions += r.planned_deletions;
+        t.deleted += r.deleted.len() as u64;
+        t.already_gone += r.already_gone.len() as u64;
+        t.failed += r.failed.len() as u64;
+        t.left_for_next_run += r.left_for_next_run.len() as u64;
+        t.reclaimable_gib += r.reclaimable_gib;
+        t.unreferenced_manual_count += r.unreferenced_manual.count;
+        t.unreferenced_manual_gib += r.unreferenced_manual.gib;
+        t.regions_aborted += u64::from(r.aborted.is_some());
+    }
+    t.estimated_monthly_savings_usd = monthly_cost(t.reclaimable_gib, price_per_gb_month);
+    t.images_retired = retired
+        .iter()
+        .filter(|i| matches!(i.outcome, RetireOutcome::Deregistered | RetireOutcome::AlreadyGone))
+        .count() as u64;
+    t
+}
+
+/// One CloudWatch Embedded Metric Format object with the run's counts (dimension `Function`).
+/// Printed on its own line to stdout, CloudWatch Logs turns it into metrics: alarm on
+/// `RegionsAborted` and `DeleteFailed`.
+pub fn emf(report: &Report, timestamp: DateTime<Utc>) -> Value {
+    let t = &report.totals;
+    let metrics: [(&str, &str, Value); 11] = [
+        ("SnapshotsScanned", "Count", json!(t.snapshots_scanned)),
+        ("Orphans", "Count", json!(t.orphans)),
+        ("Deleted", "Count", json!(t.deleted)),
+        ("AlreadyGone", "Count", json!(t.already_gone)),
+        ("DeleteFailed", "Count", json!(t.failed)),
+        ("LeftForNextRun", "Count", json!(t.left_for_next_run)),
+        ("ReclaimableGiB", "Gigabytes", json!(t.reclaimable_gib)),
+        ("EstimatedMonthlySavingsUSD", "None", json!(t.estimated_monthly_savings_usd)),
+        ("UnreferencedManualSnapshots", "Count", json!(t.unreferenced_manual_count)),
+        ("RegionsAborted", "Count", json!(t.regions_aborted)),
+        ("ImagesRetired", "Count", json!(t.images_retired)),
+    ];
+    let mut line = json!({
+        "_aws": {
+            "Timestamp": timestamp.timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": METRICS_NAMESPACE,
+                "Dimensions": [["Function"]],
+                "Metrics": metrics.iter().map(|(name, unit, _)| json!({"Name": name, "Unit": unit})).collect::<Vec<_>>(),
+            }],
+        },
+        "Function": FUNCTION,
+        "DryRun": report.dry_run,
+    });
+    if let Some(object) = line.as_object_mut() {
+        for (name, _, value) in metrics {
+            object.insert(name.to_string(), value);
+        }
+    }
+    line
+}
+
+/// The SNS subject: what happened, in a line.
+pub fn summary_subject(report: &Report) -> String {
+    let t = &report.totals;
+    let mode = if report.dry_run { " (dry run)" } else { "" };
+    let aborted =
+        if t.regions_aborted > 0 { format!(", {} region(s) ABORTED", t.regions_aborted) } else { String::new() };
+    format!(
+        "amiguard sweep {}{mode}: {} orphans, {} deleted, {} failed{aborted}",
+        report.account_id, t.orphans, t.deleted, t.failed
+    )
+}
+
+/// The SNS message: readable by a person, one paragraph per region.
+pub fn summary_text(report: &Report) -> String {
+    let mut text = String::new();
+    let t = &report.totals;
+    let _ = writeln!(
+        text,
+        "orphan-snapshot-sweeper, account {}, {}{}",
+        report.account_id,
+        report.started_at.to_rfc3339(),
+        if report.dry_run { ", DRY RUN: nothing was changed" } else { "" }
+    );
+    let _ = writeln!(
+        text,
+        "Total: {} snapshots scanned, {} orphans ({} GiB, up to ${:.2}/month), {} deleted, {} already gone, {} failed, {} left for the next run.",
+        t.snapshots_scanned, t.orphans, t.reclaimable_gib, t.estimated_monthly_savings_usd, t.deleted, t.already_gone, t.failed, t.left_for_next_run
+    );
+    for r in &report.regions {
+        let _ = writeln!(text);
+        let _ = writeln!(text, "{}:", r.region);
+        if let Some(reason) = &r.aborted {
+            let _ = writeln!(text, "  ABORTED: {reason}");
+        }
+        let _ = writeln!(
+            text,
+            "  {} snapshots, {} images scanned; {} orphans ({} GiB, up to ${:.2}/month); {} planned, {} deleted, {} already gone, {} failed, {} left for the next run",
+            r.snapshots_scanned,
+            r.images_scanned,
+            r.orphans.len(),
+            r.reclaimable_gib,
+            r.estimated_monthly_savings_usd,
+            r.planned_deletions,
+            r.deleted.len(),
+            r.already_gone.len(),
+            r.failed.len(),
+            r.left_for_next_run.len()
+        );
+        if !r.kept.is_empty() {
+            let kept: Vec<String> = r.kept.iter().map(|(reason, n)| format!("{} {n}", json_name(reason))).collect();
+            let _ = writeln!(text, "  kept: {}", kept.join(", "));
+        }
+        if r.unreferenced_manual.count > 0 {
+            let _ = writeln!(
+                text,
+                "  manual snapshots no image uses (never deleted, review them): {} ({} GiB)",
+                r.unreferenced_manual.count, r.unreferenced_manual.gib
+            );
+        }
+        for f in &r.failed {
+            let _ = writeln!(text, "  failed: {} {}: {}", f.snapshot_id, f.code, f.message);
+        }
+        if let Some(reason) = &r.retirement_skipped {
+            let _ = writeln!(text, "  no image retired: {reason}");
+        }
+    }
+    if !report.retired_images.is_empty() {
+        let _ = writeln!(text);
+        let _ = writeln!(text, "Unused images retired:");
+        for i in &report.retired_images {
+            let _ = writeln!(text, "  {} {} ({}): {}", i.region, i.image_id, i.name, json_name(&i.outcome));
+        }
+    }
+    for warning in &report.warnings {
+        let _ = writeln!(text, "warning: {warning}");
+    }
+    let _ = writeln!(text);
+    let _ = writeln!(
+        text,
+        "Savings are an upper bound: EBS snapshots are incremental, so deleting one frees at most the size of its volume."
+    );
+    text
+}
+
+/// The name serde gives a unit variant (`referenced_by_image`).
+fn json_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        _ => "?".to_string(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn report() -> Report {
+        let mut r = RegionReport::new("us-east-1");
+        r.snapshots_scanned = 10;
+        r.images_scanned = 2;
+        r.orphans = vec![Orphan {
+            snapshot_id: "snap-01".into(),
+            size_gib: 30,
+            source_image_id: "ami-0a".into(),
+            start_time: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        }];
+        r.planned_deletions = 1;
+        r.failed = vec![FailedDeletion {
+            snapshot_id: "snap-01".into(),
+            code: "InvalidSnapshot.InUse".into(),
+            message: "in use".into(),
+        }];
+        r.kept = BTreeMap::from([(KeepReason::ReferencedByImage, 2), (KeepReason::NotFromImage, 7)]);
+        r.unreferenced_manual = ManualSnapshots { count: 7, gib: 700 };
+        r.reclaimable_gib = 30;
+        r.estimated_monthly_savings_usd = 1.5;
+        let mut aborted = RegionReport::new("eu-west-1");
+        aborted.aborted = Some("listing images failed".into());
+        let regions = vec![r, aborted];
+        let totals = totals(&regions, &[], 0.05);
+        Report {
+            dry_run: false,
+            account_id: "123456789012".into(),
+            started_at: Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap(),
+            regions,
+            retired_images: vec![],
+            totals,
+            warnings: vec![],
+            summary_published: None,
+        }
+    }
+
+    #[test]
+    fn totals_add_up_the_regions() {
+        let t = report().totals;
+        assert_eq!((t.snapshots_scanned, t.orphans, t.failed, t.deleted), (10, 1, 1, 0));
+        assert_eq!((t.reclaimable_gib, t.estimated_monthly_savings_usd), (30, 1.5));
+        assert_eq!((t.unreferenced_manual_count, t.unreferenced_manual_gib, t.regions_aborted), (7, 700, 1));
+        assert_eq!(monthly_cost(3, 0.0333), 0.1);
+    }
+
+    #[test]
+    fn the_report_serialises_with_the_contract_field_names() {
+        let value = serde_json::to_value(report()).unwrap();
+        let region = &value["regions"][0];
+        for field in [
+            "region",
+            "snapshots_scanned",
+            "images_scanned",
+            "orphans",
+            "deleted",
+            "failed",
+            "kept",
+            "unreferenced_manual",
+            "reclaimable_gib",
+            "estimated_monthly_savings_usd",
+            "aborted",
+        ] {
+            assert!(region.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(
+            region["orphans"][0],
+            json!({"snapshot_id": "snap-01", "size_gib": 30, "source_image_id": "ami-0a", "start_time": "2026-01-01T00:00:00Z"})
+        );
+        assert_eq!(
+            region["failed"][0],
+            json!({"snapshot_id": "snap-01", "code": "InvalidSnapshot.InUse", "message": "in use"})
+        );
+        assert_eq!(region["kept"], json!({"referenced_by_image": 2, "not_from_image": 7}));
+        assert_eq!(region["unreferenced_manual"], json!({"count": 7, "gib": 700}));
+        assert_eq!(region["aborted"], Value::Null);
+        assert_eq!(value["regions"][1]["aborted"], "listing images failed");
+        assert_eq!(value["dry_run"], false);
+        assert_eq!(value["retired_images"], json!([]));
+    }
+
+    #[test]
+    fn emf_declares_every_metric_it_sets() {
+        let line = emf(&report(), Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap());
+        let directive = &line["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(line["_aws"]["Timestamp"], 1_780_272_000_000i64);
+        assert_eq!(directive["Namespace"], "amiguard");
+        assert_eq!(directive["Dimensions"], json!([["Function"]]));
+        assert_eq!(line["Function"], FUNCTION);
+        let metrics = directive["Metrics"].as_array().unwrap();
+        assert_eq!(metrics.len(), 11);
+        for metric in metrics {
+            let name = metric["Name"].as_str().unwrap();
+            assert!(line[name].is_number(), "{name} has no value");
+        }
+        assert_eq!(line["DeleteFailed"], 1);
+        assert_eq!(line["RegionsAborted"], 1);
+        assert_eq!(line["ReclaimableGiB"], 30);
+    }
+
+    #[test]
+    fn the_summary_reads_well() {
+        let report = report();
+        assert_eq!(
+            summary_subject(&report),
+            "amiguard sweep 123456789012: 1 orphans, 0 deleted, 1 failed, 1 region(s) ABORTED"
+        );
+        let text = summary_text(&report);
+        assert!(
+            text.contains("us-east-1:\n  10 snapshots, 2 images scanned; 1 orphans (30 GiB, up to $1.50/month)"),
+            "{text}"
+        );
+        assert!(text.contains("kept: referenced_by_image 2, not_from_image 7"), "{text}");
+        assert!(text.contains("failed: snap-01 InvalidSnapshot.InUse: in use"), "{text}");
+        assert!(text.contains("eu-west-1:\n  ABORTED: listing images failed"), "{text}");
+        assert!(text.contains("upper bound"), "{text}");
+        let dry = Report { dry_run: true, ..report };
+        assert!(summary_subject(&dry).contains("(dry run)"));
+        assert!(summary_text(&dry).contains("DRY RUN"));
+    }
+}

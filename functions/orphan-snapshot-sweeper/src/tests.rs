@@ -1,0 +1,722 @@
+//! Handler tests: an in-memory EC2 for the decisions and outcomes, and `aws-smithy-mocks` on the
+//! real `aws_sdk_ec2::Client` adapter for paging, failing pages, throttling, InUse and the Recycle
+//! Bin (which moto lacks).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use amiguard::sweeper::{ImageKeepReason, KeepReason, LaunchTemplateImages, SnapshotFacts};
+use amiguard::tags::{self, Tag};
+use amiguard::AwsError;
+use chrono::TimeZone;
+use serde_json::{json, Value};
+
+use super::*;
+
+const ACCOUNT: &str = "123456789012";
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
+}
+
+fn invocation() -> Invocation {
+    Invocation { now: now(), deadline: Some(SystemTime::now() + Duration::from_secs(900)) }
+}
+
+fn config() -> Config {
+    Config {
+        dry_run: false,
+        min_age_hours: 24,
+        max_deletions: 500,
+        max_delete_fraction: 1.0,
+        protect_tag: tags::KEEP.to_string(),
+        regions: vec!["us-east-1".into()],
+        price_per_gb_month: 0.05,
+        report_topic_arn: None,
+        recycle_bin_check: true,
+        retire_unused_amis_after_days: None,
+    }
+}
+
+fn event(detail: Value) -> Value {
+    json!({
+        "version": "0", "id": "e-1", "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": ACCOUNT, "time": "2026-06-01T12:00:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/sweep"], "detail": detail
+    })
+}
+
+fn orphan(id: &str) -> SnapshotFacts {
+    SnapshotFacts {
+        snapshot_id: id.to_string(),
+        owner_id: Some(ACCOUNT.to_string()),
+        state: "completed".to_string(),
+        start_time: Some(now() - chrono::Duration::days(3)),
+        size_gib: 10,
+        description: format!("Created by CreateImage(i-0123) for ami-0{} from vol-01", &id[5..]),
+        tags: vec![],
+    }
+}
+
+fn image(id: &str, snapshots: &[&str], age_days: i64) -> ImageFacts {
+    ImageFacts {
+        image_id: id.to_string(),
+        owner_id: Some(ACCOUNT.to_string()),
+        name: format!("name-{id}"),
+        state: "available".to_string(),
+        creation_date: Some(now() - chrono::Duration::days(age_days)),
+        last_launched_time: None,
+        public: false,
+        snapshot_ids: snapshots.iter().map(|s| s.to_string()).collect(),
+        tags: vec![],
+    }
+}
+
+fn err(operation: &'static str, code: &str) -> AwsError {
+    AwsError::new(operation, code, format!("{code} (fake)"))
+}
+
+/// An in-memory region that records every call.
+#[derive(Default)]
+struct FakeEc2 {
+    snapshots: Vec<SnapshotFacts>,
+    images: Vec<ImageFacts>,
+    bin: BTreeSet<String>,
+    instances: BTreeSet<String>,
+    templates: LaunchTemplateImages,
+    shared: BTreeSet<String>,
+    fail: BTreeMap<&'static str, String>,
+    delete_errors: BTreeMap<String, String>,
+    deregister_errors: BTreeMap<String, String>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeEc2 {
+    fn with(snapshots: Vec<SnapshotFacts>, images: Vec<ImageFacts>) -> Self {
+        Self { snapshots, images, ..Self::default() }
+    }
+
+    fn call(&self, op: &'static str, arg: &str) -> Result<(), AwsError> {
+        self.calls.lock().unwrap().push(if arg.is_empty() { op.to_string() } else { format!("{op} {arg}") });
+        match self.fail.get(op) {
+            Some(code) => Err(err(op, code)),
+            None => Ok(()),
+        }
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn calls_to(&self, op: &str) -> Vec<String> {
+        let prefix = format!("{op} ");
+        self.calls().into_iter().filter_map(|c| c.strip_prefix(&prefix).map(str::to_string)).collect()
+    }
+}
+
+impl SweeperEc2 for FakeEc2 {
+    async fn snapshots(&self) -> Result<Vec<SnapshotFacts>, AwsError> {
+        self.call("DescribeSnapshots", "").map(|_| self.snapshots.clone())
+    }
+    async fn images(&self) -> Result<Vec<ImageFacts>, AwsError> {
+        self.call("DescribeImages", "").map(|_| self.images.clone())
+    }
+    async fn images_in_recycle_bin(&self) -> Result<BTreeSet<String>, AwsError> {
+        self.call("ListImagesInRecycleBin", "").map(|_| self.bin.clone())
+    }
+    async fn images_used_by_instances(&self) -> Result<BTreeSet<String>, AwsError> {
+        self.call("DescribeInstances", "").map(|_| self.instances.clone())
+    }
+    async fn launch_template_images(&self) -> Result<LaunchTemplateImages, AwsError> {
+        self.call("DescribeLaunchTemplateVersions", "").map(|_| self.templates.clone())
+    }
+    async fn is_image_shared(&self, image_id: &str) -> Result<bool, AwsError> {
+        self.call("DescribeImageAttribute", image_id).map(|_| self.shared.contains(image_id))
+    }
+    async fn deregister_image(&self, image_id: &str) -> Result<(), AwsError> {
+        self.call("DeregisterImage", image_id)?;
+        match self.deregister_errors.get(image_id) {
+            Some(code) => Err(err("DeregisterImage", code)),
+            None => Ok(()),
+        }
+    }
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), AwsError> {
+        self.call("DeleteSnapshot", snapshot_id)?;
+        match self.delete_errors.get(snapshot_id) {
+            Some(code) => Err(err("DeleteSnapshot", code)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct FakeSns {
+    fail: bool,
+    published: Mutex<Vec<(String, String, String)>>,
+}
+
+impl SummaryPublisher for FakeSns {
+    async fn publish(&self, topic_arn: &str, subject: &str, message: &str) -> Result<(), AwsError> {
+        self.published.lock().unwrap().push((topic_arn.into(), subject.into(), message.into()));
+        if self.fail {
+            return Err(err("Publish", "AuthorizationError"));
+        }
+        Ok(())
+    }
+}
+
+async fn sweep(config: &Config, ec2: FakeEc2) -> (Report, FakeEc2) {
+    let regions = vec![("us-east-1".to_string(), ec2)];
+    let report = handle(config, &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
+    let (_, ec2) = regions.into_iter().next().unwrap();
+    (report, ec2)
+}
+
+// ---- events ----
+
+#[tokio::test]
+async fn anything_but_a_scheduled_event_is_refused_before_any_call() {
+    let ec2 = FakeEc2::with(vec![orphan("snap-01")], vec![]);
+    let regions = vec![("us-east-1".to_string(), ec2)];
+    let sns = FakeSns::default();
+    let state_change = json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2",
+        "account": ACCOUNT, "detail": {"instance-id": "i-1", "state": "stopped"}});
+    for payload in [json!({}), json!([]), json!("Scheduled Event"), json!(null), state_change] {
+        let err = handle(&config(), &regions, &sns, &payload, invocation()).await.unwrap_err();
+        let SweepError::Event(EventError::Unexpected(message)) = &err else { panic!("{err:?}") };
+        assert!(message.contains("Scheduled Event"), "{message}");
+        let diagnostic = lambda_runtime::Diagnostic::from(err);
+        assert_eq!(diagnostic.error_type, "UnexpectedEvent");
+    }
+    let mut no_account = event(json!({}));
+    no_account.as_object_mut().unwrap().remove("account");
+    for payload in [event(Value::Null), event(json!("x")), event(json!({"dry_run": "yes"})), no_account] {
+        let err = handle(&config(), &regions, &sns, &payload, invocation()).await.unwrap_err();
+        assert!(matches!(err, SweepError::Event(EventError::Malformed(_))), "{payload}: {err:?}");
+    }
+    assert!(regions[0].1.calls().is_empty(), "nothing was listed or deleted");
+    assert!(sns.published.lock().unwrap().is_empty());
+}
+
+#[test]
+fn the_sample_events_are_scheduled_events() {
+    for sample in [
+        include_str!("../../../events/orphan-snapshot-sweeper.scheduled.json"),
+        include_str!("../../../events/orphan-snapshot-sweeper.custom-detail.json"),
+        include_str!("../../../events/orphan-snapshot-sweeper.dry-run.json"),
+    ] {
+        let payload: Value = serde_json::from_str(sample).unwrap();
+        let (account, _) = parse_event(&payload).unwrap();
+        assert_eq!(account, ACCOUNT, "moto's default account, for `make demo`");
+    }
+    let dry: Value =
+        serde_json::from_str(include_str!("../../../events/orphan-snapshot-sweeper.dry-run.json")).unwrap();
+    assert_eq!(parse_event(&dry).unwrap().1.dry_run, Some(true));
+}
+
+// ---- deciding and acting ----
+
+#[tokio::test]
+async fn deletes_exactly_the_orphans_and_reports_why_the_rest_is_kept() {
+    let mut protected = orphan("snap-03");
+    protected.tags.push(Tag::new(tags::KEEP, "true"));
+    let mut manual = orphan("snap-04");
+    manual.description = "before the upgrade".into();
+    let snapshots = vec![orphan("snap-01"), orphan("snap-02"), protected, manual, orphan("snap-05")];
+    let images = vec![image("ami-0x", &["snap-05"], 10)];
+    let (report, ec2) = sweep(&config(), FakeEc2::with(snapshots, images)).await;
+    let region = &report.regions[0];
+    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-01", "snap-02"]);
+    assert_eq!(region.deleted, ["snap-01", "snap-02"]);
+    assert_eq!(region.planned_deletions, 2);
+    assert_eq!(
+        region.kept,
+        BTreeMap::from([(KeepReason::ReferencedByImage, 1), (KeepReason::Protected, 1), (KeepReason::NotFromImage, 1)])
+    );
+    assert_eq!((region.reclaimable_gib, region.estimated_monthly_savings_usd), (20, 1.0));
+    assert_eq!(region.unreferenced_manual.count, 1);
+    assert_eq!((region.snapshots_scanned, region.images_scanned), (5, 1));
+    assert_eq!(region.aborted, None);
+    assert!(!report.dry_run);
+    assert_eq!((report.totals.deleted, report.totals.orphans), (2, 2));
+    // The listings come in the safe order: snapshots, then images, then the Recycle Bin.
+    assert_eq!(&ec2.calls()[..3], ["DescribeSnapshots", "DescribeImages", "ListImagesInRecycleBin"]);
+}
+
+#[tokio::test]
+async fn per_snapshot_outcomes_are_reported_and_the_run_goes_on() {
+    let mut ec2 = FakeEc2::with((1..=4).map(|i| orphan(&format!("snap-0{i}"))).collect(), vec![]);
+    ec2.delete_errors.insert("snap-01".into(), "InvalidSnapshot.NotFound".into());
+    ec2.delete_errors.insert("snap-02".into(), "InvalidSnapshot.InUse".into());
+    ec2.delete_errors.insert("snap-03".into(), "InternalError".into());
+    let (report, ec2) = sweep(&config(), ec2).await;
+    let region = &report.regions[0];
+    assert_eq!(ec2.calls_to("DeleteSnapshot").len(), 4);
+    assert_eq!(region.deleted, ["snap-04"], "only what AWS confirmed counts as deleted");
+    assert_eq!(region.already_gone, ["snap-01"]);
+    let failed: Vec<(&str, &str)> = region.failed.iter().map(|f| (f.snapshot_id.as_str(), f.code.as_str())).collect();
+    assert_eq!(failed, [("snap-02", "InvalidSnapshot.InUse"), ("snap-03", "InternalError")]);
+    assert_eq!(region.failed[0].message, "InvalidSnapshot.InUse (fake)");
+    assert_eq!((report.totals.deleted, report.totals.already_gone, report.totals.failed), (1, 1, 2));
+}
+
+#[tokio::test]
+async fn dry_run_deletes_nothing_and_the_event_can_only_make_a_run_drier() {
+    let snapshots = vec![orphan("snap-01"), orphan("snap-02")];
+    let dry = Config { dry_run: true, ..config() };
+    let (report, ec2) = sweep(&dry, FakeEc2::with(snapshots.clone(), vec![])).await;
+    assert!(report.dry_run);
+    assert!(ec2.calls_to("DeleteSnapshot").is_empty());
+    let region = &report.regions[0];
+    assert_eq!((region.orphans.len(), region.planned_deletions, region.deleted.len()), (2, 2, 0));
+
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(snapshots.clone(), vec![]))];
+    let sns = FakeSns::default();
+    let forced = handle(&config(), &regions, &sns, &event(json!({"dry_run": true})), invocation()).await.unwrap();
+    assert!(forced.dry_run);
+    assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty());
+
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(snapshots, vec![]))];
+    let still_dry =
+        handle(&dry, &regions, &sns, &event(json!({"dry_run": false, "note": "x"})), invocation()).await.unwrap();
+    assert!(still_dry.dry_run, "detail dry_run=false never overrides DRY_RUN=true");
+    assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty());
+}
+
+#[tokio::test]
+async fn no_deletion_starts_when_the_deadline_is_near() {
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01"), orphan("snap-02")], vec![]))];
+    let near = Invocation { now: now(), deadline: Some(SystemTime::now() + Duration::from_secs(5)) };
+    let report = handle(&config(), &regions, &FakeSns::default(), &event(json!({})), near).await.unwrap();
+    assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty());
+    assert_eq!(report.regions[0].left_for_next_run, ["snap-01", "snap-02"]);
+    assert_eq!(report.totals.left_for_next_run, 2);
+
+    // A deadline already past at start is an emulator's (cargo lambda watch): noted, not obeyed.
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
+    let past = Invocation { now: now(), deadline: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(600_000)) };
+    let report = handle(&config(), &regions, &FakeSns::default(), &event(json!({})), past).await.unwrap();
+    assert_eq!(report.regions[0].deleted, ["snap-01"]);
+    assert!(report.warnings[0].contains("deadline"), "{:?}", report.warnings);
+}
+
+#[tokio::test]
+async fn max_deletions_is_per_invocation_across_regions() {
+    let a: Vec<SnapshotFacts> = (1..=3).map(|i| orphan(&format!("snap-a{i}"))).collect();
+    let b: Vec<SnapshotFacts> = (1..=3).map(|i| orphan(&format!("snap-b{i}"))).collect();
+    let regions =
+        vec![("us-east-1".to_string(), FakeEc2::with(a, vec![])), ("eu-west-1".to_string(), FakeEc2::with(b, vec![]))];
+    let capped = Config { max_deletions: 4, ..config() };
+    let report = handle(&capped, &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
+    assert_eq!(regions[0].1.calls_to("DeleteSnapshot").len(), 3);
+    assert_eq!(regions[1].1.calls_to("DeleteSnapshot").len(), 1);
+    assert_eq!(report.regions[1].region, "eu-west-1");
+    assert_eq!(report.regions[1].orphans.len(), 3);
+    assert_eq!(report.regions[1].kept, BTreeMap::from([(KeepReason::OverCap, 2)]));
+    assert_eq!(report.totals.deleted, 4);
+}
+
+#[tokio::test]
+async fn a_failed_listing_aborts_only_its_region() {
+    for (failing, what) in [
+        ("DescribeSnapshots", "listing snapshots"),
+        ("DescribeImages", "listing images"),
+        ("ListImagesInRecycleBin", "listing the Recycle Bin"),
+    ] {
+        let mut broken = FakeEc2::with(vec![orphan("snap-01")], vec![]);
+        broken.fail.insert(failing, "UnauthorizedOperation".into());
+        let regions = vec![
+            ("us-east-1".to_string(), broken),
+            ("eu-west-1".to_string(), FakeEc2::with(vec![orphan("snap-02")], vec![])),
+        ];
+        let report = handle(&config(), &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
+        assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty(), "{failing}");
+        let aborted = report.regions[0].aborted.as_deref().unwrap();
+        assert!(aborted.starts_with(what) && aborted.contains("UnauthorizedOperation"), "{aborted}");
+        assert!(report.regions[0].orphans.is_empty());
+        assert_eq!(report.regions[1].deleted, ["snap-02"], "the other region is swept");
+        assert_eq!(report.totals.regions_aborted, 1);
+    }
+}
+
+#[tokio::test]
+async fn recycle_bin_check_off_skips_the_call_and_on_keeps_binned_amis_snapshots() {
+    let mut ec2 = FakeEc2::with(vec![orphan("snap-01"), orphan("snap-02")], vec![]);
+    ec2.bin.insert("ami-001".into());
+    let (report, ec2) = sweep(&config(), ec2).await;
+    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-02"]);
+    assert_eq!(report.regions[0].kept, BTreeMap::from([(KeepReason::SourceImageInRecycleBin, 1)]));
+
+    let mut ec2 = FakeEc2::with(vec![orphan("snap-01")], vec![]);
+    ec2.fail.insert("ListImagesInRecycleBin", "InternalError".into());
+    let (report, ec2) = sweep(&Config { recycle_bin_check: false, ..config() }, ec2).await;
+    assert!(!ec2.calls().contains(&"ListImagesInRecycleBin".to_string()));
+    assert_eq!(report.regions[0].deleted, ["snap-01"]);
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_aborts_the_region_with_its_reason() {
+    let snapshots = vec![orphan("snap-01"), orphan("snap-02"), orphan("snap-03")];
+    let images = vec![image("ami-0x", &["snap-03"], 10)];
+    let (report, ec2) = sweep(&Config { max_delete_fraction: 0.5, ..config() }, FakeEc2::with(snapshots, images)).await;
+    assert!(ec2.calls_to("DeleteSnapshot").is_empty());
+    let region = &report.regions[0];
+    assert!(region.aborted.as_deref().unwrap().starts_with("circuit breaker: 2 orphans of 3 own snapshots"));
+    assert_eq!(region.orphans.len(), 2);
+    assert_eq!(region.kept[&KeepReason::CircuitBreaker], 2);
+}
+
+#[tokio::test]
+async fn the_summary_goes_to_the_topic_and_a_failed_publish_is_only_a_warning() {
+    let topic = "arn:aws:sns:us-east-1:123456789012:sweeps";
+    let with_topic = Config { report_topic_arn: Some(topic.into()), ..config() };
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
+    let sns = FakeSns::default();
+    let report = handle(&with_topic, &regions, &sns, &event(json!({})), invocation()).await.unwrap();
+    assert_eq!(report.summary_published, Some(true));
+    let published = sns.published.lock().unwrap().clone();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].0, topic);
+    assert!(published[0].1.contains("1 deleted"), "{}", published[0].1);
+    assert!(published[0].2.contains("us-east-1:"), "{}", published[0].2);
+
+    let failing = FakeSns { fail: true, ..FakeSns::default() };
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
+    let report = handle(&with_topic, &regions, &failing, &event(json!({})), invocation()).await.unwrap();
+    assert_eq!(report.summary_published, Some(false));
+    assert!(report.warnings.iter().any(|w| w.contains("AuthorizationError")), "{:?}", report.warnings);
+    assert_eq!(report.regions[0].deleted, ["snap-01"]);
+
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![], vec![]))];
+    let report = handle(&config(), &regions, &sns, &event(json!({})), invocation()).await.unwrap();
+    assert_eq!(report.summary_published, None);
+    assert_eq!(sns.published.lock().unwrap().len(), 1, "no topic, no publish");
+}
+
+// ---- retiring unused AMIs ----
+
+fn retiring(days: u32) -> Config {
+    Config { retire_unused_amis_after_days: Some(days), ..config() }
+}
+
+/// An old image with one snapshot (its CreateImage description names it).
+fn old_image_with_snapshot(n: u32) -> (ImageFacts, SnapshotFacts) {
+    let snap = orphan(&format!("snap-{n}"));
+    (image(&format!("ami-0{n}"), &[&snap.snapshot_id], 400), snap)
+}
+
+#[tokio::test]
+async fn an_unused_old_ami_is_deregistered_then_its_snapshots_deleted() {
+    let (old, old_snap) = old_image_with_snapshot(1);
+    let (used, used_snap) = old_image_with_snapshot(2);
+    let (templated, templated_snap) = old_image_with_snapshot(3);
+    let (young, young_snap) = {
+        let (mut i, s) = old_image_with_snapshot(4);
+        i.creation_date = Some(now() - chrono::Duration::days(10));
+        (i, s)
+    };
+    let (mine, mine_snap) = {
+        let (mut i, s) = old_image_with_snapshot(5);
+        i.tags.push(Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP));
+        (i, s)
+    };
+    let mut ec2 = FakeEc2::with(
+        vec![old_snap, used_snap, templated_snap, young_snap, mine_snap],
+        vec![old, used, templated, young, mine],
+    );
+    ec2.instances.insert("ami-02".into());
+    ec2.templates.image_ids.insert("ami-03".into());
+    let (report, ec2) = sweep(&retiring(90), ec2).await;
+    assert_eq!(ec2.calls_to("DescribeImageAttribute"), ["ami-01"], "sharing is read for candidates only");
+    assert_eq!(ec2.calls_to("DeregisterImage"), ["ami-01"]);
+    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-1"]);
+    assert_eq!(report.retired_images.len(), 1);
+    assert_eq!(report.retired_images[0].outcome, RetireOutcome::Deregistered);
+    assert_eq!(report.retired_images[0].snapshot_ids, ["snap-1"]);
+    assert_eq!(report.totals.images_retired, 1);
+    let region = &report.regions[0];
+    assert_eq!(
+        region.images_kept,
+        BTreeMap::from([
+            (ImageKeepReason::CreatedBySnapshotOnStop, 1),
+            (ImageKeepReason::UsedByInstance, 1),
+            (ImageKeepReason::UsedByLaunchTemplate, 1),
+            (ImageKeepReason::TooYoung, 1),
+        ])
+    );
+    assert_eq!(region.kept, BTreeMap::from([(KeepReason::ReferencedByImage, 4)]));
+    // The recycle bin is read again after a real deregistration.
+    assert_eq!(ec2.calls().iter().filter(|c| *c == "ListImagesInRecycleBin").count(), 2);
+}
+
+#[tokio::test]
+async fn retirement_dry_run_changes_nothing_but_reports_both_steps() {
+    let (old, snap) = old_image_with_snapshot(1);
+    let dry = Config { dry_run: true, ..retiring(90) };
+    let (report, ec2) = sweep(&dry, FakeEc2::with(vec![snap], vec![old])).await;
+    assert!(ec2.calls_to("DeregisterImage").is_empty() && ec2.calls_to("DeleteSnapshot").is_empty());
+    assert_eq!(report.retired_images[0].outcome, RetireOutcome::DryRun);
+    assert_eq!(report.regions[0].orphans[0].snapshot_id, "snap-1", "its snapshot would be deleted");
+    assert_eq!(report.totals.images_retired, 0);
+}
+
+#[tokio::test]
+async fn a_failed_deregistration_keeps_the_image_snapshots() {
+    let (old, snap) = old_image_with_snapshot(1);
+    let mut ec2 = FakeEc2::with(vec![snap], vec![old]);
+    ec2.deregister_errors.insert("ami-01".into(), "UnauthorizedOperation".into());
+    let (report, ec2) = sweep(&retiring(90), ec2).await;
+    assert!(ec2.calls_to("DeleteSnapshot").is_empty());
+    assert_eq!(report.retired_images[0].outcome, RetireOutcome::Failed);
+    assert_eq!(report.retired_images[0].code.as_deref(), Some("UnauthorizedOperation"));
+    assert_eq!(report.regions[0].kept, BTreeMap::from([(KeepReason::ReferencedByImage, 1)]));
+}
+
+#[tokio::test]
+async fn retirement_keeps_shared_images_and_stops_on_unknowns() {
+    let (a, sa) = old_image_with_snapshot(1);
+    let (b, sb) = old_image_with_snapshot(2);
+    let mut ec2 = FakeEc2::with(vec![sa.clone(), sb.clone()], vec![a.clone(), b.clone()]);
+    ec2.shared.insert("ami-02".into());
+    let (report, ec2) = sweep(&retiring(90), ec2).await;
+    assert_eq!(ec2.calls_to("DeregisterImage"), ["ami-01"]);
+    assert_eq!(report.regions[0].images_kept, BTreeMap::from([(ImageKeepReason::Shared, 1)]));
+
+    // An SSM alias that did not resolve: we cannot tell what is in use, so nothing is retired.
+    let mut ec2 = FakeEc2::with(vec![sa.clone()], vec![a.clone()]);
+    ec2.templates.unresolved.push("lt-01 version 3: resolve:ssm:/golden".into());
+    let (report, ec2) = sweep(&retiring(90), ec2).await;
+    assert!(ec2.calls_to("DeregisterImage").is_empty());
+    assert!(report.regions[0].retirement_skipped.as_deref().unwrap().contains("resolve:ssm:/golden"));
+    assert_eq!(report.regions[0].kept, BTreeMap::from([(KeepReason::ReferencedByImage, 1)]), "the sweep still ran");
+
+    let mut ec2 = FakeEc2::with(vec![sa], vec![a]);
+    ec2.fail.insert("DescribeInstances", "RequestLimitExceeded".into());
+    let (report, ec2) = sweep(&retiring(90), ec2).await;
+    assert!(ec2.calls_to("DeregisterImage").is_empty());
+    assert!(report.regions[0].retirement_skipped.as_deref().unwrap().starts_with("listing instances failed"));
+}
+
+#[tokio::test]
+async fn deregistrations_count_against_max_deletions() {
+    let (a, sa) = old_image_with_snapshot(1);
+    let (b, sb) = old_image_with_snapshot(2);
+    let capped = Config { max_deletions: 3, ..retiring(90) };
+    let (report, ec2) = sweep(&capped, FakeEc2::with(vec![sa, sb], vec![a, b])).await;
+    assert_eq!(ec2.calls_to("DeregisterImage").len(), 2);
+    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-1"], "3 = 2 deregistrations + 1 deletion");
+    assert_eq!(report.regions[0].kept, BTreeMap::from([(KeepReason::OverCap, 1)]));
+}
+
+// ---- the real adapter, with aws-smithy-mocks ----
+
+mod mocked {
+    use super::*;
+    use aws_sdk_ec2::error::ErrorMetadata;
+    use aws_sdk_ec2::operation::delete_snapshot::{DeleteSnapshotError, DeleteSnapshotOutput};
+    use aws_sdk_ec2::operation::describe_images::{DescribeImagesError, DescribeImagesOutput};
+    use aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsOutput;
+    use aws_sdk_ec2::operation::list_images_in_recycle_bin::{
+        ListImagesInRecycleBinError, ListImagesInRecycleBinOutput,
+    };
+    use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, Image, ImageRecycleBinInfo, Snapshot, SnapshotState};
+    use aws_sdk_ec2::Client;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+
+    fn sdk_snapshot(id: &str) -> Snapshot {
+        Snapshot::builder()
+            .snapshot_id(id)
+            .owner_id(ACCOUNT)
+            .state(SnapshotState::Completed)
+            .start_time(aws_smithy_types::DateTime::from_secs((now() - chrono::Duration::days(3)).timestamp()))
+            .volume_size(10)
+            .description(format!("Created by CreateImage(i-0123) for ami-0{} from vol-01", &id[5..]))
+            .build()
+    }
+
+    fn sdk_image(id: &str, snapshot: &str) -> Image {
+        Image::builder()
+            .image_id(id)
+            .owner_id(ACCOUNT)
+            .state(aws_sdk_ec2::types::ImageState::Available)
+            .block_device_mappings(
+                BlockDeviceMapping::builder().ebs(EbsBlockDevice::builder().snapshot_id(snapshot).build()).build(),
+            )
+            .build()
+    }
+
+    fn metadata(code: &str) -> ErrorMetadata {
+        ErrorMetadata::builder().code(code).message(format!("{code} (mocked)")).build()
+    }
+
+    /// Three pages of snapshots (`snap-1` .. `snap-6`).
+    fn snapshot_pages() -> Vec<Rule> {
+        let page = |ids: [&'static str; 2], token: Option<&'static str>, next: Option<&'static str>| {
+            mock!(Client::describe_snapshots).match_requests(move |r| r.next_token() == token).then_output(move || {
+                DescribeSnapshotsOutput::builder()
+                    .set_snapshots(Some(ids.iter().map(|id| sdk_snapshot(id)).collect()))
+                    .set_next_token(next.map(str::to_string))
+                    .build()
+            })
+        };
+        vec![
+            page(["snap-1", "snap-2"], None, Some("s1")),
+            page(["snap-3", "snap-4"], Some("s1"), Some("s2")),
+            page(["snap-5", "snap-6"], Some("s2"), None),
+        ]
+    }
+
+    fn images_page(
+        token: Option<&'static str>,
+        next: Option<&'static str>,
+        image: Option<(&'static str, &'static str)>,
+    ) -> Rule {
+        mock!(Client::describe_images).match_requests(move |r| r.next_token() == token).then_output(move || {
+            DescribeImagesOutput::builder()
+                .set_images(image.map(|(id, snap)| vec![sdk_image(id, snap)]))
+                .set_next_token(next.map(str::to_string))
+                .build()
+        })
+    }
+
+    fn empty_bin() -> Rule {
+        mock!(Client::list_images_in_recycle_bin).then_output(|| ListImagesInRecycleBinOutput::builder().build())
+    }
+
+    fn deletes() -> Rule {
+        mock!(Client::delete_snapshot).then_output(|| DeleteSnapshotOutput::builder().build())
+    }
+
+    /// The SDK's clock follows tokio's, so that under paused time the adaptive rate limiter sees
+    /// its back-off pass (the mocks' default clock is frozen, and the limiter would wait forever).
+    #[derive(Debug)]
+    struct TokioClock(tokio::time::Instant);
+
+    impl aws_smithy_async::time::TimeSource for TokioClock {
+        fn now(&self) -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000) + self.0.elapsed()
+        }
+    }
+
+    /// A client with amiguard's retry policy and a retry partition of its own (the SDK shares a
+    /// partition's retry quota and adaptive rate limiter process-wide, across parallel tests).
+    fn client(rules: &[&Rule]) -> Client {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let partition = aws_sdk_ec2::config::retry::RetryPartition::new(format!("sweeper-handler-test-{n}"));
+        mock_client!(aws_sdk_ec2, RuleMode::MatchAny, rules, |c| c
+            .retry_config(amiguard::sdk::retry_config())
+            .retry_partition(partition.clone())
+            .time_source(TokioClock(tokio::time::Instant::now())))
+    }
+
+    async fn run(client: Client) -> Report {
+        let regions = vec![("us-east-1".to_string(), client)];
+        handle(&config(), &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reference_on_the_last_page_of_images_keeps_its_snapshot() {
+        let snapshots = snapshot_pages();
+        let images = [
+            images_page(None, Some("i1"), Some(("ami-0a", "snap-1"))),
+            images_page(Some("i1"), Some("i2"), None),
+            images_page(Some("i2"), None, Some(("ami-0z", "snap-6"))),
+        ];
+        let (bin, delete) = (empty_bin(), deletes());
+        let mut rules: Vec<&Rule> = snapshots.iter().chain(images.iter()).collect();
+        rules.extend([&bin, &delete]);
+        let report = run(client(&rules)).await;
+        let region = &report.regions[0];
+        assert_eq!(region.snapshots_scanned, 6, "every page of snapshots");
+        assert_eq!(region.images_scanned, 2, "every page of images");
+        assert_eq!(region.deleted, ["snap-2", "snap-3", "snap-4", "snap-5"]);
+        assert_eq!(region.kept, BTreeMap::from([(KeepReason::ReferencedByImage, 2)]));
+        assert_eq!(delete.num_calls(), 4);
+        assert_eq!(images[2].num_calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_second_page_of_images_aborts_with_zero_deletions() {
+        let snapshots = snapshot_pages();
+        let first = images_page(None, Some("i1"), Some(("ami-0a", "snap-1")));
+        let failing = mock!(Client::describe_images)
+            .match_requests(|r| r.next_token() == Some("i1"))
+            .then_error(|| DescribeImagesError::generic(metadata("InternalError")));
+        let (bin, delete) = (empty_bin(), deletes());
+        let mut rules: Vec<&Rule> = snapshots.iter().collect();
+        rules.extend([&first, &failing, &bin, &delete]);
+        let report = run(client(&rules)).await;
+        assert_eq!(delete.num_calls(), 0);
+        let region = &report.regions[0];
+        assert!(region.aborted.as_deref().unwrap().contains("InternalError"), "{:?}", region.aborted);
+        assert!(region.deleted.is_empty() && region.orphans.is_empty());
+        assert!(failing.num_calls() >= 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_deletes_succeed_and_in_use_is_a_reported_outcome() {
+        let snapshots = snapshot_pages();
+        let images = images_page(None, None, None);
+        let throttled = mock!(Client::delete_snapshot)
+            .match_requests(|r| r.snapshot_id() == Some("snap-1"))
+            .sequence()
+            .error(|| DeleteSnapshotError::generic(metadata("RequestLimitExceeded")))
+            .times(3)
+            .output(|| DeleteSnapshotOutput::builder().build())
+            .build();
+        let in_use = mock!(Client::delete_snapshot)
+            .match_requests(|r| r.snapshot_id() == Some("snap-2"))
+            .then_error(|| DeleteSnapshotError::generic(metadata("InvalidSnapshot.InUse")));
+        let gone = mock!(Client::delete_snapshot)
+            .match_requests(|r| r.snapshot_id() == Some("snap-3"))
+            .then_error(|| DeleteSnapshotError::generic(metadata("InvalidSnapshot.NotFound")));
+        let (bin, delete) = (empty_bin(), deletes());
+        let mut rules: Vec<&Rule> = snapshots.iter().collect();
+        rules.extend([&images, &bin, &throttled, &in_use, &gone, &delete]);
+        let report = run(client(&rules)).await;
+        let region = &report.regions[0];
+        assert_eq!(throttled.num_calls(), 4, "three throttled attempts, then success");
+        assert_eq!(region.deleted, ["snap-1", "snap-4", "snap-5", "snap-6"]);
+        assert_eq!(region.already_gone, ["snap-3"]);
+        assert_eq!(
+            region.failed,
+            [FailedDeletion {
+                snapshot_id: "snap-2".into(),
+                code: "InvalidSnapshot.InUse".into(),
+                message: "InvalidSnapshot.InUse (mocked)".into()
+            }]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_recycle_bin_keeps_its_amis_snapshots_and_a_failing_listing_aborts() {
+        let snapshots = snapshot_pages();
+        let images = images_page(None, None, None);
+        let bin = mock!(Client::list_images_in_recycle_bin).then_output(|| {
+            ListImagesInRecycleBinOutput::builder()
+                .images(ImageRecycleBinInfo::builder().image_id("ami-01").build())
+                .images(ImageRecycleBinInfo::builder().image_id("ami-05").build())
+                .build()
+        });
+        let delete = deletes();
+        let mut rules: Vec<&Rule> = snapshots.iter().collect();
+        rules.extend([&images, &bin, &delete]);
+        let report = run(client(&rules)).await;
+        assert_eq!(report.regions[0].deleted, ["snap-2", "snap-3", "snap-4", "snap-6"]);
+        assert_eq!(report.regions[0].kept, BTreeMap::from([(KeepReason::SourceImageInRecycleBin, 2)]));
+
+        let snapshots = snapshot_pages();
+        let failing = mock!(Client::list_images_in_recycle_bin)
+            .then_error(|| ListImagesInRecycleBinError::generic(metadata("UnauthorizedOperation")));
+        let delete = deletes();
+        let mut rules: Vec<&Rule> = snapshots.iter().collect();
+        rules.extend([&images, &failing, &delete]);
+        let report = run(client(&rules)).await;
+        assert_eq!(delete.num_calls(), 0);
+        let aborted = report.regions[0].aborted.as_deref().unwrap();
+        assert!(aborted.starts_with("listing the Recycle Bin failed") && aborted.contains("UnauthorizedOperation"));
+    }
+}

@@ -1,0 +1,499 @@
+//! The EC2 port of the sweeper (one per region) and its `aws_sdk_ec2::Client` adapter.
+//!
+//! Every listing reads every page and fails as a whole when any page fails: a partial listing of
+//! images would make referenced snapshots look orphaned, so there is no "best effort" here.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+
+use aws_sdk_ec2::types::{Filter, ImageAttributeName};
+use chrono::{DateTime, Utc};
+
+use super::planner::{ImageFacts, SnapshotFacts};
+use crate::error::AwsError;
+use crate::tags;
+
+/// The images that launch templates' default and latest versions launch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaunchTemplateImages {
+    pub image_ids: BTreeSet<String>,
+    /// Versions whose image is not an AMI id even after `ResolveAlias` (an SSM parameter that
+    /// did not resolve): `lt-… version N: <value>`. Any of these means we cannot tell which AMIs
+    /// are in use, so nothing is retired in that region.
+    pub unresolved: Vec<String>,
+}
+
+/// What the sweeper needs from EC2 in one region.
+pub trait SweeperEc2: Send + Sync {
+    /// Every snapshot `DescribeSnapshots` lists for `OwnerIds=self`, every page.
+    fn snapshots(&self) -> impl Future<Output = Result<Vec<SnapshotFacts>, AwsError>> + Send;
+    /// Every image of the account (`Owners=self`), disabled and deprecated ones included.
+    fn images(&self) -> impl Future<Output = Result<Vec<ImageFacts>, AwsError>> + Send;
+    /// The ids of the AMIs in the Recycle Bin (`ListImagesInRecycleBin`).
+    fn images_in_recycle_bin(&self) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
+    /// The images of every instance that is not terminated.
+    fn images_used_by_instances(&self) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
+    /// The images of every launch template's default and latest versions.
+    fn launch_template_images(&self) -> impl Future<Output = Result<LaunchTemplateImages, AwsError>> + Send;
+    /// Whether the image has any launch permission (an account, an organization or unit, `all`).
+    fn is_image_shared(&self, image_id: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    fn deregister_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn delete_snapshot(&self, snapshot_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// EC2's page-size maxima differ by API.
+const MAX_RESULTS: i32 = 1000;
+const MAX_RESULTS_LAUNCH_TEMPLATES: i32 = 200;
+
+/// The states of an instance that is not terminated.
+const LIVE_INSTANCE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
+
+impl SweeperEc2 for aws_sdk_ec2::Client {
+    async fn snapshots(&self) -> Result<Vec<SnapshotFacts>, AwsError> {
+        let mut pages = self.describe_snapshots().owner_ids("self").max_results(MAX_RESULTS).into_paginator().send();
+        let mut snapshots = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
+            snapshots.extend(page.snapshots().iter().filter_map(snapshot_facts));
+        }
+        Ok(snapshots)
+    }
+
+    async fn images(&self) -> Result<Vec<ImageFacts>, AwsError> {
+        let mut pages = self
+            .describe_images()
+            .owners("self")
+            .include_disabled(true)
+            .include_deprecated(true)
+            .max_results(MAX_RESULTS)
+            .into_paginator()
+            .send();
+        let mut images = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?;
+            images.extend(page.images().iter().filter_map(image_facts));
+        }
+        Ok(images)
+    }
+
+    async fn images_in_recycle_bin(&self) -> Result<BTreeSet<String>, AwsError> {
+        let mut pages = self.list_images_in_recycle_bin().max_results(MAX_RESULTS).into_paginator().send();
+        let mut ids = BTreeSet::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("ListImagesInRecycleBin", e))?;
+            ids.extend(page.images().iter().filter_map(|i| i.image_id().map(str::to_string)));
+        }
+        Ok(ids)
+    }
+
+    async fn images_used_by_instances(&self) -> Result<BTreeSet<String>, AwsError> {
+        let state = Filter::builder()
+            .name("instance-state-name")
+            .set_values(Some(LIVE_INSTANCE_STATES.iter().map(|s| s.to_string()).collect()))
+            .build();
+        let mut pages = self.describe_instances().filters(state).max_results(MAX_RESULTS).into_paginator().send();
+        let mut ids = BTreeSet::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeInstances", e))?;
+            for reservation in page.reservations() {
+                ids.extend(reservation.instances().iter().filter_map(|i| i.image_id().map(str::to_string)));
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn launch_template_images(&self) -> Result<LaunchTemplateImages, AwsError> {
+        // Without a template id, `$Default` and `$Latest` describe those versions of every
+        // template in the region, in one paged listing.
+        let mut pages = self
+            .describe_launch_template_versions()
+            .versions("$Default")
+            .versions("$Latest")
+            .resolve_alias(true)
+            .max_results(MAX_RESULTS_LAUNCH_TEMPLATES)
+            .into_paginator()
+            .send();
+        let mut images = LaunchTemplateImages::default();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeLaunchTemplateVersions", e))?;
+            for version in page.launch_template_versions() {
+                let Some(image) = version.launch_template_data().and_then(|d| d.image_id()) else {
+                    continue;
+                };
+                if image.starts_with("ami-") {
+                    images.image_ids.insert(image.to_string());
+                } else {
+                    images.unresolved.push(format!(
+                        "{} version {}: {image}",
+                        version.launch_template_id().unwrap_or("?"),
+                        version.version_number().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        Ok(images)
+    }
+
+    async fn is_image_shared(&self, image_id: &str) -> Result<bool, AwsError> {
+        let output = self
+            .describe_image_attribute()
+            .image_id(image_id)
+            .attribute(ImageAttributeName::LaunchPermission)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeImageAttribute", e))?;
+        Ok(!output.launch_permissions().is_empty())
+    }
+
+    async fn deregister_image(&self, image_id: &str) -> Result<(), AwsError> {
+        // Its snapshots are deleted by the sweep that follows, through every rule of the planner,
+        // not by EC2's `DeleteAssociatedSnapshots`.
+        self.deregister_image()
+            .image_id(image_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::from_sdk("DeregisterImage", e))
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), AwsError> {
+        self.delete_snapshot()
+            .snapshot_id(snapshot_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::from_sdk("DeleteSnapshot", e))
+    }
+}
+
+/// The planner's view of a listed snapshot; `None` for an entry without an id.
+pub fn snapshot_facts(snapshot: &aws_sdk_ec2::types::Snapshot) -> Option<SnapshotFacts> {
+    Some(SnapshotFacts {
+        snapshot_id: snapshot.snapshot_id()?.to_string(),
+        owner_id: snapshot.owner_id().map(str::to_string),
+        state: snapshot.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        start_time: snapshot.start_time().and_then(to_chrono),
+        size_gib: snapshot.volume_size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+        description: snapshot.description().unwrap_or_default().to_string(),
+        tags: tags::from_sdk(snapshot.tags()),
+    })
+}
+
+/// The planners' view of a listed image; `None` for an entry without an id.
+pub fn image_facts(image: &aws_sdk_ec2::types::Image) -> Option<ImageFacts> {
+    Some(ImageFacts {
+        image_id: image.image_id()?.to_string(),
+        owner_id: image.owner_id().map(str::to_string),
+        name: image.name().unwrap_or_default().to_string(),
+        state: image.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        creation_date: image.creation_date().and_then(parse_time),
+        last_launched_time: image.last_launched_time().and_then(parse_time),
+        public: image.public().unwrap_or(false),
+        snapshot_ids: image
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs().and_then(|ebs| ebs.snapshot_id()).map(str::to_string))
+            .collect(),
+        tags: tags::from_sdk(image.tags()),
+    })
+}
+
+fn to_chrono(time: &aws_smithy_types::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(time.secs(), time.subsec_nanos())
+}
+
+/// EC2 writes image dates as RFC 3339 strings (`2024-10-10T00:00:00.000Z`). An unreadable one is
+/// unknown, and unknown ages are treated as young.
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::error::ErrorMetadata;
+    use aws_sdk_ec2::operation::delete_snapshot::{DeleteSnapshotError, DeleteSnapshotOutput};
+    use aws_sdk_ec2::operation::describe_image_attribute::DescribeImageAttributeOutput;
+    use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
+    use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+    use aws_sdk_ec2::operation::describe_launch_template_versions::DescribeLaunchTemplateVersionsOutput;
+    use aws_sdk_ec2::operation::describe_snapshots::{DescribeSnapshotsError, DescribeSnapshotsOutput};
+    use aws_sdk_ec2::operation::list_images_in_recycle_bin::{
+        ListImagesInRecycleBinError, ListImagesInRecycleBinOutput,
+    };
+    use aws_sdk_ec2::types::{
+        BlockDeviceMapping, EbsBlockDevice, Image, ImageRecycleBinInfo, ImageState, Instance, LaunchPermission,
+        LaunchTemplateVersion, PermissionGroup, Reservation, ResponseLaunchTemplateData, Snapshot, SnapshotState,
+    };
+    use aws_sdk_ec2::Client;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+    fn snapshot(id: &str) -> Snapshot {
+        Snapshot::builder()
+            .snapshot_id(id)
+            .owner_id("123456789012")
+            .state(SnapshotState::Completed)
+            .start_time(aws_smithy_types::DateTime::from_secs(1_700_000_000))
+            .volume_size(8)
+            .description("Created by CreateImage(i-01) for ami-0a from vol-01")
+            .tags(aws_sdk_ec2::types::Tag::builder().key("Name").value("x").build())
+            .build()
+    }
+
+    fn page(ids: &[&str], next: Option<&str>) -> DescribeSnapshotsOutput {
+        DescribeSnapshotsOutput::builder()
+            .set_snapshots(Some(ids.iter().map(|id| snapshot(id)).collect()))
+            .set_next_token(next.map(str::to_string))
+            .build()
+    }
+
+    fn service_error(code: &str) -> ErrorMetadata {
+        ErrorMetadata::builder().code(code).message(format!("{code} (mocked)")).build()
+    }
+
+    /// A retry partition of its own for each test client: the SDK shares the retry quota and the
+    /// adaptive rate limiter of a partition process-wide, so one test's throttling must not slow
+    /// down another's.
+    fn own_partition() -> aws_sdk_ec2::config::retry::RetryPartition {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        aws_sdk_ec2::config::retry::RetryPartition::new(format!("sweeper-ec2-test-{n}"))
+    }
+
+    /// A client with amiguard's retry policy (adaptive, 10 attempts); run under paused time so
+    /// back-off costs nothing.
+    macro_rules! client {
+        ($($rule:expr),+) => {
+            mock_client!(aws_sdk_ec2, RuleMode::Sequential, [$($rule),+], |c| c
+                .retry_config(crate::sdk::retry_config())
+                .retry_partition(own_partition()))
+        };
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshots_reads_every_page_and_asks_for_own_snapshots() {
+        let first = mock!(Client::describe_snapshots)
+            .match_requests(|r| {
+                r.owner_ids() == ["self".to_string()] && r.max_results() == Some(1000) && r.next_token().is_none()
+            })
+            .then_output(|| page(&["snap-01", "snap-02"], Some("t1")));
+        let second = mock!(Client::describe_snapshots)
+            .match_requests(|r| r.next_token() == Some("t1"))
+            .then_output(|| page(&["snap-03"], Some("t2")));
+        let last = mock!(Client::describe_snapshots)
+            .match_requests(|r| r.next_token() == Some("t2"))
+            .then_output(|| page(&["snap-04"], None));
+        let client = client!(&first, &second, &last);
+        let snapshots = client.snapshots().await.unwrap();
+        let ids: Vec<&str> = snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
+        assert_eq!(ids, ["snap-01", "snap-02", "snap-03", "snap-04"]);
+        let s = &snapshots[0];
+        assert_eq!(s.owner_id.as_deref(), Some("123456789012"));
+        assert_eq!(s.state, "completed");
+        assert_eq!(s.size_gib, 8);
+        assert_eq!(s.start_time.unwrap().timestamp(), 1_700_000_000);
+        assert_eq!(s.tags, vec![crate::tags::Tag::new("Name", "x")]);
+        assert_eq!(last.num_calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_page_fails_the_whole_listing_with_its_code() {
+        let first = mock!(Client::describe_snapshots).then_output(|| page(&["snap-01"], Some("t1")));
+        let failing = mock!(Client::describe_snapshots)
+            .then_error(|| DescribeSnapshotsError::generic(service_error("UnauthorizedOperation")));
+        let client = client!(&first, &failing);
+        let err = client.snapshots().await.unwrap_err();
+        assert_eq!((err.operation, err.code.as_str()), ("DescribeSnapshots", "UnauthorizedOperation"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_pages_are_retried_not_failed() {
+        let throttled = mock!(Client::describe_snapshots)
+            .sequence()
+            .error(|| DescribeSnapshotsError::generic(service_error("RequestLimitExceeded")))
+            .times(4)
+            .output(|| page(&["snap-01"], None))
+            .build();
+        let client = client!(&throttled);
+        assert_eq!(client.snapshots().await.unwrap().len(), 1);
+        assert_eq!(throttled.num_calls(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn images_include_disabled_and_deprecated_and_read_every_page() {
+        let image = |id: &str, snap: &str| {
+            Image::builder()
+                .image_id(id)
+                .owner_id("123456789012")
+                .name(format!("n-{id}"))
+                .state(ImageState::Disabled)
+                .creation_date("2024-10-10T00:00:00.000Z")
+                .public(false)
+                .block_device_mappings(
+                    BlockDeviceMapping::builder()
+                        .device_name("/dev/xvda")
+                        .ebs(EbsBlockDevice::builder().snapshot_id(snap).build())
+                        .build(),
+                )
+                .block_device_mappings(
+                    BlockDeviceMapping::builder().device_name("/dev/sdb").virtual_name("ephemeral0").build(),
+                )
+                .build()
+        };
+        let first = mock!(Client::describe_images)
+            .match_requests(|r| {
+                r.owners() == ["self".to_string()]
+                    && r.include_disabled() == Some(true)
+                    && r.include_deprecated() == Some(true)
+                    && r.max_results() == Some(1000)
+            })
+            .then_output(move || {
+                DescribeImagesOutput::builder().images(image("ami-0a", "snap-0a")).next_token("t").build()
+            });
+        let last = mock!(Client::describe_images)
+            .match_requests(|r| r.next_token() == Some("t"))
+            .then_output(move || DescribeImagesOutput::builder().images(image("ami-0b", "snap-0b")).build());
+        let client = client!(&first, &last);
+        let images = client.images().await.unwrap();
+        assert_eq!(images.len(), 2);
+        assert_eq!(images[1].snapshot_ids, ["snap-0b"]);
+        assert_eq!(images[0].state, "disabled");
+        assert_eq!(images[0].creation_date.unwrap().to_rfc3339(), "2024-10-10T00:00:00+00:00");
+        assert_eq!(images[0].last_launched_time, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recycle_bin_listing_pages_and_fails_as_a_whole() {
+        let first = mock!(Client::list_images_in_recycle_bin)
+            .match_requests(|r| r.max_results() == Some(1000))
+            .then_output(|| {
+                ListImagesInRecycleBinOutput::builder()
+                    .images(ImageRecycleBinInfo::builder().image_id("ami-0bin1").build())
+                    .next_token("t")
+                    .build()
+            });
+        let last = mock!(Client::list_images_in_recycle_bin).then_output(|| {
+            ListImagesInRecycleBinOutput::builder()
+                .images(ImageRecycleBinInfo::builder().image_id("ami-0bin2").build())
+                .build()
+        });
+        let client = client!(&first, &last);
+        let ids = client.images_in_recycle_bin().await.unwrap();
+        assert_eq!(ids, BTreeSet::from(["ami-0bin1".to_string(), "ami-0bin2".to_string()]));
+
+        let denied = mock!(Client::list_images_in_recycle_bin)
+            .then_error(|| ListImagesInRecycleBinError::generic(service_error("UnauthorizedOperation")));
+        let client = client!(&denied);
+        let err = client.images_in_recycle_bin().await.unwrap_err();
+        assert_eq!((err.operation, err.code.as_str()), ("ListImagesInRecycleBin", "UnauthorizedOperation"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delete_keeps_the_aws_code_and_survives_throttling() {
+        let in_use = mock!(Client::delete_snapshot)
+            .then_error(|| DeleteSnapshotError::generic(service_error("InvalidSnapshot.InUse")));
+        let client = client!(&in_use);
+        let err = SweeperEc2::delete_snapshot(&client, "snap-01").await.unwrap_err();
+        assert!(err.has_code("InvalidSnapshot.InUse"));
+        assert_eq!(in_use.num_calls(), 1, "InUse is not retried");
+
+        // A third of calls throttled (and worse) slows the run down but does not fail it.
+        let throttled = mock!(Client::delete_snapshot)
+            .match_requests(|r| r.snapshot_id() == Some("snap-02"))
+            .sequence()
+            .error(|| DeleteSnapshotError::generic(service_error("RequestLimitExceeded")))
+            .times(6)
+            .output(|| DeleteSnapshotOutput::builder().build())
+            .build();
+        let client = client!(&throttled);
+        SweeperEc2::delete_snapshot(&client, "snap-02").await.unwrap();
+        assert_eq!(throttled.num_calls(), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn instances_ask_for_every_state_but_terminated() {
+        let rule = mock!(Client::describe_instances)
+            .match_requests(|r| {
+                let filter = &r.filters()[0];
+                filter.name() == Some("instance-state-name")
+                    && filter.values() == LIVE_INSTANCE_STATES.map(String::from)
+                    && !filter.values().contains(&"terminated".to_string())
+            })
+            .then_output(|| {
+                DescribeInstancesOutput::builder()
+                    .reservations(
+                        Reservation::builder()
+                            .instances(Instance::builder().image_id("ami-0a").build())
+                            .instances(Instance::builder().image_id("ami-0b").build())
+                            .build(),
+                    )
+                    .build()
+            });
+        let client = client!(&rule);
+        let ids = client.images_used_by_instances().await.unwrap();
+        assert_eq!(ids.into_iter().collect::<Vec<_>>(), ["ami-0a", "ami-0b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn launch_templates_default_and_latest_with_unresolved_aliases() {
+        let version = |lt: &str, n: i64, image: Option<&str>| {
+            let data = ResponseLaunchTemplateData::builder().set_image_id(image.map(str::to_string)).build();
+            LaunchTemplateVersion::builder().launch_template_id(lt).version_number(n).launch_template_data(data).build()
+        };
+        let rule = mock!(Client::describe_launch_template_versions)
+            .match_requests(|r| {
+                r.versions() == ["$Default".to_string(), "$Latest".to_string()]
+                    && r.resolve_alias() == Some(true)
+                    && r.launch_template_id().is_none()
+                    && r.max_results() == Some(200)
+            })
+            .then_output(move || {
+                DescribeLaunchTemplateVersionsOutput::builder()
+                    .launch_template_versions(version("lt-01", 1, Some("ami-0a")))
+                    .launch_template_versions(version("lt-01", 2, None))
+                    .launch_template_versions(version("lt-02", 5, Some("resolve:ssm:/golden/ami")))
+                    .build()
+            });
+        let client = client!(&rule);
+        let images = client.launch_template_images().await.unwrap();
+        assert_eq!(images.image_ids.into_iter().collect::<Vec<_>>(), ["ami-0a"]);
+        assert_eq!(images.unresolved, ["lt-02 version 5: resolve:ssm:/golden/ami"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_launch_permission_means_shared() {
+        let private = mock!(Client::describe_image_attribute)
+            .match_requests(|r| {
+                r.image_id() == Some("ami-0a") && r.attribute() == Some(&ImageAttributeName::LaunchPermission)
+            })
+            .then_output(|| DescribeImageAttributeOutput::builder().image_id("ami-0a").build());
+        let org = mock!(Client::describe_image_attribute).then_output(|| {
+            DescribeImageAttributeOutput::builder()
+                .launch_permissions(
+                    LaunchPermission::builder().organization_arn("arn:aws:organizations::1:organization/o-1").build(),
+                )
+                .build()
+        });
+        let public = mock!(Client::describe_image_attribute).then_output(|| {
+            DescribeImageAttributeOutput::builder()
+                .launch_permissions(LaunchPermission::builder().group(PermissionGroup::All).build())
+                .build()
+        });
+        let client = client!(&private, &org, &public);
+        assert!(!client.is_image_shared("ami-0a").await.unwrap());
+        assert!(client.is_image_shared("ami-0b").await.unwrap());
+        assert!(client.is_image_shared("ami-0c").await.unwrap());
+    }
+
+    #[test]
+    fn facts_tolerate_missing_fields_safely() {
+        let bare = Snapshot::builder().snapshot_id("snap-01").build();
+        let facts = snapshot_facts(&bare).unwrap();
+        assert_eq!((facts.owner_id, facts.state.as_str(), facts.start_time), (None, "", None));
+        assert!(snapshot_facts(&Snapshot::builder().build()).is_none());
+        let image = Image::builder().image_id("ami-0a").creation_date("yesterday").build();
+        let facts = image_facts(&image).unwrap();
+        assert_eq!((facts.creation_date, facts.public), (None, false));
+    }
+}

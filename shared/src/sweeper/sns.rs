@@ -1,0 +1,47 @@
+//! Publishing the sweep's summary to `REPORT_TOPIC_ARN`.
+
+use std::future::Future;
+
+use crate::error::AwsError;
+
+/// SNS allows subjects of up to 100 printable ASCII characters.
+pub const MAX_SUBJECT_CHARS: usize = 100;
+
+pub trait SummaryPublisher: Send + Sync {
+    fn publish(
+        &self,
+        topic_arn: &str,
+        subject: &str,
+        message: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+impl SummaryPublisher for aws_sdk_sns::Client {
+    async fn publish(&self, topic_arn: &str, subject: &str, message: &str) -> Result<(), AwsError> {
+        self.publish()
+            .topic_arn(topic_arn)
+            .subject(sns_subject(subject))
+            .message(message)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::from_sdk("Publish", e))
+    }
+}
+
+/// `subject` made acceptable to SNS: printable ASCII only, at most 100 characters.
+pub fn sns_subject(subject: &str) -> String {
+    subject.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).take(MAX_SUBJECT_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_made_acceptable_to_sns() {
+        assert_eq!(sns_subject("amiguard sweep: 3 deleted"), "amiguard sweep: 3 deleted");
+        assert_eq!(sns_subject("a\nb€"), "a?b?");
+        assert_eq!(sns_subject(&"x".repeat(150)).len(), MAX_SUBJECT_CHARS);
+    }
+}

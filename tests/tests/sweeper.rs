@@ -1,0 +1,473 @@
+//! orphan-snapshot-sweeper against a real moto server: seed an account with the SDK, run exactly
+//! the handler Lambda runs, and check what is left in the emulator.
+//!
+//! moto cannot backdate snapshots (so `MIN_AGE_HOURS=0` here; age is unit-tested with an injected
+//! clock), ignores `OwnerIds` (every account sees the fixture AMIs' snapshots, owned by others:
+//! exactly what the owner check is for) and lacks the Recycle Bin (`RECYCLE_BIN_CHECK=false`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime};
+
+use amiguard::sweeper::{ImageKeepReason, KeepReason};
+use amiguard_integration_tests::proxy::{Fault, Proxy};
+use amiguard_integration_tests::{moto, sample_event, TestAccount, AMAZON_LINUX_AMI, REGION};
+use aws_sdk_ec2::types::{
+    LaunchPermission, LaunchPermissionModifications, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
+};
+use chrono::Utc;
+use orphan_snapshot_sweeper::{handle, Config, Invocation, Report, RetireOutcome};
+use serde_json::Value;
+
+const EU_REGION: &str = "eu-west-1";
+
+/// The sweeper's configuration for moto, `DRY_RUN=false` unless overridden.
+fn config(overrides: &[(&str, &str)]) -> Config {
+    let mut vars: HashMap<String, String> = [
+        ("AWS_REGION", REGION),
+        ("DRY_RUN", "false"),
+        ("MIN_AGE_HOURS", "0"),
+        ("RECYCLE_BIN_CHECK", "false"),
+        ("MAX_DELETE_FRACTION", "1.0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in overrides {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    Config::from_env(&move |name: &str| vars.get(name).cloned()).unwrap()
+}
+
+/// The sample scheduled event, for this test's account.
+fn scheduled(account: &TestAccount) -> Value {
+    let mut event = sample_event("orphan-snapshot-sweeper.scheduled.json");
+    event["account"] = Value::String(account.account_id.clone());
+    event
+}
+
+fn invocation() -> Invocation {
+    Invocation { now: Utc::now(), deadline: Some(SystemTime::now() + Duration::from_secs(900)) }
+}
+
+async fn sweep(account: &TestAccount, config: &Config, event: &Value) -> Report {
+    let regions: Vec<(String, aws_sdk_ec2::Client)> =
+        config.regions.iter().map(|r| (r.clone(), account.ec2_in(r))).collect();
+    handle(config, &regions, &account.sns(), event, invocation()).await.unwrap()
+}
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+/// An AMI of a fresh instance, and its (one) snapshot.
+async fn image(ec2: &aws_sdk_ec2::Client) -> (String, String) {
+    let instance = ec2
+        .run_instances()
+        .image_id(AMAZON_LINUX_AMI)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let instance_id = instance.instances()[0].instance_id().unwrap();
+    let name = format!("sweeper-test-{instance_id}");
+    let image_id = ec2.create_image().instance_id(instance_id).name(name).send().await.unwrap().image_id.unwrap();
+    let described = ec2.describe_images().image_ids(&image_id).send().await.unwrap();
+    let snapshot_id =
+        described.images()[0].block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap().to_string();
+    (image_id, snapshot_id)
+}
+
+/// A real orphan: an AMI created, then deregistered (its snapshot stays behind).
+async fn orphan(ec2: &aws_sdk_ec2::Client) -> String {
+    let (image_id, snapshot_id) = image(ec2).await;
+    ec2.deregister_image().image_id(image_id).send().await.unwrap();
+    snapshot_id
+}
+
+/// A snapshot with a description and tags of our choosing (moto lets tests write `aws:` tags).
+async fn crafted(ec2: &aws_sdk_ec2::Client, description: &str, tags: &[(&str, &str)], size: i32) -> String {
+    let volume = ec2.create_volume().availability_zone(format!("{}a", region_of(ec2))).size(size).send().await.unwrap();
+    let mut request = ec2.create_snapshot().volume_id(volume.volume_id().unwrap()).description(description);
+    if !tags.is_empty() {
+        request = request.tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .set_tags(Some(tags.iter().map(|(k, v)| tag(k, v)).collect()))
+                .build(),
+        );
+    }
+    request.send().await.unwrap().snapshot_id().unwrap().to_string()
+}
+
+fn region_of(ec2: &aws_sdk_ec2::Client) -> String {
+    ec2.config().region().unwrap().to_string()
+}
+
+async fn tag_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str, key: &str) {
+    ec2.create_tags().resources(snapshot_id).tags(tag(key, "")).send().await.unwrap();
+}
+
+/// The account's own snapshots still in the emulator.
+async fn own_snapshots(account: &TestAccount, ec2: &aws_sdk_ec2::Client) -> BTreeSet<String> {
+    let listed = ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
+    listed
+        .snapshots()
+        .iter()
+        .filter(|s| s.owner_id() == Some(account.account_id.as_str()))
+        .map(|s| s.snapshot_id().unwrap().to_string())
+        .collect()
+}
+
+/// Snapshots the listing shows that belong to others (moto's fixture AMIs).
+async fn foreign_snapshots(account: &TestAccount, ec2: &aws_sdk_ec2::Client) -> u64 {
+    let listed = ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
+    listed.snapshots().iter().filter(|s| s.owner_id() != Some(account.account_id.as_str())).count() as u64
+}
+
+fn set(ids: &[&String]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+fn ids(list: &[String]) -> BTreeSet<String> {
+    list.iter().cloned().collect()
+}
+
+#[tokio::test]
+async fn deletes_exactly_the_orphans_of_a_realistic_account() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let orphan_a = orphan(&ec2).await;
+    let orphan_b = orphan(&ec2).await;
+    let (live_image, referenced) = image(&ec2).await;
+    let (disabled_image, disabled_snapshot) = image(&ec2).await;
+    ec2.disable_image().image_id(&disabled_image).send().await.unwrap();
+    let protected = orphan(&ec2).await;
+    tag_snapshot(&ec2, &protected, "amiguard:keep").await;
+    let gone = "Created by CreateImage(i-0123456789abcdef0) for ami-0123456789abcdef0 from vol-0123456789abcdef0";
+    let backup = crafted(&ec2, gone, &[("aws:backup:source-resource", "arn:aws:ec2:us-east-1::volume/vol-1")], 4).await;
+    let dlm = crafted(&ec2, gone, &[("aws:dlm:lifecycle-policy-id", "policy-0123")], 4).await;
+    let manual = crafted(&ec2, "before the database upgrade", &[], 7).await;
+    let create_image_form = crafted(&ec2, gone, &[], 5).await;
+    let copy_form = crafted(
+        &ec2,
+        "Copied for DestinationAmi ami-0fedcba9876543210 from SourceAmi ami-0aaaabbbbccccdddd for SourceSnapshot snap-0123456789abcdef0. Task created on 1,700,000,000.",
+        &[],
+        6,
+    )
+    .await;
+    let oflive_image = crafted(&ec2, &format!("Created by CreateImage(i-0abc) for {live_image}"), &[], 3).await;
+    let before = own_snapshots(&account, &ec2).await;
+    let foreign = foreign_snapshots(&account, &ec2).await;
+
+    let report = sweep(&account, &config(&[]), &scheduled(&account)).await;
+
+    let expected = set(&[&orphan_a, &orphan_b, &create_image_form, &copy_form]);
+    let region = &report.regions[0];
+    assert_eq!(region.aborted, None);
+    assert_eq!(ids(&region.deleted), expected);
+    assert!(region.failed.is_empty() && region.already_gone.is_empty(), "{region:?}");
+    let after = own_snapshots(&account, &ec2).await;
+    assert_eq!(before.difference(&after).cloned().collect::<BTreeSet<_>>(), expected, "exactly the orphans are gone");
+    for kept in [&referenced, &disabled_snapshot, &protected, &backup, &dlm, &manual, &oflive_image] {
+        assert!(after.contains(kept), "{kept} must be kept");
+    }
+    let mut expected_kept = BTreeMap::from([
+        (KeepReason::ReferencedByImage, 2), // the live image's and the disabled image's
+        (KeepReason::SourceImageExists, 1),
+        (KeepReason::Protected, 1),
+        (KeepReason::AwsBackup, 1),
+        (KeepReason::Dlm, 1),
+        (KeepReason::NotFromImage, 1),
+    ]);
+    if foreign > 0 {
+        expected_kept.insert(KeepReason::NotOwned, foreign);
+    }
+    assert_eq!(region.kept, expected_kept);
+    assert_eq!((region.unreferenced_manual.count, region.unreferenced_manual.gib), (1, 7));
+    let orphan_ids: BTreeSet<String> = region.orphans.iter().map(|o| o.snapshot_id.clone()).collect();
+    assert_eq!(orphan_ids, expected);
+    let sources: BTreeSet<&str> = region.orphans.iter().map(|o| o.source_image_id.as_str()).collect();
+    assert!(sources.contains("ami-0123456789abcdef0") && sources.contains("ami-0fedcba9876543210"), "{sources:?}");
+    // moto's CreateImage snapshots are 15 GiB; the crafted ones 5 and 6.
+    let size: u64 = region.orphans.iter().map(|o| o.size_gib).sum();
+    assert_eq!(region.reclaimable_gib, size);
+    assert_eq!(region.estimated_monthly_savings_usd, (size as f64 * 0.05 * 100.0).round() / 100.0);
+    assert_eq!(region.snapshots_scanned, before.len() as u64 + foreign);
+    assert_eq!(region.images_scanned, 2, "the live and the disabled image, listed with Owners=self");
+    assert_eq!(report.totals.deleted, 4);
+
+    // Idempotent: a second run finds nothing more to delete.
+    let again = sweep(&account, &config(&[]), &scheduled(&account)).await;
+    assert!(again.regions[0].deleted.is_empty() && again.regions[0].orphans.is_empty());
+}
+
+#[tokio::test]
+async fn dry_run_by_default_and_by_event_deletes_nothing() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let a = orphan(&ec2).await;
+    let b = orphan(&ec2).await;
+    let before = own_snapshots(&account, &ec2).await;
+
+    // DRY_RUN unset: the default is a dry run.
+    let report = sweep(&account, &config(&[("DRY_RUN", "")]), &scheduled(&account)).await;
+    assert!(report.dry_run);
+    let region = &report.regions[0];
+    assert_eq!(region.orphans.iter().map(|o| o.snapshot_id.clone()).collect::<BTreeSet<_>>(), set(&[&a, &b]));
+    assert_eq!((region.planned_deletions, region.deleted.len()), (2, 0));
+    assert_eq!(own_snapshots(&account, &ec2).await, before);
+
+    // DRY_RUN=false, but the event asks for a dry run.
+    let mut event = sample_event("orphan-snapshot-sweeper.dry-run.json");
+    event["account"] = Value::String(account.account_id.clone());
+    let report = sweep(&account, &config(&[]), &event).await;
+    assert!(report.dry_run);
+    assert_eq!(own_snapshots(&account, &ec2).await, before);
+
+    // A custom detail is accepted and acts normally.
+    let mut event = sample_event("orphan-snapshot-sweeper.custom-detail.json");
+    event["account"] = Value::String(account.account_id.clone());
+    let report = sweep(&account, &config(&[]), &event).await;
+    assert_eq!(ids(&report.regions[0].deleted), set(&[&a, &b]));
+}
+
+#[tokio::test]
+async fn the_grace_period_keeps_fresh_orphans() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let fresh = orphan(&ec2).await;
+    let report = sweep(&account, &config(&[("MIN_AGE_HOURS", "24")]), &scheduled(&account)).await;
+    assert_eq!(report.regions[0].kept.get(&KeepReason::TooYoung), Some(&1));
+    assert!(report.regions[0].orphans.is_empty());
+    assert!(own_snapshots(&account, &ec2).await.contains(&fresh));
+}
+
+#[tokio::test]
+async fn the_cap_bounds_a_run_and_the_next_run_continues() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    for _ in 0..5 {
+        orphan(&ec2).await;
+    }
+    let capped = config(&[("MAX_DELETIONS", "2")]);
+    let report = sweep(&account, &capped, &scheduled(&account)).await;
+    let region = &report.regions[0];
+    assert_eq!((region.orphans.len(), region.deleted.len()), (5, 2));
+    assert_eq!(region.kept.get(&KeepReason::OverCap), Some(&3));
+    assert_eq!(own_snapshots(&account, &ec2).await.len(), 3);
+    let next = sweep(&account, &capped, &scheduled(&account)).await;
+    assert_eq!(next.regions[0].deleted.len(), 2);
+    assert_eq!(own_snapshots(&account, &ec2).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_refuses_to_delete_most_of_a_region() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    for _ in 0..3 {
+        orphan(&ec2).await;
+    }
+    image(&ec2).await;
+    let before = own_snapshots(&account, &ec2).await;
+    let report = sweep(&account, &config(&[("MAX_DELETE_FRACTION", "0.5")]), &scheduled(&account)).await;
+    let region = &report.regions[0];
+    assert!(region.deleted.is_empty());
+    let reason = region.aborted.as_deref().unwrap();
+    assert!(reason.contains("3 orphans of 4 own snapshots"), "{reason}");
+    assert_eq!(region.kept.get(&KeepReason::CircuitBreaker), Some(&3));
+    assert_eq!(own_snapshots(&account, &ec2).await, before);
+}
+
+#[tokio::test]
+async fn two_regions_share_one_cap() {
+    let account = TestAccount::new().await;
+    let (east, eu) = (account.ec2(), account.ec2_in(EU_REGION));
+    let east_orphans = [orphan(&east).await, orphan(&east).await];
+    let eu_orphans = [orphan(&eu).await, orphan(&eu).await];
+    let eu_referenced = image(&eu).await.1;
+
+    let both = config(&[("REGIONS", &format!("{REGION},{EU_REGION}")), ("MAX_DELETIONS", "3")]);
+    let report = sweep(&account, &both, &scheduled(&account)).await;
+    assert_eq!(report.regions.iter().map(|r| r.region.as_str()).collect::<Vec<_>>(), [REGION, EU_REGION]);
+    assert_eq!(ids(&report.regions[0].deleted), set(&[&east_orphans[0], &east_orphans[1]]));
+    assert_eq!(report.regions[1].deleted.len(), 1, "what is left of the cap");
+    assert_eq!(report.regions[1].kept.get(&KeepReason::OverCap), Some(&1));
+    assert!(own_snapshots(&account, &east).await.is_disjoint(&set(&[&east_orphans[0], &east_orphans[1]])));
+    let eu_left = own_snapshots(&account, &eu).await;
+    assert!(eu_left.contains(&eu_referenced));
+    assert_eq!(eu_left.intersection(&set(&[&eu_orphans[0], &eu_orphans[1]])).count(), 1);
+    assert_eq!(report.totals.deleted, 3);
+}
+
+#[tokio::test]
+async fn an_unexpected_event_changes_nothing() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let snapshot = orphan(&ec2).await;
+    let regions = vec![(REGION.to_string(), ec2.clone())];
+    let state_change = serde_json::json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2",
+        "account": account.account_id, "detail": {"instance-id": "i-0123", "state": "stopped"}});
+    for payload in [serde_json::json!({}), state_change] {
+        let result = handle(&config(&[]), &regions, &account.sns(), &payload, invocation()).await;
+        assert!(result.is_err(), "{payload}");
+    }
+    assert!(own_snapshots(&account, &ec2).await.contains(&snapshot));
+}
+
+#[tokio::test]
+async fn the_summary_is_published_to_the_report_topic() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    orphan(&ec2).await;
+    let (sns, sqs) = (account.sns(), account.sqs());
+    let topic = sns.create_topic().name("sweeps").send().await.unwrap().topic_arn.unwrap();
+    let queue_url = sqs.create_queue().queue_name("sweeps").send().await.unwrap().queue_url.unwrap();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    sns.subscribe().topic_arn(&topic).protocol("sqs").endpoint(queue_arn).send().await.unwrap();
+
+    let report = sweep(&account, &config(&[("REPORT_TOPIC_ARN", &topic)]), &scheduled(&account)).await;
+    assert_eq!(report.summary_published, Some(true));
+    let messages = sqs.receive_message().queue_url(&queue_url).max_number_of_messages(10).send().await.unwrap();
+    let body: Value = serde_json::from_str(messages.messages()[0].body().unwrap()).unwrap();
+    assert_eq!(body["Subject"], format!("amiguard sweep {}: 1 orphans, 1 deleted, 0 failed", account.account_id));
+    let text = body["Message"].as_str().unwrap();
+    assert!(text.contains(&format!("{REGION}:")) && text.contains("1 deleted"), "{text}");
+    assert!(text.contains("upper bound"), "{text}");
+}
+
+#[tokio::test]
+async fn unused_amis_are_retired_then_their_snapshots_swept() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let (unused, unused_snapshot) = image(&ec2).await;
+    let (in_use, in_use_snapshot) = image(&ec2).await;
+    account.run_instance(&in_use, &[]).await;
+    let (templated, _) = image(&ec2).await;
+    ec2.create_launch_template()
+        .launch_template_name("web")
+        .launch_template_data(RequestLaunchTemplateData::builder().image_id(&templated).build())
+        .send()
+        .await
+        .unwrap();
+    let (shared, _) = image(&ec2).await;
+    ec2.modify_image_attribute()
+        .image_id(&shared)
+        .launch_permission(
+            LaunchPermissionModifications::builder()
+                .add(LaunchPermission::builder().user_id("111122223333").build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (protected, _) = image(&ec2).await;
+    ec2.create_tags().resources(&protected).tags(tag("amiguard:keep", "")).send().await.unwrap();
+    let (stop_image, _) = image(&ec2).await;
+    ec2.create_tags().resources(&stop_image).tags(tag("amiguard:created-by", "snapshot-on-stop")).send().await.unwrap();
+
+    // 0 days: moto cannot backdate an AMI. The age rule is unit-tested with an injected clock.
+    let retiring = [("RETIRE_UNUSED_AMIS_AFTER_DAYS", "0")];
+    let dry = sweep(&account, &config(&[retiring[0], ("DRY_RUN", "true")]), &scheduled(&account)).await;
+    assert_eq!(dry.retired_images.len(), 1);
+    assert_eq!(
+        (dry.retired_images[0].image_id.as_str(), dry.retired_images[0].outcome),
+        (unused.as_str(), RetireOutcome::DryRun)
+    );
+    assert_eq!(
+        dry.regions[0].orphans.iter().map(|o| o.snapshot_id.as_str()).collect::<Vec<_>>(),
+        [unused_snapshot.as_str()]
+    );
+    assert!(own_snapshots(&account, &ec2).await.contains(&unused_snapshot));
+
+    let report = sweep(&account, &config(&retiring), &scheduled(&account)).await;
+    assert_eq!(report.retired_images[0].outcome, RetireOutcome::Deregistered);
+    assert_eq!(report.regions[0].deleted, std::slice::from_ref(&unused_snapshot));
+    assert_eq!(
+        report.regions[0].images_kept,
+        BTreeMap::from([
+            (ImageKeepReason::Protected, 1),
+            (ImageKeepReason::CreatedBySnapshotOnStop, 1),
+            (ImageKeepReason::UsedByInstance, 1),
+            (ImageKeepReason::UsedByLaunchTemplate, 1),
+            (ImageKeepReason::Shared, 1),
+        ])
+    );
+    let left = ec2.describe_images().owners("self").send().await.unwrap();
+    let left: BTreeSet<&str> = left.images().iter().filter_map(|i| i.image_id()).collect();
+    assert!(!left.contains(unused.as_str()));
+    assert_eq!(left.len(), 5);
+    let snapshots = own_snapshots(&account, &ec2).await;
+    assert!(!snapshots.contains(&unused_snapshot) && snapshots.contains(&in_use_snapshot));
+}
+
+// ---- faults, through the harness's proxy ----
+
+#[tokio::test]
+async fn a_third_of_calls_throttled_slows_the_sweep_but_deletes_every_orphan() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let mut orphans = BTreeSet::new();
+    for _ in 0..9 {
+        orphans.insert(orphan(&ec2).await);
+    }
+    let proxy = Proxy::start(&moto().endpoint).await;
+    proxy.inject(Fault::throttle(1.0 / 3.0));
+    let report = sweep(&account.through(&proxy), &config(&[]), &scheduled(&account)).await;
+    let region = &report.regions[0];
+    assert_eq!(region.aborted, None);
+    assert_eq!(ids(&region.deleted), orphans);
+    assert!(region.failed.is_empty(), "{:?}", region.failed);
+    assert!(proxy.calls().iter().any(|c| c.faulted), "the proxy did throttle");
+    assert!(proxy.count("DeleteSnapshot") > orphans.len(), "throttled deletions were retried");
+    assert!(own_snapshots(&account, &ec2).await.is_disjoint(&orphans));
+}
+
+#[tokio::test]
+async fn a_listing_refused_by_aws_aborts_the_region_and_deletes_nothing() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    orphan(&ec2).await;
+    let before = own_snapshots(&account, &ec2).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    proxy.inject(Fault::error("DescribeImages", 403, "UnauthorizedOperation"));
+    let report = sweep(&account.through(&proxy), &config(&[]), &scheduled(&account)).await;
+    let aborted = report.regions[0].aborted.as_deref().unwrap();
+    assert!(aborted.starts_with("listing images failed") && aborted.contains("UnauthorizedOperation"), "{aborted}");
+    assert_eq!(proxy.count("DeleteSnapshot"), 0);
+    assert_eq!(own_snapshots(&account, &ec2).await, before);
+    assert_eq!(report.totals.regions_aborted, 1);
+}
+
+#[tokio::test]
+async fn a_delete_answered_in_use_is_reported_and_the_others_go_on() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    for _ in 0..3 {
+        orphan(&ec2).await;
+    }
+    let proxy = Proxy::start(&moto().endpoint).await;
+    proxy.inject(Fault::error("DeleteSnapshot", 400, "InvalidSnapshot.InUse").times(1));
+    let report = sweep(&account.through(&proxy), &config(&[]), &scheduled(&account)).await;
+    let region = &report.regions[0];
+    assert_eq!(region.deleted.len(), 2);
+    assert_eq!(region.failed.len(), 1);
+    assert_eq!(region.failed[0].code, "InvalidSnapshot.InUse");
+    assert!(
+        own_snapshots(&account, &ec2).await.contains(&region.failed[0].snapshot_id),
+        "only confirmed deletions count"
+    );
+    assert_eq!(report.totals.deleted, 2);
+}
