@@ -45,7 +45,8 @@ pub fn value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
 
 /// `aws:` keys are reserved: users cannot write them, and copying them fails the whole call.
 pub fn is_aws_reserved(key: &str) -> bool {
-    key.len() >= 4 && key[..4].eq_ignore_ascii_case("aws:")
+    // `get`, not indexing: the fourth byte may fall inside a multi-byte character.
+    key.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case("aws:"))
 }
 
 pub fn is_amiguard(key: &str) -> bool {
@@ -58,4 +59,19 @@ pub fn to_sdk(tags: &[Tag]) -> Vec<aws_sdk_ec2::types::Tag> {
 
 pub fn from_sdk(tags: &[aws_sdk_ec2::types::Tag]) -> Vec<Tag> {
     tags.iter().filter_map(|t| Some(Tag::new(t.key()?, t.value().unwrap_or_default()))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_keys_are_aws_prefixed_in_any_case_and_never_panic() {
+        assert!(is_aws_reserved("aws:cloudformation:stack-id"));
+        assert!(is_aws_reserved("AWS:x"));
+        assert!(!is_aws_reserved("aws"));
+        assert!(!is_aws_reserved("awsx:y"));
+        assert!(!is_aws_reserved("abcé"));
+        assert!(!is_aws_reserved("é"));
+    }
 }

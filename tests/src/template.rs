@@ -107,8 +107,9 @@ pub fn sample_events(function: &str) -> Vec<(String, Value)> {
     samples
 }
 
-/// Every IAM action the function's inline policies grant, whatever the condition or the
-/// template condition (`!If`) it stands under: the most it could ever be allowed.
+/// Every IAM action the function's inline policies allow, whatever the condition or the
+/// template condition (`!If`) it stands under: the most it could ever be allowed. `Deny`
+/// statements (defence in depth) grant nothing and are left out.
 pub fn policy_actions(template: &Value, logical_id: &str) -> std::collections::BTreeSet<String> {
     let mut actions = std::collections::BTreeSet::new();
     collect_actions(&template["Resources"][logical_id]["Properties"]["Policies"], &mut actions);
@@ -117,6 +118,7 @@ pub fn policy_actions(template: &Value, logical_id: &str) -> std::collections::B
 
 fn collect_actions(value: &Value, actions: &mut std::collections::BTreeSet<String>) {
     match value {
+        Value::Object(map) if map.get("Effect").and_then(Value::as_str) == Some("Deny") => {}
         Value::Object(map) => {
             for (key, inner) in map {
                 if key == "Action" {

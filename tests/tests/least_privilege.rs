@@ -109,3 +109,65 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
     }
     assert_policy_matches("untrusted-ami-alert", iam_actions(&proxy.calls()));
 }
+
+#[tokio::test]
+async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
+    use amiguard_integration_tests::proxy::Fault;
+    use amiguard_integration_tests::{AMAZON_LINUX_AMI, REGION};
+    use aws_sdk_ec2::types::RequestLaunchTemplateData;
+    use orphan_snapshot_sweeper::{Config, Invocation};
+
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let topic = account.sns().create_topic().name("sweeps").send().await.unwrap().topic_arn().unwrap().to_string();
+    let mut images = Vec::new();
+    for name in ["orphaned", "unused", "templated"] {
+        let instance = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+        let image = ec2.create_image().instance_id(&instance).name(name).send().await.unwrap();
+        images.push(image.image_id().unwrap().to_string());
+    }
+    ec2.deregister_image().image_id(&images[0]).send().await.unwrap();
+    ec2.create_launch_template()
+        .launch_template_name("web")
+        .launch_template_data(RequestLaunchTemplateData::builder().image_id(&images[2]).build())
+        .send()
+        .await
+        .unwrap();
+
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let through = account.through(&proxy);
+    let regions = vec![(REGION.to_string(), through.ec2())];
+    let mut event = sample_event("orphan-snapshot-sweeper.scheduled.json");
+    event["account"] = json!(account.account_id);
+    let run = |overrides: Vec<(&'static str, String)>| {
+        let mut vars: Vec<(&str, String)> = vec![
+            ("AWS_REGION", REGION.to_string()),
+            ("DRY_RUN", "false".into()),
+            ("MIN_AGE_HOURS", "0".into()),
+            ("MAX_DELETE_FRACTION", "1.0".into()),
+            ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "0".into()),
+            ("REPORT_TOPIC_ARN", topic.clone()),
+        ];
+        vars.extend(overrides);
+        Config::from_env(&move |name: &str| vars.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))
+            .unwrap()
+    };
+    let invocation = || Invocation {
+        now: chrono::Utc::now(),
+        deadline: Some(std::time::SystemTime::now() + std::time::Duration::from_secs(900)),
+    };
+    // moto lacks the Recycle Bin (an HTML 500 that would be retried): refuse it at the proxy,
+    // which still records the call; that region aborts, as it must.
+    proxy.inject(Fault::error("ListImagesInRecycleBin", 400, "UnauthorizedOperation"));
+    let checked = run(vec![("RECYCLE_BIN_CHECK", "true".into())]);
+    let aborted =
+        orphan_snapshot_sweeper::handle(&checked, &regions, &through.sns(), &event, invocation()).await.unwrap();
+    assert!(aborted.regions[0].aborted.is_some());
+    // Then the full sweep: retirement, deletions and the summary.
+    let unchecked = run(vec![("RECYCLE_BIN_CHECK", "false".into())]);
+    let report =
+        orphan_snapshot_sweeper::handle(&unchecked, &regions, &through.sns(), &event, invocation()).await.unwrap();
+    assert!(!report.regions[0].deleted.is_empty() && !report.retired_images.is_empty());
+
+    assert_policy_matches("orphan-snapshot-sweeper", iam_actions(&proxy.calls()));
+}
