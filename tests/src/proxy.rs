@@ -25,6 +25,8 @@ pub struct Call {
 #[derive(Debug, Clone)]
 pub struct Fault {
     pub action: Option<String>,
+    /// Only calls whose body contains this text (e.g. one snapshot id).
+    pub body_contains: Option<String>,
     pub kind: FaultKind,
     /// How many matching calls to fault; `None`: all of them.
     pub times: Option<usize>,
@@ -44,16 +46,24 @@ pub enum FaultKind {
 
 impl Fault {
     pub fn throttle(share: f64) -> Self {
-        Self { action: None, kind: FaultKind::Throttle(share), times: None }
+        Self { action: None, body_contains: None, kind: FaultKind::Throttle(share), times: None }
     }
     pub fn error(action: &str, status: u16, code: &str) -> Self {
-        Self { action: Some(action.into()), kind: FaultKind::Error { status, code: code.into() }, times: None }
+        Self::on(action, FaultKind::Error { status, code: code.into() })
     }
     pub fn cut(action: &str) -> Self {
-        Self { action: Some(action.into()), kind: FaultKind::Cut, times: None }
+        Self::on(action, FaultKind::Cut)
     }
     pub fn delay(action: &str, delay: Duration) -> Self {
-        Self { action: Some(action.into()), kind: FaultKind::Delay(delay), times: None }
+        Self::on(action, FaultKind::Delay(delay))
+    }
+    fn on(action: &str, kind: FaultKind) -> Self {
+        Self { action: Some(action.into()), body_contains: None, kind, times: None }
+    }
+    /// Only the calls whose body contains `text`.
+    pub fn when_body_contains(mut self, text: &str) -> Self {
+        self.body_contains = Some(text.into());
+        self
     }
     /// Only the first `n` matching calls.
     pub fn times(mut self, n: usize) -> Self {
@@ -129,15 +139,16 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
             account: header(&head, "x-moto-account-id"),
             faulted: false,
         };
-        let fault = take_fault(state, &call.action);
+        let fault = take_fault(state, &call.action, &String::from_utf8_lossy(&body));
+        let service = call.service.clone();
         state
             .lock()
             .expect("proxy state")
             .calls
             .push(Call { faulted: fault.is_some() && !matches!(fault, Some(FaultKind::Delay(_))), ..call });
         let response = match fault {
-            Some(FaultKind::Throttle(_)) => error_response(503, "RequestLimitExceeded"),
-            Some(FaultKind::Error { status, code }) => error_response(status, &code),
+            Some(FaultKind::Throttle(_)) => error_response(&service, 503, "RequestLimitExceeded"),
+            Some(FaultKind::Error { status, code }) => error_response(&service, status, &code),
             Some(FaultKind::Cut) => return Ok(()),
             Some(FaultKind::Delay(delay)) => {
                 tokio::time::sleep(delay).await;
@@ -150,10 +161,13 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
     }
 }
 
-fn take_fault(state: &Mutex<State>, action: &str) -> Option<FaultKind> {
+fn take_fault(state: &Mutex<State>, action: &str, body: &str) -> Option<FaultKind> {
     let mut state = state.lock().expect("proxy state");
     for (fault, seen) in state.faults.iter_mut() {
         if fault.action.as_deref().is_some_and(|a| a != action) {
+            continue;
+        }
+        if fault.body_contains.as_deref().is_some_and(|text| !body.contains(text)) {
             continue;
         }
         if fault.times.is_some_and(|limit| *seen >= limit) {
@@ -226,10 +240,16 @@ fn close_after(response: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-fn error_response(status: u16, code: &str) -> Vec<u8> {
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error></Errors><RequestID>proxy</RequestID></Response>"
-    );
+/// An error answer in the service's own format: EC2's `<Response><Errors>`, or the
+/// `<ErrorResponse>` of the other query-protocol services (SNS, STS).
+fn error_response(service: &str, status: u16, code: &str) -> Vec<u8> {
+    let message = "injected by the test proxy";
+    let body = if service == "ec2" {
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>proxy</RequestID></Response>")
+    } else {
+        let kind = if status >= 500 { "Receiver" } else { "Sender" };
+        format!("<ErrorResponse><Error><Type>{kind}</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>proxy</RequestId></ErrorResponse>")
+    };
     format!(
         "HTTP/1.1 {status} Injected\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -277,16 +297,28 @@ mod tests {
     fn throttling_is_spread_evenly() {
         let state = Mutex::new(State::default());
         state.lock().unwrap().faults.push((Fault::throttle(0.3), 0));
-        let throttled = (0..100).filter(|_| take_fault(&state, "X").is_some()).count();
+        let throttled = (0..100).filter(|_| take_fault(&state, "X", "").is_some()).count();
         assert_eq!(throttled, 30);
+    }
+
+    #[test]
+    fn a_fault_for_one_resource_only() {
+        let state = Mutex::new(State::default());
+        state
+            .lock()
+            .unwrap()
+            .faults
+            .push((Fault::error("DeleteSnapshot", 500, "InternalError").when_body_contains("snap-2"), 0));
+        assert!(take_fault(&state, "DeleteSnapshot", "Action=DeleteSnapshot&SnapshotId=snap-1").is_none());
+        assert!(take_fault(&state, "DeleteSnapshot", "Action=DeleteSnapshot&SnapshotId=snap-2").is_some());
     }
 
     #[test]
     fn a_fault_for_the_first_calls_only() {
         let state = Mutex::new(State::default());
         state.lock().unwrap().faults.push((Fault::error("DeleteSnapshot", 500, "InternalError").times(1), 0));
-        assert!(take_fault(&state, "DescribeImages").is_none());
-        assert!(take_fault(&state, "DeleteSnapshot").is_some());
-        assert!(take_fault(&state, "DeleteSnapshot").is_none());
+        assert!(take_fault(&state, "DescribeImages", "").is_none());
+        assert!(take_fault(&state, "DeleteSnapshot", "").is_some());
+        assert!(take_fault(&state, "DeleteSnapshot", "").is_none());
     }
 }

@@ -88,3 +88,127 @@ async fn snapshot_on_stop_under_throttling_still_completes() {
     let images = account.ec2().describe_images().owners("self").send().await.unwrap();
     assert_eq!(images.images().len(), 1);
 }
+
+#[tokio::test]
+async fn snapshot_on_stop_survives_a_cut_connection() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    proxy.inject(Fault::cut("DescribeInstances").times(1));
+    let ec2 = Ec2Client::new(account.through(&proxy).ec2());
+
+    let report =
+        snapshot_on_stop::handle(&ec2, &snapshot_on_stop_config(), stop_event(&instance, "2026-11-27T04:00:00Z"))
+            .await
+            .unwrap();
+
+    assert_eq!(report.outcome, snapshot_on_stop::Outcome::Created);
+    assert_eq!(proxy.count("DescribeInstances"), 2, "the cut call was retried once");
+}
+
+/// A real orphan: an AMI created, then deregistered.
+async fn orphan(account: &TestAccount) -> String {
+    let instance = account.run_instance(amiguard_integration_tests::AMAZON_LINUX_AMI, &[]).await;
+    let ec2 = account.ec2();
+    let name = format!("faults-{instance}");
+    let image_id = ec2.create_image().instance_id(&instance).name(name).send().await.unwrap().image_id.unwrap();
+    let image = ec2.describe_images().image_ids(&image_id).send().await.unwrap();
+    let snapshot = image.images()[0].block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap().to_string();
+    ec2.deregister_image().image_id(image_id).send().await.unwrap();
+    snapshot
+}
+
+async fn snapshot_exists(account: &TestAccount, snapshot_id: &str) -> bool {
+    let output = account.ec2().describe_snapshots().snapshot_ids(snapshot_id).send().await;
+    output.map(|o| !o.snapshots().is_empty()).unwrap_or(false)
+}
+
+#[tokio::test]
+async fn sweeper_when_one_delete_keeps_failing_deletes_the_others_and_reports_that_one() {
+    use amiguard_integration_tests::REGION;
+    let account = TestAccount::new().await;
+    let mut orphans = Vec::new();
+    for _ in 0..4 {
+        orphans.push(orphan(&account).await);
+    }
+    let failing = orphans[1].clone();
+    let proxy = Proxy::start(&moto().endpoint).await;
+    // As when an IAM deny or an SCP covers that one snapshot (a 5xx would be retried ten times).
+    proxy.inject(Fault::error("DeleteSnapshot", 403, "UnauthorizedOperation").when_body_contains(&failing));
+    let vars = [
+        ("AWS_REGION", REGION),
+        ("DRY_RUN", "false"),
+        ("MIN_AGE_HOURS", "0"),
+        ("RECYCLE_BIN_CHECK", "false"),
+        ("MAX_DELETE_FRACTION", "1"),
+    ];
+    let config = orphan_snapshot_sweeper::Config::from_env(&move |name: &str| {
+        vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    })
+    .unwrap();
+    let mut event = sample_event("orphan-snapshot-sweeper.scheduled.json");
+    event["account"] = json!(account.account_id);
+    let regions = vec![(REGION.to_string(), account.through(&proxy).ec2())];
+    let invocation = orphan_snapshot_sweeper::Invocation {
+        now: chrono::Utc::now(),
+        deadline: Some(std::time::SystemTime::now() + std::time::Duration::from_secs(900)),
+    };
+
+    let report = orphan_snapshot_sweeper::handle(&config, &regions, &account.sns(), &event, invocation).await.unwrap();
+
+    let region = &report.regions[0];
+    assert_eq!(region.failed.len(), 1);
+    assert_eq!(
+        (region.failed[0].snapshot_id.as_str(), region.failed[0].code.as_str()),
+        (failing.as_str(), "UnauthorizedOperation")
+    );
+    assert_eq!(region.deleted.len(), 3);
+    assert!(!region.deleted.contains(&failing), "a failed deletion is never counted deleted");
+    assert!(snapshot_exists(&account, &failing).await);
+    for deleted in &region.deleted {
+        assert!(!snapshot_exists(&account, deleted).await, "{deleted}");
+    }
+}
+
+#[tokio::test]
+async fn untrusted_ami_alert_when_publish_fails_is_an_error_and_leaves_no_mark() {
+    use amiguard::trust::ec2::Ec2Trust;
+    use amiguard::trust::identity::StsIdentity;
+    use amiguard::trust::sns::SnsAlerts;
+
+    let account = TestAccount::new().await;
+    let topic = account.sns().create_topic().name("alerts").send().await.unwrap().topic_arn().unwrap().to_string();
+    let instance = account.run_instance(amiguard_integration_tests::RHEL_AMI, &[]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    // Refused, not throttled: a 5xx would be retried ten times first (tested for EC2 above).
+    proxy.inject(Fault::error("Publish", 403, "AuthorizationError"));
+    let through = account.through(&proxy);
+    let vars = [("ALERT_TOPIC_ARN", topic.clone()), ("TRUSTED_IMAGE_PROVIDERS", "self".to_string())];
+    let config = untrusted_ami_alert::Config::from_env(&move |name: &str| {
+        vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let clients = untrusted_ami_alert::Clients {
+        ec2: Ec2Trust::new(through.ec2()),
+        alerts: SnsAlerts::new(through.sns(), topic),
+        identity: StsIdentity::from_conf(through.sdk_config()),
+        region: account.region.clone(),
+    };
+    let mut event = sample_event("untrusted-ami-alert.running.json");
+    event["account"] = json!(account.account_id);
+    event["detail"]["instance-id"] = json!(instance);
+
+    let err = untrusted_ami_alert::handle(&config, &clients, &event, chrono::Utc::now()).await.unwrap_err();
+
+    assert!(err.to_string().contains("AuthorizationError"), "{err}");
+    let described = account.ec2().describe_instances().instance_ids(&instance).send().await.unwrap();
+    let tags = described.reservations()[0].instances()[0].tags();
+    assert!(!tags.iter().any(|t| t.key() == Some("amiguard:alerted")), "no mark without an alert");
+
+    // Once SNS answers again, the redelivery alerts and marks.
+    proxy.clear_faults();
+    untrusted_ami_alert::handle(&config, &clients, &event, chrono::Utc::now()).await.unwrap();
+    let described = account.ec2().describe_instances().instance_ids(&instance).send().await.unwrap();
+    let tags = described.reservations()[0].instances()[0].tags();
+    assert!(tags.iter().any(|t| t.key() == Some("amiguard:alerted")));
+}

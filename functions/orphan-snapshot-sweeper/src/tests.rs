@@ -720,3 +720,102 @@ mod mocked {
         assert!(aborted.starts_with("listing the Recycle Bin failed") && aborted.contains("UnauthorizedOperation"));
     }
 }
+
+// ---- hostile input ----
+
+mod hostile_input {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+
+    use super::*;
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![Just("Scheduled Event".to_string()), Just("aws.events".to_string()), ".{0,12}"]
+                .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![Just("detail-type".to_string()), Just("detail".to_string()), ".{0,8}"],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// The scheduled sample with one field replaced by anything.
+    fn mutated_event() -> impl Strategy<Value = Value> {
+        let fields = ["version", "id", "detail-type", "source", "account", "time", "region", "resources", "detail"];
+        (prop::sample::select(fields.to_vec()), any_json(), any::<bool>()).prop_map(|(field, value, dry)| {
+            let mut payload = event(json!({}));
+            if dry {
+                payload["detail"] = json!({"dry_run": value});
+            } else {
+                payload[field] = value;
+            }
+            payload
+        })
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    /// Sweeps `payload` over an account with one orphan; returns the result and the deletions made.
+    fn sweep_payload(payload: &Value) -> (Result<Report, SweepError>, usize) {
+        let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
+        let result = runtime().block_on(handle(&config(), &regions, &FakeSns::default(), payload, invocation()));
+        (result, regions[0].1.calls_to("DeleteSnapshot").len())
+    }
+
+    fn is_scheduled_event(payload: &Value) -> bool {
+        payload["detail-type"] == "Scheduled Event"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_json_is_refused_before_any_deletion(payload in any_json()) {
+            let (result, deletions) = sweep_payload(&payload);
+            match result {
+                Ok(_) => prop_assert!(is_scheduled_event(&payload)),
+                Err(err) => {
+                    prop_assert!(matches!(err, SweepError::Event(_)), "{:?}", err);
+                    prop_assert_eq!(deletions, 0);
+                }
+            }
+        }
+
+        #[test]
+        fn a_mutated_scheduled_event_is_a_report_or_a_typed_error(payload in mutated_event()) {
+            let (result, deletions) = sweep_payload(&payload);
+            match result {
+                Ok(report) => prop_assert!(report.dry_run || deletions <= 1),
+                Err(err) => {
+                    prop_assert!(matches!(err, SweepError::Event(_)), "{:?}", err);
+                    prop_assert_eq!(deletions, 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn still_alive_after_a_hundred_random_payloads() {
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        for _ in 0..100 {
+            let payload = any_json().new_tree(&mut runner).unwrap().current();
+            let _ = sweep_payload(&payload);
+        }
+        let (result, deletions) = sweep_payload(&event(json!({})));
+        assert_eq!(result.unwrap().regions[0].deleted, ["snap-01"]);
+        assert_eq!(deletions, 1);
+    }
+}
