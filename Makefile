@@ -13,7 +13,7 @@ SAM_STAMP := $(call stamp,$(SAM_VENV),requirements-sam.txt)
 CHECKOV_STAMP := $(call stamp,$(CHECKOV_VENV),requirements-checkov.txt)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: test demo tools template-tools fmt-check clippy cargo-test lint-template
+.PHONY: test demo tools template-tools fmt-check clippy cargo-test lint-template bench
 
 test: tools fmt-check clippy cargo-test lint-template
 	@echo "make test: all checks passed"
@@ -57,3 +57,8 @@ lint-template: tools template-tools
 	cfn-lint template.yaml
 	SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam validate --lint --template template.yaml --region us-east-1
 	$(CHECKOV_VENV)/bin/checkov --file template.yaml --quiet --compact --skip-download
+
+# The performance figures of issue 5 (README, "Benchmarks"): API calls against the floor, deletion
+# pace under throttling, the planner at 1M snapshots, binary sizes and init time.
+bench: tools
+	@bash bench/run.sh

@@ -1,0 +1,226 @@
+"""A recording proxy in front of moto for the benchmarks (loopback only).
+
+It counts every call by (service, action), and adds what the emulator lacks for a fair count:
+
+- EC2 pagination: moto ignores MaxResults/NextToken and answers every listing in one page. For
+  the listings named in PAGED, a request with MaxResults gets at most that many items and a
+  nextToken, as EC2 does, so a client makes one call per page. The full listing is fetched from
+  moto once per listing (the first page) and later pages are cut from it.
+- Throttling: a token bucket per action (AWS documents DeleteSnapshot at about 100 burst and
+  5 per second): a call that finds the bucket empty is answered RequestLimitExceeded (HTTP 503)
+  without reaching moto, as EC2 does.
+- The account: every forwarded call carries `x-moto-account-id: <account>`, so each benchmark
+  phase works in its own account of one moto server.
+"""
+
+import http.client
+import http.server
+import itertools
+import re
+import sys
+import threading
+import time
+import urllib.parse
+import xml.etree.ElementTree as ET
+from collections import Counter
+
+
+# Listing action -> the element that holds its items.
+PAGED = {"DescribeSnapshots": "snapshotSet", "DescribeImages": "imagesSet"}
+
+
+class TokenBucket:
+    """`burst` tokens, refilled at `rate` per second."""
+
+    def __init__(self, burst, rate):
+        self.burst, self.rate = burst, rate
+        self.tokens, self.at = float(burst), time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self):
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return True
+            return False
+
+
+class QuietServer(http.server.ThreadingHTTPServer):
+    """A client that goes away mid-connection (a function process stopped) is not an error."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+class Proxy:
+    def __init__(self, upstream):
+        parsed = urllib.parse.urlparse(upstream)
+        self.upstream = (parsed.hostname, parsed.port)
+        self.account = None
+        self.buckets = {}
+        self.lock = threading.Lock()
+        self.reset()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                proxy.handle(self)
+
+            do_GET = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reset(self, account=None, throttle=None):
+        """A new phase: clear the counts, use `account`, throttle {action: (burst, rate)}."""
+        with self.lock:
+            self.account = account
+            self.buckets = {a: TokenBucket(*spec) for a, spec in (throttle or {}).items()}
+            self.calls = Counter()  # (service, action) -> calls that reached the proxy
+            self.throttled = Counter()  # action -> calls answered RequestLimitExceeded
+            self.accepted_at = {}  # action -> [monotonic times of calls forwarded]
+            self.throttled_at = {}  # action -> [monotonic times of calls throttled]
+            self.in_flight = Counter()
+            self.max_in_flight = Counter()
+            self.pages = {}
+            self.tokens = itertools.count(1)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, request):
+        length = int(request.headers.get("Content-Length") or 0)
+        body = request.rfile.read(length) if length else b""
+        service, action, form = classify(request.headers, body)
+        with self.lock:
+            self.calls[(service, action)] += 1
+            self.in_flight[action] += 1
+            self.max_in_flight[action] = max(self.max_in_flight[action], self.in_flight[action])
+            bucket = self.buckets.get(action)
+        try:
+            if bucket is not None and not bucket.take():
+                with self.lock:
+                    self.throttled[action] += 1
+                    self.throttled_at.setdefault(action, []).append(time.monotonic())
+                status, headers, answer = throttled_answer()
+            else:
+                with self.lock:
+                    self.accepted_at.setdefault(action, []).append(time.monotonic())
+                if action in PAGED and form.get("MaxResults"):
+                    status, headers, answer = self.page(request, body, action, form)
+                else:
+                    status, headers, answer = self.forward(request, body)
+        finally:
+            with self.lock:
+                self.in_flight[action] -= 1
+        request.send_response(status)
+        for name, value in headers:
+            if name.lower() not in ("connection", "content-length", "transfer-encoding", "date", "server"):
+                request.send_header(name, value)
+        request.send_header("Content-Length", str(len(answer)))
+        request.end_headers()
+        request.wfile.write(answer)
+
+    def forward(self, request, body):
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("connection", "x-moto-account-id")}
+        if self.account:
+            headers["x-moto-account-id"] = self.account
+        connection = http.client.HTTPConnection(*self.upstream, timeout=600)
+        try:
+            connection.request(request.command, request.path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
+
+    def page(self, request, body, action, form):
+        size = max(1, min(1000, int(form["MaxResults"])))
+        token = form.get("NextToken")
+        if token is None:
+            status, headers, answer = self.forward(request, body)
+            if status != 200:
+                return status, headers, answer
+            root = ET.fromstring(answer)
+            holder = root.find(f"{namespace(root)}{PAGED[action]}")
+            if holder is None:
+                return status, headers, answer
+            items = list(holder)
+            offset = 0
+        else:
+            with self.lock:
+                entry = self.pages.pop(token, None)
+            if entry is None:
+                return 400, [("Content-Type", "text/xml")], error_xml("InvalidParameterValue", "unknown NextToken")
+            root, items, headers, offset = entry
+            holder = root.find(f"{namespace(root)}{PAGED[action]}")
+        for child in list(holder):
+            holder.remove(child)
+        holder.extend(items[offset:offset + size])
+        for old in root.findall(f"{namespace(root)}nextToken"):
+            root.remove(old)
+        if offset + size < len(items):
+            with self.lock:
+                token = f"bench-page-{next(self.tokens)}"
+                self.pages[token] = (root, items, headers, offset + size)
+            ET.SubElement(root, f"{namespace(root)}nextToken").text = token
+        answer = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        # Later pages are cut from this tree: serialise before another thread touches it.
+        return 200, headers, answer
+
+    def report(self):
+        with self.lock:
+            return {
+                "calls": dict(self.calls),
+                "throttled": dict(self.throttled),
+                "accepted_at": {k: list(v) for k, v in self.accepted_at.items()},
+                "throttled_at": {k: list(v) for k, v in self.throttled_at.items()},
+                "max_in_flight": dict(self.max_in_flight),
+            }
+
+
+def namespace(root):
+    """`{uri}` of the answer's root element (moto writes EC2's without the trailing slash), also
+    made the default namespace when the tree is written back."""
+    uri = root.tag[1:].split("}", 1)[0] if root.tag.startswith("{") else ""
+    if uri:
+        ET.register_namespace("", uri)
+    return f"{{{uri}}}" if uri else ""
+
+
+def classify(headers, body):
+    """(service from the SigV4 scope, action, form fields) of one request."""
+    service = ""
+    scope = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/", headers.get("Authorization", ""))
+    if scope:
+        service = scope.group(1)
+    target = headers.get("X-Amz-Target")
+    if target:
+        return service, target.rsplit(".", 1)[-1], {}
+    form = {}
+    if body and "json" not in headers.get("Content-Type", ""):
+        form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
+    return service, form.get("Action", "?"), form
+
+
+def error_xml(code, message):
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
+            f"<Message>{message}</Message></Error></Errors><RequestID>bench-proxy</RequestID></Response>").encode()
+
+
+def throttled_answer():
+    return 503, [("Content-Type", "text/xml")], error_xml("RequestLimitExceeded", "Request limit exceeded.")

@@ -1,0 +1,339 @@
+"""Figures 1 and 2: the sweeper's API calls against the floor, beside Cloud Custodian, and its
+deletion throughput under DeleteSnapshot throttling.
+
+It starts moto on a free loopback port, seeds each phase's own account through boto3 (AMIs made
+with CreateImage from a few instances, half of them deregistered, plus manual snapshots), puts
+bench/proxy.py in front (counts calls by action, emulates EC2 pagination, throttles), and runs
+the sweeper's release binary as Lambda does, through bench/runtime_api.py. Everything it starts
+it stops; nothing leaves loopback.
+
+Phases, each in a fresh account:
+  floor       amiguard sweep, no throttling: calls by action vs ceil(S/1000) + ceil(I/1000) + deletions
+  custodian   Cloud Custodian (ebs-snapshot, `unused` + CreateImage description, `delete`) on the same data
+  throughput  amiguard sweep with DeleteSnapshot throttled to AWS's 100 burst, 5/s refill
+
+usage: sweep.py --binary PATH [--custodian PATH] [--images N] [--manual N] [--throughput-images N]
+"""
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import boto3
+import botocore.config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OUT = os.path.join(HERE, ".out")
+sys.path.insert(0, HERE)
+import proxy as recording_proxy  # noqa: E402
+import runtime_api  # noqa: E402
+
+FIXTURE_AMI = "ami-0a1b2c3d4e5f00001"  # tests/fixtures/amis.json: Amazon Linux
+INSTANCES = 4
+THREADS = 8
+ACCOUNTS = {"floor": "100000000001", "custodian": "100000000002", "throughput": "100000000003"}
+DELETE_BURST, DELETE_RATE = 100, 5.0  # AWS's DeleteSnapshot throttle, as the issue states it
+LAMBDA_TIMEOUT_S = 900
+DEADLINE_MARGIN_S = 60  # orphan_snapshot_sweeper::DEADLINE_MARGIN
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto():
+    port = free_port()
+    env = dict(os.environ, MOTO_EC2_LOAD_DEFAULT_AMIS="false",
+               MOTO_AMIS_PATH=os.path.join(ROOT, "tests/fixtures/amis.json"))
+    moto_server = os.environ.get("MOTO_SERVER", os.path.join(ROOT, ".venv/bin/moto_server"))
+    log = open(os.path.join(OUT, "moto.log"), "w")
+    process = subprocess.Popen([moto_server, "-H", "127.0.0.1", "-p", str(port)], env=env,
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        if process.poll() is not None:
+            raise SystemExit(f"moto exited; see {log.name}")
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
+            return process, endpoint
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"moto did not answer within 30 s; see {log.name}")
+
+
+def ec2_client(endpoint, account):
+    client = boto3.client("ec2", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                          aws_secret_access_key="bench",
+                          config=botocore.config.Config(max_pool_connections=THREADS * 2,
+                                                        retries={"max_attempts": 10, "mode": "standard"}))
+
+    def add_account(request, **_):
+        request.headers["x-moto-account-id"] = account
+
+    client.meta.events.register("before-sign.ec2.*", add_account)
+    return client
+
+
+def seed(endpoint, account, images, manual):
+    """`images` AMIs by CreateImage from INSTANCES instances, half deregistered; `manual` snapshots
+    of their volumes. Returns the listing's counts as the sweeper will see them."""
+    ec2 = ec2_client(endpoint, account)
+    started = time.monotonic()
+    run = ec2.run_instances(ImageId=FIXTURE_AMI, InstanceType="t3.micro", MinCount=INSTANCES, MaxCount=INSTANCES)
+    instances = [i["InstanceId"] for i in run["Instances"]]
+    ec2.stop_instances(InstanceIds=instances)
+    pool = concurrent.futures.ThreadPoolExecutor(THREADS)
+    image_ids = list(pool.map(lambda n: ec2.create_image(InstanceId=instances[n % INSTANCES], Name=f"bench-{n}",
+                                                         NoReboot=True)["ImageId"], range(images)))
+    list(pool.map(lambda image: ec2.deregister_image(ImageId=image), image_ids[::2]))
+    volumes = [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]]
+    list(pool.map(lambda n: ec2.create_snapshot(VolumeId=volumes[n % len(volumes)],
+                                                Description=f"nightly backup {n}"), range(manual)))
+    pool.shutdown()
+    counts = listing_counts(ec2, account)
+    counts["seconds"] = round(time.monotonic() - started, 1)
+    return counts
+
+
+def listing_counts(ec2, account):
+    snapshots = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    images = ec2.describe_images(Owners=["self"])["Images"]
+    return {"snapshots_listed": len(snapshots),
+            "own_snapshots": sum(1 for s in snapshots if s.get("OwnerId") == account),
+            "images": len(images)}
+
+
+def scheduled_event(account):
+    with open(os.path.join(ROOT, "events/orphan-snapshot-sweeper.scheduled.json")) as f:
+        event = json.load(f)
+    event["account"] = account
+    return event
+
+
+def run_sweeper(binary, proxy, account, name, extra_env=None):
+    """One cold container: start the binary, invoke it once with a scheduled event, stop it."""
+    api = runtime_api.RuntimeApi()
+    env = {"AWS_ENDPOINT_URL": proxy.endpoint, "DRY_RUN": "false", "MIN_AGE_HOURS": "0",
+           "MAX_DELETIONS": "100000", "RECYCLE_BIN_CHECK": "false", "RUST_LOG": "warn"}
+    env.update(extra_env or {})
+    with open(os.path.join(OUT, f"sweeper-{name}.log"), "w") as log:
+        process = runtime_api.start(binary, api, env, log)
+        try:
+            started = time.monotonic()
+            kind, answer = api.invoke(scheduled_event(account), timeout_s=LAMBDA_TIMEOUT_S)
+            wall = time.monotonic() - started
+        finally:
+            runtime_api.stop(process)
+            api.close()
+    if kind != "response":
+        raise SystemExit(f"the sweeper answered an error: {answer}")
+    return answer, wall
+
+
+def region_of(report):
+    region = report["regions"][0]
+    if region.get("aborted"):
+        raise SystemExit(f"the sweep aborted: {region['aborted']}")
+    return region
+
+
+def print_calls(calls, title):
+    print(f"  {title}:")
+    for (service, action), count in sorted(calls.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"    {service or '?':<12} {action:<36} {count:>6}")
+    print(f"    {'':<12} {'total':<36} {sum(calls.values()):>6}")
+
+
+def phase_floor(args, endpoint, proxy):
+    account = ACCOUNTS["floor"]
+    seeded = seed(endpoint, account, args.images, args.manual)
+    print(f"  seeded account {account} in {seeded['seconds']} s: {seeded['snapshots_listed']} snapshots listed "
+          f"({seeded['own_snapshots']} own), {seeded['images']} images registered, "
+          f"{args.images - seeded['images']} AMIs deregistered")
+    proxy.reset(account=account)
+    report, wall = run_sweeper(args.binary, proxy, account, "floor")
+    region = region_of(report)
+    calls = proxy.report()["calls"]
+    s, i = seeded["snapshots_listed"], seeded["images"]
+    deletions = len(region["deleted"]) + len(region["already_gone"]) + len(region["failed"])
+    floor = {"DescribeSnapshots": math.ceil(s / 1000), "DescribeImages": math.ceil(i / 1000),
+             "DeleteSnapshot": deletions}
+    print_calls(calls, "calls by action (the sweeper's release binary, through the recording proxy)")
+    observed = {a: c for (_, a), c in calls.items()}
+    total_floor = sum(floor.values())
+    print(f"  floor: ceil(S/1000) + ceil(I/1000) + deletions = ceil({s}/1000) + ceil({i}/1000) + {deletions}"
+          f" = {floor['DescribeSnapshots']} + {floor['DescribeImages']} + {deletions} = {total_floor}"
+          " (+ 1 ListImagesInRecycleBin page on AWS: RECYCLE_BIN_CHECK=false here, moto lacks it)")
+    extra = {a: observed.get(a, 0) - floor.get(a, 0) for a in set(observed) | set(floor)}
+    extra = {a: d for a, d in extra.items() if d}
+    verdict = "AT THE FLOOR" if not extra else f"OFF THE FLOOR by {extra}"
+    print(f"  observed {sum(observed.values())} calls: {verdict}")
+    remaining = listing_counts(ec2_client(endpoint, account), account)
+    print(f"  deleted {len(region['deleted'])} orphans (failed {len(region['failed'])}), "
+          f"{remaining['snapshots_listed']} snapshots left; wall time {wall:.2f} s "
+          f"(invoke to answer, cold container, moto on this machine)")
+    return {"seeded": seeded, "calls": observed, "floor": floor, "deleted": len(region["deleted"]),
+            "failed": len(region["failed"]), "wall_s": round(wall, 2), "at_floor": not extra}
+
+
+def phase_custodian(args, endpoint, proxy, amiguard):
+    if not args.custodian or not os.path.exists(args.custodian):
+        print("  Cloud Custodian is not installed (bench/run.sh installs c7n into bench/.venv-c7n): skipped")
+        return None
+    account = ACCOUNTS["custodian"]
+    seeded = seed(endpoint, account, args.images, args.manual)
+    print(f"  seeded account {account} in {seeded['seconds']} s: the same shape "
+          f"({seeded['snapshots_listed']} snapshots listed, {seeded['images']} images)")
+    policy = os.path.join(OUT, "c7n-policy.yml")
+    # `unused`: no AMI, launch template or launch configuration maps it. The description filter
+    # limits it to snapshots made by CreateImage, as the sweeper does (custodian's `unused` alone
+    # would also delete the manual snapshots).
+    with open(policy, "w") as f:
+        f.write("""policies:
+  - name: bench-orphan-ami-snapshots
+    resource: ebs-snapshot
+    filters:
+      - type: unused
+        value: true
+      - type: value
+        key: Description
+        op: regex
+        value: "^Created by CreateImage\\\\(i-[0-9a-f]+\\\\) for ami-[0-9a-f]+.*$"
+    actions:
+      - delete
+""")
+    proxy.reset(account=account)
+    env = dict(os.environ, AWS_ENDPOINT_URL=proxy.endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+               AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+    env.pop("AWS_PROFILE", None)
+    out_dir = os.path.join(OUT, "c7n")
+    started = time.monotonic()
+    with open(os.path.join(OUT, "custodian.log"), "w") as log:
+        result = subprocess.run([args.custodian, "run", "--cache-period", "0", "-s", out_dir, "-r", "us-east-1",
+                                 policy], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                timeout=1800)
+    wall = time.monotonic() - started
+    if result.returncode != 0:
+        print(f"  custodian exited with {result.returncode}; see {os.path.join(OUT, 'custodian.log')}")
+        return None
+    calls = proxy.report()["calls"]
+    print_calls(calls, "calls by action (custodian run, through the recording proxy)")
+    remaining = listing_counts(ec2_client(endpoint, account), account)
+    deleted = seeded["snapshots_listed"] - remaining["snapshots_listed"]
+    observed = {a: c for (_, a), c in calls.items()}
+    total, ours = sum(observed.values()), sum(amiguard["calls"].values())
+    other = total - observed.get("DeleteSnapshot", 0)
+    ours_other = ours - amiguard["calls"].get("DeleteSnapshot", 0)
+    print(f"  custodian deleted {deleted} snapshots in {wall:.2f} s (process start to exit); amiguard deleted "
+          f"{amiguard['deleted']} in {amiguard['wall_s']:.2f} s")
+    print(f"  calls: custodian {total} / amiguard {ours} = {total / ours:.2f}x; calls besides DeleteSnapshot: "
+          f"custodian {other} / amiguard {ours_other} = {other / max(ours_other, 1):.2f}x")
+    return {"calls": observed, "deleted": deleted, "wall_s": round(wall, 2), "ratio_total": round(total / ours, 2),
+            "ratio_non_delete": round(other / max(ours_other, 1), 2)}
+
+
+def phase_throughput(args, endpoint, proxy):
+    account = ACCOUNTS["throughput"]
+    seeded = seed(endpoint, account, args.throughput_images, args.throughput_images // 2)
+    print(f"  seeded account {account} in {seeded['seconds']} s: {seeded['snapshots_listed']} snapshots listed, "
+          f"{args.throughput_images - seeded['images']} of {args.throughput_images} AMIs deregistered")
+    proxy.reset(account=account, throttle={"DeleteSnapshot": (DELETE_BURST, DELETE_RATE)})
+    report, wall = run_sweeper(args.binary, proxy, account, "throughput")
+    region = region_of(report)
+    stats = proxy.report()
+    accepted = sorted(stats["accepted_at"].get("DeleteSnapshot", []))
+    throttled = stats["throttled"].get("DeleteSnapshot", 0)
+    deleted, failed = len(region["deleted"]), region["failed"]
+    if not accepted:
+        raise SystemExit("no DeleteSnapshot reached moto")
+    start, end = accepted[0], accepted[-1]
+    overall = (len(accepted) - 1) / (end - start) if end > start else float("inf")
+    after_burst = accepted[DELETE_BURST:] if len(accepted) > DELETE_BURST + 1 else []
+    steady = (len(after_burst) - 1) / (after_burst[-1] - after_burst[0]) if len(after_burst) > 1 else None
+    print(f"  DeleteSnapshot throttled at {DELETE_BURST} burst then {DELETE_RATE:g}/s (token bucket in the proxy; "
+          f"answer: 503 RequestLimitExceeded)")
+    print(f"  deleted {deleted} of {region['planned_deletions']} planned, failed {len(failed)}"
+          + (f" ({sorted({f['code'] for f in failed})})" if failed else "")
+          + f"; {throttled} throttled answers; at most {stats['max_in_flight'].get('DeleteSnapshot', 0)}"
+          " DeleteSnapshot in flight at once")
+    print(f"  pace: {overall:.2f} deletions/s from first to last"
+          + (f", {steady:.2f}/s after the burst" if steady else "") + f"; whole invocation {wall:.1f} s")
+    print("  per 10 s window from the first deletion: deletions accepted/throttled answers")
+    windows, throttled_windows = {}, {}
+    for t in accepted:
+        windows[int((t - start) // 10)] = windows.get(int((t - start) // 10), 0) + 1
+    for t in stats["throttled_at"].get("DeleteSnapshot", []):
+        throttled_windows[int((t - start) // 10)] = throttled_windows.get(int((t - start) // 10), 0) + 1
+    last = max(list(windows) + list(throttled_windows))
+    cells = [f"{windows.get(w, 0)}/{throttled_windows.get(w, 0)}" for w in range(last + 1)]
+    for row in range(0, len(cells), 12):
+        print("    " + " ".join(f"{c:>7}" for c in cells[row:row + 12]))
+    rate = steady or overall
+    listing = max(0.0, wall - (end - start))
+    usable = LAMBDA_TIMEOUT_S - DEADLINE_MARGIN_S - listing
+    projected = DELETE_BURST + rate * usable
+    ceiling = DELETE_BURST + DELETE_RATE * usable
+    print(f"  projection for one 15-minute run: {LAMBDA_TIMEOUT_S} s - {DEADLINE_MARGIN_S} s deadline margin - "
+          f"{listing:.0f} s listing and planning = {usable:.0f} s of deletions:")
+    print(f"    at the measured {rate:.2f}/s: {DELETE_BURST} + {rate:.2f} x {usable:.0f} = {projected:,.0f} deletions "
+          f"({'>' if projected > 4000 else '<='} 4,000)")
+    print(f"    at AWS's 5/s exactly: {DELETE_BURST} + 5 x {usable:.0f} = {ceiling:,.0f} (900 s x 5/s = 4,500 is the "
+          "hard ceiling: > 4,000 fits only if the pace stays within ~10% of 5/s)")
+    return {"seeded": seeded, "deleted": deleted, "failed": len(failed), "throttled": throttled,
+            "max_in_flight": stats["max_in_flight"].get("DeleteSnapshot", 0), "rate_overall": round(overall, 2),
+            "rate_after_burst": round(steady, 2) if steady else None, "wall_s": round(wall, 1),
+            "projected_15min": round(projected), "windows_10s": cells}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", required=True, help="the sweeper's release binary")
+    parser.add_argument("--custodian", help="the custodian executable (skipped when missing)")
+    parser.add_argument("--images", type=int, default=3000, help="AMIs made per account (half deregistered)")
+    parser.add_argument("--manual", type=int, default=2000, help="manual snapshots per account")
+    parser.add_argument("--throughput-images", type=int, default=2000,
+                        help="AMIs made for the throughput phase (half deregistered: the deletions)")
+    parser.add_argument("--phases", default="floor,custodian,throughput")
+    args = parser.parse_args()
+    os.makedirs(OUT, exist_ok=True)
+    phases = args.phases.split(",")
+    moto, endpoint = start_moto()
+    proxy = recording_proxy.Proxy(endpoint)
+    results = {}
+    try:
+        if "floor" in phases or "custodian" in phases:
+            print("== 1. API floor: one sweep of ~5,000 snapshots ==")
+            results["floor"] = phase_floor(args, endpoint, proxy)
+        if "custodian" in phases:
+            print("== 1b. Cloud Custodian on the same data ==")
+            results["custodian"] = phase_custodian(args, endpoint, proxy, results["floor"])
+        if "throughput" in phases:
+            print("== 2. deletion throughput under throttling ==")
+            results["throughput"] = phase_throughput(args, endpoint, proxy)
+    finally:
+        proxy.stop()
+        moto.terminate()
+        try:
+            moto.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            moto.kill()
+            moto.wait()
+    with open(os.path.join(OUT, "sweep.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()
