@@ -7,7 +7,9 @@ use std::time::Duration;
 use amiguard::config::{self, ConfigError, VarSource};
 use amiguard::events::{self, EventError};
 use amiguard::snapshot_on_stop::core::{self as decide, ManagedImage, SkipReason, SnapshotScope};
-use amiguard::snapshot_on_stop::ec2::{CreateImageOutcome, LaunchTemplateRef, SnapshotOnStopEc2};
+use amiguard::snapshot_on_stop::ec2::{
+    CreateImageOutcome, LaunchTemplateRef, LaunchTemplateVersion, SnapshotOnStopEc2,
+};
 use amiguard::snapshot_on_stop::launch_data;
 use amiguard::tags::{self, Tag};
 use amiguard::AwsError;
@@ -202,8 +204,9 @@ pub async fn handle(
     report.image_id = Some(image_id.clone());
 
     tag_snapshots(ec2, instance_id, stopped_at, &image_id, &mut report).await?;
-    report.launch_template = Some(ensure_launch_template(ec2, instance_id, &image_id, stopped_at).await?);
-    retire_old_images(ec2, config, &ownership, &image_id, &mut report).await?;
+    let (template, earlier_versions) = ensure_launch_template(ec2, instance_id, &image_id, stopped_at).await?;
+    report.launch_template = Some(template);
+    retire_old_images(ec2, config, &ownership, &image_id, &earlier_versions, &mut report).await?;
     Ok(report)
 }
 
@@ -233,13 +236,15 @@ async fn tag_snapshots(
 }
 
 /// Makes `amiguard-<instance>`'s default version launch `image_id` with the instance's
-/// configuration, creating the template or a version only when none launches it yet.
+/// configuration, creating the template or a version only when none launches it yet. Also
+/// returns the versions the template had before (none when it was just created), which the
+/// retention needs.
 async fn ensure_launch_template(
     ec2: &impl SnapshotOnStopEc2,
     instance_id: &str,
     image_id: &str,
     stopped_at: DateTime<Utc>,
-) -> Result<LaunchTemplateRef, Error> {
+) -> Result<(LaunchTemplateRef, Vec<LaunchTemplateVersion>), Error> {
     let template_name = decide::launch_template_name(instance_id);
     let description = format!("{image_id}, stopped at {}", decide::stopped_at_tag_value(stopped_at));
     let Some(template_id) = ec2.find_launch_template(&template_name).await? else {
@@ -248,7 +253,7 @@ async fn ensure_launch_template(
             Tag::new(tags::SOURCE_INSTANCE, instance_id),
             Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP),
         ];
-        return Ok(ec2.create_launch_template(&template_name, data, &description, &tags).await?);
+        return Ok((ec2.create_launch_template(&template_name, data, &description, &tags).await?, Vec::new()));
     };
     let versions = ec2.list_launch_template_versions(&template_id).await?;
     let version = match versions.iter().filter(|v| v.image_id.as_deref() == Some(image_id)).map(|v| v.version).max() {
@@ -261,7 +266,7 @@ async fn ensure_launch_template(
     if !versions.iter().any(|v| v.version == version && v.is_default) {
         ec2.set_default_launch_template_version(&template_id, version).await?;
     }
-    Ok(LaunchTemplateRef { id: template_id, version })
+    Ok((LaunchTemplateRef { id: template_id, version }, versions))
 }
 
 /// Keeps the newest `KEEP_LAST` of this instance's images; deregisters the rest, deletes their
@@ -272,6 +277,7 @@ async fn retire_old_images(
     config: &Config,
     ownership: &[Tag],
     current_image: &str,
+    template_versions: &[LaunchTemplateVersion],
     report: &mut Report,
 ) -> Result<(), Error> {
     let managed = managed_images(ec2.list_own_images_tagged(ownership).await?);
@@ -297,27 +303,26 @@ async fn retire_old_images(
         }
     }
     if !retiring.is_empty() {
-        remove_retired_template_versions(ec2, report).await;
+        remove_retired_template_versions(ec2, template_versions, report).await;
     }
     Ok(())
 }
 
 /// Deletes the launch-template versions that launch a retired image. A failure loses nothing
 /// (the version only points at a deregistered image), so it is a warning, not an error.
-async fn remove_retired_template_versions(ec2: &impl SnapshotOnStopEc2, report: &mut Report) {
+async fn remove_retired_template_versions(
+    ec2: &impl SnapshotOnStopEc2,
+    versions: &[LaunchTemplateVersion],
+    report: &mut Report,
+) {
     let Some(template) = report.launch_template.clone() else { return };
-    let stale: Vec<i64> = match ec2.list_launch_template_versions(&template.id).await {
-        Ok(versions) => versions
-            .iter()
-            .filter(|v| !v.is_default && v.version != template.version)
-            .filter(|v| v.image_id.as_ref().is_some_and(|id| report.retired_images.contains(id)))
-            .map(|v| v.version)
-            .collect(),
-        Err(err) => {
-            report.warnings.push(format!("launch-template versions of retired images not listed: {err}"));
-            return;
-        }
-    };
+    // The default is `template.version` now (it launches the current image): never stale.
+    let stale: Vec<i64> = versions
+        .iter()
+        .filter(|v| v.version != template.version)
+        .filter(|v| v.image_id.as_ref().is_some_and(|id| report.retired_images.contains(id)))
+        .map(|v| v.version)
+        .collect();
     if stale.is_empty() {
         return;
     }
