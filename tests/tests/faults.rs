@@ -212,3 +212,23 @@ async fn untrusted_ami_alert_when_publish_fails_is_an_error_and_leaves_no_mark()
     let tags = described.reservations()[0].instances()[0].tags();
     assert!(tags.iter().any(|t| t.key() == Some("amiguard:alerted")));
 }
+
+#[tokio::test]
+async fn a_hung_call_times_out_and_is_retried_instead_of_eating_the_run() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    // Longer than the attempt timeout of amiguard::sdk (20 s): the first attempt hangs.
+    proxy.inject(Fault::delay("DescribeInstances", std::time::Duration::from_secs(60)).times(1));
+    let ec2 = Ec2Client::new(account.through(&proxy).ec2());
+    let started = std::time::Instant::now();
+
+    let report =
+        snapshot_on_stop::handle(&ec2, &snapshot_on_stop_config(), stop_event(&instance, "2026-11-27T05:00:00Z"))
+            .await
+            .unwrap();
+
+    assert_eq!(report.outcome, snapshot_on_stop::Outcome::Created);
+    assert_eq!(proxy.count("DescribeInstances"), 2, "the hung attempt was abandoned and retried");
+    assert!(started.elapsed() < std::time::Duration::from_secs(40), "took {:?}", started.elapsed());
+}
