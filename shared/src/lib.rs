@@ -14,4 +14,7 @@ pub mod snapshot_on_stop;
 pub mod sweeper;
 pub mod trust;
 
+#[cfg(feature = "test-util")]
+pub mod testing;
+
 pub use error::AwsError;
