@@ -10,7 +10,7 @@
 # Everything it starts (moto, the proxy, the fake Runtime API, the functions) listens on loopback
 # only and is stopped before it exits. Builds go to $CARGO_TARGET_DIR (default target/); a cold
 # run builds the workspace three times (x86_64 release, arm64 release, bench profile with the
-# dev-dependencies' features): about 40 minutes on 2 cores. Later runs take about 10 minutes.
+# dev-dependencies' features): about 50 minutes on 2 cores. Later runs take about 14 minutes.
 #
 # BENCH_PARTS=sweep,planner,cold-start (default: all) selects parts; the builds they need run first.
 set -euo pipefail
@@ -36,11 +36,11 @@ echo
 packages=()
 for f in "${FUNCTIONS[@]}"; do packages+=(-p "$f"); done
 if has sweep || has cold-start; then
-  echo "building the x86_64 release binaries (cargo build --release; cold: ~13 min)..."
+  echo "building the x86_64 release binaries (cargo build --release; cold: ~17 min)..."
   cargo build --release --locked --quiet "${packages[@]}"
 fi
 if has cold-start; then
-  echo "building the arm64 Lambda binaries (cargo lambda build --release --arm64; cold: ~15 min)..."
+  echo "building the arm64 Lambda binaries (cargo lambda build --release --arm64; cold: ~18 min)..."
   if ! cargo lambda build --release --arm64 --locked "${packages[@]}" >"$OUT/lambda-build.log" 2>&1; then
     echo "warning: cargo lambda build --release --arm64 failed (see $OUT/lambda-build.log): sizes below are x86_64 only" >&2
   fi
@@ -65,7 +65,7 @@ fi
 
 if has planner; then
   echo "== 3. planning at scale (criterion; pinned to one core with taskset -c 0) =="
-  echo "building the planner benchmarks (bench profile; cold: ~12 min)..."
+  echo "building the planner benchmarks (bench profile; cold: ~15 min)..."
   cargo bench --locked -p amiguard --bench planner --bench planner_memory --no-run --quiet 2>"$OUT/bench-build.log" ||
     { cat "$OUT/bench-build.log" >&2; exit 1; }
   taskset -c 0 cargo bench --locked -p amiguard --bench planner >"$OUT/criterion.log" 2>&1 ||

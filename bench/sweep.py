@@ -23,7 +23,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -344,5 +343,4 @@ def main():
 
 
 if __name__ == "__main__":
-    threading.current_thread().name = "bench"
     main()
