@@ -4,6 +4,7 @@
 //! exhaustively) and an `ec2` adapter (a narrow trait and its `aws_sdk_ec2::Client` impl).
 
 pub mod config;
+pub mod ec2;
 pub mod error;
 pub mod events;
 pub mod report;

@@ -154,23 +154,9 @@ impl SnapshotOnStopEc2 for Ec2Client {
     }
 
     async fn find_own_image_by_name(&self, name: &str) -> Result<Option<ImageRecord>, AwsError> {
-        let mut pages = self
-            .client
-            .describe_images()
-            .owners("self")
-            .filters(Filter::builder().name("name").values(name).build())
-            .include_disabled(true)
-            .include_deprecated(true)
-            .max_results(1000)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?;
-            if let Some(found) = page.images().iter().filter(|i| i.name() == Some(name)).find_map(image_record) {
-                return Ok(Some(found));
-            }
-        }
-        Ok(None)
+        let by_name = Filter::builder().name("name").values(name).build();
+        let images = crate::ec2::describe_own_images(&self.client, vec![by_name]).await?;
+        Ok(images.iter().filter(|i| i.name() == Some(name)).find_map(image_record))
     }
 
     async fn describe_image(&self, image_id: &str) -> Result<Option<ImageRecord>, AwsError> {
@@ -246,22 +232,8 @@ impl SnapshotOnStopEc2 for Ec2Client {
     async fn list_own_images_tagged(&self, tag_filters: &[Tag]) -> Result<Vec<ImageRecord>, AwsError> {
         let filters =
             tag_filters.iter().map(|t| Filter::builder().name(format!("tag:{}", t.key)).values(&t.value).build());
-        let mut pages = self
-            .client
-            .describe_images()
-            .owners("self")
-            .set_filters(Some(filters.collect()))
-            .include_disabled(true)
-            .include_deprecated(true)
-            .max_results(1000)
-            .into_paginator()
-            .send();
-        let mut images = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?;
-            images.extend(page.images().iter().filter_map(image_record));
-        }
-        Ok(images)
+        let images = crate::ec2::describe_own_images(&self.client, filters.collect()).await?;
+        Ok(images.iter().filter_map(image_record).collect())
     }
 
     async fn deregister_image(&self, image_id: &str) -> Result<(), AwsError> {

@@ -60,20 +60,8 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
     }
 
     async fn images(&self) -> Result<Vec<ImageFacts>, AwsError> {
-        let mut pages = self
-            .describe_images()
-            .owners("self")
-            .include_disabled(true)
-            .include_deprecated(true)
-            .max_results(MAX_RESULTS)
-            .into_paginator()
-            .send();
-        let mut images = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?;
-            images.extend(page.images().iter().filter_map(image_facts));
-        }
-        Ok(images)
+        let images = crate::ec2::describe_own_images(self, Vec::new()).await?;
+        Ok(images.iter().filter_map(image_facts).collect())
     }
 
     async fn images_in_recycle_bin(&self) -> Result<BTreeSet<String>, AwsError> {
