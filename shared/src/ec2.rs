@@ -8,8 +8,14 @@ use crate::error::AwsError;
 pub const MAX_RESULTS: i32 = 1000;
 
 /// This account's images matching `filters`, every page, disabled and deprecated ones included
-/// (an image left out here could have its snapshots deleted). A failed page fails the listing.
-pub async fn describe_own_images(client: &aws_sdk_ec2::Client, filters: Vec<Filter>) -> Result<Vec<Image>, AwsError> {
+/// (an image left out here could have its snapshots deleted), each read by `read` as its page
+/// arrives: the SDK's page is dropped before the next one, so only what `read` keeps stays in
+/// memory. A failed page fails the listing.
+pub async fn describe_own_images<T>(
+    client: &aws_sdk_ec2::Client,
+    filters: Vec<Filter>,
+    mut read: impl FnMut(&Image) -> Option<T>,
+) -> Result<Vec<T>, AwsError> {
     let mut pages = client
         .describe_images()
         .owners("self")
@@ -21,7 +27,8 @@ pub async fn describe_own_images(client: &aws_sdk_ec2::Client, filters: Vec<Filt
         .send();
     let mut images = Vec::new();
     while let Some(page) = pages.next().await {
-        images.extend(page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?.images.unwrap_or_default());
+        let page = page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?;
+        images.extend(page.images().iter().filter_map(&mut read));
     }
     Ok(images)
 }

@@ -188,7 +188,7 @@ async fn deletes_exactly_the_orphans_of_a_realistic_account() {
     }
     assert_eq!(region.kept, expected_kept);
     assert_eq!((region.unreferenced_manual.count, region.unreferenced_manual.gib), (1, 7));
-    let orphan_ids: BTreeSet<String> = region.orphans.iter().map(|o| o.snapshot_id.clone()).collect();
+    let orphan_ids: BTreeSet<String> = region.orphans.iter().map(|o| o.snapshot_id.to_string()).collect();
     assert_eq!(orphan_ids, expected);
     let sources: BTreeSet<&str> = region.orphans.iter().map(|o| o.source_image_id.as_str()).collect();
     assert!(sources.contains("ami-0123456789abcdef0") && sources.contains("ami-0fedcba9876543210"), "{sources:?}");
@@ -217,7 +217,7 @@ async fn dry_run_by_default_and_by_event_deletes_nothing() {
     let report = sweep(&account, &config(&[("DRY_RUN", "")]), &scheduled(&account)).await;
     assert!(report.dry_run);
     let region = &report.regions[0];
-    assert_eq!(region.orphans.iter().map(|o| o.snapshot_id.clone()).collect::<BTreeSet<_>>(), set(&[&a, &b]));
+    assert_eq!(region.orphans.iter().map(|o| o.snapshot_id.to_string()).collect::<BTreeSet<_>>(), set(&[&a, &b]));
     assert_eq!((region.planned_deletions, region.deleted.len()), (2, 0));
     assert_eq!(own_snapshots(&account, &ec2).await, before);
 

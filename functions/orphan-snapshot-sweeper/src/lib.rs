@@ -194,12 +194,12 @@ impl Run<'_> {
             report.aborted = Some(format!("{what} failed, nothing deleted in this region: {err}"));
             report
         };
-        let snapshots = match ec2.snapshots().await {
+        let snapshots = match ec2.snapshots(&self.config.protect_tag).await {
             Ok(snapshots) => snapshots,
             Err(err) => return aborted(report, "listing snapshots", err),
         };
         report.snapshots_scanned = snapshots.len() as u64;
-        let images = match ec2.images().await {
+        let images = match ec2.images(&self.config.protect_tag).await {
             Ok(images) => images,
             Err(err) => return aborted(report, "listing images", err),
         };
@@ -230,7 +230,6 @@ impl Run<'_> {
 
         let policy = Policy {
             min_age: chrono::Duration::hours(i64::from(self.config.min_age_hours)),
-            protect_tag: self.config.protect_tag.clone(),
             max_delete_fraction: self.config.max_delete_fraction,
         };
         let input = PlanInput {
@@ -278,7 +277,7 @@ impl Run<'_> {
     async fn delete<E: SweeperEc2>(&self, ec2: &E, orphans: &[Orphan]) -> Vec<Deletion> {
         stream::iter(orphans)
             .map(|orphan| async move {
-                let id = orphan.snapshot_id.clone();
+                let id = orphan.snapshot_id.to_string();
                 if self.deadline_is_near() {
                     return Deletion::NotStarted(id);
                 }
@@ -381,10 +380,10 @@ impl Run<'_> {
             };
             retired_out.push(RetiredImage {
                 region: region.to_string(),
-                image_id: image.image_id.clone(),
+                image_id: image.image_id.to_string(),
                 name: image.name.clone(),
                 creation_date: image.creation_date,
-                snapshot_ids: image.snapshot_ids.clone(),
+                snapshot_ids: image.snapshot_ids.iter().map(ToString::to_string).collect(),
                 outcome,
                 code: error.as_ref().map(|e| e.code.clone()),
                 message: error.map(|e| e.message),

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use amiguard::sweeper::{ImageKeepReason, KeepReason, LaunchTemplateImages, SnapshotFacts};
+use amiguard::sweeper::{ImageKeepReason, KeepReason, LaunchTemplateImages, SnapshotFacts, SnapshotListing};
 use amiguard::tags::{self, Tag};
 use amiguard::AwsError;
 use chrono::TimeZone;
@@ -48,8 +48,8 @@ fn event(detail: Value) -> Value {
     })
 }
 
-fn orphan(id: &str) -> SnapshotFacts {
-    SnapshotFacts {
+fn orphan(id: &str) -> SnapshotListing {
+    SnapshotListing {
         snapshot_id: id.to_string(),
         owner_id: Some(ACCOUNT.to_string()),
         state: "completed".to_string(),
@@ -62,14 +62,14 @@ fn orphan(id: &str) -> SnapshotFacts {
 
 fn image(id: &str, snapshots: &[&str], age_days: i64) -> ImageFacts {
     ImageFacts {
-        image_id: id.to_string(),
-        owner_id: Some(ACCOUNT.to_string()),
+        image_id: id.into(),
+        owner_id: Some(ACCOUNT.into()),
         name: format!("name-{id}"),
-        state: "available".to_string(),
+        state: "available".into(),
         creation_date: Some(now() - chrono::Duration::days(age_days)),
         last_launched_time: None,
         public: false,
-        snapshot_ids: snapshots.iter().map(|s| s.to_string()).collect(),
+        snapshot_ids: snapshots.iter().map(|&s| s.into()).collect(),
         tags: vec![],
     }
 }
@@ -81,7 +81,8 @@ fn err(operation: &'static str, code: &str) -> AwsError {
 /// An in-memory region that records every call.
 #[derive(Default)]
 struct FakeEc2 {
-    snapshots: Vec<SnapshotFacts>,
+    /// Read with the handler's `PROTECT_TAG`, as the EC2 adapter reads each page.
+    snapshots: Vec<SnapshotListing>,
     images: Vec<ImageFacts>,
     bin: BTreeSet<String>,
     instances: BTreeSet<String>,
@@ -94,7 +95,7 @@ struct FakeEc2 {
 }
 
 impl FakeEc2 {
-    fn with(snapshots: Vec<SnapshotFacts>, images: Vec<ImageFacts>) -> Self {
+    fn with(snapshots: Vec<SnapshotListing>, images: Vec<ImageFacts>) -> Self {
         Self { snapshots, images, ..Self::default() }
     }
 
@@ -117,10 +118,11 @@ impl FakeEc2 {
 }
 
 impl SweeperEc2 for FakeEc2 {
-    async fn snapshots(&self) -> Result<Vec<SnapshotFacts>, AwsError> {
-        self.call("DescribeSnapshots", "").map(|_| self.snapshots.clone())
+    async fn snapshots(&self, protect_tag: &str) -> Result<Vec<SnapshotFacts>, AwsError> {
+        let read = || self.snapshots.iter().map(|s| SnapshotFacts::read(s, protect_tag)).collect();
+        self.call("DescribeSnapshots", "").map(|_| read())
     }
-    async fn images(&self) -> Result<Vec<ImageFacts>, AwsError> {
+    async fn images(&self, _protect_tag: &str) -> Result<Vec<ImageFacts>, AwsError> {
         self.call("DescribeImages", "").map(|_| self.images.clone())
     }
     async fn images_in_recycle_bin(&self) -> Result<BTreeSet<String>, AwsError> {
@@ -246,6 +248,18 @@ async fn deletes_exactly_the_orphans_and_reports_why_the_rest_is_kept() {
 }
 
 #[tokio::test]
+async fn the_configured_protect_tag_is_the_one_that_protects() {
+    let mut team_kept = orphan("snap-01");
+    team_kept.tags.push(Tag::new("team:keep", ""));
+    let mut default_kept = orphan("snap-02");
+    default_kept.tags.push(Tag::new(tags::KEEP, "true"));
+    let config = Config { protect_tag: "team:keep".into(), ..config() };
+    let (report, ec2) = sweep(&config, FakeEc2::with(vec![team_kept, default_kept], vec![])).await;
+    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-02"], "PROTECT_TAG replaces amiguard:keep");
+    assert_eq!(report.regions[0].kept, BTreeMap::from([(KeepReason::Protected, 1)]));
+}
+
+#[tokio::test]
 async fn per_snapshot_outcomes_are_reported_and_the_run_goes_on() {
     let mut ec2 = FakeEc2::with((1..=4).map(|i| orphan(&format!("snap-0{i}"))).collect(), vec![]);
     ec2.delete_errors.insert("snap-01".into(), "InvalidSnapshot.NotFound".into());
@@ -304,8 +318,8 @@ async fn no_deletion_starts_when_the_deadline_is_near() {
 
 #[tokio::test]
 async fn max_deletions_is_per_invocation_across_regions() {
-    let a: Vec<SnapshotFacts> = (1..=3).map(|i| orphan(&format!("snap-a{i}"))).collect();
-    let b: Vec<SnapshotFacts> = (1..=3).map(|i| orphan(&format!("snap-b{i}"))).collect();
+    let a: Vec<SnapshotListing> = (1..=3).map(|i| orphan(&format!("snap-a{i}"))).collect();
+    let b: Vec<SnapshotListing> = (1..=3).map(|i| orphan(&format!("snap-b{i}"))).collect();
     let regions =
         vec![("us-east-1".to_string(), FakeEc2::with(a, vec![])), ("eu-west-1".to_string(), FakeEc2::with(b, vec![]))];
     let capped = Config { max_deletions: 4, ..config() };
@@ -402,7 +416,7 @@ fn retiring(days: u32) -> Config {
 }
 
 /// An old image with one snapshot (its CreateImage description names it).
-fn old_image_with_snapshot(n: u32) -> (ImageFacts, SnapshotFacts) {
+fn old_image_with_snapshot(n: u32) -> (ImageFacts, SnapshotListing) {
     let snap = orphan(&format!("snap-{n}"));
     (image(&format!("ami-0{n}"), &[&snap.snapshot_id], 400), snap)
 }

@@ -8,17 +8,19 @@
 //!   too young, pending, not owned, source AMI still registered, source AMI in the Recycle Bin,
 //!   and a manual snapshot with a `Name` tag.
 //!
-//! Every string is its own allocation, as the EC2 adapter produces them, and the listing comes
-//! in a shuffled order (a fixed seed): the planner must not profit from sorted input.
+//! The facts are what the EC2 adapter keeps of each page: snapshots read by `SnapshotFacts::read`,
+//! images with the tags retirement reads. The listing comes in a shuffled order (a fixed seed):
+//! the planner must not profit from sorted input.
 
 use std::collections::BTreeSet;
 
-use amiguard::sweeper::{ImageFacts, PlanInput, Policy, SnapshotFacts};
+use amiguard::sweeper::{ImageFacts, PlanInput, Policy, SnapshotFacts, SnapshotListing};
 use amiguard::tags::Tag;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 pub const ACCOUNT: &str = "123456789012";
 const OTHER_ACCOUNT: &str = "210987654321";
+const PROTECT_TAG: &str = "amiguard:keep";
 /// `MAX_DELETIONS`' default: the plan copies this many orphans into `to_delete`.
 pub const BUDGET: u64 = 500;
 
@@ -47,7 +49,7 @@ impl Region {
 }
 
 pub fn policy() -> Policy {
-    Policy { min_age: Duration::hours(24), protect_tag: "amiguard:keep".into(), max_delete_fraction: 0.5 }
+    Policy { min_age: Duration::hours(24), max_delete_fraction: 0.5 }
 }
 
 /// splitmix64: a small deterministic generator, so the data is the same on every run.
@@ -92,15 +94,19 @@ pub fn region(snapshots: usize) -> Region {
     let gone_image_id = |k: usize| id("ami", (1u64 << 40) + k as u64);
     let images: Vec<ImageFacts> = (0..images_count)
         .map(|k| ImageFacts {
-            image_id: image_id(k),
-            owner_id: Some(ACCOUNT.to_string()),
+            image_id: image_id(k).into(),
+            owner_id: Some(ACCOUNT.into()),
             name: format!("amiguard-{}-{k}", id("i", k as u64 % 997)),
-            state: "available".to_string(),
+            state: "available".into(),
             creation_date: Some(old),
             last_launched_time: None,
             public: false,
-            snapshot_ids: vec![id("snap", k as u64)],
-            tags: amiguard_tags(k as u64, &image_id(k)),
+            snapshot_ids: vec![id("snap", k as u64).into()],
+            // Of snapshot-on-stop's five tags, the adapter keeps the one retirement reads.
+            tags: amiguard_tags(k as u64, &image_id(k))
+                .into_iter()
+                .filter(|t| t.key == "amiguard:created-by")
+                .collect(),
         })
         .collect();
     let mut images_in_recycle_bin = BTreeSet::new();
@@ -108,7 +114,7 @@ pub fn region(snapshots: usize) -> Region {
     let mut expected_orphans = 0;
     let mut facts: Vec<SnapshotFacts> = Vec::with_capacity(snapshots);
     for n in 0..snapshots {
-        let snapshot = |description: String, tags: Vec<Tag>| SnapshotFacts {
+        let snapshot = |description: String, tags: Vec<Tag>| SnapshotListing {
             snapshot_id: id("snap", n as u64),
             owner_id: Some(ACCOUNT.to_string()),
             state: "completed".to_string(),
@@ -142,10 +148,10 @@ pub fn region(snapshots: usize) -> Region {
                     vec![Tag::new("aws:dlm:lifecycle-policy-id", id("policy", 7))],
                 ),
                 Other::Protected => snapshot(orphan_description, vec![Tag::new("amiguard:keep", "legal hold")]),
-                Other::TooYoung => SnapshotFacts { start_time: Some(now), ..snapshot(orphan_description, vec![]) },
-                Other::Pending => SnapshotFacts { state: "pending".into(), ..snapshot(orphan_description, vec![]) },
+                Other::TooYoung => SnapshotListing { start_time: Some(now), ..snapshot(orphan_description, vec![]) },
+                Other::Pending => SnapshotListing { state: "pending".into(), ..snapshot(orphan_description, vec![]) },
                 Other::NotOwned => {
-                    SnapshotFacts { owner_id: Some(OTHER_ACCOUNT.into()), ..snapshot(orphan_description, vec![]) }
+                    SnapshotListing { owner_id: Some(OTHER_ACCOUNT.into()), ..snapshot(orphan_description, vec![]) }
                 }
                 Other::SourceImageExists => {
                     snapshot(create_image_description(n as u64, &image_id(n % images_count.max(1))), vec![])
@@ -156,7 +162,8 @@ pub fn region(snapshots: usize) -> Region {
                 }
             }
         };
-        facts.push(s);
+        // Read as the EC2 adapter reads each page: the description and tags go with the listing.
+        facts.push(SnapshotFacts::read(&s, PROTECT_TAG));
     }
     // Fisher-Yates with the fixed seed.
     for i in (1..facts.len()).rev() {

@@ -155,8 +155,9 @@ impl SnapshotOnStopEc2 for Ec2Client {
 
     async fn find_own_image_by_name(&self, name: &str) -> Result<Option<ImageRecord>, AwsError> {
         let by_name = Filter::builder().name("name").values(name).build();
-        let images = crate::ec2::describe_own_images(&self.client, vec![by_name]).await?;
-        Ok(images.iter().filter(|i| i.name() == Some(name)).find_map(image_record))
+        let named = |i: &aws_sdk_ec2::types::Image| if i.name() == Some(name) { image_record(i) } else { None };
+        let images = crate::ec2::describe_own_images(&self.client, vec![by_name], named).await?;
+        Ok(images.into_iter().next())
     }
 
     async fn describe_image(&self, image_id: &str) -> Result<Option<ImageRecord>, AwsError> {
@@ -232,8 +233,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
     async fn list_own_images_tagged(&self, tag_filters: &[Tag]) -> Result<Vec<ImageRecord>, AwsError> {
         let filters =
             tag_filters.iter().map(|t| Filter::builder().name(format!("tag:{}", t.key)).values(&t.value).build());
-        let images = crate::ec2::describe_own_images(&self.client, filters.collect()).await?;
-        Ok(images.iter().filter_map(image_record).collect())
+        crate::ec2::describe_own_images(&self.client, filters.collect(), image_record).await
     }
 
     async fn deregister_image(&self, image_id: &str) -> Result<(), AwsError> {

@@ -9,7 +9,7 @@ use std::future::Future;
 use aws_sdk_ec2::types::{Filter, ImageAttributeName};
 use chrono::{DateTime, Utc};
 
-use super::planner::{ImageFacts, SnapshotFacts};
+use super::facts::{Id, ImageFacts, SnapshotFacts, SnapshotListing};
 use crate::error::AwsError;
 use crate::tags;
 
@@ -25,10 +25,12 @@ pub struct LaunchTemplateImages {
 
 /// What the sweeper needs from EC2 in one region.
 pub trait SweeperEc2: Send + Sync {
-    /// Every snapshot `DescribeSnapshots` lists for `OwnerIds=self`, every page.
-    fn snapshots(&self) -> impl Future<Output = Result<Vec<SnapshotFacts>, AwsError>> + Send;
-    /// Every image of the account (`Owners=self`), disabled and deprecated ones included.
-    fn images(&self) -> impl Future<Output = Result<Vec<ImageFacts>, AwsError>> + Send;
+    /// Every snapshot `DescribeSnapshots` lists for `OwnerIds=self`, every page, read page by page
+    /// into [`SnapshotFacts`] with `protect_tag` (`PROTECT_TAG`).
+    fn snapshots(&self, protect_tag: &str) -> impl Future<Output = Result<Vec<SnapshotFacts>, AwsError>> + Send;
+    /// Every image of the account (`Owners=self`), disabled and deprecated ones included, with
+    /// only the tags the sweeper reads: `protect_tag` (`PROTECT_TAG`) and `amiguard:created-by`.
+    fn images(&self, protect_tag: &str) -> impl Future<Output = Result<Vec<ImageFacts>, AwsError>> + Send;
     /// The ids of the AMIs in the Recycle Bin (`ListImagesInRecycleBin`).
     fn images_in_recycle_bin(&self) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
     /// The images of every instance that is not terminated.
@@ -49,19 +51,20 @@ const MAX_RESULTS_LAUNCH_TEMPLATES: i32 = 200;
 const LIVE_INSTANCE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
 
 impl SweeperEc2 for aws_sdk_ec2::Client {
-    async fn snapshots(&self) -> Result<Vec<SnapshotFacts>, AwsError> {
+    async fn snapshots(&self, protect_tag: &str) -> Result<Vec<SnapshotFacts>, AwsError> {
         let mut pages = self.describe_snapshots().owner_ids("self").max_results(MAX_RESULTS).into_paginator().send();
         let mut snapshots = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
-            snapshots.extend(page.snapshots().iter().filter_map(snapshot_facts));
+            // Each page's descriptions and tags are dropped here, once read.
+            let listed = page.snapshots().iter().filter_map(snapshot_listing);
+            snapshots.extend(listed.map(|listing| SnapshotFacts::read(&listing, protect_tag)));
         }
         Ok(snapshots)
     }
 
-    async fn images(&self) -> Result<Vec<ImageFacts>, AwsError> {
-        let images = crate::ec2::describe_own_images(self, Vec::new()).await?;
-        Ok(images.iter().filter_map(image_facts).collect())
+    async fn images(&self, protect_tag: &str) -> Result<Vec<ImageFacts>, AwsError> {
+        crate::ec2::describe_own_images(self, Vec::new(), |image| image_facts(image, protect_tag)).await
     }
 
     async fn images_in_recycle_bin(&self) -> Result<BTreeSet<String>, AwsError> {
@@ -154,9 +157,9 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
     }
 }
 
-/// The planner's view of a listed snapshot; `None` for an entry without an id.
-pub fn snapshot_facts(snapshot: &aws_sdk_ec2::types::Snapshot) -> Option<SnapshotFacts> {
-    Some(SnapshotFacts {
+/// A listed snapshot as the sweeper reads it; `None` for an entry without an id.
+pub fn snapshot_listing(snapshot: &aws_sdk_ec2::types::Snapshot) -> Option<SnapshotListing> {
+    Some(SnapshotListing {
         snapshot_id: snapshot.snapshot_id()?.to_string(),
         owner_id: snapshot.owner_id().map(str::to_string),
         state: snapshot.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
@@ -168,21 +171,22 @@ pub fn snapshot_facts(snapshot: &aws_sdk_ec2::types::Snapshot) -> Option<Snapsho
 }
 
 /// The planners' view of a listed image; `None` for an entry without an id.
-pub fn image_facts(image: &aws_sdk_ec2::types::Image) -> Option<ImageFacts> {
+pub fn image_facts(image: &aws_sdk_ec2::types::Image, protect_tag: &str) -> Option<ImageFacts> {
+    let read_tag = |key: &str| key == protect_tag || key == tags::CREATED_BY;
     Some(ImageFacts {
-        image_id: image.image_id()?.to_string(),
-        owner_id: image.owner_id().map(str::to_string),
+        image_id: Id::from(image.image_id()?),
+        owner_id: image.owner_id().map(Id::from),
         name: image.name().unwrap_or_default().to_string(),
-        state: image.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        state: image.state().map(|s| Id::from(s.as_str())).unwrap_or_default(),
         creation_date: image.creation_date().and_then(parse_time),
         last_launched_time: image.last_launched_time().and_then(parse_time),
         public: image.public().unwrap_or(false),
         snapshot_ids: image
             .block_device_mappings()
             .iter()
-            .filter_map(|m| m.ebs().and_then(|ebs| ebs.snapshot_id()).map(str::to_string))
+            .filter_map(|m| m.ebs().and_then(|ebs| ebs.snapshot_id()).map(Id::from))
             .collect(),
-        tags: tags::from_sdk(image.tags()),
+        tags: tags::from_sdk(image.tags()).into_iter().filter(|t| read_tag(&t.key)).collect(),
     })
 }
 
@@ -273,15 +277,17 @@ mod tests {
             .match_requests(|r| r.next_token() == Some("t2"))
             .then_output(|| page(&["snap-04"], None));
         let client = client!(&first, &second, &last);
-        let snapshots = client.snapshots().await.unwrap();
+        let snapshots = client.snapshots(tags::KEEP).await.unwrap();
         let ids: Vec<&str> = snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
         assert_eq!(ids, ["snap-01", "snap-02", "snap-03", "snap-04"]);
         let s = &snapshots[0];
         assert_eq!(s.owner_id.as_deref(), Some("123456789012"));
-        assert_eq!(s.state, "completed");
+        assert!(s.completed);
         assert_eq!(s.size_gib, 8);
         assert_eq!(s.start_time.unwrap().timestamp(), 1_700_000_000);
-        assert_eq!(s.tags, vec![crate::tags::Tag::new("Name", "x")]);
+        // Read with the page: the description names the AMI, the `Name` tag marks nothing.
+        assert_eq!(s.sources.iter().collect::<Vec<_>>(), ["ami-0a"]);
+        assert_eq!(s.marked, None);
         assert_eq!(last.num_calls(), 1);
     }
 
@@ -291,7 +297,7 @@ mod tests {
         let failing = mock!(Client::describe_snapshots)
             .then_error(|| DescribeSnapshotsError::generic(service_error("UnauthorizedOperation")));
         let client = client!(&first, &failing);
-        let err = client.snapshots().await.unwrap_err();
+        let err = client.snapshots(tags::KEEP).await.unwrap_err();
         assert_eq!((err.operation, err.code.as_str()), ("DescribeSnapshots", "UnauthorizedOperation"));
     }
 
@@ -304,7 +310,7 @@ mod tests {
             .output(|| page(&["snap-01"], None))
             .build();
         let client = client!(&throttled);
-        assert_eq!(client.snapshots().await.unwrap().len(), 1);
+        assert_eq!(client.snapshots(tags::KEEP).await.unwrap().len(), 1);
         assert_eq!(throttled.num_calls(), 5);
     }
 
@@ -318,6 +324,10 @@ mod tests {
                 .state(ImageState::Disabled)
                 .creation_date("2024-10-10T00:00:00.000Z")
                 .public(false)
+                .tags(aws_sdk_ec2::types::Tag::builder().key("Name").value("web").build())
+                .tags(aws_sdk_ec2::types::Tag::builder().key("team:keep").value("").build())
+                .tags(aws_sdk_ec2::types::Tag::builder().key(tags::CREATED_BY).value("snapshot-on-stop").build())
+                .tags(aws_sdk_ec2::types::Tag::builder().key(tags::KEEP).value("").build())
                 .block_device_mappings(
                     BlockDeviceMapping::builder()
                         .device_name("/dev/xvda")
@@ -343,8 +353,11 @@ mod tests {
             .match_requests(|r| r.next_token() == Some("t"))
             .then_output(move || DescribeImagesOutput::builder().images(image("ami-0b", "snap-0b")).build());
         let client = client!(&first, &last);
-        let images = client.images().await.unwrap();
+        let images = client.images("team:keep").await.unwrap();
         assert_eq!(images.len(), 2);
+        // Only the tags retirement reads are kept: the configured protect tag and created-by.
+        let kept: Vec<&str> = images[0].tags.iter().map(|t| t.key.as_str()).collect();
+        assert_eq!(kept, ["team:keep", tags::CREATED_BY]);
         assert_eq!(images[1].snapshot_ids, ["snap-0b"]);
         assert_eq!(images[0].state, "disabled");
         assert_eq!(images[0].creation_date.unwrap().to_rfc3339(), "2024-10-10T00:00:00+00:00");
@@ -477,11 +490,11 @@ mod tests {
     #[test]
     fn facts_tolerate_missing_fields_safely() {
         let bare = Snapshot::builder().snapshot_id("snap-01").build();
-        let facts = snapshot_facts(&bare).unwrap();
-        assert_eq!((facts.owner_id, facts.state.as_str(), facts.start_time), (None, "", None));
-        assert!(snapshot_facts(&Snapshot::builder().build()).is_none());
+        let listing = snapshot_listing(&bare).unwrap();
+        assert_eq!((listing.owner_id, listing.state.as_str(), listing.start_time), (None, "", None));
+        assert!(snapshot_listing(&Snapshot::builder().build()).is_none());
         let image = Image::builder().image_id("ami-0a").creation_date("yesterday").build();
-        let facts = image_facts(&image).unwrap();
+        let facts = image_facts(&image, tags::KEEP).unwrap();
         assert_eq!((facts.creation_date, facts.public), (None, false));
     }
 }

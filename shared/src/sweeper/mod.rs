@@ -1,6 +1,7 @@
 //! orphan-snapshot-sweeper: finds the EBS snapshots that deregistered AMIs left behind and says,
 //! for every other snapshot, why it is kept.
 //!
+//! - [`facts`]: what the sweeper keeps of each listed snapshot and image.
 //! - [`origin`]: which AMI a snapshot was made for, read from its description or amiguard's tags.
 //! - [`planner`]: the pure snapshot planner (facts in, plan out, no I/O) carrying the safety rules.
 //! - [`retire`]: the pure planner of unused AMIs to retire (`RETIRE_UNUSED_AMIS_AFTER_DAYS`).
@@ -8,12 +9,15 @@
 //! - [`sns`]: the port that publishes the run's summary, and its `aws_sdk_sns::Client` adapter.
 
 pub mod ec2;
+pub mod facts;
+mod join;
 pub mod origin;
 pub mod planner;
 pub mod retire;
 pub mod sns;
 
 pub use ec2::{LaunchTemplateImages, SweeperEc2};
-pub use planner::{plan, ImageFacts, KeepReason, ManualSnapshots, Orphan, Plan, PlanInput, Policy, SnapshotFacts};
+pub use facts::{Id, ImageFacts, SnapshotFacts, SnapshotListing};
+pub use planner::{plan, KeepReason, ManualSnapshots, Orphan, Plan, PlanInput, Policy};
 pub use retire::{plan_retirement, ImageKeepReason, RetireInput, RetirePlan, RetirePolicy};
 pub use sns::SummaryPublisher;

@@ -8,50 +8,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
+use hashbrown::HashMap;
 use serde::Serialize;
 
-use super::origin;
-use crate::tags::Tag;
+use super::facts::{Id, ImageFacts, SnapshotFacts};
+use super::join;
 
-/// What the region's `DescribeSnapshots` said about one snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotFacts {
-    pub snapshot_id: String,
-    /// `None` when the listing did not say: such a snapshot is never treated as ours.
-    pub owner_id: Option<String>,
-    /// EC2's state (`completed`, `pending`, `error`, `recoverable`, `recovering`).
-    pub state: String,
-    /// `None` when the listing did not say: such a snapshot is treated as too young.
-    pub start_time: Option<DateTime<Utc>>,
-    /// The size of the volume it was taken from (what the snapshot can cost at most).
-    pub size_gib: u64,
-    pub description: String,
-    pub tags: Vec<Tag>,
-}
-
-/// What the region's `DescribeImages` said about one image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageFacts {
-    pub image_id: String,
-    pub owner_id: Option<String>,
-    pub name: String,
-    /// EC2's state (`available`, `disabled`, `pending`, `failed`, ...).
-    pub state: String,
-    pub creation_date: Option<DateTime<Utc>>,
-    pub last_launched_time: Option<DateTime<Utc>>,
-    pub public: bool,
-    /// The snapshots of its EBS block-device mappings.
-    pub snapshot_ids: Vec<String>,
-    pub tags: Vec<Tag>,
-}
-
-/// The settings that decide what is an orphan and how much one run may delete.
+/// The settings that decide what is an orphan and how much one run may delete. (`PROTECT_TAG`
+/// is read with the listing: [`SnapshotFacts::read`].)
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     /// The grace period: snapshots younger than this are kept (`MIN_AGE_HOURS`).
     pub min_age: Duration,
-    /// A snapshot carrying this tag key, whatever its value, is kept (`PROTECT_TAG`).
-    pub protect_tag: String,
     /// The circuit breaker (`MAX_DELETE_FRACTION`): a plan that would delete more than this
     /// fraction of the region's own snapshots deletes nothing.
     pub max_delete_fraction: f64,
@@ -111,9 +79,9 @@ pub enum KeepReason {
 /// A snapshot made for an AMI that no longer exists and that nothing else keeps.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Orphan {
-    pub snapshot_id: String,
+    pub snapshot_id: Id,
     pub size_gib: u64,
-    pub source_image_id: String,
+    pub source_image_id: Id,
     pub start_time: DateTime<Utc>,
 }
 
@@ -166,39 +134,26 @@ pub struct Plan {
 type Verdict = Result<Orphan, KeepReason>;
 
 /// Plans one region. See [`KeepReason`] for the rules, in the order they apply.
+///
+/// The lookups are partitioned hash joins ([`join`]) whose tables stay in cache at any size; one
+/// pass over the snapshots then decides each one, allocating nothing but the orphans' records.
 pub fn plan(input: &PlanInput<'_>, policy: &Policy) -> Plan {
-    let referenced: BTreeSet<&str> =
-        input.images.iter().flat_map(|image| image.snapshot_ids.iter().map(String::as_str)).collect();
-    let existing_images: BTreeSet<&str> = input.images.iter().map(|image| image.image_id.as_str()).collect();
-    // A snapshot two retired images share gets the smaller id: the same whatever the order.
-    let mut retired_sources: BTreeMap<&str, &str> = BTreeMap::new();
-    for image in input.retired_images {
-        for snapshot_id in &image.snapshot_ids {
-            retired_sources
-                .entry(snapshot_id.as_str())
-                .and_modify(|id| *id = (*id).min(image.image_id.as_str()))
-                .or_insert(image.image_id.as_str());
-        }
-    }
-    let rules = Rules {
-        account_id: input.account_id,
-        now: input.now,
-        policy,
-        referenced,
-        existing_images,
-        retired_sources,
-        images_in_recycle_bin: input.images_in_recycle_bin,
-    };
+    plan_in_partitions(input, policy, join::partition_bits(input.snapshots.len()))
+}
 
-    // A listing can repeat a snapshot (it changed while being paged): every copy must agree that
-    // it is an orphan, and the result must not depend on which copy came first.
-    let mut verdicts: BTreeMap<&str, Vec<(Verdict, &SnapshotFacts)>> = BTreeMap::new();
-    for snapshot in input.snapshots {
-        verdicts.entry(snapshot.snapshot_id.as_str()).or_default().push((rules.classify(snapshot), snapshot));
-    }
-
+/// [`plan`] with a chosen partition count (`2^bits`): tests force many partitions on small inputs.
+fn plan_in_partitions(input: &PlanInput<'_>, policy: &Policy, bits: u32) -> Plan {
+    let rules = Rules::new(input, policy);
+    let lookups = join::look_up(
+        input.snapshots,
+        input.images,
+        input.images_in_recycle_bin.iter().map(String::as_str),
+        |snapshot| rules.retired_source(snapshot),
+        |snapshot| rules.owns(snapshot),
+        bits,
+    );
     let mut plan = Plan {
-        snapshots_scanned: verdicts.len() as u64,
+        snapshots_scanned: lookups.distinct,
         own_snapshots: 0,
         orphans: Vec::new(),
         to_delete: Vec::new(),
@@ -207,27 +162,38 @@ pub fn plan(input: &PlanInput<'_>, policy: &Policy) -> Plan {
         reclaimable_gib: 0,
         circuit_breaker: None,
     };
-    for copies in verdicts.values() {
-        if copies.iter().all(|(_, s)| s.owner_id.as_deref() == Some(input.account_id)) {
+    // Counted in an array while scanning (a map entry per snapshot would cost more than the rules).
+    let mut kept = [0u64; KEEP_REASONS];
+    for (index, snapshot) in input.snapshots.iter().enumerate() {
+        let found = lookups.found[index];
+        if found & join::LATER_COPY != 0 {
+            continue;
+        }
+        let decision = match lookups.copies.get(&index) {
+            Some(all) => rules.decide_copies(all.iter().map(|&i| (&input.snapshots[i], lookups.found[i]))),
+            None => rules.decide(snapshot, found),
+        };
+        if decision.owned {
             plan.own_snapshots += 1;
         }
-        let kept = copies.iter().filter_map(|(verdict, _)| verdict.as_ref().err()).min();
-        match kept {
-            Some(&reason) => {
-                *plan.kept.entry(reason).or_default() += 1;
+        match decision.verdict {
+            Err(reason) => {
+                kept[reason as usize] += 1;
                 if reason == KeepReason::NotFromImage {
                     plan.unreferenced_manual.count += 1;
-                    plan.unreferenced_manual.gib += copies.iter().map(|(_, s)| s.size_gib).max().unwrap_or(0);
+                    plan.unreferenced_manual.gib += decision.size_gib;
                 }
             }
-            None => {
-                if let Some(orphan) = copies.iter().filter_map(|(verdict, _)| verdict.as_ref().ok()).min() {
-                    plan.orphans.push(orphan.clone());
-                }
-            }
+            Ok(orphan) => plan.orphans.push(orphan),
         }
     }
-    plan.orphans.sort_by(|a, b| (a.start_time, &a.snapshot_id).cmp(&(b.start_time, &b.snapshot_id)));
+    for reason in KeepReason::ALL {
+        if kept[reason as usize] > 0 {
+            plan.kept.insert(reason, kept[reason as usize]);
+        }
+    }
+    // Ids are distinct here, so the order is total and the same whatever the input order.
+    sort_oldest_first(&mut plan.orphans);
     plan.reclaimable_gib = plan.orphans.iter().map(|o| o.size_gib).sum();
 
     let orphans = plan.orphans.len() as u64;
@@ -249,65 +215,159 @@ pub fn plan(input: &PlanInput<'_>, policy: &Policy) -> Plan {
     plan
 }
 
+/// Orders orphans by start time, then id. A first run can find hundreds of thousands of orphans:
+/// sorting small integer keys and then moving each orphan once is several times faster than
+/// sorting the orphans themselves (whose ids compare as strings).
+fn sort_oldest_first(orphans: &mut Vec<Orphan>) {
+    /// The start time, then the id's first 24 bytes as big-endian integers (zero-padded): the
+    /// same order as comparing the ids, except where those bytes are equal.
+    type Key = (i64, u32, [u64; 3]);
+    let key = |orphan: &Orphan| -> Key {
+        let mut prefix = [0u8; 24];
+        let id = orphan.snapshot_id.as_bytes();
+        let len = id.len().min(prefix.len());
+        prefix[..len].copy_from_slice(&id[..len]);
+        let word = |i: usize| u64::from_be_bytes(std::array::from_fn(|j| prefix[8 * i + j]));
+        let time = orphan.start_time;
+        (time.timestamp(), time.timestamp_subsec_nanos(), [word(0), word(1), word(2)])
+    };
+    let mut keys: Vec<(Key, usize)> = orphans.iter().enumerate().map(|(index, o)| (key(o), index)).collect();
+    keys.sort_unstable_by(|(a, i), (b, j)| {
+        // Equal prefixes (ids longer than 24 bytes) fall back to the whole ids.
+        a.cmp(b).then_with(|| orphans[*i].snapshot_id.cmp(&orphans[*j].snapshot_id))
+    });
+    *orphans = keys.iter().map(|&(_, index)| orphans[index].clone()).collect();
+}
+
 /// `part` is more than `fraction` of `whole`. No part is never too much.
 pub(crate) fn exceeds_fraction(part: u64, whole: u64, fraction: f64) -> bool {
     part > 0 && part as f64 > fraction * whole as f64
 }
 
+const KEEP_REASONS: usize = KeepReason::ALL.len();
+
+impl KeepReason {
+    const ALL: [KeepReason; 13] = [
+        KeepReason::NotOwned,
+        KeepReason::ReferencedByImage,
+        KeepReason::SourceImageExists,
+        KeepReason::SourceImageInRecycleBin,
+        KeepReason::Protected,
+        KeepReason::AwsBackup,
+        KeepReason::Dlm,
+        KeepReason::RecycleBin,
+        KeepReason::NotFromImage,
+        KeepReason::NotCompleted,
+        KeepReason::TooYoung,
+        KeepReason::OverCap,
+        KeepReason::CircuitBreaker,
+    ];
+}
+
+/// The decision for one distinct snapshot.
+struct Decision {
+    /// Every copy is owned by the account (counted in the circuit breaker's denominator).
+    owned: bool,
+    verdict: Verdict,
+    /// The largest size any copy gives (for the manual snapshots' total).
+    size_gib: u64,
+}
+
 struct Rules<'a> {
     account_id: &'a str,
     now: DateTime<Utc>,
-    policy: &'a Policy,
-    referenced: BTreeSet<&'a str>,
-    existing_images: BTreeSet<&'a str>,
-    retired_sources: BTreeMap<&'a str, &'a str>,
-    images_in_recycle_bin: &'a BTreeSet<String>,
+    min_age: Duration,
+    /// A snapshot two retired images share gets the smaller id: the same whatever the order.
+    /// Small (this run's retirements), so a plain map.
+    retired_sources: HashMap<&'a str, &'a str>,
 }
 
-impl Rules<'_> {
-    fn classify(&self, snapshot: &SnapshotFacts) -> Verdict {
-        use KeepReason::*;
-        if snapshot.owner_id.as_deref() != Some(self.account_id) {
-            return Err(NotOwned);
-        }
-        if self.referenced.contains(snapshot.snapshot_id.as_str()) {
-            return Err(ReferencedByImage);
-        }
-        let mut sources = origin::source_images(&snapshot.description, &snapshot.tags);
-        if let Some(retired) = self.retired_sources.get(snapshot.snapshot_id.as_str()) {
-            if !sources.iter().any(|s| s == retired) {
-                sources.push(retired.to_string());
+impl<'a> Rules<'a> {
+    fn new(input: &PlanInput<'a>, policy: &Policy) -> Self {
+        let mut retired_sources: HashMap<&str, &str> = HashMap::new();
+        for image in input.retired_images {
+            for snapshot_id in &image.snapshot_ids {
+                retired_sources
+                    .entry(snapshot_id.as_str())
+                    .and_modify(|id| *id = (*id).min(image.image_id.as_str()))
+                    .or_insert(image.image_id.as_str());
             }
         }
-        if sources.iter().any(|s| self.existing_images.contains(s.as_str())) {
+        Rules { account_id: input.account_id, now: input.now, min_age: policy.min_age, retired_sources }
+    }
+
+    fn owns(&self, snapshot: &SnapshotFacts) -> bool {
+        snapshot.owner_id.as_deref() == Some(self.account_id)
+    }
+
+    fn retired_source(&self, snapshot: &SnapshotFacts) -> Option<&'a str> {
+        if self.retired_sources.is_empty() {
+            return None;
+        }
+        self.retired_sources.get(snapshot.snapshot_id.as_str()).copied()
+    }
+
+    fn decide(&self, snapshot: &SnapshotFacts, found: join::Found) -> Decision {
+        Decision { owned: self.owns(snapshot), verdict: self.classify(snapshot, found), size_gib: snapshot.size_gib }
+    }
+
+    /// Every copy must agree that the snapshot is an orphan, and the result must not depend on
+    /// which copy came first: the smallest keep reason wins, else the smallest orphan.
+    fn decide_copies<'s>(&self, copies: impl Iterator<Item = (&'s SnapshotFacts, join::Found)>) -> Decision {
+        let mut owned = true;
+        let mut size_gib = 0;
+        let mut kept: Option<KeepReason> = None;
+        let mut orphan: Option<Orphan> = None;
+        for (snapshot, found) in copies {
+            owned &= self.owns(snapshot);
+            size_gib = size_gib.max(snapshot.size_gib);
+            match self.classify(snapshot, found) {
+                Err(reason) => kept = Some(kept.map_or(reason, |k| k.min(reason))),
+                Ok(candidate) => {
+                    if orphan.as_ref().is_none_or(|known| candidate < *known) {
+                        orphan = Some(candidate);
+                    }
+                }
+            }
+        }
+        let verdict = match (kept, orphan) {
+            (Some(reason), _) => Err(reason),
+            (None, Some(orphan)) => Ok(orphan),
+            // No copies: not reachable from `plan`, and nothing to delete either way.
+            (None, None) => Err(KeepReason::NotOwned),
+        };
+        Decision { owned, verdict, size_gib }
+    }
+
+    /// `found` is what the joins found for this copy (see [`join::look_up`]).
+    fn classify(&self, snapshot: &SnapshotFacts, found: join::Found) -> Verdict {
+        use KeepReason::*;
+        if !self.owns(snapshot) {
+            return Err(NotOwned);
+        }
+        if found & join::REFERENCED != 0 {
+            return Err(ReferencedByImage);
+        }
+        if found & join::SOURCE_EXISTS != 0 {
             return Err(SourceImageExists);
         }
-        if sources.iter().any(|s| self.images_in_recycle_bin.contains(s)) {
+        if found & join::SOURCE_IN_RECYCLE_BIN != 0 {
             return Err(SourceImageInRecycleBin);
         }
-        if snapshot.tags.iter().any(|t| t.key == self.policy.protect_tag) {
-            return Err(Protected);
+        if let Some(reason) = snapshot.marked {
+            return Err(reason);
         }
-        if origin::is_aws_backup(&snapshot.description, &snapshot.tags) {
-            return Err(AwsBackup);
-        }
-        if origin::is_dlm(&snapshot.description, &snapshot.tags) {
-            return Err(Dlm);
-        }
-        if origin::is_recycle_bin(&snapshot.tags) {
-            return Err(RecycleBin);
-        }
-        let Some(source_image_id) = sources.into_iter().next() else {
+        let Some(source_image_id) = snapshot.sources.first().or_else(|| self.retired_source(snapshot)) else {
             return Err(NotFromImage);
         };
-        if snapshot.state != "completed" {
+        if !snapshot.completed {
             return Err(NotCompleted);
         }
         match snapshot.start_time {
-            Some(start_time) if self.now.signed_duration_since(start_time) >= self.policy.min_age => Ok(Orphan {
+            Some(start_time) if self.now.signed_duration_since(start_time) >= self.min_age => Ok(Orphan {
                 snapshot_id: snapshot.snapshot_id.clone(),
                 size_gib: snapshot.size_gib,
-                source_image_id,
+                source_image_id: Id::from(source_image_id),
                 start_time,
             }),
             _ => Err(TooYoung),
@@ -319,7 +379,9 @@ impl Rules<'_> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::sweeper::facts::SnapshotListing;
     use crate::tags;
+    use crate::tags::Tag;
     use chrono::TimeZone;
     use proptest::prelude::*;
 
@@ -330,12 +392,17 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        Policy { min_age: Duration::hours(24), protect_tag: tags::KEEP.to_string(), max_delete_fraction: 1.0 }
+        Policy { min_age: Duration::hours(24), max_delete_fraction: 1.0 }
+    }
+
+    /// What the EC2 adapter does with each page.
+    fn read(listings: &[SnapshotListing]) -> Vec<SnapshotFacts> {
+        listings.iter().map(|listing| SnapshotFacts::read(listing, tags::KEEP)).collect()
     }
 
     /// An owned, completed snapshot made 48 hours ago for `ami`.
-    fn snapshot(id: &str, ami: &str) -> SnapshotFacts {
-        SnapshotFacts {
+    fn snapshot(id: &str, ami: &str) -> SnapshotListing {
+        SnapshotListing {
             snapshot_id: id.to_string(),
             owner_id: Some(ACCOUNT.to_string()),
             state: "completed".to_string(),
@@ -348,24 +415,24 @@ mod tests {
 
     fn image(id: &str, snapshots: &[&str]) -> ImageFacts {
         ImageFacts {
-            image_id: id.to_string(),
-            owner_id: Some(ACCOUNT.to_string()),
+            image_id: id.into(),
+            owner_id: Some(ACCOUNT.into()),
             name: format!("image {id}"),
-            state: "available".to_string(),
+            state: "available".into(),
             creation_date: Some(now() - Duration::days(400)),
             last_launched_time: None,
             public: false,
-            snapshot_ids: snapshots.iter().map(|s| s.to_string()).collect(),
+            snapshot_ids: snapshots.iter().map(|&s| Id::from(s)).collect(),
             tags: vec![],
         }
     }
 
-    fn run(snapshots: &[SnapshotFacts], images: &[ImageFacts], binned: &[&str], budget: u64) -> Plan {
+    fn run(snapshots: &[SnapshotListing], images: &[ImageFacts], binned: &[&str], budget: u64) -> Plan {
         let binned: BTreeSet<String> = binned.iter().map(|s| s.to_string()).collect();
         let input = PlanInput {
             account_id: ACCOUNT,
             now: now(),
-            snapshots,
+            snapshots: &read(snapshots),
             images,
             retired_images: &[],
             images_in_recycle_bin: &binned,
@@ -399,13 +466,13 @@ mod tests {
     #[test]
     fn each_keep_reason_on_its_own() {
         let s = snapshot("snap-01", "ami-0a");
-        let with = |f: &dyn Fn(&mut SnapshotFacts)| {
+        let with = |f: &dyn Fn(&mut SnapshotListing)| {
             let mut s = s.clone();
             f(&mut s);
             vec![s]
         };
         use KeepReason::*;
-        type Case<'a> = (Vec<SnapshotFacts>, Vec<ImageFacts>, Vec<&'a str>, KeepReason);
+        type Case<'a> = (Vec<SnapshotListing>, Vec<ImageFacts>, Vec<&'a str>, KeepReason);
         let cases: Vec<Case> = vec![
             (with(&|s| s.owner_id = Some("999999999999".into())), vec![], vec![], NotOwned),
             (with(&|s| s.owner_id = None), vec![], vec![], NotOwned),
@@ -462,7 +529,7 @@ mod tests {
         let input = PlanInput {
             account_id: ACCOUNT,
             now: now(),
-            snapshots: &[s],
+            snapshots: &read(&[s]),
             images: &[],
             retired_images: &[],
             images_in_recycle_bin: &binned,
@@ -494,7 +561,7 @@ mod tests {
         let input = PlanInput {
             account_id: ACCOUNT,
             now: now(),
-            snapshots: std::slice::from_ref(&s),
+            snapshots: &read(std::slice::from_ref(&s)),
             images: &[],
             retired_images: &retired,
             images_in_recycle_bin: &binned,
@@ -509,7 +576,7 @@ mod tests {
 
     #[test]
     fn the_cap_takes_the_oldest_and_counts_the_rest() {
-        let snapshots: Vec<SnapshotFacts> = (0..5)
+        let snapshots: Vec<SnapshotListing> = (0..5)
             .map(|i| {
                 let mut s = snapshot(&format!("snap-0{i}"), "ami-0a");
                 s.start_time = Some(now() - Duration::days(10 - i));
@@ -527,13 +594,14 @@ mod tests {
     #[test]
     fn the_circuit_breaker_compares_all_orphans_with_own_snapshots() {
         // 3 orphans, 2 referenced: 3 of 5 own snapshots = 60%; foreign snapshots do not count.
-        let mut snapshots: Vec<SnapshotFacts> =
+        let mut snapshots: Vec<SnapshotListing> =
             (0..5).map(|i| snapshot(&format!("snap-0{i}"), &format!("ami-0{i}"))).collect();
         let mut foreign = snapshot("snap-0f", "ami-0f");
         foreign.owner_id = Some("999999999999".into());
         snapshots.push(foreign);
         let images = [image("ami-0b", &["snap-03", "snap-04"])];
         let binned = BTreeSet::new();
+        let snapshots = read(&snapshots);
         let input = PlanInput {
             account_id: ACCOUNT,
             now: now(),
@@ -561,6 +629,32 @@ mod tests {
         let none = Policy { max_delete_fraction: 0.0, ..policy() };
         assert!(plan(&input, &none).to_delete.is_empty());
         assert_eq!(plan(&PlanInput { snapshots: &[], ..input }, &none).circuit_breaker, None);
+    }
+
+    #[test]
+    fn orphans_are_ordered_by_start_time_then_the_whole_id() {
+        let at = |id: &str, age: Duration| Orphan {
+            snapshot_id: id.into(),
+            size_gib: 1,
+            source_image_id: "ami-0a".into(),
+            start_time: now() - age,
+        };
+        // Ids longer than the 24 bytes compared as integers differ only after them.
+        let long = "snap-0123456789abcdef012345";
+        let mut orphans = vec![
+            at(&format!("{long}b"), Duration::hours(5)),
+            at(&format!("{long}a"), Duration::hours(5)),
+            at("snap-2", Duration::hours(5)),
+            at("snap-10", Duration::hours(5)),
+            at("snap-1", Duration::hours(5)),
+            at("snap-9", Duration::hours(9)),
+            at("snap-8", Duration::hours(5) + Duration::nanoseconds(1)),
+            at("snap-7", Duration::days(365 * 60)),
+        ];
+        sort_oldest_first(&mut orphans);
+        let ids: Vec<&str> = orphans.iter().map(|o| o.snapshot_id.as_str()).collect();
+        let (a, b) = (format!("{long}a"), format!("{long}b"));
+        assert_eq!(ids, ["snap-7", "snap-9", "snap-8", a.as_str(), b.as_str(), "snap-1", "snap-10", "snap-2"]);
     }
 
     #[test]
@@ -610,8 +704,8 @@ mod tests {
                 (0..AMIS).prop_map(|i| Tag::new(tags::IMAGE, ami(i))),
                 Just(Tag::new("Name", "db")),
             ], 0..3),
-        ) -> SnapshotFacts {
-            SnapshotFacts {
+        ) -> SnapshotListing {
+            SnapshotListing {
                 snapshot_id: String::new(),
                 owner_id: owner.map(str::to_string),
                 state: state.to_string(),
@@ -625,13 +719,15 @@ mod tests {
 
     #[derive(Debug, Clone)]
     struct World {
-        snapshots: Vec<SnapshotFacts>,
+        snapshots: Vec<SnapshotListing>,
         images: Vec<ImageFacts>,
         retired: Vec<ImageFacts>,
         binned: BTreeSet<String>,
         budget: u64,
         fraction: f64,
         min_age_hours: i64,
+        /// How many partitions the lookups use (`2^bits`): many, even on a small world.
+        partition_bits: u32,
     }
 
     fn arb_world() -> impl Strategy<Value = World> {
@@ -642,44 +738,51 @@ mod tests {
             0u64..50,
             prop_oneof![Just(0.0), Just(0.25), Just(0.5), Just(1.0)],
             prop_oneof![Just(0i64), Just(24)],
+            prop::bool::weighted(0.3),
+            0u32..5,
         )
-            .prop_map(|(mut snapshots, images, binned, budget, fraction, min_age_hours)| {
-                for (i, s) in snapshots.iter_mut().enumerate() {
-                    s.snapshot_id = format!("snap-{i:04x}");
-                }
-                let (mut live, mut retired) = (Vec::new(), Vec::new());
-                for (i, refs, is_retired) in images {
-                    let refs: Vec<String> = refs.iter().map(|r| format!("snap-{r:04x}")).collect();
-                    let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
-                    if is_retired {
-                        retired.push(image(&ami(i), &refs))
-                    } else {
-                        live.push(image(&ami(i), &refs))
+            .prop_map(
+                |(mut snapshots, images, binned, budget, fraction, min_age_hours, repeats, partition_bits)| {
+                    // Sometimes the listing repeats snapshots (it changed while being paged): the
+                    // copies of one id may then disagree.
+                    let distinct = if repeats { snapshots.len() / 2 + 1 } else { snapshots.len().max(1) };
+                    for (i, s) in snapshots.iter_mut().enumerate() {
+                        s.snapshot_id = format!("snap-{:04x}", i % distinct);
                     }
-                }
-                World { snapshots, images: live, retired, binned, budget, fraction, min_age_hours }
-            })
+                    let (mut live, mut retired) = (Vec::new(), Vec::new());
+                    for (i, refs, is_retired) in images {
+                        let refs: Vec<String> = refs.iter().map(|r| format!("snap-{r:04x}")).collect();
+                        let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+                        if is_retired {
+                            retired.push(image(&ami(i), &refs))
+                        } else {
+                            live.push(image(&ami(i), &refs))
+                        }
+                    }
+                    World { snapshots, images: live, retired, binned, budget, fraction, min_age_hours, partition_bits }
+                },
+            )
     }
 
     fn plan_world(world: &World) -> Plan {
+        plan_world_in(world, world.partition_bits)
+    }
+
+    fn plan_world_in(world: &World, partition_bits: u32) -> Plan {
         let input = PlanInput {
             account_id: ACCOUNT,
             now: now(),
-            snapshots: &world.snapshots,
+            snapshots: &read(&world.snapshots),
             images: &world.images,
             retired_images: &world.retired,
             images_in_recycle_bin: &world.binned,
             budget: world.budget,
         };
-        let policy = Policy {
-            min_age: Duration::hours(world.min_age_hours),
-            protect_tag: tags::KEEP.to_string(),
-            max_delete_fraction: world.fraction,
-        };
-        plan(&input, &policy)
+        let policy = Policy { min_age: Duration::hours(world.min_age_hours), max_delete_fraction: world.fraction };
+        plan_in_partitions(&input, &policy, partition_bits)
     }
 
-    fn has_key_prefix(s: &SnapshotFacts, prefix: &str) -> bool {
+    fn has_key_prefix(s: &SnapshotListing, prefix: &str) -> bool {
         s.tags.iter().any(|t| t.key.to_ascii_lowercase().starts_with(prefix))
     }
 
@@ -691,10 +794,17 @@ mod tests {
         fn never_deletes_a_snapshot_that_a_rule_keeps(world in arb_world()) {
             let plan = plan_world(&world);
             let referenced: BTreeSet<&str> =
-                world.images.iter().flat_map(|i| i.snapshot_ids.iter().map(String::as_str)).collect();
+                world.images.iter().flat_map(|i| i.snapshot_ids.iter().map(Id::as_str)).collect();
             let live: BTreeSet<&str> = world.images.iter().map(|i| i.image_id.as_str()).collect();
-            for orphan in &plan.to_delete {
-                let s = world.snapshots.iter().find(|s| s.snapshot_id == orphan.snapshot_id).unwrap();
+            // Every copy of a repeated snapshot must pass every rule.
+            let copies: Vec<&SnapshotListing> = plan
+                .to_delete
+                .iter()
+                .flat_map(|orphan| world.snapshots.iter().filter(|s| s.snapshot_id == orphan.snapshot_id.as_str()))
+                .collect();
+            let deleted_ids: BTreeSet<&str> = copies.iter().map(|s| s.snapshot_id.as_str()).collect();
+            prop_assert_eq!(deleted_ids.len(), plan.to_delete.len(), "deletes only what was listed");
+            for s in copies {
                 prop_assert_eq!(s.owner_id.as_deref(), Some(ACCOUNT), "not owned");
                 prop_assert!(!referenced.contains(s.snapshot_id.as_str()), "referenced by an image");
                 for image in live.iter().copied().chain(world.binned.iter().map(String::as_str)) {
@@ -712,7 +822,7 @@ mod tests {
                 let made_for_ami = s.description.starts_with("Created by CreateImage(")
                     || s.description.starts_with("Copied for DestinationAmi ")
                     || s.tags.iter().any(|t| t.key == tags::IMAGE)
-                    || world.retired.iter().any(|i| i.snapshot_ids.contains(&s.snapshot_id));
+                    || world.retired.iter().any(|i| i.snapshot_ids.iter().any(|id| *id == s.snapshot_id));
                 prop_assert!(made_for_ami, "not made for an AMI");
             }
         }
@@ -735,6 +845,12 @@ mod tests {
             prop_assert_eq!(plan_world(&world), plan_world(&shuffled));
         }
 
+        /// Partitions only change where the lookups run, never what they find.
+        #[test]
+        fn the_plan_does_not_depend_on_partitioning(world in arb_world()) {
+            prop_assert_eq!(plan_world_in(&world, 0), plan_world_in(&world, world.partition_bits));
+        }
+
         #[test]
         fn cap_and_circuit_breaker_hold_and_every_snapshot_is_accounted_for(world in arb_world()) {
             let plan = plan_world(&world);
@@ -745,7 +861,8 @@ mod tests {
             prop_assert_eq!(plan.to_delete.as_slice(), &plan.orphans[..plan.to_delete.len()]);
             let kept: u64 = plan.kept.values().sum();
             prop_assert_eq!(kept + plan.to_delete.len() as u64, plan.snapshots_scanned);
-            prop_assert_eq!(plan.snapshots_scanned, world.snapshots.len() as u64);
+            let distinct: BTreeSet<&str> = world.snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
+            prop_assert_eq!(plan.snapshots_scanned, distinct.len() as u64);
             prop_assert_eq!(plan.reclaimable_gib, plan.orphans.iter().map(|o| o.size_gib).sum::<u64>());
             prop_assert!(plan.orphans.windows(2).all(|w| (w[0].start_time, &w[0].snapshot_id) < (w[1].start_time, &w[1].snapshot_id)));
         }

@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use super::planner::{exceeds_fraction, CircuitBreakerTrip, ImageFacts};
+use super::facts::ImageFacts;
+use super::planner::{exceeds_fraction, CircuitBreakerTrip};
 use crate::tags;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -156,10 +157,10 @@ fn classify<'a>(
     if tags::value(&image.tags, tags::CREATED_BY) == Some(tags::CREATED_BY_SNAPSHOT_ON_STOP) {
         return Err(CreatedBySnapshotOnStop);
     }
-    if input.used_by_instances.contains(&image.image_id) {
+    if input.used_by_instances.contains(image.image_id.as_str()) {
         return Err(UsedByInstance);
     }
-    if input.used_by_launch_templates.contains(&image.image_id) {
+    if input.used_by_launch_templates.contains(image.image_id.as_str()) {
         return Err(UsedByLaunchTemplate);
     }
     if !matches!(image.state.as_str(), "available" | "disabled") {
@@ -174,7 +175,7 @@ fn classify<'a>(
     if image.public {
         return Err(Public);
     }
-    match input.sharing.get(&image.image_id) {
+    match input.sharing.get(image.image_id.as_str()) {
         Some(true) => Err(Shared),
         Some(false) => Ok(image),
         None => Err(SharingUnknown),
@@ -201,14 +202,14 @@ mod tests {
 
     fn image(id: &str, age_days: i64) -> ImageFacts {
         ImageFacts {
-            image_id: id.to_string(),
-            owner_id: Some(ACCOUNT.to_string()),
+            image_id: id.into(),
+            owner_id: Some(ACCOUNT.into()),
             name: format!("name-{id}"),
-            state: "available".to_string(),
+            state: "available".into(),
             creation_date: Some(now() - Duration::days(age_days)),
             last_launched_time: None,
             public: false,
-            snapshot_ids: vec![format!("snap-{}", &id[4..])],
+            snapshot_ids: vec![format!("snap-{}", &id[4..]).into()],
             tags: vec![],
         }
     }
@@ -223,7 +224,7 @@ mod tests {
 
     impl Facts {
         fn new(images: Vec<ImageFacts>) -> Self {
-            let sharing = images.iter().map(|i| (i.image_id.clone(), false)).collect();
+            let sharing = images.iter().map(|i| (i.image_id.to_string(), false)).collect();
             Self { images, instances: BTreeSet::new(), templates: BTreeSet::new(), sharing, budget: 100 }
         }
 
@@ -375,9 +376,9 @@ mod tests {
                     prop_assert!(now() - img.creation_date.unwrap() >= Duration::days(90));
                     prop_assert!(img.last_launched_time.is_none_or(|t| now() - t >= Duration::days(90)));
                 }
-                prop_assert!(!facts.instances.contains(&retired.image_id));
-                prop_assert!(!facts.templates.contains(&retired.image_id));
-                prop_assert_eq!(facts.sharing.get(&retired.image_id), Some(&false));
+                prop_assert!(!facts.instances.contains(retired.image_id.as_str()));
+                prop_assert!(!facts.templates.contains(retired.image_id.as_str()));
+                prop_assert_eq!(facts.sharing.get(retired.image_id.as_str()), Some(&false));
             }
             let mut rng = seed;
             for i in (1..facts.images.len()).rev() {
