@@ -1,10 +1,10 @@
-//! The planner's lookups, done as radix-partitioned hash joins so that their cost stays linear in
-//! the input (issue 5: 10x the snapshots may take at most 11x the time).
+//! The planner's lookups, done as radix-partitioned hash joins so that their cost per snapshot
+//! does not grow with the region (issue 5: 10x the snapshots may take at most 11x the time).
 //!
 //! A plain hash set of a million ids is tens of megabytes, and every lookup then misses the
-//! caches: the planner got slower per snapshot as regions grew. Here every id is first scattered,
-//! in one sequential pass, to a partition chosen by the top bits of its hash; each partition's
-//! tables then hold a few thousand ids and stay in the core's cache whatever the input size.
+//! caches: the planner got slower per snapshot as regions grew. Here every id is first filed, in
+//! one sequential pass, into a partition chosen by some bits of its hash; each partition's tables
+//! then hold a few thousand ids and stay in the core's cache whatever the input size.
 //!
 //! The joins answer, for each snapshot (by its index in the listing):
 //! - is its id mapped by a registered image, and is it a later copy of an id listed before;
@@ -26,8 +26,8 @@ pub(super) const SOURCE_IN_RECYCLE_BIN: Found = 1 << 2;
 /// The listing named this id at a smaller index already.
 pub(super) const LATER_COPY: Found = 1 << 3;
 
-/// About this many snapshots per partition: a partition's entries and tables (~70 bytes a
-/// snapshot) then take about a megabyte, well inside a core's L2 cache.
+/// About this many snapshots per partition: a partition's entries and tables (~130 bytes a
+/// snapshot) then take about two megabytes, inside a core's L2 cache (4 MB here).
 const PARTITION_TARGET: usize = 16 * 1024;
 
 /// The partition count for `snapshots` snapshots, as a number of hash bits.
