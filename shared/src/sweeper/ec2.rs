@@ -10,6 +10,7 @@ use aws_sdk_ec2::types::{Filter, ImageAttributeName};
 use chrono::{DateTime, Utc};
 
 use super::facts::{Id, ImageFacts, SnapshotFacts, SnapshotListing};
+use super::retire::reads_image_tag;
 use crate::error::AwsError;
 use crate::tags;
 
@@ -172,7 +173,6 @@ pub fn snapshot_listing(snapshot: &aws_sdk_ec2::types::Snapshot) -> Option<Snaps
 
 /// The planners' view of a listed image; `None` for an entry without an id.
 pub fn image_facts(image: &aws_sdk_ec2::types::Image, protect_tag: &str) -> Option<ImageFacts> {
-    let read_tag = |key: &str| key == protect_tag || key == tags::CREATED_BY;
     Some(ImageFacts {
         image_id: Id::from(image.image_id()?),
         owner_id: image.owner_id().map(Id::from),
@@ -186,7 +186,7 @@ pub fn image_facts(image: &aws_sdk_ec2::types::Image, protect_tag: &str) -> Opti
             .iter()
             .filter_map(|m| m.ebs().and_then(|ebs| ebs.snapshot_id()).map(Id::from))
             .collect(),
-        tags: tags::from_sdk(image.tags()).into_iter().filter(|t| read_tag(&t.key)).collect(),
+        tags: tags::from_sdk(image.tags()).into_iter().filter(|t| reads_image_tag(&t.key, protect_tag)).collect(),
     })
 }
 

@@ -93,8 +93,8 @@ pub struct ImageFacts {
     pub public: bool,
     /// The snapshots of its EBS block-device mappings.
     pub snapshot_ids: Vec<Id>,
-    /// The tags the retirement planner reads (the protect tag and `amiguard:created-by`); the
-    /// EC2 adapter drops the others with the page.
+    /// The tags the retirement planner reads (`retire::reads_image_tag`: the protect tag and
+    /// `amiguard:created-by`); the EC2 adapter drops the others with the page.
     pub tags: Vec<Tag>,
 }
 

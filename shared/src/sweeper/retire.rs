@@ -80,6 +80,12 @@ pub struct RetirePlan {
     pub circuit_breaker: Option<CircuitBreakerTrip>,
 }
 
+/// Whether [`plan_retirement`] reads an image tag with this key: the EC2 adapter keeps these and
+/// drops the others with the page, so a rule that reads another tag must be added here.
+pub fn reads_image_tag(key: &str, protect_tag: &str) -> bool {
+    key == protect_tag || key == tags::CREATED_BY
+}
+
 pub fn plan_retirement(input: &RetireInput<'_>, policy: &RetirePolicy) -> RetirePlan {
     // One verdict per image id; a repeated entry must agree on retiring it.
     let mut verdicts: BTreeMap<&str, Vec<Result<&ImageFacts, ImageKeepReason>>> = BTreeMap::new();
