@@ -7,6 +7,8 @@ pub mod config;
 pub mod ec2;
 pub mod error;
 pub mod events;
+pub mod invocation;
+pub mod ledger;
 pub mod report;
 pub mod sdk;
 pub mod tags;

@@ -13,8 +13,6 @@ pub const CREATED_BY: &str = "amiguard:created-by";
 pub const STOPPED_AT: &str = "amiguard:stopped-at";
 /// On a snapshot: the AMI it was made for.
 pub const IMAGE: &str = "amiguard:image";
-/// On an instance: the untrusted image it was alerted for.
-pub const ALERTED: &str = "amiguard:alerted";
 /// On an instance: the untrusted image it was launched from (enforcement `tag`/`stop`).
 pub const UNTRUSTED_AMI: &str = "amiguard:untrusted-ami";
 /// The default protect tag: a snapshot or AMI carrying it is never deleted.

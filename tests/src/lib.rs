@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failure here should panic.
 
 pub mod event_pattern;
+pub mod ledger;
 pub mod proxy;
 pub mod template;
 
@@ -188,6 +189,13 @@ impl TestAccount {
             .interceptor(MotoAccount(self.account_id.clone()))
             .build();
         aws_sdk_sns::Client::from_conf(config)
+    }
+
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        let config = aws_sdk_dynamodb::config::Builder::from(&self.sdk_config)
+            .interceptor(MotoAccount(self.account_id.clone()))
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
     }
 
     pub fn sqs(&self) -> aws_sdk_sqs::Client {

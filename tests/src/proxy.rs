@@ -42,6 +42,10 @@ pub enum FaultKind {
     Cut,
     /// Forward after this delay.
     Delay(Duration),
+    /// Answer this XML (or JSON) body with HTTP 200 instead of forwarding: an action moto lacks.
+    Respond(String),
+    /// Forward, then replace `from` by `to` in the answer: a field moto cannot set.
+    Rewrite { from: String, to: String },
 }
 
 impl Fault {
@@ -56,6 +60,14 @@ impl Fault {
     }
     pub fn delay(action: &str, delay: Duration) -> Self {
         Self::on(action, FaultKind::Delay(delay))
+    }
+    /// Answers `action` with `body` (status 200) instead of forwarding it.
+    pub fn respond(action: &str, body: impl Into<String>) -> Self {
+        Self::on(action, FaultKind::Respond(body.into()))
+    }
+    /// Forwards `action` and replaces every `from` by `to` in moto's answer.
+    pub fn rewrite(action: &str, from: impl Into<String>, to: impl Into<String>) -> Self {
+        Self::on(action, FaultKind::Rewrite { from: from.into(), to: to.into() })
     }
     fn on(action: &str, kind: FaultKind) -> Self {
         Self { action: Some(action.into()), body_contains: None, kind, times: None }
@@ -141,11 +153,10 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
         };
         let fault = take_fault(state, &call.action, &String::from_utf8_lossy(&body));
         let service = call.service.clone();
-        state
-            .lock()
-            .expect("proxy state")
-            .calls
-            .push(Call { faulted: fault.is_some() && !matches!(fault, Some(FaultKind::Delay(_))), ..call });
+        state.lock().expect("proxy state").calls.push(Call {
+            faulted: matches!(fault, Some(FaultKind::Throttle(_) | FaultKind::Error { .. } | FaultKind::Cut)),
+            ..call
+        });
         let response = match fault {
             Some(FaultKind::Throttle(_)) => error_response(&service, 503, "RequestLimitExceeded"),
             Some(FaultKind::Error { status, code }) => error_response(&service, status, &code),
@@ -154,6 +165,8 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
                 tokio::time::sleep(delay).await;
                 forward(upstream, &head, &body).await?
             }
+            Some(FaultKind::Respond(answer)) => ok_response(&service, &answer),
+            Some(FaultKind::Rewrite { from, to }) => rewrite(forward(upstream, &head, &body).await?, &from, &to),
             None => forward(upstream, &head, &body).await?,
         };
         client.get_mut().write_all(&response).await?;
@@ -240,10 +253,64 @@ fn close_after(response: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-/// An error answer in the service's own format: EC2's `<Response><Errors>`, or the
-/// `<ErrorResponse>` of the other query-protocol services (SNS, STS).
+/// A 200 answer with `body`, typed as the service's protocol answers.
+fn ok_response(service: &str, body: &str) -> Vec<u8> {
+    let content_type = if service == "dynamodb" { "application/x-amz-json-1.0" } else { "text/xml" };
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// `response` with `from` replaced by `to` in its body (de-chunked, with a fresh length).
+fn rewrite(response: Vec<u8>, from: &str, to: &str) -> Vec<u8> {
+    let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return response };
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let mut body = response[split + 4..].to_vec();
+    if header(&format!("{head}\r\n"), "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        body = dechunk(&body);
+    }
+    let body = String::from_utf8_lossy(&body).replace(from, to);
+    let mut out: String = head
+        .split("\r\n")
+        .filter(|l| {
+            let lower = l.to_ascii_lowercase();
+            !lower.starts_with("content-length:") && !lower.starts_with("transfer-encoding:")
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    out.push_str(&format!("\r\nContent-Length: {}\r\n\r\n", body.len()));
+    out.push_str(&body);
+    out.into_bytes()
+}
+
+fn dechunk(mut chunked: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(line_end) = chunked.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&chunked[..line_end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = line_end + 2;
+        body.extend_from_slice(&chunked[start..(start + size).min(chunked.len())]);
+        chunked = &chunked[(start + size + 2).min(chunked.len())..];
+    }
+    body
+}
+
+/// An error answer in the service's own format: EC2's `<Response><Errors>`, DynamoDB's JSON
+/// `__type`, or the `<ErrorResponse>` of the other query-protocol services (SNS, STS).
 fn error_response(service: &str, status: u16, code: &str) -> Vec<u8> {
     let message = "injected by the test proxy";
+    if service == "dynamodb" {
+        let body = format!("{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{code}\",\"message\":\"{message}\"}}");
+        return format!(
+            "HTTP/1.1 {status} Injected\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-ErrorType: {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
+    }
     let body = if service == "ec2" {
         format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>proxy</RequestID></Response>")
     } else {
@@ -291,6 +358,25 @@ mod tests {
         assert_eq!(action(head, b"Action=DescribeImages&Version=2016-11-15").as_deref(), Some("DescribeImages"));
         let json = "POST / HTTP/1.1\r\nX-Amz-Target: AmazonSQS.ReceiveMessage\r\n\r\n";
         assert_eq!(action(json, b"{}").as_deref(), Some("ReceiveMessage"));
+    }
+
+    #[test]
+    fn a_rewrite_replaces_text_in_a_plain_or_chunked_answer() {
+        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n<a>2026</a>".to_vec();
+        let out = String::from_utf8(rewrite(plain, "2026", "2024")).unwrap();
+        assert!(out.ends_with("Content-Length: 11\r\n\r\n<a>2024</a>"), "{out}");
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n<a>2\r\n7\r\n026</a>\r\n0\r\n\r\n".to_vec();
+        let out = String::from_utf8(rewrite(chunked, "2026", "12024")).unwrap();
+        assert!(out.ends_with("Content-Length: 12\r\n\r\n<a>12024</a>"), "{out}");
+        assert!(!out.to_ascii_lowercase().contains("transfer-encoding"));
+    }
+
+    #[test]
+    fn dynamodb_errors_are_json_with_the_code_in_type() {
+        let out = String::from_utf8(error_response("dynamodb", 400, "ConditionalCheckFailedException")).unwrap();
+        assert!(out.contains("\"__type\":\"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException\""));
+        assert!(out.contains("application/x-amz-json-1.0"));
     }
 
     #[test]

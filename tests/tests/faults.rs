@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use amiguard::invocation::Invocation;
+use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::snapshot_on_stop::core::SnapshotScope;
 use amiguard::snapshot_on_stop::ec2::Ec2Client;
 use amiguard_integration_tests::proxy::{Fault, Proxy};
-use amiguard_integration_tests::{moto, sample_event, TestAccount};
+use amiguard_integration_tests::{ledger, moto, sample_event, TestAccount};
 use serde_json::{json, Value};
 
 fn stop_event(instance_id: &str, time: &str) -> Value {
@@ -22,17 +24,40 @@ fn snapshot_on_stop_config() -> snapshot_on_stop::Config {
 
 const OPT_IN: (&str, &str) = ("amiguard:snapshot-on-stop", "true");
 
+/// snapshot-on-stop's clients, every call (EC2 and the ledger) through `proxy`.
+async fn snapshot_on_stop_clients(
+    account: &TestAccount,
+    proxy: &Proxy,
+) -> snapshot_on_stop::Clients<Ec2Client, DynamoLedger> {
+    ledger::create(account).await;
+    let through = account.through(proxy);
+    snapshot_on_stop::Clients {
+        ec2: Ec2Client::new(through.ec2()),
+        ledger: Some(ledger::on(&through)),
+        region: account.region.clone(),
+    }
+}
+
+fn delivery() -> Invocation {
+    Invocation::at(chrono::Utc::now())
+}
+
 #[tokio::test]
 async fn snapshot_on_stop_when_create_image_fails_returns_an_error_and_leaves_no_template() {
     let account = TestAccount::new().await;
     let instance = account.stopped_instance(&[OPT_IN]).await;
     let proxy = Proxy::start(&moto().endpoint).await;
     proxy.inject(Fault::error("CreateImage", 500, "InternalError"));
-    let ec2 = Ec2Client::new(account.through(&proxy).ec2());
+    let ec2 = snapshot_on_stop_clients(&account, &proxy).await;
 
-    let err = snapshot_on_stop::handle(&ec2, &snapshot_on_stop_config(), stop_event(&instance, "2026-11-27T01:00:00Z"))
-        .await
-        .unwrap_err();
+    let err = snapshot_on_stop::handle(
+        &ec2,
+        &snapshot_on_stop_config(),
+        stop_event(&instance, "2026-11-27T01:00:00Z"),
+        &delivery(),
+    )
+    .await
+    .unwrap_err();
 
     assert!(err.to_string().contains("InternalError"), "{err}");
     assert!(proxy.count("CreateImage") > 1, "a 500 is retried before giving up");
@@ -49,12 +74,13 @@ async fn snapshot_on_stop_when_tagging_fails_the_next_delivery_completes_it_with
     let event = stop_event(&instance, "2026-11-27T02:00:00Z");
     let proxy = Proxy::start(&moto().endpoint).await;
     proxy.inject(Fault::error("CreateTags", 400, "UnauthorizedOperation"));
-    let through_proxy = Ec2Client::new(account.through(&proxy).ec2());
+    let through_proxy = snapshot_on_stop_clients(&account, &proxy).await;
 
-    let first = snapshot_on_stop::handle(&through_proxy, &snapshot_on_stop_config(), event.clone()).await;
+    let first = snapshot_on_stop::handle(&through_proxy, &snapshot_on_stop_config(), event.clone(), &delivery()).await;
     assert!(first.unwrap_err().to_string().contains("UnauthorizedOperation"));
     proxy.clear_faults();
-    let second = snapshot_on_stop::handle(&through_proxy, &snapshot_on_stop_config(), event).await.unwrap();
+    let second =
+        snapshot_on_stop::handle(&through_proxy, &snapshot_on_stop_config(), event, &delivery()).await.unwrap();
 
     assert_eq!(second.outcome, snapshot_on_stop::Outcome::AlreadyCreated);
     let images = account.ec2().describe_images().owners("self").send().await.unwrap();
@@ -76,12 +102,16 @@ async fn snapshot_on_stop_under_throttling_still_completes() {
     let instance = account.stopped_instance(&[OPT_IN]).await;
     let proxy = Proxy::start(&moto().endpoint).await;
     proxy.inject(Fault::throttle(0.3));
-    let ec2 = Ec2Client::new(account.through(&proxy).ec2());
+    let ec2 = snapshot_on_stop_clients(&account, &proxy).await;
 
-    let report =
-        snapshot_on_stop::handle(&ec2, &snapshot_on_stop_config(), stop_event(&instance, "2026-11-27T03:00:00Z"))
-            .await
-            .unwrap();
+    let report = snapshot_on_stop::handle(
+        &ec2,
+        &snapshot_on_stop_config(),
+        stop_event(&instance, "2026-11-27T03:00:00Z"),
+        &delivery(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(report.outcome, snapshot_on_stop::Outcome::Created);
     assert!(proxy.calls().iter().any(|c| c.faulted), "some calls were throttled");
@@ -95,12 +125,16 @@ async fn snapshot_on_stop_survives_a_cut_connection() {
     let instance = account.stopped_instance(&[OPT_IN]).await;
     let proxy = Proxy::start(&moto().endpoint).await;
     proxy.inject(Fault::cut("DescribeInstances").times(1));
-    let ec2 = Ec2Client::new(account.through(&proxy).ec2());
+    let ec2 = snapshot_on_stop_clients(&account, &proxy).await;
 
-    let report =
-        snapshot_on_stop::handle(&ec2, &snapshot_on_stop_config(), stop_event(&instance, "2026-11-27T04:00:00Z"))
-            .await
-            .unwrap();
+    let report = snapshot_on_stop::handle(
+        &ec2,
+        &snapshot_on_stop_config(),
+        stop_event(&instance, "2026-11-27T04:00:00Z"),
+        &delivery(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(report.outcome, snapshot_on_stop::Outcome::Created);
     assert_eq!(proxy.count("DescribeInstances"), 2, "the cut call was retried once");
@@ -149,12 +183,10 @@ async fn sweeper_when_one_delete_keeps_failing_deletes_the_others_and_reports_th
     let mut event = sample_event("orphan-snapshot-sweeper.scheduled.json");
     event["account"] = json!(account.account_id);
     let regions = vec![(REGION.to_string(), account.through(&proxy).ec2())];
-    let invocation = orphan_snapshot_sweeper::Invocation {
-        now: chrono::Utc::now(),
-        deadline: Some(std::time::SystemTime::now() + std::time::Duration::from_secs(900)),
-    };
+    let ledger = ledger::create(&account).await;
+    let ports = orphan_snapshot_sweeper::Ports { regions: &regions, publisher: &account.sns(), ledger: Some(&ledger) };
 
-    let report = orphan_snapshot_sweeper::handle(&config, &regions, &account.sns(), &event, invocation).await.unwrap();
+    let report = orphan_snapshot_sweeper::handle(&config, &ports, &event, &delivery()).await.unwrap().sweep().unwrap();
 
     let region = &report.regions[0];
     assert_eq!(region.failed.len(), 1);
@@ -171,7 +203,7 @@ async fn sweeper_when_one_delete_keeps_failing_deletes_the_others_and_reports_th
 }
 
 #[tokio::test]
-async fn untrusted_ami_alert_when_publish_fails_is_an_error_and_leaves_no_mark() {
+async fn untrusted_ami_alert_when_publish_fails_is_an_error_and_the_redelivery_alerts() {
     use amiguard::trust::ec2::Ec2Trust;
     use amiguard::trust::identity::StsIdentity;
     use amiguard::trust::sns::SnsAlerts;
@@ -192,25 +224,26 @@ async fn untrusted_ami_alert_when_publish_fails_is_an_error_and_leaves_no_mark()
         ec2: Ec2Trust::new(through.ec2()),
         alerts: SnsAlerts::new(through.sns(), topic),
         identity: StsIdentity::from_conf(through.sdk_config()),
+        ledger: Some(ledger::create(&account).await),
         region: account.region.clone(),
     };
     let mut event = sample_event("untrusted-ami-alert.running.json");
     event["account"] = json!(account.account_id);
     event["detail"]["instance-id"] = json!(instance);
 
-    let err = untrusted_ami_alert::handle(&config, &clients, &event, chrono::Utc::now()).await.unwrap_err();
-
+    let err = untrusted_ami_alert::handle(&config, &clients, &event, &delivery()).await.unwrap_err();
     assert!(err.to_string().contains("AuthorizationError"), "{err}");
-    let described = account.ec2().describe_instances().instance_ids(&instance).send().await.unwrap();
-    let tags = described.reservations()[0].instances()[0].tags();
-    assert!(!tags.iter().any(|t| t.key() == Some("amiguard:alerted")), "no mark without an alert");
 
-    // Once SNS answers again, the redelivery alerts and marks.
+    // Once SNS answers again, the redelivery alerts; the one after it does not.
     proxy.clear_faults();
-    untrusted_ami_alert::handle(&config, &clients, &event, chrono::Utc::now()).await.unwrap();
-    let described = account.ec2().describe_instances().instance_ids(&instance).send().await.unwrap();
-    let tags = described.reservations()[0].instances()[0].tags();
-    assert!(tags.iter().any(|t| t.key() == Some("amiguard:alerted")));
+    let retry = untrusted_ami_alert::handle(&config, &clients, &event, &delivery()).await.unwrap();
+    let again = untrusted_ami_alert::handle(&config, &clients, &event, &delivery()).await.unwrap();
+    let sent = |report: &untrusted_ami_alert::Report| match report {
+        untrusted_ami_alert::Report::Instance(one) => one.alert_message_id.is_some(),
+        other => panic!("{other:?}"),
+    };
+    assert!(sent(&retry) && !sent(&again));
+    assert_eq!(proxy.count("Publish"), 2, "the refused one and the retry");
 }
 
 #[tokio::test]
@@ -220,15 +253,139 @@ async fn a_hung_call_times_out_and_is_retried_instead_of_eating_the_run() {
     let proxy = Proxy::start(&moto().endpoint).await;
     // Longer than the attempt timeout of amiguard::sdk (20 s): the first attempt hangs.
     proxy.inject(Fault::delay("DescribeInstances", std::time::Duration::from_secs(60)).times(1));
-    let ec2 = Ec2Client::new(account.through(&proxy).ec2());
+    let ec2 = snapshot_on_stop_clients(&account, &proxy).await;
     let started = std::time::Instant::now();
 
-    let report =
-        snapshot_on_stop::handle(&ec2, &snapshot_on_stop_config(), stop_event(&instance, "2026-11-27T05:00:00Z"))
-            .await
-            .unwrap();
+    let report = snapshot_on_stop::handle(
+        &ec2,
+        &snapshot_on_stop_config(),
+        stop_event(&instance, "2026-11-27T05:00:00Z"),
+        &delivery(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(report.outcome, snapshot_on_stop::Outcome::Created);
     assert_eq!(proxy.count("DescribeInstances"), 2, "the hung attempt was abandoned and retried");
     assert!(started.elapsed() < std::time::Duration::from_secs(40), "took {:?}", started.elapsed());
+}
+
+// ---- the ledger refusing writes: each function fails safe ----
+
+/// DynamoDB's answer to a role without the permission (4xx: not retried).
+fn ledger_refuses(action: &str) -> Fault {
+    Fault::error(action, 400, "AccessDeniedException")
+}
+
+#[tokio::test]
+async fn snapshot_on_stop_without_a_writable_ledger_still_images_but_retires_nothing() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let clients = snapshot_on_stop_clients(&account, &proxy).await;
+    let keep_one = snapshot_on_stop::Config { keep_last: 1, ..snapshot_on_stop_config() };
+    let first =
+        snapshot_on_stop::handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T06:00:00Z"), &delivery())
+            .await
+            .unwrap();
+
+    proxy.inject(ledger_refuses("PutItem"));
+    let second =
+        snapshot_on_stop::handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T07:00:00Z"), &delivery())
+            .await
+            .unwrap();
+
+    assert_eq!(second.outcome, snapshot_on_stop::Outcome::Created, "the image is still made");
+    assert!(second.retired_images.is_empty(), "nothing retired without the ledger");
+    assert!(
+        second.warnings.iter().any(|w| w.contains("ledger could not be") && w.contains("AccessDeniedException")),
+        "{:?}",
+        second.warnings
+    );
+    let images = account.ec2().describe_images().owners("self").send().await.unwrap();
+    let ids: Vec<&str> = images.images().iter().filter_map(|i| i.image_id()).collect();
+    assert!(ids.contains(&first.image_id.as_deref().unwrap()) && ids.contains(&second.image_id.as_deref().unwrap()));
+    assert!(proxy.count("DeregisterImage") == 0 && proxy.count("DeleteSnapshot") == 0);
+}
+
+#[tokio::test]
+async fn the_sweeper_without_a_working_ledger_deletes_nothing_in_any_region() {
+    use amiguard_integration_tests::REGION;
+    let account = TestAccount::new().await;
+    let snapshot = orphan(&account).await;
+    let vars = [
+        ("AWS_REGION", REGION),
+        ("DRY_RUN", "false"),
+        ("MIN_AGE_HOURS", "0"),
+        ("RECYCLE_BIN_CHECK", "false"),
+        ("MAX_DELETE_FRACTION", "1"),
+    ];
+    let config = orphan_snapshot_sweeper::Config::from_env(&move |name: &str| {
+        vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    })
+    .unwrap();
+    let mut event = sample_event("orphan-snapshot-sweeper.scheduled.json");
+    event["account"] = json!(account.account_id);
+    ledger::create(&account).await;
+    for refused in ["Query", "BatchWriteItem"] {
+        let proxy = Proxy::start(&moto().endpoint).await;
+        proxy.inject(ledger_refuses(refused));
+        let through = account.through(&proxy);
+        let regions = vec![(REGION.to_string(), through.ec2()), ("eu-west-1".to_string(), through.ec2_in("eu-west-1"))];
+        let (sns, ledger) = (through.sns(), ledger::on(&through));
+        let ports = orphan_snapshot_sweeper::Ports { regions: &regions, publisher: &sns, ledger: Some(&ledger) };
+
+        let report =
+            orphan_snapshot_sweeper::handle(&config, &ports, &event, &delivery()).await.unwrap().sweep().unwrap();
+
+        for region in &report.regions {
+            let why = region.aborted.as_deref().unwrap_or_else(|| panic!("{refused}: {} not aborted", region.region));
+            assert!(why.contains("ledger") && why.contains("AccessDeniedException"), "{why}");
+            assert!(region.deleted.is_empty());
+        }
+        assert_eq!(proxy.count("DeleteSnapshot"), 0, "{refused}: nothing deleted");
+        assert!(snapshot_exists(&account, &snapshot).await);
+    }
+}
+
+#[tokio::test]
+async fn untrusted_ami_alert_without_a_writable_ledger_alerts_anyway_and_says_it_may_repeat() {
+    use amiguard::trust::ec2::Ec2Trust;
+    use amiguard::trust::identity::StsIdentity;
+    use amiguard::trust::sns::SnsAlerts;
+
+    let account = TestAccount::new().await;
+    let topic = account.sns().create_topic().name("alerts").send().await.unwrap().topic_arn().unwrap().to_string();
+    let instance = account.run_instance(amiguard_integration_tests::RHEL_AMI, &[]).await;
+    ledger::create(&account).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    proxy.inject(ledger_refuses("PutItem"));
+    let through = account.through(&proxy);
+    let vars = [("ALERT_TOPIC_ARN", topic.clone()), ("TRUSTED_IMAGE_PROVIDERS", "self".to_string())];
+    let config = untrusted_ami_alert::Config::from_env(&move |name: &str| {
+        vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let clients = untrusted_ami_alert::Clients {
+        ec2: Ec2Trust::new(through.ec2()),
+        alerts: SnsAlerts::new(through.sns(), topic),
+        identity: StsIdentity::from_conf(through.sdk_config()),
+        ledger: Some(ledger::on(&through)),
+        region: account.region.clone(),
+    };
+    let mut event = sample_event("untrusted-ami-alert.running.json");
+    event["account"] = json!(account.account_id);
+    event["detail"]["instance-id"] = json!(instance);
+
+    for _ in 0..2 {
+        let report = untrusted_ami_alert::handle(&config, &clients, &event, &delivery()).await.unwrap();
+        let untrusted_ami_alert::Report::Instance(one) = report else { panic!("not one instance") };
+        assert!(one.alert_message_id.is_some(), "never silent");
+        assert!(
+            one.warnings.iter().any(|w| w.contains("ledger") && w.contains("AccessDeniedException")),
+            "{:?}",
+            one.warnings
+        );
+    }
+    assert_eq!(proxy.count("Publish"), 2, "a duplicate rather than a missed alert");
 }

@@ -7,14 +7,16 @@
 
 use std::collections::BTreeSet;
 
+use amiguard::invocation::Invocation;
 use amiguard::snapshot_on_stop::core::SnapshotScope;
+use amiguard_integration_tests::ledger;
 use amiguard_integration_tests::proxy::{Call, Proxy};
 use amiguard_integration_tests::template::{function_for, load, policy_actions};
 use amiguard_integration_tests::{moto, sample_event, TestAccount};
 use serde_json::json;
 
-/// IAM actions of the recorded calls (`ec2:CreateImage`); STS `GetCallerIdentity` needs no
-/// permission, so it is left out.
+/// IAM actions of the recorded calls (`ec2:CreateImage`, `dynamodb:PutItem`); STS
+/// `GetCallerIdentity` needs no permission, so it is left out.
 fn iam_actions(calls: &[Call]) -> BTreeSet<String> {
     calls
         .iter()
@@ -43,15 +45,22 @@ fn assert_policy_matches(binary: &str, used: BTreeSet<String>) {
 async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
     let account = TestAccount::new().await;
     let instance = account.stopped_instance(&[("amiguard:snapshot-on-stop", "true")]).await;
+    ledger::create(&account).await;
     let proxy = Proxy::start(&moto().endpoint).await;
-    let ec2 = amiguard::snapshot_on_stop::ec2::Ec2Client::new(account.through(&proxy).ec2());
+    let through = account.through(&proxy);
+    let clients = snapshot_on_stop::Clients {
+        ec2: amiguard::snapshot_on_stop::ec2::Ec2Client::new(through.ec2()),
+        ledger: Some(ledger::on(&through)),
+        region: account.region.clone(),
+    };
     let config = snapshot_on_stop::Config { scope: SnapshotScope::Tagged, keep_last: 1, dry_run: false };
-    // Three stops with KEEP_LAST=1: create, new template versions, retention with its cleanup.
+    // Three stops with KEEP_LAST=1: create, new template versions, retention with its cleanup;
+    // the ledger's lease, records and journal on the way.
     for time in ["2026-11-27T01:00:00Z", "2026-11-27T02:00:00Z", "2026-11-27T03:00:00Z"] {
         let mut event = sample_event("snapshot-on-stop.stopped.json");
         event["detail"]["instance-id"] = json!(instance);
         event["time"] = json!(time);
-        snapshot_on_stop::handle(&ec2, &config, event).await.unwrap();
+        snapshot_on_stop::handle(&clients, &config, event, &Invocation::at(chrono::Utc::now())).await.unwrap();
     }
     assert_policy_matches("snapshot-on-stop", iam_actions(&proxy.calls()));
 }
@@ -61,6 +70,7 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
     use amiguard::trust::ec2::Ec2Trust;
     use amiguard::trust::identity::StsIdentity;
     use amiguard::trust::sns::SnsAlerts;
+    use amiguard_integration_tests::proxy::Fault;
     use amiguard_integration_tests::{AMAZON_LINUX_AMI, RHEL_AMI};
 
     let account = TestAccount::new().await;
@@ -92,6 +102,7 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
         .to_string();
     let orphaned = account.run_instance(&image, &[]).await;
     account.ec2().deregister_image().image_id(&image).send().await.unwrap();
+    ledger::create(&account).await;
 
     let proxy = Proxy::start(&moto().endpoint).await;
     let through = account.through(&proxy);
@@ -99,13 +110,22 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
         ec2: Ec2Trust::new(through.ec2()),
         alerts: SnsAlerts::new(through.sns(), topic),
         identity: StsIdentity::from_conf(through.sdk_config()),
+        ledger: Some(ledger::on(&through)),
         region: account.region.clone(),
     };
-    for instance in [&foreign, &orphaned] {
+    let delivery = || Invocation::at(chrono::Utc::now());
+    let event_for = |instance: &str| {
         let mut event = sample_event("untrusted-ami-alert.running.json");
         event["account"] = json!(account.account_id);
         event["detail"]["instance-id"] = json!(instance);
-        untrusted_ami_alert::handle(&config, &clients, &event, chrono::Utc::now()).await.unwrap();
+        event
+    };
+    // A publish that fails once gives its claim back (the ledger's DeleteItem), then the retry
+    // alerts; a redelivery reads the record sent (Query).
+    proxy.inject(Fault::error("Publish", 400, "InvalidParameter").times(1));
+    untrusted_ami_alert::handle(&config, &clients, &event_for(&foreign), &delivery()).await.unwrap_err();
+    for instance in [&foreign, &orphaned, &foreign] {
+        untrusted_ami_alert::handle(&config, &clients, &event_for(instance), &delivery()).await.unwrap();
     }
     assert_policy_matches("untrusted-ami-alert", iam_actions(&proxy.calls()));
 }
@@ -115,7 +135,7 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
     use amiguard_integration_tests::proxy::Fault;
     use amiguard_integration_tests::{AMAZON_LINUX_AMI, REGION};
     use aws_sdk_ec2::types::RequestLaunchTemplateData;
-    use orphan_snapshot_sweeper::{Config, Invocation};
+    use orphan_snapshot_sweeper::{Config, Ports};
 
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
@@ -134,9 +154,12 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
         .await
         .unwrap();
 
+    ledger::create(&account).await;
     let proxy = Proxy::start(&moto().endpoint).await;
     let through = account.through(&proxy);
     let regions = vec![(REGION.to_string(), through.ec2())];
+    let (sns, ledger) = (through.sns(), ledger::on(&through));
+    let ports = Ports { regions: &regions, publisher: &sns, ledger: Some(&ledger) };
     let mut event = sample_event("orphan-snapshot-sweeper.scheduled.json");
     event["account"] = json!(account.account_id);
     let run = |overrides: Vec<(&'static str, String)>| {
@@ -153,21 +176,24 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
             .unwrap()
     };
     let invocation = || Invocation {
-        now: chrono::Utc::now(),
         deadline: Some(std::time::SystemTime::now() + std::time::Duration::from_secs(900)),
+        ..Invocation::at(chrono::Utc::now())
     };
     // moto lacks the Recycle Bin (an HTML 500 that would be retried): refuse it at the proxy,
     // which still records the call; that region aborts, as it must.
     proxy.inject(Fault::error("ListImagesInRecycleBin", 400, "UnauthorizedOperation"));
     let checked = run(vec![("RECYCLE_BIN_CHECK", "true".into())]);
-    let aborted =
-        orphan_snapshot_sweeper::handle(&checked, &regions, &through.sns(), &event, invocation()).await.unwrap();
-    assert!(aborted.regions[0].aborted.is_some());
+    let aborted = orphan_snapshot_sweeper::handle(&checked, &ports, &event, &invocation()).await.unwrap();
+    assert!(aborted.sweep().unwrap().regions[0].aborted.is_some());
     // Then the full sweep: retirement, deletions and the summary.
     let unchecked = run(vec![("RECYCLE_BIN_CHECK", "false".into())]);
     let report =
-        orphan_snapshot_sweeper::handle(&unchecked, &regions, &through.sns(), &event, invocation()).await.unwrap();
+        orphan_snapshot_sweeper::handle(&unchecked, &ports, &event, &invocation()).await.unwrap().sweep().unwrap();
     assert!(!report.regions[0].deleted.is_empty() && !report.retired_images.is_empty());
+    // An AMI's deregistration event is recorded.
+    let mut deregistered = sample_event("orphan-snapshot-sweeper.ami-deregistered.json");
+    deregistered["account"] = json!(account.account_id);
+    orphan_snapshot_sweeper::handle(&unchecked, &ports, &deregistered, &invocation()).await.unwrap();
 
     assert_policy_matches("orphan-snapshot-sweeper", iam_actions(&proxy.calls()));
 }

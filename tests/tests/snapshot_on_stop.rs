@@ -2,12 +2,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use amiguard::invocation::Invocation;
+use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::snapshot_on_stop::core::SnapshotScope;
 use amiguard::snapshot_on_stop::ec2::Ec2Client;
+use amiguard::snapshot_on_stop::records::{self, MadeImage};
 use amiguard_integration_tests::{sample_event, TestAccount};
 use aws_sdk_ec2::types::{Filter, Image};
 use serde_json::{json, Value};
-use snapshot_on_stop::{handle, Config, Error, Outcome};
+use snapshot_on_stop::{handle, Clients, Config, Error, Outcome};
 
 fn config(scope: SnapshotScope, keep_last: usize, dry_run: bool) -> Config {
     Config { scope, keep_last, dry_run }
@@ -15,6 +18,20 @@ fn config(scope: SnapshotScope, keep_last: usize, dry_run: bool) -> Config {
 
 fn tagged() -> Config {
     config(SnapshotScope::Tagged, 3, false)
+}
+
+/// The function's clients on `account`, with its ledger (created from the template on first use).
+async fn clients(account: &TestAccount) -> Clients<Ec2Client, DynamoLedger> {
+    Clients {
+        ec2: Ec2Client::new(account.ec2()),
+        ledger: Some(amiguard_integration_tests::ledger::create(account).await),
+        region: account.region.clone(),
+    }
+}
+
+/// One delivery now (each with a request id of its own, as Lambda gives).
+fn delivery() -> Invocation {
+    Invocation::at(chrono::Utc::now())
 }
 
 /// The sample stop event, for `instance_id`, at `time`.
@@ -49,9 +66,9 @@ const OPT_IN: (&str, &str) = ("amiguard:snapshot-on-stop", "true");
 async fn a_tagged_stop_makes_a_tagged_image_its_snapshot_tags_and_a_relaunch_template() {
     let account = TestAccount::new().await;
     let instance = account.stopped_instance(&[OPT_IN, ("Name", "db-1"), ("team", "data")]).await;
-    let ec2 = Ec2Client::new(account.ec2());
+    let clients = clients(&account).await;
 
-    let report = handle(&ec2, &tagged(), stop_event(&instance, "2026-11-27T10:15:30Z")).await.unwrap();
+    let report = handle(&clients, &tagged(), stop_event(&instance, "2026-11-27T10:15:30Z"), &delivery()).await.unwrap();
 
     assert_eq!(report.outcome, Outcome::Created);
     let image_id = report.image_id.clone().unwrap();
@@ -104,12 +121,12 @@ async fn a_tagged_stop_makes_a_tagged_image_its_snapshot_tags_and_a_relaunch_tem
 async fn the_same_event_three_times_makes_one_image() {
     let account = TestAccount::new().await;
     let instance = account.stopped_instance(&[OPT_IN]).await;
-    let ec2 = Ec2Client::new(account.ec2());
+    let clients = clients(&account).await;
     let event = stop_event(&instance, "2026-11-27T11:00:00Z");
 
-    let first = handle(&ec2, &tagged(), event.clone()).await.unwrap();
-    let second = handle(&ec2, &tagged(), event.clone()).await.unwrap();
-    let third = handle(&ec2, &tagged(), event).await.unwrap();
+    let first = handle(&clients, &tagged(), event.clone(), &delivery()).await.unwrap();
+    let second = handle(&clients, &tagged(), event.clone(), &delivery()).await.unwrap();
+    let third = handle(&clients, &tagged(), event, &delivery()).await.unwrap();
 
     assert_eq!(first.outcome, Outcome::Created);
     assert_eq!(second.outcome, Outcome::AlreadyCreated);
@@ -124,14 +141,18 @@ async fn the_same_event_three_times_makes_one_image() {
 #[tokio::test]
 async fn a_redelivery_completes_what_a_crashed_delivery_left_undone() {
     let account = TestAccount::new().await;
+    let clients = clients(&account).await;
     let instance = account.stopped_instance(&[OPT_IN]).await;
+    let stopped_at = chrono::DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z").unwrap().with_timezone(&chrono::Utc);
     let name = format!("amiguard-{instance}-20261127T120000Z");
-    // A first delivery that died right after CreateImage: the image exists, nothing else does.
+    // A first delivery that died right after CreateImage: it recorded its intent, then the
+    // image was made; nothing else happened.
+    let intent = MadeImage::intent(stopped_at, &name, chrono::Utc::now());
+    records::write(clients.ledger.as_ref().unwrap(), &account.region, &instance, &intent).await.unwrap();
     let created = account.ec2().create_image().instance_id(&instance).name(&name).no_reboot(true).send().await.unwrap();
     let image_id = created.image_id().unwrap().to_string();
 
-    let report =
-        handle(&Ec2Client::new(account.ec2()), &tagged(), stop_event(&instance, "2026-11-27T12:00:00Z")).await.unwrap();
+    let report = handle(&clients, &tagged(), stop_event(&instance, "2026-11-27T12:00:00Z"), &delivery()).await.unwrap();
 
     assert_eq!(report.outcome, Outcome::AlreadyCreated);
     assert_eq!(report.image_id.as_deref(), Some(image_id.as_str()));
@@ -146,6 +167,30 @@ async fn a_redelivery_completes_what_a_crashed_delivery_left_undone() {
         Some(image_id.as_str())
     );
     assert_eq!(own_images(&account).await.len(), 1);
+    let recorded = records::read(clients.ledger.as_ref().unwrap(), &account.region, &instance).await.unwrap();
+    let record = recorded.for_stop(stopped_at).unwrap();
+    assert_eq!(record.image_id.as_deref(), Some(image_id.as_str()));
+    assert_eq!(record.snapshot_ids, snapshot_ids(&image));
+    assert_eq!(record.launch_template.as_ref().map(|t| t.version), Some(template.version));
+}
+
+#[tokio::test]
+async fn an_image_that_took_the_stops_name_without_a_ledger_record_is_not_touched() {
+    let account = TestAccount::new().await;
+    let clients = clients(&account).await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    // Someone predicted the name (an instance id and a stop time are no secret).
+    let name = format!("amiguard-{instance}-20261127T120000Z");
+    let squatter = account.ec2().create_image().instance_id(&instance).name(&name).send().await.unwrap();
+
+    let report = handle(&clients, &tagged(), stop_event(&instance, "2026-11-27T12:00:00Z"), &delivery()).await.unwrap();
+
+    assert_eq!(report.outcome, Outcome::Skipped);
+    assert!(report.reason.as_deref().unwrap().contains("ledger does not hold"), "{:?}", report.reason);
+    let images = own_images(&account).await;
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].image_id(), squatter.image_id());
+    assert_eq!(tag(images[0].tags(), "amiguard:created-by"), None, "not tagged as amiguard's");
 }
 
 async fn assert_nothing_made(account: &TestAccount) {
@@ -157,7 +202,7 @@ async fn assert_nothing_made(account: &TestAccount) {
 #[tokio::test]
 async fn instances_that_are_not_selected_are_skipped_and_nothing_is_made() {
     let account = TestAccount::new().await;
-    let ec2 = Ec2Client::new(account.ec2());
+    let clients = clients(&account).await;
     let untagged = account.stopped_instance(&[]).await;
     let opted_out = account.stopped_instance(&[("amiguard:snapshot-on-stop", "false")]).await;
     let running_again = account.stopped_instance(&[OPT_IN]).await;
@@ -171,14 +216,14 @@ async fn instances_that_are_not_selected_are_skipped_and_nothing_is_made() {
         ("i-0000000000000dead", tagged(), "no longer exists"),
     ];
     for (instance, config, why) in cases {
-        let report = handle(&ec2, &config, stop_event(instance, time)).await.unwrap();
+        let report = handle(&clients, &config, stop_event(instance, time), &delivery()).await.unwrap();
         assert_eq!(report.outcome, Outcome::Skipped, "{instance}");
         assert!(report.reason.as_deref().unwrap().contains(why), "{instance}: {:?}", report.reason);
         assert_eq!(report.image_id, None);
     }
     let mut running_event = stop_event(&untagged, time);
     running_event["detail"]["state"] = json!("running");
-    let report = handle(&ec2, &tagged(), running_event).await.unwrap();
+    let report = handle(&clients, &tagged(), running_event, &delivery()).await.unwrap();
     assert_eq!(report.outcome, Outcome::Skipped);
     assert_eq!(report.reason.as_deref(), Some("event state is running, not stopped"));
     assert_nothing_made(&account).await;
@@ -189,9 +234,10 @@ async fn scope_all_images_untagged_instances() {
     let account = TestAccount::new().await;
     let instance = account.stopped_instance(&[]).await;
     let report = handle(
-        &Ec2Client::new(account.ec2()),
+        &clients(&account).await,
         &config(SnapshotScope::All, 3, false),
         stop_event(&instance, "2026-11-27T13:30:00Z"),
+        &delivery(),
     )
     .await
     .unwrap();
@@ -206,13 +252,15 @@ async fn retention_keeps_the_newest_and_retires_the_rest_with_their_snapshots() 
     // An image of the same instance made by hand: retention must never touch it.
     let manual = account.ec2().create_image().instance_id(&instance).name("hand-made-backup").send().await.unwrap();
     let manual_id = manual.image_id().unwrap().to_string();
-    let ec2 = Ec2Client::new(account.ec2());
+    let clients = clients(&account).await;
     let keep_two = config(SnapshotScope::Tagged, 2, false);
 
     let mut made = Vec::new();
     for hour in ["01", "02", "03", "04"] {
         let report =
-            handle(&ec2, &keep_two, stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"))).await.unwrap();
+            handle(&clients, &keep_two, stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z")), &delivery())
+                .await
+                .unwrap();
         assert_eq!(report.outcome, Outcome::Created);
         made.push(report);
     }
@@ -272,15 +320,25 @@ async fn retention_keeps_the_newest_and_retires_the_rest_with_their_snapshots() 
 async fn a_dry_run_decides_and_reports_but_changes_nothing() {
     let account = TestAccount::new().await;
     let instance = account.stopped_instance(&[OPT_IN]).await;
-    let ec2 = Ec2Client::new(account.ec2());
-    let first = handle(&ec2, &config(SnapshotScope::Tagged, 1, false), stop_event(&instance, "2026-11-27T01:00:00Z"))
-        .await
-        .unwrap();
+    let clients = clients(&account).await;
+    let first = handle(
+        &clients,
+        &config(SnapshotScope::Tagged, 1, false),
+        stop_event(&instance, "2026-11-27T01:00:00Z"),
+        &delivery(),
+    )
+    .await
+    .unwrap();
     let before: Vec<_> = own_images(&account).await;
 
-    let report = handle(&ec2, &config(SnapshotScope::Tagged, 1, true), stop_event(&instance, "2026-11-27T02:00:00Z"))
-        .await
-        .unwrap();
+    let report = handle(
+        &clients,
+        &config(SnapshotScope::Tagged, 1, true),
+        stop_event(&instance, "2026-11-27T02:00:00Z"),
+        &delivery(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(report.outcome, Outcome::DryRun);
     assert_eq!(report.image_name, Some(format!("amiguard-{instance}-20261127T020000Z")));
@@ -306,7 +364,7 @@ async fn a_dry_run_decides_and_reports_but_changes_nothing() {
 async fn malformed_or_unexpected_events_are_errors_and_change_nothing() {
     let account = TestAccount::new().await;
     let instance = account.stopped_instance(&[OPT_IN]).await;
-    let ec2 = Ec2Client::new(account.ec2());
+    let clients = clients(&account).await;
     let good = stop_event(&instance, "2026-11-27T05:00:00Z");
     let mut without_detail = good.clone();
     without_detail.as_object_mut().unwrap().remove("detail");
@@ -330,7 +388,7 @@ async fn malformed_or_unexpected_events_are_errors_and_change_nothing() {
         (other_source, "unexpected event"),
     ];
     for (payload, message) in cases {
-        let err = handle(&ec2, &tagged(), payload).await.unwrap_err();
+        let err = handle(&clients, &tagged(), payload, &delivery()).await.unwrap_err();
         assert!(matches!(err, Error::Event(_)), "{err}");
         assert!(err.to_string().contains(message), "{err} should mention {message}");
     }
@@ -342,14 +400,136 @@ async fn images_of_other_instances_are_never_retired() {
     let account = TestAccount::new().await;
     let first = account.stopped_instance(&[OPT_IN]).await;
     let second = account.stopped_instance(&[OPT_IN]).await;
-    let ec2 = Ec2Client::new(account.ec2());
+    let clients = clients(&account).await;
     let keep_one = config(SnapshotScope::Tagged, 1, false);
-    handle(&ec2, &keep_one, stop_event(&first, "2026-11-27T01:00:00Z")).await.unwrap();
-    let report = handle(&ec2, &keep_one, stop_event(&second, "2026-11-27T02:00:00Z")).await.unwrap();
+    handle(&clients, &keep_one, stop_event(&first, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let report = handle(&clients, &keep_one, stop_event(&second, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
     assert!(report.retired_images.is_empty());
     let images = own_images(&account).await;
     assert_eq!(images.len(), 2);
     let filter = Filter::builder().name("tag:amiguard:source-instance").values(&first).build();
     let of_first = account.ec2().describe_images().owners("self").filters(filter).send().await.unwrap();
     assert_eq!(of_first.images().len(), 1);
+}
+
+// ---- the ledger: retention of only what snapshot-on-stop made ----
+
+async fn image_tags_of(account: &TestAccount, image_id: &str) -> Vec<aws_sdk_ec2::types::Tag> {
+    let output = account.ec2().describe_images().image_ids(image_id).send().await.unwrap();
+    output.images()[0].tags().to_vec()
+}
+
+#[tokio::test]
+async fn a_tagged_copy_of_an_amiguard_image_survives_any_number_of_stops() {
+    let account = TestAccount::new().await;
+    let clients = clients(&account).await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    let first = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let first_id = first.image_id.clone().unwrap();
+    // A golden copy kept with `--copy-image-tags`, and a hand-made image tagged like amiguard's.
+    let copy = account
+        .ec2()
+        .copy_image()
+        .source_image_id(&first_id)
+        .source_region(&account.region)
+        .name("golden-web-copy")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string();
+    let forged = account.ec2().create_image().instance_id(&instance).name("golden-web").send().await.unwrap();
+    let forged = forged.image_id().unwrap().to_string();
+    let original_tags = image_tags_of(&account, &first_id).await;
+    account.ec2().create_tags().resources(&copy).resources(&forged).set_tags(Some(original_tags)).send().await.unwrap();
+
+    let mut retired = Vec::new();
+    for hour in ["02", "03", "04", "05"] {
+        let report =
+            handle(&clients, &keep_one, stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z")), &delivery())
+                .await
+                .unwrap();
+        assert_eq!(report.outcome, Outcome::Created);
+        assert!(report.warnings.iter().all(|w| !w.contains("ledger")), "{:?}", report.warnings);
+        retired.extend(report.retired_images);
+    }
+    assert_eq!(retired.len(), 4, "each stop retired the one image before it: {retired:?}");
+    assert_eq!(retired[0], first_id);
+    assert!(!retired.contains(&copy) && !retired.contains(&forged), "{retired:?}");
+    let remaining: Vec<String> =
+        own_images(&account).await.iter().filter_map(|i| i.image_id().map(str::to_string)).collect();
+    assert!(remaining.contains(&copy) && remaining.contains(&forged), "{remaining:?}");
+    assert_eq!(remaining.len(), 3, "the copy, the forged one and the newest");
+}
+
+#[tokio::test]
+async fn the_same_stop_delivered_three_times_at_once_makes_one_image() {
+    let account = TestAccount::new().await;
+    let clients = clients(&account).await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    let event = stop_event(&instance, "2026-11-27T06:00:00Z");
+    let (a, b, c) = (delivery(), delivery(), delivery());
+
+    let (ra, rb, rc) = tokio::join!(
+        handle(&clients, &keep_one, event.clone(), &a),
+        handle(&clients, &keep_one, event.clone(), &b),
+        handle(&clients, &keep_one, event.clone(), &c),
+    );
+
+    let reports = [ra.unwrap(), rb.unwrap(), rc.unwrap()];
+    let mut outcomes: Vec<Outcome> = reports.iter().map(|r| r.outcome).collect();
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(outcomes, [Outcome::AlreadyCreated, Outcome::AlreadyCreated, Outcome::Created]);
+    assert!(reports.iter().all(|r| r.image_id == reports[0].image_id));
+    assert_eq!(own_images(&account).await.len(), 1, "one stop, one image");
+    assert!(reports.iter().all(|r| r.retired_images.is_empty()));
+}
+
+#[tokio::test]
+async fn images_made_before_the_ledger_are_adopted_once_by_their_exact_name() {
+    let account = TestAccount::new().await;
+    let clients = clients(&account).await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    // What the previous version made: the deterministic name and snapshot-on-stop's tags.
+    let tags = |stopped: &str| {
+        vec![
+            aws_sdk_ec2::types::Tag::builder().key("amiguard:source-instance").value(&instance).build(),
+            aws_sdk_ec2::types::Tag::builder().key("amiguard:created-by").value("snapshot-on-stop").build(),
+            aws_sdk_ec2::types::Tag::builder().key("amiguard:stopped-at").value(stopped).build(),
+        ]
+    };
+    let made_before = |name: String, stopped: &'static str| {
+        let ec2 = account.ec2();
+        let tags = tags(stopped);
+        let instance = instance.clone();
+        async move {
+            let image = ec2.create_image().instance_id(&instance).name(name).send().await.unwrap();
+            let id = image.image_id().unwrap().to_string();
+            ec2.create_tags().resources(&id).set_tags(Some(tags)).send().await.unwrap();
+            id
+        }
+    };
+    let old = made_before(format!("amiguard-{instance}-20261120T010000Z"), "2026-11-20T01:00:00Z").await;
+    let renamed = made_before(format!("amiguard-{instance}-20261120T020000Z-copy"), "2026-11-20T02:00:00Z").await;
+
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    let report = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T07:00:00Z"), &delivery()).await.unwrap();
+
+    assert_eq!(report.adopted_images, std::slice::from_ref(&old));
+    assert_eq!(report.retired_images, [old], "adopted, then retired by KEEP_LAST=1");
+    let remaining: Vec<String> =
+        own_images(&account).await.iter().filter_map(|i| i.image_id().map(str::to_string)).collect();
+    assert!(remaining.contains(&renamed), "another name is never adopted");
+    // Adoption ran once: an image made later under an adoptable name is not adopted.
+    let late = made_before(format!("amiguard-{instance}-20261121T010000Z"), "2026-11-21T01:00:00Z").await;
+    let next = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T08:00:00Z"), &delivery()).await.unwrap();
+    assert!(next.adopted_images.is_empty());
+    assert_eq!(next.retired_images.len(), 1);
+    assert_ne!(next.retired_images[0], late);
+    let remaining: Vec<String> =
+        own_images(&account).await.iter().filter_map(|i| i.image_id().map(str::to_string)).collect();
+    assert!(remaining.contains(&late) && remaining.contains(&renamed));
 }

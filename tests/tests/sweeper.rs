@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
+use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::sweeper::{ImageKeepReason, KeepReason};
 use amiguard_integration_tests::proxy::{Fault, Proxy};
 use amiguard_integration_tests::{moto, sample_event, TestAccount, AMAZON_LINUX_AMI, REGION};
@@ -17,7 +18,7 @@ use aws_sdk_ec2::types::{
     LaunchPermission, LaunchPermissionModifications, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
 };
 use chrono::Utc;
-use orphan_snapshot_sweeper::{handle, Config, Invocation, Report, RetireOutcome};
+use orphan_snapshot_sweeper::{handle, Config, Invocation, Ports, Report, RetireOutcome};
 use serde_json::Value;
 
 const EU_REGION: &str = "eu-west-1";
@@ -48,13 +49,24 @@ fn scheduled(account: &TestAccount) -> Value {
 }
 
 fn invocation() -> Invocation {
-    Invocation { now: Utc::now(), deadline: Some(SystemTime::now() + Duration::from_secs(900)) }
+    Invocation { deadline: Some(SystemTime::now() + Duration::from_secs(900)), ..Invocation::at(Utc::now()) }
 }
 
 async fn sweep(account: &TestAccount, config: &Config, event: &Value) -> Report {
+    sweep_at(account, config, event, invocation()).await
+}
+
+/// A sweep of `account` at `invocation`'s clock, with its ledger (created from the template).
+async fn sweep_at(account: &TestAccount, config: &Config, event: &Value, invocation: Invocation) -> Report {
     let regions: Vec<(String, aws_sdk_ec2::Client)> =
         config.regions.iter().map(|r| (r.clone(), account.ec2_in(r))).collect();
-    handle(config, &regions, &account.sns(), event, invocation()).await.unwrap()
+    let ledger = ledger(account).await;
+    let ports = Ports { regions: &regions, publisher: &account.sns(), ledger: Some(&ledger) };
+    handle(config, &ports, event, &invocation).await.unwrap().sweep().expect("a sweep's report")
+}
+
+async fn ledger(account: &TestAccount) -> DynamoLedger {
+    amiguard_integration_tests::ledger::create(account).await
 }
 
 fn tag(key: &str, value: &str) -> Tag {
@@ -309,10 +321,12 @@ async fn an_unexpected_event_changes_nothing() {
     let ec2 = account.ec2();
     let snapshot = orphan(&ec2).await;
     let regions = vec![(REGION.to_string(), ec2.clone())];
+    let ledger = ledger(&account).await;
+    let ports = Ports { regions: &regions, publisher: &account.sns(), ledger: Some(&ledger) };
     let state_change = serde_json::json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2",
         "account": account.account_id, "detail": {"instance-id": "i-0123", "state": "stopped"}});
     for payload in [serde_json::json!({}), state_change] {
-        let result = handle(&config(&[]), &regions, &account.sns(), &payload, invocation()).await;
+        let result = handle(&config(&[]), &ports, &payload, &invocation()).await;
         assert!(result.is_err(), "{payload}");
     }
     assert!(own_snapshots(&account, &ec2).await.contains(&snapshot));

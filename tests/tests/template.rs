@@ -15,6 +15,8 @@ const NOT_DELIVERED: &[&str] = &[
     "snapshot-on-stop.running.json",
     // untrusted-ami-alert answers `skipped` for states other than pending and running.
     "untrusted-ami-alert.stopped.json",
+    // The sweeper records only deregistrations; it answers `skipped` for other AMI states.
+    "orphan-snapshot-sweeper.ami-available.json",
 ];
 
 fn delivered(function: &TemplateFunction, event: &Value) -> bool {
@@ -82,4 +84,27 @@ fn the_stop_rule_rejects_near_misses() {
     let mut other_type = stopped;
     other_type["detail-type"] = json!("EC2 Spot Instance Interruption Warning");
     assert!(!delivered(&function, &other_type));
+}
+
+#[test]
+fn the_sweepers_ami_rule_takes_only_deregistrations_from_ec2() {
+    let template = load();
+    let function =
+        functions(&template).into_iter().find(|f| f.binary.as_deref() == Some("orphan-snapshot-sweeper")).unwrap();
+    let deregistered = amiguard_integration_tests::sample_event("orphan-snapshot-sweeper.ami-deregistered.json");
+    assert!(delivered(&function, &deregistered));
+    for state in ["available", "failed", "disabled", "pending"] {
+        let mut other = deregistered.clone();
+        other["detail"]["State"] = json!(state);
+        assert!(!delivered(&function, &other), "state {state} must not be delivered");
+    }
+    let mut lower_case = deregistered.clone();
+    lower_case["detail"] = json!({"ImageId": "ami-0123456789abcdef0", "state": "deregistered"});
+    assert!(!delivered(&function, &lower_case), "field names are case-sensitive");
+    let mut other_source = deregistered.clone();
+    other_source["source"] = json!("custom.ec2");
+    assert!(!delivered(&function, &other_source));
+    let mut instance_event = deregistered;
+    instance_event["detail-type"] = json!("EC2 Instance State-change Notification");
+    assert!(!delivered(&function, &instance_event));
 }

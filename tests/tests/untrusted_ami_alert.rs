@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use amiguard::invocation::Invocation;
+use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::tags;
 use amiguard::trust::ec2::Ec2Trust;
 use amiguard::trust::identity::StsIdentity;
@@ -118,13 +120,20 @@ fn config(topic_arn: &str, vars: &[(&str, &str)]) -> Config {
     Config::from_env(&move |name: &str| map.get(name).cloned()).unwrap()
 }
 
-fn clients(account: &TestAccount, config: &Config) -> Clients<Ec2Trust, SnsAlerts, StsIdentity> {
+/// The function's clients on `account`, with its ledger (created from the template on first use).
+async fn clients(account: &TestAccount, config: &Config) -> Clients<Ec2Trust, SnsAlerts, StsIdentity, DynamoLedger> {
     Clients {
         ec2: Ec2Trust::new(account.ec2()),
         alerts: SnsAlerts::new(account.sns(), config.alert_topic_arn.clone()),
         identity: StsIdentity::from_conf(account.sdk_config()),
+        ledger: Some(amiguard_integration_tests::ledger::create(account).await),
         region: account.region.clone(),
     }
+}
+
+/// One delivery now (each gets a request id of its own, as Lambda gives).
+fn delivery() -> Invocation {
+    Invocation::at(Utc::now())
 }
 
 fn state_change(account: &TestAccount, instance_id: &str, state: &str) -> Value {
@@ -169,10 +178,14 @@ async fn an_instance_of_an_own_ami_is_trusted_and_nothing_is_sent_or_tagged() {
     let image = own_image(&account, "golden-2026-01").await;
     let instance = account.run_instance(&image, &[]).await;
 
-    let report =
-        one(handle(&config, &clients(&account, &config), &state_change(&account, &instance, "running"), Utc::now())
-            .await
-            .unwrap());
+    let report = one(handle(
+        &config,
+        &clients(&account, &config).await,
+        &state_change(&account, &instance, "running"),
+        &delivery(),
+    )
+    .await
+    .unwrap());
 
     assert_eq!(report.outcome, Outcome::Trusted);
     assert_eq!(report.image_id.as_deref(), Some(image.as_str()));
@@ -189,16 +202,16 @@ async fn a_listed_account_id_is_trusted_by_owner_id_and_never_by_alias() {
     // Red Hat's account listed, no alias keyword: RHEL is trusted by its owner id; Amazon Linux
     // (alias amazon in moto, owner 137112412989) is not, alias or not.
     let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", RED_HAT_OWNER_ID)]);
-    let clients = clients(&account, &config);
+    let clients = clients(&account, &config).await;
     let rhel = account.run_instance(RHEL_AMI, &[]).await;
     let amazon = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
 
-    let trusted = one(handle(&config, &clients, &state_change(&account, &rhel, "running"), Utc::now()).await.unwrap());
+    let trusted = one(handle(&config, &clients, &state_change(&account, &rhel, "running"), &delivery()).await.unwrap());
     assert_eq!(trusted.outcome, Outcome::Trusted);
     assert_eq!(trusted.owner_id.as_deref(), Some(RED_HAT_OWNER_ID));
 
     let untrusted =
-        one(handle(&config, &clients, &state_change(&account, &amazon, "running"), Utc::now()).await.unwrap());
+        one(handle(&config, &clients, &state_change(&account, &amazon, "running"), &delivery()).await.unwrap());
     assert_eq!(untrusted.outcome, Outcome::Untrusted);
     assert_eq!(
         untrusted.reasons,
@@ -214,14 +227,14 @@ async fn an_unlisted_owner_is_alerted_once_across_pending_running_and_redelivery
     let account = TestAccount::new().await;
     let inbox = AlertInbox::new(&account, false).await;
     let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", &format!("self,{AMAZON_OWNER_ID}"))]);
-    let clients = clients(&account, &config);
+    let clients = clients(&account, &config).await;
     let instance = account.run_instance(RHEL_AMI, &[("Name", "web-1")]).await;
 
     let pending =
-        one(handle(&config, &clients, &state_change(&account, &instance, "pending"), Utc::now()).await.unwrap());
+        one(handle(&config, &clients, &state_change(&account, &instance, "pending"), &delivery()).await.unwrap());
     let running = state_change(&account, &instance, "running");
-    let later = one(handle(&config, &clients, &running, Utc::now()).await.unwrap());
-    let redelivered = one(handle(&config, &clients, &running, Utc::now()).await.unwrap());
+    let later = one(handle(&config, &clients, &running, &delivery()).await.unwrap());
+    let redelivered = one(handle(&config, &clients, &running, &delivery()).await.unwrap());
 
     assert_eq!(pending.outcome, Outcome::Untrusted);
     assert_eq!(pending.owner_id.as_deref(), Some(RED_HAT_OWNER_ID));
@@ -249,7 +262,7 @@ async fn an_unlisted_owner_is_alerted_once_across_pending_running_and_redelivery
     assert_eq!(json_block["region"], account.region);
     assert_eq!(json_block["enforcement"], "none");
     assert_eq!(json_block["reasons"][0], pending.reasons[0]);
-    assert_eq!(instance_tags(&account, &instance).await.get(tags::ALERTED), Some(&RHEL_AMI.to_string()));
+    assert!(!instance_tags(&account, &instance).await.keys().any(|k| tags::is_amiguard(k)), "alerts leave no tag");
 }
 
 #[tokio::test]
@@ -261,10 +274,14 @@ async fn a_deregistered_image_is_alerted_as_unverifiable() {
     let instance = account.run_instance(&image, &[]).await;
     account.ec2().deregister_image().image_id(&image).send().await.unwrap();
 
-    let report =
-        one(handle(&config, &clients(&account, &config), &state_change(&account, &instance, "running"), Utc::now())
-            .await
-            .unwrap());
+    let report = one(handle(
+        &config,
+        &clients(&account, &config).await,
+        &state_change(&account, &instance, "running"),
+        &delivery(),
+    )
+    .await
+    .unwrap());
 
     assert_eq!(report.outcome, Outcome::Untrusted, "even the account's own image: its owner can no longer be verified");
     assert_eq!(report.reasons.len(), 1);
@@ -273,7 +290,6 @@ async fn a_deregistered_image_is_alerted_as_unverifiable() {
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].severity.as_deref(), Some("high"));
     assert!(alerts[0].body.contains("image not visible"), "{}", alerts[0].body);
-    assert_eq!(instance_tags(&account, &instance).await.get(tags::ALERTED), Some(&image));
 }
 
 #[tokio::test]
@@ -289,7 +305,7 @@ async fn a_cloudtrail_run_instances_event_reports_each_instance() {
     event["detail"]["responseElements"]["instancesSet"]["items"][1]["instanceId"] = json!(amazon);
     event["detail"]["responseElements"]["instancesSet"]["items"][1]["imageId"] = json!(AMAZON_LINUX_AMI);
 
-    let report = handle(&config, &clients(&account, &config), &event, Utc::now()).await.unwrap();
+    let report = handle(&config, &clients(&account, &config).await, &event, &delivery()).await.unwrap();
 
     let Report::Launch { instances } = report else { panic!("expected `instances`, got {report:?}") };
     let verdicts: Vec<(&str, Outcome)> =
@@ -300,7 +316,7 @@ async fn a_cloudtrail_run_instances_event_reports_each_instance() {
 
     let mut failed = sample_event("untrusted-ami-alert.cloudtrail-run-instances-failed.json");
     failed["account"] = json!(account.account_id);
-    let skipped = one(handle(&config, &clients(&account, &config), &failed, Utc::now()).await.unwrap());
+    let skipped = one(handle(&config, &clients(&account, &config).await, &failed, &delivery()).await.unwrap());
     assert_eq!(skipped.outcome, Outcome::Skipped);
 }
 
@@ -312,7 +328,7 @@ async fn the_audit_lists_exactly_the_untrusted_instances_tags_them_and_never_sto
         &inbox.topic_arn,
         &[("TRUSTED_IMAGE_PROVIDERS", &format!("self,{AMAZON_OWNER_ID}")), ("ENFORCEMENT", "stop")],
     );
-    let clients = clients(&account, &config);
+    let clients = clients(&account, &config).await;
     let own = own_image(&account, "golden-audit").await; // its source instance runs Amazon Linux
     let trusted_own = account.run_instance(&own, &[]).await;
     let running_rhel = account.run_instance(RHEL_AMI, &[]).await;
@@ -323,7 +339,7 @@ async fn the_audit_lists_exactly_the_untrusted_instances_tags_them_and_never_sto
     let mut event = sample_event("untrusted-ami-alert.scheduled-audit.json");
     event["account"] = json!(account.account_id);
 
-    let Report::Audit(audit) = handle(&config, &clients, &event, Utc::now()).await.unwrap() else {
+    let Report::Audit(audit) = handle(&config, &clients, &event, &delivery()).await.unwrap() else {
         panic!("not an audit")
     };
 
@@ -346,7 +362,7 @@ async fn the_audit_lists_exactly_the_untrusted_instances_tags_them_and_never_sto
     }
 
     // The next audit finds the same instances but alerts nobody twice.
-    let Report::Audit(again) = handle(&config, &clients, &event, Utc::now()).await.unwrap() else {
+    let Report::Audit(again) = handle(&config, &clients, &event, &delivery()).await.unwrap() else {
         panic!("not an audit")
     };
     assert_eq!(again.untrusted.len(), 2);
@@ -361,10 +377,14 @@ async fn tag_enforcement_tags_the_instance_with_the_image() {
     let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "tag")]);
     let instance = account.run_instance(RHEL_AMI, &[]).await;
 
-    let report =
-        one(handle(&config, &clients(&account, &config), &state_change(&account, &instance, "running"), Utc::now())
-            .await
-            .unwrap());
+    let report = one(handle(
+        &config,
+        &clients(&account, &config).await,
+        &state_change(&account, &instance, "running"),
+        &delivery(),
+    )
+    .await
+    .unwrap());
 
     assert_eq!(serde_json::to_value(report.enforcement).unwrap(), "tagged");
     let tags_now = instance_tags(&account, &instance).await;
@@ -378,18 +398,18 @@ async fn stop_enforcement_tags_and_stops_a_running_instance() {
     let account = TestAccount::new().await;
     let inbox = AlertInbox::new(&account, true).await;
     let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "stop")]);
-    let clients = clients(&account, &config);
+    let clients = clients(&account, &config).await;
     let instance = account.run_instance(RHEL_AMI, &[]).await;
 
     let report =
-        one(handle(&config, &clients, &state_change(&account, &instance, "running"), Utc::now()).await.unwrap());
+        one(handle(&config, &clients, &state_change(&account, &instance, "running"), &delivery()).await.unwrap());
 
     assert_eq!(serde_json::to_value(report.enforcement).unwrap(), "tagged-and-stopped");
     assert!(["stopping", "stopped"].contains(&instance_state(&account, &instance).await.as_str()));
     assert_eq!(instance_tags(&account, &instance).await.get(tags::UNTRUSTED_AMI), Some(&RHEL_AMI.to_string()));
     // A redelivery finds it stopped: nothing more to do, no error, no second alert.
     let again =
-        one(handle(&config, &clients, &state_change(&account, &instance, "running"), Utc::now()).await.unwrap());
+        one(handle(&config, &clients, &state_change(&account, &instance, "running"), &delivery()).await.unwrap());
     assert_eq!(serde_json::to_value(again.enforcement).unwrap(), "tagged-not-running");
     assert_eq!(inbox.drain().await.len(), 1);
 }
@@ -401,20 +421,26 @@ async fn allowed_images_criteria_judge_names_and_ages_by_the_given_clock() {
     let criteria = r#"[{"ImageProviders": ["amazon"], "ImageNames": ["al2023-ami-*"],
                         "CreationDateCondition": {"MaximumDaysSinceCreated": 365}}]"#;
     let config = config(&inbox.topic_arn, &[("ALLOWED_IMAGES_CRITERIA", criteria)]);
-    let clients = clients(&account, &config);
+    let clients = clients(&account, &config).await;
     let amazon = account.run_instance(AMAZON_LINUX_AMI, &[]).await; // created 2024-10-10
     let rhel = account.run_instance(RHEL_AMI, &[]).await;
     let at = |y, m, d| -> DateTime<Utc> { Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap() };
 
     let young =
-        one(handle(&config, &clients, &state_change(&account, &amazon, "running"), at(2025, 10, 10)).await.unwrap());
+        one(handle(&config, &clients, &state_change(&account, &amazon, "running"), &Invocation::at(at(2025, 10, 10)))
+            .await
+            .unwrap());
     assert_eq!(young.outcome, Outcome::Trusted, "exactly 365 days old is still allowed");
     let wrong_name =
-        one(handle(&config, &clients, &state_change(&account, &rhel, "running"), at(2025, 1, 1)).await.unwrap());
+        one(handle(&config, &clients, &state_change(&account, &rhel, "running"), &Invocation::at(at(2025, 1, 1)))
+            .await
+            .unwrap());
     assert_eq!(wrong_name.outcome, Outcome::Untrusted);
     assert!(wrong_name.reasons[0].contains("matches none of the allowed names"), "{:?}", wrong_name.reasons);
     let old =
-        one(handle(&config, &clients, &state_change(&account, &amazon, "running"), at(2025, 10, 11)).await.unwrap());
+        one(handle(&config, &clients, &state_change(&account, &amazon, "running"), &Invocation::at(at(2025, 10, 11)))
+            .await
+            .unwrap());
     assert_eq!(old.reasons, ["image created 2024-10-10T00:00:00Z is older than the 365 days allowed"]);
     let alerts = inbox.drain().await;
     assert_eq!(alerts.len(), 2);
@@ -422,19 +448,32 @@ async fn allowed_images_criteria_judge_names_and_ages_by_the_given_clock() {
 }
 
 #[tokio::test]
-async fn a_failed_publish_is_an_error_and_leaves_no_mark() {
+async fn a_failed_publish_is_an_error_and_the_retry_alerts() {
     let account = TestAccount::new().await;
     let missing_topic = format!("arn:aws:sns:{}:{}:does-not-exist", account.region, account.account_id);
     let config = config(&missing_topic, &[("TRUSTED_IMAGE_PROVIDERS", "self")]);
     let instance = account.run_instance(RHEL_AMI, &[]).await;
 
-    let err = handle(&config, &clients(&account, &config), &state_change(&account, &instance, "running"), Utc::now())
-        .await
-        .unwrap_err();
+    let err =
+        handle(&config, &clients(&account, &config).await, &state_change(&account, &instance, "running"), &delivery())
+            .await
+            .unwrap_err();
 
     assert!(matches!(&err, Error::NotGuarded(failures) if failures[0].error.operation == "Publish"), "{err}");
-    assert!(!instance_tags(&account, &instance).await.contains_key(tags::ALERTED), "no mark: the retry must alert");
     assert_eq!(lambda_runtime::Diagnostic::from(err).error_type, "AlertNotSent");
+    // The claim was given back: the retry (to a topic that exists now) alerts.
+    let inbox = AlertInbox::new(&account, true).await;
+    let fixed = self::config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "self")]);
+    let retry = one(handle(
+        &fixed,
+        &clients(&account, &fixed).await,
+        &state_change(&account, &instance, "running"),
+        &delivery(),
+    )
+    .await
+    .unwrap());
+    assert!(retry.alert_message_id.is_some() && !retry.already_alerted);
+    assert_eq!(inbox.drain().await.len(), 1);
 }
 
 #[tokio::test]
@@ -442,7 +481,7 @@ async fn bad_input_is_an_error_that_sends_and_tags_nothing() {
     let account = TestAccount::new().await;
     let inbox = AlertInbox::new(&account, true).await;
     let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "stop")]);
-    let clients = clients(&account, &config);
+    let clients = clients(&account, &config).await;
     let instance = account.run_instance(RHEL_AMI, &[]).await;
     let mut wrong_type = state_change(&account, &instance, "running");
     wrong_type["detail"]["instance-id"] = json!(42);
@@ -450,14 +489,96 @@ async fn bad_input_is_an_error_that_sends_and_tags_nothing() {
     missing["detail"].as_object_mut().unwrap().remove("state");
 
     for payload in [json!("not an event"), json!({}), wrong_type, missing] {
-        let err = handle(&config, &clients, &payload, Utc::now()).await.unwrap_err();
+        let err = handle(&config, &clients, &payload, &delivery()).await.unwrap_err();
         assert!(matches!(err, Error::Event(_)), "{err}");
     }
     let stopped =
-        one(handle(&config, &clients, &state_change(&account, &instance, "stopped"), Utc::now()).await.unwrap());
+        one(handle(&config, &clients, &state_change(&account, &instance, "stopped"), &delivery()).await.unwrap());
     assert_eq!(stopped.outcome, Outcome::Skipped);
 
     assert!(inbox.drain().await.is_empty());
     assert!(!instance_tags(&account, &instance).await.keys().any(|k| tags::is_amiguard(k)));
     assert_eq!(instance_state(&account, &instance).await, "running");
+}
+
+// ---- the ledger: alert once, whatever the instance's tags ----
+
+/// The tags a launcher sets to look already alerted and already enforced.
+fn forged_tags(image: &str) -> [(&'static str, String); 2] {
+    [("amiguard:alerted", image.to_string()), (tags::UNTRUSTED_AMI, image.to_string())]
+}
+
+#[tokio::test]
+async fn preset_tags_silence_nothing_across_pending_running_redelivery_and_audit() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "tag")]);
+    let clients = clients(&account, &config).await;
+    let forged = forged_tags(RHEL_AMI);
+    let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let instance = account.run_instance(RHEL_AMI, &forged).await;
+
+    let pending =
+        one(handle(&config, &clients, &state_change(&account, &instance, "pending"), &delivery()).await.unwrap());
+    let running = state_change(&account, &instance, "running");
+    let later = one(handle(&config, &clients, &running, &delivery()).await.unwrap());
+    let redelivered = one(handle(&config, &clients, &running, &delivery()).await.unwrap());
+    let mut audit_event = sample_event("untrusted-ami-alert.scheduled-audit.json");
+    audit_event["account"] = json!(account.account_id);
+    let Report::Audit(audit) = handle(&config, &clients, &audit_event, &delivery()).await.unwrap() else {
+        panic!("not an audit")
+    };
+
+    assert!(pending.alert_message_id.is_some() && !pending.already_alerted, "the forged mark silences nothing");
+    assert!(later.already_alerted && redelivered.already_alerted);
+    assert_eq!((audit.untrusted.len(), audit.alerts_sent), (1, 0));
+    assert_eq!(inbox.drain().await.len(), 1, "exactly one alert");
+    for report in [&pending, &later, &redelivered] {
+        assert_eq!(
+            serde_json::to_value(report.enforcement).unwrap(),
+            "tagged",
+            "a pre-set tag does not skip enforcement"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_instance_with_fifty_tags_is_alerted_once_and_no_invocation_fails() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "tag")]);
+    let clients = clients(&account, &config).await;
+    let keys: Vec<String> = (0..50).map(|i| format!("team:tag-{i:02}")).collect();
+    let full: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "x")).collect();
+    let instance = account.run_instance(RHEL_AMI, &full).await;
+    let mut audit_event = sample_event("untrusted-ami-alert.scheduled-audit.json");
+    audit_event["account"] = json!(account.account_id);
+
+    let mut reports = Vec::new();
+    for state in ["pending", "running", "running"] {
+        reports.push(one(handle(&config, &clients, &state_change(&account, &instance, state), &delivery())
+            .await
+            .unwrap()));
+    }
+    for _ in 0..2 {
+        let Report::Audit(audit) = handle(&config, &clients, &audit_event, &delivery()).await.unwrap() else {
+            panic!("not an audit")
+        };
+        assert_eq!(audit.alerts_sent, 0);
+        assert!(audit.warnings.iter().any(|w| w.contains("TagLimitExceeded")), "{:?}", audit.warnings);
+    }
+
+    let alerts = inbox.drain().await;
+    assert_eq!(alerts.len(), 1, "one alert, no storm: {alerts:?}");
+    assert!(
+        alerts[0].body.contains("NOT TAGGED: the tag amiguard:untrusted-ami could not be written"),
+        "{}",
+        alerts[0].body
+    );
+    assert!(alerts[0].body.contains("TagLimitExceeded"));
+    for report in &reports {
+        assert_eq!(serde_json::to_value(report.enforcement).unwrap(), "tag-failed");
+        assert!(report.warnings.iter().any(|w| w.contains("TagLimitExceeded")), "{:?}", report.warnings);
+    }
+    assert!(!instance_tags(&account, &instance).await.contains_key(tags::UNTRUSTED_AMI));
 }

@@ -2,32 +2,39 @@
 //! behind in each configured region and deletes them (a dry run by default), keeping everything a
 //! safety rule protects and saying why. Optionally retires old, unused AMIs first.
 //!
-//! The handler gathers facts through [`SweeperEc2`], asks the pure planners in
-//! `amiguard::sweeper` what to do, acts, and returns a [`Report`]. Per region, in this order:
-//! list snapshots, then images (so an AMI registered in between is seen), then the Recycle Bin;
-//! any failed listing aborts that region with zero deletions. The invocation still answers with
-//! the report: an error is only for an event it must not act on.
+//! The decisions are `amiguard::sweeper` (the planners, the grace clock, and `records`: what the
+//! ledger remembers); its ports are [`SweeperEc2`], [`SummaryPublisher`] and the ledger
+//! (`amiguard::ledger`). Here: the handler, the events (`event`), deleting with the journal
+//! (`delete`), retirement (`retirement`), the configuration and the report.
+//!
+//! Per region, in this order: list snapshots, then images (so an AMI registered in between is
+//! seen), then the Recycle Bin, then the ledger; any failed listing or ledger read aborts that
+//! region with zero deletions. What changed is written to the ledger before anything is deleted.
+//! The invocation still answers with the report: an error is only for an event it must not act on.
 
 pub mod config;
+mod delete;
+pub mod event;
 pub mod report;
+mod retirement;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use amiguard::events::{parse_envelope, EventError};
-use amiguard::sweeper::{
-    plan, plan_retirement, ImageFacts, Orphan, PlanInput, Policy, RetireInput, RetirePolicy, SummaryPublisher,
-    SweeperEc2,
-};
+use amiguard::ledger::{keys, Item, LedgerStore};
+use amiguard::sweeper::records::{self, RegionMemory};
+use amiguard::sweeper::{plan, ImageFacts, PlanInput, Policy, SummaryPublisher, SweeperEc2};
 use chrono::{DateTime, Utc};
-use futures::stream::{self, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use amiguard::invocation::Invocation;
 pub use config::Config;
+pub use event::{ScheduledDetail, AMI_STATE_CHANGE, SCHEDULED_EVENT};
 pub use report::{FailedDeletion, RegionReport, Report, RetireOutcome, RetiredImage, FUNCTION};
 
-/// The only `detail-type` the sweeper acts on.
-pub const SCHEDULED_EVENT: &str = "Scheduled Event";
+use amiguard::events::EventError;
+use event::SweepEvent;
+
 /// Deletions in flight at once per region. The SDK's adaptive retry slows them further when
 /// EC2 throttles.
 pub const DELETE_CONCURRENCY: usize = 8;
@@ -35,57 +42,84 @@ pub const DELETE_CONCURRENCY: usize = 8;
 /// for the ones in flight (each bounded by the SDK's timeouts) and for the report.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(60);
 
-/// The `detail` of the scheduled event. Any object is accepted; `dry_run: true` forces a dry run
-/// (it can only make a run drier: `false` never overrides `DRY_RUN=true`).
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct ScheduledDetail {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dry_run: Option<bool>,
-}
-
-/// The facts of this invocation that are not in the event: the planners' clock and Lambda's
-/// deadline (`None` when unknown).
-#[derive(Debug, Clone, Copy)]
-pub struct Invocation {
-    pub now: DateTime<Utc>,
-    pub deadline: Option<SystemTime>,
-}
-
-impl Invocation {
-    /// From `LambdaEvent.context.deadline` (milliseconds since the epoch).
-    pub fn from_lambda_deadline(deadline_ms: u64) -> Self {
-        Self { now: Utc::now(), deadline: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(deadline_ms)) }
-    }
+/// The ports one invocation acts through.
+pub struct Ports<'a, E, P, L> {
+    /// One EC2 client per region of `REGIONS`, in order.
+    pub regions: &'a [(String, E)],
+    pub publisher: &'a P,
+    /// `None` without `LEDGER_TABLE`: a dry run then has no memory, a real run deletes nothing.
+    pub ledger: Option<&'a L>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
-    /// Not a scheduled event, or a malformed one: nothing was looked at or changed.
+    /// Not an event the sweeper answers, or a malformed one: nothing was looked at or changed.
     #[error(transparent)]
     Event(#[from] EventError),
+    /// An AMI event could not be recorded (the sweep will see the AMI gone by itself, later).
+    #[error("the AMI event could not be recorded in the ledger: {0}")]
+    Ledger(amiguard::AwsError),
 }
 
 impl From<SweepError> for lambda_runtime::Diagnostic {
     fn from(err: SweepError) -> Self {
         match err {
             SweepError::Event(e) => e.into(),
+            SweepError::Ledger(e) => e.into(),
         }
     }
 }
 
-/// One invocation: parse the event, sweep every region in order, publish and log the report.
-pub async fn handle<E, P>(
+/// What an invocation answers: a sweep's report, or what became of an AMI event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    Sweep(Box<Report>),
+    AmiEvent(AmiEventReport),
+}
+
+impl Response {
+    /// The sweep's report (`None` for an AMI event).
+    pub fn sweep(self) -> Option<Report> {
+        match self {
+            Self::Sweep(report) => Some(*report),
+            Self::AmiEvent(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AmiEventReport {
+    /// `recorded`, `already-recorded` (a redelivery) or `skipped`.
+    pub outcome: &'static str,
+    pub image_id: String,
+    pub region: String,
+    pub state: String,
+    pub time: DateTime<Utc>,
+    pub reason: Option<String>,
+}
+
+/// One invocation: a sweep (every region in order; publish and log the report), or the record
+/// of an AMI event.
+pub async fn handle<E, P, L>(
     config: &Config,
-    regions: &[(String, E)],
-    publisher: &P,
+    ports: &Ports<'_, E, P, L>,
     payload: &serde_json::Value,
-    invocation: Invocation,
-) -> Result<Report, SweepError>
+    invocation: &Invocation,
+) -> Result<Response, SweepError>
 where
     E: SweeperEc2,
     P: SummaryPublisher,
+    L: LedgerStore,
 {
-    let (account_id, detail) = parse_event(payload)?;
+    let (account_id, detail) = match event::parse(payload)? {
+        SweepEvent::Sweep { account_id, detail } => (account_id, detail),
+        SweepEvent::AmiStateChange { region, image_id, state, time, .. } => {
+            let report = record_ami_event(ports.ledger, region, image_id, state, time).await?;
+            amiguard::report::log(FUNCTION, &report);
+            return Ok(Response::AmiEvent(report));
+        }
+    };
     let dry_run = config.dry_run || detail.dry_run == Some(true);
     let mut warnings = Vec::new();
     let deadline = match invocation.deadline {
@@ -97,30 +131,56 @@ where
         }
         other => other,
     };
-    let run = Run { config, account_id: &account_id, dry_run, now: invocation.now, deadline };
+    let ledger = match ports.ledger {
+        None if dry_run => {
+            warnings.push("no ledger is configured (LEDGER_TABLE): every orphan counts as first seen now".into());
+            Ledger::Absent
+        }
+        None => Ledger::Refused("no ledger is configured (LEDGER_TABLE): nothing is deleted without it".into()),
+        Some(store) => match store.last(&keys::runs(FUNCTION)).await {
+            Ok(previous) => Ledger::Ready { store, previous_run: previous.and_then(|run| run.time("started_at")) },
+            Err(err) => Ledger::Refused(format!("the ledger could not be read ({err}): nothing is deleted without it")),
+        },
+    };
+    let run = Run {
+        config,
+        account_id: &account_id,
+        dry_run,
+        invocation,
+        deadline,
+        ledger,
+        ledger_failed: Default::default(),
+    };
 
     let mut budget = u64::from(config.max_deletions);
     let mut region_reports = Vec::new();
     let mut retired_images = Vec::new();
-    for (region, ec2) in regions {
+    for (region, ec2) in ports.regions {
         let swept = run.sweep_region(region, ec2, &mut budget, &mut retired_images, &mut warnings).await;
         region_reports.push(swept);
     }
-    let totals = report::totals(&region_reports, &retired_images, config.price_per_gb_month);
+    region_reports.iter_mut().for_each(RegionReport::count);
     let mut report = Report {
         dry_run,
-        account_id,
+        account_id: account_id.clone(),
+        run_id: invocation.request_id.clone(),
         started_at: invocation.now,
+        totals: report::totals(&region_reports, &retired_images, config.price_per_gb_month),
         regions: region_reports,
         retired_images,
-        totals,
         warnings,
+        full_lists: run.store().map(|store| report::full_lists(store.table(), &invocation.request_id)),
         summary_published: None,
     };
-
+    if let Ledger::Ready { store, .. } = &run.ledger {
+        if let Err(err) = store.put(&report::run_item(&report), &amiguard::ledger::Condition::Always).await {
+            report.warnings.push(format!("the run's summary could not be written to the ledger: {err}"));
+        }
+    }
+    report.bound();
     if let Some(topic) = &config.report_topic_arn {
         let published =
-            publisher.publish(topic, &report::summary_subject(&report), &report::summary_text(&report)).await;
+            ports.publisher.publish(topic, &report::summary_subject(&report), &report::summary_text(&report)).await;
         if let Err(err) = &published {
             report.warnings.push(format!("the summary could not be published to {topic}: {err}"));
         }
@@ -128,56 +188,76 @@ where
     }
     amiguard::report::log(FUNCTION, &report);
     println!("{}", report::emf(&report, Utc::now()));
+    Ok(Response::Sweep(Box::new(report)))
+}
+
+/// Records an AMI's deregistration; other states concern the sweep not at all.
+async fn record_ami_event<L: LedgerStore>(
+    ledger: Option<&L>,
+    region: String,
+    image_id: String,
+    state: String,
+    time: DateTime<Utc>,
+) -> Result<AmiEventReport, SweepError> {
+    let mut report = AmiEventReport { outcome: "skipped", image_id, region, state, time, reason: None };
+    if report.state != "deregistered" {
+        report.reason = Some(format!("state {}: only deregistered starts an orphan's clock", report.state));
+        return Ok(report);
+    }
+    let Some(store) = ledger else {
+        report.reason = Some("no ledger is configured (LEDGER_TABLE): the sweep sees the AMI gone itself".into());
+        return Ok(report);
+    };
+    let new = records::record_deregistration(store, &report.region, &report.image_id, time)
+        .await
+        .map_err(SweepError::Ledger)?;
+    report.outcome = if new { "recorded" } else { "already-recorded" };
     Ok(report)
 }
 
-/// The account and detail of a `Scheduled Event`; anything else is refused before any AWS call.
-fn parse_event(payload: &serde_json::Value) -> Result<(String, ScheduledDetail), EventError> {
-    let detail_type = payload.get("detail-type");
-    if detail_type.and_then(|d| d.as_str()) != Some(SCHEDULED_EVENT) {
-        let got = detail_type.map_or_else(|| "no detail-type".to_string(), |d| format!("detail-type {d}"));
-        return Err(EventError::Unexpected(format!(
-            "orphan-snapshot-sweeper acts only on an EventBridge `{SCHEDULED_EVENT}`, got {got}; nothing was done"
-        )));
-    }
-    let event = parse_envelope::<ScheduledDetail>(payload)?;
-    let account = event.account.unwrap_or_default();
-    if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
-        return Err(EventError::Malformed(format!(
-            "`account` must be the 12-digit id of the account to sweep, got {account:?}"
-        )));
-    }
-    Ok((account, event.detail))
+/// The ledger, as this invocation can use it.
+enum Ledger<'a, L> {
+    /// Read and written; `previous_run` is when the last sweep started.
+    Ready { store: &'a L, previous_run: Option<DateTime<Utc>> },
+    /// A dry run without a ledger: no memory, nothing written.
+    Absent,
+    /// Unusable for a run that would delete: every region is aborted with this reason.
+    Refused(String),
 }
 
 /// What every region of one invocation shares.
-struct Run<'a> {
+struct Run<'a, L> {
     config: &'a Config,
     account_id: &'a str,
     dry_run: bool,
-    now: DateTime<Utc>,
+    invocation: &'a Invocation,
     deadline: Option<SystemTime>,
+    ledger: Ledger<'a, L>,
+    /// Set when a ledger write failed: the regions after it delete nothing either.
+    ledger_failed: std::sync::Mutex<Option<String>>,
 }
 
-/// What deleting one snapshot came to.
-enum Deletion {
-    Deleted(String),
-    AlreadyGone(String),
-    Failed(FailedDeletion),
-    NotStarted(String),
-}
-
-/// What the retirement step of one region decided and did.
-struct Retirement {
-    /// The images gone (or, in a dry run, that would be): their snapshots become orphans.
-    retired: Vec<ImageFacts>,
-    /// Whether any image was really deregistered (the Recycle Bin may have taken it).
-    deregistered_any: bool,
-}
-
-impl Run<'_> {
+impl<L: LedgerStore> Run<'_, L> {
     fn deadline_is_near(&self) -> bool {
         self.deadline.is_some_and(|at| SystemTime::now() + DEADLINE_MARGIN >= at)
+    }
+
+    fn store(&self) -> Option<&L> {
+        match self.ledger {
+            Ledger::Ready { store, .. } => Some(store),
+            _ => None,
+        }
+    }
+
+    /// Remembers that the ledger failed, so that no later region deletes without it.
+    fn ledger_broke(&self, err: &amiguard::AwsError) {
+        if let Ok(mut failed) = self.ledger_failed.lock() {
+            failed.get_or_insert_with(|| err.to_string());
+        }
+    }
+
+    fn ledger_failure(&self) -> Option<String> {
+        self.ledger_failed.lock().ok().and_then(|failed| failed.clone())
     }
 
     async fn sweep_region<E: SweeperEc2>(
@@ -189,40 +269,66 @@ impl Run<'_> {
         warnings: &mut Vec<String>,
     ) -> RegionReport {
         let mut report = RegionReport::new(region);
-        let aborted = |mut report: RegionReport, what: &str, err: amiguard::AwsError| {
+        let aborted = |mut report: RegionReport, what: &str, err: &dyn std::fmt::Display| {
             tracing::warn!(region, error = %err, "{what} failed: region aborted, nothing deleted");
             report.aborted = Some(format!("{what} failed, nothing deleted in this region: {err}"));
             report
         };
+        if let Ledger::Refused(reason) = &self.ledger {
+            report.aborted = Some(reason.clone());
+            return report;
+        }
+        if let Some(err) = self.ledger_failure() {
+            report.aborted = Some(format!("the ledger failed earlier in this run ({err}): nothing deleted without it"));
+            return report;
+        }
         let snapshots = match ec2.snapshots(&self.config.protect_tag).await {
             Ok(snapshots) => snapshots,
-            Err(err) => return aborted(report, "listing snapshots", err),
+            Err(err) => return aborted(report, "listing snapshots", &err),
         };
         report.snapshots_scanned = snapshots.len() as u64;
         let images = match ec2.images(&self.config.protect_tag).await {
             Ok(images) => images,
-            Err(err) => return aborted(report, "listing images", err),
+            Err(err) => return aborted(report, "listing images", &err),
         };
         report.images_scanned = images.len() as u64;
         let mut binned = BTreeSet::new();
         if self.config.recycle_bin_check {
             binned = match ec2.images_in_recycle_bin().await {
                 Ok(binned) => binned,
-                Err(err) => return aborted(report, "listing the Recycle Bin", err),
+                Err(err) => return aborted(report, "listing the Recycle Bin", &err),
             };
         }
+        let RegionMemory { mut memory, image_writes } = match &self.ledger {
+            Ledger::Ready { store, previous_run } => {
+                match records::read_region(*store, region, &images, self.invocation.now, *previous_run).await {
+                    Ok(memory) => memory,
+                    Err(err) => {
+                        self.ledger_broke(&err);
+                        return aborted(report, "reading the ledger", &err);
+                    }
+                }
+            }
+            _ => RegionMemory::default(),
+        };
 
         let mut retired = Vec::new();
+        let mut journal = Vec::new();
         if let Some(days) = self.config.retire_unused_amis_after_days {
-            let retirement = self.retire(region, ec2, &images, days, budget, &mut report, retired_out, warnings).await;
+            let retirement =
+                self.retire(region, ec2, &images, days, budget, &mut report, retired_out, &mut journal, warnings).await;
             if retirement.deregistered_any && self.config.recycle_bin_check {
                 // A retention rule may have put the images just deregistered in the Recycle Bin.
                 binned = match ec2.images_in_recycle_bin().await {
                     Ok(binned) => binned,
-                    Err(err) => return aborted(report, "listing the Recycle Bin after retiring images", err),
+                    Err(err) => return aborted(report, "listing the Recycle Bin after retiring images", &err),
                 };
             }
             retired = retirement.retired;
+        }
+        for image in &retired {
+            // Deregistered by this run: its snapshots' clock starts now.
+            memory.deregistered_at.insert(image.image_id.clone(), self.invocation.now);
         }
         let retired_ids: BTreeSet<&str> = retired.iter().map(|i| i.image_id.as_str()).collect();
         let live: Vec<ImageFacts> =
@@ -234,166 +340,40 @@ impl Run<'_> {
         };
         let input = PlanInput {
             account_id: self.account_id,
-            now: self.now,
+            now: self.invocation.now,
             snapshots: &snapshots,
             images: &live,
             retired_images: &retired,
             images_in_recycle_bin: &binned,
             budget: *budget,
+            memory: &memory,
         };
         let plan = plan(&input, &policy);
-        *budget = budget.saturating_sub(plan.to_delete.len() as u64);
-        report.snapshots_scanned = plan.snapshots_scanned;
-        report.planned_deletions = plan.to_delete.len() as u64;
-        report.kept = plan.kept;
-        report.unreferenced_manual = plan.unreferenced_manual;
-        report.reclaimable_gib = plan.reclaimable_gib;
-        report.estimated_monthly_savings_usd =
-            report::monthly_cost(plan.reclaimable_gib, self.config.price_per_gb_month);
-        report.orphans = plan.orphans;
-        if let Some(trip) = plan.circuit_breaker {
+        if let Some(trip) = &plan.circuit_breaker {
             tracing::warn!(region, %trip, "circuit breaker tripped");
             report.aborted = Some(trip.to_string());
         }
-        if !self.dry_run {
-            for outcome in self.delete(ec2, &plan.to_delete).await {
-                match outcome {
-                    Deletion::Deleted(id) => report.deleted.push(id),
-                    Deletion::AlreadyGone(id) => report.already_gone.push(id),
-                    Deletion::Failed(failed) => report.failed.push(failed),
-                    Deletion::NotStarted(id) => report.left_for_next_run.push(id),
-                }
+        // What this sweep saw is written before anything is deleted: a deletion never outruns
+        // the memory that justifies it.
+        if let Some(store) = self.store() {
+            let candidates: Vec<&amiguard::sweeper::Orphan> = plan.orphans.iter().chain(&plan.waiting).collect();
+            let (orphan_puts, orphan_deletes) = records::orphan_writes(region, &candidates, &memory.orphaned_since);
+            let mut puts: Vec<Item> = image_writes;
+            puts.extend(orphan_puts);
+            puts.extend(journal.iter().map(|entry: &amiguard::ledger::journal::JournalEntry| entry.to_item()));
+            report.ledger_writes = (puts.len() + orphan_deletes.len()) as u64;
+            if let Err(err) = store.write_batch(puts, orphan_deletes).await {
+                self.ledger_broke(&err);
+                report.fill_from_plan(&plan, self.config.price_per_gb_month);
+                return aborted(report, "writing the ledger", &err);
             }
-            report.deleted.sort();
-            report.already_gone.sort();
-            report.failed.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
-            report.left_for_next_run.sort();
+        }
+        *budget = budget.saturating_sub(plan.to_delete.len() as u64);
+        report.fill_from_plan(&plan, self.config.price_per_gb_month);
+        if !self.dry_run {
+            self.delete(region, ec2, &plan.to_delete, &mut report, warnings).await;
         }
         report
-    }
-
-    /// Deletes `orphans` with bounded concurrency. A deletion that has not started when the
-    /// deadline is near is not started at all.
-    async fn delete<E: SweeperEc2>(&self, ec2: &E, orphans: &[Orphan]) -> Vec<Deletion> {
-        stream::iter(orphans)
-            .map(|orphan| async move {
-                let id = orphan.snapshot_id.to_string();
-                if self.deadline_is_near() {
-                    return Deletion::NotStarted(id);
-                }
-                match ec2.delete_snapshot(&id).await {
-                    Ok(()) => Deletion::Deleted(id),
-                    Err(err) if err.has_code("InvalidSnapshot.NotFound") => Deletion::AlreadyGone(id),
-                    Err(err) => {
-                        tracing::warn!(snapshot_id = %id, error = %err, "delete failed");
-                        Deletion::Failed(FailedDeletion { snapshot_id: id, code: err.code, message: err.message })
-                    }
-                }
-            })
-            .buffer_unordered(DELETE_CONCURRENCY)
-            .collect()
-            .await
-    }
-
-    /// Plans and (unless a dry run) deregisters this region's unused AMIs. A listing it needs that
-    /// fails skips retirement in the region (`retirement_skipped`); the sweep goes on.
-    #[allow(clippy::too_many_arguments)]
-    async fn retire<E: SweeperEc2>(
-        &self,
-        region: &str,
-        ec2: &E,
-        images: &[ImageFacts],
-        days: u32,
-        budget: &mut u64,
-        report: &mut RegionReport,
-        retired_out: &mut Vec<RetiredImage>,
-        warnings: &mut Vec<String>,
-    ) -> Retirement {
-        let mut retirement = Retirement { retired: Vec::new(), deregistered_any: false };
-        let used_by_instances = match ec2.images_used_by_instances().await {
-            Ok(ids) => ids,
-            Err(err) => {
-                report.retirement_skipped = Some(format!("listing instances failed: {err}"));
-                return retirement;
-            }
-        };
-        let templates = match ec2.launch_template_images().await {
-            Ok(templates) => templates,
-            Err(err) => {
-                report.retirement_skipped = Some(format!("listing launch template versions failed: {err}"));
-                return retirement;
-            }
-        };
-        if !templates.unresolved.is_empty() {
-            report.retirement_skipped = Some(format!(
-                "cannot tell which AMIs these launch template versions use: {}",
-                templates.unresolved.join("; ")
-            ));
-            return retirement;
-        }
-        let policy = RetirePolicy {
-            unused_for: chrono::Duration::days(i64::from(days)),
-            protect_tag: self.config.protect_tag.clone(),
-            max_delete_fraction: self.config.max_delete_fraction,
-        };
-        let unknown = BTreeMap::new();
-        let input = RetireInput {
-            account_id: self.account_id,
-            now: self.now,
-            images,
-            used_by_instances: &used_by_instances,
-            used_by_launch_templates: &templates.image_ids,
-            sharing: &unknown,
-            budget: *budget,
-        };
-        // Launch permissions are read only for the images that pass every other rule.
-        let mut sharing = BTreeMap::new();
-        for image_id in plan_retirement(&input, &policy).sharing_to_check {
-            match ec2.is_image_shared(&image_id).await {
-                Ok(shared) => {
-                    sharing.insert(image_id, shared);
-                }
-                Err(err) => {
-                    warnings.push(format!("{region}: {image_id} kept: its launch permissions could not be read: {err}"))
-                }
-            }
-        }
-        let plan = plan_retirement(&RetireInput { sharing: &sharing, ..input }, &policy);
-        *budget = budget.saturating_sub(plan.to_retire.len() as u64);
-        report.images_kept = plan.kept;
-        if let Some(trip) = plan.circuit_breaker {
-            report.retirement_skipped = Some(format!("{trip} (images)"));
-        }
-        for image in plan.to_retire {
-            let (outcome, error) = if self.dry_run {
-                (RetireOutcome::DryRun, None)
-            } else if self.deadline_is_near() {
-                (RetireOutcome::LeftForNextRun, None)
-            } else {
-                match ec2.deregister_image(&image.image_id).await {
-                    Ok(()) => (RetireOutcome::Deregistered, None),
-                    Err(err) if err.is_not_found() || err.has_code("InvalidAMIID.Unavailable") => {
-                        (RetireOutcome::AlreadyGone, None)
-                    }
-                    Err(err) => (RetireOutcome::Failed, Some(err)),
-                }
-            };
-            retired_out.push(RetiredImage {
-                region: region.to_string(),
-                image_id: image.image_id.to_string(),
-                name: image.name.clone(),
-                creation_date: image.creation_date,
-                snapshot_ids: image.snapshot_ids.iter().map(ToString::to_string).collect(),
-                outcome,
-                code: error.as_ref().map(|e| e.code.clone()),
-                message: error.map(|e| e.message),
-            });
-            retirement.deregistered_any |= outcome == RetireOutcome::Deregistered;
-            if matches!(outcome, RetireOutcome::Deregistered | RetireOutcome::AlreadyGone | RetireOutcome::DryRun) {
-                retirement.retired.push(image);
-            }
-        }
-        retirement
     }
 }
 

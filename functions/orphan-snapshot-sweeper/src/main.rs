@@ -1,14 +1,21 @@
-//! The Lambda binary: configuration, one EC2 client per region and the SNS client, built once.
+//! The Lambda binary: configuration, one EC2 client per region, the SNS client and the ledger,
+//! built once.
 
 use amiguard::config::ProcessEnv;
+use amiguard::invocation::Invocation;
+use amiguard::ledger::dynamo::DynamoLedger;
 use aws_config::Region;
 use lambda_runtime::{service_fn, LambdaEvent};
-use orphan_snapshot_sweeper::{handle, Config, Invocation};
+use orphan_snapshot_sweeper::{handle, Config, Ports};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env(&ProcessEnv).inspect_err(|err| tracing::error!(%err, "invalid configuration"))?;
+    let table = amiguard::ledger::table_name(&ProcessEnv)?;
+    if table.is_none() {
+        tracing::warn!("LEDGER_TABLE is not set: dry runs have no memory, and nothing is ever deleted");
+    }
     let sdk_config = amiguard::sdk::load().await;
     let regions: Vec<(String, aws_sdk_ec2::Client)> = config
         .regions
@@ -24,11 +31,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         sns = sns.region(Region::new(region.to_string()));
     }
     let sns = aws_sdk_sns::Client::from_conf(sns.build());
+    let ledger = table.map(|table| DynamoLedger::from_conf(&sdk_config, table));
+    let ports = Ports { regions: &regions, publisher: &sns, ledger: ledger.as_ref() };
 
     lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
-        let invocation = Invocation::from_lambda_deadline(event.context.deadline);
-        let (config, regions, sns) = (&config, &regions, &sns);
-        async move { handle(config, regions, sns, &event.payload, invocation).await }
+        let invocation = Invocation::from_context(&event.context);
+        let (config, ports) = (&config, &ports);
+        async move { handle(config, ports, &event.payload, &invocation).await }
     }))
     .await
 }

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use amiguard::sweeper::{ImageKeepReason, KeepReason, ManualSnapshots, Orphan};
-use chrono::{DateTime, Utc};
+use amiguard::ledger::{keys, Item, TTL_ATTRIBUTE};
+use amiguard::sweeper::{ImageKeepReason, KeepReason, ManualSnapshots, Orphan, Plan};
+use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -13,18 +14,49 @@ pub const FUNCTION: &str = "orphan-snapshot-sweeper";
 /// The CloudWatch namespace of the EMF metrics.
 pub const METRICS_NAMESPACE: &str = "amiguard";
 
+/// The most entries any list of the report shows (fewer when the report would not fit one log
+/// event); the counts are always whole, and the full lists are in the ledger.
+pub const LIST_LIMIT: usize = 200;
+/// CloudWatch Logs takes events of up to 256 KB: the logged report stays under this.
+pub const MAX_REPORT_BYTES: usize = 200_000;
+/// How long a run's summary stays in the ledger.
+pub const KEEP_RUN_SUMMARY: Duration = Duration::days(400);
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     pub dry_run: bool,
     pub account_id: String,
+    /// The Lambda request id: the journal's key (`pk = run#<run_id>`).
+    pub run_id: String,
     pub started_at: DateTime<Utc>,
     pub regions: Vec<RegionReport>,
     pub retired_images: Vec<RetiredImage>,
     pub totals: Totals,
     /// Things worth a look that did not stop the run (a summary that could not be published, ...).
     pub warnings: Vec<String>,
+    /// Where the full lists are, when the report's lists are cut to fit (see `counts`).
+    pub full_lists: Option<String>,
     /// `null` without `REPORT_TOPIC_ARN`; otherwise whether SNS accepted the summary.
     pub summary_published: Option<bool>,
+}
+
+/// A waiting orphan: deletable once amiguard has seen it orphaned for `MIN_AGE_HOURS`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaitingOrphan {
+    #[serde(flatten)]
+    pub orphan: Orphan,
+    pub deletable_after: DateTime<Utc>,
+}
+
+/// The whole length of each list of a region report (the lists themselves may be cut).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ListCounts {
+    pub orphans: u64,
+    pub waiting: u64,
+    pub deleted: u64,
+    pub already_gone: u64,
+    pub failed: u64,
+    pub left_for_next_run: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -32,8 +64,11 @@ pub struct RegionReport {
     pub region: String,
     pub snapshots_scanned: u64,
     pub images_scanned: u64,
-    /// Every orphan found, oldest first (also those beyond the cap or held by the breaker).
+    /// Every orphan past its grace period, oldest first (also those beyond the cap or held by
+    /// the breaker).
     pub orphans: Vec<Orphan>,
+    /// Orphans in their grace period, with the time each becomes deletable (soonest first).
+    pub waiting: Vec<WaitingOrphan>,
     /// How many of the orphans this run set out to delete (in a dry run: would delete).
     pub planned_deletions: u64,
     /// Deletions AWS confirmed. Nothing else is ever counted as deleted.
@@ -54,6 +89,10 @@ pub struct RegionReport {
     pub images_kept: BTreeMap<ImageKeepReason, u64>,
     /// With `RETIRE_UNUSED_AMIS_AFTER_DAYS`: why no image was retired in this region, or `null`.
     pub retirement_skipped: Option<String>,
+    /// Items this sweep wrote to the ledger for the region before deleting (0 when nothing changed).
+    pub ledger_writes: u64,
+    /// The whole length of each list above.
+    pub counts: ListCounts,
 }
 
 impl RegionReport {
@@ -63,6 +102,7 @@ impl RegionReport {
             snapshots_scanned: 0,
             images_scanned: 0,
             orphans: Vec::new(),
+            waiting: Vec::new(),
             planned_deletions: 0,
             deleted: Vec::new(),
             already_gone: Vec::new(),
@@ -75,8 +115,98 @@ impl RegionReport {
             aborted: None,
             images_kept: BTreeMap::new(),
             retirement_skipped: None,
+            ledger_writes: 0,
+            counts: ListCounts::default(),
         }
     }
+
+    /// What the plan found, as the report says it.
+    pub fn fill_from_plan(&mut self, plan: &Plan, price_per_gb_month: f64) {
+        self.snapshots_scanned = plan.snapshots_scanned;
+        self.planned_deletions = plan.to_delete.len() as u64;
+        self.kept = plan.kept.clone();
+        self.unreferenced_manual = plan.unreferenced_manual;
+        self.reclaimable_gib = plan.reclaimable_gib;
+        self.estimated_monthly_savings_usd = monthly_cost(plan.reclaimable_gib, price_per_gb_month);
+        self.orphans = plan.orphans.clone();
+        self.waiting = plan
+            .waiting
+            .iter()
+            .map(|orphan| WaitingOrphan {
+                orphan: orphan.clone(),
+                deletable_after: amiguard::sweeper::grace::deletable_after(orphan.orphaned_since, plan.min_age),
+            })
+            .collect();
+    }
+
+    /// Takes the whole length of each list (before [`Report::bound`] cuts them).
+    pub fn count(&mut self) {
+        self.counts = ListCounts {
+            orphans: self.orphans.len() as u64,
+            waiting: self.waiting.len() as u64,
+            deleted: self.deleted.len() as u64,
+            already_gone: self.already_gone.len() as u64,
+            failed: self.failed.len() as u64,
+            left_for_next_run: self.left_for_next_run.len() as u64,
+        };
+    }
+
+    fn cut(&mut self, limit: usize) {
+        self.orphans.truncate(limit);
+        self.waiting.truncate(limit);
+        self.deleted.truncate(limit);
+        self.already_gone.truncate(limit);
+        self.failed.truncate(limit);
+        self.left_for_next_run.truncate(limit);
+    }
+}
+
+impl Report {
+    /// Cuts every list to what fits one log event (at most [`LIST_LIMIT`] entries each, fewer
+    /// for a large run), after the counts and totals were taken from the whole lists.
+    pub fn bound(&mut self) {
+        let mut limit = LIST_LIMIT;
+        loop {
+            for region in &mut self.regions {
+                region.cut(limit);
+            }
+            self.retired_images.truncate(limit);
+            let size = serde_json::to_string(self).map_or(0, |json| json.len());
+            if size <= MAX_REPORT_BYTES || limit == 0 {
+                break;
+            }
+            limit /= 2;
+        }
+    }
+}
+
+/// Where the full lists of a run are, in the ledger.
+pub fn full_lists(table: &str, run_id: &str) -> String {
+    format!(
+        "ledger table {table}: every deletion of this run under pk {}, every orphan and its clock under pk orphans#<region>",
+        keys::run(run_id)
+    )
+}
+
+/// The run's summary in the ledger (`pk = runs#orphan-snapshot-sweeper`): the one item an
+/// unchanged account's sweep writes; the next run reads its start time.
+pub fn run_item(report: &Report) -> Item {
+    let t = &report.totals;
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let started = amiguard::ledger::store::format_time(report.started_at);
+    Item::new(keys::runs(FUNCTION), keys::run_summary(&started, &report.run_id))
+        .with_s("kind", "run")
+        .with_s("run_id", &report.run_id)
+        .with_time("started_at", report.started_at)
+        .with("dry_run", amiguard::ledger::Value::Bool(report.dry_run))
+        .with_n("orphans", count(t.orphans))
+        .with_n("waiting", count(t.waiting))
+        .with_n("deleted", count(t.deleted))
+        .with_n("failed", count(t.failed))
+        .with_n("regions_aborted", count(t.regions_aborted))
+        .with_n("reclaimable_gib", count(t.reclaimable_gib))
+        .with_n("images_retired", count(t.images_retired))
+        .with_n(TTL_ATTRIBUTE, (report.started_at + KEEP_RUN_SUMMARY).timestamp())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,6 +247,8 @@ pub enum RetireOutcome {
 pub struct Totals {
     pub snapshots_scanned: u64,
     pub orphans: u64,
+    /// Orphans in their grace period.
+    pub waiting: u64,
     pub planned_deletions: u64,
     pub deleted: u64,
     pub already_gone: u64,
@@ -139,12 +271,13 @@ pub fn totals(regions: &[RegionReport], retired: &[RetiredImage], price_per_gb_m
     let mut t = Totals::default();
     for r in regions {
         t.snapshots_scanned += r.snapshots_scanned;
-        t.orphans += r.orphans.len() as u64;
+        t.orphans += r.counts.orphans;
+        t.waiting += r.counts.waiting;
         t.planned_deletions += r.planned_deletions;
-        t.deleted += r.deleted.len() as u64;
-        t.already_gone += r.already_gone.len() as u64;
-        t.failed += r.failed.len() as u64;
-        t.left_for_next_run += r.left_for_next_run.len() as u64;
+        t.deleted += r.counts.deleted;
+        t.already_gone += r.counts.already_gone;
+        t.failed += r.counts.failed;
+        t.left_for_next_run += r.counts.left_for_next_run;
         t.reclaimable_gib += r.reclaimable_gib;
         t.unreferenced_manual_count += r.unreferenced_manual.count;
         t.unreferenced_manual_gib += r.unreferenced_manual.gib;
@@ -235,15 +368,23 @@ pub fn summary_text(report: &Report) -> String {
             "  {} snapshots, {} images scanned; {} orphans ({} GiB, up to ${:.2}/month); {} planned, {} deleted, {} already gone, {} failed, {} left for the next run",
             r.snapshots_scanned,
             r.images_scanned,
-            r.orphans.len(),
+            r.counts.orphans,
             r.reclaimable_gib,
             r.estimated_monthly_savings_usd,
             r.planned_deletions,
-            r.deleted.len(),
-            r.already_gone.len(),
-            r.failed.len(),
-            r.left_for_next_run.len()
+            r.counts.deleted,
+            r.counts.already_gone,
+            r.counts.failed,
+            r.counts.left_for_next_run
         );
+        if let Some(first) = r.waiting.first() {
+            let _ = writeln!(
+                text,
+                "  {} orphans in their grace period (amiguard saw them orphaned less than MIN_AGE_HOURS ago); the first becomes deletable at {}",
+                r.counts.waiting,
+                first.deletable_after.to_rfc3339()
+            );
+        }
         if !r.kept.is_empty() {
             let kept: Vec<String> = r.kept.iter().map(|(reason, n)| format!("{} {n}", json_name(reason))).collect();
             let _ = writeln!(text, "  kept: {}", kept.join(", "));
@@ -303,6 +444,7 @@ mod tests {
             size_gib: 30,
             source_image_id: "ami-0a".into(),
             start_time: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+            orphaned_since: Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap(),
         }];
         r.planned_deletions = 1;
         r.failed = vec![FailedDeletion {
@@ -316,11 +458,14 @@ mod tests {
         r.estimated_monthly_savings_usd = 1.5;
         let mut aborted = RegionReport::new("eu-west-1");
         aborted.aborted = Some("listing images failed".into());
-        let regions = vec![r, aborted];
+        let mut regions = vec![r, aborted];
+        regions.iter_mut().for_each(RegionReport::count);
         let totals = totals(&regions, &[], 0.05);
         Report {
             dry_run: false,
             account_id: "123456789012".into(),
+            run_id: "r-1".into(),
+            full_lists: None,
             started_at: Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap(),
             regions,
             retired_images: vec![],
@@ -360,7 +505,7 @@ mod tests {
         }
         assert_eq!(
             region["orphans"][0],
-            json!({"snapshot_id": "snap-01", "size_gib": 30, "source_image_id": "ami-0a", "start_time": "2026-01-01T00:00:00Z"})
+            json!({"snapshot_id": "snap-01", "size_gib": 30, "source_image_id": "ami-0a", "start_time": "2026-01-01T00:00:00Z", "orphaned_since": "2026-05-01T00:00:00Z"})
         );
         assert_eq!(
             region["failed"][0],

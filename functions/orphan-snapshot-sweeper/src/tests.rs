@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+use amiguard::ledger::memory::MemoryLedger;
+use amiguard::ledger::{keys, Item};
 use amiguard::sweeper::{ImageKeepReason, KeepReason, LaunchTemplateImages, SnapshotFacts, SnapshotListing};
 use amiguard::tags::{self, Tag};
 use amiguard::AwsError;
@@ -22,7 +24,45 @@ fn now() -> DateTime<Utc> {
 }
 
 fn invocation() -> Invocation {
-    Invocation { now: now(), deadline: Some(SystemTime::now() + Duration::from_secs(900)) }
+    Invocation { request_id: "r-test".into(), now: now(), deadline: Some(SystemTime::now() + Duration::from_secs(900)) }
+}
+
+/// How long ago the ledger saw the tests' orphans orphaned (established orphans: past the grace).
+const SEEN_ORPHANED_DAYS: i64 = 3;
+
+/// A ledger in which the snapshots `ids` of `region` were seen orphaned `SEEN_ORPHANED_DAYS` ago.
+fn ledger_seen(region: &str, ids: impl IntoIterator<Item = String>) -> MemoryLedger {
+    let ledger = MemoryLedger::new();
+    for id in ids {
+        ledger.insert(
+            Item::new(keys::orphans(region), id)
+                .with_time("first_seen", now() - chrono::Duration::days(SEEN_ORPHANED_DAYS)),
+        );
+    }
+    ledger
+}
+
+/// Sweeps `regions` with a ledger that saw every listed snapshot orphaned days ago.
+async fn sweep_with<E: SweeperEc2 + Listed>(
+    config: &Config,
+    regions: &[(String, E)],
+    publisher: &FakeSns,
+    payload: &Value,
+    invocation: Invocation,
+) -> Result<Report, SweepError> {
+    let ledger = MemoryLedger::new();
+    for (region, ec2) in regions {
+        for item in ledger_seen(region, ec2.listed()).items() {
+            ledger.insert(item);
+        }
+    }
+    let ports = Ports { regions, publisher, ledger: Some(&ledger) };
+    handle(config, &ports, payload, &invocation).await.map(|response| response.sweep().expect("a sweep's report"))
+}
+
+/// The snapshot ids a test region lists.
+trait Listed {
+    fn listed(&self) -> Vec<String>;
 }
 
 fn config() -> Config {
@@ -117,6 +157,12 @@ impl FakeEc2 {
     }
 }
 
+impl Listed for FakeEc2 {
+    fn listed(&self) -> Vec<String> {
+        self.snapshots.iter().map(|s| s.snapshot_id.clone()).collect()
+    }
+}
+
 impl SweeperEc2 for FakeEc2 {
     async fn snapshots(&self, protect_tag: &str) -> Result<Vec<SnapshotFacts>, AwsError> {
         let read = || self.snapshots.iter().map(|s| SnapshotFacts::read(s, protect_tag)).collect();
@@ -171,7 +217,7 @@ impl SummaryPublisher for FakeSns {
 
 async fn sweep(config: &Config, ec2: FakeEc2) -> (Report, FakeEc2) {
     let regions = vec![("us-east-1".to_string(), ec2)];
-    let report = handle(config, &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
+    let report = sweep_with(config, &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
     let (_, ec2) = regions.into_iter().next().unwrap();
     (report, ec2)
 }
@@ -186,7 +232,7 @@ async fn anything_but_a_scheduled_event_is_refused_before_any_call() {
     let state_change = json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2",
         "account": ACCOUNT, "detail": {"instance-id": "i-1", "state": "stopped"}});
     for payload in [json!({}), json!([]), json!("Scheduled Event"), json!(null), state_change] {
-        let err = handle(&config(), &regions, &sns, &payload, invocation()).await.unwrap_err();
+        let err = sweep_with(&config(), &regions, &sns, &payload, invocation()).await.unwrap_err();
         let SweepError::Event(EventError::Unexpected(message)) = &err else { panic!("{err:?}") };
         assert!(message.contains("Scheduled Event"), "{message}");
         let diagnostic = lambda_runtime::Diagnostic::from(err);
@@ -195,7 +241,7 @@ async fn anything_but_a_scheduled_event_is_refused_before_any_call() {
     let mut no_account = event(json!({}));
     no_account.as_object_mut().unwrap().remove("account");
     for payload in [event(Value::Null), event(json!("x")), event(json!({"dry_run": "yes"})), no_account] {
-        let err = handle(&config(), &regions, &sns, &payload, invocation()).await.unwrap_err();
+        let err = sweep_with(&config(), &regions, &sns, &payload, invocation()).await.unwrap_err();
         assert!(matches!(err, SweepError::Event(EventError::Malformed(_))), "{payload}: {err:?}");
     }
     assert!(regions[0].1.calls().is_empty(), "nothing was listed or deleted");
@@ -210,12 +256,13 @@ fn the_sample_events_are_scheduled_events() {
         include_str!("../../../events/orphan-snapshot-sweeper.dry-run.json"),
     ] {
         let payload: Value = serde_json::from_str(sample).unwrap();
-        let (account, _) = parse_event(&payload).unwrap();
-        assert_eq!(account, ACCOUNT, "moto's default account, for `make demo`");
+        let Ok(event::SweepEvent::Sweep { account_id, .. }) = event::parse(&payload) else { panic!("{sample}") };
+        assert_eq!(account_id, ACCOUNT, "moto's default account, for `make demo`");
     }
     let dry: Value =
         serde_json::from_str(include_str!("../../../events/orphan-snapshot-sweeper.dry-run.json")).unwrap();
-    assert_eq!(parse_event(&dry).unwrap().1.dry_run, Some(true));
+    let Ok(event::SweepEvent::Sweep { detail, .. }) = event::parse(&dry) else { panic!("not a sweep") };
+    assert_eq!(detail.dry_run, Some(true));
 }
 
 // ---- deciding and acting ----
@@ -288,13 +335,13 @@ async fn dry_run_deletes_nothing_and_the_event_can_only_make_a_run_drier() {
 
     let regions = vec![("us-east-1".to_string(), FakeEc2::with(snapshots.clone(), vec![]))];
     let sns = FakeSns::default();
-    let forced = handle(&config(), &regions, &sns, &event(json!({"dry_run": true})), invocation()).await.unwrap();
+    let forced = sweep_with(&config(), &regions, &sns, &event(json!({"dry_run": true})), invocation()).await.unwrap();
     assert!(forced.dry_run);
     assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty());
 
     let regions = vec![("us-east-1".to_string(), FakeEc2::with(snapshots, vec![]))];
     let still_dry =
-        handle(&dry, &regions, &sns, &event(json!({"dry_run": false, "note": "x"})), invocation()).await.unwrap();
+        sweep_with(&dry, &regions, &sns, &event(json!({"dry_run": false, "note": "x"})), invocation()).await.unwrap();
     assert!(still_dry.dry_run, "detail dry_run=false never overrides DRY_RUN=true");
     assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty());
 }
@@ -302,16 +349,16 @@ async fn dry_run_deletes_nothing_and_the_event_can_only_make_a_run_drier() {
 #[tokio::test]
 async fn no_deletion_starts_when_the_deadline_is_near() {
     let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01"), orphan("snap-02")], vec![]))];
-    let near = Invocation { now: now(), deadline: Some(SystemTime::now() + Duration::from_secs(5)) };
-    let report = handle(&config(), &regions, &FakeSns::default(), &event(json!({})), near).await.unwrap();
+    let near = Invocation { deadline: Some(SystemTime::now() + Duration::from_secs(5)), ..invocation() };
+    let report = sweep_with(&config(), &regions, &FakeSns::default(), &event(json!({})), near).await.unwrap();
     assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty());
     assert_eq!(report.regions[0].left_for_next_run, ["snap-01", "snap-02"]);
     assert_eq!(report.totals.left_for_next_run, 2);
 
     // A deadline already past at start is an emulator's (cargo lambda watch): noted, not obeyed.
     let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
-    let past = Invocation { now: now(), deadline: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(600_000)) };
-    let report = handle(&config(), &regions, &FakeSns::default(), &event(json!({})), past).await.unwrap();
+    let past = Invocation { deadline: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(600_000)), ..invocation() };
+    let report = sweep_with(&config(), &regions, &FakeSns::default(), &event(json!({})), past).await.unwrap();
     assert_eq!(report.regions[0].deleted, ["snap-01"]);
     assert!(report.warnings[0].contains("deadline"), "{:?}", report.warnings);
 }
@@ -323,7 +370,7 @@ async fn max_deletions_is_per_invocation_across_regions() {
     let regions =
         vec![("us-east-1".to_string(), FakeEc2::with(a, vec![])), ("eu-west-1".to_string(), FakeEc2::with(b, vec![]))];
     let capped = Config { max_deletions: 4, ..config() };
-    let report = handle(&capped, &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
+    let report = sweep_with(&capped, &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
     assert_eq!(regions[0].1.calls_to("DeleteSnapshot").len(), 3);
     assert_eq!(regions[1].1.calls_to("DeleteSnapshot").len(), 1);
     assert_eq!(report.regions[1].region, "eu-west-1");
@@ -345,7 +392,8 @@ async fn a_failed_listing_aborts_only_its_region() {
             ("us-east-1".to_string(), broken),
             ("eu-west-1".to_string(), FakeEc2::with(vec![orphan("snap-02")], vec![])),
         ];
-        let report = handle(&config(), &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
+        let report =
+            sweep_with(&config(), &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
         assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty(), "{failing}");
         let aborted = report.regions[0].aborted.as_deref().unwrap();
         assert!(aborted.starts_with(what) && aborted.contains("UnauthorizedOperation"), "{aborted}");
@@ -388,7 +436,7 @@ async fn the_summary_goes_to_the_topic_and_a_failed_publish_is_only_a_warning() 
     let with_topic = Config { report_topic_arn: Some(topic.into()), ..config() };
     let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
     let sns = FakeSns::default();
-    let report = handle(&with_topic, &regions, &sns, &event(json!({})), invocation()).await.unwrap();
+    let report = sweep_with(&with_topic, &regions, &sns, &event(json!({})), invocation()).await.unwrap();
     assert_eq!(report.summary_published, Some(true));
     let published = sns.published.lock().unwrap().clone();
     assert_eq!(published.len(), 1);
@@ -398,13 +446,13 @@ async fn the_summary_goes_to_the_topic_and_a_failed_publish_is_only_a_warning() 
 
     let failing = FakeSns { fail: true, ..FakeSns::default() };
     let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
-    let report = handle(&with_topic, &regions, &failing, &event(json!({})), invocation()).await.unwrap();
+    let report = sweep_with(&with_topic, &regions, &failing, &event(json!({})), invocation()).await.unwrap();
     assert_eq!(report.summary_published, Some(false));
     assert!(report.warnings.iter().any(|w| w.contains("AuthorizationError")), "{:?}", report.warnings);
     assert_eq!(report.regions[0].deleted, ["snap-01"]);
 
     let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![], vec![]))];
-    let report = handle(&config(), &regions, &sns, &event(json!({})), invocation()).await.unwrap();
+    let report = sweep_with(&config(), &regions, &sns, &event(json!({})), invocation()).await.unwrap();
     assert_eq!(report.summary_published, None);
     assert_eq!(sns.published.lock().unwrap().len(), 1, "no topic, no publish");
 }
@@ -626,9 +674,16 @@ mod mocked {
             .time_source(TokioClock(tokio::time::Instant::now())))
     }
 
+    impl Listed for Client {
+        /// `snap-1` .. `snap-6`: the pages of `snapshot_pages`.
+        fn listed(&self) -> Vec<String> {
+            (1..=6).map(|i| format!("snap-{i}")).collect()
+        }
+    }
+
     async fn run(client: Client) -> Report {
         let regions = vec![("us-east-1".to_string(), client)];
-        handle(&config(), &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap()
+        sweep_with(&config(), &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap()
     }
 
     #[tokio::test(start_paused = true)]
@@ -768,7 +823,7 @@ mod hostile_input {
     /// Sweeps `payload` over an account with one orphan; returns the result and the deletions made.
     fn sweep_payload(payload: &Value) -> (Result<Report, SweepError>, usize) {
         let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
-        let result = runtime().block_on(handle(&config(), &regions, &FakeSns::default(), payload, invocation()));
+        let result = runtime().block_on(sweep_with(&config(), &regions, &FakeSns::default(), payload, invocation()));
         (result, regions[0].1.calls_to("DeleteSnapshot").len())
     }
 

@@ -1,18 +1,33 @@
 //! The Lambda entry point: configuration and clients once per container, then the runtime loop.
 
 use amiguard::config::ProcessEnv;
+use amiguard::invocation::Invocation;
+use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::snapshot_on_stop::ec2::Ec2Client;
 use lambda_runtime::{service_fn, LambdaEvent};
-use snapshot_on_stop::{handle, Config, FUNCTION};
+use snapshot_on_stop::{handle, Clients, Config, FUNCTION};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env(&ProcessEnv)?;
-    let ec2 = Ec2Client::new(aws_sdk_ec2::Client::new(&amiguard::sdk::load().await));
-    let (ec2, config) = (&ec2, &config);
+    let table = amiguard::ledger::table_name(&ProcessEnv)?;
+    let sdk = amiguard::sdk::load().await;
+    let region = sdk.region().map(ToString::to_string).ok_or("AWS_REGION is not set")?;
+    if table.is_none() {
+        lambda_runtime::tracing::warn!(
+            function = FUNCTION,
+            "LEDGER_TABLE is not set: images are made, none is ever retired"
+        );
+    }
+    let clients = Clients {
+        ec2: Ec2Client::new(aws_sdk_ec2::Client::new(&sdk)),
+        ledger: table.map(|table| DynamoLedger::from_conf(&sdk, table)),
+        region,
+    };
+    let (clients, config) = (&clients, &config);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
-        let report = handle(ec2, config, event.payload).await?;
+        let report = handle(clients, config, event.payload, &Invocation::from_context(&event.context)).await?;
         amiguard::report::log(FUNCTION, &report);
         Ok::<_, snapshot_on_stop::Error>(report)
     }))

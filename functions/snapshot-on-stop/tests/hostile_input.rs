@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use amiguard::invocation::Invocation;
+use amiguard::ledger::memory::MemoryLedger;
 use amiguard::snapshot_on_stop::core::SnapshotScope;
 use amiguard::snapshot_on_stop::ec2::Ec2Client;
 use amiguard::testing::any_json;
@@ -12,7 +14,7 @@ use aws_smithy_mocks::{mock, mock_client, RuleMode};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use serde_json::{json, Value};
-use snapshot_on_stop::{handle, Config, Error, Outcome};
+use snapshot_on_stop::{handle, Clients, Config, Error, Outcome};
 
 /// The sample stop event with one field (possibly nested) replaced by anything.
 fn mutated_event() -> impl Strategy<Value = Value> {
@@ -34,6 +36,14 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
+fn clients() -> Clients<Ec2Client, MemoryLedger> {
+    Clients { ec2: ec2(), ledger: Some(MemoryLedger::new()), region: "us-east-1".into() }
+}
+
+fn now() -> Invocation {
+    Invocation::at(chrono::Utc::now())
+}
+
 fn ec2() -> Ec2Client {
     // Every instance is unknown: a well-formed event ends as `skipped`, and nothing is called
     // that could change anything.
@@ -50,7 +60,7 @@ proptest! {
 
     #[test]
     fn arbitrary_json_is_an_answer_or_a_typed_error(payload in any_json(&[])) {
-        let result = runtime().block_on(handle(&ec2(), &config(), payload));
+        let result = runtime().block_on(handle(&clients(), &config(), payload, &now()));
         match result {
             Ok(report) => prop_assert_eq!(report.outcome, Outcome::Skipped),
             Err(err) => prop_assert!(matches!(err, Error::Event(_)), "{}", err),
@@ -59,7 +69,7 @@ proptest! {
 
     #[test]
     fn mutated_events_are_an_answer_or_a_typed_error(payload in mutated_event()) {
-        let result = runtime().block_on(handle(&ec2(), &config(), payload));
+        let result = runtime().block_on(handle(&clients(), &config(), payload, &now()));
         match result {
             Ok(report) => prop_assert_eq!(report.outcome, Outcome::Skipped),
             Err(err) => prop_assert!(matches!(err, Error::Event(_)), "{}", err),
@@ -70,15 +80,15 @@ proptest! {
 #[test]
 fn still_alive_after_a_hundred_random_payloads() {
     let rt = runtime();
-    let ec2 = ec2();
+    let clients = clients();
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     for _ in 0..100 {
         let payload = any_json(&[]).new_tree(&mut runner).unwrap().current();
-        let _ = rt.block_on(handle(&ec2, &config(), payload));
+        let _ = rt.block_on(handle(&clients, &config(), payload, &now()));
     }
     let mut event: Value = serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();
     event["detail"]["instance-id"] = json!("i-0000000000000beef");
-    let report = rt.block_on(handle(&ec2, &config(), event)).unwrap();
+    let report = rt.block_on(handle(&clients, &config(), event, &now())).unwrap();
     assert_eq!(report.outcome, Outcome::Skipped);
     assert_eq!(report.reason.as_deref(), Some("instance no longer exists"));
 }

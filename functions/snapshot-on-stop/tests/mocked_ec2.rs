@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use amiguard::invocation::Invocation;
+use amiguard::ledger::memory::MemoryLedger;
 use amiguard::snapshot_on_stop::core::SnapshotScope;
 use amiguard::snapshot_on_stop::ec2::{CreateImageOutcome, Ec2Client, SnapshotOnStopEc2};
 use aws_sdk_ec2::config::retry::RetryConfig;
@@ -23,7 +25,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
 use serde_json::json;
-use snapshot_on_stop::{handle, Config, Outcome};
+use snapshot_on_stop::{handle, Clients, Config, Outcome};
 
 const INSTANCE: &str = "i-0123456789abcdef0";
 const IMAGE: &str = "ami-0aaaabbbbccccdddd";
@@ -131,9 +133,14 @@ async fn the_handler_answers_already_created_when_aws_says_the_name_is_taken() {
         serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();
     event["detail"]["instance-id"] = json!(INSTANCE);
 
-    let report = handle(&Ec2Client::new(client), &config, event).await.unwrap();
+    // Without the ledger's lease (it is unavailable here), AWS's name uniqueness is what keeps
+    // two concurrent deliveries to one image.
+    let clients = Clients { ec2: Ec2Client::new(client), ledger: None::<MemoryLedger>, region: "us-east-1".into() };
+    let report = handle(&clients, &config, event, &Invocation::at(chrono::Utc::now())).await.unwrap();
 
     assert_eq!(report.outcome, Outcome::AlreadyCreated);
+    assert!(report.retired_images.is_empty());
+    assert!(report.warnings.iter().any(|w| w.contains("nothing is retired")), "{:?}", report.warnings);
     assert_eq!(report.image_id.as_deref(), Some(IMAGE));
     assert_eq!(create.num_calls(), 1);
     assert_eq!(tag.num_calls(), 1, "the snapshots are tagged on the redelivery too");

@@ -4,7 +4,8 @@
 //! Three triggers: an `EC2 Instance State-change Notification` (`pending`/`running`), a CloudTrail
 //! `RunInstances` (one report per launched instance), and a `Scheduled Event` that audits every
 //! instance that is not terminated (alerts and tags, never stops). The decisions live in
-//! `amiguard::trust`; this handler gathers the facts, calls them and acts.
+//! `amiguard::trust` (alert-once is `amiguard::trust::sent`, a record in `amiguard::ledger`);
+//! this handler gathers the facts, calls them and acts.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -12,15 +13,20 @@ use std::fmt;
 use amiguard::config::{self, ConfigError, VarSource};
 use amiguard::error::AwsError;
 use amiguard::events::EventError;
+use amiguard::invocation::Invocation;
+use amiguard::ledger::LedgerStore;
 use amiguard::tags::{self, Tag};
 use amiguard::trust::alert::{self, AlertDetails, OwnerSource};
 use amiguard::trust::ec2::TrustEc2;
-use amiguard::trust::enforce::{self, Enforcement, EnforcementTaken, InstanceFacts, InstanceState, Occasion, StopStep};
+use amiguard::trust::enforce::{
+    self, Enforcement, EnforcementTaken, InstanceFacts, InstanceState, Occasion, Outcomes, StopStep,
+};
 use amiguard::trust::identity::CallerIdentity;
 use amiguard::trust::policy::{self, ImageFacts, TrustPolicy, Verdict};
+use amiguard::trust::sent::{self, AlertClaim, Claim};
 use amiguard::trust::sns::AlertPublisher;
 use amiguard::trust::trigger::{self, Trigger};
-use chrono::{DateTime, Utc};
+
 use serde::Serialize;
 
 pub const FUNCTION: &str = "untrusted-ami-alert";
@@ -91,10 +97,12 @@ fn is_sns_topic_arn(arn: &str) -> bool {
 }
 
 /// The adapters the handler acts through, built once per container.
-pub struct Clients<E, P, I> {
+pub struct Clients<E, P, I, L> {
     pub ec2: E,
     pub alerts: P,
     pub identity: I,
+    /// Where sent alerts are remembered. `None` (no `LEDGER_TABLE`): every event alerts.
+    pub ledger: Option<L>,
     /// The region the clients talk to; an event from another region is refused.
     pub region: String,
 }
@@ -120,8 +128,11 @@ pub struct InstanceReport {
     /// The SNS message id of the alert sent by this invocation.
     pub alert_message_id: Option<String>,
     pub enforcement: EnforcementTaken,
-    /// The instance already carried the alert mark for this image: no second alert was sent.
+    /// The ledger holds the alert for this instance and image: no second alert was sent.
     pub already_alerted: bool,
+    /// What did not work and did not fail the invocation: a tag that could not be written, a
+    /// ledger that could not be used (the alert may then repeat).
+    pub warnings: Vec<String>,
 }
 
 impl InstanceReport {
@@ -135,6 +146,7 @@ impl InstanceReport {
             alert_message_id: None,
             enforcement: EnforcementTaken::None,
             already_alerted: false,
+            warnings: Vec::new(),
         }
     }
 }
@@ -157,8 +169,9 @@ pub struct AuditReport {
     /// Instances judged (every instance that is not terminated).
     pub audited: usize,
     pub untrusted: Vec<AuditFinding>,
-    /// Alerts sent by this run (the others were sent before: the instances carry the mark).
+    /// Alerts sent by this run (the others were sent before: the ledger holds them).
     pub alerts_sent: usize,
+    pub warnings: Vec<String>,
 }
 
 /// The answer of an invocation: one instance (state change), `instances` (CloudTrail
@@ -174,11 +187,12 @@ pub enum Report {
 /// The step of guarding an instance that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailedStep {
-    /// SNS Publish failed: no mark was written, so a retry alerts.
+    /// SNS Publish failed: the claim was given back, so a retry alerts.
     Alert,
-    /// The alert went out but the mark could not be written: a retry may alert again.
-    Mark,
-    /// The tag or the stop failed.
+    /// Another delivery claimed the alert and has not confirmed it: a retry finds it sent, or
+    /// the claim expired and sends it.
+    AlertInProgress,
+    /// The stop failed.
     Enforcement,
 }
 
@@ -193,7 +207,7 @@ impl fmt::Display for InstanceFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let step = match self.step {
             FailedStep::Alert => "alert not sent",
-            FailedStep::Mark => "alert sent but the amiguard:alerted mark not written",
+            FailedStep::AlertInProgress => "another delivery is sending the alert",
             FailedStep::Enforcement => "enforcement failed",
         };
         write!(f, "{}: {step}: {}", self.instance_id, self.error)
@@ -210,7 +224,7 @@ pub enum Error {
     /// invocation fails and Lambda retries it.
     #[error("instance not found: {}: EC2 may not list a new instance yet; failing so that Lambda retries", .0.join(", "))]
     InstancesNotFound(Vec<String>),
-    /// Some instances could not be fully guarded; the others were. A retry is safe: the mark
+    /// Some instances could not be fully guarded; the others were. A retry is safe: the ledger
     /// keeps alerts single and enforcement is idempotent.
     #[error("{} instance(s) not fully guarded: {}", .0.len(), describe_failures(.0))]
     NotGuarded(Vec<InstanceFailure>),
@@ -234,7 +248,7 @@ impl From<Error> for lambda_runtime::Diagnostic {
             Error::InstancesNotFound(_) => "InstanceNotFound".to_string(),
             Error::NotGuarded(failures) => match failures.first().map(|f| f.step) {
                 Some(FailedStep::Alert) => "AlertNotSent".to_string(),
-                Some(FailedStep::Mark) => "AlertMarkNotWritten".to_string(),
+                Some(FailedStep::AlertInProgress) => "AlertInProgress".to_string(),
                 _ => "EnforcementFailed".to_string(),
             },
         };
@@ -242,17 +256,19 @@ impl From<Error> for lambda_runtime::Diagnostic {
     }
 }
 
-/// Handles one event. `now` dates the age conditions of the policy.
-pub async fn handle<E, P, I>(
+/// Handles one event. The invocation's clock dates the age conditions of the policy and the
+/// ledger's claims.
+pub async fn handle<E, P, I, L>(
     config: &Config,
-    clients: &Clients<E, P, I>,
+    clients: &Clients<E, P, I, L>,
     payload: &serde_json::Value,
-    now: DateTime<Utc>,
+    invocation: &Invocation,
 ) -> Result<Report, Error>
 where
     E: TrustEc2,
     P: AlertPublisher,
     I: CallerIdentity,
+    L: LedgerStore,
 {
     let event = trigger::parse(payload)?;
     if let Some(region) = event.region.as_deref().filter(|r| *r != clients.region) {
@@ -278,7 +294,7 @@ where
         }
         Trigger::StateChange { instance_id, state } => {
             let account = this_account(event.account, clients).await?;
-            let ctx = Context { config, clients, account: &account, now };
+            let ctx = Context { config, clients, account: &account, invocation };
             ctx.launch(vec![instance_id], Occasion::StateChange(state)).await.map(|mut reports| {
                 let only = reports.pop();
                 only.map(Report::Instance).unwrap_or(Report::Launch { instances: vec![] })
@@ -286,12 +302,12 @@ where
         }
         Trigger::RunInstances { instance_ids } => {
             let account = this_account(event.account, clients).await?;
-            let ctx = Context { config, clients, account: &account, now };
+            let ctx = Context { config, clients, account: &account, invocation };
             ctx.launch(instance_ids, Occasion::RunInstances).await.map(|instances| Report::Launch { instances })
         }
         Trigger::Audit => {
             let account = this_account(event.account, clients).await?;
-            let ctx = Context { config, clients, account: &account, now };
+            let ctx = Context { config, clients, account: &account, invocation };
             ctx.audit().await
         }
     };
@@ -302,9 +318,9 @@ where
 }
 
 /// `self`: the event's account; STS only when the event does not say.
-async fn this_account<E, P, I: CallerIdentity>(
+async fn this_account<E, P, I: CallerIdentity, L>(
     account: Option<String>,
-    clients: &Clients<E, P, I>,
+    clients: &Clients<E, P, I, L>,
 ) -> Result<String, Error> {
     match account {
         Some(account) => Ok(account),
@@ -312,12 +328,25 @@ async fn this_account<E, P, I: CallerIdentity>(
     }
 }
 
-struct Context<'a, E, P, I> {
+struct Context<'a, E, P, I, L> {
     config: &'a Config,
-    clients: &'a Clients<E, P, I>,
+    clients: &'a Clients<E, P, I, L>,
     account: &'a str,
-    now: DateTime<Utc>,
+    invocation: &'a Invocation,
 }
+
+/// Whether this delivery sends the alert.
+enum Turn {
+    /// Send it; with the ledger's claim to confirm, or without one (no ledger, or it failed:
+    /// the warning says the alert may repeat).
+    Send(Option<AlertClaim>, Option<String>),
+    AlreadySent,
+    /// Another delivery holds the claim after waiting for it.
+    InProgress,
+}
+
+/// How long a delivery waits for a concurrent one that claimed the same alert.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What one instance's guarding produced.
 struct Guarded {
@@ -325,7 +354,7 @@ struct Guarded {
     failures: Vec<InstanceFailure>,
 }
 
-impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity> Context<'_, E, P, I> {
+impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<'_, E, P, I, L> {
     /// A launch: the instances named by the event, judged as EC2 describes them now.
     async fn launch(&self, instance_ids: Vec<String>, occasion: Occasion) -> Result<Vec<InstanceReport>, Error> {
         let instances = self.clients.ec2.instances(&instance_ids).await?;
@@ -361,9 +390,11 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity> Context<'_, E, P, I> {
         let mut failures = Vec::new();
         let mut untrusted = Vec::new();
         let mut alerts_sent = 0;
+        let mut warnings = Vec::new();
         for Guarded { report, failures: f } in guarded {
             failures.extend(f);
             alerts_sent += usize::from(report.alert_message_id.is_some());
+            warnings.extend(report.warnings.iter().cloned());
             if report.outcome == Outcome::Untrusted {
                 untrusted.push(AuditFinding {
                     instance_id: report.instance_id.unwrap_or_default(),
@@ -375,8 +406,13 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity> Context<'_, E, P, I> {
                 });
             }
         }
-        let report =
-            Report::Audit(AuditReport { outcome: Outcome::Audit, audited: instances.len(), untrusted, alerts_sent });
+        let report = Report::Audit(AuditReport {
+            outcome: Outcome::Audit,
+            audited: instances.len(),
+            untrusted,
+            alerts_sent,
+            warnings,
+        });
         if !failures.is_empty() {
             amiguard::report::log(FUNCTION, &report);
             return Err(Error::NotGuarded(failures));
@@ -441,7 +477,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity> Context<'_, E, P, I> {
                 InstanceReport::skipped(Some(instance_id), "instance is terminated: nothing left to guard".into());
             return Guarded { report, failures: vec![] };
         }
-        let verdict = policy::verdict(&self.config.policy, image, self.account, self.now);
+        let verdict = policy::verdict(&self.config.policy, image, self.account, self.invocation.now);
         let (owner, owner_source) = match (image, launch_metadata) {
             (Some(image), _) => (Some(image), OwnerSource::Image),
             (None, Some(recorded)) => (Some(recorded), OwnerSource::LaunchMetadata),
@@ -458,31 +494,38 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity> Context<'_, E, P, I> {
                 alert_message_id: None,
                 enforcement: EnforcementTaken::None,
                 already_alerted: false,
+                warnings: vec![],
             };
             return Guarded { report, failures: vec![] };
         };
         let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
-        let plan = enforce::plan(self.config.enforcement, occasion, instance, &image_id);
+        let plan = enforce::plan(self.config.enforcement, occasion, &instance.state);
         let mut failures = Vec::new();
+        let mut warnings = Vec::new();
 
-        // Enforce first, so that the alert says what was done; a failure is said in the alert too.
-        let mut enforcement_error = None;
+        // Enforce first, so that the alert says what was done. A tag that cannot be written is
+        // said in the alert and the report; only a failed stop fails the invocation (its retry
+        // stops the instance and does not alert again).
+        let mut tag_error = None;
         if plan.tag {
-            if let Err(error) =
-                self.clients.ec2.tag_instance(&instance_id, &Tag::new(tags::UNTRUSTED_AMI, &image_id)).await
-            {
-                enforcement_error = Some(error);
+            let tag = Tag::new(tags::UNTRUSTED_AMI, &image_id);
+            if let Err(error) = self.clients.ec2.tag_instance(&instance_id, &tag).await {
+                warnings
+                    .push(format!("the tag {} could not be written on {instance_id}: {error}", tags::UNTRUSTED_AMI));
+                tag_error = Some(error);
             }
         }
-        let mut stop = None;
-        if enforcement_error.is_none() && plan.stop == StopStep::Now {
+        let (mut stop, mut stop_error) = (None, None);
+        if plan.stop == StopStep::Now {
             match self.clients.ec2.stop_instance(&instance_id).await {
                 Ok(outcome) => stop = Some(outcome),
-                Err(error) => enforcement_error = Some(error),
+                Err(error) => stop_error = Some(error),
             }
         }
-        let enforcement = enforce::taken(self.config.enforcement, &plan, stop.as_ref(), enforcement_error.is_some());
-        if let Some(error) = &enforcement_error {
+        let outcomes =
+            Outcomes { tag_failed: tag_error.is_some(), stop: stop.as_ref(), stop_failed: stop_error.is_some() };
+        let enforcement = enforce::taken(self.config.enforcement, &plan, outcomes);
+        if let Some(error) = &stop_error {
             failures.push(InstanceFailure {
                 instance_id: instance_id.clone(),
                 step: FailedStep::Enforcement,
@@ -490,41 +533,65 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity> Context<'_, E, P, I> {
             });
         }
 
-        // Publish first, mark after: a failed publish leaves no mark, and the retry alerts.
         let mut alert_message_id = None;
-        if plan.alert {
-            let details = AlertDetails {
+        let mut already_alerted = false;
+        match self.turn(&instance_id, &image_id).await {
+            Turn::AlreadySent => already_alerted = true,
+            Turn::InProgress => failures.push(InstanceFailure {
                 instance_id: instance_id.clone(),
-                instance_state: instance.state.to_string(),
-                image_id: image_id.clone(),
-                owner_id: owner_id.clone(),
-                owner_alias: owner.and_then(|o| o.owner_alias.clone()),
-                owner_source,
-                image_name: owner.and_then(|o| o.name.clone()),
-                reasons: reasons.clone(),
-                severity,
-                region: self.clients.region.clone(),
-                account: self.account.to_string(),
-                seen_on: occasion.to_string(),
-                enforcement_mode: self.config.enforcement,
-                enforcement,
-                enforcement_error: enforcement_error.as_ref().map(ToString::to_string),
-                policy: self.config.policy.to_string(),
-            };
-            match self.clients.alerts.publish(&alert::compose(&details, occasion)).await {
-                Ok(message_id) => {
-                    alert_message_id = Some(message_id);
-                    let mark = Tag::new(tags::ALERTED, &image_id);
-                    if let Err(error) = self.clients.ec2.tag_instance(&instance_id, &mark).await {
-                        failures.push(InstanceFailure {
-                            instance_id: instance_id.clone(),
-                            step: FailedStep::Mark,
-                            error,
-                        });
+                step: FailedStep::AlertInProgress,
+                error: AwsError::new(
+                    "Publish",
+                    "AlertInProgress",
+                    "another delivery claimed this alert and has not sent it yet",
+                ),
+            }),
+            Turn::Send(claim, ledger_warning) => {
+                warnings.extend(ledger_warning.clone());
+                let details = AlertDetails {
+                    instance_id: instance_id.clone(),
+                    instance_state: instance.state.to_string(),
+                    image_id: image_id.clone(),
+                    owner_id: owner_id.clone(),
+                    owner_alias: owner.and_then(|o| o.owner_alias.clone()),
+                    owner_source,
+                    image_name: owner.and_then(|o| o.name.clone()),
+                    reasons: reasons.clone(),
+                    severity,
+                    region: self.clients.region.clone(),
+                    account: self.account.to_string(),
+                    seen_on: occasion.to_string(),
+                    enforcement_mode: self.config.enforcement,
+                    enforcement,
+                    enforcement_error: stop_error.as_ref().map(ToString::to_string),
+                    tag_error: tag_error.as_ref().map(ToString::to_string),
+                    policy: self.config.policy.to_string(),
+                    ledger_warning,
+                };
+                match self.clients.alerts.publish(&alert::compose(&details, occasion)).await {
+                    Ok(message_id) => {
+                        if let (Some(claim), Some(store)) = (&claim, &self.clients.ledger) {
+                            if let Err(err) =
+                                sent::confirm(store, claim, &image_id, &message_id, self.invocation.now).await
+                            {
+                                warnings.push(format!(
+                                    "the ledger could not record the alert as sent ({err}): it may repeat"
+                                ));
+                            }
+                        }
+                        alert_message_id = Some(message_id);
+                    }
+                    Err(error) => {
+                        // Give the claim back so that the retry alerts at once (else it expires).
+                        if let (Some(claim), Some(store)) = (&claim, &self.clients.ledger) {
+                            let _ = sent::release(store, claim).await;
+                        }
+                        failures.insert(
+                            0,
+                            InstanceFailure { instance_id: instance_id.clone(), step: FailedStep::Alert, error },
+                        );
                     }
                 }
-                Err(error) => failures
-                    .insert(0, InstanceFailure { instance_id: instance_id.clone(), step: FailedStep::Alert, error }),
             }
         }
         let report = InstanceReport {
@@ -535,9 +602,33 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity> Context<'_, E, P, I> {
             reasons,
             alert_message_id,
             enforcement,
-            already_alerted: !plan.alert,
+            already_alerted,
+            warnings,
         };
         Guarded { report, failures }
+    }
+
+    /// Whether this delivery sends the alert for `instance_id` and `image_id`: the ledger's
+    /// claim decides; a claim held by a concurrent delivery is waited for a little. Without a
+    /// working ledger the alert is sent (a duplicate is better than silence).
+    async fn turn(&self, instance_id: &str, image_id: &str) -> Turn {
+        let Some(store) = &self.clients.ledger else {
+            return Turn::Send(None, Some("no ledger is configured (LEDGER_TABLE)".to_string()));
+        };
+        let started = tokio::time::Instant::now();
+        loop {
+            let now = self.invocation.now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+            let region = &self.clients.region;
+            match sent::claim(store, region, instance_id, image_id, &self.invocation.request_id, now).await {
+                Ok(Claim::Claimed(claim)) => return Turn::Send(Some(claim), None),
+                Ok(Claim::AlreadySent { .. }) => return Turn::AlreadySent,
+                Ok(Claim::InProgress) if started.elapsed() < CLAIM_WAIT => {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await
+                }
+                Ok(Claim::InProgress) => return Turn::InProgress,
+                Err(err) => return Turn::Send(None, Some(format!("the ledger could not be used ({err})"))),
+            }
+        }
     }
 }
 
@@ -545,9 +636,10 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity> Context<'_, E, P, I> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use amiguard::ledger::memory::MemoryLedger;
     use amiguard::trust::alert::Alert;
     use amiguard::trust::enforce::StopOutcome;
-    use chrono::TimeZone;
+    use chrono::{DateTime, TimeZone, Utc};
     use serde_json::json;
     use std::sync::Mutex;
 
@@ -696,14 +788,10 @@ mod tests {
 
         async fn tag_instance(&self, instance_id: &str, tag: &Tag) -> Result<(), AwsError> {
             self.log(format!("CreateTags {instance_id} {}={}", tag.key, tag.value));
-            if let Some(code) = self.fail_tag {
-                return Err(AwsError::new("CreateTags", code, "mocked"));
+            match self.fail_tag {
+                Some(code) => Err(AwsError::new("CreateTags", code, "mocked")),
+                None => Ok(()),
             }
-            for instance in self.instances.lock().unwrap().iter_mut().filter(|i| i.instance_id == instance_id) {
-                instance.tags.retain(|t| t.key != tag.key);
-                instance.tags.push(tag.clone());
-            }
-            Ok(())
         }
 
         async fn stop_instance(&self, instance_id: &str) -> Result<StopOutcome, AwsError> {
@@ -749,11 +837,12 @@ mod tests {
         }
     }
 
-    fn clients(ec2: FakeEc2) -> Clients<FakeEc2, FakeSns, FakeSts> {
+    fn clients(ec2: FakeEc2) -> Clients<FakeEc2, FakeSns, FakeSts, MemoryLedger> {
         Clients {
             ec2,
             alerts: FakeSns::default(),
             identity: FakeSts { calls: Mutex::new(0) },
+            ledger: Some(MemoryLedger::new()),
             region: "us-east-1".into(),
         }
     }
@@ -766,8 +855,13 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 1, 31, 12, 0, 0).unwrap()
     }
 
+    /// One delivery (a fresh request id) at the tests' clock.
+    fn at() -> Invocation {
+        Invocation::at(now())
+    }
+
     fn instance(id: &str, image: &str, state: InstanceState) -> InstanceFacts {
-        InstanceFacts { instance_id: id.into(), image_id: Some(image.into()), state, tags: vec![] }
+        InstanceFacts { instance_id: id.into(), image_id: Some(image.into()), state }
     }
 
     fn vendor_image() -> ImageFacts {
@@ -801,7 +895,7 @@ mod tests {
         ec2.images = vec![vendor_image()];
         let clients = clients(ec2);
         let config = config(Enforcement::Stop);
-        let pending = instance_report(handle(&config, &clients, &state_change("pending"), now()).await.unwrap());
+        let pending = instance_report(handle(&config, &clients, &state_change("pending"), &at()).await.unwrap());
         assert_eq!(pending.outcome, Outcome::Untrusted);
         assert_eq!(pending.enforcement, EnforcementTaken::TaggedStopDeferred);
         assert_eq!(pending.alert_message_id.as_deref(), Some("msg-1"));
@@ -812,7 +906,7 @@ mod tests {
         assert!(clients.alerts.sent.lock().unwrap()[0].body.contains("it is stopped on its running event"));
 
         clients.ec2.instances.lock().unwrap()[0].state = InstanceState::Running;
-        let running = instance_report(handle(&config, &clients, &state_change("running"), now()).await.unwrap());
+        let running = instance_report(handle(&config, &clients, &state_change("running"), &at()).await.unwrap());
         assert_eq!(running.enforcement, EnforcementTaken::TaggedAndStopped);
         assert_eq!(running.alert_message_id, None);
         assert!(running.already_alerted);
@@ -821,7 +915,7 @@ mod tests {
         assert_eq!(
             calls.iter().filter(|c| c.starts_with("CreateTags")).count(),
             2,
-            "the untrusted tag and the mark, once each: {calls:?}"
+            "the untrusted tag on each event, nothing else: {calls:?}"
         );
         assert!(calls.contains(&format!("StopInstances {INSTANCE}")));
     }
@@ -833,45 +927,140 @@ mod tests {
         ec2.stop_refused = true;
         let clients = clients(ec2);
         let report = instance_report(
-            handle(&config(Enforcement::Stop), &clients, &state_change("running"), now()).await.unwrap(),
+            handle(&config(Enforcement::Stop), &clients, &state_change("running"), &at()).await.unwrap(),
         );
         assert_eq!(report.enforcement, EnforcementTaken::TaggedNotRunning);
     }
 
     #[tokio::test]
-    async fn a_failed_publish_leaves_no_mark_and_fails_the_invocation() {
+    async fn a_failed_publish_gives_the_claim_back_and_fails_the_invocation_so_the_retry_alerts() {
         let mut ec2 = FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running));
         ec2.images = vec![vendor_image()];
         let mut clients = clients(ec2);
         clients.alerts.fail = true;
-        let err = handle(&config(Enforcement::Alert), &clients, &state_change("running"), now()).await.unwrap_err();
+        let err = handle(&config(Enforcement::Alert), &clients, &state_change("running"), &at()).await.unwrap_err();
         assert!(
             matches!(&err, Error::NotGuarded(f) if f[0].step == FailedStep::Alert && f[0].error.code == "NotFound"),
             "{err}"
         );
-        assert!(clients.ec2.calls().iter().all(|c| !c.starts_with("CreateTags")), "no mark: {:?}", clients.ec2.calls());
+        assert!(clients.ledger.as_ref().unwrap().items().is_empty(), "the claim was given back");
         let diagnostic = lambda_runtime::Diagnostic::from(err);
         assert_eq!(diagnostic.error_type, "AlertNotSent");
         assert!(diagnostic.error_message.contains("Publish failed: NotFound"), "{}", diagnostic.error_message);
+        clients.alerts.fail = false;
+        let retry = instance_report(
+            handle(&config(Enforcement::Alert), &clients, &state_change("running"), &at()).await.unwrap(),
+        );
+        assert_eq!(retry.alert_message_id.as_deref(), Some("msg-1"), "the retry alerts");
     }
 
     #[tokio::test]
-    async fn a_failed_stop_is_alerted_marked_and_fails_the_invocation_for_a_retry() {
+    async fn a_tag_that_cannot_be_written_is_said_and_fails_nothing() {
+        let mut ec2 = FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running));
+        ec2.images = vec![vendor_image()];
+        ec2.fail_tag = Some("TagLimitExceeded");
+        let clients = clients(ec2);
+        for _ in 0..3 {
+            let report = instance_report(
+                handle(&config(Enforcement::Tag), &clients, &state_change("running"), &at()).await.unwrap(),
+            );
+            assert_eq!(report.enforcement, EnforcementTaken::TagFailed);
+            assert!(
+                report.warnings[0].contains("amiguard:untrusted-ami could not be written"),
+                "{:?}",
+                report.warnings
+            );
+            assert!(report.warnings[0].contains("TagLimitExceeded"));
+        }
+        let sent = clients.alerts.sent.lock().unwrap();
+        assert_eq!(sent.len(), 1, "alerted once, however often the tag fails");
+        assert!(
+            sent[0].body.contains(
+                "NOT TAGGED: the tag amiguard:untrusted-ami could not be written: CreateTags failed: TagLimitExceeded"
+            ),
+            "{}",
+            sent[0].body
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_working_ledger_every_event_alerts_and_says_it_may_repeat() {
+        let mut ec2 = FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running));
+        ec2.images = vec![vendor_image()];
+        let clients = clients(ec2);
+        clients.ledger.as_ref().unwrap().fail_everything();
+        for _ in 0..2 {
+            let report = instance_report(
+                handle(&config(Enforcement::Alert), &clients, &state_change("running"), &at()).await.unwrap(),
+            );
+            assert!(report.alert_message_id.is_some() && !report.already_alerted);
+            assert!(
+                report.warnings.iter().any(|w| w.contains("the ledger could not be used")),
+                "{:?}",
+                report.warnings
+            );
+        }
+        let sent = clients.alerts.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2, "a duplicate rather than silence");
+        assert!(sent[1].body.contains("This one may be a repeat: the ledger could not be used"), "{}", sent[1].body);
+
+        let mut unconfigured = self::clients(FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running)));
+        unconfigured.ec2.images = vec![vendor_image()];
+        unconfigured.ledger = None;
+        let report = instance_report(
+            handle(&config(Enforcement::Alert), &unconfigured, &state_change("running"), &at()).await.unwrap(),
+        );
+        assert!(report.alert_message_id.is_some());
+        assert!(report.warnings[0].contains("LEDGER_TABLE"), "{:?}", report.warnings);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_held_by_another_delivery_is_waited_for_then_fails_retryably() {
+        let mut ec2 = FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running));
+        ec2.images = vec![vendor_image()];
+        let clients = clients(ec2);
+        let store = clients.ledger.as_ref().unwrap();
+        let Claim::Claimed(_held) =
+            sent::claim(store, "us-east-1", INSTANCE, VENDOR_AMI, "other", now()).await.unwrap()
+        else {
+            panic!("not claimed")
+        };
+        let err = handle(&config(Enforcement::Alert), &clients, &state_change("running"), &at()).await.unwrap_err();
+        assert!(matches!(&err, Error::NotGuarded(f) if f[0].step == FailedStep::AlertInProgress), "{err}");
+        assert_eq!(lambda_runtime::Diagnostic::from(err).error_type, "AlertInProgress");
+        assert!(clients.alerts.sent.lock().unwrap().is_empty(), "the holder sends it, not this delivery");
+        // Once the holder's claim expires (it died), the next delivery alerts.
+        let later = Invocation::at(now() + sent::CLAIM_DURATION + chrono::Duration::seconds(1));
+        let report = instance_report(
+            handle(&config(Enforcement::Alert), &clients, &state_change("running"), &later).await.unwrap(),
+        );
+        assert!(report.alert_message_id.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_failed_stop_is_alerted_once_and_fails_the_invocation_for_a_retry() {
         let mut ec2 = FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running));
         ec2.images = vec![vendor_image()];
         ec2.fail_stop = Some("UnsupportedOperation");
-        let clients = clients(ec2);
-        let err = handle(&config(Enforcement::Stop), &clients, &state_change("running"), now()).await.unwrap_err();
+        let mut clients = clients(ec2);
+        let err = handle(&config(Enforcement::Stop), &clients, &state_change("running"), &at()).await.unwrap_err();
         assert!(matches!(&err, Error::NotGuarded(f) if f.len() == 1 && f[0].step == FailedStep::Enforcement), "{err}");
-        let sent = clients.alerts.sent.lock().unwrap();
+        let sent = clients.alerts.sent.lock().unwrap().clone();
         assert_eq!(sent.len(), 1);
         assert!(
             sent[0].body.contains("Enforcement: FAILED (stop): StopInstances failed: UnsupportedOperation"),
             "{}",
             sent[0].body
         );
-        assert!(clients.ec2.calls().contains(&format!("CreateTags {INSTANCE} amiguard:alerted={VENDOR_AMI}")));
         assert_eq!(lambda_runtime::Diagnostic::from(err).error_type, "EnforcementFailed");
+        // The retry stops the instance and does not alert again.
+        clients.ec2.fail_stop = None;
+        let retry = instance_report(
+            handle(&config(Enforcement::Stop), &clients, &state_change("running"), &at()).await.unwrap(),
+        );
+        assert_eq!(retry.enforcement, EnforcementTaken::TaggedAndStopped);
+        assert!(retry.already_alerted);
+        assert_eq!(clients.alerts.sent.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -882,13 +1071,13 @@ mod tests {
         ec2.images = vec![own];
         let clients = clients(ec2);
         let with_account = instance_report(
-            handle(&config(Enforcement::Alert), &clients, &state_change("running"), now()).await.unwrap(),
+            handle(&config(Enforcement::Alert), &clients, &state_change("running"), &at()).await.unwrap(),
         );
         assert_eq!(with_account.outcome, Outcome::Trusted);
         assert_eq!(*clients.identity.calls.lock().unwrap(), 0);
         let mut event = state_change("running");
         event.as_object_mut().unwrap().remove("account");
-        let without = instance_report(handle(&config(Enforcement::Alert), &clients, &event, now()).await.unwrap());
+        let without = instance_report(handle(&config(Enforcement::Alert), &clients, &event, &at()).await.unwrap());
         assert_eq!(without.outcome, Outcome::Trusted, "self resolved through STS");
         assert_eq!(*clients.identity.calls.lock().unwrap(), 1);
     }
@@ -907,7 +1096,7 @@ mod tests {
         )];
         let clients = clients(ec2);
         let report = instance_report(
-            handle(&config(Enforcement::Alert), &clients, &state_change("running"), now()).await.unwrap(),
+            handle(&config(Enforcement::Alert), &clients, &state_change("running"), &at()).await.unwrap(),
         );
         assert_eq!(report.outcome, Outcome::Untrusted, "a recorded owner does not make an invisible image trusted");
         assert_eq!(report.owner_id.as_deref(), Some(ACCOUNT));
@@ -920,7 +1109,7 @@ mod tests {
     async fn unavailable_launch_metadata_still_alerts_with_an_unknown_owner() {
         let clients = clients(FakeEc2::with(instance(INSTANCE, "ami-0ccccccccccccccc0", InstanceState::Running)));
         let report = instance_report(
-            handle(&config(Enforcement::Alert), &clients, &state_change("running"), now()).await.unwrap(),
+            handle(&config(Enforcement::Alert), &clients, &state_change("running"), &at()).await.unwrap(),
         );
         assert_eq!(report.outcome, Outcome::Untrusted);
         assert_eq!(report.owner_id, None);
@@ -932,7 +1121,7 @@ mod tests {
         let clients = clients(FakeEc2::default());
         for state in ["stopping", "stopped", "shutting-down", "terminated"] {
             let report = instance_report(
-                handle(&config(Enforcement::Stop), &clients, &state_change(state), now()).await.unwrap(),
+                handle(&config(Enforcement::Stop), &clients, &state_change(state), &at()).await.unwrap(),
             );
             assert_eq!(report.outcome, Outcome::Skipped);
             assert_eq!(report.instance_id.as_deref(), Some(INSTANCE));
@@ -944,7 +1133,7 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_instance_fails_so_that_lambda_retries() {
         let clients = clients(FakeEc2::default());
-        let err = handle(&config(Enforcement::Alert), &clients, &state_change("pending"), now()).await.unwrap_err();
+        let err = handle(&config(Enforcement::Alert), &clients, &state_change("pending"), &at()).await.unwrap_err();
         assert!(matches!(&err, Error::InstancesNotFound(ids) if ids == &[INSTANCE.to_string()]), "{err}");
         assert!(clients.alerts.sent.lock().unwrap().is_empty());
     }
@@ -953,7 +1142,7 @@ mod tests {
     async fn a_terminated_instance_is_skipped() {
         let clients = clients(FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Terminated)));
         let report = instance_report(
-            handle(&config(Enforcement::Stop), &clients, &state_change("running"), now()).await.unwrap(),
+            handle(&config(Enforcement::Stop), &clients, &state_change("running"), &at()).await.unwrap(),
         );
         assert_eq!(report.outcome, Outcome::Skipped);
         assert!(clients.alerts.sent.lock().unwrap().is_empty());
@@ -967,12 +1156,12 @@ mod tests {
             json!({}),
             json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2", "detail": {"state": "running"}}),
         ] {
-            let err = handle(&config(Enforcement::Stop), &clients, &payload, now()).await.unwrap_err();
+            let err = handle(&config(Enforcement::Stop), &clients, &payload, &at()).await.unwrap_err();
             assert_eq!(lambda_runtime::Diagnostic::from(err).error_type, "MalformedEvent");
         }
         let mut elsewhere = state_change("running");
         elsewhere["region"] = json!("eu-west-1");
-        let err = handle(&config(Enforcement::Stop), &clients, &elsewhere, now()).await.unwrap_err();
+        let err = handle(&config(Enforcement::Stop), &clients, &elsewhere, &at()).await.unwrap_err();
         assert!(err.to_string().contains("eu-west-1"), "{err}");
         assert!(clients.ec2.calls().is_empty());
         assert!(clients.alerts.sent.lock().unwrap().is_empty());
@@ -985,7 +1174,7 @@ mod tests {
             "detail-type": "AWS API Call via CloudTrail", "source": "aws.ec2", "account": ACCOUNT, "region": "us-east-1",
             "detail": {"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances", "errorCode": "Client.UnauthorizedOperation", "responseElements": null}
         });
-        let report = instance_report(handle(&config(Enforcement::Alert), &clients, &failed, now()).await.unwrap());
+        let report = instance_report(handle(&config(Enforcement::Alert), &clients, &failed, &at()).await.unwrap());
         assert_eq!(report.outcome, Outcome::Skipped);
         assert!(report.reasons[0].contains("Client.UnauthorizedOperation"));
         assert!(clients.ec2.calls().is_empty());
@@ -997,17 +1186,22 @@ mod tests {
         assert_eq!(
             serde_json::to_value(Report::Instance(one.clone())).unwrap(),
             json!({"outcome": "skipped", "instance_id": INSTANCE, "image_id": null, "owner_id": null, "reasons": ["why"],
-                   "alert_message_id": null, "enforcement": "none", "already_alerted": false})
+                   "alert_message_id": null, "enforcement": "none", "already_alerted": false, "warnings": []})
         );
         assert_eq!(
             serde_json::to_value(Report::Launch { instances: vec![one] }).unwrap()["instances"][0]["outcome"],
             "skipped"
         );
-        let audit =
-            Report::Audit(AuditReport { outcome: Outcome::Audit, audited: 3, untrusted: vec![], alerts_sent: 0 });
+        let audit = Report::Audit(AuditReport {
+            outcome: Outcome::Audit,
+            audited: 3,
+            untrusted: vec![],
+            alerts_sent: 0,
+            warnings: vec![],
+        });
         assert_eq!(
             serde_json::to_value(audit).unwrap(),
-            json!({"outcome": "audit", "audited": 3, "untrusted": [], "alerts_sent": 0})
+            json!({"outcome": "audit", "audited": 3, "untrusted": [], "alerts_sent": 0, "warnings": []})
         );
     }
 }

@@ -2,6 +2,8 @@
 //! event.
 
 use amiguard::config::ProcessEnv;
+use amiguard::invocation::Invocation;
+use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::trust::ec2::Ec2Trust;
 use amiguard::trust::identity::StsIdentity;
 use amiguard::trust::sns::SnsAlerts;
@@ -12,6 +14,10 @@ use untrusted_ami_alert::{handle, Clients, Config, FUNCTION};
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env(&ProcessEnv).inspect_err(|e| tracing::error!(function = FUNCTION, error = %e))?;
+    let table = amiguard::ledger::table_name(&ProcessEnv)?;
+    if table.is_none() {
+        tracing::warn!(function = FUNCTION, "LEDGER_TABLE is not set: every event alerts again");
+    }
     let sdk = amiguard::sdk::load().await;
     let region =
         sdk.region().map(ToString::to_string).ok_or("AWS_REGION is not set: the region to watch is unknown")?;
@@ -19,11 +25,12 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         ec2: Ec2Trust::new(aws_sdk_ec2::Client::new(&sdk)),
         alerts: SnsAlerts::new(aws_sdk_sns::Client::new(&sdk), config.alert_topic_arn.clone()),
         identity: StsIdentity::from_conf(&sdk),
+        ledger: table.map(|table| DynamoLedger::from_conf(&sdk, table)),
         region,
     };
     let (config, clients) = (&config, &clients);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
-        handle(config, clients, &event.payload, chrono::Utc::now()).await
+        handle(config, clients, &event.payload, &Invocation::from_context(&event.context)).await
     }))
     .await
 }

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use amiguard::invocation::Invocation;
+use amiguard::ledger::memory::MemoryLedger;
 use amiguard::testing::any_json;
 use amiguard::trust::ec2::Ec2Trust;
 use amiguard::trust::identity::StsIdentity;
@@ -49,7 +51,7 @@ fn mutated_event() -> impl Strategy<Value = Value> {
 }
 
 struct Mocked {
-    clients: Clients<Ec2Trust, SnsAlerts, StsIdentity>,
+    clients: Clients<Ec2Trust, SnsAlerts, StsIdentity, MemoryLedger>,
     publish: Rule,
 }
 
@@ -67,6 +69,7 @@ fn clients() -> Mocked {
             ec2: Ec2Trust::new(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe])),
             alerts: SnsAlerts::new(mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&publish]), TOPIC),
             identity: StsIdentity::new(mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&identity])),
+            ledger: Some(MemoryLedger::new()),
             region: "us-east-1".into(),
         },
         publish,
@@ -88,7 +91,7 @@ proptest! {
     fn arbitrary_json_never_panics_nor_alerts(payload in any_json(&[])) {
         let mocked = clients();
         let _typed: Result<_, untrusted_ami_alert::Error> =
-            runtime().block_on(handle(&config(), &mocked.clients, &payload, chrono::Utc::now()));
+            runtime().block_on(handle(&config(), &mocked.clients, &payload, &Invocation::at(chrono::Utc::now())));
         prop_assert_eq!(mocked.publish.num_calls(), 0);
     }
 
@@ -96,7 +99,7 @@ proptest! {
     fn mutated_events_never_panic_nor_alert(payload in mutated_event()) {
         let mocked = clients();
         let _typed: Result<_, untrusted_ami_alert::Error> =
-            runtime().block_on(handle(&config(), &mocked.clients, &payload, chrono::Utc::now()));
+            runtime().block_on(handle(&config(), &mocked.clients, &payload, &Invocation::at(chrono::Utc::now())));
         prop_assert_eq!(mocked.publish.num_calls(), 0);
     }
 }
@@ -108,11 +111,11 @@ fn still_alive_after_a_hundred_random_payloads() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     for _ in 0..100 {
         let payload = any_json(&[]).new_tree(&mut runner).unwrap().current();
-        let _ = rt.block_on(handle(&config(), &mocked.clients, &payload, chrono::Utc::now()));
+        let _ = rt.block_on(handle(&config(), &mocked.clients, &payload, &Invocation::at(chrono::Utc::now())));
     }
     let audit: Value =
         serde_json::from_str(include_str!("../../../events/untrusted-ami-alert.scheduled-audit.json")).unwrap();
-    let report = rt.block_on(handle(&config(), &mocked.clients, &audit, chrono::Utc::now())).unwrap();
+    let report = rt.block_on(handle(&config(), &mocked.clients, &audit, &Invocation::at(chrono::Utc::now()))).unwrap();
     let report = serde_json::to_value(report).unwrap();
     assert_eq!(report["outcome"], "audit");
     assert_eq!(report["audited"], 0);

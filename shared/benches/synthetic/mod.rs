@@ -9,12 +9,12 @@
 //!   and a manual snapshot with a `Name` tag.
 //!
 //! The facts are what the EC2 adapter keeps of each page: snapshots read by `SnapshotFacts::read`,
-//! images with the tags retirement reads. The listing comes in a shuffled order (a fixed seed):
+//! images with the tags retirement reads; the ledger saw every orphan orphaned 30 days ago. The listing comes in a shuffled order (a fixed seed):
 //! the planner must not profit from sorted input.
 
 use std::collections::BTreeSet;
 
-use amiguard::sweeper::{ImageFacts, PlanInput, Policy, SnapshotFacts, SnapshotListing};
+use amiguard::sweeper::{ImageFacts, Memory, PlanInput, Policy, SnapshotFacts, SnapshotListing};
 use amiguard::tags::Tag;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
@@ -30,6 +30,8 @@ pub struct Region {
     pub snapshots: Vec<SnapshotFacts>,
     pub images: Vec<ImageFacts>,
     pub images_in_recycle_bin: BTreeSet<String>,
+    /// What the ledger remembers: when each orphan was first seen orphaned.
+    pub memory: Memory,
     /// How many orphans the data holds by construction.
     pub expected_orphans: u64,
 }
@@ -44,6 +46,7 @@ impl Region {
             retired_images: &[],
             images_in_recycle_bin: &self.images_in_recycle_bin,
             budget: BUDGET,
+            memory: &self.memory,
         }
     }
 }
@@ -112,6 +115,7 @@ pub fn region(snapshots: usize) -> Region {
     let mut images_in_recycle_bin = BTreeSet::new();
 
     let mut expected_orphans = 0;
+    let mut memory = Memory::default();
     let mut facts: Vec<SnapshotFacts> = Vec::with_capacity(snapshots);
     for n in 0..snapshots {
         let snapshot = |description: String, tags: Vec<Tag>| SnapshotListing {
@@ -130,6 +134,7 @@ pub fn region(snapshots: usize) -> Region {
             snapshot(create_image_description(n as u64, &image), tags)
         } else if n < 2 * images_count {
             expected_orphans += 1;
+            memory.orphaned_since.insert(id("snap", n as u64).into(), now - Duration::days(30));
             let image = gone_image_id(n);
             let tags = if n % 2 == 0 { amiguard_tags(n as u64, &image) } else { Vec::new() };
             snapshot(create_image_description(n as u64, &image), tags)
@@ -170,7 +175,7 @@ pub fn region(snapshots: usize) -> Region {
         let j = (rng.next() % (i as u64 + 1)) as usize;
         facts.swap(i, j);
     }
-    Region { now, snapshots: facts, images, images_in_recycle_bin, expected_orphans }
+    Region { now, snapshots: facts, images, images_in_recycle_bin, memory, expected_orphans }
 }
 
 /// The kinds of the last third, each kept by another rule.

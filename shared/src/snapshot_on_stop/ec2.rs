@@ -54,6 +54,8 @@ pub trait SnapshotOnStopEc2: Sync {
     /// This account's image named `name`, if any (every state, disabled and deprecated included).
     fn find_own_image_by_name(&self, name: &str) -> impl Future<Output = Result<Option<ImageRecord>, AwsError>> + Send;
     fn describe_image(&self, image_id: &str) -> impl Future<Output = Result<Option<ImageRecord>, AwsError>> + Send;
+    /// The images among `image_ids` that still exist (own ones, any state); the others are absent.
+    fn describe_images(&self, image_ids: &[String]) -> impl Future<Output = Result<Vec<ImageRecord>, AwsError>> + Send;
     /// CreateImage without reboot, tagging the image (only) with `image_tags`.
     fn create_image(
         &self,
@@ -180,6 +182,17 @@ impl SnapshotOnStopEc2 for Ec2Client {
                 }
             }
         }
+    }
+
+    async fn describe_images(&self, image_ids: &[String]) -> Result<Vec<ImageRecord>, AwsError> {
+        let mut found = Vec::new();
+        // A filter, not `ImageIds`: an id that no longer exists is then absent instead of failing
+        // the call; 100 ids a call stays well under EC2's 200 values per filter.
+        for chunk in image_ids.chunks(100) {
+            let by_id = Filter::builder().name("image-id").set_values(Some(chunk.to_vec())).build();
+            found.extend(crate::ec2::describe_own_images(&self.client, vec![by_id], image_record).await?);
+        }
+        Ok(found)
     }
 
     async fn create_image(

@@ -81,12 +81,13 @@ impl Partitions {
 }
 
 /// Runs both joins. `needs_sources` says which snapshots' sources are worth looking up (those
-/// no earlier rule keeps); `retired_source` gives the retired image a snapshot was made for.
-pub(super) fn look_up<'a>(
+/// no earlier rule keeps); `extra_sources` gives the AMIs a snapshot is looked up under besides
+/// those it names (the retired image it was made for, gone images that mapped it).
+pub(super) fn look_up<'a, Extra: Iterator<Item = &'a str>>(
     snapshots: &'a [SnapshotFacts],
     images: &'a [ImageFacts],
     images_in_recycle_bin: impl Iterator<Item = &'a str>,
-    retired_source: impl Fn(&SnapshotFacts) -> Option<&'a str>,
+    extra_sources: impl Fn(&SnapshotFacts) -> Extra,
     needs_sources: impl Fn(&SnapshotFacts) -> bool,
     bits: u32,
 ) -> Lookups {
@@ -100,7 +101,7 @@ pub(super) fn look_up<'a>(
     for (index, snapshot) in snapshots.iter().enumerate() {
         partitions.file(&mut listed, &snapshot.snapshot_id, index);
         if needs_sources(snapshot) {
-            for image_id in snapshot.sources.iter().chain(retired_source(snapshot)) {
+            for image_id in snapshot.sources.iter().chain(extra_sources(snapshot)) {
                 partitions.file(&mut named, image_id, index);
             }
         }

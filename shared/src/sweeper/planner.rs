@@ -12,6 +12,7 @@ use hashbrown::HashMap;
 use serde::Serialize;
 
 use super::facts::{Id, ImageFacts, SnapshotFacts};
+use super::grace;
 use super::join;
 
 /// The settings that decide what is an orphan and how much one run may delete. (`PROTECT_TAG`
@@ -42,6 +43,21 @@ pub struct PlanInput<'a> {
     pub images_in_recycle_bin: &'a BTreeSet<String>,
     /// How many deletions this region may still start (what is left of `MAX_DELETIONS`).
     pub budget: u64,
+    /// What the ledger remembers of the region: the grace clock and gone images' mappings.
+    pub memory: &'a Memory,
+}
+
+/// What the ledger remembers of a region, as the planner reads it ([`super::records`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// When amiguard first saw each snapshot orphaned.
+    pub orphaned_since: HashMap<Id, DateTime<Utc>>,
+    /// When each AMI was seen deregistered (an `EC2 AMI State Change` event, or the first sweep
+    /// that found it gone).
+    pub deregistered_at: HashMap<Id, DateTime<Utc>>,
+    /// For a snapshot that images now gone mapped (EC2's own block-device mappings, as the
+    /// ledger recorded them): those images. One of them in the Recycle Bin keeps the snapshot.
+    pub mapped_by_gone_images: HashMap<Id, Vec<Id>>,
 }
 
 /// Why a snapshot is kept. One reason per snapshot, the first that applies in this order.
@@ -68,7 +84,8 @@ pub enum KeepReason {
     NotFromImage,
     /// Its state is not `completed`.
     NotCompleted,
-    /// Younger than the grace period (or its start time is unknown).
+    /// Not an orphan for the grace period yet, by amiguard's own observation (or its start time
+    /// is unknown).
     TooYoung,
     /// An orphan beyond what this run may delete (`MAX_DELETIONS`): next run.
     OverCap,
@@ -83,6 +100,8 @@ pub struct Orphan {
     pub size_gib: u64,
     pub source_image_id: Id,
     pub start_time: DateTime<Utc>,
+    /// Since when it is an orphan, by amiguard's own observation ([`grace`]).
+    pub orphaned_since: DateTime<Utc>,
 }
 
 /// Owned snapshots that no image references and that were not made for an AMI.
@@ -117,8 +136,13 @@ pub struct Plan {
     pub snapshots_scanned: u64,
     /// Of those, the ones owned by the account (the circuit breaker's denominator).
     pub own_snapshots: u64,
-    /// Every orphan found, oldest first, before the cap and the circuit breaker.
+    /// Every orphan past its grace period, oldest first, before the cap and the circuit breaker.
     pub orphans: Vec<Orphan>,
+    /// Orphans still in their grace period (counted as kept `too_young`), the soonest deletable
+    /// first. With `orphans`, every snapshot the ledger's grace clock follows.
+    pub waiting: Vec<Orphan>,
+    /// The grace period, to say when each waiting orphan becomes deletable.
+    pub min_age: Duration,
     /// The orphans to delete in this run: the oldest ones, within the budget, unless the
     /// circuit breaker tripped.
     pub to_delete: Vec<Orphan>,
@@ -131,7 +155,13 @@ pub struct Plan {
 }
 
 /// What one copy of a snapshot in the listing classifies as.
-type Verdict = Result<Orphan, KeepReason>;
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Kept(KeepReason),
+    /// An orphan in its grace period.
+    Waiting(Orphan),
+    Deletable(Orphan),
+}
 
 /// Plans one region. See [`KeepReason`] for the rules, in the order they apply.
 ///
@@ -148,7 +178,7 @@ fn plan_in_partitions(input: &PlanInput<'_>, policy: &Policy, bits: u32) -> Plan
         input.snapshots,
         input.images,
         input.images_in_recycle_bin.iter().map(String::as_str),
-        |snapshot| rules.retired_source(snapshot),
+        |snapshot| rules.extra_sources(snapshot),
         |snapshot| rules.owns(snapshot),
         bits,
     );
@@ -156,6 +186,8 @@ fn plan_in_partitions(input: &PlanInput<'_>, policy: &Policy, bits: u32) -> Plan
         snapshots_scanned: lookups.distinct,
         own_snapshots: 0,
         orphans: Vec::new(),
+        waiting: Vec::new(),
+        min_age: policy.min_age,
         to_delete: Vec::new(),
         kept: BTreeMap::new(),
         unreferenced_manual: ManualSnapshots::default(),
@@ -177,14 +209,18 @@ fn plan_in_partitions(input: &PlanInput<'_>, policy: &Policy, bits: u32) -> Plan
             plan.own_snapshots += 1;
         }
         match decision.verdict {
-            Err(reason) => {
+            Verdict::Kept(reason) => {
                 kept[reason as usize] += 1;
                 if reason == KeepReason::NotFromImage {
                     plan.unreferenced_manual.count += 1;
                     plan.unreferenced_manual.gib += decision.size_gib;
                 }
             }
-            Ok(orphan) => plan.orphans.push(orphan),
+            Verdict::Waiting(orphan) => {
+                kept[KeepReason::TooYoung as usize] += 1;
+                plan.waiting.push(orphan);
+            }
+            Verdict::Deletable(orphan) => plan.orphans.push(orphan),
         }
     }
     for reason in KeepReason::ALL {
@@ -194,6 +230,7 @@ fn plan_in_partitions(input: &PlanInput<'_>, policy: &Policy, bits: u32) -> Plan
     }
     // Ids are distinct here, so the order is total and the same whatever the input order.
     sort_oldest_first(&mut plan.orphans);
+    plan.waiting.sort_by(|a, b| (a.orphaned_since, &a.snapshot_id).cmp(&(b.orphaned_since, &b.snapshot_id)));
     plan.reclaimable_gib = plan.orphans.iter().map(|o| o.size_gib).sum();
 
     let orphans = plan.orphans.len() as u64;
@@ -280,6 +317,7 @@ struct Rules<'a> {
     /// A snapshot two retired images share gets the smaller id: the same whatever the order.
     /// Small (this run's retirements), so a plain map.
     retired_sources: HashMap<&'a str, &'a str>,
+    memory: &'a Memory,
 }
 
 impl<'a> Rules<'a> {
@@ -293,7 +331,13 @@ impl<'a> Rules<'a> {
                     .or_insert(image.image_id.as_str());
             }
         }
-        Rules { account_id: input.account_id, now: input.now, min_age: policy.min_age, retired_sources }
+        Rules {
+            account_id: input.account_id,
+            now: input.now,
+            min_age: policy.min_age,
+            retired_sources,
+            memory: input.memory,
+        }
     }
 
     fn owns(&self, snapshot: &SnapshotFacts) -> bool {
@@ -307,34 +351,65 @@ impl<'a> Rules<'a> {
         self.retired_sources.get(snapshot.snapshot_id.as_str()).copied()
     }
 
+    /// The AMIs a snapshot is looked up under besides those it names: the retired image it
+    /// belonged to, and the gone images the ledger saw map it (any of them binned keeps it).
+    fn extra_sources(&self, snapshot: &SnapshotFacts) -> impl Iterator<Item = &'a str> {
+        let remembered: &'a [Id] = if self.memory.mapped_by_gone_images.is_empty() {
+            &[]
+        } else {
+            self.memory.mapped_by_gone_images.get(snapshot.snapshot_id.as_str()).map_or(&[], Vec::as_slice)
+        };
+        self.retired_source(snapshot).into_iter().chain(remembered.iter().map(Id::as_str))
+    }
+
+    /// When the snapshot's AMIs were seen deregistered: the last of them (the snapshot became an
+    /// orphan when the last one went), or `None` when any of them was not seen going.
+    fn deregistered<'s>(&self, sources: impl Iterator<Item = &'s str>) -> Option<DateTime<Utc>> {
+        let mut latest = None;
+        for source in sources {
+            let at = self.memory.deregistered_at.get(source).copied()?;
+            latest = Some(latest.map_or(at, |known: DateTime<Utc>| known.max(at)));
+        }
+        latest
+    }
+
     fn decide(&self, snapshot: &SnapshotFacts, found: join::Found) -> Decision {
         Decision { owned: self.owns(snapshot), verdict: self.classify(snapshot, found), size_gib: snapshot.size_gib }
     }
 
     /// Every copy must agree that the snapshot is an orphan, and the result must not depend on
-    /// which copy came first: the smallest keep reason wins, else the smallest orphan.
+    /// which copy came first: the smallest keep reason wins, then waiting (the copy deletable
+    /// last), else the smallest orphan.
     fn decide_copies<'s>(&self, copies: impl Iterator<Item = (&'s SnapshotFacts, join::Found)>) -> Decision {
         let mut owned = true;
         let mut size_gib = 0;
         let mut kept: Option<KeepReason> = None;
+        let mut waiting: Option<Orphan> = None;
         let mut orphan: Option<Orphan> = None;
         for (snapshot, found) in copies {
             owned &= self.owns(snapshot);
             size_gib = size_gib.max(snapshot.size_gib);
             match self.classify(snapshot, found) {
-                Err(reason) => kept = Some(kept.map_or(reason, |k| k.min(reason))),
-                Ok(candidate) => {
+                Verdict::Kept(reason) => kept = Some(kept.map_or(reason, |k| k.min(reason))),
+                Verdict::Waiting(candidate) => {
+                    let later = |known: &Orphan| (candidate.orphaned_since, &candidate) > (known.orphaned_since, known);
+                    if waiting.as_ref().is_none_or(later) {
+                        waiting = Some(candidate);
+                    }
+                }
+                Verdict::Deletable(candidate) => {
                     if orphan.as_ref().is_none_or(|known| candidate < *known) {
                         orphan = Some(candidate);
                     }
                 }
             }
         }
-        let verdict = match (kept, orphan) {
-            (Some(reason), _) => Err(reason),
-            (None, Some(orphan)) => Ok(orphan),
+        let verdict = match (kept, waiting, orphan) {
+            (Some(reason), _, _) => Verdict::Kept(reason),
+            (None, Some(waiting), _) => Verdict::Waiting(waiting),
+            (None, None, Some(orphan)) => Verdict::Deletable(orphan),
             // No copies: not reachable from `plan`, and nothing to delete either way.
-            (None, None) => Err(KeepReason::NotOwned),
+            (None, None, None) => Verdict::Kept(KeepReason::NotOwned),
         };
         Decision { owned, verdict, size_gib }
     }
@@ -343,34 +418,45 @@ impl<'a> Rules<'a> {
     fn classify(&self, snapshot: &SnapshotFacts, found: join::Found) -> Verdict {
         use KeepReason::*;
         if !self.owns(snapshot) {
-            return Err(NotOwned);
+            return Verdict::Kept(NotOwned);
         }
         if found & join::REFERENCED != 0 {
-            return Err(ReferencedByImage);
+            return Verdict::Kept(ReferencedByImage);
         }
         if found & join::SOURCE_EXISTS != 0 {
-            return Err(SourceImageExists);
+            return Verdict::Kept(SourceImageExists);
         }
         if found & join::SOURCE_IN_RECYCLE_BIN != 0 {
-            return Err(SourceImageInRecycleBin);
+            return Verdict::Kept(SourceImageInRecycleBin);
         }
         if let Some(reason) = snapshot.marked {
-            return Err(reason);
+            return Verdict::Kept(reason);
         }
-        let Some(source_image_id) = snapshot.sources.first().or_else(|| self.retired_source(snapshot)) else {
-            return Err(NotFromImage);
+        let retired = self.retired_source(snapshot);
+        let Some(source_image_id) = snapshot.sources.first().or(retired) else {
+            return Verdict::Kept(NotFromImage);
         };
         if !snapshot.completed {
-            return Err(NotCompleted);
+            return Verdict::Kept(NotCompleted);
         }
-        match snapshot.start_time {
-            Some(start_time) if self.now.signed_duration_since(start_time) >= self.min_age => Ok(Orphan {
-                snapshot_id: snapshot.snapshot_id.clone(),
-                size_gib: snapshot.size_gib,
-                source_image_id: Id::from(source_image_id),
-                start_time,
-            }),
-            _ => Err(TooYoung),
+        let Some(start_time) = snapshot.start_time else {
+            return Verdict::Kept(TooYoung);
+        };
+        let first_seen = self.memory.orphaned_since.get(snapshot.snapshot_id.as_str()).copied();
+        let deregistered = self.deregistered(snapshot.sources.iter().chain(retired));
+        let orphaned_since = grace::orphaned_since(first_seen, deregistered, start_time, self.now);
+        let orphan = Orphan {
+            snapshot_id: snapshot.snapshot_id.clone(),
+            size_gib: snapshot.size_gib,
+            source_image_id: Id::from(source_image_id),
+            start_time,
+            orphaned_since,
+        };
+        let old_enough = self.now.signed_duration_since(start_time) >= self.min_age;
+        if old_enough && self.now >= grace::deletable_after(orphaned_since, self.min_age) {
+            Verdict::Deletable(orphan)
+        } else {
+            Verdict::Waiting(orphan)
         }
     }
 }
@@ -427,7 +513,29 @@ mod tests {
         }
     }
 
+    /// How long ago the ledger first saw the tests' snapshots orphaned: past the 24-hour grace.
+    const ORPHANED_HOURS: i64 = 40;
+
+    /// A memory in which the ledger saw every listed snapshot orphaned `ORPHANED_HOURS` ago.
+    fn seen_long_ago(listings: &[SnapshotListing]) -> Memory {
+        let since = now() - Duration::hours(ORPHANED_HOURS);
+        Memory {
+            orphaned_since: listings.iter().map(|l| (Id::from(l.snapshot_id.as_str()), since)).collect(),
+            ..Memory::default()
+        }
+    }
+
     fn run(snapshots: &[SnapshotListing], images: &[ImageFacts], binned: &[&str], budget: u64) -> Plan {
+        run_with(snapshots, images, binned, budget, &seen_long_ago(snapshots))
+    }
+
+    fn run_with(
+        snapshots: &[SnapshotListing],
+        images: &[ImageFacts],
+        binned: &[&str],
+        budget: u64,
+        memory: &Memory,
+    ) -> Plan {
         let binned: BTreeSet<String> = binned.iter().map(|s| s.to_string()).collect();
         let input = PlanInput {
             account_id: ACCOUNT,
@@ -437,6 +545,7 @@ mod tests {
             retired_images: &[],
             images_in_recycle_bin: &binned,
             budget,
+            memory,
         };
         plan(&input, &policy())
     }
@@ -455,6 +564,7 @@ mod tests {
             size_gib: 8,
             source_image_id: "ami-0a".into(),
             start_time: now() - Duration::hours(48),
+            orphaned_since: now() - Duration::hours(ORPHANED_HOURS),
         };
         assert_eq!(plan.orphans, vec![orphan.clone()]);
         assert_eq!(plan.to_delete, vec![orphan]);
@@ -529,13 +639,68 @@ mod tests {
         let input = PlanInput {
             account_id: ACCOUNT,
             now: now(),
-            snapshots: &read(&[s]),
+            snapshots: &read(std::slice::from_ref(&s)),
             images: &[],
             retired_images: &[],
             images_in_recycle_bin: &binned,
             budget: 1,
+            memory: &Memory::default(),
         };
         assert_eq!(plan(&input, &zero).to_delete.len(), 1, "MIN_AGE_HOURS=0 has no grace period");
+    }
+
+    #[test]
+    fn the_grace_period_counts_from_when_amiguard_saw_the_orphan_not_from_its_start_time() {
+        // Two years old, its AMI deregistered just before this sweep, which is the first to see it
+        // orphaned: it waits the whole grace period.
+        let mut old = snapshot("snap-01", "ami-0a");
+        old.start_time = Some(now() - Duration::days(730));
+        let old = [old];
+        let first = run_with(&old, &[], &[], 10, &Memory::default());
+        assert!(first.orphans.is_empty() && first.to_delete.is_empty(), "{first:?}");
+        assert_eq!(first.kept, BTreeMap::from([(KeepReason::TooYoung, 1)]));
+        assert_eq!(first.waiting.len(), 1);
+        assert_eq!((first.waiting[0].orphaned_since, first.min_age), (now(), Duration::hours(24)));
+
+        let seen = |hours: i64| Memory {
+            orphaned_since: [(Id::from("snap-01"), now() - Duration::hours(hours))].into_iter().collect(),
+            ..Memory::default()
+        };
+        assert_eq!(run_with(&old, &[], &[], 10, &seen(23)).waiting.len(), 1, "23 hours of observed orphanhood");
+        let due = run_with(&old, &[], &[], 10, &seen(24));
+        assert_eq!((due.to_delete.len(), due.to_delete[0].orphaned_since), (1, now() - Duration::hours(24)));
+
+        // An `EC2 AMI State Change` to deregistered, 25 hours ago, starts the clock earlier.
+        let event = Memory {
+            deregistered_at: [(Id::from("ami-0a"), now() - Duration::hours(25))].into_iter().collect(),
+            ..seen(1)
+        };
+        assert_eq!(run_with(&old, &[], &[], 10, &event).to_delete[0].orphaned_since, now() - Duration::hours(25));
+        // The event of another AMI than the snapshot's does not.
+        let other = Memory {
+            deregistered_at: [(Id::from("ami-0f"), now() - Duration::hours(25))].into_iter().collect(),
+            ..seen(1)
+        };
+        assert_eq!(run_with(&old, &[], &[], 10, &other).waiting.len(), 1);
+    }
+
+    #[test]
+    fn a_snapshot_the_ledger_saw_mapped_by_a_binned_image_is_kept_whatever_its_description() {
+        // Registered into ami-0b from the snapshot: its description still names an older, gone ami-0a.
+        let described = snapshot("snap-01", "ami-0a");
+        let mut memory = seen_long_ago(std::slice::from_ref(&described));
+        memory.mapped_by_gone_images.insert("snap-01".into(), vec!["ami-0b".into()]);
+        let binned = run_with(std::slice::from_ref(&described), &[], &["ami-0b"], 10, &memory);
+        assert_eq!(only_reason(&binned), KeepReason::SourceImageInRecycleBin);
+        // Once ami-0b left the bin for good, nothing keeps the snapshot any more.
+        assert_eq!(run_with(std::slice::from_ref(&described), &[], &[], 10, &memory).to_delete.len(), 1);
+        // A mapping remembered keeps; it never makes a snapshot deletable: without a description
+        // it stays a manual snapshot.
+        let mut manual = described;
+        manual.description = String::new();
+        let manual = [manual];
+        assert_eq!(only_reason(&run_with(&manual, &[], &["ami-0b"], 10, &memory)), KeepReason::SourceImageInRecycleBin);
+        assert_eq!(only_reason(&run_with(&manual, &[], &[], 10, &memory)), KeepReason::NotFromImage);
     }
 
     #[test]
@@ -566,6 +731,7 @@ mod tests {
             retired_images: &retired,
             images_in_recycle_bin: &binned,
             budget: 10,
+            memory: &seen_long_ago(std::slice::from_ref(&s)),
         };
         assert_eq!(plan(&input, &policy()).to_delete[0].source_image_id, "ami-0r");
         // But another image that still maps it keeps it.
@@ -601,6 +767,7 @@ mod tests {
         snapshots.push(foreign);
         let images = [image("ami-0b", &["snap-03", "snap-04"])];
         let binned = BTreeSet::new();
+        let memory = seen_long_ago(&snapshots);
         let snapshots = read(&snapshots);
         let input = PlanInput {
             account_id: ACCOUNT,
@@ -610,6 +777,7 @@ mod tests {
             retired_images: &[],
             images_in_recycle_bin: &binned,
             budget: 1,
+            memory: &memory,
         };
         let half = Policy { max_delete_fraction: 0.5, ..policy() };
         let tripped = plan(&input, &half);
@@ -638,6 +806,7 @@ mod tests {
             size_gib: 1,
             source_image_id: "ami-0a".into(),
             start_time: now() - age,
+            orphaned_since: now(),
         };
         // Ids longer than the 24 bytes compared as integers differ only after them.
         let long = "snap-0123456789abcdef012345";
@@ -728,6 +897,7 @@ mod tests {
         min_age_hours: i64,
         /// How many partitions the lookups use (`2^bits`): many, even on a small world.
         partition_bits: u32,
+        memory: Memory,
     }
 
     fn arb_world() -> impl Strategy<Value = World> {
@@ -740,9 +910,25 @@ mod tests {
             prop_oneof![Just(0i64), Just(24)],
             prop::bool::weighted(0.3),
             0u32..5,
+            (
+                prop::collection::vec(prop::option::weighted(0.6, -5i64..60), 40),
+                prop::collection::btree_map((0..AMIS).prop_map(ami), -5i64..60, 0..3),
+                prop::collection::vec((0usize..40, (0..AMIS).prop_map(ami)), 0..4),
+            ),
         )
             .prop_map(
-                |(mut snapshots, images, binned, budget, fraction, min_age_hours, repeats, partition_bits)| {
+                |(
+                    mut snapshots,
+                    images,
+                    binned,
+                    budget,
+                    fraction,
+                    min_age_hours,
+                    repeats,
+                    partition_bits,
+                    remembered,
+                )| {
+                    let (first_seen, deregistered, gone_mappings) = remembered;
                     // Sometimes the listing repeats snapshots (it changed while being paged): the
                     // copies of one id may then disagree.
                     let distinct = if repeats { snapshots.len() / 2 + 1 } else { snapshots.len().max(1) };
@@ -759,7 +945,35 @@ mod tests {
                             live.push(image(&ami(i), &refs))
                         }
                     }
-                    World { snapshots, images: live, retired, binned, budget, fraction, min_age_hours, partition_bits }
+                    // What the ledger remembers: when some snapshots were first seen orphaned
+                    // (hours ago), when some AMIs were seen deregistered, gone images' mappings.
+                    let at = |hours: i64| now() - Duration::hours(hours);
+                    let mut memory = Memory::default();
+                    for (i, hours) in first_seen.iter().enumerate() {
+                        if let Some(hours) = hours {
+                            memory.orphaned_since.insert(Id::from(format!("snap-{i:04x}").as_str()), at(*hours));
+                        }
+                    }
+                    memory.deregistered_at =
+                        deregistered.iter().map(|(id, h)| (Id::from(id.as_str()), at(*h))).collect();
+                    for (snapshot, image) in gone_mappings {
+                        memory
+                            .mapped_by_gone_images
+                            .entry(Id::from(format!("snap-{snapshot:04x}").as_str()))
+                            .or_default()
+                            .push(Id::from(image.as_str()));
+                    }
+                    World {
+                        snapshots,
+                        images: live,
+                        retired,
+                        binned,
+                        budget,
+                        fraction,
+                        min_age_hours,
+                        partition_bits,
+                        memory,
+                    }
                 },
             )
     }
@@ -777,6 +991,7 @@ mod tests {
             retired_images: &world.retired,
             images_in_recycle_bin: &world.binned,
             budget: world.budget,
+            memory: &world.memory,
         };
         let policy = Policy { min_age: Duration::hours(world.min_age_hours), max_delete_fraction: world.fraction };
         plan_in_partitions(&input, &policy, partition_bits)
@@ -824,6 +1039,19 @@ mod tests {
                     || s.tags.iter().any(|t| t.key == tags::IMAGE)
                     || world.retired.iter().any(|i| i.snapshot_ids.iter().any(|id| *id == s.snapshot_id));
                 prop_assert!(made_for_ami, "not made for an AMI");
+                // Orphaned for the grace period by amiguard's own observation: a sighting that
+                // old, or a deregistration of an AMI it names (or was retired with) that old.
+                let min_age = Duration::hours(world.min_age_hours);
+                let sighted = world.memory.orphaned_since.get(s.snapshot_id.as_str()).is_some_and(|t| now() - *t >= min_age);
+                let named = |image: &str| s.description.contains(image)
+                    || s.tags.iter().any(|t| t.key == tags::IMAGE && t.value == image)
+                    || world.retired.iter().any(|i| i.image_id == image && i.snapshot_ids.iter().any(|id| *id == s.snapshot_id));
+                let event = world.memory.deregistered_at.iter().any(|(image, t)| named(image) && now() - *t >= min_age);
+                prop_assert!(min_age.is_zero() || sighted || event, "deleted before MIN_AGE_HOURS of observed orphanhood");
+                // No image the ledger saw map it is in the Recycle Bin.
+                for image in world.memory.mapped_by_gone_images.get(s.snapshot_id.as_str()).into_iter().flatten() {
+                    prop_assert!(!world.binned.contains(image.as_str()), "a binned image {} mapped it", image);
+                }
             }
         }
 
@@ -861,6 +1089,10 @@ mod tests {
             prop_assert_eq!(plan.to_delete.as_slice(), &plan.orphans[..plan.to_delete.len()]);
             let kept: u64 = plan.kept.values().sum();
             prop_assert_eq!(kept + plan.to_delete.len() as u64, plan.snapshots_scanned);
+            // Every waiting orphan is counted as too young, and none of them is deleted.
+            prop_assert!(plan.kept.get(&KeepReason::TooYoung).copied().unwrap_or(0) >= plan.waiting.len() as u64);
+            prop_assert!(plan.waiting.iter().all(|w| !plan.to_delete.iter().any(|d| d.snapshot_id == w.snapshot_id)));
+            prop_assert!(plan.waiting.iter().all(|w| w.orphaned_since <= now()));
             let distinct: BTreeSet<&str> = world.snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
             prop_assert_eq!(plan.snapshots_scanned, distinct.len() as u64);
             prop_assert_eq!(plan.reclaimable_gib, plan.orphans.iter().map(|o| o.size_gib).sum::<u64>());

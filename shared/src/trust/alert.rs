@@ -41,9 +41,13 @@ pub struct AlertDetails {
     pub enforcement_mode: Enforcement,
     /// What was done.
     pub enforcement: EnforcementTaken,
-    /// The failed call, when `enforcement` is `failed`.
+    /// The failed stop, when `enforcement` is `failed`.
     pub enforcement_error: Option<String>,
+    /// The tag that could not be written, and why (`tag-failed`, `stopped-not-tagged`).
+    pub tag_error: Option<String>,
     pub policy: String,
+    /// Set when amiguard's ledger could not be used: this alert may repeat one already sent.
+    pub ledger_warning: Option<String>,
 }
 
 /// A message ready for SNS.
@@ -84,7 +88,7 @@ pub fn compose(details: &AlertDetails, occasion: &Occasion) -> Alert {
          What to do: find out who launched the instance and from which AMI (CloudTrail RunInstances).\n\
          If the AMI is legitimate, trust its owner (TRUSTED_IMAGE_PROVIDERS or ALLOWED_IMAGES_CRITERIA);\n\
          otherwise stop or terminate the instance.\n\
-         amiguard alerts once per instance and image (tag {alerted}).\n\
+         amiguard alerts once per instance and image.{repeat}\n\
          \n\
          Details (JSON):\n{json}\n",
         severity = details.severity.as_str(),
@@ -95,7 +99,8 @@ pub fn compose(details: &AlertDetails, occasion: &Occasion) -> Alert {
         image = details.image_id,
         enforcement = enforcement_text(details, occasion),
         policy = details.policy,
-        alerted = tags::ALERTED,
+        repeat =
+            details.ledger_warning.as_deref().map(|w| format!(" This one may be a repeat: {w}.")).unwrap_or_default(),
     );
     Alert { subject, body, severity: details.severity }
 }
@@ -117,12 +122,22 @@ fn enforcement_text(details: &AlertDetails, occasion: &Occasion) -> String {
             format!("{tag}; the instance is pending (EC2 cannot stop it yet): it is stopped on its running event")
         }
         EnforcementTaken::TaggedNotRunning => format!("{tag}; not stopped: the instance is not running"),
+        EnforcementTaken::TagFailed => {
+            format!("NOT TAGGED: the tag {} could not be written: {}", tags::UNTRUSTED_AMI, tag_error(details))
+        }
+        EnforcementTaken::StoppedNotTagged => {
+            format!("stopped; NOT TAGGED: the tag {} could not be written: {}", tags::UNTRUSTED_AMI, tag_error(details))
+        }
         EnforcementTaken::Failed => format!(
             "FAILED ({}): {}",
             details.enforcement_mode.as_str(),
             details.enforcement_error.as_deref().unwrap_or("unknown error")
         ),
     }
+}
+
+fn tag_error(details: &AlertDetails) -> &str {
+    details.tag_error.as_deref().unwrap_or("unknown error")
 }
 
 /// One line of printable ASCII, at most `MAX_SUBJECT_CHARS` long (SNS refuses anything else).
@@ -159,7 +174,9 @@ mod tests {
             enforcement_mode: Enforcement::Tag,
             enforcement: EnforcementTaken::Tagged,
             enforcement_error: None,
+            tag_error: None,
             policy: "trusted image providers: amazon, self".into(),
+            ledger_warning: None,
         }
     }
 
@@ -208,6 +225,15 @@ mod tests {
     }
 
     #[test]
+    fn a_ledger_warning_says_the_alert_may_repeat() {
+        assert!(!compose(&details(), &Occasion::Audit).body.contains("repeat"));
+        let mut d = details();
+        d.ledger_warning = Some("the ledger could not be read (Query failed: x)".into());
+        let body = compose(&d, &Occasion::Audit).body;
+        assert!(body.contains("This one may be a repeat: the ledger could not be read (Query failed: x)."), "{body}");
+    }
+
+    #[test]
     fn the_owner_line_says_where_the_owner_comes_from() {
         let mut hidden = details();
         hidden.owner_source = OwnerSource::LaunchMetadata;
@@ -234,6 +260,11 @@ mod tests {
         assert!(compose(&d, &Occasion::RunInstances)
             .body
             .contains("Enforcement: FAILED (stop): StopInstances failed: UnauthorizedOperation: no"));
+        d.enforcement = EnforcementTaken::StoppedNotTagged;
+        d.tag_error = Some("CreateTags failed: TagLimitExceeded: 50".into());
+        assert!(compose(&d, &Occasion::RunInstances).body.contains(
+            "Enforcement: stopped; NOT TAGGED: the tag amiguard:untrusted-ami could not be written: CreateTags failed: TagLimitExceeded: 50"
+        ));
         d.enforcement_mode = Enforcement::Alert;
         d.enforcement = EnforcementTaken::None;
         assert!(compose(&d, &Occasion::RunInstances)

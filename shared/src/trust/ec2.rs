@@ -55,7 +55,6 @@ fn instance_facts(instance: &aws_sdk_ec2::types::Instance) -> Option<InstanceFac
         instance_id: instance.instance_id()?.to_string(),
         image_id: instance.image_id().map(str::to_string),
         state: InstanceState::parse(instance.state().and_then(|s| s.name()).map(|n| n.as_str()).unwrap_or_default()),
-        tags: tags::from_sdk(instance.tags()),
     })
 }
 
@@ -205,12 +204,11 @@ mod tests {
             .instance_id(id)
             .image_id("ami-0123456789abcdef0")
             .state(aws_sdk_ec2::types::InstanceState::builder().name(state).build())
-            .tags(aws_sdk_ec2::types::Tag::builder().key(tags::ALERTED).value("ami-0123456789abcdef0").build())
             .build()
     }
 
     #[tokio::test]
-    async fn instances_follow_every_page_and_keep_state_and_tags() {
+    async fn instances_follow_every_page_and_keep_their_state() {
         let first = mock!(Client::describe_instances)
             .match_requests(|r| r.next_token().is_none() && r.max_results() == Some(1000))
             .then_output(|| {
@@ -231,7 +229,6 @@ mod tests {
         assert_eq!(found[0].instance_id, "i-1");
         assert_eq!(found[0].state, InstanceState::Pending);
         assert_eq!(found[1].state, InstanceState::Running);
-        assert_eq!(tags::value(&found[0].tags, tags::ALERTED), Some("ami-0123456789abcdef0"));
         assert_eq!(first.num_calls() + second.num_calls(), 2);
     }
 

@@ -1,14 +1,13 @@
 //! What to do about an instance that runs an untrusted image: pure decisions over plain data.
 //!
-//! The alert goes out once per instance and image (the `amiguard:alerted` mark); enforcement is
-//! applied on every untrusted event and is idempotent. A scheduled audit never stops an instance:
+//! The alert goes out once per instance and image (the ledger's record: `sent`); enforcement is
+//! applied on every untrusted event and is idempotent. Nothing here reads the instance's tags: a
+//! launcher can pre-set any tag on its own instance. A scheduled audit never stops an instance:
 //! stopping a long-running machine is a person's decision.
 
 use std::fmt;
 
 use serde::Serialize;
-
-use crate::tags::{self, Tag};
 
 /// `ENFORCEMENT`: what happens besides the alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,7 +85,7 @@ pub struct InstanceFacts {
     /// EC2 always reports it; `None` only if it did not.
     pub image_id: Option<String>,
     pub state: InstanceState,
-    pub tags: Vec<Tag>,
+    // No tags: nothing this function decides may depend on what a launcher can write.
 }
 
 /// Why the instance is being judged now.
@@ -129,35 +128,23 @@ pub enum StopStep {
     NotRunning,
 }
 
-/// The actions for one untrusted instance.
+/// The enforcement actions for one untrusted instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
-    /// No alert was sent yet for this instance and image.
-    pub alert: bool,
-    /// Write `amiguard:untrusted-ami=<image id>` (not there yet, and enforcement asks for it).
+    /// Write `amiguard:untrusted-ami=<image id>` (every time: CreateTags is idempotent, and
+    /// whatever tag the instance already carries was possibly set by its launcher).
     pub tag: bool,
     pub stop: StopStep,
 }
 
-/// Whether the instance carries the mark of an alert already sent for `image_id`. A mark for
-/// another image (the root volume was replaced from another AMI) does not count.
-pub fn already_alerted(instance: &InstanceFacts, image_id: &str) -> bool {
-    tags::value(&instance.tags, tags::ALERTED) == Some(image_id)
-}
-
-pub fn plan(enforcement: Enforcement, occasion: &Occasion, instance: &InstanceFacts, image_id: &str) -> Plan {
-    let tags_it = matches!(enforcement, Enforcement::Tag | Enforcement::Stop);
-    let stop = match (enforcement, occasion.is_audit(), &instance.state) {
+pub fn plan(enforcement: Enforcement, occasion: &Occasion, state: &InstanceState) -> Plan {
+    let stop = match (enforcement, occasion.is_audit(), state) {
         (Enforcement::Stop, false, InstanceState::Running) => StopStep::Now,
         (Enforcement::Stop, false, InstanceState::Pending) => StopStep::WhenRunning,
         (Enforcement::Stop, false, _) => StopStep::NotRunning,
         _ => StopStep::NotAsked,
     };
-    Plan {
-        alert: !already_alerted(instance, image_id),
-        tag: tags_it && tags::value(&instance.tags, tags::UNTRUSTED_AMI) != Some(image_id),
-        stop,
-    }
+    Plan { tag: matches!(enforcement, Enforcement::Tag | Enforcement::Stop), stop }
 }
 
 /// The enforcement taken, as reports and alerts state it.
@@ -174,7 +161,12 @@ pub enum EnforcementTaken {
     TaggedStopDeferred,
     /// Tagged; there was nothing to stop (the instance is not running).
     TaggedNotRunning,
-    /// A tag or stop call failed: the invocation fails so that Lambda retries it.
+    /// The tag could not be written (the instance has 50 tags, ...): the alert and the report
+    /// say why; the invocation does not fail for it.
+    TagFailed,
+    /// Stopped, but the tag could not be written.
+    StoppedNotTagged,
+    /// The stop failed: the invocation fails so that Lambda retries it (the alert is not repeated).
     Failed,
 }
 
@@ -186,14 +178,23 @@ pub enum StopOutcome {
     NotStoppable,
 }
 
-/// The enforcement taken once the planned calls are made. `stop` is `None` when no stop was
-/// attempted; `failed` when a tag or stop call failed.
-pub fn taken(enforcement: Enforcement, plan: &Plan, stop: Option<&StopOutcome>, failed: bool) -> EnforcementTaken {
-    if failed {
-        return EnforcementTaken::Failed;
-    }
+/// What the calls made of the plan came to: whether the tag failed, and how the stop answered
+/// (`None` when no stop was attempted, or when it failed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcomes<'a> {
+    pub tag_failed: bool,
+    pub stop: Option<&'a StopOutcome>,
+    pub stop_failed: bool,
+}
+
+/// The enforcement taken once the planned calls are made.
+pub fn taken(enforcement: Enforcement, plan: &Plan, outcomes: Outcomes<'_>) -> EnforcementTaken {
+    let Outcomes { tag_failed, stop, stop_failed } = outcomes;
     match (enforcement, plan.stop, stop) {
         (Enforcement::Alert, _, _) => EnforcementTaken::None,
+        _ if stop_failed => EnforcementTaken::Failed,
+        (_, StopStep::Now, Some(StopOutcome::Stopping)) if tag_failed => EnforcementTaken::StoppedNotTagged,
+        _ if tag_failed => EnforcementTaken::TagFailed,
         (_, StopStep::Now, Some(StopOutcome::Stopping)) => EnforcementTaken::TaggedAndStopped,
         (_, StopStep::Now, _) | (_, StopStep::NotRunning, _) => EnforcementTaken::TaggedNotRunning,
         (_, StopStep::WhenRunning, _) => EnforcementTaken::TaggedStopDeferred,
@@ -206,91 +207,72 @@ pub fn taken(enforcement: Enforcement, plan: &Plan, stop: Option<&StopOutcome>, 
 mod tests {
     use super::*;
 
-    const AMI: &str = "ami-0123456789abcdef0";
-
-    fn instance(state: InstanceState, tags: &[(&str, &str)]) -> InstanceFacts {
-        InstanceFacts {
-            instance_id: "i-0123456789abcdef0".into(),
-            image_id: Some(AMI.into()),
-            state,
-            tags: tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect(),
-        }
-    }
-
     fn launch() -> Occasion {
         Occasion::StateChange("running".into())
     }
 
-    #[test]
-    fn alert_mode_alerts_once_and_does_nothing_else() {
-        let fresh = plan(Enforcement::Alert, &launch(), &instance(InstanceState::Running, &[]), AMI);
-        assert_eq!(fresh, Plan { alert: true, tag: false, stop: StopStep::NotAsked });
-        assert_eq!(taken(Enforcement::Alert, &fresh, None, false), EnforcementTaken::None);
-        let marked = instance(InstanceState::Running, &[(tags::ALERTED, AMI)]);
-        assert!(!plan(Enforcement::Alert, &launch(), &marked, AMI).alert);
+    fn none() -> Outcomes<'static> {
+        Outcomes::default()
     }
 
     #[test]
-    fn a_mark_for_another_image_does_not_count() {
-        let marked = instance(InstanceState::Running, &[(tags::ALERTED, "ami-0aaaaaaaaaaaaaaaa")]);
-        assert!(plan(Enforcement::Alert, &launch(), &marked, AMI).alert);
-        assert!(!already_alerted(&marked, AMI));
+    fn alert_mode_does_nothing_but_alert() {
+        let p = plan(Enforcement::Alert, &launch(), &InstanceState::Running);
+        assert_eq!(p, Plan { tag: false, stop: StopStep::NotAsked });
+        assert_eq!(taken(Enforcement::Alert, &p, none()), EnforcementTaken::None);
     }
 
     #[test]
-    fn tag_mode_tags_once_and_reports_tagged_every_time() {
-        let fresh = plan(Enforcement::Tag, &launch(), &instance(InstanceState::Running, &[]), AMI);
-        assert_eq!(fresh, Plan { alert: true, tag: true, stop: StopStep::NotAsked });
-        let tagged = instance(InstanceState::Running, &[(tags::UNTRUSTED_AMI, AMI), (tags::ALERTED, AMI)]);
-        let again = plan(Enforcement::Tag, &launch(), &tagged, AMI);
-        assert_eq!(again, Plan { alert: false, tag: false, stop: StopStep::NotAsked });
-        assert_eq!(taken(Enforcement::Tag, &again, None, false), EnforcementTaken::Tagged);
+    fn tag_mode_tags_on_every_event() {
+        let p = plan(Enforcement::Tag, &launch(), &InstanceState::Running);
+        assert_eq!(p, Plan { tag: true, stop: StopStep::NotAsked });
+        assert_eq!(taken(Enforcement::Tag, &p, none()), EnforcementTaken::Tagged);
     }
 
     #[test]
     fn stop_mode_stops_a_running_instance_defers_a_pending_one_and_leaves_the_rest() {
-        let running = plan(Enforcement::Stop, &launch(), &instance(InstanceState::Running, &[]), AMI);
-        assert_eq!(running.stop, StopStep::Now);
-        assert!(running.tag);
-        assert_eq!(
-            taken(Enforcement::Stop, &running, Some(&StopOutcome::Stopping), false),
-            EnforcementTaken::TaggedAndStopped
-        );
-        assert_eq!(
-            taken(Enforcement::Stop, &running, Some(&StopOutcome::NotStoppable), false),
-            EnforcementTaken::TaggedNotRunning
-        );
-        let pending = plan(
-            Enforcement::Stop,
-            &Occasion::StateChange("pending".into()),
-            &instance(InstanceState::Pending, &[]),
-            AMI,
-        );
+        let running = plan(Enforcement::Stop, &launch(), &InstanceState::Running);
+        assert_eq!(running, Plan { tag: true, stop: StopStep::Now });
+        let stopped = Outcomes { stop: Some(&StopOutcome::Stopping), ..none() };
+        assert_eq!(taken(Enforcement::Stop, &running, stopped), EnforcementTaken::TaggedAndStopped);
+        let refused = Outcomes { stop: Some(&StopOutcome::NotStoppable), ..none() };
+        assert_eq!(taken(Enforcement::Stop, &running, refused), EnforcementTaken::TaggedNotRunning);
+        let pending = plan(Enforcement::Stop, &Occasion::StateChange("pending".into()), &InstanceState::Pending);
         assert_eq!(pending.stop, StopStep::WhenRunning);
-        assert_eq!(taken(Enforcement::Stop, &pending, None, false), EnforcementTaken::TaggedStopDeferred);
+        assert_eq!(taken(Enforcement::Stop, &pending, none()), EnforcementTaken::TaggedStopDeferred);
         for state in [InstanceState::Stopping, InstanceState::Stopped, InstanceState::ShuttingDown] {
-            let p = plan(Enforcement::Stop, &Occasion::RunInstances, &instance(state, &[]), AMI);
+            let p = plan(Enforcement::Stop, &Occasion::RunInstances, &state);
             assert_eq!(p.stop, StopStep::NotRunning);
-            assert_eq!(taken(Enforcement::Stop, &p, None, false), EnforcementTaken::TaggedNotRunning);
+            assert_eq!(taken(Enforcement::Stop, &p, none()), EnforcementTaken::TaggedNotRunning);
         }
     }
 
     #[test]
     fn an_audit_tags_but_never_stops() {
-        let p = plan(Enforcement::Stop, &Occasion::Audit, &instance(InstanceState::Running, &[]), AMI);
-        assert_eq!(p, Plan { alert: true, tag: true, stop: StopStep::NotAsked });
-        assert_eq!(taken(Enforcement::Stop, &p, None, false), EnforcementTaken::Tagged);
+        let p = plan(Enforcement::Stop, &Occasion::Audit, &InstanceState::Running);
+        assert_eq!(p, Plan { tag: true, stop: StopStep::NotAsked });
+        assert_eq!(taken(Enforcement::Stop, &p, none()), EnforcementTaken::Tagged);
     }
 
     #[test]
-    fn a_failed_call_is_reported_as_failed() {
-        let p = plan(Enforcement::Stop, &launch(), &instance(InstanceState::Running, &[]), AMI);
-        assert_eq!(taken(Enforcement::Stop, &p, None, true), EnforcementTaken::Failed);
+    fn a_failed_tag_is_said_and_a_failed_stop_is_a_failure() {
+        let p = plan(Enforcement::Stop, &launch(), &InstanceState::Running);
+        let tag_failed = Outcomes { tag_failed: true, ..none() };
+        assert_eq!(
+            taken(Enforcement::Tag, &plan(Enforcement::Tag, &launch(), &InstanceState::Running), tag_failed),
+            EnforcementTaken::TagFailed
+        );
+        let stopped_untagged = Outcomes { tag_failed: true, stop: Some(&StopOutcome::Stopping), stop_failed: false };
+        assert_eq!(taken(Enforcement::Stop, &p, stopped_untagged), EnforcementTaken::StoppedNotTagged);
+        let both = Outcomes { tag_failed: true, stop: None, stop_failed: true };
+        assert_eq!(taken(Enforcement::Stop, &p, both), EnforcementTaken::Failed);
+        assert_eq!(taken(Enforcement::Stop, &p, Outcomes { stop_failed: true, ..none() }), EnforcementTaken::Failed);
     }
 
     #[test]
     fn names() {
         assert_eq!(serde_json::to_value(EnforcementTaken::TaggedStopDeferred).unwrap(), "tagged-stop-deferred");
+        assert_eq!(serde_json::to_value(EnforcementTaken::TagFailed).unwrap(), "tag-failed");
         assert_eq!(InstanceState::parse("shutting-down"), InstanceState::ShuttingDown);
         assert_eq!(InstanceState::parse("weird").as_str(), "weird");
         assert_eq!(Occasion::StateChange("pending".into()).to_string(), "launch (state-change event: pending)");

@@ -2,13 +2,15 @@
 //!
 //! Pure core: `policy` (the trust policy, the Allowed AMIs criteria matcher and the verdict),
 //! `enforce` (what to do about an untrusted instance), `alert` (the message a person reads) and
-//! `trigger` (the three events the function answers). Adapters: `ec2`, `sns` (the alert topic)
-//! and `identity` (STS, only when an event does not name its account).
+//! `trigger` (the three events the function answers). `sent` is alert-once, a record in the
+//! ledger. Adapters: `ec2`, `sns` (the alert topic) and `identity` (STS, only when an event does
+//! not name its account).
 
 pub mod alert;
 pub mod ec2;
 pub mod enforce;
 pub mod identity;
 pub mod policy;
+pub mod sent;
 pub mod sns;
 pub mod trigger;

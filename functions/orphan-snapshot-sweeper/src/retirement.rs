@@ -1,0 +1,136 @@
+//! Retiring old, unused AMIs (`RETIRE_UNUSED_AMIS_AFTER_DAYS`, opt-in) before the sweep: the
+//! images are deregistered here, their snapshots then go through every rule of the planner.
+
+use std::collections::BTreeMap;
+
+use amiguard::ledger::journal::{JournalEntry, Resource};
+use amiguard::ledger::LedgerStore;
+use amiguard::sweeper::{plan_retirement, ImageFacts, RetireInput, RetirePolicy, SweeperEc2};
+
+use crate::report::{RegionReport, RetireOutcome, RetiredImage, FUNCTION};
+use crate::Run;
+
+/// What the retirement step of one region decided and did.
+pub(crate) struct Retirement {
+    /// The images gone (or, in a dry run, that would be): their snapshots become orphans.
+    pub retired: Vec<ImageFacts>,
+    /// Whether any image was really deregistered (the Recycle Bin may have taken it).
+    pub deregistered_any: bool,
+}
+
+impl<L: LedgerStore> Run<'_, L> {
+    /// Plans and (unless a dry run) deregisters this region's unused AMIs. A listing it needs that
+    /// fails skips retirement in the region (`retirement_skipped`); the sweep goes on.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn retire<E: SweeperEc2>(
+        &self,
+        region: &str,
+        ec2: &E,
+        images: &[ImageFacts],
+        days: u32,
+        budget: &mut u64,
+        report: &mut RegionReport,
+        retired_out: &mut Vec<RetiredImage>,
+        journal: &mut Vec<JournalEntry>,
+        warnings: &mut Vec<String>,
+    ) -> Retirement {
+        let mut retirement = Retirement { retired: Vec::new(), deregistered_any: false };
+        let used_by_instances = match ec2.images_used_by_instances().await {
+            Ok(ids) => ids,
+            Err(err) => {
+                report.retirement_skipped = Some(format!("listing instances failed: {err}"));
+                return retirement;
+            }
+        };
+        let templates = match ec2.launch_template_images().await {
+            Ok(templates) => templates,
+            Err(err) => {
+                report.retirement_skipped = Some(format!("listing launch template versions failed: {err}"));
+                return retirement;
+            }
+        };
+        if !templates.unresolved.is_empty() {
+            report.retirement_skipped = Some(format!(
+                "cannot tell which AMIs these launch template versions use: {}",
+                templates.unresolved.join("; ")
+            ));
+            return retirement;
+        }
+        let policy = RetirePolicy {
+            unused_for: chrono::Duration::days(i64::from(days)),
+            protect_tag: self.config.protect_tag.clone(),
+            max_delete_fraction: self.config.max_delete_fraction,
+        };
+        let unknown = BTreeMap::new();
+        let input = RetireInput {
+            account_id: self.account_id,
+            now: self.invocation.now,
+            images,
+            used_by_instances: &used_by_instances,
+            used_by_launch_templates: &templates.image_ids,
+            sharing: &unknown,
+            budget: *budget,
+        };
+        // Launch permissions are read only for the images that pass every other rule.
+        let mut sharing = BTreeMap::new();
+        for image_id in plan_retirement(&input, &policy).sharing_to_check {
+            match ec2.is_image_shared(&image_id).await {
+                Ok(shared) => {
+                    sharing.insert(image_id, shared);
+                }
+                Err(err) => {
+                    warnings.push(format!("{region}: {image_id} kept: its launch permissions could not be read: {err}"))
+                }
+            }
+        }
+        let plan = plan_retirement(&RetireInput { sharing: &sharing, ..input }, &policy);
+        *budget = budget.saturating_sub(plan.to_retire.len() as u64);
+        report.images_kept = plan.kept;
+        if let Some(trip) = plan.circuit_breaker {
+            report.retirement_skipped = Some(format!("{trip} (images)"));
+        }
+        for image in plan.to_retire {
+            let (outcome, error) = if self.dry_run {
+                (RetireOutcome::DryRun, None)
+            } else if self.deadline_is_near() {
+                (RetireOutcome::LeftForNextRun, None)
+            } else {
+                match ec2.deregister_image(&image.image_id).await {
+                    Ok(()) => (RetireOutcome::Deregistered, None),
+                    Err(err) if err.is_not_found() || err.has_code("InvalidAMIID.Unavailable") => {
+                        (RetireOutcome::AlreadyGone, None)
+                    }
+                    Err(err) => (RetireOutcome::Failed, Some(err)),
+                }
+            };
+            retired_out.push(RetiredImage {
+                region: region.to_string(),
+                image_id: image.image_id.to_string(),
+                name: image.name.clone(),
+                creation_date: image.creation_date,
+                snapshot_ids: image.snapshot_ids.iter().map(ToString::to_string).collect(),
+                outcome,
+                code: error.as_ref().map(|e| e.code.clone()),
+                message: error.map(|e| e.message),
+            });
+            if outcome == RetireOutcome::Deregistered {
+                retirement.deregistered_any = true;
+                journal.push(JournalEntry {
+                    run_id: self.invocation.request_id.clone(),
+                    function: FUNCTION,
+                    region: region.to_string(),
+                    resource: Resource::Image,
+                    resource_id: image.image_id.to_string(),
+                    time: chrono::Utc::now(),
+                    size_gib: None,
+                    source_image_id: None,
+                    rule: "unused_image",
+                });
+            }
+            if matches!(outcome, RetireOutcome::Deregistered | RetireOutcome::AlreadyGone | RetireOutcome::DryRun) {
+                retirement.retired.push(image);
+            }
+        }
+        retirement
+    }
+}

@@ -1,0 +1,151 @@
+//! Retention: keep the newest `KEEP_LAST` images of the instance, retire the rest with their
+//! snapshots and launch-template versions. The candidates are the ledger's records of what
+//! snapshot-on-stop made (that still exist in EC2), never a tag query: an AMI the ledger does not
+//! hold is never retired, whatever its tags.
+
+use std::collections::HashMap;
+
+use amiguard::invocation::Invocation;
+use amiguard::ledger::journal::{JournalEntry, Resource};
+use amiguard::ledger::LedgerStore;
+use amiguard::snapshot_on_stop::core::{self as decide, ManagedImage};
+use amiguard::snapshot_on_stop::ec2::{ImageRecord, LaunchTemplateVersion, SnapshotOnStopEc2};
+use amiguard::snapshot_on_stop::records::{InstanceRecords, MadeImage};
+
+use crate::session::Session;
+use crate::{Error, KeptSnapshot, Report, FUNCTION};
+
+/// The recorded images of the instance that still exist in EC2, as retention orders them. A
+/// snapshot is a candidate for deletion only when the ledger recorded it for the image *and* the
+/// image maps it now. Also answers the records whose image is gone (deregistered by someone else).
+async fn recorded_images(
+    ec2: &impl SnapshotOnStopEc2,
+    records: &InstanceRecords,
+) -> Result<(Vec<ManagedImage>, Vec<MadeImage>), Error> {
+    let live: Vec<&MadeImage> = records.images.iter().filter(|r| r.is_live()).collect();
+    let ids: Vec<String> = live.iter().filter_map(|r| r.image_id.clone()).collect();
+    let existing: HashMap<String, ImageRecord> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        ec2.describe_images(&ids).await?.into_iter().map(|i| (i.image_id.clone(), i)).collect()
+    };
+    let mut managed = Vec::new();
+    let mut gone = Vec::new();
+    for record in live {
+        let Some(image) = record.image_id.as_ref().and_then(|id| existing.get(id)) else {
+            gone.push(record.clone());
+            continue;
+        };
+        managed.push(ManagedImage {
+            image_id: image.image_id.clone(),
+            stopped_at: Some(record.stopped_at),
+            creation_date: image.creation_date.as_deref().and_then(decide::parse_time),
+            snapshot_ids: record.snapshot_ids.iter().filter(|s| image.snapshot_ids.contains(s)).cloned().collect(),
+        });
+    }
+    Ok((managed, gone))
+}
+
+/// What a dry run would retire.
+pub async fn preview(
+    ec2: &impl SnapshotOnStopEc2,
+    records: &InstanceRecords,
+    keep_last: usize,
+    current: Option<&str>,
+) -> Result<Vec<String>, Error> {
+    let (managed, _) = recorded_images(ec2, records).await?;
+    // The image this stop would make counts among those kept.
+    let keep_others = if current.is_none() { keep_last.saturating_sub(1) } else { keep_last };
+    Ok(decide::images_to_retire(&managed, keep_others, current.unwrap_or_default())
+        .into_iter()
+        .map(|i| i.image_id.clone())
+        .collect())
+}
+
+/// Retires what the newest `keep_last` leave over, recording each retirement and journaling
+/// each deletion. Runs only with a healthy ledger.
+pub async fn retire<L: LedgerStore>(
+    ec2: &impl SnapshotOnStopEc2,
+    session: &mut Session<'_, L>,
+    keep_last: usize,
+    current_image: &str,
+    template_versions: &[LaunchTemplateVersion],
+    report: &mut Report,
+    invocation: &Invocation,
+) -> Result<(), Error> {
+    let region = session.region().to_string();
+    let (managed, gone) = recorded_images(ec2, &session.records).await?;
+    // Deregistered by someone else: no longer counted, no longer looked up.
+    for record in gone {
+        session.record(&MadeImage { retired_at: Some(invocation.now), ..record }).await;
+    }
+    let retiring: Vec<ManagedImage> =
+        decide::images_to_retire(&managed, keep_last, current_image).into_iter().cloned().collect();
+    let journal = |resource, resource_id: &str, source: Option<&str>| JournalEntry {
+        run_id: invocation.request_id.clone(),
+        function: FUNCTION,
+        region: region.clone(),
+        resource,
+        resource_id: resource_id.to_string(),
+        time: invocation.now,
+        size_gib: None,
+        source_image_id: source.map(str::to_string),
+        rule: "retention",
+    };
+    for image in &retiring {
+        let mut entries = Vec::new();
+        match ec2.deregister_image(&image.image_id).await {
+            Ok(()) => entries.push(journal(Resource::Image, &image.image_id, None)),
+            // Gone already (deregistered by someone): its snapshots still need deleting.
+            Err(err) if err.is_not_found() => {}
+            Err(err) => return Err(err.into()),
+        }
+        report.retired_images.push(image.image_id.clone());
+        for snapshot_id in &image.snapshot_ids {
+            match ec2.delete_snapshot(snapshot_id).await {
+                Ok(()) => {
+                    report.deleted_snapshots.push(snapshot_id.clone());
+                    entries.push(journal(Resource::Snapshot, snapshot_id, Some(&image.image_id)));
+                }
+                Err(err) if err.is_not_found() => {}
+                Err(err) if err.has_code("InvalidSnapshot.InUse") => {
+                    report.kept_snapshots.push(KeptSnapshot { snapshot_id: snapshot_id.clone(), code: err.code })
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        if let Some(record) =
+            session.records.images.iter().find(|r| r.image_id.as_deref() == Some(&image.image_id)).cloned()
+        {
+            session.record(&MadeImage { retired_at: Some(invocation.now), ..record }).await;
+        }
+        session.journal(&entries).await;
+    }
+    if !retiring.is_empty() {
+        remove_retired_template_versions(ec2, template_versions, report).await;
+    }
+    Ok(())
+}
+
+/// Deletes the launch-template versions that launch a retired image. A failure loses nothing
+/// (the version only points at a deregistered image), so it is a warning, not an error.
+async fn remove_retired_template_versions(
+    ec2: &impl SnapshotOnStopEc2,
+    versions: &[LaunchTemplateVersion],
+    report: &mut Report,
+) {
+    let Some(template) = report.launch_template.clone() else { return };
+    // The default is `template.version` now (it launches the current image): never stale.
+    let stale: Vec<i64> = versions
+        .iter()
+        .filter(|v| v.version != template.version)
+        .filter(|v| v.image_id.as_ref().is_some_and(|id| report.retired_images.contains(id)))
+        .map(|v| v.version)
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    if let Err(err) = ec2.delete_launch_template_versions(&template.id, &stale).await {
+        report.warnings.push(format!("launch-template versions {stale:?} of {} not deleted: {err}", template.id));
+    }
+}

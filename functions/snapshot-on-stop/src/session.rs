@@ -1,0 +1,182 @@
+//! One delivery's hold on the ledger: the instance's lease (one delivery per instance at a time)
+//! and its records. When the ledger cannot be read or written the delivery goes on without it:
+//! the image is still made, nothing is retired, and a warning says so.
+
+use std::time::Duration as StdDuration;
+
+use amiguard::invocation::Invocation;
+use amiguard::ledger::journal::{self, JournalEntry};
+use amiguard::ledger::lease::{self, Acquired, Lease};
+use amiguard::ledger::{keys, LedgerStore};
+use amiguard::snapshot_on_stop::ec2::SnapshotOnStopEc2;
+use amiguard::snapshot_on_stop::records::{self, InstanceRecords, MadeImage};
+use amiguard::tags::Tag;
+use amiguard::AwsError;
+use chrono::Duration;
+
+use crate::Error;
+
+/// A lease outlives the function's timeout (120 s), so a delivery that dies holding it blocks
+/// the instance for at most this long.
+pub const LEASE_DURATION: Duration = Duration::seconds(150);
+/// How long a delivery waits for another one of the same instance before it fails retryably.
+const LEASE_WAIT: StdDuration = StdDuration::from_secs(30);
+const LEASE_POLL: StdDuration = StdDuration::from_secs(2);
+
+pub struct Session<'a, L> {
+    store: Option<&'a L>,
+    region: &'a str,
+    instance_id: &'a str,
+    lease: Option<Lease>,
+    /// The records as read at the start and kept up to date by this delivery's writes.
+    pub records: InstanceRecords,
+    /// False once the ledger failed (or when there is none): nothing is retired then.
+    healthy: bool,
+    pub warnings: Vec<String>,
+}
+
+impl<'a, L: LedgerStore> Session<'a, L> {
+    /// Takes the instance's lease, waiting a little for a concurrent delivery, and reads its
+    /// records. Only a lease held by another delivery is an error (Lambda retries it later).
+    pub async fn open(
+        store: Option<&'a L>,
+        region: &'a str,
+        instance_id: &'a str,
+        invocation: &Invocation,
+    ) -> Result<Self, Error> {
+        let mut session = Self {
+            store,
+            region,
+            instance_id,
+            lease: None,
+            records: InstanceRecords::default(),
+            healthy: false,
+            warnings: Vec::new(),
+        };
+        let Some(store) = store else {
+            session
+                .warnings
+                .push("no ledger is configured (LEDGER_TABLE): the image is made, nothing is retired".into());
+            return Ok(session);
+        };
+        let pk = keys::instance(region, instance_id);
+        let started = tokio::time::Instant::now();
+        loop {
+            let now = invocation.now + Duration::from_std(started.elapsed()).unwrap_or_default();
+            match lease::acquire(store, &pk, keys::LEASE, &invocation.request_id, now, LEASE_DURATION).await {
+                Ok(Acquired::Held(lease)) => {
+                    session.lease = Some(lease);
+                    break;
+                }
+                Ok(Acquired::Busy) if started.elapsed() < LEASE_WAIT => tokio::time::sleep(LEASE_POLL).await,
+                Ok(Acquired::Busy) => return Err(Error::Busy(instance_id.to_string())),
+                Err(err) => {
+                    session.lost("taken (lease)", &err);
+                    return Ok(session);
+                }
+            }
+        }
+        match records::read(store, region, instance_id).await {
+            Ok(read) => {
+                session.records = read;
+                session.healthy = true;
+            }
+            Err(err) => session.lost("read", &err),
+        }
+        Ok(session)
+    }
+
+    pub fn region(&self) -> &str {
+        self.region
+    }
+
+    /// The ledger can be trusted for this delivery: what it holds is all snapshot-on-stop made.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
+    }
+
+    fn lost(&mut self, what: &str, err: &AwsError) {
+        if self.healthy || self.warnings.is_empty() {
+            self.warnings.push(format!(
+                "the ledger could not be {what} ({err}): the image is made, nothing is retired in this delivery"
+            ));
+        }
+        self.healthy = false;
+    }
+
+    /// Writes the record of a stop, and keeps it in `records`.
+    pub async fn record(&mut self, made: &MadeImage) {
+        match self.records.images.iter_mut().find(|i| i.stopped_at == made.stopped_at) {
+            Some(known) => *known = made.clone(),
+            None => {
+                self.records.images.push(made.clone());
+                self.records.images.sort_by_key(|i| i.stopped_at);
+            }
+        }
+        if !self.healthy {
+            return;
+        }
+        if let Some(store) = self.store {
+            if let Err(err) = records::write(store, self.region, self.instance_id, made).await {
+                self.lost("written", &err);
+            }
+        }
+    }
+
+    /// Adopts, once per instance, the images made before the ledger existed: only those whose
+    /// name is exactly the deterministic name for their own tags.
+    pub async fn adopt(
+        &mut self,
+        ec2: &impl SnapshotOnStopEc2,
+        ownership: &[Tag],
+        invocation: &Invocation,
+    ) -> Vec<String> {
+        if !self.healthy || self.records.adopted {
+            return Vec::new();
+        }
+        let Some(store) = self.store else { return Vec::new() };
+        let candidates = match ec2.list_own_images_tagged(ownership).await {
+            Ok(images) => images,
+            Err(err) => {
+                self.warnings.push(format!(
+                    "images made before the ledger could not be listed ({err}): adoption waits for the next stop"
+                ));
+                return Vec::new();
+            }
+        };
+        let mut adopted = Vec::new();
+        for image in &candidates {
+            let Some(stopped_at) = records::adoptable(self.instance_id, image) else { continue };
+            if self.records.holds_image(&image.image_id) || self.records.for_stop(stopped_at).is_some() {
+                continue;
+            }
+            self.record(&records::adopted_record(image, stopped_at, invocation.now)).await;
+            adopted.push(image.image_id.clone());
+        }
+        if self.healthy {
+            match records::mark_adopted(store, self.region, self.instance_id, invocation.now).await {
+                Ok(()) => self.records.adopted = true,
+                Err(err) => self.lost("written", &err),
+            }
+        }
+        adopted
+    }
+
+    /// Journals what retention deleted. A failure loses only the journal entry: a warning.
+    pub async fn journal(&mut self, entries: &[JournalEntry]) {
+        let (Some(store), false) = (self.store, entries.is_empty()) else { return };
+        if let Err(err) = journal::write(store, entries).await {
+            self.warnings.push(format!("the journal of this delivery's deletions could not be written: {err}"));
+        }
+    }
+
+    /// Gives the lease back; the warnings gathered on the way are the session's report.
+    pub async fn close(mut self) -> Vec<String> {
+        if let (Some(store), Some(lease)) = (self.store, self.lease.take()) {
+            if let Err(err) = lease::release(store, &lease).await {
+                self.warnings.push(format!("the instance's lease could not be released ({err}): it expires by itself"));
+            }
+        }
+        self.warnings
+    }
+}

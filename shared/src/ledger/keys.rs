@@ -1,0 +1,67 @@
+//! The key layout of the ledger, said once. One table, keys `pk` (partition) and `sk` (sort),
+//! both strings; every partition holds one kind of record, so one `Query` reads what a decision
+//! needs. Regions are part of the keys: one sweeper writes the records of several regions.
+//!
+//! | `pk`                          | `sk`                     | what                                        | writer |
+//! |-------------------------------|--------------------------|---------------------------------------------|--------|
+//! | `instance#<region>#<id>`      | `lease`                  | one delivery at a time for the instance     | snapshot-on-stop |
+//! |                               | `image#<stopped-at>`     | an image it made (or adopted), per stop     | snapshot-on-stop |
+//! |                               | `adopted`                | pre-ledger images were adopted, once        | snapshot-on-stop |
+//! | `alert#<region>#<instance>`   | `image#<image-id>`       | the alert sent for the instance and image   | untrusted-ami-alert |
+//! | `images#<region>`             | `<image-id>`             | an own image's snapshots, when seen, when gone | sweeper |
+//! | `orphans#<region>`            | `<snapshot-id>`          | when the snapshot was first seen orphaned    | sweeper |
+//! | `ami-events#<region>`         | `<image-id>`             | an `EC2 AMI State Change` to `deregistered`  | sweeper |
+//! | `run#<run-id>`                | `deleted#<resource-id>`  | the journal: one entry per deletion or deregistration | sweeper, snapshot-on-stop |
+//! | `runs#<function>`             | `<started-at>#<run-id>`  | each run's summary, newest last              | sweeper, snapshot-on-stop |
+
+pub fn instance(region: &str, instance_id: &str) -> String {
+    format!("instance#{region}#{instance_id}")
+}
+
+pub const LEASE: &str = "lease";
+pub const ADOPTED: &str = "adopted";
+pub const IMAGE_PREFIX: &str = "image#";
+
+/// The sort key of the image made for the stop at `stopped_at` (its fixed time form sorts).
+pub fn image_of_stop(stopped_at: &str) -> String {
+    format!("{IMAGE_PREFIX}{stopped_at}")
+}
+
+pub fn alert(region: &str, instance_id: &str) -> String {
+    format!("alert#{region}#{instance_id}")
+}
+
+pub fn alerted_image(image_id: &str) -> String {
+    format!("{IMAGE_PREFIX}{image_id}")
+}
+
+pub fn seen_images(region: &str) -> String {
+    format!("images#{region}")
+}
+
+pub fn orphans(region: &str) -> String {
+    format!("orphans#{region}")
+}
+
+pub fn ami_events(region: &str) -> String {
+    format!("ami-events#{region}")
+}
+
+pub fn run(run_id: &str) -> String {
+    format!("run#{run_id}")
+}
+
+pub const DELETED_PREFIX: &str = "deleted#";
+
+/// A journal entry's sort key: what was deleted or deregistered.
+pub fn deleted(resource_id: &str) -> String {
+    format!("{DELETED_PREFIX}{resource_id}")
+}
+
+pub fn runs(function: &str) -> String {
+    format!("runs#{function}")
+}
+
+pub fn run_summary(started_at: &str, run_id: &str) -> String {
+    format!("{started_at}#{run_id}")
+}

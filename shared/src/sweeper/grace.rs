@@ -1,0 +1,92 @@
+//! The grace clock: since when a snapshot is an orphan, by amiguard's own observation.
+//!
+//! A snapshot's `StartTime` says when it was taken, not when its AMI went away: an AMI of two
+//! years deregistered by mistake five minutes before the sweep must not lose its snapshots in
+//! that sweep. The clock starts when the sweeper first saw the snapshot orphaned (the ledger),
+//! or earlier when an `EC2 AMI State Change` event said its AMI was deregistered; a snapshot is
+//! deletable only `MIN_AGE_HOURS` after that.
+
+use chrono::{DateTime, Duration, Utc};
+
+/// Since when the snapshot is an orphan. `first_seen` is the ledger's record (`None`: this sweep
+/// is the first to see it orphaned), `deregistered` when its AMI was seen deregistered. A
+/// deregistration time that cannot be right (before the snapshot was taken, or in the future)
+/// is not used: it could only make the snapshot deletable sooner.
+pub fn orphaned_since(
+    first_seen: Option<DateTime<Utc>>,
+    deregistered: Option<DateTime<Utc>>,
+    start_time: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let seen = first_seen.unwrap_or(now).min(now);
+    match deregistered {
+        Some(at) if at >= start_time && at <= now => seen.min(at),
+        _ => seen,
+    }
+}
+
+/// When an orphan since `since` becomes deletable.
+pub fn deletable_after(since: DateTime<Utc>, min_age: Duration) -> DateTime<Utc> {
+    since + min_age
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn t(hours: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap() + Duration::hours(hours)
+    }
+
+    #[test]
+    fn an_old_snapshot_first_seen_orphaned_now_waits_the_whole_grace_period() {
+        // Taken two years ago, its AMI deregistered five minutes before this first look.
+        let since = orphaned_since(None, None, t(-2 * 365 * 24), t(0));
+        assert_eq!(since, t(0));
+        assert_eq!(deletable_after(since, Duration::hours(24)), t(24));
+    }
+
+    #[test]
+    fn the_ledger_and_the_deregistration_event_start_the_clock_earlier() {
+        assert_eq!(orphaned_since(Some(t(-30)), None, t(-100), t(0)), t(-30));
+        assert_eq!(orphaned_since(Some(t(-30)), Some(t(-40)), t(-100), t(0)), t(-40));
+        assert_eq!(orphaned_since(None, Some(t(-2)), t(-100), t(0)), t(-2));
+        // An impossible event time is ignored: before the snapshot existed, or in the future.
+        assert_eq!(orphaned_since(None, Some(t(-200)), t(-100), t(0)), t(0));
+        assert_eq!(orphaned_since(Some(t(-3)), Some(t(5)), t(-100), t(0)), t(-3));
+        // A record from a skewed clock in the future counts as now.
+        assert_eq!(orphaned_since(Some(t(7)), None, t(-100), t(0)), t(0));
+    }
+
+    proptest! {
+        /// The clock never starts before anything amiguard observed, nor after now: no input
+        /// makes a snapshot deletable before MIN_AGE_HOURS of observed orphanhood.
+        #[test]
+        fn the_clock_starts_only_at_an_observation(
+            start in -1000i64..0,
+            first_seen in prop::option::of(-1000i64..100),
+            deregistered in prop::option::of(-1100i64..100),
+            min_age in 0i64..100,
+        ) {
+            let now = t(0);
+            let since = orphaned_since(first_seen.map(t), deregistered.map(t), t(start), now);
+            prop_assert!(since <= now);
+            let observed: Vec<DateTime<Utc>> = first_seen.map(t).into_iter()
+                .chain(deregistered.map(t).filter(|d| *d >= t(start)))
+                .chain(std::iter::once(now))
+                .collect();
+            prop_assert!(observed.iter().any(|o| since == (*o).min(now)), "{since} is not an observation");
+            if let Some(d) = deregistered.map(t).filter(|d| *d >= t(start) && *d <= now) {
+                prop_assert!(since <= d);
+            }
+            prop_assert!(since >= t(start).min(first_seen.map(t).unwrap_or(now)), "before the snapshot existed");
+            let deletable = now >= deletable_after(since, Duration::hours(min_age));
+            if first_seen.is_none() && deregistered.is_none() {
+                prop_assert_eq!(deletable, min_age == 0, "a first sighting deletes only with MIN_AGE_HOURS=0");
+            }
+        }
+    }
+}

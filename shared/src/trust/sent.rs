@@ -1,0 +1,168 @@
+//! Alert once per instance and image: a conditional record in the ledger, never an instance tag
+//! (a launcher can set any tag on its own instance, and a tag that cannot be written would make
+//! every event alert again).
+//!
+//! The first delivery to write the record *claims* the alert, publishes it, then marks the record
+//! sent. A claim expires after [`CLAIM_DURATION`]: a delivery that died before publishing cannot
+//! silence the alert for longer than that, and a failed publish gives its claim back at once.
+//! A failure costs at most a duplicate message, never a missed alert.
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::error::AwsError;
+use crate::ledger::lease::OWNER;
+use crate::ledger::store::{query_all, Condition, Item, LedgerStore, Written};
+use crate::ledger::{keys, TTL_ATTRIBUTE};
+
+/// How long a claim keeps other deliveries from alerting: longer than one publish with its
+/// retries, shorter than Lambda's first retry of a failed invocation.
+pub const CLAIM_DURATION: Duration = Duration::seconds(90);
+/// How long a sent alert is remembered: an instance still running an untrusted image a year
+/// later is alerted again (a reminder, at most once a year).
+pub const REMEMBER_SENT: Duration = Duration::days(400);
+
+const STATE: &str = "state";
+const SENDING: &str = "sending";
+const SENT: &str = "sent";
+
+/// A claim this delivery holds: it must publish, then [`confirm`] (or [`release`] on failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertClaim {
+    pk: String,
+    sk: String,
+    owner: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This delivery sends the alert.
+    Claimed(AlertClaim),
+    /// The alert was sent already (by an earlier delivery).
+    AlreadySent { sent_at: Option<DateTime<Utc>>, message_id: Option<String> },
+    /// Another delivery claimed it and has not said yet whether it sent it.
+    InProgress,
+}
+
+fn key(region: &str, instance_id: &str, image_id: &str) -> (String, String) {
+    (keys::alert(region, instance_id), keys::alerted_image(image_id))
+}
+
+/// Claims the alert for `instance_id` running `image_id`, unless it was sent or another
+/// delivery's claim is still running.
+pub async fn claim(
+    store: &impl LedgerStore,
+    region: &str,
+    instance_id: &str,
+    image_id: &str,
+    owner: &str,
+    now: DateTime<Utc>,
+) -> Result<Claim, AwsError> {
+    let (pk, sk) = key(region, instance_id, image_id);
+    let item = Item::new(&pk, &sk)
+        .with_s("kind", "alert")
+        .with_s(STATE, SENDING)
+        .with_s(OWNER, owner)
+        .with_s("image_id", image_id)
+        .with_n(TTL_ATTRIBUTE, (now + CLAIM_DURATION).timestamp());
+    // A claim or a sent record past its expiry is free again.
+    let free = Condition::AbsentOrBelow { attribute: TTL_ATTRIBUTE, value: now.timestamp() };
+    if store.put(&item, &free).await? == Written::Yes {
+        return Ok(Claim::Claimed(AlertClaim { pk, sk, owner: owner.to_string() }));
+    }
+    state(store, region, instance_id, image_id).await
+}
+
+/// What the ledger says of the alert now.
+pub async fn state(
+    store: &impl LedgerStore,
+    region: &str,
+    instance_id: &str,
+    image_id: &str,
+) -> Result<Claim, AwsError> {
+    let (pk, sk) = key(region, instance_id, image_id);
+    let record = query_all(store, &pk, &sk).await?.into_iter().find(|item| item.sk == sk);
+    Ok(match record {
+        Some(item) if item.s(STATE) == Some(SENT) => {
+            Claim::AlreadySent { sent_at: item.time("sent_at"), message_id: item.s("message_id").map(str::to_string) }
+        }
+        // Claimed by another delivery (or gone between the two calls: the next event claims it).
+        _ => Claim::InProgress,
+    })
+}
+
+/// Marks the claimed alert sent, with the message id SNS answered.
+pub async fn confirm(
+    store: &impl LedgerStore,
+    claim: &AlertClaim,
+    image_id: &str,
+    message_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), AwsError> {
+    let item = Item::new(&claim.pk, &claim.sk)
+        .with_s("kind", "alert")
+        .with_s(STATE, SENT)
+        .with_s(OWNER, &claim.owner)
+        .with_s("image_id", image_id)
+        .with_s("message_id", message_id)
+        .with_time("sent_at", now)
+        .with_n(TTL_ATTRIBUTE, (now + REMEMBER_SENT).timestamp());
+    let ours = Condition::Equals { attribute: OWNER, value: claim.owner.clone() };
+    match store.put(&item, &ours).await? {
+        Written::Yes => Ok(()),
+        // Our claim expired and another delivery took it: it will confirm its own.
+        Written::ConditionFailed => Ok(()),
+    }
+}
+
+/// Gives the claim back after a failed publish, so that the retry alerts at once.
+pub async fn release(store: &impl LedgerStore, claim: &AlertClaim) -> Result<(), AwsError> {
+    let ours = Condition::Equals { attribute: OWNER, value: claim.owner.clone() };
+    store.delete(&claim.pk, &claim.sk, &ours).await.map(|_| ())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::ledger::memory::MemoryLedger;
+    use chrono::TimeZone;
+
+    fn t(seconds: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    async fn claim_at(store: &MemoryLedger, owner: &str, seconds: i64) -> Claim {
+        claim(store, "us-east-1", "i-01", "ami-0a", owner, t(seconds)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_first_claim_sends_and_every_later_one_sees_it_sent() {
+        let store = MemoryLedger::new();
+        let Claim::Claimed(first) = claim_at(&store, "a", 0).await else { panic!("not claimed") };
+        assert_eq!(claim_at(&store, "b", 1).await, Claim::InProgress);
+        confirm(&store, &first, "ami-0a", "m-1", t(2)).await.unwrap();
+        let sent = Claim::AlreadySent { sent_at: Some(t(2)), message_id: Some("m-1".into()) };
+        assert_eq!(claim_at(&store, "c", 3).await, sent);
+        // Long after the claim would have expired, the sent record still holds.
+        assert_eq!(claim_at(&store, "d", 86_400 * 30).await, sent);
+        // Another image of the same instance, or another instance, is another alert.
+        assert!(matches!(claim(&store, "us-east-1", "i-01", "ami-0b", "e", t(4)).await.unwrap(), Claim::Claimed(_)));
+        assert!(matches!(claim(&store, "us-east-1", "i-02", "ami-0a", "e", t(4)).await.unwrap(), Claim::Claimed(_)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_or_a_dead_claimant_never_silences_the_alert() {
+        let store = MemoryLedger::new();
+        let Claim::Claimed(first) = claim_at(&store, "a", 0).await else { panic!("not claimed") };
+        release(&store, &first).await.unwrap();
+        let Claim::Claimed(_dies) = claim_at(&store, "b", 1).await else { panic!("released claim not free") };
+        assert_eq!(claim_at(&store, "c", 60).await, Claim::InProgress);
+        // The dead claimant's claim expires: the next delivery alerts.
+        let Claim::Claimed(late) = claim_at(&store, "c", 92).await else { panic!("expired claim not free") };
+        // The first claimant's late release does not free the new claim.
+        release(&store, &first).await.unwrap();
+        assert_eq!(claim_at(&store, "d", 93).await, Claim::InProgress);
+        confirm(&store, &late, "ami-0a", "m-2", t(94)).await.unwrap();
+        assert!(matches!(claim_at(&store, "e", 95).await, Claim::AlreadySent { .. }));
+    }
+}
