@@ -3,7 +3,10 @@ deregistered), a protected orphan, a snapshot an AMI still uses and a manual sna
 run (the event's detail asks for it: a detail can only make a run drier) and a real sweep.
 
 demo/run.sh serves the functions with DRY_RUN=false MIN_AGE_HOURS=0 RECYCLE_BIN_CHECK=false
-(moto cannot backdate snapshots and has no Recycle Bin)."""
+(moto cannot backdate snapshots and has no Recycle Bin). After the sweep, the demo reads the run's
+journal from the ledger with the one query the README shows."""
+
+import os
 
 from common import ACCOUNT, client, heading, invoke, sample_event
 
@@ -28,9 +31,11 @@ def scheduled(name):
 def summarise(title, report):
     print(f"\n{title} (dry_run={str(report['dry_run']).lower()}):")
     for region in report["regions"]:
+        counts = region["counts"]
         print(f"  {region['region']}: {region['snapshots_scanned']} snapshots scanned, "
-              f"{len(region['orphans'])} orphans, {region['planned_deletions']} planned, "
-              f"{len(region['deleted'])} deleted, {len(region['failed'])} failed")
+              f"{counts['orphans']} orphans, {region['planned_deletions']} planned, "
+              f"{counts['deleted']} deleted, {counts['failed']} failed, "
+              f"{region['ledger_writes']} ledger writes")
         if region["aborted"]:
             print(f"    aborted: {region['aborted']}")
         kept = ", ".join(f"{reason} {count}" for reason, count in region["kept"].items())
@@ -66,3 +71,14 @@ for title, event_file in [("Dry run", "orphan-snapshot-sweeper.dry-run.json"),
     if error:
         raise SystemExit(f"orphan-snapshot-sweeper failed: {error}")
     summarise(title, report)
+
+# The journal: every deletion of the run, under its run id, in one query (README, "The ledger").
+journal = client("dynamodb").query(
+    TableName=os.environ["LEDGER_TABLE"],
+    KeyConditionExpression="pk = :run",
+    ExpressionAttributeValues={":run": {"S": f"run#{report['run_id']}"}},
+)["Items"]
+print(f"\njournal of run {report['run_id']} in the ledger ({len(journal)} entries):")
+for entry in journal:
+    print(f"  {entry['resource']['S']} {entry['resource_id']['S']}  {entry['size_gib']['N']} GiB, "
+          f"{entry['rule']['S']} of {entry['source_image_id']['S']}")

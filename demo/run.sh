@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: the three functions, run by `cargo lambda watch`, against a moto server on
-# loopback that this script starts, seeds (through demo/*.py) and stops again.
+# `make demo`: the three functions, invoked through `cargo lambda`'s Lambda API emulator, against
+# a moto server on loopback that this script starts, seeds (through demo/*.py) and stops again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -33,18 +33,30 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=us-east-1 AWS_D
 export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
 ACCOUNT=123456789012 # moto's default account
 export ALERT_TOPIC_ARN="arn:aws:sns:us-east-1:$ACCOUNT:amiguard-alerts"
+export LEDGER_TABLE=amiguard-ledger
+"$PY" demo/ledger.py
 
-echo "building the functions (first time: several minutes)..."
-cargo build --locked --bins --quiet
+# The functions are the binaries `make test` builds (`cargo test` builds each package's binary
+# beside its tests, with the same features): neither command ever compiles the SDK a second time.
+echo "building the functions (the same build as make test; first time: several minutes)..."
+cargo test --workspace --locked --no-run --quiet
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps --locked | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 LAMBDA_PORT=$(free_port)
-cargo lambda watch -A 127.0.0.1 -P "$LAMBDA_PORT" --env-vars \
-  "RUST_LOG=warn,AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL,AWS_REGION=us-east-1,AWS_ACCESS_KEY_ID=demo,AWS_SECRET_ACCESS_KEY=demo,SNAPSHOT_SCOPE=tagged,KEEP_LAST=2,DRY_RUN=false,MIN_AGE_HOURS=0,RECYCLE_BIN_CHECK=false,ALERT_TOPIC_ARN=$ALERT_TOPIC_ARN,ENFORCEMENT=tag" \
-  >.demo/watch.log 2>&1 &
+# cargo lambda serves the Lambda APIs only; each function runs as its own process against them.
+cargo lambda watch --only-lambda-apis -A 127.0.0.1 -P "$LAMBDA_PORT" >.demo/watch.log 2>&1 &
 pids+=($!)
 for _ in $(seq 1 240); do
   "$PY" -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$LAMBDA_PORT" 2>/dev/null && break
   kill -0 "${pids[-1]}" 2>/dev/null || { echo "error: cargo lambda watch exited; see .demo/watch.log" >&2; tail -20 .demo/watch.log >&2; exit 1; }
   sleep 0.5
+done
+for function in snapshot-on-stop orphan-snapshot-sweeper untrusted-ami-alert; do
+  env RUST_LOG=warn AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo \
+    SNAPSHOT_SCOPE=tagged KEEP_LAST=2 DRY_RUN=false MIN_AGE_HOURS=0 RECYCLE_BIN_CHECK=false ENFORCEMENT=tag \
+    AWS_LAMBDA_FUNCTION_NAME="$function" AWS_LAMBDA_FUNCTION_VERSION=1 AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256 \
+    AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$LAMBDA_PORT/.rt/$function" \
+    "$TARGET_DIR/debug/$function" >".demo/$function.log" 2>&1 &
+  pids+=($!)
 done
 export AMIGUARD_LAMBDA_PORT=$LAMBDA_PORT
 
@@ -53,4 +65,4 @@ for function in snapshot-on-stop orphan-snapshot-sweeper untrusted-ami-alert; do
   "$PY" "demo/$function.py"
 done
 echo
-echo "demo finished in $((SECONDS - started)) s (after the build); moto and cargo lambda stopped."
+echo "demo finished in $((SECONDS - started)) s (after the build); moto, cargo lambda and the functions stopped."

@@ -18,6 +18,13 @@ impl ConfigError {
     }
 }
 
+/// `result`, with an error logged as one readable line first (`invalid configuration:
+/// VARIABLE=...: expected ...`): Lambda shows it with the init failure, where the error `main`
+/// returns is only printed in its debug form.
+pub fn reported<T>(function: &'static str, result: Result<T, ConfigError>) -> Result<T, ConfigError> {
+    result.inspect_err(|err| tracing::error!(function, "{err}"))
+}
+
 /// Where variables come from: the process environment in Lambda, a map in tests (tests never
 /// mutate the process environment, which other threads read).
 pub trait VarSource {

@@ -485,3 +485,193 @@ async fn a_delete_answered_in_use_is_reported_and_the_others_go_on() {
     );
     assert_eq!(report.totals.deleted, 2);
 }
+
+// ---- the ledger: the grace clock, the Recycle Bin by mapping, the journal, writes ----
+
+/// An invocation at `now` (the tests' clock: moto cannot backdate anything).
+fn at(now: chrono::DateTime<Utc>) -> Invocation {
+    Invocation { deadline: Some(SystemTime::now() + Duration::from_secs(900)), ..Invocation::at(now) }
+}
+
+/// The account's calls through `proxy`, swept with the ledger at `now`.
+async fn sweep_through(account: &TestAccount, proxy: &Proxy, config: &Config, now: chrono::DateTime<Utc>) -> Report {
+    ledger(account).await;
+    let through = account.through(proxy);
+    let regions: Vec<(String, aws_sdk_ec2::Client)> =
+        config.regions.iter().map(|r| (r.clone(), through.ec2_in(r))).collect();
+    let (sns, ledger) = (through.sns(), amiguard_integration_tests::ledger::on(&through));
+    let ports = Ports { regions: &regions, publisher: &sns, ledger: Some(&ledger) };
+    handle(config, &ports, &scheduled(account), &at(now)).await.unwrap().sweep().expect("a sweep's report")
+}
+
+#[tokio::test]
+async fn an_old_snapshot_is_deleted_only_min_age_hours_after_amiguard_first_saw_it_orphaned() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let (image_id, snapshot) = image(&ec2).await;
+    // moto cannot backdate: the proxy makes every snapshot look two years old.
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let this_year = Utc::now().format("<startTime>%Y-").to_string();
+    let two_years_ago = (Utc::now() - chrono::Duration::days(730)).format("<startTime>%Y-").to_string();
+    proxy.inject(Fault::rewrite("DescribeSnapshots", this_year, two_years_ago));
+    let day = config(&[("MIN_AGE_HOURS", "24")]);
+    let t0 = Utc::now();
+
+    assert!(sweep_through(&account, &proxy, &day, t0).await.regions[0].deleted.is_empty());
+    // Deregistered by mistake five minutes before the next daily sweep.
+    ec2.deregister_image().image_id(&image_id).send().await.unwrap();
+    let first = sweep_through(&account, &proxy, &day, t0 + chrono::Duration::hours(24)).await;
+    let region = &first.regions[0];
+    assert!(region.deleted.is_empty(), "no time at all to notice would be no grace at all");
+    assert_eq!(region.waiting.len(), 1);
+    assert_eq!(region.waiting[0].orphan.snapshot_id, snapshot.as_str());
+    assert!(region.waiting[0].orphan.start_time < t0 - chrono::Duration::days(700), "it looks two years old");
+    assert_eq!(region.waiting[0].deletable_after, t0 + chrono::Duration::hours(48));
+    let almost = sweep_through(&account, &proxy, &day, t0 + chrono::Duration::hours(47)).await;
+    assert!(almost.regions[0].deleted.is_empty());
+    let due = sweep_through(&account, &proxy, &day, t0 + chrono::Duration::hours(48)).await;
+    assert_eq!(due.regions[0].deleted, std::slice::from_ref(&snapshot));
+    assert!(!own_snapshots(&account, &ec2).await.contains(&snapshot));
+}
+
+#[tokio::test]
+async fn an_ami_deregistration_event_starts_the_clock_of_its_snapshots() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let (with_event, snapshot_of_event) = image(&ec2).await;
+    let (without_event, snapshot_without) = image(&ec2).await;
+    let hour = config(&[("MIN_AGE_HOURS", "1")]);
+    let t0 = Utc::now();
+    sweep_at(&account, &hour, &scheduled(&account), at(t0)).await;
+    for image_id in [&with_event, &without_event] {
+        ec2.deregister_image().image_id(image_id).send().await.unwrap();
+    }
+    let mut event = sample_event("orphan-snapshot-sweeper.ami-deregistered.json");
+    event["account"] = Value::String(account.account_id.clone());
+    event["detail"]["ImageId"] = Value::String(with_event.clone());
+    event["time"] = Value::String(amiguard::ledger::store::format_time(t0 + chrono::Duration::minutes(10)));
+    let ledger = ledger(&account).await;
+    let regions = vec![(REGION.to_string(), ec2.clone())];
+    let ports = Ports { regions: &regions, publisher: &account.sns(), ledger: Some(&ledger) };
+    let recorded = serde_json::to_value(handle(&hour, &ports, &event, &at(t0)).await.unwrap()).unwrap();
+    assert_eq!(recorded["outcome"], "recorded");
+    let again = serde_json::to_value(handle(&hour, &ports, &event, &at(t0)).await.unwrap()).unwrap();
+    assert_eq!(again["outcome"], "already-recorded", "a redelivered event changes nothing");
+
+    // 70 minutes after the deregistration: one hour since the event, but only just seen by a sweep.
+    let report = sweep_at(&account, &hour, &scheduled(&account), at(t0 + chrono::Duration::minutes(70))).await;
+    let region = &report.regions[0];
+    assert_eq!(region.deleted, [snapshot_of_event]);
+    assert_eq!(region.waiting.iter().map(|w| w.orphan.snapshot_id.to_string()).collect::<Vec<_>>(), [snapshot_without]);
+}
+
+#[tokio::test]
+async fn a_snapshot_an_image_in_the_recycle_bin_mapped_is_kept_whatever_its_description() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    // A snapshot whose description names an AMI long gone, registered into a new AMI: moto's
+    // RegisterImage ignores block-device mappings, so the proxy makes the new image map it.
+    let volume = ec2.create_volume().availability_zone(format!("{REGION}a")).size(8).send().await.unwrap();
+    let volume_id = volume.volume_id().unwrap().to_string();
+    let description = format!("Created by CreateImage(i-0123456789abcdef0) for ami-0deadbeefdeadbeef from {volume_id}");
+    let registered_from = ec2.create_snapshot().volume_id(&volume_id).description(description).send().await.unwrap();
+    let registered_from = registered_from.snapshot_id().unwrap().to_string();
+    let (binned_image, own_snapshot) = image(&ec2).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    proxy.inject(Fault::rewrite("DescribeImages", own_snapshot.clone(), registered_from.clone()));
+    let checked = config(&[("RECYCLE_BIN_CHECK", "true")]);
+    let bin = |images: &[&str]| {
+        let items: String =
+            images.iter().map(|id| format!("<item><imageId>{id}</imageId><name>binned</name></item>")).collect();
+        format!("<ListImagesInRecycleBinResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><imageSet>{items}</imageSet></ListImagesInRecycleBinResponse>")
+    };
+    proxy.inject(Fault::respond("ListImagesInRecycleBin", bin(&[])));
+    let seen = sweep_through(&account, &proxy, &checked, Utc::now()).await;
+    assert_eq!(seen.regions[0].kept.get(&KeepReason::ReferencedByImage), Some(&1), "{:?}", seen.regions[0].kept);
+
+    // Deregistered into the Recycle Bin (a retention rule), which lists no mappings.
+    ec2.deregister_image().image_id(&binned_image).send().await.unwrap();
+    proxy.clear_faults();
+    proxy.inject(Fault::respond("ListImagesInRecycleBin", bin(&[&binned_image])));
+    let report = sweep_through(&account, &proxy, &checked, Utc::now()).await;
+
+    let region = &report.regions[0];
+    assert!(region.deleted.is_empty(), "{:?}", region.deleted);
+    assert!(
+        own_snapshots(&account, &ec2).await.contains(&registered_from),
+        "the binned image could not be restored without it"
+    );
+    assert_eq!(region.kept.get(&KeepReason::SourceImageInRecycleBin), Some(&2), "{:?}", region.kept);
+}
+
+#[tokio::test]
+async fn every_deletion_is_journaled_under_its_run_and_one_query_lists_them() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let orphans = [orphan(&ec2).await, orphan(&ec2).await];
+    let report = sweep(&account, &config(&[]), &scheduled(&account)).await;
+    assert_eq!(ids(&report.regions[0].deleted), set(&[&orphans[0], &orphans[1]]));
+
+    let journal = amiguard::ledger::store::query_all(&ledger(&account).await, &format!("run#{}", report.run_id), "")
+        .await
+        .unwrap();
+    /// What a journal entry says: snapshot, rule, size, source image.
+    type Entry = (String, Option<String>, Option<i64>, Option<String>);
+    let mut entries: Vec<Entry> = journal
+        .iter()
+        .map(|e| {
+            (
+                e.s("resource_id").unwrap().to_string(),
+                e.s("rule").map(str::to_string),
+                e.n("size_gib"),
+                e.s("source_image_id").map(str::to_string),
+            )
+        })
+        .collect();
+    entries.sort();
+    let mut expected: Vec<String> = orphans.to_vec();
+    expected.sort();
+    assert_eq!(entries.iter().map(|e| e.0.clone()).collect::<Vec<_>>(), expected);
+    for (snapshot, rule, size, source) in &entries {
+        let orphan = report.regions[0].orphans.iter().find(|o| o.snapshot_id == snapshot.as_str()).unwrap();
+        assert_eq!(rule.as_deref(), Some("orphan"));
+        let entry = journal.iter().find(|e| e.s("resource_id") == Some(snapshot.as_str())).unwrap();
+        assert_eq!(entry.s("state"), Some("deleted"));
+        assert_eq!(*size, Some(orphan.size_gib as i64));
+        assert_eq!(source.as_deref(), Some(orphan.source_image_id.as_str()));
+    }
+    assert!(report.full_lists.as_deref().unwrap().contains(&format!("run#{}", report.run_id)));
+}
+
+#[tokio::test]
+async fn an_unchanged_account_costs_one_run_record_and_a_first_sweep_batches_its_writes() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    for _ in 0..3 {
+        image(&ec2).await;
+    }
+    for _ in 0..30 {
+        crafted(&ec2, "Created by CreateImage(i-0123456789abcdef0) for ami-0aaaaaaaaaaaaaaaa", &[], 1).await;
+    }
+    let dry = config(&[("DRY_RUN", "true"), ("MIN_AGE_HOURS", "24")]);
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let first = sweep_through(&account, &proxy, &dry, Utc::now()).await;
+    let writes = |proxy: &Proxy| -> Vec<String> {
+        proxy
+            .calls()
+            .iter()
+            .filter(|c| c.service == "dynamodb" && !matches!(c.action.as_str(), "Query" | "DescribeTable"))
+            .map(|c| c.action.clone())
+            .collect()
+    };
+    // 3 images and 30 orphans first seen: 33 items, in two BatchWriteItem calls, and the run.
+    assert_eq!(first.regions[0].ledger_writes, 33);
+    assert_eq!(writes(&proxy), ["BatchWriteItem", "BatchWriteItem", "PutItem"]);
+    assert_eq!(first.regions[0].waiting.len(), 30);
+
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let again = sweep_through(&account, &proxy, &dry, Utc::now()).await;
+    assert_eq!(again.regions[0].ledger_writes, 0);
+    assert_eq!(writes(&proxy), ["PutItem"], "one run record, nothing per image or snapshot");
+    assert_eq!(again.regions[0].waiting.len(), 30, "still waiting, by the first sighting's clock");
+}

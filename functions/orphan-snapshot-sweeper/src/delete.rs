@@ -1,7 +1,7 @@
-//! Deleting a region's orphans: bounded concurrency, chunk by chunk, each chunk's deletions
-//! journaled in the ledger (and their orphan records forgotten) before the next chunk starts.
+//! Deleting a region's orphans: bounded concurrency, chunk by chunk, each chunk journaled in the
+//! ledger before its deletions start.
 
-use amiguard::ledger::journal::{JournalEntry, Resource};
+use amiguard::ledger::journal::{self, JournalEntry, Resource};
 use amiguard::ledger::LedgerStore;
 use amiguard::sweeper::records;
 use amiguard::sweeper::{Orphan, SweeperEc2};
@@ -22,52 +22,78 @@ enum Deletion {
 }
 
 impl<L: LedgerStore> Run<'_, L> {
-    /// Deletes `orphans`. A deletion not started when the deadline is near is not started at all;
-    /// when the journal cannot be written, no further deletion starts (the ledger must know what
-    /// amiguard deleted).
+    /// Deletes `orphans`, chunk by chunk. Each chunk's journal entries are written *before* its
+    /// deletions start (a write-ahead journal: nothing is deleted that the ledger does not know
+    /// of), then corrected for the ones that did not happen. A deletion not started when the
+    /// deadline is near is not started at all; once the journal cannot be written, no further
+    /// deletion starts in the run.
     pub(crate) async fn delete<E: SweeperEc2>(
         &self,
         region: &str,
         ec2: &E,
         orphans: &[Orphan],
+        recorded: &hashbrown::HashMap<amiguard::sweeper::Id, chrono::DateTime<chrono::Utc>>,
         report: &mut RegionReport,
         warnings: &mut Vec<String>,
     ) {
-        let mut journal_works = true;
         for chunk in orphans.chunks(JOURNAL_CHUNK) {
-            if !journal_works {
+            if self.deadline_is_near() || report.aborted.is_some() {
                 report.left_for_next_run.extend(chunk.iter().map(|o| o.snapshot_id.to_string()));
                 continue;
+            }
+            if let Some(store) = self.store() {
+                let ahead: Vec<_> = chunk.iter().map(|orphan| self.journal_entry(region, orphan).to_item()).collect();
+                if let Err(err) = store.write_batch(ahead, Vec::new()).await {
+                    self.ledger_broke(&err);
+                    report.aborted = Some(format!(
+                        "writing the journal to the ledger failed, nothing more deleted in this region: {err}"
+                    ));
+                    report.left_for_next_run.extend(chunk.iter().map(|o| o.snapshot_id.to_string()));
+                    continue;
+                }
             }
             let outcomes: Vec<(&Orphan, Deletion)> = stream::iter(chunk)
                 .map(|orphan| async move { (orphan, self.delete_one(ec2, orphan).await) })
                 .buffer_unordered(DELETE_CONCURRENCY)
                 .collect()
                 .await;
-            let (mut entries, mut forget) = (Vec::new(), Vec::new());
+            // Corrections: a failure is said in its entry, what did not happen leaves none; the
+            // orphan records of what is gone now are forgotten.
+            let (mut corrected, mut removed) = (Vec::new(), Vec::new());
             for (orphan, outcome) in outcomes {
                 let id = orphan.snapshot_id.to_string();
+                let gone = |removed: &mut Vec<(String, String)>| {
+                    if recorded.contains_key(id.as_str()) {
+                        removed.push(records::orphan_key(region, &id));
+                    }
+                };
                 match outcome {
                     Deletion::Deleted => {
-                        entries.push(self.journal_entry(region, orphan).to_item());
-                        forget.push(records::orphan_key(region, &id));
+                        gone(&mut removed);
                         report.deleted.push(id);
                     }
                     Deletion::AlreadyGone => {
-                        forget.push(records::orphan_key(region, &id));
+                        gone(&mut removed);
+                        removed.push(journal::key(&self.invocation.request_id, &id));
                         report.already_gone.push(id);
                     }
-                    Deletion::Failed(failed) => report.failed.push(failed),
-                    Deletion::NotStarted => report.left_for_next_run.push(id),
+                    Deletion::Failed(failed) => {
+                        corrected.push(self.journal_entry(region, orphan).failed(&failed.code, &failed.message));
+                        report.failed.push(failed);
+                    }
+                    Deletion::NotStarted => {
+                        removed.push(journal::key(&self.invocation.request_id, &id));
+                        report.left_for_next_run.push(id);
+                    }
                 }
             }
             if let Some(store) = self.store() {
-                if let Err(err) = store.write_batch(entries, forget).await {
+                if let Err(err) = store.write_batch(corrected, removed).await {
                     self.ledger_broke(&err);
-                    warnings.push(format!(
-                        "{region}: the journal could not be written ({err}): no further deletion was started"
+                    report.aborted = Some(format!(
+                        "correcting the journal in the ledger failed, nothing more deleted in this region: {err}"
                     ));
-                    journal_works = false;
+                    warnings.push(format!("{region}: the journal may list deletions that failed: {err}"));
                 }
             }
         }
@@ -78,6 +104,8 @@ impl<L: LedgerStore> Run<'_, L> {
     }
 
     async fn delete_one<E: SweeperEc2>(&self, ec2: &E, orphan: &Orphan) -> Deletion {
+        // A deletion starts only while there is time left for it (checked again per deletion: a
+        // chunk's deletions may take long under throttling).
         if self.deadline_is_near() {
             return Deletion::NotStarted;
         }

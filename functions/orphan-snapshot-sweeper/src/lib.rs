@@ -357,7 +357,13 @@ impl<L: LedgerStore> Run<'_, L> {
         // the memory that justifies it.
         if let Some(store) = self.store() {
             let candidates: Vec<&amiguard::sweeper::Orphan> = plan.orphans.iter().chain(&plan.waiting).collect();
-            let (orphan_puts, orphan_deletes) = records::orphan_writes(region, &candidates, &memory.orphaned_since);
+            let deleting: hashbrown::HashSet<&str> = if self.dry_run {
+                hashbrown::HashSet::new()
+            } else {
+                plan.to_delete.iter().map(|o| o.snapshot_id.as_str()).collect()
+            };
+            let (orphan_puts, orphan_deletes) =
+                records::orphan_writes(region, &candidates, &deleting, &memory.orphaned_since);
             let mut puts: Vec<Item> = image_writes;
             puts.extend(orphan_puts);
             puts.extend(journal.iter().map(|entry: &amiguard::ledger::journal::JournalEntry| entry.to_item()));
@@ -371,7 +377,7 @@ impl<L: LedgerStore> Run<'_, L> {
         *budget = budget.saturating_sub(plan.to_delete.len() as u64);
         report.fill_from_plan(&plan, self.config.price_per_gb_month);
         if !self.dry_run {
-            self.delete(region, ec2, &plan.to_delete, &mut report, warnings).await;
+            self.delete(region, ec2, &plan.to_delete, &memory.orphaned_since, &mut report, warnings).await;
         }
         report
     }

@@ -6,13 +6,13 @@ use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
 use aws_config::Region;
 use lambda_runtime::{service_fn, LambdaEvent};
-use orphan_snapshot_sweeper::{handle, Config, Ports};
+use orphan_snapshot_sweeper::{handle, Config, Ports, FUNCTION};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let config = Config::from_env(&ProcessEnv).inspect_err(|err| tracing::error!(%err, "invalid configuration"))?;
-    let table = amiguard::ledger::table_name(&ProcessEnv)?;
+    let config = amiguard::config::reported(FUNCTION, Config::from_env(&ProcessEnv))?;
+    let table = amiguard::config::reported(FUNCTION, amiguard::ledger::table_name(&ProcessEnv))?;
     if table.is_none() {
         tracing::warn!("LEDGER_TABLE is not set: dry runs have no memory, and nothing is ever deleted");
     }

@@ -871,3 +871,34 @@ mod hostile_input {
         assert_eq!(deletions, 1);
     }
 }
+
+// ---- a bounded report ----
+
+#[tokio::test]
+async fn the_report_of_a_huge_first_run_fits_one_log_event_and_says_where_the_rest_is() {
+    let regions: Vec<(String, FakeEc2)> = ["us-east-1", "eu-west-1", "ap-south-1"]
+        .iter()
+        .enumerate()
+        .map(|(r, region)| {
+            let snapshots = (0..3000).map(|i| orphan(&format!("snap-{r}{i:05x}"))).collect();
+            (region.to_string(), FakeEc2::with(snapshots, vec![]))
+        })
+        .collect();
+    let dry = Config { dry_run: true, ..config() };
+    let report = sweep_with(&dry, &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
+
+    let logged = serde_json::to_string(&report).unwrap();
+    assert!(logged.len() <= report::MAX_REPORT_BYTES, "{} bytes", logged.len());
+    assert_eq!(report.totals.orphans, 9000, "the totals count everything");
+    for region in &report.regions {
+        assert_eq!(region.counts.orphans, 3000);
+        assert!(region.orphans.len() <= report::LIST_LIMIT && !region.orphans.is_empty());
+        // The oldest first: what is shown is what the next deletions would take.
+        assert!(region
+            .orphans
+            .windows(2)
+            .all(|w| (w[0].start_time, &w[0].snapshot_id) <= (w[1].start_time, &w[1].snapshot_id)));
+    }
+    let full = report.full_lists.as_deref().unwrap();
+    assert!(full.contains("run#r-test") && full.contains("orphans#<region>"), "{full}");
+}

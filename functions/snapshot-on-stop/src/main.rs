@@ -10,8 +10,8 @@ use snapshot_on_stop::{handle, Clients, Config, FUNCTION};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let config = Config::from_env(&ProcessEnv)?;
-    let table = amiguard::ledger::table_name(&ProcessEnv)?;
+    let config = amiguard::config::reported(FUNCTION, Config::from_env(&ProcessEnv))?;
+    let table = amiguard::config::reported(FUNCTION, amiguard::ledger::table_name(&ProcessEnv))?;
     let sdk = amiguard::sdk::load().await;
     let region = sdk.region().map(ToString::to_string).ok_or("AWS_REGION is not set")?;
     if table.is_none() {

@@ -13,8 +13,8 @@ use untrusted_ami_alert::{handle, Clients, Config, FUNCTION};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let config = Config::from_env(&ProcessEnv).inspect_err(|e| tracing::error!(function = FUNCTION, error = %e))?;
-    let table = amiguard::ledger::table_name(&ProcessEnv)?;
+    let config = amiguard::config::reported(FUNCTION, Config::from_env(&ProcessEnv))?;
+    let table = amiguard::config::reported(FUNCTION, amiguard::ledger::table_name(&ProcessEnv))?;
     if table.is_none() {
         tracing::warn!(function = FUNCTION, "LEDGER_TABLE is not set: every event alerts again");
     }

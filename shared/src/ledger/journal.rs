@@ -46,10 +46,19 @@ pub struct JournalEntry {
     pub rule: &'static str,
 }
 
+/// The key of `resource_id`'s entry in the journal of `run_id`.
+pub fn key(run_id: &str, resource_id: &str) -> (String, String) {
+    (keys::run(run_id), keys::deleted(resource_id))
+}
+
 impl JournalEntry {
+    /// The entry as written: `state = deleted` (written ahead of the call; corrected by
+    /// [`JournalEntry::failed`] when it does not happen).
     pub fn to_item(&self) -> Item {
-        Item::new(keys::run(&self.run_id), keys::deleted(&self.resource_id))
+        let (pk, sk) = key(&self.run_id, &self.resource_id);
+        Item::new(pk, sk)
             .with_s("kind", "journal")
+            .with_s("state", "deleted")
             .with_s("function", self.function)
             .with_s("region", &self.region)
             .with_s("resource", self.resource.as_str())
@@ -59,6 +68,11 @@ impl JournalEntry {
             .with_opt_s("source_image_id", self.source_image_id.clone())
             .with_n("size_gib", self.size_gib.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)))
             .with_n(TTL_ATTRIBUTE, (self.time + KEEP_JOURNAL).timestamp())
+    }
+
+    /// The entry of a deletion that AWS refused: kept, with the reason (`state = failed`).
+    pub fn failed(&self, code: &str, message: &str) -> Item {
+        self.to_item().with_s("state", "failed").with_s("code", code).with_s("message", message)
     }
 }
 

@@ -130,10 +130,12 @@ fn same_snapshots(recorded: &[Id], listed: &[Id]) -> bool {
 /// The orphan records to write after planning: a record for each candidate without one (first
 /// seen now, or at its AMI's deregistration), and away with the records of snapshots that are no
 /// longer candidates (deleted, gone, or kept by a rule now: their clock starts again if they
-/// ever become orphans again).
+/// ever become orphans again). A candidate this run deletes (`deleting`) needs no record: it is
+/// deletable already, and the journal will say what became of it.
 pub fn orphan_writes(
     region: &str,
     candidates: &[&Orphan],
+    deleting: &HashSet<&str>,
     orphaned_since: &HashMap<Id, DateTime<Utc>>,
 ) -> (Vec<Item>, Vec<(String, String)>) {
     let pk = keys::orphans(region);
@@ -141,7 +143,8 @@ pub fn orphan_writes(
     let mut still: HashSet<&str> = HashSet::with_capacity(candidates.len());
     for orphan in candidates {
         still.insert(orphan.snapshot_id.as_str());
-        if !orphaned_since.contains_key(orphan.snapshot_id.as_str()) {
+        if !orphaned_since.contains_key(orphan.snapshot_id.as_str()) && !deleting.contains(orphan.snapshot_id.as_str())
+        {
             puts.push(
                 Item::new(&pk, orphan.snapshot_id.as_str())
                     .with_s("kind", "orphan")
@@ -273,15 +276,16 @@ mod tests {
         let (known, fresh) = (orphan("snap-1", t(-5)), orphan("snap-2", t(0)));
         let recorded: HashMap<Id, DateTime<Utc>> =
             [("snap-1".into(), t(-5)), ("snap-9".into(), t(-9))].into_iter().collect();
-        let (puts, deletes) = orphan_writes(REGION, &[&known, &fresh], &recorded);
+        let none = HashSet::new();
+        let (puts, deletes) = orphan_writes(REGION, &[&known, &fresh], &none, &recorded);
         assert_eq!(puts.iter().map(|i| i.sk.as_str()).collect::<Vec<_>>(), ["snap-2"]);
         assert_eq!(puts[0].time(FIRST_SEEN), Some(t(0)));
         assert_eq!(deletes, [(keys::orphans(REGION), "snap-9".to_string())]);
-        let (puts, deletes) = orphan_writes(
-            REGION,
-            &[&known],
-            &recorded.iter().filter(|(k, _)| k.as_str() == "snap-1").map(|(k, v)| (k.clone(), *v)).collect(),
-        );
+        // One deleted in this run needs no record first.
+        let (puts, _) = orphan_writes(REGION, &[&known, &fresh], &HashSet::from(["snap-2"]), &recorded);
+        assert!(puts.is_empty());
+        let only_known: HashMap<Id, DateTime<Utc>> = [("snap-1".into(), t(-5))].into_iter().collect();
+        let (puts, deletes) = orphan_writes(REGION, &[&known], &none, &only_known);
         assert!(puts.is_empty() && deletes.is_empty(), "nothing changed, nothing written");
     }
 }
