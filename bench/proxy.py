@@ -11,10 +11,17 @@ It counts every call by (service, action), and adds what the emulator lacks for 
   without reaching moto, as EC2 does.
 - The account: every forwarded call carries `x-moto-account-id: <account>`, so each benchmark
   phase works in its own account of one moto server.
+- The EC2 actions moto lacks (GAPS, the same as the tests' MOTO_GAPS in tests/src/lib.rs) are
+  answered as an account without snapshot locks, Fast Snapshot Restores or image references
+  would answer them, and counted like any call.
+
+Run as a program (`python bench/proxy.py UPSTREAM PORT_FILE`), it serves until killed and writes
+its endpoint to PORT_FILE: `make demo` puts it in front of moto for the functions.
 """
 
 import http.client
 import http.server
+import json
 import itertools
 import re
 import sys
@@ -27,6 +34,13 @@ from collections import Counter
 
 # Listing action -> the element that holds its items.
 PAGED = {"DescribeSnapshots": "snapshotSet", "DescribeImages": "imagesSet"}
+
+# EC2 actions moto does not implement -> the (empty) content of EC2's answer.
+GAPS = {
+    "DescribeLockedSnapshots": "<snapshotSet/>",
+    "DescribeFastSnapshotRestores": "<fastSnapshotRestoreSet/>",
+    "DescribeImageReferences": "<imageReferenceSet/>",
+}
 
 
 class TokenBucket:
@@ -91,6 +105,7 @@ class Proxy:
             self.account = account
             self.buckets = {a: TokenBucket(*spec) for a, spec in (throttle or {}).items()}
             self.calls = Counter()  # (service, action) -> calls that reached the proxy
+            self.items_written = Counter()  # DynamoDB write action -> items it put or deleted
             self.throttled = Counter()  # action -> calls answered RequestLimitExceeded
             self.accepted_at = {}  # action -> [monotonic times of calls forwarded]
             self.throttled_at = {}  # action -> [monotonic times of calls throttled]
@@ -109,6 +124,8 @@ class Proxy:
         service, action, form = classify(request.headers, body)
         with self.lock:
             self.calls[(service, action)] += 1
+            if service == "dynamodb":
+                self.items_written[action] += items_written(action, body)
             self.in_flight[action] += 1
             self.max_in_flight[action] = max(self.max_in_flight[action], self.in_flight[action])
             bucket = self.buckets.get(action)
@@ -121,7 +138,9 @@ class Proxy:
             else:
                 with self.lock:
                     self.accepted_at.setdefault(action, []).append(time.monotonic())
-                if action in PAGED and form.get("MaxResults"):
+                if service == "ec2" and action in GAPS:
+                    status, headers, answer = gap_answer(action)
+                elif action in PAGED and form.get("MaxResults"):
                     status, headers, answer = self.page(request, body, action, form)
                 else:
                     status, headers, answer = self.forward(request, body)
@@ -186,11 +205,24 @@ class Proxy:
         with self.lock:
             return {
                 "calls": dict(self.calls),
+                "items_written": dict(self.items_written),
                 "throttled": dict(self.throttled),
                 "accepted_at": {k: list(v) for k, v in self.accepted_at.items()},
                 "throttled_at": {k: list(v) for k, v in self.throttled_at.items()},
                 "max_in_flight": dict(self.max_in_flight),
             }
+
+
+def items_written(action, body):
+    """How many ledger items a DynamoDB call writes: one per put or delete, each request of a batch."""
+    if action in ("PutItem", "DeleteItem", "UpdateItem"):
+        return 1
+    if action == "BatchWriteItem":
+        try:
+            return sum(len(requests) for requests in json.loads(body)["RequestItems"].values())
+        except (ValueError, KeyError, AttributeError):
+            return 0
+    return 0
 
 
 def namespace(root):
@@ -224,3 +256,17 @@ def error_xml(code, message):
 
 def throttled_answer():
     return 503, [("Content-Type", "text/xml")], error_xml("RequestLimitExceeded", "Request limit exceeded.")
+
+
+def gap_answer(action):
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<{action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            f"<requestId>bench-proxy</requestId>{GAPS[action]}</{action}Response>")
+    return 200, [("Content-Type", "text/xml")], body.encode()
+
+
+if __name__ == "__main__":
+    upstream, port_file = sys.argv[1], sys.argv[2]
+    proxy = Proxy(upstream)
+    with open(port_file, "w") as out:
+        out.write(proxy.endpoint)
+    threading.Event().wait()

@@ -7,8 +7,11 @@ bench/proxy.py in front (counts calls by action, emulates EC2 pagination, thrott
 the sweeper's release binary as Lambda does, through bench/runtime_api.py. Everything it starts
 it stops; nothing leaves loopback.
 
+Each account gets amiguard's ledger (DynamoDB on the same moto), created from template.yaml.
+
 Phases, each in a fresh account:
-  floor       amiguard sweep, no throttling: calls by action vs ceil(S/1000) + ceil(I/1000) + deletions
+  floor       amiguard sweep, no throttling: EC2 calls by action vs ceil(S/1000) + ceil(I/1000) +
+              deletions; the ledger's calls and items written, then again for an unchanged rerun
   custodian   Cloud Custodian (ebs-snapshot, `unused` + CreateImage description, `delete`) on the same data
   throughput  amiguard sweep with DeleteSnapshot throttled to AWS's 100 burst, 5/s refill
 
@@ -33,8 +36,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, ".out")
 sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.join(ROOT, "demo"))
+import ledger  # noqa: E402  (demo/ledger.py: the table from template.yaml's definition)
 import proxy as recording_proxy  # noqa: E402
 import runtime_api  # noqa: E402
+
+LEDGER_TABLE = "amiguard-ledger"
 
 FIXTURE_AMI = "ami-0a1b2c3d4e5f00001"  # tests/fixtures/amis.json: Amazon Linux
 INSTANCES = 4
@@ -72,6 +79,14 @@ def start_moto():
     raise SystemExit(f"moto did not answer within 30 s; see {log.name}")
 
 
+def create_ledger(endpoint, account):
+    dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                            aws_secret_access_key="bench")
+    dynamodb.meta.events.register("before-sign.dynamodb.*",
+                                  lambda request, **_: request.headers.__setitem__("x-moto-account-id", account))
+    ledger.create(dynamodb, LEDGER_TABLE)
+
+
 def ec2_client(endpoint, account):
     client = boto3.client("ec2", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
                           aws_secret_access_key="bench",
@@ -102,6 +117,7 @@ def seed(endpoint, account, images, manual):
                                                 Description=f"nightly backup {n}"), range(manual)))
     pool.shutdown()
     counts = listing_counts(ec2, account)
+    create_ledger(endpoint, account)
     counts["seconds"] = round(time.monotonic() - started, 1)
     return counts
 
@@ -125,7 +141,7 @@ def run_sweeper(binary, proxy, account, name, extra_env=None):
     """One cold container: start the binary, invoke it once with a scheduled event, stop it."""
     api = runtime_api.RuntimeApi()
     env = {"AWS_ENDPOINT_URL": proxy.endpoint, "DRY_RUN": "false", "MIN_AGE_HOURS": "0",
-           "MAX_DELETIONS": "100000", "RECYCLE_BIN_CHECK": "false", "RUST_LOG": "warn"}
+           "MAX_DELETIONS": "100000", "RECYCLE_BIN_CHECK": "false", "RUST_LOG": "warn", "LEDGER_TABLE": LEDGER_TABLE}
     env.update(extra_env or {})
     with open(os.path.join(OUT, f"sweeper-{name}.log"), "w") as log:
         process = runtime_api.start(binary, api, env, log)
@@ -164,16 +180,23 @@ def phase_floor(args, endpoint, proxy):
     proxy.reset(account=account)
     report, wall = run_sweeper(args.binary, proxy, account, "floor")
     region = region_of(report)
-    calls = proxy.report()["calls"]
+    everything = proxy.report()
+    calls = {key: n for key, n in everything["calls"].items() if key[0] != "dynamodb"}
+    first_ledger = ledger_figures(everything, "first sweep (nothing in the ledger yet)")
     s, i = seeded["snapshots_listed"], seeded["images"]
-    deletions = len(region["deleted"]) + len(region["already_gone"]) + len(region["failed"])
+    # The report's lists are bounded (the first 200 entries): its counts are whole.
+    counts = region["counts"]
+    deletions = counts["deleted"] + counts["already_gone"] + counts["failed"]
+    # Snapshot locks keep a snapshot (a locked one is never sent a DeleteSnapshot) and Fast
+    # Snapshot Restores are reported: one page each for an account with none.
     floor = {"DescribeSnapshots": math.ceil(s / 1000), "DescribeImages": math.ceil(i / 1000),
-             "DeleteSnapshot": deletions}
+             "DescribeLockedSnapshots": 1, "DescribeFastSnapshotRestores": 1, "DeleteSnapshot": deletions}
     print_calls(calls, "calls by action (the sweeper's release binary, through the recording proxy)")
     observed = {a: c for (_, a), c in calls.items()}
     total_floor = sum(floor.values())
-    print(f"  floor: ceil(S/1000) + ceil(I/1000) + deletions = ceil({s}/1000) + ceil({i}/1000) + {deletions}"
-          f" = {floor['DescribeSnapshots']} + {floor['DescribeImages']} + {deletions} = {total_floor}"
+    print(f"  floor: ceil(S/1000) + ceil(I/1000) + 1 lock page + 1 Fast Snapshot Restore page + deletions"
+          f" = ceil({s}/1000) + ceil({i}/1000) + 1 + 1 + {deletions}"
+          f" = {floor['DescribeSnapshots']} + {floor['DescribeImages']} + 1 + 1 + {deletions} = {total_floor}"
           " (+ 1 ListImagesInRecycleBin page on AWS: RECYCLE_BIN_CHECK=false here, moto lacks it)")
     extra = {a: observed.get(a, 0) - floor.get(a, 0) for a in set(observed) | set(floor)}
     extra = {a: d for a, d in extra.items() if d}
@@ -183,16 +206,29 @@ def phase_floor(args, endpoint, proxy):
     stats = proxy.report()
     deletes = sorted(stats["accepted_at"].get("DeleteSnapshot", []))
     in_flight = stats["max_in_flight"].get("DeleteSnapshot", 0)
-    print(f"  deleted {len(region['deleted'])} orphans (failed {len(region['failed'])}), "
+    print(f"  deleted {counts['deleted']} orphans (failed {counts['failed']}), "
           f"{remaining['snapshots_listed']} snapshots left; wall time {wall:.2f} s "
           f"(invoke to answer, cold container, moto on this machine)")
     if len(deletes) > 1:
         span = deletes[-1] - deletes[0]
         print(f"    of which deletions {span:.2f} s ({(len(deletes) - 1) / span:.0f}/s, at most {in_flight} in flight; "
               f"moto and the Python proxy set this pace), listing and planning the rest")
-    return {"seeded": seeded, "calls": observed, "floor": floor, "deleted": len(region["deleted"]),
-            "failed": len(region["failed"]), "wall_s": round(wall, 2), "at_floor": not extra,
-            "max_in_flight": in_flight}
+    proxy.reset(account=account)
+    rerun, rerun_wall = run_sweeper(args.binary, proxy, account, "floor-rerun")
+    region_of(rerun)
+    rerun_ledger = ledger_figures(proxy.report(), f"unchanged rerun ({rerun_wall:.2f} s)")
+    return {"seeded": seeded, "calls": observed, "floor": floor, "deleted": counts["deleted"],
+            "failed": counts["failed"], "wall_s": round(wall, 2), "at_floor": not extra,
+            "max_in_flight": in_flight, "ledger_first": first_ledger, "ledger_rerun": rerun_ledger}
+
+
+def ledger_figures(stats, title):
+    """Prints the ledger's calls by action and the items written; returns them."""
+    calls = {action: n for (service, action), n in stats["calls"].items() if service == "dynamodb"}
+    written = sum(stats["items_written"].values())
+    shown = ", ".join(f"{action} {n}" for action, n in sorted(calls.items(), key=lambda kv: (-kv[1], kv[0])))
+    print(f"  ledger, {title}: {sum(calls.values())} calls ({shown or 'none'}), {written} items written")
+    return {"calls": calls, "items_written": written}
 
 
 def phase_custodian(args, endpoint, proxy, amiguard):
@@ -262,7 +298,7 @@ def phase_throughput(args, endpoint, proxy):
     stats = proxy.report()
     accepted = sorted(stats["accepted_at"].get("DeleteSnapshot", []))
     throttled = stats["throttled"].get("DeleteSnapshot", 0)
-    deleted, failed = len(region["deleted"]), region["failed"]
+    deleted, failed = region["counts"]["deleted"], region["failed"]
     if not accepted:
         raise SystemExit("no DeleteSnapshot reached moto")
     start, end = accepted[0], accepted[-1]
@@ -271,7 +307,7 @@ def phase_throughput(args, endpoint, proxy):
     steady = (len(after_burst) - 1) / (after_burst[-1] - after_burst[0]) if len(after_burst) > 1 else None
     print(f"  DeleteSnapshot throttled at {DELETE_BURST} burst then {DELETE_RATE:g}/s (token bucket in the proxy; "
           f"answer: 503 RequestLimitExceeded)")
-    print(f"  deleted {deleted} of {region['planned_deletions']} planned, failed {len(failed)}"
+    print(f"  deleted {deleted} of {region['planned_deletions']} planned, failed {region['counts']['failed']}"
           + (f" ({sorted({f['code'] for f in failed})})" if failed else "")
           + f"; {throttled} throttled answers; at most {stats['max_in_flight'].get('DeleteSnapshot', 0)}"
           " DeleteSnapshot in flight at once")
@@ -299,7 +335,7 @@ def phase_throughput(args, endpoint, proxy):
     needed = (4000 - DELETE_BURST) / usable
     print(f"    at AWS's 5/s exactly: {DELETE_BURST} + 5 x {usable:.0f} = {ceiling:,.0f}; 900 s x 5/s = 4,500 is the "
           f"hard ceiling, and > 4,000 needs a pace of at least {needed:.2f}/s ({needed / DELETE_RATE:.0%} of 5/s)")
-    return {"seeded": seeded, "deleted": deleted, "failed": len(failed), "throttled": throttled,
+    return {"seeded": seeded, "deleted": deleted, "failed": region["counts"]["failed"], "throttled": throttled,
             "max_in_flight": stats["max_in_flight"].get("DeleteSnapshot", 0), "rate_overall": round(overall, 2),
             "rate_after_burst": round(steady, 2) if steady else None, "wall_s": round(wall, 1),
             "projected_15min": round(projected), "windows_10s": cells}

@@ -20,11 +20,11 @@ def table_definition():
     return tables[0]["Properties"]
 
 
-def create():
+def create(dynamodb, table=TABLE):
+    """Creates the ledger table `table` through the boto3 DynamoDB client `dynamodb`."""
     props = table_definition()
-    dynamodb = client("dynamodb")
     request = {
-        "TableName": TABLE,
+        "TableName": table,
         "BillingMode": props["BillingMode"],
         "AttributeDefinitions": [dict(a) for a in props["AttributeDefinitions"]],
         "KeySchema": [dict(k) for k in props["KeySchema"]],
@@ -39,12 +39,12 @@ def create():
     dynamodb.create_table(**request)
     ttl = props["TimeToLiveSpecification"]
     dynamodb.update_time_to_live(
-        TableName=TABLE,
+        TableName=table,
         TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": bool(ttl["Enabled"])},
     )
-    print(f"ledger: table {TABLE} created from template.yaml (keys {', '.join(k['AttributeName'] for k in props['KeySchema'])}; "
-          f"time to live on {ttl['AttributeName']})")
+    keys = ", ".join(k["AttributeName"] for k in props["KeySchema"])
+    return f"ledger: table {table} created from template.yaml (keys {keys}; time to live on {ttl['AttributeName']})"
 
 
 if __name__ == "__main__":
-    create()
+    print(create(client("dynamodb")))

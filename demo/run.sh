@@ -29,7 +29,15 @@ MOTO_AMIS_PATH=tests/fixtures/amis.json MOTO_EC2_LOAD_DEFAULT_AMIS=false \
 pids+=($!)
 wait_for "http://127.0.0.1:$MOTO_PORT/moto-api/" "moto" "${pids[-1]}" .demo/moto.log
 
-export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+# The functions call a few EC2 actions moto lacks (snapshot locks, Fast Snapshot Restores, image
+# references): a proxy in front of moto answers them as an account without any would.
+rm -f .demo/proxy.endpoint
+"$PY" bench/proxy.py "http://127.0.0.1:$MOTO_PORT" .demo/proxy.endpoint >.demo/proxy.log 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do [[ -s .demo/proxy.endpoint ]] && break; sleep 0.1; done
+[[ -s .demo/proxy.endpoint ]] || { echo "error: the gap-filling proxy did not start; see .demo/proxy.log" >&2; tail -20 .demo/proxy.log >&2; exit 1; }
+
+export AWS_ENDPOINT_URL="$(cat .demo/proxy.endpoint)" AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
 ACCOUNT=123456789012 # moto's default account
 export ALERT_TOPIC_ARN="arn:aws:sns:us-east-1:$ACCOUNT:amiguard-alerts"

@@ -39,9 +39,15 @@ pub const AMAZON_OWNER_ID: &str = "137112412989";
 pub const RHEL_AMI: &str = "ami-0a1b2c3d4e5f00002";
 pub const RED_HAT_OWNER_ID: &str = "309956199498";
 
-/// The moto server of this test binary.
+/// The moto server of this test binary, behind a proxy that answers the EC2 actions moto lacks
+/// ([`MOTO_GAPS`]) with empty answers, as an account without locks, Fast Snapshot Restores or
+/// image references would: every test (and every proxy a test puts in front) reaches moto
+/// through it. A test that needs other answers injects them in its own proxy.
 pub struct Moto {
+    /// Where tests send their calls: the gap-filling proxy.
     pub endpoint: String,
+    /// moto itself.
+    pub upstream: String,
     // Holding the wrapper's stdin: when this process exits, the pipe closes and the wrapper
     // kills moto, so no server outlives its tests (statics are never dropped).
     _guard: Mutex<Child>,
@@ -83,11 +89,12 @@ fn start_moto() -> Moto {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run sh to start moto: {e}"));
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let upstream = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if http_get_status(port, "/moto-api/") == Some(200) {
-            return Moto { endpoint, _guard: Mutex::new(child) };
+            let endpoint = fill_gaps(&upstream);
+            return Moto { endpoint, upstream, _guard: Mutex::new(child) };
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -99,6 +106,40 @@ fn start_moto() -> Moto {
          Run `make test` (it installs moto[server] into .venv), or install it with \
          `pip install 'moto[server]==5.2.5'`, or set MOTO_SERVER to the moto_server executable."
     );
+}
+
+/// EC2 actions moto 5.2 does not implement (it answers an HTML 500), and the empty answer an
+/// account without any of them gets from AWS.
+pub const MOTO_GAPS: [(&str, &str); 3] = [
+    ("DescribeLockedSnapshots", "<snapshotSet/>"),
+    ("DescribeFastSnapshotRestores", "<fastSnapshotRestoreSet/>"),
+    ("DescribeImageReferences", "<imageReferenceSet/>"),
+];
+
+/// An EC2 answer of `action` with `content` inside, as EC2 writes it.
+pub fn ec2_answer(action: &str, content: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>amiguard-tests</requestId>{content}</{action}Response>"
+    )
+}
+
+/// Starts the gap-filling proxy in front of `upstream` on a thread (and runtime) of its own, so
+/// that it outlives every test's runtime; answers its endpoint.
+fn fill_gaps(upstream: &str) -> String {
+    let upstream = upstream.to_string();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let proxy = proxy::Proxy::start(&upstream).await;
+            for (action, content) in MOTO_GAPS {
+                proxy.inject(proxy::Fault::respond(action, ec2_answer(action, content)));
+            }
+            sender.send(proxy.endpoint.clone()).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    receiver.recv().expect("the gap-filling proxy starts")
 }
 
 fn http_get_status(port: u16, path: &str) -> Option<u16> {

@@ -140,10 +140,12 @@ impl Proxy {
     }
 }
 
-/// Serves the requests of one client connection, one at a time.
+/// Serves one request of a client connection, then closes it: every answer says `Connection:
+/// close`, and a client that waits for the end of the answer (another proxy in front of this
+/// one) must see it.
 async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::Result<()> {
     let mut client = BufReader::new(client);
-    loop {
+    {
         let Some((head, body)) = read_request(&mut client).await? else { return Ok(()) };
         let call = Call {
             service: signing_service(&head).unwrap_or_default(),
@@ -172,6 +174,7 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
         client.get_mut().write_all(&response).await?;
         client.get_mut().flush().await?;
     }
+    client.get_mut().shutdown().await
 }
 
 fn take_fault(state: &Mutex<State>, action: &str, body: &str) -> Option<FaultKind> {

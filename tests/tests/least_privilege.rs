@@ -46,6 +46,28 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
     let account = TestAccount::new().await;
     let instance = account.stopped_instance(&[("amiguard:snapshot-on-stop", "true")]).await;
     ledger::create(&account).await;
+    // An image the previous version made (its name and tags): adopted, after EC2's own words on
+    // its snapshots are read.
+    let stopped = "2026-11-26T01:00:00Z";
+    let old = account
+        .ec2()
+        .create_image()
+        .instance_id(&instance)
+        .name(format!("amiguard-{instance}-20261126T010000Z"))
+        .send()
+        .await
+        .unwrap();
+    let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+    account
+        .ec2()
+        .create_tags()
+        .resources(old.image_id().unwrap())
+        .tags(tag("amiguard:source-instance", &instance))
+        .tags(tag("amiguard:created-by", "snapshot-on-stop"))
+        .tags(tag("amiguard:stopped-at", stopped))
+        .send()
+        .await
+        .unwrap();
     let proxy = Proxy::start(&moto().endpoint).await;
     let through = account.through(&proxy);
     let clients = snapshot_on_stop::Clients {
@@ -175,9 +197,9 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
         Config::from_env(&move |name: &str| vars.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))
             .unwrap()
     };
-    let invocation = || Invocation {
-        deadline: Some(std::time::SystemTime::now() + std::time::Duration::from_secs(900)),
-        ..Invocation::at(chrono::Utc::now())
+    let invocation = || {
+        Invocation::at(chrono::Utc::now())
+            .with_deadline(std::time::SystemTime::now() + std::time::Duration::from_secs(900))
     };
     // moto lacks the Recycle Bin (an HTML 500 that would be retried): refuse it at the proxy,
     // which still records the call; that region aborts, as it must.

@@ -49,7 +49,7 @@ fn scheduled(account: &TestAccount) -> Value {
 }
 
 fn invocation() -> Invocation {
-    Invocation { deadline: Some(SystemTime::now() + Duration::from_secs(900)), ..Invocation::at(Utc::now()) }
+    Invocation::at(Utc::now()).with_deadline(SystemTime::now() + Duration::from_secs(900))
 }
 
 async fn sweep(account: &TestAccount, config: &Config, event: &Value) -> Report {
@@ -100,10 +100,13 @@ async fn orphan(ec2: &aws_sdk_ec2::Client) -> String {
     snapshot_id
 }
 
-/// A snapshot with a description and tags of our choosing (moto lets tests write `aws:` tags).
+/// A snapshot of a new volume with a description and tags of our choosing (moto lets tests write
+/// `aws:` tags); `{volume}` in the description is the snapshot's own volume.
 async fn crafted(ec2: &aws_sdk_ec2::Client, description: &str, tags: &[(&str, &str)], size: i32) -> String {
     let volume = ec2.create_volume().availability_zone(format!("{}a", region_of(ec2))).size(size).send().await.unwrap();
-    let mut request = ec2.create_snapshot().volume_id(volume.volume_id().unwrap()).description(description);
+    let volume_id = volume.volume_id().unwrap();
+    let description = description.replace("{volume}", volume_id);
+    let mut request = ec2.create_snapshot().volume_id(volume_id).description(description);
     if !tags.is_empty() {
         request = request.tag_specifications(
             TagSpecification::builder()
@@ -163,7 +166,14 @@ async fn deletes_exactly_the_orphans_of_a_realistic_account() {
     let backup = crafted(&ec2, gone, &[("aws:backup:source-resource", "arn:aws:ec2:us-east-1::volume/vol-1")], 4).await;
     let dlm = crafted(&ec2, gone, &[("aws:dlm:lifecycle-policy-id", "policy-0123")], 4).await;
     let manual = crafted(&ec2, "before the database upgrade", &[], 7).await;
-    let create_image_form = crafted(&ec2, gone, &[], 5).await;
+    // EC2's words on a snapshot of the volume they name: from that (gone) AMI.
+    let create_image_form =
+        crafted(&ec2, "Created by CreateImage(i-0123456789abcdef0) for ami-0123456789abcdef0 from {volume}", &[], 5)
+            .await;
+    // The same words on a snapshot of another volume (a copy that kept them, or a forgery), and a
+    // tag naming a gone AMI: neither proves the snapshot was made for an AMI. Manual, kept.
+    let other_volume = crafted(&ec2, gone, &[], 4).await;
+    let tagged_only = crafted(&ec2, "", &[("amiguard:image", "ami-0123456789abcdef0")], 2).await;
     let copy_form = crafted(
         &ec2,
         "Copied for DestinationAmi ami-0fedcba9876543210 from SourceAmi ami-0aaaabbbbccccdddd for SourceSnapshot snap-0123456789abcdef0. Task created on 1,700,000,000.",
@@ -184,7 +194,17 @@ async fn deletes_exactly_the_orphans_of_a_realistic_account() {
     assert!(region.failed.is_empty() && region.already_gone.is_empty(), "{region:?}");
     let after = own_snapshots(&account, &ec2).await;
     assert_eq!(before.difference(&after).cloned().collect::<BTreeSet<_>>(), expected, "exactly the orphans are gone");
-    for kept in [&referenced, &disabled_snapshot, &protected, &backup, &dlm, &manual, &oflive_image] {
+    for kept in [
+        &referenced,
+        &disabled_snapshot,
+        &protected,
+        &backup,
+        &dlm,
+        &manual,
+        &oflive_image,
+        &other_volume,
+        &tagged_only,
+    ] {
         assert!(after.contains(kept), "{kept} must be kept");
     }
     let mut expected_kept = BTreeMap::from([
@@ -193,13 +213,13 @@ async fn deletes_exactly_the_orphans_of_a_realistic_account() {
         (KeepReason::Protected, 1),
         (KeepReason::AwsBackup, 1),
         (KeepReason::Dlm, 1),
-        (KeepReason::NotFromImage, 1),
+        (KeepReason::NotFromImage, 3),
     ]);
     if foreign > 0 {
         expected_kept.insert(KeepReason::NotOwned, foreign);
     }
     assert_eq!(region.kept, expected_kept);
-    assert_eq!((region.unreferenced_manual.count, region.unreferenced_manual.gib), (1, 7));
+    assert_eq!((region.unreferenced_manual.count, region.unreferenced_manual.gib), (3, 7 + 4 + 2));
     let orphan_ids: BTreeSet<String> = region.orphans.iter().map(|o| o.snapshot_id.to_string()).collect();
     assert_eq!(orphan_ids, expected);
     let sources: BTreeSet<&str> = region.orphans.iter().map(|o| o.source_image_id.as_str()).collect();
@@ -215,6 +235,80 @@ async fn deletes_exactly_the_orphans_of_a_realistic_account() {
     // Idempotent: a second run finds nothing more to delete.
     let again = sweep(&account, &config(&[]), &scheduled(&account)).await;
     assert!(again.regions[0].deleted.is_empty() && again.regions[0].orphans.is_empty());
+}
+
+/// EC2's answer to `action` with `content`, as the proxy gives it for what moto lacks.
+fn answer(action: &str, content: &str) -> Fault {
+    Fault::respond(action, amiguard_integration_tests::ec2_answer(action, content))
+}
+
+#[tokio::test]
+async fn what_ec2_says_of_a_snapshot_keeps_it_locks_the_archive_tier_copies_and_the_protect_tag_in_any_case() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let deletable = orphan(&ec2).await;
+    let archived = orphan(&ec2).await;
+    ec2.modify_snapshot_tier()
+        .snapshot_id(&archived)
+        .storage_tier(aws_sdk_ec2::types::TargetStorageTier::Archive)
+        .send()
+        .await
+        .unwrap();
+    let locked = orphan(&ec2).await;
+    let shouting = orphan(&ec2).await;
+    tag_snapshot(&ec2, &shouting, "AMIGUARD:KEEP").await;
+    // A DR copy that kept its original's CreateImage words: EC2 gives a copy the volume
+    // vol-ffffffff (moto keeps the original's, so the proxy says what EC2 would).
+    let copy = crafted(&ec2, "Created by CreateImage(i-0123456789abcdef0) for ami-0123456789abcdef0", &[], 3).await;
+    let listed = ec2.describe_snapshots().snapshot_ids(&copy).send().await.unwrap();
+    let copy_volume = listed.snapshots()[0].volume_id().unwrap().to_string();
+    let (_, restored) = image(&ec2).await;
+
+    let proxy = Proxy::start(&moto().endpoint).await;
+    proxy.inject(answer(
+        "DescribeLockedSnapshots",
+        &format!(
+            "<snapshotSet><item><ownerId>{}</ownerId><snapshotId>{locked}</snapshotId><lockState>compliance</lockState></item></snapshotSet>",
+            account.account_id
+        ),
+    ));
+    proxy.inject(answer(
+        "DescribeFastSnapshotRestores",
+        &format!(
+            "<fastSnapshotRestoreSet><item><snapshotId>{restored}</snapshotId><availabilityZone>{REGION}a</availabilityZone><state>enabled</state></item></fastSnapshotRestoreSet>"
+        ),
+    ));
+    proxy.inject(Fault::rewrite(
+        "DescribeSnapshots",
+        format!("<volumeId>{copy_volume}</volumeId>"),
+        "<volumeId>vol-ffffffff</volumeId>",
+    ));
+
+    let report = sweep_through(&account, &proxy, &config(&[]), Utc::now()).await;
+
+    let region = &report.regions[0];
+    assert_eq!(region.aborted, None);
+    assert_eq!(region.deleted, std::slice::from_ref(&deletable), "only the plain orphan");
+    assert_eq!(
+        proxy.count("DeleteSnapshot"),
+        1,
+        "a kept snapshot (a locked one above all) is never sent a DeleteSnapshot"
+    );
+    let after = own_snapshots(&account, &ec2).await;
+    for kept in [&archived, &locked, &shouting, &copy] {
+        assert!(after.contains(kept), "{kept} must be kept");
+    }
+    assert_eq!(region.kept.get(&KeepReason::Archived), Some(&1));
+    assert_eq!(region.kept.get(&KeepReason::Locked), Some(&1));
+    assert_eq!(region.kept.get(&KeepReason::Protected), Some(&1));
+    assert_eq!(region.kept.get(&KeepReason::NotFromImage), Some(&1), "the copy is manual: {:?}", region.kept);
+    // moto's CreateImage snapshots are 15 GiB: what deleting the archive early would still cost.
+    assert_eq!((region.archived.count, region.archived.gib), (1, 15));
+    assert_eq!(region.archived.early_deletion_cost_usd_at_most, 0.56, "15 GiB x $0.0125 x 3 months");
+    // Fast Snapshot Restore decides nothing; it is reported with what it costs.
+    assert_eq!(region.fast_snapshot_restores.len(), 1);
+    assert_eq!(region.fast_snapshot_restores[0].snapshot_id, restored);
+    assert_eq!(region.fast_snapshot_restore_cost_usd_per_hour, 0.75);
 }
 
 #[tokio::test]
@@ -490,7 +584,7 @@ async fn a_delete_answered_in_use_is_reported_and_the_others_go_on() {
 
 /// An invocation at `now` (the tests' clock: moto cannot backdate anything).
 fn at(now: chrono::DateTime<Utc>) -> Invocation {
-    Invocation { deadline: Some(SystemTime::now() + Duration::from_secs(900)), ..Invocation::at(now) }
+    Invocation::at(now).with_deadline(SystemTime::now() + Duration::from_secs(900))
 }
 
 /// The account's calls through `proxy`, swept with the ledger at `now`.
@@ -636,7 +730,7 @@ async fn every_deletion_is_journaled_under_its_run_and_one_query_lists_them() {
         let orphan = report.regions[0].orphans.iter().find(|o| o.snapshot_id == snapshot.as_str()).unwrap();
         assert_eq!(rule.as_deref(), Some("orphan"));
         let entry = journal.iter().find(|e| e.s("resource_id") == Some(snapshot.as_str())).unwrap();
-        assert_eq!(entry.s("state"), Some("deleted"));
+        assert_eq!(entry.s("state"), Some("done"));
         assert_eq!(*size, Some(orphan.size_gib as i64));
         assert_eq!(source.as_deref(), Some(orphan.source_image_id.as_str()));
     }

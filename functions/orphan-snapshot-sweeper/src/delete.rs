@@ -1,13 +1,13 @@
 //! Deleting a region's orphans: bounded concurrency, chunk by chunk, each chunk journaled in the
 //! ledger before its deletions start.
 
-use amiguard::ledger::journal::{self, JournalEntry, Resource};
+use amiguard::ledger::journal::{JournalEntry, Resource};
 use amiguard::ledger::LedgerStore;
 use amiguard::sweeper::records;
 use amiguard::sweeper::{Orphan, SweeperEc2};
 use futures::stream::{self, StreamExt};
 
-use crate::report::{FailedDeletion, RegionReport, FUNCTION};
+use crate::report::{FailedDeletion, RegionReport};
 use crate::{Run, DELETE_CONCURRENCY};
 
 /// Deletions journaled together (four BatchWriteItem calls).
@@ -42,7 +42,7 @@ impl<L: LedgerStore> Run<'_, L> {
                 continue;
             }
             if let Some(store) = self.store() {
-                let ahead: Vec<_> = chunk.iter().map(|orphan| self.journal_entry(region, orphan).to_item()).collect();
+                let ahead: Vec<_> = chunk.iter().map(|orphan| self.journal_entry(region, orphan).intended()).collect();
                 if let Err(err) = store.write_batch(ahead, Vec::new()).await {
                     self.ledger_broke(&err);
                     report.aborted = Some(format!(
@@ -57,43 +57,41 @@ impl<L: LedgerStore> Run<'_, L> {
                 .buffer_unordered(DELETE_CONCURRENCY)
                 .collect()
                 .await;
-            // Corrections: a failure is said in its entry, what did not happen leaves none; the
-            // orphan records of what is gone now are forgotten.
-            let (mut corrected, mut removed) = (Vec::new(), Vec::new());
+            // Each entry says how it ended; a call never made leaves none. The orphan records of
+            // what is gone now are forgotten.
+            let (mut ended, mut removed) = (Vec::new(), Vec::new());
             for (orphan, outcome) in outcomes {
                 let id = orphan.snapshot_id.to_string();
-                let gone = |removed: &mut Vec<(String, String)>| {
-                    if recorded.contains_key(id.as_str()) {
-                        removed.push(records::orphan_key(region, &id));
-                    }
-                };
+                let entry = self.journal_entry(region, orphan);
+                if matches!(outcome, Deletion::Deleted | Deletion::AlreadyGone) && recorded.contains_key(id.as_str()) {
+                    removed.push(records::orphan_key(region, &id));
+                }
                 match outcome {
                     Deletion::Deleted => {
-                        gone(&mut removed);
+                        ended.push(entry.done());
                         report.deleted.push(id);
                     }
                     Deletion::AlreadyGone => {
-                        gone(&mut removed);
-                        removed.push(journal::key(&self.invocation.request_id, &id));
+                        ended.push(entry.already_gone());
                         report.already_gone.push(id);
                     }
                     Deletion::Failed(failed) => {
-                        corrected.push(self.journal_entry(region, orphan).failed(&failed.code, &failed.message));
+                        ended.push(entry.failed(&failed.code, &failed.message));
                         report.failed.push(failed);
                     }
                     Deletion::NotStarted => {
-                        removed.push(journal::key(&self.invocation.request_id, &id));
+                        removed.push(entry.key());
                         report.left_for_next_run.push(id);
                     }
                 }
             }
             if let Some(store) = self.store() {
-                if let Err(err) = store.write_batch(corrected, removed).await {
+                if let Err(err) = store.write_batch(ended, removed).await {
                     self.ledger_broke(&err);
                     report.aborted = Some(format!(
-                        "correcting the journal in the ledger failed, nothing more deleted in this region: {err}"
+                        "completing the journal in the ledger failed, nothing more deleted in this region: {err}"
                     ));
-                    warnings.push(format!("{region}: the journal may list deletions that failed: {err}"));
+                    warnings.push(format!("{region}: some journal entries of this run stay `intended`: {err}"));
                 }
             }
         }
@@ -121,16 +119,8 @@ impl<L: LedgerStore> Run<'_, L> {
     }
 
     fn journal_entry(&self, region: &str, orphan: &Orphan) -> JournalEntry {
-        JournalEntry {
-            run_id: self.invocation.request_id.clone(),
-            function: FUNCTION,
-            region: region.to_string(),
-            resource: Resource::Snapshot,
-            resource_id: orphan.snapshot_id.to_string(),
-            time: chrono::Utc::now(),
-            size_gib: Some(orphan.size_gib),
-            source_image_id: Some(orphan.source_image_id.to_string()),
-            rule: "orphan",
-        }
+        self.journal(region, Resource::Snapshot, &orphan.snapshot_id, "orphan")
+            .with_size(orphan.size_gib)
+            .with_source(&orphan.source_image_id)
     }
 }

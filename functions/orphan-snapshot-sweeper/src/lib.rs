@@ -260,6 +260,26 @@ impl<L: LedgerStore> Run<'_, L> {
         self.ledger_failed.lock().ok().and_then(|failed| failed.clone())
     }
 
+    /// A journal entry of this run, now.
+    fn journal(
+        &self,
+        region: &str,
+        resource: amiguard::ledger::journal::Resource,
+        resource_id: &str,
+        rule: &'static str,
+    ) -> amiguard::ledger::journal::JournalEntry {
+        let time = self.invocation.clock();
+        amiguard::ledger::journal::JournalEntry::new(
+            &self.invocation.request_id,
+            FUNCTION,
+            region,
+            resource,
+            resource_id,
+            rule,
+            time,
+        )
+    }
+
     async fn sweep_region<E: SweeperEc2>(
         &self,
         region: &str,
@@ -299,9 +319,19 @@ impl<L: LedgerStore> Run<'_, L> {
                 Err(err) => return aborted(report, "listing the Recycle Bin", &err),
             };
         }
-        let RegionMemory { mut memory, image_writes } = match &self.ledger {
+        // Read before deciding: a locked snapshot must never be sent a DeleteSnapshot.
+        let locked = match ec2.locked_snapshots().await {
+            Ok(locked) => locked,
+            Err(err) => return aborted(report, "listing snapshot locks", &err),
+        };
+        // Fast Snapshot Restore decides nothing (it is reported for its cost): a warning at most.
+        match ec2.fast_snapshot_restores().await {
+            Ok(restores) => report.set_fast_snapshot_restores(restores),
+            Err(err) => warnings.push(format!("{region}: Fast Snapshot Restores could not be listed: {err}")),
+        }
+        let RegionMemory { mut memory, image_writes, stale } = match &self.ledger {
             Ledger::Ready { store, previous_run } => {
-                match records::read_region(*store, region, &images, self.invocation.now, *previous_run).await {
+                match records::read_region(*store, region, &images, &binned, self.invocation.now, *previous_run).await {
                     Ok(memory) => memory,
                     Err(err) => {
                         self.ledger_broke(&err);
@@ -313,10 +343,8 @@ impl<L: LedgerStore> Run<'_, L> {
         };
 
         let mut retired = Vec::new();
-        let mut journal = Vec::new();
         if let Some(days) = self.config.retire_unused_amis_after_days {
-            let retirement =
-                self.retire(region, ec2, &images, days, budget, &mut report, retired_out, &mut journal, warnings).await;
+            let retirement = self.retire(region, ec2, &images, days, budget, &mut report, retired_out, warnings).await;
             if retirement.deregistered_any && self.config.recycle_bin_check {
                 // A retention rule may have put the images just deregistered in the Recycle Bin.
                 binned = match ec2.images_in_recycle_bin().await {
@@ -347,6 +375,7 @@ impl<L: LedgerStore> Run<'_, L> {
             images_in_recycle_bin: &binned,
             budget: *budget,
             memory: &memory,
+            locked: &locked,
         };
         let plan = plan(&input, &policy);
         if let Some(trip) = &plan.circuit_breaker {
@@ -356,7 +385,19 @@ impl<L: LedgerStore> Run<'_, L> {
         // What this sweep saw is written before anything is deleted: a deletion never outruns
         // the memory that justifies it.
         if let Some(store) = self.store() {
-            let candidates: Vec<&amiguard::sweeper::Orphan> = plan.orphans.iter().chain(&plan.waiting).collect();
+            // A dry run's retirement is a simulation: the images stay, so their snapshots get no
+            // clock (it would outlive the simulation).
+            let simulated: hashbrown::HashSet<&str> = if self.dry_run {
+                retired.iter().flat_map(|i| i.snapshot_ids.iter().map(|s| s.as_str())).collect()
+            } else {
+                hashbrown::HashSet::new()
+            };
+            let candidates: Vec<&amiguard::sweeper::Orphan> = plan
+                .orphans
+                .iter()
+                .chain(&plan.waiting)
+                .filter(|o| !simulated.contains(o.snapshot_id.as_str()))
+                .collect();
             let deleting: hashbrown::HashSet<&str> = if self.dry_run {
                 hashbrown::HashSet::new()
             } else {
@@ -366,13 +407,15 @@ impl<L: LedgerStore> Run<'_, L> {
                 records::orphan_writes(region, &candidates, &deleting, &memory.orphaned_since);
             let mut puts: Vec<Item> = image_writes;
             puts.extend(orphan_puts);
-            puts.extend(journal.iter().map(|entry: &amiguard::ledger::journal::JournalEntry| entry.to_item()));
-            report.ledger_writes = (puts.len() + orphan_deletes.len()) as u64;
-            if let Err(err) = store.write_batch(puts, orphan_deletes).await {
+            let mut deletes = stale;
+            deletes.extend(orphan_deletes);
+            let writes = (puts.len() + deletes.len()) as u64;
+            if let Err(err) = store.write_batch(puts, deletes).await {
                 self.ledger_broke(&err);
                 report.fill_from_plan(&plan, self.config.price_per_gb_month);
                 return aborted(report, "writing the ledger", &err);
             }
+            report.ledger_writes = writes;
         }
         *budget = budget.saturating_sub(plan.to_delete.len() as u64);
         report.fill_from_plan(&plan, self.config.price_per_gb_month);

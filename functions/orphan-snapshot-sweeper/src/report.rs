@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use amiguard::ledger::{keys, Item, TTL_ATTRIBUTE};
-use amiguard::sweeper::{ImageKeepReason, KeepReason, ManualSnapshots, Orphan, Plan};
+use amiguard::sweeper::ec2::FastSnapshotRestore;
+use amiguard::sweeper::{ImageKeepReason, KeepReason, Orphan, Plan, SnapshotTotal};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -21,6 +22,12 @@ pub const LIST_LIMIT: usize = 200;
 pub const MAX_REPORT_BYTES: usize = 200_000;
 /// How long a run's summary stays in the ledger.
 pub const KEEP_RUN_SUMMARY: Duration = Duration::days(400);
+/// EBS snapshot archive storage, USD per GB-month (us-east-1), billed for at least 90 days: what
+/// deleting an archived snapshot early would still cost, at most.
+pub const ARCHIVE_PRICE_PER_GB_MONTH: f64 = 0.0125;
+pub const ARCHIVE_MINIMUM_MONTHS: f64 = 3.0;
+/// Fast Snapshot Restore, USD per snapshot and Availability Zone and hour (us-east-1).
+pub const FAST_SNAPSHOT_RESTORE_PRICE_PER_HOUR: f64 = 0.75;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -46,6 +53,13 @@ pub struct WaitingOrphan {
     #[serde(flatten)]
     pub orphan: Orphan,
     pub deletable_after: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ArchivedSnapshots {
+    pub count: u64,
+    pub gib: u64,
+    pub early_deletion_cost_usd_at_most: f64,
 }
 
 /// The whole length of each list of a region report (the lists themselves may be cut).
@@ -79,7 +93,13 @@ pub struct RegionReport {
     /// Planned but not started because the invocation's deadline was near: the next run's.
     pub left_for_next_run: Vec<String>,
     pub kept: BTreeMap<KeepReason, u64>,
-    pub unreferenced_manual: ManualSnapshots,
+    pub unreferenced_manual: SnapshotTotal,
+    /// Snapshots kept in the archive tier, and what deleting them now would still cost at most
+    /// (the rest of their 90-day minimum).
+    pub archived: ArchivedSnapshots,
+    /// Snapshots with Fast Snapshot Restore on (decides nothing: it costs by the hour).
+    pub fast_snapshot_restores: Vec<FastSnapshotRestore>,
+    pub fast_snapshot_restore_cost_usd_per_hour: f64,
     pub reclaimable_gib: u64,
     /// `reclaimable_gib` x `PRICE_PER_GB_MONTH`: an upper bound (snapshots are incremental).
     pub estimated_monthly_savings_usd: f64,
@@ -109,7 +129,10 @@ impl RegionReport {
             failed: Vec::new(),
             left_for_next_run: Vec::new(),
             kept: BTreeMap::new(),
-            unreferenced_manual: ManualSnapshots::default(),
+            unreferenced_manual: SnapshotTotal::default(),
+            archived: ArchivedSnapshots::default(),
+            fast_snapshot_restores: Vec::new(),
+            fast_snapshot_restore_cost_usd_per_hour: 0.0,
             reclaimable_gib: 0,
             estimated_monthly_savings_usd: 0.0,
             aborted: None,
@@ -126,6 +149,13 @@ impl RegionReport {
         self.planned_deletions = plan.to_delete.len() as u64;
         self.kept = plan.kept.clone();
         self.unreferenced_manual = plan.unreferenced_manual;
+        self.archived = ArchivedSnapshots {
+            count: plan.archived.count,
+            gib: plan.archived.gib,
+            early_deletion_cost_usd_at_most: cents(
+                plan.archived.gib as f64 * ARCHIVE_PRICE_PER_GB_MONTH * ARCHIVE_MINIMUM_MONTHS,
+            ),
+        };
         self.reclaimable_gib = plan.reclaimable_gib;
         self.estimated_monthly_savings_usd = monthly_cost(plan.reclaimable_gib, price_per_gb_month);
         self.orphans = plan.orphans.clone();
@@ -137,6 +167,12 @@ impl RegionReport {
                 deletable_after: amiguard::sweeper::grace::deletable_after(orphan.orphaned_since, plan.min_age),
             })
             .collect();
+    }
+
+    pub fn set_fast_snapshot_restores(&mut self, restores: Vec<FastSnapshotRestore>) {
+        self.fast_snapshot_restore_cost_usd_per_hour =
+            cents(restores.len() as f64 * FAST_SNAPSHOT_RESTORE_PRICE_PER_HOUR);
+        self.fast_snapshot_restores = restores;
     }
 
     /// Takes the whole length of each list (before [`Report::bound`] cuts them).
@@ -158,6 +194,7 @@ impl RegionReport {
         self.already_gone.truncate(limit);
         self.failed.truncate(limit);
         self.left_for_next_run.truncate(limit);
+        self.fast_snapshot_restores.truncate(limit);
     }
 }
 
@@ -264,7 +301,11 @@ pub struct Totals {
 
 /// Dollars, to the cent.
 pub fn monthly_cost(gib: u64, price_per_gb_month: f64) -> f64 {
-    (gib as f64 * price_per_gb_month * 100.0).round() / 100.0
+    cents(gib as f64 * price_per_gb_month)
+}
+
+fn cents(usd: f64) -> f64 {
+    (usd * 100.0).round() / 100.0
 }
 
 pub fn totals(regions: &[RegionReport], retired: &[RetiredImage], price_per_gb_month: f64) -> Totals {
@@ -389,6 +430,21 @@ pub fn summary_text(report: &Report) -> String {
             let kept: Vec<String> = r.kept.iter().map(|(reason, n)| format!("{} {n}", json_name(reason))).collect();
             let _ = writeln!(text, "  kept: {}", kept.join(", "));
         }
+        if r.archived.count > 0 {
+            let _ = writeln!(
+                text,
+                "  archived snapshots (kept: billed for 90 days anyway; deleting them now would still cost up to ${:.2}): {} ({} GiB)",
+                r.archived.early_deletion_cost_usd_at_most, r.archived.count, r.archived.gib
+            );
+        }
+        if !r.fast_snapshot_restores.is_empty() {
+            let _ = writeln!(
+                text,
+                "  Fast Snapshot Restore on: {} snapshot-zone(s), ${:.2}/hour",
+                r.fast_snapshot_restores.len(),
+                r.fast_snapshot_restore_cost_usd_per_hour
+            );
+        }
         if r.unreferenced_manual.count > 0 {
             let _ = writeln!(
                 text,
@@ -453,7 +509,7 @@ mod tests {
             message: "in use".into(),
         }];
         r.kept = BTreeMap::from([(KeepReason::ReferencedByImage, 2), (KeepReason::NotFromImage, 7)]);
-        r.unreferenced_manual = ManualSnapshots { count: 7, gib: 700 };
+        r.unreferenced_manual = SnapshotTotal { count: 7, gib: 700 };
         r.reclaimable_gib = 30;
         r.estimated_monthly_savings_usd = 1.5;
         let mut aborted = RegionReport::new("eu-west-1");

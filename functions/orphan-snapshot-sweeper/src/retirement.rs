@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use amiguard::ledger::journal::{JournalEntry, Resource};
-use amiguard::ledger::LedgerStore;
-use amiguard::sweeper::{plan_retirement, ImageFacts, RetireInput, RetirePolicy, SweeperEc2};
+use amiguard::ledger::{Condition, Item, LedgerStore};
+use amiguard::sweeper::{plan_retirement, records, ImageFacts, RetireInput, RetirePolicy, SweeperEc2};
+use amiguard::AwsError;
 
-use crate::report::{RegionReport, RetireOutcome, RetiredImage, FUNCTION};
+use crate::report::{RegionReport, RetireOutcome, RetiredImage};
 use crate::Run;
 
 /// What the retirement step of one region decided and did.
@@ -31,7 +32,6 @@ impl<L: LedgerStore> Run<'_, L> {
         budget: &mut u64,
         report: &mut RegionReport,
         retired_out: &mut Vec<RetiredImage>,
-        journal: &mut Vec<JournalEntry>,
         warnings: &mut Vec<String>,
     ) -> Retirement {
         let mut retirement = Retirement { retired: Vec::new(), deregistered_any: false };
@@ -90,18 +90,41 @@ impl<L: LedgerStore> Run<'_, L> {
             report.retirement_skipped = Some(format!("{trip} (images)"));
         }
         for image in plan.to_retire {
+            let entry = self.journal(region, Resource::Image, &image.image_id, "unused_image");
             let (outcome, error) = if self.dry_run {
                 (RetireOutcome::DryRun, None)
             } else if self.deadline_is_near() {
                 (RetireOutcome::LeftForNextRun, None)
+            } else if let Err(err) = self.journal_ahead(&entry).await {
+                // No deregistration the journal does not hold.
+                (RetireOutcome::Failed, Some(err))
             } else {
-                match ec2.deregister_image(&image.image_id).await {
+                let result = match ec2.deregister_image(&image.image_id).await {
                     Ok(()) => (RetireOutcome::Deregistered, None),
                     Err(err) if err.is_not_found() || err.has_code("InvalidAMIID.Unavailable") => {
                         (RetireOutcome::AlreadyGone, None)
                     }
                     Err(err) => (RetireOutcome::Failed, Some(err)),
+                };
+                let ended = match &result {
+                    (RetireOutcome::Deregistered, _) => entry.done(),
+                    (_, Some(err)) => entry.failed(&err.code, &err.message),
+                    _ => entry.already_gone(),
+                };
+                if let Err(err) = self.journal_end(ended).await {
+                    warnings.push(format!("{region}: the journal entry of {} stays `intended`: {err}", image.image_id));
                 }
+                if matches!(result.0, RetireOutcome::Deregistered | RetireOutcome::AlreadyGone) {
+                    // The AMI's death as amiguard saw it: the next sweeps date its snapshots'
+                    // grace period from now, not from when they first miss it.
+                    if let Err(err) = self.remember_deregistration(region, &image.image_id).await {
+                        warnings.push(format!(
+                            "{region}: the deregistration of {} is not in the ledger (its snapshots' grace period will start at the next sweep): {err}",
+                            image.image_id
+                        ));
+                    }
+                }
+                result
             };
             retired_out.push(RetiredImage {
                 region: region.to_string(),
@@ -113,24 +136,40 @@ impl<L: LedgerStore> Run<'_, L> {
                 code: error.as_ref().map(|e| e.code.clone()),
                 message: error.map(|e| e.message),
             });
-            if outcome == RetireOutcome::Deregistered {
-                retirement.deregistered_any = true;
-                journal.push(JournalEntry {
-                    run_id: self.invocation.request_id.clone(),
-                    function: FUNCTION,
-                    region: region.to_string(),
-                    resource: Resource::Image,
-                    resource_id: image.image_id.to_string(),
-                    time: chrono::Utc::now(),
-                    size_gib: None,
-                    source_image_id: None,
-                    rule: "unused_image",
-                });
-            }
+            retirement.deregistered_any |= outcome == RetireOutcome::Deregistered;
             if matches!(outcome, RetireOutcome::Deregistered | RetireOutcome::AlreadyGone | RetireOutcome::DryRun) {
                 retirement.retired.push(image);
             }
         }
         retirement
+    }
+
+    /// Writes `entry` as `intended` before its call; a failure means the call must not be made.
+    async fn journal_ahead(&self, entry: &JournalEntry) -> Result<(), AwsError> {
+        match self.store() {
+            Some(store) => store
+                .put(&entry.intended(), &Condition::Always)
+                .await
+                .map(|_| ())
+                .inspect_err(|err| self.ledger_broke(err)),
+            None => Ok(()),
+        }
+    }
+
+    async fn remember_deregistration(&self, region: &str, image_id: &str) -> Result<(), AwsError> {
+        match self.store() {
+            Some(store) => {
+                records::record_deregistration(store, region, image_id, self.invocation.now).await.map(|_| ())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Writes how a journaled call ended.
+    async fn journal_end(&self, ended: Item) -> Result<(), AwsError> {
+        match self.store() {
+            Some(store) => store.put(&ended, &Condition::Always).await.map(|_| ()),
+            None => Ok(()),
+        }
     }
 }

@@ -24,7 +24,7 @@ fn now() -> DateTime<Utc> {
 }
 
 fn invocation() -> Invocation {
-    Invocation { request_id: "r-test".into(), now: now(), deadline: Some(SystemTime::now() + Duration::from_secs(900)) }
+    Invocation::at(now()).with_request_id("r-test").with_deadline(SystemTime::now() + Duration::from_secs(900))
 }
 
 /// How long ago the ledger saw the tests' orphans orphaned (established orphans: past the grace).
@@ -96,6 +96,8 @@ fn orphan(id: &str) -> SnapshotListing {
         start_time: Some(now() - chrono::Duration::days(3)),
         size_gib: 10,
         description: format!("Created by CreateImage(i-0123) for ami-0{} from vol-01", &id[5..]),
+        volume_id: Some("vol-01".to_string()),
+        storage_tier: Some("standard".to_string()),
         tags: vec![],
     }
 }
@@ -109,6 +111,7 @@ fn image(id: &str, snapshots: &[&str], age_days: i64) -> ImageFacts {
         creation_date: Some(now() - chrono::Duration::days(age_days)),
         last_launched_time: None,
         public: false,
+        deregistration_protection: None,
         snapshot_ids: snapshots.iter().map(|&s| s.into()).collect(),
         tags: vec![],
     }
@@ -128,6 +131,10 @@ struct FakeEc2 {
     instances: BTreeSet<String>,
     templates: LaunchTemplateImages,
     shared: BTreeSet<String>,
+    locked: hashbrown::HashSet<amiguard::sweeper::Id>,
+    restores: Vec<amiguard::sweeper::ec2::FastSnapshotRestore>,
+    referenced: BTreeSet<String>,
+    shared_snapshots: BTreeSet<String>,
     fail: BTreeMap<&'static str, String>,
     delete_errors: BTreeMap<String, String>,
     deregister_errors: BTreeMap<String, String>,
@@ -183,6 +190,19 @@ impl SweeperEc2 for FakeEc2 {
     async fn is_image_shared(&self, image_id: &str) -> Result<bool, AwsError> {
         self.call("DescribeImageAttribute", image_id).map(|_| self.shared.contains(image_id))
     }
+    async fn locked_snapshots(&self) -> Result<hashbrown::HashSet<amiguard::sweeper::Id>, AwsError> {
+        self.call("DescribeLockedSnapshots", "").map(|_| self.locked.clone())
+    }
+    async fn fast_snapshot_restores(&self) -> Result<Vec<amiguard::sweeper::ec2::FastSnapshotRestore>, AwsError> {
+        self.call("DescribeFastSnapshotRestores", "").map(|_| self.restores.clone())
+    }
+    async fn referenced_images(&self, image_ids: &[String]) -> Result<BTreeSet<String>, AwsError> {
+        self.call("DescribeImageReferences", &image_ids.join(","))
+            .map(|_| image_ids.iter().filter(|id| self.referenced.contains(*id)).cloned().collect())
+    }
+    async fn is_snapshot_shared(&self, snapshot_id: &str) -> Result<bool, AwsError> {
+        self.call("DescribeSnapshotAttribute", snapshot_id).map(|_| self.shared_snapshots.contains(snapshot_id))
+    }
     async fn deregister_image(&self, image_id: &str) -> Result<(), AwsError> {
         self.call("DeregisterImage", image_id)?;
         match self.deregister_errors.get(image_id) {
@@ -220,6 +240,17 @@ async fn sweep(config: &Config, ec2: FakeEc2) -> (Report, FakeEc2) {
     let report = sweep_with(config, &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
     let (_, ec2) = regions.into_iter().next().unwrap();
     (report, ec2)
+}
+
+/// Sweeps `ec2` at `at` with `ledger` as amiguard's memory, kept from run to run.
+async fn sweep_in(config: &Config, ec2: FakeEc2, ledger: &MemoryLedger, at: DateTime<Utc>) -> (Report, FakeEc2) {
+    let regions = vec![("us-east-1".to_string(), ec2)];
+    let ports = Ports { regions: &regions, publisher: &FakeSns::default(), ledger: Some(ledger) };
+    let invocation =
+        Invocation::at(at).with_request_id("r-test").with_deadline(SystemTime::now() + Duration::from_secs(900));
+    let response = handle(config, &ports, &event(json!({})), &invocation).await.unwrap();
+    let (_, ec2) = regions.into_iter().next().unwrap();
+    (response.sweep().expect("a sweep's report"), ec2)
 }
 
 // ---- events ----
@@ -349,7 +380,7 @@ async fn dry_run_deletes_nothing_and_the_event_can_only_make_a_run_drier() {
 #[tokio::test]
 async fn no_deletion_starts_when_the_deadline_is_near() {
     let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01"), orphan("snap-02")], vec![]))];
-    let near = Invocation { deadline: Some(SystemTime::now() + Duration::from_secs(5)), ..invocation() };
+    let near = invocation().with_deadline(SystemTime::now() + Duration::from_secs(5));
     let report = sweep_with(&config(), &regions, &FakeSns::default(), &event(json!({})), near).await.unwrap();
     assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty());
     assert_eq!(report.regions[0].left_for_next_run, ["snap-01", "snap-02"]);
@@ -357,7 +388,7 @@ async fn no_deletion_starts_when_the_deadline_is_near() {
 
     // A deadline already past at start is an emulator's (cargo lambda watch): noted, not obeyed.
     let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
-    let past = Invocation { deadline: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(600_000)), ..invocation() };
+    let past = invocation().with_deadline(SystemTime::UNIX_EPOCH + Duration::from_millis(600_000));
     let report = sweep_with(&config(), &regions, &FakeSns::default(), &event(json!({})), past).await.unwrap();
     assert_eq!(report.regions[0].deleted, ["snap-01"]);
     assert!(report.warnings[0].contains("deadline"), "{:?}", report.warnings);
@@ -490,10 +521,20 @@ async fn an_unused_old_ami_is_deregistered_then_its_snapshots_deleted() {
     );
     ec2.instances.insert("ami-02".into());
     ec2.templates.image_ids.insert("ami-03".into());
-    let (report, ec2) = sweep(&retiring(90), ec2).await;
+    let ledger = ledger_seen("us-east-1", ec2.listed());
+    let (report, ec2) = sweep_in(&retiring(90), ec2, &ledger, now()).await;
     assert_eq!(ec2.calls_to("DescribeImageAttribute"), ["ami-01"], "sharing is read for candidates only");
     assert_eq!(ec2.calls_to("DeregisterImage"), ["ami-01"]);
-    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-1"]);
+    // Its snapshot became an orphan when amiguard deregistered the AMI: it waits the grace period
+    // from then (time to notice, and to register the AMI again from it), whatever the ledger saw.
+    assert!(ec2.calls_to("DeleteSnapshot").is_empty());
+    let waiting = &report.regions[0].waiting;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(
+        (waiting[0].orphan.snapshot_id.as_str(), waiting[0].orphan.source_image_id.as_str()),
+        ("snap-1", "ami-01")
+    );
+    assert_eq!(waiting[0].deletable_after, now() + chrono::Duration::hours(24));
     assert_eq!(report.retired_images.len(), 1);
     assert_eq!(report.retired_images[0].outcome, RetireOutcome::Deregistered);
     assert_eq!(report.retired_images[0].snapshot_ids, ["snap-1"]);
@@ -508,9 +549,16 @@ async fn an_unused_old_ami_is_deregistered_then_its_snapshots_deleted() {
             (ImageKeepReason::TooYoung, 1),
         ])
     );
-    assert_eq!(region.kept, BTreeMap::from([(KeepReason::ReferencedByImage, 4)]));
+    assert_eq!(region.kept, BTreeMap::from([(KeepReason::ReferencedByImage, 4), (KeepReason::TooYoung, 1)]));
     // The recycle bin is read again after a real deregistration.
     assert_eq!(ec2.calls().iter().filter(|c| *c == "ListImagesInRecycleBin").count(), 2);
+
+    // A day later the AMI is gone from EC2 and the ledger dates its deregistration: deleted.
+    let (_, old_snap) = old_image_with_snapshot(1);
+    let (report, ec2) =
+        sweep_in(&retiring(90), FakeEc2::with(vec![old_snap], vec![]), &ledger, now() + chrono::Duration::hours(25))
+            .await;
+    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-1"], "{:?}", report.regions[0]);
 }
 
 #[tokio::test]
@@ -520,7 +568,10 @@ async fn retirement_dry_run_changes_nothing_but_reports_both_steps() {
     let (report, ec2) = sweep(&dry, FakeEc2::with(vec![snap], vec![old])).await;
     assert!(ec2.calls_to("DeregisterImage").is_empty() && ec2.calls_to("DeleteSnapshot").is_empty());
     assert_eq!(report.retired_images[0].outcome, RetireOutcome::DryRun);
-    assert_eq!(report.regions[0].orphans[0].snapshot_id, "snap-1", "its snapshot would be deleted");
+    // Its snapshot would then wait the grace period from the deregistration.
+    let waiting = &report.regions[0].waiting;
+    assert_eq!(waiting.iter().map(|w| w.orphan.snapshot_id.as_str()).collect::<Vec<_>>(), ["snap-1"]);
+    assert_eq!(waiting[0].deletable_after, now() + chrono::Duration::hours(24));
     assert_eq!(report.totals.images_retired, 0);
 }
 
@@ -565,11 +616,14 @@ async fn retirement_keeps_shared_images_and_stops_on_unknowns() {
 async fn deregistrations_count_against_max_deletions() {
     let (a, sa) = old_image_with_snapshot(1);
     let (b, sb) = old_image_with_snapshot(2);
+    let established = orphan("snap-09");
     let capped = Config { max_deletions: 3, ..retiring(90) };
-    let (report, ec2) = sweep(&capped, FakeEc2::with(vec![sa, sb], vec![a, b])).await;
+    let (report, ec2) =
+        sweep(&capped, FakeEc2::with(vec![sa, sb, established.clone(), orphan("snap-0a")], vec![a, b])).await;
     assert_eq!(ec2.calls_to("DeregisterImage").len(), 2);
-    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-1"], "3 = 2 deregistrations + 1 deletion");
-    assert_eq!(report.regions[0].kept, BTreeMap::from([(KeepReason::OverCap, 1)]));
+    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-09"], "3 = 2 deregistrations + 1 deletion");
+    assert_eq!(report.regions[0].kept, BTreeMap::from([(KeepReason::OverCap, 1), (KeepReason::TooYoung, 2)]));
+    assert_eq!(report.regions[0].waiting.len(), 2, "the retired AMIs' snapshots wait their grace period");
 }
 
 // ---- the real adapter, with aws-smithy-mocks ----
@@ -594,6 +648,7 @@ mod mocked {
             .state(SnapshotState::Completed)
             .start_time(aws_smithy_types::DateTime::from_secs((now() - chrono::Duration::days(3)).timestamp()))
             .volume_size(10)
+            .volume_id("vol-01")
             .description(format!("Created by CreateImage(i-0123) for ami-0{} from vol-01", &id[5..]))
             .build()
     }
@@ -647,6 +702,19 @@ mod mocked {
         mock!(Client::list_images_in_recycle_bin).then_output(|| ListImagesInRecycleBinOutput::builder().build())
     }
 
+    fn no_locks() -> Rule {
+        mock!(Client::describe_locked_snapshots).then_output(|| {
+            aws_sdk_ec2::operation::describe_locked_snapshots::DescribeLockedSnapshotsOutput::builder().build()
+        })
+    }
+
+    fn no_restores() -> Rule {
+        mock!(Client::describe_fast_snapshot_restores).then_output(|| {
+            aws_sdk_ec2::operation::describe_fast_snapshot_restores::DescribeFastSnapshotRestoresOutput::builder()
+                .build()
+        })
+    }
+
     fn deletes() -> Rule {
         mock!(Client::delete_snapshot).then_output(|| DeleteSnapshotOutput::builder().build())
     }
@@ -668,7 +736,10 @@ mod mocked {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let partition = aws_sdk_ec2::config::retry::RetryPartition::new(format!("sweeper-handler-test-{n}"));
-        mock_client!(aws_sdk_ec2, RuleMode::MatchAny, rules, |c| c
+        // No locks, no Fast Snapshot Restore: the listings every sweep makes.
+        let (no_locks, no_restores) = (no_locks(), no_restores());
+        let rules: Vec<&Rule> = rules.iter().copied().chain([&no_locks, &no_restores]).collect();
+        mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules, |c| c
             .retry_config(amiguard::sdk::retry_config())
             .retry_partition(partition.clone())
             .time_source(TokioClock(tokio::time::Instant::now())))

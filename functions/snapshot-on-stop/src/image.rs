@@ -1,15 +1,16 @@
 //! Making the stop's image and its relaunch template, idempotently: a redelivery finds what an
-//! earlier delivery made (in the ledger, or by the image's deterministic name) and completes it.
+//! earlier delivery made (in the ledger, or by the image's deterministic name when EC2's own
+//! words confirm it) and completes it.
 
 use std::time::Duration;
 
 use amiguard::ledger::LedgerStore;
 use amiguard::snapshot_on_stop::core::{self as decide, InstanceFacts};
 use amiguard::snapshot_on_stop::ec2::{
-    CreateImageOutcome, LaunchTemplateRef, LaunchTemplateVersion, SnapshotOnStopEc2,
+    CreateImageOutcome, ImageRecord, LaunchTemplateRef, LaunchTemplateVersion, SnapshotOnStopEc2,
 };
 use amiguard::snapshot_on_stop::launch_data;
-use amiguard::snapshot_on_stop::records::MadeImage;
+use amiguard::snapshot_on_stop::records::{self, MadeImage};
 use amiguard::tags::{self, Tag};
 use chrono::{DateTime, Utc};
 
@@ -20,10 +21,6 @@ use crate::{Error, Outcome};
 /// is `pending`) before tagging its snapshots is left for a warning.
 const SNAPSHOT_ID_POLLS: u32 = 10;
 const SNAPSHOT_ID_POLL_INTERVAL: Duration = Duration::from_secs(3);
-
-/// An image of another maker may carry the stop's name when its intent was written at most this
-/// long before it was created: clocks differ a little, never by this much.
-const CLOCK_SLACK: chrono::Duration = chrono::Duration::minutes(5);
 
 /// What became of the stop's image.
 pub enum Made {
@@ -46,65 +43,87 @@ pub async fn find_or_create<L: LedgerStore>(
 ) -> Result<Made, Error> {
     let instance_id = instance.instance_id.as_str();
     let name = decide::image_name(instance_id, stopped_at);
-    let mut record = match session.records.for_stop(stopped_at).cloned() {
+    let known = session.records.for_stop(stopped_at).cloned();
+    // An earlier delivery of this stop set out to make the image: the only case in which an image
+    // with the stop's name can be ours without the ledger holding its id.
+    let intended_before = known.is_some();
+    let record = match known {
         Some(known) if known.retired_at.is_some() => {
             return Ok(Made::Skipped(format!(
                 "this stop's image {} was retired since: a late redelivery makes no new one",
                 known.image_id.unwrap_or_default()
             )))
         }
-        Some(known) => match known.image_id.clone() {
-            Some(image_id) => return Ok(Made::Image { outcome: Outcome::AlreadyCreated, image_id, record: known }),
-            // An earlier delivery wrote its intent and did not live to record the image.
-            None => match ec2.find_own_image_by_name(&name).await? {
-                Some(found) if created_after(found.creation_date.as_deref(), known.intended_at - CLOCK_SLACK) => {
-                    let record = MadeImage { image_id: Some(found.image_id.clone()), ..known };
-                    session.record(&record).await;
-                    return Ok(Made::Image { outcome: Outcome::AlreadyCreated, image_id: found.image_id, record });
-                }
-                Some(found) => return Ok(Made::Skipped(name_taken(&name, &found.image_id))),
-                None => known,
-            },
-        },
-        None => {
-            if let Some(found) = ec2.find_own_image_by_name(&name).await? {
-                if session.is_healthy() {
-                    // Not in the ledger, so not amiguard's (adoption already took the old ones).
-                    return Ok(Made::Skipped(name_taken(&name, &found.image_id)));
-                }
-                // Without the ledger the name is all there is; nothing is retired in this mode.
-                let record =
-                    MadeImage { image_id: Some(found.image_id.clone()), ..MadeImage::intent(stopped_at, &name, now) };
-                return Ok(Made::Image { outcome: Outcome::AlreadyCreated, image_id: found.image_id, record });
-            }
-            MadeImage::intent(stopped_at, &name, now)
+        Some(known) if known.image_id.is_some() => {
+            let image_id = known.image_id.clone().unwrap_or_default();
+            return Ok(Made::Image { outcome: Outcome::AlreadyCreated, image_id, record: known });
         }
+        // Only an intent: an earlier delivery did not live to record the image (if it made one).
+        Some(intent) => intent,
+        None => MadeImage::intent(stopped_at, &name, now),
     };
+    if let Some(found) = ec2.find_own_image_by_name(&name).await? {
+        if session.is_healthy() && !intended_before {
+            return Ok(Made::Skipped(format!(
+                "an image named {name} ({}) exists that the ledger does not hold (no delivery of this stop set out to make it): not touched, no image made",
+                found.image_id
+            )));
+        }
+        return claim_found(ec2, session, instance_id, found, record).await;
+    }
     session.record(&record).await;
     let description = decide::image_description(instance_id, stopped_at);
-    let (outcome, image_id) =
-        match ec2.create_image(instance_id, &name, &description, &decide::image_tags(instance, stopped_at)).await? {
-            CreateImageOutcome::Created(id) => (Outcome::Created, id),
-            // AWS refused the name: a concurrent delivery made it (only without the lease).
-            CreateImageOutcome::NameTaken => {
-                let image =
-                    ec2.find_own_image_by_name(&name).await?.ok_or_else(|| Error::ImageVanished(name.clone()))?;
-                (Outcome::AlreadyCreated, image.image_id)
-            }
-        };
-    record.image_id = Some(image_id.clone());
+    match ec2.create_image(instance_id, &name, &description, &decide::image_tags(instance, stopped_at)).await? {
+        CreateImageOutcome::Created(image_id) => {
+            let record = MadeImage { image_id: Some(image_id.clone()), ..record };
+            session.record(&record).await;
+            Ok(Made::Image { outcome: Outcome::Created, image_id, record })
+        }
+        // AWS refused the name: an image took it between the lookup and now.
+        CreateImageOutcome::NameTaken => {
+            let found = ec2.find_own_image_by_name(&name).await?.ok_or_else(|| Error::ImageVanished(name.clone()))?;
+            claim_found(ec2, session, instance_id, found, record).await
+        }
+    }
+}
+
+/// An image already carries the stop's name, and a delivery of this stop recorded its intent to
+/// make it (a crashed delivery, or this one losing a race for the name). With the ledger, it is
+/// this stop's image only when it was made after the stop and EC2's own words say CreateImage
+/// made it of this instance; anything else is somebody else's and is never touched. Without the
+/// ledger the name is all there is (and nothing is retired in that mode).
+async fn claim_found<L: LedgerStore>(
+    ec2: &impl SnapshotOnStopEc2,
+    session: &mut Session<'_, L>,
+    instance_id: &str,
+    found: ImageRecord,
+    record: MadeImage,
+) -> Result<Made, Error> {
+    let record = MadeImage { image_id: Some(found.image_id.clone()), ..record };
+    if !session.is_healthy() {
+        return Ok(Made::Image { outcome: Outcome::AlreadyCreated, image_id: found.image_id, record });
+    }
+    if found.snapshot_ids.is_empty() {
+        // Still pending: EC2 has not listed its snapshots, so it cannot vouch for it yet.
+        return Err(Error::NotYetVerifiable(found.image_id));
+    }
+    let created = found.creation_date.as_deref().and_then(decide::parse_time);
+    if created.is_none_or(|created| created < record.stopped_at) {
+        // Made before the instance stopped (or EC2 does not say when): not an image of this stop.
+        return Ok(Made::Skipped(format!(
+            "an image named {} ({}) exists that was not made after this stop: not touched, no image made",
+            record.name, found.image_id
+        )));
+    }
+    let descriptions = ec2.snapshot_descriptions(&found.snapshot_ids).await?;
+    if !records::made_by_create_image(instance_id, &found, &descriptions) {
+        return Ok(Made::Skipped(format!(
+            "an image named {} ({}) exists that EC2 does not say CreateImage made of {instance_id}: not touched, no image made",
+            record.name, found.image_id
+        )));
+    }
     session.record(&record).await;
-    Ok(Made::Image { outcome, image_id, record })
-}
-
-fn name_taken(name: &str, image_id: &str) -> String {
-    format!(
-        "an image named {name} ({image_id}) exists that amiguard's ledger does not hold: not touched, no image made"
-    )
-}
-
-fn created_after(creation_date: Option<&str>, earliest: DateTime<Utc>) -> bool {
-    creation_date.and_then(decide::parse_time).is_some_and(|created| created >= earliest)
+    Ok(Made::Image { outcome: Outcome::AlreadyCreated, image_id: found.image_id, record })
 }
 
 /// Tags the image's snapshots (CreateTags is idempotent, so a redelivery simply repeats it) and

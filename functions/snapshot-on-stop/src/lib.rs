@@ -138,6 +138,10 @@ pub enum Error {
     /// retries it once the other is done (it then finds the image made).
     #[error("another delivery for {0} is in progress: retry later")]
     Busy(String),
+    /// An image with the stop's name is still pending: until EC2 lists its snapshots, it cannot
+    /// say who made it. Lambda's retry comes back when it can.
+    #[error("image {0} carries this stop's name but lists no snapshots yet: retry later")]
+    NotYetVerifiable(String),
 }
 
 impl From<Error> for lambda_runtime::Diagnostic {
@@ -147,6 +151,7 @@ impl From<Error> for lambda_runtime::Diagnostic {
             Error::Aws(e) => return e.clone().into(),
             Error::ImageVanished(_) => "ImageVanished",
             Error::Busy(_) => "InstanceBusy",
+            Error::NotYetVerifiable(_) => "ImageNotYetVerifiable",
         };
         lambda_runtime::Diagnostic { error_type: error_type.into(), error_message: err.to_string() }
     }

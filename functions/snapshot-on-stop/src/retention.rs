@@ -81,37 +81,53 @@ pub async fn retire<L: LedgerStore>(
     }
     let retiring: Vec<ManagedImage> =
         decide::images_to_retire(&managed, keep_last, current_image).into_iter().cloned().collect();
-    let journal = |resource, resource_id: &str, source: Option<&str>| JournalEntry {
-        run_id: invocation.request_id.clone(),
-        function: FUNCTION,
-        region: region.clone(),
-        resource,
-        resource_id: resource_id.to_string(),
-        time: invocation.now,
-        size_gib: None,
-        source_image_id: source.map(str::to_string),
-        rule: "retention",
+    let journal = |resource, resource_id: &str| {
+        JournalEntry::new(
+            &invocation.request_id,
+            FUNCTION,
+            &region,
+            resource,
+            resource_id,
+            "retention",
+            invocation.clock(),
+        )
     };
     for image in &retiring {
-        let mut entries = Vec::new();
+        // Journaled ahead: nothing is deregistered or deleted that the ledger does not hold.
+        let image_entry = journal(Resource::Image, &image.image_id);
+        let snapshot_entries: Vec<JournalEntry> =
+            image.snapshot_ids.iter().map(|id| journal(Resource::Snapshot, id).with_source(&image.image_id)).collect();
+        let ahead = std::iter::once(&image_entry).chain(&snapshot_entries).map(JournalEntry::intended).collect();
+        if !session.journal_ahead(ahead).await {
+            break;
+        }
+        let mut ended = Vec::new();
         match ec2.deregister_image(&image.image_id).await {
-            Ok(()) => entries.push(journal(Resource::Image, &image.image_id, None)),
+            Ok(()) => ended.push(image_entry.done()),
             // Gone already (deregistered by someone): its snapshots still need deleting.
-            Err(err) if err.is_not_found() => {}
-            Err(err) => return Err(err.into()),
+            Err(err) if err.is_not_found() => ended.push(image_entry.already_gone()),
+            Err(err) => {
+                session.journal_end(vec![image_entry.failed(&err.code, &err.message)]).await;
+                return Err(err.into());
+            }
         }
         report.retired_images.push(image.image_id.clone());
-        for snapshot_id in &image.snapshot_ids {
+        for (snapshot_id, entry) in image.snapshot_ids.iter().zip(&snapshot_entries) {
             match ec2.delete_snapshot(snapshot_id).await {
                 Ok(()) => {
                     report.deleted_snapshots.push(snapshot_id.clone());
-                    entries.push(journal(Resource::Snapshot, snapshot_id, Some(&image.image_id)));
+                    ended.push(entry.done());
                 }
-                Err(err) if err.is_not_found() => {}
+                Err(err) if err.is_not_found() => ended.push(entry.already_gone()),
                 Err(err) if err.has_code("InvalidSnapshot.InUse") => {
+                    ended.push(entry.failed(&err.code, &err.message));
                     report.kept_snapshots.push(KeptSnapshot { snapshot_id: snapshot_id.clone(), code: err.code })
                 }
-                Err(err) => return Err(err.into()),
+                Err(err) => {
+                    ended.push(entry.failed(&err.code, &err.message));
+                    session.journal_end(ended).await;
+                    return Err(err.into());
+                }
             }
         }
         if let Some(record) =
@@ -119,7 +135,7 @@ pub async fn retire<L: LedgerStore>(
         {
             session.record(&MadeImage { retired_at: Some(invocation.now), ..record }).await;
         }
-        session.journal(&entries).await;
+        session.journal_end(ended).await;
     }
     if !retiring.is_empty() {
         remove_retired_template_versions(ec2, template_versions, report).await;

@@ -5,14 +5,14 @@
 use std::time::Duration as StdDuration;
 
 use amiguard::invocation::Invocation;
-use amiguard::ledger::journal::{self, JournalEntry};
+use amiguard::ledger::journal;
 use amiguard::ledger::lease::{self, Acquired, Lease};
-use amiguard::ledger::{keys, LedgerStore};
-use amiguard::snapshot_on_stop::ec2::SnapshotOnStopEc2;
+use amiguard::ledger::{keys, Item, LedgerStore};
+use amiguard::snapshot_on_stop::ec2::{ImageRecord, SnapshotOnStopEc2};
 use amiguard::snapshot_on_stop::records::{self, InstanceRecords, MadeImage};
 use amiguard::tags::Tag;
 use amiguard::AwsError;
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 
 use crate::Error;
 
@@ -62,8 +62,9 @@ impl<'a, L: LedgerStore> Session<'a, L> {
         let pk = keys::instance(region, instance_id);
         let started = tokio::time::Instant::now();
         loop {
-            let now = invocation.now + Duration::from_std(started.elapsed()).unwrap_or_default();
-            match lease::acquire(store, &pk, keys::LEASE, &invocation.request_id, now, LEASE_DURATION).await {
+            match lease::acquire(store, &pk, keys::LEASE, &invocation.request_id, invocation.clock(), LEASE_DURATION)
+                .await
+            {
                 Ok(Acquired::Held(lease)) => {
                     session.lease = Some(lease);
                     break;
@@ -144,10 +145,31 @@ impl<'a, L: LedgerStore> Session<'a, L> {
                 return Vec::new();
             }
         };
+        let named: Vec<(&ImageRecord, DateTime<Utc>)> = candidates
+            .iter()
+            .filter_map(|image| Some((image, records::adoptable(self.instance_id, image)?)))
+            .filter(|(image, stopped_at)| {
+                !self.records.holds_image(&image.image_id) && self.records.for_stop(*stopped_at).is_none()
+            })
+            .collect();
+        let snapshot_ids: Vec<String> = named.iter().flat_map(|(image, _)| image.snapshot_ids.clone()).collect();
+        let descriptions = if snapshot_ids.is_empty() {
+            Vec::new()
+        } else {
+            match ec2.snapshot_descriptions(&snapshot_ids).await {
+                Ok(descriptions) => descriptions,
+                Err(err) => {
+                    self.warnings.push(format!(
+                        "images made before the ledger could not be verified ({err}): adoption waits for the next stop"
+                    ));
+                    return Vec::new();
+                }
+            }
+        };
         let mut adopted = Vec::new();
-        for image in &candidates {
-            let Some(stopped_at) = records::adoptable(self.instance_id, image) else { continue };
-            if self.records.holds_image(&image.image_id) || self.records.for_stop(stopped_at).is_some() {
+        for (image, stopped_at) in named {
+            // The name and the tags say snapshot-on-stop; EC2's own words must say CreateImage too.
+            if !records::made_by_create_image(self.instance_id, image, &descriptions) {
                 continue;
             }
             self.record(&records::adopted_record(image, stopped_at, invocation.now)).await;
@@ -162,11 +184,25 @@ impl<'a, L: LedgerStore> Session<'a, L> {
         adopted
     }
 
-    /// Journals what retention deleted. A failure loses only the journal entry: a warning.
-    pub async fn journal(&mut self, entries: &[JournalEntry]) {
-        let (Some(store), false) = (self.store, entries.is_empty()) else { return };
+    /// Journals what retention is about to deregister and delete (`intended`). Answers whether
+    /// it may go ahead: a journal that cannot be written stops retention (the ledger is lost).
+    pub async fn journal_ahead(&mut self, entries: Vec<Item>) -> bool {
+        let Some(store) = self.store.filter(|_| self.healthy) else { return false };
+        match journal::write(store, entries).await {
+            Ok(()) => true,
+            Err(err) => {
+                self.lost("written (journal)", &err);
+                false
+            }
+        }
+    }
+
+    /// Journals how each call ended. A failure loses only that detail (the entries stay
+    /// `intended`): a warning.
+    pub async fn journal_end(&mut self, entries: Vec<Item>) {
+        let Some(store) = self.store else { return };
         if let Err(err) = journal::write(store, entries).await {
-            self.warnings.push(format!("the journal of this delivery's deletions could not be written: {err}"));
+            self.warnings.push(format!("the journal of this delivery's deletions stays `intended`: {err}"));
         }
     }
 

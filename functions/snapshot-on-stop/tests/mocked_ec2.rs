@@ -147,6 +147,129 @@ async fn the_handler_answers_already_created_when_aws_says_the_name_is_taken() {
     assert_eq!(report.launch_template.map(|t| (t.id, t.version)), Some(("lt-1".to_string(), 4)));
 }
 
+/// A stop whose `CreateImage` loses the race for the name (`InvalidAMIName.Duplicate`) with the
+/// ledger working: the image then found under the name is this stop's only if EC2 says so.
+/// `found` is that image; `description` what EC2 says of its snapshot `snap-1`.
+async fn lose_the_name_to(
+    found: Image,
+    description: &str,
+) -> Result<snapshot_on_stop::Report, snapshot_on_stop::Error> {
+    let description = description.to_string();
+    let instance = mock!(Client::describe_instances).then_output(|| {
+        DescribeInstancesOutput::builder()
+            .reservations(
+                Reservation::builder()
+                    .instances(
+                        Instance::builder()
+                            .instance_id(INSTANCE)
+                            .state(InstanceState::builder().name(InstanceStateName::Stopped).build())
+                            .root_device_type(DeviceType::Ebs)
+                            .tags(Tag::builder().key("amiguard:snapshot-on-stop").value("true").build())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    });
+    let answer = found.clone();
+    let by_name = mock!(Client::describe_images)
+        .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("name")))
+        .sequence()
+        .output(|| DescribeImagesOutput::builder().build())
+        .output(move || DescribeImagesOutput::builder().images(answer.clone()).build())
+        .build();
+    let create = mock!(Client::create_image).then_http_response(|| ec2_error(400, "InvalidAMIName.Duplicate"));
+    let snapshots = mock!(Client::describe_snapshots).then_output(move || {
+        aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsOutput::builder()
+            .snapshots(
+                aws_sdk_ec2::types::Snapshot::builder().snapshot_id("snap-1").description(description.clone()).build(),
+            )
+            .build()
+    });
+    let by_id = mock!(Client::describe_images)
+        .match_requests(|r| {
+            r.image_ids() == [IMAGE]
+                || r.filters().iter().any(|f| f.name() == Some("image-id") && f.values() == [IMAGE])
+        })
+        .then_output(move || DescribeImagesOutput::builder().images(found.clone()).build());
+    let tag = mock!(Client::create_tags)
+        .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+    let template = mock!(Client::describe_launch_templates).then_output(|| {
+        DescribeLaunchTemplatesOutput::builder()
+            .launch_templates(
+                LaunchTemplate::builder()
+                    .launch_template_id("lt-1")
+                    .launch_template_name(format!("amiguard-{INSTANCE}"))
+                    .build(),
+            )
+            .build()
+    });
+    let versions = mock!(Client::describe_launch_template_versions).then_output(|| {
+        DescribeLaunchTemplateVersionsOutput::builder()
+            .launch_template_versions(
+                LaunchTemplateVersion::builder()
+                    .version_number(4)
+                    .default_version(true)
+                    .launch_template_data(ResponseLaunchTemplateData::builder().image_id(IMAGE).build())
+                    .build(),
+            )
+            .build()
+    });
+    let client = mock_client!(
+        aws_sdk_ec2,
+        RuleMode::MatchAny,
+        [&instance, &by_name, &create, &snapshots, &by_id, &tag, &template, &versions]
+    );
+    let ledger = MemoryLedger::new();
+    // This instance's pre-ledger images were adopted already: only the race is under test.
+    amiguard::snapshot_on_stop::records::mark_adopted(&ledger, "us-east-1", INSTANCE, chrono::Utc::now())
+        .await
+        .unwrap();
+    let clients = Clients { ec2: Ec2Client::new(client), ledger: Some(ledger), region: "us-east-1".into() };
+    let config = Config { scope: SnapshotScope::Tagged, keep_last: 3, dry_run: false };
+    let mut event: serde_json::Value =
+        serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();
+    event["detail"]["instance-id"] = json!(INSTANCE);
+    event["time"] = json!("2026-11-27T10:15:30Z");
+    handle(&clients, &config, event, &Invocation::at(chrono::Utc::now())).await
+}
+
+#[tokio::test]
+async fn an_image_that_won_the_name_is_this_stops_only_if_ec2_says_createimage_made_it_of_this_instance_after_the_stop()
+{
+    let ours = &format!("Created by CreateImage({INSTANCE}) for {IMAGE}");
+    let report = lose_the_name_to(image(), ours).await.unwrap();
+    assert_eq!(report.outcome, Outcome::AlreadyCreated);
+    assert_eq!(report.image_id.as_deref(), Some(IMAGE));
+
+    // Made of another instance, or registered over a snapshot whose description names no image
+    // of this instance: somebody else's, never touched.
+    for description in ["Created by CreateImage(i-0ffffffffffffffff) for ami-0aaaabbbbccccdddd", "my copy", ""] {
+        let report = lose_the_name_to(image(), description).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Skipped, "{description:?}");
+        assert!(report.reason.as_deref().unwrap().contains("EC2 does not say CreateImage made"), "{:?}", report.reason);
+        assert_eq!(report.image_id, None);
+    }
+
+    // Made before this stop (the instance was still running): not the stop's image.
+    let earlier = Image::builder()
+        .set_block_device_mappings(image().block_device_mappings.clone())
+        .image_id(IMAGE)
+        .name(NAME)
+        .creation_date("2026-11-27T10:00:00.000Z")
+        .build();
+    let report = lose_the_name_to(earlier, ours).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Skipped);
+    assert!(report.reason.as_deref().unwrap().contains("not made after this stop"), "{:?}", report.reason);
+
+    // Still pending, its snapshots not listed yet: it cannot be vouched for, so the delivery
+    // fails retryably and Lambda's retry decides.
+    let pending = Image::builder().image_id(IMAGE).name(NAME).creation_date("2026-11-27T10:16:00.000Z").build();
+    let err = lose_the_name_to(pending, ours).await.unwrap_err();
+    assert!(matches!(err, snapshot_on_stop::Error::NotYetVerifiable(ref id) if id == IMAGE), "{err:?}");
+    assert_eq!(lambda_runtime::Diagnostic::from(err).error_type, "ImageNotYetVerifiable");
+}
+
 #[tokio::test]
 async fn throttling_is_retried_until_the_call_succeeds() {
     let throttled = mock!(Client::create_image)

@@ -617,8 +617,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         };
         let started = tokio::time::Instant::now();
         loop {
-            let now = self.invocation.now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
-            let region = &self.clients.region;
+            let (region, now) = (&self.clients.region, self.invocation.clock());
             match sent::claim(store, region, instance_id, image_id, &self.invocation.request_id, now).await {
                 Ok(Claim::Claimed(claim)) => return Turn::Send(Some(claim), None),
                 Ok(Claim::AlreadySent { .. }) => return Turn::AlreadySent,

@@ -6,7 +6,7 @@
 //!   snapshot-on-stop, with its five `amiguard:` tags), old and `completed`.
 //! - The last third exercises every other keep rule in turn: manual, AWS Backup, DLM, protected,
 //!   too young, pending, not owned, source AMI still registered, source AMI in the Recycle Bin,
-//!   and a manual snapshot with a `Name` tag.
+//!   archived, locked, and a manual snapshot with a `Name` tag.
 //!
 //! The facts are what the EC2 adapter keeps of each page: snapshots read by `SnapshotFacts::read`,
 //! images with the tags retirement reads; the ledger saw every orphan orphaned 30 days ago. The listing comes in a shuffled order (a fixed seed):
@@ -32,6 +32,8 @@ pub struct Region {
     pub images_in_recycle_bin: BTreeSet<String>,
     /// What the ledger remembers: when each orphan was first seen orphaned.
     pub memory: Memory,
+    /// Snapshot locks (none: the common account).
+    pub locked: hashbrown::HashSet<amiguard::sweeper::Id>,
     /// How many orphans the data holds by construction.
     pub expected_orphans: u64,
 }
@@ -47,6 +49,7 @@ impl Region {
             images_in_recycle_bin: &self.images_in_recycle_bin,
             budget: BUDGET,
             memory: &self.memory,
+            locked: &self.locked,
         }
     }
 }
@@ -104,6 +107,7 @@ pub fn region(snapshots: usize) -> Region {
             creation_date: Some(old),
             last_launched_time: None,
             public: false,
+            deregistration_protection: None,
             snapshot_ids: vec![id("snap", k as u64).into()],
             // Of snapshot-on-stop's five tags, the adapter keeps the one retirement reads.
             tags: amiguard_tags(k as u64, &image_id(k))
@@ -113,6 +117,7 @@ pub fn region(snapshots: usize) -> Region {
         })
         .collect();
     let mut images_in_recycle_bin = BTreeSet::new();
+    let mut locked = hashbrown::HashSet::new();
 
     let mut expected_orphans = 0;
     let mut memory = Memory::default();
@@ -125,6 +130,8 @@ pub fn region(snapshots: usize) -> Region {
             start_time: Some(old),
             size_gib: 8 + (n as u64 % 4) * 24,
             description,
+            volume_id: Some(id("vol", n as u64)),
+            storage_tier: Some("standard".to_string()),
             tags,
         };
         let s = if n < images_count {
@@ -165,6 +172,13 @@ pub fn region(snapshots: usize) -> Region {
                     images_in_recycle_bin.insert(gone);
                     snapshot(orphan_description, vec![])
                 }
+                Other::Archived => {
+                    SnapshotListing { storage_tier: Some("archive".into()), ..snapshot(orphan_description, vec![]) }
+                }
+                Other::Locked => {
+                    locked.insert(id("snap", n as u64).into());
+                    snapshot(orphan_description, vec![])
+                }
             }
         };
         // Read as the EC2 adapter reads each page: the description and tags go with the listing.
@@ -175,7 +189,7 @@ pub fn region(snapshots: usize) -> Region {
         let j = (rng.next() % (i as u64 + 1)) as usize;
         facts.swap(i, j);
     }
-    Region { now, snapshots: facts, images, images_in_recycle_bin, memory, expected_orphans }
+    Region { now, snapshots: facts, images, images_in_recycle_bin, memory, locked, expected_orphans }
 }
 
 /// The kinds of the last third, each kept by another rule.
@@ -191,10 +205,12 @@ enum Other {
     NotOwned,
     SourceImageExists,
     SourceImageInRecycleBin,
+    Archived,
+    Locked,
 }
 
 impl Other {
-    const ALL: [Other; 10] = [
+    const ALL: [Other; 12] = [
         Other::Manual,
         Other::ManualNamed,
         Other::AwsBackup,
@@ -205,6 +221,8 @@ impl Other {
         Other::NotOwned,
         Other::SourceImageExists,
         Other::SourceImageInRecycleBin,
+        Other::Archived,
+        Other::Locked,
     ];
 }
 

@@ -1,6 +1,11 @@
 //! The journal: one ledger entry per deletion and deregistration amiguard made, under its run,
 //! so that one `Query` on `pk = run#<run-id>` lists everything a run deleted (and what is needed
 //! to restore it).
+//!
+//! Entries are written *ahead*: `intended` before the call, then `done` or `failed` after it (or
+//! taken away when the call was never made). So nothing is deleted that the journal does not
+//! hold, and an entry left `intended` says honestly that amiguard set out to delete it and could
+//! not say how it ended (the invocation died).
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -52,13 +57,46 @@ pub fn key(run_id: &str, resource_id: &str) -> (String, String) {
 }
 
 impl JournalEntry {
-    /// The entry as written: `state = deleted` (written ahead of the call; corrected by
-    /// [`JournalEntry::failed`] when it does not happen).
-    pub fn to_item(&self) -> Item {
-        let (pk, sk) = key(&self.run_id, &self.resource_id);
+    /// An entry of run `run_id` at `time`, without size or source (see `with_size`, `with_source`).
+    pub fn new(
+        run_id: &str,
+        function: &'static str,
+        region: &str,
+        resource: Resource,
+        resource_id: &str,
+        rule: &'static str,
+        time: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            run_id: run_id.to_string(),
+            function,
+            region: region.to_string(),
+            resource,
+            resource_id: resource_id.to_string(),
+            time,
+            size_gib: None,
+            source_image_id: None,
+            rule,
+        }
+    }
+
+    pub fn with_size(self, size_gib: u64) -> Self {
+        Self { size_gib: Some(size_gib), ..self }
+    }
+
+    pub fn with_source(self, image_id: &str) -> Self {
+        Self { source_image_id: Some(image_id.to_string()), ..self }
+    }
+
+    pub fn key(&self) -> (String, String) {
+        key(&self.run_id, &self.resource_id)
+    }
+
+    fn item(&self, state: &str) -> Item {
+        let (pk, sk) = self.key();
         Item::new(pk, sk)
             .with_s("kind", "journal")
-            .with_s("state", "deleted")
+            .with_s("state", state)
             .with_s("function", self.function)
             .with_s("region", &self.region)
             .with_s("resource", self.resource.as_str())
@@ -70,16 +108,31 @@ impl JournalEntry {
             .with_n(TTL_ATTRIBUTE, (self.time + KEEP_JOURNAL).timestamp())
     }
 
-    /// The entry of a deletion that AWS refused: kept, with the reason (`state = failed`).
+    /// Written before the call: amiguard sets out to delete (or deregister) it.
+    pub fn intended(&self) -> Item {
+        self.item("intended")
+    }
+
+    /// AWS confirmed the deletion (or deregistration).
+    pub fn done(&self) -> Item {
+        self.item("done")
+    }
+
+    /// Gone already when amiguard came to it (someone else deleted it).
+    pub fn already_gone(&self) -> Item {
+        self.item("already_gone")
+    }
+
+    /// AWS refused it: it still exists, with the reason.
     pub fn failed(&self, code: &str, message: &str) -> Item {
-        self.to_item().with_s("state", "failed").with_s("code", code).with_s("message", message)
+        self.item("failed").with_s("code", code).with_s("message", message)
     }
 }
 
-/// Writes entries one by one (a handful per delivery); a batch writer uses [`JournalEntry::to_item`].
-pub async fn write(store: &impl LedgerStore, entries: &[JournalEntry]) -> Result<(), AwsError> {
-    for entry in entries {
-        store.put(&entry.to_item(), &Condition::Always).await?;
+/// Writes entries one by one (a handful per delivery); a batch writer uses the items directly.
+pub async fn write(store: &impl LedgerStore, items: Vec<Item>) -> Result<(), AwsError> {
+    for item in &items {
+        store.put(item, &Condition::Always).await?;
     }
     Ok(())
 }
@@ -91,25 +144,31 @@ mod tests {
     use chrono::TimeZone;
 
     #[test]
-    fn an_entry_is_keyed_by_its_run_and_expires() {
+    fn an_entry_is_keyed_by_its_run_says_its_state_and_expires() {
         let time = Utc.with_ymd_and_hms(2026, 7, 1, 0, 0, 0).unwrap();
-        let entry = JournalEntry {
-            run_id: "r-1".into(),
-            function: "orphan-snapshot-sweeper",
-            region: "eu-west-1".into(),
-            resource: Resource::Snapshot,
-            resource_id: "snap-01".into(),
+        let entry = JournalEntry::new(
+            "r-1",
+            "orphan-snapshot-sweeper",
+            "eu-west-1",
+            Resource::Snapshot,
+            "snap-01",
+            "orphan",
             time,
-            size_gib: Some(8),
-            source_image_id: Some("ami-0a".into()),
-            rule: "orphan",
-        };
-        let item = entry.to_item();
+        )
+        .with_size(8)
+        .with_source("ami-0a");
+        let item = entry.intended();
         assert_eq!((item.pk.as_str(), item.sk.as_str()), ("run#r-1", "deleted#snap-01"));
         assert_eq!(
             (item.s("resource"), item.n("size_gib"), item.s("rule")),
             (Some("snapshot"), Some(8), Some("orphan"))
         );
         assert_eq!(item.n(TTL_ATTRIBUTE), Some((time + KEEP_JOURNAL).timestamp()));
+        assert_eq!(
+            [entry.intended(), entry.done(), entry.already_gone(), entry.failed("X", "y")]
+                .map(|i| i.s("state").map(str::to_string)),
+            [Some("intended".into()), Some("done".into()), Some("already_gone".into()), Some("failed".into())]
+        );
+        assert_eq!(entry.failed("InvalidSnapshot.InUse", "in use").s("code"), Some("InvalidSnapshot.InUse"));
     }
 }

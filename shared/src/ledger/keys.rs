@@ -12,7 +12,7 @@
 //! | `orphans#<region>`            | `<snapshot-id>`          | when the snapshot was first seen orphaned    | sweeper |
 //! | `ami-events#<region>`         | `<image-id>`             | an `EC2 AMI State Change` to `deregistered`  | sweeper |
 //! | `run#<run-id>`                | `deleted#<resource-id>`  | the journal: one entry per deletion or deregistration | sweeper, snapshot-on-stop |
-//! | `runs#<function>`             | `<started-at>#<run-id>`  | each run's summary, newest last              | sweeper, snapshot-on-stop |
+//! | `runs#<function>`             | `<started-at>#<run-id>`  | each sweep's summary, newest last            | sweeper |
 
 pub fn instance(region: &str, instance_id: &str) -> String {
     format!("instance#{region}#{instance_id}")

@@ -37,11 +37,22 @@ pub async fn acquire(
     now: DateTime<Utc>,
     duration: Duration,
 ) -> Result<Acquired, AwsError> {
+    acquire_item(store, Item::new(pk, sk), owner, now, duration).await
+}
+
+/// [`acquire`], the lease item carrying `item`'s attributes too (an alert claim's state).
+pub async fn acquire_item(
+    store: &impl LedgerStore,
+    item: Item,
+    owner: &str,
+    now: DateTime<Utc>,
+    duration: Duration,
+) -> Result<Acquired, AwsError> {
     let until = now + duration;
-    let item = Item::new(pk, sk).with_s(OWNER, owner).with_n(TTL_ATTRIBUTE, until.timestamp());
+    let item = item.with_s(OWNER, owner).with_n(TTL_ATTRIBUTE, until.timestamp());
     let expired = Condition::AbsentOrBelow { attribute: TTL_ATTRIBUTE, value: now.timestamp() };
     Ok(match store.put(&item, &expired).await? {
-        Written::Yes => Acquired::Held(Lease { pk: pk.into(), sk: sk.into(), owner: owner.into(), until }),
+        Written::Yes => Acquired::Held(Lease { pk: item.pk, sk: item.sk, owner: owner.into(), until }),
         Written::ConditionFailed => Acquired::Busy,
     })
 }

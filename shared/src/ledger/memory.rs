@@ -150,13 +150,21 @@ impl LedgerStore for MemoryLedger {
 
     async fn write_batch(&self, puts: Vec<Item>, deletes: Vec<(String, String)>) -> Result<(), AwsError> {
         self.enter("BatchWriteItem")?;
-        self.items_written.fetch_add(puts.len() + deletes.len(), Ordering::Relaxed);
-        let mut items = self.lock_items();
+        // As the adapter sends it: the last write of a key wins, deletes after puts.
+        let mut last: BTreeMap<(String, String), Option<Item>> = BTreeMap::new();
         for item in puts {
-            items.insert((item.pk.clone(), item.sk.clone()), item);
+            last.insert((item.pk.clone(), item.sk.clone()), Some(item));
         }
         for key in deletes {
-            items.remove(&key);
+            last.insert(key, None);
+        }
+        self.items_written.fetch_add(last.len(), Ordering::Relaxed);
+        let mut items = self.lock_items();
+        for (key, write) in last {
+            match write {
+                Some(item) => items.insert(key, item),
+                None => items.remove(&key),
+            };
         }
         Ok(())
     }

@@ -16,7 +16,7 @@
 //! - [`lease`]: one holder at a time, with an expiry (snapshot-on-stop's one delivery per instance).
 //!
 //! The records of each function live beside its core: `snapshot_on_stop::records`,
-//! `sweeper::memory`, `trust::sent`.
+//! `sweeper::records`, `trust::sent`.
 
 pub mod dynamo;
 pub mod journal;

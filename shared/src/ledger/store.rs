@@ -162,8 +162,9 @@ pub trait LedgerStore: Sync {
     /// The newest item of partition `pk` (the greatest sort key), if any.
     fn last(&self, pk: &str) -> impl Future<Output = Result<Option<Item>, AwsError>> + Send;
 
-    /// Unconditional puts and deletes, batched (DynamoDB takes 25 a call); every one is applied
-    /// or the call fails.
+    /// Unconditional puts and deletes, batched (DynamoDB takes 25 a call); a key named twice gets
+    /// its last write. Not atomic: when a call fails, the batches before it stay applied (callers
+    /// write so that a partial batch is safe: the journal's `intended` entries).
     fn write_batch(
         &self,
         puts: Vec<Item>,

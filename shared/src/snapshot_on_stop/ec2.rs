@@ -54,6 +54,12 @@ pub trait SnapshotOnStopEc2: Sync {
     /// This account's image named `name`, if any (every state, disabled and deprecated included).
     fn find_own_image_by_name(&self, name: &str) -> impl Future<Output = Result<Option<ImageRecord>, AwsError>> + Send;
     fn describe_image(&self, image_id: &str) -> impl Future<Output = Result<Option<ImageRecord>, AwsError>> + Send;
+    /// The descriptions EC2 wrote on these snapshots: `(snapshot id, description)`; unknown ids
+    /// are absent.
+    fn snapshot_descriptions(
+        &self,
+        snapshot_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, String)>, AwsError>> + Send;
     /// The images among `image_ids` that still exist (own ones, any state); the others are absent.
     fn describe_images(&self, image_ids: &[String]) -> impl Future<Output = Result<Vec<ImageRecord>, AwsError>> + Send;
     /// CreateImage without reboot, tagging the image (only) with `image_tags`.
@@ -182,6 +188,31 @@ impl SnapshotOnStopEc2 for Ec2Client {
                 }
             }
         }
+    }
+
+    async fn snapshot_descriptions(&self, snapshot_ids: &[String]) -> Result<Vec<(String, String)>, AwsError> {
+        let mut found = Vec::new();
+        // A filter, not `SnapshotIds`: an id that no longer exists is then absent.
+        for chunk in snapshot_ids.chunks(100) {
+            let by_id = Filter::builder().name("snapshot-id").set_values(Some(chunk.to_vec())).build();
+            let mut pages = self
+                .client
+                .describe_snapshots()
+                .owner_ids("self")
+                .filters(by_id)
+                .into_paginator()
+                .stop_on_duplicate_token(false)
+                .send();
+            let mut tokens = crate::ec2::PageTokens::new("DescribeSnapshots");
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
+                tokens.check(page.next_token())?;
+                found.extend(page.snapshots().iter().filter_map(|s| {
+                    Some((s.snapshot_id()?.to_string(), s.description().unwrap_or_default().to_string()))
+                }));
+            }
+        }
+        Ok(found)
     }
 
     async fn describe_images(&self, image_ids: &[String]) -> Result<Vec<ImageRecord>, AwsError> {
@@ -384,10 +415,13 @@ impl SnapshotOnStopEc2 for Ec2Client {
             .launch_template_id(template_id)
             .max_results(200) // the API's maximum for this call
             .into_paginator()
+            .stop_on_duplicate_token(false)
             .send();
+        let mut tokens = crate::ec2::PageTokens::new("DescribeLaunchTemplateVersions");
         let mut versions = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeLaunchTemplateVersions", e))?;
+            tokens.check(page.next_token())?;
             versions.extend(page.launch_template_versions().iter().filter_map(|v| {
                 Some(LaunchTemplateVersion {
                     version: v.version_number()?,

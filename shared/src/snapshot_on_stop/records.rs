@@ -2,9 +2,11 @@
 //! written before it acts on the image. Retention reads only these records: an AMI the ledger
 //! does not hold is never retired, whatever its tags say.
 //!
-//! Images made before the ledger existed are adopted once per instance, and only when their name
-//! is exactly the deterministic name for their own tags ([`adoptable`]): a copy of an amiguard
-//! image (which EC2 makes give another name) or a hand-tagged image is never adopted.
+//! An image found by the stop's deterministic name (a crashed delivery's, one made before the
+//! ledger existed) is taken for snapshot-on-stop's own only when EC2's own words say so
+//! ([`made_by_create_image`]): names and tags anyone can set. Images made before the ledger
+//! existed are adopted once per instance, when their name is exactly the deterministic name for
+//! their own tags ([`adoptable`]) *and* EC2 says CreateImage made them of this instance.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -172,6 +174,23 @@ pub fn adoptable(instance_id: &str, image: &ImageRecord) -> Option<DateTime<Utc>
     (image.name.as_deref() == Some(image_name(instance_id, stopped_at).as_str())).then_some(stopped_at)
 }
 
+/// Whether EC2's own words say `image` was made by `CreateImage` of `instance_id`: every one of
+/// its snapshots carries the description EC2 writes then, naming this instance and this very
+/// image. Nobody can change a snapshot's description, and nobody can know an AMI's id before it
+/// exists, so an image registered by hand over somebody else's snapshots never passes.
+/// `descriptions` are `(snapshot id, description)`; an image without snapshots (still pending,
+/// or not EBS) cannot pass.
+pub fn made_by_create_image(instance_id: &str, image: &ImageRecord, descriptions: &[(String, String)]) -> bool {
+    !image.snapshot_ids.is_empty()
+        && image.snapshot_ids.iter().all(|snapshot| {
+            descriptions.iter().any(|(id, description)| {
+                id == snapshot
+                    && crate::sweeper::origin::create_image_parts(description)
+                        == Some((instance_id, image.image_id.as_str()))
+            })
+        })
+}
+
 /// The record of an adopted image.
 pub fn adopted_record(image: &ImageRecord, stopped_at: DateTime<Utc>, now: DateTime<Utc>) -> MadeImage {
     MadeImage {
@@ -240,6 +259,46 @@ mod tests {
         assert_eq!(adoptable(INSTANCE, &with_tags(&name, &not_ours)), None);
         assert_eq!(adoptable(INSTANCE, &with_tags(&name, &own_tags("soon"))), None);
         assert_eq!(adoptable(INSTANCE, &with_tags(&name, &own_tags(stopped)[..2])), None);
+    }
+
+    #[test]
+    fn only_ec2s_own_descriptions_make_an_image_this_instances() {
+        let image = image("any-name", &[]);
+        let ours = |description: &str| vec![("snap-0a".to_string(), description.to_string())];
+        assert!(made_by_create_image(
+            INSTANCE,
+            &image,
+            &ours(&format!("Created by CreateImage({INSTANCE}) for ami-0a"))
+        ));
+        assert!(made_by_create_image(
+            INSTANCE,
+            &image,
+            &ours(&format!("Created by CreateImage({INSTANCE}) for ami-0a from vol-01"))
+        ));
+        // Registered by hand over another image's snapshot, or another instance's, or none said.
+        assert!(!made_by_create_image(
+            INSTANCE,
+            &image,
+            &ours(&format!("Created by CreateImage({INSTANCE}) for ami-0b"))
+        ));
+        assert!(!made_by_create_image(
+            INSTANCE,
+            &image,
+            &ours("Created by CreateImage(i-0ffffffffffffffff) for ami-0a")
+        ));
+        assert!(!made_by_create_image(INSTANCE, &image, &ours("nightly backup")));
+        assert!(!made_by_create_image(INSTANCE, &image, &[]));
+        let pending = ImageRecord { snapshot_ids: vec![], ..image.clone() };
+        assert!(!made_by_create_image(
+            INSTANCE,
+            &pending,
+            &ours(&format!("Created by CreateImage({INSTANCE}) for ami-0a"))
+        ));
+        // Every snapshot must say so: one foreign snapshot among them is enough to refuse.
+        let two = ImageRecord { snapshot_ids: vec!["snap-0a".into(), "snap-0b".into()], ..image };
+        let mut descriptions = ours(&format!("Created by CreateImage({INSTANCE}) for ami-0a"));
+        descriptions.push(("snap-0b".into(), "before the upgrade".into()));
+        assert!(!made_by_create_image(INSTANCE, &two, &descriptions));
     }
 
     proptest! {

@@ -6,13 +6,27 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 
-use aws_sdk_ec2::types::{Filter, ImageAttributeName};
+use aws_sdk_ec2::types::{
+    Filter, ImageAttributeName, ImageReferenceOptionName, ImageReferenceResourceType, LockState, ResourceTypeOption,
+    ResourceTypeRequest, SnapshotAttributeName,
+};
 use chrono::{DateTime, Utc};
+use hashbrown::HashSet;
 
 use super::facts::{Id, ImageFacts, SnapshotFacts, SnapshotListing};
 use super::retire::reads_image_tag;
+use crate::ec2::PageTokens;
 use crate::error::AwsError;
 use crate::tags;
+
+/// A snapshot with Fast Snapshot Restore on in one Availability Zone: billed by the hour.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FastSnapshotRestore {
+    pub snapshot_id: String,
+    pub availability_zone: String,
+    /// `enabling`, `optimizing`, `enabled` or `disabling`.
+    pub state: String,
+}
 
 /// The images that launch templates' default and latest versions launch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,6 +54,19 @@ pub trait SweeperEc2: Send + Sync {
     fn launch_template_images(&self) -> impl Future<Output = Result<LaunchTemplateImages, AwsError>> + Send;
     /// Whether the image has any launch permission (an account, an organization or unit, `all`).
     fn is_image_shared(&self, image_id: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    /// Snapshots under an EBS snapshot lock (`DescribeLockedSnapshots`, every page): every lock
+    /// state but `expired`. Nobody can delete them; the sweeper never tries.
+    fn locked_snapshots(&self) -> impl Future<Output = Result<HashSet<Id>, AwsError>> + Send;
+    /// Every Fast Snapshot Restore that is not `disabled`, one per snapshot and zone.
+    fn fast_snapshot_restores(&self) -> impl Future<Output = Result<Vec<FastSnapshotRestore>, AwsError>> + Send;
+    /// The images among `image_ids` that `DescribeImageReferences` finds in use: by an instance,
+    /// a launch template (every version), an SSM parameter or an Image Builder recipe.
+    fn referenced_images(
+        &self,
+        image_ids: &[String],
+    ) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
+    /// Whether the snapshot has any create-volume permission (shared with an account or public).
+    fn is_snapshot_shared(&self, snapshot_id: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
     fn deregister_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
     fn delete_snapshot(&self, snapshot_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
@@ -47,16 +74,30 @@ pub trait SweeperEc2: Send + Sync {
 /// EC2's page-size maxima differ by API.
 const MAX_RESULTS: i32 = 1000;
 const MAX_RESULTS_LAUNCH_TEMPLATES: i32 = 200;
+const MAX_RESULTS_IMAGE_REFERENCES: i32 = 1000;
+/// `DescribeImageReferences` takes at most this many image ids a call.
+pub const IMAGE_REFERENCE_IDS_PER_CALL: usize = 10;
+/// The launch-template versions `DescribeImageReferences` reads back: its maximum (default 10),
+/// so that a version pinned by number years ago still counts.
+const LAUNCH_TEMPLATE_VERSION_DEPTH: &str = "10000";
 
 /// The states of an instance that is not terminated.
 const LIVE_INSTANCE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
 
 impl SweeperEc2 for aws_sdk_ec2::Client {
     async fn snapshots(&self, protect_tag: &str) -> Result<Vec<SnapshotFacts>, AwsError> {
-        let mut pages = self.describe_snapshots().owner_ids("self").max_results(MAX_RESULTS).into_paginator().send();
+        let mut pages = self
+            .describe_snapshots()
+            .owner_ids("self")
+            .max_results(MAX_RESULTS)
+            .into_paginator()
+            .stop_on_duplicate_token(false)
+            .send();
+        let mut tokens = PageTokens::new("DescribeSnapshots");
         let mut snapshots = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
+            tokens.check(page.next_token())?;
             // Each page's descriptions and tags are dropped here, once read.
             let listed = page.snapshots().iter().filter_map(snapshot_listing);
             snapshots.extend(listed.map(|listing| SnapshotFacts::read(&listing, protect_tag)));
@@ -69,10 +110,17 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
     }
 
     async fn images_in_recycle_bin(&self) -> Result<BTreeSet<String>, AwsError> {
-        let mut pages = self.list_images_in_recycle_bin().max_results(MAX_RESULTS).into_paginator().send();
+        let mut pages = self
+            .list_images_in_recycle_bin()
+            .max_results(MAX_RESULTS)
+            .into_paginator()
+            .stop_on_duplicate_token(false)
+            .send();
+        let mut tokens = PageTokens::new("ListImagesInRecycleBin");
         let mut ids = BTreeSet::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("ListImagesInRecycleBin", e))?;
+            tokens.check(page.next_token())?;
             ids.extend(page.images().iter().filter_map(|i| i.image_id().map(str::to_string)));
         }
         Ok(ids)
@@ -83,10 +131,18 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
             .name("instance-state-name")
             .set_values(Some(LIVE_INSTANCE_STATES.iter().map(|s| s.to_string()).collect()))
             .build();
-        let mut pages = self.describe_instances().filters(state).max_results(MAX_RESULTS).into_paginator().send();
+        let mut pages = self
+            .describe_instances()
+            .filters(state)
+            .max_results(MAX_RESULTS)
+            .into_paginator()
+            .stop_on_duplicate_token(false)
+            .send();
+        let mut tokens = PageTokens::new("DescribeInstances");
         let mut ids = BTreeSet::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeInstances", e))?;
+            tokens.check(page.next_token())?;
             for reservation in page.reservations() {
                 ids.extend(reservation.instances().iter().filter_map(|i| i.image_id().map(str::to_string)));
             }
@@ -104,10 +160,13 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
             .resolve_alias(true)
             .max_results(MAX_RESULTS_LAUNCH_TEMPLATES)
             .into_paginator()
+            .stop_on_duplicate_token(false)
             .send();
+        let mut tokens = PageTokens::new("DescribeLaunchTemplateVersions");
         let mut images = LaunchTemplateImages::default();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeLaunchTemplateVersions", e))?;
+            tokens.check(page.next_token())?;
             for version in page.launch_template_versions() {
                 let Some(image) = version.launch_template_data().and_then(|d| d.image_id()) else {
                     continue;
@@ -135,6 +194,107 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
             .await
             .map_err(|e| AwsError::from_sdk("DescribeImageAttribute", e))?;
         Ok(!output.launch_permissions().is_empty())
+    }
+
+    async fn locked_snapshots(&self) -> Result<HashSet<Id>, AwsError> {
+        // No paginator in the SDK for this one: paged by hand, with the same token check.
+        let mut tokens = PageTokens::new("DescribeLockedSnapshots");
+        let mut locked = HashSet::new();
+        let mut next: Option<String> = None;
+        loop {
+            let page = self
+                .describe_locked_snapshots()
+                .max_results(MAX_RESULTS)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("DescribeLockedSnapshots", e))?;
+            tokens.check(page.next_token())?;
+            for snapshot in page.snapshots() {
+                // An unknown state is a lock until EC2 says otherwise.
+                if snapshot.lock_state() != Some(&LockState::Expired) {
+                    locked.extend(snapshot.snapshot_id().map(Id::from));
+                }
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_string()),
+                _ => return Ok(locked),
+            }
+        }
+    }
+
+    async fn fast_snapshot_restores(&self) -> Result<Vec<FastSnapshotRestore>, AwsError> {
+        let mut pages = self
+            .describe_fast_snapshot_restores()
+            .max_results(200) // the API's maximum for this call
+            .into_paginator()
+            .stop_on_duplicate_token(false)
+            .send();
+        let mut tokens = PageTokens::new("DescribeFastSnapshotRestores");
+        let mut restores = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeFastSnapshotRestores", e))?;
+            tokens.check(page.next_token())?;
+            for item in page.fast_snapshot_restores() {
+                let state = item.state().map(|s| s.as_str().to_string()).unwrap_or_default();
+                if let (Some(snapshot), false) = (item.snapshot_id(), state == "disabled") {
+                    restores.push(FastSnapshotRestore {
+                        snapshot_id: snapshot.to_string(),
+                        availability_zone: item.availability_zone().unwrap_or_default().to_string(),
+                        state,
+                    });
+                }
+            }
+        }
+        Ok(restores)
+    }
+
+    async fn referenced_images(&self, image_ids: &[String]) -> Result<BTreeSet<String>, AwsError> {
+        let depth = ResourceTypeOption::builder()
+            .option_name(ImageReferenceOptionName::VersionDepth)
+            .option_values(LAUNCH_TEMPLATE_VERSION_DEPTH)
+            .build();
+        let every_type = [
+            ResourceTypeRequest::builder().resource_type(ImageReferenceResourceType::Ec2Instance).build(),
+            ResourceTypeRequest::builder()
+                .resource_type(ImageReferenceResourceType::Ec2LaunchTemplate)
+                .resource_type_options(depth)
+                .build(),
+            ResourceTypeRequest::builder().resource_type(ImageReferenceResourceType::SsmParameter).build(),
+            ResourceTypeRequest::builder().resource_type(ImageReferenceResourceType::ImageBuilderImageRecipe).build(),
+            ResourceTypeRequest::builder()
+                .resource_type(ImageReferenceResourceType::ImageBuilderContainerRecipe)
+                .build(),
+        ];
+        let mut referenced = BTreeSet::new();
+        for chunk in image_ids.chunks(IMAGE_REFERENCE_IDS_PER_CALL) {
+            let mut pages = self
+                .describe_image_references()
+                .set_image_ids(Some(chunk.to_vec()))
+                .set_resource_types(Some(every_type.to_vec()))
+                .max_results(MAX_RESULTS_IMAGE_REFERENCES)
+                .into_paginator()
+                .stop_on_duplicate_token(false)
+                .send();
+            let mut tokens = PageTokens::new("DescribeImageReferences");
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| AwsError::from_sdk("DescribeImageReferences", e))?;
+                tokens.check(page.next_token())?;
+                referenced.extend(page.image_references().iter().filter_map(|r| r.image_id().map(str::to_string)));
+            }
+        }
+        Ok(referenced)
+    }
+
+    async fn is_snapshot_shared(&self, snapshot_id: &str) -> Result<bool, AwsError> {
+        let output = self
+            .describe_snapshot_attribute()
+            .snapshot_id(snapshot_id)
+            .attribute(SnapshotAttributeName::CreateVolumePermission)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeSnapshotAttribute", e))?;
+        Ok(!output.create_volume_permissions().is_empty())
     }
 
     async fn deregister_image(&self, image_id: &str) -> Result<(), AwsError> {
@@ -167,6 +327,8 @@ pub fn snapshot_listing(snapshot: &aws_sdk_ec2::types::Snapshot) -> Option<Snaps
         start_time: snapshot.start_time().and_then(to_chrono),
         size_gib: snapshot.volume_size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
         description: snapshot.description().unwrap_or_default().to_string(),
+        volume_id: snapshot.volume_id().map(str::to_string),
+        storage_tier: snapshot.storage_tier().map(|t| t.as_str().to_string()),
         tags: tags::from_sdk(snapshot.tags()),
     })
 }
@@ -181,6 +343,7 @@ pub fn image_facts(image: &aws_sdk_ec2::types::Image, protect_tag: &str) -> Opti
         creation_date: image.creation_date().and_then(parse_time),
         last_launched_time: image.last_launched_time().and_then(parse_time),
         public: image.public().unwrap_or(false),
+        deregistration_protection: image.deregistration_protection().map(str::to_string),
         snapshot_ids: image
             .block_device_mappings()
             .iter()
@@ -228,6 +391,8 @@ mod tests {
             .state(SnapshotState::Completed)
             .start_time(aws_smithy_types::DateTime::from_secs(1_700_000_000))
             .volume_size(8)
+            .volume_id("vol-01")
+            .storage_tier(aws_sdk_ec2::types::StorageTier::Archive)
             .description("Created by CreateImage(i-01) for ami-0a from vol-01")
             .tags(aws_sdk_ec2::types::Tag::builder().key("Name").value("x").build())
             .build()
@@ -286,8 +451,10 @@ mod tests {
         assert_eq!(s.size_gib, 8);
         assert_eq!(s.start_time.unwrap().timestamp(), 1_700_000_000);
         // Read with the page: the description names the AMI, the `Name` tag marks nothing.
+        // The description is believed because it names the volume EC2 says the snapshot is from.
         assert_eq!(s.sources.iter().collect::<Vec<_>>(), ["ami-0a"]);
-        assert_eq!(s.marked, None);
+        // The archive tier is read with the page and keeps the snapshot.
+        assert_eq!(s.marked, Some(crate::sweeper::KeepReason::Archived));
         assert_eq!(last.num_calls(), 1);
     }
 

@@ -29,6 +29,10 @@ pub struct SnapshotListing {
     /// The size of the volume it was taken from (what the snapshot can cost at most).
     pub size_gib: u64,
     pub description: String,
+    /// The volume it was taken from; `vol-ffffffff` for a copy.
+    pub volume_id: Option<String>,
+    /// `standard` or `archive` (`None`: not said, standard).
+    pub storage_tier: Option<String>,
     pub tags: Vec<Tag>,
 }
 
@@ -43,20 +47,24 @@ pub struct SnapshotFacts {
     /// `None` when the listing did not say: such a snapshot is treated as too young.
     pub start_time: Option<DateTime<Utc>>,
     pub size_gib: u64,
-    /// The AMIs its description and `amiguard:image` tags say it was made for.
+    /// The AMIs its description (when consistent with the snapshot) and `amiguard:image` tags name.
     pub sources: SourceImages,
-    /// The first of the keep rules its own tags and description decide, in the planner's order:
+    /// The first of the keep rules its own fields decide, in the planner's order:
     /// [`KeepReason::Protected`], [`KeepReason::AwsBackup`], [`KeepReason::Dlm`],
-    /// [`KeepReason::RecycleBin`].
+    /// [`KeepReason::RecycleBin`], [`KeepReason::Archived`].
     pub marked: Option<KeepReason>,
 }
 
+/// The storage tier of a snapshot that is not archived.
+pub const STANDARD_TIER: &str = "standard";
+
 impl SnapshotFacts {
-    /// Reads a listed snapshot. `protect_tag` is `PROTECT_TAG`: a snapshot carrying that key,
-    /// whatever its value, is kept.
+    /// Reads a listed snapshot. `protect_tag` is `PROTECT_TAG`: a snapshot carrying that key in
+    /// any letter case, whatever its value, is kept (EC2 keys are case-sensitive, IAM's condition
+    /// keys are not: `AMIGUARD:KEEP` is refused by the IAM guard, so it is kept here too).
     pub fn read(listing: &SnapshotListing, protect_tag: &str) -> Self {
         let (description, tags) = (listing.description.as_str(), listing.tags.as_slice());
-        let marked = if tags.iter().any(|t| t.key == protect_tag) {
+        let marked = if tags.iter().any(|t| t.key.eq_ignore_ascii_case(protect_tag)) {
             Some(KeepReason::Protected)
         } else if origin::is_aws_backup(description, tags) {
             Some(KeepReason::AwsBackup)
@@ -64,6 +72,10 @@ impl SnapshotFacts {
             Some(KeepReason::Dlm)
         } else if origin::is_recycle_bin(tags) {
             Some(KeepReason::RecycleBin)
+        } else if listing.storage_tier.as_deref().is_some_and(|tier| tier != STANDARD_TIER) {
+            // An archived snapshot is billed for 90 days whatever happens: deleting it early saves
+            // nothing, and the archive was somebody's decision.
+            Some(KeepReason::Archived)
         } else {
             None
         };
@@ -73,7 +85,7 @@ impl SnapshotFacts {
             completed: listing.state == "completed",
             start_time: listing.start_time,
             size_gib: listing.size_gib,
-            sources: origin::source_images(description, tags),
+            sources: origin::source_images(description, listing.volume_id.as_deref(), tags),
             marked,
         }
     }
@@ -91,6 +103,9 @@ pub struct ImageFacts {
     pub creation_date: Option<DateTime<Utc>>,
     pub last_launched_time: Option<DateTime<Utc>>,
     pub public: bool,
+    /// EC2's `DeregistrationProtection`: `disabled`, `enabled-with-cooldown`,
+    /// `enabled-without-cooldown`, or `disabled after <time>` (still on until then).
+    pub deregistration_protection: Option<String>,
     /// The snapshots of its EBS block-device mappings.
     pub snapshot_ids: Vec<Id>,
     /// The tags the retirement planner reads (`retire::reads_image_tag`: the protect tag and
@@ -112,6 +127,8 @@ mod tests {
             start_time: None,
             size_gib: 8,
             description: description.into(),
+            volume_id: Some("vol-0b".into()),
+            storage_tier: Some("standard".into()),
             tags,
         }
     }
@@ -131,10 +148,18 @@ mod tests {
         assert_eq!(read(vec![], "This snapshot is created by the AWS Backup service."), Some(KeepReason::AwsBackup));
         assert_eq!(read(vec![], "Created for policy: policy-0a schedule: daily"), Some(KeepReason::Dlm));
         assert_eq!(read(vec![Tag::new("Name", "web")], "Created by CreateImage(i-01) for ami-0a"), None);
-        // The protect tag is the configured key, not amiguard's default.
+        // The protect tag is the configured key, not amiguard's default, in any letter case.
         let facts = SnapshotFacts::read(&listing("", vec![Tag::new("team:keep", "1")]), "team:keep");
         assert_eq!(facts.marked, Some(KeepReason::Protected));
         assert_eq!(SnapshotFacts::read(&listing("", vec![keep()]), "team:keep").marked, None);
+        let shouting = SnapshotFacts::read(&listing("", vec![Tag::new("AMIGUARD:KEEP", "")]), tags::KEEP);
+        assert_eq!(shouting.marked, Some(KeepReason::Protected));
+        // EC2's storage tier: anything but standard keeps it.
+        let mut archived = listing("Created by CreateImage(i-01) for ami-0a", vec![]);
+        archived.storage_tier = Some("archive".into());
+        assert_eq!(SnapshotFacts::read(&archived, tags::KEEP).marked, Some(KeepReason::Archived));
+        archived.storage_tier = None;
+        assert_eq!(SnapshotFacts::read(&archived, tags::KEEP).marked, None, "not said: standard");
     }
 
     #[test]
@@ -147,6 +172,10 @@ mod tests {
         assert_eq!(facts.owner_id.as_deref(), Some("123456789012"));
         assert!(!facts.completed);
         assert_eq!(facts.sources.iter().collect::<Vec<_>>(), ["ami-0a", "ami-0c"]);
+        assert_eq!(facts.sources.described(), Some("ami-0a"));
+        // The same description on another volume's snapshot is not EC2's word for it.
+        listed.volume_id = Some("vol-0d".into());
+        assert_eq!(SnapshotFacts::read(&listed, tags::KEEP).sources.described(), None);
         // An id longer than EC2's is kept whole, never cut to fit inline.
         listed.snapshot_id = format!("snap-{}", "f".repeat(40));
         assert_eq!(SnapshotFacts::read(&listed, tags::KEEP).snapshot_id, listed.snapshot_id);

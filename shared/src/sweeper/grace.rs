@@ -2,26 +2,27 @@
 //!
 //! A snapshot's `StartTime` says when it was taken, not when its AMI went away: an AMI of two
 //! years deregistered by mistake five minutes before the sweep must not lose its snapshots in
-//! that sweep. The clock starts when the sweeper first saw the snapshot orphaned (the ledger),
-//! or earlier when an `EC2 AMI State Change` event said its AMI was deregistered; a snapshot is
+//! that sweep. The clock starts when its AMI went away by the ledger's latest evidence (an
+//! `EC2 AMI State Change` event, or the sweep that first found the AMI missing, or left the
+//! Recycle Bin: `records`), else when the sweeper first saw the snapshot orphaned; a snapshot is
 //! deletable only `MIN_AGE_HOURS` after that.
 
 use chrono::{DateTime, Duration, Utc};
 
-/// Since when the snapshot is an orphan. `first_seen` is the ledger's record (`None`: this sweep
-/// is the first to see it orphaned), `deregistered` when its AMI was seen deregistered. A
-/// deregistration time that cannot be right (before the snapshot was taken, or in the future)
-/// is not used: it could only make the snapshot deletable sooner.
+/// Since when the snapshot is an orphan. `deregistered` is when its AMI went away, by the latest
+/// evidence the ledger holds; it wins over `first_seen` (the ledger's record of the first sweep
+/// that saw the snapshot orphaned; `None`: this sweep is the first), which may be older than a
+/// restore of the AMI. A deregistration time that cannot be right (before the snapshot was taken,
+/// or in the future) is not used.
 pub fn orphaned_since(
     first_seen: Option<DateTime<Utc>>,
     deregistered: Option<DateTime<Utc>>,
     start_time: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    let seen = first_seen.unwrap_or(now).min(now);
     match deregistered {
-        Some(at) if at >= start_time && at <= now => seen.min(at),
-        _ => seen,
+        Some(at) if at >= start_time && at <= now => at,
+        _ => first_seen.unwrap_or(now).min(now),
     }
 }
 
@@ -50,9 +51,12 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_and_the_deregistration_event_start_the_clock_earlier() {
+    fn the_latest_deregistration_starts_the_clock_else_the_first_sighting() {
         assert_eq!(orphaned_since(Some(t(-30)), None, t(-100), t(0)), t(-30));
+        // The event before the first sighting: EC2 says when it went.
         assert_eq!(orphaned_since(Some(t(-30)), Some(t(-40)), t(-100), t(0)), t(-40));
+        // A sighting older than the deregistration belongs to an earlier absence (a restore since).
+        assert_eq!(orphaned_since(Some(t(-300)), Some(t(-2)), t(-400), t(0)), t(-2));
         assert_eq!(orphaned_since(None, Some(t(-2)), t(-100), t(0)), t(-2));
         // An impossible event time is ignored: before the snapshot existed, or in the future.
         assert_eq!(orphaned_since(None, Some(t(-200)), t(-100), t(0)), t(0));
@@ -80,7 +84,7 @@ mod tests {
                 .collect();
             prop_assert!(observed.iter().any(|o| since == (*o).min(now)), "{since} is not an observation");
             if let Some(d) = deregistered.map(t).filter(|d| *d >= t(start) && *d <= now) {
-                prop_assert!(since <= d);
+                prop_assert_eq!(since, d, "the latest deregistration decides");
             }
             prop_assert!(since >= t(start).min(first_seen.map(t).unwrap_or(now)), "before the snapshot existed");
             let deletable = now >= deletable_after(since, Duration::hours(min_age));

@@ -1,12 +1,19 @@
 //! Which AMI a snapshot was made for.
 //!
 //! EC2 writes a fixed description on the snapshots it makes for an AMI:
-//! - `CreateImage`: `Created by CreateImage(i-…) for ami-…` (AWS adds ` from vol-…`; moto does not);
+//! - `CreateImage`: `Created by CreateImage(i-…) for ami-…`, followed on older snapshots by
+//!   ` from vol-…` (the volume imaged; moto and newer AWS snapshots leave it out);
 //! - `CopyImage`: `Copied for DestinationAmi ami-… from SourceAmi ami-… for SourceSnapshot snap-…`
 //!   (followed by free text such as `. Task created on …`); the snapshot belongs to the destination.
 //!
-//! The parsers are strict on purpose: a description that only resembles these (a person's note,
-//! a truncated copy) does not make a snapshot "from an AMI", and such snapshots are never deleted.
+//! Only EC2's own words can make a snapshot an orphan candidate, and only when they agree with the
+//! snapshot itself: a `from vol-…` must be the snapshot's own `VolumeId`, and a copy (EC2 gives
+//! every `CopySnapshot`/`CopyImage` snapshot the `VolumeId` `vol-ffffffff`) is judged only by the
+//! `CopyImage` form, so a DR copy that kept its original's description is not taken for it. The
+//! `amiguard:image` tag anyone can write: it may keep a snapshot (its AMI exists), never make one
+//! deletable. The parsers are strict on purpose: a description that only resembles these (a
+//! person's note, a truncated copy) does not make a snapshot "from an AMI", and such snapshots are
+//! never deleted.
 
 use super::facts::Id;
 use crate::tags::{self, Tag};
@@ -14,68 +21,89 @@ use crate::tags::{self, Tag};
 const CREATE_IMAGE_PREFIX: &str = "Created by CreateImage(";
 const COPY_IMAGE_PREFIX: &str = "Copied for DestinationAmi ";
 
-/// The AMIs a snapshot says it was made for: the one in its description, then the ones in
-/// amiguard's `amiguard:image` tag (snapshot-on-stop writes it on every snapshot of its AMIs).
-/// Usually one; two when they disagree, and then the snapshot is kept if either still exists.
+/// The `VolumeId` EC2 gives every snapshot made by `CopySnapshot` or `CopyImage`.
+pub const COPY_VOLUME_ID: &str = "vol-ffffffff";
+
+/// The AMIs a snapshot names: the one EC2's description says it was made for (when consistent
+/// with the snapshot), and the others it names with no such proof: those amiguard's
+/// `amiguard:image` tags name, and the AMI of a description in EC2's form that disagrees with the
+/// snapshot. Any of them existing (or in the Recycle Bin) keeps the snapshot; only the described
+/// one can make it an orphan.
 ///
-/// The first is stored inline and the rest boxed: a million snapshots' sources then cost no
-/// allocation unless a snapshot names more than one AMI.
+/// Stored inline, the unproved ones boxed: a million snapshots' sources then cost no allocation
+/// unless a snapshot is tagged or oddly described.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceImages {
-    first: Option<Id>,
-    more: Box<[Id]>,
+    described: Option<Id>,
+    /// Named without proof: these may keep the snapshot, never make it deletable.
+    unproved: Box<[Id]>,
 }
 
 impl SourceImages {
-    /// The sources in the order they were read: description first.
+    /// Every AMI named, the described one first.
     pub fn iter(&self) -> impl Iterator<Item = &str> + Clone {
-        self.first.iter().chain(self.more.iter()).map(Id::as_str)
+        self.described.iter().chain(self.unproved.iter()).map(Id::as_str)
     }
 
-    pub fn first(&self) -> Option<&str> {
-        self.first.as_deref()
+    /// The AMI EC2's own description says the snapshot was made for: the only source that can
+    /// make it an orphan.
+    pub fn described(&self) -> Option<&str> {
+        self.described.as_deref()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.first.is_none()
+        self.described.is_none() && self.unproved.is_empty()
     }
+}
 
-    fn push(&mut self, image_id: &str) {
-        if self.iter().any(|known| known == image_id) {
-            return;
-        }
-        match self.first {
-            None => self.first = Some(Id::from(image_id)),
-            Some(_) => {
-                let mut more = std::mem::take(&mut self.more).into_vec();
-                more.push(Id::from(image_id));
-                self.more = more.into_boxed_slice();
+/// Reads [`SourceImages`] from a snapshot's description, `VolumeId` and tags.
+pub fn source_images(description: &str, volume_id: Option<&str>, tags: &[Tag]) -> SourceImages {
+    let described = image_from_description(description, volume_id);
+    // A description that is not EC2's proof (a copy that kept its original's words, a `from
+    // vol-…` of another volume, a person's note) proves nothing, but any AMI it names, while it
+    // exists, still keeps the snapshot.
+    let mut unproved: Vec<Id> = Vec::new();
+    if described.is_none() {
+        for image in image_ids_in(description) {
+            if !unproved.iter().any(|known| *known == image) {
+                unproved.push(Id::from(image));
             }
         }
     }
-}
-
-/// Reads [`SourceImages`] from a snapshot's description and tags.
-pub fn source_images(description: &str, tags: &[Tag]) -> SourceImages {
-    let mut sources = SourceImages::default();
-    if let Some(described) = image_from_description(description) {
-        sources.push(described);
-    }
     // EC2 keys are unique per resource; every match is read all the same, so that no input can
     // hide a source.
-    for tagged in tags.iter().filter(|t| t.key == tags::IMAGE && is_resource_id(&t.value, "ami-")) {
-        sources.push(&tagged.value);
+    for tag in tags.iter().filter(|t| t.key == tags::IMAGE && is_resource_id(&t.value, "ami-")) {
+        if described != Some(tag.value.as_str()) && !unproved.iter().any(|known| *known == tag.value) {
+            unproved.push(Id::from(tag.value.as_str()));
+        }
     }
-    sources
+    SourceImages { described: described.map(Id::from), unproved: unproved.into_boxed_slice() }
 }
 
-/// The AMI id in an EC2-written description of either format, if the description is exactly one.
-pub fn image_from_description(description: &str) -> Option<&str> {
-    create_image_source(description).or_else(|| copy_image_destination(description))
+/// The AMI id in an EC2-written description of either format, if the description is exactly one
+/// and agrees with the snapshot's `VolumeId`: a `CreateImage` description names the volume the
+/// snapshot was taken from (or none), never a copy's `vol-ffffffff`.
+pub fn image_from_description<'d>(description: &'d str, volume_id: Option<&str>) -> Option<&'d str> {
+    if let Some((image, volume)) = create_image_source(description) {
+        let copy = volume_id == Some(COPY_VOLUME_ID);
+        let same_volume = volume.is_none_or(|named| volume_id == Some(named));
+        return (!copy && same_volume).then_some(image);
+    }
+    copy_image_destination(description)
 }
 
-/// `Created by CreateImage(i-…) for ami-…`, optionally followed by ` from vol-…`, nothing else.
-fn create_image_source(description: &str) -> Option<&str> {
+/// The instance and the AMI a `CreateImage` description names (`Created by CreateImage(i-…) for
+/// ami-…[ from vol-…]`), if it is exactly one. EC2 writes it when it makes the snapshot, and
+/// nobody can change a snapshot's description afterwards.
+pub fn create_image_parts(description: &str) -> Option<(&str, &str)> {
+    let rest = description.strip_prefix(CREATE_IMAGE_PREFIX)?;
+    let (instance, _) = rest.split_once(')')?;
+    create_image_source(description).map(|(image, _)| (instance, image))
+}
+
+/// `Created by CreateImage(i-…) for ami-…`, optionally followed by ` from vol-…`, nothing else:
+/// the AMI, and the volume when named.
+fn create_image_source(description: &str) -> Option<(&str, Option<&str>)> {
     let rest = description.strip_prefix(CREATE_IMAGE_PREFIX)?;
     let (instance, rest) = rest.split_once(')')?;
     if !is_resource_id(instance, "i-") {
@@ -90,10 +118,10 @@ fn create_image_source(description: &str) -> Option<&str> {
         return None;
     }
     match tail {
-        None => Some(image),
+        None => Some((image, None)),
         Some(tail) => {
             let volume = tail.strip_prefix("from ")?;
-            is_resource_id(volume, "vol-").then_some(image)
+            is_resource_id(volume, "vol-").then_some((image, Some(volume)))
         }
     }
 }
@@ -111,6 +139,17 @@ fn copy_image_destination(description: &str) -> Option<&str> {
     let snapshot = &rest[..end];
     (is_resource_id(destination, "ami-") && is_resource_id(source, "ami-") && is_resource_id(snapshot, "snap-"))
         .then_some(destination)
+}
+
+/// Every `ami-…` id in free text: `ami-` after a non-alphanumeric (or at the start), then
+/// lower-case hex digits up to the first other character.
+fn image_ids_in(text: &str) -> impl Iterator<Item = &str> {
+    text.match_indices("ami-").filter_map(move |(at, _)| {
+        let boundary = text[..at].chars().next_back().is_none_or(|c| !c.is_ascii_alphanumeric());
+        let hex = &text[at + 4..];
+        let len = hex.find(|c: char| !(c.is_ascii_digit() || matches!(c, 'a'..='f'))).unwrap_or(hex.len());
+        (boundary && len > 0).then(|| &text[at..at + 4 + len])
+    })
 }
 
 /// `prefix` followed by at least one lower-case hex digit and nothing else (`ami-0abc…`).
@@ -150,31 +189,70 @@ fn has_tag_prefix(tags: &[Tag], prefix: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// What a snapshot made by CreateImage of volume `vol-0aa11` says of itself.
+    const OWN_VOLUME: Option<&str> = Some("vol-0aa11");
+
+    fn described(description: &str) -> Option<&str> {
+        image_from_description(description, OWN_VOLUME)
+    }
+
     #[test]
     fn create_image_descriptions_with_and_without_volume() {
         assert_eq!(
-            image_from_description("Created by CreateImage(i-0123abcd) for ami-0fedcba987 from vol-0aa11"),
+            described("Created by CreateImage(i-0123abcd) for ami-0fedcba987 from vol-0aa11"),
             Some("ami-0fedcba987")
         );
-        // moto's form, without ` from vol-…`.
+        // moto's form (and newer AWS snapshots'), without ` from vol-…`.
         assert_eq!(
-            image_from_description("Created by CreateImage(i-360ed1e5a3260cd1b) for ami-c0fea0d3bb2b653a2"),
+            described("Created by CreateImage(i-360ed1e5a3260cd1b) for ami-c0fea0d3bb2b653a2"),
             Some("ami-c0fea0d3bb2b653a2")
+        );
+    }
+
+    #[test]
+    fn a_description_that_disagrees_with_the_snapshot_is_not_ec2s() {
+        let with_volume = "Created by CreateImage(i-0123abcd) for ami-0fedcba987 from vol-0aa11";
+        // Another volume's description (copied onto a snapshot of another volume, or by hand).
+        assert_eq!(image_from_description(with_volume, Some("vol-0bb22")), None);
+        // A copy (EC2's vol-ffffffff) that kept its original's CreateImage description, with or
+        // without the volume in it: a DR copy, never the AMI's own snapshot.
+        assert_eq!(image_from_description(with_volume, Some(COPY_VOLUME_ID)), None);
+        let without = "Created by CreateImage(i-0123abcd) for ami-0fedcba987";
+        assert_eq!(image_from_description(without, Some(COPY_VOLUME_ID)), None);
+        // A listing that does not say the volume cannot confirm a named one.
+        assert_eq!(image_from_description(with_volume, None), None);
+        assert_eq!(image_from_description(without, None), Some("ami-0fedcba987"));
+        // CopyImage's own snapshots are copies: their form is judged alone.
+        let copied = "Copied for DestinationAmi ami-0aaa from SourceAmi ami-0bbb for SourceSnapshot snap-0ccc";
+        assert_eq!(image_from_description(copied, Some(COPY_VOLUME_ID)), Some("ami-0aaa"));
+    }
+
+    #[test]
+    fn create_image_parts_name_the_instance_and_the_image() {
+        assert_eq!(
+            create_image_parts("Created by CreateImage(i-0123) for ami-0abc from vol-01"),
+            Some(("i-0123", "ami-0abc"))
+        );
+        assert_eq!(create_image_parts("Created by CreateImage(i-0123) for ami-0abc"), Some(("i-0123", "ami-0abc")));
+        assert_eq!(create_image_parts("Created by CreateImage(i-0123) for ami-0abc and more"), None);
+        assert_eq!(
+            create_image_parts(
+                "Copied for DestinationAmi ami-0aaa from SourceAmi ami-0bbb for SourceSnapshot snap-0ccc"
+            ),
+            None
         );
     }
 
     #[test]
     fn copy_image_descriptions_name_the_destination() {
         assert_eq!(
-            image_from_description(
+            described(
                 "Copied for DestinationAmi ami-0aaa from SourceAmi ami-0bbb for SourceSnapshot snap-0ccc. Task created on 1,634,000,000."
             ),
             Some("ami-0aaa")
         );
         assert_eq!(
-            image_from_description(
-                "Copied for DestinationAmi ami-0aaa from SourceAmi ami-0bbb for SourceSnapshot snap-0ccc"
-            ),
+            described("Copied for DestinationAmi ami-0aaa from SourceAmi ami-0bbb for SourceSnapshot snap-0ccc"),
             Some("ami-0aaa")
         );
     }
@@ -197,24 +275,37 @@ mod tests {
             "Copied for DestinationAmi ami-0aaa from SourceAmi ami-0bbb for SourceSnapshot vol-0ccc",
             "Copied for DestinationAmi ami-zzz from SourceAmi ami-0bbb for SourceSnapshot snap-0ccc",
         ] {
-            assert_eq!(image_from_description(description), None, "{description:?}");
+            assert_eq!(described(description), None, "{description:?}");
         }
     }
 
     #[test]
-    fn amiguard_image_tag_adds_a_source_and_must_be_an_ami_id() {
+    fn amiguard_image_tags_name_sources_that_keep_but_never_describe() {
         let tagged = [Tag::new(tags::IMAGE, "ami-0abc")];
-        let read = |description: &str, tags: &[Tag]| -> Vec<String> {
-            source_images(description, tags).iter().map(str::to_string).collect()
+        let read = |description: &str, tags: &[Tag]| -> (Option<String>, Vec<String>) {
+            let sources = source_images(description, OWN_VOLUME, tags);
+            (sources.described().map(str::to_string), sources.iter().map(str::to_string).collect())
         };
-        assert_eq!(read("", &tagged), ["ami-0abc"]);
-        let described = "Created by CreateImage(i-01) for ami-0def";
-        assert_eq!(read(described, &tagged), ["ami-0def", "ami-0abc"]);
-        assert_eq!(read(described, &[Tag::new(tags::IMAGE, "ami-0def")]), ["ami-0def"]);
+        assert_eq!(read("", &tagged), (None, vec!["ami-0abc".to_string()]), "a tag alone makes nothing deletable");
+        let description = "Created by CreateImage(i-01) for ami-0def";
+        assert_eq!(read(description, &tagged), (Some("ami-0def".into()), vec!["ami-0def".into(), "ami-0abc".into()]));
+        assert_eq!(read(description, &[Tag::new(tags::IMAGE, "ami-0def")]).1, ["ami-0def"]);
         let two_tags = [Tag::new(tags::IMAGE, "ami-0abc"), Tag::new(tags::IMAGE, "ami-0123")];
-        assert_eq!(read(described, &two_tags), ["ami-0def", "ami-0abc", "ami-0123"]);
-        assert!(source_images("", &[Tag::new(tags::IMAGE, "not-an-ami")]).is_empty());
-        assert!(source_images("", &[]).is_empty());
+        assert_eq!(read(description, &two_tags).1, ["ami-0def", "ami-0abc", "ami-0123"]);
+        assert!(source_images("", OWN_VOLUME, &[Tag::new(tags::IMAGE, "not-an-ami")]).is_empty());
+        // A description that proves nothing still names AMIs that keep: EC2's form on a copy, a
+        // note. A proving one names only its own AMI (a copy's SourceAmi does not keep it).
+        let copy_of_original = source_images(description, Some(COPY_VOLUME_ID), &[]);
+        assert_eq!(
+            (copy_of_original.described(), copy_of_original.iter().collect::<Vec<_>>()),
+            (None, vec!["ami-0def"])
+        );
+        let note = source_images("db before ami-0aa1 upgrade, see ami-0bb2.", OWN_VOLUME, &[]);
+        assert_eq!(note.iter().collect::<Vec<_>>(), ["ami-0aa1", "ami-0bb2"]);
+        assert!(source_images("salami-0abc", OWN_VOLUME, &[]).is_empty(), "not an id: no boundary");
+        let copied = "Copied for DestinationAmi ami-0aaa from SourceAmi ami-0bbb for SourceSnapshot snap-0ccc";
+        assert_eq!(source_images(copied, Some(COPY_VOLUME_ID), &[]).iter().collect::<Vec<_>>(), ["ami-0aaa"]);
+        assert!(source_images("", OWN_VOLUME, &[]).is_empty());
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct PlanInput<'a> {
     pub budget: u64,
     /// What the ledger remembers of the region: the grace clock and gone images' mappings.
     pub memory: &'a Memory,
+    /// Snapshots under an EBS snapshot lock (`DescribeLockedSnapshots`, every page).
+    pub locked: &'a hashbrown::HashSet<Id>,
 }
 
 /// What the ledger remembers of a region, as the planner reads it ([`super::records`]).
@@ -80,7 +82,12 @@ pub enum KeepReason {
     Dlm,
     /// Recycle Bin manages it (`aws:recycle-bin:*` tags).
     RecycleBin,
-    /// Nothing says it was made for an AMI: a manual snapshot, never deleted by the sweeper.
+    /// In the archive tier (`StorageTier`): billed for its 90 days whatever happens.
+    Archived,
+    /// Under an EBS snapshot lock (`DescribeLockedSnapshots`): nobody can delete it.
+    Locked,
+    /// EC2's own words do not say it was made for an AMI (a tag alone never does): a manual
+    /// snapshot, never deleted by the sweeper.
     NotFromImage,
     /// Its state is not `completed`.
     NotCompleted,
@@ -104,9 +111,9 @@ pub struct Orphan {
     pub orphaned_since: DateTime<Utc>,
 }
 
-/// Owned snapshots that no image references and that were not made for an AMI.
+/// A number of snapshots and their volumes' size (manual ones, archived ones).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ManualSnapshots {
+pub struct SnapshotTotal {
     pub count: u64,
     pub gib: u64,
 }
@@ -148,7 +155,10 @@ pub struct Plan {
     pub to_delete: Vec<Orphan>,
     /// Every snapshot not in `to_delete`, counted by reason.
     pub kept: BTreeMap<KeepReason, u64>,
-    pub unreferenced_manual: ManualSnapshots,
+    /// Owned snapshots that no image references and that EC2's words do not tie to an AMI.
+    pub unreferenced_manual: SnapshotTotal,
+    /// Snapshots kept because they are archived (their storage is billed for 90 days anyway).
+    pub archived: SnapshotTotal,
     /// The size of all orphans: what deleting them frees at most.
     pub reclaimable_gib: u64,
     pub circuit_breaker: Option<CircuitBreakerTrip>,
@@ -190,7 +200,8 @@ fn plan_in_partitions(input: &PlanInput<'_>, policy: &Policy, bits: u32) -> Plan
         min_age: policy.min_age,
         to_delete: Vec::new(),
         kept: BTreeMap::new(),
-        unreferenced_manual: ManualSnapshots::default(),
+        unreferenced_manual: SnapshotTotal::default(),
+        archived: SnapshotTotal::default(),
         reclaimable_gib: 0,
         circuit_breaker: None,
     };
@@ -211,9 +222,14 @@ fn plan_in_partitions(input: &PlanInput<'_>, policy: &Policy, bits: u32) -> Plan
         match decision.verdict {
             Verdict::Kept(reason) => {
                 kept[reason as usize] += 1;
-                if reason == KeepReason::NotFromImage {
-                    plan.unreferenced_manual.count += 1;
-                    plan.unreferenced_manual.gib += decision.size_gib;
+                let total = match reason {
+                    KeepReason::NotFromImage => Some(&mut plan.unreferenced_manual),
+                    KeepReason::Archived => Some(&mut plan.archived),
+                    _ => None,
+                };
+                if let Some(total) = total {
+                    total.count += 1;
+                    total.gib += decision.size_gib;
                 }
             }
             Verdict::Waiting(orphan) => {
@@ -284,7 +300,7 @@ pub(crate) fn exceeds_fraction(part: u64, whole: u64, fraction: f64) -> bool {
 const KEEP_REASONS: usize = KeepReason::ALL.len();
 
 impl KeepReason {
-    const ALL: [KeepReason; 13] = [
+    const ALL: [KeepReason; 15] = [
         KeepReason::NotOwned,
         KeepReason::ReferencedByImage,
         KeepReason::SourceImageExists,
@@ -293,6 +309,8 @@ impl KeepReason {
         KeepReason::AwsBackup,
         KeepReason::Dlm,
         KeepReason::RecycleBin,
+        KeepReason::Archived,
+        KeepReason::Locked,
         KeepReason::NotFromImage,
         KeepReason::NotCompleted,
         KeepReason::TooYoung,
@@ -318,6 +336,7 @@ struct Rules<'a> {
     /// Small (this run's retirements), so a plain map.
     retired_sources: HashMap<&'a str, &'a str>,
     memory: &'a Memory,
+    locked: &'a hashbrown::HashSet<Id>,
 }
 
 impl<'a> Rules<'a> {
@@ -337,6 +356,7 @@ impl<'a> Rules<'a> {
             min_age: policy.min_age,
             retired_sources,
             memory: input.memory,
+            locked: input.locked,
         }
     }
 
@@ -432,8 +452,12 @@ impl<'a> Rules<'a> {
         if let Some(reason) = snapshot.marked {
             return Verdict::Kept(reason);
         }
+        if !self.locked.is_empty() && self.locked.contains(snapshot.snapshot_id.as_str()) {
+            // Never sent a DeleteSnapshot: it would fail, run after run, ahead of deletable ones.
+            return Verdict::Kept(Locked);
+        }
         let retired = self.retired_source(snapshot);
-        let Some(source_image_id) = snapshot.sources.first().or(retired) else {
+        let Some(source_image_id) = snapshot.sources.described().or(retired) else {
             return Verdict::Kept(NotFromImage);
         };
         if !snapshot.completed {
@@ -495,6 +519,8 @@ mod tests {
             start_time: Some(now() - Duration::hours(48)),
             size_gib: 8,
             description: format!("Created by CreateImage(i-0123) for {ami} from vol-0abc"),
+            volume_id: Some("vol-0abc".to_string()),
+            storage_tier: Some("standard".to_string()),
             tags: vec![],
         }
     }
@@ -508,9 +534,14 @@ mod tests {
             creation_date: Some(now() - Duration::days(400)),
             last_launched_time: None,
             public: false,
+            deregistration_protection: None,
             snapshot_ids: snapshots.iter().map(|&s| Id::from(s)).collect(),
             tags: vec![],
         }
+    }
+
+    fn no_locks() -> hashbrown::HashSet<Id> {
+        hashbrown::HashSet::new()
     }
 
     /// How long ago the ledger first saw the tests' snapshots orphaned: past the 24-hour grace.
@@ -546,6 +577,7 @@ mod tests {
             images_in_recycle_bin: &binned,
             budget,
             memory,
+            locked: &no_locks(),
         };
         plan(&input, &policy())
     }
@@ -605,14 +637,16 @@ mod tests {
     }
 
     #[test]
-    fn amiguard_image_tag_makes_a_snapshot_from_an_ami_and_either_source_keeps_it() {
+    fn an_amiguard_image_tag_can_keep_a_snapshot_but_never_make_it_deletable() {
+        // A tag anyone can set (or copy) naming a deregistered AMI: still not from an image.
+        let mut tagged_only = snapshot("snap-01", "ami-0a");
+        tagged_only.description = String::new();
+        tagged_only.tags.push(Tag::new(tags::IMAGE, "ami-0c"));
+        assert_eq!(only_reason(&run(std::slice::from_ref(&tagged_only), &[], &[], 10)), KeepReason::NotFromImage);
+
+        // EC2's description decides candidacy; the tag's AMI, while live or binned, keeps it.
         let mut s = snapshot("snap-01", "ami-0a");
-        s.description = String::new();
         s.tags.push(Tag::new(tags::IMAGE, "ami-0c"));
-        let plan = run(std::slice::from_ref(&s), &[], &[], 10);
-        assert_eq!(plan.to_delete[0].source_image_id, "ami-0c");
-        // Description and tag disagree: the snapshot is kept while either AMI exists.
-        s.description = "Created by CreateImage(i-01) for ami-0a".into();
         assert_eq!(run(std::slice::from_ref(&s), &[], &[], 10).to_delete[0].source_image_id, "ami-0a");
         let live_tagged = [image("ami-0c", &[])];
         assert_eq!(only_reason(&run(std::slice::from_ref(&s), &live_tagged, &[], 10)), KeepReason::SourceImageExists);
@@ -645,6 +679,7 @@ mod tests {
             images_in_recycle_bin: &binned,
             budget: 1,
             memory: &Memory::default(),
+            locked: &no_locks(),
         };
         assert_eq!(plan(&input, &zero).to_delete.len(), 1, "MIN_AGE_HOURS=0 has no grace period");
     }
@@ -713,7 +748,7 @@ mod tests {
         b.size_gib = 20;
         b.start_time = Some(now());
         let plan = run(&[a, b], &[], &[], 10);
-        assert_eq!(plan.unreferenced_manual, ManualSnapshots { count: 2, gib: 120 });
+        assert_eq!(plan.unreferenced_manual, SnapshotTotal { count: 2, gib: 120 });
         assert_eq!(plan.kept, BTreeMap::from([(KeepReason::NotFromImage, 2)]));
     }
 
@@ -732,6 +767,7 @@ mod tests {
             images_in_recycle_bin: &binned,
             budget: 10,
             memory: &seen_long_ago(std::slice::from_ref(&s)),
+            locked: &no_locks(),
         };
         assert_eq!(plan(&input, &policy()).to_delete[0].source_image_id, "ami-0r");
         // But another image that still maps it keeps it.
@@ -778,6 +814,7 @@ mod tests {
             images_in_recycle_bin: &binned,
             budget: 1,
             memory: &memory,
+            locked: &no_locks(),
         };
         let half = Policy { max_delete_fraction: 0.5, ..policy() };
         let tripped = plan(&input, &half);
@@ -853,6 +890,8 @@ mod tests {
             state in prop_oneof![4 => Just("completed"), 1 => Just("pending"), 1 => Just("error")],
             age_hours in prop::option::weighted(0.9, -5i64..100),
             size_gib in 1u64..2000,
+            volume_id in prop_oneof![3 => Just(Some("vol-01")), 1 => Just(Some(super::super::origin::COPY_VOLUME_ID)), 1 => Just(Some("vol-02")), 1 => Just(None)],
+            storage_tier in prop_oneof![4 => Just(Some("standard")), 1 => Just(Some("archive")), 1 => Just(None)],
             description in prop_oneof![
                 (0..AMIS).prop_map(|i| format!("Created by CreateImage(i-0abc) for {}", ami(i))),
                 (0..AMIS).prop_map(|i| format!("Created by CreateImage(i-0abc) for {} from vol-01", ami(i))),
@@ -867,6 +906,7 @@ mod tests {
             ],
             markers in prop::collection::vec(prop_oneof![
                 Just(Tag::new(tags::KEEP, "true")),
+                Just(Tag::new("AMIGUARD:Keep", "")),
                 Just(Tag::new("aws:backup:source-resource", "arn")),
                 Just(Tag::new("aws:dlm:lifecycle-policy-id", "policy-1")),
                 Just(Tag::new("aws:recycle-bin:x", "y")),
@@ -881,6 +921,8 @@ mod tests {
                 start_time: age_hours.map(|h| now() - Duration::hours(h)),
                 size_gib,
                 description,
+                volume_id: volume_id.map(str::to_string),
+                storage_tier: storage_tier.map(str::to_string),
                 tags: markers,
             }
         }
@@ -898,6 +940,8 @@ mod tests {
         /// How many partitions the lookups use (`2^bits`): many, even on a small world.
         partition_bits: u32,
         memory: Memory,
+        /// Snapshots under an EBS snapshot lock.
+        locked: hashbrown::HashSet<Id>,
     }
 
     fn arb_world() -> impl Strategy<Value = World> {
@@ -914,6 +958,7 @@ mod tests {
                 prop::collection::vec(prop::option::weighted(0.6, -5i64..60), 40),
                 prop::collection::btree_map((0..AMIS).prop_map(ami), -5i64..60, 0..3),
                 prop::collection::vec((0usize..40, (0..AMIS).prop_map(ami)), 0..4),
+                prop::collection::btree_set(0usize..40, 0..4),
             ),
         )
             .prop_map(
@@ -928,7 +973,8 @@ mod tests {
                     partition_bits,
                     remembered,
                 )| {
-                    let (first_seen, deregistered, gone_mappings) = remembered;
+                    let (first_seen, deregistered, gone_mappings, locked) = remembered;
+                    let locked = locked.iter().map(|i| Id::from(format!("snap-{i:04x}").as_str())).collect();
                     // Sometimes the listing repeats snapshots (it changed while being paged): the
                     // copies of one id may then disagree.
                     let distinct = if repeats { snapshots.len() / 2 + 1 } else { snapshots.len().max(1) };
@@ -973,6 +1019,7 @@ mod tests {
                         min_age_hours,
                         partition_bits,
                         memory,
+                        locked,
                     }
                 },
             )
@@ -992,6 +1039,7 @@ mod tests {
             images_in_recycle_bin: &world.binned,
             budget: world.budget,
             memory: &world.memory,
+            locked: &world.locked,
         };
         let policy = Policy { min_age: Duration::hours(world.min_age_hours), max_delete_fraction: world.fraction };
         plan_in_partitions(&input, &policy, partition_bits)
@@ -1027,18 +1075,24 @@ mod tests {
                     prop_assert!(!s.description.contains(image), "its AMI {} exists or is in the bin", image);
                     prop_assert!(!s.tags.iter().any(|t| t.key == tags::IMAGE && t.value == image), "its AMI {} exists", image);
                 }
-                prop_assert!(!s.tags.iter().any(|t| t.key == tags::KEEP), "protected");
+                prop_assert!(!s.tags.iter().any(|t| t.key.eq_ignore_ascii_case(tags::KEEP)), "protected, in any letter case");
+                prop_assert!(!world.locked.contains(s.snapshot_id.as_str()), "locked");
+                prop_assert!(s.storage_tier.as_deref().is_none_or(|tier| tier == "standard"), "archived");
                 prop_assert!(!has_key_prefix(s, "aws:backup:") && !s.description.contains("AWS Backup"), "Backup");
                 prop_assert!(!has_key_prefix(s, "aws:dlm:") && !s.description.starts_with("Created for policy"), "DLM");
                 prop_assert!(!has_key_prefix(s, "aws:recycle-bin:"), "Recycle Bin");
                 prop_assert_eq!(s.state.as_str(), "completed");
                 let age = now() - s.start_time.unwrap();
                 prop_assert!(age >= Duration::hours(world.min_age_hours), "too young");
-                let made_for_ami = s.description.starts_with("Created by CreateImage(")
-                    || s.description.starts_with("Copied for DestinationAmi ")
-                    || s.tags.iter().any(|t| t.key == tags::IMAGE)
-                    || world.retired.iter().any(|i| i.snapshot_ids.iter().any(|id| *id == s.snapshot_id));
-                prop_assert!(made_for_ami, "not made for an AMI");
+                // EC2's own words, consistent with the snapshot: a tag alone never makes it
+                // deletable, a copy is judged only by CopyImage's words, and a `from vol-…` must
+                // be its own volume.
+                let copied = s.description.starts_with("Copied for DestinationAmi ");
+                let created = s.description.starts_with("Created by CreateImage(")
+                    && s.volume_id.as_deref() != Some(super::super::origin::COPY_VOLUME_ID)
+                    && (!s.description.contains(" from vol-") || s.description.ends_with(&format!(" from {}", s.volume_id.as_deref().unwrap_or("?"))));
+                let retired = world.retired.iter().any(|i| i.snapshot_ids.iter().any(|id| *id == s.snapshot_id));
+                prop_assert!(copied || created || retired, "not made for an AMI by EC2's own words: {:?}", s);
                 // Orphaned for the grace period by amiguard's own observation: a sighting that
                 // old, or a deregistration of an AMI it names (or was retired with) that old.
                 let min_age = Duration::hours(world.min_age_hours);

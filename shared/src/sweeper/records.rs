@@ -29,14 +29,19 @@ const GONE_AT: &str = "gone_at";
 const LAST_SEEN: &str = "last_seen";
 const SOURCE_IMAGE: &str = "source_image_id";
 const DEREGISTERED_AT: &str = "deregistered_at";
+const IN_BIN: &str = "in_recycle_bin";
+const LEFT_BIN_AT: &str = "left_recycle_bin_at";
 
 /// What the ledger says of one region (for the planner), and what this sweep has to write of
 /// the images it listed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegionMemory {
     pub memory: Memory,
-    /// The image records to write: images new, changed, restored or seen gone for the first time.
+    /// The records to write: images new, changed, restored, seen gone, or entering or leaving the
+    /// Recycle Bin for the first time.
     pub image_writes: Vec<Item>,
+    /// Records that no longer hold: AMI events and orphan clocks of an image listed live again.
+    pub stale: Vec<(String, String)>,
 }
 
 /// A seen image's record.
@@ -47,53 +52,65 @@ fn image_item(region: &str, image_id: &str, snapshots: &[Id], first_seen: DateTi
         .with_time(FIRST_SEEN, first_seen)
 }
 
-/// Reads the region's records and compares them with the images listed now. `previous_run` is
-/// when the last sweep started (an image missing now was last seen then).
+/// Reads the region's records and compares them with what EC2 listed now: the live images, and
+/// the images in the Recycle Bin (empty when the check is off). `previous_run` is when the last
+/// sweep started (an image missing now was last seen then).
+///
+/// The clock of a snapshot whose AMI went away starts at the *latest* evidence of the AMI's
+/// deregistration, never an older one: a record of an image listed live again is stale (it was
+/// restored), and while an image sits in the Recycle Bin its snapshots are kept, so their clock
+/// starts when it leaves the bin, not when it entered.
 pub async fn read_region(
     store: &impl LedgerStore,
     region: &str,
     live_images: &[ImageFacts],
+    binned: &std::collections::BTreeSet<String>,
     now: DateTime<Utc>,
     previous_run: Option<DateTime<Utc>>,
 ) -> Result<RegionMemory, AwsError> {
     let mut region_memory = RegionMemory::default();
-    let (memory, image_writes) = (&mut region_memory.memory, &mut region_memory.image_writes);
+    let RegionMemory { memory, image_writes, stale } = &mut region_memory;
     let live: HashMap<&str, &ImageFacts> = live_images.iter().map(|i| (i.image_id.as_str(), i)).collect();
     let mut recorded: HashSet<Id> = HashSet::new();
+    let mut gone: HashMap<Id, GoneImage> = HashMap::new();
     store
         .query(&keys::seen_images(region), "", &mut |item| {
             let image_id = Id::from(item.sk.as_str());
             let snapshots: Vec<Id> =
                 item.list(SNAPSHOT_IDS).unwrap_or_default().iter().map(|s| Id::from(s.as_str())).collect();
             let first_seen = item.time(FIRST_SEEN).unwrap_or(now);
-            match live.get(image_id.as_str()) {
-                Some(image) => {
-                    // Listed again (or restored from the Recycle Bin): rewrite only if it changed.
-                    if !same_snapshots(&snapshots, &image.snapshot_ids) || item.s(GONE_AT).is_some() {
-                        image_writes.push(image_item(region, &image_id, &image.snapshot_ids, first_seen));
-                    }
+            recorded.insert(image_id.clone());
+            if let Some(image) = live.get(image_id.as_str()) {
+                // Listed again (or restored from the Recycle Bin): rewrite only if it changed.
+                if !same_snapshots(&snapshots, &image.snapshot_ids) || item.s(GONE_AT).is_some() {
+                    image_writes.push(image_item(region, &image_id, &image.snapshot_ids, first_seen));
                 }
-                None => {
-                    let gone_at = match item.time(GONE_AT) {
-                        Some(gone_at) => gone_at,
-                        None => {
-                            let last_seen = previous_run.unwrap_or(first_seen).max(first_seen);
-                            image_writes.push(
-                                image_item(region, &image_id, &snapshots, first_seen)
-                                    .with_time(GONE_AT, now)
-                                    .with_time(LAST_SEEN, last_seen)
-                                    .with_n(TTL_ATTRIBUTE, (now + KEEP_GONE).timestamp()),
-                            );
-                            now
-                        }
-                    };
-                    memory.deregistered_at.insert(image_id.clone(), gone_at);
-                    for snapshot in snapshots {
-                        memory.mapped_by_gone_images.entry(snapshot).or_default().push(image_id.clone());
-                    }
-                }
+                return;
             }
-            recorded.insert(image_id);
+            let in_bin = binned.contains(image_id.as_str());
+            let was_in_bin = item.bool(IN_BIN).unwrap_or(false);
+            let image = GoneImage {
+                gone_at: item.time(GONE_AT).unwrap_or(now),
+                // Listed by the sweep before: it was live then (or when first seen, if later).
+                last_live: item.time(LAST_SEEN).unwrap_or_else(|| previous_run.unwrap_or(first_seen).max(first_seen)),
+                left_bin_at: if was_in_bin && !in_bin { Some(now) } else { item.time(LEFT_BIN_AT) },
+                binned: in_bin || was_in_bin || item.time(LEFT_BIN_AT).is_some(),
+            };
+            if item.s(GONE_AT).is_none() || in_bin != was_in_bin {
+                let mut record = image_item(region, &image_id, &snapshots, first_seen)
+                    .with_time(GONE_AT, image.gone_at)
+                    .with_time(LAST_SEEN, image.last_live)
+                    .with(IN_BIN, crate::ledger::Value::Bool(in_bin))
+                    .with_n(TTL_ATTRIBUTE, (now + KEEP_GONE).timestamp());
+                if let Some(left) = image.left_bin_at {
+                    record = record.with_time(LEFT_BIN_AT, left);
+                }
+                image_writes.push(record);
+            }
+            for snapshot in snapshots {
+                memory.mapped_by_gone_images.entry(snapshot).or_default().push(image_id.clone());
+            }
+            gone.insert(image_id, image);
         })
         .await?;
     for image in live_images {
@@ -102,23 +119,79 @@ pub async fn read_region(
             image_writes.push(image_item(region, &image.image_id, &image.snapshot_ids, now));
         }
     }
+    // A binned image the sweeper never listed (made and deregistered between two sweeps): its
+    // record says it was in the bin, so that its deregistration event is never its clock.
+    for image_id in binned.iter().filter(|id| !recorded.contains(id.as_str())) {
+        image_writes.push(
+            image_item(region, image_id, &[], now)
+                .with_time(GONE_AT, now)
+                .with_time(LAST_SEEN, now)
+                .with(IN_BIN, crate::ledger::Value::Bool(true))
+                .with_n(TTL_ATTRIBUTE, (now + KEEP_GONE).timestamp()),
+        );
+        gone.insert(
+            Id::from(image_id.as_str()),
+            GoneImage { gone_at: now, last_live: now, left_bin_at: None, binned: true },
+        );
+    }
 
     store
         .query(&keys::orphans(region), "", &mut |item| {
-            if let Some(first_seen) = item.time(FIRST_SEEN) {
-                memory.orphaned_since.insert(Id::from(item.sk.as_str()), first_seen);
+            let Some(first_seen) = item.time(FIRST_SEEN) else { return };
+            if item.s(SOURCE_IMAGE).is_some_and(|image| live.contains_key(image)) {
+                // Its AMI is listed again: that clock belonged to an earlier absence.
+                stale.push((item.pk.clone(), item.sk.clone()));
+                return;
             }
+            memory.orphaned_since.insert(Id::from(item.sk.as_str()), first_seen);
         })
         .await?;
+    let mut events: HashMap<Id, DateTime<Utc>> = HashMap::new();
     store
         .query(&keys::ami_events(region), "", &mut |item| {
-            if let Some(at) = item.time(DEREGISTERED_AT) {
-                let known = memory.deregistered_at.entry(Id::from(item.sk.as_str())).or_insert(at);
-                *known = (*known).min(at);
+            if live.contains_key(item.sk.as_str()) {
+                stale.push((item.pk.clone(), item.sk.clone()));
+            } else if let Some(at) = item.time(DEREGISTERED_AT) {
+                events.insert(Id::from(item.sk.as_str()), at);
             }
         })
         .await?;
+    for (image_id, image) in &gone {
+        memory.deregistered_at.insert(image_id.clone(), image.deregistered_at(events.get(image_id).copied()));
+    }
+    for (image_id, at) in events {
+        // An event for an image the sweeper never recorded is all there is.
+        memory.deregistered_at.entry(image_id).or_insert(at);
+    }
     Ok(region_memory)
+}
+
+/// What the ledger says of an own image that is gone.
+struct GoneImage {
+    /// The sweep that first found it missing.
+    gone_at: DateTime<Utc>,
+    /// The last sweep that listed it: it was registered then.
+    last_live: DateTime<Utc>,
+    /// The sweep that first found it out of the Recycle Bin again.
+    left_bin_at: Option<DateTime<Utc>>,
+    /// It was (or is) in the Recycle Bin.
+    binned: bool,
+}
+
+impl GoneImage {
+    /// When the image went away, by the latest evidence. A deregistration event counts only if it
+    /// happened after the image was last seen registered (an older one is from before a restore);
+    /// an image that was in the Recycle Bin went away when it left the bin, since its snapshots
+    /// were kept while it was there.
+    fn deregistered_at(&self, event: Option<DateTime<Utc>>) -> DateTime<Utc> {
+        if self.binned {
+            return self.left_bin_at.unwrap_or(self.gone_at).max(self.gone_at);
+        }
+        match event {
+            Some(at) if at >= self.last_live && at <= self.gone_at => at,
+            _ => self.gone_at,
+        }
+    }
 }
 
 fn same_snapshots(recorded: &[Id], listed: &[Id]) -> bool {
@@ -167,8 +240,9 @@ pub fn orphan_key(region: &str, snapshot_id: &str) -> (String, String) {
     (keys::orphans(region), snapshot_id.to_string())
 }
 
-/// Records an `EC2 AMI State Change` to `deregistered`. The first event for an image wins
-/// (EventBridge may deliver one twice): answers whether this one was new.
+/// Records an `EC2 AMI State Change` to `deregistered`. The latest deregistration wins (an AMI
+/// restored from the Recycle Bin and deregistered again starts a new clock); a redelivered or an
+/// older event changes nothing. Answers whether this one was written.
 pub async fn record_deregistration(
     store: &impl LedgerStore,
     region: &str,
@@ -178,9 +252,14 @@ pub async fn record_deregistration(
     let item = Item::new(keys::ami_events(region), image_id)
         .with_s("kind", "ami-event")
         .with_time(DEREGISTERED_AT, at)
+        .with_n(EVENT_EPOCH, at.timestamp())
         .with_n(TTL_ATTRIBUTE, (at + KEEP_GONE).timestamp());
-    Ok(store.put(&item, &Condition::Absent).await? == Written::Yes)
+    let newer = Condition::AbsentOrBelow { attribute: EVENT_EPOCH, value: at.timestamp() };
+    Ok(store.put(&item, &newer).await? == Written::Yes)
 }
+
+/// The event's time as a number, for the "later wins" condition.
+const EVENT_EPOCH: &str = "deregistered_epoch";
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -204,6 +283,7 @@ mod tests {
             creation_date: None,
             last_launched_time: None,
             public: false,
+            deregistration_protection: None,
             snapshot_ids: snapshots.iter().map(|s| Id::from(*s)).collect(),
             tags: vec![],
         }
@@ -215,8 +295,20 @@ mod tests {
         now: DateTime<Utc>,
         previous: Option<DateTime<Utc>>,
     ) -> RegionMemory {
-        let memory = read_region(store, REGION, images, now, previous).await.unwrap();
-        store.write_batch(memory.image_writes.clone(), vec![]).await.unwrap();
+        sweep_binned(store, images, &[], now, previous).await
+    }
+
+    /// What a sweep reads and writes of the images, with `binned` in the Recycle Bin.
+    async fn sweep_binned(
+        store: &MemoryLedger,
+        images: &[ImageFacts],
+        binned: &[&str],
+        now: DateTime<Utc>,
+        previous: Option<DateTime<Utc>>,
+    ) -> RegionMemory {
+        let binned: std::collections::BTreeSet<String> = binned.iter().map(|s| s.to_string()).collect();
+        let memory = read_region(store, REGION, images, &binned, now, previous).await.unwrap();
+        store.write_batch(memory.image_writes.clone(), memory.stale.clone()).await.unwrap();
         memory
     }
 
@@ -235,6 +327,7 @@ mod tests {
         assert_eq!(gone.image_writes.len(), 1);
         let record = store.get(&keys::seen_images(REGION), "ami-0a").unwrap();
         assert_eq!((record.time(GONE_AT), record.time(LAST_SEEN)), (Some(t(48)), Some(t(25))));
+        assert_eq!(record.bool(IN_BIN), Some(false));
         assert_eq!(record.time(FIRST_SEEN), Some(t(0)));
         assert_eq!(record.n(TTL_ATTRIBUTE), Some((t(48) + KEEP_GONE).timestamp()));
         assert_eq!(gone.memory.mapped_by_gone_images.get("snap-1").map(Vec::len), Some(1));
@@ -254,14 +347,64 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_ami_event_counts_once_and_the_earliest_time_wins() {
+    async fn the_latest_deregistration_event_counts_and_a_redelivery_changes_nothing() {
         let store = MemoryLedger::new();
-        assert!(record_deregistration(&store, REGION, "ami-0a", t(5)).await.unwrap());
-        assert!(!record_deregistration(&store, REGION, "ami-0a", t(6)).await.unwrap(), "a redelivery is not new");
         let images = [image("ami-0a", &["snap-1"])];
         sweep(&store, &images, t(0), None).await;
+        assert!(record_deregistration(&store, REGION, "ami-0a", t(5)).await.unwrap());
+        assert!(!record_deregistration(&store, REGION, "ami-0a", t(5)).await.unwrap(), "a redelivery is not new");
+        assert!(!record_deregistration(&store, REGION, "ami-0a", t(4)).await.unwrap(), "an older event is not news");
         let memory = sweep(&store, &[], t(10), Some(t(0))).await;
         assert_eq!(memory.memory.deregistered_at.get("ami-0a"), Some(&t(5)), "the event is earlier than the sweep");
+    }
+
+    #[tokio::test]
+    async fn a_restored_image_invalidates_its_old_clocks() {
+        let store = MemoryLedger::new();
+        let images = [image("ami-0a", &["snap-1"])];
+        sweep(&store, &images, t(0), None).await;
+        record_deregistration(&store, REGION, "ami-0a", t(1)).await.unwrap();
+        sweep(&store, &[], t(24), Some(t(0))).await;
+        store.insert(
+            Item::new(keys::orphans(REGION), "snap-1").with_time(FIRST_SEEN, t(24)).with_s(SOURCE_IMAGE, "ami-0a"),
+        );
+        // Restored from the Recycle Bin: the event and the orphan record are stale, and go.
+        let restored = sweep(&store, &images, t(48), Some(t(24))).await;
+        assert_eq!(restored.stale.len(), 2, "{:?}", restored.stale);
+        assert!(restored.memory.orphaned_since.is_empty() && restored.memory.deregistered_at.is_empty());
+        assert!(store.partition(&keys::ami_events(REGION)).is_empty());
+        // Deregistered again, with the event lost: the clock starts at this sweep, not at day 0.
+        let again = sweep(&store, &[], t(72), Some(t(48))).await;
+        assert_eq!(again.memory.deregistered_at.get("ami-0a"), Some(&t(72)));
+        // An event older than the last sweep that listed the image is from an earlier absence.
+        store.insert(
+            Item::new(keys::ami_events(REGION), "ami-0a").with_time(DEREGISTERED_AT, t(1)).with_n(EVENT_EPOCH, 0),
+        );
+        let with_old_event = sweep(&store, &[], t(96), Some(t(72))).await;
+        assert_eq!(with_old_event.memory.deregistered_at.get("ami-0a"), Some(&t(72)));
+    }
+
+    #[tokio::test]
+    async fn an_image_in_the_recycle_bin_starts_its_snapshots_clock_when_it_leaves() {
+        let store = MemoryLedger::new();
+        sweep(&store, &[image("ami-0a", &["snap-1"])], t(0), None).await;
+        record_deregistration(&store, REGION, "ami-0a", t(1)).await.unwrap();
+        let binned = sweep_binned(&store, &[], &["ami-0a"], t(24), Some(t(0))).await;
+        assert_eq!(binned.image_writes.len(), 1, "entering the bin is written once");
+        assert!(sweep_binned(&store, &[], &["ami-0a"], t(48), Some(t(24))).await.image_writes.is_empty());
+        // Seven days later the bin lets it go for good: the clock starts now, not at the event.
+        let left = sweep_binned(&store, &[], &[], t(24 * 8), Some(t(48))).await;
+        assert_eq!(left.image_writes.len(), 1, "leaving the bin is written once");
+        assert_eq!(left.memory.deregistered_at.get("ami-0a"), Some(&t(24 * 8)));
+        let later = sweep_binned(&store, &[], &[], t(24 * 9), Some(t(24 * 8))).await;
+        assert!(later.image_writes.is_empty());
+        assert_eq!(later.memory.deregistered_at.get("ami-0a"), Some(&t(24 * 8)));
+        // An image the sweeper never listed, binned: recorded as binned, its event ignored.
+        record_deregistration(&store, REGION, "ami-0b", t(24 * 9)).await.unwrap();
+        let unseen = sweep_binned(&store, &[], &["ami-0b"], t(24 * 10), Some(t(24 * 9))).await;
+        assert_eq!(unseen.image_writes.len(), 1);
+        let out = sweep_binned(&store, &[], &[], t(24 * 20), Some(t(24 * 10))).await;
+        assert_eq!(out.memory.deregistered_at.get("ami-0b"), Some(&t(24 * 20)));
     }
 
     #[test]

@@ -215,6 +215,7 @@ mod tests {
             creation_date: Some(now() - Duration::days(age_days)),
             last_launched_time: None,
             public: false,
+            deregistration_protection: None,
             snapshot_ids: vec![format!("snap-{}", &id[4..]).into()],
             tags: vec![],
         }

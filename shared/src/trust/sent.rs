@@ -10,7 +10,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use crate::error::AwsError;
-use crate::ledger::lease::OWNER;
+use crate::ledger::lease::{self, Acquired, Lease, OWNER};
 use crate::ledger::store::{query_all, Condition, Item, LedgerStore, Written};
 use crate::ledger::{keys, TTL_ATTRIBUTE};
 
@@ -25,13 +25,9 @@ const STATE: &str = "state";
 const SENDING: &str = "sending";
 const SENT: &str = "sent";
 
-/// A claim this delivery holds: it must publish, then [`confirm`] (or [`release`] on failure).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlertClaim {
-    pk: String,
-    sk: String,
-    owner: String,
-}
+/// A claim this delivery holds (a lease on the alert's record): it must publish, then
+/// [`confirm`] (or [`release`] on failure).
+pub type AlertClaim = Lease;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -58,18 +54,12 @@ pub async fn claim(
     now: DateTime<Utc>,
 ) -> Result<Claim, AwsError> {
     let (pk, sk) = key(region, instance_id, image_id);
-    let item = Item::new(&pk, &sk)
-        .with_s("kind", "alert")
-        .with_s(STATE, SENDING)
-        .with_s(OWNER, owner)
-        .with_s("image_id", image_id)
-        .with_n(TTL_ATTRIBUTE, (now + CLAIM_DURATION).timestamp());
+    let item = Item::new(&pk, &sk).with_s("kind", "alert").with_s(STATE, SENDING).with_s("image_id", image_id);
     // A claim or a sent record past its expiry is free again.
-    let free = Condition::AbsentOrBelow { attribute: TTL_ATTRIBUTE, value: now.timestamp() };
-    if store.put(&item, &free).await? == Written::Yes {
-        return Ok(Claim::Claimed(AlertClaim { pk, sk, owner: owner.to_string() }));
+    match lease::acquire_item(store, item, owner, now, CLAIM_DURATION).await? {
+        Acquired::Held(claim) => Ok(Claim::Claimed(claim)),
+        Acquired::Busy => state(store, region, instance_id, image_id).await,
     }
-    state(store, region, instance_id, image_id).await
 }
 
 /// What the ledger says of the alert now.
@@ -116,8 +106,7 @@ pub async fn confirm(
 
 /// Gives the claim back after a failed publish, so that the retry alerts at once.
 pub async fn release(store: &impl LedgerStore, claim: &AlertClaim) -> Result<(), AwsError> {
-    let ours = Condition::Equals { attribute: OWNER, value: claim.owner.clone() };
-    store.delete(&claim.pk, &claim.sk, &ours).await.map(|_| ())
+    lease::release(store, claim).await
 }
 
 #[cfg(test)]
