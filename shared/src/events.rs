@@ -25,6 +25,24 @@ impl From<EventError> for lambda_runtime::Diagnostic {
     }
 }
 
+/// Who sends a `Scheduled Event`: an EventBridge schedule rule, or EventBridge Scheduler (SAM's
+/// `ScheduleV2`). `aws.*` sources can only come from AWS: PutEvents refuses them.
+pub const SCHEDULE_SOURCES: [&str; 2] = ["aws.events", "aws.scheduler"];
+
+/// The `detail` of a scheduled event as an object: EventBridge rules send an object, EventBridge
+/// Scheduler a string holding one (`"{}"`). Anything else is malformed.
+pub fn scheduled_detail(detail: serde_json::Value) -> Result<serde_json::Map<String, serde_json::Value>, EventError> {
+    let object = match detail {
+        serde_json::Value::String(text) => serde_json::from_str(&text)
+            .map_err(|e| EventError::Malformed(format!("detail: a string that is not a JSON object ({e})")))?,
+        other => other,
+    };
+    match object {
+        serde_json::Value::Object(map) => Ok(map),
+        other => Err(EventError::Malformed(format!("detail: expected a JSON object, got {}", kind(&other)))),
+    }
+}
+
 /// Parses an EventBridge envelope whose `detail` has the shape `T`. The error says which field
 /// is missing or of the wrong type (serde's message, which names it).
 pub fn parse_envelope<T>(payload: &serde_json::Value) -> Result<EventBridgeEvent<T>, EventError>
@@ -64,6 +82,16 @@ mod tests {
     struct Detail {
         #[serde(rename = "instance-id")]
         instance_id: String,
+    }
+
+    #[test]
+    fn a_scheduled_detail_is_an_object_or_a_string_holding_one() {
+        assert_eq!(scheduled_detail(json!({"dry_run": true})).unwrap()["dry_run"], json!(true));
+        assert!(scheduled_detail(json!("{}")).unwrap().is_empty(), "EventBridge Scheduler's");
+        assert_eq!(scheduled_detail(json!("{\"dry_run\": true}")).unwrap()["dry_run"], json!(true));
+        for bad in [json!("[]"), json!("not json"), json!(""), json!(7), json!(null), json!([1])] {
+            assert!(matches!(scheduled_detail(bad.clone()), Err(EventError::Malformed(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -77,6 +77,8 @@ impl<L: LedgerStore> Run<'_, L> {
                     }
                     Deletion::Failed(failed) => {
                         ended.push(entry.failed(&failed.code, &failed.message));
+                        // Still an orphan, on the same clock; the next runs try it after the others.
+                        ended.push(records::failed_orphan(region, orphan, &failed.code, self.invocation.clock()));
                         report.failed.push(failed);
                     }
                     Deletion::NotStarted => {

@@ -1,8 +1,8 @@
-//! The events the sweeper answers: the scheduled sweep, and `EC2 AMI State Change` events, whose
-//! `deregistered` state starts the grace clock of that AMI's snapshots. Anything else is refused
-//! before any AWS call.
+//! The events the sweeper answers: the scheduled sweep (from an EventBridge schedule rule or from
+//! EventBridge Scheduler), and `EC2 AMI State Change` events, whose `deregistered` state starts the
+//! grace clock of that AMI's snapshots. Anything else is refused before any AWS call.
 
-use amiguard::events::{parse_envelope, EventError};
+use amiguard::events::{parse_envelope, scheduled_detail, EventError, SCHEDULE_SOURCES};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -38,8 +38,18 @@ pub fn parse(payload: &serde_json::Value) -> Result<SweepEvent, EventError> {
     let detail_type = payload.get("detail-type");
     match detail_type.and_then(|d| d.as_str()) {
         Some(SCHEDULED_EVENT) => {
-            let event = parse_envelope::<ScheduledDetail>(payload)?;
-            Ok(SweepEvent::Sweep { account_id: account(event.account)?, detail: event.detail })
+            let event = parse_envelope::<serde_json::Value>(payload)?;
+            if !SCHEDULE_SOURCES.contains(&event.source.as_str()) {
+                return Err(EventError::Unexpected(format!(
+                    "`{SCHEDULED_EVENT}` from {}: only a schedule ({}) starts a sweep",
+                    event.source,
+                    SCHEDULE_SOURCES.join(" or ")
+                )));
+            }
+            let detail = scheduled_detail(event.detail)?;
+            let detail: ScheduledDetail = serde_json::from_value(serde_json::Value::Object(detail))
+                .map_err(|e| EventError::Malformed(format!("detail: {e}")))?;
+            Ok(SweepEvent::Sweep { account_id: account(event.account)?, detail })
         }
         Some(AMI_STATE_CHANGE) => {
             let event = parse_envelope::<AmiStateChangeDetail>(payload)?;

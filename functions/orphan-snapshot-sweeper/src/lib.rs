@@ -419,6 +419,8 @@ impl<L: LedgerStore> Run<'_, L> {
         }
         *budget = budget.saturating_sub(plan.to_delete.len() as u64);
         report.fill_from_plan(&plan, self.config.price_per_gb_month);
+        report.orphans_failed_before =
+            plan.orphans.iter().filter(|o| memory.failed_before.contains(o.snapshot_id.as_str())).count() as u64;
         if !self.dry_run {
             self.delete(region, ec2, &plan.to_delete, &memory.orphaned_since, &mut report, warnings).await;
         }

@@ -78,9 +78,11 @@ pub struct RegionReport {
     pub region: String,
     pub snapshots_scanned: u64,
     pub images_scanned: u64,
-    /// Every orphan past its grace period, oldest first (also those beyond the cap or held by
-    /// the breaker).
+    /// Every orphan past its grace period, oldest first, those whose deletion failed in an
+    /// earlier run last (also those beyond the cap or held by the breaker).
     pub orphans: Vec<Orphan>,
+    /// How many of `orphans` failed to delete in an earlier run (they queue behind the others).
+    pub orphans_failed_before: u64,
     /// Orphans in their grace period, with the time each becomes deletable (soonest first).
     pub waiting: Vec<WaitingOrphan>,
     /// How many of the orphans this run set out to delete (in a dry run: would delete).
@@ -122,6 +124,7 @@ impl RegionReport {
             snapshots_scanned: 0,
             images_scanned: 0,
             orphans: Vec::new(),
+            orphans_failed_before: 0,
             waiting: Vec::new(),
             planned_deletions: 0,
             deleted: Vec::new(),

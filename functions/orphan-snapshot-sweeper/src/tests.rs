@@ -285,6 +285,7 @@ fn the_sample_events_are_scheduled_events() {
         include_str!("../../../events/orphan-snapshot-sweeper.scheduled.json"),
         include_str!("../../../events/orphan-snapshot-sweeper.custom-detail.json"),
         include_str!("../../../events/orphan-snapshot-sweeper.dry-run.json"),
+        include_str!("../../../events/orphan-snapshot-sweeper.scheduler.json"),
     ] {
         let payload: Value = serde_json::from_str(sample).unwrap();
         let Ok(event::SweepEvent::Sweep { account_id, .. }) = event::parse(&payload) else { panic!("{sample}") };
@@ -294,6 +295,35 @@ fn the_sample_events_are_scheduled_events() {
         serde_json::from_str(include_str!("../../../events/orphan-snapshot-sweeper.dry-run.json")).unwrap();
     let Ok(event::SweepEvent::Sweep { detail, .. }) = event::parse(&dry) else { panic!("not a sweep") };
     assert_eq!(detail.dry_run, Some(true));
+}
+
+#[tokio::test]
+async fn an_eventbridge_scheduler_payload_sweeps_and_a_scheduled_event_from_elsewhere_is_refused() {
+    let scheduler: Value =
+        serde_json::from_str(include_str!("../../../events/orphan-snapshot-sweeper.scheduler.json")).unwrap();
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
+    let sns = FakeSns::default();
+    let report = sweep_with(&config(), &regions, &sns, &scheduler, invocation()).await.unwrap();
+    assert_eq!(report.regions[0].deleted, ["snap-01"], "the detail \"{{}}\" as a string is an empty detail");
+
+    // Its detail, a string, can force a dry run like an object can.
+    let mut drier = scheduler.clone();
+    drier["detail"] = json!("{\"dry_run\": true}");
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
+    let report = sweep_with(&config(), &regions, &sns, &drier, invocation()).await.unwrap();
+    assert!(report.dry_run && report.regions[0].deleted.is_empty());
+    assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty());
+
+    // A `Scheduled Event` from any other source is not a schedule (custom sources can send that
+    // detail-type through PutEvents).
+    let mut forged = event(json!({}));
+    forged["source"] = json!("my.app");
+    let err = sweep_with(&config(), &regions, &sns, &forged, invocation()).await.unwrap_err();
+    assert!(matches!(err, SweepError::Event(EventError::Unexpected(ref m)) if m.contains("my.app")), "{err:?}");
+    let mut not_an_object = scheduler;
+    not_an_object["detail"] = json!("[]");
+    let err = sweep_with(&config(), &regions, &sns, &not_an_object, invocation()).await.unwrap_err();
+    assert!(matches!(err, SweepError::Event(EventError::Malformed(_))), "{err:?}");
 }
 
 // ---- deciding and acting ----
@@ -486,6 +516,43 @@ async fn the_summary_goes_to_the_topic_and_a_failed_publish_is_only_a_warning() 
     let report = sweep_with(&config(), &regions, &sns, &event(json!({})), invocation()).await.unwrap();
     assert_eq!(report.summary_published, None);
     assert_eq!(sns.published.lock().unwrap().len(), 1, "no topic, no publish");
+}
+
+#[tokio::test]
+async fn orphans_that_always_fail_queue_behind_fresh_ones_instead_of_starving_the_cap() {
+    // Two old orphans EC2 refuses to delete (an SCP, a lock the listing did not show yet), and
+    // MAX_DELETIONS=2: oldest first, they take the whole cap on the first run.
+    let mut stuck = vec![orphan("snap-01"), orphan("snap-02")];
+    for s in &mut stuck {
+        s.start_time = Some(now() - chrono::Duration::days(300));
+    }
+    let fresh = vec![orphan("snap-03"), orphan("snap-04")];
+    let listing: Vec<SnapshotListing> = stuck.iter().chain(&fresh).cloned().collect();
+    let refusing = || {
+        let mut ec2 = FakeEc2::with(listing.clone(), vec![]);
+        for id in ["snap-01", "snap-02"] {
+            ec2.delete_errors.insert(id.into(), "UnauthorizedOperation".into());
+        }
+        ec2
+    };
+    let capped = Config { max_deletions: 2, ..config() };
+    let ledger = ledger_seen("us-east-1", listing.iter().map(|s| s.snapshot_id.clone()));
+    let (first, ec2) = sweep_in(&capped, refusing(), &ledger, now()).await;
+    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-01", "snap-02"]);
+    assert_eq!(first.regions[0].failed.len(), 2);
+
+    // The next run remembers the failures: the fresh orphans get the cap, the stuck ones wait.
+    let (second, ec2) = sweep_in(&capped, refusing(), &ledger, now() + chrono::Duration::hours(24)).await;
+    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-03", "snap-04"]);
+    let region = &second.regions[0];
+    assert_eq!(region.deleted, ["snap-03", "snap-04"]);
+    assert_eq!(region.orphans_failed_before, 2);
+    let order: Vec<&str> = region.orphans.iter().map(|o| o.snapshot_id.as_str()).collect();
+    assert_eq!(order, ["snap-03", "snap-04", "snap-01", "snap-02"]);
+    assert_eq!(region.kept.get(&KeepReason::OverCap), Some(&2));
+    // Their clock went on: they are orphans since the ledger first saw them, not since the failure.
+    let since = now() - chrono::Duration::days(SEEN_ORPHANED_DAYS);
+    assert!(region.orphans.iter().all(|o| o.orphaned_since == since), "{:?}", region.orphans);
 }
 
 // ---- retiring unused AMIs ----

@@ -60,6 +60,9 @@ pub struct Memory {
     /// For a snapshot that images now gone mapped (EC2's own block-device mappings, as the
     /// ledger recorded them): those images. One of them in the Recycle Bin keeps the snapshot.
     pub mapped_by_gone_images: HashMap<Id, Vec<Id>>,
+    /// Orphans whose deletion failed in an earlier run (refused, in use): they queue behind the
+    /// others, so that a few that always fail never use up `MAX_DELETIONS` run after run.
+    pub failed_before: hashbrown::HashSet<Id>,
 }
 
 /// Why a snapshot is kept. One reason per snapshot, the first that applies in this order.
@@ -143,15 +146,16 @@ pub struct Plan {
     pub snapshots_scanned: u64,
     /// Of those, the ones owned by the account (the circuit breaker's denominator).
     pub own_snapshots: u64,
-    /// Every orphan past its grace period, oldest first, before the cap and the circuit breaker.
+    /// Every orphan past its grace period, oldest first (those whose deletion failed in an
+    /// earlier run after all others), before the cap and the circuit breaker.
     pub orphans: Vec<Orphan>,
     /// Orphans still in their grace period (counted as kept `too_young`), the soonest deletable
     /// first. With `orphans`, every snapshot the ledger's grace clock follows.
     pub waiting: Vec<Orphan>,
     /// The grace period, to say when each waiting orphan becomes deletable.
     pub min_age: Duration,
-    /// The orphans to delete in this run: the oldest ones, within the budget, unless the
-    /// circuit breaker tripped.
+    /// The orphans to delete in this run: the first ones of `orphans`, within the budget, unless
+    /// the circuit breaker tripped.
     pub to_delete: Vec<Orphan>,
     /// Every snapshot not in `to_delete`, counted by reason.
     pub kept: BTreeMap<KeepReason, u64>,
@@ -246,6 +250,12 @@ fn plan_in_partitions(input: &PlanInput<'_>, policy: &Policy, bits: u32) -> Plan
     }
     // Ids are distinct here, so the order is total and the same whatever the input order.
     sort_oldest_first(&mut plan.orphans);
+    if !input.memory.failed_before.is_empty() {
+        let (failed, fresh): (Vec<Orphan>, Vec<Orphan>) =
+            plan.orphans.drain(..).partition(|o| input.memory.failed_before.contains(o.snapshot_id.as_str()));
+        plan.orphans = fresh;
+        plan.orphans.extend(failed);
+    }
     plan.waiting.sort_by(|a, b| (a.orphaned_since, &a.snapshot_id).cmp(&(b.orphaned_since, &b.snapshot_id)));
     plan.reclaimable_gib = plan.orphans.iter().map(|o| o.size_gib).sum();
 
@@ -651,6 +661,23 @@ mod tests {
         let live_tagged = [image("ami-0c", &[])];
         assert_eq!(only_reason(&run(std::slice::from_ref(&s), &live_tagged, &[], 10)), KeepReason::SourceImageExists);
         assert_eq!(only_reason(&run(&[s], &[], &["ami-0c"], 10)), KeepReason::SourceImageInRecycleBin);
+    }
+
+    #[test]
+    fn orphans_that_failed_before_queue_behind_fresh_ones() {
+        let mut older = snapshot("snap-01", "ami-0a");
+        older.start_time = Some(now() - Duration::days(300));
+        let newer = snapshot("snap-02", "ami-0b");
+        let both = [older, newer];
+        let mut memory = seen_long_ago(&both);
+        assert_eq!(run_with(&both, &[], &[], 1, &memory).to_delete[0].snapshot_id, "snap-01", "oldest first");
+        memory.failed_before.insert(Id::from("snap-01"));
+        let plan = run_with(&both, &[], &[], 1, &memory);
+        assert_eq!(plan.to_delete.iter().map(|o| o.snapshot_id.as_str()).collect::<Vec<_>>(), ["snap-02"]);
+        assert_eq!(plan.orphans.iter().map(|o| o.snapshot_id.as_str()).collect::<Vec<_>>(), ["snap-02", "snap-01"]);
+        assert_eq!(plan.kept.get(&KeepReason::OverCap), Some(&1));
+        // With room for both, it is tried again, last.
+        assert_eq!(run_with(&both, &[], &[], 10, &memory).to_delete.len(), 2);
     }
 
     #[test]

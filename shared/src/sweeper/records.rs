@@ -31,6 +31,8 @@ const SOURCE_IMAGE: &str = "source_image_id";
 const DEREGISTERED_AT: &str = "deregistered_at";
 const IN_BIN: &str = "in_recycle_bin";
 const LEFT_BIN_AT: &str = "left_recycle_bin_at";
+const FAILED_AT: &str = "delete_failed_at";
+const FAILED_CODE: &str = "delete_failed_code";
 
 /// What the ledger says of one region (for the planner), and what this sweep has to write of
 /// the images it listed.
@@ -143,6 +145,9 @@ pub async fn read_region(
                 stale.push((item.pk.clone(), item.sk.clone()));
                 return;
             }
+            if item.time(FAILED_AT).is_some() {
+                memory.failed_before.insert(Id::from(item.sk.as_str()));
+            }
             memory.orphaned_since.insert(Id::from(item.sk.as_str()), first_seen);
         })
         .await?;
@@ -233,6 +238,18 @@ pub fn orphan_writes(
         .map(|id| (pk.clone(), id.to_string()))
         .collect();
     (puts, deletes)
+}
+
+/// The orphan record of a snapshot whose deletion failed: its clock goes on (it is still an orphan
+/// since then), and the failure makes it queue behind the others in the next runs.
+pub fn failed_orphan(region: &str, orphan: &Orphan, code: &str, at: DateTime<Utc>) -> Item {
+    Item::new(keys::orphans(region), orphan.snapshot_id.as_str())
+        .with_s("kind", "orphan")
+        .with_time(FIRST_SEEN, orphan.orphaned_since)
+        .with_s(SOURCE_IMAGE, orphan.source_image_id.as_str())
+        .with_time(FAILED_AT, at)
+        .with_s(FAILED_CODE, code)
+        .with_n(TTL_ATTRIBUTE, (at + KEEP_ORPHAN_RECORD).timestamp())
 }
 
 /// The key of a deleted snapshot's orphan record (deleted with its journal entry).
@@ -405,6 +422,24 @@ mod tests {
         assert_eq!(unseen.image_writes.len(), 1);
         let out = sweep_binned(&store, &[], &[], t(24 * 20), Some(t(24 * 10))).await;
         assert_eq!(out.memory.deregistered_at.get("ami-0b"), Some(&t(24 * 20)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_deletion_keeps_the_clock_and_queues_the_snapshot_behind_the_others() {
+        let store = MemoryLedger::new();
+        let orphan = Orphan {
+            snapshot_id: "snap-1".into(),
+            size_gib: 1,
+            source_image_id: "ami-0a".into(),
+            start_time: t(-100),
+            orphaned_since: t(-30),
+        };
+        store.insert(failed_orphan(REGION, &orphan, "InvalidSnapshot.InUse", t(0)));
+        let read = sweep(&store, &[], t(24), Some(t(0))).await;
+        assert_eq!(read.memory.orphaned_since.get("snap-1"), Some(&t(-30)), "the clock goes on");
+        assert!(read.memory.failed_before.contains("snap-1"));
+        let item = &store.partition(&keys::orphans(REGION))[0];
+        assert_eq!(item.s(FAILED_CODE), Some("InvalidSnapshot.InUse"));
     }
 
     #[test]

@@ -83,10 +83,8 @@ pub fn parse(payload: &serde_json::Value) -> Result<TriggerEvent, EventError> {
             cloudtrail(detail(envelope.detail)?)?
         }
         SCHEDULED_EVENT => {
-            expect_source(source, &["aws.events", "aws.scheduler"])?;
-            if !envelope.detail.is_object() {
-                return Err(EventError::Malformed("detail: expected a JSON object".to_string()));
-            }
+            expect_source(source, &crate::events::SCHEDULE_SOURCES)?;
+            crate::events::scheduled_detail(envelope.detail)?;
             Trigger::Audit
         }
         other => {
@@ -229,6 +227,11 @@ mod tests {
             &json!({"detail-type": SCHEDULED_EVENT, "source": "aws.scheduler", "account": "", "detail": {"x": 1}}),
         );
         assert_eq!(blank.unwrap().account, None);
+        // EventBridge Scheduler sends the detail as a string holding the object.
+        let scheduler = parse(&json!({"detail-type": SCHEDULED_EVENT, "source": "aws.scheduler", "detail": "{}"}));
+        assert_eq!(scheduler.unwrap().trigger, Trigger::Audit);
+        let not_an_object = parse(&json!({"detail-type": SCHEDULED_EVENT, "source": "aws.scheduler", "detail": "[]"}));
+        assert!(matches!(not_an_object, Err(EventError::Malformed(_))));
     }
 
     #[test]
