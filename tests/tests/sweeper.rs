@@ -521,6 +521,71 @@ async fn unused_amis_are_retired_then_their_snapshots_swept() {
     assert!(!snapshots.contains(&unused_snapshot) && snapshots.contains(&in_use_snapshot));
 }
 
+/// What moto cannot say, said by the proxy as EC2 would: an SSM parameter that names an AMI
+/// (`DescribeImageReferences`) and an AMI's deregistration protection (`DescribeImages`).
+#[tokio::test]
+async fn retirement_keeps_what_ec2_says_is_referenced_protected_disabled_or_shared() {
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let (unused, unused_snapshot) = image(&ec2).await;
+    let (referenced, _) = image(&ec2).await;
+    let (protected, _) = image(&ec2).await;
+    let (disabled, _) = image(&ec2).await;
+    ec2.disable_image().image_id(&disabled).send().await.unwrap();
+    let (snapshot_shared, shared_snapshot) = image(&ec2).await;
+    ec2.modify_snapshot_attribute()
+        .snapshot_id(&shared_snapshot)
+        .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+        // The form moto reads (EC2 takes this one and the CreateVolumePermission structure).
+        .operation_type(aws_sdk_ec2::types::OperationType::Add)
+        .user_ids("111122223333")
+        .send()
+        .await
+        .unwrap();
+
+    let proxy = Proxy::start(&moto().endpoint).await;
+    proxy.inject(
+        answer(
+            "DescribeImageReferences",
+            &format!(
+                "<imageReferenceSet><item><imageId>{referenced}</imageId><resourceType>ssm:Parameter</resourceType><arn>arn:aws:ssm:{REGION}:{}:parameter/golden-ami</arn></item></imageReferenceSet>",
+                account.account_id
+            ),
+        )
+        .when_body_contains(&referenced),
+    );
+    proxy.inject(Fault::rewrite(
+        "DescribeImages",
+        format!("<imageId>{protected}</imageId>"),
+        format!(
+            "<imageId>{protected}</imageId><deregistrationProtection>enabled-with-cooldown</deregistrationProtection>"
+        ),
+    ));
+    let report = sweep_through(&account, &proxy, &config(&[("RETIRE_UNUSED_AMIS_AFTER_DAYS", "0")]), Utc::now()).await;
+
+    assert_eq!(report.retired_images.iter().map(|i| i.image_id.as_str()).collect::<Vec<_>>(), [unused.as_str()]);
+    assert_eq!(proxy.count("DeregisterImage"), 1, "no DeregisterImage for a protected AMI");
+    assert_eq!(
+        report.regions[0].images_kept,
+        BTreeMap::from([
+            (ImageKeepReason::DeregistrationProtected, 1),
+            (ImageKeepReason::Disabled, 1),
+            (ImageKeepReason::Referenced, 1),
+            (ImageKeepReason::SnapshotShared, 1),
+        ])
+    );
+    let left = ec2.describe_images().owners("self").include_disabled(true).send().await.unwrap();
+    let left: BTreeSet<&str> = left.images().iter().filter_map(|i| i.image_id()).collect();
+    assert_eq!(
+        left,
+        BTreeSet::from([referenced.as_str(), protected.as_str(), disabled.as_str(), snapshot_shared.as_str()])
+    );
+    let snapshots = own_snapshots(&account, &ec2).await;
+    assert!(snapshots.contains(&shared_snapshot));
+    // MIN_AGE_HOURS=0: the retired AMI's snapshot goes in the same run.
+    assert_eq!(report.regions[0].deleted, [unused_snapshot]);
+}
+
 // ---- faults, through the harness's proxy ----
 
 #[tokio::test]

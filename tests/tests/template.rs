@@ -17,6 +17,10 @@ const NOT_DELIVERED: &[&str] = &[
     "untrusted-ami-alert.stopped.json",
     // The sweeper records only deregistrations; it answers `skipped` for other AMI states.
     "orphan-snapshot-sweeper.ami-available.json",
+    // An EventBridge Scheduler payload: the stack schedules the sweep with an EventBridge rule,
+    // so nothing in it sends this; the sample shows a sweep started by a Scheduler schedule an
+    // operator creates instead, which the sweeper accepts (source aws.scheduler).
+    "orphan-snapshot-sweeper.scheduler.json",
 ];
 
 fn delivered(function: &TemplateFunction, event: &Value) -> bool {
@@ -107,4 +111,39 @@ fn the_sweepers_ami_rule_takes_only_deregistrations_from_ec2() {
     let mut instance_event = deregistered;
     instance_event["detail-type"] = json!("EC2 Instance State-change Notification");
     assert!(!delivered(&function, &instance_event));
+}
+
+/// The protect tag's IAM backstop follows `SweeperProtectTag`: a policy of its own on the
+/// sweeper's role that only denies (it can never widen what least privilege proves), covers both
+/// of the sweeper's destructive actions, and is on the role before the function exists.
+#[test]
+fn the_protect_tag_is_denied_by_iam_whatever_the_parameter_says() {
+    let template = load();
+    let resources = template["Resources"].as_object().unwrap();
+    let default_tag = template["Parameters"]["SweeperProtectTag"]["Default"].as_str().unwrap();
+    assert_eq!(default_tag, "amiguard:keep");
+    let role = "OrphanSnapshotSweeperFunctionRole";
+    let guards: Vec<(&String, &Value)> = resources
+        .iter()
+        .filter(|(_, r)| {
+            r["Type"] == "AWS::IAM::Policy"
+                && r["Properties"]["Roles"].as_array().is_some_and(|roles| roles.contains(&json!({"!Ref": role})))
+        })
+        .collect();
+    assert_eq!(guards.len(), 1, "exactly one policy of its own on {role}");
+    let (guard_id, guard) = guards[0];
+    let document = guard["Properties"]["PolicyDocument"]["!Sub"].as_str().expect("the document is a !Sub string");
+    assert!(document.contains("${SweeperProtectTag}"), "the condition key follows the parameter");
+    for tag in [default_tag, "legal-hold"] {
+        let document: Value = serde_json::from_str(&document.replace("${SweeperProtectTag}", tag)).unwrap();
+        let statements = document["Statement"].as_array().unwrap();
+        assert!(!statements.is_empty());
+        assert!(statements.iter().all(|s| s["Effect"] == "Deny"), "{guard_id} must only deny");
+        let deny = &statements[0];
+        let actions: Vec<&str> = deny["Action"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert_eq!(actions, ["ec2:DeleteSnapshot", "ec2:DeregisterImage"]);
+        assert_eq!(deny["Resource"], "*");
+        assert_eq!(deny["Condition"]["Null"][format!("aws:ResourceTag/{tag}")], "false");
+    }
+    assert_eq!(resources["OrphanSnapshotSweeperFunction"]["DependsOn"], json!(guard_id));
 }

@@ -37,6 +37,11 @@ impl<L: LedgerStore> Run<'_, L> {
         warnings: &mut Vec<String>,
     ) {
         for chunk in orphans.chunks(JOURNAL_CHUNK) {
+            // A ledger failure, in this region or another, stops every deletion after it.
+            if let (Some(err), None) = (self.ledger_failure(), &report.aborted) {
+                report.aborted =
+                    Some(format!("the ledger failed in this run ({err}): nothing more deleted in this region"));
+            }
             if self.deadline_is_near() || report.aborted.is_some() {
                 report.left_for_next_run.extend(chunk.iter().map(|o| o.snapshot_id.to_string()));
                 continue;

@@ -19,6 +19,8 @@ pub mod report;
 mod retirement;
 
 use std::collections::BTreeSet;
+
+use futures::stream::StreamExt;
 use std::time::{Duration, SystemTime};
 
 use amiguard::ledger::{keys, Item, LedgerStore};
@@ -38,9 +40,14 @@ use event::SweepEvent;
 /// Deletions in flight at once per region. The SDK's adaptive retry slows them further when
 /// EC2 throttles.
 pub const DELETE_CONCURRENCY: usize = 8;
-/// No new deletion starts with less than this left before the Lambda deadline: it leaves room
-/// for the ones in flight (each bounded by the SDK's timeouts) and for the report.
-pub const DEADLINE_MARGIN: Duration = Duration::from_secs(60);
+/// Regions whose deletions run at once. EC2 paces each region with request-rate buckets of its
+/// own, so regions side by side delete up to this many times as much in one run.
+pub const REGION_CONCURRENCY: usize = 4;
+/// No region, listing, deregistration or deletion starts with less than this left before the
+/// Lambda deadline. It exceeds the longest single call (the SDK's 120 s operation timeout,
+/// `amiguard::sdk::timeout_config`), so whatever was started ends before the deadline, and leaves
+/// time for the journal, the report and its summary.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(150);
 
 /// The ports one invocation acts through.
 pub struct Ports<'a, E, P, L> {
@@ -152,12 +159,21 @@ where
         ledger_failed: Default::default(),
     };
 
-    let mut budget = u64::from(config.max_deletions);
+    // Regions are planned one at a time, in `REGIONS` order, each holding the budget while it
+    // plans (so one region's listing is in memory at a time, and `MAX_DELETIONS` is shared
+    // without a race); their deletions then run side by side. Reports stay in `REGIONS` order.
+    let budget = tokio::sync::Mutex::new(u64::from(config.max_deletions));
+    let swept: Vec<Swept> = futures::stream::iter(ports.regions)
+        .map(|(region, ec2)| run.sweep_region(region, ec2, &budget))
+        .buffered(REGION_CONCURRENCY)
+        .collect()
+        .await;
     let mut region_reports = Vec::new();
     let mut retired_images = Vec::new();
-    for (region, ec2) in ports.regions {
-        let swept = run.sweep_region(region, ec2, &mut budget, &mut retired_images, &mut warnings).await;
-        region_reports.push(swept);
+    for region in swept {
+        region_reports.push(region.report);
+        retired_images.extend(region.retired);
+        warnings.extend(region.warnings);
     }
     region_reports.iter_mut().for_each(RegionReport::count);
     let mut report = Report {
@@ -172,23 +188,60 @@ where
         full_lists: run.store().map(|store| report::full_lists(store.table(), &invocation.request_id)),
         summary_published: None,
     };
-    if let Ledger::Ready { store, .. } = &run.ledger {
-        if let Err(err) = store.put(&report::run_item(&report), &amiguard::ledger::Condition::Always).await {
-            report.warnings.push(format!("the run's summary could not be written to the ledger: {err}"));
-        }
-    }
+    let run_item = report::run_item(&report);
     report.bound();
-    if let Some(topic) = &config.report_topic_arn {
-        let published =
-            ports.publisher.publish(topic, &report::summary_subject(&report), &report::summary_text(&report)).await;
-        if let Err(err) = &published {
-            report.warnings.push(format!("the summary could not be published to {topic}: {err}"));
-        }
-        report.summary_published = Some(published.is_ok());
-    }
+    // The report is in the log before anything else is sent: a run cut short by its timeout while
+    // writing or publishing still leaves its whole record.
     amiguard::report::log(FUNCTION, &report);
     println!("{}", report::emf(&report, Utc::now()));
+    let mut delivery =
+        Delivery { run_id: report.run_id.clone(), run_recorded: None, summary_published: None, warnings: Vec::new() };
+    if let Ledger::Ready { store, .. } = &run.ledger {
+        let written = run.before_deadline(store.put(&run_item, &amiguard::ledger::Condition::Always)).await;
+        if let Err(err) = &written {
+            delivery.warnings.push(format!("the run's summary could not be written to the ledger: {err}"));
+        }
+        delivery.run_recorded = Some(written.is_ok());
+    }
+    if let Some(topic) = &config.report_topic_arn {
+        let summary = (report::summary_subject(&report), report::summary_text(&report));
+        let published = run.before_deadline(ports.publisher.publish(topic, &summary.0, &summary.1)).await;
+        if let Err(err) = &published {
+            delivery.warnings.push(format!("the summary could not be published to {topic}: {err}"));
+        }
+        delivery.summary_published = Some(published.is_ok());
+    }
+    if delivery.run_recorded.is_some() || delivery.summary_published.is_some() {
+        amiguard::report::log(FUNCTION, &delivery);
+    }
+    report.summary_published = delivery.summary_published;
+    report.warnings.extend(delivery.warnings);
     Ok(Response::Sweep(Box::new(report)))
+}
+
+/// What became of the report after it was logged: a second, short log line.
+#[derive(Debug, Serialize)]
+struct Delivery {
+    run_id: String,
+    /// Whether the run's summary reached the ledger (`None`: no ledger).
+    run_recorded: Option<bool>,
+    /// Whether the summary reached `REPORT_TOPIC_ARN` (`None`: no topic).
+    summary_published: Option<bool>,
+    warnings: Vec<String>,
+}
+
+/// One region's share of a sweep.
+struct Swept {
+    report: RegionReport,
+    retired: Vec<RetiredImage>,
+    warnings: Vec<String>,
+}
+
+/// What a region's planning leaves for its deletion step.
+struct Deletions {
+    to_delete: Vec<amiguard::sweeper::Orphan>,
+    /// When the ledger first saw each of them orphaned (only `to_delete`'s, not the region's).
+    recorded: hashbrown::HashMap<amiguard::sweeper::Id, DateTime<Utc>>,
 }
 
 /// Records an AMI's deregistration; other states concern the sweep not at all.
@@ -242,6 +295,35 @@ impl<L: LedgerStore> Run<'_, L> {
         self.deadline.is_some_and(|at| SystemTime::now() + DEADLINE_MARGIN >= at)
     }
 
+    /// Whether `step` may start in this region; if not, the region is aborted (nothing more is
+    /// deleted in it) and says which step the deadline stopped.
+    fn time_for(&self, report: &mut RegionReport, step: &str) -> bool {
+        if self.deadline_is_near() {
+            tracing::warn!(region = %report.region, step, "the deadline is near: region stopped");
+            report.aborted =
+                Some(format!("the invocation's deadline was near before {step}: nothing more done in this region"));
+            return false;
+        }
+        true
+    }
+
+    /// Runs `call` (a ledger write, the summary's publish) only while the deadline has not passed,
+    /// and no longer than until then: the report is already logged, these may be lost, never the
+    /// invocation.
+    async fn before_deadline<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, amiguard::AwsError>>,
+    ) -> Result<T, amiguard::AwsError> {
+        let Some(at) = self.deadline else { return call.await };
+        // A second short of the deadline: Lambda stops the invocation at it.
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(Duration::from_secs(1));
+        let cut = || amiguard::AwsError::new("Deadline", "DeadlineReached", "the invocation's deadline was reached");
+        if left.is_zero() {
+            return Err(cut());
+        }
+        tokio::time::timeout(left, call).await.unwrap_or_else(|_| Err(cut()))
+    }
+
     fn store(&self) -> Option<&L> {
         match self.ledger {
             Ledger::Ready { store, .. } => Some(store),
@@ -280,33 +362,55 @@ impl<L: LedgerStore> Run<'_, L> {
         )
     }
 
-    async fn sweep_region<E: SweeperEc2>(
+    /// One region: planned while it holds the budget (the regions before it have planned), then
+    /// its deletions, side by side with other regions'.
+    async fn sweep_region<E: SweeperEc2>(&self, region: &str, ec2: &E, budget: &tokio::sync::Mutex<u64>) -> Swept {
+        let mut swept = Swept { report: RegionReport::new(region), retired: Vec::new(), warnings: Vec::new() };
+        let deletions = {
+            let mut budget = budget.lock().await;
+            self.plan_region(region, ec2, &mut budget, &mut swept).await
+        };
+        if let Some(deletions) = deletions {
+            self.delete(region, ec2, &deletions.to_delete, &deletions.recorded, &mut swept.report, &mut swept.warnings)
+                .await;
+        }
+        swept
+    }
+
+    /// Lists, remembers, retires and plans one region; `None` when nothing is to be deleted in it
+    /// (a dry run, an aborted region, nothing due).
+    async fn plan_region<E: SweeperEc2>(
         &self,
         region: &str,
         ec2: &E,
         budget: &mut u64,
-        retired_out: &mut Vec<RetiredImage>,
-        warnings: &mut Vec<String>,
-    ) -> RegionReport {
-        let mut report = RegionReport::new(region);
-        let aborted = |mut report: RegionReport, what: &str, err: &dyn std::fmt::Display| {
+        swept: &mut Swept,
+    ) -> Option<Deletions> {
+        let Swept { report, retired: retired_out, warnings } = swept;
+        let aborted = |report: &mut RegionReport, what: &str, err: &dyn std::fmt::Display| {
             tracing::warn!(region, error = %err, "{what} failed: region aborted, nothing deleted");
             report.aborted = Some(format!("{what} failed, nothing deleted in this region: {err}"));
-            report
+            None
         };
         if let Ledger::Refused(reason) = &self.ledger {
             report.aborted = Some(reason.clone());
-            return report;
+            return None;
         }
         if let Some(err) = self.ledger_failure() {
             report.aborted = Some(format!("the ledger failed earlier in this run ({err}): nothing deleted without it"));
-            return report;
+            return None;
+        }
+        if !self.time_for(report, "the region started") {
+            return None;
         }
         let snapshots = match ec2.snapshots(&self.config.protect_tag).await {
             Ok(snapshots) => snapshots,
             Err(err) => return aborted(report, "listing snapshots", &err),
         };
         report.snapshots_scanned = snapshots.len() as u64;
+        if !self.time_for(report, "listing images") {
+            return None;
+        }
         let images = match ec2.images(&self.config.protect_tag).await {
             Ok(images) => images,
             Err(err) => return aborted(report, "listing images", &err),
@@ -314,20 +418,32 @@ impl<L: LedgerStore> Run<'_, L> {
         report.images_scanned = images.len() as u64;
         let mut binned = BTreeSet::new();
         if self.config.recycle_bin_check {
+            if !self.time_for(report, "listing the Recycle Bin") {
+                return None;
+            }
             binned = match ec2.images_in_recycle_bin().await {
                 Ok(binned) => binned,
                 Err(err) => return aborted(report, "listing the Recycle Bin", &err),
             };
         }
         // Read before deciding: a locked snapshot must never be sent a DeleteSnapshot.
+        if !self.time_for(report, "listing snapshot locks") {
+            return None;
+        }
         let locked = match ec2.locked_snapshots().await {
             Ok(locked) => locked,
             Err(err) => return aborted(report, "listing snapshot locks", &err),
         };
         // Fast Snapshot Restore decides nothing (it is reported for its cost): a warning at most.
+        if !self.time_for(report, "listing Fast Snapshot Restores") {
+            return None;
+        }
         match ec2.fast_snapshot_restores().await {
             Ok(restores) => report.set_fast_snapshot_restores(restores),
             Err(err) => warnings.push(format!("{region}: Fast Snapshot Restores could not be listed: {err}")),
+        }
+        if !self.time_for(report, "reading the ledger") {
+            return None;
         }
         let RegionMemory { mut memory, image_writes, stale } = match &self.ledger {
             Ledger::Ready { store, previous_run } => {
@@ -344,8 +460,14 @@ impl<L: LedgerStore> Run<'_, L> {
 
         let mut retired = Vec::new();
         if let Some(days) = self.config.retire_unused_amis_after_days {
-            let retirement = self.retire(region, ec2, &images, days, budget, &mut report, retired_out, warnings).await;
+            if !self.time_for(report, "retiring unused AMIs") {
+                return None;
+            }
+            let retirement = self.retire(region, ec2, &images, days, budget, report, retired_out, warnings).await;
             if retirement.deregistered_any && self.config.recycle_bin_check {
+                if !self.time_for(report, "listing the Recycle Bin after retiring images") {
+                    return None;
+                }
                 // A retention rule may have put the images just deregistered in the Recycle Bin.
                 binned = match ec2.images_in_recycle_bin().await {
                     Ok(binned) => binned,
@@ -421,10 +543,16 @@ impl<L: LedgerStore> Run<'_, L> {
         report.fill_from_plan(&plan, self.config.price_per_gb_month);
         report.orphans_failed_before =
             plan.orphans.iter().filter(|o| memory.failed_before.contains(o.snapshot_id.as_str())).count() as u64;
-        if !self.dry_run {
-            self.delete(region, ec2, &plan.to_delete, &memory.orphaned_since, &mut report, warnings).await;
+        if self.dry_run || plan.to_delete.is_empty() {
+            return None;
         }
-        report
+        let recorded = plan
+            .to_delete
+            .iter()
+            .filter_map(|o| memory.orphaned_since.get_key_value(o.snapshot_id.as_str()))
+            .map(|(id, since)| (id.clone(), *since))
+            .collect();
+        Some(Deletions { to_delete: plan.to_delete, recorded })
     }
 }
 

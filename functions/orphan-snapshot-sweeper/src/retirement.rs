@@ -1,11 +1,11 @@
 //! Retiring old, unused AMIs (`RETIRE_UNUSED_AMIS_AFTER_DAYS`, opt-in) before the sweep: the
 //! images are deregistered here, their snapshots then go through every rule of the planner.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use amiguard::ledger::journal::{JournalEntry, Resource};
 use amiguard::ledger::{Condition, Item, LedgerStore};
-use amiguard::sweeper::{plan_retirement, records, ImageFacts, RetireInput, RetirePolicy, SweeperEc2};
+use amiguard::sweeper::{plan_retirement, records, ImageFacts, RetireInput, RetirePolicy, SweeperEc2, UseFacts};
 use amiguard::AwsError;
 
 use crate::report::{RegionReport, RetireOutcome, RetiredImage};
@@ -42,6 +42,11 @@ impl<L: LedgerStore> Run<'_, L> {
                 return retirement;
             }
         };
+        if self.deadline_is_near() {
+            report.retirement_skipped =
+                Some("the invocation's deadline was near before listing launch templates".into());
+            return retirement;
+        }
         let templates = match ec2.launch_template_images().await {
             Ok(templates) => templates,
             Err(err) => {
@@ -68,22 +73,13 @@ impl<L: LedgerStore> Run<'_, L> {
             images,
             used_by_instances: &used_by_instances,
             used_by_launch_templates: &templates.image_ids,
-            sharing: &unknown,
+            use_facts: &unknown,
             budget: *budget,
         };
-        // Launch permissions are read only for the images that pass every other rule.
-        let mut sharing = BTreeMap::new();
-        for image_id in plan_retirement(&input, &policy).sharing_to_check {
-            match ec2.is_image_shared(&image_id).await {
-                Ok(shared) => {
-                    sharing.insert(image_id, shared);
-                }
-                Err(err) => {
-                    warnings.push(format!("{region}: {image_id} kept: its launch permissions could not be read: {err}"))
-                }
-            }
-        }
-        let plan = plan_retirement(&RetireInput { sharing: &sharing, ..input }, &policy);
+        // EC2 is asked about use only for the images that pass every other rule.
+        let to_check = plan_retirement(&input, &policy).use_to_check;
+        let use_facts = self.use_facts(region, ec2, images, &to_check, warnings).await;
+        let plan = plan_retirement(&RetireInput { use_facts: &use_facts, ..input }, &policy);
         *budget = budget.saturating_sub(plan.to_retire.len() as u64);
         report.images_kept = plan.kept;
         if let Some(trip) = plan.circuit_breaker {
@@ -142,6 +138,74 @@ impl<L: LedgerStore> Run<'_, L> {
             }
         }
         retirement
+    }
+
+    /// What EC2 says of the use of `image_ids`, asked in order (references for all at once, then
+    /// each image's launch permissions, then its snapshots' create-volume permissions), each
+    /// question only for the images every earlier answer left unused. A failed call leaves the
+    /// fact unknown, which keeps the image; the run goes on with a warning.
+    async fn use_facts<E: SweeperEc2>(
+        &self,
+        region: &str,
+        ec2: &E,
+        images: &[ImageFacts],
+        image_ids: &[String],
+        warnings: &mut Vec<String>,
+    ) -> BTreeMap<String, UseFacts> {
+        let mut facts: BTreeMap<String, UseFacts> =
+            image_ids.iter().map(|id| (id.clone(), UseFacts::default())).collect();
+        if image_ids.is_empty() || self.deadline_is_near() {
+            return facts;
+        }
+        match ec2.referenced_images(image_ids).await {
+            Ok(referenced) => {
+                for (id, fact) in &mut facts {
+                    fact.referenced = Some(referenced.contains(id));
+                }
+            }
+            Err(err) => warnings
+                .push(format!("{region}: {} AMI(s) kept: DescribeImageReferences failed: {err}", image_ids.len())),
+        }
+        for (image_id, fact) in &mut facts {
+            if fact.referenced != Some(false) {
+                continue;
+            }
+            match ec2.is_image_shared(image_id).await {
+                Ok(shared) => fact.shared = Some(shared),
+                Err(err) => {
+                    warnings
+                        .push(format!("{region}: {image_id} kept: its launch permissions could not be read: {err}"));
+                    continue;
+                }
+            }
+            if fact.shared != Some(false) {
+                continue;
+            }
+            // Every copy of the image in the listing: a snapshot any of them maps is asked about.
+            let snapshots: BTreeSet<&str> = images
+                .iter()
+                .filter(|i| i.image_id == image_id.as_str())
+                .flat_map(|i| i.snapshot_ids.iter().map(|s| s.as_str()))
+                .collect();
+            fact.snapshot_shared = Some(false);
+            for snapshot_id in snapshots {
+                match ec2.is_snapshot_shared(snapshot_id).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        fact.snapshot_shared = Some(true);
+                        break;
+                    }
+                    Err(err) => {
+                        warnings.push(format!(
+                            "{region}: {image_id} kept: the create-volume permissions of {snapshot_id} could not be read: {err}"
+                        ));
+                        fact.snapshot_shared = None;
+                        break;
+                    }
+                }
+            }
+        }
+        facts
     }
 
     /// Writes `entry` as `intended` before its call; a failure means the call must not be made.

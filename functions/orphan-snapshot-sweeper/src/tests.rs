@@ -139,6 +139,29 @@ struct FakeEc2 {
     delete_errors: BTreeMap<String, String>,
     deregister_errors: BTreeMap<String, String>,
     calls: Mutex<Vec<String>>,
+    /// A call that takes this long (real time), to bring the deadline near in the middle of a run.
+    slow: Option<(&'static str, Duration)>,
+    /// Shared by the regions of one test: how many of their listings and deletions overlap.
+    gauge: Option<std::sync::Arc<Gauge>>,
+}
+
+/// The most listings and deletions in flight at once, across regions.
+#[derive(Default)]
+struct Gauge {
+    listing: std::sync::atomic::AtomicUsize,
+    most_listing: std::sync::atomic::AtomicUsize,
+    deleting: std::sync::atomic::AtomicUsize,
+    most_deleting: std::sync::atomic::AtomicUsize,
+}
+
+impl Gauge {
+    /// Counts one more in flight for the time of `pause`.
+    async fn during(count: &std::sync::atomic::AtomicUsize, most: &std::sync::atomic::AtomicUsize, pause: Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        most.fetch_max(count.fetch_add(1, SeqCst) + 1, SeqCst);
+        tokio::time::sleep(pause).await;
+        count.fetch_sub(1, SeqCst);
+    }
 }
 
 impl FakeEc2 {
@@ -158,6 +181,14 @@ impl FakeEc2 {
         self.calls.lock().unwrap().clone()
     }
 
+    async fn maybe_slow(&self, op: &str) {
+        if let Some((slow_op, pause)) = self.slow {
+            if slow_op == op {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
     fn calls_to(&self, op: &str) -> Vec<String> {
         let prefix = format!("{op} ");
         self.calls().into_iter().filter_map(|c| c.strip_prefix(&prefix).map(str::to_string)).collect()
@@ -173,9 +204,13 @@ impl Listed for FakeEc2 {
 impl SweeperEc2 for FakeEc2 {
     async fn snapshots(&self, protect_tag: &str) -> Result<Vec<SnapshotFacts>, AwsError> {
         let read = || self.snapshots.iter().map(|s| SnapshotFacts::read(s, protect_tag)).collect();
+        if let Some(gauge) = &self.gauge {
+            Gauge::during(&gauge.listing, &gauge.most_listing, Duration::from_millis(50)).await;
+        }
         self.call("DescribeSnapshots", "").map(|_| read())
     }
     async fn images(&self, _protect_tag: &str) -> Result<Vec<ImageFacts>, AwsError> {
+        self.maybe_slow("DescribeImages").await;
         self.call("DescribeImages", "").map(|_| self.images.clone())
     }
     async fn images_in_recycle_bin(&self) -> Result<BTreeSet<String>, AwsError> {
@@ -211,6 +246,10 @@ impl SweeperEc2 for FakeEc2 {
         }
     }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), AwsError> {
+        if let Some(gauge) = &self.gauge {
+            // Longer than a listing: the next region lists and starts deleting meanwhile.
+            Gauge::during(&gauge.deleting, &gauge.most_deleting, Duration::from_millis(250)).await;
+        }
         self.call("DeleteSnapshot", snapshot_id)?;
         match self.delete_errors.get(snapshot_id) {
             Some(code) => Err(err("DeleteSnapshot", code)),
@@ -407,14 +446,38 @@ async fn dry_run_deletes_nothing_and_the_event_can_only_make_a_run_drier() {
     assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty());
 }
 
+#[test]
+fn the_deadline_margin_outlasts_the_longest_call() {
+    let longest = amiguard::sdk::timeout_config().operation_timeout().unwrap();
+    assert!(DEADLINE_MARGIN > longest, "{DEADLINE_MARGIN:?} must exceed one call's {longest:?}");
+}
+
 #[tokio::test]
-async fn no_deletion_starts_when_the_deadline_is_near() {
-    let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01"), orphan("snap-02")], vec![]))];
-    let near = invocation().with_deadline(SystemTime::now() + Duration::from_secs(5));
-    let report = sweep_with(&config(), &regions, &FakeSns::default(), &event(json!({})), near).await.unwrap();
-    assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty());
-    assert_eq!(report.regions[0].left_for_next_run, ["snap-01", "snap-02"]);
-    assert_eq!(report.totals.left_for_next_run, 2);
+async fn no_region_and_no_listing_starts_when_the_deadline_is_near() {
+    let orphans = || vec![orphan("snap-01"), orphan("snap-02")];
+    let regions = vec![
+        ("us-east-1".to_string(), FakeEc2::with(orphans(), vec![])),
+        ("eu-west-1".to_string(), FakeEc2::with(orphans(), vec![])),
+    ];
+    let sns = FakeSns::default();
+    let near = invocation().with_deadline(SystemTime::now() + DEADLINE_MARGIN - Duration::from_secs(1));
+    let topic = Config { report_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:sweeps".into()), ..config() };
+    let report = sweep_with(&topic, &regions, &sns, &event(json!({})), near).await.unwrap();
+    for (region, (_, ec2)) in report.regions.iter().zip(&regions) {
+        assert!(ec2.calls().is_empty(), "{}: {:?}", region.region, ec2.calls());
+        assert!(region.aborted.as_deref().unwrap().contains("deadline was near before the region started"));
+    }
+    assert_eq!(report.summary_published, Some(true), "the report still goes out, within the margin");
+
+    // The deadline comes near during a listing: the next one never starts, nothing is deleted.
+    let mut slow = FakeEc2::with(orphans(), vec![]);
+    slow.slow = Some(("DescribeImages", Duration::from_millis(600)));
+    let regions = vec![("us-east-1".to_string(), slow)];
+    let soon = invocation().with_deadline(SystemTime::now() + DEADLINE_MARGIN + Duration::from_millis(300));
+    let report = sweep_with(&config(), &regions, &FakeSns::default(), &event(json!({})), soon).await.unwrap();
+    assert_eq!(regions[0].1.calls(), ["DescribeSnapshots", "DescribeImages"]);
+    assert!(report.regions[0].aborted.as_deref().unwrap().contains("before listing the Recycle Bin"));
+    assert!(report.regions[0].deleted.is_empty());
 
     // A deadline already past at start is an emulator's (cargo lambda watch): noted, not obeyed.
     let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
@@ -422,6 +485,30 @@ async fn no_deletion_starts_when_the_deadline_is_near() {
     let report = sweep_with(&config(), &regions, &FakeSns::default(), &event(json!({})), past).await.unwrap();
     assert_eq!(report.regions[0].deleted, ["snap-01"]);
     assert!(report.warnings[0].contains("deadline"), "{:?}", report.warnings);
+}
+
+#[tokio::test]
+async fn regions_delete_side_by_side_but_list_one_at_a_time_and_report_in_order() {
+    let gauge = std::sync::Arc::new(Gauge::default());
+    let names = ["us-east-1", "eu-west-1", "ap-southeast-2", "sa-east-1", "ca-central-1"];
+    let regions: Vec<(String, FakeEc2)> = names
+        .iter()
+        .enumerate()
+        .map(|(r, name)| {
+            let snapshots = (0..DELETE_CONCURRENCY).map(|i| orphan(&format!("snap-{r}{i:02}"))).collect();
+            let ec2 = FakeEc2 { gauge: Some(gauge.clone()), ..FakeEc2::with(snapshots, vec![]) };
+            (name.to_string(), ec2)
+        })
+        .collect();
+    let config = Config { regions: names.iter().map(|n| n.to_string()).collect(), ..config() };
+    let report = sweep_with(&config, &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(gauge.most_listing.load(SeqCst), 1, "one region's listing in memory at a time");
+    let most = gauge.most_deleting.load(SeqCst);
+    assert!(most > DELETE_CONCURRENCY, "regions' deletions overlap: at most {most} in flight");
+    assert!(most <= DELETE_CONCURRENCY * REGION_CONCURRENCY, "bounded: {most}");
+    assert_eq!(report.regions.iter().map(|r| r.region.as_str()).collect::<Vec<_>>(), names);
+    assert_eq!(report.totals.deleted, (DELETE_CONCURRENCY * names.len()) as u64);
 }
 
 #[tokio::test]
@@ -677,6 +764,70 @@ async fn retirement_keeps_shared_images_and_stops_on_unknowns() {
     let (report, ec2) = sweep(&retiring(90), ec2).await;
     assert!(ec2.calls_to("DeregisterImage").is_empty());
     assert!(report.regions[0].retirement_skipped.as_deref().unwrap().starts_with("listing instances failed"));
+}
+
+#[tokio::test]
+async fn retirement_asks_ec2_who_uses_an_ami_and_respects_what_ec2_says_of_it() {
+    let (unused, s1) = old_image_with_snapshot(1);
+    let (referenced, s2) = old_image_with_snapshot(2);
+    let (protected, s3) = old_image_with_snapshot(3);
+    let protected = ImageFacts { deregistration_protection: Some("enabled-without-cooldown".into()), ..protected };
+    let (disabled, s4) = old_image_with_snapshot(4);
+    let disabled = ImageFacts { state: "disabled".into(), ..disabled };
+    let (snapshot_shared, s5) = old_image_with_snapshot(5);
+    let (cooling_down, s6) = old_image_with_snapshot(6);
+    let cooling_down =
+        ImageFacts { deregistration_protection: Some("disabled after 2026-06-02T00:00:00Z".into()), ..cooling_down };
+    let (protect_tag_in_caps, s7) = old_image_with_snapshot(7);
+    let protect_tag_in_caps = ImageFacts { tags: vec![Tag::new("AMIGUARD:KEEP", "")], ..protect_tag_in_caps };
+    let mut ec2 = FakeEc2::with(
+        vec![s1, s2, s3, s4, s5, s6, s7],
+        vec![unused, referenced, protected, disabled, snapshot_shared, cooling_down, protect_tag_in_caps],
+    );
+    ec2.referenced.insert("ami-02".into());
+    ec2.shared_snapshots.insert("snap-5".into());
+    let (report, ec2) = sweep(&retiring(90), ec2).await;
+    assert_eq!(ec2.calls_to("DescribeImageReferences"), ["ami-01,ami-02,ami-05"], "one batch, candidates only");
+    assert_eq!(ec2.calls_to("DescribeImageAttribute"), ["ami-01", "ami-05"], "not for a referenced AMI");
+    assert_eq!(ec2.calls_to("DescribeSnapshotAttribute"), ["snap-1", "snap-5"]);
+    assert_eq!(ec2.calls_to("DeregisterImage"), ["ami-01"], "no DeregisterImage for a protected AMI");
+    assert_eq!(
+        report.regions[0].images_kept,
+        BTreeMap::from([
+            (ImageKeepReason::Protected, 1),
+            (ImageKeepReason::DeregistrationProtected, 2),
+            (ImageKeepReason::Disabled, 1),
+            (ImageKeepReason::Referenced, 1),
+            (ImageKeepReason::SnapshotShared, 1),
+        ])
+    );
+    let json = serde_json::to_value(&report.regions[0].images_kept).unwrap();
+    assert_eq!(json["deregistration_protected"], 2);
+    assert_eq!(json["snapshot_shared"], 1);
+}
+
+#[tokio::test]
+async fn when_ec2_cannot_say_who_uses_an_ami_it_is_kept_and_the_sweep_goes_on() {
+    let (a, sa) = old_image_with_snapshot(1);
+    let (b, sb) = old_image_with_snapshot(2);
+    let established = orphan("snap-09");
+    let mut ec2 = FakeEc2::with(vec![sa.clone(), sb.clone(), established.clone()], vec![a.clone(), b.clone()]);
+    ec2.fail.insert("DescribeImageReferences", "UnauthorizedOperation".into());
+    let (report, ec2) = sweep(&retiring(90), ec2).await;
+    assert!(ec2.calls_to("DeregisterImage").is_empty());
+    assert!(ec2.calls_to("DescribeImageAttribute").is_empty(), "nothing more is asked of an unknown");
+    assert_eq!(report.regions[0].images_kept, BTreeMap::from([(ImageKeepReason::ReferencesUnknown, 2)]));
+    assert!(report
+        .warnings
+        .iter()
+        .any(|w| w.contains("DescribeImageReferences") && w.contains("UnauthorizedOperation")));
+    assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-09"], "the sweep still ran");
+
+    let mut ec2 = FakeEc2::with(vec![sa, sb], vec![a, b]);
+    ec2.fail.insert("DescribeSnapshotAttribute", "RequestLimitExceeded".into());
+    let (report, ec2) = sweep(&retiring(90), ec2).await;
+    assert!(ec2.calls_to("DeregisterImage").is_empty());
+    assert_eq!(report.regions[0].images_kept, BTreeMap::from([(ImageKeepReason::SnapshotSharingUnknown, 2)]));
 }
 
 #[tokio::test]

@@ -654,6 +654,78 @@ mod tests {
         assert!(client.is_image_shared("ami-0c").await.unwrap());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn image_references_ask_every_type_in_batches_of_ten_and_read_every_page() {
+        use aws_sdk_ec2::operation::describe_image_references::DescribeImageReferencesOutput;
+        use aws_sdk_ec2::types::ImageReference;
+        let ids: Vec<String> = (0..23).map(|i| format!("ami-{i:02}")).collect();
+        // Every resource type the API offers, launch templates at their deepest.
+        let asks_everything = |r: &aws_sdk_ec2::operation::describe_image_references::DescribeImageReferencesInput| {
+            let types: Vec<&str> =
+                r.resource_types().iter().filter_map(|t| t.resource_type()).map(|t| t.as_str()).collect();
+            let depth: Vec<&str> = r
+                .resource_types()
+                .iter()
+                .flat_map(|t| t.resource_type_options())
+                .filter(|o| o.option_name() == Some(&ImageReferenceOptionName::VersionDepth))
+                .flat_map(|o| o.option_values())
+                .map(String::as_str)
+                .collect();
+            let all = ImageReferenceResourceType::values().iter().filter(|t| !t.is_empty()).count();
+            types.len() == all && depth == [LAUNCH_TEMPLATE_VERSION_DEPTH] && r.max_results() == Some(1000)
+        };
+        let reference =
+            |id: &str| ImageReference::builder().image_id(id).arn(format!("arn:aws:ssm:::parameter/{id}")).build();
+        let first = mock!(Client::describe_image_references)
+            .match_requests(move |r| r.image_ids().len() == 10 && r.image_ids()[0] == "ami-00" && asks_everything(r))
+            .then_output(move || {
+                DescribeImageReferencesOutput::builder().image_references(reference("ami-03")).next_token("p2").build()
+            });
+        let first_next = mock!(Client::describe_image_references)
+            .match_requests(|r| r.next_token() == Some("p2") && r.image_ids()[0] == "ami-00")
+            .then_output(move || {
+                DescribeImageReferencesOutput::builder().image_references(reference("ami-07")).build()
+            });
+        let second = mock!(Client::describe_image_references)
+            .match_requests(move |r| r.image_ids().len() == 10 && r.image_ids()[0] == "ami-10" && asks_everything(r))
+            .then_output(|| DescribeImageReferencesOutput::builder().build());
+        let third = mock!(Client::describe_image_references)
+            .match_requests(move |r| r.image_ids() == ["ami-20", "ami-21", "ami-22"] && asks_everything(r))
+            .then_output(move || {
+                DescribeImageReferencesOutput::builder().image_references(reference("ami-22")).build()
+            });
+        let client = client!(&first, &first_next, &second, &third);
+        let referenced = client.referenced_images(&ids).await.unwrap();
+        assert_eq!(referenced.into_iter().collect::<Vec<_>>(), ["ami-03", "ami-07", "ami-22"]);
+        assert_eq!(third.num_calls(), 1);
+
+        // A repeated page token is a failed listing, not a short one.
+        let looping = mock!(Client::describe_image_references)
+            .then_output(|| DescribeImageReferencesOutput::builder().next_token("same").build());
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&looping]);
+        assert!(client.referenced_images(&ids[..1]).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_create_volume_permission_means_a_shared_snapshot() {
+        use aws_sdk_ec2::operation::describe_snapshot_attribute::DescribeSnapshotAttributeOutput;
+        use aws_sdk_ec2::types::CreateVolumePermission;
+        let private = mock!(Client::describe_snapshot_attribute)
+            .match_requests(|r| {
+                r.snapshot_id() == Some("snap-0a")
+                    && r.attribute() == Some(&SnapshotAttributeName::CreateVolumePermission)
+            })
+            .then_output(|| DescribeSnapshotAttributeOutput::builder().snapshot_id("snap-0a").build());
+        let shared = mock!(Client::describe_snapshot_attribute).then_output(|| {
+            DescribeSnapshotAttributeOutput::builder()
+                .create_volume_permissions(CreateVolumePermission::builder().user_id("111122223333").build())
+                .build()
+        });
+        let client = client!(&private, &shared);
+        assert!(!client.is_snapshot_shared("snap-0a").await.unwrap());
+        assert!(client.is_snapshot_shared("snap-0b").await.unwrap());
+    }
+
     #[test]
     fn facts_tolerate_missing_fields_safely() {
         let bare = Snapshot::builder().snapshot_id("snap-01").build();

@@ -24,5 +24,5 @@ pub mod sns;
 pub use ec2::{LaunchTemplateImages, SweeperEc2};
 pub use facts::{Id, ImageFacts, SnapshotFacts, SnapshotListing};
 pub use planner::{plan, KeepReason, Memory, Orphan, Plan, PlanInput, Policy, SnapshotTotal};
-pub use retire::{plan_retirement, ImageKeepReason, RetireInput, RetirePlan, RetirePolicy};
+pub use retire::{plan_retirement, ImageKeepReason, RetireInput, RetirePlan, RetirePolicy, UseFacts};
 pub use sns::SummaryPublisher;
