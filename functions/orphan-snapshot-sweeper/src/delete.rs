@@ -42,13 +42,13 @@ impl<L: LedgerStore> Run<'_, L> {
                 report.aborted =
                     Some(format!("the ledger failed in this run ({err}): nothing more deleted in this region"));
             }
-            if self.deadline_is_near() || report.aborted.is_some() {
+            if self.deletion_deadline_is_near() || report.aborted.is_some() {
                 report.left_for_next_run.extend(chunk.iter().map(|o| o.snapshot_id.to_string()));
                 continue;
             }
             if let Some(store) = self.store() {
                 let ahead: Vec<_> = chunk.iter().map(|orphan| self.journal_entry(region, orphan).intended()).collect();
-                if let Err(err) = store.write_batch(ahead, Vec::new()).await {
+                if let Err(err) = self.until_cutoff("BatchWriteItem", store.write_batch(ahead, Vec::new())).await {
                     self.ledger_broke(&err);
                     report.aborted = Some(format!(
                         "writing the journal to the ledger failed, nothing more deleted in this region: {err}"
@@ -93,7 +93,7 @@ impl<L: LedgerStore> Run<'_, L> {
                 }
             }
             if let Some(store) = self.store() {
-                if let Err(err) = store.write_batch(ended, removed).await {
+                if let Err(err) = self.before_deadline(store.write_batch(ended, removed)).await {
                     self.ledger_broke(&err);
                     report.aborted = Some(format!(
                         "completing the journal in the ledger failed, nothing more deleted in this region: {err}"
@@ -111,11 +111,11 @@ impl<L: LedgerStore> Run<'_, L> {
     async fn delete_one<E: SweeperEc2>(&self, ec2: &E, orphan: &Orphan) -> Deletion {
         // A deletion starts only while there is time left for it (checked again per deletion: a
         // chunk's deletions may take long under throttling).
-        if self.deadline_is_near() {
+        if self.deletion_deadline_is_near() {
             return Deletion::NotStarted;
         }
         let id = orphan.snapshot_id.as_str();
-        match ec2.delete_snapshot(id).await {
+        match self.until_cutoff("DeleteSnapshot", ec2.delete_snapshot(id)).await {
             Ok(()) => Deletion::Deleted,
             Err(err) if err.has_code("InvalidSnapshot.NotFound") => Deletion::AlreadyGone,
             Err(err) => {

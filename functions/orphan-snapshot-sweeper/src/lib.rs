@@ -43,11 +43,18 @@ pub const DELETE_CONCURRENCY: usize = 8;
 /// Regions whose deletions run at once. EC2 paces each region with request-rate buckets of its
 /// own, so regions side by side delete up to this many times as much in one run.
 pub const REGION_CONCURRENCY: usize = 4;
-/// No region, listing, deregistration or deletion starts with less than this left before the
-/// Lambda deadline. It exceeds the longest single call (the SDK's 120 s operation timeout,
-/// `amiguard::sdk::timeout_config`), so whatever was started ends before the deadline, and leaves
-/// time for the journal, the report and its summary.
+/// No region, listing, ledger read or deregistration starts with less than this left before the
+/// Lambda deadline. It exceeds the longest such call (the SDK's 120 s operation timeout,
+/// `amiguard::sdk::timeout_config`), so whatever was started ends before the deadline.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(150);
+/// A deletion or its journal's write-ahead starts only with more than this left. Deletions are the
+/// bulk of a run, so they keep all but its last minute; a deletion still in flight at
+/// [`DELETION_CUTOFF`] is cut, so even the last one ends in time for the journal's completion,
+/// the report and its summary.
+pub const DELETION_MARGIN: Duration = Duration::from_secs(60);
+/// How long before the deadline a deletion (or write-ahead) still in flight is cut: reported
+/// failed with code `Timeout` (it may have happened; the next sweep sees).
+pub const DELETION_CUTOFF: Duration = Duration::from_secs(30);
 
 /// The ports one invocation acts through.
 pub struct Ports<'a, E, P, L> {
@@ -136,7 +143,8 @@ where
             warnings.push("the invocation deadline was already past at start (a local emulator?): deletions were not time-bounded".to_string());
             None
         }
-        other => other,
+        // Read once into the monotonic clock: the wall clock may be stepped during a run.
+        other => other.map(|at| tokio::time::Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()),
     };
     let ledger = match ports.ledger {
         None if dry_run => {
@@ -284,15 +292,22 @@ struct Run<'a, L> {
     account_id: &'a str,
     dry_run: bool,
     invocation: &'a Invocation,
-    deadline: Option<SystemTime>,
+    /// Lambda's deadline on the monotonic clock (`None`: unknown, not time-bounded).
+    deadline: Option<tokio::time::Instant>,
     ledger: Ledger<'a, L>,
     /// Set when a ledger write failed: the regions after it delete nothing either.
     ledger_failed: std::sync::Mutex<Option<String>>,
 }
 
 impl<L: LedgerStore> Run<'_, L> {
+    /// Whether less than [`DEADLINE_MARGIN`] is left: no listing or deregistration starts.
     fn deadline_is_near(&self) -> bool {
-        self.deadline.is_some_and(|at| SystemTime::now() + DEADLINE_MARGIN >= at)
+        self.deadline.is_some_and(|at| tokio::time::Instant::now() + DEADLINE_MARGIN >= at)
+    }
+
+    /// Whether less than [`DELETION_MARGIN`] is left: no deletion starts.
+    fn deletion_deadline_is_near(&self) -> bool {
+        self.deadline.is_some_and(|at| tokio::time::Instant::now() + DELETION_MARGIN >= at)
     }
 
     /// Whether `step` may start in this region; if not, the region is aborted (nothing more is
@@ -307,6 +322,27 @@ impl<L: LedgerStore> Run<'_, L> {
         true
     }
 
+    /// Runs `call` (a deletion, a journal write-ahead) until [`DELETION_CUTOFF`] before the
+    /// deadline at most.
+    async fn until_cutoff<T>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = Result<T, amiguard::AwsError>>,
+    ) -> Result<T, amiguard::AwsError> {
+        let Some(at) = self.deadline else { return call.await };
+        let cut = at.checked_sub(DELETION_CUTOFF).unwrap_or(at);
+        tokio::time::timeout_at(cut, call).await.unwrap_or_else(|_| {
+            Err(amiguard::AwsError::new(
+                operation,
+                "Timeout",
+                format!(
+                    "cut {} s before the invocation's deadline (it may still have taken effect)",
+                    DELETION_CUTOFF.as_secs()
+                ),
+            ))
+        })
+    }
+
     /// Runs `call` (a ledger write, the summary's publish) only while the deadline has not passed,
     /// and no longer than until then: the report is already logged, these may be lost, never the
     /// invocation.
@@ -315,13 +351,13 @@ impl<L: LedgerStore> Run<'_, L> {
         call: impl std::future::Future<Output = Result<T, amiguard::AwsError>>,
     ) -> Result<T, amiguard::AwsError> {
         let Some(at) = self.deadline else { return call.await };
-        // A second short of the deadline: Lambda stops the invocation at it.
-        let left = at.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(Duration::from_secs(1));
         let cut = || amiguard::AwsError::new("Deadline", "DeadlineReached", "the invocation's deadline was reached");
-        if left.is_zero() {
+        // A second short of the deadline: Lambda stops the invocation at it.
+        let until = at.checked_sub(Duration::from_secs(1)).unwrap_or(at);
+        if tokio::time::Instant::now() >= until {
             return Err(cut());
         }
-        tokio::time::timeout(left, call).await.unwrap_or_else(|_| Err(cut()))
+        tokio::time::timeout_at(until, call).await.unwrap_or_else(|_| Err(cut()))
     }
 
     fn store(&self) -> Option<&L> {

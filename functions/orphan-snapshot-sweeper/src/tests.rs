@@ -143,6 +143,10 @@ struct FakeEc2 {
     slow: Option<(&'static str, Duration)>,
     /// Shared by the regions of one test: how many of their listings and deletions overlap.
     gauge: Option<std::sync::Arc<Gauge>>,
+    /// Snapshots whose deletion never answers.
+    hang: BTreeSet<String>,
+    /// When each DeleteSnapshot started, on tokio's clock (paused in some tests).
+    delete_started: Mutex<Vec<tokio::time::Instant>>,
 }
 
 /// The most listings and deletions in flight at once, across regions.
@@ -250,6 +254,11 @@ impl SweeperEc2 for FakeEc2 {
             // Longer than a listing: the next region lists and starts deleting meanwhile.
             Gauge::during(&gauge.deleting, &gauge.most_deleting, Duration::from_millis(250)).await;
         }
+        self.delete_started.lock().unwrap().push(tokio::time::Instant::now());
+        self.maybe_slow("DeleteSnapshot").await;
+        if self.hang.contains(snapshot_id) {
+            std::future::pending::<()>().await;
+        }
         self.call("DeleteSnapshot", snapshot_id)?;
         match self.delete_errors.get(snapshot_id) {
             Some(code) => Err(err("DeleteSnapshot", code)),
@@ -261,11 +270,21 @@ impl SweeperEc2 for FakeEc2 {
 #[derive(Default)]
 struct FakeSns {
     fail: bool,
+    /// Never answers (a publish that hangs until the SDK's timeout).
+    hang: bool,
     published: Mutex<Vec<(String, String, String)>>,
+    /// Where a publish is noted, beside what the handler logged before it.
+    log: Option<std::sync::Arc<Mutex<Vec<String>>>>,
 }
 
 impl SummaryPublisher for FakeSns {
     async fn publish(&self, topic_arn: &str, subject: &str, message: &str) -> Result<(), AwsError> {
+        if let Some(log) = &self.log {
+            log.lock().unwrap().push("publish".into());
+        }
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
         self.published.lock().unwrap().push((topic_arn.into(), subject.into(), message.into()));
         if self.fail {
             return Err(err("Publish", "AuthorizationError"));
@@ -447,9 +466,46 @@ async fn dry_run_deletes_nothing_and_the_event_can_only_make_a_run_drier() {
 }
 
 #[test]
-fn the_deadline_margin_outlasts_the_longest_call() {
+fn each_deadline_margin_outlasts_the_longest_call_it_covers() {
     let longest = amiguard::sdk::timeout_config().operation_timeout().unwrap();
     assert!(DEADLINE_MARGIN > longest, "{DEADLINE_MARGIN:?} must exceed one call's {longest:?}");
+    assert!(DELETION_MARGIN > DELETION_CUTOFF && !DELETION_CUTOFF.is_zero(), "in-flight deletions are cut in time");
+}
+
+/// Under tokio's paused clock: each deletion takes 10 s, the deadline is 200 s away. Deletions
+/// start while more than `DELETION_MARGIN` is left, and not one after.
+#[tokio::test(start_paused = true)]
+async fn deletions_go_on_until_their_own_margin_and_none_starts_inside_it() {
+    let orphans: Vec<SnapshotListing> = (0..150).map(|i| orphan(&format!("snap-{i:03}"))).collect();
+    let mut ec2 = FakeEc2::with(orphans, vec![]);
+    ec2.slow = Some(("DeleteSnapshot", Duration::from_secs(10)));
+    let regions = vec![("us-east-1".to_string(), ec2)];
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(200);
+    let soon = invocation().with_deadline(SystemTime::now() + Duration::from_secs(200));
+    let report = sweep_with(&config(), &regions, &FakeSns::default(), &event(json!({})), soon).await.unwrap();
+    let region = &report.regions[0];
+    let starts = regions[0].1.delete_started.lock().unwrap().clone();
+    assert!(!starts.is_empty() && starts.iter().all(|at| *at + DELETION_MARGIN < deadline));
+    assert!(
+        starts.iter().any(|at| *at > started + DEADLINE_MARGIN - Duration::from_secs(100)),
+        "past the listing margin"
+    );
+    assert_eq!(region.deleted.len(), starts.len());
+    assert!(!region.left_for_next_run.is_empty());
+    assert_eq!(region.deleted.len() + region.left_for_next_run.len(), 150);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deletion_that_never_answers_is_cut_and_reported_and_the_others_go_on() {
+    let mut ec2 = FakeEc2::with(vec![orphan("snap-01"), orphan("snap-02"), orphan("snap-03")], vec![]);
+    ec2.hang.insert("snap-02".into());
+    let (report, _) = sweep(&config(), ec2).await;
+    let region = &report.regions[0];
+    assert_eq!(region.deleted, ["snap-01", "snap-03"]);
+    assert_eq!(region.failed.len(), 1);
+    assert_eq!((region.failed[0].snapshot_id.as_str(), region.failed[0].code.as_str()), ("snap-02", "Timeout"));
+    assert!(region.failed[0].message.contains("before the invocation's deadline"));
 }
 
 #[tokio::test]
@@ -603,6 +659,59 @@ async fn the_summary_goes_to_the_topic_and_a_failed_publish_is_only_a_warning() 
     let report = sweep_with(&config(), &regions, &sns, &event(json!({})), invocation()).await.unwrap();
     assert_eq!(report.summary_published, None);
     assert_eq!(sns.published.lock().unwrap().len(), 1, "no topic, no publish");
+}
+
+/// A tracing subscriber that keeps the `report` field of each event, in order.
+struct LogRecorder(std::sync::Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for LogRecorder {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Report(Option<String>);
+        impl tracing::field::Visit for Report {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "report" {
+                    self.0 = Some(format!("{value:?}"));
+                }
+            }
+        }
+        let mut report = Report(None);
+        event.record(&mut report);
+        if let Some(report) = report.0 {
+            self.0.lock().unwrap().push(report);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn the_report_is_logged_before_the_summary_is_sent_and_a_hung_publish_ends_at_the_deadline() {
+    let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let _recording = tracing::subscriber::set_default(LogRecorder(log.clone()));
+    let with_topic = Config { report_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:sweeps".into()), ..config() };
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
+    let hung = FakeSns { hang: true, log: Some(log.clone()), ..FakeSns::default() };
+    // Inside the margin: the region is not swept, the report still goes out, and the publish
+    // that hangs is cut a second before the deadline.
+    let soon = invocation().with_deadline(SystemTime::now() + Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let report = sweep_with(&with_topic, &regions, &hung, &event(json!({})), soon).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "ended by the deadline");
+    assert_eq!(report.summary_published, Some(false));
+    assert!(report.warnings.iter().any(|w| w.contains("DeadlineReached")), "{:?}", report.warnings);
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert!(log[0].contains("deadline was near before the region started"), "the whole report first: {}", log[0]);
+    assert_eq!(log[1], "publish");
+    assert!(log[2].contains(r#""summary_published":false"#) && log[2].contains("DeadlineReached"), "{}", log[2]);
 }
 
 #[tokio::test]
