@@ -100,15 +100,18 @@ class Proxy:
         self.thread.start()
 
     def reset(self, account=None, throttle=None):
-        """A new phase: clear the counts, use `account`, throttle {action: (burst, rate)}."""
+        """A new phase: clear the counts, use `account`, throttle {action: (burst, rate)}: one
+        bucket per region and action, as EC2 paces each region on its own."""
         with self.lock:
             self.account = account
-            self.buckets = {a: TokenBucket(*spec) for a, spec in (throttle or {}).items()}
+            self.throttle = dict(throttle or {})
+            self.buckets = {}  # (region, action) -> TokenBucket
             self.calls = Counter()  # (service, action) -> calls that reached the proxy
             self.items_written = Counter()  # DynamoDB write action -> items it put or deleted
             self.throttled = Counter()  # action -> calls answered RequestLimitExceeded
             self.accepted_at = {}  # action -> [monotonic times of calls forwarded]
             self.throttled_at = {}  # action -> [monotonic times of calls throttled]
+            self.accepted_in = {}  # (region, action) -> [monotonic times of calls forwarded]
             self.in_flight = Counter()
             self.max_in_flight = Counter()
             self.pages = {}
@@ -122,13 +125,16 @@ class Proxy:
         length = int(request.headers.get("Content-Length") or 0)
         body = request.rfile.read(length) if length else b""
         service, action, form = classify(request.headers, body)
+        region = region_of_request(request.headers)
         with self.lock:
             self.calls[(service, action)] += 1
             if service == "dynamodb":
                 self.items_written[action] += items_written(action, body)
             self.in_flight[action] += 1
             self.max_in_flight[action] = max(self.max_in_flight[action], self.in_flight[action])
-            bucket = self.buckets.get(action)
+            bucket = None
+            if action in self.throttle:
+                bucket = self.buckets.setdefault((region, action), TokenBucket(*self.throttle[action]))
         try:
             if bucket is not None and not bucket.take():
                 with self.lock:
@@ -137,7 +143,9 @@ class Proxy:
                 status, headers, answer = throttled_answer()
             else:
                 with self.lock:
-                    self.accepted_at.setdefault(action, []).append(time.monotonic())
+                    now = time.monotonic()
+                    self.accepted_at.setdefault(action, []).append(now)
+                    self.accepted_in.setdefault((region, action), []).append(now)
                 if service == "ec2" and action in GAPS:
                     status, headers, answer = gap_answer(action)
                 elif action in PAGED and form.get("MaxResults"):
@@ -209,6 +217,7 @@ class Proxy:
                 "throttled": dict(self.throttled),
                 "accepted_at": {k: list(v) for k, v in self.accepted_at.items()},
                 "throttled_at": {k: list(v) for k, v in self.throttled_at.items()},
+                "accepted_in": {k: list(v) for k, v in self.accepted_in.items()},
                 "max_in_flight": dict(self.max_in_flight),
             }
 
@@ -247,6 +256,12 @@ def classify(headers, body):
     if body and "json" not in headers.get("Content-Type", ""):
         form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
     return service, form.get("Action", "?"), form
+
+
+def region_of_request(headers):
+    """The region of the SigV4 scope (`Credential=KEY/DATE/REGION/SERVICE/aws4_request`)."""
+    scope = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/", headers.get("Authorization", ""))
+    return scope.group(1) if scope else ""
 
 
 def error_xml(code, message):

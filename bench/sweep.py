@@ -14,6 +14,7 @@ Phases, each in a fresh account:
               deletions; the ledger's calls and items written, then again for an unchanged rerun
   custodian   Cloud Custodian (ebs-snapshot, `unused` + CreateImage description, `delete`) on the same data
   throughput  amiguard sweep with DeleteSnapshot throttled to AWS's 100 burst, 5/s refill
+  regions     the same throttle in each of four regions (a bucket per region), swept in one invocation
 
 usage: sweep.py --binary PATH [--custodian PATH] [--images N] [--manual N] [--throughput-images N]
 """
@@ -46,10 +47,12 @@ LEDGER_TABLE = "amiguard-ledger"
 FIXTURE_AMI = "ami-0a1b2c3d4e5f00001"  # tests/fixtures/amis.json: Amazon Linux
 INSTANCES = 4
 THREADS = 8
-ACCOUNTS = {"floor": "100000000001", "custodian": "100000000002", "throughput": "100000000003"}
+ACCOUNTS = {"floor": "100000000001", "custodian": "100000000002", "throughput": "100000000003",
+            "regions": "100000000004"}
 DELETE_BURST, DELETE_RATE = 100, 5.0  # AWS's DeleteSnapshot throttle, as the issue states it
 LAMBDA_TIMEOUT_S = 900
-DEADLINE_MARGIN_S = 60  # orphan_snapshot_sweeper::DEADLINE_MARGIN
+DELETION_MARGIN_S = 60  # orphan_snapshot_sweeper::DELETION_MARGIN: no deletion starts inside it
+REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2", "sa-east-1"]  # the regions phase's four
 
 
 def free_port():
@@ -87,8 +90,8 @@ def create_ledger(endpoint, account):
     ledger.create(dynamodb, LEDGER_TABLE)
 
 
-def ec2_client(endpoint, account):
-    client = boto3.client("ec2", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+def ec2_client(endpoint, account, region="us-east-1"):
+    client = boto3.client("ec2", endpoint_url=endpoint, region_name=region, aws_access_key_id="bench",
                           aws_secret_access_key="bench",
                           config=botocore.config.Config(max_pool_connections=THREADS * 2,
                                                         retries={"max_attempts": 10, "mode": "standard"}))
@@ -100,10 +103,10 @@ def ec2_client(endpoint, account):
     return client
 
 
-def seed(endpoint, account, images, manual):
+def seed(endpoint, account, images, manual, region="us-east-1", with_ledger=True):
     """`images` AMIs by CreateImage from INSTANCES instances, half deregistered; `manual` snapshots
-    of their volumes. Returns the listing's counts as the sweeper will see them."""
-    ec2 = ec2_client(endpoint, account)
+    of their volumes, in `region`. Returns the listing's counts as the sweeper will see them."""
+    ec2 = ec2_client(endpoint, account, region)
     started = time.monotonic()
     run = ec2.run_instances(ImageId=FIXTURE_AMI, InstanceType="t3.micro", MinCount=INSTANCES, MaxCount=INSTANCES)
     instances = [i["InstanceId"] for i in run["Instances"]]
@@ -117,7 +120,8 @@ def seed(endpoint, account, images, manual):
                                                 Description=f"nightly backup {n}"), range(manual)))
     pool.shutdown()
     counts = listing_counts(ec2, account)
-    create_ledger(endpoint, account)
+    if with_ledger:
+        create_ledger(endpoint, account)
     counts["seconds"] = round(time.monotonic() - started, 1)
     return counts
 
@@ -149,6 +153,7 @@ def run_sweeper(binary, proxy, account, name, extra_env=None):
             started = time.monotonic()
             kind, answer = api.invoke(scheduled_event(account), timeout_s=LAMBDA_TIMEOUT_S)
             wall = time.monotonic() - started
+            proxy.invoked_at = started
         finally:
             runtime_api.stop(process)
             api.close()
@@ -325,20 +330,69 @@ def phase_throughput(args, endpoint, proxy):
         print("    " + " ".join(f"{c:>7}" for c in cells[row:row + 12]))
     rate = steady or overall
     listing = max(0.0, wall - (end - start))
-    usable = LAMBDA_TIMEOUT_S - DEADLINE_MARGIN_S - listing
+    usable = LAMBDA_TIMEOUT_S - DELETION_MARGIN_S - listing
     projected = DELETE_BURST + rate * usable
     ceiling = DELETE_BURST + DELETE_RATE * usable
-    print(f"  projection for one 15-minute run: {LAMBDA_TIMEOUT_S} s - {DEADLINE_MARGIN_S} s deadline margin - "
+    print(f"  projection for one 15-minute run: {LAMBDA_TIMEOUT_S} s - {DELETION_MARGIN_S} s deletion margin - "
           f"{listing:.0f} s listing and planning = {usable:.0f} s of deletions:")
     print(f"    at the measured {rate:.2f}/s: {DELETE_BURST} + {rate:.2f} x {usable:.0f} = {projected:,.0f} deletions "
           f"({'>' if projected > 4000 else '<='} 4,000)")
     needed = (4000 - DELETE_BURST) / usable
-    print(f"    at AWS's 5/s exactly: {DELETE_BURST} + 5 x {usable:.0f} = {ceiling:,.0f}; 900 s x 5/s = 4,500 is the "
-          f"hard ceiling, and > 4,000 needs a pace of at least {needed:.2f}/s ({needed / DELETE_RATE:.0%} of 5/s)")
+    print(f"    at AWS's 5/s exactly: {DELETE_BURST} + 5 x {usable:.0f} = {ceiling:,.0f}; {DELETE_BURST} + 900 s x 5/s = "
+          f"4,600 is the physical limit, and > 4,000 needs a pace of at least {needed:.2f}/s ({needed / DELETE_RATE:.0%} of 5/s)")
     return {"seeded": seeded, "deleted": deleted, "failed": region["counts"]["failed"], "throttled": throttled,
             "max_in_flight": stats["max_in_flight"].get("DeleteSnapshot", 0), "rate_overall": round(overall, 2),
             "rate_after_burst": round(steady, 2) if steady else None, "wall_s": round(wall, 1),
             "projected_15min": round(projected), "windows_10s": cells}
+
+
+def phase_regions(args, endpoint, proxy, single):
+    """The same throttle in each of four regions (a bucket of its own per region, as EC2 has):
+    regions side by side, each region's pace and the invocation's, against the 1-region phase."""
+    account = ACCOUNTS["regions"]
+    per_region = args.region_images
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(REGIONS)) as pool:
+        seeded = list(pool.map(lambda r: seed(endpoint, account, per_region, 0, r, with_ledger=False), REGIONS))
+    create_ledger(endpoint, account)
+    print(f"  seeded account {account} in {time.monotonic() - started:.1f} s: in each of {', '.join(REGIONS)}, "
+          f"{per_region // 2} of {per_region} AMIs deregistered ({sum(s['snapshots_listed'] for s in seeded)} snapshots)")
+    proxy.reset(account=account, throttle={"DeleteSnapshot": (DELETE_BURST, DELETE_RATE)})
+    report, wall = run_sweeper(args.binary, proxy, account, "regions", {"REGIONS": ",".join(REGIONS)})
+    stats = proxy.report()
+    invoked = proxy.invoked_at
+    rows, projected_total = [], 0
+    print(f"  one invocation, REGIONS={','.join(REGIONS)}, DeleteSnapshot throttled per region at {DELETE_BURST} "
+          f"burst then {DELETE_RATE:g}/s; whole invocation {wall:.1f} s")
+    for region_report in report["regions"]:
+        name = region_report["region"]
+        if region_report.get("aborted"):
+            raise SystemExit(f"{name} aborted: {region_report['aborted']}")
+        accepted = sorted(stats["accepted_in"].get((name, "DeleteSnapshot"), []))
+        if len(accepted) <= DELETE_BURST + 1:
+            raise SystemExit(f"{name}: too few deletions ({len(accepted)}) to measure a pace past the burst")
+        after = accepted[DELETE_BURST:]
+        pace = (len(after) - 1) / (after[-1] - after[0])
+        first, last = accepted[0] - invoked, accepted[-1] - invoked
+        usable = LAMBDA_TIMEOUT_S - DELETION_MARGIN_S - first
+        projected = min(DELETE_BURST + pace * usable, DELETE_BURST + DELETE_RATE * LAMBDA_TIMEOUT_S)
+        projected_total += projected
+        rows.append({"region": name, "deleted": region_report["counts"]["deleted"],
+                     "failed": region_report["counts"]["failed"], "first_s": round(first, 1), "last_s": round(last, 1),
+                     "pace_after_burst": round(pace, 2), "projected_15min": round(projected)})
+        print(f"    {name:<15} deleted {region_report['counts']['deleted']:>4} (failed {region_report['counts']['failed']}),"
+              f" deleting from {first:5.1f} s to {last:5.1f} s, {pace:.2f}/s after the burst;"
+              f" projected {projected:,.0f} in a 15-minute run")
+    spans = [(r["first_s"], r["last_s"]) for r in rows]
+    overlap = min(last for _, last in spans) - max(first for first, _ in spans)
+    print(f"  the four regions delete side by side: {overlap:.1f} s during which all four were deleting")
+    one = single["projected_15min"] if single else None
+    print(f"  deletions per 15-minute run: 1 region {one if one is not None else '(throughput phase not run)'}"
+          f" (phase 2), 4 regions {projected_total:,.0f}"
+          + (f" ({projected_total / one:.2f}x)" if one else "")
+          + f"; physical limit {DELETE_BURST + DELETE_RATE * LAMBDA_TIMEOUT_S:,.0f} per region per run")
+    return {"regions": rows, "wall_s": round(wall, 1), "projected_15min_4_regions": round(projected_total),
+            "projected_15min_1_region": one, "all_four_deleting_s": round(overlap, 1)}
 
 
 def main():
@@ -349,7 +403,9 @@ def main():
     parser.add_argument("--manual", type=int, default=2000, help="manual snapshots per account")
     parser.add_argument("--throughput-images", type=int, default=2000,
                         help="AMIs made for the throughput phase (half deregistered: the deletions)")
-    parser.add_argument("--phases", default="floor,custodian,throughput")
+    parser.add_argument("--region-images", type=int, default=800,
+                        help="AMIs made in each of the regions phase's four regions (half deregistered)")
+    parser.add_argument("--phases", default="floor,custodian,throughput,regions")
     args = parser.parse_args()
     os.makedirs(OUT, exist_ok=True)
     phases = args.phases.split(",")
@@ -366,6 +422,9 @@ def main():
         if "throughput" in phases:
             print("== 2. deletion throughput under throttling ==")
             results["throughput"] = phase_throughput(args, endpoint, proxy)
+        if "regions" in phases:
+            print("== 2b. four regions side by side under the same throttle ==")
+            results["regions"] = phase_regions(args, endpoint, proxy, results.get("throughput"))
     finally:
         proxy.stop()
         moto.terminate()
