@@ -147,3 +147,49 @@ fn the_protect_tag_is_denied_by_iam_whatever_the_parameter_says() {
     }
     assert_eq!(resources["OrphanSnapshotSweeperFunction"]["DependsOn"], json!(guard_id));
 }
+
+/// The one managed policy any function gets is AWS's read access for `DescribeImageReferences`
+/// (which reads launch templates, SSM parameters and Image Builder recipes with the caller's
+/// permissions), on the sweeper only, and only when retirement is on. Everything else a function
+/// may do is in its inline statements, which the least-privilege tests hold to what it calls.
+#[test]
+fn the_only_managed_policy_is_the_image_references_read_for_retirement() {
+    let template = load();
+    for function in functions(&template) {
+        let policies = template["Resources"][&function.logical_id]["Properties"]["Policies"].as_array().unwrap();
+        let managed: Vec<&Value> = policies.iter().filter(|p| p.get("Statement").is_none()).collect();
+        if function.binary.as_deref() != Some("orphan-snapshot-sweeper") {
+            assert!(managed.is_empty(), "{}: {managed:?}", function.logical_id);
+            continue;
+        }
+        assert_eq!(
+            managed,
+            [&json!({"!If": [
+                "SweeperRetiresImages",
+                {"!Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonEC2ImageReferencesAccessPolicy"},
+                {"!Ref": "AWS::NoValue"}
+            ]})]
+        );
+    }
+}
+
+/// `SweeperProtectTag` goes into the IAM guard's JSON and must be the very key the sweeper reads:
+/// its pattern (checked here by Python's `re`, whose syntax for it is CloudFormation's) refuses
+/// anything that could break out of the JSON string or the `!Sub`, a space at either end (the
+/// function trims it, IAM would not) and the reserved `aws:` prefix.
+#[test]
+fn the_protect_tag_parameter_admits_only_keys_the_guard_and_the_code_agree_on() {
+    let template = load();
+    let pattern = template["Parameters"]["SweeperProtectTag"]["AllowedPattern"].as_str().unwrap();
+    let accepted = ["amiguard:keep", "legal-hold", "Keep", "k", "team/keep me", "a=b+c@d.e_f"];
+    let refused = ["", " keep", "keep ", "aws:keep", "AWS:keep", "ke\"ep", "ke\\ep", "ke${x}ep", "ke{ep", "ke,ep"];
+    let script = "import json, re, sys\npattern, keys = json.loads(sys.argv[1]), json.loads(sys.argv[2])\nprint(json.dumps([re.fullmatch(pattern, k) is not None for k in keys]))";
+    let keys: Vec<&str> = accepted.iter().chain(refused.iter()).copied().collect();
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, &json!(pattern).to_string(), &json!(keys).to_string()])
+        .output()
+        .expect("python3 runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let matched: Vec<bool> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(matched, keys.iter().map(|k| accepted.contains(k)).collect::<Vec<_>>(), "{keys:?}");
+}

@@ -49,10 +49,13 @@ impl<L: LedgerStore> Run<'_, L> {
             if let Some(store) = self.store() {
                 let ahead: Vec<_> = chunk.iter().map(|orphan| self.journal_entry(region, orphan).intended()).collect();
                 if let Err(err) = self.until_cutoff("BatchWriteItem", store.write_batch(ahead, Vec::new())).await {
-                    self.ledger_broke(&err);
-                    report.aborted = Some(format!(
-                        "writing the journal to the ledger failed, nothing more deleted in this region: {err}"
-                    ));
+                    report.aborted = Some(if self.deletion_deadline_is_near() {
+                        // Cut by the deadline, not refused by the ledger: other regions go on.
+                        format!("the invocation's deadline came while writing the journal: {err}")
+                    } else {
+                        self.ledger_broke(&err);
+                        format!("writing the journal to the ledger failed, nothing more deleted in this region: {err}")
+                    });
                     report.left_for_next_run.extend(chunk.iter().map(|o| o.snapshot_id.to_string()));
                     continue;
                 }

@@ -44,16 +44,18 @@ pub const DELETE_CONCURRENCY: usize = 8;
 /// own, so regions side by side delete up to this many times as much in one run.
 pub const REGION_CONCURRENCY: usize = 4;
 /// No region, listing, ledger read or deregistration starts with less than this left before the
-/// Lambda deadline. It exceeds the longest such call (the SDK's 120 s operation timeout,
-/// `amiguard::sdk::timeout_config`), so whatever was started ends before the deadline.
+/// Lambda deadline. It exceeds the longest single call (the SDK's 120 s operation timeout,
+/// `amiguard::sdk::timeout_config`); a paged listing may take many calls, so every call of a
+/// region is also cut [`DELETION_CUTOFF`] before the deadline, whatever it is.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(150);
 /// A deletion or its journal's write-ahead starts only with more than this left. Deletions are the
 /// bulk of a run, so they keep all but its last minute; a deletion still in flight at
 /// [`DELETION_CUTOFF`] is cut, so even the last one ends in time for the journal's completion,
 /// the report and its summary.
 pub const DELETION_MARGIN: Duration = Duration::from_secs(60);
-/// How long before the deadline a deletion (or write-ahead) still in flight is cut: reported
-/// failed with code `Timeout` (it may have happened; the next sweep sees).
+/// How long before the deadline any call of a region still in flight is cut (a listing, a ledger
+/// read or write, a deregistration, a deletion): a deletion is then reported failed with code
+/// `Timeout` (it may have happened; the next sweep sees), a listing aborts its region.
 pub const DELETION_CUTOFF: Duration = Duration::from_secs(30);
 
 /// The ports one invocation acts through.
@@ -167,15 +169,33 @@ where
         ledger_failed: Default::default(),
     };
 
-    // Regions are planned one at a time, in `REGIONS` order, each holding the budget while it
-    // plans (so one region's listing is in memory at a time, and `MAX_DELETIONS` is shared
-    // without a race); their deletions then run side by side. Reports stay in `REGIONS` order.
+    // Regions are planned one at a time, in `REGIONS` order: each waits for the one before it to
+    // finish planning (so one region's listing is in memory at a time, and `MAX_DELETIONS` is
+    // taken in that order without a race); their deletions then run side by side, a region that
+    // is done making room for the next. Reports stay in `REGIONS` order.
     let budget = tokio::sync::Mutex::new(u64::from(config.max_deletions));
-    let swept: Vec<Swept> = futures::stream::iter(ports.regions)
-        .map(|(region, ec2)| run.sweep_region(region, ec2, &budget))
-        .buffered(REGION_CONCURRENCY)
+    let (mut turns, mut previous) = (Vec::new(), None);
+    for _ in ports.regions {
+        let (done, next) = tokio::sync::oneshot::channel::<()>();
+        turns.push((previous.replace(next), done));
+    }
+    let mut swept: Vec<(usize, Swept)> = futures::stream::iter(ports.regions.iter().zip(turns).enumerate())
+        .map(|(index, ((region, ec2), (my_turn, planned)))| {
+            let budget = &budget;
+            let run = &run;
+            async move {
+                if let Some(my_turn) = my_turn {
+                    // An error means the region before has gone: its turn is over either way.
+                    let _ = my_turn.await;
+                }
+                (index, run.sweep_region(region, ec2, budget, planned).await)
+            }
+        })
+        .buffer_unordered(REGION_CONCURRENCY)
         .collect()
         .await;
+    swept.sort_by_key(|(index, _)| *index);
+    let swept = swept.into_iter().map(|(_, region)| region);
     let mut region_reports = Vec::new();
     let mut retired_images = Vec::new();
     for region in swept {
@@ -322,8 +342,8 @@ impl<L: LedgerStore> Run<'_, L> {
         true
     }
 
-    /// Runs `call` (a deletion, a journal write-ahead) until [`DELETION_CUTOFF`] before the
-    /// deadline at most.
+    /// Runs `call` (any call of a region's sweep) until [`DELETION_CUTOFF`] before the deadline at
+    /// most; cut, it fails with code `Timeout`.
     async fn until_cutoff<T>(
         &self,
         operation: &'static str,
@@ -336,7 +356,7 @@ impl<L: LedgerStore> Run<'_, L> {
                 operation,
                 "Timeout",
                 format!(
-                    "cut {} s before the invocation's deadline (it may still have taken effect)",
+                    "cut {} s before the invocation's deadline (a change it asked for may still have happened)",
                     DELETION_CUTOFF.as_secs()
                 ),
             ))
@@ -398,14 +418,22 @@ impl<L: LedgerStore> Run<'_, L> {
         )
     }
 
-    /// One region: planned while it holds the budget (the regions before it have planned), then
-    /// its deletions, side by side with other regions'.
-    async fn sweep_region<E: SweeperEc2>(&self, region: &str, ec2: &E, budget: &tokio::sync::Mutex<u64>) -> Swept {
+    /// One region, once the regions before it have planned: planned (holding the budget), then
+    /// `planned` lets the next region plan, then its deletions, side by side with other regions'.
+    async fn sweep_region<E: SweeperEc2>(
+        &self,
+        region: &str,
+        ec2: &E,
+        budget: &tokio::sync::Mutex<u64>,
+        planned: tokio::sync::oneshot::Sender<()>,
+    ) -> Swept {
         let mut swept = Swept { report: RegionReport::new(region), retired: Vec::new(), warnings: Vec::new() };
         let deletions = {
             let mut budget = budget.lock().await;
             self.plan_region(region, ec2, &mut budget, &mut swept).await
         };
+        // Nobody waiting (the last region) is no error.
+        let _ = planned.send(());
         if let Some(deletions) = deletions {
             self.delete(region, ec2, &deletions.to_delete, &deletions.recorded, &mut swept.report, &mut swept.warnings)
                 .await;
@@ -439,7 +467,7 @@ impl<L: LedgerStore> Run<'_, L> {
         if !self.time_for(report, "the region started") {
             return None;
         }
-        let snapshots = match ec2.snapshots(&self.config.protect_tag).await {
+        let snapshots = match self.until_cutoff("DescribeSnapshots", ec2.snapshots(&self.config.protect_tag)).await {
             Ok(snapshots) => snapshots,
             Err(err) => return aborted(report, "listing snapshots", &err),
         };
@@ -447,7 +475,7 @@ impl<L: LedgerStore> Run<'_, L> {
         if !self.time_for(report, "listing images") {
             return None;
         }
-        let images = match ec2.images(&self.config.protect_tag).await {
+        let images = match self.until_cutoff("DescribeImages", ec2.images(&self.config.protect_tag)).await {
             Ok(images) => images,
             Err(err) => return aborted(report, "listing images", &err),
         };
@@ -457,7 +485,7 @@ impl<L: LedgerStore> Run<'_, L> {
             if !self.time_for(report, "listing the Recycle Bin") {
                 return None;
             }
-            binned = match ec2.images_in_recycle_bin().await {
+            binned = match self.until_cutoff("ListImagesInRecycleBin", ec2.images_in_recycle_bin()).await {
                 Ok(binned) => binned,
                 Err(err) => return aborted(report, "listing the Recycle Bin", &err),
             };
@@ -466,7 +494,7 @@ impl<L: LedgerStore> Run<'_, L> {
         if !self.time_for(report, "listing snapshot locks") {
             return None;
         }
-        let locked = match ec2.locked_snapshots().await {
+        let locked = match self.until_cutoff("DescribeLockedSnapshots", ec2.locked_snapshots()).await {
             Ok(locked) => locked,
             Err(err) => return aborted(report, "listing snapshot locks", &err),
         };
@@ -474,7 +502,7 @@ impl<L: LedgerStore> Run<'_, L> {
         if !self.time_for(report, "listing Fast Snapshot Restores") {
             return None;
         }
-        match ec2.fast_snapshot_restores().await {
+        match self.until_cutoff("DescribeFastSnapshotRestores", ec2.fast_snapshot_restores()).await {
             Ok(restores) => report.set_fast_snapshot_restores(restores),
             Err(err) => warnings.push(format!("{region}: Fast Snapshot Restores could not be listed: {err}")),
         }
@@ -483,7 +511,9 @@ impl<L: LedgerStore> Run<'_, L> {
         }
         let RegionMemory { mut memory, image_writes, stale } = match &self.ledger {
             Ledger::Ready { store, previous_run } => {
-                match records::read_region(*store, region, &images, &binned, self.invocation.now, *previous_run).await {
+                let reading =
+                    records::read_region(*store, region, &images, &binned, self.invocation.now, *previous_run);
+                match self.until_cutoff("Query", reading).await {
                     Ok(memory) => memory,
                     Err(err) => {
                         self.ledger_broke(&err);
@@ -505,7 +535,7 @@ impl<L: LedgerStore> Run<'_, L> {
                     return None;
                 }
                 // A retention rule may have put the images just deregistered in the Recycle Bin.
-                binned = match ec2.images_in_recycle_bin().await {
+                binned = match self.until_cutoff("ListImagesInRecycleBin", ec2.images_in_recycle_bin()).await {
                     Ok(binned) => binned,
                     Err(err) => return aborted(report, "listing the Recycle Bin after retiring images", &err),
                 };
@@ -568,7 +598,7 @@ impl<L: LedgerStore> Run<'_, L> {
             let mut deletes = stale;
             deletes.extend(orphan_deletes);
             let writes = (puts.len() + deletes.len()) as u64;
-            if let Err(err) = store.write_batch(puts, deletes).await {
+            if let Err(err) = self.until_cutoff("BatchWriteItem", store.write_batch(puts, deletes)).await {
                 self.ledger_broke(&err);
                 report.fill_from_plan(&plan, self.config.price_per_gb_month);
                 return aborted(report, "writing the ledger", &err);

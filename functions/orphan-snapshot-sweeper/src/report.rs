@@ -43,7 +43,9 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// Where the full lists are, when the report's lists are cut to fit (see `counts`).
     pub full_lists: Option<String>,
-    /// `null` without `REPORT_TOPIC_ARN`; otherwise whether SNS accepted the summary.
+    /// `null` without `REPORT_TOPIC_ARN`; otherwise whether SNS accepted the summary. Always
+    /// `null` in the report's log line, which is written before the publish: the second log line
+    /// (`summary_published`, `run_recorded`) says how it went.
     pub summary_published: Option<bool>,
 }
 

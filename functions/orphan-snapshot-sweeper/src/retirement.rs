@@ -35,7 +35,12 @@ impl<L: LedgerStore> Run<'_, L> {
         warnings: &mut Vec<String>,
     ) -> Retirement {
         let mut retirement = Retirement { retired: Vec::new(), deregistered_any: false };
-        let used_by_instances = match ec2.images_used_by_instances().await {
+        if *budget == 0 {
+            // Nothing could be retired: spare EC2 the questions about every old AMI.
+            report.retirement_skipped = Some("MAX_DELETIONS was used up before this region's retirement".into());
+            return retirement;
+        }
+        let used_by_instances = match self.until_cutoff("DescribeInstances", ec2.images_used_by_instances()).await {
             Ok(ids) => ids,
             Err(err) => {
                 report.retirement_skipped = Some(format!("listing instances failed: {err}"));
@@ -47,7 +52,7 @@ impl<L: LedgerStore> Run<'_, L> {
                 Some("the invocation's deadline was near before listing launch templates".into());
             return retirement;
         }
-        let templates = match ec2.launch_template_images().await {
+        let templates = match self.until_cutoff("DescribeLaunchTemplateVersions", ec2.launch_template_images()).await {
             Ok(templates) => templates,
             Err(err) => {
                 report.retirement_skipped = Some(format!("listing launch template versions failed: {err}"));
@@ -91,11 +96,15 @@ impl<L: LedgerStore> Run<'_, L> {
                 (RetireOutcome::DryRun, None)
             } else if self.deadline_is_near() {
                 (RetireOutcome::LeftForNextRun, None)
-            } else if let Err(err) = self.journal_ahead(&entry).await {
+            } else if self.ledger_failure().is_some() {
+                // The ledger failed in this run (in this region or another): no deregistration
+                // the run could not remember.
+                (RetireOutcome::LeftForNextRun, None)
+            } else if let Err(err) = self.until_cutoff("PutItem", self.journal_ahead(&entry)).await {
                 // No deregistration the journal does not hold.
                 (RetireOutcome::Failed, Some(err))
             } else {
-                let result = match ec2.deregister_image(&image.image_id).await {
+                let result = match self.until_cutoff("DeregisterImage", ec2.deregister_image(&image.image_id)).await {
                     Ok(()) => (RetireOutcome::Deregistered, None),
                     Err(err) if err.is_not_found() || err.has_code("InvalidAMIID.Unavailable") => {
                         (RetireOutcome::AlreadyGone, None)
@@ -157,7 +166,7 @@ impl<L: LedgerStore> Run<'_, L> {
         if image_ids.is_empty() || self.deadline_is_near() {
             return facts;
         }
-        match ec2.referenced_images(image_ids).await {
+        match self.until_cutoff("DescribeImageReferences", ec2.referenced_images(image_ids)).await {
             Ok(referenced) => {
                 for (id, fact) in &mut facts {
                     fact.referenced = Some(referenced.contains(id));
@@ -170,7 +179,7 @@ impl<L: LedgerStore> Run<'_, L> {
             if fact.referenced != Some(false) {
                 continue;
             }
-            match ec2.is_image_shared(image_id).await {
+            match self.until_cutoff("DescribeImageAttribute", ec2.is_image_shared(image_id)).await {
                 Ok(shared) => fact.shared = Some(shared),
                 Err(err) => {
                     warnings
@@ -189,7 +198,7 @@ impl<L: LedgerStore> Run<'_, L> {
                 .collect();
             fact.snapshot_shared = Some(false);
             for snapshot_id in snapshots {
-                match ec2.is_snapshot_shared(snapshot_id).await {
+                match self.until_cutoff("DescribeSnapshotAttribute", ec2.is_snapshot_shared(snapshot_id)).await {
                     Ok(false) => {}
                     Ok(true) => {
                         fact.snapshot_shared = Some(true);

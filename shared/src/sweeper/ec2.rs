@@ -254,8 +254,17 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
             .option_name(ImageReferenceOptionName::VersionDepth)
             .option_values(LAUNCH_TEMPLATE_VERSION_DEPTH)
             .build();
+        // Instances as `images_used_by_instances` counts them: every state but terminated (the API
+        // default includes terminated ones, which use nothing).
+        let live = ResourceTypeOption::builder()
+            .option_name(ImageReferenceOptionName::StateName)
+            .set_option_values(Some(LIVE_INSTANCE_STATES.iter().map(|s| s.to_string()).collect()))
+            .build();
         let every_type = [
-            ResourceTypeRequest::builder().resource_type(ImageReferenceResourceType::Ec2Instance).build(),
+            ResourceTypeRequest::builder()
+                .resource_type(ImageReferenceResourceType::Ec2Instance)
+                .resource_type_options(live)
+                .build(),
             ResourceTypeRequest::builder()
                 .resource_type(ImageReferenceResourceType::Ec2LaunchTemplate)
                 .resource_type_options(depth)
@@ -663,16 +672,20 @@ mod tests {
         let asks_everything = |r: &aws_sdk_ec2::operation::describe_image_references::DescribeImageReferencesInput| {
             let types: Vec<&str> =
                 r.resource_types().iter().filter_map(|t| t.resource_type()).map(|t| t.as_str()).collect();
-            let depth: Vec<&str> = r
-                .resource_types()
-                .iter()
-                .flat_map(|t| t.resource_type_options())
-                .filter(|o| o.option_name() == Some(&ImageReferenceOptionName::VersionDepth))
-                .flat_map(|o| o.option_values())
-                .map(String::as_str)
-                .collect();
+            let option = |name: ImageReferenceOptionName| -> Vec<&str> {
+                r.resource_types()
+                    .iter()
+                    .flat_map(|t| t.resource_type_options())
+                    .filter(|o| o.option_name() == Some(&name))
+                    .flat_map(|o| o.option_values())
+                    .map(String::as_str)
+                    .collect()
+            };
             let all = ImageReferenceResourceType::values().iter().filter(|t| !t.is_empty()).count();
-            types.len() == all && depth == [LAUNCH_TEMPLATE_VERSION_DEPTH] && r.max_results() == Some(1000)
+            types.len() == all
+                && option(ImageReferenceOptionName::VersionDepth) == [LAUNCH_TEMPLATE_VERSION_DEPTH]
+                && option(ImageReferenceOptionName::StateName) == LIVE_INSTANCE_STATES
+                && r.max_results() == Some(1000)
         };
         let reference =
             |id: &str| ImageReference::builder().image_id(id).arn(format!("arn:aws:ssm:::parameter/{id}")).build();
