@@ -8,9 +8,11 @@
 //! (`delete`), retirement (`retirement`), the configuration and the report.
 //!
 //! Per region, in this order: list snapshots, then images (so an AMI registered in between is
-//! seen), then the Recycle Bin, then the ledger; any failed listing or ledger read aborts that
-//! region with zero deletions. What changed is written to the ledger before anything is deleted.
-//! The invocation still answers with the report: an error is only for an event it must not act on.
+//! seen), then the Recycle Bin and the snapshot locks, then the ledger; any failed listing or
+//! ledger read aborts that region with zero deletions. What changed is written to the ledger
+//! before anything is deleted. Regions are planned one at a time in `REGIONS` order and delete
+//! side by side. The invocation still answers with the report (logged before anything else is
+//! sent): an error is only for an event it must not act on.
 
 pub mod config;
 mod delete;
@@ -19,14 +21,13 @@ pub mod report;
 mod retirement;
 
 use std::collections::BTreeSet;
-
-use futures::stream::StreamExt;
 use std::time::{Duration, SystemTime};
 
 use amiguard::ledger::{keys, Item, LedgerStore};
 use amiguard::sweeper::records::{self, RegionMemory};
 use amiguard::sweeper::{plan, ImageFacts, PlanInput, Policy, SummaryPublisher, SweeperEc2};
 use chrono::{DateTime, Utc};
+use futures::stream::StreamExt;
 use serde::Serialize;
 
 pub use amiguard::invocation::Invocation;
@@ -315,7 +316,7 @@ struct Run<'a, L> {
     /// Lambda's deadline on the monotonic clock (`None`: unknown, not time-bounded).
     deadline: Option<tokio::time::Instant>,
     ledger: Ledger<'a, L>,
-    /// Set when a ledger write failed: the regions after it delete nothing either.
+    /// Set when the ledger failed: from then on no region deletes or deregisters anything more.
     ledger_failed: std::sync::Mutex<Option<String>>,
 }
 
