@@ -19,7 +19,7 @@ fn stop_event(instance_id: &str, time: &str) -> Value {
 }
 
 fn snapshot_on_stop_config() -> snapshot_on_stop::Config {
-    snapshot_on_stop::Config { scope: SnapshotScope::Tagged, keep_last: 2, dry_run: false }
+    snapshot_on_stop::Config { scope: SnapshotScope::Tagged, keep_last: 2, ..Default::default() }
 }
 
 const OPT_IN: (&str, &str) = ("amiguard:snapshot-on-stop", "true");
@@ -150,6 +150,17 @@ async fn orphan(account: &TestAccount) -> String {
     let snapshot = image.images()[0].block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap().to_string();
     ec2.deregister_image().image_id(image_id).send().await.unwrap();
     snapshot
+}
+
+/// An orphan in `region` as EC2 would describe it: a snapshot of its own volume "created by
+/// CreateImage" for an AMI that does not exist.
+async fn orphan_in(account: &TestAccount, region: &str) -> String {
+    let ec2 = account.ec2_in(region);
+    let volume = ec2.create_volume().availability_zone(format!("{region}a")).size(8).send().await.unwrap();
+    let volume = volume.volume_id().unwrap();
+    let description = format!("Created by CreateImage(i-0123456789abcdef0) for ami-0123456789abcdef0 from {volume}");
+    let snapshot = ec2.create_snapshot().volume_id(volume).description(description).send().await.unwrap();
+    snapshot.snapshot_id().unwrap().to_string()
 }
 
 async fn snapshot_exists(account: &TestAccount, snapshot_id: &str) -> bool {
@@ -325,6 +336,9 @@ async fn the_sweeper_without_a_working_ledger_deletes_nothing_in_any_region() {
     use amiguard_integration_tests::REGION;
     let account = TestAccount::new().await;
     let snapshot = orphan(&account).await;
+    // An orphan in the second region too: it plans while the first deletes, so its own deletions
+    // must be what the ledger's failure stops.
+    let other = orphan_in(&account, "eu-west-1").await;
     let vars = [
         ("AWS_REGION", REGION),
         ("DRY_RUN", "false"),
@@ -357,6 +371,8 @@ async fn the_sweeper_without_a_working_ledger_deletes_nothing_in_any_region() {
         }
         assert_eq!(proxy.count("DeleteSnapshot"), 0, "{refused}: nothing deleted");
         assert!(snapshot_exists(&account, &snapshot).await);
+        let left = account.ec2_in("eu-west-1").describe_snapshots().snapshot_ids(&other).send().await.unwrap();
+        assert_eq!(left.snapshots().len(), 1, "{refused}: the second region's orphan is kept");
     }
 }
 
