@@ -94,6 +94,20 @@ pub fn choice_var<T: Copy>(
     }
 }
 
+/// `PROTECT_TAG`: the tag key (any value, any letter case) that keeps a snapshot or an AMI;
+/// default `amiguard:keep`.
+pub fn protect_tag_var(source: &dyn VarSource) -> Result<String, ConfigError> {
+    let Some(key) = optional(source, "PROTECT_TAG") else {
+        return Ok(crate::tags::KEEP.to_string());
+    };
+    // Users cannot write `aws:` keys, so such a protect tag could never protect anything.
+    let reserved = key.get(..4).is_some_and(|head| head.eq_ignore_ascii_case("aws:"));
+    if key.chars().count() > 128 || reserved {
+        return Err(ConfigError::new("PROTECT_TAG", key, "a tag key of 1 to 128 characters, not starting with aws:"));
+    }
+    Ok(key)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

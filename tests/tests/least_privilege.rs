@@ -75,7 +75,7 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
         ledger: Some(ledger::on(&through)),
         region: account.region.clone(),
     };
-    let config = snapshot_on_stop::Config { scope: SnapshotScope::Tagged, keep_last: 1, dry_run: false };
+    let config = snapshot_on_stop::Config { scope: SnapshotScope::Tagged, keep_last: 1, ..Default::default() };
     // Three stops with KEEP_LAST=1: create, new template versions, retention with its cleanup;
     // the ledger's lease, records and journal on the way.
     for time in ["2026-11-27T01:00:00Z", "2026-11-27T02:00:00Z", "2026-11-27T03:00:00Z"] {

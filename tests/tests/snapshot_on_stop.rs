@@ -7,13 +7,14 @@ use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::snapshot_on_stop::core::SnapshotScope;
 use amiguard::snapshot_on_stop::ec2::Ec2Client;
 use amiguard::snapshot_on_stop::records::{self, MadeImage};
-use amiguard_integration_tests::{sample_event, TestAccount};
+use amiguard_integration_tests::proxy::{Fault, Proxy};
+use amiguard_integration_tests::{moto, sample_event, TestAccount};
 use aws_sdk_ec2::types::{Filter, Image};
 use serde_json::{json, Value};
 use snapshot_on_stop::{handle, Clients, Config, Error, Outcome};
 
 fn config(scope: SnapshotScope, keep_last: usize, dry_run: bool) -> Config {
-    Config { scope, keep_last, dry_run }
+    Config { scope, keep_last, dry_run, ..Config::default() }
 }
 
 fn tagged() -> Config {
@@ -532,4 +533,107 @@ async fn images_made_before_the_ledger_are_adopted_once_by_their_exact_name() {
     let remaining: Vec<String> =
         own_images(&account).await.iter().filter_map(|i| i.image_id().map(str::to_string)).collect();
     assert!(remaining.contains(&late) && remaining.contains(&renamed));
+}
+
+/// snapshot-on-stop's clients with EC2 through `proxy` (which says what moto cannot: a pending
+/// image, a hibernation stop), the ledger direct.
+async fn clients_through(account: &TestAccount, proxy: &Proxy) -> Clients<Ec2Client, DynamoLedger> {
+    Clients {
+        ec2: Ec2Client::new(account.through(proxy).ec2()),
+        ledger: Some(amiguard_integration_tests::ledger::create(account).await),
+        region: account.region.clone(),
+    }
+}
+
+#[tokio::test]
+async fn a_pending_image_never_displaces_the_last_good_one() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let clients = clients_through(&account, &proxy).await;
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    let stop = |hour: &str| stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"));
+    let first = handle(&clients, &keep_one, stop("01"), &delivery()).await.unwrap();
+    let good = first.image_id.clone().unwrap();
+
+    // EC2 makes an image `pending` for minutes (moto: at once available): every image is pending
+    // while the second stop decides, its own included, so nothing is counted and nothing retired.
+    proxy.inject(Fault::rewrite(
+        "DescribeImages",
+        "<imageState>available</imageState>",
+        "<imageState>pending</imageState>",
+    ));
+    let second = handle(&clients, &keep_one, stop("02"), &delivery()).await.unwrap();
+    assert_eq!(second.outcome, Outcome::Created);
+    assert!(second.retired_images.is_empty(), "{:?}", second.retired_images);
+    let pending = second.image_id.clone().unwrap();
+
+    // Third stop: the first image is available, the second still pending, the third available.
+    proxy.clear_faults();
+    proxy.inject(Fault::rewrite(
+        "DescribeImages",
+        format!("<imageId>{pending}</imageId><imageState>available</imageState>"),
+        format!("<imageId>{pending}</imageId><imageState>pending</imageState>"),
+    ));
+    let third = handle(&clients, &keep_one, stop("03"), &delivery()).await.unwrap();
+    assert_eq!(third.retired_images, std::slice::from_ref(&good), "the pending image is neither retired nor counted");
+    let remaining: Vec<String> =
+        own_images(&account).await.iter().filter_map(|i| i.image_id().map(str::to_string)).collect();
+    assert!(remaining.contains(&pending) && !remaining.contains(&good), "{remaining:?}");
+}
+
+#[tokio::test]
+async fn a_protected_image_survives_any_number_of_stops_and_is_not_counted() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let clients = clients(&account).await;
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    let stop = |hour: &str| stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"));
+    let kept_by_image_tag = handle(&clients, &keep_one, stop("01"), &delivery()).await.unwrap().image_id.unwrap();
+    let ec2 = account.ec2();
+    let keep = |key: &str| aws_sdk_ec2::types::Tag::builder().key(key).value("legal hold").build();
+    ec2.create_tags().resources(&kept_by_image_tag).tags(keep("amiguard:keep")).send().await.unwrap();
+    let second = handle(&clients, &keep_one, stop("02"), &delivery()).await.unwrap();
+    assert!(second.retired_images.is_empty(), "{:?}", second.retired_images);
+    let kept_by_snapshot_tag = second.image_id.unwrap();
+    let image = own_images(&account).await.into_iter().find(|i| i.image_id() == Some(&kept_by_snapshot_tag)).unwrap();
+    // On a snapshot, in another letter case: IAM's guard matches it so, and so does retention.
+    ec2.create_tags().resources(&snapshot_ids(&image)[0]).tags(keep("AMIGUARD:KEEP")).send().await.unwrap();
+
+    let mut retired = Vec::new();
+    for hour in ["03", "04", "05"] {
+        let report = handle(&clients, &keep_one, stop(hour), &delivery()).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Created);
+        retired.extend(report.retired_images);
+    }
+    assert_eq!(retired.len(), 2, "the protected ones do not count: each later stop retires the one before it");
+    assert!(!retired.contains(&kept_by_image_tag) && !retired.contains(&kept_by_snapshot_tag), "{retired:?}");
+    let remaining: Vec<String> =
+        own_images(&account).await.iter().filter_map(|i| i.image_id().map(str::to_string)).collect();
+    assert!(remaining.contains(&kept_by_image_tag) && remaining.contains(&kept_by_snapshot_tag));
+    assert_eq!(remaining.len(), 3, "{remaining:?}");
+}
+
+#[tokio::test]
+async fn a_hibernation_stop_makes_no_image_and_a_stop_aws_made_is_imaged_and_named() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let clients = clients_through(&account, &proxy).await;
+    let says = |code: &str| {
+        Fault::rewrite("DescribeInstances", "<code>Client.UserInitiatedShutdown</code>", format!("<code>{code}</code>"))
+    };
+    proxy.inject(says("Client.UserInitiatedHibernate"));
+    let hibernated =
+        handle(&clients, &tagged(), stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    assert_eq!(hibernated.outcome, Outcome::Skipped);
+    assert!(hibernated.reason.as_deref().unwrap().contains("hibernation"), "{:?}", hibernated.reason);
+    assert_eq!(hibernated.stop_reason.as_deref(), Some("Client.UserInitiatedHibernate"));
+    assert_nothing_made(&account).await;
+
+    proxy.clear_faults();
+    proxy.inject(says("Server.SpotInstanceTermination"));
+    let spot = handle(&clients, &tagged(), stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    assert_eq!(spot.outcome, Outcome::Created);
+    assert_eq!(spot.stop_reason.as_deref(), Some("Server.SpotInstanceTermination"));
 }

@@ -113,39 +113,46 @@ fn the_sweepers_ami_rule_takes_only_deregistrations_from_ec2() {
     assert!(!delivered(&function, &instance_event));
 }
 
-/// The protect tag's IAM backstop follows `SweeperProtectTag`: a policy of its own on the
-/// sweeper's role that only denies (it can never widen what least privilege proves), covers both
-/// of the sweeper's destructive actions, and is on the role before the function exists.
+/// The protect tag's IAM backstop follows its parameter, for each function that deletes: a policy
+/// of its own on the function's role that only denies (it can never widen what least privilege
+/// proves), covers both destructive actions, and is on the role before the function exists.
 #[test]
 fn the_protect_tag_is_denied_by_iam_whatever_the_parameter_says() {
     let template = load();
     let resources = template["Resources"].as_object().unwrap();
-    let default_tag = template["Parameters"]["SweeperProtectTag"]["Default"].as_str().unwrap();
-    assert_eq!(default_tag, "amiguard:keep");
-    let role = "OrphanSnapshotSweeperFunctionRole";
-    let guards: Vec<(&String, &Value)> = resources
-        .iter()
-        .filter(|(_, r)| {
-            r["Type"] == "AWS::IAM::Policy"
-                && r["Properties"]["Roles"].as_array().is_some_and(|roles| roles.contains(&json!({"!Ref": role})))
-        })
-        .collect();
-    assert_eq!(guards.len(), 1, "exactly one policy of its own on {role}");
-    let (guard_id, guard) = guards[0];
-    let document = guard["Properties"]["PolicyDocument"]["!Sub"].as_str().expect("the document is a !Sub string");
-    assert!(document.contains("${SweeperProtectTag}"), "the condition key follows the parameter");
-    for tag in [default_tag, "legal-hold"] {
-        let document: Value = serde_json::from_str(&document.replace("${SweeperProtectTag}", tag)).unwrap();
-        let statements = document["Statement"].as_array().unwrap();
-        assert!(!statements.is_empty());
-        assert!(statements.iter().all(|s| s["Effect"] == "Deny"), "{guard_id} must only deny");
-        let deny = &statements[0];
-        let actions: Vec<&str> = deny["Action"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-        assert_eq!(actions, ["ec2:DeleteSnapshot", "ec2:DeregisterImage"]);
-        assert_eq!(deny["Resource"], "*");
-        assert_eq!(deny["Condition"]["Null"][format!("aws:ResourceTag/{tag}")], "false");
+    for (function, parameter) in
+        [("OrphanSnapshotSweeperFunction", "SweeperProtectTag"), ("SnapshotOnStopFunction", "SnapshotOnStopProtectTag")]
+    {
+        let default_tag = template["Parameters"][parameter]["Default"].as_str().unwrap();
+        assert_eq!(default_tag, "amiguard:keep");
+        let role = format!("{function}Role");
+        let guards: Vec<(&String, &Value)> = resources
+            .iter()
+            .filter(|(_, r)| {
+                r["Type"] == "AWS::IAM::Policy"
+                    && r["Properties"]["Roles"].as_array().is_some_and(|roles| roles.contains(&json!({"!Ref": role})))
+            })
+            .collect();
+        assert_eq!(guards.len(), 1, "exactly one policy of its own on {role}");
+        let (guard_id, guard) = guards[0];
+        let document = guard["Properties"]["PolicyDocument"]["!Sub"].as_str().expect("the document is a !Sub string");
+        let placeholder = format!("${{{parameter}}}");
+        assert!(document.contains(&placeholder), "{guard_id}: the condition key follows {parameter}");
+        for tag in [default_tag, "legal-hold"] {
+            let document: Value = serde_json::from_str(&document.replace(&placeholder, tag)).unwrap();
+            let statements = document["Statement"].as_array().unwrap();
+            assert!(!statements.is_empty());
+            assert!(statements.iter().all(|s| s["Effect"] == "Deny"), "{guard_id} must only deny");
+            let deny = &statements[0];
+            let actions: Vec<&str> = deny["Action"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+            assert_eq!(actions, ["ec2:DeleteSnapshot", "ec2:DeregisterImage"]);
+            assert_eq!(deny["Resource"], "*");
+            assert_eq!(deny["Condition"]["Null"][format!("aws:ResourceTag/{tag}")], "false");
+        }
+        assert_eq!(resources[function]["DependsOn"], json!(guard_id));
+        let env = &resources[function]["Properties"]["Environment"]["Variables"];
+        assert_eq!(env["PROTECT_TAG"], json!({"!Ref": parameter}), "{function} reads the key IAM guards");
     }
-    assert_eq!(resources["OrphanSnapshotSweeperFunction"]["DependsOn"], json!(guard_id));
 }
 
 /// The one managed policy any function gets is AWS's read access for `DescribeImageReferences`
@@ -173,7 +180,7 @@ fn the_only_managed_policy_is_the_image_references_read_for_retirement() {
     }
 }
 
-/// `SweeperProtectTag` goes into the IAM guard's JSON and must be the very key the sweeper reads:
+/// `SweeperProtectTag` (and `SnapshotOnStopProtectTag`, the same pattern) goes into the IAM guard's JSON and must be the very key the sweeper reads:
 /// its pattern (checked here by Python's `re`, whose syntax for it is CloudFormation's) refuses
 /// anything that could break out of the JSON string or the `!Sub`, a space at either end (the
 /// function trims it, IAM would not) and the reserved `aws:` prefix.
@@ -181,6 +188,7 @@ fn the_only_managed_policy_is_the_image_references_read_for_retirement() {
 fn the_protect_tag_parameter_admits_only_keys_the_guard_and_the_code_agree_on() {
     let template = load();
     let pattern = template["Parameters"]["SweeperProtectTag"]["AllowedPattern"].as_str().unwrap();
+    assert_eq!(template["Parameters"]["SnapshotOnStopProtectTag"]["AllowedPattern"], json!(pattern));
     let accepted = ["amiguard:keep", "legal-hold", "Keep", "k", "team/keep me", "a=b+c@d.e_f"];
     let refused = ["", " keep", "keep ", "aws:keep", "AWS:keep", "ke\"ep", "ke\\ep", "ke${x}ep", "ke{ep", "ke,ep"];
     let script = "import json, re, sys\npattern, keys = json.loads(sys.argv[1]), json.loads(sys.argv[2])\nprint(json.dumps([re.fullmatch(pattern, k) is not None for k in keys]))";

@@ -1,8 +1,7 @@
 //! The sweeper's configuration: every variable validated at init; an invalid value stops the
 //! function with a message naming the variable and what it accepts.
 
-use amiguard::config::{bool_var, number_var, optional, ConfigError, VarSource};
-use amiguard::tags;
+use amiguard::config::{bool_var, number_var, optional, protect_tag_var, ConfigError, VarSource};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -45,7 +44,7 @@ impl Config {
             min_age_hours: number_var(source, "MIN_AGE_HOURS", DEFAULT_MIN_AGE_HOURS, 0, 87_600)?,
             max_deletions: number_var(source, "MAX_DELETIONS", DEFAULT_MAX_DELETIONS, 0, 100_000)?,
             max_delete_fraction: number_var(source, "MAX_DELETE_FRACTION", DEFAULT_MAX_DELETE_FRACTION, 0.0, 1.0)?,
-            protect_tag: protect_tag(source)?,
+            protect_tag: protect_tag_var(source)?,
             regions: regions(source)?,
             price_per_gb_month: number_var(source, "PRICE_PER_GB_MONTH", DEFAULT_PRICE_PER_GB_MONTH, 0.0, 100.0)?,
             report_topic_arn: report_topic_arn(source)?,
@@ -58,18 +57,6 @@ impl Config {
     pub fn report_topic_region(&self) -> Option<&str> {
         self.report_topic_arn.as_deref().and_then(|arn| arn.split(':').nth(3))
     }
-}
-
-fn protect_tag(source: &dyn VarSource) -> Result<String, ConfigError> {
-    let Some(key) = optional(source, "PROTECT_TAG") else {
-        return Ok(tags::KEEP.to_string());
-    };
-    // Users cannot write `aws:` keys, so such a protect tag could never protect anything.
-    let reserved = key.get(..4).is_some_and(|head| head.eq_ignore_ascii_case("aws:"));
-    if key.chars().count() > 128 || reserved {
-        return Err(ConfigError::new("PROTECT_TAG", key, "a tag key of 1 to 128 characters, not starting with aws:"));
-    }
-    Ok(key)
 }
 
 fn regions(source: &dyn VarSource) -> Result<Vec<String>, ConfigError> {

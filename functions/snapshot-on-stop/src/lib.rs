@@ -33,6 +33,16 @@ pub struct Config {
     pub scope: SnapshotScope,
     pub keep_last: usize,
     pub dry_run: bool,
+    /// `PROTECT_TAG` (default `amiguard:keep`): an image carrying it, or one of whose snapshots
+    /// does (any letter case, any value), is never retired and not counted in `KEEP_LAST`.
+    pub protect_tag: String,
+}
+
+impl Default for Config {
+    /// What an unset environment gives.
+    fn default() -> Self {
+        Self { scope: SnapshotScope::Tagged, keep_last: 3, dry_run: false, protect_tag: tags::KEEP.to_string() }
+    }
 }
 
 impl Config {
@@ -46,6 +56,7 @@ impl Config {
             )?,
             keep_last: config::number_var(source, "KEEP_LAST", 3usize, 1, 1000)?,
             dry_run: config::bool_var(source, "DRY_RUN", false)?,
+            protect_tag: config::protect_tag_var(source)?,
         })
     }
 }
@@ -84,6 +95,9 @@ pub struct Report {
     pub image_name: Option<String>,
     /// Why the instance was skipped.
     pub reason: Option<String>,
+    /// EC2's `StateReason.Code` of the stop (`Client.UserInitiatedShutdown`, or `Server.*` for a
+    /// stop AWS made, such as a Spot interruption).
+    pub stop_reason: Option<String>,
     pub launch_template: Option<LaunchTemplateRef>,
     /// Images deregistered by retention (in a dry run: those that would be).
     pub retired_images: Vec<String>,
@@ -112,6 +126,7 @@ impl Report {
             image_id: None,
             image_name: None,
             reason: None,
+            stop_reason: None,
             launch_template: None,
             retired_images: Vec::new(),
             deleted_snapshots: Vec::new(),
@@ -192,7 +207,7 @@ pub async fn handle<E: SnapshotOnStopEc2, L: LedgerStore>(
         return Ok(Report::skipped(instance_id, SkipReason::InstanceGone));
     };
     if let Err(reason) = decide::select(&instance, config.scope) {
-        return Ok(Report::skipped(instance_id, reason));
+        return Ok(Report { stop_reason: instance.state_reason.clone(), ..Report::skipped(instance_id, reason) });
     }
     if config.dry_run {
         return dry_run(clients, config, instance_id, stopped_at).await;
@@ -228,6 +243,7 @@ async fn image_and_retire<E: SnapshotOnStopEc2, L: LedgerStore>(
             }
         };
     let mut report = Report::new(outcome, instance_id);
+    report.stop_reason = instance.state_reason.clone();
     report.image_name = Some(record.name.clone());
     report.image_id = Some(image_id.clone());
     report.adopted_images = adopted;
@@ -241,8 +257,8 @@ async fn image_and_retire<E: SnapshotOnStopEc2, L: LedgerStore>(
     session.record(&record).await;
     report.launch_template = Some(template);
     if session.is_healthy() {
-        retention::retire(ec2, session, config.keep_last, &image_id, &earlier_versions, &mut report, invocation)
-            .await?;
+        let keep = retention::Keep { last: config.keep_last, protect_tag: &config.protect_tag };
+        retention::retire(ec2, session, &keep, &image_id, &earlier_versions, &mut report, invocation).await?;
     }
     Ok(report)
 }
@@ -269,7 +285,8 @@ async fn dry_run<E: SnapshotOnStopEc2, L: LedgerStore>(
         Ok(known) => {
             // Only an image the ledger holds counts as this stop's own.
             let current = report.image_id.as_deref().filter(|id| known.holds_image(id));
-            report.retired_images = retention::preview(ec2, &known, config.keep_last, current).await?;
+            let keep = retention::Keep { last: config.keep_last, protect_tag: &config.protect_tag };
+            report.retired_images = retention::preview(ec2, &known, &keep, current).await?;
         }
         Err(err) => report.warnings.push(format!("the ledger could not be read ({err}): nothing would be retired")),
     }
@@ -289,22 +306,27 @@ mod tests {
 
     #[test]
     fn defaults_are_tagged_keep_three_and_act() {
-        assert_eq!(from(&[]).unwrap(), Config { scope: SnapshotScope::Tagged, keep_last: 3, dry_run: false });
+        assert_eq!(from(&[]).unwrap(), Config::default());
+        assert_eq!(Config::default().protect_tag, "amiguard:keep");
     }
 
     #[test]
     fn reads_every_setting() {
-        let config = from(&[("SNAPSHOT_SCOPE", "all"), ("KEEP_LAST", "7"), ("DRY_RUN", "true")]).unwrap();
-        assert_eq!(config, Config { scope: SnapshotScope::All, keep_last: 7, dry_run: true });
+        let env = &[("SNAPSHOT_SCOPE", "all"), ("KEEP_LAST", "7"), ("DRY_RUN", "true"), ("PROTECT_TAG", "legal-hold")];
+        let config = from(env).unwrap();
+        let expected =
+            Config { scope: SnapshotScope::All, keep_last: 7, dry_run: true, protect_tag: "legal-hold".into() };
+        assert_eq!(config, expected);
     }
 
     #[test]
     fn invalid_values_name_the_variable_and_what_it_accepts() {
-        let cases: [(Env, &str, &str); 4] = [
+        let cases: [(Env, &str, &str); 5] = [
             (&[("SNAPSHOT_SCOPE", "some")], "SNAPSHOT_SCOPE", "one of tagged, all"),
             (&[("KEEP_LAST", "0")], "KEEP_LAST", "a number from 1 to 1000"),
             (&[("KEEP_LAST", "three")], "KEEP_LAST", "a number from 1 to 1000"),
             (&[("DRY_RUN", "maybe")], "DRY_RUN", "true or false"),
+            (&[("PROTECT_TAG", "aws:keep")], "PROTECT_TAG", "a tag key of 1 to 128 characters, not starting with aws:"),
         ];
         for (env, variable, expected) in cases {
             let err = from(env).unwrap_err();

@@ -1,7 +1,8 @@
-//! Retention: keep the newest `KEEP_LAST` images of the instance, retire the rest with their
-//! snapshots and launch-template versions. The candidates are the ledger's records of what
+//! Retention: keep the newest `KEEP_LAST` available images of the instance, retire the rest with
+//! their snapshots and launch-template versions. The candidates are the ledger's records of what
 //! snapshot-on-stop made (that still exist in EC2), never a tag query: an AMI the ledger does not
-//! hold is never retired, whatever its tags.
+//! hold is never retired, whatever its tags. A tag can only keep: the protect tag on an image or
+//! on one of its snapshots keeps the image (and it does not count in `KEEP_LAST`).
 
 use std::collections::HashMap;
 
@@ -15,12 +16,22 @@ use amiguard::snapshot_on_stop::records::{InstanceRecords, MadeImage};
 use crate::session::Session;
 use crate::{Error, KeptSnapshot, Report, FUNCTION};
 
-/// The recorded images of the instance that still exist in EC2, as retention orders them. A
-/// snapshot is a candidate for deletion only when the ledger recorded it for the image *and* the
-/// image maps it now. Also answers the records whose image is gone (deregistered by someone else).
+/// How many images retention keeps, and the tag that keeps one whatever the count.
+pub struct Keep<'a> {
+    /// `KEEP_LAST`: available, unprotected images.
+    pub last: usize,
+    /// `PROTECT_TAG`.
+    pub protect_tag: &'a str,
+}
+
+/// The recorded images of the instance that still exist in EC2, as retention orders them, with
+/// what EC2 says of each (its state, the protect tag on it or its snapshots). A snapshot is a
+/// candidate for deletion only when the ledger recorded it for the image *and* the image maps it
+/// now. Also answers the records whose image is gone (deregistered by someone else).
 async fn recorded_images(
     ec2: &impl SnapshotOnStopEc2,
     records: &InstanceRecords,
+    protect_tag: &str,
 ) -> Result<(Vec<ManagedImage>, Vec<MadeImage>), Error> {
     let live: Vec<&MadeImage> = records.images.iter().filter(|r| r.is_live()).collect();
     let ids: Vec<String> = live.iter().filter_map(|r| r.image_id.clone()).collect();
@@ -41,7 +52,23 @@ async fn recorded_images(
             stopped_at: Some(record.stopped_at),
             creation_date: image.creation_date.as_deref().and_then(decide::parse_time),
             snapshot_ids: record.snapshot_ids.iter().filter(|s| image.snapshot_ids.contains(s)).cloned().collect(),
+            available: image.state.as_deref() == Some("available"),
+            protected: image.tags.iter().any(|t| t.key.eq_ignore_ascii_case(protect_tag)),
         });
+    }
+    // Every snapshot the images map now, not only the recorded ones: a protect tag on any keeps
+    // its image. Asked only when retention could retire something.
+    if managed.iter().any(|i| i.available && !i.protected) {
+        let mapped: Vec<String> = managed
+            .iter()
+            .filter_map(|i| existing.get(&i.image_id))
+            .flat_map(|image| image.snapshot_ids.iter().cloned())
+            .collect();
+        let protected = ec2.protected_snapshots(&mapped, protect_tag).await?;
+        for image in &mut managed {
+            let snapshots = existing.get(&image.image_id).map(|i| i.snapshot_ids.as_slice()).unwrap_or_default();
+            image.protected |= snapshots.iter().any(|s| protected.contains(s));
+        }
     }
     Ok((managed, gone))
 }
@@ -50,12 +77,12 @@ async fn recorded_images(
 pub async fn preview(
     ec2: &impl SnapshotOnStopEc2,
     records: &InstanceRecords,
-    keep_last: usize,
+    keep: &Keep<'_>,
     current: Option<&str>,
 ) -> Result<Vec<String>, Error> {
-    let (managed, _) = recorded_images(ec2, records).await?;
-    // The image this stop would make counts among those kept.
-    let keep_others = if current.is_none() { keep_last.saturating_sub(1) } else { keep_last };
+    let (managed, _) = recorded_images(ec2, records, keep.protect_tag).await?;
+    // The image this stop would make counts among those kept (as it will once available).
+    let keep_others = if current.is_none() { keep.last.saturating_sub(1) } else { keep.last };
     Ok(decide::images_to_retire(&managed, keep_others, current.unwrap_or_default())
         .into_iter()
         .map(|i| i.image_id.clone())
@@ -67,20 +94,20 @@ pub async fn preview(
 pub async fn retire<L: LedgerStore>(
     ec2: &impl SnapshotOnStopEc2,
     session: &mut Session<'_, L>,
-    keep_last: usize,
+    keep: &Keep<'_>,
     current_image: &str,
     template_versions: &[LaunchTemplateVersion],
     report: &mut Report,
     invocation: &Invocation,
 ) -> Result<(), Error> {
     let region = session.region().to_string();
-    let (managed, gone) = recorded_images(ec2, &session.records).await?;
+    let (managed, gone) = recorded_images(ec2, &session.records, keep.protect_tag).await?;
     // Deregistered by someone else: no longer counted, no longer looked up.
     for record in gone {
         session.record(&MadeImage { retired_at: Some(invocation.now), ..record }).await;
     }
     let retiring: Vec<ManagedImage> =
-        decide::images_to_retire(&managed, keep_last, current_image).into_iter().cloned().collect();
+        decide::images_to_retire(&managed, keep.last, current_image).into_iter().cloned().collect();
     let journal = |resource, resource_id: &str| {
         JournalEntry::new(
             &invocation.request_id,

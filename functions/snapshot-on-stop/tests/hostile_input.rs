@@ -52,7 +52,7 @@ fn ec2() -> Ec2Client {
 }
 
 fn config() -> Config {
-    Config { scope: SnapshotScope::All, keep_last: 3, dry_run: false }
+    Config { scope: SnapshotScope::All, ..Config::default() }
 }
 
 proptest! {

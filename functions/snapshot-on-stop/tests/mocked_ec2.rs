@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use amiguard::invocation::Invocation;
 use amiguard::ledger::memory::MemoryLedger;
-use amiguard::snapshot_on_stop::core::SnapshotScope;
 use amiguard::snapshot_on_stop::ec2::{CreateImageOutcome, Ec2Client, SnapshotOnStopEc2};
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::operation::create_image::CreateImageOutput;
@@ -128,7 +127,7 @@ async fn the_handler_answers_already_created_when_aws_says_the_name_is_taken() {
         RuleMode::MatchAny,
         [&instance, &by_name, &create, &by_id, &by_tags, &tag, &template, &versions]
     );
-    let config = Config { scope: SnapshotScope::Tagged, keep_last: 3, dry_run: false };
+    let config = Config::default();
     let mut event: serde_json::Value =
         serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();
     event["detail"]["instance-id"] = json!(INSTANCE);
@@ -226,7 +225,7 @@ async fn lose_the_name_to(
         .await
         .unwrap();
     let clients = Clients { ec2: Ec2Client::new(client), ledger: Some(ledger), region: "us-east-1".into() };
-    let config = Config { scope: SnapshotScope::Tagged, keep_last: 3, dry_run: false };
+    let config = Config::default();
     let mut event: serde_json::Value =
         serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();
     event["detail"]["instance-id"] = json!(INSTANCE);

@@ -23,8 +23,14 @@ pub struct InstanceFacts {
     pub state: String,
     /// `ebs` or `instance-store`.
     pub root_device_type: Option<String>,
+    /// EC2's `StateReason.Code` of the last state change: `Client.UserInitiatedShutdown`,
+    /// `Client.UserInitiatedHibernate`, `Server.SpotInstanceTermination`, ...
+    pub state_reason: Option<String>,
     pub tags: Vec<Tag>,
 }
+
+/// The `StateReason.Code` of a stop by hibernation.
+pub const HIBERNATION: &str = "Client.UserInitiatedHibernate";
 
 /// Why an instance is not imaged. The text is the report's `reason`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +39,8 @@ pub enum SkipReason {
     InstanceGone,
     NoLongerStopped(String),
     NotEbsBacked(String),
+    /// Stopped by hibernation: AWS warns that an image of a hibernated instance may not boot.
+    Hibernated,
     OptedOut,
     NotOptedIn,
 }
@@ -44,6 +52,7 @@ impl std::fmt::Display for SkipReason {
             Self::InstanceGone => write!(f, "instance no longer exists"),
             Self::NoLongerStopped(state) => write!(f, "instance is {state} now, no longer stopped"),
             Self::NotEbsBacked(kind) => write!(f, "root device is {kind}, not EBS: it cannot be imaged"),
+            Self::Hibernated => write!(f, "stopped by hibernation ({HIBERNATION}): such an image may not boot"),
             Self::OptedOut => write!(f, "instance opted out with {}=false", tags::SNAPSHOT_ON_STOP),
             Self::NotOptedIn => write!(f, "instance is not tagged {}=true (scope is tagged)", tags::SNAPSHOT_ON_STOP),
         }
@@ -62,6 +71,10 @@ pub fn select(instance: &InstanceFacts, scope: SnapshotScope) -> Result<(), Skip
     match instance.root_device_type.as_deref() {
         Some("ebs") => {}
         other => return Err(SkipReason::NotEbsBacked(other.unwrap_or("unknown").to_string())),
+    }
+    // Any other stop, one AWS made included (a Spot interruption, `Server.*`), is imaged.
+    if instance.state_reason.as_deref() == Some(HIBERNATION) {
+        return Err(SkipReason::Hibernated);
     }
     let opt_in = tags::value(&instance.tags, tags::SNAPSHOT_ON_STOP).map(|v| v.trim().to_ascii_lowercase());
     match (scope, opt_in.as_deref()) {
@@ -132,18 +145,26 @@ pub fn snapshot_tags(instance_id: &str, stopped_at: DateTime<Utc>, image_id: &st
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedImage {
     pub image_id: String,
-    /// From `amiguard:stopped-at`; `None` when missing or unreadable.
+    /// The stop it was made for (the ledger's record); `None` when unknown.
     pub stopped_at: Option<DateTime<Utc>>,
     pub creation_date: Option<DateTime<Utc>>,
     pub snapshot_ids: Vec<String>,
+    /// EC2 says it is `available` (not pending, failed, disabled or unknown).
+    pub available: bool,
+    /// The protect tag is on it or on one of its snapshots.
+    pub protected: bool,
 }
 
-/// The images to retire so that the newest `keep_last` remain ("newest" by `stopped-at`, ties
-/// broken by creation date). `current` (the image of this stop) is never retired, even when a
-/// late redelivery makes it older than the others. An image whose `stopped-at` cannot be read is
-/// never retired: it cannot be ordered, and a wrong guess would delete a newer image.
+/// The images to retire so that the newest `keep_last` *available* images remain ("newest" by
+/// the stop they were made for, ties broken by creation date). Never retired, and never counted
+/// among the `keep_last`: an image that is not available (a pending one may never become
+/// available, a failed one is evidence), a protected one, and one whose stop cannot be read (it
+/// cannot be ordered, and a wrong guess would delete a newer image). So a pending image never
+/// displaces the last good one. `current` (the image of this stop) is never retired, even when a
+/// late redelivery makes it older than the others.
 pub fn images_to_retire<'a>(images: &'a [ManagedImage], keep_last: usize, current: &str) -> Vec<&'a ManagedImage> {
-    let mut ordered: Vec<&ManagedImage> = images.iter().filter(|i| i.stopped_at.is_some()).collect();
+    let mut ordered: Vec<&ManagedImage> =
+        images.iter().filter(|i| i.stopped_at.is_some() && i.available && !i.protected).collect();
     ordered.sort_by(|a, b| {
         (b.stopped_at, b.creation_date, &b.image_id).cmp(&(a.stopped_at, a.creation_date, &a.image_id))
     });
@@ -167,6 +188,7 @@ mod tests {
             instance_id: "i-0123456789abcdef0".into(),
             state: state.into(),
             root_device_type: root.map(str::to_string),
+            state_reason: Some("Client.UserInitiatedShutdown".into()),
             tags: tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect(),
         }
     }
@@ -218,6 +240,20 @@ mod tests {
     }
 
     #[test]
+    fn a_hibernation_stop_is_skipped_and_a_stop_aws_made_is_imaged() {
+        let tag = [("amiguard:snapshot-on-stop", "true")];
+        let with_reason = |reason: Option<&str>| InstanceFacts {
+            state_reason: reason.map(str::to_string),
+            ..instance("stopped", Some("ebs"), &tag)
+        };
+        assert_eq!(select(&with_reason(Some(HIBERNATION)), SnapshotScope::Tagged), Err(SkipReason::Hibernated));
+        assert!(SkipReason::Hibernated.to_string().contains("hibernation"));
+        for imaged in [Some("Server.SpotInstanceTermination"), Some("Client.UserInitiatedShutdown"), None] {
+            assert_eq!(select(&with_reason(imaged), SnapshotScope::Tagged), Ok(()), "{imaged:?}");
+        }
+    }
+
+    #[test]
     fn names_are_deterministic_and_valid_ami_names() {
         let name = image_name("i-0123456789abcdef0", at(10, 20));
         assert_eq!(name, "amiguard-i-0123456789abcdef0-20260304T102005Z");
@@ -265,6 +301,8 @@ mod tests {
             stopped_at: stopped,
             creation_date: created,
             snapshot_ids: vec![format!("snap-{id}")],
+            available: true,
+            protected: false,
         }
     }
 
@@ -302,23 +340,54 @@ mod tests {
         assert_eq!(ids(images_to_retire(&images, 1, "ami-late")), ["ami-b"]);
     }
 
+    #[test]
+    fn a_pending_or_failed_image_never_displaces_an_available_one() {
+        let pending = ManagedImage { available: false, ..managed("ami-new", Some(at(2, 0)), Some(at(2, 0))) };
+        let images = [managed("ami-old", Some(at(1, 0)), Some(at(1, 0))), pending.clone()];
+        // KEEP_LAST=1 while this stop's image is still pending: the last good image stays.
+        assert!(images_to_retire(&images, 1, "ami-new").is_empty());
+        // Once it is available (the next stop's view), the old one goes.
+        let available = ManagedImage { available: true, ..pending };
+        let images = [managed("ami-old", Some(at(1, 0)), Some(at(1, 0))), available];
+        assert_eq!(ids(images_to_retire(&images, 1, "ami-newer")), ["ami-old"]);
+        // A failed image is never retired and never counted.
+        let failed = ManagedImage { available: false, ..managed("ami-failed", Some(at(0, 0)), None) };
+        let images = [failed, managed("ami-ok", Some(at(1, 0)), None)];
+        assert!(images_to_retire(&images, 1, "ami-x").is_empty());
+    }
+
+    #[test]
+    fn a_protected_image_is_never_retired_nor_counted() {
+        let protected = ManagedImage { protected: true, ..managed("ami-kept", Some(at(1, 0)), None) };
+        let images = [protected, managed("ami-b", Some(at(2, 0)), None), managed("ami-c", Some(at(3, 0)), None)];
+        assert_eq!(ids(images_to_retire(&images, 1, "ami-c")), ["ami-b"]);
+        assert_eq!(ids(images_to_retire(&images, 2, "ami-c")), Vec::<&str>::new());
+    }
+
     proptest! {
         #[test]
-        fn retention_keeps_the_newest_and_current(stops in proptest::collection::vec((0i64..50, 0i64..50), 0..12), keep in 1usize..6, current in 0usize..12) {
-            let images: Vec<ManagedImage> = stops.iter().enumerate().map(|(n, (s, c))| managed(
-                &format!("ami-{n}"),
-                Some(at(0, 0) + chrono::Duration::minutes(*s)),
-                Some(at(0, 0) + chrono::Duration::minutes(*c)),
-            )).collect();
+        fn retention_keeps_the_newest_and_current(stops in proptest::collection::vec((0i64..50, 0i64..50, any::<bool>(), any::<bool>()), 0..12), keep in 1usize..6, current in 0usize..12) {
+            let images: Vec<ManagedImage> = stops.iter().enumerate().map(|(n, (s, c, available, protected))| ManagedImage {
+                available: *available,
+                protected: *protected,
+                ..managed(
+                    &format!("ami-{n}"),
+                    Some(at(0, 0) + chrono::Duration::minutes(*s)),
+                    Some(at(0, 0) + chrono::Duration::minutes(*c)),
+                )
+            }).collect();
             let current_id = format!("ami-{current}");
             let retired = images_to_retire(&images, keep, &current_id);
             let kept: Vec<&ManagedImage> = images.iter().filter(|i| !retired.iter().any(|r| r.image_id == i.image_id)).collect();
-            // at least min(keep, n) kept, and the current image always kept
-            prop_assert!(kept.len() >= keep.min(images.len()));
-            prop_assert!(retired.iter().all(|r| r.image_id != current_id));
-            // no retired image is newer than a kept image other than the current one
+            // only available, unprotected images are retired, and never the current one
+            prop_assert!(retired.iter().all(|r| r.available && !r.protected && r.image_id != current_id));
+            // at least min(keep, n) of the available, unprotected images are kept
+            let counted = images.iter().filter(|i| i.available && !i.protected).count();
+            let kept_counted = kept.iter().filter(|i| i.available && !i.protected).count();
+            prop_assert!(kept_counted >= keep.min(counted));
+            // no retired image is newer than a kept available, unprotected one other than the current
             for r in &retired {
-                for k in kept.iter().filter(|k| k.image_id != current_id) {
+                for k in kept.iter().filter(|k| k.image_id != current_id && k.available && !k.protected) {
                     prop_assert!((r.stopped_at, r.creation_date) <= (k.stopped_at, k.creation_date));
                 }
             }
@@ -332,7 +401,7 @@ mod tests {
 
         #[test]
         fn image_tags_never_exceed_the_limit_nor_copy_reserved(user in proptest::collection::vec(("[a-zA-Z:]{1,12}", "[a-z]{0,5}"), 0..80)) {
-            let i = InstanceFacts { instance_id: "i-1".into(), state: "stopped".into(), root_device_type: Some("ebs".into()), tags: user.into_iter().map(|(k, v)| Tag::new(k, v)).collect() };
+            let i = InstanceFacts { instance_id: "i-1".into(), state: "stopped".into(), root_device_type: Some("ebs".into()), state_reason: None, tags: user.into_iter().map(|(k, v)| Tag::new(k, v)).collect() };
             let got = image_tags(&i, at(0, 0));
             prop_assert!(got.len() <= tags::MAX_TAGS_PER_RESOURCE);
             prop_assert!(got.iter().all(|t| !tags::is_aws_reserved(&t.key)));

@@ -60,6 +60,12 @@ pub trait SnapshotOnStopEc2: Sync {
         &self,
         snapshot_ids: &[String],
     ) -> impl Future<Output = Result<Vec<(String, String)>, AwsError>> + Send;
+    /// The snapshots among `snapshot_ids` that carry `protect_tag` (any letter case, any value).
+    fn protected_snapshots(
+        &self,
+        snapshot_ids: &[String],
+        protect_tag: &str,
+    ) -> impl Future<Output = Result<std::collections::BTreeSet<String>, AwsError>> + Send;
     /// The images among `image_ids` that still exist (own ones, any state); the others are absent.
     fn describe_images(&self, image_ids: &[String]) -> impl Future<Output = Result<Vec<ImageRecord>, AwsError>> + Send;
     /// CreateImage without reboot, tagging the image (only) with `image_tags`.
@@ -125,6 +131,34 @@ impl Ec2Client {
     pub fn new(client: aws_sdk_ec2::Client) -> Self {
         Self { client }
     }
+
+    /// `read` of each of this account's snapshots among `snapshot_ids`, every page; an id that no
+    /// longer exists is absent (a filter, not `SnapshotIds`, which would fail the call).
+    async fn own_snapshots_by_id<T>(
+        &self,
+        snapshot_ids: &[String],
+        read: impl Fn(&aws_sdk_ec2::types::Snapshot) -> Option<T>,
+    ) -> Result<Vec<T>, AwsError> {
+        let mut found = Vec::new();
+        for chunk in snapshot_ids.chunks(100) {
+            let by_id = Filter::builder().name("snapshot-id").set_values(Some(chunk.to_vec())).build();
+            let mut pages = self
+                .client
+                .describe_snapshots()
+                .owner_ids("self")
+                .filters(by_id)
+                .into_paginator()
+                .stop_on_duplicate_token(false)
+                .send();
+            let mut tokens = crate::ec2::PageTokens::new("DescribeSnapshots");
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
+                tokens.check(page.next_token())?;
+                found.extend(page.snapshots().iter().filter_map(&read));
+            }
+        }
+        Ok(found)
+    }
 }
 
 fn image_record(image: &aws_sdk_ec2::types::Image) -> Option<ImageRecord> {
@@ -157,6 +191,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
             instance_id: instance_id.to_string(),
             state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
             root_device_type: i.root_device_type().map(|t| t.as_str().to_string()),
+            state_reason: i.state_reason().and_then(|r| r.code()).map(str::to_string),
             tags: tags::from_sdk(i.tags()),
         }))
     }
@@ -191,28 +226,22 @@ impl SnapshotOnStopEc2 for Ec2Client {
     }
 
     async fn snapshot_descriptions(&self, snapshot_ids: &[String]) -> Result<Vec<(String, String)>, AwsError> {
-        let mut found = Vec::new();
-        // A filter, not `SnapshotIds`: an id that no longer exists is then absent.
-        for chunk in snapshot_ids.chunks(100) {
-            let by_id = Filter::builder().name("snapshot-id").set_values(Some(chunk.to_vec())).build();
-            let mut pages = self
-                .client
-                .describe_snapshots()
-                .owner_ids("self")
-                .filters(by_id)
-                .into_paginator()
-                .stop_on_duplicate_token(false)
-                .send();
-            let mut tokens = crate::ec2::PageTokens::new("DescribeSnapshots");
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
-                tokens.check(page.next_token())?;
-                found.extend(page.snapshots().iter().filter_map(|s| {
-                    Some((s.snapshot_id()?.to_string(), s.description().unwrap_or_default().to_string()))
-                }));
-            }
-        }
-        Ok(found)
+        self.own_snapshots_by_id(snapshot_ids, |s| {
+            Some((s.snapshot_id()?.to_string(), s.description().unwrap_or_default().to_string()))
+        })
+        .await
+    }
+
+    async fn protected_snapshots(
+        &self,
+        snapshot_ids: &[String],
+        protect_tag: &str,
+    ) -> Result<std::collections::BTreeSet<String>, AwsError> {
+        let protected = |s: &aws_sdk_ec2::types::Snapshot| {
+            let tagged = s.tags().iter().any(|t| t.key().is_some_and(|k| k.eq_ignore_ascii_case(protect_tag)));
+            tagged.then(|| s.snapshot_id().map(str::to_string)).flatten()
+        };
+        Ok(self.own_snapshots_by_id(snapshot_ids, protected).await?.into_iter().collect())
     }
 
     async fn describe_images(&self, image_ids: &[String]) -> Result<Vec<ImageRecord>, AwsError> {
