@@ -47,8 +47,9 @@ pub fn is_aws_reserved(key: &str) -> bool {
     key.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case("aws:"))
 }
 
+/// An `amiguard:` key, in any letter case.
 pub fn is_amiguard(key: &str) -> bool {
-    key.starts_with(PREFIX)
+    key.get(..PREFIX.len()).is_some_and(|head| head.eq_ignore_ascii_case(PREFIX))
 }
 
 pub fn to_sdk(tags: &[Tag]) -> Vec<aws_sdk_ec2::types::Tag> {

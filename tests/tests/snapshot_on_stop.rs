@@ -322,32 +322,28 @@ async fn a_dry_run_decides_and_reports_but_changes_nothing() {
     let account = TestAccount::new().await;
     let instance = account.stopped_instance(&[OPT_IN]).await;
     let clients = clients(&account).await;
-    let first = handle(
-        &clients,
-        &config(SnapshotScope::Tagged, 1, false),
-        stop_event(&instance, "2026-11-27T01:00:00Z"),
-        &delivery(),
-    )
-    .await
-    .unwrap();
+    let keep_two = config(SnapshotScope::Tagged, 2, false);
+    let first = handle(&clients, &keep_two, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    handle(&clients, &keep_two, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
     let before: Vec<_> = own_images(&account).await;
 
     let report = handle(
         &clients,
         &config(SnapshotScope::Tagged, 1, true),
-        stop_event(&instance, "2026-11-27T02:00:00Z"),
+        stop_event(&instance, "2026-11-27T03:00:00Z"),
         &delivery(),
     )
     .await
     .unwrap();
 
     assert_eq!(report.outcome, Outcome::DryRun);
-    assert_eq!(report.image_name, Some(format!("amiguard-{instance}-20261127T020000Z")));
+    assert_eq!(report.image_name, Some(format!("amiguard-{instance}-20261127T030000Z")));
     assert_eq!(report.image_id, None);
+    assert_eq!(report.stop_reason.as_deref(), Some("Client.UserInitiatedShutdown"));
     assert_eq!(
         report.retired_images,
         [first.image_id.clone().unwrap()],
-        "KEEP_LAST=1: the new image would replace the first"
+        "KEEP_LAST=1: the older of the two; the new image would still be pending, and does not count"
     );
     assert!(report.deleted_snapshots.is_empty());
     assert_eq!(own_images(&account).await, before);
@@ -358,7 +354,7 @@ async fn a_dry_run_decides_and_reports_but_changes_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(versions.launch_template_versions().len(), 1);
+    assert_eq!(versions.launch_template_versions().len(), 2);
 }
 
 #[tokio::test]
@@ -577,6 +573,7 @@ async fn a_pending_image_never_displaces_the_last_good_one() {
     ));
     let third = handle(&clients, &keep_one, stop("03"), &delivery()).await.unwrap();
     assert_eq!(third.retired_images, std::slice::from_ref(&good), "the pending image is neither retired nor counted");
+    assert_eq!(third.images_not_available, std::slice::from_ref(&pending), "and the report says it is waiting");
     let remaining: Vec<String> =
         own_images(&account).await.iter().filter_map(|i| i.image_id().map(str::to_string)).collect();
     assert!(remaining.contains(&pending) && !remaining.contains(&good), "{remaining:?}");
@@ -632,8 +629,8 @@ async fn a_hibernation_stop_makes_no_image_and_a_stop_aws_made_is_imaged_and_nam
     assert_nothing_made(&account).await;
 
     proxy.clear_faults();
-    proxy.inject(says("Server.SpotInstanceTermination"));
+    proxy.inject(says("Server.SpotInstanceShutdown"));
     let spot = handle(&clients, &tagged(), stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
     assert_eq!(spot.outcome, Outcome::Created);
-    assert_eq!(spot.stop_reason.as_deref(), Some("Server.SpotInstanceTermination"));
+    assert_eq!(spot.stop_reason.as_deref(), Some("Server.SpotInstanceShutdown"));
 }

@@ -40,6 +40,7 @@ pub async fn find_or_create<L: LedgerStore>(
     instance: &InstanceFacts,
     stopped_at: DateTime<Utc>,
     now: DateTime<Utc>,
+    protect_tag: &str,
 ) -> Result<Made, Error> {
     let instance_id = instance.instance_id.as_str();
     let name = decide::image_name(instance_id, stopped_at);
@@ -73,7 +74,10 @@ pub async fn find_or_create<L: LedgerStore>(
     }
     session.record(&record).await;
     let description = decide::image_description(instance_id, stopped_at);
-    match ec2.create_image(instance_id, &name, &description, &decide::image_tags(instance, stopped_at)).await? {
+    match ec2
+        .create_image(instance_id, &name, &description, &decide::image_tags(instance, stopped_at, protect_tag))
+        .await?
+    {
         CreateImageOutcome::Created(image_id) => {
             let record = MadeImage { image_id: Some(image_id.clone()), ..record };
             session.record(&record).await;

@@ -107,6 +107,10 @@ pub struct Report {
     pub kept_snapshots: Vec<KeptSnapshot>,
     /// Images made before the ledger existed that this delivery adopted into it.
     pub adopted_images: Vec<String>,
+    /// This instance's recorded images that EC2 does not say are `available` (pending, failed,
+    /// disabled): retention neither counts nor retires them; a failed or disabled one stays until
+    /// a person deregisters it.
+    pub images_not_available: Vec<String>,
     /// Cleanup that did not happen and loses nothing (a launch-template version left behind), and
     /// a ledger that could not be used (nothing is retired then).
     pub warnings: Vec<String>,
@@ -132,6 +136,7 @@ impl Report {
             deleted_snapshots: Vec::new(),
             kept_snapshots: Vec::new(),
             adopted_images: Vec::new(),
+            images_not_available: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -210,7 +215,8 @@ pub async fn handle<E: SnapshotOnStopEc2, L: LedgerStore>(
         return Ok(Report { stop_reason: instance.state_reason.clone(), ..Report::skipped(instance_id, reason) });
     }
     if config.dry_run {
-        return dry_run(clients, config, instance_id, stopped_at).await;
+        let report = dry_run(clients, config, instance_id, stopped_at).await?;
+        return Ok(Report { stop_reason: instance.state_reason.clone(), ..report });
     }
 
     let mut session = Session::open(clients.ledger.as_ref(), &clients.region, instance_id, invocation).await?;
@@ -236,7 +242,7 @@ async fn image_and_retire<E: SnapshotOnStopEc2, L: LedgerStore>(
         [Tag::new(tags::SOURCE_INSTANCE, instance_id), Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP)];
     let adopted = session.adopt(ec2, &ownership, invocation).await;
     let (outcome, image_id, mut record) =
-        match image::find_or_create(ec2, session, instance, stopped_at, invocation.now).await? {
+        match image::find_or_create(ec2, session, instance, stopped_at, invocation.now, &config.protect_tag).await? {
             Made::Image { outcome, image_id, record } => (outcome, image_id, record),
             Made::Skipped(reason) => {
                 return Ok(Report { adopted_images: adopted, ..Report::skipped(instance_id, reason) })

@@ -81,9 +81,9 @@ pub async fn preview(
     current: Option<&str>,
 ) -> Result<Vec<String>, Error> {
     let (managed, _) = recorded_images(ec2, records, keep.protect_tag).await?;
-    // The image this stop would make counts among those kept (as it will once available).
-    let keep_others = if current.is_none() { keep.last.saturating_sub(1) } else { keep.last };
-    Ok(decide::images_to_retire(&managed, keep_others, current.unwrap_or_default())
+    // The image this stop would make is still pending when retention runs (on AWS, for
+    // minutes): like the real stop, the preview does not count it.
+    Ok(decide::images_to_retire(&managed, keep.last, current.unwrap_or_default())
         .into_iter()
         .map(|i| i.image_id.clone())
         .collect())
@@ -102,6 +102,7 @@ pub async fn retire<L: LedgerStore>(
 ) -> Result<(), Error> {
     let region = session.region().to_string();
     let (managed, gone) = recorded_images(ec2, &session.records, keep.protect_tag).await?;
+    report.images_not_available = managed.iter().filter(|i| !i.available).map(|i| i.image_id.clone()).collect();
     // Deregistered by someone else: no longer counted, no longer looked up.
     for record in gone {
         session.record(&MadeImage { retired_at: Some(invocation.now), ..record }).await;

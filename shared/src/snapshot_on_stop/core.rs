@@ -113,10 +113,12 @@ pub fn ownership_tags(instance_id: &str, stopped_at: DateTime<Utc>) -> Vec<Tag> 
     ]
 }
 
-/// The AMI's tags: amiguard's own first (the retention and the sweeper depend on them), then
-/// `Name`, then the instance's tags. Never `aws:*` (reserved: the call would fail), never the
-/// instance's `amiguard:*` control tags, never over EC2's 50-tag limit.
-pub fn image_tags(instance: &InstanceFacts, stopped_at: DateTime<Utc>) -> Vec<Tag> {
+/// The AMI's tags: amiguard's own first (information for people), then `Name`, then the
+/// instance's tags. Never `aws:*` (reserved: the call would fail), never the instance's
+/// `amiguard:*` control tags (any letter case), never the protect tag (on the instance it would
+/// silently keep every image of it forever: protecting an image is a decision about that
+/// image), never over EC2's 50-tag limit.
+pub fn image_tags(instance: &InstanceFacts, stopped_at: DateTime<Utc>, protect_tag: &str) -> Vec<Tag> {
     let mut result = ownership_tags(&instance.instance_id, stopped_at);
     if let Some(name) = tags::value(&instance.tags, "Name") {
         result.push(Tag::new("Name", name));
@@ -124,7 +126,8 @@ pub fn image_tags(instance: &InstanceFacts, stopped_at: DateTime<Utc>) -> Vec<Ta
     let copied = instance
         .tags
         .iter()
-        .filter(|t| t.key != "Name" && !tags::is_aws_reserved(&t.key) && !tags::is_amiguard(&t.key));
+        .filter(|t| t.key != "Name" && !tags::is_aws_reserved(&t.key) && !tags::is_amiguard(&t.key))
+        .filter(|t| !t.key.eq_ignore_ascii_case(protect_tag));
     for tag in copied {
         if result.len() >= tags::MAX_TAGS_PER_RESOURCE {
             break;
@@ -276,15 +279,21 @@ mod tests {
                 ("aws:cloudformation:stack-name", "s"),
                 ("AWS:x", "y"),
                 ("amiguard:snapshot-on-stop", "true"),
+                ("AMIGUARD:KEEP", ""),
+                ("Amiguard:Other", "x"),
             ],
         );
-        let got = image_tags(&i, at(1, 2));
+        let got = image_tags(&i, at(1, 2), tags::KEEP);
         let keys: Vec<&str> = got.iter().map(|t| t.key.as_str()).collect();
         assert_eq!(keys, ["amiguard:source-instance", "amiguard:created-by", "amiguard:stopped-at", "Name", "team"]);
         assert_eq!(tags::value(&got, "Name"), Some("db-1"));
         assert_eq!(tags::value(&got, "amiguard:created-by"), Some("snapshot-on-stop"));
         assert_eq!(tags::value(&got, "amiguard:source-instance"), Some("i-0123456789abcdef0"));
         assert_eq!(tags::value(&got, "amiguard:stopped-at"), Some("2026-03-04T01:02:05Z"));
+        // A custom protect tag on the instance is not copied either, in any letter case.
+        let held = instance("stopped", Some("ebs"), &[("Legal-Hold", "yes"), ("team", "data")]);
+        let keys: Vec<String> = image_tags(&held, at(1, 2), "legal-hold").into_iter().map(|t| t.key).collect();
+        assert!(!keys.iter().any(|k| k.eq_ignore_ascii_case("legal-hold")) && keys.contains(&"team".to_string()));
     }
 
     #[test]
@@ -402,7 +411,7 @@ mod tests {
         #[test]
         fn image_tags_never_exceed_the_limit_nor_copy_reserved(user in proptest::collection::vec(("[a-zA-Z:]{1,12}", "[a-z]{0,5}"), 0..80)) {
             let i = InstanceFacts { instance_id: "i-1".into(), state: "stopped".into(), root_device_type: Some("ebs".into()), state_reason: None, tags: user.into_iter().map(|(k, v)| Tag::new(k, v)).collect() };
-            let got = image_tags(&i, at(0, 0));
+            let got = image_tags(&i, at(0, 0), "legal-hold");
             prop_assert!(got.len() <= tags::MAX_TAGS_PER_RESOURCE);
             prop_assert!(got.iter().all(|t| !tags::is_aws_reserved(&t.key)));
             prop_assert_eq!(got.iter().filter(|t| tags::is_amiguard(&t.key)).count(), 3);
