@@ -164,7 +164,10 @@ class Proxy:
         request.wfile.write(answer)
 
     def forward(self, request, body):
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("connection", "x-moto-account-id")}
+        # A phase's account (the benchmarks) replaces the caller's; without one (make demo) the
+        # caller's own x-moto-account-id passes through, so each account keeps its own resources.
+        dropped = ("connection", "x-moto-account-id") if self.account else ("connection",)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
         if self.account:
             headers["x-moto-account-id"] = self.account
         connection = http.client.HTTPConnection(*self.upstream, timeout=600)

@@ -84,6 +84,10 @@ heading("The alert, as a subscriber of the topic receives it")
 messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"],
                                WaitTimeSeconds=1).get("Messages", [])
 print(f"{len(messages)} message(s) on the topic")
+if len(messages) != 1:
+    # The demo shows the one alert of the one untrusted launch; anything else is a broken demo
+    # (a proxy that mixed up accounts once made every AMI look like the account's own).
+    raise SystemExit(f"error: expected exactly one alert on the topic, found {len(messages)}")
 for message in messages:
     envelope = json.loads(message["Body"])
     severity = envelope.get("MessageAttributes", {}).get("severity", {}).get("Value")
