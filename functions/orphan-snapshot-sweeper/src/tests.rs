@@ -568,15 +568,19 @@ async fn no_region_and_no_listing_starts_when_the_deadline_is_near() {
 async fn regions_delete_side_by_side_but_list_one_at_a_time_and_report_in_order() {
     let gauge = std::sync::Arc::new(Gauge::default());
     let names = ["us-east-1", "eu-west-1", "ap-southeast-2", "sa-east-1", "ca-central-1"];
-    let regions: Vec<(String, FakeEc2)> = names
-        .iter()
-        .enumerate()
-        .map(|(r, name)| {
-            let snapshots = (0..DELETE_CONCURRENCY).map(|i| orphan(&format!("snap-{r}{i:02}"))).collect();
-            let ec2 = FakeEc2 { gauge: Some(gauge.clone()), ..FakeEc2::with(snapshots, vec![]) };
-            (name.to_string(), ec2)
-        })
-        .collect();
+    // Each region: as many orphans as it deletes at once, all on the shared gauge.
+    let fresh_regions = || -> Vec<(String, FakeEc2)> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(r, name)| {
+                let snapshots = (0..DELETE_CONCURRENCY).map(|i| orphan(&format!("snap-{r}{i:02}"))).collect();
+                let ec2 = FakeEc2 { gauge: Some(gauge.clone()), ..FakeEc2::with(snapshots, vec![]) };
+                (name.to_string(), ec2)
+            })
+            .collect()
+    };
+    let regions = fresh_regions();
     let config = Config { regions: names.iter().map(|n| n.to_string()).collect(), ..config() };
     let report = sweep_with(&config, &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
     use std::sync::atomic::Ordering::SeqCst;
@@ -588,15 +592,7 @@ async fn regions_delete_side_by_side_but_list_one_at_a_time_and_report_in_order(
     assert_eq!(report.totals.deleted, (DELETE_CONCURRENCY * names.len()) as u64);
 
     // One MAX_DELETIONS for regions deleting at once, taken in REGIONS order.
-    let regions: Vec<(String, FakeEc2)> = names
-        .iter()
-        .enumerate()
-        .map(|(r, name)| {
-            let snapshots = (0..DELETE_CONCURRENCY).map(|i| orphan(&format!("snap-{r}{i:02}"))).collect();
-            let ec2 = FakeEc2 { gauge: Some(gauge.clone()), ..FakeEc2::with(snapshots, vec![]) };
-            (name.to_string(), ec2)
-        })
-        .collect();
+    let regions = fresh_regions();
     let capped = Config { max_deletions: 20, ..config };
     let report = sweep_with(&capped, &regions, &FakeSns::default(), &event(json!({})), invocation()).await.unwrap();
     let deleted: Vec<usize> = regions.iter().map(|(_, ec2)| ec2.calls_to("DeleteSnapshot").len()).collect();
