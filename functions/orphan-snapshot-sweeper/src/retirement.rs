@@ -116,13 +116,14 @@ impl<L: LedgerStore> Run<'_, L> {
                     (_, Some(err)) => entry.failed(&err.code, &err.message),
                     _ => entry.already_gone(),
                 };
-                if let Err(err) = self.journal_end(ended).await {
+                if let Err(err) = self.until_cutoff("PutItem", self.journal_end(ended)).await {
                     warnings.push(format!("{region}: the journal entry of {} stays `intended`: {err}", image.image_id));
                 }
                 if matches!(result.0, RetireOutcome::Deregistered | RetireOutcome::AlreadyGone) {
                     // The AMI's death as amiguard saw it: the next sweeps date its snapshots'
                     // grace period from now, not from when they first miss it.
-                    if let Err(err) = self.remember_deregistration(region, &image.image_id).await {
+                    let remembered = self.remember_deregistration(region, &image.image_id);
+                    if let Err(err) = self.until_cutoff("PutItem", remembered).await {
                         warnings.push(format!(
                             "{region}: the deregistration of {} is not in the ledger (its snapshots' grace period will start at the next sweep): {err}",
                             image.image_id
