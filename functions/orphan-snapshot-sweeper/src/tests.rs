@@ -731,8 +731,25 @@ async fn the_summary_goes_to_the_topic_and_a_failed_publish_is_only_a_warning() 
     assert_eq!(sns.published.lock().unwrap().len(), 1, "no topic, no publish");
 }
 
-/// A tracing subscriber that keeps the `report` field of each event, in order.
-struct LogRecorder(std::sync::Arc<Mutex<Vec<String>>>);
+/// The process's tracing subscriber in this test binary: it keeps the `report` field of each
+/// event in the log of the thread that emitted it, if that thread is recording. Global, because a
+/// scoped subscriber (`set_default`) can miss events when other test threads register the same
+/// callsites without one (tracing caches callsite interest process-wide).
+struct LogRecorder;
+
+thread_local! {
+    static RECORDING: std::cell::RefCell<Option<std::sync::Arc<Mutex<Vec<String>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Starts recording this thread's `report` log lines into the returned log.
+fn record_logs() -> std::sync::Arc<Mutex<Vec<String>>> {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| tracing::subscriber::set_global_default(LogRecorder).expect("no other subscriber"));
+    let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+    RECORDING.with(|recording| *recording.borrow_mut() = Some(log.clone()));
+    log
+}
 
 impl tracing::Subscriber for LogRecorder {
     fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
@@ -755,7 +772,11 @@ impl tracing::Subscriber for LogRecorder {
         let mut report = Report(None);
         event.record(&mut report);
         if let Some(report) = report.0 {
-            self.0.lock().unwrap().push(report);
+            RECORDING.with(|recording| {
+                if let Some(log) = recording.borrow().as_ref() {
+                    log.lock().unwrap().push(report);
+                }
+            });
         }
     }
     fn enter(&self, _: &tracing::span::Id) {}
@@ -764,8 +785,7 @@ impl tracing::Subscriber for LogRecorder {
 
 #[tokio::test(start_paused = true)]
 async fn the_report_is_logged_before_the_summary_is_sent_and_a_hung_publish_ends_at_the_deadline() {
-    let log = std::sync::Arc::new(Mutex::new(Vec::new()));
-    let _recording = tracing::subscriber::set_default(LogRecorder(log.clone()));
+    let log = record_logs();
     let with_topic = Config { report_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:sweeps".into()), ..config() };
     let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
     let hung = FakeSns { hang: true, log: Some(log.clone()), ..FakeSns::default() };
