@@ -634,3 +634,48 @@ async fn a_hibernation_stop_makes_no_image_and_a_stop_aws_made_is_imaged_and_nam
     assert_eq!(spot.outcome, Outcome::Created);
     assert_eq!(spot.stop_reason.as_deref(), Some("Server.SpotInstanceShutdown"));
 }
+
+#[tokio::test]
+async fn a_terminated_instance_keeps_its_newest_images_by_keep_after_termination() {
+    use snapshot_on_stop::KeepAfterTermination;
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let clients = clients(&account).await;
+    let keep_three = config(SnapshotScope::Tagged, 3, false);
+    let mut made = Vec::new();
+    for hour in ["01", "02", "03"] {
+        let stop = stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"));
+        made.push(handle(&clients, &keep_three, stop, &delivery()).await.unwrap().image_id.unwrap());
+    }
+    account.ec2().terminate_instances().instance_ids(&instance).send().await.unwrap();
+    let mut terminated = sample_event("snapshot-on-stop.terminated.json");
+    terminated["detail"]["instance-id"] = json!(instance);
+
+    // The default keeps every image.
+    let kept = handle(&clients, &keep_three, terminated.clone(), &delivery()).await.unwrap();
+    assert_eq!(kept.outcome, Outcome::Skipped);
+    assert!(kept.reason.as_deref().unwrap().contains("KEEP_AFTER_TERMINATION=all"), "{:?}", kept.reason);
+    assert_eq!(own_images(&account).await.len(), 3);
+
+    let keep_newest = Config { keep_after_termination: KeepAfterTermination::Newest(1), ..keep_three.clone() };
+    let preview = Config { dry_run: true, ..keep_newest.clone() };
+    let dry = handle(&clients, &preview, terminated.clone(), &delivery()).await.unwrap();
+    assert_eq!((dry.outcome, dry.retired_images.len()), (Outcome::DryRun, 2));
+    assert_eq!(own_images(&account).await.len(), 3, "a dry run changes nothing");
+
+    let report = handle(&clients, &keep_newest, terminated, &delivery()).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Terminated);
+    let mut retired = report.retired_images.clone();
+    retired.sort();
+    let mut oldest = made[..2].to_vec();
+    oldest.sort();
+    assert_eq!(retired, oldest, "all but the newest");
+    let remaining: Vec<String> =
+        own_images(&account).await.iter().filter_map(|i| i.image_id().map(str::to_string)).collect();
+    assert_eq!(remaining, [made[2].clone()]);
+    assert_eq!(report.deleted_snapshots.len(), 2);
+    for snapshot in &report.deleted_snapshots {
+        assert!(!snapshot_exists(&account, snapshot).await);
+    }
+    assert!(report.launch_template.is_some(), "the template stays, with the newest image's version");
+}

@@ -77,7 +77,9 @@ fn the_stop_rule_rejects_near_misses() {
     let function = functions(&template).into_iter().find(|f| f.binary.as_deref() == Some("snapshot-on-stop")).unwrap();
     let stopped = amiguard_integration_tests::sample_event("snapshot-on-stop.stopped.json");
     assert!(delivered(&function, &stopped));
-    for state in ["running", "stopping", "pending", "terminated", "shutting-down"] {
+    let terminated = amiguard_integration_tests::sample_event("snapshot-on-stop.terminated.json");
+    assert!(delivered(&function, &terminated), "a termination runs KEEP_AFTER_TERMINATION");
+    for state in ["running", "stopping", "pending", "shutting-down", "Stopped", "stopped "] {
         let mut other = stopped.clone();
         other["detail"]["state"] = json!(state);
         assert!(!delivered(&function, &other), "state {state} must not be delivered");

@@ -36,12 +36,45 @@ pub struct Config {
     /// `PROTECT_TAG` (default `amiguard:keep`): an image carrying it, or one of whose snapshots
     /// does (any letter case, any value), is never retired and not counted in `KEEP_LAST`.
     pub protect_tag: String,
+    /// `KEEP_AFTER_TERMINATION` (`all` by default): what retention keeps of a terminated
+    /// instance's images.
+    pub keep_after_termination: KeepAfterTermination,
+}
+
+/// What happens to a terminated instance's images (no stop of it will ever run retention again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepAfterTermination {
+    /// Every image stays (and is billed) until a person deregisters it.
+    All,
+    /// The newest N available, unprotected images stay; the rest are retired as on a stop.
+    Newest(usize),
+}
+
+impl KeepAfterTermination {
+    fn from_env(source: &dyn VarSource) -> Result<Self, ConfigError> {
+        const EXPECTED: &str = "all, or a number from 1 to 1000";
+        match config::optional(source, "KEEP_AFTER_TERMINATION") {
+            None => Ok(Self::All),
+            Some(value) if value.eq_ignore_ascii_case("all") => Ok(Self::All),
+            Some(value) => match value.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => Ok(Self::Newest(n)),
+                _ => Err(ConfigError::new("KEEP_AFTER_TERMINATION", value, EXPECTED)),
+            },
+        }
+    }
 }
 
 impl Default for Config {
     /// What an unset environment gives.
     fn default() -> Self {
-        Self { scope: SnapshotScope::Tagged, keep_last: 3, dry_run: false, protect_tag: tags::KEEP.to_string() }
+        Self {
+            scope: SnapshotScope::Tagged,
+            keep_last: 3,
+            dry_run: false,
+            protect_tag: tags::KEEP.to_string(),
+            keep_after_termination: KeepAfterTermination::All,
+        }
     }
 }
 
@@ -57,6 +90,7 @@ impl Config {
             keep_last: config::number_var(source, "KEEP_LAST", 3usize, 1, 1000)?,
             dry_run: config::bool_var(source, "DRY_RUN", false)?,
             protect_tag: config::protect_tag_var(source)?,
+            keep_after_termination: KeepAfterTermination::from_env(source)?,
         })
     }
 }
@@ -85,6 +119,8 @@ pub enum Outcome {
     AlreadyCreated,
     Skipped,
     DryRun,
+    /// The instance was terminated: retention ran with `KEEP_AFTER_TERMINATION`.
+    Terminated,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -200,6 +236,9 @@ pub async fn handle<E: SnapshotOnStopEc2, L: LedgerStore>(
             EventError::Malformed(format!("`detail.instance-id` is not an instance id: {instance_id:?}")).into()
         );
     }
+    if event.detail.state == "terminated" {
+        return after_termination(clients, config, instance_id, invocation).await;
+    }
     if event.detail.state != "stopped" {
         return Ok(Report::skipped(instance_id, SkipReason::EventStateNotStopped(event.detail.state.clone())));
     }
@@ -269,6 +308,61 @@ async fn image_and_retire<E: SnapshotOnStopEc2, L: LedgerStore>(
     Ok(report)
 }
 
+/// A terminated instance: no stop of it will run retention again, so `KEEP_AFTER_TERMINATION`
+/// decides now what stays of its images (the ledger's records only, as on a stop). The launch
+/// template stays with the newest kept image's version; the versions of retired images go.
+async fn after_termination<E: SnapshotOnStopEc2, L: LedgerStore>(
+    clients: &Clients<E, L>,
+    config: &Config,
+    instance_id: &str,
+    invocation: &Invocation,
+) -> Result<Report, Error> {
+    let KeepAfterTermination::Newest(keep_newest) = config.keep_after_termination else {
+        return Ok(Report::skipped(instance_id, "terminated: its images are kept (KEEP_AFTER_TERMINATION=all)"));
+    };
+    let keep = retention::Keep { last: keep_newest, protect_tag: &config.protect_tag };
+    let ec2 = &clients.ec2;
+    if config.dry_run {
+        let mut report = Report::new(Outcome::DryRun, instance_id);
+        match clients.ledger.as_ref().map(|store| records::read(store, &clients.region, instance_id)) {
+            Some(read) => match read.await {
+                Ok(known) => report.retired_images = retention::preview(ec2, &known, &keep, None).await?,
+                Err(err) => {
+                    report.warnings.push(format!("the ledger could not be read ({err}): nothing would be retired"))
+                }
+            },
+            None => report.warnings.push("no ledger is configured (LEDGER_TABLE): nothing would be retired".into()),
+        }
+        return Ok(report);
+    }
+    let mut session = Session::open(clients.ledger.as_ref(), &clients.region, instance_id, invocation).await?;
+    let mut report = Report::new(Outcome::Terminated, instance_id);
+    let result = if session.is_healthy() {
+        retire_after_termination(ec2, &mut session, &keep, &mut report, invocation).await
+    } else {
+        Ok(())
+    };
+    report.warnings.extend(session.close().await);
+    result.map(|()| report)
+}
+
+async fn retire_after_termination<E: SnapshotOnStopEc2, L: LedgerStore>(
+    ec2: &E,
+    session: &mut Session<'_, L>,
+    keep: &retention::Keep<'_>,
+    report: &mut Report,
+    invocation: &Invocation,
+) -> Result<(), Error> {
+    // The template's default launches the newest recorded image: it stays, with that image.
+    let newest = session.records.images.iter().filter(|r| r.is_live()).max_by_key(|r| r.stopped_at);
+    report.launch_template = newest.and_then(|r| r.launch_template.clone());
+    let versions = match &report.launch_template {
+        Some(template) => ec2.list_launch_template_versions(&template.id).await?,
+        None => Vec::new(),
+    };
+    retention::retire(ec2, session, keep, "", &versions, report, invocation).await
+}
+
 /// Decides and reports (the name it would use and the AMIs it would retire), changes nothing:
 /// the ledger is only read.
 async fn dry_run<E: SnapshotOnStopEc2, L: LedgerStore>(
@@ -318,21 +412,35 @@ mod tests {
 
     #[test]
     fn reads_every_setting() {
-        let env = &[("SNAPSHOT_SCOPE", "all"), ("KEEP_LAST", "7"), ("DRY_RUN", "true"), ("PROTECT_TAG", "legal-hold")];
-        let config = from(env).unwrap();
-        let expected =
-            Config { scope: SnapshotScope::All, keep_last: 7, dry_run: true, protect_tag: "legal-hold".into() };
-        assert_eq!(config, expected);
+        let env = &[
+            ("SNAPSHOT_SCOPE", "all"),
+            ("KEEP_LAST", "7"),
+            ("DRY_RUN", "true"),
+            ("PROTECT_TAG", "legal-hold"),
+            ("KEEP_AFTER_TERMINATION", "2"),
+        ];
+        let expected = Config {
+            scope: SnapshotScope::All,
+            keep_last: 7,
+            dry_run: true,
+            protect_tag: "legal-hold".into(),
+            keep_after_termination: KeepAfterTermination::Newest(2),
+        };
+        assert_eq!(from(env).unwrap(), expected);
+        let all = from(&[("KEEP_AFTER_TERMINATION", "ALL")]).unwrap();
+        assert_eq!(all.keep_after_termination, KeepAfterTermination::All);
     }
 
     #[test]
     fn invalid_values_name_the_variable_and_what_it_accepts() {
-        let cases: [(Env, &str, &str); 5] = [
+        let cases: [(Env, &str, &str); 7] = [
             (&[("SNAPSHOT_SCOPE", "some")], "SNAPSHOT_SCOPE", "one of tagged, all"),
             (&[("KEEP_LAST", "0")], "KEEP_LAST", "a number from 1 to 1000"),
             (&[("KEEP_LAST", "three")], "KEEP_LAST", "a number from 1 to 1000"),
             (&[("DRY_RUN", "maybe")], "DRY_RUN", "true or false"),
             (&[("PROTECT_TAG", "aws:keep")], "PROTECT_TAG", "a tag key of 1 to 128 characters, not starting with aws:"),
+            (&[("KEEP_AFTER_TERMINATION", "0")], "KEEP_AFTER_TERMINATION", "all, or a number from 1 to 1000"),
+            (&[("KEEP_AFTER_TERMINATION", "some")], "KEEP_AFTER_TERMINATION", "all, or a number from 1 to 1000"),
         ];
         for (env, variable, expected) in cases {
             let err = from(env).unwrap_err();
