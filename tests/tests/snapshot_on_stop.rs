@@ -647,9 +647,17 @@ async fn a_terminated_instance_keeps_its_newest_images_by_keep_after_termination
         let stop = stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"));
         made.push(handle(&clients, &keep_three, stop, &delivery()).await.unwrap().image_id.unwrap());
     }
-    account.ec2().terminate_instances().instance_ids(&instance).send().await.unwrap();
     let mut terminated = sample_event("snapshot-on-stop.terminated.json");
     terminated["detail"]["instance-id"] = json!(instance);
+    let keep_newest = Config { keep_after_termination: KeepAfterTermination::Newest(1), ..keep_three.clone() };
+
+    // The event alone is not believed: EC2 says the instance is only stopped.
+    let early = handle(&clients, &keep_newest, terminated.clone(), &delivery()).await.unwrap();
+    assert_eq!(early.outcome, Outcome::Skipped);
+    assert!(early.reason.as_deref().unwrap().contains("EC2 says the instance is stopped"), "{:?}", early.reason);
+    assert_eq!(own_images(&account).await.len(), 3);
+
+    account.ec2().terminate_instances().instance_ids(&instance).send().await.unwrap();
 
     // The default keeps every image.
     let kept = handle(&clients, &keep_three, terminated.clone(), &delivery()).await.unwrap();
@@ -657,7 +665,6 @@ async fn a_terminated_instance_keeps_its_newest_images_by_keep_after_termination
     assert!(kept.reason.as_deref().unwrap().contains("KEEP_AFTER_TERMINATION=all"), "{:?}", kept.reason);
     assert_eq!(own_images(&account).await.len(), 3);
 
-    let keep_newest = Config { keep_after_termination: KeepAfterTermination::Newest(1), ..keep_three.clone() };
     let preview = Config { dry_run: true, ..keep_newest.clone() };
     let dry = handle(&clients, &preview, terminated.clone(), &delivery()).await.unwrap();
     assert_eq!((dry.outcome, dry.retired_images.len()), (Outcome::DryRun, 2));

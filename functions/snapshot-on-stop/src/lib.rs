@@ -322,6 +322,18 @@ async fn after_termination<E: SnapshotOnStopEc2, L: LedgerStore>(
     };
     let keep = retention::Keep { last: keep_newest, protect_tag: &config.protect_tag };
     let ec2 = &clients.ec2;
+    // The event's word is not enough to cut an instance's images down: EC2 must agree that the
+    // instance is gone (or no longer know it), and an opt-out tag still on it keeps them.
+    if let Some(instance) = ec2.describe_instance(instance_id).await? {
+        if !matches!(instance.state.as_str(), "terminated" | "shutting-down") {
+            let reason = format!("the event says terminated, but EC2 says the instance is {}", instance.state);
+            return Ok(Report::skipped(instance_id, reason));
+        }
+        let opt_in = tags::value(&instance.tags, tags::SNAPSHOT_ON_STOP).map(|v| v.trim().to_ascii_lowercase());
+        if opt_in.as_deref() == Some("false") {
+            return Ok(Report::skipped(instance_id, SkipReason::OptedOut));
+        }
+    }
     if config.dry_run {
         let mut report = Report::new(Outcome::DryRun, instance_id);
         match clients.ledger.as_ref().map(|store| records::read(store, &clients.region, instance_id)) {
@@ -342,8 +354,15 @@ async fn after_termination<E: SnapshotOnStopEc2, L: LedgerStore>(
     } else {
         Ok(())
     };
+    let healthy = session.is_healthy();
     report.warnings.extend(session.close().await);
-    result.map(|()| report)
+    result?;
+    if clients.ledger.is_some() && !healthy {
+        // No stop will come to try again: the invocation fails, and Lambda's retries (then the
+        // dead-letter queue and its alarm) do.
+        return Err(Error::Aws(AwsError::new("Ledger", "LedgerUnavailable", report.warnings.join("; "))));
+    }
+    Ok(report)
 }
 
 async fn retire_after_termination<E: SnapshotOnStopEc2, L: LedgerStore>(
