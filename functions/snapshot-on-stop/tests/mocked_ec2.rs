@@ -19,7 +19,7 @@ use aws_sdk_ec2::types::{
     LaunchTemplateVersion, Reservation, ResponseLaunchTemplateData, Tag,
 };
 use aws_sdk_ec2::Client;
-use aws_smithy_mocks::{mock, mock_client, RuleMode};
+use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
@@ -36,6 +36,32 @@ fn ec2_error(status: u16, code: &str) -> HttpResponse {
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code><Message>{code} (mocked)</Message></Error></Errors><RequestID>r-1</RequestID></Response>"
     );
     HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body))
+}
+
+/// The instance's relaunch template `lt-1`, whose default version 4 launches `IMAGE`.
+fn relaunch_template() -> (Rule, Rule) {
+    let template = mock!(Client::describe_launch_templates).then_output(|| {
+        DescribeLaunchTemplatesOutput::builder()
+            .launch_templates(
+                LaunchTemplate::builder()
+                    .launch_template_id("lt-1")
+                    .launch_template_name(format!("amiguard-{INSTANCE}"))
+                    .build(),
+            )
+            .build()
+    });
+    let versions = mock!(Client::describe_launch_template_versions).then_output(|| {
+        DescribeLaunchTemplateVersionsOutput::builder()
+            .launch_template_versions(
+                LaunchTemplateVersion::builder()
+                    .version_number(4)
+                    .default_version(true)
+                    .launch_template_data(ResponseLaunchTemplateData::builder().image_id(IMAGE).build())
+                    .build(),
+            )
+            .build()
+    });
+    (template, versions)
 }
 
 fn fast_retries(builder: aws_sdk_ec2::config::Builder) -> aws_sdk_ec2::config::Builder {
@@ -101,27 +127,7 @@ async fn the_handler_answers_already_created_when_aws_says_the_name_is_taken() {
         .then_output(|| DescribeImagesOutput::builder().images(image()).build());
     let tag = mock!(Client::create_tags)
         .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
-    let template = mock!(Client::describe_launch_templates).then_output(|| {
-        DescribeLaunchTemplatesOutput::builder()
-            .launch_templates(
-                LaunchTemplate::builder()
-                    .launch_template_id("lt-1")
-                    .launch_template_name(format!("amiguard-{INSTANCE}"))
-                    .build(),
-            )
-            .build()
-    });
-    let versions = mock!(Client::describe_launch_template_versions).then_output(|| {
-        DescribeLaunchTemplateVersionsOutput::builder()
-            .launch_template_versions(
-                LaunchTemplateVersion::builder()
-                    .version_number(4)
-                    .default_version(true)
-                    .launch_template_data(ResponseLaunchTemplateData::builder().image_id(IMAGE).build())
-                    .build(),
-            )
-            .build()
-    });
+    let (template, versions) = relaunch_template();
     let client = mock_client!(
         aws_sdk_ec2,
         RuleMode::MatchAny,
@@ -193,27 +199,7 @@ async fn lose_the_name_to(
         .then_output(move || DescribeImagesOutput::builder().images(found.clone()).build());
     let tag = mock!(Client::create_tags)
         .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
-    let template = mock!(Client::describe_launch_templates).then_output(|| {
-        DescribeLaunchTemplatesOutput::builder()
-            .launch_templates(
-                LaunchTemplate::builder()
-                    .launch_template_id("lt-1")
-                    .launch_template_name(format!("amiguard-{INSTANCE}"))
-                    .build(),
-            )
-            .build()
-    });
-    let versions = mock!(Client::describe_launch_template_versions).then_output(|| {
-        DescribeLaunchTemplateVersionsOutput::builder()
-            .launch_template_versions(
-                LaunchTemplateVersion::builder()
-                    .version_number(4)
-                    .default_version(true)
-                    .launch_template_data(ResponseLaunchTemplateData::builder().image_id(IMAGE).build())
-                    .build(),
-            )
-            .build()
-    });
+    let (template, versions) = relaunch_template();
     let client = mock_client!(
         aws_sdk_ec2,
         RuleMode::MatchAny,
