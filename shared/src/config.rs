@@ -108,6 +108,25 @@ pub fn protect_tag_var(source: &dyn VarSource) -> Result<String, ConfigError> {
     Ok(key)
 }
 
+/// Whether `arn` is an SNS topic's ARN (`arn:<partition>:sns:<region>:<account>:<name>`).
+pub fn is_sns_topic_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    matches!(parts.as_slice(), ["arn", partition, "sns", region, account, name]
+        if !partition.is_empty() && !region.is_empty() && crate::trust::policy::is_account_id(account) && !name.is_empty()
+            && name.len() <= 256 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+}
+
+/// An optional SNS topic ARN in `name`: `None` when unset.
+pub fn optional_topic_arn_var(source: &dyn VarSource, name: &'static str) -> Result<Option<String>, ConfigError> {
+    match optional(source, name) {
+        None => Ok(None),
+        Some(arn) if is_sns_topic_arn(&arn) => Ok(Some(arn)),
+        Some(arn) => {
+            Err(ConfigError::new(name, arn, "an SNS topic ARN such as arn:aws:sns:us-east-1:123456789012:alerts"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -154,5 +173,21 @@ mod tests {
         assert_eq!(choice_var(&env(&[]), "S", 1, &choices).unwrap(), 1);
         let err = choice_var(&env(&[("S", "some")]), "S", 1, &choices).unwrap_err();
         assert_eq!(err.expected, "one of tagged, all");
+    }
+
+    #[test]
+    fn topic_arns_are_checked_and_optional() {
+        let arn = "arn:aws:sns:eu-west-1:123456789012:amiguard-alerts";
+        assert_eq!(optional_topic_arn_var(&env(&[("T", arn)]), "T").unwrap().as_deref(), Some(arn));
+        assert_eq!(optional_topic_arn_var(&env(&[("T", " ")]), "T").unwrap(), None);
+        for bad in [
+            "alerts",
+            "arn:aws:sqs:eu-west-1:123456789012:q",
+            "arn:aws:sns:eu-west-1:1234:alerts",
+            "arn:aws:sns::123456789012:a",
+        ] {
+            let err = optional_topic_arn_var(&env(&[("T", bad)]), "T").unwrap_err();
+            assert_eq!(err.variable, "T", "{bad}");
+        }
     }
 }

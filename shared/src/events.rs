@@ -43,6 +43,21 @@ pub fn scheduled_detail(detail: serde_json::Value) -> Result<serde_json::Map<Str
     }
 }
 
+/// The `detail-type` of an AMI's state change (EventBridge, from aws.ec2).
+pub const AMI_STATE_CHANGE: &str = "EC2 AMI State Change";
+
+/// The `detail` of an `EC2 AMI State Change`, as AWS documents it: `State` is `available`,
+/// `failed` or `deregistered`; `ErrorMessage` says why an image failed (empty otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AmiStateChangeDetail {
+    #[serde(rename = "ImageId")]
+    pub image_id: String,
+    #[serde(rename = "State")]
+    pub state: String,
+    #[serde(rename = "ErrorMessage", default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+}
+
 /// Parses an EventBridge envelope whose `detail` has the shape `T`. The error says which field
 /// is missing or of the wrong type (serde's message, which names it).
 pub fn parse_envelope<T>(payload: &serde_json::Value) -> Result<EventBridgeEvent<T>, EventError>

@@ -2,14 +2,13 @@
 //! EventBridge Scheduler), and `EC2 AMI State Change` events, whose `deregistered` state starts the
 //! grace clock of that AMI's snapshots. Anything else is refused before any AWS call.
 
-use amiguard::events::{parse_envelope, scheduled_detail, EventError, SCHEDULE_SOURCES};
+pub use amiguard::events::AMI_STATE_CHANGE;
+use amiguard::events::{parse_envelope, scheduled_detail, AmiStateChangeDetail, EventError, SCHEDULE_SOURCES};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The `detail-type` of a sweep.
 pub const SCHEDULED_EVENT: &str = "Scheduled Event";
-/// The `detail-type` of an AMI's state change.
-pub const AMI_STATE_CHANGE: &str = "EC2 AMI State Change";
 
 /// The `detail` of the scheduled event. Any object is accepted; `dry_run: true` forces a dry run
 /// (it can only make a run drier: `false` never overrides `DRY_RUN=true`).
@@ -17,15 +16,6 @@ pub const AMI_STATE_CHANGE: &str = "EC2 AMI State Change";
 pub struct ScheduledDetail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
-}
-
-/// The `detail` of an `EC2 AMI State Change`, as AWS documents it.
-#[derive(Debug, Serialize, Deserialize)]
-struct AmiStateChangeDetail {
-    #[serde(rename = "ImageId")]
-    image_id: String,
-    #[serde(rename = "State")]
-    state: String,
 }
 
 #[derive(Debug)]

@@ -23,7 +23,7 @@ use amiguard::trust::enforce::{
 };
 use amiguard::trust::identity::CallerIdentity;
 use amiguard::trust::policy::{self, ImageFacts, TrustPolicy, Verdict};
-use amiguard::trust::sent::{self, AlertClaim, Claim};
+use amiguard::trust::sent::{self, AlertKey, Turn};
 use amiguard::trust::sns::AlertPublisher;
 use amiguard::trust::trigger::{self, Trigger};
 
@@ -77,7 +77,7 @@ impl Config {
         };
         let alert_topic_arn = config::optional(source, ALERT_TOPIC_ARN)
             .ok_or_else(|| ConfigError::new(ALERT_TOPIC_ARN, "", "the ARN of the SNS topic for alerts (required)"))?;
-        if !is_sns_topic_arn(&alert_topic_arn) {
+        if !config::is_sns_topic_arn(&alert_topic_arn) {
             return Err(ConfigError::new(
                 ALERT_TOPIC_ARN,
                 alert_topic_arn,
@@ -87,13 +87,6 @@ impl Config {
         let enforcement = config::choice_var(source, ENFORCEMENT, Enforcement::Alert, &Enforcement::CHOICES)?;
         Ok(Self { policy, alert_topic_arn, enforcement })
     }
-}
-
-fn is_sns_topic_arn(arn: &str) -> bool {
-    let parts: Vec<&str> = arn.split(':').collect();
-    matches!(parts.as_slice(), ["arn", partition, "sns", region, account, name]
-        if !partition.is_empty() && !region.is_empty() && policy::is_account_id(account) && !name.is_empty()
-            && name.len() <= 256 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
 }
 
 /// The adapters the handler acts through, built once per container.
@@ -335,19 +328,6 @@ struct Context<'a, E, P, I, L> {
     invocation: &'a Invocation,
 }
 
-/// Whether this delivery sends the alert.
-enum Turn {
-    /// Send it; with the ledger's claim to confirm, or without one (no ledger, or it failed:
-    /// the warning says the alert may repeat).
-    Send(Option<AlertClaim>, Option<String>),
-    AlreadySent,
-    /// Another delivery holds the claim after waiting for it.
-    InProgress,
-}
-
-/// How long a delivery waits for a concurrent one that claimed the same alert.
-const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// What one instance's guarding produced.
 struct Guarded {
     report: InstanceReport,
@@ -535,7 +515,8 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
 
         let mut alert_message_id = None;
         let mut already_alerted = false;
-        match self.turn(&instance_id, &image_id).await {
+        let key = AlertKey::untrusted(&self.clients.region, &instance_id, &image_id);
+        match sent::turn(self.clients.ledger.as_ref(), &key, self.invocation).await {
             Turn::AlreadySent => already_alerted = true,
             Turn::InProgress => failures.push(InstanceFailure {
                 instance_id: instance_id.clone(),
@@ -606,28 +587,6 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             warnings,
         };
         Guarded { report, failures }
-    }
-
-    /// Whether this delivery sends the alert for `instance_id` and `image_id`: the ledger's
-    /// claim decides; a claim held by a concurrent delivery is waited for a little. Without a
-    /// working ledger the alert is sent (a duplicate is better than silence).
-    async fn turn(&self, instance_id: &str, image_id: &str) -> Turn {
-        let Some(store) = &self.clients.ledger else {
-            return Turn::Send(None, Some("no ledger is configured (LEDGER_TABLE)".to_string()));
-        };
-        let started = tokio::time::Instant::now();
-        loop {
-            let (region, now) = (&self.clients.region, self.invocation.clock());
-            match sent::claim(store, region, instance_id, image_id, &self.invocation.request_id, now).await {
-                Ok(Claim::Claimed(claim)) => return Turn::Send(Some(claim), None),
-                Ok(Claim::AlreadySent { .. }) => return Turn::AlreadySent,
-                Ok(Claim::InProgress) if started.elapsed() < CLAIM_WAIT => {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await
-                }
-                Ok(Claim::InProgress) => return Turn::InProgress,
-                Err(err) => return Turn::Send(None, Some(format!("the ledger could not be used ({err})"))),
-            }
-        }
     }
 }
 
@@ -1019,8 +978,8 @@ mod tests {
         ec2.images = vec![vendor_image()];
         let clients = clients(ec2);
         let store = clients.ledger.as_ref().unwrap();
-        let Claim::Claimed(_held) =
-            sent::claim(store, "us-east-1", INSTANCE, VENDOR_AMI, "other", now()).await.unwrap()
+        let sent::Claim::Claimed(_held) =
+            sent::claim(store, &AlertKey::untrusted("us-east-1", INSTANCE, VENDOR_AMI), "other", now()).await.unwrap()
         else {
             panic!("not claimed")
         };

@@ -7,7 +7,9 @@
 //! | `instance#<region>#<id>`      | `lease`                  | one delivery at a time for the instance     | snapshot-on-stop |
 //! |                               | `image#<stopped-at>`     | an image it made (or adopted), per stop     | snapshot-on-stop |
 //! |                               | `adopted`                | pre-ledger images were adopted, once        | snapshot-on-stop |
+//! | `made-images#<region>`        | `<image-id>`             | which instance an image was made of (for its AMI events) | snapshot-on-stop |
 //! | `alert#<region>#<instance>`   | `image#<image-id>`       | the alert sent for the instance and image   | untrusted-ami-alert |
+//! | `failed-images#<region>`      | `<image-id>`             | the alert sent for an image that failed      | snapshot-on-stop |
 //! | `images#<region>`             | `<image-id>`             | an own image's snapshots, when seen, when gone | sweeper |
 //! | `orphans#<region>`            | `<snapshot-id>`          | when the snapshot was first seen orphaned    | sweeper |
 //! | `ami-events#<region>`         | `<image-id>`             | an `EC2 AMI State Change` to `deregistered`  | sweeper |
@@ -25,6 +27,16 @@ pub const IMAGE_PREFIX: &str = "image#";
 /// The sort key of the image made for the stop at `stopped_at` (its fixed time form sorts).
 pub fn image_of_stop(stopped_at: &str) -> String {
     format!("{IMAGE_PREFIX}{stopped_at}")
+}
+
+/// The partition that says which instance each image snapshot-on-stop made is of.
+pub fn made_images(region: &str) -> String {
+    format!("made-images#{region}")
+}
+
+/// The partition of the alerts sent for images snapshot-on-stop made that failed.
+pub fn failed_image_alerts(region: &str) -> String {
+    format!("failed-images#{region}")
 }
 
 pub fn alert(region: &str, instance_id: &str) -> String {

@@ -1,6 +1,7 @@
-//! Alert once per instance and image: a conditional record in the ledger, never an instance tag
-//! (a launcher can set any tag on its own instance, and a tag that cannot be written would make
-//! every event alert again).
+//! Alert once: a conditional record in the ledger, never a tag (a launcher can set any tag on its
+//! own instance, and a tag that cannot be written would make every event alert again). Each alert
+//! has its key ([`AlertKey`]): untrusted-ami-alert's, per instance and image; snapshot-on-stop's,
+//! per image that failed.
 //!
 //! The first delivery to write the record *claims* the alert, publishes it, then marks the record
 //! sent. A claim expires after [`CLAIM_DURATION`]: a delivery that died before publishing cannot
@@ -39,38 +40,45 @@ pub enum Claim {
     InProgress,
 }
 
-fn key(region: &str, instance_id: &str, image_id: &str) -> (String, String) {
-    (keys::alert(region, instance_id), keys::alerted_image(image_id))
+/// Which alert: the ledger record that says it was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertKey {
+    pk: String,
+    sk: String,
+    image_id: String,
 }
 
-/// Claims the alert for `instance_id` running `image_id`, unless it was sent or another
-/// delivery's claim is still running.
+impl AlertKey {
+    /// untrusted-ami-alert's: `instance_id` running `image_id`.
+    pub fn untrusted(region: &str, instance_id: &str, image_id: &str) -> Self {
+        Self { pk: keys::alert(region, instance_id), sk: keys::alerted_image(image_id), image_id: image_id.into() }
+    }
+
+    /// snapshot-on-stop's: the image it made ended `failed`.
+    pub fn failed_image(region: &str, image_id: &str) -> Self {
+        Self { pk: keys::failed_image_alerts(region), sk: image_id.into(), image_id: image_id.into() }
+    }
+}
+
+/// Claims the alert `key`, unless it was sent or another delivery's claim is still running.
 pub async fn claim(
     store: &impl LedgerStore,
-    region: &str,
-    instance_id: &str,
-    image_id: &str,
+    key: &AlertKey,
     owner: &str,
     now: DateTime<Utc>,
 ) -> Result<Claim, AwsError> {
-    let (pk, sk) = key(region, instance_id, image_id);
-    let item = Item::new(&pk, &sk).with_s("kind", "alert").with_s(STATE, SENDING).with_s("image_id", image_id);
+    let item =
+        Item::new(&key.pk, &key.sk).with_s("kind", "alert").with_s(STATE, SENDING).with_s("image_id", &key.image_id);
     // A claim or a sent record past its expiry is free again.
     match lease::acquire_item(store, item, owner, now, CLAIM_DURATION).await? {
         Acquired::Held(claim) => Ok(Claim::Claimed(claim)),
-        Acquired::Busy => state(store, region, instance_id, image_id).await,
+        Acquired::Busy => state(store, key).await,
     }
 }
 
 /// What the ledger says of the alert now.
-pub async fn state(
-    store: &impl LedgerStore,
-    region: &str,
-    instance_id: &str,
-    image_id: &str,
-) -> Result<Claim, AwsError> {
-    let (pk, sk) = key(region, instance_id, image_id);
-    let record = query_all(store, &pk, &sk).await?.into_iter().find(|item| item.sk == sk);
+pub async fn state(store: &impl LedgerStore, key: &AlertKey) -> Result<Claim, AwsError> {
+    let record = query_all(store, &key.pk, &key.sk).await?.into_iter().find(|item| item.sk == key.sk);
     Ok(match record {
         Some(item) if item.s(STATE) == Some(SENT) => {
             Claim::AlreadySent { sent_at: item.time("sent_at"), message_id: item.s("message_id").map(str::to_string) }
@@ -109,6 +117,45 @@ pub async fn release(store: &impl LedgerStore, claim: &AlertClaim) -> Result<(),
     lease::release(store, claim).await
 }
 
+/// Whether this delivery sends an alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Turn {
+    /// Send it; with the ledger's claim to confirm, or without one (no ledger, or it failed:
+    /// the warning says the alert may repeat).
+    Send(Option<AlertClaim>, Option<String>),
+    AlreadySent,
+    /// Another delivery holds the claim after waiting for it.
+    InProgress,
+}
+
+/// How long a delivery waits for a concurrent one that claimed the same alert.
+pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether this delivery sends the alert `key`: the ledger's claim decides; a claim held by a
+/// concurrent delivery is waited for a little. Without a working ledger the alert is sent (a
+/// duplicate is better than silence).
+pub async fn turn(
+    store: Option<&impl LedgerStore>,
+    key: &AlertKey,
+    invocation: &crate::invocation::Invocation,
+) -> Turn {
+    let Some(store) = store else {
+        return Turn::Send(None, Some("no ledger is configured (LEDGER_TABLE)".to_string()));
+    };
+    let started = tokio::time::Instant::now();
+    loop {
+        match claim(store, key, &invocation.request_id, invocation.clock()).await {
+            Ok(Claim::Claimed(claim)) => return Turn::Send(Some(claim), None),
+            Ok(Claim::AlreadySent { .. }) => return Turn::AlreadySent,
+            Ok(Claim::InProgress) if started.elapsed() < CLAIM_WAIT => {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await
+            }
+            Ok(Claim::InProgress) => return Turn::InProgress,
+            Err(err) => return Turn::Send(None, Some(format!("the ledger could not be used ({err})"))),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -121,7 +168,7 @@ mod tests {
     }
 
     async fn claim_at(store: &MemoryLedger, owner: &str, seconds: i64) -> Claim {
-        claim(store, "us-east-1", "i-01", "ami-0a", owner, t(seconds)).await.unwrap()
+        claim(store, &AlertKey::untrusted("us-east-1", "i-01", "ami-0a"), owner, t(seconds)).await.unwrap()
     }
 
     #[tokio::test]
@@ -135,8 +182,12 @@ mod tests {
         // Long after the claim would have expired, the sent record still holds.
         assert_eq!(claim_at(&store, "d", 86_400 * 30).await, sent);
         // Another image of the same instance, or another instance, is another alert.
-        assert!(matches!(claim(&store, "us-east-1", "i-01", "ami-0b", "e", t(4)).await.unwrap(), Claim::Claimed(_)));
-        assert!(matches!(claim(&store, "us-east-1", "i-02", "ami-0a", "e", t(4)).await.unwrap(), Claim::Claimed(_)));
+        let other = |instance: &str, image: &str| AlertKey::untrusted("us-east-1", instance, image);
+        assert!(matches!(claim(&store, &other("i-01", "ami-0b"), "e", t(4)).await.unwrap(), Claim::Claimed(_)));
+        assert!(matches!(claim(&store, &other("i-02", "ami-0a"), "e", t(4)).await.unwrap(), Claim::Claimed(_)));
+        // snapshot-on-stop's alert for the same image is another alert again.
+        let failed = AlertKey::failed_image("us-east-1", "ami-0a");
+        assert!(matches!(claim(&store, &failed, "f", t(5)).await.unwrap(), Claim::Claimed(_)));
     }
 
     #[tokio::test]
