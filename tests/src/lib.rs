@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failure here should panic.
 
 pub mod event_pattern;
+pub mod inbox;
 pub mod ledger;
 pub mod proxy;
 pub mod template;
@@ -121,6 +122,55 @@ pub fn ec2_answer(action: &str, content: &str) -> String {
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>amiguard-tests</requestId>{content}</{action}Response>"
     )
+}
+
+/// A DescribeImages answer with the state of the image named `name` set to `state` (moto makes
+/// every image `available` at once). Each image is one `<item>` of `<imagesSet>` (items nest:
+/// block device mappings and tags are items too).
+pub fn with_image_state(answer: &str, name: &str, state: &str) -> String {
+    let named = format!("<name>{name}</name>");
+    let mut out = String::with_capacity(answer.len());
+    let mut rest = answer;
+    let Some(set) = rest.find("<imagesSet>") else { return answer.to_string() };
+    out.push_str(&rest[..set + "<imagesSet>".len()]);
+    rest = &rest[set + "<imagesSet>".len()..];
+    while let Some(start) = rest.find("<item>").filter(|start| rest.find("</imagesSet>").is_some_and(|e| *start < e)) {
+        out.push_str(&rest[..start]);
+        let (mut depth, mut at) = (0usize, start);
+        let end = loop {
+            let open = rest[at..].find("<item>").map(|i| i + at);
+            let close = rest[at..].find("</item>").map(|i| i + at).unwrap_or(rest.len());
+            match open {
+                Some(open) if open < close => {
+                    depth += 1;
+                    at = open + "<item>".len();
+                }
+                _ => {
+                    depth = depth.saturating_sub(1);
+                    at = (close + "</item>".len()).min(rest.len());
+                    if depth == 0 {
+                        break at;
+                    }
+                }
+            }
+        };
+        let item = &rest[start..end];
+        if item.contains(&named) {
+            let from = ["available", "pending", "failed"]
+                .iter()
+                .map(|s| format!("<imageState>{s}</imageState>"))
+                .find(|tag| item.contains(tag.as_str()));
+            match from {
+                Some(from) => out.push_str(&item.replacen(&from, &format!("<imageState>{state}</imageState>"), 1)),
+                None => out.push_str(item),
+            }
+        } else {
+            out.push_str(item);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Starts the gap-filling proxy in front of `upstream` on a thread (and runtime) of its own, so
@@ -281,4 +331,25 @@ pub fn sample_event(name: &str) -> serde_json::Value {
     let path = workspace_root().join("events").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_images_state_is_set_by_its_name_whatever_the_order_of_its_fields() {
+        let answer = "<DescribeImagesResponse><imagesSet>\
+            <item><blockDeviceMapping><item><deviceName>/dev/xvda</deviceName></item></blockDeviceMapping><name>a</name><imageId>ami-1</imageId><imageState>available</imageState><tagSet><item><key>k</key></item></tagSet></item>\
+            <item><name>b</name><imageId>ami-2</imageId><imageState>available</imageState></item>\
+            </imagesSet></DescribeImagesResponse>";
+        let edited = with_image_state(answer, "b", "pending");
+        assert!(
+            edited.contains("<name>a</name><imageId>ami-1</imageId><imageState>available</imageState>"),
+            "{edited}"
+        );
+        assert!(edited.contains("<name>b</name><imageId>ami-2</imageId><imageState>pending</imageState>"), "{edited}");
+        assert_eq!(edited.len(), answer.len() + "pending".len() - "available".len());
+        assert_eq!(with_image_state(answer, "c", "failed"), answer);
+    }
 }

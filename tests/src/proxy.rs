@@ -46,6 +46,19 @@ pub enum FaultKind {
     Respond(String),
     /// Forward, then replace `from` by `to` in the answer: a field moto cannot set.
     Rewrite { from: String, to: String },
+    /// Forward, then pass the answer's body through this function: a field moto cannot set, where
+    /// it depends on the answer (the state of one image among many).
+    RewriteWith(BodyRewrite),
+}
+
+/// A function over an answer's body, for [`FaultKind::RewriteWith`].
+#[derive(Clone)]
+pub struct BodyRewrite(Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl std::fmt::Debug for BodyRewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodyRewrite(..)")
+    }
 }
 
 impl Fault {
@@ -68,6 +81,10 @@ impl Fault {
     /// Forwards `action` and replaces every `from` by `to` in moto's answer.
     pub fn rewrite(action: &str, from: impl Into<String>, to: impl Into<String>) -> Self {
         Self::on(action, FaultKind::Rewrite { from: from.into(), to: to.into() })
+    }
+    /// Forwards `action` and passes moto's answer through `edit`.
+    pub fn rewrite_with(action: &str, edit: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        Self::on(action, FaultKind::RewriteWith(BodyRewrite(Arc::new(edit))))
     }
     fn on(action: &str, kind: FaultKind) -> Self {
         Self { action: Some(action.into()), body_contains: None, kind, times: None }
@@ -168,7 +185,10 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
                 forward(upstream, &head, &body).await?
             }
             Some(FaultKind::Respond(answer)) => ok_response(&service, &answer),
-            Some(FaultKind::Rewrite { from, to }) => rewrite(forward(upstream, &head, &body).await?, &from, &to),
+            Some(FaultKind::Rewrite { from, to }) => {
+                rewrite(forward(upstream, &head, &body).await?, &|answer| answer.replace(&from, &to))
+            }
+            Some(FaultKind::RewriteWith(BodyRewrite(edit))) => rewrite(forward(upstream, &head, &body).await?, &*edit),
             None => forward(upstream, &head, &body).await?,
         };
         client.get_mut().write_all(&response).await?;
@@ -267,14 +287,14 @@ fn ok_response(service: &str, body: &str) -> Vec<u8> {
 }
 
 /// `response` with `from` replaced by `to` in its body (de-chunked, with a fresh length).
-fn rewrite(response: Vec<u8>, from: &str, to: &str) -> Vec<u8> {
+fn rewrite(response: Vec<u8>, edit: &(dyn Fn(&str) -> String + Send + Sync)) -> Vec<u8> {
     let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return response };
     let head = String::from_utf8_lossy(&response[..split]).into_owned();
     let mut body = response[split + 4..].to_vec();
     if header(&format!("{head}\r\n"), "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         body = dechunk(&body);
     }
-    let body = String::from_utf8_lossy(&body).replace(from, to);
+    let body = edit(&String::from_utf8_lossy(&body));
     let mut out: String = head
         .split("\r\n")
         .filter(|l| {
@@ -366,11 +386,11 @@ mod tests {
     #[test]
     fn a_rewrite_replaces_text_in_a_plain_or_chunked_answer() {
         let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n<a>2026</a>".to_vec();
-        let out = String::from_utf8(rewrite(plain, "2026", "2024")).unwrap();
+        let out = String::from_utf8(rewrite(plain, &|body| body.replace("2026", "2024"))).unwrap();
         assert!(out.ends_with("Content-Length: 11\r\n\r\n<a>2024</a>"), "{out}");
         let chunked =
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n<a>2\r\n7\r\n026</a>\r\n0\r\n\r\n".to_vec();
-        let out = String::from_utf8(rewrite(chunked, "2026", "12024")).unwrap();
+        let out = String::from_utf8(rewrite(chunked, &|body| body.replace("2026", "12024"))).unwrap();
         assert!(out.ends_with("Content-Length: 12\r\n\r\n<a>12024</a>"), "{out}");
         assert!(!out.to_ascii_lowercase().contains("transfer-encoding"));
     }

@@ -34,6 +34,7 @@ async fn snapshot_on_stop_clients(
     snapshot_on_stop::Clients {
         ec2: Ec2Client::new(through.ec2()),
         ledger: Some(ledger::on(&through)),
+        alerts: None,
         region: account.region.clone(),
     }
 }

@@ -73,6 +73,7 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
     let clients = snapshot_on_stop::Clients {
         ec2: amiguard::snapshot_on_stop::ec2::Ec2Client::new(through.ec2()),
         ledger: Some(ledger::on(&through)),
+        alerts: None::<amiguard::trust::sns::SnsAlerts>,
         region: account.region.clone(),
     };
     let config = snapshot_on_stop::Config { scope: SnapshotScope::Tagged, keep_last: 1, ..Default::default() };

@@ -26,6 +26,7 @@ async fn clients(account: &TestAccount) -> Clients<Ec2Client, DynamoLedger> {
     Clients {
         ec2: Ec2Client::new(account.ec2()),
         ledger: Some(amiguard_integration_tests::ledger::create(account).await),
+        alerts: None,
         region: account.region.clone(),
     }
 }
@@ -537,6 +538,7 @@ async fn clients_through(account: &TestAccount, proxy: &Proxy) -> Clients<Ec2Cli
     Clients {
         ec2: Ec2Client::new(account.through(proxy).ec2()),
         ledger: Some(amiguard_integration_tests::ledger::create(account).await),
+        alerts: None,
         region: account.region.clone(),
     }
 }
@@ -685,4 +687,243 @@ async fn a_terminated_instance_keeps_its_newest_images_by_keep_after_termination
         assert!(!snapshot_exists(&account, snapshot).await);
     }
     assert!(report.launch_template.is_some(), "the template stays, with the newest image's version");
+}
+
+// ---- following each image to `available` (EC2 AMI State Change) ----
+
+/// The AMI event of `image_id`, from the sample of `state`, in `account`.
+fn ami_event(account: &TestAccount, image_id: &str, state: &str) -> Value {
+    let mut event = sample_event(&format!("snapshot-on-stop.ami-{state}.json"));
+    event["account"] = json!(account.account_id);
+    event["region"] = json!(account.region);
+    event["detail"]["ImageId"] = json!(image_id);
+    event["resources"] = json!([format!("arn:aws:ec2:{}::image/{image_id}", account.region)]);
+    event
+}
+
+/// EC2 says the image of `instance`'s stop at `stopped` (`20261127T020000Z`) is `state`, in every
+/// DescribeImages answer, whatever moto says.
+fn image_of_stop_is(proxy: &Proxy, instance: &str, stopped: &str, state: &'static str) {
+    let name = format!("amiguard-{instance}-{stopped}");
+    proxy.inject(Fault::rewrite_with("DescribeImages", move |answer| {
+        amiguard_integration_tests::with_image_state(answer, &name, state)
+    }));
+}
+
+/// The image the template's default version launches.
+async fn default_image(account: &TestAccount, instance: &str) -> Option<String> {
+    let versions = account
+        .ec2()
+        .describe_launch_template_versions()
+        .launch_template_name(format!("amiguard-{instance}"))
+        .versions("$Default")
+        .send()
+        .await
+        .unwrap();
+    versions.launch_template_versions()[0].launch_template_data()?.image_id().map(str::to_string)
+}
+
+async fn own_image_ids(account: &TestAccount) -> Vec<String> {
+    own_images(account).await.iter().filter_map(|i| i.image_id().map(str::to_string)).collect()
+}
+
+#[tokio::test]
+async fn keep_last_one_with_the_new_image_pending_keeps_the_old_one_until_its_available_event() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let clients = clients_through(&account, &proxy).await;
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    let good = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let good_image = good.image_id.clone().unwrap();
+
+    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "pending");
+    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    let pending = second.image_id.clone().unwrap();
+    assert_eq!(second.outcome, Outcome::Created);
+    assert!(second.retired_images.is_empty(), "the last good image stays: {:?}", second.retired_images);
+    assert_eq!(second.images_not_available, std::slice::from_ref(&pending));
+    assert_eq!(default_image(&account, &instance).await.as_deref(), Some(good_image.as_str()), "the default stays");
+    assert_eq!(second.launch_template, good.launch_template, "the report names the default, still the good image's");
+    let versions = account
+        .ec2()
+        .describe_launch_template_versions()
+        .launch_template_name(format!("amiguard-{instance}"))
+        .send()
+        .await
+        .unwrap();
+    let launched: Vec<Option<&str>> =
+        versions.launch_template_versions().iter().map(|v| v.launch_template_data().unwrap().image_id()).collect();
+    assert!(launched.contains(&Some(pending.as_str())), "the stop's configuration is kept in a version: {launched:?}");
+
+    // An `available` event EC2 does not agree with yet is retried, and changes nothing.
+    let early = handle(&clients, &keep_one, ami_event(&account, &pending, "available"), &delivery()).await;
+    assert!(matches!(early, Err(Error::NotYetSettled { .. })), "{early:?}");
+    assert!(own_image_ids(&account).await.contains(&good_image));
+
+    // EC2 says available now: the event moves the default and runs retention.
+    proxy.clear_faults();
+    let settled = handle(&clients, &keep_one, ami_event(&account, &pending, "available"), &delivery()).await.unwrap();
+    assert_eq!(settled.outcome, Outcome::ImageAvailable);
+    assert_eq!(settled.instance_id, instance);
+    assert_eq!(settled.image_state.as_deref(), Some("available"));
+    assert_eq!(settled.retired_images, std::slice::from_ref(&good_image));
+    assert_eq!(settled.deleted_snapshots.len(), 1);
+    assert!(!snapshot_exists(&account, &settled.deleted_snapshots[0]).await);
+    assert_eq!(default_image(&account, &instance).await.as_deref(), Some(pending.as_str()));
+    assert_eq!(own_image_ids(&account).await, std::slice::from_ref(&pending));
+
+    // A redelivery of the event finds nothing left to do.
+    let again = handle(&clients, &keep_one, ami_event(&account, &pending, "available"), &delivery()).await.unwrap();
+    assert_eq!(again.outcome, Outcome::ImageAvailable);
+    assert!(again.retired_images.is_empty() && again.deleted_snapshots.is_empty());
+    assert_eq!(default_image(&account, &instance).await.as_deref(), Some(pending.as_str()));
+}
+
+#[tokio::test]
+async fn a_stop_catches_up_on_an_available_event_that_never_came() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let clients = clients_through(&account, &proxy).await;
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    // The very first stop's image is pending: no template is made until an image is available.
+    image_of_stop_is(&proxy, &instance, "20261127T010000Z", "pending");
+    let first = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    assert_eq!(first.launch_template, None);
+    assert!(first.warnings.iter().any(|w| w.contains("no image of")), "{:?}", first.warnings);
+    let templates = account.ec2().describe_launch_templates().send().await.unwrap();
+    assert!(templates.launch_templates().is_empty(), "no template names a pending image");
+    let first_image = first.image_id.unwrap();
+
+    // Its event never comes; the next stop's image is pending too, the first is available now.
+    proxy.clear_faults();
+    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "pending");
+    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    assert!(second.retired_images.is_empty(), "{:?}", second.retired_images);
+    assert_eq!(default_image(&account, &instance).await.as_deref(), Some(first_image.as_str()));
+    let template = second.launch_template.unwrap();
+    let recorded = records::read(clients.ledger.as_ref().unwrap(), &account.region, &instance).await.unwrap();
+    let first_record = recorded.images.iter().find(|r| r.image_id.as_deref() == Some(first_image.as_str())).unwrap();
+    assert_eq!(first_record.launch_template.as_ref(), Some(&template), "the ledger says which version launches it");
+}
+
+#[tokio::test]
+async fn a_failed_image_keeps_the_last_good_one_and_the_default_and_alerts_once() {
+    use amiguard::trust::sns::SnsAlerts;
+    use amiguard_integration_tests::inbox::AlertInbox;
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let inbox = AlertInbox::new(&account, false).await;
+    let clients = Clients {
+        alerts: Some(SnsAlerts::new(account.through(&proxy).sns(), &inbox.topic_arn)),
+        ..clients_through(&account, &proxy).await
+    };
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    let good = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let good_image = good.image_id.unwrap();
+    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "pending");
+    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    let failed = second.image_id.unwrap();
+
+    // It fails (a disabled KMS key, say). SNS refuses the first try (the topic's key is disabled
+    // too): the invocation fails, so that Lambda's retry alerts.
+    proxy.clear_faults();
+    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "failed");
+    proxy.inject(Fault::error("Publish", 400, "KMSDisabled").times(1));
+    let refused = handle(&clients, &keep_one, ami_event(&account, &failed, "failed"), &delivery()).await;
+    assert!(matches!(refused, Err(Error::Aws(ref e)) if e.code == "KMSDisabled"), "{refused:?}");
+    proxy.clear_faults();
+    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "failed");
+    let mut reports = Vec::new();
+    for _ in 0..3 {
+        reports.push(handle(&clients, &keep_one, ami_event(&account, &failed, "failed"), &delivery()).await.unwrap());
+    }
+    assert!(reports.iter().all(|r| r.outcome == Outcome::ImageFailed && r.retired_images.is_empty()));
+    assert_eq!(reports[0].alerted_images, std::slice::from_ref(&failed));
+    assert!(reports[1].alerted_images.is_empty() && reports[2].alerted_images.is_empty(), "alerted once");
+    let reason = reports[0].reason.clone().unwrap();
+    assert!(reason.contains("KMS key") && reason.contains(&good_image), "{reason}");
+    assert_eq!(default_image(&account, &instance).await.as_deref(), Some(good_image.as_str()), "the default stays");
+    assert!(own_image_ids(&account).await.contains(&good_image), "the last good image stays");
+
+    // A later stop sees it failed too: never retired, never counted, never alerted again.
+    let third = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T03:00:00Z"), &delivery()).await.unwrap();
+    assert_eq!(third.retired_images, std::slice::from_ref(&good_image), "KEEP_LAST=1 counts the new available image");
+    assert!(third.alerted_images.is_empty(), "{:?}", third.alerted_images);
+    assert_eq!(third.images_not_available, std::slice::from_ref(&failed));
+    assert!(own_image_ids(&account).await.contains(&failed), "a failed image stays for a person to look at");
+    assert_eq!(default_image(&account, &instance).await, third.image_id);
+
+    let received = inbox.drain().await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    let alert = &received[0];
+    assert_eq!(alert.severity.as_deref(), Some("medium"));
+    let subject = alert.subject.as_deref().unwrap();
+    assert!(subject.contains(&failed) && subject.contains(&instance) && subject.contains("failed"), "{subject}");
+    assert!(alert.body.contains("The KMS key provided is in an incorrect state"), "{}", alert.body);
+}
+
+#[tokio::test]
+async fn a_stop_alerts_a_failed_image_whose_event_never_came() {
+    use amiguard::trust::sns::SnsAlerts;
+    use amiguard_integration_tests::inbox::AlertInbox;
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let clients = Clients {
+        alerts: Some(SnsAlerts::new(account.through(&proxy).sns(), &inbox.topic_arn)),
+        ..clients_through(&account, &proxy).await
+    };
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    let first = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    image_of_stop_is(&proxy, &instance, "20261127T010000Z", "failed");
+    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    assert_eq!(second.alerted_images, [first.image_id.clone().unwrap()]);
+    let third = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T03:00:00Z"), &delivery()).await.unwrap();
+    assert!(third.alerted_images.is_empty());
+    let received = inbox.drain().await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].severity.as_deref(), Some("medium"));
+}
+
+#[tokio::test]
+async fn ami_events_of_images_the_ledger_does_not_hold_change_nothing() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let clients = clients(&account).await;
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    let made = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let made = made.image_id.unwrap();
+    // An image made by hand, with snapshot-on-stop's tags copied onto it.
+    let forged = account.ec2().create_image().instance_id(&instance).name("golden").send().await.unwrap();
+    let forged = forged.image_id().unwrap().to_string();
+    let copied = image_tags_of(&account, &made).await;
+    account.ec2().create_tags().resources(&forged).set_tags(Some(copied)).send().await.unwrap();
+    let before = own_image_ids(&account).await;
+
+    for state in ["available", "failed"] {
+        let report = handle(&clients, &keep_one, ami_event(&account, &forged, state), &delivery()).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Skipped);
+        assert!(report.reason.as_deref().unwrap().contains("ledger holds no record"), "{:?}", report.reason);
+        assert!(report.alerted_images.is_empty());
+    }
+    let mut deregistered = ami_event(&account, &made, "available");
+    deregistered["detail"]["State"] = json!("deregistered");
+    let report = handle(&clients, &keep_one, deregistered, &delivery()).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Skipped);
+    let mut elsewhere = ami_event(&account, &made, "available");
+    elsewhere["region"] = json!("eu-west-1");
+    let report = handle(&clients, &keep_one, elsewhere, &delivery()).await.unwrap();
+    assert!(report.reason.as_deref().unwrap().contains("eu-west-1"), "{:?}", report.reason);
+    let no_ledger: Clients<Ec2Client, DynamoLedger> =
+        Clients { ec2: Ec2Client::new(account.ec2()), ledger: None, alerts: None, region: account.region.clone() };
+    let report = handle(&no_ledger, &keep_one, ami_event(&account, &made, "available"), &delivery()).await.unwrap();
+    assert!(report.reason.as_deref().unwrap().contains("LEDGER_TABLE"), "{:?}", report.reason);
+    let mut malformed = ami_event(&account, &made, "available");
+    malformed["detail"]["ImageId"] = json!("snap-0123");
+    assert!(matches!(handle(&clients, &keep_one, malformed, &delivery()).await, Err(Error::Event(_))));
+    assert_eq!(own_image_ids(&account).await, before);
 }

@@ -93,6 +93,33 @@ fn the_stop_rule_rejects_near_misses() {
 }
 
 #[test]
+fn the_image_rule_takes_only_available_and_failed_images_from_ec2() {
+    let template = load();
+    let function = functions(&template).into_iter().find(|f| f.binary.as_deref() == Some("snapshot-on-stop")).unwrap();
+    let available = amiguard_integration_tests::sample_event("snapshot-on-stop.ami-available.json");
+    let failed = amiguard_integration_tests::sample_event("snapshot-on-stop.ami-failed.json");
+    assert!(delivered(&function, &available) && delivered(&function, &failed));
+    for state in ["deregistered", "disabled", "pending", "Available", "available "] {
+        let mut other = available.clone();
+        other["detail"]["State"] = json!(state);
+        assert!(!delivered(&function, &other), "state {state} must not be delivered");
+    }
+    let mut lower_case = available.clone();
+    lower_case["detail"] = json!({"ImageId": "ami-0a1b2c3d4e5f60718", "state": "available"});
+    assert!(!delivered(&function, &lower_case), "field names are case-sensitive");
+    let mut other_source = available.clone();
+    other_source["source"] = json!("custom.ec2");
+    assert!(!delivered(&function, &other_source));
+    let mut other_type = failed;
+    other_type["detail-type"] = json!("EC2 Instance State-change Notification");
+    assert!(!delivered(&function, &other_type));
+    // The sweeper's rule takes deregistrations only: the two functions never share an AMI event.
+    let sweeper =
+        functions(&template).into_iter().find(|f| f.binary.as_deref() == Some("orphan-snapshot-sweeper")).unwrap();
+    assert!(!delivered(&sweeper, &available));
+}
+
+#[test]
 fn the_sweepers_ami_rule_takes_only_deregistrations_from_ec2() {
     let template = load();
     let function =

@@ -81,6 +81,7 @@ pub async fn find_or_create<L: LedgerStore>(
         CreateImageOutcome::Created(image_id) => {
             let record = MadeImage { image_id: Some(image_id.clone()), ..record };
             session.record(&record).await;
+            session.record_made_of(&image_id, now).await;
             Ok(Made::Image { outcome: Outcome::Created, image_id, record })
         }
         // AWS refused the name: an image took it between the lookup and now.
@@ -127,6 +128,7 @@ async fn claim_found<L: LedgerStore>(
         )));
     }
     session.record(&record).await;
+    session.record_made_of(&found.image_id, record.intended_at).await;
     Ok(Made::Image { outcome: Outcome::AlreadyCreated, image_id: found.image_id, record })
 }
 
@@ -154,36 +156,48 @@ pub async fn tag_snapshots(
     Ok(Ok(snapshot_ids))
 }
 
-/// Makes `amiguard-<instance>`'s default version launch `image_id` with the instance's
-/// configuration, creating the template or a version only when none launches it yet. Also
-/// returns the versions the template had before (none when it was just created), which the
-/// retention needs.
-pub async fn ensure_launch_template(
+/// The instance's relaunch template, `amiguard-<instance>`, when it exists.
+pub async fn find_template(ec2: &impl SnapshotOnStopEc2, instance_id: &str) -> Result<Option<String>, Error> {
+    Ok(ec2.find_launch_template(&decide::launch_template_name(instance_id)).await?)
+}
+
+fn version_description(image_id: &str, stopped_at: DateTime<Utc>) -> String {
+    format!("{image_id}, stopped at {}", decide::stopped_at_tag_value(stopped_at))
+}
+
+/// Creates `amiguard-<instance>` with one version, its default, launching `image_id` with the
+/// instance's configuration. Only for an available image: the default never names another.
+pub async fn create_template(
     ec2: &impl SnapshotOnStopEc2,
     instance_id: &str,
     image_id: &str,
     stopped_at: DateTime<Utc>,
-) -> Result<(LaunchTemplateRef, Vec<LaunchTemplateVersion>), Error> {
-    let template_name = decide::launch_template_name(instance_id);
-    let description = format!("{image_id}, stopped at {}", decide::stopped_at_tag_value(stopped_at));
-    let Some(template_id) = ec2.find_launch_template(&template_name).await? else {
-        let data = launch_data::relaunch_data(&ec2.instance_launch_data(instance_id).await?, image_id);
-        let tags = [
-            Tag::new(tags::SOURCE_INSTANCE, instance_id),
-            Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP),
-        ];
-        return Ok((ec2.create_launch_template(&template_name, data, &description, &tags).await?, Vec::new()));
-    };
-    let versions = ec2.list_launch_template_versions(&template_id).await?;
-    let version = match versions.iter().filter(|v| v.image_id.as_deref() == Some(image_id)).map(|v| v.version).max() {
-        Some(version) => version,
-        None => {
-            let data = launch_data::relaunch_data(&ec2.instance_launch_data(instance_id).await?, image_id);
-            ec2.create_launch_template_version(&template_id, data, &description).await?
-        }
-    };
-    if !versions.iter().any(|v| v.version == version && v.is_default) {
-        ec2.set_default_launch_template_version(&template_id, version).await?;
+) -> Result<LaunchTemplateRef, Error> {
+    let data = launch_data::relaunch_data(&ec2.instance_launch_data(instance_id).await?, image_id);
+    let tags =
+        [Tag::new(tags::SOURCE_INSTANCE, instance_id), Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP)];
+    let name = decide::launch_template_name(instance_id);
+    Ok(ec2.create_launch_template(&name, data, &version_description(image_id, stopped_at), &tags).await?)
+}
+
+/// The version of the template that launches `image_id` (the newest, if several do), created from
+/// the instance's configuration now when none does. It does not change the default.
+pub async fn version_for(
+    ec2: &impl SnapshotOnStopEc2,
+    template_id: &str,
+    versions: &[LaunchTemplateVersion],
+    instance_id: &str,
+    image_id: &str,
+    stopped_at: DateTime<Utc>,
+) -> Result<i64, Error> {
+    if let Some(version) = existing_version(versions, image_id) {
+        return Ok(version);
     }
-    Ok((LaunchTemplateRef { id: template_id, version }, versions))
+    let data = launch_data::relaunch_data(&ec2.instance_launch_data(instance_id).await?, image_id);
+    Ok(ec2.create_launch_template_version(template_id, data, &version_description(image_id, stopped_at)).await?)
+}
+
+/// The newest version that launches `image_id`.
+pub fn existing_version(versions: &[LaunchTemplateVersion], image_id: &str) -> Option<i64> {
+    versions.iter().filter(|v| v.image_id.as_deref() == Some(image_id)).map(|v| v.version).max()
 }

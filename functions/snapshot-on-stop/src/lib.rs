@@ -1,27 +1,36 @@
 //! snapshot-on-stop: when an instance reaches `stopped`, image it (an image of a stopped instance
 //! is consistent), keep a launch template that relaunches it with the same configuration, and
-//! retire its older images with their snapshots.
+//! retire its older images with their snapshots. Each image is followed to `available` (its
+//! `EC2 AMI State Change`, and every later stop): only then does the template's default launch it
+//! and retention count it; an image that fails is alerted once.
 //!
-//! The decisions are `amiguard::snapshot_on_stop` (`core`, `launch_data`, and `records`: what the
-//! ledger remembers of the images it made); its EC2 port is `amiguard::snapshot_on_stop::ec2`,
-//! the ledger `amiguard::ledger`. Here: the handler, its configuration and report, the image
-//! steps (`image`), retention (`retention`) and one delivery's hold on the ledger (`session`).
+//! The decisions are `amiguard::snapshot_on_stop` (`core`, `launch_data`, `failed_alert`, and
+//! `records`: what the ledger remembers of the images it made); its EC2 port is
+//! `amiguard::snapshot_on_stop::ec2`, the ledger `amiguard::ledger`, the alert publisher
+//! `amiguard::trust::sns`. Here: the handler, its configuration and report, the image steps
+//! (`image`), retention (`retention`), what follows an image's settling (`follow`, `ami_event`,
+//! `alerts`) and one delivery's hold on the ledger (`session`).
 
+mod alerts;
+mod ami_event;
+mod follow;
 mod image;
 mod retention;
 mod session;
 
 use amiguard::config::{self, ConfigError, VarSource};
-use amiguard::events::{self, EventError};
+use amiguard::events::{self, AmiStateChangeDetail, EventError, AMI_STATE_CHANGE};
 use amiguard::invocation::Invocation;
 use amiguard::ledger::LedgerStore;
 use amiguard::snapshot_on_stop::core::{self as decide, SkipReason, SnapshotScope};
 use amiguard::snapshot_on_stop::ec2::{LaunchTemplateRef, SnapshotOnStopEc2};
 use amiguard::snapshot_on_stop::records;
 use amiguard::tags::{self, Tag};
+use amiguard::trust::sns::{AlertPublisher, SnsAlerts};
 use amiguard::AwsError;
 use serde::{Deserialize, Serialize};
 
+use crate::follow::{Delivery, Plan};
 use crate::image::Made;
 use crate::session::Session;
 
@@ -39,6 +48,9 @@ pub struct Config {
     /// `KEEP_AFTER_TERMINATION` (`all` by default): what retention keeps of a terminated
     /// instance's images.
     pub keep_after_termination: KeepAfterTermination,
+    /// `ALERT_TOPIC_ARN` (optional; the stack's alert topic): where an image that failed is
+    /// alerted, once.
+    pub alert_topic_arn: Option<String>,
 }
 
 /// What happens to a terminated instance's images (no stop of it will ever run retention again).
@@ -74,6 +86,7 @@ impl Default for Config {
             dry_run: false,
             protect_tag: tags::KEEP.to_string(),
             keep_after_termination: KeepAfterTermination::All,
+            alert_topic_arn: None,
         }
     }
 }
@@ -91,15 +104,18 @@ impl Config {
             dry_run: config::bool_var(source, "DRY_RUN", false)?,
             protect_tag: config::protect_tag_var(source)?,
             keep_after_termination: KeepAfterTermination::from_env(source)?,
+            alert_topic_arn: config::optional_topic_arn_var(source, "ALERT_TOPIC_ARN")?,
         })
     }
 }
 
 /// The ports the handler acts through, built once per container.
-pub struct Clients<E, L> {
+pub struct Clients<E, L, P = SnsAlerts> {
     pub ec2: E,
-    /// `None` without `LEDGER_TABLE`: images are made, nothing is retired.
+    /// `None` without `LEDGER_TABLE`: images are made, nothing is retired or followed.
     pub ledger: Option<L>,
+    /// `None` without `ALERT_TOPIC_ARN`: a failed image is reported, not alerted.
+    pub alerts: Option<P>,
     /// The region of the clients (part of the ledger's keys).
     pub region: String,
 }
@@ -121,19 +137,30 @@ pub enum Outcome {
     DryRun,
     /// The instance was terminated: retention ran with `KEEP_AFTER_TERMINATION`.
     Terminated,
+    /// An AMI event: EC2 says the image is available; the template and retention followed.
+    ImageAvailable,
+    /// An AMI event: EC2 says the image failed; everything is kept, the alert sent once.
+    ImageFailed,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     pub outcome: Outcome,
+    /// Empty for an AMI event of an image the ledger does not hold.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub instance_id: String,
     pub image_id: Option<String>,
     pub image_name: Option<String>,
-    /// Why the instance was skipped.
+    /// Why the instance was skipped; for an AMI event, what was kept.
     pub reason: Option<String>,
+    /// For an AMI event: what EC2 says of the image now (what is acted on, not the event's word).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_state: Option<String>,
     /// EC2's `StateReason.Code` of the stop (`Client.UserInitiatedShutdown`, or `Server.*` for a
     /// stop AWS made, such as a Spot interruption).
     pub stop_reason: Option<String>,
+    /// The launch template and its default version after this delivery: it launches the newest
+    /// available image (a stop's own image only once EC2 says it is available).
     pub launch_template: Option<LaunchTemplateRef>,
     /// Images deregistered by retention (in a dry run: those that would be).
     pub retired_images: Vec<String>,
@@ -147,6 +174,8 @@ pub struct Report {
     /// disabled): retention neither counts nor retires them; a failed or disabled one stays until
     /// a person deregisters it.
     pub images_not_available: Vec<String>,
+    /// Failed images this delivery alerted (once each: the ledger remembers).
+    pub alerted_images: Vec<String>,
     /// Cleanup that did not happen and loses nothing (a launch-template version left behind), and
     /// a ledger that could not be used (nothing is retired then).
     pub warnings: Vec<String>,
@@ -159,13 +188,14 @@ pub struct KeptSnapshot {
 }
 
 impl Report {
-    fn new(outcome: Outcome, instance_id: &str) -> Self {
+    pub(crate) fn new(outcome: Outcome, instance_id: &str) -> Self {
         Self {
             outcome,
             instance_id: instance_id.to_string(),
             image_id: None,
             image_name: None,
             reason: None,
+            image_state: None,
             stop_reason: None,
             launch_template: None,
             retired_images: Vec::new(),
@@ -173,6 +203,7 @@ impl Report {
             kept_snapshots: Vec::new(),
             adopted_images: Vec::new(),
             images_not_available: Vec::new(),
+            alerted_images: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -198,6 +229,9 @@ pub enum Error {
     /// say who made it. Lambda's retry comes back when it can.
     #[error("image {0} carries this stop's name but lists no snapshots yet: retry later")]
     NotYetVerifiable(String),
+    /// An AMI event came before EC2 says the image settled: the retry looks again.
+    #[error("image {image_id} is {state} by EC2's word, not settled yet: retry later")]
+    NotYetSettled { image_id: String, state: String },
 }
 
 impl From<Error> for lambda_runtime::Diagnostic {
@@ -208,6 +242,7 @@ impl From<Error> for lambda_runtime::Diagnostic {
             Error::ImageVanished(_) => "ImageVanished",
             Error::Busy(_) => "InstanceBusy",
             Error::NotYetVerifiable(_) => "ImageNotYetVerifiable",
+            Error::NotYetSettled { .. } => "ImageNotYetSettled",
         };
         lambda_runtime::Diagnostic { error_type: error_type.into(), error_message: err.to_string() }
     }
@@ -216,20 +251,28 @@ impl From<Error> for lambda_runtime::Diagnostic {
 /// Handles one EventBridge delivery. Idempotent: a redelivery finds the image in the ledger (or
 /// by its deterministic name) and completes what an earlier delivery left undone; deliveries for
 /// one instance take turns (the ledger's lease).
-pub async fn handle<E: SnapshotOnStopEc2, L: LedgerStore>(
-    clients: &Clients<E, L>,
+pub async fn handle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+    clients: &Clients<E, L, P>,
     config: &Config,
     payload: serde_json::Value,
     invocation: &Invocation,
 ) -> Result<Report, Error> {
+    let detail_type = payload.get("detail-type").and_then(serde_json::Value::as_str);
+    let source = payload.get("source").and_then(serde_json::Value::as_str);
+    if detail_type == Some(AMI_STATE_CHANGE) && source == Some("aws.ec2") {
+        let event = events::parse_envelope::<AmiStateChangeDetail>(&payload)?;
+        let delivery = Delivery { clients, config, invocation, account: event.account.as_deref() };
+        return ami_event::image_state_changed(&delivery, event.detail, event.region.as_deref()).await;
+    }
     let event = events::parse_envelope::<StateChange>(&payload)?;
     if event.detail_type != STATE_CHANGE || event.source != "aws.ec2" {
         return Err(EventError::Unexpected(format!(
-            "expected `{STATE_CHANGE}` from aws.ec2, got `{}` from {}",
+            "expected `{STATE_CHANGE}` or `{AMI_STATE_CHANGE}` from aws.ec2, got `{}` from {}",
             event.detail_type, event.source
         ))
         .into());
     }
+    let delivery = Delivery { clients, config, invocation, account: event.account.as_deref() };
     let instance_id = event.detail.instance_id.as_str();
     if !instance_id.starts_with("i-") {
         return Err(
@@ -237,7 +280,7 @@ pub async fn handle<E: SnapshotOnStopEc2, L: LedgerStore>(
         );
     }
     if event.detail.state == "terminated" {
-        return after_termination(clients, config, instance_id, invocation).await;
+        return after_termination(&delivery, instance_id).await;
     }
     if event.detail.state != "stopped" {
         return Ok(Report::skipped(instance_id, SkipReason::EventStateNotStopped(event.detail.state.clone())));
@@ -259,7 +302,7 @@ pub async fn handle<E: SnapshotOnStopEc2, L: LedgerStore>(
     }
 
     let mut session = Session::open(clients.ledger.as_ref(), &clients.region, instance_id, invocation).await?;
-    let result = image_and_retire(ec2, config, &mut session, &instance, stopped_at, invocation).await;
+    let result = image_and_retire(&delivery, &mut session, &instance, stopped_at).await;
     let warnings = session.close().await;
     result.map(|mut report| {
         report.warnings.extend(warnings);
@@ -267,15 +310,15 @@ pub async fn handle<E: SnapshotOnStopEc2, L: LedgerStore>(
     })
 }
 
-/// The stop's image, its snapshots' tags, its template version, then retention.
-async fn image_and_retire<E: SnapshotOnStopEc2, L: LedgerStore>(
-    ec2: &E,
-    config: &Config,
+/// The stop's image, its snapshots' tags, its template version, then what EC2 says of every
+/// image: the template's default, retention and the alerts of failed images.
+async fn image_and_retire<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+    delivery: &Delivery<'_, E, L, P>,
     session: &mut Session<'_, L>,
     instance: &amiguard::snapshot_on_stop::core::InstanceFacts,
     stopped_at: chrono::DateTime<chrono::Utc>,
-    invocation: &Invocation,
 ) -> Result<Report, Error> {
+    let (ec2, config, invocation) = (&delivery.clients.ec2, delivery.config, delivery.invocation);
     let instance_id = instance.instance_id.as_str();
     let ownership =
         [Tag::new(tags::SOURCE_INSTANCE, instance_id), Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP)];
@@ -297,26 +340,58 @@ async fn image_and_retire<E: SnapshotOnStopEc2, L: LedgerStore>(
         Ok(snapshot_ids) => record.snapshot_ids = snapshot_ids,
         Err(warning) => report.warnings.push(warning),
     }
-    let (template, earlier_versions) = image::ensure_launch_template(ec2, instance_id, &image_id, stopped_at).await?;
-    record.launch_template = Some(template.clone());
+    // The instance's configuration at this stop, kept now in a version of its own: it becomes
+    // the default once EC2 says the image is available (the template is made then if there is none).
+    if let Some(template_id) = image::find_template(ec2, instance_id).await? {
+        let versions = ec2.list_launch_template_versions(&template_id).await?;
+        let version = image::version_for(ec2, &template_id, &versions, instance_id, &image_id, stopped_at).await?;
+        record.launch_template = Some(LaunchTemplateRef { id: template_id, version });
+    }
     session.record(&record).await;
-    report.launch_template = Some(template);
     if session.is_healthy() {
-        let keep = retention::Keep { last: config.keep_last, protect_tag: &config.protect_tag };
-        retention::retire(ec2, session, &keep, &image_id, &earlier_versions, &mut report, invocation).await?;
+        let plan = Plan { instance_id, current_image: &image_id, keep: Some(config.keep_last), instance_live: true };
+        follow::settle(delivery, session, &plan, &mut report).await?;
+    } else {
+        launch_if_available(ec2, instance_id, &image_id, stopped_at, &mut report).await?;
     }
     Ok(report)
+}
+
+/// Without a usable ledger no other image is known: the template's default moves to this stop's
+/// image only when EC2 already says it is available (it stays where it was otherwise).
+async fn launch_if_available<E: SnapshotOnStopEc2>(
+    ec2: &E,
+    instance_id: &str,
+    image_id: &str,
+    stopped_at: chrono::DateTime<chrono::Utc>,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let image = ec2.describe_image(image_id).await?;
+    if image.and_then(|i| i.state).as_deref() != Some("available") {
+        report.warnings.push(format!("{image_id} is not available yet: the launch template's default stays"));
+        return Ok(());
+    }
+    let Some(template_id) = image::find_template(ec2, instance_id).await? else {
+        report.launch_template = Some(image::create_template(ec2, instance_id, image_id, stopped_at).await?);
+        return Ok(());
+    };
+    let versions = ec2.list_launch_template_versions(&template_id).await?;
+    let version = image::version_for(ec2, &template_id, &versions, instance_id, image_id, stopped_at).await?;
+    if !versions.iter().any(|v| v.version == version && v.is_default) {
+        ec2.set_default_launch_template_version(&template_id, version).await?;
+    }
+    report.launch_template = Some(LaunchTemplateRef { id: template_id, version });
+    Ok(())
 }
 
 /// A terminated instance: no stop of it will run retention again, so `KEEP_AFTER_TERMINATION`
 /// decides now what stays of its images (the ledger's records only, as on a stop). The launch
 /// template stays with the newest kept image's version; the versions of retired images go.
-async fn after_termination<E: SnapshotOnStopEc2, L: LedgerStore>(
-    clients: &Clients<E, L>,
-    config: &Config,
+async fn after_termination<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+    delivery: &Delivery<'_, E, L, P>,
     instance_id: &str,
-    invocation: &Invocation,
 ) -> Result<Report, Error> {
+    let (clients, config, invocation) = (delivery.clients, delivery.config, delivery.invocation);
     let KeepAfterTermination::Newest(keep_newest) = config.keep_after_termination else {
         return Ok(Report::skipped(instance_id, "terminated: its images are kept (KEEP_AFTER_TERMINATION=all)"));
     };
@@ -350,7 +425,8 @@ async fn after_termination<E: SnapshotOnStopEc2, L: LedgerStore>(
     let mut session = Session::open(clients.ledger.as_ref(), &clients.region, instance_id, invocation).await?;
     let mut report = Report::new(Outcome::Terminated, instance_id);
     let result = if session.is_healthy() {
-        retire_after_termination(ec2, &mut session, &keep, &mut report, invocation).await
+        let plan = Plan { instance_id, current_image: "", keep: Some(keep_newest), instance_live: false };
+        follow::settle(delivery, &mut session, &plan, &mut report).await
     } else {
         Ok(())
     };
@@ -365,27 +441,10 @@ async fn after_termination<E: SnapshotOnStopEc2, L: LedgerStore>(
     Ok(report)
 }
 
-async fn retire_after_termination<E: SnapshotOnStopEc2, L: LedgerStore>(
-    ec2: &E,
-    session: &mut Session<'_, L>,
-    keep: &retention::Keep<'_>,
-    report: &mut Report,
-    invocation: &Invocation,
-) -> Result<(), Error> {
-    // The template's default launches the newest recorded image: it stays, with that image.
-    let newest = session.records.images.iter().filter(|r| r.is_live()).max_by_key(|r| r.stopped_at);
-    report.launch_template = newest.and_then(|r| r.launch_template.clone());
-    let versions = match &report.launch_template {
-        Some(template) => ec2.list_launch_template_versions(&template.id).await?,
-        None => Vec::new(),
-    };
-    retention::retire(ec2, session, keep, "", &versions, report, invocation).await
-}
-
 /// Decides and reports (the name it would use and the AMIs it would retire), changes nothing:
 /// the ledger is only read.
-async fn dry_run<E: SnapshotOnStopEc2, L: LedgerStore>(
-    clients: &Clients<E, L>,
+async fn dry_run<E: SnapshotOnStopEc2, L: LedgerStore, P>(
+    clients: &Clients<E, L, P>,
     config: &Config,
     instance_id: &str,
     stopped_at: chrono::DateTime<chrono::Utc>,
@@ -437,6 +496,7 @@ mod tests {
             ("DRY_RUN", "true"),
             ("PROTECT_TAG", "legal-hold"),
             ("KEEP_AFTER_TERMINATION", "2"),
+            ("ALERT_TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:amiguard-alerts"),
         ];
         let expected = Config {
             scope: SnapshotScope::All,
@@ -444,6 +504,7 @@ mod tests {
             dry_run: true,
             protect_tag: "legal-hold".into(),
             keep_after_termination: KeepAfterTermination::Newest(2),
+            alert_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:amiguard-alerts".into()),
         };
         assert_eq!(from(env).unwrap(), expected);
         let all = from(&[("KEEP_AFTER_TERMINATION", "ALL")]).unwrap();
@@ -452,7 +513,7 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_variable_and_what_it_accepts() {
-        let cases: [(Env, &str, &str); 7] = [
+        let cases: [(Env, &str, &str); 8] = [
             (&[("SNAPSHOT_SCOPE", "some")], "SNAPSHOT_SCOPE", "one of tagged, all"),
             (&[("KEEP_LAST", "0")], "KEEP_LAST", "a number from 1 to 1000"),
             (&[("KEEP_LAST", "three")], "KEEP_LAST", "a number from 1 to 1000"),
@@ -460,6 +521,11 @@ mod tests {
             (&[("PROTECT_TAG", "aws:keep")], "PROTECT_TAG", "a tag key of 1 to 128 characters, not starting with aws:"),
             (&[("KEEP_AFTER_TERMINATION", "0")], "KEEP_AFTER_TERMINATION", "all, or a number from 1 to 1000"),
             (&[("KEEP_AFTER_TERMINATION", "some")], "KEEP_AFTER_TERMINATION", "all, or a number from 1 to 1000"),
+            (
+                &[("ALERT_TOPIC_ARN", "amiguard-alerts")],
+                "ALERT_TOPIC_ARN",
+                "an SNS topic ARN such as arn:aws:sns:us-east-1:123456789012:alerts",
+            ),
         ];
         for (env, variable, expected) in cases {
             let err = from(env).unwrap_err();

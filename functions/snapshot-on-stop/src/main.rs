@@ -4,6 +4,7 @@ use amiguard::config::ProcessEnv;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::snapshot_on_stop::ec2::Ec2Client;
+use amiguard::trust::sns::SnsAlerts;
 use lambda_runtime::{service_fn, LambdaEvent};
 use snapshot_on_stop::{handle, Clients, Config, FUNCTION};
 
@@ -23,6 +24,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let clients = Clients {
         ec2: Ec2Client::new(aws_sdk_ec2::Client::new(&sdk)),
         ledger: table.map(|table| DynamoLedger::from_conf(&sdk, table)),
+        alerts: config.alert_topic_arn.as_ref().map(|arn| SnsAlerts::new(aws_sdk_sns::Client::new(&sdk), arn)),
         region,
     };
     let (clients, config) = (&clients, &config);

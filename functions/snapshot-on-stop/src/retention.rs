@@ -28,7 +28,7 @@ pub struct Keep<'a> {
 /// what EC2 says of each (its state, the protect tag on it or its snapshots). A snapshot is a
 /// candidate for deletion only when the ledger recorded it for the image *and* the image maps it
 /// now. Also answers the records whose image is gone (deregistered by someone else).
-async fn recorded_images(
+pub async fn recorded_images(
     ec2: &impl SnapshotOnStopEc2,
     records: &InstanceRecords,
     protect_tag: &str,
@@ -54,6 +54,7 @@ async fn recorded_images(
             snapshot_ids: record.snapshot_ids.iter().filter(|s| image.snapshot_ids.contains(s)).cloned().collect(),
             available: image.state.as_deref() == Some("available"),
             protected: image.tags.iter().any(|t| t.key.eq_ignore_ascii_case(protect_tag)),
+            failed: image.has_failed().then(|| image.state_reason.clone().unwrap_or_default()),
         });
     }
     // Every snapshot the images map now, not only the recorded ones: a protect tag on any keeps
@@ -89,26 +90,21 @@ pub async fn preview(
         .collect())
 }
 
-/// Retires what the newest `keep_last` leave over, recording each retirement and journaling
-/// each deletion. Runs only with a healthy ledger.
+/// Retires what the newest `keep_last` of `managed` (the instance's recorded images, as EC2 says
+/// they are now) leave over, recording each retirement and journaling each deletion. Runs only
+/// with a healthy ledger.
 pub async fn retire<L: LedgerStore>(
     ec2: &impl SnapshotOnStopEc2,
     session: &mut Session<'_, L>,
     keep: &Keep<'_>,
+    managed: &[ManagedImage],
     current_image: &str,
-    template_versions: &[LaunchTemplateVersion],
     report: &mut Report,
     invocation: &Invocation,
 ) -> Result<(), Error> {
     let region = session.region().to_string();
-    let (managed, gone) = recorded_images(ec2, &session.records, keep.protect_tag).await?;
-    report.images_not_available = managed.iter().filter(|i| !i.available).map(|i| i.image_id.clone()).collect();
-    // Deregistered by someone else: no longer counted, no longer looked up.
-    for record in gone {
-        session.record(&MadeImage { retired_at: Some(invocation.now), ..record }).await;
-    }
     let retiring: Vec<ManagedImage> =
-        decide::images_to_retire(&managed, keep.last, current_image).into_iter().cloned().collect();
+        decide::images_to_retire(managed, keep.last, current_image).into_iter().cloned().collect();
     let journal = |resource, resource_id: &str| {
         JournalEntry::new(
             &invocation.request_id,
@@ -165,21 +161,18 @@ pub async fn retire<L: LedgerStore>(
         }
         session.journal_end(ended).await;
     }
-    if !retiring.is_empty() {
-        remove_retired_template_versions(ec2, template_versions, report).await;
-    }
     Ok(())
 }
 
 /// Deletes the launch-template versions that launch a retired image. A failure loses nothing
 /// (the version only points at a deregistered image), so it is a warning, not an error.
-async fn remove_retired_template_versions(
+pub async fn remove_retired_template_versions(
     ec2: &impl SnapshotOnStopEc2,
     versions: &[LaunchTemplateVersion],
     report: &mut Report,
 ) {
     let Some(template) = report.launch_template.clone() else { return };
-    // The default is `template.version` now (it launches the current image): never stale.
+    // `template.version` is the default now (it launches the newest available image): never stale.
     let stale: Vec<i64> = versions
         .iter()
         .filter(|v| v.version != template.version)

@@ -91,6 +91,11 @@ impl<'a, L: LedgerStore> Session<'a, L> {
         self.region
     }
 
+    /// The ledger, for the claims of alerts (whose records are not the instance's).
+    pub fn store(&self) -> Option<&'a L> {
+        self.store
+    }
+
     /// The ledger can be trusted for this delivery: what it holds is all snapshot-on-stop made.
     pub fn is_healthy(&self) -> bool {
         self.healthy
@@ -121,6 +126,15 @@ impl<'a, L: LedgerStore> Session<'a, L> {
             if let Err(err) = records::write(store, self.region, self.instance_id, made).await {
                 self.lost("written", &err);
             }
+        }
+    }
+
+    /// Says in the ledger which instance `image_id` was made of, so that its AMI state-change
+    /// event (which names only the image) finds the instance's records.
+    pub async fn record_made_of(&mut self, image_id: &str, now: DateTime<Utc>) {
+        let Some(store) = self.store.filter(|_| self.healthy) else { return };
+        if let Err(err) = records::write_made_of(store, self.region, image_id, self.instance_id, now).await {
+            self.lost("written", &err);
         }
     }
 

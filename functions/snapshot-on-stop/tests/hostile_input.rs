@@ -37,7 +37,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn clients() -> Clients<Ec2Client, MemoryLedger> {
-    Clients { ec2: ec2(), ledger: Some(MemoryLedger::new()), region: "us-east-1".into() }
+    Clients { ec2: ec2(), ledger: Some(MemoryLedger::new()), alerts: None, region: "us-east-1".into() }
 }
 
 fn now() -> Invocation {

@@ -72,6 +72,7 @@ fn image() -> Image {
     Image::builder()
         .image_id(IMAGE)
         .name(NAME)
+        .state(aws_sdk_ec2::types::ImageState::Available)
         .creation_date("2026-11-27T10:16:00.000Z")
         .tags(Tag::builder().key("amiguard:source-instance").value(INSTANCE).build())
         .tags(Tag::builder().key("amiguard:created-by").value("snapshot-on-stop").build())
@@ -140,7 +141,8 @@ async fn the_handler_answers_already_created_when_aws_says_the_name_is_taken() {
 
     // Without the ledger's lease (it is unavailable here), AWS's name uniqueness is what keeps
     // two concurrent deliveries to one image.
-    let clients = Clients { ec2: Ec2Client::new(client), ledger: None::<MemoryLedger>, region: "us-east-1".into() };
+    let clients: Clients<_, MemoryLedger> =
+        Clients { ec2: Ec2Client::new(client), ledger: None, alerts: None, region: "us-east-1".into() };
     let report = handle(&clients, &config, event, &Invocation::at(chrono::Utc::now())).await.unwrap();
 
     assert_eq!(report.outcome, Outcome::AlreadyCreated);
@@ -210,7 +212,8 @@ async fn lose_the_name_to(
     amiguard::snapshot_on_stop::records::mark_adopted(&ledger, "us-east-1", INSTANCE, chrono::Utc::now())
         .await
         .unwrap();
-    let clients = Clients { ec2: Ec2Client::new(client), ledger: Some(ledger), region: "us-east-1".into() };
+    let clients: Clients<_, _> =
+        Clients { ec2: Ec2Client::new(client), ledger: Some(ledger), alerts: None, region: "us-east-1".into() };
     let config = Config::default();
     let mut event: serde_json::Value =
         serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();

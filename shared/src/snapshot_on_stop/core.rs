@@ -156,6 +156,17 @@ pub struct ManagedImage {
     pub available: bool,
     /// The protect tag is on it or on one of its snapshots.
     pub protected: bool,
+    /// EC2 says it failed (`failed`, `error`, `invalid`), with EC2's reason when it gives one.
+    pub failed: Option<String>,
+}
+
+/// The newest available image (by stop, then creation date): the one the launch template's
+/// default launches. Protected images count (they are good images); a pending or failed one never.
+pub fn newest_available(images: &[ManagedImage]) -> Option<&ManagedImage> {
+    images
+        .iter()
+        .filter(|i| i.available && i.stopped_at.is_some())
+        .max_by(|a, b| (a.stopped_at, a.creation_date, &a.image_id).cmp(&(b.stopped_at, b.creation_date, &b.image_id)))
 }
 
 /// The images to retire so that the newest `keep_last` *available* images remain ("newest" by
@@ -312,6 +323,7 @@ mod tests {
             snapshot_ids: vec![format!("snap-{id}")],
             available: true,
             protected: false,
+            failed: None,
         }
     }
 
@@ -363,6 +375,22 @@ mod tests {
         let failed = ManagedImage { available: false, ..managed("ami-failed", Some(at(0, 0)), None) };
         let images = [failed, managed("ami-ok", Some(at(1, 0)), None)];
         assert!(images_to_retire(&images, 1, "ami-x").is_empty());
+    }
+
+    #[test]
+    fn the_template_launches_the_newest_available_image_only() {
+        let pending = ManagedImage { available: false, ..managed("ami-pending", Some(at(3, 0)), None) };
+        let failed = ManagedImage {
+            available: false,
+            failed: Some("KMS".into()),
+            ..managed("ami-failed", Some(at(4, 0)), None)
+        };
+        let protected = ManagedImage { protected: true, ..managed("ami-kept", Some(at(2, 0)), None) };
+        let images = [managed("ami-old", Some(at(1, 0)), None), protected, pending.clone(), failed];
+        assert_eq!(newest_available(&images).map(|i| i.image_id.as_str()), Some("ami-kept"));
+        assert_eq!(newest_available(&[pending]), None);
+        let unordered = managed("ami-unknown", None, None);
+        assert_eq!(newest_available(&[unordered]), None, "an image whose stop is unknown cannot be ordered");
     }
 
     #[test]

@@ -17,9 +17,18 @@ pub struct ImageRecord {
     pub image_id: String,
     pub name: Option<String>,
     pub state: Option<String>,
+    /// EC2's `StateReason.Message`: why an image failed.
+    pub state_reason: Option<String>,
     pub creation_date: Option<String>,
     pub tags: Vec<Tag>,
     pub snapshot_ids: Vec<String>,
+}
+
+impl ImageRecord {
+    /// EC2 says the image will never be usable: `failed`, `error` or `invalid`.
+    pub fn has_failed(&self) -> bool {
+        matches!(self.state.as_deref(), Some("failed" | "error" | "invalid"))
+    }
 }
 
 /// The answer to CreateImage.
@@ -166,6 +175,7 @@ fn image_record(image: &aws_sdk_ec2::types::Image) -> Option<ImageRecord> {
         image_id: image.image_id()?.to_string(),
         name: image.name().map(str::to_string),
         state: image.state().map(|s| s.as_str().to_string()),
+        state_reason: image.state_reason().and_then(|r| r.message()).map(str::to_string),
         creation_date: image.creation_date().map(str::to_string),
         tags: tags::from_sdk(image.tags()),
         snapshot_ids: image

@@ -148,6 +148,33 @@ pub async fn write(
     store.put(&to_item(region, instance_id, image), &Condition::Always).await.map(|_| ())
 }
 
+/// How long the ledger says which instance an image was made of: its AMI events come within
+/// hours of CreateImage; after that a stop's catch-up does what they would have done.
+pub const KEEP_MADE_OF: Duration = Duration::days(30);
+const INSTANCE_ID: &str = "instance_id";
+
+/// Says which instance `image_id` was made of: an `EC2 AMI State Change` names only the image.
+pub async fn write_made_of(
+    store: &impl LedgerStore,
+    region: &str,
+    image_id: &str,
+    instance_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), AwsError> {
+    let item = Item::new(keys::made_images(region), image_id)
+        .with_s("kind", "made-of")
+        .with_s(INSTANCE_ID, instance_id)
+        .with_time("made_at", now)
+        .with_n(TTL_ATTRIBUTE, (now + KEEP_MADE_OF).timestamp());
+    store.put(&item, &Condition::Always).await.map(|_| ())
+}
+
+/// The instance snapshot-on-stop made `image_id` of, when the ledger says it did.
+pub async fn made_of(store: &impl LedgerStore, region: &str, image_id: &str) -> Result<Option<String>, AwsError> {
+    let items = query_all(store, &keys::made_images(region), image_id).await?;
+    Ok(items.iter().find(|item| item.sk == image_id).and_then(|item| item.s(INSTANCE_ID)).map(str::to_string))
+}
+
 /// Says that the instance's pre-ledger images were adopted: adoption never runs again for it.
 pub async fn mark_adopted(
     store: &impl LedgerStore,
@@ -225,6 +252,7 @@ mod tests {
             image_id: "ami-0a".into(),
             name: Some(name.into()),
             state: Some("available".into()),
+            state_reason: None,
             creation_date: None,
             tags: tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect(),
             snapshot_ids: vec!["snap-0a".into()],

@@ -1,0 +1,67 @@
+//! Sending the alert of a failed image once: the ledger's claim (`amiguard::trust::sent`, keyed
+//! by the image), then SNS through the alert publisher. A failed publish gives the claim back, so
+//! the next try alerts; a ledger that cannot be used sends anyway (a duplicate beats silence).
+
+use amiguard::invocation::Invocation;
+use amiguard::ledger::LedgerStore;
+use amiguard::snapshot_on_stop::failed_alert::{self, FailedImage};
+use amiguard::trust::sent::{self, AlertKey, Turn};
+use amiguard::trust::sns::AlertPublisher;
+use amiguard::AwsError;
+
+/// What became of one alert.
+#[derive(Debug)]
+pub enum Alerted {
+    /// Published now.
+    Sent,
+    /// An earlier delivery sent it.
+    AlreadySent,
+    /// Another delivery claimed it and has not said whether it sent it.
+    InProgress,
+    /// `ALERT_TOPIC_ARN` is not set.
+    NoTopic,
+    /// SNS refused it: the claim was given back.
+    Failed(AwsError),
+}
+
+impl Alerted {
+    /// The report's warning for an alert that was not sent.
+    pub fn warning(&self, image_id: &str) -> String {
+        match self {
+            Self::Sent | Self::AlreadySent => format!("image {image_id} failed: alerted"),
+            Self::InProgress => format!("image {image_id} failed: another delivery is sending its alert"),
+            Self::NoTopic => format!("image {image_id} failed: not alerted (ALERT_TOPIC_ARN is not set)"),
+            Self::Failed(err) => format!("image {image_id} failed: its alert could not be sent ({err})"),
+        }
+    }
+}
+
+pub async fn once<L: LedgerStore, P: AlertPublisher>(
+    publisher: Option<&P>,
+    store: Option<&L>,
+    failed: &FailedImage,
+    invocation: &Invocation,
+) -> Alerted {
+    let Some(publisher) = publisher else { return Alerted::NoTopic };
+    let key = AlertKey::failed_image(&failed.region, &failed.image_id);
+    let claim = match sent::turn(store, &key, invocation).await {
+        Turn::AlreadySent => return Alerted::AlreadySent,
+        Turn::InProgress => return Alerted::InProgress,
+        Turn::Send(claim, _ledger_warning) => claim,
+    };
+    match publisher.publish(&failed_alert::compose(failed)).await {
+        Ok(message_id) => {
+            if let (Some(claim), Some(store)) = (&claim, store) {
+                // Not recorded as sent: the claim expires and a later delivery repeats the alert.
+                let _ = sent::confirm(store, claim, &failed.image_id, &message_id, invocation.clock()).await;
+            }
+            Alerted::Sent
+        }
+        Err(err) => {
+            if let (Some(claim), Some(store)) = (&claim, store) {
+                let _ = sent::release(store, claim).await;
+            }
+            Alerted::Failed(err)
+        }
+    }
+}

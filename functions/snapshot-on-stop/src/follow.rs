@@ -1,0 +1,168 @@
+//! What snapshot-on-stop does once EC2 says what became of its images: the launch template's
+//! default launches the newest *available* image, retention counts only available images, and an
+//! image that failed is alerted once. The `EC2 AMI State Change` event does it as soon as an image
+//! settles; every stop and termination does it again (EventBridge delivers on a best-effort
+//! basis), so nothing depends on the event's coming.
+
+use amiguard::invocation::Invocation;
+use amiguard::ledger::LedgerStore;
+use amiguard::snapshot_on_stop::core::{self as decide, ManagedImage};
+use amiguard::snapshot_on_stop::ec2::{LaunchTemplateRef, LaunchTemplateVersion, SnapshotOnStopEc2};
+use amiguard::snapshot_on_stop::failed_alert::FailedImage;
+use amiguard::snapshot_on_stop::records::MadeImage;
+use amiguard::trust::sns::AlertPublisher;
+
+use crate::alerts::{self, Alerted};
+use crate::session::Session;
+use crate::{image, retention, Clients, Config, Error, Report};
+
+/// One delivery: what it acts through and for whom.
+pub struct Delivery<'a, E, L, P> {
+    pub clients: &'a Clients<E, L, P>,
+    pub config: &'a Config,
+    pub invocation: &'a Invocation,
+    /// The event's account (named in alerts).
+    pub account: Option<&'a str>,
+}
+
+/// What one settling does for an instance.
+pub struct Plan<'a> {
+    pub instance_id: &'a str,
+    /// This delivery's image (a stop's): never retired by it. Empty when there is none.
+    pub current_image: &'a str,
+    /// How many available images retention keeps; `None`: it retires nothing
+    /// (`KEEP_AFTER_TERMINATION=all` for a terminated instance).
+    pub keep: Option<usize>,
+    /// EC2 still has the instance (not terminated): a template or a version can be made from its
+    /// configuration. Of a terminated instance, only what exists is used.
+    pub instance_live: bool,
+}
+
+/// The template's default, retention and the alerts of failed images, from the ledger's records
+/// and what EC2 says of each image now. Runs only with a healthy ledger. An alert that cannot be
+/// sent is a warning here (the next stop, or the event's retry, sends it).
+pub async fn settle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+    delivery: &Delivery<'_, E, L, P>,
+    session: &mut Session<'_, L>,
+    plan: &Plan<'_>,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let ec2 = &delivery.clients.ec2;
+    let config = delivery.config;
+    let now = delivery.invocation.now;
+    let (managed, gone) = retention::recorded_images(ec2, &session.records, &config.protect_tag).await?;
+    // Deregistered by someone else: no longer counted, no longer looked up.
+    for record in gone {
+        session.record(&MadeImage { retired_at: Some(now), ..record }).await;
+    }
+    report.images_not_available = managed.iter().filter(|i| !i.available).map(|i| i.image_id.clone()).collect();
+    let newest = decide::newest_available(&managed).cloned();
+    let versions = match &newest {
+        Some(newest) => launch_newest(ec2, session, plan, newest, report).await?,
+        None => {
+            if !managed.is_empty() {
+                report.warnings.push(format!(
+                    "no image of {} is available yet: the launch template's default moves when one is",
+                    plan.instance_id
+                ));
+            }
+            Vec::new()
+        }
+    };
+    if let Some(last) = plan.keep {
+        let keep = retention::Keep { last, protect_tag: &config.protect_tag };
+        retention::retire(ec2, session, &keep, &managed, plan.current_image, report, delivery.invocation).await?;
+        if !report.retired_images.is_empty() {
+            retention::remove_retired_template_versions(ec2, &versions, report).await;
+        }
+    }
+    let last_good = newest.as_ref().map(|i| i.image_id.as_str());
+    for failed in managed.iter().filter(|i| i.failed.is_some()) {
+        match alert_failed(delivery, session, plan.instance_id, failed, last_good, None).await {
+            Alerted::Sent => report.alerted_images.push(failed.image_id.clone()),
+            Alerted::AlreadySent => {}
+            other => report.warnings.push(other.warning(&failed.image_id)),
+        }
+    }
+    Ok(())
+}
+
+/// Makes the template's default launch `newest` (creating the template, or the version, from the
+/// instance's configuration when missing and the instance is still there). Answers the template's
+/// versions before, for the removal of retired images' versions.
+async fn launch_newest<L: LedgerStore>(
+    ec2: &impl SnapshotOnStopEc2,
+    session: &mut Session<'_, L>,
+    plan: &Plan<'_>,
+    newest: &ManagedImage,
+    report: &mut Report,
+) -> Result<Vec<LaunchTemplateVersion>, Error> {
+    let instance_id = plan.instance_id;
+    let stopped_at = newest.stopped_at.unwrap_or_default();
+    let Some(template_id) = image::find_template(ec2, instance_id).await? else {
+        if !plan.instance_live {
+            report.warnings.push(format!("{instance_id} has no launch template and is gone: none is made"));
+            return Ok(Vec::new());
+        }
+        let template = image::create_template(ec2, instance_id, &newest.image_id, stopped_at).await?;
+        remember_template(session, &newest.image_id, &template).await;
+        report.launch_template = Some(template);
+        return Ok(Vec::new());
+    };
+    let versions = ec2.list_launch_template_versions(&template_id).await?;
+    let version = match image::existing_version(&versions, &newest.image_id) {
+        Some(version) => version,
+        None if plan.instance_live => {
+            image::version_for(ec2, &template_id, &versions, instance_id, &newest.image_id, stopped_at).await?
+        }
+        None => {
+            report.warnings.push(format!(
+                "no version of {template_id} launches {}, and {instance_id} is gone: the default stays",
+                newest.image_id
+            ));
+            let default = versions.iter().find(|v| v.is_default);
+            report.launch_template = default.map(|v| LaunchTemplateRef { id: template_id.clone(), version: v.version });
+            return Ok(versions);
+        }
+    };
+    if !versions.iter().any(|v| v.version == version && v.is_default) {
+        ec2.set_default_launch_template_version(&template_id, version).await?;
+    }
+    let template = LaunchTemplateRef { id: template_id, version };
+    remember_template(session, &newest.image_id, &template).await;
+    report.launch_template = Some(template);
+    Ok(versions)
+}
+
+/// Records which template version launches `image_id`, when the record does not say so yet.
+async fn remember_template<L: LedgerStore>(session: &mut Session<'_, L>, image_id: &str, template: &LaunchTemplateRef) {
+    let record = session.records.images.iter().find(|r| r.image_id.as_deref() == Some(image_id));
+    if let Some(record) = record.filter(|r| r.launch_template.as_ref() != Some(template)).cloned() {
+        session.record(&MadeImage { launch_template: Some(template.clone()), ..record }).await;
+    }
+}
+
+/// Alerts once (the ledger's claim) that `failed`, an image of `instance_id`, failed.
+/// `event_reason` is the event's `ErrorMessage`, used when EC2 gives no reason of its own.
+pub async fn alert_failed<E, L: LedgerStore, P: AlertPublisher>(
+    delivery: &Delivery<'_, E, L, P>,
+    session: &Session<'_, L>,
+    instance_id: &str,
+    failed: &ManagedImage,
+    last_good: Option<&str>,
+    event_reason: Option<&str>,
+) -> Alerted {
+    let record = session.records.images.iter().find(|r| r.image_id.as_deref() == Some(failed.image_id.as_str()));
+    let reason = failed.failed.clone().filter(|r| !r.is_empty()).or_else(|| event_reason.map(str::to_string));
+    let details = FailedImage {
+        image_id: failed.image_id.clone(),
+        image_name: record.map(|r| r.name.clone()).unwrap_or_default(),
+        instance_id: instance_id.to_string(),
+        stopped_at: failed.stopped_at.map(decide::stopped_at_tag_value).unwrap_or_default(),
+        reason,
+        last_good_image: last_good.map(str::to_string),
+        account: delivery.account.map(str::to_string),
+        region: session.region().to_string(),
+    };
+    alerts::once(delivery.clients.alerts.as_ref(), session.store(), &details, delivery.invocation).await
+}
