@@ -18,12 +18,13 @@ pub mod ledger;
 pub mod proxy;
 pub mod template;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -171,6 +172,38 @@ pub fn with_image_state(answer: &str, name: &str, state: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// EC2's deregistration protection, which moto lacks, emulated at `proxy`: it answers
+/// `EnableImageDeregistrationProtection` and `DisableImageDeregistrationProtection` and shows the
+/// protection in every DescribeImages answer. Answers the set of images protected now.
+pub fn emulate_deregistration_protection(proxy: &proxy::Proxy) -> Arc<Mutex<BTreeSet<String>>> {
+    let protected: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    for (action, on) in [("EnableImageDeregistrationProtection", true), ("DisableImageDeregistrationProtection", false)]
+    {
+        let protected = protected.clone();
+        proxy.inject(proxy::Fault::answer_with(action, move |request| {
+            let image = request.split('&').find_map(|pair| pair.strip_prefix("ImageId=")).unwrap_or_default();
+            let mut set = protected.lock().unwrap();
+            if on {
+                set.insert(image.to_string());
+            } else {
+                set.remove(image);
+            }
+            ec2_answer(action, "<return>true</return>")
+        }));
+    }
+    let shown = protected.clone();
+    proxy.inject(proxy::Fault::rewrite_with("DescribeImages", move |answer| {
+        shown.lock().unwrap().iter().fold(answer.to_string(), |answer, image| {
+            let id = format!("<imageId>{image}</imageId>");
+            answer.replace(
+                &id,
+                &format!("{id}<deregistrationProtection>enabled-without-cooldown</deregistrationProtection>"),
+            )
+        })
+    }));
+    protected
 }
 
 /// Starts the gap-filling proxy in front of `upstream` on a thread (and runtime) of its own, so

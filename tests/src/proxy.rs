@@ -49,6 +49,9 @@ pub enum FaultKind {
     /// Forward, then pass the answer's body through this function: a field moto cannot set, where
     /// it depends on the answer (the state of one image among many).
     RewriteWith(BodyRewrite),
+    /// Answer (HTTP 200) what this function makes of the request's body instead of forwarding:
+    /// an action moto lacks, whose answer or effect depends on the request.
+    AnswerWith(BodyRewrite),
 }
 
 /// A function over an answer's body, for [`FaultKind::RewriteWith`].
@@ -85,6 +88,10 @@ impl Fault {
     /// Forwards `action` and passes moto's answer through `edit`.
     pub fn rewrite_with(action: &str, edit: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
         Self::on(action, FaultKind::RewriteWith(BodyRewrite(Arc::new(edit))))
+    }
+    /// Answers `action` with what `answer` makes of the request's body, instead of forwarding it.
+    pub fn answer_with(action: &str, answer: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        Self::on(action, FaultKind::AnswerWith(BodyRewrite(Arc::new(answer))))
     }
     fn on(action: &str, kind: FaultKind) -> Self {
         Self { action: Some(action.into()), body_contains: None, kind, times: None }
@@ -189,6 +196,9 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
                 rewrite(forward(upstream, &head, &body).await?, &|answer| answer.replace(&from, &to))
             }
             Some(FaultKind::RewriteWith(BodyRewrite(edit))) => rewrite(forward(upstream, &head, &body).await?, &*edit),
+            Some(FaultKind::AnswerWith(BodyRewrite(answer))) => {
+                ok_response(&service, &answer(&String::from_utf8_lossy(&body)))
+            }
             None => forward(upstream, &head, &body).await?,
         };
         client.get_mut().write_all(&response).await?;
@@ -197,8 +207,11 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
     client.get_mut().shutdown().await
 }
 
+/// The fault for this call: the first that applies. Rewrites compose instead: every rewrite that
+/// applies edits the answer, in the order they were injected.
 fn take_fault(state: &Mutex<State>, action: &str, body: &str) -> Option<FaultKind> {
     let mut state = state.lock().expect("proxy state");
+    let mut rewrites: Vec<BodyRewrite> = Vec::new();
     for (fault, seen) in state.faults.iter_mut() {
         if fault.action.as_deref().is_some_and(|a| a != action) {
             continue;
@@ -209,6 +222,11 @@ fn take_fault(state: &Mutex<State>, action: &str, body: &str) -> Option<FaultKin
         if fault.times.is_some_and(|limit| *seen >= limit) {
             continue;
         }
+        let is_rewrite = matches!(fault.kind, FaultKind::Rewrite { .. } | FaultKind::RewriteWith(_));
+        if !rewrites.is_empty() && !is_rewrite {
+            // After a rewrite that applies, only rewrites do (and only they count as seen).
+            continue;
+        }
         let n = *seen;
         *seen += 1;
         let applies = match fault.kind {
@@ -216,11 +234,22 @@ fn take_fault(state: &Mutex<State>, action: &str, body: &str) -> Option<FaultKin
             FaultKind::Throttle(share) => ((n + 1) as f64 * share).floor() > (n as f64 * share).floor(),
             _ => true,
         };
-        if applies {
-            return Some(fault.kind.clone());
+        match &fault.kind {
+            _ if !applies => {}
+            FaultKind::Rewrite { from, to } => {
+                let (from, to) = (from.clone(), to.clone());
+                rewrites.push(BodyRewrite(Arc::new(move |answer: &str| answer.replace(&from, &to))));
+            }
+            FaultKind::RewriteWith(edit) => rewrites.push(edit.clone()),
+            other => return Some(other.clone()),
         }
     }
-    None
+    match rewrites.len() {
+        0 => None,
+        _ => Some(FaultKind::RewriteWith(BodyRewrite(Arc::new(move |answer: &str| {
+            rewrites.iter().fold(answer.to_string(), |answer, BodyRewrite(edit)| edit(&answer))
+        })))),
+    }
 }
 
 async fn read_request(client: &mut BufReader<TcpStream>) -> std::io::Result<Option<(String, Vec<u8>)>> {

@@ -97,6 +97,54 @@ async fn snapshot_on_stop_when_tagging_fails_the_next_delivery_completes_it_with
     assert!(second.launch_template.is_some());
 }
 
+/// One stop of `instance` at `time`: its image.
+async fn stop(
+    clients: &snapshot_on_stop::Clients<Ec2Client, DynamoLedger>,
+    config: &snapshot_on_stop::Config,
+    instance: &str,
+    time: &str,
+) -> String {
+    let report = snapshot_on_stop::handle(clients, config, stop_event(instance, time), &delivery()).await.unwrap();
+    report.image_id.unwrap()
+}
+
+#[tokio::test]
+async fn snapshot_on_stop_an_ami_event_without_a_usable_ledger_fails_and_changes_nothing() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let clients = snapshot_on_stop_clients(&account, &proxy).await;
+    let keep_one = snapshot_on_stop::Config { keep_last: 1, ..snapshot_on_stop_config() };
+    let first = stop(&clients, &keep_one, &instance, "2026-11-27T01:00:00Z").await;
+    // The second stop's image is pending while it stops (EC2 says so where moto cannot): the
+    // first stays, and it is the AMI event's to retire.
+    let name = format!("amiguard-{instance}-20261127T020000Z");
+    proxy.inject(Fault::rewrite_with("DescribeImages", move |answer| {
+        amiguard_integration_tests::with_image_state(answer, &name, "pending")
+    }));
+    let second = stop(&clients, &keep_one, &instance, "2026-11-27T02:00:00Z").await;
+    let images_before = account.ec2().describe_images().owners("self").send().await.unwrap().images().len();
+    assert_eq!(images_before, 2);
+    let mut available = sample_event("snapshot-on-stop.ami-available.json");
+    available["detail"]["ImageId"] = json!(second);
+    available["region"] = json!(account.region);
+
+    // The ledger cannot be read (which instance?), then cannot be leased: the event is retried
+    // (then dead-lettered with its alarm), never acted on without the ledger.
+    for (action, code) in [("Query", "AccessDeniedException"), ("PutItem", "AccessDeniedException")] {
+        proxy.clear_faults();
+        proxy.inject(Fault::error(action, 400, code));
+        let err = snapshot_on_stop::handle(&clients, &keep_one, available.clone(), &delivery()).await.unwrap_err();
+        assert!(err.to_string().contains(code) || err.to_string().contains("LedgerUnavailable"), "{action}: {err}");
+    }
+    let images_after = account.ec2().describe_images().owners("self").send().await.unwrap().images().len();
+    assert_eq!(images_after, 2, "the first image stays while the ledger cannot be used");
+    // With the ledger back, the retry does what the event asks.
+    proxy.clear_faults();
+    let report = snapshot_on_stop::handle(&clients, &keep_one, available, &delivery()).await.unwrap();
+    assert_eq!(report.retired_images, [first]);
+}
+
 #[tokio::test]
 async fn snapshot_on_stop_under_throttling_still_completes() {
     let account = TestAccount::new().await;

@@ -68,23 +68,47 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
         .send()
         .await
         .unwrap();
+    let topic =
+        account.sns().create_topic().name("amiguard-alerts").send().await.unwrap().topic_arn().unwrap().to_string();
     let proxy = Proxy::start(&moto().endpoint).await;
     let through = account.through(&proxy);
     let clients = snapshot_on_stop::Clients {
         ec2: amiguard::snapshot_on_stop::ec2::Ec2Client::new(through.ec2()),
         ledger: Some(ledger::on(&through)),
-        alerts: None::<amiguard::trust::sns::SnsAlerts>,
+        alerts: Some(amiguard::trust::sns::SnsAlerts::new(through.sns(), &topic)),
         region: account.region.clone(),
     };
-    let config = snapshot_on_stop::Config { scope: SnapshotScope::Tagged, keep_last: 1, ..Default::default() };
-    // Three stops with KEEP_LAST=1: create, new template versions, retention with its cleanup;
-    // the ledger's lease, records and journal on the way.
+    let config = snapshot_on_stop::Config {
+        scope: SnapshotScope::Tagged,
+        keep_last: 1,
+        protect_newest: true,
+        ..Default::default()
+    };
+    let protected = amiguard_integration_tests::emulate_deregistration_protection(&proxy);
+    // Three stops with KEEP_LAST=1 and PROTECT_NEWEST: create, new template versions, retention with its cleanup;
+    // the ledger's lease, records and journal on the way. The second stop's image fails (EC2
+    // says so where moto cannot): it is alerted, once.
+    let second_image = format!("amiguard-{instance}-20261127T020000Z");
+    let failed = move |answer: &str| amiguard_integration_tests::with_image_state(answer, &second_image, "failed");
+    proxy.inject(amiguard_integration_tests::proxy::Fault::rewrite_with("DescribeImages", failed));
+    let mut made = Vec::new();
     for time in ["2026-11-27T01:00:00Z", "2026-11-27T02:00:00Z", "2026-11-27T03:00:00Z"] {
         let mut event = sample_event("snapshot-on-stop.stopped.json");
         event["detail"]["instance-id"] = json!(instance);
         event["time"] = json!(time);
-        snapshot_on_stop::handle(&clients, &config, event, &Invocation::at(chrono::Utc::now())).await.unwrap();
+        made.push(
+            snapshot_on_stop::handle(&clients, &config, event, &Invocation::at(chrono::Utc::now())).await.unwrap(),
+        );
     }
+    assert_eq!(made.iter().map(|r| r.alerted_images.len()).sum::<usize>(), 1, "{made:?}");
+    // The newest image's AMI event (its configuration and retention are settled already).
+    let mut available = sample_event("snapshot-on-stop.ami-available.json");
+    available["detail"]["ImageId"] = json!(made[2].image_id);
+    available["region"] = json!(account.region);
+    let report =
+        snapshot_on_stop::handle(&clients, &config, available, &Invocation::at(chrono::Utc::now())).await.unwrap();
+    assert_eq!(report.outcome, snapshot_on_stop::Outcome::ImageAvailable);
+    assert_eq!(*protected.lock().unwrap(), [made[2].image_id.clone().unwrap()].into());
     assert_policy_matches("snapshot-on-stop", iam_actions(&proxy.calls()));
 }
 

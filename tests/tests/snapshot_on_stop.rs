@@ -927,3 +927,51 @@ async fn ami_events_of_images_the_ledger_does_not_hold_change_nothing() {
     assert!(matches!(handle(&clients, &keep_one, malformed, &delivery()).await, Err(Error::Event(_))));
     assert_eq!(own_image_ids(&account).await, before);
 }
+
+#[tokio::test]
+async fn protect_newest_guards_the_newest_image_and_only_undoes_its_own_protection() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let protected = amiguard_integration_tests::emulate_deregistration_protection(&proxy);
+    let clients = clients_through(&account, &proxy).await;
+    let guard = |keep_last| Config { protect_newest: true, ..config(SnapshotScope::Tagged, keep_last, false) };
+    let stop = |hour: &str| stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"));
+    let now_protected = || protected.lock().unwrap().clone();
+
+    let a = handle(&clients, &guard(1), stop("01"), &delivery()).await.unwrap();
+    let a_image = a.image_id.clone().unwrap();
+    assert_eq!(a.protection_enabled, std::slice::from_ref(&a_image));
+    assert_eq!(now_protected(), [a_image.clone()].into());
+
+    // A newer image is available: it is protected, the older one's protection comes off, and
+    // KEEP_LAST=1 retires it in the same delivery.
+    let b = handle(&clients, &guard(1), stop("02"), &delivery()).await.unwrap();
+    let b_image = b.image_id.clone().unwrap();
+    assert_eq!(b.protection_enabled, std::slice::from_ref(&b_image));
+    assert_eq!(b.protection_removed, std::slice::from_ref(&a_image));
+    assert_eq!(b.retired_images, std::slice::from_ref(&a_image));
+
+    let c = handle(&clients, &guard(2), stop("03"), &delivery()).await.unwrap();
+    let c_image = c.image_id.clone().unwrap();
+    assert_eq!(c.protection_removed, std::slice::from_ref(&b_image));
+    // A person protects B: that protection is theirs, amiguard never takes it off.
+    let by_hand = account.through(&proxy).ec2();
+    by_hand.enable_image_deregistration_protection().image_id(&b_image).send().await.unwrap();
+
+    let d = handle(&clients, &guard(1), stop("04"), &delivery()).await.unwrap();
+    let d_image = d.image_id.clone().unwrap();
+    assert_eq!(d.protection_removed, std::slice::from_ref(&c_image), "only amiguard's own protection is removed");
+    assert_eq!(d.retired_images, std::slice::from_ref(&c_image), "B is protected: counted, never deregistered");
+    assert_eq!(now_protected(), [b_image.clone(), d_image.clone()].into());
+    let mut remaining = own_image_ids(&account).await;
+    remaining.sort();
+    let mut expected = vec![b_image, d_image];
+    expected.sort();
+    assert_eq!(remaining, expected);
+
+    // Turned off, PROTECT_NEWEST leaves what it set alone, and says so.
+    let off = handle(&clients, &config(SnapshotScope::Tagged, 3, false), stop("05"), &delivery()).await.unwrap();
+    assert!(off.protection_enabled.is_empty() && off.protection_removed.is_empty());
+    assert!(off.warnings.iter().any(|w| w.contains("PROTECT_NEWEST is off")), "{:?}", off.warnings);
+}

@@ -50,7 +50,7 @@ pub async fn settle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
     let ec2 = &delivery.clients.ec2;
     let config = delivery.config;
     let now = delivery.invocation.now;
-    let (managed, gone) = retention::recorded_images(ec2, &session.records, &config.protect_tag).await?;
+    let (mut managed, gone) = retention::recorded_images(ec2, &session.records, &config.protect_tag).await?;
     // Deregistered by someone else: no longer counted, no longer looked up.
     for record in gone {
         session.record(&MadeImage { retired_at: Some(now), ..record }).await;
@@ -69,6 +69,14 @@ pub async fn settle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
             Vec::new()
         }
     };
+    if config.protect_newest {
+        guard_newest(ec2, session, &mut managed, newest.as_ref().map(|i| i.image_id.as_str()), report).await;
+    } else if let Some(held) = session.records.images.iter().find(|r| r.is_live() && r.protection_set) {
+        report.warnings.push(format!(
+            "PROTECT_NEWEST is off: the deregistration protection amiguard set on {} stays until a person removes it",
+            held.image_id.as_deref().unwrap_or_default()
+        ));
+    }
     if let Some(last) = plan.keep {
         let keep = retention::Keep { last, protect_tag: &config.protect_tag };
         retention::retire(ec2, session, &keep, &managed, plan.current_image, report, delivery.invocation).await?;
@@ -132,6 +140,53 @@ async fn launch_newest<L: LedgerStore>(
     remember_template(session, &newest.image_id, &template).await;
     report.launch_template = Some(template);
     Ok(versions)
+}
+
+/// `PROTECT_NEWEST`: EC2's deregistration protection on the newest available image, and off again
+/// on the images amiguard protected before (the ledger says which: a protection a person set is
+/// never touched). `managed` follows what was done, so that retention sees it. A failure is a
+/// warning: protection is a second guard (retention keeps the newest image anyway), and an image
+/// whose protection could not be taken off is simply not retired.
+async fn guard_newest<L: LedgerStore>(
+    ec2: &impl SnapshotOnStopEc2,
+    session: &mut Session<'_, L>,
+    managed: &mut [ManagedImage],
+    newest: Option<&str>,
+    report: &mut Report,
+) {
+    for image in managed.iter_mut() {
+        let Some(record) =
+            session.records.images.iter().find(|r| r.image_id.as_deref() == Some(&image.image_id)).cloned()
+        else {
+            continue;
+        };
+        let is_newest = newest == Some(image.image_id.as_str());
+        if is_newest && !image.deregistration_protected {
+            match ec2.enable_deregistration_protection(&image.image_id).await {
+                Ok(()) => {
+                    image.deregistration_protected = true;
+                    session.record(&MadeImage { protection_set: true, ..record }).await;
+                    report.protection_enabled.push(image.image_id.clone());
+                }
+                Err(err) => {
+                    report.warnings.push(format!("{} was not protected from deregistration: {err}", image.image_id))
+                }
+            }
+        } else if !is_newest && record.protection_set {
+            if image.deregistration_protected {
+                if let Err(err) = ec2.disable_deregistration_protection(&image.image_id).await {
+                    report.warnings.push(format!(
+                        "the deregistration protection of {} could not be taken off ({err}): it is kept",
+                        image.image_id
+                    ));
+                    continue;
+                }
+                image.deregistration_protected = false;
+                report.protection_removed.push(image.image_id.clone());
+            }
+            session.record(&MadeImage { protection_set: false, ..record }).await;
+        }
+    }
 }
 
 /// Records which template version launches `image_id`, when the record does not say so yet.

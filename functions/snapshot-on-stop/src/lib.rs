@@ -51,6 +51,9 @@ pub struct Config {
     /// `ALERT_TOPIC_ARN` (optional; the stack's alert topic): where an image that failed is
     /// alerted, once.
     pub alert_topic_arn: Option<String>,
+    /// `PROTECT_NEWEST` (default false): the newest available image of each instance gets EC2's
+    /// own deregistration protection, taken off again when a newer one is available.
+    pub protect_newest: bool,
 }
 
 /// What happens to a terminated instance's images (no stop of it will ever run retention again).
@@ -87,6 +90,7 @@ impl Default for Config {
             protect_tag: tags::KEEP.to_string(),
             keep_after_termination: KeepAfterTermination::All,
             alert_topic_arn: None,
+            protect_newest: false,
         }
     }
 }
@@ -105,6 +109,7 @@ impl Config {
             protect_tag: config::protect_tag_var(source)?,
             keep_after_termination: KeepAfterTermination::from_env(source)?,
             alert_topic_arn: config::optional_topic_arn_var(source, "ALERT_TOPIC_ARN")?,
+            protect_newest: config::bool_var(source, "PROTECT_NEWEST", false)?,
         })
     }
 }
@@ -176,6 +181,10 @@ pub struct Report {
     pub images_not_available: Vec<String>,
     /// Failed images this delivery alerted (once each: the ledger remembers).
     pub alerted_images: Vec<String>,
+    /// `PROTECT_NEWEST`: the image whose deregistration protection this delivery turned on, and
+    /// those it turned off (amiguard's own protection of images no longer the newest).
+    pub protection_enabled: Vec<String>,
+    pub protection_removed: Vec<String>,
     /// Cleanup that did not happen and loses nothing (a launch-template version left behind), and
     /// a ledger that could not be used (nothing is retired then).
     pub warnings: Vec<String>,
@@ -204,6 +213,8 @@ impl Report {
             adopted_images: Vec::new(),
             images_not_available: Vec::new(),
             alerted_images: Vec::new(),
+            protection_enabled: Vec::new(),
+            protection_removed: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -497,6 +508,7 @@ mod tests {
             ("PROTECT_TAG", "legal-hold"),
             ("KEEP_AFTER_TERMINATION", "2"),
             ("ALERT_TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:amiguard-alerts"),
+            ("PROTECT_NEWEST", "true"),
         ];
         let expected = Config {
             scope: SnapshotScope::All,
@@ -505,6 +517,7 @@ mod tests {
             protect_tag: "legal-hold".into(),
             keep_after_termination: KeepAfterTermination::Newest(2),
             alert_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:amiguard-alerts".into()),
+            protect_newest: true,
         };
         assert_eq!(from(env).unwrap(), expected);
         let all = from(&[("KEEP_AFTER_TERMINATION", "ALL")]).unwrap();

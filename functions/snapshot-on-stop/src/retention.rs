@@ -55,6 +55,7 @@ pub async fn recorded_images(
             available: image.state.as_deref() == Some("available"),
             protected: image.tags.iter().any(|t| t.key.eq_ignore_ascii_case(protect_tag)),
             failed: image.has_failed().then(|| image.state_reason.clone().unwrap_or_default()),
+            deregistration_protected: image.is_deregistration_protected(),
         });
     }
     // Every snapshot the images map now, not only the recorded ones: a protect tag on any keeps

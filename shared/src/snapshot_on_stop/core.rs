@@ -158,6 +158,9 @@ pub struct ManagedImage {
     pub protected: bool,
     /// EC2 says it failed (`failed`, `error`, `invalid`), with EC2's reason when it gives one.
     pub failed: Option<String>,
+    /// EC2's deregistration protection is on: counted like any available image, never retired
+    /// (`DeregisterImage` would fail).
+    pub deregistration_protected: bool,
 }
 
 /// The newest available image (by stop, then creation date): the one the launch template's
@@ -175,14 +178,15 @@ pub fn newest_available(images: &[ManagedImage]) -> Option<&ManagedImage> {
 /// available, a failed one is evidence), a protected one, and one whose stop cannot be read (it
 /// cannot be ordered, and a wrong guess would delete a newer image). So a pending image never
 /// displaces the last good one. `current` (the image of this stop) is never retired, even when a
-/// late redelivery makes it older than the others.
+/// late redelivery makes it older than the others. An image EC2 protects from deregistration
+/// counts among the `keep_last` but is never retired.
 pub fn images_to_retire<'a>(images: &'a [ManagedImage], keep_last: usize, current: &str) -> Vec<&'a ManagedImage> {
     let mut ordered: Vec<&ManagedImage> =
         images.iter().filter(|i| i.stopped_at.is_some() && i.available && !i.protected).collect();
     ordered.sort_by(|a, b| {
         (b.stopped_at, b.creation_date, &b.image_id).cmp(&(a.stopped_at, a.creation_date, &a.image_id))
     });
-    ordered.into_iter().skip(keep_last).filter(|i| i.image_id != current).collect()
+    ordered.into_iter().skip(keep_last).filter(|i| i.image_id != current && !i.deregistration_protected).collect()
 }
 
 /// Reads an `amiguard:stopped-at` or EC2 `CreationDate` value.
@@ -324,6 +328,7 @@ mod tests {
             available: true,
             protected: false,
             failed: None,
+            deregistration_protected: false,
         }
     }
 
@@ -378,6 +383,14 @@ mod tests {
     }
 
     #[test]
+    fn an_image_ec2_protects_from_deregistration_counts_but_is_never_retired() {
+        let guarded = ManagedImage { deregistration_protected: true, ..managed("ami-a", Some(at(1, 0)), None) };
+        let images = [guarded, managed("ami-b", Some(at(2, 0)), None), managed("ami-c", Some(at(3, 0)), None)];
+        assert_eq!(ids(images_to_retire(&images, 1, "ami-c")), ["ami-b"]);
+        assert_eq!(ids(images_to_retire(&images, 2, "ami-c")), Vec::<&str>::new());
+    }
+
+    #[test]
     fn the_template_launches_the_newest_available_image_only() {
         let pending = ManagedImage { available: false, ..managed("ami-pending", Some(at(3, 0)), None) };
         let failed = ManagedImage {
@@ -403,10 +416,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn retention_keeps_the_newest_and_current(stops in proptest::collection::vec((0i64..50, 0i64..50, any::<bool>(), any::<bool>()), 0..12), keep in 1usize..6, current in 0usize..12) {
-            let images: Vec<ManagedImage> = stops.iter().enumerate().map(|(n, (s, c, available, protected))| ManagedImage {
+        fn retention_keeps_the_newest_and_current(stops in proptest::collection::vec((0i64..50, 0i64..50, any::<bool>(), any::<bool>(), any::<bool>()), 0..12), keep in 1usize..6, current in 0usize..12) {
+            let images: Vec<ManagedImage> = stops.iter().enumerate().map(|(n, (s, c, available, protected, guarded))| ManagedImage {
                 available: *available,
                 protected: *protected,
+                deregistration_protected: *guarded,
                 ..managed(
                     &format!("ami-{n}"),
                     Some(at(0, 0) + chrono::Duration::minutes(*s)),
@@ -418,13 +432,14 @@ mod tests {
             let kept: Vec<&ManagedImage> = images.iter().filter(|i| !retired.iter().any(|r| r.image_id == i.image_id)).collect();
             // only available, unprotected images are retired, and never the current one
             prop_assert!(retired.iter().all(|r| r.available && !r.protected && r.image_id != current_id));
+            prop_assert!(retired.iter().all(|r| !r.deregistration_protected));
             // at least min(keep, n) of the available, unprotected images are kept
             let counted = images.iter().filter(|i| i.available && !i.protected).count();
             let kept_counted = kept.iter().filter(|i| i.available && !i.protected).count();
             prop_assert!(kept_counted >= keep.min(counted));
             // no retired image is newer than a kept available, unprotected one other than the current
             for r in &retired {
-                for k in kept.iter().filter(|k| k.image_id != current_id && k.available && !k.protected) {
+                for k in kept.iter().filter(|k| k.image_id != current_id && k.available && !k.protected && !k.deregistration_protected) {
                     prop_assert!((r.stopped_at, r.creation_date) <= (k.stopped_at, k.creation_date));
                 }
             }

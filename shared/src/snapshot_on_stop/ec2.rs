@@ -22,9 +22,17 @@ pub struct ImageRecord {
     pub creation_date: Option<String>,
     pub tags: Vec<Tag>,
     pub snapshot_ids: Vec<String>,
+    /// EC2's `DeregistrationProtection`: `disabled`, `enabled-without-cooldown`,
+    /// `enabled-with-cooldown`, or `disabled after <time>` (still protected until then).
+    pub deregistration_protection: Option<String>,
 }
 
 impl ImageRecord {
+    /// EC2 refuses to deregister the image now (anything but `disabled`, or no such field).
+    pub fn is_deregistration_protected(&self) -> bool {
+        self.deregistration_protection.as_deref().is_some_and(|p| p != "disabled")
+    }
+
     /// EC2 says the image will never be usable: `failed`, `error` or `invalid`.
     pub fn has_failed(&self) -> bool {
         matches!(self.state.as_deref(), Some("failed" | "error" | "invalid"))
@@ -93,6 +101,10 @@ pub trait SnapshotOnStopEc2: Sync {
     ) -> impl Future<Output = Result<Vec<ImageRecord>, AwsError>> + Send;
     fn deregister_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
     fn delete_snapshot(&self, snapshot_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// EC2's own deregistration protection on the image, without a cooldown (so that taking it
+    /// off works at once).
+    fn enable_deregistration_protection(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn disable_deregistration_protection(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// `GetLaunchTemplateData` of the instance.
     fn instance_launch_data(
         &self,
@@ -183,6 +195,7 @@ fn image_record(image: &aws_sdk_ec2::types::Image) -> Option<ImageRecord> {
             .iter()
             .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
             .collect(),
+        deregistration_protection: image.deregistration_protection().map(str::to_string),
     })
 }
 
@@ -327,6 +340,27 @@ impl SnapshotOnStopEc2 for Ec2Client {
             .await
             .map(|_| ())
             .map_err(|e| AwsError::from_sdk("DeregisterImage", e))
+    }
+
+    async fn enable_deregistration_protection(&self, image_id: &str) -> Result<(), AwsError> {
+        self.client
+            .enable_image_deregistration_protection()
+            .image_id(image_id)
+            .with_cooldown(false)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::from_sdk("EnableImageDeregistrationProtection", e))
+    }
+
+    async fn disable_deregistration_protection(&self, image_id: &str) -> Result<(), AwsError> {
+        self.client
+            .disable_image_deregistration_protection()
+            .image_id(image_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::from_sdk("DisableImageDeregistrationProtection", e))
     }
 
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), AwsError> {

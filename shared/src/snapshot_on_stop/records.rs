@@ -35,6 +35,9 @@ pub struct MadeImage {
     /// Made before the ledger existed, adopted by [`adoptable`].
     pub adopted: bool,
     pub retired_at: Option<DateTime<Utc>>,
+    /// amiguard turned EC2's deregistration protection on (`PROTECT_NEWEST`): amiguard turns it
+    /// off again when a newer image is available, and never touches a protection a person set.
+    pub protection_set: bool,
 }
 
 impl MadeImage {
@@ -48,6 +51,7 @@ impl MadeImage {
             launch_template: None,
             adopted: false,
             retired_at: None,
+            protection_set: false,
         }
     }
 
@@ -85,6 +89,7 @@ const TEMPLATE_ID: &str = "launch_template_id";
 const TEMPLATE_VERSION: &str = "launch_template_version";
 const ADOPTED: &str = "adopted";
 const RETIRED_AT: &str = "retired_at";
+const PROTECTION_SET: &str = "deregistration_protection_set";
 
 fn to_item(region: &str, instance_id: &str, image: &MadeImage) -> Item {
     let stopped_at = stopped_at_tag_value(image.stopped_at);
@@ -95,7 +100,8 @@ fn to_item(region: &str, instance_id: &str, image: &MadeImage) -> Item {
         .with_time(INTENDED_AT, image.intended_at)
         .with_opt_s(IMAGE_ID, image.image_id.clone())
         .with_list(SNAPSHOT_IDS, image.snapshot_ids.clone())
-        .with(ADOPTED, crate::ledger::Value::Bool(image.adopted));
+        .with(ADOPTED, crate::ledger::Value::Bool(image.adopted))
+        .with(PROTECTION_SET, crate::ledger::Value::Bool(image.protection_set));
     if let Some(template) = &image.launch_template {
         item = item.with_s(TEMPLATE_ID, &template.id).with_n(TEMPLATE_VERSION, template.version);
     }
@@ -121,6 +127,7 @@ fn from_item(item: &Item) -> Option<MadeImage> {
         launch_template,
         adopted: item.bool(ADOPTED).unwrap_or(false),
         retired_at: item.time(RETIRED_AT),
+        protection_set: item.bool(PROTECTION_SET).unwrap_or(false),
     })
 }
 
@@ -229,6 +236,7 @@ pub fn adopted_record(image: &ImageRecord, stopped_at: DateTime<Utc>, now: DateT
         launch_template: None,
         adopted: true,
         retired_at: None,
+        protection_set: false,
     }
 }
 
@@ -256,6 +264,7 @@ mod tests {
             creation_date: None,
             tags: tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect(),
             snapshot_ids: vec!["snap-0a".into()],
+            deregistration_protection: None,
         }
     }
 
