@@ -129,13 +129,17 @@ async fn snapshot_on_stop_an_ami_event_without_a_usable_ledger_fails_and_changes
     available["detail"]["ImageId"] = json!(second);
     available["region"] = json!(account.region);
 
-    // The ledger cannot be read (which instance?), then cannot be leased: the event is retried
-    // (then dead-lettered with its alarm), never acted on without the ledger.
-    for (action, code) in [("Query", "AccessDeniedException"), ("PutItem", "AccessDeniedException")] {
+    // The ledger cannot be read (which instance?), then cannot be leased, then the journal cannot
+    // be written: the event is retried (then dead-lettered with its alarm), and nothing is retired
+    // without the ledger.
+    let denied = |action: &str| Fault::error(action, 400, "AccessDeniedException");
+    // The journal's entries (`deleted#<id>`) are single puts too, after the lease's.
+    for fault in [denied("Query"), denied("PutItem"), denied("PutItem").when_body_contains("deleted#")] {
         proxy.clear_faults();
-        proxy.inject(Fault::error(action, 400, code));
+        proxy.inject(fault.clone());
         let err = snapshot_on_stop::handle(&clients, &keep_one, available.clone(), &delivery()).await.unwrap_err();
-        assert!(err.to_string().contains(code) || err.to_string().contains("LedgerUnavailable"), "{action}: {err}");
+        let text = err.to_string();
+        assert!(text.contains("AccessDeniedException") || text.contains("LedgerUnavailable"), "{fault:?}: {err}");
     }
     let images_after = account.ec2().describe_images().owners("self").send().await.unwrap().images().len();
     assert_eq!(images_after, 2, "the first image stays while the ledger cannot be used");

@@ -806,6 +806,20 @@ async fn a_stop_catches_up_on_an_available_event_that_never_came() {
     let recorded = records::read(clients.ledger.as_ref().unwrap(), &account.region, &instance).await.unwrap();
     let first_record = recorded.images.iter().find(|r| r.image_id.as_deref() == Some(first_image.as_str())).unwrap();
     assert_eq!(first_record.launch_template.as_ref(), Some(&template), "the ledger says which version launches it");
+    // The second stop's configuration has its version too (not the default yet).
+    let second_image = second.image_id.unwrap();
+    let second_record = recorded.images.iter().find(|r| r.image_id.as_deref() == Some(second_image.as_str())).unwrap();
+    let version = second_record.launch_template.as_ref().unwrap();
+    assert_eq!(version.id, template.id);
+    assert_ne!(version.version, template.version);
+    let versions =
+        account.ec2().describe_launch_template_versions().launch_template_id(&template.id).send().await.unwrap();
+    let launching = versions
+        .launch_template_versions()
+        .iter()
+        .find(|v| v.version_number() == Some(version.version))
+        .and_then(|v| v.launch_template_data()?.image_id());
+    assert_eq!(launching, Some(second_image.as_str()));
 }
 
 #[tokio::test]
@@ -836,6 +850,13 @@ async fn a_failed_image_keeps_the_last_good_one_and_the_default_and_alerts_once(
     assert!(matches!(refused, Err(Error::Aws(ref e)) if e.code == "KMSDisabled"), "{refused:?}");
     proxy.clear_faults();
     image_of_stop_is(&proxy, &instance, "20261127T020000Z", "failed");
+    // EC2's own reason, which moto cannot give: it is what the report and the alert say.
+    let reason = "<stateReason><code>Client.InvalidKMSKey.InvalidState</code><message>The key is disabled</message></stateReason>";
+    proxy.inject(Fault::rewrite(
+        "DescribeImages",
+        "<imageState>failed</imageState>",
+        format!("<imageState>failed</imageState>{reason}"),
+    ));
     let mut reports = Vec::new();
     for _ in 0..3 {
         reports.push(handle(&clients, &keep_one, ami_event(&account, &failed, "failed"), &delivery()).await.unwrap());
@@ -844,7 +865,8 @@ async fn a_failed_image_keeps_the_last_good_one_and_the_default_and_alerts_once(
     assert_eq!(reports[0].alerted_images, std::slice::from_ref(&failed));
     assert!(reports[1].alerted_images.is_empty() && reports[2].alerted_images.is_empty(), "alerted once");
     let reason = reports[0].reason.clone().unwrap();
-    assert!(reason.contains("KMS key") && reason.contains(&good_image), "{reason}");
+    assert!(reason.contains("The key is disabled") && reason.contains(&good_image), "{reason}");
+    assert!(!reason.contains("the event says"), "EC2's reason comes first: {reason}");
     assert_eq!(default_image(&account, &instance).await.as_deref(), Some(good_image.as_str()), "the default stays");
     assert!(own_image_ids(&account).await.contains(&good_image), "the last good image stays");
 
@@ -862,7 +884,7 @@ async fn a_failed_image_keeps_the_last_good_one_and_the_default_and_alerts_once(
     assert_eq!(alert.severity.as_deref(), Some("medium"));
     let subject = alert.subject.as_deref().unwrap();
     assert!(subject.contains(&failed) && subject.contains(&instance) && subject.contains("failed"), "{subject}");
-    assert!(alert.body.contains("The KMS key provided is in an incorrect state"), "{}", alert.body);
+    assert!(alert.body.contains("Why:      The key is disabled"), "{}", alert.body);
 }
 
 #[tokio::test]
@@ -974,4 +996,56 @@ async fn protect_newest_guards_the_newest_image_and_only_undoes_its_own_protecti
     let off = handle(&clients, &config(SnapshotScope::Tagged, 3, false), stop("05"), &delivery()).await.unwrap();
     assert!(off.protection_enabled.is_empty() && off.protection_removed.is_empty());
     assert!(off.warnings.iter().any(|w| w.contains("PROTECT_NEWEST is off")), "{:?}", off.warnings);
+}
+
+#[tokio::test]
+async fn an_available_event_for_an_opted_out_instance_retires_nothing() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let clients = clients_through(&account, &proxy).await;
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    let good = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let good_image = good.image_id.unwrap();
+    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "pending");
+    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    let newer = second.image_id.unwrap();
+    proxy.clear_faults();
+    let opt_out = aws_sdk_ec2::types::Tag::builder().key("amiguard:snapshot-on-stop").value("false").build();
+    account.ec2().create_tags().resources(&instance).tags(opt_out).send().await.unwrap();
+
+    let report = handle(&clients, &keep_one, ami_event(&account, &newer, "available"), &delivery()).await.unwrap();
+    assert_eq!(report.outcome, Outcome::ImageAvailable);
+    assert!(report.retired_images.is_empty(), "{:?}", report.retired_images);
+    assert!(report.warnings.iter().any(|w| w.contains("opted out")), "{:?}", report.warnings);
+    assert!(own_image_ids(&account).await.contains(&good_image));
+    assert_eq!(
+        default_image(&account, &instance).await,
+        Some(newer),
+        "the default still follows the newest good image"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_ami_event_reads_the_ledger_and_writes_nothing() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let clients = clients_through(&account, &proxy).await;
+    let keep_one = config(SnapshotScope::Tagged, 1, false);
+    let good = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "pending");
+    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    proxy.clear_faults();
+    let ledger = clients.ledger.as_ref().unwrap();
+    let before = records::read(ledger, &account.region, &instance).await.unwrap();
+
+    let dry = config(SnapshotScope::Tagged, 1, true);
+    let newer = second.image_id.unwrap();
+    let report = handle(&clients, &dry, ami_event(&account, &newer, "available"), &delivery()).await.unwrap();
+    assert_eq!(report.outcome, Outcome::DryRun);
+    assert_eq!(report.retired_images, [good.image_id.clone().unwrap()], "what the event would retire");
+    assert_eq!(records::read(ledger, &account.region, &instance).await.unwrap(), before, "nothing written");
+    assert_eq!(own_image_ids(&account).await.len(), 2);
+    assert_eq!(default_image(&account, &instance).await, good.image_id, "the default stays");
 }

@@ -12,8 +12,8 @@ use amiguard::AwsError;
 /// What became of one alert.
 #[derive(Debug)]
 pub enum Alerted {
-    /// Published now.
-    Sent,
+    /// Published now; with a warning when the ledger could not be used (it may repeat).
+    Sent(Option<String>),
     /// An earlier delivery sent it.
     AlreadySent,
     /// Another delivery claimed it and has not said whether it sent it.
@@ -28,7 +28,7 @@ impl Alerted {
     /// The report's warning for an alert that was not sent.
     pub fn warning(&self, image_id: &str) -> String {
         match self {
-            Self::Sent | Self::AlreadySent => format!("image {image_id} failed: alerted"),
+            Self::Sent(_) | Self::AlreadySent => format!("image {image_id} failed: alerted"),
             Self::InProgress => format!("image {image_id} failed: another delivery is sending its alert"),
             Self::NoTopic => format!("image {image_id} failed: not alerted (ALERT_TOPIC_ARN is not set)"),
             Self::Failed(err) => format!("image {image_id} failed: its alert could not be sent ({err})"),
@@ -47,15 +47,16 @@ pub async fn once<L: LedgerStore, P: AlertPublisher>(
     let claim = match sent::turn(store, &key, invocation).await {
         Turn::AlreadySent => return Alerted::AlreadySent,
         Turn::InProgress => return Alerted::InProgress,
-        Turn::Send(claim, _ledger_warning) => claim,
+        Turn::Send(claim, ledger_warning) => (claim, ledger_warning),
     };
+    let (claim, ledger_warning) = claim;
     match publisher.publish(&failed_alert::compose(failed)).await {
         Ok(message_id) => {
             if let (Some(claim), Some(store)) = (&claim, store) {
                 // Not recorded as sent: the claim expires and a later delivery repeats the alert.
                 let _ = sent::confirm(store, claim, &failed.image_id, &message_id, invocation.clock()).await;
             }
-            Alerted::Sent
+            Alerted::Sent(ledger_warning.map(|w| format!("the alert of {} may repeat: {w}", failed.image_id)))
         }
         Err(err) => {
             if let (Some(claim), Some(store)) = (&claim, store) {

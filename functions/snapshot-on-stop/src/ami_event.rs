@@ -8,6 +8,7 @@ use amiguard::ledger::LedgerStore;
 use amiguard::snapshot_on_stop::core::{self as decide, ManagedImage};
 use amiguard::snapshot_on_stop::ec2::{ImageRecord, SnapshotOnStopEc2};
 use amiguard::snapshot_on_stop::records::{self, MadeImage};
+use amiguard::tags;
 use amiguard::trust::sns::AlertPublisher;
 use amiguard::AwsError;
 
@@ -48,15 +49,27 @@ pub async fn image_state_changed<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertP
         return skipped(report, "not an image snapshot-on-stop made (the ledger holds no record of it)".into());
     };
     report.instance_id = instance_id.clone();
-    let mut session = Session::open(Some(store), &clients.region, &instance_id, delivery.invocation).await?;
+    let mut session = if delivery.config.dry_run {
+        Session::read_only(store, &clients.region, &instance_id).await?
+    } else {
+        Session::open(Some(store), &clients.region, &instance_id, delivery.invocation).await?
+    };
     let result = if session.is_healthy() {
         follow_image(delivery, &mut session, &instance_id, &detail, &mut report).await
     } else {
-        // The event comes once: fail, so that Lambda's retries (then the dead-letter queue) do.
-        Err(Error::Aws(AwsError::new("Ledger", "LedgerUnavailable", session.warnings.join("; "))))
+        Ok(())
     };
-    report.warnings.extend(session.close().await);
-    result.map(|()| report)
+    // The event comes once: a ledger lost before or during the work fails the invocation, so
+    // that Lambda's retries (then the dead-letter queue and its alarm) finish it. Everything it
+    // does is idempotent.
+    let healthy = session.is_healthy();
+    let warnings = session.close().await;
+    report.warnings.extend(warnings);
+    result?;
+    if !healthy {
+        return Err(Error::Aws(AwsError::new("Ledger", "LedgerUnavailable", report.warnings.join("; "))));
+    }
+    Ok(report)
 }
 
 async fn follow_image<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
@@ -110,12 +123,20 @@ async fn available<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
     let ec2 = &delivery.clients.ec2;
     let config = delivery.config;
     let instance = ec2.describe_instance(instance_id).await?;
-    let instance_live = instance.is_some_and(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"));
+    let instance_live = instance.as_ref().is_some_and(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"));
+    // An opt-out tag still on the instance keeps its images, as on a stop and a termination.
+    let opted_out = instance.as_ref().is_some_and(|i| {
+        tags::value(&i.tags, tags::SNAPSHOT_ON_STOP).is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
+    });
     let keep = match (instance_live, config.keep_after_termination) {
+        _ if opted_out => None,
         (true, _) => Some(config.keep_last),
         (false, KeepAfterTermination::All) => None,
         (false, KeepAfterTermination::Newest(n)) => Some(n),
     };
+    if opted_out {
+        report.warnings.push(format!("{instance_id} opted out ({}=false): nothing is retired", tags::SNAPSHOT_ON_STOP));
+    }
     if config.dry_run {
         report.outcome = Outcome::DryRun;
         if let Some(last) = keep {
@@ -156,7 +177,10 @@ async fn failed<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
         return Ok(());
     };
     report.images_not_available = managed.iter().filter(|i| !i.available).map(|i| i.image_id.clone()).collect();
-    let event_reason = detail.error_message.as_deref().filter(|m| !m.is_empty());
+    // The event's words are only a fallback for EC2's own reason, and said to be the event's.
+    let event_reason =
+        detail.error_message.as_deref().filter(|m| !m.is_empty()).map(|m| format!("the event says: {m}"));
+    let event_reason = event_reason.as_deref();
     report.reason = Some(failure_reason(&failed, event_reason, last_good.as_deref()));
     if delivery.config.dry_run {
         report.outcome = Outcome::DryRun;
@@ -164,7 +188,10 @@ async fn failed<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
     }
     report.outcome = Outcome::ImageFailed;
     match follow::alert_failed(delivery, session, instance_id, &failed, last_good.as_deref(), event_reason).await {
-        Alerted::Sent => report.alerted_images.push(failed.image_id.clone()),
+        Alerted::Sent(warning) => {
+            report.alerted_images.push(failed.image_id.clone());
+            report.warnings.extend(warning);
+        }
         Alerted::AlreadySent => {}
         Alerted::NoTopic => report.warnings.push(Alerted::NoTopic.warning(&failed.image_id)),
         Alerted::InProgress => {

@@ -79,7 +79,16 @@ pub async fn settle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
     }
     if let Some(last) = plan.keep {
         let keep = retention::Keep { last, protect_tag: &config.protect_tag };
-        retention::retire(ec2, session, &keep, &managed, plan.current_image, report, delivery.invocation).await?;
+        // The image the template's default launches stays, whatever the count: when the default
+        // could not move (a terminated instance, no version for the newest image), it is older.
+        let default_image =
+            report.launch_template.as_ref().and_then(|t| match versions.iter().find(|v| v.version == t.version) {
+                Some(version) => version.image_id.clone(),
+                None => newest.as_ref().map(|i| i.image_id.clone()),
+            });
+        let never_retire: Vec<&str> =
+            [Some(plan.current_image), default_image.as_deref()].into_iter().flatten().collect();
+        retention::retire(ec2, session, &keep, &managed, &never_retire, report, delivery.invocation).await?;
         if !report.retired_images.is_empty() {
             retention::remove_retired_template_versions(ec2, &versions, report).await;
         }
@@ -87,7 +96,10 @@ pub async fn settle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
     let last_good = newest.as_ref().map(|i| i.image_id.as_str());
     for failed in managed.iter().filter(|i| i.failed.is_some()) {
         match alert_failed(delivery, session, plan.instance_id, failed, last_good, None).await {
-            Alerted::Sent => report.alerted_images.push(failed.image_id.clone()),
+            Alerted::Sent(warning) => {
+                report.alerted_images.push(failed.image_id.clone());
+                report.warnings.extend(warning);
+            }
             Alerted::AlreadySent => {}
             other => report.warnings.push(other.warning(&failed.image_id)),
         }

@@ -362,6 +362,18 @@ async fn image_and_retire<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublishe
     if session.is_healthy() {
         let plan = Plan { instance_id, current_image: &image_id, keep: Some(config.keep_last), instance_live: true };
         follow::settle(delivery, session, &plan, &mut report).await?;
+        if session.records.for_stop(stopped_at).is_some_and(|r| r.launch_template.is_none()) {
+            // The template was made just now, for an older available image: this stop's
+            // configuration gets its version too, for when its image is available.
+            if let Some(template) = report.launch_template.clone() {
+                let versions = ec2.list_launch_template_versions(&template.id).await?;
+                let version =
+                    image::version_for(ec2, &template.id, &versions, instance_id, &image_id, stopped_at).await?;
+                let mut recorded = session.records.for_stop(stopped_at).cloned().unwrap_or(record);
+                recorded.launch_template = Some(LaunchTemplateRef { id: template.id, version });
+                session.record(&recorded).await;
+            }
+        }
     } else {
         launch_if_available(ec2, instance_id, &image_id, stopped_at, &mut report).await?;
     }

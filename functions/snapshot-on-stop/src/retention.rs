@@ -92,20 +92,24 @@ pub async fn preview(
 }
 
 /// Retires what the newest `keep_last` of `managed` (the instance's recorded images, as EC2 says
-/// they are now) leave over, recording each retirement and journaling each deletion. Runs only
-/// with a healthy ledger.
+/// they are now) leave over, except the images in `never_retire` (this stop's image, the one the
+/// template's default launches), recording each retirement and journaling each deletion. Runs
+/// only with a healthy ledger.
 pub async fn retire<L: LedgerStore>(
     ec2: &impl SnapshotOnStopEc2,
     session: &mut Session<'_, L>,
     keep: &Keep<'_>,
     managed: &[ManagedImage],
-    current_image: &str,
+    never_retire: &[&str],
     report: &mut Report,
     invocation: &Invocation,
 ) -> Result<(), Error> {
     let region = session.region().to_string();
-    let retiring: Vec<ManagedImage> =
-        decide::images_to_retire(managed, keep.last, current_image).into_iter().cloned().collect();
+    let retiring: Vec<ManagedImage> = decide::images_to_retire(managed, keep.last, "")
+        .into_iter()
+        .filter(|i| !never_retire.contains(&i.image_id.as_str()))
+        .cloned()
+        .collect();
     let journal = |resource, resource_id: &str| {
         JournalEntry::new(
             &invocation.request_id,

@@ -32,6 +32,8 @@ pub struct Session<'a, L> {
     pub records: InstanceRecords,
     /// False once the ledger failed (or when there is none): nothing is retired then.
     healthy: bool,
+    /// A dry run's: the records are read, nothing is written (no lease either).
+    read_only: bool,
     pub warnings: Vec<String>,
 }
 
@@ -51,6 +53,7 @@ impl<'a, L: LedgerStore> Session<'a, L> {
             lease: None,
             records: InstanceRecords::default(),
             healthy: false,
+            read_only: false,
             warnings: Vec::new(),
         };
         let Some(store) = store else {
@@ -87,13 +90,29 @@ impl<'a, L: LedgerStore> Session<'a, L> {
         Ok(session)
     }
 
+    /// A dry run's session: the instance's records, read without a lease; every write is
+    /// refused. A ledger that cannot be read is an error (a dry run has nothing else to show).
+    pub async fn read_only(store: &'a L, region: &'a str, instance_id: &'a str) -> Result<Self, Error> {
+        Ok(Self {
+            store: Some(store),
+            region,
+            instance_id,
+            lease: None,
+            records: records::read(store, region, instance_id).await?,
+            healthy: true,
+            read_only: true,
+            warnings: Vec::new(),
+        })
+    }
+
     pub fn region(&self) -> &str {
         self.region
     }
 
-    /// The ledger, for the claims of alerts (whose records are not the instance's).
+    /// The ledger, for the claims of alerts (whose records are not the instance's); none in a
+    /// dry run.
     pub fn store(&self) -> Option<&'a L> {
-        self.store
+        self.store.filter(|_| !self.read_only)
     }
 
     /// The ledger can be trusted for this delivery: what it holds is all snapshot-on-stop made.
@@ -119,7 +138,7 @@ impl<'a, L: LedgerStore> Session<'a, L> {
                 self.records.images.sort_by_key(|i| i.stopped_at);
             }
         }
-        if !self.healthy {
+        if !self.healthy || self.read_only {
             return;
         }
         if let Some(store) = self.store {
@@ -132,7 +151,7 @@ impl<'a, L: LedgerStore> Session<'a, L> {
     /// Says in the ledger which instance `image_id` was made of, so that its AMI state-change
     /// event (which names only the image) finds the instance's records.
     pub async fn record_made_of(&mut self, image_id: &str, now: DateTime<Utc>) {
-        let Some(store) = self.store.filter(|_| self.healthy) else { return };
+        let Some(store) = self.store.filter(|_| self.healthy && !self.read_only) else { return };
         if let Err(err) = records::write_made_of(store, self.region, image_id, self.instance_id, now).await {
             self.lost("written", &err);
         }
@@ -146,7 +165,7 @@ impl<'a, L: LedgerStore> Session<'a, L> {
         ownership: &[Tag],
         invocation: &Invocation,
     ) -> Vec<String> {
-        if !self.healthy || self.records.adopted {
+        if !self.healthy || self.read_only || self.records.adopted {
             return Vec::new();
         }
         let Some(store) = self.store else { return Vec::new() };
@@ -201,7 +220,7 @@ impl<'a, L: LedgerStore> Session<'a, L> {
     /// Journals what retention is about to deregister and delete (`intended`). Answers whether
     /// it may go ahead: a journal that cannot be written stops retention (the ledger is lost).
     pub async fn journal_ahead(&mut self, entries: Vec<Item>) -> bool {
-        let Some(store) = self.store.filter(|_| self.healthy) else { return false };
+        let Some(store) = self.store.filter(|_| self.healthy && !self.read_only) else { return false };
         match journal::write(store, entries).await {
             Ok(()) => true,
             Err(err) => {
@@ -214,7 +233,7 @@ impl<'a, L: LedgerStore> Session<'a, L> {
     /// Journals how each call ended. A failure loses only that detail (the entries stay
     /// `intended`): a warning.
     pub async fn journal_end(&mut self, entries: Vec<Item>) {
-        let Some(store) = self.store else { return };
+        let Some(store) = self.store.filter(|_| !self.read_only) else { return };
         if let Err(err) = journal::write(store, entries).await {
             self.warnings.push(format!("the journal of this delivery's deletions stays `intended`: {err}"));
         }

@@ -48,7 +48,7 @@ pub fn compose(failed: &FailedImage) -> Alert {
          Nothing was deregistered or deleted for it, and retention does not count it. The failed image\n\
          stays until a person deregisters it. What to check: the KMS keys of the instance's volumes\n\
          (disabled, or not usable by EC2), and the volumes themselves.\n\
-         amiguard alerts once per failed image.\n\
+         amiguard alerts once per failed image (a reminder if it is still there after 400 days).\n\
          \n\
          Details (JSON):\n{json}\n",
         image = failed.image_id,
