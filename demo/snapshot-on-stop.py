@@ -1,5 +1,5 @@
 """snapshot-on-stop in the demo: two instances stop; the tagged one is imaged (three times, so
-retention shows), the untagged one is skipped."""
+retention shows), the untagged one is skipped; then the newest image's AMI event."""
 
 from common import client, heading, invoke, sample_event
 
@@ -43,6 +43,16 @@ for instance_id, label in [(web, "web-1 (tagged)"), (batch, "batch-1 (untagged)"
 
 again, _ = invoke("snapshot-on-stop", stop_event(web, "2026-11-22T18:00:00Z"))
 print(f"{'web-1 (redelivery)':20} stop at 2026-11-22T18:00:00Z: {again['outcome']} -> {again['image_id']}")
+# EC2's AMI event for the newest image (moto sends none; it makes images available at once, so
+# the stop already did what the event asks: the event finds nothing left to do).
+settled = sample_event("snapshot-on-stop.ami-available.json")
+settled["detail"]["ImageId"] = again["image_id"]
+report, error = invoke("snapshot-on-stop", settled)
+if error:
+    raise SystemExit(f"snapshot-on-stop failed on the AMI event: {error}")
+template = report["launch_template"]
+print(f"{'AMI event':20} {again['image_id']} available: {report['outcome']}, "
+      f"template default v{template['version']}, retired {len(report['retired_images'])}")
 images = ec2.describe_images(Owners=["self"])["Images"]
 print(f"AMIs now: {', '.join(sorted(i['Name'] for i in images))}")
 print(f"relaunch web-1: aws ec2 run-instances --launch-template LaunchTemplateName=amiguard-{web}")
