@@ -18,7 +18,7 @@ pub mod ledger;
 pub mod proxy;
 pub mod template;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -176,31 +176,33 @@ pub fn with_image_state(answer: &str, name: &str, state: &str) -> String {
 
 /// EC2's deregistration protection, which moto lacks, emulated at `proxy`: it answers
 /// `EnableImageDeregistrationProtection` and `DisableImageDeregistrationProtection` and shows the
-/// protection in every DescribeImages answer. Answers the set of images protected now.
-pub fn emulate_deregistration_protection(proxy: &proxy::Proxy) -> Arc<Mutex<BTreeSet<String>>> {
-    let protected: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+/// protection in every DescribeImages answer, as EC2 words it (`enabled-without-cooldown`,
+/// `enabled-with-cooldown`; disabling one with a cooldown leaves `disabled after <time>`, still
+/// protected). Answers the protection of each image protected now.
+pub fn emulate_deregistration_protection(proxy: &proxy::Proxy) -> Arc<Mutex<BTreeMap<String, String>>> {
+    let protected: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     for (action, on) in [("EnableImageDeregistrationProtection", true), ("DisableImageDeregistrationProtection", false)]
     {
         let protected = protected.clone();
         proxy.inject(proxy::Fault::answer_with(action, move |request| {
-            let image = request.split('&').find_map(|pair| pair.strip_prefix("ImageId=")).unwrap_or_default();
-            let mut set = protected.lock().unwrap();
-            if on {
-                set.insert(image.to_string());
-            } else {
-                set.remove(image);
-            }
+            let param = |name: &str| request.split('&').find_map(|pair| pair.strip_prefix(name)).unwrap_or_default();
+            let image = param("ImageId=").to_string();
+            let mut protections = protected.lock().unwrap();
+            let with_cooldown = protections.get(&image).is_some_and(|p| p == "enabled-with-cooldown");
+            match (on, param("WithCooldown=") == "true") {
+                (true, true) => protections.insert(image, "enabled-with-cooldown".into()),
+                (true, false) => protections.insert(image, "enabled-without-cooldown".into()),
+                (false, _) if with_cooldown => protections.insert(image, "disabled after 2026-12-31T00:00:00Z".into()),
+                (false, _) => protections.remove(&image),
+            };
             ec2_answer(action, "<return>true</return>")
         }));
     }
     let shown = protected.clone();
     proxy.inject(proxy::Fault::rewrite_with("DescribeImages", move |answer| {
-        shown.lock().unwrap().iter().fold(answer.to_string(), |answer, image| {
+        shown.lock().unwrap().iter().fold(answer.to_string(), |answer, (image, protection)| {
             let id = format!("<imageId>{image}</imageId>");
-            answer.replace(
-                &id,
-                &format!("{id}<deregistrationProtection>enabled-without-cooldown</deregistrationProtection>"),
-            )
+            answer.replace(&id, &format!("{id}<deregistrationProtection>{protection}</deregistrationProtection>"))
         })
     }));
     protected

@@ -108,7 +108,8 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
     let report =
         snapshot_on_stop::handle(&clients, &config, available, &Invocation::at(chrono::Utc::now())).await.unwrap();
     assert_eq!(report.outcome, snapshot_on_stop::Outcome::ImageAvailable);
-    assert_eq!(*protected.lock().unwrap(), [made[2].image_id.clone().unwrap()].into());
+    let protected: Vec<String> = protected.lock().unwrap().keys().cloned().collect();
+    assert_eq!(protected, [made[2].image_id.clone().unwrap()]);
     assert_policy_matches("snapshot-on-stop", iam_actions(&proxy.calls()));
 }
 

@@ -959,7 +959,8 @@ async fn protect_newest_guards_the_newest_image_and_only_undoes_its_own_protecti
     let clients = clients_through(&account, &proxy).await;
     let guard = |keep_last| Config { protect_newest: true, ..config(SnapshotScope::Tagged, keep_last, false) };
     let stop = |hour: &str| stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"));
-    let now_protected = || protected.lock().unwrap().clone();
+    let now_protected = || protected.lock().unwrap().keys().cloned().collect::<std::collections::BTreeSet<String>>();
+    let by_hand = account.through(&proxy).ec2();
 
     let a = handle(&clients, &guard(1), stop("01"), &delivery()).await.unwrap();
     let a_image = a.image_id.clone().unwrap();
@@ -978,7 +979,6 @@ async fn protect_newest_guards_the_newest_image_and_only_undoes_its_own_protecti
     let c_image = c.image_id.clone().unwrap();
     assert_eq!(c.protection_removed, std::slice::from_ref(&b_image));
     // A person protects B: that protection is theirs, amiguard never takes it off.
-    let by_hand = account.through(&proxy).ec2();
     by_hand.enable_image_deregistration_protection().image_id(&b_image).send().await.unwrap();
 
     let d = handle(&clients, &guard(1), stop("04"), &delivery()).await.unwrap();
@@ -988,14 +988,33 @@ async fn protect_newest_guards_the_newest_image_and_only_undoes_its_own_protecti
     assert_eq!(now_protected(), [b_image.clone(), d_image.clone()].into());
     let mut remaining = own_image_ids(&account).await;
     remaining.sort();
-    let mut expected = vec![b_image, d_image];
+    let mut expected = vec![b_image.clone(), d_image.clone()];
     expected.sort();
     assert_eq!(remaining, expected);
 
-    // Turned off, PROTECT_NEWEST leaves what it set alone, and says so.
-    let off = handle(&clients, &config(SnapshotScope::Tagged, 3, false), stop("05"), &delivery()).await.unwrap();
+    // A person makes amiguard's protection of D their own (a cooldown): when E is the newest, D's
+    // protection stays, and so does D.
+    by_hand.enable_image_deregistration_protection().image_id(&d_image).with_cooldown(true).send().await.unwrap();
+    let e = handle(&clients, &guard(1), stop("05"), &delivery()).await.unwrap();
+    let e_image = e.image_id.clone().unwrap();
+    assert!(e.protection_removed.is_empty(), "{:?}", e.protection_removed);
+    assert!(e.retired_images.is_empty(), "{:?}", e.retired_images);
+    assert!(
+        e.warnings.iter().any(|w| w.contains(&d_image) && w.contains("changed by someone else")),
+        "{:?}",
+        e.warnings
+    );
+    assert_eq!(now_protected(), [b_image.clone(), d_image.clone(), e_image.clone()].into());
+
+    // Turned off, PROTECT_NEWEST leaves what it set alone (E's), and says so.
+    let off = handle(&clients, &config(SnapshotScope::Tagged, 3, false), stop("06"), &delivery()).await.unwrap();
     assert!(off.protection_enabled.is_empty() && off.protection_removed.is_empty());
-    assert!(off.warnings.iter().any(|w| w.contains("PROTECT_NEWEST is off")), "{:?}", off.warnings);
+    assert!(
+        off.warnings.iter().any(|w| w.contains("PROTECT_NEWEST is off") && w.contains(&e_image)),
+        "{:?}",
+        off.warnings
+    );
+    assert!(now_protected().contains(&e_image));
 }
 
 #[tokio::test]
@@ -1048,4 +1067,26 @@ async fn a_dry_run_ami_event_reads_the_ledger_and_writes_nothing() {
     assert_eq!(records::read(ledger, &account.region, &instance).await.unwrap(), before, "nothing written");
     assert_eq!(own_image_ids(&account).await.len(), 2);
     assert_eq!(default_image(&account, &instance).await, good.image_id, "the default stays");
+}
+
+#[tokio::test]
+async fn protect_newest_that_ec2_refuses_is_a_warning_and_the_next_stop_tries_again() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    // Injected before the emulation: the first Enable is refused.
+    proxy.inject(Fault::error("EnableImageDeregistrationProtection", 400, "UnauthorizedOperation").times(1));
+    let protected = amiguard_integration_tests::emulate_deregistration_protection(&proxy);
+    let clients = clients_through(&account, &proxy).await;
+    let guard = Config { protect_newest: true, ..config(SnapshotScope::Tagged, 2, false) };
+    let first = handle(&clients, &guard, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let image = first.image_id.clone().unwrap();
+    assert!(first.protection_enabled.is_empty());
+    assert!(first.warnings.iter().any(|w| w.contains("UnauthorizedOperation")), "{:?}", first.warnings);
+    let recorded = records::read(clients.ledger.as_ref().unwrap(), &account.region, &instance).await.unwrap();
+    assert!(!recorded.images[0].protection_set, "the ledger does not claim a protection EC2 refused");
+    // The redelivery of the same stop protects it.
+    let again = handle(&clients, &guard, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    assert_eq!(again.protection_enabled, std::slice::from_ref(&image));
+    assert!(protected.lock().unwrap().contains_key(&image));
 }

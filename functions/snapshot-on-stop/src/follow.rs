@@ -71,11 +71,21 @@ pub async fn settle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
     };
     if config.protect_newest {
         guard_newest(ec2, session, &mut managed, newest.as_ref().map(|i| i.image_id.as_str()), report).await;
-    } else if let Some(held) = session.records.images.iter().find(|r| r.is_live() && r.protection_set) {
-        report.warnings.push(format!(
-            "PROTECT_NEWEST is off: the deregistration protection amiguard set on {} stays until a person removes it",
-            held.image_id.as_deref().unwrap_or_default()
-        ));
+    } else {
+        let held: Vec<&str> = managed
+            .iter()
+            .filter(|i| i.deregistration_protected)
+            .filter(|i| {
+                session.records.images.iter().any(|r| r.image_id.as_deref() == Some(&i.image_id) && r.protection_set)
+            })
+            .map(|i| i.image_id.as_str())
+            .collect();
+        if !held.is_empty() {
+            report.warnings.push(format!(
+                "PROTECT_NEWEST is off: the deregistration protection amiguard set on {} stays until a person removes it",
+                held.join(", ")
+            ));
+        }
     }
     if let Some(last) = plan.keep {
         let keep = retention::Keep { last, protect_tag: &config.protect_tag };
@@ -155,10 +165,12 @@ async fn launch_newest<L: LedgerStore>(
 }
 
 /// `PROTECT_NEWEST`: EC2's deregistration protection on the newest available image, and off again
-/// on the images amiguard protected before (the ledger says which: a protection a person set is
-/// never touched). `managed` follows what was done, so that retention sees it. A failure is a
-/// warning: protection is a second guard (retention keeps the newest image anyway), and an image
-/// whose protection could not be taken off is simply not retired.
+/// on the images amiguard protected before. The ledger says which it protected, written *before*
+/// the call (as the journal is), so a protection amiguard set is always one it knows about; it is
+/// taken off only while EC2 still shows amiguard's own kind (`enabled-without-cooldown`): one a
+/// person changed (a cooldown) or removed is theirs from then on. `managed` follows what was done,
+/// so that retention sees it. A failure is a warning: protection is a second guard (retention
+/// keeps the newest image anyway), and an image whose protection stays is simply not retired.
 async fn guard_newest<L: LedgerStore>(
     ec2: &impl SnapshotOnStopEc2,
     session: &mut Session<'_, L>,
@@ -166,7 +178,12 @@ async fn guard_newest<L: LedgerStore>(
     newest: Option<&str>,
     report: &mut Report,
 ) {
+    const AMIGUARDS_KIND: &str = "enabled-without-cooldown";
     for image in managed.iter_mut() {
+        if !session.is_healthy() {
+            // What is not recorded would never be taken off again: nothing is changed.
+            return;
+        }
         let Some(record) =
             session.records.images.iter().find(|r| r.image_id.as_deref() == Some(&image.image_id)).cloned()
         else {
@@ -174,18 +191,23 @@ async fn guard_newest<L: LedgerStore>(
         };
         let is_newest = newest == Some(image.image_id.as_str());
         if is_newest && !image.deregistration_protected {
+            session.record(&MadeImage { protection_set: true, ..record.clone() }).await;
+            if !session.is_healthy() {
+                return;
+            }
             match ec2.enable_deregistration_protection(&image.image_id).await {
                 Ok(()) => {
                     image.deregistration_protected = true;
-                    session.record(&MadeImage { protection_set: true, ..record }).await;
+                    image.deregistration_protection = Some(AMIGUARDS_KIND.to_string());
                     report.protection_enabled.push(image.image_id.clone());
                 }
                 Err(err) => {
+                    session.record(&MadeImage { protection_set: false, ..record }).await;
                     report.warnings.push(format!("{} was not protected from deregistration: {err}", image.image_id))
                 }
             }
         } else if !is_newest && record.protection_set {
-            if image.deregistration_protected {
+            if image.deregistration_protection.as_deref() == Some(AMIGUARDS_KIND) {
                 if let Err(err) = ec2.disable_deregistration_protection(&image.image_id).await {
                     report.warnings.push(format!(
                         "the deregistration protection of {} could not be taken off ({err}): it is kept",
@@ -194,7 +216,14 @@ async fn guard_newest<L: LedgerStore>(
                     continue;
                 }
                 image.deregistration_protected = false;
+                image.deregistration_protection = Some("disabled".to_string());
                 report.protection_removed.push(image.image_id.clone());
+            } else if image.deregistration_protected {
+                report.warnings.push(format!(
+                    "the deregistration protection of {} was changed by someone else ({}): it is theirs and stays",
+                    image.image_id,
+                    image.deregistration_protection.as_deref().unwrap_or_default()
+                ));
             }
             session.record(&MadeImage { protection_set: false, ..record }).await;
         }

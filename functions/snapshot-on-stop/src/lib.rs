@@ -365,13 +365,20 @@ async fn image_and_retire<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublishe
         if session.records.for_stop(stopped_at).is_some_and(|r| r.launch_template.is_none()) {
             // The template was made just now, for an older available image: this stop's
             // configuration gets its version too, for when its image is available.
+            // A failure loses nothing: the image's AMI event (or the next stop) makes its version.
             if let Some(template) = report.launch_template.clone() {
-                let versions = ec2.list_launch_template_versions(&template.id).await?;
-                let version =
-                    image::version_for(ec2, &template.id, &versions, instance_id, &image_id, stopped_at).await?;
-                let mut recorded = session.records.for_stop(stopped_at).cloned().unwrap_or(record);
-                recorded.launch_template = Some(LaunchTemplateRef { id: template.id, version });
-                session.record(&recorded).await;
+                let made = async {
+                    let versions = ec2.list_launch_template_versions(&template.id).await?;
+                    image::version_for(ec2, &template.id, &versions, instance_id, &image_id, stopped_at).await
+                };
+                match made.await {
+                    Ok(version) => {
+                        let mut recorded = session.records.for_stop(stopped_at).cloned().unwrap_or(record);
+                        recorded.launch_template = Some(LaunchTemplateRef { id: template.id, version });
+                        session.record(&recorded).await;
+                    }
+                    Err(err) => report.warnings.push(format!("no template version for {image_id} yet: {err}")),
+                }
             }
         }
     } else {

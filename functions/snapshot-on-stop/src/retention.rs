@@ -56,6 +56,7 @@ pub async fn recorded_images(
             protected: image.tags.iter().any(|t| t.key.eq_ignore_ascii_case(protect_tag)),
             failed: image.has_failed().then(|| image.state_reason.clone().unwrap_or_default()),
             deregistration_protected: image.is_deregistration_protected(),
+            deregistration_protection: image.deregistration_protection.clone(),
         });
     }
     // Every snapshot the images map now, not only the recorded ones: a protect tag on any keeps

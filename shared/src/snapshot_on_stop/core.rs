@@ -161,6 +161,8 @@ pub struct ManagedImage {
     /// EC2's deregistration protection is on: counted like any available image, never retired
     /// (`DeregisterImage` would fail).
     pub deregistration_protected: bool,
+    /// EC2's own words for it (`enabled-without-cooldown`, `enabled-with-cooldown`, ...).
+    pub deregistration_protection: Option<String>,
 }
 
 /// The newest available image (by stop, then creation date): the one the launch template's
@@ -329,6 +331,7 @@ mod tests {
             protected: false,
             failed: None,
             deregistration_protected: false,
+            deregistration_protection: None,
         }
     }
 
