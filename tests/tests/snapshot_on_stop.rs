@@ -701,49 +701,87 @@ fn ami_event(account: &TestAccount, image_id: &str, state: &str) -> Value {
     event
 }
 
-/// EC2 says the image of `instance`'s stop at `stopped` (`20261127T020000Z`) is `state`, in every
-/// DescribeImages answer, whatever moto says.
-fn image_of_stop_is(proxy: &Proxy, instance: &str, stopped: &str, state: &'static str) {
-    let name = format!("amiguard-{instance}-{stopped}");
-    proxy.inject(Fault::rewrite_with("DescribeImages", move |answer| {
-        amiguard_integration_tests::with_image_state(answer, &name, state)
-    }));
-}
-
-/// The image the template's default version launches.
-async fn default_image(account: &TestAccount, instance: &str) -> Option<String> {
-    let versions = account
-        .ec2()
-        .describe_launch_template_versions()
-        .launch_template_name(format!("amiguard-{instance}"))
-        .versions("$Default")
-        .send()
-        .await
-        .unwrap();
-    versions.launch_template_versions()[0].launch_template_data()?.image_id().map(str::to_string)
-}
-
 async fn own_image_ids(account: &TestAccount) -> Vec<String> {
     own_images(account).await.iter().filter_map(|i| i.image_id().map(str::to_string)).collect()
 }
 
+/// An opted-in stopped instance and snapshot-on-stop's clients, with EC2 through a proxy (which
+/// says what moto cannot: a pending or failed image), and, when alerting, an inbox on the topic
+/// the function alerts.
+struct Scene {
+    account: TestAccount,
+    instance: String,
+    proxy: Proxy,
+    clients: Clients<Ec2Client, DynamoLedger>,
+    inbox: Option<amiguard_integration_tests::inbox::AlertInbox>,
+}
+
+impl Scene {
+    async fn new() -> Self {
+        let account = TestAccount::new().await;
+        let instance = account.stopped_instance(&[OPT_IN]).await;
+        let proxy = Proxy::start(&moto().endpoint).await;
+        let clients = clients_through(&account, &proxy).await;
+        Self { account, instance, proxy, clients, inbox: None }
+    }
+
+    /// With alerts to an SQS inbox (`raw`: SNS's raw message delivery).
+    async fn alerting(raw: bool) -> Self {
+        let scene = Self::new().await;
+        let inbox = amiguard_integration_tests::inbox::AlertInbox::new(&scene.account, raw).await;
+        let alerts = amiguard::trust::sns::SnsAlerts::new(scene.account.through(&scene.proxy).sns(), &inbox.topic_arn);
+        Self { clients: Clients { alerts: Some(alerts), ..scene.clients }, inbox: Some(inbox), ..scene }
+    }
+
+    /// The stop at `hour` o'clock on 2026-11-27.
+    async fn stop(&self, config: &Config, hour: &str) -> snapshot_on_stop::Report {
+        let event = stop_event(&self.instance, &format!("2026-11-27T{hour}:00:00Z"));
+        handle(&self.clients, config, event, &delivery()).await.unwrap()
+    }
+
+    async fn ami_event(&self, config: &Config, image_id: &str, state: &str) -> Result<snapshot_on_stop::Report, Error> {
+        handle(&self.clients, config, ami_event(&self.account, image_id, state), &delivery()).await
+    }
+
+    /// EC2 says the image of the stop at `hour` o'clock is `state`, in every DescribeImages
+    /// answer, whatever moto says.
+    fn image_of_stop_is(&self, hour: &str, state: &'static str) {
+        let name = format!("amiguard-{}-20261127T{hour}0000Z", self.instance);
+        self.proxy.inject(Fault::rewrite_with("DescribeImages", move |answer| {
+            amiguard_integration_tests::with_image_state(answer, &name, state)
+        }));
+    }
+
+    /// The image the template's default version launches.
+    async fn default_image(&self) -> Option<String> {
+        let versions = self
+            .account
+            .ec2()
+            .describe_launch_template_versions()
+            .launch_template_name(format!("amiguard-{}", self.instance))
+            .versions("$Default")
+            .send()
+            .await
+            .unwrap();
+        versions.launch_template_versions()[0].launch_template_data()?.image_id().map(str::to_string)
+    }
+}
+
 #[tokio::test]
 async fn keep_last_one_with_the_new_image_pending_keeps_the_old_one_until_its_available_event() {
-    let account = TestAccount::new().await;
-    let instance = account.stopped_instance(&[OPT_IN]).await;
-    let proxy = Proxy::start(&moto().endpoint).await;
-    let clients = clients_through(&account, &proxy).await;
+    let scene = Scene::new().await;
+    let (account, instance, proxy) = (&scene.account, scene.instance.clone(), &scene.proxy);
     let keep_one = config(SnapshotScope::Tagged, 1, false);
-    let good = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let good = scene.stop(&keep_one, "01").await;
     let good_image = good.image_id.clone().unwrap();
 
-    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "pending");
-    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    scene.image_of_stop_is("02", "pending");
+    let second = scene.stop(&keep_one, "02").await;
     let pending = second.image_id.clone().unwrap();
     assert_eq!(second.outcome, Outcome::Created);
     assert!(second.retired_images.is_empty(), "the last good image stays: {:?}", second.retired_images);
     assert_eq!(second.images_not_available, std::slice::from_ref(&pending));
-    assert_eq!(default_image(&account, &instance).await.as_deref(), Some(good_image.as_str()), "the default stays");
+    assert_eq!(scene.default_image().await.as_deref(), Some(good_image.as_str()), "the default stays");
     assert_eq!(second.launch_template, good.launch_template, "the report names the default, still the good image's");
     let versions = account
         .ec2()
@@ -757,39 +795,37 @@ async fn keep_last_one_with_the_new_image_pending_keeps_the_old_one_until_its_av
     assert!(launched.contains(&Some(pending.as_str())), "the stop's configuration is kept in a version: {launched:?}");
 
     // An `available` event EC2 does not agree with yet is retried, and changes nothing.
-    let early = handle(&clients, &keep_one, ami_event(&account, &pending, "available"), &delivery()).await;
+    let early = scene.ami_event(&keep_one, &pending, "available").await;
     assert!(matches!(early, Err(Error::NotYetSettled { .. })), "{early:?}");
-    assert!(own_image_ids(&account).await.contains(&good_image));
+    assert!(own_image_ids(account).await.contains(&good_image));
 
     // EC2 says available now: the event moves the default and runs retention.
     proxy.clear_faults();
-    let settled = handle(&clients, &keep_one, ami_event(&account, &pending, "available"), &delivery()).await.unwrap();
+    let settled = scene.ami_event(&keep_one, &pending, "available").await.unwrap();
     assert_eq!(settled.outcome, Outcome::ImageAvailable);
     assert_eq!(settled.instance_id, instance);
     assert_eq!(settled.image_state.as_deref(), Some("available"));
     assert_eq!(settled.retired_images, std::slice::from_ref(&good_image));
     assert_eq!(settled.deleted_snapshots.len(), 1);
-    assert!(!snapshot_exists(&account, &settled.deleted_snapshots[0]).await);
-    assert_eq!(default_image(&account, &instance).await.as_deref(), Some(pending.as_str()));
-    assert_eq!(own_image_ids(&account).await, std::slice::from_ref(&pending));
+    assert!(!snapshot_exists(account, &settled.deleted_snapshots[0]).await);
+    assert_eq!(scene.default_image().await.as_deref(), Some(pending.as_str()));
+    assert_eq!(own_image_ids(account).await, std::slice::from_ref(&pending));
 
     // A redelivery of the event finds nothing left to do.
-    let again = handle(&clients, &keep_one, ami_event(&account, &pending, "available"), &delivery()).await.unwrap();
+    let again = scene.ami_event(&keep_one, &pending, "available").await.unwrap();
     assert_eq!(again.outcome, Outcome::ImageAvailable);
     assert!(again.retired_images.is_empty() && again.deleted_snapshots.is_empty());
-    assert_eq!(default_image(&account, &instance).await.as_deref(), Some(pending.as_str()));
+    assert_eq!(scene.default_image().await.as_deref(), Some(pending.as_str()));
 }
 
 #[tokio::test]
 async fn a_stop_catches_up_on_an_available_event_that_never_came() {
-    let account = TestAccount::new().await;
-    let instance = account.stopped_instance(&[OPT_IN]).await;
-    let proxy = Proxy::start(&moto().endpoint).await;
-    let clients = clients_through(&account, &proxy).await;
+    let scene = Scene::new().await;
+    let (account, instance, proxy, clients) = (&scene.account, scene.instance.clone(), &scene.proxy, &scene.clients);
     let keep_one = config(SnapshotScope::Tagged, 1, false);
     // The very first stop's image is pending: no template is made until an image is available.
-    image_of_stop_is(&proxy, &instance, "20261127T010000Z", "pending");
-    let first = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    scene.image_of_stop_is("01", "pending");
+    let first = scene.stop(&keep_one, "01").await;
     assert_eq!(first.launch_template, None);
     assert!(first.warnings.iter().any(|w| w.contains("no image of")), "{:?}", first.warnings);
     let templates = account.ec2().describe_launch_templates().send().await.unwrap();
@@ -798,10 +834,10 @@ async fn a_stop_catches_up_on_an_available_event_that_never_came() {
 
     // Its event never comes; the next stop's image is pending too, the first is available now.
     proxy.clear_faults();
-    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "pending");
-    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    scene.image_of_stop_is("02", "pending");
+    let second = scene.stop(&keep_one, "02").await;
     assert!(second.retired_images.is_empty(), "{:?}", second.retired_images);
-    assert_eq!(default_image(&account, &instance).await.as_deref(), Some(first_image.as_str()));
+    assert_eq!(scene.default_image().await.as_deref(), Some(first_image.as_str()));
     let template = second.launch_template.unwrap();
     let recorded = records::read(clients.ledger.as_ref().unwrap(), &account.region, &instance).await.unwrap();
     let first_record = recorded.images.iter().find(|r| r.image_id.as_deref() == Some(first_image.as_str())).unwrap();
@@ -824,32 +860,25 @@ async fn a_stop_catches_up_on_an_available_event_that_never_came() {
 
 #[tokio::test]
 async fn a_failed_image_keeps_the_last_good_one_and_the_default_and_alerts_once() {
-    use amiguard::trust::sns::SnsAlerts;
-    use amiguard_integration_tests::inbox::AlertInbox;
-    let account = TestAccount::new().await;
-    let instance = account.stopped_instance(&[OPT_IN]).await;
-    let proxy = Proxy::start(&moto().endpoint).await;
-    let inbox = AlertInbox::new(&account, false).await;
-    let clients = Clients {
-        alerts: Some(SnsAlerts::new(account.through(&proxy).sns(), &inbox.topic_arn)),
-        ..clients_through(&account, &proxy).await
-    };
+    let scene = Scene::alerting(false).await;
+    let (account, instance, proxy, inbox) =
+        (&scene.account, &scene.instance, &scene.proxy, scene.inbox.as_ref().unwrap());
     let keep_one = config(SnapshotScope::Tagged, 1, false);
-    let good = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let good = scene.stop(&keep_one, "01").await;
     let good_image = good.image_id.unwrap();
-    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "pending");
-    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    scene.image_of_stop_is("02", "pending");
+    let second = scene.stop(&keep_one, "02").await;
     let failed = second.image_id.unwrap();
 
     // It fails (a disabled KMS key, say). SNS refuses the first try (the topic's key is disabled
     // too): the invocation fails, so that Lambda's retry alerts.
     proxy.clear_faults();
-    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "failed");
+    scene.image_of_stop_is("02", "failed");
     proxy.inject(Fault::error("Publish", 400, "KMSDisabled").times(1));
-    let refused = handle(&clients, &keep_one, ami_event(&account, &failed, "failed"), &delivery()).await;
+    let refused = scene.ami_event(&keep_one, &failed, "failed").await;
     assert!(matches!(refused, Err(Error::Aws(ref e)) if e.code == "KMSDisabled"), "{refused:?}");
     proxy.clear_faults();
-    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "failed");
+    scene.image_of_stop_is("02", "failed");
     // EC2's own reason, which moto cannot give: it is what the report and the alert say.
     let reason = "<stateReason><code>Client.InvalidKMSKey.InvalidState</code><message>The key is disabled</message></stateReason>";
     proxy.inject(Fault::rewrite(
@@ -859,7 +888,7 @@ async fn a_failed_image_keeps_the_last_good_one_and_the_default_and_alerts_once(
     ));
     let mut reports = Vec::new();
     for _ in 0..3 {
-        reports.push(handle(&clients, &keep_one, ami_event(&account, &failed, "failed"), &delivery()).await.unwrap());
+        reports.push(scene.ami_event(&keep_one, &failed, "failed").await.unwrap());
     }
     assert!(reports.iter().all(|r| r.outcome == Outcome::ImageFailed && r.retired_images.is_empty()));
     assert_eq!(reports[0].alerted_images, std::slice::from_ref(&failed));
@@ -867,126 +896,116 @@ async fn a_failed_image_keeps_the_last_good_one_and_the_default_and_alerts_once(
     let reason = reports[0].reason.clone().unwrap();
     assert!(reason.contains("The key is disabled") && reason.contains(&good_image), "{reason}");
     assert!(!reason.contains("the event says"), "EC2's reason comes first: {reason}");
-    assert_eq!(default_image(&account, &instance).await.as_deref(), Some(good_image.as_str()), "the default stays");
-    assert!(own_image_ids(&account).await.contains(&good_image), "the last good image stays");
+    assert_eq!(scene.default_image().await.as_deref(), Some(good_image.as_str()), "the default stays");
+    assert!(own_image_ids(account).await.contains(&good_image), "the last good image stays");
 
     // A later stop sees it failed too: never retired, never counted, never alerted again.
-    let third = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T03:00:00Z"), &delivery()).await.unwrap();
+    let third = scene.stop(&keep_one, "03").await;
     assert_eq!(third.retired_images, std::slice::from_ref(&good_image), "KEEP_LAST=1 counts the new available image");
     assert!(third.alerted_images.is_empty(), "{:?}", third.alerted_images);
     assert_eq!(third.images_not_available, std::slice::from_ref(&failed));
-    assert!(own_image_ids(&account).await.contains(&failed), "a failed image stays for a person to look at");
-    assert_eq!(default_image(&account, &instance).await, third.image_id);
+    assert!(own_image_ids(account).await.contains(&failed), "a failed image stays for a person to look at");
+    assert_eq!(scene.default_image().await, third.image_id);
 
     let received = inbox.drain().await;
     assert_eq!(received.len(), 1, "{received:?}");
     let alert = &received[0];
     assert_eq!(alert.severity.as_deref(), Some("medium"));
     let subject = alert.subject.as_deref().unwrap();
-    assert!(subject.contains(&failed) && subject.contains(&instance) && subject.contains("failed"), "{subject}");
+    assert!(
+        subject.contains(&failed) && subject.contains(instance.as_str()) && subject.contains("failed"),
+        "{subject}"
+    );
     assert!(alert.body.contains("Why:      The key is disabled"), "{}", alert.body);
 }
 
 #[tokio::test]
 async fn a_stop_alerts_a_failed_image_whose_event_never_came() {
-    use amiguard::trust::sns::SnsAlerts;
-    use amiguard_integration_tests::inbox::AlertInbox;
-    let account = TestAccount::new().await;
-    let instance = account.stopped_instance(&[OPT_IN]).await;
-    let proxy = Proxy::start(&moto().endpoint).await;
-    let inbox = AlertInbox::new(&account, true).await;
-    let clients = Clients {
-        alerts: Some(SnsAlerts::new(account.through(&proxy).sns(), &inbox.topic_arn)),
-        ..clients_through(&account, &proxy).await
-    };
+    let scene = Scene::alerting(true).await;
     let keep_one = config(SnapshotScope::Tagged, 1, false);
-    let first = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
-    image_of_stop_is(&proxy, &instance, "20261127T010000Z", "failed");
-    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    let first = scene.stop(&keep_one, "01").await;
+    scene.image_of_stop_is("01", "failed");
+    let second = scene.stop(&keep_one, "02").await;
     assert_eq!(second.alerted_images, [first.image_id.clone().unwrap()]);
-    let third = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T03:00:00Z"), &delivery()).await.unwrap();
+    let third = scene.stop(&keep_one, "03").await;
     assert!(third.alerted_images.is_empty());
-    let received = inbox.drain().await;
+    let received = scene.inbox.as_ref().unwrap().drain().await;
     assert_eq!(received.len(), 1, "{received:?}");
     assert_eq!(received[0].severity.as_deref(), Some("medium"));
 }
 
 #[tokio::test]
 async fn ami_events_of_images_the_ledger_does_not_hold_change_nothing() {
-    let account = TestAccount::new().await;
-    let instance = account.stopped_instance(&[OPT_IN]).await;
-    let clients = clients(&account).await;
+    let scene = Scene::new().await;
+    let (account, instance, clients) = (&scene.account, scene.instance.clone(), &scene.clients);
     let keep_one = config(SnapshotScope::Tagged, 1, false);
-    let made = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let made = scene.stop(&keep_one, "01").await;
     let made = made.image_id.unwrap();
     // An image made by hand, with snapshot-on-stop's tags copied onto it.
     let forged = account.ec2().create_image().instance_id(&instance).name("golden").send().await.unwrap();
     let forged = forged.image_id().unwrap().to_string();
-    let copied = image_tags_of(&account, &made).await;
+    let copied = image_tags_of(account, &made).await;
     account.ec2().create_tags().resources(&forged).set_tags(Some(copied)).send().await.unwrap();
-    let before = own_image_ids(&account).await;
+    let before = own_image_ids(account).await;
 
     for state in ["available", "failed"] {
-        let report = handle(&clients, &keep_one, ami_event(&account, &forged, state), &delivery()).await.unwrap();
+        let report = handle(clients, &keep_one, ami_event(account, &forged, state), &delivery()).await.unwrap();
         assert_eq!(report.outcome, Outcome::Skipped);
         assert!(report.reason.as_deref().unwrap().contains("ledger holds no record"), "{:?}", report.reason);
         assert!(report.alerted_images.is_empty());
     }
-    let mut deregistered = ami_event(&account, &made, "available");
+    let mut deregistered = ami_event(account, &made, "available");
     deregistered["detail"]["State"] = json!("deregistered");
-    let report = handle(&clients, &keep_one, deregistered, &delivery()).await.unwrap();
+    let report = handle(clients, &keep_one, deregistered, &delivery()).await.unwrap();
     assert_eq!(report.outcome, Outcome::Skipped);
-    let mut elsewhere = ami_event(&account, &made, "available");
+    let mut elsewhere = ami_event(account, &made, "available");
     elsewhere["region"] = json!("eu-west-1");
-    let report = handle(&clients, &keep_one, elsewhere, &delivery()).await.unwrap();
+    let report = handle(clients, &keep_one, elsewhere, &delivery()).await.unwrap();
     assert!(report.reason.as_deref().unwrap().contains("eu-west-1"), "{:?}", report.reason);
     let no_ledger: Clients<Ec2Client, DynamoLedger> =
         Clients { ec2: Ec2Client::new(account.ec2()), ledger: None, alerts: None, region: account.region.clone() };
-    let report = handle(&no_ledger, &keep_one, ami_event(&account, &made, "available"), &delivery()).await.unwrap();
+    let report = handle(&no_ledger, &keep_one, ami_event(account, &made, "available"), &delivery()).await.unwrap();
     assert!(report.reason.as_deref().unwrap().contains("LEDGER_TABLE"), "{:?}", report.reason);
-    let mut malformed = ami_event(&account, &made, "available");
+    let mut malformed = ami_event(account, &made, "available");
     malformed["detail"]["ImageId"] = json!("snap-0123");
-    assert!(matches!(handle(&clients, &keep_one, malformed, &delivery()).await, Err(Error::Event(_))));
-    assert_eq!(own_image_ids(&account).await, before);
+    assert!(matches!(handle(clients, &keep_one, malformed, &delivery()).await, Err(Error::Event(_))));
+    assert_eq!(own_image_ids(account).await, before);
 }
 
 #[tokio::test]
 async fn protect_newest_guards_the_newest_image_and_only_undoes_its_own_protection() {
-    let account = TestAccount::new().await;
-    let instance = account.stopped_instance(&[OPT_IN]).await;
-    let proxy = Proxy::start(&moto().endpoint).await;
-    let protected = amiguard_integration_tests::emulate_deregistration_protection(&proxy);
-    let clients = clients_through(&account, &proxy).await;
+    let scene = Scene::new().await;
+    let (account, proxy) = (&scene.account, &scene.proxy);
+    let protected = amiguard_integration_tests::emulate_deregistration_protection(proxy);
     let guard = |keep_last| Config { protect_newest: true, ..config(SnapshotScope::Tagged, keep_last, false) };
-    let stop = |hour: &str| stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"));
     let now_protected = || protected.lock().unwrap().keys().cloned().collect::<std::collections::BTreeSet<String>>();
-    let by_hand = account.through(&proxy).ec2();
+    let by_hand = account.through(proxy).ec2();
 
-    let a = handle(&clients, &guard(1), stop("01"), &delivery()).await.unwrap();
+    let a = scene.stop(&guard(1), "01").await;
     let a_image = a.image_id.clone().unwrap();
     assert_eq!(a.protection_enabled, std::slice::from_ref(&a_image));
     assert_eq!(now_protected(), [a_image.clone()].into());
 
     // A newer image is available: it is protected, the older one's protection comes off, and
     // KEEP_LAST=1 retires it in the same delivery.
-    let b = handle(&clients, &guard(1), stop("02"), &delivery()).await.unwrap();
+    let b = scene.stop(&guard(1), "02").await;
     let b_image = b.image_id.clone().unwrap();
     assert_eq!(b.protection_enabled, std::slice::from_ref(&b_image));
     assert_eq!(b.protection_removed, std::slice::from_ref(&a_image));
     assert_eq!(b.retired_images, std::slice::from_ref(&a_image));
 
-    let c = handle(&clients, &guard(2), stop("03"), &delivery()).await.unwrap();
+    let c = scene.stop(&guard(2), "03").await;
     let c_image = c.image_id.clone().unwrap();
     assert_eq!(c.protection_removed, std::slice::from_ref(&b_image));
     // A person protects B: that protection is theirs, amiguard never takes it off.
     by_hand.enable_image_deregistration_protection().image_id(&b_image).send().await.unwrap();
 
-    let d = handle(&clients, &guard(1), stop("04"), &delivery()).await.unwrap();
+    let d = scene.stop(&guard(1), "04").await;
     let d_image = d.image_id.clone().unwrap();
     assert_eq!(d.protection_removed, std::slice::from_ref(&c_image), "only amiguard's own protection is removed");
     assert_eq!(d.retired_images, std::slice::from_ref(&c_image), "B is protected: counted, never deregistered");
     assert_eq!(now_protected(), [b_image.clone(), d_image.clone()].into());
-    let mut remaining = own_image_ids(&account).await;
+    let mut remaining = own_image_ids(account).await;
     remaining.sort();
     let mut expected = vec![b_image.clone(), d_image.clone()];
     expected.sort();
@@ -995,7 +1014,7 @@ async fn protect_newest_guards_the_newest_image_and_only_undoes_its_own_protecti
     // A person makes amiguard's protection of D their own (a cooldown): when E is the newest, D's
     // protection stays, and so does D.
     by_hand.enable_image_deregistration_protection().image_id(&d_image).with_cooldown(true).send().await.unwrap();
-    let e = handle(&clients, &guard(1), stop("05"), &delivery()).await.unwrap();
+    let e = scene.stop(&guard(1), "05").await;
     let e_image = e.image_id.clone().unwrap();
     assert!(e.protection_removed.is_empty(), "{:?}", e.protection_removed);
     assert!(e.retired_images.is_empty(), "{:?}", e.retired_images);
@@ -1007,7 +1026,7 @@ async fn protect_newest_guards_the_newest_image_and_only_undoes_its_own_protecti
     assert_eq!(now_protected(), [b_image.clone(), d_image.clone(), e_image.clone()].into());
 
     // Turned off, PROTECT_NEWEST leaves what it set alone (E's), and says so.
-    let off = handle(&clients, &config(SnapshotScope::Tagged, 3, false), stop("06"), &delivery()).await.unwrap();
+    let off = scene.stop(&config(SnapshotScope::Tagged, 3, false), "06").await;
     assert!(off.protection_enabled.is_empty() && off.protection_removed.is_empty());
     assert!(
         off.warnings.iter().any(|w| w.contains("PROTECT_NEWEST is off") && w.contains(&e_image)),
@@ -1019,74 +1038,64 @@ async fn protect_newest_guards_the_newest_image_and_only_undoes_its_own_protecti
 
 #[tokio::test]
 async fn an_available_event_for_an_opted_out_instance_retires_nothing() {
-    let account = TestAccount::new().await;
-    let instance = account.stopped_instance(&[OPT_IN]).await;
-    let proxy = Proxy::start(&moto().endpoint).await;
-    let clients = clients_through(&account, &proxy).await;
+    let scene = Scene::new().await;
+    let (account, instance) = (&scene.account, scene.instance.clone());
     let keep_one = config(SnapshotScope::Tagged, 1, false);
-    let good = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let good = scene.stop(&keep_one, "01").await;
     let good_image = good.image_id.unwrap();
-    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "pending");
-    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    scene.image_of_stop_is("02", "pending");
+    let second = scene.stop(&keep_one, "02").await;
     let newer = second.image_id.unwrap();
-    proxy.clear_faults();
+    scene.proxy.clear_faults();
     let opt_out = aws_sdk_ec2::types::Tag::builder().key("amiguard:snapshot-on-stop").value("false").build();
     account.ec2().create_tags().resources(&instance).tags(opt_out).send().await.unwrap();
 
-    let report = handle(&clients, &keep_one, ami_event(&account, &newer, "available"), &delivery()).await.unwrap();
+    let report = scene.ami_event(&keep_one, &newer, "available").await.unwrap();
     assert_eq!(report.outcome, Outcome::ImageAvailable);
     assert!(report.retired_images.is_empty(), "{:?}", report.retired_images);
     assert!(report.warnings.iter().any(|w| w.contains("opted out")), "{:?}", report.warnings);
-    assert!(own_image_ids(&account).await.contains(&good_image));
-    assert_eq!(
-        default_image(&account, &instance).await,
-        Some(newer),
-        "the default still follows the newest good image"
-    );
+    assert!(own_image_ids(account).await.contains(&good_image));
+    assert_eq!(scene.default_image().await, Some(newer), "the default still follows the newest good image");
 }
 
 #[tokio::test]
 async fn a_dry_run_ami_event_reads_the_ledger_and_writes_nothing() {
-    let account = TestAccount::new().await;
-    let instance = account.stopped_instance(&[OPT_IN]).await;
-    let proxy = Proxy::start(&moto().endpoint).await;
-    let clients = clients_through(&account, &proxy).await;
+    let scene = Scene::new().await;
+    let (account, instance, proxy, clients) = (&scene.account, scene.instance.clone(), &scene.proxy, &scene.clients);
     let keep_one = config(SnapshotScope::Tagged, 1, false);
-    let good = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
-    image_of_stop_is(&proxy, &instance, "20261127T020000Z", "pending");
-    let second = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T02:00:00Z"), &delivery()).await.unwrap();
+    let good = scene.stop(&keep_one, "01").await;
+    scene.image_of_stop_is("02", "pending");
+    let second = scene.stop(&keep_one, "02").await;
     proxy.clear_faults();
     let ledger = clients.ledger.as_ref().unwrap();
     let before = records::read(ledger, &account.region, &instance).await.unwrap();
 
     let dry = config(SnapshotScope::Tagged, 1, true);
     let newer = second.image_id.unwrap();
-    let report = handle(&clients, &dry, ami_event(&account, &newer, "available"), &delivery()).await.unwrap();
+    let report = scene.ami_event(&dry, &newer, "available").await.unwrap();
     assert_eq!(report.outcome, Outcome::DryRun);
     assert_eq!(report.retired_images, [good.image_id.clone().unwrap()], "what the event would retire");
     assert_eq!(records::read(ledger, &account.region, &instance).await.unwrap(), before, "nothing written");
-    assert_eq!(own_image_ids(&account).await.len(), 2);
-    assert_eq!(default_image(&account, &instance).await, good.image_id, "the default stays");
+    assert_eq!(own_image_ids(account).await.len(), 2);
+    assert_eq!(scene.default_image().await, good.image_id, "the default stays");
 }
 
 #[tokio::test]
 async fn protect_newest_that_ec2_refuses_is_a_warning_and_the_next_stop_tries_again() {
-    let account = TestAccount::new().await;
-    let instance = account.stopped_instance(&[OPT_IN]).await;
-    let proxy = Proxy::start(&moto().endpoint).await;
+    let scene = Scene::new().await;
+    let (account, instance, proxy, clients) = (&scene.account, scene.instance.clone(), &scene.proxy, &scene.clients);
     // Injected before the emulation: the first Enable is refused.
     proxy.inject(Fault::error("EnableImageDeregistrationProtection", 400, "UnauthorizedOperation").times(1));
-    let protected = amiguard_integration_tests::emulate_deregistration_protection(&proxy);
-    let clients = clients_through(&account, &proxy).await;
+    let protected = amiguard_integration_tests::emulate_deregistration_protection(proxy);
     let guard = Config { protect_newest: true, ..config(SnapshotScope::Tagged, 2, false) };
-    let first = handle(&clients, &guard, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let first = scene.stop(&guard, "01").await;
     let image = first.image_id.clone().unwrap();
     assert!(first.protection_enabled.is_empty());
     assert!(first.warnings.iter().any(|w| w.contains("UnauthorizedOperation")), "{:?}", first.warnings);
     let recorded = records::read(clients.ledger.as_ref().unwrap(), &account.region, &instance).await.unwrap();
     assert!(!recorded.images[0].protection_set, "the ledger does not claim a protection EC2 refused");
     // The redelivery of the same stop protects it.
-    let again = handle(&clients, &guard, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
+    let again = scene.stop(&guard, "01").await;
     assert_eq!(again.protection_enabled, std::slice::from_ref(&image));
     assert!(protected.lock().unwrap().contains_key(&image));
 }
