@@ -491,3 +491,67 @@ async fn an_instance_with_fifty_tags_is_alerted_once_and_no_invocation_fails() {
     }
     assert!(!instance_tags(&account, &instance).await.contains_key(tags::UNTRUSTED_AMI));
 }
+
+#[tokio::test]
+async fn an_instance_terminated_before_the_function_ran_is_alerted_once_with_nothing_enforced() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let trusted = format!("self,{AMAZON_OWNER_ID}");
+    let config = config(&inbox.topic_arn, &[("ENFORCEMENT", "stop"), ("TRUSTED_IMAGE_PROVIDERS", &trusted)]);
+    let clients = clients(&account, &config).await;
+    // A miner that ran for a minute: gone by the time its event is handled.
+    let miner = account.run_instance(RHEL_AMI, &[]).await;
+    account.ec2().terminate_instances().instance_ids(&miner).send().await.unwrap();
+
+    let first = one(handle(&config, &clients, &state_change(&account, &miner, "running"), &delivery()).await.unwrap());
+    let again = one(handle(&config, &clients, &state_change(&account, &miner, "running"), &delivery()).await.unwrap());
+
+    assert_eq!(first.outcome, Outcome::Untrusted);
+    assert_eq!(serde_json::to_value(first.enforcement).unwrap(), "instance-gone");
+    assert!(first.alert_message_id.is_some());
+    assert!(again.already_alerted && again.alert_message_id.is_none());
+    let alerts = inbox.drain().await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(alerts[0].body.contains("nothing to tag or stop"), "{}", alerts[0].body);
+    let described = account.ec2().describe_instances().instance_ids(&miner).send().await.unwrap();
+    let instance = &described.reservations()[0].instances()[0];
+    assert!(
+        instance.tags().iter().all(|t| t.key() != Some(tags::UNTRUSTED_AMI)),
+        "a terminated instance is not tagged"
+    );
+}
+
+#[tokio::test]
+async fn published_cloudtrail_records_each_get_an_answer_never_an_error() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[]);
+    let clients = clients(&account, &config).await;
+    let answers = [
+        ("untrusted-ami-alert.cloudtrail-published-single.json", 1),
+        ("untrusted-ami-alert.cloudtrail-published-two-instances.json", 1),
+        ("untrusted-ami-alert.cloudtrail-null-response.json", 0),
+        ("untrusted-ami-alert.cloudtrail-dry-run.json", 0),
+    ];
+    for (sample, judged) in answers {
+        let mut event = sample_event(sample);
+        // As delivered where the function runs: its account and region.
+        event["account"] = json!(account.account_id);
+        event["region"] = json!(account.region);
+        let report = handle(&config, &clients, &event, &delivery()).await;
+        let report = report.unwrap_or_else(|err| panic!("{sample}: {err}"));
+        let instances = match report {
+            Report::Launch { instances } => instances,
+            Report::Instance(one) => vec![one],
+            Report::Audit(_) => panic!("{sample}: an audit"),
+        };
+        let untrusted = instances.iter().filter(|i| i.outcome == Outcome::Untrusted).count();
+        assert_eq!(untrusted, judged, "{sample}: {instances:?}");
+        if judged == 0 {
+            assert!(instances.iter().all(|i| i.outcome == Outcome::Skipped), "{sample}: {instances:?}");
+        }
+    }
+    // The instances are gone (never in this account): judged by each record's image, alerted once
+    // per instance and image (the two records name two images).
+    assert_eq!(inbox.drain().await.len(), 2);
+}

@@ -17,7 +17,7 @@ use amiguard::invocation::Invocation;
 use amiguard::ledger::LedgerStore;
 use amiguard::tags::{self, Tag};
 use amiguard::trust::alert::{self, AlertDetails, OwnerSource};
-use amiguard::trust::ec2::TrustEc2;
+use amiguard::trust::ec2::{LaunchMetadata, TrustEc2};
 use amiguard::trust::enforce::{
     self, Enforcement, EnforcementTaken, InstanceFacts, InstanceState, Occasion, Outcomes, StopStep,
 };
@@ -25,7 +25,7 @@ use amiguard::trust::identity::CallerIdentity;
 use amiguard::trust::policy::{self, ImageFacts, TrustPolicy, Verdict};
 use amiguard::trust::sent::{self, AlertKey, Turn};
 use amiguard::trust::sns::AlertPublisher;
-use amiguard::trust::trigger::{self, Trigger};
+use amiguard::trust::trigger::{self, Launched, Trigger};
 
 use serde::Serialize;
 
@@ -279,24 +279,34 @@ where
             Some(instance_id),
             format!("instance state {state}: only pending and running (launches) are judged"),
         ),
+        Trigger::RunInstancesFailed { error_code } if error_code.ends_with("DryRunOperation") => {
+            skipped(None, format!("a DryRun RunInstances call ({error_code}): no instance was launched"))
+        }
         Trigger::RunInstancesFailed { error_code } => {
             skipped(None, format!("RunInstances failed ({error_code}): no instance was launched"))
         }
+        Trigger::RunInstancesUnrecorded => skipped(
+            None,
+            "CloudTrail recorded no response for this RunInstances (responseElements null): the instances' \
+             state-change events judge them"
+                .into(),
+        ),
         Trigger::OtherApiCall { event_name } => {
             skipped(None, format!("CloudTrail event for {event_name}: only RunInstances is judged"))
         }
         Trigger::StateChange { instance_id, state } => {
             let account = this_account(event.account, clients).await?;
             let ctx = Context { config, clients, account: &account, invocation };
-            ctx.launch(vec![instance_id], Occasion::StateChange(state)).await.map(|mut reports| {
+            let launched = vec![Launched { instance_id, image_id: None }];
+            ctx.launch(launched, Occasion::StateChange(state)).await.map(|mut reports| {
                 let only = reports.pop();
                 only.map(Report::Instance).unwrap_or(Report::Launch { instances: vec![] })
             })
         }
-        Trigger::RunInstances { instance_ids } => {
+        Trigger::RunInstances { instances } => {
             let account = this_account(event.account, clients).await?;
             let ctx = Context { config, clients, account: &account, invocation };
-            ctx.launch(instance_ids, Occasion::RunInstances).await.map(|instances| Report::Launch { instances })
+            ctx.launch(instances, Occasion::RunInstances).await.map(|instances| Report::Launch { instances })
         }
         Trigger::Audit => {
             let account = this_account(event.account, clients).await?;
@@ -335,11 +345,17 @@ struct Guarded {
 }
 
 impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<'_, E, P, I, L> {
-    /// A launch: the instances named by the event, judged as EC2 describes them now.
-    async fn launch(&self, instance_ids: Vec<String>, occasion: Occasion) -> Result<Vec<InstanceReport>, Error> {
-        let instances = self.clients.ec2.instances(&instance_ids).await?;
-        let known: HashSet<&str> = instances.iter().map(|i| i.instance_id.as_str()).collect();
-        let missing: Vec<String> = instance_ids.iter().filter(|id| !known.contains(id.as_str())).cloned().collect();
+    /// A launch: the instances named by the event, judged as EC2 describes them now. One EC2
+    /// no longer lists (a short-lived instance, terminated before this ran) is still judged, by
+    /// the image the launch's record names or EC2's launch metadata says: alerted once, with
+    /// nothing to enforce.
+    async fn launch(&self, launched: Vec<Launched>, occasion: Occasion) -> Result<Vec<InstanceReport>, Error> {
+        let instance_ids: Vec<String> = launched.iter().map(|l| l.instance_id.clone()).collect();
+        let mut instances = self.clients.ec2.instances(&instance_ids).await?;
+        let known: HashSet<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
+        let unlisted: Vec<&Launched> = launched.iter().filter(|l| !known.contains(&l.instance_id)).collect();
+        let (gone, missing) = self.unlisted(&unlisted).await;
+        instances.extend(gone);
         // In the event's order; the ones EC2 knows are guarded even when others are missing.
         let mut ordered: Vec<InstanceFacts> = Vec::with_capacity(instances.len());
         for id in &instance_ids {
@@ -361,6 +377,42 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             });
         }
         Ok(reports)
+    }
+
+    /// The instances EC2 does not list, as far as they can be judged: the image from the launch's
+    /// record, else from EC2's launch metadata (which also says whether the instance is gone).
+    /// Answers those judged (`Unlisted`) and the ids still unknown, or live by the metadata's
+    /// word (EC2 lags right after a launch: the retry judges and enforces them).
+    async fn unlisted(&self, unlisted: &[&Launched]) -> (Vec<InstanceFacts>, Vec<String>) {
+        let ask: Vec<String> = unlisted.iter().map(|l| l.instance_id.clone()).collect();
+        let metadata: HashMap<String, LaunchMetadata> = if ask.is_empty() {
+            HashMap::new()
+        } else {
+            match self.clients.ec2.launch_image_metadata(&ask).await {
+                Ok(found) => found.into_iter().map(|m| (m.instance_id.clone(), m)).collect(),
+                Err(err) => {
+                    tracing::warn!(function = FUNCTION, error = %err, "launch metadata unavailable for unlisted instances");
+                    HashMap::new()
+                }
+            }
+        };
+        let (mut gone, mut missing) = (Vec::new(), Vec::new());
+        for launched in unlisted {
+            let recorded = metadata.get(&launched.instance_id);
+            let live = recorded
+                .and_then(|m| m.instance_state.as_ref())
+                .is_some_and(|s| !s.is_gone() && *s != InstanceState::ShuttingDown);
+            let image_id = launched.image_id.clone().or_else(|| recorded.map(|m| m.image.image_id.clone()));
+            match image_id {
+                Some(image_id) if !live => gone.push(InstanceFacts {
+                    instance_id: launched.instance_id.clone(),
+                    image_id: Some(image_id),
+                    state: InstanceState::Unlisted,
+                }),
+                _ => missing.push(launched.instance_id.clone()),
+            }
+        }
+        (gone, missing)
     }
 
     /// The audit: every instance that is not terminated. It alerts and tags, never stops.
@@ -412,7 +464,6 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         };
         let hidden: Vec<String> = instances
             .iter()
-            .filter(|i| i.state != InstanceState::Terminated)
             .filter(|i| i.image_id.as_ref().is_some_and(|id| !images.contains_key(id)))
             .map(|i| i.instance_id.clone())
             .collect();
@@ -432,7 +483,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             return HashMap::new();
         }
         match self.clients.ec2.launch_image_metadata(instance_ids).await {
-            Ok(found) => found.into_iter().collect(),
+            Ok(found) => found.into_iter().map(|m| (m.instance_id, m.image)).collect(),
             Err(err) => {
                 tracing::warn!(function = FUNCTION, error = %err, "launch metadata unavailable: owners of invisible images unknown");
                 HashMap::new()
@@ -452,11 +503,6 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             let report = InstanceReport::skipped(Some(instance_id), "EC2 reports no image id for the instance".into());
             return Guarded { report, failures: vec![] };
         };
-        if instance.state == InstanceState::Terminated {
-            let report =
-                InstanceReport::skipped(Some(instance_id), "instance is terminated: nothing left to guard".into());
-            return Guarded { report, failures: vec![] };
-        }
         let verdict = policy::verdict(&self.config.policy, image, self.account, self.invocation.now);
         let (owner, owner_source) = match (image, launch_metadata) {
             (Some(image), _) => (Some(image), OwnerSource::Image),
@@ -736,12 +782,21 @@ mod tests {
             Ok(self.images.iter().filter(|i| ids.contains(&i.image_id)).cloned().collect())
         }
 
-        async fn launch_image_metadata(&self, ids: &[String]) -> Result<Vec<(String, ImageFacts)>, AwsError> {
+        async fn launch_image_metadata(&self, ids: &[String]) -> Result<Vec<LaunchMetadata>, AwsError> {
             self.log("DescribeInstanceImageMetadata".into());
             if self.metadata.is_empty() {
                 return Err(AwsError::new("DescribeInstanceImageMetadata", "UnauthorizedOperation", "no"));
             }
-            Ok(self.metadata.iter().filter(|(id, _)| ids.contains(id)).cloned().collect())
+            Ok(self
+                .metadata
+                .iter()
+                .filter(|(id, _)| ids.contains(id))
+                .map(|(id, image)| LaunchMetadata {
+                    instance_id: id.clone(),
+                    image: image.clone(),
+                    instance_state: None,
+                })
+                .collect())
         }
 
         async fn tag_instance(&self, instance_id: &str, tag: &Tag) -> Result<(), AwsError> {
@@ -1097,13 +1152,81 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_terminated_instance_is_skipped() {
-        let clients = clients(FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Terminated)));
-        let report = instance_report(
+    async fn a_terminated_instance_is_alerted_once_with_nothing_enforced() {
+        let ec2 = FakeEc2 {
+            images: vec![vendor_image()],
+            ..FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Terminated))
+        };
+        let clients = clients(ec2);
+        let first = instance_report(
             handle(&config(Enforcement::Stop), &clients, &state_change("running"), &at()).await.unwrap(),
         );
-        assert_eq!(report.outcome, Outcome::Skipped);
-        assert!(clients.alerts.sent.lock().unwrap().is_empty());
+        assert_eq!((first.outcome, first.enforcement), (Outcome::Untrusted, EnforcementTaken::InstanceGone));
+        let second = instance_report(
+            handle(&config(Enforcement::Stop), &clients, &state_change("running"), &at()).await.unwrap(),
+        );
+        assert!(second.already_alerted);
+        let sent = clients.alerts.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "alerted once");
+        assert!(sent[0].body.contains("none: the instance is terminated (nothing to tag or stop)"), "{}", sent[0].body);
+        assert!(clients.ec2.calls().iter().all(|c| !c.starts_with("CreateTags") && !c.starts_with("StopInstances")));
+    }
+
+    fn cloudtrail(response: serde_json::Value) -> serde_json::Value {
+        json!({
+            "detail-type": "AWS API Call via CloudTrail", "source": "aws.ec2", "account": ACCOUNT, "region": "us-east-1",
+            "detail": {"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances", "responseElements": response}
+        })
+    }
+
+    #[tokio::test]
+    async fn an_instance_ec2_no_longer_lists_is_judged_by_the_image_its_launch_record_names() {
+        let clients = clients(FakeEc2 { images: vec![vendor_image()], ..FakeEc2::default() });
+        let event = cloudtrail(json!({"instancesSet": {"items": [
+            {"instanceId": INSTANCE, "imageId": VENDOR_AMI, "launchTime": 1769860800000u64}
+        ]}}));
+        let Report::Launch { instances } = handle(&config(Enforcement::Stop), &clients, &event, &at()).await.unwrap()
+        else {
+            panic!("not a launch report")
+        };
+        assert_eq!(instances.len(), 1);
+        assert_eq!(
+            (instances[0].outcome, instances[0].enforcement),
+            (Outcome::Untrusted, EnforcementTaken::InstanceGone)
+        );
+        assert_eq!(instances[0].image_id.as_deref(), Some(VENDOR_AMI));
+        assert_eq!(clients.alerts.sent.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unlisted_instance_of_a_state_change_is_judged_by_its_launch_metadata_or_retried() {
+        let with_metadata = FakeEc2 { metadata: vec![(INSTANCE.into(), vendor_image())], ..FakeEc2::default() };
+        let judged = clients(with_metadata);
+        let report = instance_report(
+            handle(&config(Enforcement::Alert), &judged, &state_change("pending"), &at()).await.unwrap(),
+        );
+        assert_eq!(report.outcome, Outcome::Untrusted);
+        assert_eq!(report.image_id.as_deref(), Some(VENDOR_AMI));
+        // Nothing names its image: EC2 may lag right after the launch, so the retry looks again.
+        let unknown =
+            clients(FakeEc2 { metadata: vec![("i-0ffffffffffffffff".into(), vendor_image())], ..FakeEc2::default() });
+        let err = handle(&config(Enforcement::Alert), &unknown, &state_change("pending"), &at()).await.unwrap_err();
+        assert!(matches!(err, Error::InstancesNotFound(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn run_instances_records_without_a_response_or_from_a_dry_run_are_answered() {
+        let clients = clients(FakeEc2::default());
+        let unrecorded = instance_report(
+            handle(&config(Enforcement::Alert), &clients, &cloudtrail(json!(null)), &at()).await.unwrap(),
+        );
+        assert_eq!(unrecorded.outcome, Outcome::Skipped);
+        assert!(unrecorded.reasons[0].contains("responseElements null"), "{:?}", unrecorded.reasons);
+        let mut dry_run = cloudtrail(json!(null));
+        dry_run["detail"]["errorCode"] = json!("Client.DryRunOperation");
+        let dry = instance_report(handle(&config(Enforcement::Alert), &clients, &dry_run, &at()).await.unwrap());
+        assert!(dry.reasons[0].contains("DryRun"), "{:?}", dry.reasons);
+        assert!(clients.ec2.calls().is_empty(), "{:?}", clients.ec2.calls());
     }
 
     #[tokio::test]

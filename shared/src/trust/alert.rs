@@ -128,6 +128,9 @@ fn enforcement_text(details: &AlertDetails, occasion: &Occasion) -> String {
         EnforcementTaken::StoppedNotTagged => {
             format!("stopped; NOT TAGGED: the tag {} could not be written: {}", tags::UNTRUSTED_AMI, tag_error(details))
         }
+        EnforcementTaken::InstanceGone => {
+            format!("none: the instance is {} (nothing to tag or stop)", details.instance_state)
+        }
         EnforcementTaken::Failed => format!(
             "FAILED ({}): {}",
             details.enforcement_mode.as_str(),

@@ -17,6 +17,16 @@ const IDS_PER_CALL: usize = 100;
 /// The states of an instance that is not terminated (the audit's scope).
 pub const LIVE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
 
+/// DescribeInstanceImageMetadata's answer for one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchMetadata {
+    pub instance_id: String,
+    /// The image it was launched from, as EC2 recorded it then.
+    pub image: ImageFacts,
+    /// The instance's state now, when EC2 says.
+    pub instance_state: Option<InstanceState>,
+}
+
 pub trait TrustEc2: Sync {
     /// The instances among `instance_ids` that EC2 knows, every page; unknown ids are absent.
     fn instances(&self, instance_ids: &[String]) -> impl Future<Output = Result<Vec<InstanceFacts>, AwsError>> + Send;
@@ -26,11 +36,12 @@ pub trait TrustEc2: Sync {
     /// deprecated and disabled ones included, every page; the others are absent.
     fn visible_images(&self, image_ids: &[String]) -> impl Future<Output = Result<Vec<ImageFacts>, AwsError>> + Send;
     /// What EC2 recorded at launch about each instance's image, even when the image is
-    /// deregistered or private: `(instance id, image facts)`. Best effort: few retries.
+    /// deregistered or private (and for instances DescribeInstances no longer lists). Best
+    /// effort: few retries.
     fn launch_image_metadata(
         &self,
         instance_ids: &[String],
-    ) -> impl Future<Output = Result<Vec<(String, ImageFacts)>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<LaunchMetadata>, AwsError>> + Send;
     fn tag_instance(&self, instance_id: &str, tag: &Tag) -> impl Future<Output = Result<(), AwsError>> + Send;
     fn stop_instance(&self, instance_id: &str) -> impl Future<Output = Result<StopOutcome, AwsError>> + Send;
 }
@@ -69,11 +80,12 @@ fn image_facts(image: &aws_sdk_ec2::types::Image) -> Option<ImageFacts> {
     })
 }
 
-fn metadata_facts(metadata: &aws_sdk_ec2::types::InstanceImageMetadata) -> Option<(String, ImageFacts)> {
+fn metadata_facts(metadata: &aws_sdk_ec2::types::InstanceImageMetadata) -> Option<LaunchMetadata> {
     let image = metadata.image_metadata()?;
-    Some((
-        metadata.instance_id()?.to_string(),
-        ImageFacts {
+    Some(LaunchMetadata {
+        instance_id: metadata.instance_id()?.to_string(),
+        instance_state: metadata.state().and_then(|s| s.name()).map(|n| InstanceState::parse(n.as_str())),
+        image: ImageFacts {
             image_id: image.image_id()?.to_string(),
             owner_id: image.owner_id().unwrap_or_default().to_string(),
             owner_alias: image.image_owner_alias().map(str::to_string),
@@ -81,7 +93,7 @@ fn metadata_facts(metadata: &aws_sdk_ec2::types::InstanceImageMetadata) -> Optio
             creation_date: image.creation_date().map(str::to_string),
             deprecation_time: image.deprecation_time().map(str::to_string),
         },
-    ))
+    })
 }
 
 fn filter(name: &str, values: &[String]) -> Filter {
@@ -136,7 +148,7 @@ impl TrustEc2 for Ec2Trust {
         Ok(found)
     }
 
-    async fn launch_image_metadata(&self, instance_ids: &[String]) -> Result<Vec<(String, ImageFacts)>, AwsError> {
+    async fn launch_image_metadata(&self, instance_ids: &[String]) -> Result<Vec<LaunchMetadata>, AwsError> {
         let mut found = Vec::new();
         for chunk in instance_ids.chunks(IDS_PER_CALL) {
             let mut pages = self
@@ -306,6 +318,11 @@ mod tests {
                     .instance_image_metadata(
                         InstanceImageMetadata::builder()
                             .instance_id("i-1")
+                            .state(
+                                aws_sdk_ec2::types::InstanceState::builder()
+                                    .name(aws_sdk_ec2::types::InstanceStateName::Terminated)
+                                    .build(),
+                            )
                             .image_metadata(
                                 ImageMetadata::builder()
                                     .image_id("ami-gone")
@@ -324,9 +341,10 @@ mod tests {
         let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
         let found = Ec2Trust::new(client).launch_image_metadata(&["i-1".to_string(), "i-2".to_string()]).await.unwrap();
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].0, "i-1");
-        assert_eq!(found[0].1.owner_id, "444455556666");
-        assert_eq!(found[0].1.owner_alias.as_deref(), Some("aws-marketplace"));
+        assert_eq!(found[0].instance_id, "i-1");
+        assert_eq!(found[0].image.owner_id, "444455556666");
+        assert_eq!(found[0].image.owner_alias.as_deref(), Some("aws-marketplace"));
+        assert_eq!(found[0].instance_state, Some(InstanceState::Terminated));
     }
 
     /// Tokio's clock, so that a paused test runtime skips the retry back-off.

@@ -43,6 +43,9 @@ pub enum InstanceState {
     Terminated,
     Stopping,
     Stopped,
+    /// EC2 no longer lists the instance (terminated long enough ago), or does not yet: only the
+    /// launch's record (CloudTrail) or EC2's launch metadata names its image.
+    Unlisted,
     Other(String),
 }
 
@@ -67,8 +70,16 @@ impl InstanceState {
             Self::Terminated => "terminated",
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
+            Self::Unlisted => "no longer listed by EC2",
             Self::Other(name) => name,
         }
+    }
+}
+
+impl InstanceState {
+    /// Terminated, or no longer listed: judged and alerted, but there is nothing to tag or stop.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Self::Terminated | Self::Unlisted)
     }
 }
 
@@ -138,6 +149,9 @@ pub struct Plan {
 }
 
 pub fn plan(enforcement: Enforcement, occasion: &Occasion, state: &InstanceState) -> Plan {
+    if state.is_gone() {
+        return Plan { tag: false, stop: StopStep::NotAsked };
+    }
     let stop = match (enforcement, occasion.is_audit(), state) {
         (Enforcement::Stop, false, InstanceState::Running) => StopStep::Now,
         (Enforcement::Stop, false, InstanceState::Pending) => StopStep::WhenRunning,
@@ -168,6 +182,8 @@ pub enum EnforcementTaken {
     StoppedNotTagged,
     /// The stop failed: the invocation fails so that Lambda retries it (the alert is not repeated).
     Failed,
+    /// The instance is terminated or no longer listed: nothing to tag or stop (the alert still goes).
+    InstanceGone,
 }
 
 /// How StopInstances answered.
@@ -190,6 +206,10 @@ pub struct Outcomes<'a> {
 /// The enforcement taken once the planned calls are made.
 pub fn taken(enforcement: Enforcement, plan: &Plan, outcomes: Outcomes<'_>) -> EnforcementTaken {
     let Outcomes { tag_failed, stop, stop_failed } = outcomes;
+    // Only a gone instance gets a plan without the tag that `tag` or `stop` asks for.
+    if !plan.tag && plan.stop == StopStep::NotAsked && enforcement != Enforcement::Alert {
+        return EnforcementTaken::InstanceGone;
+    }
     match (enforcement, plan.stop, stop) {
         (Enforcement::Alert, _, _) => EnforcementTaken::None,
         _ if stop_failed => EnforcementTaken::Failed,

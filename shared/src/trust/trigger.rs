@@ -15,14 +15,29 @@ pub const SCHEDULED_EVENT: &str = "Scheduled Event";
 pub enum Trigger {
     /// An instance changed state (any state: the handler skips all but `pending` and `running`).
     StateChange { instance_id: String, state: String },
-    /// `RunInstances` launched these instances (in the order of the call, without repeats).
-    RunInstances { instance_ids: Vec<String> },
-    /// `RunInstances` failed (`errorCode`): nothing was launched.
+    /// `RunInstances` launched these instances (in the order of the call, without repeats), each
+    /// with the image the record says it was launched from (a launch-template launch names no
+    /// image in its request; its response does).
+    RunInstances { instances: Vec<Launched> },
+    /// `RunInstances` failed (`errorCode`; a `DryRun` call answers `Client.DryRunOperation`):
+    /// nothing was launched.
     RunInstancesFailed { error_code: String },
+    /// `RunInstances` without an error whose record holds no response (`"responseElements":
+    /// null`, as CloudTrail writes when the response was too large or not recorded): the
+    /// instances are unknown here; their state-change events judge them.
+    RunInstancesUnrecorded,
     /// A CloudTrail event of another EC2 call: the rule sends more than it should.
     OtherApiCall { event_name: String },
     /// The scheduled audit.
     Audit,
+}
+
+/// One instance a `RunInstances` record says was launched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launched {
+    pub instance_id: String,
+    /// The record's `imageId` for it (EC2's own answer to the call).
+    pub image_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,25 +62,10 @@ struct CloudTrailDetail {
     event_name: String,
     #[serde(default)]
     error_code: Option<String>,
+    /// Read loosely: published records carry many shapes (`launchTime` as epoch milliseconds,
+    /// sometimes a float; nested sets of every kind). Only the instance and image ids are read.
     #[serde(default)]
-    response_elements: Option<RunInstancesResponse>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RunInstancesResponse {
-    instances_set: InstancesSet,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct InstancesSet {
-    items: Vec<LaunchedInstance>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LaunchedInstance {
-    instance_id: String,
+    response_elements: Option<serde_json::Value>,
 }
 
 pub fn parse(payload: &serde_json::Value) -> Result<TriggerEvent, EventError> {
@@ -112,23 +112,30 @@ fn cloudtrail(detail: CloudTrailDetail) -> Result<Trigger, EventError> {
     if detail.event_name != "RunInstances" {
         return Ok(Trigger::OtherApiCall { event_name: detail.event_name });
     }
-    if let Some(error_code) = detail.error_code {
+    if let Some(error_code) = detail.error_code.filter(|c| !c.is_empty()) {
         return Ok(Trigger::RunInstancesFailed { error_code });
     }
-    let launched = detail.response_elements.ok_or_else(|| {
-        EventError::Malformed("detail.responseElements: missing for a RunInstances call without errorCode".to_string())
-    })?;
-    let mut instance_ids: Vec<String> = Vec::new();
-    for item in launched.instances_set.items {
-        check_instance_id(&item.instance_id)?;
-        if !instance_ids.contains(&item.instance_id) {
-            instance_ids.push(item.instance_id);
+    let Some(response) = detail.response_elements.filter(|r| !r.is_null()) else {
+        return Ok(Trigger::RunInstancesUnrecorded);
+    };
+    let items = response.pointer("/instancesSet/items").and_then(serde_json::Value::as_array);
+    let Some(items) = items.filter(|items| !items.is_empty()) else {
+        return Err(EventError::Malformed(
+            "detail.responseElements.instancesSet.items: no instance in a RunInstances response".to_string(),
+        ));
+    };
+    let mut instances: Vec<Launched> = Vec::new();
+    for item in items {
+        let instance_id = item.get("instanceId").and_then(serde_json::Value::as_str).ok_or_else(|| {
+            EventError::Malformed("detail.responseElements.instancesSet.items[].instanceId: missing".to_string())
+        })?;
+        check_instance_id(instance_id)?;
+        let image_id = item.get("imageId").and_then(serde_json::Value::as_str).filter(|id| id.starts_with("ami-"));
+        if !instances.iter().any(|i| i.instance_id == instance_id) {
+            instances.push(Launched { instance_id: instance_id.to_string(), image_id: image_id.map(str::to_string) });
         }
     }
-    if instance_ids.is_empty() {
-        return Err(EventError::Malformed("detail.responseElements.instancesSet.items is empty".to_string()));
-    }
-    Ok(Trigger::RunInstances { instance_ids })
+    Ok(Trigger::RunInstances { instances })
 }
 
 fn detail<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, EventError> {
@@ -200,9 +207,10 @@ mod tests {
             ]}}
         })))
         .unwrap();
+        let launched = |id: &str| Launched { instance_id: id.into(), image_id: Some("ami-1".into()) };
         assert_eq!(
             event.trigger,
-            Trigger::RunInstances { instance_ids: vec!["i-0aaaaaaaaaaaaaaaa".into(), "i-0bbbbbbbbbbbbbbbb".into()] }
+            Trigger::RunInstances { instances: vec![launched("i-0aaaaaaaaaaaaaaaa"), launched("i-0bbbbbbbbbbbbbbbb")] }
         );
     }
 
@@ -217,6 +225,42 @@ mod tests {
         let other =
             parse(&run_instances(json!({"eventSource": "ec2.amazonaws.com", "eventName": "StopInstances"}))).unwrap();
         assert_eq!(other.trigger, Trigger::OtherApiCall { event_name: "StopInstances".into() });
+    }
+
+    #[test]
+    fn a_run_instances_record_without_a_response_or_a_dry_run_is_answered_not_refused() {
+        for response in [json!(null), json!("absent")] {
+            let mut detail = json!({"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances"});
+            if !response.is_string() {
+                detail["responseElements"] = response;
+            }
+            assert_eq!(parse(&run_instances(detail)).unwrap().trigger, Trigger::RunInstancesUnrecorded);
+        }
+        let dry_run = parse(&run_instances(json!({
+            "eventSource": "ec2.amazonaws.com", "eventName": "RunInstances",
+            "errorCode": "Client.DryRunOperation", "errorMessage": "Request would have succeeded, but DryRun flag is set."
+        })));
+        assert_eq!(
+            dry_run.unwrap().trigger,
+            Trigger::RunInstancesFailed { error_code: "Client.DryRunOperation".into() }
+        );
+    }
+
+    #[test]
+    fn a_launch_from_several_images_and_odd_field_types_is_read() {
+        let event = parse(&run_instances(json!({
+            "eventSource": "ec2.amazonaws.com", "eventName": "RunInstances",
+            "requestParameters": {"launchTemplate": {"launchTemplateId": "lt-0123"}},
+            "responseElements": {"instancesSet": {"items": [
+                {"instanceId": "i-0aaaaaaaaaaaaaaaa", "imageId": "ami-1", "launchTime": 1712070786000u64},
+                {"instanceId": "i-0bbbbbbbbbbbbbbbb", "imageId": "ami-2", "launchTime": 1712070786000.5},
+                {"instanceId": "i-0cccccccccccccccc", "launchTime": "2026-01-31T12:00:00Z"}
+            ]}}
+        })))
+        .unwrap();
+        let Trigger::RunInstances { instances } = event.trigger else { panic!("not a launch") };
+        let images: Vec<Option<&str>> = instances.iter().map(|i| i.image_id.as_deref()).collect();
+        assert_eq!(images, [Some("ami-1"), Some("ami-2"), None]);
     }
 
     #[test]
@@ -260,20 +304,16 @@ mod tests {
             "12-digit",
         );
         malformed(
-            run_instances(json!({"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances"})),
-            "responseElements",
-        );
-        malformed(
             run_instances(
                 json!({"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances", "responseElements": {"instancesSet": {"items": []}}}),
             ),
-            "empty",
+            "no instance",
         );
         malformed(
             run_instances(
                 json!({"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances", "responseElements": {"instancesSet": {}}}),
             ),
-            "items",
+            "no instance",
         );
         malformed(
             json!({"detail-type": SCHEDULED_EVENT, "source": "aws.events", "detail": []}),
