@@ -314,10 +314,23 @@ where
             ctx.audit().await
         }
     };
-    if let Ok(report) = &result {
+    let mut result = result;
+    if let Ok(report) = &mut result {
+        report.add_warnings(&config.policy.warnings());
         amiguard::report::log(FUNCTION, report);
     }
     result
+}
+
+impl Report {
+    /// Warnings about the whole invocation (the policy's), on each instance's report.
+    fn add_warnings(&mut self, warnings: &[String]) {
+        match self {
+            Self::Instance(one) => one.warnings.extend_from_slice(warnings),
+            Self::Launch { instances } => instances.iter_mut().for_each(|i| i.warnings.extend_from_slice(warnings)),
+            Self::Audit(audit) => audit.warnings.extend_from_slice(warnings),
+        }
+    }
 }
 
 /// `self`: the event's account; STS only when the event does not say.
@@ -1149,6 +1162,15 @@ mod tests {
         let err = handle(&config(Enforcement::Alert), &clients, &state_change("pending"), &at()).await.unwrap_err();
         assert!(matches!(&err, Error::InstancesNotFound(ids) if ids == &[INSTANCE.to_string()]), "{err}");
         assert!(clients.alerts.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_criterion_without_image_providers_is_warned_about_in_every_report() {
+        let clients = clients(FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running)));
+        let policy = TrustPolicy::from_criteria_json(r#"[{"ImageNames": ["vendor"]}]"#).unwrap();
+        let config = Config { policy, ..config(Enforcement::Alert) };
+        let report = instance_report(handle(&config, &clients, &state_change("running"), &at()).await.unwrap());
+        assert!(report.warnings.iter().any(|w| w.contains("no ImageProviders")), "{:?}", report.warnings);
     }
 
     #[tokio::test]

@@ -14,6 +14,9 @@ use untrusted_ami_alert::{handle, Clients, Config, FUNCTION};
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = amiguard::config::reported(FUNCTION, Config::from_env(&ProcessEnv))?;
+    for warning in config.policy.warnings() {
+        tracing::warn!(function = FUNCTION, "{warning}");
+    }
     let table = amiguard::config::reported(FUNCTION, amiguard::ledger::table_name(&ProcessEnv))?;
     if table.is_none() {
         tracing::warn!(function = FUNCTION, "LEDGER_TABLE is not set: every event alerts again");

@@ -144,6 +144,24 @@ impl Default for TrustPolicy {
 }
 
 impl TrustPolicy {
+    /// What in the policy is likely a mistake, said at init and in every report: a criterion
+    /// without `ImageProviders` trusts an image of that name (or age) from *any* account,
+    /// public images included, and a name is trivial to squat. EC2's Allowed AMIs reads it the
+    /// same way, so it is kept, not refused.
+    pub fn warnings(&self) -> Vec<String> {
+        self.criteria
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.providers.is_none())
+            .map(|(index, c)| {
+                format!(
+                    "criterion {} ({c}) has no ImageProviders: it trusts a matching image from any account, public ones included; add ImageProviders",
+                    index + 1
+                )
+            })
+            .collect()
+    }
+
     /// `TRUSTED_IMAGE_PROVIDERS`: a comma list of provider words. Blank entries, unknown words and
     /// more than 200 providers are errors; duplicates are dropped.
     pub fn from_provider_list(list: &str) -> Result<Self, String> {
@@ -603,6 +621,21 @@ fn quoted(items: &[String]) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+
+    #[test]
+    fn a_criterion_without_image_providers_is_warned_about_and_kept() {
+        let policy =
+            TrustPolicy::from_criteria_json(r#"[{"ImageNames": ["al2023-ami-*"]}, {"ImageProviders": ["amazon"]}]"#)
+                .unwrap();
+        let warnings = policy.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("criterion 1 (names \"al2023-ami-*\")") && warnings[0].contains("ImageProviders"),
+            "{warnings:?}"
+        );
+        assert!(TrustPolicy::default().warnings().is_empty());
+    }
+
     use super::*;
     use chrono::TimeZone;
     use proptest::prelude::*;
