@@ -27,6 +27,7 @@ use amiguard::trust::sent::{self, AlertKey, Turn};
 use amiguard::trust::sns::AlertPublisher;
 use amiguard::trust::trigger::{self, Launched, Trigger};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub const FUNCTION: &str = "untrusted-ami-alert";
@@ -298,7 +299,7 @@ where
             let account = this_account(event.account, clients).await?;
             let ctx = Context { config, clients, account: &account, invocation };
             let launched = vec![Launched { instance_id, image_id: None }];
-            ctx.launch(launched, Occasion::StateChange(state)).await.map(|mut reports| {
+            ctx.launch(launched, Occasion::StateChange(state), event.time).await.map(|mut reports| {
                 let only = reports.pop();
                 only.map(Report::Instance).unwrap_or(Report::Launch { instances: vec![] })
             })
@@ -306,7 +307,9 @@ where
         Trigger::RunInstances { instances } => {
             let account = this_account(event.account, clients).await?;
             let ctx = Context { config, clients, account: &account, invocation };
-            ctx.launch(instances, Occasion::RunInstances).await.map(|instances| Report::Launch { instances })
+            ctx.launch(instances, Occasion::RunInstances, event.time)
+                .await
+                .map(|instances| Report::Launch { instances })
         }
         Trigger::Audit => {
             let account = this_account(event.account, clients).await?;
@@ -360,14 +363,19 @@ struct Guarded {
 impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<'_, E, P, I, L> {
     /// A launch: the instances named by the event, judged as EC2 describes them now. One EC2
     /// no longer lists (a short-lived instance, terminated before this ran) is still judged, by
-    /// the image the launch's record names or EC2's launch metadata says: alerted once, with
-    /// nothing to enforce.
-    async fn launch(&self, launched: Vec<Launched>, occasion: Occasion) -> Result<Vec<InstanceReport>, Error> {
+    /// the image EC2's launch metadata recorded (or, for an event over an hour old, the one the
+    /// launch's record names): alerted once, with nothing to enforce.
+    async fn launch(
+        &self,
+        launched: Vec<Launched>,
+        occasion: Occasion,
+        event_time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<InstanceReport>, Error> {
         let instance_ids: Vec<String> = launched.iter().map(|l| l.instance_id.clone()).collect();
         let mut instances = self.clients.ec2.instances(&instance_ids).await?;
         let known: HashSet<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
         let unlisted: Vec<&Launched> = launched.iter().filter(|l| !known.contains(&l.instance_id)).collect();
-        let (gone, missing) = self.unlisted(&unlisted).await;
+        let (gone, missing, notes) = self.unlisted(&unlisted, event_time).await;
         instances.extend(gone);
         // In the event's order; the ones EC2 knows are guarded even when others are missing.
         let mut ordered: Vec<InstanceFacts> = Vec::with_capacity(instances.len());
@@ -377,8 +385,10 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         let guarded = self.guard(&ordered, &occasion).await?;
         let mut failures = Vec::new();
         let mut reports = Vec::new();
-        for g in guarded {
+        for mut g in guarded {
             failures.extend(g.failures);
+            let id = g.report.instance_id.as_deref();
+            g.report.warnings.extend(notes.iter().filter(|(i, _)| Some(i.as_str()) == id).map(|(_, n)| n.clone()));
             reports.push(g.report);
         }
         if !failures.is_empty() || !missing.is_empty() {
@@ -392,11 +402,19 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         Ok(reports)
     }
 
-    /// The instances EC2 does not list, as far as they can be judged: the image from the launch's
-    /// record, else from EC2's launch metadata (which also says whether the instance is gone).
-    /// Answers those judged (`Unlisted`) and the ids still unknown, or live by the metadata's
-    /// word (EC2 lags right after a launch: the retry judges and enforces them).
-    async fn unlisted(&self, unlisted: &[&Launched]) -> (Vec<InstanceFacts>, Vec<String>) {
+    /// The instances EC2 does not list, as far as they can be judged. EC2 keeps listing a
+    /// terminated instance for about an hour, so one it does not list is gone when its launch
+    /// metadata says so, or when the event is older than that; anything else may be EC2 lagging
+    /// right after a launch (the retry judges and enforces it). The image is EC2's launch
+    /// metadata's; the record's `imageId` (which a direct invoker can write) only when EC2 has
+    /// none to give. Answers those judged (`Unlisted`), the ids left for the retry, and notes
+    /// for the reports.
+    async fn unlisted(
+        &self,
+        unlisted: &[&Launched],
+        event_time: Option<DateTime<Utc>>,
+    ) -> (Vec<InstanceFacts>, Vec<String>, Vec<(String, String)>) {
+        const LISTED_AFTER_TERMINATION: chrono::Duration = chrono::Duration::hours(1);
         let ask: Vec<String> = unlisted.iter().map(|l| l.instance_id.clone()).collect();
         let metadata: HashMap<String, LaunchMetadata> = if ask.is_empty() {
             HashMap::new()
@@ -409,23 +427,40 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 }
             }
         };
-        let (mut gone, mut missing) = (Vec::new(), Vec::new());
+        let old_event = event_time.is_some_and(|t| self.invocation.now - t > LISTED_AFTER_TERMINATION);
+        let (mut gone, mut missing, mut notes) = (Vec::new(), Vec::new(), Vec::new());
         for launched in unlisted {
-            let recorded = metadata.get(&launched.instance_id);
-            let live = recorded
-                .and_then(|m| m.instance_state.as_ref())
-                .is_some_and(|s| !s.is_gone() && *s != InstanceState::ShuttingDown);
-            let image_id = launched.image_id.clone().or_else(|| recorded.map(|m| m.image.image_id.clone()));
+            let id = &launched.instance_id;
+            let recorded = metadata.get(id);
+            let state = recorded.and_then(|m| m.instance_state.as_ref());
+            let is_gone = match state {
+                Some(state) => state.is_gone() || *state == InstanceState::ShuttingDown,
+                None => old_event,
+            };
+            let image_id = match (recorded, &launched.image_id) {
+                (Some(m), Some(named)) if &m.image.image_id != named => {
+                    notes.push((
+                        id.clone(),
+                        format!(
+                            "the event names image {named}, EC2's launch metadata {}: EC2's is judged",
+                            m.image.image_id
+                        ),
+                    ));
+                    Some(m.image.image_id.clone())
+                }
+                (Some(m), _) => Some(m.image.image_id.clone()),
+                (None, named) => named.clone(),
+            };
             match image_id {
-                Some(image_id) if !live => gone.push(InstanceFacts {
-                    instance_id: launched.instance_id.clone(),
+                Some(image_id) if is_gone => gone.push(InstanceFacts {
+                    instance_id: id.clone(),
                     image_id: Some(image_id),
                     state: InstanceState::Unlisted,
                 }),
-                _ => missing.push(launched.instance_id.clone()),
+                _ => missing.push(id.clone()),
             }
         }
-        (gone, missing)
+        (gone, missing, notes)
     }
 
     /// The audit: every instance that is not terminated. It alerts and tags, never stops.
@@ -752,6 +787,8 @@ mod tests {
         instances: Mutex<Vec<InstanceFacts>>,
         images: Vec<ImageFacts>,
         metadata: Vec<(String, ImageFacts)>,
+        /// What the launch metadata says of each instance's state (`None`: it does not say).
+        metadata_state: Option<InstanceState>,
         fail_tag: Option<&'static str>,
         fail_stop: Option<&'static str>,
         stop_refused: bool,
@@ -807,7 +844,7 @@ mod tests {
                 .map(|(id, image)| LaunchMetadata {
                     instance_id: id.clone(),
                     image: image.clone(),
-                    instance_state: None,
+                    instance_state: self.metadata_state.clone(),
                 })
                 .collect())
         }
@@ -1194,9 +1231,11 @@ mod tests {
         assert!(clients.ec2.calls().iter().all(|c| !c.starts_with("CreateTags") && !c.starts_with("StopInstances")));
     }
 
+    /// A RunInstances record two hours old (EC2 has forgotten an instance terminated since).
     fn cloudtrail(response: serde_json::Value) -> serde_json::Value {
         json!({
             "detail-type": "AWS API Call via CloudTrail", "source": "aws.ec2", "account": ACCOUNT, "region": "us-east-1",
+            "time": "2026-01-31T10:00:00Z",
             "detail": {"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances", "responseElements": response}
         })
     }
@@ -1221,19 +1260,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unlisted_instance_of_a_state_change_is_judged_by_its_launch_metadata_or_retried() {
-        let with_metadata = FakeEc2 { metadata: vec![(INSTANCE.into(), vendor_image())], ..FakeEc2::default() };
-        let judged = clients(with_metadata);
+    async fn an_unlisted_instance_is_judged_by_ec2s_launch_metadata_only_when_ec2_says_it_is_gone() {
+        let metadata = |state: Option<InstanceState>| FakeEc2 {
+            metadata: vec![(INSTANCE.into(), vendor_image())],
+            metadata_state: state,
+            ..FakeEc2::default()
+        };
+        let judged = clients(metadata(Some(InstanceState::Terminated)));
         let report = instance_report(
-            handle(&config(Enforcement::Alert), &judged, &state_change("pending"), &at()).await.unwrap(),
+            handle(&config(Enforcement::Stop), &judged, &state_change("pending"), &at()).await.unwrap(),
         );
-        assert_eq!(report.outcome, Outcome::Untrusted);
+        assert_eq!((report.outcome, report.enforcement), (Outcome::Untrusted, EnforcementTaken::InstanceGone));
         assert_eq!(report.image_id.as_deref(), Some(VENDOR_AMI));
-        // Nothing names its image: EC2 may lag right after the launch, so the retry looks again.
-        let unknown =
-            clients(FakeEc2 { metadata: vec![("i-0ffffffffffffffff".into(), vendor_image())], ..FakeEc2::default() });
+        // Live by EC2's word, or EC2 does not say (and the event is fresh): EC2 may lag right
+        // after the launch, so the retry looks again (and then enforces).
+        for state in [Some(InstanceState::Running), None] {
+            let lagging = clients(metadata(state.clone()));
+            let err = handle(&config(Enforcement::Stop), &lagging, &state_change("pending"), &at()).await.unwrap_err();
+            assert!(matches!(err, Error::InstancesNotFound(_)), "{state:?}: {err}");
+            assert!(lagging.alerts.sent.lock().unwrap().is_empty(), "{state:?}");
+        }
+        let unknown = clients(FakeEc2::default());
         let err = handle(&config(Enforcement::Alert), &unknown, &state_change("pending"), &at()).await.unwrap_err();
         assert!(matches!(err, Error::InstancesNotFound(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn ec2s_image_is_judged_when_the_record_names_another() {
+        let ec2 = FakeEc2 {
+            metadata: vec![(INSTANCE.into(), vendor_image())],
+            metadata_state: Some(InstanceState::Terminated),
+            ..FakeEc2::default()
+        };
+        let clients = clients(ec2);
+        // A forged record naming a trusted image for an untrusted instance.
+        let event = cloudtrail(
+            json!({"instancesSet": {"items": [{"instanceId": INSTANCE, "imageId": "ami-0bbbbbbbbbbbbbbbb"}]}}),
+        );
+        let Report::Launch { instances } = handle(&config(Enforcement::Alert), &clients, &event, &at()).await.unwrap()
+        else {
+            panic!("not a launch report")
+        };
+        assert_eq!(instances[0].image_id.as_deref(), Some(VENDOR_AMI));
+        assert_eq!(instances[0].outcome, Outcome::Untrusted);
+        assert!(instances[0].warnings.iter().any(|w| w.contains("EC2's is judged")), "{:?}", instances[0].warnings);
     }
 
     #[tokio::test]

@@ -146,11 +146,13 @@ pub struct Plan {
     /// whatever tag the instance already carries was possibly set by its launcher).
     pub tag: bool,
     pub stop: StopStep,
+    /// The instance is terminated or no longer listed: nothing is tagged or stopped.
+    pub gone: bool,
 }
 
 pub fn plan(enforcement: Enforcement, occasion: &Occasion, state: &InstanceState) -> Plan {
     if state.is_gone() {
-        return Plan { tag: false, stop: StopStep::NotAsked };
+        return Plan { tag: false, stop: StopStep::NotAsked, gone: true };
     }
     let stop = match (enforcement, occasion.is_audit(), state) {
         (Enforcement::Stop, false, InstanceState::Running) => StopStep::Now,
@@ -158,7 +160,7 @@ pub fn plan(enforcement: Enforcement, occasion: &Occasion, state: &InstanceState
         (Enforcement::Stop, false, _) => StopStep::NotRunning,
         _ => StopStep::NotAsked,
     };
-    Plan { tag: matches!(enforcement, Enforcement::Tag | Enforcement::Stop), stop }
+    Plan { tag: matches!(enforcement, Enforcement::Tag | Enforcement::Stop), stop, gone: false }
 }
 
 /// The enforcement taken, as reports and alerts state it.
@@ -206,8 +208,7 @@ pub struct Outcomes<'a> {
 /// The enforcement taken once the planned calls are made.
 pub fn taken(enforcement: Enforcement, plan: &Plan, outcomes: Outcomes<'_>) -> EnforcementTaken {
     let Outcomes { tag_failed, stop, stop_failed } = outcomes;
-    // Only a gone instance gets a plan without the tag that `tag` or `stop` asks for.
-    if !plan.tag && plan.stop == StopStep::NotAsked && enforcement != Enforcement::Alert {
+    if plan.gone {
         return EnforcementTaken::InstanceGone;
     }
     match (enforcement, plan.stop, stop) {
@@ -227,6 +228,18 @@ pub fn taken(enforcement: Enforcement, plan: &Plan, outcomes: Outcomes<'_>) -> E
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_gone_instance_is_never_tagged_or_stopped_whatever_the_mode() {
+        for enforcement in [Enforcement::Alert, Enforcement::Tag, Enforcement::Stop] {
+            for state in [InstanceState::Terminated, InstanceState::Unlisted] {
+                let p = plan(enforcement, &launch(), &state);
+                assert_eq!(p, Plan { tag: false, stop: StopStep::NotAsked, gone: true }, "{enforcement:?} {state:?}");
+                assert_eq!(taken(enforcement, &p, none()), EnforcementTaken::InstanceGone);
+            }
+        }
+        assert!(!plan(Enforcement::Stop, &launch(), &InstanceState::ShuttingDown).gone);
+    }
+
     fn launch() -> Occasion {
         Occasion::StateChange("running".into())
     }
@@ -238,21 +251,21 @@ mod tests {
     #[test]
     fn alert_mode_does_nothing_but_alert() {
         let p = plan(Enforcement::Alert, &launch(), &InstanceState::Running);
-        assert_eq!(p, Plan { tag: false, stop: StopStep::NotAsked });
+        assert_eq!(p, Plan { tag: false, stop: StopStep::NotAsked, gone: false });
         assert_eq!(taken(Enforcement::Alert, &p, none()), EnforcementTaken::None);
     }
 
     #[test]
     fn tag_mode_tags_on_every_event() {
         let p = plan(Enforcement::Tag, &launch(), &InstanceState::Running);
-        assert_eq!(p, Plan { tag: true, stop: StopStep::NotAsked });
+        assert_eq!(p, Plan { tag: true, stop: StopStep::NotAsked, gone: false });
         assert_eq!(taken(Enforcement::Tag, &p, none()), EnforcementTaken::Tagged);
     }
 
     #[test]
     fn stop_mode_stops_a_running_instance_defers_a_pending_one_and_leaves_the_rest() {
         let running = plan(Enforcement::Stop, &launch(), &InstanceState::Running);
-        assert_eq!(running, Plan { tag: true, stop: StopStep::Now });
+        assert_eq!(running, Plan { tag: true, stop: StopStep::Now, gone: false });
         let stopped = Outcomes { stop: Some(&StopOutcome::Stopping), ..none() };
         assert_eq!(taken(Enforcement::Stop, &running, stopped), EnforcementTaken::TaggedAndStopped);
         let refused = Outcomes { stop: Some(&StopOutcome::NotStoppable), ..none() };
@@ -270,7 +283,7 @@ mod tests {
     #[test]
     fn an_audit_tags_but_never_stops() {
         let p = plan(Enforcement::Stop, &Occasion::Audit, &InstanceState::Running);
-        assert_eq!(p, Plan { tag: true, stop: StopStep::NotAsked });
+        assert_eq!(p, Plan { tag: true, stop: StopStep::NotAsked, gone: false });
         assert_eq!(taken(Enforcement::Stop, &p, none()), EnforcementTaken::Tagged);
     }
 

@@ -1,8 +1,9 @@
 //! untrusted-ami-alert: judge every launch by who owns its AMI, alert once, optionally enforce.
 //!
 //! Pure core: `policy` (the trust policy, the Allowed AMIs criteria matcher and the verdict),
-//! `enforce` (what to do about an untrusted instance), `alert` (the message a person reads) and
-//! `trigger` (the three events the function answers). `sent` is alert-once, a record in the
+//! `provenance` (who made an image: the owners of its ancestors), `enforce` (what to do about an
+//! untrusted instance), `alert` (the message a person reads) and `trigger` (the three events the
+//! function answers). `sent` is alert-once, a record in the
 //! ledger. Adapters: `ec2`, `sns` (the alert topic) and `identity` (STS, only when an event does
 //! not name its account).
 
@@ -11,6 +12,7 @@ pub mod ec2;
 pub mod enforce;
 pub mod identity;
 pub mod policy;
+pub mod provenance;
 pub mod sent;
 pub mod sns;
 pub mod trigger;

@@ -162,6 +162,16 @@ impl TrustPolicy {
             .collect()
     }
 
+    /// Whether an image of this owner may be trusted by some criterion, whatever its other
+    /// conditions (a criterion without `ImageProviders` trusts any owner). Provenance asks it of
+    /// each ancestor: an old or renamed base image is no problem, an untrusted maker is.
+    pub fn trusts_owner(&self, owner_id: &str, owner_alias: Option<&str>, this_account: &str) -> bool {
+        self.criteria.iter().any(|c| match &c.providers {
+            None => true,
+            Some(providers) => providers.iter().any(|p| p.matches(owner_id, owner_alias, this_account)),
+        })
+    }
+
     /// `TRUSTED_IMAGE_PROVIDERS`: a comma list of provider words. Blank entries, unknown words and
     /// more than 200 providers are errors; duplicates are dropped.
     pub fn from_provider_list(list: &str) -> Result<Self, String> {
@@ -432,11 +442,31 @@ pub enum Problem {
         since: DateTime<Utc>,
         max_days: u32,
     },
+    /// The image's owner is trusted, but it was copied or built from an image whose owner is
+    /// not (`chain`: the image, then its ancestors up to that one).
+    AncestorNotTrusted {
+        chain: Vec<String>,
+        owner_id: String,
+        owner_alias: Option<String>,
+    },
+    /// The image's owner is trusted, but who made one of its ancestors cannot be read.
+    ProvenanceUnverifiable {
+        chain: Vec<String>,
+        why: String,
+    },
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::AncestorNotTrusted { chain, owner_id, owner_alias } => {
+                let alias =
+                    owner_alias.as_deref().map(|a| format!("owner alias {a}")).unwrap_or("no owner alias".into());
+                write!(f, "made from an image whose owner {owner_id} ({alias}) is not trusted: {}", chain.join(" <- "))
+            }
+            Self::ProvenanceUnverifiable { chain, why } => {
+                write!(f, "provenance cannot be verified: {why}: {}", chain.join(" <- "))
+            }
             Self::ImageNotVisible => f.write_str(
                 "image not visible: it is deregistered or private to another account, so its owner cannot be verified",
             ),

@@ -46,6 +46,8 @@ pub struct TriggerEvent {
     /// The account the event is about (`self`), when the envelope says.
     pub account: Option<String>,
     pub region: Option<String>,
+    /// When the event happened, when the envelope says.
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -99,7 +101,7 @@ pub fn parse(payload: &serde_json::Value) -> Result<TriggerEvent, EventError> {
             return Err(EventError::Malformed(format!("account {account:?}: expected a 12-digit account id")));
         }
     }
-    Ok(TriggerEvent { trigger, account, region: envelope.region.filter(|r| !r.trim().is_empty()) })
+    Ok(TriggerEvent { trigger, account, region: envelope.region.filter(|r| !r.trim().is_empty()), time: envelope.time })
 }
 
 fn cloudtrail(detail: CloudTrailDetail) -> Result<Trigger, EventError> {
@@ -192,6 +194,7 @@ mod tests {
                 trigger: Trigger::StateChange { instance_id: "i-0123456789abcdef0".into(), state: "pending".into() },
                 account: Some("123456789012".into()),
                 region: Some("us-east-1".into()),
+                time: Some(chrono::DateTime::parse_from_rfc3339("2026-01-31T12:00:00Z").unwrap().into()),
             }
         );
     }
@@ -266,7 +269,7 @@ mod tests {
     #[test]
     fn a_scheduled_event_with_or_without_account() {
         let event = parse(&json!({"detail-type": SCHEDULED_EVENT, "source": "aws.events", "detail": {}})).unwrap();
-        assert_eq!(event, TriggerEvent { trigger: Trigger::Audit, account: None, region: None });
+        assert_eq!(event, TriggerEvent { trigger: Trigger::Audit, account: None, region: None, time: None });
         let blank = parse(
             &json!({"detail-type": SCHEDULED_EVENT, "source": "aws.scheduler", "account": "", "detail": {"x": 1}}),
         );
