@@ -12,8 +12,8 @@ It counts every call by (service, action), and adds what the emulator lacks for 
 - The account: every forwarded call carries `x-moto-account-id: <account>`, so each benchmark
   phase works in its own account of one moto server.
 - The EC2 actions moto lacks (GAPS, the same as the tests' MOTO_GAPS in tests/src/lib.rs) are
-  answered as an account without snapshot locks, Fast Snapshot Restores or image references
-  would answer them, and counted like any call.
+  answered as an account without snapshot locks, Fast Snapshot Restores, image references or
+  recorded image lineage would answer them, and counted like any call.
 
 Run as a program (`python bench/proxy.py UPSTREAM PORT_FILE`), it serves until killed and writes
 its endpoint to PORT_FILE: `make demo` puts it in front of moto for the functions.
@@ -40,6 +40,7 @@ GAPS = {
     "DescribeLockedSnapshots": "<snapshotSet/>",
     "DescribeFastSnapshotRestores": "<fastSnapshotRestoreSet/>",
     "DescribeImageReferences": "<imageReferenceSet/>",
+    "GetImageAncestry": "<imageAncestryEntrySet/>",
 }
 
 

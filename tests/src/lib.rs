@@ -112,10 +112,12 @@ fn start_moto() -> Moto {
 
 /// EC2 actions moto 5.2 does not implement (it answers an HTML 500), and the empty answer an
 /// account without any of them gets from AWS.
-pub const MOTO_GAPS: [(&str, &str); 3] = [
+pub const MOTO_GAPS: [(&str, &str); 4] = [
     ("DescribeLockedSnapshots", "<snapshotSet/>"),
     ("DescribeFastSnapshotRestores", "<fastSnapshotRestoreSet/>"),
     ("DescribeImageReferences", "<imageReferenceSet/>"),
+    // An image EC2 records no lineage for (not copied or built from another).
+    ("GetImageAncestry", "<imageAncestryEntrySet/>"),
 ];
 
 /// An EC2 answer of `action` with `content` inside, as EC2 writes it.

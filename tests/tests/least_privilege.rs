@@ -150,6 +150,9 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
         .to_string();
     let orphaned = account.run_instance(&image, &[]).await;
     account.ec2().deregister_image().image_id(&image).send().await.unwrap();
+    // An instance of an own image (trusted by `self`): its provenance is traced.
+    let golden = account.ec2().create_image().instance_id(&source).name("golden").send().await.unwrap();
+    let from_golden = account.run_instance(golden.image_id().unwrap(), &[]).await;
     ledger::create(&account).await;
 
     let proxy = Proxy::start(&moto().endpoint).await;
@@ -172,7 +175,7 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
     // alerts; a redelivery reads the record sent (Query).
     proxy.inject(Fault::error("Publish", 400, "InvalidParameter").times(1));
     untrusted_ami_alert::handle(&config, &clients, &event_for(&foreign), &delivery()).await.unwrap_err();
-    for instance in [&foreign, &orphaned, &foreign] {
+    for instance in [&foreign, &orphaned, &foreign, &from_golden] {
         untrusted_ami_alert::handle(&config, &clients, &event_for(instance), &delivery()).await.unwrap();
     }
     assert_policy_matches("untrusted-ami-alert", iam_actions(&proxy.calls()));

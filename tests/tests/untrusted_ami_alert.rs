@@ -17,7 +17,7 @@ use amiguard::trust::identity::StsIdentity;
 use amiguard::trust::sns::SnsAlerts;
 use amiguard_integration_tests::inbox::AlertInbox;
 use amiguard_integration_tests::{
-    sample_event, TestAccount, AMAZON_LINUX_AMI, AMAZON_OWNER_ID, RED_HAT_OWNER_ID, RHEL_AMI,
+    moto, sample_event, TestAccount, AMAZON_LINUX_AMI, AMAZON_OWNER_ID, RED_HAT_OWNER_ID, RHEL_AMI,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
@@ -554,4 +554,50 @@ async fn published_cloudtrail_records_each_get_an_answer_never_an_error() {
     // The instances are gone (never in this account): judged by each record's image, alerted once
     // per instance and image (the two records name two images).
     assert_eq!(inbox.drain().await.len(), 2);
+}
+
+#[tokio::test]
+async fn an_untrusted_image_copied_into_the_account_is_alerted_with_its_chain() {
+    use amiguard_integration_tests::proxy::{Fault, Proxy};
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, false).await;
+    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", &format!("self,{AMAZON_OWNER_ID}"))]);
+    // `copy-image` of Red Hat's public image: the copy is owned by this account (`self`).
+    let copy = account
+        .ec2()
+        .copy_image()
+        .source_image_id(RHEL_AMI)
+        .source_region(&account.region)
+        .name("rhel-copied-in")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string();
+    let instance = account.run_instance(&copy, &[]).await;
+    // EC2 records the copy's lineage (moto does not: the proxy answers as EC2 would).
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let lineage = format!(
+        "<imageAncestryEntrySet><item><imageId>{copy}</imageId><sourceImageId>{RHEL_AMI}</sourceImageId><sourceImageRegion>{}</sourceImageRegion></item><item><imageId>{RHEL_AMI}</imageId></item></imageAncestryEntrySet>",
+        account.region
+    );
+    proxy.inject(Fault::respond(
+        "GetImageAncestry",
+        amiguard_integration_tests::ec2_answer("GetImageAncestry", &lineage),
+    ));
+    let through = account.through(&proxy);
+    let clients = Clients { ec2: Ec2Trust::new(through.ec2()), ..clients(&account, &config).await };
+
+    let report =
+        one(handle(&config, &clients, &state_change(&account, &instance, "running"), &delivery()).await.unwrap());
+
+    assert_eq!(report.outcome, Outcome::Untrusted);
+    assert_eq!(report.image_id.as_deref(), Some(copy.as_str()));
+    let chain = format!("{copy} <- {RHEL_AMI}");
+    assert!(report.reasons.iter().any(|r| r.contains(&chain) && r.contains(RED_HAT_OWNER_ID)), "{:?}", report.reasons);
+    let alerts = inbox.drain().await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].severity.as_deref(), Some("high"));
+    assert!(alerts[0].body.contains(&chain), "{}", alerts[0].body);
 }

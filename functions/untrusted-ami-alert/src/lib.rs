@@ -22,7 +22,8 @@ use amiguard::trust::enforce::{
     self, Enforcement, EnforcementTaken, InstanceFacts, InstanceState, Occasion, Outcomes, StopStep,
 };
 use amiguard::trust::identity::CallerIdentity;
-use amiguard::trust::policy::{self, ImageFacts, TrustPolicy, Verdict};
+use amiguard::trust::policy::{self, ImageFacts, Problem, Reason, Severity, TrustPolicy, Verdict};
+use amiguard::trust::provenance::{self, Ancestor, Lineage};
 use amiguard::trust::sent::{self, AlertKey, Turn};
 use amiguard::trust::sns::AlertPublisher;
 use amiguard::trust::trigger::{self, Launched, Trigger};
@@ -43,6 +44,9 @@ pub struct Config {
     pub policy: TrustPolicy,
     pub alert_topic_arn: String,
     pub enforcement: Enforcement,
+    /// `CHECK_PROVENANCE` (default true): an image whose owner is trusted is judged again by the
+    /// owners of the images it was copied or built from.
+    pub check_provenance: bool,
 }
 
 impl Config {
@@ -86,7 +90,8 @@ impl Config {
             ));
         }
         let enforcement = config::choice_var(source, ENFORCEMENT, Enforcement::Alert, &Enforcement::CHOICES)?;
-        Ok(Self { policy, alert_topic_arn, enforcement })
+        let check_provenance = config::bool_var(source, "CHECK_PROVENANCE", true)?;
+        Ok(Self { policy, alert_topic_arn, enforcement, check_provenance })
     }
 }
 
@@ -516,12 +521,76 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             .map(|i| i.instance_id.clone())
             .collect();
         let launch_metadata = self.launch_metadata(&hidden).await;
+        let provenance = if self.config.check_provenance { self.provenance(&images).await? } else { HashMap::new() };
         let mut guarded = Vec::with_capacity(instances.len());
         for instance in instances {
             let image = instance.image_id.as_ref().and_then(|id| images.get(id));
-            guarded.push(self.guard_one(instance, image, launch_metadata.get(&instance.instance_id), occasion).await);
+            let made_from = instance.image_id.as_ref().and_then(|id| provenance.get(id));
+            let metadata = launch_metadata.get(&instance.instance_id);
+            guarded.push(self.guard_one(instance, image, metadata, made_from, occasion).await);
         }
         Ok(guarded)
+    }
+
+    /// Provenance of the images whose owner the policy trusts by id (`self`, an account id):
+    /// who made each of their ancestors. Images trusted by alias (`amazon`, `aws-marketplace`,
+    /// `aws-backup-vault`) are AWS's or verified publishers' and are not traced. Answers the
+    /// problem of each image whose lineage is not trusted.
+    async fn provenance(&self, images: &HashMap<String, ImageFacts>) -> Result<HashMap<String, Problem>, Error> {
+        let now = self.invocation.now;
+        let traced: Vec<&ImageFacts> = images
+            .values()
+            .filter(|i| i.owner_alias.is_none())
+            .filter(|i| policy::verdict(&self.config.policy, Some(i), self.account, now).is_trusted())
+            .collect();
+        let mut lineages: Vec<(&ImageFacts, Lineage)> = Vec::with_capacity(traced.len());
+        for image in traced {
+            let lineage = match self.clients.ec2.image_ancestry(&image.image_id).await {
+                Ok(ancestors) => Lineage::Ancestors(ancestors),
+                // A copy still names its source on DescribeImages: that one step can be judged.
+                Err(_) if image.source_image_id.is_some() => Lineage::Ancestors(vec![Ancestor {
+                    image_id: image.source_image_id.clone().unwrap_or_default(),
+                    region: image.source_image_region.clone(),
+                    ..Ancestor::default()
+                }]),
+                Err(err) => Lineage::Unreadable(err.to_string()),
+            };
+            lineages.push((image, lineage));
+        }
+        // Owner ids of the ancestors in this region (GetImageAncestry gives only aliases); one in
+        // another region, or not visible, stays unknown: unverifiable unless its alias is trusted.
+        let mut ask: Vec<String> = lineages
+            .iter()
+            .filter_map(|(_, l)| match l {
+                Lineage::Ancestors(a) => Some(a),
+                Lineage::Unreadable(_) => None,
+            })
+            .flatten()
+            .filter(|a| a.region.as_deref().is_none_or(|r| r == self.clients.region))
+            .map(|a| a.image_id.clone())
+            .collect();
+        ask.sort();
+        ask.dedup();
+        let owners: HashMap<String, ImageFacts> = if ask.is_empty() {
+            HashMap::new()
+        } else {
+            self.clients.ec2.visible_images(&ask).await?.into_iter().map(|i| (i.image_id.clone(), i)).collect()
+        };
+        let mut problems = HashMap::new();
+        for (image, mut lineage) in lineages {
+            if let Lineage::Ancestors(ancestors) = &mut lineage {
+                for ancestor in ancestors.iter_mut() {
+                    if let Some(seen) = owners.get(&ancestor.image_id) {
+                        ancestor.owner_id = Some(seen.owner_id.clone()).filter(|o| !o.is_empty());
+                        ancestor.owner_alias = ancestor.owner_alias.clone().or_else(|| seen.owner_alias.clone());
+                    }
+                }
+            }
+            if let Some(problem) = provenance::judge(&self.config.policy, &image.image_id, &lineage, self.account) {
+                problems.insert(image.image_id.clone(), problem);
+            }
+        }
+        Ok(problems)
     }
 
     /// The owners of images that are no longer visible, as EC2 recorded them at launch. Only
@@ -544,6 +613,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         instance: &InstanceFacts,
         image: Option<&ImageFacts>,
         launch_metadata: Option<&ImageFacts>,
+        made_from: Option<&Problem>,
         occasion: &Occasion,
     ) -> Guarded {
         let instance_id = instance.instance_id.clone();
@@ -551,7 +621,18 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             let report = InstanceReport::skipped(Some(instance_id), "EC2 reports no image id for the instance".into());
             return Guarded { report, failures: vec![] };
         };
-        let verdict = policy::verdict(&self.config.policy, image, self.account, self.invocation.now);
+        let verdict = match (policy::verdict(&self.config.policy, image, self.account, self.invocation.now), made_from)
+        {
+            // The owner is trusted, who made it is not (high), or cannot be read (medium).
+            (Verdict::Trusted, Some(problem)) => {
+                let severity = match problem {
+                    Problem::ProvenanceUnverifiable { .. } => Severity::Medium,
+                    _ => Severity::High,
+                };
+                Verdict::Untrusted { reasons: vec![Reason { criterion: None, problem: problem.clone() }], severity }
+            }
+            (verdict, _) => verdict,
+        };
         let (owner, owner_source) = match (image, launch_metadata) {
             (Some(image), _) => (Some(image), OwnerSource::Image),
             (None, Some(recorded)) => (Some(recorded), OwnerSource::LaunchMetadata),
@@ -713,6 +794,7 @@ mod tests {
         assert_eq!(config.policy, TrustPolicy::default());
         assert_eq!(config.enforcement, Enforcement::Alert);
         assert_eq!(config.alert_topic_arn, TOPIC);
+        assert!(config.check_provenance, "provenance is checked unless turned off");
         // Blank means unset (an empty template parameter).
         let blank = Config::from_env(&env(&[
             (ALERT_TOPIC_ARN, TOPIC),
@@ -728,10 +810,12 @@ mod tests {
             (ALERT_TOPIC_ARN, "arn:aws-us-gov:sns:us-gov-west-1:123456789012:alerts.fifo"),
             (TRUSTED_IMAGE_PROVIDERS, "aws-marketplace,111122223333"),
             (ENFORCEMENT, "stop"),
+            ("CHECK_PROVENANCE", "false"),
         ]))
         .unwrap();
         assert_eq!(config.policy.to_string(), "trusted image providers: aws-marketplace, 111122223333");
         assert_eq!(config.enforcement, Enforcement::Stop);
+        assert!(!config.check_provenance);
         let criteria = Config::from_env(&env(&[
             (ALERT_TOPIC_ARN, TOPIC),
             (ALLOWED_IMAGES_CRITERIA, r#"[{"ImageProviders": ["amazon"], "ImageNames": ["al2023-*"]}]"#),
@@ -745,8 +829,9 @@ mod tests {
     #[test]
     fn config_errors_name_the_variable() {
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
-        let cases: [Case; 7] = [
+        let cases: [Case; 8] = [
             (&[], ALERT_TOPIC_ARN, "required"),
+            (&[(ALERT_TOPIC_ARN, TOPIC), ("CHECK_PROVENANCE", "maybe")], "CHECK_PROVENANCE", "true or false"),
             (&[(ALERT_TOPIC_ARN, "my-topic")], ALERT_TOPIC_ARN, "an SNS topic ARN"),
             (&[(ALERT_TOPIC_ARN, "arn:aws:sqs:us-east-1:123456789012:q")], ALERT_TOPIC_ARN, "an SNS topic ARN"),
             (&[(ALERT_TOPIC_ARN, TOPIC), (ENFORCEMENT, "terminate")], ENFORCEMENT, "one of alert, tag, stop"),
@@ -789,6 +874,8 @@ mod tests {
         metadata: Vec<(String, ImageFacts)>,
         /// What the launch metadata says of each instance's state (`None`: it does not say).
         metadata_state: Option<InstanceState>,
+        /// GetImageAncestry's answers: an image's ancestors, or the error code.
+        ancestry: HashMap<String, Result<Vec<Ancestor>, &'static str>>,
         fail_tag: Option<&'static str>,
         fail_stop: Option<&'static str>,
         stop_refused: bool,
@@ -847,6 +934,15 @@ mod tests {
                     instance_state: self.metadata_state.clone(),
                 })
                 .collect())
+        }
+
+        async fn image_ancestry(&self, image_id: &str) -> Result<Vec<Ancestor>, AwsError> {
+            self.log(format!("GetImageAncestry {image_id}"));
+            match self.ancestry.get(image_id) {
+                Some(Ok(ancestors)) => Ok(ancestors.clone()),
+                Some(Err(code)) => Err(AwsError::new("GetImageAncestry", *code, "mocked")),
+                None => Ok(Vec::new()),
+            }
         }
 
         async fn tag_instance(&self, instance_id: &str, tag: &Tag) -> Result<(), AwsError> {
@@ -911,7 +1007,7 @@ mod tests {
     }
 
     fn config(enforcement: Enforcement) -> Config {
-        Config { policy: TrustPolicy::default(), alert_topic_arn: TOPIC.into(), enforcement }
+        Config { policy: TrustPolicy::default(), alert_topic_arn: TOPIC.into(), enforcement, check_provenance: true }
     }
 
     fn now() -> DateTime<Utc> {
@@ -1199,6 +1295,83 @@ mod tests {
         let err = handle(&config(Enforcement::Alert), &clients, &state_change("pending"), &at()).await.unwrap_err();
         assert!(matches!(&err, Error::InstancesNotFound(ids) if ids == &[INSTANCE.to_string()]), "{err}");
         assert!(clients.alerts.sent.lock().unwrap().is_empty());
+    }
+
+    /// An image this account owns (trusted by `self`), running on the instance.
+    fn own_image() -> ImageFacts {
+        ImageFacts { image_id: "ami-0c0c0c0c0c0c0c0c0".into(), owner_id: ACCOUNT.into(), ..vendor_image() }
+    }
+
+    fn copied_in(ancestry: Result<Vec<Ancestor>, &'static str>, source: Option<&str>) -> FakeEc2 {
+        let own = ImageFacts { source_image_id: source.map(str::to_string), ..own_image() };
+        FakeEc2 {
+            images: vec![own.clone(), vendor_image()],
+            ancestry: [(own.image_id.clone(), ancestry)].into(),
+            ..FakeEc2::with(instance(INSTANCE, &own.image_id, InstanceState::Running))
+        }
+    }
+
+    fn vendor_ancestor() -> Ancestor {
+        Ancestor { image_id: VENDOR_AMI.into(), region: Some("us-east-1".into()), ..Ancestor::default() }
+    }
+
+    #[tokio::test]
+    async fn an_own_image_copied_from_an_untrusted_one_is_untrusted_with_its_chain() {
+        let clients = clients(copied_in(Ok(vec![vendor_ancestor()]), None));
+        let report = instance_report(
+            handle(&config(Enforcement::Alert), &clients, &state_change("running"), &at()).await.unwrap(),
+        );
+        assert_eq!(report.outcome, Outcome::Untrusted);
+        assert!(report.reasons[0].contains("ami-0c0c0c0c0c0c0c0c0 <- ami-0aaaaaaaaaaaaaaaa"), "{:?}", report.reasons);
+        assert!(report.reasons[0].contains("111122223333"), "{:?}", report.reasons);
+        let sent = clients.alerts.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].severity, Severity::High);
+    }
+
+    #[tokio::test]
+    async fn unreadable_provenance_is_medium_and_a_copys_source_is_judged_when_the_lineage_is_not() {
+        let unreadable = clients(copied_in(Err("UnauthorizedOperation"), None));
+        let report = instance_report(
+            handle(&config(Enforcement::Alert), &unreadable, &state_change("running"), &at()).await.unwrap(),
+        );
+        assert_eq!(report.outcome, Outcome::Untrusted);
+        assert!(report.reasons[0].contains("provenance cannot be verified"), "{:?}", report.reasons);
+        assert_eq!(unreadable.alerts.sent.lock().unwrap()[0].severity, Severity::Medium);
+        // The lineage cannot be read, but DescribeImages names the copy's source: that decides.
+        let sourced = clients(copied_in(Err("UnauthorizedOperation"), Some(VENDOR_AMI)));
+        let report = instance_report(
+            handle(&config(Enforcement::Alert), &sourced, &state_change("running"), &at()).await.unwrap(),
+        );
+        assert!(report.reasons[0].contains("is not trusted"), "{:?}", report.reasons);
+        assert_eq!(sourced.alerts.sent.lock().unwrap()[0].severity, Severity::High);
+    }
+
+    #[tokio::test]
+    async fn trusted_lineage_alias_trusted_images_and_check_provenance_false_stay_trusted() {
+        let amazon_base = Ancestor { owner_alias: Some("amazon".into()), ..vendor_ancestor() };
+        let lineage = clients(copied_in(Ok(vec![amazon_base]), None));
+        let report = instance_report(
+            handle(&config(Enforcement::Alert), &lineage, &state_change("running"), &at()).await.unwrap(),
+        );
+        assert_eq!(report.outcome, Outcome::Trusted, "{:?}", report.reasons);
+        let off = clients(copied_in(Ok(vec![vendor_ancestor()]), None));
+        let unchecked = Config { check_provenance: false, ..config(Enforcement::Alert) };
+        let report = instance_report(handle(&unchecked, &off, &state_change("running"), &at()).await.unwrap());
+        assert_eq!(report.outcome, Outcome::Trusted);
+        assert!(off.ec2.calls().iter().all(|c| !c.starts_with("GetImageAncestry")), "{:?}", off.ec2.calls());
+        // An image trusted by its alias (Amazon's) is not traced.
+        let amazon =
+            ImageFacts { owner_alias: Some("amazon".into()), owner_id: "137112412989".into(), ..vendor_image() };
+        let aliased = clients(FakeEc2 {
+            images: vec![amazon],
+            ..FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running))
+        });
+        let report = instance_report(
+            handle(&config(Enforcement::Alert), &aliased, &state_change("running"), &at()).await.unwrap(),
+        );
+        assert_eq!(report.outcome, Outcome::Trusted);
+        assert!(aliased.ec2.calls().iter().all(|c| !c.starts_with("GetImageAncestry")));
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ use aws_sdk_ec2::types::Filter;
 
 use super::enforce::{InstanceFacts, InstanceState, StopOutcome};
 use super::policy::ImageFacts;
+use super::provenance::Ancestor;
 use crate::error::AwsError;
 use crate::sdk;
 use crate::tags::{self, Tag};
@@ -42,6 +43,9 @@ pub trait TrustEc2: Sync {
         &self,
         instance_ids: &[String],
     ) -> impl Future<Output = Result<Vec<LaunchMetadata>, AwsError>> + Send;
+    /// `GetImageAncestry`: the image's ancestors, parent first (the image itself left out), with
+    /// what the call says of each (its region, its owner alias; not its owner id).
+    fn image_ancestry(&self, image_id: &str) -> impl Future<Output = Result<Vec<Ancestor>, AwsError>> + Send;
     fn tag_instance(&self, instance_id: &str, tag: &Tag) -> impl Future<Output = Result<(), AwsError>> + Send;
     fn stop_instance(&self, instance_id: &str) -> impl Future<Output = Result<StopOutcome, AwsError>> + Send;
 }
@@ -77,6 +81,8 @@ fn image_facts(image: &aws_sdk_ec2::types::Image) -> Option<ImageFacts> {
         name: image.name().map(str::to_string),
         creation_date: image.creation_date().map(str::to_string),
         deprecation_time: image.deprecation_time().map(str::to_string),
+        source_image_id: image.source_image_id().map(str::to_string),
+        source_image_region: image.source_image_region().map(str::to_string),
     })
 }
 
@@ -92,6 +98,7 @@ fn metadata_facts(metadata: &aws_sdk_ec2::types::InstanceImageMetadata) -> Optio
             name: image.name().map(str::to_string),
             creation_date: image.creation_date().map(str::to_string),
             deprecation_time: image.deprecation_time().map(str::to_string),
+            ..ImageFacts::default()
         },
     })
 }
@@ -164,6 +171,34 @@ impl TrustEc2 for Ec2Trust {
             }
         }
         Ok(found)
+    }
+
+    async fn image_ancestry(&self, image_id: &str) -> Result<Vec<Ancestor>, AwsError> {
+        let output = self
+            .best_effort
+            .get_image_ancestry()
+            .image_id(image_id)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("GetImageAncestry", e))?;
+        // From the image to the root; each entry names its parent's region.
+        let entries = output.image_ancestry_entries();
+        let mut ancestors = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let Some(id) = entry.image_id() else { continue };
+            if index == 0 && id == image_id {
+                continue;
+            }
+            let child = index.checked_sub(1).and_then(|c| entries.get(c));
+            let region = child.and_then(|c| c.source_image_region()).map(str::to_string);
+            ancestors.push(Ancestor {
+                image_id: id.to_string(),
+                region,
+                owner_id: None,
+                owner_alias: entry.image_owner_alias().map(str::to_string),
+            });
+        }
+        Ok(ancestors)
     }
 
     async fn tag_instance(&self, instance_id: &str, tag: &Tag) -> Result<(), AwsError> {
@@ -294,6 +329,7 @@ mod tests {
                 name: Some("vendor".into()),
                 creation_date: Some("2025-01-01T00:00:00.000Z".into()),
                 deprecation_time: Some("2026-01-01T00:00:00Z".into()),
+                ..ImageFacts::default()
             }]
         );
     }
@@ -345,6 +381,37 @@ mod tests {
         assert_eq!(found[0].image.owner_id, "444455556666");
         assert_eq!(found[0].image.owner_alias.as_deref(), Some("aws-marketplace"));
         assert_eq!(found[0].instance_state, Some(InstanceState::Terminated));
+    }
+
+    #[tokio::test]
+    async fn the_ancestry_is_read_parent_first_with_each_ancestors_region_and_alias() {
+        use aws_sdk_ec2::operation::get_image_ancestry::GetImageAncestryOutput;
+        use aws_sdk_ec2::types::ImageAncestryEntry;
+        let entry = |id: &str, source: Option<(&str, &str)>, alias: Option<&str>| {
+            let mut e = ImageAncestryEntry::builder().image_id(id);
+            if let Some((source, region)) = source {
+                e = e.source_image_id(source).source_image_region(region);
+            }
+            if let Some(alias) = alias {
+                e = e.image_owner_alias(alias);
+            }
+            e.build()
+        };
+        let rule = mock!(Client::get_image_ancestry).match_requests(|r| r.image_id() == Some("ami-app")).then_output(
+            move || {
+                GetImageAncestryOutput::builder()
+                    .image_ancestry_entries(entry("ami-app", Some(("ami-copy", "us-east-1")), None))
+                    .image_ancestry_entries(entry("ami-copy", Some(("ami-base", "eu-west-1")), None))
+                    .image_ancestry_entries(entry("ami-base", None, Some("amazon")))
+                    .build()
+            },
+        );
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+        let ancestors = Ec2Trust::new(client).image_ancestry("ami-app").await.unwrap();
+        let read: Vec<(&str, Option<&str>, Option<&str>)> =
+            ancestors.iter().map(|a| (a.image_id.as_str(), a.region.as_deref(), a.owner_alias.as_deref())).collect();
+        assert_eq!(read, [("ami-copy", Some("us-east-1"), None), ("ami-base", Some("eu-west-1"), Some("amazon"))]);
+        assert!(ancestors.iter().all(|a| a.owner_id.is_none()), "GetImageAncestry names no owner id");
     }
 
     /// Tokio's clock, so that a paused test runtime skips the retry back-off.

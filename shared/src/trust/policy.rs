@@ -407,6 +407,9 @@ pub struct ImageFacts {
     pub creation_date: Option<String>,
     /// `DeprecationTime`: the image is deprecated from that time on.
     pub deprecation_time: Option<String>,
+    /// `SourceImageId`/`SourceImageRegion`: the image it was copied from, when EC2 says.
+    pub source_image_id: Option<String>,
+    pub source_image_region: Option<String>,
 }
 
 /// Parses an EC2 timestamp (RFC 3339, with or without milliseconds).
@@ -684,7 +687,7 @@ mod tests {
             owner_alias: alias.map(str::to_string),
             name: Some("al2023-ami-2023.6-x86_64".into()),
             creation_date: Some("2026-01-01T12:00:00.000Z".into()),
-            deprecation_time: None,
+            ..ImageFacts::default()
         }
     }
 
@@ -947,6 +950,7 @@ mod tests {
                 name: Some(name),
                 creation_date: Some(rfc3339(&(now() - TimeDelta::days(age_days)))),
                 deprecation_time: deprecated_days.map(|d| rfc3339(&(now() - TimeDelta::days(d)))),
+                ..ImageFacts::default()
             };
             let policy = TrustPolicy { criteria: criteria.clone(), source: PolicySource::AllowedImagesCriteria };
             let any_clean = criteria.iter().any(|c| criterion_problems(c, &image, ME, now()).is_empty());
