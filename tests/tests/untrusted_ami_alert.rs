@@ -261,7 +261,9 @@ async fn the_audit_lists_exactly_the_untrusted_instances_tags_them_and_never_sto
     expected.sort();
     assert_eq!(found, expected);
     assert_eq!(audit.alerts_sent, 2);
-    assert_eq!(inbox.drain().await.len(), 2);
+    let digest = inbox.drain().await;
+    assert_eq!(digest.len(), 1, "one digest for the audit: {digest:?}");
+    assert!(digest[0].body.contains(&running_rhel) && digest[0].body.contains(&invisible), "{}", digest[0].body);
     for instance in [&running_rhel, &invisible] {
         assert_eq!(instance_state(&account, instance).await, "running", "an audit never stops");
         assert!(instance_tags(&account, instance).await.contains_key(tags::UNTRUSTED_AMI));
@@ -600,4 +602,84 @@ async fn an_untrusted_image_copied_into_the_account_is_alerted_with_its_chain() 
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].severity.as_deref(), Some("high"));
     assert!(alerts[0].body.contains(&chain), "{}", alerts[0].body);
+}
+
+#[tokio::test]
+async fn the_audit_of_four_untrusted_instances_sends_one_digest_naming_all_four() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, false).await;
+    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", &format!("self,{AMAZON_OWNER_ID}"))]);
+    let clients = clients(&account, &config).await;
+    let mut untrusted = Vec::new();
+    for image in [RHEL_AMI, RHEL_AMI, RHEL_AMI, "ami-0123456789abcdef0"] {
+        untrusted.push(account.run_instance(image, &[]).await);
+    }
+    account.run_instance(AMAZON_LINUX_AMI, &[]).await; // trusted: not in the digest
+    let mut event = sample_event("untrusted-ami-alert.scheduled-audit.json");
+    event["account"] = json!(account.account_id);
+
+    let Report::Audit(audit) = handle(&config, &clients, &event, &delivery()).await.unwrap() else { panic!() };
+
+    assert_eq!(audit.untrusted.len(), 4);
+    let messages = inbox.drain().await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let digest = &messages[0];
+    assert_eq!(
+        digest.subject.as_deref(),
+        Some(format!("amiguard: untrusted AMIs on 4 instances ({} {})", account.account_id, account.region).as_str())
+    );
+    assert_eq!(digest.severity.as_deref(), Some("high"));
+    for instance in &untrusted {
+        assert_eq!(digest.body.matches(&format!("  - {instance} (")).count(), 1, "{instance}: {}", digest.body);
+    }
+    assert!(
+        digest.body.contains(&format!("Image {RHEL_AMI}")) && digest.body.contains("3 instances:"),
+        "{}",
+        digest.body
+    );
+    // Nothing new: nothing sent.
+    let Report::Audit(again) = handle(&config, &clients, &event, &delivery()).await.unwrap() else { panic!() };
+    assert_eq!(again.alerts_sent, 0);
+    assert!(inbox.drain().await.is_empty());
+}
+
+#[tokio::test]
+async fn ten_launches_of_one_untrusted_image_in_an_hour_send_at_most_four_messages() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "tag")]);
+    let clients = clients(&account, &config).await;
+    let mut reports = Vec::new();
+    let mut instances = Vec::new();
+    // All within one clock hour, whenever the test runs.
+    let in_the_hour = |minute: u32| Invocation::at(Utc.with_ymd_and_hms(2026, 12, 2, 10, minute, 0).unwrap());
+    for minute in 0..10 {
+        let instance = account.run_instance(RHEL_AMI, &[]).await;
+        let event = state_change(&account, &instance, "running");
+        reports.push(one(handle(&config, &clients, &event, &in_the_hour(minute)).await.unwrap()));
+        instances.push(instance);
+    }
+    let messages = inbox.drain().await;
+    assert_eq!(messages.len(), 4, "three alerts and the follow-up: {messages:?}");
+    assert!(
+        messages[3].body.starts_with(&format!("This is launch 4 of image {RHEL_AMI} within the hour")),
+        "{}",
+        messages[3].body
+    );
+    assert!(reports[..4].iter().all(|r| r.alert_message_id.is_some() && !r.alert_folded));
+    assert!(reports[4..].iter().all(|r| r.alert_message_id.is_none() && r.alert_folded), "{reports:?}");
+    // Folding silences no enforcement: every instance carries the tag.
+    for instance in &instances {
+        assert!(instance_tags(&account, instance).await.contains_key(tags::UNTRUSTED_AMI), "{instance}");
+    }
+    // The audit's digest lists the six that were folded, and only them.
+    let mut event = sample_event("untrusted-ami-alert.scheduled-audit.json");
+    event["account"] = json!(account.account_id);
+    let Report::Audit(audit) = handle(&config, &clients, &event, &delivery()).await.unwrap() else { panic!() };
+    assert_eq!(audit.alerts_sent, 6);
+    let digest = inbox.drain().await;
+    assert_eq!(digest.len(), 1);
+    for (n, instance) in instances.iter().enumerate() {
+        assert_eq!(digest[0].body.contains(instance.as_str()), n >= 4, "{instance}");
+    }
 }

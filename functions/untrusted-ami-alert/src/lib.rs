@@ -21,10 +21,11 @@ use amiguard::trust::ec2::{LaunchMetadata, TrustEc2};
 use amiguard::trust::enforce::{
     self, Enforcement, EnforcementTaken, InstanceFacts, InstanceState, Occasion, Outcomes, StopStep,
 };
+use amiguard::trust::fold::{self, Slot};
 use amiguard::trust::identity::CallerIdentity;
 use amiguard::trust::policy::{self, ImageFacts, Problem, Reason, Severity, TrustPolicy, Verdict};
 use amiguard::trust::provenance::{self, Ancestor, Lineage};
-use amiguard::trust::sent::{self, AlertKey, Turn};
+use amiguard::trust::sent::{self, AlertClaim, AlertKey, Turn};
 use amiguard::trust::sns::AlertPublisher;
 use amiguard::trust::trigger::{self, Launched, Trigger};
 
@@ -129,6 +130,9 @@ pub struct InstanceReport {
     pub enforcement: EnforcementTaken,
     /// The ledger holds the alert for this instance and image: no second alert was sent.
     pub already_alerted: bool,
+    /// More than three launches of this image this hour: this one's alert is folded (counted,
+    /// listed in the next audit's digest); its enforcement was not.
+    pub alert_folded: bool,
     /// What did not work and did not fail the invocation: a tag that could not be written, a
     /// ledger that could not be used (the alert may then repeat).
     pub warnings: Vec<String>,
@@ -145,6 +149,7 @@ impl InstanceReport {
             alert_message_id: None,
             enforcement: EnforcementTaken::None,
             already_alerted: false,
+            alert_folded: false,
             warnings: Vec::new(),
         }
     }
@@ -363,6 +368,14 @@ struct Context<'a, E, P, I, L> {
 struct Guarded {
     report: InstanceReport,
     failures: Vec<InstanceFailure>,
+    /// The audit's: an alert claimed for the digest, not sent yet.
+    pending: Option<PendingAlert>,
+}
+
+/// An alert the audit claimed in the ledger and sends in its digest.
+struct PendingAlert {
+    claim: Option<AlertClaim>,
+    details: AlertDetails,
 }
 
 impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<'_, E, P, I, L> {
@@ -471,12 +484,13 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
     /// The audit: every instance that is not terminated. It alerts and tags, never stops.
     async fn audit(&self) -> Result<Report, Error> {
         let instances = self.clients.ec2.live_instances().await?;
-        let guarded = self.guard(&instances, &Occasion::Audit).await?;
+        let mut guarded = self.guard(&instances, &Occasion::Audit).await?;
         let mut failures = Vec::new();
         let mut untrusted = Vec::new();
         let mut alerts_sent = 0;
         let mut warnings = Vec::new();
-        for Guarded { report, failures: f } in guarded {
+        self.send_digest(&mut guarded, &mut failures, &mut warnings).await;
+        for Guarded { report, failures: f, .. } in guarded {
             failures.extend(f);
             alerts_sent += usize::from(report.alert_message_id.is_some());
             warnings.extend(report.warnings.iter().cloned());
@@ -503,6 +517,53 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             return Err(Error::NotGuarded(failures));
         }
         Ok(report)
+    }
+
+    /// The audit's one message for every instance it claimed an alert for (nothing claimed:
+    /// nothing sent). Sent, each claim is confirmed with the digest's message id; refused, every
+    /// claim is given back, and the invocation fails so that the retry sends it.
+    async fn send_digest(
+        &self,
+        guarded: &mut [Guarded],
+        failures: &mut Vec<InstanceFailure>,
+        warnings: &mut Vec<String>,
+    ) {
+        let claimed: Vec<usize> =
+            guarded.iter().enumerate().filter(|(_, g)| g.pending.is_some()).map(|(i, _)| i).collect();
+        if claimed.is_empty() {
+            return;
+        }
+        let findings: Vec<AlertDetails> =
+            claimed.iter().filter_map(|&i| guarded[i].pending.as_ref().map(|p| p.details.clone())).collect();
+        let digest = alert::compose_digest(&findings, self.account, &self.clients.region);
+        let published = self.clients.alerts.publish(&digest).await;
+        for &i in &claimed {
+            let Some(PendingAlert { claim, details }) = guarded[i].pending.take() else { continue };
+            match (&published, &claim, &self.clients.ledger) {
+                (Ok(message_id), Some(claim), Some(store)) => {
+                    if let Err(err) =
+                        sent::confirm(store, claim, &details.image_id, message_id, self.invocation.clock()).await
+                    {
+                        warnings.push(format!(
+                            "the ledger could not record the alert of {} as sent ({err}): it may repeat",
+                            details.instance_id
+                        ));
+                    }
+                }
+                (Err(_), Some(claim), Some(store)) => {
+                    let _ = sent::release(store, claim).await;
+                }
+                _ => {}
+            }
+            match &published {
+                Ok(message_id) => guarded[i].report.alert_message_id = Some(message_id.clone()),
+                Err(error) => failures.push(InstanceFailure {
+                    instance_id: details.instance_id.clone(),
+                    step: FailedStep::Alert,
+                    error: error.clone(),
+                }),
+            }
+        }
     }
 
     /// Reads the images of `instances` once, then guards each instance.
@@ -619,7 +680,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         let instance_id = instance.instance_id.clone();
         let Some(image_id) = instance.image_id.clone() else {
             let report = InstanceReport::skipped(Some(instance_id), "EC2 reports no image id for the instance".into());
-            return Guarded { report, failures: vec![] };
+            return Guarded { report, failures: vec![], pending: None };
         };
         let verdict = match (policy::verdict(&self.config.policy, image, self.account, self.invocation.now), made_from)
         {
@@ -649,9 +710,10 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 alert_message_id: None,
                 enforcement: EnforcementTaken::None,
                 already_alerted: false,
+                alert_folded: false,
                 warnings: vec![],
             };
-            return Guarded { report, failures: vec![] };
+            return Guarded { report, failures: vec![], pending: None };
         };
         let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
         let plan = enforce::plan(self.config.enforcement, occasion, &instance.state);
@@ -690,6 +752,8 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
 
         let mut alert_message_id = None;
         let mut already_alerted = false;
+        let mut alert_folded = false;
+        let mut pending = None;
         let key = AlertKey::untrusted(&self.clients.region, &instance_id, &image_id);
         match sent::turn(self.clients.ledger.as_ref(), &key, self.invocation).await {
             Turn::AlreadySent => already_alerted = true,
@@ -724,28 +788,61 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                     policy: self.config.policy.to_string(),
                     ledger_warning,
                 };
-                match self.clients.alerts.publish(&alert::compose(&details, occasion)).await {
-                    Ok(message_id) => {
-                        if let (Some(claim), Some(store)) = (&claim, &self.clients.ledger) {
-                            if let Err(err) =
-                                sent::confirm(store, claim, &image_id, &message_id, self.invocation.now).await
-                            {
-                                warnings.push(format!(
-                                    "the ledger could not record the alert as sent ({err}): it may repeat"
-                                ));
-                            }
-                        }
-                        alert_message_id = Some(message_id);
+                // The audit sends one digest for all it found; a launch alerts now, unless its
+                // image has had its three alerts (and the follow-up) this hour.
+                let slot =
+                    if occasion.is_audit() { None } else { Some(self.launch_slot(&image_id, &mut warnings).await) };
+                let message = match slot {
+                    None => {
+                        pending = Some(PendingAlert { claim, details });
+                        None
                     }
-                    Err(error) => {
-                        // Give the claim back so that the retry alerts at once (else it expires).
+                    Some(Slot::Folded) => {
+                        // Unsent, so that the audit's digest lists it.
                         if let (Some(claim), Some(store)) = (&claim, &self.clients.ledger) {
                             let _ = sent::release(store, claim).await;
                         }
-                        failures.insert(
-                            0,
-                            InstanceFailure { instance_id: instance_id.clone(), step: FailedStep::Alert, error },
-                        );
+                        alert_folded = true;
+                        warnings.push(format!(
+                            "more than {} launches of {image_id} this hour: this alert is folded (the next audit's digest lists it)",
+                            fold::ALERTS_PER_HOUR
+                        ));
+                        None
+                    }
+                    Some(Slot::FollowUp(taken)) => {
+                        Some((alert::compose_follow_up(&details, occasion, taken.n), claim, Some(taken)))
+                    }
+                    Some(Slot::Alert(taken)) => Some((alert::compose(&details, occasion), claim, Some(taken))),
+                    Some(Slot::Uncounted) => Some((alert::compose(&details, occasion), claim, None)),
+                };
+                if let Some((message, claim, taken)) = message {
+                    match self.clients.alerts.publish(&message).await {
+                        Ok(message_id) => {
+                            if let (Some(claim), Some(store)) = (&claim, &self.clients.ledger) {
+                                if let Err(err) =
+                                    sent::confirm(store, claim, &image_id, &message_id, self.invocation.now).await
+                                {
+                                    warnings.push(format!(
+                                        "the ledger could not record the alert as sent ({err}): it may repeat"
+                                    ));
+                                }
+                            }
+                            alert_message_id = Some(message_id);
+                        }
+                        Err(error) => {
+                            // Give the claim back so that the retry alerts at once (else it
+                            // expires), and the slot: an alert not sent does not count.
+                            if let (Some(claim), Some(store)) = (&claim, &self.clients.ledger) {
+                                let _ = sent::release(store, claim).await;
+                            }
+                            if let (Some(taken), Some(store)) = (&taken, &self.clients.ledger) {
+                                let _ = fold::release(store, taken).await;
+                            }
+                            failures.insert(
+                                0,
+                                InstanceFailure { instance_id: instance_id.clone(), step: FailedStep::Alert, error },
+                            );
+                        }
                     }
                 }
             }
@@ -759,9 +856,23 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             alert_message_id,
             enforcement,
             already_alerted,
+            alert_folded,
             warnings,
         };
-        Guarded { report, failures }
+        Guarded { report, failures, pending }
+    }
+
+    /// The launch-alert slot of `image_id` this hour (no ledger, or a ledger that fails: alert,
+    /// with a warning: a duplicate beats silence).
+    async fn launch_slot(&self, image_id: &str, warnings: &mut Vec<String>) -> Slot {
+        let Some(store) = &self.clients.ledger else { return Slot::Uncounted };
+        match fold::claim_slot(store, &self.clients.region, image_id, self.invocation.clock()).await {
+            Ok(slot) => slot,
+            Err(err) => {
+                warnings.push(format!("the launch-alert count of {image_id} could not be kept ({err}): not folded"));
+                Slot::Uncounted
+            }
+        }
     }
 }
 
@@ -1532,7 +1643,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(Report::Instance(one.clone())).unwrap(),
             json!({"outcome": "skipped", "instance_id": INSTANCE, "image_id": null, "owner_id": null, "reasons": ["why"],
-                   "alert_message_id": null, "enforcement": "none", "already_alerted": false, "warnings": []})
+                   "alert_message_id": null, "enforcement": "none", "already_alerted": false, "alert_folded": false, "warnings": []})
         );
         assert_eq!(
             serde_json::to_value(Report::Launch { instances: vec![one] }).unwrap()["instances"][0]["outcome"],

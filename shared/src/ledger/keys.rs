@@ -10,6 +10,7 @@
 //! | `made-images#<region>`        | `<image-id>`             | which instance an image was made of (for its AMI events) | snapshot-on-stop |
 //! | `alert#<region>#<instance>`   | `image#<image-id>`       | the alert sent for the instance and image   | untrusted-ami-alert |
 //! | `failed-images#<region>`      | `<image-id>`             | the alert sent for an image that failed      | snapshot-on-stop |
+//! | `launch-alerts#<region>#<image>` | `<hour>#<n>`          | the n-th launch alert of the image that hour (folding) | untrusted-ami-alert |
 //! | `images#<region>`             | `<image-id>`             | an own image's snapshots, when seen, when gone | sweeper |
 //! | `orphans#<region>`            | `<snapshot-id>`          | when the snapshot was first seen orphaned    | sweeper |
 //! | `ami-events#<region>`         | `<image-id>`             | an `EC2 AMI State Change` to `deregistered`  | sweeper |
@@ -37,6 +38,11 @@ pub fn made_images(region: &str) -> String {
 /// The partition of the alerts sent for images snapshot-on-stop made that failed.
 pub fn failed_image_alerts(region: &str) -> String {
     format!("failed-images#{region}")
+}
+
+/// The partition of an image's launch-alert slots (see `trust::fold`).
+pub fn launch_alerts(region: &str, image_id: &str) -> String {
+    format!("launch-alerts#{region}#{image_id}")
 }
 
 pub fn alert(region: &str, instance_id: &str) -> String {

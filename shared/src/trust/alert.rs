@@ -105,6 +105,76 @@ pub fn compose(details: &AlertDetails, occasion: &Occasion) -> Alert {
     Alert { subject, body, severity: details.severity }
 }
 
+/// The fourth launch alert of an image within the hour: this launch's alert, saying that the
+/// further ones are folded (counted; the next audit's digest lists them).
+pub fn compose_follow_up(details: &AlertDetails, occasion: &Occasion, launches: u32) -> Alert {
+    let alert = compose(details, occasion);
+    let note = format!(
+        "This is launch {launches} of image {image} within the hour: more launches of it this hour are not alerted one by one.\n\
+         They are enforced as configured and counted; the next scheduled audit sends one digest listing every instance.\n\n",
+        image = details.image_id
+    );
+    Alert { body: format!("{note}{}", alert.body), ..alert }
+}
+
+/// The audit's one message: every newly untrusted instance, grouped by image and owner.
+pub fn compose_digest(findings: &[AlertDetails], account: &str, region: &str) -> Alert {
+    let severity =
+        if findings.iter().any(|f| f.severity == Severity::High) { Severity::High } else { Severity::Medium };
+    let subject = fit_subject(&format!(
+        "amiguard: untrusted AMIs on {} instance{} ({account} {region})",
+        findings.len(),
+        if findings.len() == 1 { "" } else { "s" }
+    ));
+    let mut groups: Vec<(&str, Option<&str>, Vec<&AlertDetails>)> = Vec::new();
+    for finding in findings {
+        let owner = finding.owner_id.as_deref();
+        match groups.iter_mut().find(|(image, o, _)| *image == finding.image_id && *o == owner) {
+            Some((_, _, members)) => members.push(finding),
+            None => groups.push((finding.image_id.as_str(), owner, vec![finding])),
+        }
+    }
+    let mut text = String::new();
+    for (image, owner, members) in &groups {
+        let first = members[0];
+        let name = first.image_name.as_deref().map(|n| format!(" {n:?}")).unwrap_or_default();
+        let owner = owner.map(|o| format!("owner {o} ({})", alias_text(first.owner_alias.as_deref())));
+        text.push_str(&format!(
+            "Image {image}{name}, {} ({} severity), {} instance{}:\n",
+            owner.unwrap_or_else(|| "owner unknown".to_string()),
+            first.severity.as_str(),
+            members.len(),
+            if members.len() == 1 { "" } else { "s" }
+        ));
+        for reason in &first.reasons {
+            text.push_str(&format!("  why: {reason}\n"));
+        }
+        for member in members {
+            text.push_str(&format!(
+                "  - {} ({}), enforcement: {}\n",
+                member.instance_id,
+                member.instance_state,
+                serde_json::to_value(member.enforcement)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    let json = serde_json::to_string_pretty(findings).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let body = format!(
+        "The scheduled audit found {count} instance{s} running from AMIs that amiguard does not trust, not alerted before \
+         ({severity} severity at most), in account {account}, {region}.\n\n{text}\n\
+         What to do: find out who launched them and from which AMI (CloudTrail RunInstances). If an AMI is legitimate, \
+         trust its owner; otherwise stop or terminate the instances. Each instance is listed once; an audit with nothing \
+         new sends nothing.\n\nDetails (JSON):\n{json}\n",
+        count = findings.len(),
+        s = if findings.len() == 1 { "" } else { "s" },
+        severity = severity.as_str(),
+    );
+    Alert { subject, body, severity }
+}
+
 fn alias_text(alias: Option<&str>) -> String {
     alias.map(|a| format!("owner alias {a}")).unwrap_or_else(|| "no owner alias".to_string())
 }
@@ -157,6 +227,35 @@ pub fn fit_subject(text: &str) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_digest_lists_every_instance_once_grouped_by_image_and_owner() {
+        let on = |instance: &str, image: &str, severity: Severity| AlertDetails {
+            instance_id: instance.into(),
+            image_id: image.into(),
+            severity,
+            ..details()
+        };
+        let findings = [
+            on("i-01", "ami-a", Severity::Medium),
+            on("i-02", "ami-b", Severity::High),
+            on("i-03", "ami-a", Severity::Medium),
+            on("i-04", "ami-a", Severity::Medium),
+        ];
+        let digest = compose_digest(&findings, "123456789012", "us-east-1");
+        assert_eq!(digest.subject, "amiguard: untrusted AMIs on 4 instances (123456789012 us-east-1)");
+        assert_eq!(digest.severity, Severity::High, "the highest of its findings");
+        let a = digest.body.find("Image ami-a").unwrap();
+        let b = digest.body.find("Image ami-b").unwrap();
+        assert!(a < b, "groups in the order first seen");
+        assert!(digest.body.contains("3 instances:"), "{}", digest.body);
+        for instance in ["i-01", "i-02", "i-03", "i-04"] {
+            assert_eq!(digest.body.matches(&format!("  - {instance} (")).count(), 1, "{instance} once");
+        }
+        let follow_up = compose_follow_up(&findings[0], &Occasion::RunInstances, 4);
+        assert!(follow_up.body.starts_with("This is launch 4 of image ami-a within the hour"), "{}", follow_up.body);
+        assert_eq!(follow_up.subject, compose(&findings[0], &Occasion::RunInstances).subject, "the subject's contract");
+    }
 
     fn details() -> AlertDetails {
         AlertDetails {
