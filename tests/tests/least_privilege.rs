@@ -178,6 +178,12 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
     for instance in [&foreign, &orphaned, &foreign, &from_golden] {
         untrusted_ami_alert::handle(&config, &clients, &event_for(instance), &delivery()).await.unwrap();
     }
+    // TRUST_POLICY_SOURCE=account: the settings read at init (moto lacks the action).
+    let settings = "<state>enabled</state><imageCriterionSet><item><imageProviderSet><item>amazon</item></imageProviderSet></item></imageCriterionSet>";
+    let answer = amiguard_integration_tests::ec2_answer("GetAllowedImagesSettings", settings);
+    proxy.inject(Fault::respond("GetAllowedImagesSettings", answer));
+    let (state, criteria) = Ec2Trust::new(through.ec2()).allowed_images_settings().await.unwrap();
+    assert_eq!((state.as_str(), criteria), ("enabled", json!([{"ImageProviders": ["amazon"]}])));
     assert_policy_matches("untrusted-ami-alert", iam_actions(&proxy.calls()));
 }
 

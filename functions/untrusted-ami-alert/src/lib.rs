@@ -36,6 +36,7 @@ pub const FUNCTION: &str = "untrusted-ami-alert";
 
 pub const TRUSTED_IMAGE_PROVIDERS: &str = "TRUSTED_IMAGE_PROVIDERS";
 pub const ALLOWED_IMAGES_CRITERIA: &str = "ALLOWED_IMAGES_CRITERIA";
+pub const TRUST_POLICY_SOURCE: &str = "TRUST_POLICY_SOURCE";
 pub const ALERT_TOPIC_ARN: &str = "ALERT_TOPIC_ARN";
 pub const ENFORCEMENT: &str = "ENFORCEMENT";
 
@@ -48,12 +49,33 @@ pub struct Config {
     /// `CHECK_PROVENANCE` (default true): an image whose owner is trusted is judged again by the
     /// owners of the images it was copied or built from.
     pub check_provenance: bool,
+    /// `TRUST_POLICY_SOURCE=account`: `policy` is to be read from the account's own EC2 Allowed
+    /// AMIs settings at init ([`Config::with_account_policy`]); `env` (the default) reads it from
+    /// the two variables.
+    pub policy_from_account: bool,
 }
 
 impl Config {
     pub fn from_env(source: &dyn VarSource) -> Result<Self, ConfigError> {
         let providers = config::optional(source, TRUSTED_IMAGE_PROVIDERS);
         let criteria = config::optional(source, ALLOWED_IMAGES_CRITERIA);
+        let policy_from_account =
+            config::choice_var(source, TRUST_POLICY_SOURCE, false, &[("env", false), ("account", true)])?;
+        if policy_from_account {
+            // The account's settings are the whole policy: a second one would leave the reader
+            // guessing which rules.
+            if let Some((variable, value)) =
+                [(TRUSTED_IMAGE_PROVIDERS, &providers), (ALLOWED_IMAGES_CRITERIA, &criteria)]
+                    .into_iter()
+                    .find_map(|(variable, value)| value.clone().map(|v| (variable, v)))
+            {
+                return Err(ConfigError::new(
+                    variable,
+                    value,
+                    format!("to be unset when {TRUST_POLICY_SOURCE}=account"),
+                ));
+            }
+        }
         let policy = match (providers, criteria) {
             // Two policies would leave the reader guessing which one rules: refuse both.
             (Some(_), Some(criteria)) => {
@@ -92,7 +114,17 @@ impl Config {
         }
         let enforcement = config::choice_var(source, ENFORCEMENT, Enforcement::Alert, &Enforcement::CHOICES)?;
         let check_provenance = config::bool_var(source, "CHECK_PROVENANCE", true)?;
-        Ok(Self { policy, alert_topic_arn, enforcement, check_provenance })
+        Ok(Self { policy, alert_topic_arn, enforcement, check_provenance, policy_from_account })
+    }
+
+    /// `TRUST_POLICY_SOURCE=account`: the policy is the account's own Allowed AMIs settings
+    /// (`state`, `criteria` as `GetAllowedImagesSettings` answered). A setting that is no policy
+    /// (`disabled`) or that amiguard cannot evaluate is an init error naming the variable: never
+    /// "trust all".
+    pub fn with_account_policy(self, state: &str, criteria: serde_json::Value) -> Result<Self, ConfigError> {
+        let policy = TrustPolicy::from_account_settings(state, criteria)
+            .map_err(|problem| ConfigError::new(TRUST_POLICY_SOURCE, "account", problem))?;
+        Ok(Self { policy, ..self })
     }
 }
 
@@ -694,6 +726,16 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             }
             (verdict, _) => verdict,
         };
+        // The account's own Allowed AMIs settings: where EC2 says whether it allows the image,
+        // EC2 decides (amiguard and EC2 agree by construction); provenance still applies.
+        let verdict = match (self.config.policy.defers_to_ec2(), image.and_then(|i| i.image_allowed), verdict) {
+            (true, Some(false), Verdict::Trusted) => Verdict::Untrusted {
+                reasons: vec![Reason { criterion: None, problem: Problem::NotAllowedByEc2 }],
+                severity: Severity::High,
+            },
+            (true, Some(true), Verdict::Untrusted { .. }) if made_from.is_none() => Verdict::Trusted,
+            (_, _, verdict) => verdict,
+        };
         let (owner, owner_source) = match (image, launch_metadata) {
             (Some(image), _) => (Some(image), OwnerSource::Image),
             (None, Some(recorded)) => (Some(recorded), OwnerSource::LaunchMetadata),
@@ -940,8 +982,14 @@ mod tests {
     #[test]
     fn config_errors_name_the_variable() {
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
-        let cases: [Case; 8] = [
+        let cases: [Case; 10] = [
             (&[], ALERT_TOPIC_ARN, "required"),
+            (&[(ALERT_TOPIC_ARN, TOPIC), (TRUST_POLICY_SOURCE, "ssm")], TRUST_POLICY_SOURCE, "one of env, account"),
+            (
+                &[(ALERT_TOPIC_ARN, TOPIC), (TRUST_POLICY_SOURCE, "account"), (TRUSTED_IMAGE_PROVIDERS, "self")],
+                TRUSTED_IMAGE_PROVIDERS,
+                "unset when TRUST_POLICY_SOURCE=account",
+            ),
             (&[(ALERT_TOPIC_ARN, TOPIC), ("CHECK_PROVENANCE", "maybe")], "CHECK_PROVENANCE", "true or false"),
             (&[(ALERT_TOPIC_ARN, "my-topic")], ALERT_TOPIC_ARN, "an SNS topic ARN"),
             (&[(ALERT_TOPIC_ARN, "arn:aws:sqs:us-east-1:123456789012:q")], ALERT_TOPIC_ARN, "an SNS topic ARN"),
@@ -1118,7 +1166,13 @@ mod tests {
     }
 
     fn config(enforcement: Enforcement) -> Config {
-        Config { policy: TrustPolicy::default(), alert_topic_arn: TOPIC.into(), enforcement, check_provenance: true }
+        Config {
+            policy: TrustPolicy::default(),
+            alert_topic_arn: TOPIC.into(),
+            enforcement,
+            check_provenance: true,
+            policy_from_account: false,
+        }
     }
 
     fn now() -> DateTime<Utc> {
@@ -1483,6 +1537,44 @@ mod tests {
         );
         assert_eq!(report.outcome, Outcome::Trusted);
         assert!(aliased.ec2.calls().iter().all(|c| !c.starts_with("GetImageAncestry")));
+    }
+
+    #[test]
+    fn the_accounts_settings_become_the_policy_or_a_clear_init_error() {
+        let config = Config::from_env(&env(&[(ALERT_TOPIC_ARN, TOPIC), (TRUST_POLICY_SOURCE, "account")])).unwrap();
+        assert!(config.policy_from_account);
+        let criteria = json!([{"ImageProviders": ["amazon"]}]);
+        let read = config.clone().with_account_policy("enabled", criteria.clone()).unwrap();
+        assert!(read.policy.defers_to_ec2());
+        let err = config.with_account_policy("disabled", criteria).unwrap_err();
+        assert_eq!(err.variable, TRUST_POLICY_SOURCE);
+        assert!(err.to_string().contains("disabled"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn with_the_accounts_settings_ec2s_image_allowed_decides() {
+        let account_policy =
+            TrustPolicy::from_account_settings("enabled", json!([{"ImageProviders": ["111122223333"]}])).unwrap();
+        let config = Config { policy: account_policy, ..config(Enforcement::Alert) };
+        let judged = |allowed: Option<bool>, owner: &str| {
+            let image = ImageFacts { image_allowed: allowed, owner_id: owner.into(), ..vendor_image() };
+            clients(FakeEc2 {
+                images: vec![image],
+                ..FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running))
+            })
+        };
+        async fn verdict(config: &Config, clients: Clients<FakeEc2, FakeSns, FakeSts, MemoryLedger>) -> InstanceReport {
+            instance_report(handle(config, &clients, &state_change("running"), &at()).await.unwrap())
+        }
+        // The criteria trust the owner, EC2 says not allowed (a condition amiguard cannot see).
+        let refused = verdict(&config, judged(Some(false), "111122223333")).await;
+        assert_eq!(refused.outcome, Outcome::Untrusted);
+        assert!(refused.reasons[0].contains("Allowed AMIs settings do not allow it"), "{:?}", refused.reasons);
+        // EC2 says allowed: trusted, whatever amiguard's reading of the criteria.
+        assert_eq!(verdict(&config, judged(Some(true), "999988887777")).await.outcome, Outcome::Trusted);
+        // EC2 does not say: the criteria decide.
+        assert_eq!(verdict(&config, judged(None, "999988887777")).await.outcome, Outcome::Untrusted);
+        assert_eq!(verdict(&config, judged(None, "111122223333")).await.outcome, Outcome::Trusted);
     }
 
     #[tokio::test]

@@ -14,9 +14,6 @@ use untrusted_ami_alert::{handle, Clients, Config, FUNCTION};
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = amiguard::config::reported(FUNCTION, Config::from_env(&ProcessEnv))?;
-    for warning in config.policy.warnings() {
-        tracing::warn!(function = FUNCTION, "{warning}");
-    }
     let table = amiguard::config::reported(FUNCTION, amiguard::ledger::table_name(&ProcessEnv))?;
     if table.is_none() {
         tracing::warn!(function = FUNCTION, "LEDGER_TABLE is not set: every event alerts again");
@@ -24,8 +21,22 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let sdk = amiguard::sdk::load().await;
     let region =
         sdk.region().map(ToString::to_string).ok_or("AWS_REGION is not set: the region to watch is unknown")?;
+    let ec2 = Ec2Trust::new(aws_sdk_ec2::Client::new(&sdk));
+    // TRUST_POLICY_SOURCE=account: the account's Allowed AMIs settings, read once per container.
+    // A read that fails is an init error (Lambda reports it, and retries the event later): an
+    // unread policy never means "trust all".
+    let config = if config.policy_from_account {
+        let (state, criteria) = ec2.allowed_images_settings().await?;
+        amiguard::config::reported(FUNCTION, config.with_account_policy(&state, criteria))?
+    } else {
+        config
+    };
+    tracing::info!(function = FUNCTION, policy = %config.policy, "trust policy");
+    for warning in config.policy.warnings() {
+        tracing::warn!(function = FUNCTION, "{warning}");
+    }
     let clients = Clients {
-        ec2: Ec2Trust::new(aws_sdk_ec2::Client::new(&sdk)),
+        ec2,
         alerts: SnsAlerts::new(aws_sdk_sns::Client::new(&sdk), config.alert_topic_arn.clone()),
         identity: StsIdentity::from_conf(&sdk),
         ledger: table.map(|table| DynamoLedger::from_conf(&sdk, table)),

@@ -83,6 +83,7 @@ fn image_facts(image: &aws_sdk_ec2::types::Image) -> Option<ImageFacts> {
         deprecation_time: image.deprecation_time().map(str::to_string),
         source_image_id: image.source_image_id().map(str::to_string),
         source_image_region: image.source_image_region().map(str::to_string),
+        image_allowed: image.image_allowed(),
     })
 }
 
@@ -98,6 +99,7 @@ fn metadata_facts(metadata: &aws_sdk_ec2::types::InstanceImageMetadata) -> Optio
             name: image.name().map(str::to_string),
             creation_date: image.creation_date().map(str::to_string),
             deprecation_time: image.deprecation_time().map(str::to_string),
+            image_allowed: image.image_allowed(),
             ..ImageFacts::default()
         },
     })
@@ -108,6 +110,55 @@ fn filter(name: &str, values: &[String]) -> Filter {
 }
 
 impl Ec2Trust {
+    /// `GetAllowedImagesSettings`: the state (`enabled`, `audit-mode`, `disabled`) and the
+    /// criteria, as the JSON `aws ec2 get-allowed-images-settings` prints (the policy parser
+    /// reads it, and refuses what it cannot evaluate).
+    pub async fn allowed_images_settings(&self) -> Result<(String, serde_json::Value), AwsError> {
+        let output = self
+            .client
+            .get_allowed_images_settings()
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("GetAllowedImagesSettings", e))?;
+        let criteria: Vec<serde_json::Value> = output
+            .image_criteria()
+            .iter()
+            .map(|c| {
+                let mut criterion = serde_json::Map::new();
+                let list = |items: &[String]| serde_json::Value::from(items.to_vec());
+                if !c.image_providers().is_empty() {
+                    criterion.insert("ImageProviders".into(), list(c.image_providers()));
+                }
+                if !c.image_names().is_empty() {
+                    criterion.insert("ImageNames".into(), list(c.image_names()));
+                }
+                if !c.marketplace_product_codes().is_empty() {
+                    criterion.insert("MarketplaceProductCodes".into(), list(c.marketplace_product_codes()));
+                }
+                if let Some(days) = c.creation_date_condition().and_then(|d| d.maximum_days_since_created()) {
+                    criterion
+                        .insert("CreationDateCondition".into(), serde_json::json!({"MaximumDaysSinceCreated": days}));
+                }
+                if let Some(days) = c.deprecation_time_condition().and_then(|d| d.maximum_days_since_deprecated()) {
+                    criterion.insert(
+                        "DeprecationTimeCondition".into(),
+                        serde_json::json!({"MaximumDaysSinceDeprecated": days}),
+                    );
+                }
+                // Conditions amiguard cannot evaluate are passed on by name, so that the parser
+                // refuses them rather than trusting more than EC2 would.
+                if !c.image_watermarks().is_empty() {
+                    criterion.insert("ImageWatermarks".into(), serde_json::Value::Bool(true));
+                }
+                if c.scan_result_condition().is_some() {
+                    criterion.insert("ScanResultCondition".into(), serde_json::Value::Bool(true));
+                }
+                serde_json::Value::Object(criterion)
+            })
+            .collect();
+        Ok((output.state().unwrap_or("disabled").to_string(), serde_json::Value::Array(criteria)))
+    }
+
     async fn describe_instances(&self, filter: Filter) -> Result<Vec<InstanceFacts>, AwsError> {
         let mut found = Vec::new();
         let mut pages = self.client.describe_instances().filters(filter).max_results(1000).into_paginator().send();
@@ -412,6 +463,42 @@ mod tests {
             ancestors.iter().map(|a| (a.image_id.as_str(), a.region.as_deref(), a.owner_alias.as_deref())).collect();
         assert_eq!(read, [("ami-copy", Some("us-east-1"), None), ("ami-base", Some("eu-west-1"), Some("amazon"))]);
         assert!(ancestors.iter().all(|a| a.owner_id.is_none()), "GetImageAncestry names no owner id");
+    }
+
+    #[tokio::test]
+    async fn the_accounts_allowed_images_settings_are_read_as_the_cli_prints_them() {
+        use aws_sdk_ec2::operation::get_allowed_images_settings::GetAllowedImagesSettingsOutput;
+        use aws_sdk_ec2::types::ImageCriterion;
+        let rule = mock!(Client::get_allowed_images_settings).then_output(|| {
+            GetAllowedImagesSettingsOutput::builder()
+                .state("audit-mode")
+                .image_criteria(
+                    ImageCriterion::builder()
+                        .image_providers("amazon")
+                        .image_providers("123456789012")
+                        .image_names("al2023-ami-*")
+                        .creation_date_condition(
+                            aws_sdk_ec2::types::CreationDateCondition::builder()
+                                .maximum_days_since_created(300)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        });
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+        let (state, criteria) = Ec2Trust::new(client).allowed_images_settings().await.unwrap();
+        assert_eq!(state, "audit-mode");
+        assert_eq!(
+            criteria,
+            serde_json::json!([{
+                "ImageProviders": ["amazon", "123456789012"],
+                "ImageNames": ["al2023-ami-*"],
+                "CreationDateCondition": {"MaximumDaysSinceCreated": 300}
+            }])
+        );
+        let policy = super::super::policy::TrustPolicy::from_account_settings(&state, criteria).unwrap();
+        assert!(policy.defers_to_ec2());
     }
 
     /// Tokio's clock, so that a paused test runtime skips the retry back-off.

@@ -119,6 +119,9 @@ impl fmt::Display for Criterion {
 pub enum PolicySource {
     TrustedImageProviders,
     AllowedImagesCriteria,
+    /// `TRUST_POLICY_SOURCE=account`: the account's own EC2 Allowed AMIs settings, read at init.
+    /// Where EC2 says whether an image is allowed (`ImageAllowed`), EC2's word decides.
+    AccountAllowedImages,
 }
 
 /// The trust policy: at least one criterion, each with at least one condition.
@@ -236,6 +239,25 @@ impl TrustPolicy {
         Ok(Self { criteria, source: PolicySource::AllowedImagesCriteria })
     }
 
+    /// `TRUST_POLICY_SOURCE=account`: the criteria `GetAllowedImagesSettings` answered, read with
+    /// the same parser (a condition amiguard cannot evaluate is refused, never ignored). Only
+    /// `enabled` and `audit-mode` settings are a policy: `disabled` trusts nothing and says so.
+    pub fn from_account_settings(state: &str, criteria: serde_json::Value) -> Result<Self, String> {
+        if !matches!(state, "enabled" | "audit-mode") {
+            return Err(format!(
+                "the account's Allowed AMIs settings are {state:?}: there is no policy to read (enable them, or audit-mode, or set TRUST_POLICY_SOURCE=env)"
+            ));
+        }
+        let policy = Self::from_criteria_json(&criteria.to_string())
+            .map_err(|e| format!("the account's Allowed AMIs criteria ({state}): {e}"))?;
+        Ok(Self { source: PolicySource::AccountAllowedImages, ..policy })
+    }
+
+    /// EC2's `ImageAllowed` decides where EC2 gives it (the policy is the account's own).
+    pub fn defers_to_ec2(&self) -> bool {
+        self.source == PolicySource::AccountAllowedImages
+    }
+
     pub fn criteria(&self) -> &[Criterion] {
         &self.criteria
     }
@@ -254,7 +276,12 @@ impl fmt::Display for TrustPolicy {
             (_, criteria) => {
                 let parts: Vec<String> =
                     criteria.iter().enumerate().map(|(i, c)| format!("criterion {}: {c}", i + 1)).collect();
-                write!(f, "Allowed AMIs criteria: {}", parts.join(" | "))
+                let from = if self.source == PolicySource::AccountAllowedImages {
+                    "the account's EC2 Allowed AMIs settings"
+                } else {
+                    "Allowed AMIs criteria"
+                };
+                write!(f, "{from}: {}", parts.join(" | "))
             }
         }
     }
@@ -410,6 +437,8 @@ pub struct ImageFacts {
     /// `SourceImageId`/`SourceImageRegion`: the image it was copied from, when EC2 says.
     pub source_image_id: Option<String>,
     pub source_image_region: Option<String>,
+    /// `ImageAllowed`: whether the account's Allowed AMIs settings allow it, when EC2 says.
+    pub image_allowed: Option<bool>,
 }
 
 /// Parses an EC2 timestamp (RFC 3339, with or without milliseconds).
@@ -452,6 +481,8 @@ pub enum Problem {
         owner_id: String,
         owner_alias: Option<String>,
     },
+    /// EC2 says the account's own Allowed AMIs settings do not allow the image.
+    NotAllowedByEc2,
     /// The image's owner is trusted, but who made one of its ancestors cannot be read.
     ProvenanceUnverifiable {
         chain: Vec<String>,
@@ -467,6 +498,7 @@ impl fmt::Display for Problem {
                     owner_alias.as_deref().map(|a| format!("owner alias {a}")).unwrap_or("no owner alias".into());
                 write!(f, "made from an image whose owner {owner_id} ({alias}) is not trusted: {}", chain.join(" <- "))
             }
+            Self::NotAllowedByEc2 => f.write_str("EC2 says the account's Allowed AMIs settings do not allow it"),
             Self::ProvenanceUnverifiable { chain, why } => {
                 write!(f, "provenance cannot be verified: {why}: {}", chain.join(" <- "))
             }
@@ -654,6 +686,23 @@ fn quoted(items: &[String]) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+
+    #[test]
+    fn the_accounts_allowed_images_settings_are_a_policy_when_enabled_or_auditing() {
+        let criteria = serde_json::json!([{"ImageProviders": ["amazon", "123456789012"]}]);
+        for state in ["enabled", "audit-mode"] {
+            let policy = TrustPolicy::from_account_settings(state, criteria.clone()).unwrap();
+            assert!(policy.defers_to_ec2());
+            assert_eq!(policy.criteria().len(), 1);
+            assert!(policy.to_string().starts_with("the account's EC2 Allowed AMIs settings"), "{policy}");
+        }
+        let disabled = TrustPolicy::from_account_settings("disabled", criteria).unwrap_err();
+        assert!(disabled.contains("\"disabled\""), "{disabled}");
+        // A condition amiguard cannot evaluate is refused, never ignored (it would trust more).
+        let codes = serde_json::json!([{"ImageProviders": ["amazon"], "MarketplaceProductCodes": ["abc"]}]);
+        assert!(TrustPolicy::from_account_settings("enabled", codes).is_err());
+        assert!(!TrustPolicy::default().defers_to_ec2());
+    }
 
     #[test]
     fn a_criterion_without_image_providers_is_warned_about_and_kept() {
