@@ -365,6 +365,9 @@ mod tests {
                             .name("vendor")
                             .creation_date("2025-01-01T00:00:00.000Z")
                             .deprecation_time("2026-01-01T00:00:00Z")
+                            .source_image_id("ami-0source")
+                            .source_image_region("eu-west-1")
+                            .image_allowed(false)
                             .build(),
                     )
                     .build()
@@ -380,7 +383,9 @@ mod tests {
                 name: Some("vendor".into()),
                 creation_date: Some("2025-01-01T00:00:00.000Z".into()),
                 deprecation_time: Some("2026-01-01T00:00:00Z".into()),
-                ..ImageFacts::default()
+                source_image_id: Some("ami-0source".into()),
+                source_image_region: Some("eu-west-1".into()),
+                image_allowed: Some(false),
             }]
         );
     }
