@@ -55,10 +55,14 @@ struct Mocked {
     publish: Rule,
 }
 
-/// No instance exists; every call that could change something is counted.
+/// No instance exists (nor did: EC2 has no launch metadata for it); every call that could change
+/// something is counted.
 fn clients() -> Mocked {
     let describe = mock!(aws_sdk_ec2::Client::describe_instances)
         .then_output(|| aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput::builder().build());
+    let metadata = mock!(aws_sdk_ec2::Client::describe_instance_image_metadata).then_output(|| {
+        aws_sdk_ec2::operation::describe_instance_image_metadata::DescribeInstanceImageMetadataOutput::builder().build()
+    });
     let publish = mock!(aws_sdk_sns::Client::publish)
         .then_output(|| aws_sdk_sns::operation::publish::PublishOutput::builder().message_id("m-1").build());
     let identity = mock!(aws_sdk_sts::Client::get_caller_identity).then_output(|| {
@@ -66,7 +70,7 @@ fn clients() -> Mocked {
     });
     Mocked {
         clients: Clients {
-            ec2: Ec2Trust::new(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe])),
+            ec2: Ec2Trust::new(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe, &metadata])),
             alerts: SnsAlerts::new(mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&publish]), TOPIC),
             identity: StsIdentity::new(mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&identity])),
             ledger: Some(MemoryLedger::new()),
@@ -80,6 +84,12 @@ fn config() -> Config {
     Config::from_env(&|name: &str| (name == "ALERT_TOPIC_ARN").then(|| TOPIC.to_string())).unwrap()
 }
 
+/// The samples' own time: their launches are fresh, so an instance EC2 does not list is one it may
+/// not list yet (retried), not one that is gone (judged by the record's image, and alerted).
+fn when_the_samples_happened() -> Invocation {
+    Invocation::at(chrono::DateTime::parse_from_rfc3339("2026-01-31T12:05:00Z").unwrap().into())
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -91,7 +101,7 @@ proptest! {
     fn arbitrary_json_never_panics_nor_alerts(payload in any_json(&[])) {
         let mocked = clients();
         let _typed: Result<_, untrusted_ami_alert::Error> =
-            runtime().block_on(handle(&config(), &mocked.clients, &payload, &Invocation::at(chrono::Utc::now())));
+            runtime().block_on(handle(&config(), &mocked.clients, &payload, &when_the_samples_happened()));
         prop_assert_eq!(mocked.publish.num_calls(), 0);
     }
 
@@ -99,7 +109,7 @@ proptest! {
     fn mutated_events_never_panic_nor_alert(payload in mutated_event()) {
         let mocked = clients();
         let _typed: Result<_, untrusted_ami_alert::Error> =
-            runtime().block_on(handle(&config(), &mocked.clients, &payload, &Invocation::at(chrono::Utc::now())));
+            runtime().block_on(handle(&config(), &mocked.clients, &payload, &when_the_samples_happened()));
         prop_assert_eq!(mocked.publish.num_calls(), 0);
     }
 }
@@ -111,11 +121,11 @@ fn still_alive_after_a_hundred_random_payloads() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     for _ in 0..100 {
         let payload = any_json(&[]).new_tree(&mut runner).unwrap().current();
-        let _ = rt.block_on(handle(&config(), &mocked.clients, &payload, &Invocation::at(chrono::Utc::now())));
+        let _ = rt.block_on(handle(&config(), &mocked.clients, &payload, &when_the_samples_happened()));
     }
     let audit: Value =
         serde_json::from_str(include_str!("../../../events/untrusted-ami-alert.scheduled-audit.json")).unwrap();
-    let report = rt.block_on(handle(&config(), &mocked.clients, &audit, &Invocation::at(chrono::Utc::now()))).unwrap();
+    let report = rt.block_on(handle(&config(), &mocked.clients, &audit, &when_the_samples_happened())).unwrap();
     let report = serde_json::to_value(report).unwrap();
     assert_eq!(report["outcome"], "audit");
     assert_eq!(report["audited"], 0);
