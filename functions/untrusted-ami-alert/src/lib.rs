@@ -53,6 +53,9 @@ pub struct Config {
     /// AMIs settings at init ([`Config::with_account_policy`]); `env` (the default) reads it from
     /// the two variables.
     pub policy_from_account: bool,
+    /// Said in every report: why the policy is not the one configured (the account's settings
+    /// could not be used, so the default judges).
+    pub policy_note: Option<String>,
 }
 
 impl Config {
@@ -114,7 +117,7 @@ impl Config {
         }
         let enforcement = config::choice_var(source, ENFORCEMENT, Enforcement::Alert, &Enforcement::CHOICES)?;
         let check_provenance = config::bool_var(source, "CHECK_PROVENANCE", true)?;
-        Ok(Self { policy, alert_topic_arn, enforcement, check_provenance, policy_from_account })
+        Ok(Self { policy, alert_topic_arn, enforcement, check_provenance, policy_from_account, policy_note: None })
     }
 
     /// `TRUST_POLICY_SOURCE=account`: the policy is the account's own Allowed AMIs settings
@@ -125,6 +128,20 @@ impl Config {
         let policy = TrustPolicy::from_account_settings(state, criteria)
             .map_err(|problem| ConfigError::new(TRUST_POLICY_SOURCE, "account", problem))?;
         Ok(Self { policy, ..self })
+    }
+
+    /// The account's settings could not be used (`why`): the default policy (`amazon,self`, never
+    /// "trust all") judges instead, and every report says so. Alerting goes on: anyone able to
+    /// disable the account's Allowed AMIs must not silence amiguard with it.
+    pub fn with_default_policy_because(self, why: &str) -> Self {
+        Self {
+            policy: TrustPolicy::default(),
+            policy_note: Some(format!(
+                "{TRUST_POLICY_SOURCE}=account: the account's Allowed AMIs settings could not be used ({why}): judged by the default policy ({}) until the function restarts",
+                policy::DEFAULT_TRUSTED_PROVIDERS
+            )),
+            ..self
+        }
     }
 }
 
@@ -361,7 +378,9 @@ where
     };
     let mut result = result;
     if let Ok(report) = &mut result {
-        report.add_warnings(&config.policy.warnings());
+        let mut warnings = config.policy.warnings();
+        warnings.extend(config.policy_note.clone());
+        report.add_warnings(&warnings);
         amiguard::report::log(FUNCTION, report);
     }
     result
@@ -551,9 +570,10 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         Ok(report)
     }
 
-    /// The audit's one message for every instance it claimed an alert for (nothing claimed:
-    /// nothing sent). Sent, each claim is confirmed with the digest's message id; refused, every
-    /// claim is given back, and the invocation fails so that the retry sends it.
+    /// The audit's digest of every instance it claimed an alert for (nothing claimed: nothing
+    /// sent), in parts of at most [`alert::DIGEST_FINDINGS_PER_MESSAGE`] findings. Each part
+    /// sent confirms its claims with its message id; a part SNS refuses gives its claims back and
+    /// fails the invocation, so that the retry sends it (the parts sent stay sent).
     async fn send_digest(
         &self,
         guarded: &mut [Guarded],
@@ -562,38 +582,40 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
     ) {
         let claimed: Vec<usize> =
             guarded.iter().enumerate().filter(|(_, g)| g.pending.is_some()).map(|(i, _)| i).collect();
-        if claimed.is_empty() {
-            return;
-        }
-        let findings: Vec<AlertDetails> =
-            claimed.iter().filter_map(|&i| guarded[i].pending.as_ref().map(|p| p.details.clone())).collect();
-        let digest = alert::compose_digest(&findings, self.account, &self.clients.region);
-        let published = self.clients.alerts.publish(&digest).await;
-        for &i in &claimed {
-            let Some(PendingAlert { claim, details }) = guarded[i].pending.take() else { continue };
-            match (&published, &claim, &self.clients.ledger) {
-                (Ok(message_id), Some(claim), Some(store)) => {
-                    if let Err(err) =
-                        sent::confirm(store, claim, &details.image_id, message_id, self.invocation.clock()).await
-                    {
-                        warnings.push(format!(
-                            "the ledger could not record the alert of {} as sent ({err}): it may repeat",
-                            details.instance_id
-                        ));
+        let parts: Vec<&[usize]> = claimed.chunks(alert::DIGEST_FINDINGS_PER_MESSAGE).collect();
+        let count = parts.len();
+        for (n, part) in parts.into_iter().enumerate() {
+            let findings: Vec<AlertDetails> =
+                part.iter().filter_map(|&i| guarded[i].pending.as_ref().map(|p| p.details.clone())).collect();
+            let numbered = (count > 1).then_some((n + 1, count));
+            let digest = alert::compose_digest(&findings, self.account, &self.clients.region, numbered);
+            let published = self.clients.alerts.publish(&digest).await;
+            for &i in part {
+                let Some(PendingAlert { claim, details }) = guarded[i].pending.take() else { continue };
+                match (&published, &claim, &self.clients.ledger) {
+                    (Ok(message_id), Some(claim), Some(store)) => {
+                        if let Err(err) =
+                            sent::confirm(store, claim, &details.image_id, message_id, self.invocation.clock()).await
+                        {
+                            warnings.push(format!(
+                                "the ledger could not record the alert of {} as sent ({err}): it may repeat",
+                                details.instance_id
+                            ));
+                        }
                     }
+                    (Err(_), Some(claim), Some(store)) => {
+                        let _ = sent::release(store, claim).await;
+                    }
+                    _ => {}
                 }
-                (Err(_), Some(claim), Some(store)) => {
-                    let _ = sent::release(store, claim).await;
+                match &published {
+                    Ok(message_id) => guarded[i].report.alert_message_id = Some(message_id.clone()),
+                    Err(error) => failures.push(InstanceFailure {
+                        instance_id: details.instance_id.clone(),
+                        step: FailedStep::Alert,
+                        error: error.clone(),
+                    }),
                 }
-                _ => {}
-            }
-            match &published {
-                Ok(message_id) => guarded[i].report.alert_message_id = Some(message_id.clone()),
-                Err(error) => failures.push(InstanceFailure {
-                    instance_id: details.instance_id.clone(),
-                    step: FailedStep::Alert,
-                    error: error.clone(),
-                }),
             }
         }
     }
@@ -614,7 +636,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             .map(|i| i.instance_id.clone())
             .collect();
         let launch_metadata = self.launch_metadata(&hidden).await;
-        let provenance = if self.config.check_provenance { self.provenance(&images).await? } else { HashMap::new() };
+        let provenance = if self.config.check_provenance { self.provenance(&images).await } else { HashMap::new() };
         let mut guarded = Vec::with_capacity(instances.len());
         for instance in instances {
             let image = instance.image_id.as_ref().and_then(|id| images.get(id));
@@ -625,16 +647,34 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         Ok(guarded)
     }
 
+    /// The verdict on the image's owner: the policy's, except where the policy is the account's
+    /// own Allowed AMIs settings and EC2 says whether it allows the image (`ImageAllowed`): then
+    /// EC2's word decides, so amiguard and EC2 agree by construction. Provenance comes after.
+    fn owner_verdict(&self, image: Option<&ImageFacts>) -> Verdict {
+        let verdict = policy::verdict(&self.config.policy, image, self.account, self.invocation.now);
+        match (self.config.policy.defers_to_ec2(), image.and_then(|i| i.image_allowed), verdict) {
+            (true, Some(false), Verdict::Untrusted { mut reasons, .. }) => {
+                reasons.insert(0, Reason { criterion: None, problem: Problem::NotAllowedByEc2 });
+                Verdict::Untrusted { reasons, severity: Severity::High }
+            }
+            (true, Some(false), Verdict::Trusted) => Verdict::Untrusted {
+                reasons: vec![Reason { criterion: None, problem: Problem::NotAllowedByEc2 }],
+                severity: Severity::High,
+            },
+            (true, Some(true), _) => Verdict::Trusted,
+            (_, _, verdict) => verdict,
+        }
+    }
+
     /// Provenance of the images whose owner the policy trusts by id (`self`, an account id):
     /// who made each of their ancestors. Images trusted by alias (`amazon`, `aws-marketplace`,
     /// `aws-backup-vault`) are AWS's or verified publishers' and are not traced. Answers the
     /// problem of each image whose lineage is not trusted.
-    async fn provenance(&self, images: &HashMap<String, ImageFacts>) -> Result<HashMap<String, Problem>, Error> {
-        let now = self.invocation.now;
+    async fn provenance(&self, images: &HashMap<String, ImageFacts>) -> HashMap<String, Problem> {
         let traced: Vec<&ImageFacts> = images
             .values()
             .filter(|i| i.owner_alias.is_none())
-            .filter(|i| policy::verdict(&self.config.policy, Some(i), self.account, now).is_trusted())
+            .filter(|i| self.owner_verdict(Some(i)).is_trusted())
             .collect();
         let mut lineages: Vec<(&ImageFacts, Lineage)> = Vec::with_capacity(traced.len());
         for image in traced {
@@ -664,10 +704,18 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             .collect();
         ask.sort();
         ask.dedup();
+        // A lookup that fails leaves those owners unknown (provenance unverifiable): it never
+        // keeps the invocation from alerting on what it knows.
         let owners: HashMap<String, ImageFacts> = if ask.is_empty() {
             HashMap::new()
         } else {
-            self.clients.ec2.visible_images(&ask).await?.into_iter().map(|i| (i.image_id.clone(), i)).collect()
+            match self.clients.ec2.visible_images(&ask).await {
+                Ok(found) => found.into_iter().map(|i| (i.image_id.clone(), i)).collect(),
+                Err(err) => {
+                    tracing::warn!(function = FUNCTION, error = %err, "the owners of ancestor images could not be read");
+                    HashMap::new()
+                }
+            }
         };
         let mut problems = HashMap::new();
         for (image, mut lineage) in lineages {
@@ -683,7 +731,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 problems.insert(image.image_id.clone(), problem);
             }
         }
-        Ok(problems)
+        problems
     }
 
     /// The owners of images that are no longer visible, as EC2 recorded them at launch. Only
@@ -714,9 +762,10 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             let report = InstanceReport::skipped(Some(instance_id), "EC2 reports no image id for the instance".into());
             return Guarded { report, failures: vec![], pending: None };
         };
-        let verdict = match (policy::verdict(&self.config.policy, image, self.account, self.invocation.now), made_from)
-        {
-            // The owner is trusted, who made it is not (high), or cannot be read (medium).
+        // Who owns it (as the policy, or EC2's own Allowed AMIs verdict, says), then who made it:
+        // an image whose owner is trusted but whose lineage is not is untrusted (high), or
+        // cannot be verified (medium).
+        let verdict = match (self.owner_verdict(image), made_from) {
             (Verdict::Trusted, Some(problem)) => {
                 let severity = match problem {
                     Problem::ProvenanceUnverifiable { .. } => Severity::Medium,
@@ -725,16 +774,6 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 Verdict::Untrusted { reasons: vec![Reason { criterion: None, problem: problem.clone() }], severity }
             }
             (verdict, _) => verdict,
-        };
-        // The account's own Allowed AMIs settings: where EC2 says whether it allows the image,
-        // EC2 decides (amiguard and EC2 agree by construction); provenance still applies.
-        let verdict = match (self.config.policy.defers_to_ec2(), image.and_then(|i| i.image_allowed), verdict) {
-            (true, Some(false), Verdict::Trusted) => Verdict::Untrusted {
-                reasons: vec![Reason { criterion: None, problem: Problem::NotAllowedByEc2 }],
-                severity: Severity::High,
-            },
-            (true, Some(true), Verdict::Untrusted { .. }) if made_from.is_none() => Verdict::Trusted,
-            (_, _, verdict) => verdict,
         };
         let (owner, owner_source) = match (image, launch_metadata) {
             (Some(image), _) => (Some(image), OwnerSource::Image),
@@ -1172,6 +1211,7 @@ mod tests {
             enforcement,
             check_provenance: true,
             policy_from_account: false,
+            policy_note: None,
         }
     }
 
@@ -1546,9 +1586,13 @@ mod tests {
         let criteria = json!([{"ImageProviders": ["amazon"]}]);
         let read = config.clone().with_account_policy("enabled", criteria.clone()).unwrap();
         assert!(read.policy.defers_to_ec2());
-        let err = config.with_account_policy("disabled", criteria).unwrap_err();
+        let err = config.clone().with_account_policy("disabled", criteria).unwrap_err();
         assert_eq!(err.variable, TRUST_POLICY_SOURCE);
         assert!(err.to_string().contains("disabled"), "{err}");
+        // The handler then judges by the default policy, and says so in every report.
+        let fallback = config.with_default_policy_because(&err.to_string());
+        assert_eq!(fallback.policy, TrustPolicy::default());
+        assert!(fallback.policy_note.as_deref().unwrap().contains("amazon,self"));
     }
 
     #[tokio::test]
@@ -1575,6 +1619,53 @@ mod tests {
         // EC2 does not say: the criteria decide.
         assert_eq!(verdict(&config, judged(None, "999988887777")).await.outcome, Outcome::Untrusted);
         assert_eq!(verdict(&config, judged(None, "111122223333")).await.outcome, Outcome::Trusted);
+    }
+
+    #[tokio::test]
+    async fn with_the_accounts_settings_an_allowed_own_copy_is_still_traced_to_its_maker() {
+        // EC2 allows every image the account owns; the copy's maker is an untrusted vendor.
+        let policy = TrustPolicy::from_account_settings("enabled", json!([{"ImageProviders": ["amazon"]}])).unwrap();
+        let config = Config { policy, ..config(Enforcement::Alert) };
+        let mut ec2 = copied_in(Ok(vec![vendor_ancestor()]), None);
+        ec2.images[0].image_allowed = Some(true);
+        let clients = clients(ec2);
+        let report = instance_report(handle(&config, &clients, &state_change("running"), &at()).await.unwrap());
+        assert_eq!(report.outcome, Outcome::Untrusted);
+        assert!(report.reasons[0].contains("<- ami-0aaaaaaaaaaaaaaaa"), "{:?}", report.reasons);
+    }
+
+    fn audit_event() -> serde_json::Value {
+        json!({"detail-type": "Scheduled Event", "source": "aws.events", "account": ACCOUNT, "region": "us-east-1", "detail": {}})
+    }
+
+    #[tokio::test]
+    async fn a_large_audit_sends_its_digest_in_parts_and_a_refused_part_is_sent_by_the_retry() {
+        let instances: Vec<InstanceFacts> =
+            (0..120).map(|n| instance(&format!("i-0{n:016x}"), VENDOR_AMI, InstanceState::Running)).collect();
+        let ec2 = FakeEc2 { instances: Mutex::new(instances), images: vec![vendor_image()], ..FakeEc2::default() };
+        let mut clients = clients(ec2);
+        clients.alerts.fail = true;
+        let err = handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.unwrap_err();
+        assert!(matches!(err, Error::NotGuarded(ref f) if f.len() == 120), "{err}");
+        clients.alerts.fail = false;
+        let Report::Audit(audit) = handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.unwrap()
+        else {
+            panic!("not an audit")
+        };
+        assert_eq!(audit.alerts_sent, 120);
+        let sent = clients.alerts.sent.lock().unwrap().clone();
+        let sizes: Vec<&str> = sent.iter().map(|a| a.subject.as_str()).collect();
+        assert_eq!(sent.len(), 3, "{sizes:?}");
+        assert!(sent[0].subject.contains("on 50 instances") && sent[0].subject.contains("part 1 of 3"), "{sizes:?}");
+        assert!(sent[2].subject.contains("on 20 instances") && sent[2].subject.contains("part 3 of 3"), "{sizes:?}");
+        assert!(sent.iter().all(|a| a.body.len() < 200_000));
+        // Sent means sent: the next audit finds nothing new.
+        let Report::Audit(again) = handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.unwrap()
+        else {
+            panic!("not an audit")
+        };
+        assert_eq!(again.alerts_sent, 0);
+        assert_eq!(clients.alerts.sent.lock().unwrap().len(), 3);
     }
 
     #[tokio::test]

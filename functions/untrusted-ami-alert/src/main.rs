@@ -23,11 +23,19 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         sdk.region().map(ToString::to_string).ok_or("AWS_REGION is not set: the region to watch is unknown")?;
     let ec2 = Ec2Trust::new(aws_sdk_ec2::Client::new(&sdk));
     // TRUST_POLICY_SOURCE=account: the account's Allowed AMIs settings, read once per container.
-    // A read that fails is an init error (Lambda reports it, and retries the event later): an
-    // unread policy never means "trust all".
+    // Settings that cannot be read or used leave the default policy judging, said in every
+    // report: an unread policy never means "trust all", nor silence.
     let config = if config.policy_from_account {
-        let (state, criteria) = ec2.allowed_images_settings().await?;
-        amiguard::config::reported(FUNCTION, config.with_account_policy(&state, criteria))?
+        let read = ec2.allowed_images_settings().await.map_err(|e| e.to_string());
+        match read.and_then(|(state, criteria)| {
+            config.clone().with_account_policy(&state, criteria).map_err(|e| e.to_string())
+        }) {
+            Ok(config) => config,
+            Err(why) => {
+                tracing::error!(function = FUNCTION, "{why}: judging by the default policy");
+                config.with_default_policy_because(&why)
+            }
+        }
     } else {
         config
     };

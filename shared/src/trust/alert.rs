@@ -117,12 +117,18 @@ pub fn compose_follow_up(details: &AlertDetails, occasion: &Occasion, launches: 
     Alert { body: format!("{note}{}", alert.body), ..alert }
 }
 
-/// The audit's one message: every newly untrusted instance, grouped by image and owner.
-pub fn compose_digest(findings: &[AlertDetails], account: &str, region: &str) -> Alert {
+/// Findings per digest message: about 2 KB each with its JSON, so a message stays far below
+/// SNS's 256 KB (a large first audit sends several parts rather than one that SNS refuses).
+pub const DIGEST_FINDINGS_PER_MESSAGE: usize = 50;
+
+/// The audit's message: newly untrusted instances, grouped by image and owner; `part` is
+/// `(n, of)` when the audit's findings take several messages.
+pub fn compose_digest(findings: &[AlertDetails], account: &str, region: &str, part: Option<(usize, usize)>) -> Alert {
     let severity =
         if findings.iter().any(|f| f.severity == Severity::High) { Severity::High } else { Severity::Medium };
+    let part_text = part.map(|(n, of)| format!(", part {n} of {of}")).unwrap_or_default();
     let subject = fit_subject(&format!(
-        "amiguard: untrusted AMIs on {} instance{} ({account} {region})",
+        "amiguard: untrusted AMIs on {} instance{} ({account} {region}{part_text})",
         findings.len(),
         if findings.len() == 1 { "" } else { "s" }
     ));
@@ -242,7 +248,7 @@ mod tests {
             on("i-03", "ami-a", Severity::Medium),
             on("i-04", "ami-a", Severity::Medium),
         ];
-        let digest = compose_digest(&findings, "123456789012", "us-east-1");
+        let digest = compose_digest(&findings, "123456789012", "us-east-1", None);
         assert_eq!(digest.subject, "amiguard: untrusted AMIs on 4 instances (123456789012 us-east-1)");
         assert_eq!(digest.severity, Severity::High, "the highest of its findings");
         let a = digest.body.find("Image ami-a").unwrap();
@@ -253,6 +259,8 @@ mod tests {
             assert_eq!(digest.body.matches(&format!("  - {instance} (")).count(), 1, "{instance} once");
         }
         let follow_up = compose_follow_up(&findings[0], &Occasion::RunInstances, 4);
+        let part = compose_digest(&findings[..1], "123456789012", "us-east-1", Some((2, 3)));
+        assert_eq!(part.subject, "amiguard: untrusted AMIs on 1 instance (123456789012 us-east-1, part 2 of 3)");
         assert!(follow_up.body.starts_with("This is launch 4 of image ami-a within the hour"), "{}", follow_up.body);
         assert_eq!(follow_up.subject, compose(&findings[0], &Occasion::RunInstances).subject, "the subject's contract");
     }

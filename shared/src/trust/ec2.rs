@@ -249,6 +249,15 @@ impl TrustEc2 for Ec2Trust {
                 owner_alias: entry.image_owner_alias().map(str::to_string),
             });
         }
+        // The chain can end before the root (AWS cuts it at 50 entries, or at a source in another
+        // partition): a last entry that still names a source is not the root, and that source
+        // is judged like any ancestor (its owner unknown unless it can be read).
+        if let Some(source) = entries.last().and_then(|last| last.source_image_id()) {
+            if !ancestors.iter().any(|a| a.image_id == source) && source != image_id {
+                let region = entries.last().and_then(|last| last.source_image_region()).map(str::to_string);
+                ancestors.push(Ancestor { image_id: source.to_string(), region, ..Ancestor::default() });
+            }
+        }
         Ok(ancestors)
     }
 
@@ -468,6 +477,18 @@ mod tests {
             ancestors.iter().map(|a| (a.image_id.as_str(), a.region.as_deref(), a.owner_alias.as_deref())).collect();
         assert_eq!(read, [("ami-copy", Some("us-east-1"), None), ("ami-base", Some("eu-west-1"), Some("amazon"))]);
         assert!(ancestors.iter().all(|a| a.owner_id.is_none()), "GetImageAncestry names no owner id");
+        // A chain cut before its root: the source its last entry names is an ancestor too.
+        let cut = mock!(Client::get_image_ancestry).then_output(move || {
+            GetImageAncestryOutput::builder()
+                .image_ancestry_entries(entry("ami-app", Some(("ami-50th", "us-east-1")), None))
+                .image_ancestry_entries(entry("ami-50th", Some(("ami-beyond", "us-west-2")), None))
+                .build()
+        });
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&cut]);
+        let ancestors = Ec2Trust::new(client).image_ancestry("ami-app").await.unwrap();
+        let ids: Vec<(&str, Option<&str>)> =
+            ancestors.iter().map(|a| (a.image_id.as_str(), a.region.as_deref())).collect();
+        assert_eq!(ids, [("ami-50th", Some("us-east-1")), ("ami-beyond", Some("us-west-2"))]);
     }
 
     #[tokio::test]
