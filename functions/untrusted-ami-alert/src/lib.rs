@@ -21,7 +21,7 @@ use amiguard::trust::ec2::{LaunchMetadata, TrustEc2};
 use amiguard::trust::enforce::{
     self, Enforcement, EnforcementTaken, InstanceFacts, InstanceState, Occasion, Outcomes, StopStep,
 };
-use amiguard::trust::fold::{self, Slot};
+use amiguard::trust::fold::{self, Folded, Slot};
 use amiguard::trust::identity::CallerIdentity;
 use amiguard::trust::policy::{self, ImageFacts, Problem, Reason, Severity, TrustPolicy, Verdict};
 use amiguard::trust::provenance::{self, Ancestor, Lineage};
@@ -53,6 +53,9 @@ pub struct Config {
     /// AMIs settings at init ([`Config::with_account_policy`]); `env` (the default) reads it from
     /// the two variables.
     pub policy_from_account: bool,
+    /// `FOLD_LAUNCH_ALERTS` (default true; the stack sets false when no audit is scheduled, as the
+    /// audit's digest is what names the folded instances).
+    pub fold_launch_alerts: bool,
     /// Said in every report: why the policy is not the one configured (the account's settings
     /// could not be used, so the default judges).
     pub policy_note: Option<String>,
@@ -117,7 +120,16 @@ impl Config {
         }
         let enforcement = config::choice_var(source, ENFORCEMENT, Enforcement::Alert, &Enforcement::CHOICES)?;
         let check_provenance = config::bool_var(source, "CHECK_PROVENANCE", true)?;
-        Ok(Self { policy, alert_topic_arn, enforcement, check_provenance, policy_from_account, policy_note: None })
+        let fold_launch_alerts = config::bool_var(source, "FOLD_LAUNCH_ALERTS", true)?;
+        Ok(Self {
+            policy,
+            alert_topic_arn,
+            enforcement,
+            check_provenance,
+            policy_from_account,
+            fold_launch_alerts,
+            policy_note: None,
+        })
     }
 
     /// `TRUST_POLICY_SOURCE=account`: the policy is the account's own Allowed AMIs settings
@@ -538,12 +550,11 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         let mut guarded = self.guard(&instances, &Occasion::Audit).await?;
         let mut failures = Vec::new();
         let mut untrusted = Vec::new();
-        let mut alerts_sent = 0;
         let mut warnings = Vec::new();
-        self.send_digest(&mut guarded, &mut failures, &mut warnings).await;
+        let folded = self.folded_for_digest(&guarded, &mut warnings).await;
+        let alerts_sent = self.send_digest(&mut guarded, folded, &mut failures, &mut warnings).await;
         for Guarded { report, failures: f, .. } in guarded {
             failures.extend(f);
-            alerts_sent += usize::from(report.alert_message_id.is_some());
             warnings.extend(report.warnings.iter().cloned());
             if report.outcome == Outcome::Untrusted {
                 untrusted.push(AuditFinding {
@@ -570,29 +581,89 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         Ok(report)
     }
 
-    /// The audit's digest of every instance it claimed an alert for (nothing claimed: nothing
-    /// sent), in parts of at most [`alert::DIGEST_FINDINGS_PER_MESSAGE`] findings. Each part
-    /// sent confirms its claims with its message id; a part SNS refuses gives its claims back and
-    /// fails the invocation, so that the retry sends it (the parts sent stay sent).
+    /// The folded launch alerts the ledger keeps, for the digest: those of instances this audit
+    /// judged already are in it anyway (their records are forgotten once it is sent); the others
+    /// (gone since, or not untrusted any more by the ledger's word) are claimed here, so that each
+    /// goes out once.
+    async fn folded_for_digest(
+        &self,
+        guarded: &[Guarded],
+        warnings: &mut Vec<String>,
+    ) -> Vec<(Option<PendingAlert>, Folded)> {
+        let Some(store) = &self.clients.ledger else { return Vec::new() };
+        let records = match fold::folded(store, &self.clients.region).await {
+            Ok(records) => records,
+            Err(err) => {
+                warnings.push(format!("the folded launch alerts could not be read ({err}): the next audit sends them"));
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for record in records {
+            let judged = guarded.iter().any(|g| {
+                g.report.instance_id.as_deref() == Some(record.details.instance_id.as_str())
+                    && g.report.image_id.as_deref() == Some(record.details.image_id.as_str())
+            });
+            if judged {
+                out.push((None, record));
+                continue;
+            }
+            let key = AlertKey::untrusted(&self.clients.region, &record.details.instance_id, &record.details.image_id);
+            match sent::turn(Some(store), &key, self.invocation).await {
+                Turn::Send(claim, _) => {
+                    out.push((Some(PendingAlert { claim, details: record.details.clone() }), record))
+                }
+                // Sent by another path since: nothing left to send for it.
+                Turn::AlreadySent => out.push((None, record)),
+                Turn::InProgress => {}
+            }
+        }
+        out
+    }
+
+    /// The audit's digest of every instance it claimed an alert for, and of the folded launch
+    /// alerts (nothing claimed: nothing sent), in parts of at most
+    /// [`alert::DIGEST_FINDINGS_PER_MESSAGE`] findings. Each part sent confirms its claims with
+    /// its message id; a part SNS refuses gives its claims back and fails the invocation, so that
+    /// the retry sends it (the parts sent stay sent). Folded records are forgotten once sent.
     async fn send_digest(
         &self,
         guarded: &mut [Guarded],
+        folded: Vec<(Option<PendingAlert>, Folded)>,
         failures: &mut Vec<InstanceFailure>,
         warnings: &mut Vec<String>,
-    ) {
-        let claimed: Vec<usize> =
-            guarded.iter().enumerate().filter(|(_, g)| g.pending.is_some()).map(|(i, _)| i).collect();
-        let parts: Vec<&[usize]> = claimed.chunks(alert::DIGEST_FINDINGS_PER_MESSAGE).collect();
+    ) -> usize {
+        // (the report it belongs to, the alert); folded alerts of gone instances have no report.
+        let mut pending: Vec<(Option<usize>, PendingAlert)> = Vec::new();
+        for (i, g) in guarded.iter_mut().enumerate() {
+            if let Some(p) = g.pending.take() {
+                pending.push((Some(i), p));
+            }
+        }
+        // A folded record goes once its instance's alert is out: sent in a part of this digest,
+        // or sent already (the claim said so; none pending for it, nor judged by this audit).
+        let mut records: Vec<(Folded, bool)> = Vec::new();
+        for (alert, record) in folded {
+            let sent_before = alert.is_none()
+                && !pending.iter().any(|(_, p)| {
+                    p.details.instance_id == record.details.instance_id && p.details.image_id == record.details.image_id
+                });
+            if let Some(alert) = alert {
+                pending.push((None, alert));
+            }
+            records.push((record, sent_before));
+        }
+        let mut sent_ids: Vec<(String, String)> = Vec::new();
+        let parts: Vec<&[(Option<usize>, PendingAlert)]> = pending.chunks(alert::DIGEST_FINDINGS_PER_MESSAGE).collect();
         let count = parts.len();
         for (n, part) in parts.into_iter().enumerate() {
-            let findings: Vec<AlertDetails> =
-                part.iter().filter_map(|&i| guarded[i].pending.as_ref().map(|p| p.details.clone())).collect();
+            let findings: Vec<AlertDetails> = part.iter().map(|(_, p)| p.details.clone()).collect();
             let numbered = (count > 1).then_some((n + 1, count));
             let digest = alert::compose_digest(&findings, self.account, &self.clients.region, numbered);
             let published = self.clients.alerts.publish(&digest).await;
-            for &i in part {
-                let Some(PendingAlert { claim, details }) = guarded[i].pending.take() else { continue };
-                match (&published, &claim, &self.clients.ledger) {
+            for (index, PendingAlert { claim, details }) in part {
+                let ids = (details.instance_id.clone(), details.image_id.clone());
+                match (&published, claim, &self.clients.ledger) {
                     (Ok(message_id), Some(claim), Some(store)) => {
                         if let Err(err) =
                             sent::confirm(store, claim, &details.image_id, message_id, self.invocation.clock()).await
@@ -609,15 +680,34 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                     _ => {}
                 }
                 match &published {
-                    Ok(message_id) => guarded[i].report.alert_message_id = Some(message_id.clone()),
-                    Err(error) => failures.push(InstanceFailure {
-                        instance_id: details.instance_id.clone(),
-                        step: FailedStep::Alert,
-                        error: error.clone(),
-                    }),
+                    Ok(message_id) => {
+                        sent_ids.push(ids);
+                        if let Some(i) = index {
+                            guarded[*i].report.alert_message_id = Some(message_id.clone());
+                        }
+                    }
+                    Err(error) => {
+                        failures.push(InstanceFailure {
+                            instance_id: details.instance_id.clone(),
+                            step: FailedStep::Alert,
+                            error: error.clone(),
+                        });
+                    }
                 }
             }
         }
+        if let Some(store) = &self.clients.ledger {
+            for (record, sent_before) in &records {
+                let ids = (record.details.instance_id.clone(), record.details.image_id.clone());
+                if *sent_before || sent_ids.contains(&ids) {
+                    if let Err(err) = fold::forget(store, &self.clients.region, record).await {
+                        warnings
+                            .push(format!("a folded alert's record stays ({err}): the next digest may list it again"));
+                    }
+                }
+            }
+        }
+        sent_ids.len()
     }
 
     /// Reads the images of `instances` once, then guards each instance.
@@ -872,14 +962,14 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 // The audit sends one digest for all it found; a launch alerts now, unless its
                 // image has had its three alerts (and the follow-up) this hour.
                 let slot =
-                    if occasion.is_audit() { None } else { Some(self.launch_slot(&image_id, &mut warnings).await) };
+                    if occasion.is_audit() { None } else { Some(self.launch_slot(&details, &mut warnings).await) };
                 let message = match slot {
                     None => {
                         pending = Some(PendingAlert { claim, details });
                         None
                     }
                     Some(Slot::Folded) => {
-                        // Unsent, so that the audit's digest lists it.
+                        // Unsent (the folded record, kept by `launch_slot`, waits for the digest).
                         if let (Some(claim), Some(store)) = (&claim, &self.clients.ledger) {
                             let _ = sent::release(store, claim).await;
                         }
@@ -943,11 +1033,24 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         Guarded { report, failures, pending }
     }
 
-    /// The launch-alert slot of `image_id` this hour (no ledger, or a ledger that fails: alert,
-    /// with a warning: a duplicate beats silence).
-    async fn launch_slot(&self, image_id: &str, warnings: &mut Vec<String>) -> Slot {
-        let Some(store) = &self.clients.ledger else { return Slot::Uncounted };
-        match fold::claim_slot(store, &self.clients.region, image_id, self.invocation.clock()).await {
+    /// The launch-alert slot of the image this hour. A folded alert is kept in the ledger for
+    /// the next digest first; no folding (`FOLD_LAUNCH_ALERTS=false`: no audit to send the
+    /// digest), no ledger, or a ledger that fails: alert, with a warning (a duplicate beats
+    /// silence).
+    async fn launch_slot(&self, details: &AlertDetails, warnings: &mut Vec<String>) -> Slot {
+        let Some(store) = self.clients.ledger.as_ref().filter(|_| self.config.fold_launch_alerts) else {
+            return Slot::Uncounted;
+        };
+        let image_id = &details.image_id;
+        let (region, now) = (&self.clients.region, self.invocation.clock());
+        match fold::claim_slot(store, region, image_id, now).await {
+            Ok(Slot::Folded) => match fold::keep_folded(store, region, details, now).await {
+                Ok(()) => Slot::Folded,
+                Err(err) => {
+                    warnings.push(format!("the folded alert could not be kept for the digest ({err}): sent instead"));
+                    Slot::Uncounted
+                }
+            },
             Ok(slot) => slot,
             Err(err) => {
                 warnings.push(format!("the launch-alert count of {image_id} could not be kept ({err}): not folded"));
@@ -1003,8 +1106,10 @@ mod tests {
             (TRUSTED_IMAGE_PROVIDERS, "aws-marketplace,111122223333"),
             (ENFORCEMENT, "stop"),
             ("CHECK_PROVENANCE", "false"),
+            ("FOLD_LAUNCH_ALERTS", "false"),
         ]))
         .unwrap();
+        assert!(!config.fold_launch_alerts);
         assert_eq!(config.policy.to_string(), "trusted image providers: aws-marketplace, 111122223333");
         assert_eq!(config.enforcement, Enforcement::Stop);
         assert!(!config.check_provenance);
@@ -1211,6 +1316,7 @@ mod tests {
             enforcement,
             check_provenance: true,
             policy_from_account: false,
+            fold_launch_alerts: true,
             policy_note: None,
         }
     }
@@ -1666,6 +1772,35 @@ mod tests {
         };
         assert_eq!(again.alerts_sent, 0);
         assert_eq!(clients.alerts.sent.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn launch_alerts_fold_after_three_an_hour_unless_folding_is_off() {
+        let ids: Vec<String> = (1..=5).map(|n| format!("i-0{n:016x}")).collect();
+        let launches = |fold: bool| {
+            let ids = ids.clone();
+            async move {
+                let instances = ids.iter().map(|id| instance(id, VENDOR_AMI, InstanceState::Running)).collect();
+                let clients = clients(FakeEc2 {
+                    instances: Mutex::new(instances),
+                    images: vec![vendor_image()],
+                    ..FakeEc2::default()
+                });
+                let config = Config { fold_launch_alerts: fold, ..config(Enforcement::Alert) };
+                let mut folded = 0;
+                for id in &ids {
+                    let mut event = state_change("running");
+                    event["detail"]["instance-id"] = json!(id);
+                    folded += usize::from(
+                        instance_report(handle(&config, &clients, &event, &at()).await.unwrap()).alert_folded,
+                    );
+                }
+                let sent = clients.alerts.sent.lock().unwrap().len();
+                (sent, folded)
+            }
+        };
+        assert_eq!(launches(true).await, (4, 1), "three alerts, the follow-up, one folded");
+        assert_eq!(launches(false).await, (5, 0), "no audit to name the folded: every launch alerts");
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 //! | `alert#<region>#<instance>`   | `image#<image-id>`       | the alert sent for the instance and image   | untrusted-ami-alert |
 //! | `failed-images#<region>`      | `<image-id>`             | the alert sent for an image that failed      | snapshot-on-stop |
 //! | `launch-alerts#<region>#<image>` | `<hour>#<n>`          | the n-th launch alert of the image that hour (folding) | untrusted-ami-alert |
+//! | `folded-alerts#<region>`      | `<instance>#<image>`     | a folded launch alert, until a digest sends it | untrusted-ami-alert |
 //! | `images#<region>`             | `<image-id>`             | an own image's snapshots, when seen, when gone | sweeper |
 //! | `orphans#<region>`            | `<snapshot-id>`          | when the snapshot was first seen orphaned    | sweeper |
 //! | `ami-events#<region>`         | `<image-id>`             | an `EC2 AMI State Change` to `deregistered`  | sweeper |
@@ -43,6 +44,11 @@ pub fn failed_image_alerts(region: &str) -> String {
 /// The partition of an image's launch-alert slots (see `trust::fold`).
 pub fn launch_alerts(region: &str, image_id: &str) -> String {
     format!("launch-alerts#{region}#{image_id}")
+}
+
+/// The partition of the folded launch alerts waiting for the audit's digest.
+pub fn folded_alerts(region: &str) -> String {
+    format!("folded-alerts#{region}")
 }
 
 pub fn alert(region: &str, instance_id: &str) -> String {

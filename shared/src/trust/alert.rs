@@ -11,7 +11,7 @@ use crate::tags;
 pub const MAX_SUBJECT_CHARS: usize = 99;
 
 /// Where the owner facts in an alert come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OwnerSource {
     /// DescribeImages: the image is visible.
@@ -22,8 +22,9 @@ pub enum OwnerSource {
     Unknown,
 }
 
-/// Everything an alert says, also its JSON block.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Everything an alert says, also its JSON block (and, for a folded launch alert, what the ledger
+/// keeps until the audit's digest sends it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AlertDetails {
     pub instance_id: String,
     pub instance_state: String,

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::Serialize;
 
 /// `ENFORCEMENT`: what happens besides the alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Enforcement {
     /// Alert only.
@@ -164,7 +164,7 @@ pub fn plan(enforcement: Enforcement, occasion: &Occasion, state: &InstanceState
 }
 
 /// The enforcement taken, as reports and alerts state it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EnforcementTaken {
     /// Trusted, skipped, or `ENFORCEMENT=alert`.

@@ -8,8 +8,9 @@
 
 use chrono::{DateTime, Duration, Utc};
 
+use super::alert::AlertDetails;
 use crate::error::AwsError;
-use crate::ledger::store::{Condition, Item, LedgerStore, Written};
+use crate::ledger::store::{query_all, Condition, Item, LedgerStore, Written};
 use crate::ledger::{keys, TTL_ATTRIBUTE};
 
 /// Launch alerts of one image sent one by one in a clock hour.
@@ -63,6 +64,51 @@ pub async fn claim_slot(
         }
     }
     Ok(Slot::Folded)
+}
+
+/// How long a folded alert waits for an audit's digest before the ledger forgets it.
+const KEEP_FOLDED: Duration = Duration::days(14);
+const DETAILS: &str = "details";
+
+/// A folded launch alert, kept until an audit's digest sends it: the instance may be gone by
+/// then (an audit lists only live instances, so without this record it would never be named).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folded {
+    pub details: AlertDetails,
+    sk: String,
+}
+
+/// Keeps a folded alert for the next digest.
+pub async fn keep_folded(
+    store: &impl LedgerStore,
+    region: &str,
+    details: &AlertDetails,
+    now: DateTime<Utc>,
+) -> Result<(), AwsError> {
+    let json = serde_json::to_string(details).map_err(|e| AwsError::new("PutItem", "Serialization", e.to_string()))?;
+    let item = Item::new(keys::folded_alerts(region), format!("{}#{}", details.instance_id, details.image_id))
+        .with_s("kind", "folded-alert")
+        .with_s(DETAILS, json)
+        .with_time("folded_at", now)
+        .with_n(TTL_ATTRIBUTE, (now + KEEP_FOLDED).timestamp());
+    store.put(&item, &Condition::Always).await.map(|_| ())
+}
+
+/// Every folded alert waiting for a digest (a record amiguard cannot read is skipped).
+pub async fn folded(store: &impl LedgerStore, region: &str) -> Result<Vec<Folded>, AwsError> {
+    Ok(query_all(store, &keys::folded_alerts(region), "")
+        .await?
+        .into_iter()
+        .filter_map(|item| {
+            let details = serde_json::from_str(item.s(DETAILS)?).ok()?;
+            Some(Folded { details, sk: item.sk })
+        })
+        .collect())
+}
+
+/// Forgets a folded alert once a digest sent it (or it was alerted otherwise).
+pub async fn forget(store: &impl LedgerStore, region: &str, folded: &Folded) -> Result<(), AwsError> {
+    store.delete(&keys::folded_alerts(region), &folded.sk, &Condition::Always).await.map(|_| ())
 }
 
 /// Gives a slot back after its alert could not be sent: a failed publish counts for nothing.

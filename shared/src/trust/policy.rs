@@ -556,7 +556,7 @@ impl fmt::Display for Reason {
 
 /// How loud an alert is: `high` when the owner is not trusted at all (or cannot be verified),
 /// `medium` when a trusted owner's image fails only name, age or deprecation conditions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Medium,
