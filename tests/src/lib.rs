@@ -361,6 +361,20 @@ impl TestAccount {
         self.ec2().stop_instances().instance_ids(&id).send().await.expect("StopInstances");
         id
     }
+
+    /// `copy-image` of `source` (in this region) into this account, named `name`: the copy's id.
+    pub async fn copy_image(&self, source: &str, name: &str) -> String {
+        let copied = self
+            .ec2()
+            .copy_image()
+            .source_image_id(source)
+            .source_region(&self.region)
+            .name(name)
+            .send()
+            .await
+            .expect("CopyImage");
+        copied.image_id().expect("CopyImage answers an image id").to_string()
+    }
 }
 
 /// Loads `events/<name>` from the workspace as JSON.

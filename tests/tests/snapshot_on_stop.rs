@@ -426,18 +426,7 @@ async fn a_tagged_copy_of_an_amiguard_image_survives_any_number_of_stops() {
     let first = handle(&clients, &keep_one, stop_event(&instance, "2026-11-27T01:00:00Z"), &delivery()).await.unwrap();
     let first_id = first.image_id.clone().unwrap();
     // A golden copy kept with `--copy-image-tags`, and a hand-made image tagged like amiguard's.
-    let copy = account
-        .ec2()
-        .copy_image()
-        .source_image_id(&first_id)
-        .source_region(&account.region)
-        .name("golden-web-copy")
-        .send()
-        .await
-        .unwrap()
-        .image_id()
-        .unwrap()
-        .to_string();
+    let copy = account.copy_image(&first_id, "golden-web-copy").await;
     let forged = account.ec2().create_image().instance_id(&instance).name("golden-web").send().await.unwrap();
     let forged = forged.image_id().unwrap().to_string();
     let original_tags = image_tags_of(&account, &first_id).await;

@@ -565,18 +565,7 @@ async fn an_untrusted_image_copied_into_the_account_is_alerted_with_its_chain() 
     let inbox = AlertInbox::new(&account, false).await;
     let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", &format!("self,{AMAZON_OWNER_ID}"))]);
     // `copy-image` of Red Hat's public image: the copy is owned by this account (`self`).
-    let copy = account
-        .ec2()
-        .copy_image()
-        .source_image_id(RHEL_AMI)
-        .source_region(&account.region)
-        .name("rhel-copied-in")
-        .send()
-        .await
-        .unwrap()
-        .image_id()
-        .unwrap()
-        .to_string();
+    let copy = account.copy_image(RHEL_AMI, "rhel-copied-in").await;
     let instance = account.run_instance(&copy, &[]).await;
     // EC2 records the copy's lineage (moto does not: the proxy answers as EC2 would).
     let proxy = Proxy::start(&moto().endpoint).await;

@@ -409,6 +409,14 @@ impl Report {
     }
 }
 
+/// What a best-effort lookup found, or nothing (logged): it only loses detail, never the verdict.
+fn or_logged<T>(result: Result<Vec<T>, AwsError>, what: &str) -> Vec<T> {
+    result.unwrap_or_else(|err| {
+        tracing::warn!(function = FUNCTION, error = %err, "{what} could not be read");
+        Vec::new()
+    })
+}
+
 /// `self`: the event's account; STS only when the event does not say.
 async fn this_account<E, P, I: CallerIdentity, L>(
     account: Option<String>,
@@ -500,13 +508,9 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         let metadata: HashMap<String, LaunchMetadata> = if ask.is_empty() {
             HashMap::new()
         } else {
-            match self.clients.ec2.launch_image_metadata(&ask).await {
-                Ok(found) => found.into_iter().map(|m| (m.instance_id.clone(), m)).collect(),
-                Err(err) => {
-                    tracing::warn!(function = FUNCTION, error = %err, "launch metadata unavailable for unlisted instances");
-                    HashMap::new()
-                }
-            }
+            let found =
+                or_logged(self.clients.ec2.launch_image_metadata(&ask).await, "launch metadata of unlisted instances");
+            found.into_iter().map(|m| (m.instance_id.clone(), m)).collect()
         };
         let old_event = event_time.is_some_and(|t| self.invocation.now - t > LISTED_AFTER_TERMINATION);
         let (mut gone, mut missing, mut notes) = (Vec::new(), Vec::new(), Vec::new());
@@ -799,13 +803,8 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         let owners: HashMap<String, ImageFacts> = if ask.is_empty() {
             HashMap::new()
         } else {
-            match self.clients.ec2.visible_images(&ask).await {
-                Ok(found) => found.into_iter().map(|i| (i.image_id.clone(), i)).collect(),
-                Err(err) => {
-                    tracing::warn!(function = FUNCTION, error = %err, "the owners of ancestor images could not be read");
-                    HashMap::new()
-                }
-            }
+            let found = or_logged(self.clients.ec2.visible_images(&ask).await, "the owners of ancestor images");
+            found.into_iter().map(|i| (i.image_id.clone(), i)).collect()
         };
         let mut problems = HashMap::new();
         for (image, mut lineage) in lineages {
@@ -830,13 +829,11 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         if instance_ids.is_empty() {
             return HashMap::new();
         }
-        match self.clients.ec2.launch_image_metadata(instance_ids).await {
-            Ok(found) => found.into_iter().map(|m| (m.instance_id, m.image)).collect(),
-            Err(err) => {
-                tracing::warn!(function = FUNCTION, error = %err, "launch metadata unavailable: owners of invisible images unknown");
-                HashMap::new()
-            }
-        }
+        let found = or_logged(
+            self.clients.ec2.launch_image_metadata(instance_ids).await,
+            "launch metadata (the owners of invisible images)",
+        );
+        found.into_iter().map(|m| (m.instance_id, m.image)).collect()
     }
 
     async fn guard_one(
