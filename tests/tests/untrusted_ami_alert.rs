@@ -636,7 +636,10 @@ async fn the_audit_of_four_untrusted_instances_sends_one_digest_naming_all_four(
 async fn ten_launches_of_one_untrusted_image_in_an_hour_send_at_most_four_messages() {
     let account = TestAccount::new().await;
     let inbox = AlertInbox::new(&account, true).await;
-    let config = config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "tag")]);
+    let config = config(
+        &inbox.topic_arn,
+        &[("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "tag"), ("FOLD_LAUNCH_ALERTS", "true")],
+    );
     let clients = clients(&account, &config).await;
     let mut reports = Vec::new();
     let mut instances = Vec::new();

@@ -53,8 +53,8 @@ pub struct Config {
     /// AMIs settings at init ([`Config::with_account_policy`]); `env` (the default) reads it from
     /// the two variables.
     pub policy_from_account: bool,
-    /// `FOLD_LAUNCH_ALERTS` (default true; the stack sets false when no audit is scheduled, as the
-    /// audit's digest is what names the folded instances).
+    /// `FOLD_LAUNCH_ALERTS` (default false: only the audit's digest names folded instances, so
+    /// folding is on only where an audit is known to run; the stack sets it so).
     pub fold_launch_alerts: bool,
     /// Said in every report: why the policy is not the one configured (the account's settings
     /// could not be used, so the default judges).
@@ -120,7 +120,7 @@ impl Config {
         }
         let enforcement = config::choice_var(source, ENFORCEMENT, Enforcement::Alert, &Enforcement::CHOICES)?;
         let check_provenance = config::bool_var(source, "CHECK_PROVENANCE", true)?;
-        let fold_launch_alerts = config::bool_var(source, "FOLD_LAUNCH_ALERTS", true)?;
+        let fold_launch_alerts = config::bool_var(source, "FOLD_LAUNCH_ALERTS", false)?;
         Ok(Self {
             policy,
             alert_topic_arn,
@@ -449,6 +449,41 @@ struct PendingAlert {
     details: AlertDetails,
 }
 
+/// What becomes of a folded launch alert at an audit.
+enum FoldedFate {
+    /// Its instance is in this audit's digest already.
+    InDigest,
+    /// Claimed from its record: it goes in the digest.
+    Claimed(Box<PendingAlert>),
+    /// The ledger says it was sent: only its record is forgotten.
+    SentBefore,
+}
+
+/// An alert for the digest, with the index of the instance report it belongs to (none for a
+/// folded alert of an instance this audit did not judge).
+type DigestEntry = (Option<usize>, PendingAlert);
+
+/// The digest's parts: at most [`alert::DIGEST_FINDINGS_PER_MESSAGE`] findings and about
+/// [`alert::DIGEST_PART_BYTES`] of their JSON each (a finding alone always makes a part).
+/// `(n, part, number of parts)`.
+fn digest_parts(pending: &[DigestEntry]) -> Vec<(usize, &[DigestEntry], usize)> {
+    let mut bounds = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, alert)) in pending.iter().enumerate() {
+        let size = serde_json::to_string(&alert.details).map(|j| j.len()).unwrap_or(0) + 500;
+        if i > start && (i - start >= alert::DIGEST_FINDINGS_PER_MESSAGE || bytes + size > alert::DIGEST_PART_BYTES) {
+            bounds.push((start, i));
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < pending.len() {
+        bounds.push((start, pending.len()));
+    }
+    let count = bounds.len();
+    bounds.into_iter().enumerate().map(|(n, (a, b))| (n, &pending[a..b], count)).collect()
+}
+
 impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<'_, E, P, I, L> {
     /// A launch: the instances named by the event, judged as EC2 describes them now. One EC2
     /// no longer lists (a short-lived instance, terminated before this ran) is still judged, by
@@ -556,10 +591,14 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         let mut untrusted = Vec::new();
         let mut warnings = Vec::new();
         let folded = self.folded_for_digest(&guarded, &mut warnings).await;
-        let alerts_sent = self.send_digest(&mut guarded, folded, &mut failures, &mut warnings).await;
+        let gone = self.send_digest(&mut guarded, folded, &mut failures, &mut warnings).await;
+        let mut alerts_sent = gone.len();
+        // Folded launch alerts of instances gone since, sent by this digest: findings too.
+        untrusted.extend(gone);
         for Guarded { report, failures: f, .. } in guarded {
             failures.extend(f);
             warnings.extend(report.warnings.iter().cloned());
+            alerts_sent += usize::from(report.alert_message_id.is_some());
             if report.outcome == Outcome::Untrusted {
                 untrusted.push(AuditFinding {
                     instance_id: report.instance_id.unwrap_or_default(),
@@ -585,40 +624,49 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         Ok(report)
     }
 
-    /// The folded launch alerts the ledger keeps, for the digest: those of instances this audit
-    /// judged already are in it anyway (their records are forgotten once it is sent); the others
-    /// (gone since, or not untrusted any more by the ledger's word) are claimed here, so that each
-    /// goes out once.
-    async fn folded_for_digest(
-        &self,
-        guarded: &[Guarded],
-        warnings: &mut Vec<String>,
-    ) -> Vec<(Option<PendingAlert>, Folded)> {
+    /// The folded launch alerts the ledger keeps, for the digest. One whose instance this audit
+    /// claimed goes out with it; one the ledger says was sent (a claim answered sent, or the
+    /// audit found it alerted) is forgotten; any other (gone since, judged otherwise now, or
+    /// claimed by nobody yet) is claimed from its record and sent from it: a folded alert is
+    /// forgotten only once it is known to be sent.
+    async fn folded_for_digest(&self, guarded: &[Guarded], warnings: &mut Vec<String>) -> Vec<(FoldedFate, Folded)> {
         let Some(store) = &self.clients.ledger else { return Vec::new() };
-        let records = match fold::folded(store, &self.clients.region).await {
-            Ok(records) => records,
+        let (records, unreadable) = match fold::folded(store, &self.clients.region).await {
+            Ok(read) => read,
             Err(err) => {
                 warnings.push(format!("the folded launch alerts could not be read ({err}): the next audit sends them"));
                 return Vec::new();
             }
         };
+        if unreadable > 0 {
+            warnings
+                .push(format!("{unreadable} folded launch alert record(s) could not be read: they stay in the ledger"));
+        }
         let mut out = Vec::new();
         for record in records {
-            let judged = guarded.iter().any(|g| {
-                g.report.instance_id.as_deref() == Some(record.details.instance_id.as_str())
-                    && g.report.image_id.as_deref() == Some(record.details.image_id.as_str())
+            let (instance, image) = (record.details.instance_id.as_str(), record.details.image_id.as_str());
+            let judged = guarded.iter().find(|g| {
+                g.report.instance_id.as_deref() == Some(instance) && g.report.image_id.as_deref() == Some(image)
             });
-            if judged {
-                out.push((None, record));
-                continue;
+            match judged {
+                Some(g) if g.pending.is_some() => {
+                    out.push((FoldedFate::InDigest, record));
+                    continue;
+                }
+                Some(g) if g.report.already_alerted => {
+                    out.push((FoldedFate::SentBefore, record));
+                    continue;
+                }
+                _ => {}
             }
-            let key = AlertKey::untrusted(&self.clients.region, &record.details.instance_id, &record.details.image_id);
+            let key = AlertKey::untrusted(&self.clients.region, instance, image);
             match sent::turn(Some(store), &key, self.invocation).await {
                 Turn::Send(claim, _) => {
-                    out.push((Some(PendingAlert { claim, details: record.details.clone() }), record))
+                    let alert = PendingAlert { claim, details: record.details.clone() };
+                    out.push((FoldedFate::Claimed(Box::new(alert)), record))
                 }
-                // Sent by another path since: nothing left to send for it.
-                Turn::AlreadySent => out.push((None, record)),
+                Turn::AlreadySent => out.push((FoldedFate::SentBefore, record)),
+                // Another delivery holds it: the record waits for the next digest.
                 Turn::InProgress => {}
             }
         }
@@ -627,46 +675,41 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
 
     /// The audit's digest of every instance it claimed an alert for, and of the folded launch
     /// alerts (nothing claimed: nothing sent), in parts of at most
-    /// [`alert::DIGEST_FINDINGS_PER_MESSAGE`] findings. Each part sent confirms its claims with
-    /// its message id; a part SNS refuses gives its claims back and fails the invocation, so that
-    /// the retry sends it (the parts sent stay sent). Folded records are forgotten once sent.
+    /// [`alert::DIGEST_FINDINGS_PER_MESSAGE`] findings and about
+    /// [`alert::DIGEST_PART_BYTES`]. Each part sent confirms its claims with its message id; a
+    /// part SNS refuses gives its claims back and fails the invocation, so that the retry sends it
+    /// (the parts sent stay sent). Folded records are forgotten once known sent. Answers the
+    /// folded alerts of instances this audit did not judge that it sent (they are findings too).
     async fn send_digest(
         &self,
         guarded: &mut [Guarded],
-        folded: Vec<(Option<PendingAlert>, Folded)>,
+        folded: Vec<(FoldedFate, Folded)>,
         failures: &mut Vec<InstanceFailure>,
         warnings: &mut Vec<String>,
-    ) -> usize {
+    ) -> Vec<AuditFinding> {
         // (the report it belongs to, the alert); folded alerts of gone instances have no report.
-        let mut pending: Vec<(Option<usize>, PendingAlert)> = Vec::new();
+        let mut pending: Vec<DigestEntry> = Vec::new();
         for (i, g) in guarded.iter_mut().enumerate() {
             if let Some(p) = g.pending.take() {
                 pending.push((Some(i), p));
             }
         }
-        // A folded record goes once its instance's alert is out: sent in a part of this digest,
-        // or sent already (the claim said so; none pending for it, nor judged by this audit).
         let mut records: Vec<(Folded, bool)> = Vec::new();
-        for (alert, record) in folded {
-            let sent_before = alert.is_none()
-                && !pending.iter().any(|(_, p)| {
-                    p.details.instance_id == record.details.instance_id && p.details.image_id == record.details.image_id
-                });
-            if let Some(alert) = alert {
-                pending.push((None, alert));
+        for (fate, record) in folded {
+            let sent_before = matches!(fate, FoldedFate::SentBefore);
+            if let FoldedFate::Claimed(alert) = fate {
+                pending.push((None, *alert));
             }
             records.push((record, sent_before));
         }
         let mut sent_ids: Vec<(String, String)> = Vec::new();
-        let parts: Vec<&[(Option<usize>, PendingAlert)]> = pending.chunks(alert::DIGEST_FINDINGS_PER_MESSAGE).collect();
-        let count = parts.len();
-        for (n, part) in parts.into_iter().enumerate() {
+        let mut from_records = Vec::new();
+        for (n, part, count) in digest_parts(&pending) {
             let findings: Vec<AlertDetails> = part.iter().map(|(_, p)| p.details.clone()).collect();
             let numbered = (count > 1).then_some((n + 1, count));
             let digest = alert::compose_digest(&findings, self.account, &self.clients.region, numbered);
             let published = self.clients.alerts.publish(&digest).await;
             for (index, PendingAlert { claim, details }) in part {
-                let ids = (details.instance_id.clone(), details.image_id.clone());
                 match (&published, claim, &self.clients.ledger) {
                     (Ok(message_id), Some(claim), Some(store)) => {
                         if let Err(err) =
@@ -685,18 +728,24 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 }
                 match &published {
                     Ok(message_id) => {
-                        sent_ids.push(ids);
-                        if let Some(i) = index {
-                            guarded[*i].report.alert_message_id = Some(message_id.clone());
+                        sent_ids.push((details.instance_id.clone(), details.image_id.clone()));
+                        match index {
+                            Some(i) => guarded[*i].report.alert_message_id = Some(message_id.clone()),
+                            None => from_records.push(AuditFinding {
+                                instance_id: details.instance_id.clone(),
+                                image_id: Some(details.image_id.clone()),
+                                owner_id: details.owner_id.clone(),
+                                reasons: details.reasons.clone(),
+                                alert_message_id: Some(message_id.clone()),
+                                enforcement: details.enforcement,
+                            }),
                         }
                     }
-                    Err(error) => {
-                        failures.push(InstanceFailure {
-                            instance_id: details.instance_id.clone(),
-                            step: FailedStep::Alert,
-                            error: error.clone(),
-                        });
-                    }
+                    Err(error) => failures.push(InstanceFailure {
+                        instance_id: details.instance_id.clone(),
+                        step: FailedStep::Alert,
+                        error: error.clone(),
+                    }),
                 }
             }
         }
@@ -711,7 +760,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 }
             }
         }
-        sent_ids.len()
+        from_records
     }
 
     /// Reads the images of `instances` once, then guards each instance.
@@ -1063,6 +1112,7 @@ mod tests {
     use super::*;
     use amiguard::ledger::memory::MemoryLedger;
     use amiguard::trust::alert::Alert;
+    use amiguard::trust::alert::OwnerSource;
     use amiguard::trust::enforce::StopOutcome;
     use chrono::{DateTime, TimeZone, Utc};
     use serde_json::json;
@@ -1087,6 +1137,7 @@ mod tests {
         assert_eq!(config.enforcement, Enforcement::Alert);
         assert_eq!(config.alert_topic_arn, TOPIC);
         assert!(config.check_provenance, "provenance is checked unless turned off");
+        assert!(!config.fold_launch_alerts, "no folding unless an audit is known to send the digest");
         // Blank means unset (an empty template parameter).
         let blank = Config::from_env(&env(&[
             (ALERT_TOPIC_ARN, TOPIC),
@@ -1103,10 +1154,10 @@ mod tests {
             (TRUSTED_IMAGE_PROVIDERS, "aws-marketplace,111122223333"),
             (ENFORCEMENT, "stop"),
             ("CHECK_PROVENANCE", "false"),
-            ("FOLD_LAUNCH_ALERTS", "false"),
+            ("FOLD_LAUNCH_ALERTS", "true"),
         ]))
         .unwrap();
-        assert!(!config.fold_launch_alerts);
+        assert!(config.fold_launch_alerts);
         assert_eq!(config.policy.to_string(), "trusted image providers: aws-marketplace, 111122223333");
         assert_eq!(config.enforcement, Enforcement::Stop);
         assert!(!config.check_provenance);
@@ -1798,6 +1849,81 @@ mod tests {
         };
         assert_eq!(launches(true).await, (4, 1), "three alerts, the follow-up, one folded");
         assert_eq!(launches(false).await, (5, 0), "no audit to name the folded: every launch alerts");
+    }
+
+    /// A folded launch alert as the ledger keeps it, for `instance` running the vendor image.
+    fn folded_alert(instance: &str) -> AlertDetails {
+        AlertDetails {
+            instance_id: instance.into(),
+            instance_state: "running".into(),
+            image_id: VENDOR_AMI.into(),
+            owner_id: Some("111122223333".into()),
+            owner_alias: None,
+            owner_source: OwnerSource::Image,
+            image_name: Some("vendor".into()),
+            reasons: vec!["owner 111122223333 is not trusted".into()],
+            severity: Severity::High,
+            region: "us-east-1".into(),
+            account: ACCOUNT.into(),
+            seen_on: "launch".into(),
+            enforcement_mode: Enforcement::Alert,
+            enforcement: EnforcementTaken::None,
+            enforcement_error: None,
+            tag_error: None,
+            policy: "trusted image providers: amazon, self".into(),
+            ledger_warning: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_folded_alert_is_sent_by_the_digest_from_its_record_whatever_became_of_its_instance() {
+        // One instance gone (EC2 lists nothing), one still running but trusted now (its image is
+        // the account's own): neither is alerted by this audit's judging, both by their records.
+        let own = own_image();
+        let ec2 = FakeEc2 {
+            images: vec![own.clone()],
+            ..FakeEc2::with(instance("i-0000000000000000b", &own.image_id, InstanceState::Running))
+        };
+        let clients = clients(ec2);
+        let store = clients.ledger.as_ref().unwrap();
+        for instance in ["i-0000000000000000a", "i-0000000000000000b"] {
+            fold::keep_folded(store, "us-east-1", &folded_alert(instance), now()).await.unwrap();
+        }
+        let Report::Audit(audit) = handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.unwrap()
+        else {
+            panic!("not an audit")
+        };
+        assert_eq!(audit.alerts_sent, 2);
+        let sent = clients.alerts.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "one digest");
+        assert!(sent[0].body.contains("i-0000000000000000a") && sent[0].body.contains("i-0000000000000000b"));
+        assert!(audit.untrusted.iter().any(|f| f.instance_id == "i-0000000000000000a"), "the gone one is a finding");
+        assert!(fold::folded(store, "us-east-1").await.unwrap().0.is_empty(), "sent: forgotten");
+        // Nothing new: the next audit sends nothing.
+        let Report::Audit(again) = handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.unwrap()
+        else {
+            panic!("not an audit")
+        };
+        assert_eq!(again.alerts_sent, 0);
+        assert_eq!(clients.alerts.sent.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_digest_keeps_the_folded_records_for_the_retry() {
+        let clients = clients(FakeEc2::default());
+        let store = clients.ledger.as_ref().unwrap();
+        fold::keep_folded(store, "us-east-1", &folded_alert("i-0000000000000000a"), now()).await.unwrap();
+        let mut clients = clients;
+        clients.alerts.fail = true;
+        assert!(handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.is_err());
+        let store = clients.ledger.as_ref().unwrap();
+        assert_eq!(fold::folded(store, "us-east-1").await.unwrap().0.len(), 1, "kept");
+        clients.alerts.fail = false;
+        let Report::Audit(audit) = handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.unwrap()
+        else {
+            panic!("not an audit")
+        };
+        assert_eq!(audit.alerts_sent, 1);
     }
 
     #[tokio::test]

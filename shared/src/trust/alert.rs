@@ -121,6 +121,8 @@ pub fn compose_follow_up(details: &AlertDetails, occasion: &Occasion, launches: 
 /// Findings per digest message: about 2 KB each with its JSON, so a message stays far below
 /// SNS's 256 KB (a large first audit sends several parts rather than one that SNS refuses).
 pub const DIGEST_FINDINGS_PER_MESSAGE: usize = 50;
+/// The JSON a digest part carries at most, with room for its text (SNS takes 256 KB).
+pub const DIGEST_PART_BYTES: usize = 120_000;
 
 /// The audit's message: newly untrusted instances, grouped by image and owner; `part` is
 /// `(n, of)` when the audit's findings take several messages.

@@ -66,8 +66,9 @@ pub async fn claim_slot(
     Ok(Slot::Folded)
 }
 
-/// How long a folded alert waits for an audit's digest before the ledger forgets it.
-const KEEP_FOLDED: Duration = Duration::days(14);
+/// How long a folded alert waits for an audit's digest before the ledger forgets it: as long as a
+/// sent alert is remembered (it is forgotten as soon as a digest sends it).
+const KEEP_FOLDED: Duration = Duration::days(400);
 const DETAILS: &str = "details";
 
 /// A folded launch alert, kept until an audit's digest sends it: the instance may be gone by
@@ -94,16 +95,20 @@ pub async fn keep_folded(
     store.put(&item, &Condition::Always).await.map(|_| ())
 }
 
-/// Every folded alert waiting for a digest (a record amiguard cannot read is skipped).
-pub async fn folded(store: &impl LedgerStore, region: &str) -> Result<Vec<Folded>, AwsError> {
-    Ok(query_all(store, &keys::folded_alerts(region), "")
-        .await?
+/// Every folded alert waiting for a digest, and how many records could not be read (they stay,
+/// and the caller says so).
+pub async fn folded(store: &impl LedgerStore, region: &str) -> Result<(Vec<Folded>, usize), AwsError> {
+    let items = query_all(store, &keys::folded_alerts(region), "").await?;
+    let total = items.len();
+    let read: Vec<Folded> = items
         .into_iter()
         .filter_map(|item| {
             let details = serde_json::from_str(item.s(DETAILS)?).ok()?;
             Some(Folded { details, sk: item.sk })
         })
-        .collect())
+        .collect();
+    let unreadable = total - read.len();
+    Ok((read, unreadable))
 }
 
 /// Forgets a folded alert once a digest sent it (or it was alerted otherwise).
