@@ -16,6 +16,7 @@ pub mod event_pattern;
 pub mod inbox;
 pub mod ledger;
 pub mod proxy;
+pub mod recycle_bin;
 pub mod template;
 
 use std::collections::BTreeMap;

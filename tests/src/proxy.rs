@@ -19,6 +19,54 @@ pub struct Call {
     pub account: Option<String>,
     /// Whether the proxy answered it with a fault instead of forwarding it.
     pub faulted: bool,
+    /// The request's body (EC2's form parameters, DynamoDB's JSON).
+    pub body: String,
+}
+
+impl Call {
+    /// The value of the form parameter `name` (EC2's query protocol), decoded.
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.params().into_iter().find(|(key, _)| key == name).map(|(_, value)| value)
+    }
+
+    /// The values of the numbered list `prefix.1`, `prefix.2`, ... (e.g. `ResourceId`), in order.
+    pub fn list(&self, prefix: &str) -> Vec<String> {
+        (1..).map_while(|n| self.param(&format!("{prefix}.{n}"))).collect()
+    }
+
+    /// Every form parameter of the body, decoded.
+    pub fn params(&self) -> Vec<(String, String)> {
+        self.body
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(key, value)| (form_decode(key), form_decode(value)))
+            .collect()
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte.
+fn form_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What to do to the calls of `action` (every action when `None`).
@@ -176,6 +224,7 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
             action: action(&head, &body).unwrap_or_default(),
             account: header(&head, "x-moto-account-id"),
             faulted: false,
+            body: String::from_utf8_lossy(&body).into_owned(),
         };
         let fault = take_fault(state, &call.action, &String::from_utf8_lossy(&body));
         let service = call.service.clone();

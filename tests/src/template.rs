@@ -146,3 +146,96 @@ pub fn function_for(template: &Value, binary: &str) -> TemplateFunction {
         .find(|f| f.binary.as_deref() == Some(binary))
         .unwrap_or_else(|| panic!("template.yaml has no function built from `{binary}`"))
 }
+
+/// The template as CloudFormation would deploy it with `overrides` for some parameters (the
+/// others at their defaults): every condition evaluated, the resources whose condition is false
+/// left out, and each `!If` replaced by its chosen branch (`AWS::NoValue` dropped).
+pub fn render(template: &Value, overrides: &[(&str, &str)]) -> Value {
+    let parameter = |name: &str| -> Value {
+        overrides.iter().find(|(n, _)| *n == name).map(|(_, v)| Value::String((*v).to_string())).unwrap_or_else(|| {
+            match &template["Parameters"][name]["Default"] {
+                Value::Number(n) => Value::String(n.to_string()),
+                Value::Null => panic!("parameter {name} has no default and no value"),
+                other => other.clone(),
+            }
+        })
+    };
+    let conditions = template["Conditions"].as_object().cloned().unwrap_or_default();
+    let mut rendered = template.clone();
+    let condition = |name: &str| evaluate_condition(&conditions, name, &parameter);
+    if let Some(resources) = rendered["Resources"].as_object_mut() {
+        resources.retain(|_, resource| resource["Condition"].as_str().is_none_or(condition));
+        for resource in resources.values_mut() {
+            *resource = choose_branches(resource, &condition);
+        }
+    }
+    rendered
+}
+
+fn evaluate_condition(
+    conditions: &serde_json::Map<String, Value>,
+    name: &str,
+    parameter: &dyn Fn(&str) -> Value,
+) -> bool {
+    let definition = conditions.get(name).unwrap_or_else(|| panic!("no condition {name}"));
+    evaluate(conditions, definition, parameter)
+}
+
+fn evaluate(
+    conditions: &serde_json::Map<String, Value>,
+    expression: &Value,
+    parameter: &dyn Fn(&str) -> Value,
+) -> bool {
+    let value = |v: &Value| -> Value {
+        match v.get("!Ref").or_else(|| v.get("Ref")) {
+            Some(Value::String(name)) => parameter(name),
+            _ => match v {
+                Value::Number(n) => Value::String(n.to_string()),
+                other => other.clone(),
+            },
+        }
+    };
+    let args = |key: &str| expression.get(format!("!{key}")).or_else(|| expression.get(format!("Fn::{key}")));
+    if let Some(Value::Array(pair)) = args("Equals") {
+        return value(&pair[0]) == value(&pair[1]);
+    }
+    if let Some(Value::Array(inner)) = args("Not") {
+        return !evaluate(conditions, &inner[0], parameter);
+    }
+    if let Some(Value::Array(all)) = args("And") {
+        return all.iter().all(|e| evaluate(conditions, e, parameter));
+    }
+    if let Some(Value::Array(any)) = args("Or") {
+        return any.iter().any(|e| evaluate(conditions, e, parameter));
+    }
+    if let Some(Value::String(name)) = expression.get("!Condition").or_else(|| expression.get("Condition")) {
+        return evaluate_condition(conditions, name, parameter);
+    }
+    panic!("a condition this renderer does not know: {expression}")
+}
+
+fn is_no_value(value: &Value) -> bool {
+    value.get("!Ref").or_else(|| value.get("Ref")).and_then(Value::as_str) == Some("AWS::NoValue")
+}
+
+fn choose_branches(value: &Value, condition: &dyn Fn(&str) -> bool) -> Value {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Array(branches)) = map.get("!If").or_else(|| map.get("Fn::If")) {
+                let chosen =
+                    if condition(branches[0].as_str().unwrap_or_default()) { &branches[1] } else { &branches[2] };
+                return choose_branches(chosen, condition);
+            }
+            Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), choose_branches(v, condition)))
+                    .filter(|(_, v)| !is_no_value(v))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| choose_branches(v, condition)).filter(|v| !is_no_value(v)).collect())
+        }
+        other => other.clone(),
+    }
+}

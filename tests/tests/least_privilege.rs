@@ -227,6 +227,8 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
             ("MAX_DELETE_FRACTION", "1.0".into()),
             ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "0".into()),
             ("REPORT_TOPIC_ARN", topic.clone()),
+            // The stack's default: what it deletes is tagged for the Recycle Bin first.
+            ("RECYCLE_BIN_RETENTION_DAYS", "7".into()),
         ];
         vars.extend(overrides);
         Config::from_env(&move |name: &str| vars.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))

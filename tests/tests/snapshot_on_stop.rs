@@ -1088,3 +1088,60 @@ async fn protect_newest_that_ec2_refuses_is_a_warning_and_the_next_stop_tries_ag
     assert_eq!(again.protection_enabled, std::slice::from_ref(&image));
     assert!(protected.lock().unwrap().contains_key(&image));
 }
+
+#[tokio::test]
+async fn retention_tags_exactly_what_it_retires_for_the_recycle_bin_first_and_a_dry_run_nothing() {
+    use amiguard_integration_tests::recycle_bin;
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let clients = clients_through(&account, &proxy).await;
+    let bin = amiguard::recycle_bin::RecycleBin::retaining_for(7);
+    let keep_two = Config { recycle_bin: bin, ..config(SnapshotScope::Tagged, 2, false) };
+    let keep_one = Config { recycle_bin: bin, ..config(SnapshotScope::Tagged, 1, false) };
+    let stop = |hour: &str| stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"));
+    let first = handle(&clients, &keep_two, stop("01"), &delivery()).await.unwrap();
+    let second = handle(&clients, &keep_two, stop("02"), &delivery()).await.unwrap();
+    assert!(first.retired_images.is_empty() && second.retired_images.is_empty());
+
+    let dry = Config { dry_run: true, ..keep_one.clone() };
+    let preview = handle(&clients, &dry, stop("03"), &delivery()).await.unwrap();
+    assert_eq!(preview.outcome, Outcome::DryRun);
+    assert_eq!(preview.retired_images, [first.image_id.clone().unwrap()], "the dry run would retire one");
+    assert_eq!(proxy.count("DeregisterImage") + proxy.count("DeleteSnapshot"), 0);
+    assert!(recycle_bin::taggings(&proxy.calls()).is_empty(), "a dry run tags nothing");
+
+    let started = chrono::Utc::now();
+    let third = handle(&clients, &keep_one, stop("03"), &delivery()).await.unwrap();
+    let fourth = handle(&clients, &keep_one, stop("04"), &delivery()).await.unwrap();
+    let calls = proxy.calls();
+    let mut retired_by_third = third.retired_images.clone();
+    retired_by_third.sort();
+    let mut older = [first.image_id.clone().unwrap(), second.image_id.clone().unwrap()];
+    older.sort();
+    assert_eq!(retired_by_third, older);
+    assert_eq!(fourth.retired_images, [third.image_id.clone().unwrap()]);
+    let retired: Vec<String> = [&third, &fourth].iter().flat_map(|r| r.retired_images.clone()).collect();
+    let deleted: Vec<String> = [&third, &fourth].iter().flat_map(|r| r.deleted_snapshots.clone()).collect();
+    assert_eq!(deleted.len(), 3);
+    // One tagging per retiring delivery (both images of the third stop and their snapshots in
+    // one call), each before any of its deregistrations and deletions.
+    let taggings = recycle_bin::taggings(&calls);
+    assert_eq!(taggings.iter().map(|(_, ids)| ids.len()).collect::<Vec<_>>(), [4, 2]);
+    let deregistered = recycle_bin::assert_each_tagged_before(&calls, "DeregisterImage", "ImageId");
+    let deleted_ids = recycle_bin::assert_each_tagged_before(&calls, "DeleteSnapshot", "SnapshotId");
+    assert_eq!(deregistered, retired.iter().cloned().collect());
+    assert_eq!(deleted_ids, deleted.iter().cloned().collect());
+    let gone: std::collections::BTreeSet<String> = retired.iter().chain(&deleted).cloned().collect();
+    assert_eq!(recycle_bin::tagged(&calls), gone, "nothing else got the tag");
+    // The image kept (the newest) carries no such tag.
+    let kept = own_images(&account).await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(tag(kept[0].tags(), amiguard::recycle_bin::TAG_KEY), None);
+    let week = chrono::Duration::days(7);
+    for report in [&third, &fourth] {
+        let until = report.restorable_until.expect("a retiring stop says until when");
+        assert!(until >= started + week && until <= chrono::Utc::now() + week, "{until}");
+    }
+    assert_eq!(second.restorable_until, None, "nothing retired, nothing to restore");
+}

@@ -834,3 +834,78 @@ async fn an_unchanged_account_costs_one_run_record_and_a_first_sweep_batches_its
     assert_eq!(writes(&proxy), ["PutItem"], "one run record, nothing per image or snapshot");
     assert_eq!(again.regions[0].waiting.len(), 30, "still waiting, by the first sighting's clock");
 }
+
+/// Own snapshots and images that carry the Recycle Bin rules' tag now.
+async fn tagged_for_the_recycle_bin(ec2: &aws_sdk_ec2::Client) -> BTreeSet<String> {
+    let key = aws_sdk_ec2::types::Filter::builder().name("tag-key").values(amiguard::recycle_bin::TAG_KEY).build();
+    let snapshots = ec2.describe_snapshots().owner_ids("self").filters(key.clone()).send().await.unwrap();
+    let images = ec2.describe_images().owners("self").filters(key).send().await.unwrap();
+    snapshots
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id())
+        .chain(images.images().iter().filter_map(|i| i.image_id()))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_sweeper_tags_exactly_what_it_then_deletes_or_retires_for_the_recycle_bin_and_a_dry_run_nothing() {
+    use amiguard_integration_tests::recycle_bin;
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let orphans: BTreeSet<String> = [orphan(&ec2).await, orphan(&ec2).await, orphan(&ec2).await].into();
+    let (unused, unused_snapshot) = image(&ec2).await;
+    let in_use = image(&ec2).await;
+    account.run_instance(&in_use.0, &[]).await;
+    let protected = orphan(&ec2).await;
+    tag_snapshot(&ec2, &protected, "amiguard:keep").await;
+    let manual = crafted(&ec2, "before the upgrade", &[], 8).await;
+    let settings = [("RETIRE_UNUSED_AMIS_AFTER_DAYS", "0"), ("RECYCLE_BIN_RETENTION_DAYS", "7")];
+
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let dry =
+        sweep_through(&account, &proxy, &config(&[settings[0], settings[1], ("DRY_RUN", "true")]), Utc::now()).await;
+    assert!(dry.regions[0].restorable_until.is_none() && dry.retired_images[0].restorable_until.is_none());
+    assert_eq!(proxy.count("CreateTags"), 0, "a dry run tags nothing");
+
+    let started = Utc::now();
+    let report = sweep_through(&account, &proxy, &config(&settings), started).await;
+    let calls = proxy.calls();
+    // One tagging per step here (each well under 1,000 ids): the AMI before its deregistration,
+    // the orphans before their deletions.
+    let taggings = recycle_bin::taggings(&calls);
+    assert_eq!(taggings.len(), 2, "{taggings:?}");
+    let deregistered = recycle_bin::assert_each_tagged_before(&calls, "DeregisterImage", "ImageId");
+    let deleted = recycle_bin::assert_each_tagged_before(&calls, "DeleteSnapshot", "SnapshotId");
+    assert_eq!(deregistered, BTreeSet::from([unused.clone()]));
+    // The orphans, and (MIN_AGE_HOURS=0) the retired AMI's snapshot, in the same run.
+    let mut expected = orphans.clone();
+    expected.insert(unused_snapshot.clone());
+    assert_eq!(deleted, expected);
+    assert_eq!(ids(&report.regions[0].deleted), expected);
+    // Nothing but what was deleted or retired got the tag.
+    let mut gone = deleted.clone();
+    gone.insert(unused.clone());
+    assert_eq!(recycle_bin::tagged(&calls), gone);
+    let still_tagged = tagged_for_the_recycle_bin(&ec2).await;
+    for kept in [&in_use.1, &protected, &manual, &in_use.0] {
+        assert!(!still_tagged.contains(kept), "{kept} was kept and must not carry the tag");
+    }
+    // The report says until when: a week from the run (each deletion's own time is in the journal).
+    let week = chrono::Duration::days(7);
+    let until = report.regions[0].restorable_until.expect("restorable_until");
+    assert!(until >= started + week && until <= Utc::now() + week, "{until}");
+    assert_eq!(report.recycle_bin_retention_days, 7);
+    let retired = &report.retired_images[0];
+    assert_eq!((retired.outcome, retired.restorable_until.is_some()), (RetireOutcome::Deregistered, true));
+    let journal = amiguard::ledger::store::query_all(&ledger(&account).await, &format!("run#{}", report.run_id), "")
+        .await
+        .unwrap();
+    assert_eq!(journal.len(), deleted.len() + 1);
+    for entry in &journal {
+        assert_eq!(entry.s("state"), Some("done"), "{entry:?}");
+        let until = entry.time("restorable_until").expect("each entry says until when");
+        assert!(until >= started + week && until <= Utc::now() + week, "{until}");
+    }
+}

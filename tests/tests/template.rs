@@ -230,3 +230,69 @@ fn the_protect_tag_parameter_admits_only_keys_the_guard_and_the_code_agree_on() 
     let matched: Vec<bool> = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(matched, keys.iter().map(|k| accepted.contains(k)).collect::<Vec<_>>(), "{keys:?}");
 }
+
+/// The Recycle Bin rules the stack deploys with these parameters, by resource type.
+fn recycle_bin_rules(rendered: &Value) -> Vec<(String, Value)> {
+    let resources = rendered["Resources"].as_object().unwrap();
+    let mut rules: Vec<(String, Value)> = resources
+        .values()
+        .filter(|r| r["Type"] == "AWS::Rbin::Rule")
+        .map(|r| (r["Properties"]["ResourceType"].as_str().unwrap().to_string(), r["Properties"].clone()))
+        .collect();
+    rules.sort_by(|a, b| a.0.cmp(&b.0));
+    rules
+}
+
+#[test]
+fn the_recycle_bin_rules_exist_above_zero_days_select_the_codes_tag_and_lock_when_asked() {
+    use amiguard::recycle_bin::{TAG_KEY, TAG_VALUE};
+    let template = load();
+    assert_eq!(template["Parameters"]["RecycleBinRetentionDays"]["Default"], json!(7));
+    for days in [None, Some("30")] {
+        let overrides: Vec<(&str, &str)> = days.map(|d| ("RecycleBinRetentionDays", d)).into_iter().collect();
+        let rendered = amiguard_integration_tests::template::render(&template, &overrides);
+        let rules = recycle_bin_rules(&rendered);
+        assert_eq!(rules.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["EBS_SNAPSHOT", "EC2_IMAGE"]);
+        for (_, rule) in &rules {
+            // Exactly the tag the functions write (shared/src/recycle_bin.rs), nothing broader.
+            assert_eq!(rule["ResourceTags"], json!([{"ResourceTagKey": TAG_KEY, "ResourceTagValue": TAG_VALUE}]));
+            assert_eq!(rule["RetentionPeriod"]["RetentionPeriodValue"], json!({"!Ref": "RecycleBinRetentionDays"}));
+            assert_eq!(rule.get("LockConfiguration"), None, "unlocked by default");
+        }
+        for function in ["OrphanSnapshotSweeperFunction", "SnapshotOnStopFunction"] {
+            let env = &rendered["Resources"][function]["Properties"]["Environment"]["Variables"];
+            assert_eq!(env["RECYCLE_BIN_RETENTION_DAYS"], json!({"!Ref": "RecycleBinRetentionDays"}), "{function}");
+        }
+        // The sweeper may write that tag and no other.
+        let statements = rendered["Resources"]["OrphanSnapshotSweeperFunction"]["Properties"]["Policies"][0]
+            ["Statement"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let tagging: Vec<&Value> = statements.iter().filter(|s| s["Action"] == "ec2:CreateTags").collect();
+        assert_eq!(tagging.len(), 1);
+        assert_eq!(tagging[0]["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"], json!([TAG_KEY]));
+        assert_eq!(tagging[0]["Condition"]["StringEquals"][format!("aws:RequestTag/{TAG_KEY}")], json!(TAG_VALUE));
+    }
+
+    let off = amiguard_integration_tests::template::render(&template, &[("RecycleBinRetentionDays", "0")]);
+    assert!(recycle_bin_rules(&off).is_empty(), "0 days: no rules");
+    let statements = off["Resources"]["OrphanSnapshotSweeperFunction"]["Properties"]["Policies"][0]["Statement"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(statements.iter().all(|s| s["Action"] != "ec2:CreateTags"), "no rules, no tag to write");
+
+    let locked = amiguard_integration_tests::template::render(&template, &[("RecycleBinRuleLockDays", "14")]);
+    for (_, rule) in recycle_bin_rules(&locked) {
+        assert_eq!(
+            rule["LockConfiguration"],
+            json!({"UnlockDelayUnit": "DAYS", "UnlockDelayValue": {"!Ref": "RecycleBinRuleLockDays"}})
+        );
+    }
+    let locked_but_off = amiguard_integration_tests::template::render(
+        &template,
+        &[("RecycleBinRuleLockDays", "14"), ("RecycleBinRetentionDays", "0")],
+    );
+    assert!(recycle_bin_rules(&locked_but_off).is_empty());
+}

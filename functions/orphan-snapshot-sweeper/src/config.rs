@@ -2,6 +2,7 @@
 //! function with a message naming the variable and what it accepts.
 
 use amiguard::config::{bool_var, number_var, optional, protect_tag_var, ConfigError, VarSource};
+use amiguard::recycle_bin::RecycleBin;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -26,6 +27,11 @@ pub struct Config {
     pub recycle_bin_check: bool,
     /// `RETIRE_UNUSED_AMIS_AFTER_DAYS` (optional; off when unset).
     pub retire_unused_amis_after_days: Option<u32>,
+    /// `RECYCLE_BIN_RETENTION_DAYS` (default 0): the stack's Recycle Bin rules, which exist in
+    /// the function's own region (`AWS_REGION`) only.
+    pub recycle_bin: RecycleBin,
+    /// `AWS_REGION`: where the stack, and so its Recycle Bin rules, are.
+    pub home_region: Option<String>,
 }
 
 pub const DEFAULT_MIN_AGE_HOURS: u32 = 24;
@@ -50,7 +56,19 @@ impl Config {
             report_topic_arn: report_topic_arn(source)?,
             recycle_bin_check: bool_var(source, "RECYCLE_BIN_CHECK", true)?,
             retire_unused_amis_after_days,
+            recycle_bin: RecycleBin::from_env(source)?,
+            home_region: optional(source, "AWS_REGION"),
         })
+    }
+
+    /// The Recycle Bin rules deletions in `region` go to: the stack's in its own region, none
+    /// known elsewhere (a deletion there is final unless someone made a rule selecting the tag).
+    pub fn recycle_bin_in(&self, region: &str) -> RecycleBin {
+        if self.home_region.as_deref() == Some(region) {
+            self.recycle_bin
+        } else {
+            RecycleBin::default()
+        }
     }
 
     /// The region of `REPORT_TOPIC_ARN`: SNS only accepts a publish in the topic's own region.
@@ -148,6 +166,8 @@ mod tests {
                 report_topic_arn: None,
                 recycle_bin_check: true,
                 retire_unused_amis_after_days: None,
+                recycle_bin: RecycleBin::retaining_for(0),
+                home_region: Some("eu-west-1".into()),
             }
         );
     }
@@ -165,6 +185,8 @@ mod tests {
             ("REPORT_TOPIC_ARN", "arn:aws:sns:eu-west-1:123456789012:sweeps"),
             ("RECYCLE_BIN_CHECK", "false"),
             ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "180"),
+            ("RECYCLE_BIN_RETENTION_DAYS", "7"),
+            ("AWS_REGION", "us-east-1"),
         ]))
         .unwrap();
         assert!(!config.dry_run);
@@ -175,6 +197,9 @@ mod tests {
         assert_eq!(config.report_topic_region(), Some("eu-west-1"));
         assert!(!config.recycle_bin_check);
         assert_eq!(config.retire_unused_amis_after_days, Some(180));
+        // The stack's rules are in its own region: deletions elsewhere are not promised a restore.
+        assert_eq!(config.recycle_bin_in("us-east-1"), RecycleBin::retaining_for(7));
+        assert_eq!(config.recycle_bin_in("eu-central-1"), RecycleBin::retaining_for(0));
     }
 
     #[test]
@@ -197,6 +222,7 @@ mod tests {
             ("RECYCLE_BIN_CHECK", "0"),
             ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "-3"),
             ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "soon"),
+            ("RECYCLE_BIN_RETENTION_DAYS", "400"),
         ] {
             let err = Config::from_env(&env(&[region, (name, value)])).unwrap_err();
             assert_eq!(err.variable, name, "{name}={value}");

@@ -1,11 +1,14 @@
-//! Deleting a region's orphans: bounded concurrency, chunk by chunk, each chunk journaled in the
-//! ledger before its deletions start.
+//! Deleting a region's orphans: tagged for the Recycle Bin's rule a thousand at a time, then
+//! deleted with bounded concurrency, chunk by chunk, each chunk journaled in the ledger before its
+//! deletions start.
 
 use amiguard::ledger::journal::{JournalEntry, Resource};
 use amiguard::ledger::LedgerStore;
+use amiguard::recycle_bin;
 use amiguard::sweeper::records;
 use amiguard::sweeper::{Orphan, SweeperEc2};
 use futures::stream::{self, StreamExt};
+use std::collections::HashSet;
 
 use crate::report::{FailedDeletion, RegionReport};
 use crate::{Run, DELETE_CONCURRENCY};
@@ -22,7 +25,8 @@ enum Deletion {
 }
 
 impl<L: LedgerStore> Run<'_, L> {
-    /// Deletes `orphans`, chunk by chunk. Each chunk's journal entries are written *before* its
+    /// Deletes `orphans`: tagged for the Recycle Bin (with a rule in the region) a thousand at a
+    /// time, then chunk by chunk. Each chunk's journal entries are written *before* its
     /// deletions start (a write-ahead journal: nothing is deleted that the ledger does not know
     /// of), then corrected for the ones that did not happen. A deletion not started when the
     /// deadline is near is not started at all; once the journal cannot be written, no further
@@ -36,79 +40,127 @@ impl<L: LedgerStore> Run<'_, L> {
         report: &mut RegionReport,
         warnings: &mut Vec<String>,
     ) {
-        for chunk in orphans.chunks(JOURNAL_CHUNK) {
-            // A ledger failure, in this region or another, stops every deletion after it.
-            if let (Some(err), None) = (self.ledger_failure(), &report.aborted) {
-                report.aborted =
-                    Some(format!("the ledger failed in this run ({err}): nothing more deleted in this region"));
-            }
-            if self.deletion_deadline_is_near() || report.aborted.is_some() {
-                report.left_for_next_run.extend(chunk.iter().map(|o| o.snapshot_id.to_string()));
+        let bin = self.recycle_bin(region);
+        for batch in orphans.chunks(recycle_bin::CREATE_TAGS_MAX_IDS) {
+            if !self.may_go_on_deleting(report) {
+                report.left_for_next_run.extend(batch.iter().map(|o| o.snapshot_id.to_string()));
                 continue;
             }
-            if let Some(store) = self.store() {
-                let ahead: Vec<_> = chunk.iter().map(|orphan| self.journal_entry(region, orphan).intended()).collect();
-                if let Err(err) = self.until_cutoff("BatchWriteItem", store.write_batch(ahead, Vec::new())).await {
-                    report.aborted = Some(if self.deletion_deadline_is_near() {
-                        // Cut by the deadline, not refused by the ledger: other regions go on.
-                        format!("the invocation's deadline came while writing the journal: {err}")
-                    } else {
-                        self.ledger_broke(&err);
-                        format!("writing the journal to the ledger failed, nothing more deleted in this region: {err}")
-                    });
+            // Tagged for the Recycle Bin's rule first (one call per 1,000): a snapshot that could
+            // not be tagged is not deleted, since its deletion could not be undone.
+            let ids: Vec<String> = batch.iter().map(|o| o.snapshot_id.to_string()).collect();
+            let (marked, failure) =
+                bin.mark(&ids, |ids| self.until_cutoff("CreateTags", ec2.mark_for_recycle_bin(ids))).await;
+            let marked: HashSet<String> = marked.into_iter().collect();
+            if let Some(err) = failure {
+                warnings.push(format!(
+                    "{region}: {} snapshot(s) not deleted: the Recycle Bin tag could not be written, so their deletion could not be undone ({err}); the next run tries them again",
+                    ids.len() - marked.len()
+                ));
+                report.left_for_next_run.extend(ids.iter().filter(|id| !marked.contains(id.as_str())).cloned());
+            }
+            let marked: Vec<&Orphan> = batch.iter().filter(|o| marked.contains(o.snapshot_id.as_str())).collect();
+            for chunk in marked.chunks(JOURNAL_CHUNK) {
+                if !self.may_go_on_deleting(report) {
                     report.left_for_next_run.extend(chunk.iter().map(|o| o.snapshot_id.to_string()));
                     continue;
                 }
-            }
-            let outcomes: Vec<(&Orphan, Deletion)> = stream::iter(chunk)
-                .map(|orphan| async move { (orphan, self.delete_one(ec2, orphan).await) })
-                .buffer_unordered(DELETE_CONCURRENCY)
-                .collect()
-                .await;
-            // Each entry says how it ended; a call never made leaves none. The orphan records of
-            // what is gone now are forgotten.
-            let (mut ended, mut removed) = (Vec::new(), Vec::new());
-            for (orphan, outcome) in outcomes {
-                let id = orphan.snapshot_id.to_string();
-                let entry = self.journal_entry(region, orphan);
-                if matches!(outcome, Deletion::Deleted | Deletion::AlreadyGone) && recorded.contains_key(id.as_str()) {
-                    removed.push(records::orphan_key(region, &id));
-                }
-                match outcome {
-                    Deletion::Deleted => {
-                        ended.push(entry.done());
-                        report.deleted.push(id);
-                    }
-                    Deletion::AlreadyGone => {
-                        ended.push(entry.already_gone());
-                        report.already_gone.push(id);
-                    }
-                    Deletion::Failed(failed) => {
-                        ended.push(entry.failed(&failed.code, &failed.message));
-                        // Still an orphan, on the same clock; the next runs try it after the others.
-                        ended.push(records::failed_orphan(region, orphan, &failed.code, self.invocation.clock()));
-                        report.failed.push(failed);
-                    }
-                    Deletion::NotStarted => {
-                        removed.push(entry.key());
-                        report.left_for_next_run.push(id);
-                    }
-                }
-            }
-            if let Some(store) = self.store() {
-                if let Err(err) = self.before_deadline(store.write_batch(ended, removed)).await {
-                    self.ledger_broke(&err);
-                    report.aborted = Some(format!(
-                        "completing the journal in the ledger failed, nothing more deleted in this region: {err}"
-                    ));
-                    warnings.push(format!("{region}: some journal entries of this run stay `intended`: {err}"));
-                }
+                self.delete_chunk(region, ec2, chunk, recorded, report, warnings).await;
             }
         }
         report.deleted.sort();
         report.already_gone.sort();
         report.failed.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
         report.left_for_next_run.sort();
+    }
+
+    /// Whether another deletion may start in the region: not once a ledger failure (in this
+    /// region or another) or an abort stopped it, nor near the deadline.
+    fn may_go_on_deleting(&self, report: &mut RegionReport) -> bool {
+        if let (Some(err), None) = (self.ledger_failure(), &report.aborted) {
+            report.aborted =
+                Some(format!("the ledger failed in this run ({err}): nothing more deleted in this region"));
+        }
+        !self.deletion_deadline_is_near() && report.aborted.is_none()
+    }
+
+    /// Journals `chunk` ahead, deletes it, and journals how each deletion ended.
+    async fn delete_chunk<E: SweeperEc2>(
+        &self,
+        region: &str,
+        ec2: &E,
+        chunk: &[&Orphan],
+        recorded: &hashbrown::HashMap<amiguard::sweeper::Id, chrono::DateTime<chrono::Utc>>,
+        report: &mut RegionReport,
+        warnings: &mut Vec<String>,
+    ) {
+        // One entry per deletion, dated before its call: its `restorable_until` is then a lower
+        // bound, never a promise a few seconds too long.
+        let entries: Vec<(&Orphan, JournalEntry)> =
+            chunk.iter().map(|orphan| (*orphan, self.journal_entry(region, orphan))).collect();
+        if let Some(store) = self.store() {
+            let ahead: Vec<_> = entries.iter().map(|(_, entry)| entry.intended()).collect();
+            if let Err(err) = self.until_cutoff("BatchWriteItem", store.write_batch(ahead, Vec::new())).await {
+                report.aborted = Some(if self.deletion_deadline_is_near() {
+                    // Cut by the deadline, not refused by the ledger: other regions go on.
+                    format!("the invocation's deadline came while writing the journal: {err}")
+                } else {
+                    self.ledger_broke(&err);
+                    format!("writing the journal to the ledger failed, nothing more deleted in this region: {err}")
+                });
+                report.left_for_next_run.extend(chunk.iter().map(|o| o.snapshot_id.to_string()));
+                return;
+            }
+        }
+        let outcomes: Vec<(&Orphan, &JournalEntry, Deletion)> = stream::iter(&entries)
+            .map(|(orphan, entry)| async move { (*orphan, entry, self.delete_one(ec2, orphan).await) })
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .collect()
+            .await;
+        // Each entry says how it ended; a call never made leaves none. The orphan records of
+        // what is gone now are forgotten.
+        let (mut ended, mut removed) = (Vec::new(), Vec::new());
+        for (orphan, entry, outcome) in outcomes {
+            let id = orphan.snapshot_id.to_string();
+            if matches!(outcome, Deletion::Deleted | Deletion::AlreadyGone) && recorded.contains_key(id.as_str()) {
+                removed.push(records::orphan_key(region, &id));
+            }
+            match outcome {
+                Deletion::Deleted => {
+                    // Every deletion of the region is restorable at least until the
+                    // earliest of their times.
+                    report.restorable_until = match (report.restorable_until, entry.restorable_until) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    ended.push(entry.done());
+                    report.deleted.push(id);
+                }
+                Deletion::AlreadyGone => {
+                    ended.push(entry.already_gone());
+                    report.already_gone.push(id);
+                }
+                Deletion::Failed(failed) => {
+                    ended.push(entry.failed(&failed.code, &failed.message));
+                    // Still an orphan, on the same clock; the next runs try it after the others.
+                    ended.push(records::failed_orphan(region, orphan, &failed.code, self.invocation.clock()));
+                    report.failed.push(failed);
+                }
+                Deletion::NotStarted => {
+                    removed.push(entry.key());
+                    report.left_for_next_run.push(id);
+                }
+            }
+        }
+        if let Some(store) = self.store() {
+            if let Err(err) = self.before_deadline(store.write_batch(ended, removed)).await {
+                self.ledger_broke(&err);
+                report.aborted = Some(format!(
+                    "completing the journal in the ledger failed, nothing more deleted in this region: {err}"
+                ));
+                warnings.push(format!("{region}: some journal entries of this run stay `intended`: {err}"));
+            }
+        }
     }
 
     async fn delete_one<E: SweeperEc2>(&self, ec2: &E, orphan: &Orphan) -> Deletion {
@@ -132,5 +184,6 @@ impl<L: LedgerStore> Run<'_, L> {
         self.journal(region, Resource::Snapshot, &orphan.snapshot_id, "orphan")
             .with_size(orphan.size_gib)
             .with_source(&orphan.source_image_id)
+            .in_recycle_bin(&self.recycle_bin(region))
     }
 }

@@ -149,6 +149,22 @@ where
         // Read once into the monotonic clock: the wall clock may be stepped during a run.
         other => other.map(|at| tokio::time::Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()),
     };
+    if config.recycle_bin.is_on() && !dry_run {
+        let elsewhere: Vec<&str> = ports
+            .regions
+            .iter()
+            .map(|(region, _)| region.as_str())
+            .filter(|region| !config.recycle_bin_in(region).is_on())
+            .collect();
+        if !elsewhere.is_empty() {
+            warnings.push(format!(
+                "the stack's Recycle Bin rules are in its own region: deletions in {} are final unless a rule there selects the tag {}={}",
+                elsewhere.join(", "),
+                amiguard::recycle_bin::TAG_KEY,
+                amiguard::recycle_bin::TAG_VALUE
+            ));
+        }
+    }
     let ledger = match ports.ledger {
         None if dry_run => {
             warnings.push("no ledger is configured (LEDGER_TABLE): every orphan counts as first seen now".into());
@@ -213,6 +229,7 @@ where
         totals: report::totals(&region_reports, &retired_images, config.price_per_gb_month),
         regions: region_reports,
         retired_images,
+        recycle_bin_retention_days: config.recycle_bin.retention_days(),
         warnings,
         full_lists: run.store().map(|store| report::full_lists(store.table(), &invocation.request_id)),
         summary_published: None,
@@ -397,6 +414,15 @@ impl<L: LedgerStore> Run<'_, L> {
 
     fn ledger_failure(&self) -> Option<String> {
         self.ledger_failed.lock().ok().and_then(|failed| failed.clone())
+    }
+
+    /// The Recycle Bin rules of `region` (none in a dry run: nothing is deleted, nothing tagged).
+    fn recycle_bin(&self, region: &str) -> amiguard::recycle_bin::RecycleBin {
+        if self.dry_run {
+            amiguard::recycle_bin::RecycleBin::default()
+        } else {
+            self.config.recycle_bin_in(region)
+        }
     }
 
     /// A journal entry of this run, now.

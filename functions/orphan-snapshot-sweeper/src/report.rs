@@ -38,6 +38,9 @@ pub struct Report {
     pub started_at: DateTime<Utc>,
     pub regions: Vec<RegionReport>,
     pub retired_images: Vec<RetiredImage>,
+    /// `RECYCLE_BIN_RETENTION_DAYS` in the stack's region: how long what this run deleted there
+    /// stays restorable (0: deletions are final).
+    pub recycle_bin_retention_days: u32,
     pub totals: Totals,
     /// Things worth a look that did not stop the run (a summary that could not be published, ...).
     pub warnings: Vec<String>,
@@ -91,6 +94,10 @@ pub struct RegionReport {
     pub planned_deletions: u64,
     /// Deletions AWS confirmed. Nothing else is ever counted as deleted.
     pub deleted: Vec<String>,
+    /// Until when every snapshot in `deleted` can be restored from the Recycle Bin (the earliest
+    /// of their times; each one's own is in the journal). `null`: no deletion, or no retention
+    /// rule in this region (`RECYCLE_BIN_RETENTION_DAYS` 0, or a region other than the stack's).
+    pub restorable_until: Option<DateTime<Utc>>,
     /// `InvalidSnapshot.NotFound` on delete: someone else deleted it first.
     pub already_gone: Vec<String>,
     pub failed: Vec<FailedDeletion>,
@@ -130,6 +137,7 @@ impl RegionReport {
             waiting: Vec::new(),
             planned_deletions: 0,
             deleted: Vec::new(),
+            restorable_until: None,
             already_gone: Vec::new(),
             failed: Vec::new(),
             left_for_next_run: Vec::new(),
@@ -266,6 +274,9 @@ pub struct RetiredImage {
     pub creation_date: Option<DateTime<Utc>>,
     pub snapshot_ids: Vec<String>,
     pub outcome: RetireOutcome,
+    /// For `deregistered`: until when the AMI can be restored from the Recycle Bin (`null`: no
+    /// retention rule in its region). Its snapshots stay while it is in the bin.
+    pub restorable_until: Option<DateTime<Utc>>,
     /// For `failed`: the AWS error.
     pub code: Option<String>,
     pub message: Option<String>,
@@ -530,6 +541,7 @@ mod tests {
             started_at: Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap(),
             regions,
             retired_images: vec![],
+            recycle_bin_retention_days: 0,
             totals,
             warnings: vec![],
             summary_published: None,

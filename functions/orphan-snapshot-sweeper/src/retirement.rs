@@ -90,15 +90,35 @@ impl<L: LedgerStore> Run<'_, L> {
         if let Some(trip) = plan.circuit_breaker {
             report.retirement_skipped = Some(format!("{trip} (images)"));
         }
+        // Tagged for the Recycle Bin's AMI rule first, in one call per 1,000 (a dry run tags
+        // nothing): an image that could not be tagged is not deregistered, since that could not
+        // be undone.
+        let bin = self.recycle_bin(region);
+        let untagged: BTreeSet<String> = if self.dry_run || plan.to_retire.is_empty() {
+            BTreeSet::new()
+        } else {
+            let ids: Vec<String> = plan.to_retire.iter().map(|image| image.image_id.to_string()).collect();
+            let (marked, failure) =
+                bin.mark(&ids, |ids| self.until_cutoff("CreateTags", ec2.mark_for_recycle_bin(ids))).await;
+            if let Some(err) = failure {
+                warnings.push(format!(
+                    "{region}: {} AMI(s) not retired: the Recycle Bin tag could not be written, so their deregistration could not be undone ({err}); the next run tries them again",
+                    ids.len() - marked.len()
+                ));
+            }
+            let marked: BTreeSet<String> = marked.into_iter().collect();
+            ids.into_iter().filter(|id| !marked.contains(id)).collect()
+        };
         for image in plan.to_retire {
-            let entry = self.journal(region, Resource::Image, &image.image_id, "unused_image");
+            let entry = self.journal(region, Resource::Image, &image.image_id, "unused_image").in_recycle_bin(&bin);
             let (outcome, error) = if self.dry_run {
                 (RetireOutcome::DryRun, None)
-            } else if self.deadline_is_near() {
-                (RetireOutcome::LeftForNextRun, None)
-            } else if self.ledger_failure().is_some() {
-                // The ledger failed in this run (in this region or another): no deregistration
-                // the run could not remember.
+            } else if untagged.contains(image.image_id.as_str())
+                || self.deadline_is_near()
+                || self.ledger_failure().is_some()
+            {
+                // The next run's: not undoable (no Recycle Bin tag), no time left, or the ledger
+                // failed in this run (in this region or another), so it could not be remembered.
                 (RetireOutcome::LeftForNextRun, None)
             } else if let Err(err) = self.until_cutoff("PutItem", self.journal_ahead(&entry)).await {
                 // No deregistration the journal does not hold.
@@ -138,6 +158,7 @@ impl<L: LedgerStore> Run<'_, L> {
                 name: image.name.clone(),
                 creation_date: image.creation_date,
                 snapshot_ids: image.snapshot_ids.iter().map(ToString::to_string).collect(),
+                restorable_until: entry.restorable_until.filter(|_| outcome == RetireOutcome::Deregistered),
                 outcome,
                 code: error.as_ref().map(|e| e.code.clone()),
                 message: error.map(|e| e.message),

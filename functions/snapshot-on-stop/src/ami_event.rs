@@ -140,7 +140,7 @@ async fn available<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
     if config.dry_run {
         report.outcome = Outcome::DryRun;
         if let Some(last) = keep {
-            let keep = retention::Keep { last, protect_tag: &config.protect_tag };
+            let keep = retention::Keep::newest(last, config);
             report.retired_images = retention::preview(ec2, &session.records, &keep, None).await?;
         }
         return Ok(());

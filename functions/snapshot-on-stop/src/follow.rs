@@ -88,7 +88,7 @@ pub async fn settle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
         }
     }
     if let Some(last) = plan.keep {
-        let keep = retention::Keep { last, protect_tag: &config.protect_tag };
+        let keep = retention::Keep::newest(last, config);
         // The image the template's default launches stays, whatever the count: when the default
         // could not move (a terminated instance, no version for the newest image), it is older.
         let default_image =

@@ -22,6 +22,7 @@ use amiguard::config::{self, ConfigError, VarSource};
 use amiguard::events::{self, AmiStateChangeDetail, EventError, AMI_STATE_CHANGE};
 use amiguard::invocation::Invocation;
 use amiguard::ledger::LedgerStore;
+use amiguard::recycle_bin::RecycleBin;
 use amiguard::snapshot_on_stop::core::{self as decide, SkipReason, SnapshotScope};
 use amiguard::snapshot_on_stop::ec2::{LaunchTemplateRef, SnapshotOnStopEc2};
 use amiguard::snapshot_on_stop::records;
@@ -54,6 +55,9 @@ pub struct Config {
     /// `PROTECT_NEWEST` (default false): the newest available image of each instance gets EC2's
     /// own deregistration protection, taken off again when a newer one is available.
     pub protect_newest: bool,
+    /// `RECYCLE_BIN_RETENTION_DAYS` (default 0): what retention retires is tagged for the stack's
+    /// Recycle Bin rules first, and restorable for that long.
+    pub recycle_bin: RecycleBin,
 }
 
 /// What happens to a terminated instance's images (no stop of it will ever run retention again).
@@ -91,6 +95,7 @@ impl Default for Config {
             keep_after_termination: KeepAfterTermination::All,
             alert_topic_arn: None,
             protect_newest: false,
+            recycle_bin: RecycleBin::default(),
         }
     }
 }
@@ -110,6 +115,7 @@ impl Config {
             keep_after_termination: KeepAfterTermination::from_env(source)?,
             alert_topic_arn: config::optional_topic_arn_var(source, "ALERT_TOPIC_ARN")?,
             protect_newest: config::bool_var(source, "PROTECT_NEWEST", false)?,
+            recycle_bin: RecycleBin::from_env(source)?,
         })
     }
 }
@@ -170,6 +176,10 @@ pub struct Report {
     /// Images deregistered by retention (in a dry run: those that would be).
     pub retired_images: Vec<String>,
     pub deleted_snapshots: Vec<String>,
+    /// Until when `retired_images` and `deleted_snapshots` can be restored from the Recycle Bin
+    /// (`null`: nothing retired, or no retention rule: `RECYCLE_BIN_RETENTION_DAYS` 0). Each
+    /// one's own time is in the journal.
+    pub restorable_until: Option<chrono::DateTime<chrono::Utc>>,
     /// Snapshots of retired images that EC2 refused to delete (`InvalidSnapshot.InUse`: another
     /// image uses them); they are kept.
     pub kept_snapshots: Vec<KeptSnapshot>,
@@ -209,6 +219,7 @@ impl Report {
             launch_template: None,
             retired_images: Vec::new(),
             deleted_snapshots: Vec::new(),
+            restorable_until: None,
             kept_snapshots: Vec::new(),
             adopted_images: Vec::new(),
             images_not_available: Vec::new(),
@@ -425,7 +436,7 @@ async fn after_termination<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublish
     let KeepAfterTermination::Newest(keep_newest) = config.keep_after_termination else {
         return Ok(Report::skipped(instance_id, "terminated: its images are kept (KEEP_AFTER_TERMINATION=all)"));
     };
-    let keep = retention::Keep { last: keep_newest, protect_tag: &config.protect_tag };
+    let keep = retention::Keep::newest(keep_newest, config);
     let ec2 = &clients.ec2;
     // The event's word is not enough to cut an instance's images down: EC2 must agree that the
     // instance is gone (or no longer know it), and an opt-out tag still on it keeps them.
@@ -493,7 +504,7 @@ async fn dry_run<E: SnapshotOnStopEc2, L: LedgerStore, P>(
         Ok(known) => {
             // Only an image the ledger holds counts as this stop's own.
             let current = report.image_id.as_deref().filter(|id| known.holds_image(id));
-            let keep = retention::Keep { last: config.keep_last, protect_tag: &config.protect_tag };
+            let keep = retention::Keep::newest(config.keep_last, config);
             report.retired_images = retention::preview(ec2, &known, &keep, current).await?;
         }
         Err(err) => report.warnings.push(format!("the ledger could not be read ({err}): nothing would be retired")),
@@ -528,6 +539,7 @@ mod tests {
             ("KEEP_AFTER_TERMINATION", "2"),
             ("ALERT_TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:amiguard-alerts"),
             ("PROTECT_NEWEST", "true"),
+            ("RECYCLE_BIN_RETENTION_DAYS", "7"),
         ];
         let expected = Config {
             scope: SnapshotScope::All,
@@ -537,6 +549,7 @@ mod tests {
             keep_after_termination: KeepAfterTermination::Newest(2),
             alert_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:amiguard-alerts".into()),
             protect_newest: true,
+            recycle_bin: RecycleBin::retaining_for(7),
         };
         assert_eq!(from(env).unwrap(), expected);
         let all = from(&[("KEEP_AFTER_TERMINATION", "ALL")]).unwrap();

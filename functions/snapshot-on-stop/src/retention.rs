@@ -9,19 +9,30 @@ use std::collections::HashMap;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::journal::{JournalEntry, Resource};
 use amiguard::ledger::LedgerStore;
+use amiguard::recycle_bin::RecycleBin;
 use amiguard::snapshot_on_stop::core::{self as decide, ManagedImage};
 use amiguard::snapshot_on_stop::ec2::{ImageRecord, LaunchTemplateVersion, SnapshotOnStopEc2};
 use amiguard::snapshot_on_stop::records::{InstanceRecords, MadeImage};
 
 use crate::session::Session;
-use crate::{Error, KeptSnapshot, Report, FUNCTION};
+use crate::{Config, Error, KeptSnapshot, Report, FUNCTION};
 
-/// How many images retention keeps, and the tag that keeps one whatever the count.
+/// How many images retention keeps, the tag that keeps one whatever the count, and the Recycle
+/// Bin that keeps what it retires restorable.
 pub struct Keep<'a> {
     /// `KEEP_LAST`: available, unprotected images.
     pub last: usize,
     /// `PROTECT_TAG`.
     pub protect_tag: &'a str,
+    /// `RECYCLE_BIN_RETENTION_DAYS`.
+    pub recycle_bin: RecycleBin,
+}
+
+impl<'a> Keep<'a> {
+    /// The newest `last` images, by `config`'s tag and Recycle Bin.
+    pub fn newest(last: usize, config: &'a Config) -> Self {
+        Self { last, protect_tag: &config.protect_tag, recycle_bin: config.recycle_bin }
+    }
 }
 
 /// The recorded images of the instance that still exist in EC2, as retention orders them, with
@@ -122,11 +133,32 @@ pub async fn retire<L: LedgerStore>(
             invocation.clock(),
         )
     };
-    for image in &retiring {
+    // Tagged for the Recycle Bin's rules first, images and snapshots in one call per 1,000: an
+    // image is retired only when it and all its snapshots carry the tag (otherwise retiring it
+    // could not be undone; the next stop tries again).
+    let ids: Vec<String> =
+        retiring.iter().flat_map(|i| std::iter::once(&i.image_id).chain(&i.snapshot_ids)).cloned().collect();
+    let (marked, failure) =
+        keep.recycle_bin.mark(&ids, |ids| async move { ec2.create_tags(&ids, &[RecycleBin::tag()]).await }).await;
+    if let Some(err) = failure {
+        report.warnings.push(format!(
+            "retention retired only what the Recycle Bin tag could be written on ({err}): the rest is retired by a later stop"
+        ));
+    }
+    let marked: std::collections::HashSet<String> = marked.into_iter().collect();
+    let retiring = retiring
+        .into_iter()
+        .filter(|i| marked.contains(&i.image_id) && i.snapshot_ids.iter().all(|s| marked.contains(s)));
+    for image in retiring {
         // Journaled ahead: nothing is deregistered or deleted that the ledger does not hold.
-        let image_entry = journal(Resource::Image, &image.image_id);
-        let snapshot_entries: Vec<JournalEntry> =
-            image.snapshot_ids.iter().map(|id| journal(Resource::Snapshot, id).with_source(&image.image_id)).collect();
+        let image_entry = journal(Resource::Image, &image.image_id).in_recycle_bin(&keep.recycle_bin);
+        let snapshot_entries: Vec<JournalEntry> = image
+            .snapshot_ids
+            .iter()
+            .map(|id| journal(Resource::Snapshot, id).with_source(&image.image_id).in_recycle_bin(&keep.recycle_bin))
+            .collect();
+        // What this delivery retires is restorable at least until its first entry's time.
+        report.restorable_until = report.restorable_until.or(image_entry.restorable_until);
         let ahead = std::iter::once(&image_entry).chain(&snapshot_entries).map(JournalEntry::intended).collect();
         if !session.journal_ahead(ahead).await {
             break;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::store::{Condition, Item, LedgerStore};
 use super::{keys, TTL_ATTRIBUTE};
 use crate::error::AwsError;
+use crate::recycle_bin::RecycleBin;
 
 /// How long journal entries are kept.
 pub const KEEP_JOURNAL: Duration = Duration::days(400);
@@ -49,6 +50,9 @@ pub struct JournalEntry {
     pub source_image_id: Option<String>,
     /// The rule that allowed it (`orphan`, `retention`, `unused_image`, ...).
     pub rule: &'static str,
+    /// Until when the Recycle Bin keeps it restorable once deleted (`None`: no retention rule,
+    /// the deletion is final). Counted from `time`, which is before the call: a lower bound.
+    pub restorable_until: Option<DateTime<Utc>>,
 }
 
 /// The key of `resource_id`'s entry in the journal of `run_id`.
@@ -77,6 +81,7 @@ impl JournalEntry {
             size_gib: None,
             source_image_id: None,
             rule,
+            restorable_until: None,
         }
     }
 
@@ -88,13 +93,18 @@ impl JournalEntry {
         Self { source_image_id: Some(image_id.to_string()), ..self }
     }
 
+    /// Says until when the Recycle Bin keeps it, when `bin` has rules (tagged for them first).
+    pub fn in_recycle_bin(self, bin: &RecycleBin) -> Self {
+        Self { restorable_until: bin.restorable_until(self.time), ..self }
+    }
+
     pub fn key(&self) -> (String, String) {
         key(&self.run_id, &self.resource_id)
     }
 
     fn item(&self, state: &str) -> Item {
         let (pk, sk) = self.key();
-        Item::new(pk, sk)
+        let item = Item::new(pk, sk)
             .with_s("kind", "journal")
             .with_s("state", state)
             .with_s("function", self.function)
@@ -105,7 +115,11 @@ impl JournalEntry {
             .with_s("rule", self.rule)
             .with_opt_s("source_image_id", self.source_image_id.clone())
             .with_n("size_gib", self.size_gib.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)))
-            .with_n(TTL_ATTRIBUTE, (self.time + KEEP_JOURNAL).timestamp())
+            .with_n(TTL_ATTRIBUTE, (self.time + KEEP_JOURNAL).timestamp());
+        match self.restorable_until {
+            Some(until) => item.with_time("restorable_until", until),
+            None => item,
+        }
     }
 
     /// Written before the call: amiguard sets out to delete (or deregister) it.
@@ -170,5 +184,8 @@ mod tests {
             [Some("intended".into()), Some("done".into()), Some("already_gone".into()), Some("failed".into())]
         );
         assert_eq!(entry.failed("InvalidSnapshot.InUse", "in use").s("code"), Some("InvalidSnapshot.InUse"));
+        assert_eq!(entry.done().time("restorable_until"), None);
+        let binned = entry.in_recycle_bin(&RecycleBin::retaining_for(7));
+        assert_eq!(binned.done().time("restorable_until"), Some(time + Duration::days(7)));
     }
 }

@@ -69,6 +69,9 @@ pub trait SweeperEc2: Send + Sync {
     fn is_snapshot_shared(&self, snapshot_id: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
     fn deregister_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
     fn delete_snapshot(&self, snapshot_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Writes the Recycle Bin rules' tag on `resource_ids` (snapshots or images, at most 1,000:
+    /// one `CreateTags`), right before they are deleted or deregistered.
+    fn mark_for_recycle_bin(&self, resource_ids: Vec<String>) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 /// EC2's page-size maxima differ by API.
@@ -324,6 +327,10 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
             .await
             .map(|_| ())
             .map_err(|e| AwsError::from_sdk("DeleteSnapshot", e))
+    }
+
+    async fn mark_for_recycle_bin(&self, resource_ids: Vec<String>) -> Result<(), AwsError> {
+        crate::ec2::mark_for_recycle_bin(self, resource_ids).await
     }
 }
 
