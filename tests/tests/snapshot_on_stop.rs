@@ -1145,3 +1145,29 @@ async fn retention_tags_exactly_what_it_retires_for_the_recycle_bin_first_and_a_
     }
     assert_eq!(second.restorable_until, None, "nothing retired, nothing to restore");
 }
+
+#[tokio::test]
+async fn retention_retires_nothing_it_could_not_tag_for_the_recycle_bin_and_the_next_stop_does() {
+    let account = TestAccount::new().await;
+    let instance = account.stopped_instance(&[OPT_IN]).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let clients = clients_through(&account, &proxy).await;
+    let keep_one = Config {
+        recycle_bin: amiguard::recycle_bin::RecycleBin::retaining_for(7),
+        ..config(SnapshotScope::Tagged, 1, false)
+    };
+    let stop = |hour: &str| stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"));
+    let first = handle(&clients, &keep_one, stop("01"), &delivery()).await.unwrap();
+    // Only the Recycle Bin tag is refused (say, an IAM change): the new image is still tagged.
+    proxy.inject(Fault::error("CreateTags", 400, "UnauthorizedOperation").when_body_contains("recycle-bin"));
+    let refused = handle(&clients, &keep_one, stop("02"), &delivery()).await.unwrap();
+    assert_eq!(refused.outcome, Outcome::Created);
+    assert!(refused.retired_images.is_empty() && refused.deleted_snapshots.is_empty());
+    assert_eq!((proxy.count("DeregisterImage"), proxy.count("DeleteSnapshot")), (0, 0), "nothing undoable-less");
+    assert!(refused.warnings.iter().any(|w| w.contains("Recycle Bin")), "{:?}", refused.warnings);
+    assert!(own_image_ids(&account).await.contains(&first.image_id.clone().unwrap()));
+
+    proxy.clear_faults();
+    let next = handle(&clients, &keep_one, stop("03"), &delivery()).await.unwrap();
+    assert!(next.retired_images.contains(&first.image_id.unwrap()), "{:?}", next.retired_images);
+}
