@@ -685,3 +685,58 @@ async fn ten_launches_of_one_untrusted_image_in_an_hour_send_at_most_four_messag
     assert_eq!(again.alerts_sent, 0);
     assert!(inbox.drain().await.is_empty());
 }
+
+/// Every item of the test account's ledger, as DynamoDB holds it.
+async fn ledger_items(account: &TestAccount) -> usize {
+    let scan = account.dynamodb().scan().table_name(amiguard_integration_tests::ledger::TABLE).send().await.unwrap();
+    scan.items().len()
+}
+
+#[tokio::test]
+async fn a_dry_run_names_the_untrusted_launch_and_sends_tags_stops_and_writes_nothing() {
+    let account = TestAccount::new().await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let vars = [("TRUSTED_IMAGE_PROVIDERS", "self"), ("ENFORCEMENT", "stop"), ("FOLD_LAUNCH_ALERTS", "true")];
+    let dry = config(&inbox.topic_arn, &[vars[0], vars[1], vars[2], ("DRY_RUN", "true")]);
+    let clients = clients(&account, &dry).await;
+    let instance = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+    let mut cloudtrail = sample_event("untrusted-ami-alert.cloudtrail-run-instances.json");
+    cloudtrail["account"] = json!(account.account_id);
+    let items = &mut cloudtrail["detail"]["responseElements"]["instancesSet"]["items"];
+    items.as_array_mut().unwrap().truncate(1);
+    items[0]["instanceId"] = json!(instance);
+    items[0]["imageId"] = json!(AMAZON_LINUX_AMI);
+    let mut audit_event = sample_event("untrusted-ami-alert.scheduled-audit.json");
+    audit_event["account"] = json!(account.account_id);
+
+    let launch = one(handle(&dry, &clients, &state_change(&account, &instance, "running"), &delivery()).await.unwrap());
+    let Report::Launch { instances } = handle(&dry, &clients, &cloudtrail, &delivery()).await.unwrap() else {
+        panic!("not a launch report")
+    };
+    let Report::Audit(audit) = handle(&dry, &clients, &audit_event, &delivery()).await.unwrap() else {
+        panic!("not an audit")
+    };
+
+    for report in [&launch, &instances[0]] {
+        assert_eq!((report.outcome, report.dry_run), (Outcome::Untrusted, true));
+        assert_eq!(report.instance_id.as_deref(), Some(instance.as_str()));
+        assert!(report.reasons[0].contains(AMAZON_OWNER_ID), "{:?}", report.reasons);
+        let json = serde_json::to_value(report).unwrap();
+        assert_eq!(json["would"], json!(["tag", "stop", "alert"]), "{json}");
+        assert_eq!((report.alert_message_id.as_deref(), report.already_alerted), (None, false));
+    }
+    assert!(audit.dry_run);
+    assert_eq!(audit.untrusted.iter().map(|f| f.instance_id.as_str()).collect::<Vec<_>>(), [instance.as_str()]);
+    assert_eq!((audit.alerts_sent, audit.alerts_would_send), (0, Some(1)));
+    assert!(inbox.drain().await.is_empty(), "nothing published");
+    assert!(!instance_tags(&account, &instance).await.keys().any(|k| tags::is_amiguard(k)), "nothing tagged");
+    assert_eq!(instance_state(&account, &instance).await, "running", "nothing stopped");
+    assert_eq!(ledger_items(&account).await, 0, "no claim, slot, fold record or lease written");
+
+    // The same launch, for real: the alert, the tag and the stop happen (the dry run silenced nothing).
+    let real = config(&inbox.topic_arn, &vars);
+    let acted = one(handle(&real, &clients, &state_change(&account, &instance, "running"), &delivery()).await.unwrap());
+    assert!(acted.alert_message_id.is_some() && !acted.dry_run && acted.would.is_empty());
+    assert_eq!(inbox.drain().await.len(), 1);
+    assert!(ledger_items(&account).await > 0);
+}

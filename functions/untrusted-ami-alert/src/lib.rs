@@ -39,6 +39,7 @@ pub const ALLOWED_IMAGES_CRITERIA: &str = "ALLOWED_IMAGES_CRITERIA";
 pub const TRUST_POLICY_SOURCE: &str = "TRUST_POLICY_SOURCE";
 pub const ALERT_TOPIC_ARN: &str = "ALERT_TOPIC_ARN";
 pub const ENFORCEMENT: &str = "ENFORCEMENT";
+pub const DRY_RUN: &str = "DRY_RUN";
 
 /// The function's configuration, validated whole at init.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,10 @@ pub struct Config {
     /// `FOLD_LAUNCH_ALERTS` (default false: only the audit's digest names folded instances, so
     /// folding is on only where an audit is known to run; the stack sets it so).
     pub fold_launch_alerts: bool,
+    /// `DRY_RUN` (default false): judge and report everything, with what a real run would do;
+    /// publish nothing, tag nothing, stop nothing, write nothing to the ledger (it is read: a
+    /// sent alert is reported as not repeated).
+    pub dry_run: bool,
     /// Said in every report: why the policy is not the one configured (the account's settings
     /// could not be used, so the default judges).
     pub policy_note: Option<String>,
@@ -121,6 +126,7 @@ impl Config {
         let enforcement = config::choice_var(source, ENFORCEMENT, Enforcement::Alert, &Enforcement::CHOICES)?;
         let check_provenance = config::bool_var(source, "CHECK_PROVENANCE", true)?;
         let fold_launch_alerts = config::bool_var(source, "FOLD_LAUNCH_ALERTS", false)?;
+        let dry_run = config::bool_var(source, DRY_RUN, false)?;
         Ok(Self {
             policy,
             alert_topic_arn,
@@ -128,6 +134,7 @@ impl Config {
             check_provenance,
             policy_from_account,
             fold_launch_alerts,
+            dry_run,
             policy_note: None,
         })
     }
@@ -177,10 +184,32 @@ pub enum Outcome {
     Audit,
 }
 
+/// What a dry run would have done about an untrusted instance (a real run's reports name none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WouldDo {
+    /// Send its alert now (a launch).
+    Alert,
+    /// Send the follow-up saying that further launches of its image this hour are folded.
+    AlertFollowUp,
+    /// Fold its alert (its image had its alerts this hour): the next audit's digest would list it.
+    FoldAlert,
+    /// List it in the audit's digest.
+    AlertInDigest,
+    /// Tag it `amiguard:untrusted-ami=<image id>`.
+    Tag,
+    /// Stop it.
+    Stop,
+    /// Stop it on its `running` event (EC2 cannot stop a `pending` instance).
+    StopWhenRunning,
+}
+
 /// The verdict on one instance and what was done about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstanceReport {
     pub outcome: Outcome,
+    /// `DRY_RUN`: nothing was published, tagged, stopped or written; `would` says what would be.
+    pub dry_run: bool,
     pub instance_id: Option<String>,
     pub image_id: Option<String>,
     pub owner_id: Option<String>,
@@ -197,12 +226,16 @@ pub struct InstanceReport {
     /// What did not work and did not fail the invocation: a tag that could not be written, a
     /// ledger that could not be used (the alert may then repeat).
     pub warnings: Vec<String>,
+    /// A dry run's: what a real run would do now (nothing here when it would do nothing).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would: Vec<WouldDo>,
 }
 
 impl InstanceReport {
-    fn skipped(instance_id: Option<String>, reason: String) -> Self {
+    fn skipped(dry_run: bool, instance_id: Option<String>, reason: String) -> Self {
         Self {
             outcome: Outcome::Skipped,
+            dry_run,
             instance_id,
             image_id: None,
             owner_id: None,
@@ -212,6 +245,7 @@ impl InstanceReport {
             already_alerted: false,
             alert_folded: false,
             warnings: Vec::new(),
+            would: Vec::new(),
         }
     }
 }
@@ -225,17 +259,26 @@ pub struct AuditFinding {
     pub reasons: Vec<String>,
     pub alert_message_id: Option<String>,
     pub enforcement: EnforcementTaken,
+    /// A dry run's: what a real run would do now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would: Vec<WouldDo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditReport {
     /// Always `audit`.
     pub outcome: Outcome,
+    /// `DRY_RUN`: no digest was sent, nothing tagged or written.
+    pub dry_run: bool,
     /// Instances judged (every instance that is not terminated).
     pub audited: usize,
     pub untrusted: Vec<AuditFinding>,
     /// Alerts sent by this run (the others were sent before: the ledger holds them).
     pub alerts_sent: usize,
+    /// A dry run's: the alerts a real run's digest would send now (the findings whose `would`
+    /// says `alert-in-digest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerts_would_send: Option<usize>,
     pub warnings: Vec<String>,
 }
 
@@ -344,7 +387,7 @@ where
         .into());
     }
     let skipped = |instance_id: Option<String>, reason: String| {
-        Ok(Report::Instance(InstanceReport::skipped(instance_id, reason)))
+        Ok(Report::Instance(InstanceReport::skipped(config.dry_run, instance_id, reason)))
     };
     let result = match event.trigger {
         Trigger::StateChange { instance_id, state } if state != "pending" && state != "running" => skipped(
@@ -368,7 +411,7 @@ where
         }
         Trigger::StateChange { instance_id, state } => {
             let account = this_account(event.account, clients).await?;
-            let ctx = Context { config, clients, account: &account, invocation };
+            let ctx = Context::new(config, clients, &account, invocation);
             let launched = vec![Launched { instance_id, image_id: None }];
             ctx.launch(launched, Occasion::StateChange(state), event.time).await.map(|mut reports| {
                 let only = reports.pop();
@@ -377,14 +420,14 @@ where
         }
         Trigger::RunInstances { instances } => {
             let account = this_account(event.account, clients).await?;
-            let ctx = Context { config, clients, account: &account, invocation };
+            let ctx = Context::new(config, clients, &account, invocation);
             ctx.launch(instances, Occasion::RunInstances, event.time)
                 .await
                 .map(|instances| Report::Launch { instances })
         }
         Trigger::Audit => {
             let account = this_account(event.account, clients).await?;
-            let ctx = Context { config, clients, account: &account, invocation };
+            let ctx = Context::new(config, clients, &account, invocation);
             ctx.audit().await
         }
     };
@@ -433,6 +476,15 @@ struct Context<'a, E, P, I, L> {
     clients: &'a Clients<E, P, I, L>,
     account: &'a str,
     invocation: &'a Invocation,
+    /// A dry run's launch alerts per image so far in this invocation: they take no slot in the
+    /// ledger, so the next launch of the same image counts them to say whether it would fold.
+    previewed_alerts: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl<'a, E, P, I, L> Context<'a, E, P, I, L> {
+    fn new(config: &'a Config, clients: &'a Clients<E, P, I, L>, account: &'a str, invocation: &'a Invocation) -> Self {
+        Self { config, clients, account, invocation, previewed_alerts: Default::default() }
+    }
 }
 
 /// What one instance's guarding produced.
@@ -592,7 +644,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         let mut warnings = Vec::new();
         let folded = self.folded_for_digest(&guarded, &mut warnings).await;
         let gone = self.send_digest(&mut guarded, folded, &mut failures, &mut warnings).await;
-        let mut alerts_sent = gone.len();
+        let mut alerts_sent = gone.iter().filter(|f| f.alert_message_id.is_some()).count();
         // Folded launch alerts of instances gone since, sent by this digest: findings too.
         untrusted.extend(gone);
         for Guarded { report, failures: f, .. } in guarded {
@@ -607,14 +659,19 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                     reasons: report.reasons,
                     alert_message_id: report.alert_message_id,
                     enforcement: report.enforcement,
+                    would: report.would,
                 });
             }
         }
+        let alerts_would_send =
+            self.config.dry_run.then(|| untrusted.iter().filter(|f| f.would.contains(&WouldDo::AlertInDigest)).count());
         let report = Report::Audit(AuditReport {
             outcome: Outcome::Audit,
+            dry_run: self.config.dry_run,
             audited: instances.len(),
             untrusted,
             alerts_sent,
+            alerts_would_send,
             warnings,
         });
         if !failures.is_empty() {
@@ -660,7 +717,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 _ => {}
             }
             let key = AlertKey::untrusted(&self.clients.region, instance, image);
-            match sent::turn(Some(store), &key, self.invocation).await {
+            match self.alert_turn(Some(store), &key).await {
                 Turn::Send(claim, _) => {
                     let alert = PendingAlert { claim, details: record.details.clone() };
                     out.push((FoldedFate::Claimed(Box::new(alert)), record))
@@ -702,6 +759,26 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             }
             records.push((record, sent_before));
         }
+        if self.config.dry_run {
+            // Nothing published, confirmed or forgotten: each alert is one a real digest would
+            // send (a folded one of an instance gone since is a finding of its own).
+            let mut from_records = Vec::new();
+            for (index, PendingAlert { details, .. }) in pending {
+                match index {
+                    Some(i) => guarded[i].report.would.push(WouldDo::AlertInDigest),
+                    None => from_records.push(AuditFinding {
+                        instance_id: details.instance_id,
+                        image_id: Some(details.image_id),
+                        owner_id: details.owner_id,
+                        reasons: details.reasons,
+                        alert_message_id: None,
+                        enforcement: details.enforcement,
+                        would: vec![WouldDo::AlertInDigest],
+                    }),
+                }
+            }
+            return from_records;
+        }
         let mut sent_ids: Vec<(String, String)> = Vec::new();
         let mut from_records = Vec::new();
         for (n, part, count) in digest_parts(&pending) {
@@ -738,6 +815,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                                 reasons: details.reasons.clone(),
                                 alert_message_id: Some(message_id.clone()),
                                 enforcement: details.enforcement,
+                                would: Vec::new(),
                             }),
                         }
                     }
@@ -895,7 +973,11 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
     ) -> Guarded {
         let instance_id = instance.instance_id.clone();
         let Some(image_id) = instance.image_id.clone() else {
-            let report = InstanceReport::skipped(Some(instance_id), "EC2 reports no image id for the instance".into());
+            let report = InstanceReport::skipped(
+                self.config.dry_run,
+                Some(instance_id),
+                "EC2 reports no image id for the instance".into(),
+            );
             return Guarded { report, failures: vec![], pending: None };
         };
         // Who owns it (as the policy, or EC2's own Allowed AMIs verdict, says), then who made it:
@@ -920,6 +1002,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         let Verdict::Untrusted { reasons, severity } = verdict else {
             let report = InstanceReport {
                 outcome: Outcome::Trusted,
+                dry_run: self.config.dry_run,
                 instance_id: Some(instance_id),
                 image_id: Some(image_id),
                 owner_id,
@@ -929,19 +1012,24 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 already_alerted: false,
                 alert_folded: false,
                 warnings: vec![],
+                would: vec![],
             };
             return Guarded { report, failures: vec![], pending: None };
         };
         let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
         let plan = enforce::plan(self.config.enforcement, occasion, &instance.state);
+        let dry_run = self.config.dry_run;
         let mut failures = Vec::new();
         let mut warnings = Vec::new();
+        let mut would = Vec::new();
 
         // Enforce first, so that the alert says what was done. A tag that cannot be written is
         // said in the alert and the report; only a failed stop fails the invocation (its retry
         // stops the instance and does not alert again).
         let mut tag_error = None;
-        if plan.tag {
+        if plan.tag && dry_run {
+            would.push(WouldDo::Tag);
+        } else if plan.tag {
             let tag = Tag::new(tags::UNTRUSTED_AMI, &image_id);
             if let Err(error) = self.clients.ec2.tag_instance(&instance_id, &tag).await {
                 warnings
@@ -950,15 +1038,23 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             }
         }
         let (mut stop, mut stop_error) = (None, None);
-        if plan.stop == StopStep::Now {
-            match self.clients.ec2.stop_instance(&instance_id).await {
+        match plan.stop {
+            StopStep::Now if dry_run => would.push(WouldDo::Stop),
+            StopStep::WhenRunning if dry_run => would.push(WouldDo::StopWhenRunning),
+            StopStep::Now => match self.clients.ec2.stop_instance(&instance_id).await {
                 Ok(outcome) => stop = Some(outcome),
                 Err(error) => stop_error = Some(error),
-            }
+            },
+            _ => {}
         }
         let outcomes =
             Outcomes { tag_failed: tag_error.is_some(), stop: stop.as_ref(), stop_failed: stop_error.is_some() };
-        let enforcement = enforce::taken(self.config.enforcement, &plan, outcomes);
+        let enforcement = match enforce::taken(self.config.enforcement, &plan, outcomes) {
+            // Nothing was tagged or stopped: `would` says what would be.
+            EnforcementTaken::InstanceGone => EnforcementTaken::InstanceGone,
+            _ if dry_run => EnforcementTaken::None,
+            taken => taken,
+        };
         if let Some(error) = &stop_error {
             failures.push(InstanceFailure {
                 instance_id: instance_id.clone(),
@@ -972,8 +1068,12 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         let mut alert_folded = false;
         let mut pending = None;
         let key = AlertKey::untrusted(&self.clients.region, &instance_id, &image_id);
-        match sent::turn(self.clients.ledger.as_ref(), &key, self.invocation).await {
+        match self.alert_turn(self.clients.ledger.as_ref(), &key).await {
             Turn::AlreadySent => already_alerted = true,
+            Turn::InProgress if dry_run => warnings.push(
+                "another delivery holds this alert's claim and has not sent it yet: a real run would wait for it"
+                    .into(),
+            ),
             Turn::InProgress => failures.push(InstanceFailure {
                 instance_id: instance_id.clone(),
                 step: FailedStep::AlertInProgress,
@@ -1007,6 +1107,30 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 };
                 // The audit sends one digest for all it found; a launch alerts now, unless its
                 // image has had its three alerts (and the follow-up) this hour.
+                if dry_run {
+                    let next = if occasion.is_audit() {
+                        pending = Some(PendingAlert { claim: None, details });
+                        None
+                    } else {
+                        Some(self.previewed_launch_alert(&details.image_id, &mut warnings).await)
+                    };
+                    would.extend(next);
+                    let report = InstanceReport {
+                        outcome: Outcome::Untrusted,
+                        dry_run,
+                        instance_id: Some(instance_id),
+                        image_id: Some(image_id),
+                        owner_id,
+                        reasons,
+                        alert_message_id: None,
+                        enforcement,
+                        already_alerted,
+                        alert_folded,
+                        warnings,
+                        would,
+                    };
+                    return Guarded { report, failures, pending };
+                }
                 let slot =
                     if occasion.is_audit() { None } else { Some(self.launch_slot(&details, &mut warnings).await) };
                 let message = match slot {
@@ -1066,6 +1190,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         }
         let report = InstanceReport {
             outcome: Outcome::Untrusted,
+            dry_run,
             instance_id: Some(instance_id),
             image_id: Some(image_id),
             owner_id,
@@ -1075,8 +1200,45 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             already_alerted,
             alert_folded,
             warnings,
+            would,
         };
         Guarded { report, failures, pending }
+    }
+
+    /// Whether this delivery sends the alert `key`: the ledger's claim (a write), or in a dry run
+    /// what the ledger says now (read only).
+    async fn alert_turn(&self, store: Option<&L>, key: &AlertKey) -> Turn {
+        if self.config.dry_run {
+            sent::preview(store, key, self.invocation.clock()).await
+        } else {
+            sent::turn(store, key, self.invocation).await
+        }
+    }
+
+    /// A dry run's [`Self::launch_slot`]: the slots of the image this hour are counted, with this
+    /// invocation's own previewed alerts, and none is taken.
+    async fn previewed_launch_alert(&self, image_id: &str, warnings: &mut Vec<String>) -> WouldDo {
+        let Some(store) = self.clients.ledger.as_ref().filter(|_| self.config.fold_launch_alerts) else {
+            return WouldDo::Alert;
+        };
+        let taken = match fold::slots_taken(store, &self.clients.region, image_id, self.invocation.clock()).await {
+            Ok(taken) => taken,
+            Err(err) => {
+                warnings.push(format!("the launch-alert count of {image_id} could not be read ({err}): not folded"));
+                return WouldDo::Alert;
+            }
+        };
+        let before = {
+            let mut previewed = self.previewed_alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let count = previewed.entry(image_id.to_string()).or_default();
+            *count += 1;
+            *count - 1
+        };
+        match taken.saturating_add(before) {
+            n if n < fold::ALERTS_PER_HOUR => WouldDo::Alert,
+            n if n == fold::ALERTS_PER_HOUR => WouldDo::AlertFollowUp,
+            _ => WouldDo::FoldAlert,
+        }
     }
 
     /// The launch-alert slot of the image this hour. A folded alert is kept in the ledger for
@@ -1138,6 +1300,7 @@ mod tests {
         assert_eq!(config.alert_topic_arn, TOPIC);
         assert!(config.check_provenance, "provenance is checked unless turned off");
         assert!(!config.fold_launch_alerts, "no folding unless an audit is known to send the digest");
+        assert!(!config.dry_run, "a deployed function acts unless told to only report");
         // Blank means unset (an empty template parameter).
         let blank = Config::from_env(&env(&[
             (ALERT_TOPIC_ARN, TOPIC),
@@ -1155,9 +1318,11 @@ mod tests {
             (ENFORCEMENT, "stop"),
             ("CHECK_PROVENANCE", "false"),
             ("FOLD_LAUNCH_ALERTS", "true"),
+            (DRY_RUN, "TRUE"),
         ]))
         .unwrap();
         assert!(config.fold_launch_alerts);
+        assert!(config.dry_run);
         assert_eq!(config.policy.to_string(), "trusted image providers: aws-marketplace, 111122223333");
         assert_eq!(config.enforcement, Enforcement::Stop);
         assert!(!config.check_provenance);
@@ -1174,8 +1339,9 @@ mod tests {
     #[test]
     fn config_errors_name_the_variable() {
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
-        let cases: [Case; 10] = [
+        let cases: [Case; 11] = [
             (&[], ALERT_TOPIC_ARN, "required"),
+            (&[(ALERT_TOPIC_ARN, TOPIC), (DRY_RUN, "yes")], DRY_RUN, "true or false"),
             (&[(ALERT_TOPIC_ARN, TOPIC), (TRUST_POLICY_SOURCE, "ssm")], TRUST_POLICY_SOURCE, "one of env, account"),
             (
                 &[(ALERT_TOPIC_ARN, TOPIC), (TRUST_POLICY_SOURCE, "account"), (TRUSTED_IMAGE_PROVIDERS, "self")],
@@ -1365,6 +1531,7 @@ mod tests {
             check_provenance: true,
             policy_from_account: false,
             fold_launch_alerts: true,
+            dry_run: false,
             policy_note: None,
         }
     }
@@ -2078,12 +2245,175 @@ mod tests {
         assert!(clients.ec2.calls().is_empty());
     }
 
+    // ---- DRY_RUN: judge and report, change nothing ----
+
+    fn dry(enforcement: Enforcement) -> Config {
+        Config { dry_run: true, ..config(enforcement) }
+    }
+
+    /// What a dry run must never do: no publish, no tag, no stop, no ledger write (reads only).
+    fn assert_changed_nothing(clients: &Clients<FakeEc2, FakeSns, FakeSts, MemoryLedger>) {
+        assert!(clients.alerts.sent.lock().unwrap().is_empty(), "published");
+        let calls = clients.ec2.calls();
+        assert!(
+            calls.iter().all(|c| !c.starts_with("CreateTags") && !c.starts_with("StopInstances")),
+            "changed EC2: {calls:?}"
+        );
+        let ledger = clients.ledger.as_ref().unwrap();
+        assert_eq!(ledger.writes(), 0, "wrote the ledger: {:?}", ledger.calls());
+        assert!(ledger.calls().iter().all(|c| *c == "Query"), "{:?}", ledger.calls());
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_launch_says_what_it_would_do_and_changes_nothing() {
+        for (state, event, expected) in [
+            (InstanceState::Running, "running", vec![WouldDo::Tag, WouldDo::Stop, WouldDo::Alert]),
+            (InstanceState::Pending, "pending", vec![WouldDo::Tag, WouldDo::StopWhenRunning, WouldDo::Alert]),
+        ] {
+            let clients = clients(FakeEc2 {
+                images: vec![vendor_image()],
+                ..FakeEc2::with(instance(INSTANCE, VENDOR_AMI, state))
+            });
+            let report =
+                instance_report(handle(&dry(Enforcement::Stop), &clients, &state_change(event), &at()).await.unwrap());
+            assert_eq!((report.outcome, report.dry_run), (Outcome::Untrusted, true));
+            assert_eq!(report.would, expected, "{event}");
+            assert_eq!((report.enforcement, report.alert_message_id.as_deref()), (EnforcementTaken::None, None));
+            assert!(report.reasons[0].contains("111122223333"), "the finding is named: {:?}", report.reasons);
+            assert_changed_nothing(&clients);
+            let json = serde_json::to_value(Report::Instance(report)).unwrap();
+            assert_eq!((&json["dry_run"], &json["would"][0]), (&json!(true), &json!("tag")));
+        }
+        // A trusted launch: nothing would be done.
+        let own = own_image();
+        let clients = clients(FakeEc2 {
+            images: vec![own.clone()],
+            ..FakeEc2::with(instance(INSTANCE, &own.image_id, InstanceState::Running))
+        });
+        let trusted =
+            instance_report(handle(&dry(Enforcement::Stop), &clients, &state_change("running"), &at()).await.unwrap());
+        assert_eq!((trusted.outcome, trusted.dry_run, trusted.would.len()), (Outcome::Trusted, true, 0));
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_reads_the_sent_alerts_and_says_an_alert_sent_before_would_not_repeat() {
+        let ec2 = FakeEc2 {
+            images: vec![vendor_image()],
+            ..FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running))
+        };
+        let clients = clients(ec2);
+        handle(&config(Enforcement::Tag), &clients, &state_change("running"), &at()).await.unwrap();
+        let (writes, sent, calls) =
+            (clients.ledger.as_ref().unwrap().writes(), clients.alerts.sent.lock().unwrap().len(), clients.ec2.calls());
+        let report =
+            instance_report(handle(&dry(Enforcement::Tag), &clients, &state_change("running"), &at()).await.unwrap());
+        assert!(report.already_alerted && report.dry_run);
+        assert_eq!(report.would, [WouldDo::Tag], "tagged again (idempotent), not alerted again");
+        assert_eq!(clients.ledger.as_ref().unwrap().writes(), writes);
+        assert_eq!(clients.alerts.sent.lock().unwrap().len(), sent);
+        assert_eq!(clients.ec2.calls().iter().filter(|c| c.starts_with("CreateTags")).count(), 1, "{calls:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dry_run_neither_waits_for_nor_fails_on_a_claim_another_delivery_holds() {
+        let ec2 = FakeEc2 {
+            images: vec![vendor_image()],
+            ..FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running))
+        };
+        let clients = clients(ec2);
+        let store = clients.ledger.as_ref().unwrap();
+        let key = AlertKey::untrusted("us-east-1", INSTANCE, VENDOR_AMI);
+        let sent::Claim::Claimed(_held) = sent::claim(store, &key, "other", now()).await.unwrap() else {
+            panic!("not claimed")
+        };
+        let writes = store.writes();
+        let started = tokio::time::Instant::now();
+        let report =
+            instance_report(handle(&dry(Enforcement::Alert), &clients, &state_change("running"), &at()).await.unwrap());
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO, "a dry run does not wait");
+        assert!(report.would.is_empty() && !report.already_alerted);
+        assert!(report.warnings.iter().any(|w| w.contains("another delivery holds")), "{:?}", report.warnings);
+        assert_eq!(store.writes(), writes);
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_of_many_launches_says_which_alerts_would_fold_and_takes_no_slot() {
+        let ids: Vec<String> = (1..=5).map(|n| format!("i-0{n:016x}")).collect();
+        let instances = ids.iter().map(|id| instance(id, VENDOR_AMI, InstanceState::Running)).collect();
+        let clients =
+            clients(FakeEc2 { instances: Mutex::new(instances), images: vec![vendor_image()], ..FakeEc2::default() });
+        let items: Vec<serde_json::Value> =
+            ids.iter().map(|id| json!({"instanceId": id, "imageId": VENDOR_AMI})).collect();
+        let event = cloudtrail(json!({"instancesSet": {"items": items}}));
+        let Report::Launch { instances } = handle(&dry(Enforcement::Alert), &clients, &event, &at()).await.unwrap()
+        else {
+            panic!("not a launch report")
+        };
+        let would: Vec<Vec<WouldDo>> = instances.iter().map(|i| i.would.clone()).collect();
+        use WouldDo::{Alert, AlertFollowUp, FoldAlert};
+        assert_eq!(would, [vec![Alert], vec![Alert], vec![Alert], vec![AlertFollowUp], vec![FoldAlert]]);
+        assert!(instances.iter().all(|i| i.dry_run && !i.alert_folded));
+        assert_changed_nothing(&clients);
+        // Slots real alerts took this hour count too.
+        let store = clients.ledger.as_ref().unwrap();
+        for _ in 0..3 {
+            fold::claim_slot(store, "us-east-1", VENDOR_AMI, now()).await.unwrap();
+        }
+        let mut one = state_change("running");
+        one["detail"]["instance-id"] = json!(ids[0]);
+        let next = instance_report(handle(&dry(Enforcement::Alert), &clients, &one, &at()).await.unwrap());
+        assert_eq!(next.would, [AlertFollowUp]);
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_audit_counts_its_digest_sends_none_tags_none_and_keeps_the_folded_records() {
+        let instances = vec![
+            instance("i-0000000000000000b", VENDOR_AMI, InstanceState::Running),
+            instance("i-0000000000000000c", VENDOR_AMI, InstanceState::Stopped),
+        ];
+        let clients =
+            clients(FakeEc2 { instances: Mutex::new(instances), images: vec![vendor_image()], ..FakeEc2::default() });
+        let store = clients.ledger.as_ref().unwrap();
+        // A folded launch alert of an instance gone since: a real digest would name it.
+        fold::keep_folded(store, "us-east-1", &folded_alert("i-0000000000000000a"), now()).await.unwrap();
+        let before = store.items();
+        let writes = store.writes();
+        let Report::Audit(audit) = handle(&dry(Enforcement::Stop), &clients, &audit_event(), &at()).await.unwrap()
+        else {
+            panic!("not an audit")
+        };
+        assert!(audit.dry_run);
+        assert_eq!((audit.audited, audit.alerts_sent, audit.alerts_would_send), (2, 0, Some(3)));
+        let mut found: Vec<(&str, &[WouldDo])> =
+            audit.untrusted.iter().map(|f| (f.instance_id.as_str(), f.would.as_slice())).collect();
+        found.sort();
+        use WouldDo::{AlertInDigest, Tag};
+        assert_eq!(
+            found,
+            [
+                ("i-0000000000000000a", &[AlertInDigest][..]),
+                ("i-0000000000000000b", &[Tag, AlertInDigest][..]),
+                ("i-0000000000000000c", &[Tag, AlertInDigest][..]),
+            ],
+            "the audit tags, never stops"
+        );
+        assert!(clients.alerts.sent.lock().unwrap().is_empty());
+        assert!(clients.ec2.calls().iter().all(|c| !c.starts_with("CreateTags") && !c.starts_with("StopInstances")));
+        assert_eq!((store.writes(), store.items()), (writes, before), "the ledger is as it was");
+        // The real audit after it still finds everything to send.
+        let Report::Audit(real) = handle(&config(Enforcement::Tag), &clients, &audit_event(), &at()).await.unwrap()
+        else {
+            panic!("not an audit")
+        };
+        assert_eq!((real.alerts_sent, real.alerts_would_send, real.dry_run), (3, None, false));
+    }
+
     #[test]
     fn report_shapes() {
-        let one = InstanceReport::skipped(Some(INSTANCE.into()), "why".into());
+        let one = InstanceReport::skipped(false, Some(INSTANCE.into()), "why".into());
         assert_eq!(
             serde_json::to_value(Report::Instance(one.clone())).unwrap(),
-            json!({"outcome": "skipped", "instance_id": INSTANCE, "image_id": null, "owner_id": null, "reasons": ["why"],
+            json!({"outcome": "skipped", "dry_run": false, "instance_id": INSTANCE, "image_id": null, "owner_id": null, "reasons": ["why"],
                    "alert_message_id": null, "enforcement": "none", "already_alerted": false, "alert_folded": false, "warnings": []})
         );
         assert_eq!(
@@ -2092,14 +2422,16 @@ mod tests {
         );
         let audit = Report::Audit(AuditReport {
             outcome: Outcome::Audit,
+            dry_run: false,
             audited: 3,
             untrusted: vec![],
             alerts_sent: 0,
+            alerts_would_send: None,
             warnings: vec![],
         });
         assert_eq!(
             serde_json::to_value(audit).unwrap(),
-            json!({"outcome": "audit", "audited": 3, "untrusted": [], "alerts_sent": 0, "warnings": []})
+            json!({"outcome": "audit", "dry_run": false, "audited": 3, "untrusted": [], "alerts_sent": 0, "warnings": []})
         );
     }
 }

@@ -66,6 +66,18 @@ pub async fn claim_slot(
     Ok(Slot::Folded)
 }
 
+/// How many launch alerts of `image_id` were counted in `now`'s hour, read without writing (a
+/// dry run says whether a launch would alert, follow up or fold).
+pub async fn slots_taken(
+    store: &impl LedgerStore,
+    region: &str,
+    image_id: &str,
+    now: DateTime<Utc>,
+) -> Result<u32, AwsError> {
+    let taken = query_all(store, &keys::launch_alerts(region, image_id), &format!("{}#", hour(now))).await?;
+    Ok(u32::try_from(taken.len()).unwrap_or(u32::MAX))
+}
+
 /// How long a folded alert waits for an audit's digest before the ledger forgets it: as long as a
 /// sent alert is remembered (it is forgotten as soon as a digest sends it).
 const KEEP_FOLDED: Duration = Duration::days(400);
@@ -154,5 +166,11 @@ mod tests {
         let Slot::Alert(taken) = claim_slot(&store, "us-east-1", "ami-z", at(10, 0)).await.unwrap() else { panic!() };
         release(&store, &taken).await.unwrap();
         assert!(first(claim_slot(&store, "us-east-1", "ami-z", at(10, 1)).await.unwrap()));
+        // Counted without writing: the hour's slots of one image only.
+        let writes = store.writes();
+        assert_eq!(slots_taken(&store, "us-east-1", "ami-x", at(10, 59)).await.unwrap(), ALERTS_PER_HOUR + 1);
+        assert_eq!(slots_taken(&store, "us-east-1", "ami-x", at(11, 5)).await.unwrap(), 1);
+        assert_eq!(slots_taken(&store, "us-east-1", "ami-w", at(10, 5)).await.unwrap(), 0);
+        assert_eq!(store.writes(), writes);
     }
 }

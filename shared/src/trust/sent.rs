@@ -128,6 +128,9 @@ pub enum Turn {
     InProgress,
 }
 
+/// The warning of an alert sent without a ledger (it may repeat on every event).
+const NO_LEDGER: &str = "no ledger is configured (LEDGER_TABLE)";
+
 /// How long a delivery waits for a concurrent one that claimed the same alert.
 pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -140,7 +143,7 @@ pub async fn turn(
     invocation: &crate::invocation::Invocation,
 ) -> Turn {
     let Some(store) = store else {
-        return Turn::Send(None, Some("no ledger is configured (LEDGER_TABLE)".to_string()));
+        return Turn::Send(None, Some(NO_LEDGER.to_string()));
     };
     let started = tokio::time::Instant::now();
     loop {
@@ -153,6 +156,29 @@ pub async fn turn(
             Ok(Claim::InProgress) => return Turn::InProgress,
             Err(err) => return Turn::Send(None, Some(format!("the ledger could not be used ({err})"))),
         }
+    }
+}
+
+/// What [`turn`] would answer now, read from the ledger and never written (a dry run): `Send`
+/// without a claim when no unexpired claim or sent record holds the alert (an expired one is free
+/// again, as [`claim`]'s condition says), `InProgress` when another delivery's claim does. It
+/// never waits: a dry run only says what it sees.
+pub async fn preview(store: Option<&impl LedgerStore>, key: &AlertKey, now: DateTime<Utc>) -> Turn {
+    let Some(store) = store else {
+        return Turn::Send(None, Some(NO_LEDGER.to_string()));
+    };
+    match query_all(store, &key.pk, &key.sk).await {
+        Err(err) => Turn::Send(None, Some(format!("the ledger could not be used ({err})"))),
+        Ok(items) => match items.into_iter().find(|item| item.sk == key.sk) {
+            Some(item) if item.n(TTL_ATTRIBUTE).is_none_or(|until| until >= now.timestamp()) => {
+                if item.s(STATE) == Some(SENT) {
+                    Turn::AlreadySent
+                } else {
+                    Turn::InProgress
+                }
+            }
+            _ => Turn::Send(None, None),
+        },
     }
 }
 
@@ -204,5 +230,30 @@ mod tests {
         assert_eq!(claim_at(&store, "d", 93).await, Claim::InProgress);
         confirm(&store, &late, "ami-0a", "m-2", t(94)).await.unwrap();
         assert!(matches!(claim_at(&store, "e", 95).await, Claim::AlreadySent { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_preview_says_what_a_delivery_would_do_and_writes_nothing() {
+        let store = MemoryLedger::new();
+        let key = AlertKey::untrusted("us-east-1", "i-01", "ami-0a");
+        assert_eq!(preview(Some(&store), &key, t(0)).await, Turn::Send(None, None));
+        let Claim::Claimed(held) = claim_at(&store, "a", 0).await else { panic!("not claimed") };
+        let writes = store.writes();
+        assert_eq!(preview(Some(&store), &key, t(10)).await, Turn::InProgress);
+        // The claim expired: a delivery would take it and send.
+        assert_eq!(preview(Some(&store), &key, t(91)).await, Turn::Send(None, None));
+        confirm(&store, &held, "ami-0a", "m-1", t(20)).await.unwrap();
+        let writes_after_confirm = store.writes();
+        assert_eq!(preview(Some(&store), &key, t(86_400)).await, Turn::AlreadySent);
+        assert_eq!(
+            (writes + 1, store.writes()),
+            (writes_after_confirm, writes_after_confirm),
+            "previews write nothing"
+        );
+        let unreachable = MemoryLedger::new();
+        unreachable.fail_everything();
+        let Turn::Send(None, Some(warning)) = preview(Some(&unreachable), &key, t(0)).await else { panic!("not sent") };
+        assert!(warning.contains("could not be used"), "{warning}");
+        assert_eq!(preview(None::<&MemoryLedger>, &key, t(0)).await, Turn::Send(None, Some(NO_LEDGER.into())));
     }
 }
