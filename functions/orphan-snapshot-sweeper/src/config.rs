@@ -32,6 +32,11 @@ pub struct Config {
     pub recycle_bin: RecycleBin,
     /// `AWS_REGION`: where the stack, and so its Recycle Bin rules, are.
     pub home_region: Option<String>,
+    /// `LEDGER_READ_ONLY` (default false; only with `DRY_RUN=true`): the ledger is read (the
+    /// grace clocks and the last run, as the deployed sweeper keeps them) and never written: no
+    /// first sightings, no run summary. For a dry run from outside the stack (`make try`): a
+    /// deployed dry run writes, so that its clocks have run when deletion is turned on.
+    pub ledger_read_only: bool,
 }
 
 pub const DEFAULT_MIN_AGE_HOURS: u32 = 24;
@@ -58,6 +63,7 @@ impl Config {
             retire_unused_amis_after_days,
             recycle_bin: RecycleBin::from_env(source)?,
             home_region: optional(source, "AWS_REGION"),
+            ledger_read_only: ledger_read_only(source)?,
         })
     }
 
@@ -116,6 +122,20 @@ fn is_region(name: &str) -> bool {
         && parts[parts.len() - 1].parse::<u8>().is_ok()
 }
 
+/// `LEDGER_READ_ONLY`: refused unless `DRY_RUN=true`, since a run that deletes journals each
+/// deletion first.
+fn ledger_read_only(source: &dyn VarSource) -> Result<bool, ConfigError> {
+    let read_only = bool_var(source, "LEDGER_READ_ONLY", false)?;
+    if read_only && !bool_var(source, "DRY_RUN", true)? {
+        return Err(ConfigError::new(
+            "LEDGER_READ_ONLY",
+            "true",
+            "false unless DRY_RUN=true (a run that deletes journals every deletion in the ledger first)",
+        ));
+    }
+    Ok(read_only)
+}
+
 fn report_topic_arn(source: &dyn VarSource) -> Result<Option<String>, ConfigError> {
     let Some(arn) = optional(source, "REPORT_TOPIC_ARN") else {
         return Ok(None);
@@ -168,6 +188,7 @@ mod tests {
                 retire_unused_amis_after_days: None,
                 recycle_bin: RecycleBin::retaining_for(0),
                 home_region: Some("eu-west-1".into()),
+                ledger_read_only: false,
             }
         );
     }
@@ -189,7 +210,9 @@ mod tests {
             ("AWS_REGION", "us-east-1"),
         ]))
         .unwrap();
-        assert!(!config.dry_run);
+        assert!(!config.dry_run && !config.ledger_read_only);
+        let read_only = Config::from_env(&env(&[("AWS_REGION", "us-east-1"), ("LEDGER_READ_ONLY", "true")]));
+        assert!(read_only.unwrap().ledger_read_only, "with the default DRY_RUN=true");
         assert_eq!((config.min_age_hours, config.max_deletions), (0, 10));
         assert_eq!((config.max_delete_fraction, config.price_per_gb_month), (0.25, 0.0125));
         assert_eq!(config.protect_tag, "team:keep");
@@ -223,11 +246,20 @@ mod tests {
             ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "-3"),
             ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "soon"),
             ("RECYCLE_BIN_RETENTION_DAYS", "400"),
+            ("LEDGER_READ_ONLY", "maybe"),
         ] {
             let err = Config::from_env(&env(&[region, (name, value)])).unwrap_err();
             assert_eq!(err.variable, name, "{name}={value}");
             assert!(err.to_string().contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn a_read_only_ledger_is_refused_to_a_run_that_would_delete() {
+        let vars = [("AWS_REGION", "us-east-1"), ("LEDGER_READ_ONLY", "true"), ("DRY_RUN", "false")];
+        let err = Config::from_env(&env(&vars)).unwrap_err();
+        assert_eq!(err.variable, "LEDGER_READ_ONLY");
+        assert!(err.expected.contains("DRY_RUN=true"), "{err}");
     }
 
     #[test]

@@ -132,13 +132,19 @@ where
     let (account_id, detail) = match event::parse(payload)? {
         SweepEvent::Sweep { account_id, detail } => (account_id, detail),
         SweepEvent::AmiStateChange { region, image_id, state, time, .. } => {
-            let report = record_ami_event(ports.ledger, region, image_id, state, time).await?;
+            let report = record_ami_event(ports.ledger, config.ledger_read_only, region, image_id, state, time).await?;
             amiguard::report::log(FUNCTION, &report);
             return Ok(Response::AmiEvent(report));
         }
     };
     let dry_run = config.dry_run || detail.dry_run == Some(true);
     let mut warnings = Vec::new();
+    if config.ledger_read_only && ports.ledger.is_some() {
+        warnings.push(
+            "LEDGER_READ_ONLY: the ledger was read, not written (an orphan it has no clock for counts as first seen now, and no run summary was kept)"
+                .to_string(),
+        );
+    }
     let deadline = match invocation.deadline {
         Some(at) if at <= SystemTime::now() => {
             // Lambda never hands out a deadline already past; local emulators do (cargo lambda
@@ -231,7 +237,8 @@ where
         retired_images,
         recycle_bin_retention_days: config.recycle_bin.retention_days(),
         warnings,
-        full_lists: run.store().map(|store| report::full_lists(store.table(), &invocation.request_id)),
+        // A read-only run writes no list to point at.
+        full_lists: run.writable_store().map(|store| report::full_lists(store.table(), &invocation.request_id)),
         summary_published: None,
     };
     let run_item = report::run_item(&report);
@@ -242,7 +249,7 @@ where
     println!("{}", report::emf(&report, Utc::now()));
     let mut delivery =
         Delivery { run_id: report.run_id.clone(), run_recorded: None, summary_published: None, warnings: Vec::new() };
-    if let Ledger::Ready { store, .. } = &run.ledger {
+    if let Some(store) = run.writable_store() {
         let written = run.before_deadline(store.put(&run_item, &amiguard::ledger::Condition::Always)).await;
         if let Err(err) = &written {
             delivery.warnings.push(format!("the run's summary could not be written to the ledger: {err}"));
@@ -293,6 +300,7 @@ struct Deletions {
 /// Records an AMI's deregistration; other states concern the sweep not at all.
 async fn record_ami_event<L: LedgerStore>(
     ledger: Option<&L>,
+    read_only: bool,
     region: String,
     image_id: String,
     state: String,
@@ -301,6 +309,10 @@ async fn record_ami_event<L: LedgerStore>(
     let mut report = AmiEventReport { outcome: "skipped", image_id, region, state, time, reason: None };
     if report.state != "deregistered" {
         report.reason = Some(format!("state {}: only deregistered starts an orphan's clock", report.state));
+        return Ok(report);
+    }
+    if read_only {
+        report.reason = Some("LEDGER_READ_ONLY: not recorded (the sweep sees the AMI gone itself)".into());
         return Ok(report);
     }
     let Some(store) = ledger else {
@@ -403,6 +415,11 @@ impl<L: LedgerStore> Run<'_, L> {
             Ledger::Ready { store, .. } => Some(store),
             _ => None,
         }
+    }
+
+    /// The ledger, unless `LEDGER_READ_ONLY` keeps this run from writing it.
+    fn writable_store(&self) -> Option<&L> {
+        self.store().filter(|_| !self.config.ledger_read_only)
     }
 
     /// Remembers that the ledger failed, so that no later region deletes without it.
@@ -598,8 +615,8 @@ impl<L: LedgerStore> Run<'_, L> {
             report.aborted = Some(trip.to_string());
         }
         // What this sweep saw is written before anything is deleted: a deletion never outruns
-        // the memory that justifies it.
-        if let Some(store) = self.store() {
+        // the memory that justifies it. (A read-only run is a dry run: it deletes nothing.)
+        if let Some(store) = self.writable_store() {
             // A dry run's retirement is a simulation: the images stay, so their snapshots get no
             // clock (it would outlive the simulation).
             let simulated: hashbrown::HashSet<&str> = if self.dry_run {

@@ -80,6 +80,7 @@ fn config() -> Config {
         retire_unused_amis_after_days: None,
         recycle_bin: RecycleBin::default(),
         home_region: Some("us-east-1".into()),
+        ledger_read_only: false,
     }
 }
 
@@ -479,6 +480,45 @@ async fn dry_run_deletes_nothing_and_the_event_can_only_make_a_run_drier() {
         sweep_with(&dry, &regions, &sns, &event(json!({"dry_run": false, "note": "x"})), invocation()).await.unwrap();
     assert!(still_dry.dry_run, "detail dry_run=false never overrides DRY_RUN=true");
     assert!(regions[0].1.calls_to("DeleteSnapshot").is_empty());
+}
+
+#[tokio::test]
+async fn a_read_only_dry_run_uses_the_ledgers_clocks_and_writes_nothing() {
+    // snap-01 the ledger saw orphaned days ago (due), snap-02 it never saw (first seen now).
+    let ledger = ledger_seen("us-east-1", ["snap-01".to_string()]);
+    let before = ledger.items();
+    let read_only = Config { dry_run: true, ledger_read_only: true, ..config() };
+    let ec2 = FakeEc2::with(vec![orphan("snap-01"), orphan("snap-02")], vec![]);
+    let (report, ec2) = sweep_in(&read_only, ec2, &ledger, now()).await;
+    let region = &report.regions[0];
+    assert_eq!(region.orphans.iter().map(|o| o.snapshot_id.as_str()).collect::<Vec<_>>(), ["snap-01"]);
+    assert_eq!(region.waiting.iter().map(|w| w.orphan.snapshot_id.as_str()).collect::<Vec<_>>(), ["snap-02"]);
+    assert_eq!((region.planned_deletions, region.ledger_writes, region.deleted.len()), (1, 0, 0));
+    assert!(ec2.calls_to("DeleteSnapshot").is_empty());
+    assert_eq!((ledger.writes(), ledger.items()), (0, before), "{:?}", ledger.calls());
+    assert!(report.full_lists.is_none(), "no lists were written to point at");
+    assert!(report.warnings.iter().any(|w| w.contains("LEDGER_READ_ONLY")), "{:?}", report.warnings);
+    // The same dry run without the flag keeps its first sightings (the deployed stack's contract).
+    let (writing, _) =
+        sweep_in(&Config { dry_run: true, ..config() }, FakeEc2::with(vec![orphan("snap-02")], vec![]), &ledger, now())
+            .await;
+    assert!(writing.regions[0].ledger_writes > 0 && ledger.writes() > 0);
+}
+
+#[tokio::test]
+async fn a_read_only_sweeper_records_no_ami_event() {
+    let ledger = MemoryLedger::new();
+    let regions: Vec<(String, FakeEc2)> = vec![];
+    let ports = Ports { regions: &regions, publisher: &FakeSns::default(), ledger: Some(&ledger) };
+    let read_only = Config { dry_run: true, ledger_read_only: true, ..config() };
+    let event: Value =
+        serde_json::from_str(include_str!("../../../events/orphan-snapshot-sweeper.ami-deregistered.json")).unwrap();
+    let Response::AmiEvent(report) = handle(&read_only, &ports, &event, &invocation()).await.unwrap() else {
+        panic!("not an AMI event's report")
+    };
+    assert_eq!(report.outcome, "skipped");
+    assert!(report.reason.as_deref().is_some_and(|r| r.contains("LEDGER_READ_ONLY")), "{report:?}");
+    assert_eq!(ledger.writes(), 0);
 }
 
 #[test]
