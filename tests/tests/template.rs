@@ -220,50 +220,75 @@ fn the_protect_tag_parameter_admits_only_keys_the_guard_and_the_code_agree_on() 
     assert_eq!(template["Parameters"]["SnapshotOnStopProtectTag"]["AllowedPattern"], json!(pattern));
     let accepted = ["amiguard:keep", "legal-hold", "Keep", "k", "team/keep me", "a=b+c@d.e_f"];
     let refused = ["", " keep", "keep ", "aws:keep", "AWS:keep", "ke\"ep", "ke\\ep", "ke${x}ep", "ke{ep", "ke,ep"];
-    let script = "import json, re, sys\npattern, keys = json.loads(sys.argv[1]), json.loads(sys.argv[2])\nprint(json.dumps([re.fullmatch(pattern, k) is not None for k in keys]))";
     let keys: Vec<&str> = accepted.iter().chain(refused.iter()).copied().collect();
-    let output = std::process::Command::new("python3")
-        .args(["-c", script, &json!(pattern).to_string(), &json!(keys).to_string()])
-        .output()
-        .expect("python3 runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let matched: Vec<bool> = serde_json::from_slice(&output.stdout).unwrap();
+    let matched = parameter_accepts(&template, "SweeperProtectTag", &keys);
     assert_eq!(matched, keys.iter().map(|k| accepted.contains(k)).collect::<Vec<_>>(), "{keys:?}");
 }
 
-/// The Recycle Bin rules the stack deploys with these parameters, by resource type.
+/// The Recycle Bin rules the stack deploys with these parameters, by resource type: the whole
+/// resource.
 fn recycle_bin_rules(rendered: &Value) -> Vec<(String, Value)> {
     let resources = rendered["Resources"].as_object().unwrap();
     let mut rules: Vec<(String, Value)> = resources
         .values()
         .filter(|r| r["Type"] == "AWS::Rbin::Rule")
-        .map(|r| (r["Properties"]["ResourceType"].as_str().unwrap().to_string(), r["Properties"].clone()))
+        .map(|r| (r["Properties"]["ResourceType"].as_str().unwrap().to_string(), r.clone()))
         .collect();
     rules.sort_by(|a, b| a.0.cmp(&b.0));
     rules
 }
 
+/// Which of `values` CloudFormation accepts for the parameter `name`: its AllowedPattern, a Java
+/// regex matched against the whole value, checked with Python's `re.fullmatch`, whose syntax for
+/// the patterns of this template is the same.
+fn parameter_accepts(template: &Value, name: &str, values: &[&str]) -> Vec<bool> {
+    let pattern = template["Parameters"][name]["AllowedPattern"].as_str().expect("an AllowedPattern");
+    let script = "import json, re, sys\npattern, values = json.loads(sys.argv[1]), json.loads(sys.argv[2])\nprint(json.dumps([re.fullmatch(pattern, v) is not None for v in values]))";
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, &json!(pattern).to_string(), &json!(values).to_string()])
+        .output()
+        .expect("python3 runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 #[test]
-fn the_recycle_bin_rules_exist_above_zero_days_select_the_codes_tag_and_lock_when_asked() {
-    use amiguard::recycle_bin::{TAG_KEY, TAG_VALUE};
+fn the_recycle_bin_rules_exist_above_zero_days_select_the_codes_tag_and_outlive_the_stack() {
+    use amiguard::recycle_bin::{MAX_RETENTION_DAYS, TAG_KEY, TAG_VALUE};
     let template = load();
-    assert_eq!(template["Parameters"]["RecycleBinRetentionDays"]["Default"], json!(7));
+    assert_eq!(template["Parameters"]["RecycleBinRetentionDays"]["Default"], json!("7"));
+    // The days the template accepts are the days the functions accept (0..=MAX_RETENTION_DAYS),
+    // written one way only.
+    let days: Vec<String> = (0..=MAX_RETENTION_DAYS + 1).map(|d| d.to_string()).collect();
+    let days: Vec<&str> = days.iter().map(String::as_str).collect();
+    let accepted = parameter_accepts(&template, "RecycleBinRetentionDays", &days);
+    let expected: Vec<bool> = (0..=MAX_RETENTION_DAYS + 1).map(|d| d <= MAX_RETENTION_DAYS).collect();
+    assert_eq!(accepted, expected);
+    let odd = ["", "00", "07", "7.5", "-1", "1e2", " 7"];
+    assert_eq!(parameter_accepts(&template, "RecycleBinRetentionDays", &odd), [false; 7], "{odd:?}");
     for days in [None, Some("30")] {
         let overrides: Vec<(&str, &str)> = days.map(|d| ("RecycleBinRetentionDays", d)).into_iter().collect();
         let rendered = amiguard_integration_tests::template::render(&template, &overrides);
         let rules = recycle_bin_rules(&rendered);
         assert_eq!(rules.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["EBS_SNAPSHOT", "EC2_IMAGE"]);
-        for (_, rule) in &rules {
+        for (_, resource) in &rules {
+            let rule = &resource["Properties"];
             // Exactly the tag the functions write (shared/src/recycle_bin.rs), nothing broader.
             assert_eq!(rule["ResourceTags"], json!([{"ResourceTagKey": TAG_KEY, "ResourceTagValue": TAG_VALUE}]));
             assert_eq!(rule["RetentionPeriod"]["RetentionPeriodValue"], json!({"!Ref": "RecycleBinRetentionDays"}));
-            assert_eq!(rule.get("LockConfiguration"), None, "unlocked by default");
+            // Recycle Bin cannot lock a tag-level rule: a LockConfiguration would fail the deploy.
+            assert_eq!(rule.get("LockConfiguration"), None);
+            // Deleting the stack leaves the rules: what the bin holds keeps its retention.
+            assert_eq!(
+                (&resource["DeletionPolicy"], &resource["UpdateReplacePolicy"]),
+                (&json!("Retain"), &json!("Retain"))
+            );
         }
         for function in ["OrphanSnapshotSweeperFunction", "SnapshotOnStopFunction"] {
             let env = &rendered["Resources"][function]["Properties"]["Environment"]["Variables"];
             assert_eq!(env["RECYCLE_BIN_RETENTION_DAYS"], json!({"!Ref": "RecycleBinRetentionDays"}), "{function}");
         }
-        // The sweeper may write that tag and no other.
+        // The sweeper may write that tag and no other, in every region it sweeps.
         let statements = rendered["Resources"]["OrphanSnapshotSweeperFunction"]["Properties"]["Policies"][0]
             ["Statement"]
             .as_array()
@@ -273,6 +298,13 @@ fn the_recycle_bin_rules_exist_above_zero_days_select_the_codes_tag_and_lock_whe
         assert_eq!(tagging.len(), 1);
         assert_eq!(tagging[0]["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"], json!([TAG_KEY]));
         assert_eq!(tagging[0]["Condition"]["StringEquals"][format!("aws:RequestTag/{TAG_KEY}")], json!(TAG_VALUE));
+        assert_eq!(
+            tagging[0]["Resource"],
+            json!([
+                {"!Sub": "arn:${AWS::Partition}:ec2:*::snapshot/*"},
+                {"!Sub": "arn:${AWS::Partition}:ec2:*::image/*"}
+            ])
+        );
     }
 
     let off = amiguard_integration_tests::template::render(&template, &[("RecycleBinRetentionDays", "0")]);
@@ -282,17 +314,4 @@ fn the_recycle_bin_rules_exist_above_zero_days_select_the_codes_tag_and_lock_whe
         .unwrap()
         .clone();
     assert!(statements.iter().all(|s| s["Action"] != "ec2:CreateTags"), "no rules, no tag to write");
-
-    let locked = amiguard_integration_tests::template::render(&template, &[("RecycleBinRuleLockDays", "14")]);
-    for (_, rule) in recycle_bin_rules(&locked) {
-        assert_eq!(
-            rule["LockConfiguration"],
-            json!({"UnlockDelayUnit": "DAYS", "UnlockDelayValue": {"!Ref": "RecycleBinRuleLockDays"}})
-        );
-    }
-    let locked_but_off = amiguard_integration_tests::template::render(
-        &template,
-        &[("RecycleBinRuleLockDays", "14"), ("RecycleBinRetentionDays", "0")],
-    );
-    assert!(recycle_bin_rules(&locked_but_off).is_empty());
 }
