@@ -67,13 +67,14 @@ impl Config {
         })
     }
 
-    /// The Recycle Bin rules deletions in `region` go to: the stack's in its own region, none
-    /// known elsewhere (a deletion there is final unless someone made a rule selecting the tag).
+    /// The Recycle Bin rules deletions in `region` go to: the stack's in its own region. Elsewhere
+    /// deletions are tagged all the same but promised nothing: they are final unless someone made
+    /// a rule there selecting the tag (README, "Undo").
     pub fn recycle_bin_in(&self, region: &str) -> RecycleBin {
         if self.home_region.as_deref() == Some(region) {
             self.recycle_bin
         } else {
-            RecycleBin::default()
+            self.recycle_bin.elsewhere()
         }
     }
 
@@ -222,7 +223,7 @@ mod tests {
         assert_eq!(config.retire_unused_amis_after_days, Some(180));
         // The stack's rules are in its own region: deletions elsewhere are not promised a restore.
         assert_eq!(config.recycle_bin_in("us-east-1"), RecycleBin::retaining_for(7));
-        assert_eq!(config.recycle_bin_in("eu-central-1"), RecycleBin::retaining_for(0));
+        assert_eq!(config.recycle_bin_in("eu-central-1"), RecycleBin::retaining_for(7).elsewhere());
     }
 
     #[test]

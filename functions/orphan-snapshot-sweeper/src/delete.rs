@@ -129,10 +129,7 @@ impl<L: LedgerStore> Run<'_, L> {
                 Deletion::Deleted => {
                     // Every deletion of the region is restorable at least until the
                     // earliest of their times.
-                    report.restorable_until = match (report.restorable_until, entry.restorable_until) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
+                    report.restorable_until = recycle_bin::earliest(report.restorable_until, entry.restorable_until);
                     ended.push(entry.done());
                     report.deleted.push(id);
                 }

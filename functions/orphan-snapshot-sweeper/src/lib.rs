@@ -160,11 +160,11 @@ where
             .regions
             .iter()
             .map(|(region, _)| region.as_str())
-            .filter(|region| !config.recycle_bin_in(region).is_on())
+            .filter(|region| !config.recycle_bin_in(region).rules_here())
             .collect();
         if !elsewhere.is_empty() {
             warnings.push(format!(
-                "the stack's Recycle Bin rules are in its own region: deletions in {} are final unless a rule there selects the tag {}={}",
+                "the stack's Recycle Bin rules are in its own region: deletions in {} are tagged but final unless a rule there selects the tag {}={}",
                 elsewhere.join(", "),
                 amiguard::recycle_bin::TAG_KEY,
                 amiguard::recycle_bin::TAG_VALUE

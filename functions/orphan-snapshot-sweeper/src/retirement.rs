@@ -110,7 +110,10 @@ impl<L: LedgerStore> Run<'_, L> {
             ids.into_iter().filter(|id| !marked.contains(id)).collect()
         };
         for image in plan.to_retire {
-            let entry = self.journal(region, Resource::Image, &image.image_id, "unused_image").in_recycle_bin(&bin);
+            let entry = self.journal(region, Resource::Image, &image.image_id, "unused_image");
+            // The bin keeps EBS-backed AMIs only: an instance-store one (no snapshots) is promised
+            // nothing.
+            let entry = if image.snapshot_ids.is_empty() { entry } else { entry.in_recycle_bin(&bin) };
             let (outcome, error) = if self.dry_run {
                 (RetireOutcome::DryRun, None)
             } else if untagged.contains(image.image_id.as_str())

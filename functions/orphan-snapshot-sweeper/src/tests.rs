@@ -1499,7 +1499,7 @@ async fn a_snapshot_the_tag_could_not_be_written_on_is_not_deleted() {
 }
 
 #[tokio::test]
-async fn without_rules_a_dry_run_or_another_region_nothing_is_tagged_and_nothing_promised() {
+async fn without_rules_or_in_a_dry_run_nothing_is_tagged_and_in_another_region_nothing_promised() {
     let (report, ec2) = sweep(&config(), FakeEc2::with(vec![orphan("snap-01")], vec![])).await;
     assert!(ec2.calls_to("CreateTags").is_empty());
     assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-01"], "no rule: deletions are as final as before");
@@ -1510,13 +1510,18 @@ async fn without_rules_a_dry_run_or_another_region_nothing_is_tagged_and_nothing
     assert!(ec2.calls_to("CreateTags").is_empty(), "a dry run tags nothing");
     assert!(report.regions[0].restorable_until.is_none());
 
-    // The stack's rules are in its own region: a sweep of another promises no restore there.
+    // The stack's rules are in its own region: a sweep of another tags all the same (a rule
+    // made there for the tag keeps what it deletes) but promises no restore.
     let elsewhere = Config { home_region: Some("eu-west-1".into()), ..with_recycle_bin(config()) };
     let (report, ec2) = sweep(&elsewhere, FakeEc2::with(vec![orphan("snap-01")], vec![])).await;
-    assert!(ec2.calls_to("CreateTags").is_empty());
+    assert_eq!(ec2.calls_to("CreateTags"), ["snap-01"]);
     assert_eq!(ec2.calls_to("DeleteSnapshot"), ["snap-01"]);
     assert!(report.regions[0].restorable_until.is_none());
-    assert!(report.warnings.iter().any(|w| w.contains("us-east-1") && w.contains("final")), "{:?}", report.warnings);
+    assert!(
+        report.warnings.iter().any(|w| w.contains("us-east-1") && w.contains("tagged but final")),
+        "{:?}",
+        report.warnings
+    );
 }
 
 #[tokio::test]
@@ -1545,6 +1550,13 @@ async fn a_retired_ami_is_tagged_before_its_deregistration_and_says_until_when_i
     assert!(tagged[0].0 < deregistered[0].0);
     assert_eq!(report.retired_images[0].outcome, RetireOutcome::Deregistered);
     assert_a_week_from_now(report.retired_images[0].restorable_until);
+
+    // The bin keeps EBS-backed AMIs only: an instance-store one is retired as before, promised
+    // nothing.
+    let instance_store = image("ami-09", &[], 400);
+    let (report, _) = sweep(&with_recycle_bin(retiring(90)), FakeEc2::with(vec![], vec![instance_store])).await;
+    assert_eq!(report.retired_images[0].outcome, RetireOutcome::Deregistered);
+    assert_eq!(report.retired_images[0].restorable_until, None);
 
     // Not tagged, not retired.
     let (old, snap) = old_image_with_snapshot(1);
