@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// One call that reached the proxy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Call {
     /// The signing name: `ec2`, `sns`, `sqs`, `sts`.
     pub service: String,
@@ -21,9 +21,16 @@ pub struct Call {
     pub faulted: bool,
     /// The request's body (EC2's form parameters, DynamoDB's JSON).
     pub body: String,
+    /// The HTTP status it was answered with (`None`: no answer, or not yet).
+    pub status: Option<u16>,
 }
 
 impl Call {
+    /// Whether the service (not a fault of the proxy) answered it with success.
+    pub fn succeeded(&self) -> bool {
+        !self.faulted && self.status.is_some_and(|status| status < 400)
+    }
+
     /// The value of the form parameter `name` (EC2's query protocol), decoded.
     pub fn param(&self, name: &str) -> Option<String> {
         self.params().into_iter().find(|(key, _)| key == name).map(|(_, value)| value)
@@ -225,13 +232,18 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
             account: header(&head, "x-moto-account-id"),
             faulted: false,
             body: String::from_utf8_lossy(&body).into_owned(),
+            status: None,
         };
         let fault = take_fault(state, &call.action, &String::from_utf8_lossy(&body));
         let service = call.service.clone();
-        state.lock().expect("proxy state").calls.push(Call {
-            faulted: matches!(fault, Some(FaultKind::Throttle(_) | FaultKind::Error { .. } | FaultKind::Cut)),
-            ..call
-        });
+        let recorded = {
+            let mut state = state.lock().expect("proxy state");
+            state.calls.push(Call {
+                faulted: matches!(fault, Some(FaultKind::Throttle(_) | FaultKind::Error { .. } | FaultKind::Cut)),
+                ..call
+            });
+            state.calls.len() - 1
+        };
         let response = match fault {
             Some(FaultKind::Throttle(_)) => error_response(&service, 503, "RequestLimitExceeded"),
             Some(FaultKind::Error { status, code }) => error_response(&service, status, &code),
@@ -250,6 +262,9 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
             }
             None => forward(upstream, &head, &body).await?,
         };
+        if let Some(call) = state.lock().expect("proxy state").calls.get_mut(recorded) {
+            call.status = status_of(&response);
+        }
         client.get_mut().write_all(&response).await?;
         client.get_mut().flush().await?;
     }
@@ -337,6 +352,12 @@ async fn forward(upstream: &str, head: &str, body: &[u8]) -> std::io::Result<Vec
     let mut response = Vec::new();
     server.read_to_end(&mut response).await?;
     Ok(close_after(response))
+}
+
+/// The status code of an HTTP answer (`HTTP/1.1 200 OK`).
+fn status_of(response: &[u8]) -> Option<u16> {
+    let line = response.split(|&b| b == b'\r').next()?;
+    std::str::from_utf8(line).ok()?.split(' ').nth(1)?.parse().ok()
 }
 
 /// Marks an answer `Connection: close` so the client opens a new connection for the next call.
@@ -478,6 +499,18 @@ mod tests {
         let out = String::from_utf8(error_response("dynamodb", 400, "ConditionalCheckFailedException")).unwrap();
         assert!(out.contains("\"__type\":\"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException\""));
         assert!(out.contains("application/x-amz-json-1.0"));
+    }
+
+    #[test]
+    fn an_answers_status_is_read_from_its_first_line() {
+        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), Some(200));
+        assert_eq!(status_of(&error_response("ec2", 400, "InvalidSnapshot.NotFound")), Some(400));
+        assert_eq!(status_of(b""), None);
+        let answered = |faulted, status| Call { faulted, status, ..Call::default() };
+        assert!(answered(false, Some(200)).succeeded());
+        assert!(!answered(false, Some(400)).succeeded(), "a 4xx from the service wrote nothing");
+        assert!(!answered(true, Some(503)).succeeded());
+        assert!(!answered(false, None).succeeded(), "no answer: not known to have happened");
     }
 
     #[test]

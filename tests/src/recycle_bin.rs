@@ -7,14 +7,15 @@ use amiguard::recycle_bin::{TAG_KEY, TAG_VALUE};
 
 use crate::proxy::Call;
 
-/// Each `CreateTags` that wrote the rules' tag: its position among `calls` and its resource ids.
+/// Each `CreateTags` that wrote the rules' tag (EC2 answered it with success): its position among
+/// `calls` and its resource ids.
 /// Panics on a call that writes the tag together with another one, or with another value: the
 /// rules select exactly `TAG_KEY=TAG_VALUE`, and the sweeper's IAM allows no other tag.
 pub fn taggings(calls: &[Call]) -> Vec<(usize, Vec<String>)> {
     calls
         .iter()
         .enumerate()
-        .filter(|(_, call)| call.action == "CreateTags" && !call.faulted)
+        .filter(|(_, call)| call.action == "CreateTags" && call.succeeded())
         .filter(|(_, call)| call.params().iter().any(|(key, value)| key.ends_with(".Key") && value == TAG_KEY))
         .map(|(at, call)| {
             let keys: Vec<String> = (1..).map_while(|n| call.param(&format!("Tag.{n}.Key"))).collect();

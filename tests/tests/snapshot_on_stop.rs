@@ -1156,6 +1156,9 @@ async fn retention_retires_nothing_it_could_not_tag_for_the_recycle_bin_and_the_
         recycle_bin: amiguard::recycle_bin::RecycleBin::retaining_for(7),
         ..config(SnapshotScope::Tagged, 1, false)
     };
+    // The ledger through the proxy too, to refuse the journal below.
+    amiguard_integration_tests::ledger::create(&account).await;
+    let clients = Clients { ledger: Some(amiguard_integration_tests::ledger::on(&account.through(&proxy))), ..clients };
     let stop = |hour: &str| stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"));
     let first = handle(&clients, &keep_one, stop("01"), &delivery()).await.unwrap();
     // Only the Recycle Bin tag is refused (say, an IAM change): the new image is still tagged.
@@ -1166,8 +1169,17 @@ async fn retention_retires_nothing_it_could_not_tag_for_the_recycle_bin_and_the_
     assert_eq!((proxy.count("DeregisterImage"), proxy.count("DeleteSnapshot")), (0, 0), "nothing undoable-less");
     assert!(refused.warnings.iter().any(|w| w.contains("Recycle Bin")), "{:?}", refused.warnings);
     assert!(own_image_ids(&account).await.contains(&first.image_id.clone().unwrap()));
+    assert_eq!(refused.restorable_until, None, "nothing retired, nothing to restore");
+
+    // Tagged, but the journal cannot be written: nothing is retired, and no restore promised.
+    proxy.clear_faults();
+    proxy.inject(Fault::error("PutItem", 400, "ValidationException").when_body_contains("intended"));
+    let unjournaled = handle(&clients, &keep_one, stop("03"), &delivery()).await.expect("a lost ledger is a warning");
+    assert!(unjournaled.retired_images.is_empty(), "{unjournaled:?}");
+    assert_eq!(unjournaled.restorable_until, None, "{unjournaled:?}");
+    assert_eq!((proxy.count("DeregisterImage"), proxy.count("DeleteSnapshot")), (0, 0));
 
     proxy.clear_faults();
-    let next = handle(&clients, &keep_one, stop("03"), &delivery()).await.unwrap();
+    let next = handle(&clients, &keep_one, stop("04"), &delivery()).await.unwrap();
     assert!(next.retired_images.contains(&first.image_id.unwrap()), "{:?}", next.retired_images);
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::journal::{JournalEntry, Resource};
 use amiguard::ledger::LedgerStore;
-use amiguard::recycle_bin::RecycleBin;
+use amiguard::recycle_bin::{self, RecycleBin};
 use amiguard::snapshot_on_stop::core::{self as decide, ManagedImage};
 use amiguard::snapshot_on_stop::ec2::{ImageRecord, LaunchTemplateVersion, SnapshotOnStopEc2};
 use amiguard::snapshot_on_stop::records::{InstanceRecords, MadeImage};
@@ -157,15 +157,18 @@ pub async fn retire<L: LedgerStore>(
             .iter()
             .map(|id| journal(Resource::Snapshot, id).with_source(&image.image_id).in_recycle_bin(&keep.recycle_bin))
             .collect();
-        // What this delivery retires is restorable at least until its first entry's time.
-        report.restorable_until = report.restorable_until.or(image_entry.restorable_until);
         let ahead = std::iter::once(&image_entry).chain(&snapshot_entries).map(JournalEntry::intended).collect();
         if !session.journal_ahead(ahead).await {
             break;
         }
         let mut ended = Vec::new();
+        // What this delivery retired is restorable at least until the earliest time of what
+        // AWS confirmed gone.
         match ec2.deregister_image(&image.image_id).await {
-            Ok(()) => ended.push(image_entry.done()),
+            Ok(()) => {
+                report.restorable_until = recycle_bin::earliest(report.restorable_until, image_entry.restorable_until);
+                ended.push(image_entry.done());
+            }
             // Gone already (deregistered by someone): its snapshots still need deleting.
             Err(err) if err.is_not_found() => ended.push(image_entry.already_gone()),
             Err(err) => {
@@ -177,6 +180,7 @@ pub async fn retire<L: LedgerStore>(
         for (snapshot_id, entry) in image.snapshot_ids.iter().zip(&snapshot_entries) {
             match ec2.delete_snapshot(snapshot_id).await {
                 Ok(()) => {
+                    report.restorable_until = recycle_bin::earliest(report.restorable_until, entry.restorable_until);
                     report.deleted_snapshots.push(snapshot_id.clone());
                     ended.push(entry.done());
                 }

@@ -104,7 +104,7 @@ impl JournalEntry {
 
     fn item(&self, state: &str) -> Item {
         let (pk, sk) = self.key();
-        let item = Item::new(pk, sk)
+        Item::new(pk, sk)
             .with_s("kind", "journal")
             .with_s("state", state)
             .with_s("function", self.function)
@@ -115,11 +115,7 @@ impl JournalEntry {
             .with_s("rule", self.rule)
             .with_opt_s("source_image_id", self.source_image_id.clone())
             .with_n("size_gib", self.size_gib.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)))
-            .with_n(TTL_ATTRIBUTE, (self.time + KEEP_JOURNAL).timestamp());
-        match self.restorable_until {
-            Some(until) => item.with_time("restorable_until", until),
-            None => item,
-        }
+            .with_n(TTL_ATTRIBUTE, (self.time + KEEP_JOURNAL).timestamp())
     }
 
     /// Written before the call: amiguard sets out to delete (or deregister) it.
@@ -127,9 +123,14 @@ impl JournalEntry {
         self.item("intended")
     }
 
-    /// AWS confirmed the deletion (or deregistration).
+    /// AWS confirmed the deletion (or deregistration): with until when the Recycle Bin keeps it,
+    /// the one state where there is something to restore.
     pub fn done(&self) -> Item {
-        self.item("done")
+        let item = self.item("done");
+        match self.restorable_until {
+            Some(until) => item.with_time("restorable_until", until),
+            None => item,
+        }
     }
 
     /// Gone already when amiguard came to it (someone else deleted it).
@@ -187,5 +188,9 @@ mod tests {
         assert_eq!(entry.done().time("restorable_until"), None);
         let binned = entry.in_recycle_bin(&RecycleBin::retaining_for(7));
         assert_eq!(binned.done().time("restorable_until"), Some(time + Duration::days(7)));
+        // Nothing to restore from what was not deleted by this entry's call.
+        for not_deleted in [binned.intended(), binned.already_gone(), binned.failed("X", "refused")] {
+            assert_eq!(not_deleted.time("restorable_until"), None, "{not_deleted:?}");
+        }
     }
 }
