@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod invocation;
 pub mod ledger;
+pub mod metrics;
 pub mod recycle_bin;
 pub mod report;
 pub mod sdk;

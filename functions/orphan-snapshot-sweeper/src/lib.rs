@@ -246,7 +246,9 @@ where
     // The report is in the log before anything else is sent: a run cut short by its timeout while
     // writing or publishing still leaves its whole record.
     amiguard::report::log(FUNCTION, &report);
-    println!("{}", report::emf(&report, Utc::now()));
+    for line in report::emf_lines(&report, Utc::now()) {
+        println!("{line}");
+    }
     let mut delivery =
         Delivery { run_id: report.run_id.clone(), run_recorded: None, summary_published: None, warnings: Vec::new() };
     if let Some(store) = run.writable_store() {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use amiguard::ledger::{keys, Item, TTL_ATTRIBUTE};
+use amiguard::metrics;
 use amiguard::sweeper::ec2::FastSnapshotRestore;
 use amiguard::sweeper::{ImageKeepReason, KeepReason, Orphan, Plan, SnapshotTotal};
 use chrono::{DateTime, Duration, Utc};
@@ -12,8 +13,6 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 pub const FUNCTION: &str = "orphan-snapshot-sweeper";
-/// The CloudWatch namespace of the EMF metrics.
-pub const METRICS_NAMESPACE: &str = "amiguard";
 
 /// The most entries any list of the report shows (fewer when the report would not fit one log
 /// event); the counts are always whole, and the full lists are in the ledger.
@@ -348,12 +347,31 @@ pub fn totals(regions: &[RegionReport], retired: &[RetiredImage], price_per_gb_m
     t
 }
 
+/// Every metric the sweeper emits (namespace `amiguard`, dimension `Function`), as the template's
+/// dashboard and alarms name them: the run's line ([`emf`]), then `Kept` ([`kept_emf`]).
+pub const METRIC_NAMES: &[&str] = &[
+    "SnapshotsScanned",
+    "Orphans",
+    "Deleted",
+    "AlreadyGone",
+    "DeleteFailed",
+    "LeftForNextRun",
+    "ReclaimableGiB",
+    "EstimatedMonthlySavingsUSD",
+    "UnreferencedManualSnapshots",
+    "RegionsAborted",
+    "ImagesRetired",
+    "Kept",
+];
+/// The metrics published under a dimension besides `Function`: `Kept` per keep reason.
+pub const METRIC_DIMENSIONS: &[(&str, &[&str])] = &[("Kept", &["Reason"])];
+
 /// One CloudWatch Embedded Metric Format object with the run's counts (dimension `Function`).
 /// Printed on its own line to stdout, CloudWatch Logs turns it into metrics: alarm on
 /// `RegionsAborted` and `DeleteFailed`.
 pub fn emf(report: &Report, timestamp: DateTime<Utc>) -> Value {
     let t = &report.totals;
-    let metrics: [(&str, &str, Value); 11] = [
+    let metrics = [
         ("SnapshotsScanned", "Count", json!(t.snapshots_scanned)),
         ("Orphans", "Count", json!(t.orphans)),
         ("Deleted", "Count", json!(t.deleted)),
@@ -366,24 +384,42 @@ pub fn emf(report: &Report, timestamp: DateTime<Utc>) -> Value {
         ("RegionsAborted", "Count", json!(t.regions_aborted)),
         ("ImagesRetired", "Count", json!(t.images_retired)),
     ];
-    let mut line = json!({
-        "_aws": {
-            "Timestamp": timestamp.timestamp_millis(),
-            "CloudWatchMetrics": [{
-                "Namespace": METRICS_NAMESPACE,
-                "Dimensions": [["Function"]],
-                "Metrics": metrics.iter().map(|(name, unit, _)| json!({"Name": name, "Unit": unit})).collect::<Vec<_>>(),
-            }],
-        },
-        "Function": FUNCTION,
-        "DryRun": report.dry_run,
-    });
-    if let Some(object) = line.as_object_mut() {
-        for (name, _, value) in metrics {
-            object.insert(name.to_string(), value);
+    metrics::emf_line(metrics::NAMESPACE, FUNCTION, &[], &[("DryRun", json!(report.dry_run))], &metrics, timestamp)
+}
+
+/// The kept snapshots of the run, all regions together: one line per keep reason that kept any
+/// (metric `Kept`, dimension `Reason`, the report's name of the reason). An EMF object holds one
+/// value per dimension, so each reason needs a line of its own; reasons that kept nothing are left
+/// out rather than sent as a dozen zeros every run.
+pub fn kept_emf(report: &Report, timestamp: DateTime<Utc>) -> Vec<Value> {
+    let mut kept: BTreeMap<KeepReason, u64> = BTreeMap::new();
+    for region in &report.regions {
+        for (reason, count) in &region.kept {
+            *kept.entry(*reason).or_default() += count;
         }
     }
-    line
+    let dry_run = [("DryRun", json!(report.dry_run))];
+    kept.into_iter()
+        .map(|(reason, count)| {
+            let reason = json_name(&reason);
+            let metric = [("Kept", "Count", json!(count))];
+            metrics::emf_line(
+                metrics::NAMESPACE,
+                FUNCTION,
+                &[("Reason", reason.as_str())],
+                &dry_run,
+                &metric,
+                timestamp,
+            )
+        })
+        .collect()
+}
+
+/// Every EMF line of the run: [`emf`], then [`kept_emf`].
+pub fn emf_lines(report: &Report, timestamp: DateTime<Utc>) -> Vec<Value> {
+    let mut lines = vec![emf(report, timestamp)];
+    lines.extend(kept_emf(report, timestamp));
+    lines
 }
 
 /// The SNS subject: what happened, in a line.
@@ -609,6 +645,44 @@ mod tests {
         assert_eq!(line["DeleteFailed"], 1);
         assert_eq!(line["RegionsAborted"], 1);
         assert_eq!(line["ReclaimableGiB"], 30);
+    }
+
+    #[test]
+    fn kept_is_one_line_per_reason_summed_over_the_regions() {
+        let mut report = report();
+        report.regions[1].kept = BTreeMap::from([(KeepReason::ReferencedByImage, 3)]);
+        let lines = kept_emf(&report, Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap());
+        let kept: Vec<(&str, &Value, &Value)> =
+            lines.iter().map(|l| (l["Reason"].as_str().unwrap(), &l["Kept"], &l["DryRun"])).collect();
+        assert_eq!(
+            kept,
+            [("referenced_by_image", &json!(5), &json!(false)), ("not_from_image", &json!(7), &json!(false))]
+        );
+        for line in &lines {
+            assert_eq!(line["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Function", "Reason"]]));
+            assert_eq!(line["Function"], FUNCTION);
+        }
+        report.regions.iter_mut().for_each(|r| r.kept.clear());
+        assert!(kept_emf(&report, Utc::now()).is_empty(), "nothing kept: no Kept line");
+    }
+
+    #[test]
+    fn the_emitted_metrics_are_exactly_metric_names_with_their_dimensions() {
+        let lines = emf_lines(&report(), Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap());
+        let mut emitted: Vec<(String, Vec<String>)> = lines.iter().flat_map(metrics::declared).collect();
+        emitted.sort();
+        emitted.dedup();
+        let mut expected: Vec<(String, Vec<String>)> = METRIC_NAMES
+            .iter()
+            .map(|name| {
+                let mut dimensions = vec![metrics::FUNCTION_DIMENSION.to_string()];
+                let extra = METRIC_DIMENSIONS.iter().find(|(n, _)| n == name).map_or(&[][..], |(_, d)| *d);
+                dimensions.extend(extra.iter().map(|d| d.to_string()));
+                (name.to_string(), dimensions)
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(emitted, expected);
     }
 
     #[test]
