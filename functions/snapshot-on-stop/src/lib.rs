@@ -9,12 +9,13 @@
 //! `amiguard::snapshot_on_stop::ec2`, the ledger `amiguard::ledger`, the alert publisher
 //! `amiguard::trust::sns`. Here: the handler, its configuration and report, the image steps
 //! (`image`), retention (`retention`), what follows an image's settling (`follow`, `ami_event`,
-//! `alerts`) and one delivery's hold on the ledger (`session`).
+//! `alerts`), one delivery's hold on the ledger (`session`) and its EMF line (`metrics`).
 
 mod alerts;
 mod ami_event;
 mod follow;
 mod image;
+pub mod metrics;
 mod retention;
 mod session;
 

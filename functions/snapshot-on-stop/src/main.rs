@@ -31,6 +31,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
         let report = handle(clients, config, event.payload, &Invocation::from_context(&event.context)).await?;
         amiguard::report::log(FUNCTION, &report);
+        println!("{}", snapshot_on_stop::metrics::emf(&report, config.dry_run, chrono::Utc::now()));
         Ok::<_, snapshot_on_stop::Error>(report)
     }))
     .await
