@@ -5,7 +5,7 @@
 //! `RunInstances` (one report per launched instance), and a `Scheduled Event` that audits every
 //! instance that is not terminated (alerts and tags, never stops). The decisions live in
 //! `amiguard::trust` (alert-once is `amiguard::trust::sent`, a record in `amiguard::ledger`);
-//! this handler gathers the facts, calls them and acts.
+//! this handler gathers the facts, calls them and acts; `metrics` is its EMF line.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -31,6 +31,8 @@ use amiguard::trust::trigger::{self, Launched, Trigger};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+pub mod metrics;
 
 pub const FUNCTION: &str = "untrusted-ami-alert";
 
@@ -215,6 +217,10 @@ pub struct InstanceReport {
     pub owner_id: Option<String>,
     /// Why untrusted; for `skipped`, why skipped.
     pub reasons: Vec<String>,
+    /// For `untrusted`: how loud its alert is (`high`, `medium`), whether or not this invocation
+    /// sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
     /// The SNS message id of the alert sent by this invocation.
     pub alert_message_id: Option<String>,
     pub enforcement: EnforcementTaken,
@@ -240,6 +246,7 @@ impl InstanceReport {
             image_id: None,
             owner_id: None,
             reasons: vec![reason],
+            severity: None,
             alert_message_id: None,
             enforcement: EnforcementTaken::None,
             already_alerted: false,
@@ -257,6 +264,9 @@ pub struct AuditFinding {
     pub image_id: Option<String>,
     pub owner_id: Option<String>,
     pub reasons: Vec<String>,
+    /// How loud its alert is (`high`, `medium`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
     pub alert_message_id: Option<String>,
     pub enforcement: EnforcementTaken,
     /// A dry run's: what a real run would do now.
@@ -436,9 +446,18 @@ where
         let mut warnings = config.policy.warnings();
         warnings.extend(config.policy_note.clone());
         report.add_warnings(&warnings);
-        amiguard::report::log(FUNCTION, report);
+        log(report, invocation);
     }
     result
+}
+
+/// Logs the report as one line, then its EMF lines: also when the invocation fails after some
+/// alerts went out (those were sent, and count).
+fn log(report: &Report, invocation: &Invocation) {
+    amiguard::report::log(FUNCTION, report);
+    for line in metrics::emf_lines(report, invocation.clock()) {
+        println!("{line}");
+    }
 }
 
 impl Report {
@@ -568,7 +587,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             reports.push(g.report);
         }
         if !failures.is_empty() || !missing.is_empty() {
-            amiguard::report::log(FUNCTION, &Report::Launch { instances: reports });
+            log(&Report::Launch { instances: reports }, self.invocation);
             return Err(if failures.is_empty() {
                 Error::InstancesNotFound(missing)
             } else {
@@ -657,6 +676,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                     image_id: report.image_id,
                     owner_id: report.owner_id,
                     reasons: report.reasons,
+                    severity: report.severity,
                     alert_message_id: report.alert_message_id,
                     enforcement: report.enforcement,
                     would: report.would,
@@ -675,7 +695,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             warnings,
         });
         if !failures.is_empty() {
-            amiguard::report::log(FUNCTION, &report);
+            log(&report, self.invocation);
             return Err(Error::NotGuarded(failures));
         }
         Ok(report)
@@ -771,6 +791,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                         image_id: Some(details.image_id),
                         owner_id: details.owner_id,
                         reasons: details.reasons,
+                        severity: Some(details.severity),
                         alert_message_id: None,
                         enforcement: details.enforcement,
                         would: vec![WouldDo::AlertInDigest],
@@ -813,6 +834,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                                 image_id: Some(details.image_id.clone()),
                                 owner_id: details.owner_id.clone(),
                                 reasons: details.reasons.clone(),
+                                severity: Some(details.severity),
                                 alert_message_id: Some(message_id.clone()),
                                 enforcement: details.enforcement,
                                 would: Vec::new(),
@@ -1007,6 +1029,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 image_id: Some(image_id),
                 owner_id,
                 reasons: vec![],
+                severity: None,
                 alert_message_id: None,
                 enforcement: EnforcementTaken::None,
                 already_alerted: false,
@@ -1122,6 +1145,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                         image_id: Some(image_id),
                         owner_id,
                         reasons,
+                        severity: Some(severity),
                         alert_message_id: None,
                         enforcement,
                         already_alerted,
@@ -1195,6 +1219,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             image_id: Some(image_id),
             owner_id,
             reasons,
+            severity: Some(severity),
             alert_message_id,
             enforcement,
             already_alerted,
@@ -2433,5 +2458,56 @@ mod tests {
             serde_json::to_value(audit).unwrap(),
             json!({"outcome": "audit", "dry_run": false, "audited": 3, "untrusted": [], "alerts_sent": 0, "warnings": []})
         );
+    }
+
+    // ---- metrics: what the EMF lines count ----
+
+    /// `AlertsSent` of each severity in the invocation's EMF lines, and whether they say dry run.
+    fn alerts_sent(report: &Report) -> (i64, i64, bool) {
+        let lines = metrics::emf_lines(report, now());
+        let of = |severity: &str| {
+            let line = lines.iter().find(|l| l["Severity"] == severity).unwrap();
+            line["AlertsSent"].as_i64().unwrap()
+        };
+        let dry = lines.iter().all(|l| l["DryRun"] == json!(true));
+        assert!(dry || lines.iter().all(|l| l["DryRun"] == json!(false)));
+        (of("high"), of("medium"), dry)
+    }
+
+    #[tokio::test]
+    async fn an_alert_sent_counts_once_by_its_severity_and_a_dry_run_counts_none() {
+        let ec2 = || FakeEc2 {
+            images: vec![vendor_image()],
+            ..FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running))
+        };
+        let real = clients(ec2());
+        let sent = handle(&config(Enforcement::Alert), &real, &state_change("running"), &at()).await.unwrap();
+        assert_eq!(instance_report(sent.clone()).severity, Some(Severity::High));
+        assert_eq!(alerts_sent(&sent), (1, 0, false));
+        // The redelivery finds it sent: no second alert, nothing counted.
+        let again = handle(&config(Enforcement::Alert), &real, &state_change("running"), &at()).await.unwrap();
+        assert!(instance_report(again.clone()).already_alerted);
+        assert_eq!(alerts_sent(&again), (0, 0, false));
+        // A dry run would alert, and sends nothing: 0, said to be a dry run.
+        let dry_clients = clients(ec2());
+        let would = handle(&dry(Enforcement::Alert), &dry_clients, &state_change("running"), &at()).await.unwrap();
+        assert_eq!(instance_report(would.clone()).would, [WouldDo::Alert]);
+        assert_eq!(alerts_sent(&would), (0, 0, true));
+    }
+
+    #[tokio::test]
+    async fn an_audit_counts_each_instance_its_digest_alerts() {
+        let instances = vec![
+            instance("i-0000000000000000b", VENDOR_AMI, InstanceState::Running),
+            instance("i-0000000000000000c", VENDOR_AMI, InstanceState::Stopped),
+        ];
+        let clients =
+            clients(FakeEc2 { instances: Mutex::new(instances), images: vec![vendor_image()], ..FakeEc2::default() });
+        let audit = handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.unwrap();
+        let Report::Audit(found) = &audit else { panic!("not an audit") };
+        assert_eq!(found.alerts_sent, 2);
+        assert_eq!(alerts_sent(&audit), (2, 0, false));
+        let again = handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.unwrap();
+        assert_eq!(alerts_sent(&again), (0, 0, false));
     }
 }
