@@ -239,3 +239,135 @@ fn choose_branches(value: &Value, condition: &dyn Fn(&str) -> bool) -> Value {
         other => other.clone(),
     }
 }
+
+/// A metric a dashboard widget shows: a row of its `metrics`, or the schema of a `SEARCH`
+/// expression in one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownMetric {
+    /// The widget's title.
+    pub widget: String,
+    pub namespace: String,
+    pub name: String,
+    /// Each dimension with its value; `None` for one a `SEARCH` leaves open (every value shows).
+    pub dimensions: Vec<(String, Option<String>)>,
+}
+
+impl ShownMetric {
+    pub fn dimension(&self, name: &str) -> Option<&str> {
+        self.dimensions.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+    }
+
+    /// The dimension names, sorted (CloudWatch tells metrics apart by the set, not the order).
+    pub fn dimension_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.dimensions.iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names
+    }
+}
+
+/// The template's `AWS::CloudWatch::Dashboard`, read as CloudFormation would send it: its
+/// `DashboardBody` is a `!Sub` of a JSON string.
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    pub logical_id: String,
+    /// The body as JSON; the `${...}` substitutions stay in their strings as written.
+    pub body: Value,
+    /// Every `${X}` the `!Sub` substitutes (`${!X}`, a literal `${X}`, is none).
+    pub substitutions: Vec<String>,
+    pub metrics: Vec<ShownMetric>,
+}
+
+/// The one dashboard of the template.
+pub fn dashboard(template: &Value) -> Dashboard {
+    let resources = template["Resources"].as_object().expect("Resources");
+    let dashboards: Vec<(&String, &Value)> =
+        resources.iter().filter(|(_, r)| r["Type"] == "AWS::CloudWatch::Dashboard").collect();
+    assert_eq!(dashboards.len(), 1, "one AWS::CloudWatch::Dashboard");
+    let (logical_id, resource) = dashboards[0];
+    let text = resource["Properties"]["DashboardBody"]["!Sub"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{logical_id}: DashboardBody must be a !Sub of a JSON string"));
+    let substitutions = substitutions(text);
+    let body: Value = serde_json::from_str(&text.replace("${!", "${"))
+        .unwrap_or_else(|e| panic!("{logical_id}: DashboardBody is not JSON: {e}"));
+    let mut metrics = Vec::new();
+    for widget in body["widgets"].as_array().into_iter().flatten().filter(|w| w["type"] == "metric") {
+        let title = widget["properties"]["title"].as_str().unwrap_or_default().to_string();
+        for row in widget["properties"]["metrics"].as_array().into_iter().flatten() {
+            metrics.push(shown_metric(&title, row));
+        }
+    }
+    Dashboard { logical_id: logical_id.clone(), body, substitutions, metrics }
+}
+
+/// `${X}` in a `!Sub` string: the names it substitutes.
+fn substitutions(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        rest = &rest[start + 2..];
+        if rest.starts_with('!') {
+            continue;
+        }
+        let end = rest.find('}').unwrap_or_else(|| panic!("an unclosed ${{ in the dashboard body"));
+        found.push(rest[..end].to_string());
+        rest = &rest[end..];
+    }
+    found
+}
+
+/// One row of a widget's `metrics`: `[namespace, name, dimension, value, ..., {options}]`, or
+/// `[{"expression": "SEARCH('{namespace,dimension,...} MetricName=\"name\" dimension=\"value\"', ...)"}]`.
+fn shown_metric(widget: &str, row: &Value) -> ShownMetric {
+    let items = row.as_array().unwrap_or_else(|| panic!("{widget}: a metrics row is not a list: {row}"));
+    if let Some(expression) = items.first().and_then(|first| first["expression"].as_str()) {
+        return searched_metric(widget, expression);
+    }
+    let strings: Vec<&str> = items.iter().map_while(Value::as_str).collect();
+    assert!(
+        strings.len() >= 2 && strings.len() % 2 == 0,
+        "{widget}: a row is [namespace, name, dimension, value, ...]: {row}"
+    );
+    assert!(!strings.contains(&"."), "{widget}: write each row in full (no \".\" shorthand): {row}");
+    ShownMetric {
+        widget: widget.to_string(),
+        namespace: strings[0].to_string(),
+        name: strings[1].to_string(),
+        dimensions: strings[2..].chunks(2).map(|pair| (pair[0].to_string(), Some(pair[1].to_string()))).collect(),
+    }
+}
+
+fn searched_metric(widget: &str, expression: &str) -> ShownMetric {
+    let query = expression
+        .strip_prefix("SEARCH('")
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_else(|| panic!("{widget}: only SEARCH('...') expressions are read: {expression}"));
+    let (schema, terms) = query
+        .strip_prefix('{')
+        .and_then(|rest| rest.split_once('}'))
+        .unwrap_or_else(|| panic!("{widget}: a SEARCH names its schema {{namespace,dimension,...}}: {query}"));
+    let mut schema = schema.split(',').map(str::trim);
+    let namespace = schema.next().unwrap_or_default().to_string();
+    let mut dimensions: Vec<(String, Option<String>)> = schema.map(|d| (d.to_string(), None)).collect();
+    let mut name = None;
+    for term in terms.split_whitespace() {
+        let (key, value) =
+            term.split_once('=').unwrap_or_else(|| panic!("{widget}: a SEARCH term is key=\"value\": {term}"));
+        let value = value.trim_matches('"').to_string();
+        if key == "MetricName" {
+            name = Some(value);
+        } else {
+            let dimension = dimensions
+                .iter_mut()
+                .find(|(d, _)| d == key)
+                .unwrap_or_else(|| panic!("{widget}: {key} is not in the SEARCH's schema"));
+            dimension.1 = Some(value);
+        }
+    }
+    ShownMetric {
+        widget: widget.to_string(),
+        namespace,
+        name: name.unwrap_or_else(|| panic!("{widget}: a SEARCH must name its MetricName: {query}")),
+        dimensions,
+    }
+}

@@ -315,3 +315,156 @@ fn the_recycle_bin_rules_exist_above_zero_days_select_the_codes_tag_and_outlive_
         .clone();
     assert!(statements.iter().all(|s| s["Action"] != "ec2:CreateTags"), "no rules, no tag to write");
 }
+
+/// The metrics each function emits (its `METRIC_NAMES`, string literals beside the code that
+/// emits them) and the dimensions besides `Function` each is published under.
+fn emitted_by(function: &str) -> (&'static [&'static str], &'static [(&'static str, &'static [&'static str])]) {
+    match function {
+        orphan_snapshot_sweeper::FUNCTION => {
+            (orphan_snapshot_sweeper::report::METRIC_NAMES, orphan_snapshot_sweeper::report::METRIC_DIMENSIONS)
+        }
+        snapshot_on_stop::FUNCTION => (snapshot_on_stop::metrics::METRIC_NAMES, &[]),
+        untrusted_ami_alert::FUNCTION => {
+            (untrusted_ami_alert::metrics::METRIC_NAMES, untrusted_ami_alert::metrics::METRIC_DIMENSIONS)
+        }
+        other => panic!("the dashboard shows metrics of {other:?}, which is no function of the workspace"),
+    }
+}
+
+/// What issue 15 asks the dashboard to show of amiguard's own metrics, per function.
+const ASKED_FOR: &[(&str, &str)] = &[
+    ("orphan-snapshot-sweeper", "ReclaimableGiB"),
+    ("orphan-snapshot-sweeper", "EstimatedMonthlySavingsUSD"),
+    ("orphan-snapshot-sweeper", "Deleted"),
+    ("orphan-snapshot-sweeper", "DeleteFailed"),
+    ("orphan-snapshot-sweeper", "Kept"),
+    ("orphan-snapshot-sweeper", "RegionsAborted"),
+    ("snapshot-on-stop", "ImagesCreated"),
+    ("snapshot-on-stop", "ImagesRetired"),
+    ("snapshot-on-stop", "ImagesFailed"),
+    ("untrusted-ami-alert", "AlertsSent"),
+];
+
+#[test]
+fn every_amiguard_metric_the_dashboard_shows_is_one_its_function_emits_under_those_dimensions() {
+    let template = load();
+    let dashboard = amiguard_integration_tests::template::dashboard(&template);
+    let own: Vec<_> = dashboard.metrics.iter().filter(|m| m.namespace == amiguard::metrics::NAMESPACE).collect();
+    assert!(!own.is_empty());
+    let packages = function_packages();
+    for metric in &own {
+        let function = metric.dimension(amiguard::metrics::FUNCTION_DIMENSION).unwrap_or_else(|| {
+            panic!("{}: {} names no Function: every amiguard metric has one", metric.widget, metric.name)
+        });
+        assert!(packages.iter().any(|p| p == function), "{}: no function {function}", metric.widget);
+        let (names, dimensions) = emitted_by(function);
+        assert!(
+            names.contains(&metric.name.as_str()),
+            "{}: {function} emits no metric {:?} (its METRIC_NAMES: {names:?})",
+            metric.widget,
+            metric.name
+        );
+        let extra = dimensions.iter().find(|(n, _)| *n == metric.name).map_or(&[][..], |(_, d)| *d);
+        let mut expected: Vec<String> = std::iter::once(amiguard::metrics::FUNCTION_DIMENSION)
+            .chain(extra.iter().copied())
+            .map(str::to_string)
+            .collect();
+        expected.sort();
+        assert_eq!(
+            metric.dimension_names(),
+            expected,
+            "{}: {function} publishes {} under these dimensions (a different set is another metric, with no data)",
+            metric.widget,
+            metric.name
+        );
+    }
+    for (function, name) in ASKED_FOR {
+        assert!(emitted_by(function).0.contains(name), "{function} must emit {name}");
+        assert!(
+            own.iter().any(|m| m.name == *name && m.dimension("Function") == Some(function)),
+            "the dashboard must show {function}'s {name}"
+        );
+    }
+    // The two functions whose every metric the issue lists: each of them is shown.
+    for function in [snapshot_on_stop::FUNCTION, untrusted_ami_alert::FUNCTION] {
+        for name in emitted_by(function).0 {
+            assert!(ASKED_FOR.contains(&(function, *name)), "{function}'s {name} is shown and listed above");
+        }
+    }
+    // AlertsSent: one series per severity the code gives an alert, nothing else.
+    let mut severities: Vec<&str> =
+        own.iter().filter(|m| m.name == "AlertsSent").filter_map(|m| m.dimension("Severity")).collect();
+    severities.sort_unstable();
+    use amiguard::trust::policy::Severity;
+    assert_eq!(severities, [Severity::High.as_str(), Severity::Medium.as_str()]);
+    // Kept: every reason (a SEARCH over the Reason dimension), of the sweeper.
+    let kept: Vec<_> = own.iter().filter(|m| m.name == "Kept").collect();
+    assert!(
+        !kept.is_empty() && kept.iter().all(|m| m.dimensions.iter().any(|(d, v)| d == "Reason" && v.is_none())),
+        "{kept:?}"
+    );
+}
+
+#[test]
+fn the_dashboards_lambda_and_sqs_panels_name_every_function_and_dead_letter_queue_of_the_template() {
+    let template = load();
+    let dashboard = amiguard_integration_tests::template::dashboard(&template);
+    let resources = template["Resources"].as_object().unwrap();
+    // Every substitution is a pseudo parameter or a resource (attribute) of the template.
+    for name in &dashboard.substitutions {
+        let resource = name.split('.').next().unwrap();
+        assert!(
+            name.starts_with("AWS::") || resources.contains_key(resource),
+            "${{{name}}} in the dashboard names nothing in the template"
+        );
+    }
+    let mut functions: Vec<String> = functions(&template).into_iter().map(|f| f.logical_id).collect();
+    functions.sort();
+    let mut errors: Vec<String> = dashboard
+        .metrics
+        .iter()
+        .filter(|m| m.namespace == "AWS/Lambda")
+        .map(|m| {
+            assert_eq!((m.name.as_str(), m.dimension_names()), ("Errors", vec!["FunctionName".to_string()]), "{m:?}");
+            let value = m.dimension("FunctionName").unwrap();
+            let id = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')).unwrap_or(value);
+            assert_eq!(resources[id]["Type"], "AWS::Serverless::Function", "{}: {value} is not a function", m.widget);
+            id.to_string()
+        })
+        .collect();
+    errors.sort();
+    assert_eq!(errors, functions, "one Errors series per function, by its Ref");
+
+    let mut queues: Vec<String> = functions
+        .iter()
+        .map(|f| {
+            let target = &resources[f]["Properties"]["DeadLetterQueue"]["TargetArn"]["!GetAtt"];
+            let queue = target.as_str().and_then(|t| t.strip_suffix(".Arn")).unwrap_or_else(|| panic!("{f}: no DLQ"));
+            assert_eq!(resources[queue]["Type"], "AWS::SQS::Queue");
+            queue.to_string()
+        })
+        .collect();
+    queues.sort();
+    let mut depths: Vec<String> = dashboard
+        .metrics
+        .iter()
+        .filter(|m| m.namespace == "AWS/SQS")
+        .map(|m| {
+            assert_eq!(m.name, "ApproximateNumberOfMessagesVisible", "{m:?}");
+            assert_eq!(m.dimension_names(), ["QueueName"]);
+            let value = m.dimension("QueueName").unwrap();
+            let queue = value.strip_prefix("${").and_then(|v| v.strip_suffix(".QueueName}"));
+            queue.unwrap_or_else(|| panic!("{}: {value} is not ${{Queue.QueueName}}", m.widget)).to_string()
+        })
+        .collect();
+    depths.sort();
+    assert_eq!(depths, queues, "one depth series per dead-letter queue");
+    // Only amiguard's, Lambda's and SQS's metrics: nothing that no one publishes.
+    let namespaces: std::collections::BTreeSet<&str> = dashboard.metrics.iter().map(|m| m.namespace.as_str()).collect();
+    assert_eq!(namespaces.into_iter().collect::<Vec<_>>(), ["AWS/Lambda", "AWS/SQS", "amiguard"]);
+    // Every metric widget is in the stack's region, and the outputs name the dashboard.
+    for widget in dashboard.body["widgets"].as_array().unwrap().iter().filter(|w| w["type"] == "metric") {
+        assert_eq!(widget["properties"]["region"], "${AWS::Region}", "{}", widget["properties"]["title"]);
+    }
+    assert_eq!(template["Outputs"]["DashboardName"]["Value"], json!({"!Ref": dashboard.logical_id}));
+}
