@@ -325,7 +325,7 @@ fn shown_metric(widget: &str, row: &Value) -> ShownMetric {
     }
     let strings: Vec<&str> = items.iter().map_while(Value::as_str).collect();
     assert!(
-        strings.len() >= 2 && strings.len() % 2 == 0,
+        strings.len() >= 2 && strings.len().is_multiple_of(2),
         "{widget}: a row is [namespace, name, dimension, value, ...]: {row}"
     );
     assert!(!strings.contains(&"."), "{widget}: write each row in full (no \".\" shorthand): {row}");
