@@ -31,12 +31,19 @@ pub const CREATE_TAGS_MAX_IDS: usize = 1000;
 
 /// The stack's retention rules, as this function knows them: their retention in days, or none,
 /// and whether they are in the region at hand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecycleBin {
     retention_days: u32,
     /// The stack's rules are in this region (its own). Elsewhere deletions are still tagged, so
     /// that a rule made there selecting the same tag keeps them, but no restore is promised.
     rules_here: bool,
+}
+
+/// No rules (what an unset `RECYCLE_BIN_RETENTION_DAYS` means).
+impl Default for RecycleBin {
+    fn default() -> Self {
+        Self::retaining_for(0)
+    }
 }
 
 impl RecycleBin {
