@@ -1,5 +1,6 @@
-"""What the demo scripts share: boto3 clients on the local moto, and invoking a function through
-`cargo lambda invoke` against the `cargo lambda watch` that demo/run.sh started."""
+"""What the demo scripts and `make try` share: boto3 clients on the local moto, invoking a function
+through `cargo lambda invoke` against the `cargo lambda watch` that demo/lambda.sh started, and the
+readable summaries of the functions' reports."""
 
 import json
 import os
@@ -50,3 +51,61 @@ def heading(text):
     print()
     print(text)
     print("=" * len(text))
+
+
+def sweep_summary(title, report):
+    """The sweeper's report, readable: per region what was scanned, kept, deleted (or, in a dry
+    run, would be deleted) and what waits out its grace period."""
+    dry_run = report["dry_run"]
+    print(f"\n{title} (dry_run={str(dry_run).lower()}):")
+    for region in report["regions"]:
+        counts = region["counts"]
+        print(f"  {region['region']}: {region['snapshots_scanned']} snapshots scanned, "
+              f"{counts['orphans']} orphans, {region['planned_deletions']} planned, "
+              f"{counts['deleted']} deleted, {counts['failed']} failed, "
+              f"{region['ledger_writes']} ledger writes")
+        if region["aborted"]:
+            print(f"    aborted: {region['aborted']}")
+        kept = ", ".join(f"{reason} {count}" for reason, count in region["kept"].items())
+        print(f"    kept: {kept or 'nothing'}")
+        manual = region["unreferenced_manual"]
+        print(f"    manual snapshots (never deleted): {manual['count']}, {manual['gib']} GiB")
+        print(f"    reclaimable: {region['reclaimable_gib']} GiB, "
+              f"up to ${region['estimated_monthly_savings_usd']:.2f}/month (snapshots are incremental)")
+        if dry_run and not region["aborted"]:
+            if region["planned_deletions"] < counts["orphans"]:
+                print(f"    {region['planned_deletions']} of these orphans would be deleted this run "
+                      "(MAX_DELETIONS or the circuit breaker hold the others)")
+            for orphan in region["orphans"]:
+                print(f"    would delete {orphan['snapshot_id']}  ({orphan['size_gib']} GiB, "
+                      f"left by {orphan['source_image_id']})")
+        for waiting in region["waiting"]:
+            print(f"    waiting      {waiting['snapshot_id']}  ({waiting['size_gib']} GiB, left by "
+                  f"{waiting['source_image_id']}): deletable after {waiting['deletable_after']}")
+        for snapshot_id in region["deleted"]:
+            print(f"    deleted {snapshot_id}")
+        for failed in region["failed"]:
+            print(f"    failed  {failed['snapshot_id']}: {failed['code']} {failed['message']}")
+    for warning in report["warnings"]:
+        print(f"  note: {warning}")
+
+
+def audit_summary(audit):
+    """untrusted-ami-alert's scheduled audit, readable: the untrusted instances, why, and (in a
+    dry run) what a real run would do about each."""
+    untrusted = audit["untrusted"]
+    line = (f"scheduled audit (dry_run={str(audit['dry_run']).lower()}): {audit['audited']} instances audited, "
+            f"{len(untrusted)} untrusted ({', '.join(u['instance_id'] for u in untrusted) or 'none'}), "
+            f"{audit['alerts_sent']} new alert(s)")
+    if audit.get("alerts_would_send") is not None:
+        line += f", {audit['alerts_would_send']} alert(s) a real run would send"
+    print(line)
+    for finding in untrusted:
+        owner = f"owner {finding['owner_id']}" if finding["owner_id"] else "owner unknown"
+        print(f"  untrusted {finding['instance_id']}  (image {finding['image_id'] or 'unknown'}, {owner})")
+        for reason in finding["reasons"]:
+            print(f"    - {reason}")
+        if finding.get("would"):
+            print(f"    a real run would: {', '.join(finding['would'])}")
+    for warning in audit["warnings"]:
+        print(f"  note: {warning}")

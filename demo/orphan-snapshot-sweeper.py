@@ -8,7 +8,7 @@ journal from the ledger with the one query the README shows."""
 
 import os
 
-from common import ACCOUNT, client, heading, invoke, sample_event
+from common import ACCOUNT, client, heading, invoke, sample_event, sweep_summary
 
 ec2 = client("ec2")
 AMI = "ami-0a1b2c3d4e5f00001"  # the fixture Amazon Linux AMI
@@ -26,28 +26,6 @@ def scheduled(name):
     event = sample_event(name)
     event["account"] = ACCOUNT
     return event
-
-
-def summarise(title, report):
-    print(f"\n{title} (dry_run={str(report['dry_run']).lower()}):")
-    for region in report["regions"]:
-        counts = region["counts"]
-        print(f"  {region['region']}: {region['snapshots_scanned']} snapshots scanned, "
-              f"{counts['orphans']} orphans, {region['planned_deletions']} planned, "
-              f"{counts['deleted']} deleted, {counts['failed']} failed, "
-              f"{region['ledger_writes']} ledger writes")
-        if region["aborted"]:
-            print(f"    aborted: {region['aborted']}")
-        kept = ", ".join(f"{reason} {count}" for reason, count in region["kept"].items())
-        print(f"    kept: {kept or 'nothing'}")
-        manual = region["unreferenced_manual"]
-        print(f"    manual snapshots (never deleted): {manual['count']}, {manual['gib']} GiB")
-        print(f"    reclaimable: {region['reclaimable_gib']} GiB, "
-              f"up to ${region['estimated_monthly_savings_usd']:.2f}/month (snapshots are incremental)")
-        for snapshot_id in region["deleted"]:
-            print(f"    deleted {snapshot_id}")
-    for warning in report["warnings"]:
-        print(f"  note: {warning}")
 
 
 heading("orphan-snapshot-sweeper: delete what deregistered AMIs left behind, safely")
@@ -70,7 +48,7 @@ for title, event_file in [("Dry run", "orphan-snapshot-sweeper.dry-run.json"),
     report, error = invoke("orphan-snapshot-sweeper", scheduled(event_file))
     if error:
         raise SystemExit(f"orphan-snapshot-sweeper failed: {error}")
-    summarise(title, report)
+    sweep_summary(title, report)
 
 # The journal: every deletion of the run, under its run id, in one query (README, "The ledger").
 journal = client("dynamodb").query(

@@ -7,7 +7,7 @@ ALERT_TOPIC_ARN=arn:aws:sns:us-east-1:123456789012:amiguard-alerts and ENFORCEME
 
 import json
 
-from common import ACCOUNT, client, heading, invoke, sample_event
+from common import ACCOUNT, audit_summary, client, heading, invoke, sample_event
 
 AMAZON_AMI = "ami-0a1b2c3d4e5f00001"  # the fixture Amazon Linux AMI, owner 137112412989, alias amazon
 PUBLISHER = "111122223333"  # someone else's account, publishing a "community" AMI
@@ -76,9 +76,7 @@ audit_event["account"] = ACCOUNT
 audit, error = invoke("untrusted-ami-alert", audit_event)
 if error:
     raise SystemExit(f"untrusted-ami-alert audit failed: {error}")
-print(f"scheduled audit: {audit['audited']} instances audited, "
-      f"{len(audit['untrusted'])} untrusted ({', '.join(u['instance_id'] for u in audit['untrusted'])}), "
-      f"{audit['alerts_sent']} new alert(s)")
+audit_summary(audit)
 
 heading("The alert, as a subscriber of the topic receives it")
 messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"],
