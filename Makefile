@@ -1,6 +1,6 @@
 # The two commands: `make test` (everything CI checks) and `make demo` (the functions against a
-# local EC2 emulator). Each installs what it needs into .venv and fails with a clear message when
-# it can't.
+# local EC2 emulator); and `make try` (the sweeper and the audit as dry runs against your own
+# account). Each installs what it needs into .venv and fails with a clear message when it can't.
 
 SHELL := /bin/bash
 VENV := .venv
@@ -13,13 +13,17 @@ SAM_STAMP := $(call stamp,$(SAM_VENV),requirements-sam.txt)
 CHECKOV_STAMP := $(call stamp,$(CHECKOV_VENV),requirements-checkov.txt)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: test demo tools template-tools fmt-check clippy cargo-test lint-template bench
+.PHONY: test demo try tools template-tools fmt-check clippy cargo-test lint-template bench
 
 test: tools fmt-check clippy cargo-test lint-template
 	@echo "make test: all checks passed"
 
 demo: tools
 	@bash demo/run.sh
+
+# Dry runs only, with your credentials and region (AWS_ENDPOINT_URL honoured): nothing is changed.
+try: tools
+	@bash demo/try.sh
 
 tools: $(STAMP)
 
