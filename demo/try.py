@@ -77,7 +77,7 @@ def run():
     partition = os.environ["AMIGUARD_TRY_PARTITION"]
     failed = False
 
-    heading(f"orphan-snapshot-sweeper: what a sweep of account {account} would delete")
+    heading(f"orphan-snapshot-sweeper: a dry-run sweep of account {account}")
     sweep = scheduled("orphan-snapshot-sweeper.scheduled.json", account, region, partition,
                       "amiguard-orphan-snapshot-sweeper")
     sweep["detail"] = {"dry_run": True}  # a detail can only make a run drier
