@@ -1,0 +1,315 @@
+//! `make try` (demo/try.sh) against this binary's moto server, through `AWS_ENDPOINT_URL`, as a
+//! caller with credentials of moto's default account (STS answers `123456789012` whatever the
+//! keys): the output says it is a dry run first, the summaries name the orphan and the untrusted
+//! instance, only read actions reach the emulator, and its whole state is the same afterwards.
+//! Without credentials, or without a region, it refuses in one line before building anything.
+//!
+//! The functions are the binaries `cargo test --workspace` builds beside their packages' tests
+//! (the build `make try` itself uses), handed over in `AMIGUARD_BIN_DIR`: no cargo runs inside
+//! the tests. moto lacks the Recycle Bin, so these runs set `RECYCLE_BIN_CHECK=false`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::SystemTime;
+
+use amiguard_integration_tests::proxy::Proxy;
+use amiguard_integration_tests::{moto, workspace_root, TestAccount, AMAZON_LINUX_AMI};
+use serde_json::Value;
+
+/// moto's default account: the one STS answers for any credentials, so the one `make try` sees.
+const CALLER_ACCOUNT: &str = "123456789012";
+/// An image no account has: moto launches it anyway, and the audit cannot verify its owner.
+const UNKNOWN_AMI: &str = "ami-0123456789abcdef0";
+const FUNCTIONS: [&str; 2] = ["orphan-snapshot-sweeper", "untrusted-ami-alert"];
+/// What a dry run may call: reads only.
+const READ_ACTIONS: [&str; 7] = ["Describe", "Get", "List", "Query", "Scan", "BatchGetItem", "LookupEvents"];
+
+/// Where `cargo test --workspace` put the function binaries (beside this test's own `deps/`),
+/// checked to be there and newer than every source they are built from: a stale binary would
+/// prove nothing about the code under test.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).expect("the test runs from <target>/<profile>/deps").to_path_buf();
+    let root = workspace_root();
+    let mut sources = vec![root.join("Cargo.lock"), root.join("Cargo.toml")];
+    newest_files(&root.join("shared"), &mut sources);
+    for function in FUNCTIONS {
+        newest_files(&root.join("functions").join(function), &mut sources);
+    }
+    let newest = sources.iter().filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).max().unwrap();
+    for function in FUNCTIONS {
+        let binary = dir.join(function);
+        let built = std::fs::metadata(&binary).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+        assert!(
+            built >= newest,
+            "{} is missing or older than its sources: `cargo test --workspace` (make test) builds it; \
+             to run this suite alone, `cargo test --workspace --no-run --locked` first",
+            binary.display()
+        );
+    }
+    dir
+}
+
+/// Every file under `dir` but build output and the function's own tests.
+fn newest_files(dir: &Path, into: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if !matches!(path.file_name().and_then(|n| n.to_str()), Some("target" | "tests" | "benches")) {
+                newest_files(&path, into);
+            }
+        } else {
+            into.push(path);
+        }
+    }
+}
+
+/// `bash demo/try.sh` with only the given AWS settings (none of the caller's own: no profile,
+/// no config file, no instance metadata).
+fn try_command(aws: &[(&str, &str)]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("bash");
+    command.arg(workspace_root().join("demo/try.sh")).current_dir(workspace_root());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AWS_") || name == "LEDGER_TABLE" || name == "AMIGUARD_BIN_DIR" {
+            command.env_remove(name);
+        }
+    }
+    let nowhere = std::env::temp_dir().join("amiguard-make-try-no-aws-config");
+    command
+        .env("AWS_CONFIG_FILE", &nowhere)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(aws.iter().copied());
+    command
+}
+
+async fn run(mut command: tokio::process::Command) -> (Output, String) {
+    let output = command.output().await.expect("bash runs demo/try.sh");
+    let text = format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output, text)
+}
+
+/// The emulator's whole state, as moto dumps it (`/moto-api/data.json`: every model of every
+/// backend, every account), without the backends' empty lists (a first read of a service makes
+/// its backend appear, empty) and IAM's account summaries.
+fn emulator_state() -> Value {
+    let port = moto().upstream.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET /moto-api/data.json HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut state: Value = serde_json::from_str(body).unwrap();
+    for models in state.as_object_mut().unwrap().values_mut() {
+        models.as_object_mut().unwrap().retain(|_, list| list.as_array().is_none_or(|l| !l.is_empty()));
+    }
+    // An IAM backend's first use (STS GetCallerIdentity makes one) adds its AccountSummary: moto's
+    // bookkeeping, no resource of the account.
+    if let Some(iam) = state.get_mut("iam").and_then(Value::as_object_mut) {
+        iam.remove("AccountSummary");
+    }
+    state.as_object_mut().unwrap().retain(|_, models| models.as_object().is_some_and(|m| !m.is_empty()));
+    state
+}
+
+/// Fails naming every path of moto's dump that differs between `before` and `after`.
+fn assert_same_state(before: &Value, after: &Value, text: &str) {
+    fn differences(path: String, a: &Value, b: &Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                for key in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+                    let (x, y) = (a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null));
+                    differences(format!("{path}/{key}"), x, y, out);
+                }
+            }
+            (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+                for (n, (x, y)) in a.iter().zip(b).enumerate() {
+                    differences(format!("{path}[{n}]"), x, y, out);
+                }
+            }
+            (a, b) if a != b => out.push(format!("{path}: {:.200} -> {:.200}", a.to_string(), b.to_string())),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    differences(String::new(), before, after, &mut out);
+    assert!(out.is_empty(), "the emulator's state changed: {out:#?}\n{text}");
+}
+
+/// What the account holds, as the SDK lists it (the readable half of the before/after check).
+async fn account_state(account: &TestAccount) -> Vec<String> {
+    let ec2 = account.ec2();
+    let mut lines = Vec::new();
+    let snapshots = ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
+    for s in snapshots.snapshots() {
+        if s.owner_id() == Some(CALLER_ACCOUNT) {
+            lines.push(format!("snapshot {:?} {:?} {:?}", s.snapshot_id(), s.state(), s.tags()));
+        }
+    }
+    let images = ec2.describe_images().owners("self").include_deprecated(true).send().await.unwrap();
+    for i in images.images() {
+        lines.push(format!("image {:?} {:?} {:?}", i.image_id(), i.state(), i.tags()));
+    }
+    let reservations = ec2.describe_instances().send().await.unwrap();
+    for i in reservations.reservations().iter().flat_map(|r| r.instances()) {
+        lines.push(format!("instance {:?} {:?} {:?}", i.instance_id(), i.state().and_then(|s| s.name()), i.tags()));
+    }
+    let tags = ec2.describe_tags().send().await.unwrap();
+    lines.extend(tags.tags().iter().map(|t| format!("tag {:?} {:?} {:?}", t.resource_id(), t.key(), t.value())));
+    let topics = account.sns().list_topics().send().await.unwrap();
+    lines.extend(topics.topics().iter().map(|t| format!("topic {:?}", t.topic_arn())));
+    let tables = account.dynamodb().list_tables().send().await.unwrap();
+    for table in tables.table_names() {
+        let items = account.dynamodb().scan().table_name(table).send().await.unwrap();
+        lines.push(format!("table {table}: {} items", items.items().len()));
+    }
+    lines.sort();
+    lines
+}
+
+/// An AMI of a fresh instance, deregistered: its snapshot is an orphan. Answers the snapshot.
+async fn orphan(account: &TestAccount) -> String {
+    let ec2 = account.ec2();
+    let instance = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+    let image = ec2.create_image().instance_id(&instance).name("release-1").send().await.unwrap();
+    let image = image.image_id().unwrap().to_string();
+    let described = ec2.describe_images().image_ids(&image).send().await.unwrap();
+    let snapshot = described.images()[0].block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap().to_string();
+    ec2.deregister_image().image_id(&image).send().await.unwrap();
+    snapshot
+}
+
+fn assert_only_reads(proxy: &Proxy, what: &str) {
+    let calls = proxy.calls();
+    assert!(calls.iter().any(|c| c.action == "DescribeSnapshots"), "{what}: the sweeper ran: {calls:?}");
+    assert!(calls.iter().any(|c| c.action == "DescribeInstances"), "{what}: the audit ran: {calls:?}");
+    let writes: Vec<String> = calls
+        .iter()
+        .filter(|c| !READ_ACTIONS.iter().any(|read| c.action.starts_with(read)))
+        .map(|c| format!("{} {}", c.service, c.action))
+        .collect();
+    assert!(writes.is_empty(), "{what}: a dry run called {writes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_try_prints_the_dry_runs_summaries_and_changes_nothing_with_or_without_a_ledger() {
+    let bin_dir = bin_dir();
+    let account = TestAccount::with_id(CALLER_ACCOUNT).await;
+    let ec2 = account.ec2();
+    let orphan = orphan(&account).await;
+    let kept_image = ec2.create_image().instance_id(account.run_instance(AMAZON_LINUX_AMI, &[]).await);
+    let kept_image = kept_image.name("release-current").send().await.unwrap().image_id().unwrap().to_string();
+    let untrusted = account.run_instance(UNKNOWN_AMI, &[("Name", "miner-1")]).await;
+    let volume = ec2.create_volume().availability_zone("us-east-1a").size(20).send().await.unwrap();
+    ec2.create_snapshot()
+        .volume_id(volume.volume_id().unwrap())
+        .description("before the upgrade")
+        .send()
+        .await
+        .unwrap();
+    // A topic the functions could publish to if they did (the alert function is given another).
+    account.sns().create_topic().name("amiguard-alerts").send().await.unwrap();
+
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let caller = |ledger: Option<&str>, min_age: &str| {
+        let mut aws = vec![
+            ("AWS_ENDPOINT_URL", proxy.endpoint.as_str()),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ];
+        aws.extend(ledger.map(|table| ("LEDGER_TABLE", table)));
+        let mut command = try_command(&aws);
+        command
+            .env("AMIGUARD_BIN_DIR", &bin_dir)
+            .env("RECYCLE_BIN_CHECK", "false")
+            .env("MIN_AGE_HOURS", min_age)
+            // What the caller may have set for the deployed functions changes nothing here.
+            .env("DRY_RUN", "false")
+            .env("REPORT_TOPIC_ARN", format!("arn:aws:sns:us-east-1:{CALLER_ACCOUNT}:amiguard-alerts"))
+            .env("ENFORCEMENT", "stop");
+        command
+    };
+
+    // Without a ledger, MIN_AGE_HOURS=0: the orphan is what a sweep would delete now.
+    let (state, listed) = (emulator_state(), account_state(&account).await);
+    let (output, text) = run(caller(None, "0")).await;
+    assert!(output.status.success(), "{text}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.starts_with("DRY RUN: nothing will be deleted, tagged, stopped or published.\n"),
+        "it says so first: {text}"
+    );
+    assert!(stdout.contains(&format!("account {CALLER_ACCOUNT}")), "{text}");
+    assert!(stdout.contains("ledger: none"), "{text}");
+    assert!(stdout.contains("Dry run (dry_run=true):"), "{text}");
+    assert!(stdout.contains(&format!("would delete {orphan}")), "{text}");
+    assert!(stdout.contains("manual snapshots (never deleted): 1, 20 GiB"), "{text}");
+    assert!(stdout.contains("referenced_by_image 1"), "the snapshot of {kept_image} is kept: {text}");
+    assert_eq!(stdout.matches("would delete").count(), 1, "only the orphan: {text}");
+    assert!(stdout.contains("scheduled audit (dry_run=true):"), "{text}");
+    assert!(stdout.contains(&format!("untrusted {untrusted}  (image {UNKNOWN_AMI}")), "{text}");
+    let would = stdout.lines().find(|l| l.contains("a real run would: ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(would.contains("tag") && !would.contains("stop"), "ENFORCEMENT=stop: an audit tags, never stops: {text}");
+    assert!(stdout.contains("nothing was deleted, tagged, stopped or published"), "{text}");
+    assert_only_reads(&proxy, "without a ledger");
+    assert_eq!(account_state(&account).await, listed, "{text}");
+    assert_same_state(&state, &emulator_state(), &text);
+
+    // With the ledger: read (its clocks, sent alerts), never written; MIN_AGE_HOURS=24 (the
+    // default), so the orphan, first seen now, waits out its grace period.
+    amiguard_integration_tests::ledger::create(&account).await;
+    let before = proxy.calls().len();
+    let (state, listed) = (emulator_state(), account_state(&account).await);
+    let (output, text) = run(caller(Some(amiguard_integration_tests::ledger::TABLE), "24")).await;
+    assert!(output.status.success(), "{text}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("DRY RUN: "), "{text}");
+    assert!(stdout.contains("ledger: amiguard-ledger, read only"), "{text}");
+    assert!(stdout.contains(&format!("waiting      {orphan}")), "{text}");
+    assert!(!stdout.contains("would delete"), "{text}");
+    assert!(stdout.contains("LEDGER_READ_ONLY: the ledger was read, not written"), "{text}");
+    assert!(stdout.contains(&format!("untrusted {untrusted}")), "{text}");
+    let ledger_reads = proxy.calls()[before..].iter().filter(|c| c.service == "dynamodb").count();
+    assert!(ledger_reads > 0, "the ledger was read: {:?}", &proxy.calls()[before..]);
+    assert_only_reads(&proxy, "with the ledger");
+    assert_eq!(account_state(&account).await, listed, "{text}");
+    assert_same_state(&state, &emulator_state(), &text);
+}
+
+#[tokio::test]
+async fn make_try_refuses_in_one_line_without_credentials_or_without_a_region() {
+    let home = std::env::temp_dir().join(format!("amiguard-make-try-home-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    for (aws, refusal) in [
+        (&[("AWS_REGION", "us-east-1")][..], "make try: no AWS credentials found"),
+        (&[][..], "make try: no AWS credentials found"),
+        (&[("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")][..], "make try: no AWS region"),
+    ] {
+        let mut command = try_command(aws);
+        // Nothing to build with: a refusal must come before any build.
+        command.env("HOME", &home).env("PATH", "/usr/bin:/bin").env_remove("CARGO_TARGET_DIR");
+        let (output, text) = run(command).await;
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {text}");
+        assert!(stderr.starts_with(refusal), "{text}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "DRY RUN: nothing will be deleted, tagged, stopped or published.\n",
+            "{text}"
+        );
+    }
+    std::fs::remove_dir_all(&home).unwrap();
+}
