@@ -148,8 +148,8 @@ pub fn function_for(template: &Value, binary: &str) -> TemplateFunction {
 }
 
 /// The template as CloudFormation would deploy it with `overrides` for some parameters (the
-/// others at their defaults): every condition evaluated, the resources whose condition is false
-/// left out, and each `!If` replaced by its chosen branch (`AWS::NoValue` dropped).
+/// others at their defaults): every condition evaluated, the resources and outputs whose condition
+/// is false left out, and each `!If` replaced by its chosen branch (`AWS::NoValue` dropped).
 pub fn render(template: &Value, overrides: &[(&str, &str)]) -> Value {
     let parameter = |name: &str| -> Value {
         overrides.iter().find(|(n, _)| *n == name).map(|(_, v)| Value::String((*v).to_string())).unwrap_or_else(|| {
@@ -163,10 +163,12 @@ pub fn render(template: &Value, overrides: &[(&str, &str)]) -> Value {
     let conditions = template["Conditions"].as_object().cloned().unwrap_or_default();
     let mut rendered = template.clone();
     let condition = |name: &str| evaluate_condition(&conditions, name, &parameter);
-    if let Some(resources) = rendered["Resources"].as_object_mut() {
-        resources.retain(|_, resource| resource["Condition"].as_str().is_none_or(condition));
-        for resource in resources.values_mut() {
-            *resource = choose_branches(resource, &condition);
+    for section in ["Resources", "Outputs"] {
+        if let Some(entries) = rendered[section].as_object_mut() {
+            entries.retain(|_, entry| entry["Condition"].as_str().is_none_or(condition));
+            for entry in entries.values_mut() {
+                *entry = choose_branches(entry, &condition);
+            }
         }
     }
     rendered

@@ -284,6 +284,10 @@ fn the_recycle_bin_rules_exist_above_zero_days_select_the_codes_tag_and_outlive_
                 (&json!("Retain"), &json!("Retain"))
             );
         }
+        // Their ARNs, for the SCP that keeps them from being changed (README, "Undo").
+        let outputs = &rendered["Outputs"];
+        assert_eq!(outputs["RecycleBinSnapshotRuleArn"]["Value"], json!({"!GetAtt": "RecycleBinSnapshotRule.Arn"}));
+        assert_eq!(outputs["RecycleBinImageRuleArn"]["Value"], json!({"!GetAtt": "RecycleBinImageRule.Arn"}));
         for function in ["OrphanSnapshotSweeperFunction", "SnapshotOnStopFunction"] {
             let env = &rendered["Resources"][function]["Properties"]["Environment"]["Variables"];
             assert_eq!(env["RECYCLE_BIN_RETENTION_DAYS"], json!({"!Ref": "RecycleBinRetentionDays"}), "{function}");
@@ -309,6 +313,10 @@ fn the_recycle_bin_rules_exist_above_zero_days_select_the_codes_tag_and_outlive_
 
     let off = amiguard_integration_tests::template::render(&template, &[("RecycleBinRetentionDays", "0")]);
     assert!(recycle_bin_rules(&off).is_empty(), "0 days: no rules");
+    assert!(
+        off["Outputs"].get("RecycleBinSnapshotRuleArn").is_none()
+            && off["Outputs"].get("RecycleBinImageRuleArn").is_none()
+    );
     let statements = off["Resources"]["OrphanSnapshotSweeperFunction"]["Properties"]["Policies"][0]["Statement"]
         .as_array()
         .unwrap()
