@@ -108,19 +108,11 @@ pub fn protect_tag_var(source: &dyn VarSource) -> Result<String, ConfigError> {
     Ok(key)
 }
 
-/// Whether `arn` is an SNS topic's ARN (`arn:<partition>:sns:<region>:<account>:<name>`).
-pub fn is_sns_topic_arn(arn: &str) -> bool {
-    let parts: Vec<&str> = arn.split(':').collect();
-    matches!(parts.as_slice(), ["arn", partition, "sns", region, account, name]
-        if !partition.is_empty() && !region.is_empty() && crate::trust::policy::is_account_id(account) && !name.is_empty()
-            && name.len() <= 256 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
-}
-
 /// An optional SNS topic ARN in `name`: `None` when unset.
 pub fn optional_topic_arn_var(source: &dyn VarSource, name: &'static str) -> Result<Option<String>, ConfigError> {
     match optional(source, name) {
         None => Ok(None),
-        Some(arn) if is_sns_topic_arn(&arn) => Ok(Some(arn)),
+        Some(arn) if crate::aws_words::is_sns_topic_arn(&arn) => Ok(Some(arn)),
         Some(arn) => {
             Err(ConfigError::new(name, arn, "an SNS topic ARN such as arn:aws:sns:us-east-1:123456789012:alerts"))
         }

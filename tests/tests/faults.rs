@@ -280,9 +280,9 @@ async fn sweeper_when_one_delete_keeps_failing_deletes_the_others_and_reports_th
 
 #[tokio::test]
 async fn untrusted_ami_alert_when_publish_fails_is_an_error_and_the_redelivery_alerts() {
+    use amiguard::alert::sns::SnsAlerts;
     use amiguard::trust::ec2::Ec2Trust;
     use amiguard::trust::identity::StsIdentity;
-    use amiguard::trust::sns::SnsAlerts;
 
     let account = TestAccount::new().await;
     let topic = account.sns().create_topic().name("alerts").send().await.unwrap().topic_arn().unwrap().to_string();
@@ -431,9 +431,9 @@ async fn the_sweeper_without_a_working_ledger_deletes_nothing_in_any_region() {
 
 #[tokio::test]
 async fn untrusted_ami_alert_without_a_writable_ledger_alerts_anyway_and_says_it_may_repeat() {
+    use amiguard::alert::sns::SnsAlerts;
     use amiguard::trust::ec2::Ec2Trust;
     use amiguard::trust::identity::StsIdentity;
-    use amiguard::trust::sns::SnsAlerts;
 
     let account = TestAccount::new().await;
     let topic = account.sns().create_topic().name("alerts").send().await.unwrap().topic_arn().unwrap().to_string();

@@ -75,7 +75,7 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
     let clients = snapshot_on_stop::Clients {
         ec2: amiguard::snapshot_on_stop::ec2::Ec2Client::new(through.ec2()),
         ledger: Some(ledger::on(&through)),
-        alerts: Some(amiguard::trust::sns::SnsAlerts::new(through.sns(), &topic)),
+        alerts: Some(amiguard::alert::sns::SnsAlerts::new(through.sns(), &topic)),
         region: account.region.clone(),
     };
     let config = snapshot_on_stop::Config {
@@ -115,9 +115,9 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
 
 #[tokio::test]
 async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
+    use amiguard::alert::sns::SnsAlerts;
     use amiguard::trust::ec2::Ec2Trust;
     use amiguard::trust::identity::StsIdentity;
-    use amiguard::trust::sns::SnsAlerts;
     use amiguard_integration_tests::proxy::Fault;
     use amiguard_integration_tests::{AMAZON_LINUX_AMI, RHEL_AMI};
 

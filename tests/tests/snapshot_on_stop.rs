@@ -718,7 +718,7 @@ impl Scene {
     async fn alerting(raw: bool) -> Self {
         let scene = Self::new().await;
         let inbox = amiguard_integration_tests::inbox::AlertInbox::new(&scene.account, raw).await;
-        let alerts = amiguard::trust::sns::SnsAlerts::new(scene.account.through(&scene.proxy).sns(), &inbox.topic_arn);
+        let alerts = amiguard::alert::sns::SnsAlerts::new(scene.account.through(&scene.proxy).sns(), &inbox.topic_arn);
         Self { clients: Clients { alerts: Some(alerts), ..scene.clients }, inbox: Some(inbox), ..scene }
     }
 

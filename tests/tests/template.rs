@@ -403,7 +403,7 @@ fn every_amiguard_metric_the_dashboard_shows_is_one_its_function_emits_under_tho
     let mut severities: Vec<&str> =
         own.iter().filter(|m| m.name == "AlertsSent").filter_map(|m| m.dimension("Severity")).collect();
     severities.sort_unstable();
-    use amiguard::trust::policy::Severity;
+    use amiguard::alert::Severity;
     assert_eq!(severities, [Severity::High.as_str(), Severity::Medium.as_str()]);
     // Kept: every reason (a SEARCH over the Reason dimension), of the sweeper.
     let kept: Vec<_> = own.iter().filter(|m| m.name == "Kept").collect();

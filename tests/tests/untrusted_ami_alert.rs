@@ -9,12 +9,12 @@
 
 use std::collections::HashMap;
 
+use amiguard::alert::sns::SnsAlerts;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::tags;
 use amiguard::trust::ec2::Ec2Trust;
 use amiguard::trust::identity::StsIdentity;
-use amiguard::trust::sns::SnsAlerts;
 use amiguard_integration_tests::inbox::AlertInbox;
 use amiguard_integration_tests::{
     moto, sample_event, TestAccount, AMAZON_LINUX_AMI, AMAZON_OWNER_ID, RED_HAT_OWNER_ID, RHEL_AMI,

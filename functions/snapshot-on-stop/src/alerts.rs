@@ -1,12 +1,12 @@
-//! Sending the alert of a failed image once: the ledger's claim (`amiguard::trust::sent`, keyed
+//! Sending the alert of a failed image once: the ledger's claim (`amiguard::alert::once`, keyed
 //! by the image), then SNS through the alert publisher. A failed publish gives the claim back, so
 //! the next try alerts; a ledger that cannot be used sends anyway (a duplicate beats silence).
 
+use amiguard::alert::once::{self as sent, AlertKey, Turn};
+use amiguard::alert::AlertPublisher;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::LedgerStore;
 use amiguard::snapshot_on_stop::failed_alert::{self, FailedImage};
-use amiguard::trust::sent::{self, AlertKey, Turn};
-use amiguard::trust::sns::AlertPublisher;
 use amiguard::AwsError;
 
 /// What became of one alert.

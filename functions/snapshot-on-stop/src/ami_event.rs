@@ -3,13 +3,13 @@
 //! `failed` keeps everything as it is and alerts once. The event only says *which* image to look
 //! at: what is done follows what EC2 says of it now, and only for an image the ledger holds.
 
+use amiguard::alert::AlertPublisher;
 use amiguard::events::{AmiStateChangeDetail, EventError};
 use amiguard::ledger::LedgerStore;
 use amiguard::snapshot_on_stop::core::{self as decide, ManagedImage};
 use amiguard::snapshot_on_stop::ec2::{ImageRecord, SnapshotOnStopEc2};
 use amiguard::snapshot_on_stop::records::{self, MadeImage};
 use amiguard::tags;
-use amiguard::trust::sns::AlertPublisher;
 use amiguard::AwsError;
 
 use crate::alerts::Alerted;

@@ -4,13 +4,13 @@
 //! settles; every stop and termination does it again (EventBridge delivers on a best-effort
 //! basis), so nothing depends on the event's coming.
 
+use amiguard::alert::AlertPublisher;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::LedgerStore;
 use amiguard::snapshot_on_stop::core::{self as decide, ManagedImage};
 use amiguard::snapshot_on_stop::ec2::{LaunchTemplateRef, LaunchTemplateVersion, SnapshotOnStopEc2};
 use amiguard::snapshot_on_stop::failed_alert::FailedImage;
 use amiguard::snapshot_on_stop::records::MadeImage;
-use amiguard::trust::sns::AlertPublisher;
 
 use crate::alerts::{self, Alerted};
 use crate::session::Session;

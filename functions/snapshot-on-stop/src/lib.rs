@@ -19,6 +19,8 @@ pub mod metrics;
 mod retention;
 mod session;
 
+use amiguard::alert::sns::SnsAlerts;
+use amiguard::alert::AlertPublisher;
 use amiguard::config::{self, ConfigError, VarSource};
 use amiguard::events::{self, AmiStateChangeDetail, EventError, AMI_STATE_CHANGE};
 use amiguard::invocation::Invocation;
@@ -28,7 +30,6 @@ use amiguard::snapshot_on_stop::core::{self as decide, SkipReason, SnapshotScope
 use amiguard::snapshot_on_stop::ec2::{LaunchTemplateRef, SnapshotOnStopEc2};
 use amiguard::snapshot_on_stop::records;
 use amiguard::tags::{self, Tag};
-use amiguard::trust::sns::{AlertPublisher, SnsAlerts};
 use amiguard::AwsError;
 use serde::{Deserialize, Serialize};
 

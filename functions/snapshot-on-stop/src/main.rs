@@ -1,10 +1,10 @@
 //! The Lambda entry point: configuration and clients once per container, then the runtime loop.
 
+use amiguard::alert::sns::SnsAlerts;
 use amiguard::config::ProcessEnv;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::snapshot_on_stop::ec2::Ec2Client;
-use amiguard::trust::sns::SnsAlerts;
 use lambda_runtime::{service_fn, LambdaEvent};
 use snapshot_on_stop::{handle, Clients, Config, FUNCTION};
 

@@ -10,6 +10,9 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use amiguard::alert::once::{self as sent, AlertClaim, AlertKey, Turn};
+use amiguard::alert::AlertPublisher;
+use amiguard::alert::Severity;
 use amiguard::config::{self, ConfigError, VarSource};
 use amiguard::error::AwsError;
 use amiguard::events::EventError;
@@ -23,10 +26,8 @@ use amiguard::trust::enforce::{
 };
 use amiguard::trust::fold::{self, Folded, Slot};
 use amiguard::trust::identity::CallerIdentity;
-use amiguard::trust::policy::{self, ImageFacts, Problem, Reason, Severity, TrustPolicy, Verdict};
+use amiguard::trust::policy::{self, ImageFacts, Problem, Reason, TrustPolicy, Verdict};
 use amiguard::trust::provenance::{self, Ancestor, Lineage};
-use amiguard::trust::sent::{self, AlertClaim, AlertKey, Turn};
-use amiguard::trust::sns::AlertPublisher;
 use amiguard::trust::trigger::{self, Launched, Trigger};
 
 use chrono::{DateTime, Utc};
@@ -118,7 +119,7 @@ impl Config {
         };
         let alert_topic_arn = config::optional(source, ALERT_TOPIC_ARN)
             .ok_or_else(|| ConfigError::new(ALERT_TOPIC_ARN, "", "the ARN of the SNS topic for alerts (required)"))?;
-        if !config::is_sns_topic_arn(&alert_topic_arn) {
+        if !amiguard::aws_words::is_sns_topic_arn(&alert_topic_arn) {
             return Err(ConfigError::new(
                 ALERT_TOPIC_ARN,
                 alert_topic_arn,
@@ -1297,8 +1298,8 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use amiguard::alert::Alert;
     use amiguard::ledger::memory::MemoryLedger;
-    use amiguard::trust::alert::Alert;
     use amiguard::trust::alert::OwnerSource;
     use amiguard::trust::enforce::StopOutcome;
     use chrono::{DateTime, TimeZone, Utc};

@@ -1,12 +1,12 @@
 //! The Lambda entry point: configuration and clients once per container, then one `handle` per
 //! event.
 
+use amiguard::alert::sns::SnsAlerts;
 use amiguard::config::ProcessEnv;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::trust::ec2::Ec2Trust;
 use amiguard::trust::identity::StsIdentity;
-use amiguard::trust::sns::SnsAlerts;
 use lambda_runtime::{service_fn, LambdaEvent};
 use untrusted_ami_alert::{handle, Clients, Config, FUNCTION};
 

@@ -2,8 +2,8 @@
 //! `Severity`): the alerts it sent, by how loud they are. Built from the report alone, so a metric
 //! says exactly what the logged report says.
 
+use amiguard::alert::Severity;
 use amiguard::metrics;
-use amiguard::trust::policy::Severity;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 

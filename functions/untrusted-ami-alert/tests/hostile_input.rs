@@ -3,12 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use amiguard::alert::sns::SnsAlerts;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::memory::MemoryLedger;
 use amiguard::testing::any_json;
 use amiguard::trust::ec2::Ec2Trust;
 use amiguard::trust::identity::StsIdentity;
-use amiguard::trust::sns::SnsAlerts;
 use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;

@@ -15,8 +15,7 @@
 //! - [`journal`]: one entry per deletion or deregistration, under its run.
 //! - [`lease`]: one holder at a time, with an expiry (snapshot-on-stop's one delivery per instance).
 //!
-//! The records of each function live beside its core: `snapshot_on_stop::records`,
-//! `sweeper::records`, `trust::sent`.
+//! Each function's own records live in its crate, written through this port.
 
 pub mod dynamo;
 pub mod journal;

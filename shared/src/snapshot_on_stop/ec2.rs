@@ -171,7 +171,7 @@ impl Ec2Client {
                 .into_paginator()
                 .stop_on_duplicate_token(false)
                 .send();
-            let mut tokens = crate::ec2::PageTokens::new("DescribeSnapshots");
+            let mut tokens = crate::paging::PageTokens::new("DescribeSnapshots");
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
                 tokens.check(page.next_token())?;
@@ -222,7 +222,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
     async fn find_own_image_by_name(&self, name: &str) -> Result<Option<ImageRecord>, AwsError> {
         let by_name = Filter::builder().name("name").values(name).build();
         let named = |i: &aws_sdk_ec2::types::Image| if i.name() == Some(name) { image_record(i) } else { None };
-        let images = crate::ec2::describe_own_images(&self.client, vec![by_name], named).await?;
+        let images = crate::paging::describe_own_images(&self.client, vec![by_name], named).await?;
         Ok(images.into_iter().next())
     }
 
@@ -273,7 +273,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
         // the call; 100 ids a call stays well under EC2's 200 values per filter.
         for chunk in image_ids.chunks(100) {
             let by_id = Filter::builder().name("image-id").set_values(Some(chunk.to_vec())).build();
-            found.extend(crate::ec2::describe_own_images(&self.client, vec![by_id], image_record).await?);
+            found.extend(crate::paging::describe_own_images(&self.client, vec![by_id], image_record).await?);
         }
         Ok(found)
     }
@@ -329,7 +329,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
     async fn list_own_images_tagged(&self, tag_filters: &[Tag]) -> Result<Vec<ImageRecord>, AwsError> {
         let filters =
             tag_filters.iter().map(|t| Filter::builder().name(format!("tag:{}", t.key)).values(&t.value).build());
-        crate::ec2::describe_own_images(&self.client, filters.collect(), image_record).await
+        crate::paging::describe_own_images(&self.client, filters.collect(), image_record).await
     }
 
     async fn deregister_image(&self, image_id: &str) -> Result<(), AwsError> {
@@ -490,7 +490,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
             .into_paginator()
             .stop_on_duplicate_token(false)
             .send();
-        let mut tokens = crate::ec2::PageTokens::new("DescribeLaunchTemplateVersions");
+        let mut tokens = crate::paging::PageTokens::new("DescribeLaunchTemplateVersions");
         let mut versions = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeLaunchTemplateVersions", e))?;

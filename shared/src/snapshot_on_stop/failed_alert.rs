@@ -3,8 +3,7 @@
 
 use serde::Serialize;
 
-use crate::trust::alert::{fit_subject, Alert};
-use crate::trust::policy::Severity;
+use crate::alert::{fit_subject, Alert, Severity};
 
 /// Everything the alert says, also its JSON block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

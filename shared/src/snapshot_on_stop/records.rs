@@ -12,6 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::core::{image_name, parse_time, stopped_at_tag_value};
 use super::ec2::{ImageRecord, LaunchTemplateRef};
+use crate::aws_words::CreateImageDescription;
 use crate::error::AwsError;
 use crate::ledger::store::{query_all, Condition, Item, LedgerStore};
 use crate::ledger::{keys, TTL_ATTRIBUTE};
@@ -219,8 +220,9 @@ pub fn made_by_create_image(instance_id: &str, image: &ImageRecord, descriptions
         && image.snapshot_ids.iter().all(|snapshot| {
             descriptions.iter().any(|(id, description)| {
                 id == snapshot
-                    && crate::sweeper::origin::create_image_parts(description)
-                        == Some((instance_id, image.image_id.as_str()))
+                    && CreateImageDescription::parse(description).is_some_and(|created| {
+                        (created.instance_id, created.image_id) == (instance_id, image.image_id.as_str())
+                    })
             })
         })
 }

@@ -15,8 +15,8 @@ use hashbrown::HashSet;
 
 use super::facts::{Id, ImageFacts, SnapshotFacts, SnapshotListing};
 use super::retire::reads_image_tag;
-use crate::ec2::PageTokens;
 use crate::error::AwsError;
+use crate::paging::PageTokens;
 use crate::tags;
 
 /// A snapshot with Fast Snapshot Restore on in one Availability Zone: billed by the hour.
@@ -109,7 +109,7 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
     }
 
     async fn images(&self, protect_tag: &str) -> Result<Vec<ImageFacts>, AwsError> {
-        crate::ec2::describe_own_images(self, Vec::new(), |image| image_facts(image, protect_tag)).await
+        crate::paging::describe_own_images(self, Vec::new(), |image| image_facts(image, protect_tag)).await
     }
 
     async fn images_in_recycle_bin(&self) -> Result<BTreeSet<String>, AwsError> {
@@ -329,8 +329,18 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
             .map_err(|e| AwsError::from_sdk("DeleteSnapshot", e))
     }
 
+    /// Writes the Recycle Bin rules' tag on `resource_ids` (at most
+    /// [`crate::recycle_bin::CREATE_TAGS_MAX_IDS`]) in one `CreateTags`: the only tag the role
+    /// that deletes orphans may write.
     async fn mark_for_recycle_bin(&self, resource_ids: Vec<String>) -> Result<(), AwsError> {
-        crate::ec2::mark_for_recycle_bin(self, resource_ids).await
+        let tag = crate::recycle_bin::RecycleBin::tag();
+        self.create_tags()
+            .set_resources(Some(resource_ids))
+            .tags(aws_sdk_ec2::types::Tag::builder().key(tag.key).value(tag.value).build())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::from_sdk("CreateTags", e))
     }
 }
 

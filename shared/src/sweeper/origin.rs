@@ -16,9 +16,9 @@
 //! never deleted.
 
 use super::facts::Id;
+use crate::aws_words::{is_resource_id, CreateImageDescription};
 use crate::tags::{self, Tag};
 
-const CREATE_IMAGE_PREFIX: &str = "Created by CreateImage(";
 const COPY_IMAGE_PREFIX: &str = "Copied for DestinationAmi ";
 
 /// The `VolumeId` EC2 gives every snapshot made by `CopySnapshot` or `CopyImage`.
@@ -84,46 +84,12 @@ pub fn source_images(description: &str, volume_id: Option<&str>, tags: &[Tag]) -
 /// and agrees with the snapshot's `VolumeId`: a `CreateImage` description names the volume the
 /// snapshot was taken from (or none), never a copy's `vol-ffffffff`.
 pub fn image_from_description<'d>(description: &'d str, volume_id: Option<&str>) -> Option<&'d str> {
-    if let Some((image, volume)) = create_image_source(description) {
+    if let Some(created) = CreateImageDescription::parse(description) {
         let copy = volume_id == Some(COPY_VOLUME_ID);
-        let same_volume = volume.is_none_or(|named| volume_id == Some(named));
-        return (!copy && same_volume).then_some(image);
+        let same_volume = created.volume_id.is_none_or(|named| volume_id == Some(named));
+        return (!copy && same_volume).then_some(created.image_id);
     }
     copy_image_destination(description)
-}
-
-/// The instance and the AMI a `CreateImage` description names (`Created by CreateImage(i-…) for
-/// ami-…[ from vol-…]`), if it is exactly one. EC2 writes it when it makes the snapshot, and
-/// nobody can change a snapshot's description afterwards.
-pub fn create_image_parts(description: &str) -> Option<(&str, &str)> {
-    let rest = description.strip_prefix(CREATE_IMAGE_PREFIX)?;
-    let (instance, _) = rest.split_once(')')?;
-    create_image_source(description).map(|(image, _)| (instance, image))
-}
-
-/// `Created by CreateImage(i-…) for ami-…`, optionally followed by ` from vol-…`, nothing else:
-/// the AMI, and the volume when named.
-fn create_image_source(description: &str) -> Option<(&str, Option<&str>)> {
-    let rest = description.strip_prefix(CREATE_IMAGE_PREFIX)?;
-    let (instance, rest) = rest.split_once(')')?;
-    if !is_resource_id(instance, "i-") {
-        return None;
-    }
-    let rest = rest.strip_prefix(" for ")?;
-    let (image, tail) = match rest.split_once(' ') {
-        Some((image, tail)) => (image, Some(tail)),
-        None => (rest, None),
-    };
-    if !is_resource_id(image, "ami-") {
-        return None;
-    }
-    match tail {
-        None => Some((image, None)),
-        Some(tail) => {
-            let volume = tail.strip_prefix("from ")?;
-            is_resource_id(volume, "vol-").then_some((image, Some(volume)))
-        }
-    }
 }
 
 /// `Copied for DestinationAmi ami-… from SourceAmi ami-… for SourceSnapshot snap-…[free text]`.
@@ -150,12 +116,6 @@ fn image_ids_in(text: &str) -> impl Iterator<Item = &str> {
         let len = hex.find(|c: char| !(c.is_ascii_digit() || matches!(c, 'a'..='f'))).unwrap_or(hex.len());
         (boundary && len > 0).then(|| &text[at..at + 4 + len])
     })
-}
-
-/// `prefix` followed by at least one lower-case hex digit and nothing else (`ami-0abc…`).
-fn is_resource_id(text: &str, prefix: &str) -> bool {
-    text.strip_prefix(prefix)
-        .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_digit() || matches!(c, 'a'..='f')))
 }
 
 /// AWS Backup's snapshots: any `aws:backup:` tag, or a description naming AWS Backup (it writes
@@ -225,22 +185,6 @@ mod tests {
         // CopyImage's own snapshots are copies: their form is judged alone.
         let copied = "Copied for DestinationAmi ami-0aaa from SourceAmi ami-0bbb for SourceSnapshot snap-0ccc";
         assert_eq!(image_from_description(copied, Some(COPY_VOLUME_ID)), Some("ami-0aaa"));
-    }
-
-    #[test]
-    fn create_image_parts_name_the_instance_and_the_image() {
-        assert_eq!(
-            create_image_parts("Created by CreateImage(i-0123) for ami-0abc from vol-01"),
-            Some(("i-0123", "ami-0abc"))
-        );
-        assert_eq!(create_image_parts("Created by CreateImage(i-0123) for ami-0abc"), Some(("i-0123", "ami-0abc")));
-        assert_eq!(create_image_parts("Created by CreateImage(i-0123) for ami-0abc and more"), None);
-        assert_eq!(
-            create_image_parts(
-                "Copied for DestinationAmi ami-0aaa from SourceAmi ami-0bbb for SourceSnapshot snap-0ccc"
-            ),
-            None
-        );
     }
 
     #[test]

@@ -18,14 +18,7 @@ pub trait SummaryPublisher: Send + Sync {
 
 impl SummaryPublisher for aws_sdk_sns::Client {
     async fn publish(&self, topic_arn: &str, subject: &str, message: &str) -> Result<(), AwsError> {
-        self.publish()
-            .topic_arn(topic_arn)
-            .subject(sns_subject(subject))
-            .message(message)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| AwsError::from_sdk("Publish", e))
+        crate::sns::publish(self, topic_arn, &sns_subject(subject), message, &[]).await.map(|_| ())
     }
 }
 

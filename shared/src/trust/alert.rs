@@ -4,11 +4,8 @@
 use serde::Serialize;
 
 use super::enforce::{Enforcement, EnforcementTaken, Occasion};
-use super::policy::Severity;
+use crate::alert::{fit_subject, Alert, Severity};
 use crate::tags;
-
-/// SNS subjects must be under 100 characters, printable ASCII, on one line.
-pub const MAX_SUBJECT_CHARS: usize = 99;
 
 /// Where the owner facts in an alert come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -49,14 +46,6 @@ pub struct AlertDetails {
     pub policy: String,
     /// Set when amiguard's ledger could not be used: this alert may repeat one already sent.
     pub ledger_warning: Option<String>,
-}
-
-/// A message ready for SNS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Alert {
-    pub subject: String,
-    pub body: String,
-    pub severity: Severity,
 }
 
 pub fn compose(details: &AlertDetails, occasion: &Occasion) -> Alert {
@@ -222,16 +211,6 @@ fn tag_error(details: &AlertDetails) -> &str {
     details.tag_error.as_deref().unwrap_or("unknown error")
 }
 
-/// One line of printable ASCII, at most `MAX_SUBJECT_CHARS` long (SNS refuses anything else).
-pub fn fit_subject(text: &str) -> String {
-    let clean: String = text.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
-    if clean.len() <= MAX_SUBJECT_CHARS {
-        clean
-    } else {
-        format!("{}...", &clean[..MAX_SUBJECT_CHARS - 3])
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -300,12 +279,12 @@ mod tests {
             alert.subject,
             "amiguard: untrusted AMI on i-0123456789abcdef0 (ami-0123456789abcdef0, 123456789012 us-east-1)"
         );
-        assert!(alert.subject.len() <= MAX_SUBJECT_CHARS);
+        assert!(alert.subject.len() <= crate::alert::MAX_SUBJECT_CHARS);
         let mut long = details();
         long.region = "a-very-long-region-name-that-does-not-exist-1".into();
         long.instance_id = "i-0123456789abcdef0\nX".into();
         let subject = compose(&long, &Occasion::RunInstances).subject;
-        assert_eq!(subject.len(), MAX_SUBJECT_CHARS);
+        assert_eq!(subject.len(), crate::alert::MAX_SUBJECT_CHARS);
         assert!(subject.starts_with("amiguard: untrusted AMI on i-0123456789abcdef0?X ("), "{subject}");
         assert!(subject.ends_with("..."));
     }

@@ -14,6 +14,4 @@ pub mod fold;
 pub mod identity;
 pub mod policy;
 pub mod provenance;
-pub mod sent;
-pub mod sns;
 pub mod trigger;

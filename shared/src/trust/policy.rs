@@ -10,6 +10,9 @@ use std::fmt;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 
+use crate::alert::Severity;
+use crate::aws_words::is_account_id;
+
 /// EC2's limits for Allowed AMIs criteria, kept so that a policy accepted here is one EC2 would
 /// accept too.
 pub const MAX_CRITERIA: usize = 10;
@@ -73,10 +76,6 @@ impl fmt::Display for Provider {
             Self::Account(id) => f.write_str(id),
         }
     }
-}
-
-pub fn is_account_id(text: &str) -> bool {
-    text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// One Allowed AMIs criterion: an image meets it when it meets every condition that is set.
@@ -550,24 +549,6 @@ impl fmt::Display for Reason {
         match self.criterion {
             Some(n) => write!(f, "criterion {n}: {}", self.problem),
             None => write!(f, "{}", self.problem),
-        }
-    }
-}
-
-/// How loud an alert is: `high` when the owner is not trusted at all (or cannot be verified),
-/// `medium` when a trusted owner's image fails only name, age or deprecation conditions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Medium,
-    High,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Medium => "medium",
-            Self::High => "high",
         }
     }
 }

@@ -97,7 +97,7 @@ pub fn parse(payload: &serde_json::Value) -> Result<TriggerEvent, EventError> {
     };
     let account = envelope.account.filter(|a| !a.trim().is_empty());
     if let Some(account) = &account {
-        if !super::policy::is_account_id(account) {
+        if !crate::aws_words::is_account_id(account) {
             return Err(EventError::Malformed(format!("account {account:?}: expected a 12-digit account id")));
         }
     }

@@ -1,7 +1,7 @@
 //! Alert once: a conditional record in the ledger, never a tag (a launcher can set any tag on its
 //! own instance, and a tag that cannot be written would make every event alert again). Each alert
-//! has its key ([`AlertKey`]): untrusted-ami-alert's, per instance and image; snapshot-on-stop's,
-//! per image that failed.
+//! has its key ([`AlertKey`]): an untrusted image's, per instance and image; a failed image's,
+//! per image.
 //!
 //! The first delivery to write the record *claims* the alert, publishes it, then marks the record
 //! sent. A claim expires after [`CLAIM_DURATION`]: a delivery that died before publishing cannot
@@ -49,12 +49,12 @@ pub struct AlertKey {
 }
 
 impl AlertKey {
-    /// untrusted-ami-alert's: `instance_id` running `image_id`.
+    /// An untrusted image's alert: `instance_id` running `image_id`.
     pub fn untrusted(region: &str, instance_id: &str, image_id: &str) -> Self {
         Self { pk: keys::alert(region, instance_id), sk: keys::alerted_image(image_id), image_id: image_id.into() }
     }
 
-    /// snapshot-on-stop's: the image it made ended `failed`.
+    /// A failed image's alert: an image amiguard made ended `failed`.
     pub fn failed_image(region: &str, image_id: &str) -> Self {
         Self { pk: keys::failed_image_alerts(region), sk: image_id.into(), image_id: image_id.into() }
     }
@@ -211,7 +211,7 @@ mod tests {
         let other = |instance: &str, image: &str| AlertKey::untrusted("us-east-1", instance, image);
         assert!(matches!(claim(&store, &other("i-01", "ami-0b"), "e", t(4)).await.unwrap(), Claim::Claimed(_)));
         assert!(matches!(claim(&store, &other("i-02", "ami-0a"), "e", t(4)).await.unwrap(), Claim::Claimed(_)));
-        // snapshot-on-stop's alert for the same image is another alert again.
+        // The failed-image alert of the same image is another alert again.
         let failed = AlertKey::failed_image("us-east-1", "ami-0a");
         assert!(matches!(claim(&store, &failed, "f", t(5)).await.unwrap(), Claim::Claimed(_)));
     }

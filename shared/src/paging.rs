@@ -1,4 +1,5 @@
-//! EC2 listings more than one function makes, paged and safety-flagged in one place.
+//! Paging EC2 listings: the largest page, and the repeated-token check every listing makes; the
+//! listing of an account's own images that more than one function reads.
 
 use aws_sdk_ec2::types::{Filter, Image};
 
@@ -6,21 +7,6 @@ use crate::error::AwsError;
 
 /// Page size of EC2 listings: the API's maximum, so a sweep makes the fewest calls.
 pub const MAX_RESULTS: i32 = 1000;
-
-/// Writes the Recycle Bin rules' tag ([`crate::recycle_bin::TAG_KEY`]) on `resource_ids` (at
-/// most [`crate::recycle_bin::CREATE_TAGS_MAX_IDS`]) in one `CreateTags`. The only tag the
-/// sweeper's role may write.
-pub async fn mark_for_recycle_bin(client: &aws_sdk_ec2::Client, resource_ids: Vec<String>) -> Result<(), AwsError> {
-    let tag = crate::recycle_bin::RecycleBin::tag();
-    client
-        .create_tags()
-        .set_resources(Some(resource_ids))
-        .tags(aws_sdk_ec2::types::Tag::builder().key(tag.key).value(tag.value).build())
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|e| AwsError::from_sdk("CreateTags", e))
-}
 
 /// Watches a listing's pages move on. The SDK's paginators stop *quietly* when a page hands back
 /// the token it was asked with (`stop_on_duplicate_token`), and a partial listing taken as
