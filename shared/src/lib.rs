@@ -18,7 +18,6 @@ pub mod sdk;
 pub mod sns;
 pub mod tags;
 
-pub mod snapshot_on_stop;
 pub mod sweeper;
 pub mod trust;
 

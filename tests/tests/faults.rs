@@ -5,11 +5,10 @@
 
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
-use amiguard::snapshot_on_stop::core::SnapshotScope;
-use amiguard::snapshot_on_stop::ec2::Ec2Client;
 use amiguard_integration_tests::proxy::{Fault, Proxy};
 use amiguard_integration_tests::{ledger, moto, sample_event, TestAccount};
 use serde_json::{json, Value};
+use snapshot_on_stop::{Ec2Client, SnapshotScope};
 
 fn stop_event(instance_id: &str, time: &str) -> Value {
     let mut event = sample_event("snapshot-on-stop.stopped.json");

@@ -8,12 +8,12 @@
 use std::collections::BTreeSet;
 
 use amiguard::invocation::Invocation;
-use amiguard::snapshot_on_stop::core::SnapshotScope;
 use amiguard_integration_tests::ledger;
 use amiguard_integration_tests::proxy::{Call, Proxy};
 use amiguard_integration_tests::template::{function_for, load, policy_actions};
 use amiguard_integration_tests::{moto, sample_event, TestAccount};
 use serde_json::json;
+use snapshot_on_stop::{Ec2Client, SnapshotScope};
 
 /// IAM actions of the recorded calls (`ec2:CreateImage`, `dynamodb:PutItem`); STS
 /// `GetCallerIdentity` needs no permission, so it is left out.
@@ -73,7 +73,7 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
     let proxy = Proxy::start(&moto().endpoint).await;
     let through = account.through(&proxy);
     let clients = snapshot_on_stop::Clients {
-        ec2: amiguard::snapshot_on_stop::ec2::Ec2Client::new(through.ec2()),
+        ec2: Ec2Client::new(through.ec2()),
         ledger: Some(ledger::on(&through)),
         alerts: Some(amiguard::alert::sns::SnsAlerts::new(through.sns(), &topic)),
         region: account.region.clone(),

@@ -4,14 +4,11 @@
 
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
-use amiguard::snapshot_on_stop::core::SnapshotScope;
-use amiguard::snapshot_on_stop::ec2::Ec2Client;
-use amiguard::snapshot_on_stop::records::{self, MadeImage};
 use amiguard_integration_tests::proxy::{Fault, Proxy};
 use amiguard_integration_tests::{moto, sample_event, TestAccount};
 use aws_sdk_ec2::types::{Filter, Image};
 use serde_json::{json, Value};
-use snapshot_on_stop::{handle, Clients, Config, Error, Outcome};
+use snapshot_on_stop::{handle, records, Clients, Config, Ec2Client, Error, MadeImage, Outcome, SnapshotScope};
 
 fn config(scope: SnapshotScope, keep_last: usize, dry_run: bool) -> Config {
     Config { scope, keep_last, dry_run, ..Config::default() }

@@ -6,8 +6,9 @@ use amiguard::alert::once::{self as sent, AlertKey, Turn};
 use amiguard::alert::AlertPublisher;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::LedgerStore;
-use amiguard::snapshot_on_stop::failed_alert::{self, FailedImage};
 use amiguard::AwsError;
+
+use crate::core::failed_alert::{self, FailedImage};
 
 /// What became of one alert.
 #[derive(Debug)]

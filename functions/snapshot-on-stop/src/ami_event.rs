@@ -5,22 +5,21 @@
 
 use amiguard::alert::AlertPublisher;
 use amiguard::events::{AmiStateChangeDetail, EventError};
-use amiguard::ledger::LedgerStore;
-use amiguard::snapshot_on_stop::core::{self as decide, ManagedImage};
-use amiguard::snapshot_on_stop::ec2::{ImageRecord, SnapshotOnStopEc2};
-use amiguard::snapshot_on_stop::records::{self, MadeImage};
 use amiguard::tags;
 use amiguard::AwsError;
 
 use crate::alerts::Alerted;
+use crate::core::retention::newest_available;
+use crate::core::{ImageRecord, MadeImage, ManagedImage};
 use crate::follow::{self, Delivery, Plan};
+use crate::ports::{Ec2, Records};
 use crate::session::Session;
 use crate::{image, retention, Error, KeepAfterTermination, Outcome, Report};
 
 /// The states the rule delivers; any other is skipped.
 const FOLLOWED: [&str; 2] = ["available", "failed"];
 
-pub async fn image_state_changed<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+pub async fn image_state_changed<E: Ec2, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     detail: AmiStateChangeDetail,
     event_region: Option<&str>,
@@ -45,7 +44,7 @@ pub async fn image_state_changed<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertP
     let Some(store) = clients.ledger.as_ref() else {
         return skipped(report, "no ledger is configured (LEDGER_TABLE): images are not followed".into());
     };
-    let Some(instance_id) = records::made_of(store, &clients.region, image_id).await? else {
+    let Some(instance_id) = store.made_of(&clients.region, image_id).await? else {
         return skipped(report, "not an image snapshot-on-stop made (the ledger holds no record of it)".into());
     };
     report.instance_id = instance_id.clone();
@@ -72,7 +71,7 @@ pub async fn image_state_changed<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertP
     Ok(report)
 }
 
-async fn follow_image<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+async fn follow_image<E: Ec2, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     session: &mut Session<'_, L>,
     instance_id: &str,
@@ -112,7 +111,7 @@ async fn follow_image<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
 /// The image is available: the template's default moves to it when it is the newest available
 /// image, and retention runs: `KEEP_LAST` while the instance lives, `KEEP_AFTER_TERMINATION` once
 /// it is terminated.
-async fn available<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+async fn available<E: Ec2, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     session: &mut Session<'_, L>,
     instance_id: &str,
@@ -161,7 +160,7 @@ async fn available<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
 /// The image failed: nothing changes (the last good image and the template's default stay,
 /// retention does not run), the report says so, and the alert goes once. A failed alert fails the
 /// invocation, so that Lambda's retry sends it.
-async fn failed<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+async fn failed<E: Ec2, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     session: &mut Session<'_, L>,
     instance_id: &str,
@@ -171,7 +170,7 @@ async fn failed<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
 ) -> Result<(), Error> {
     let ec2 = &delivery.clients.ec2;
     let (managed, _) = retention::recorded_images(ec2, &session.records, &delivery.config.protect_tag).await?;
-    let last_good = decide::newest_available(&managed).map(|i| i.image_id.clone());
+    let last_good = newest_available(&managed).map(|i| i.image_id.clone());
     let Some(failed) = managed.iter().find(|i| i.image_id == image.image_id).cloned() else {
         report.reason = Some("EC2 no longer knows the image".into());
         return Ok(());

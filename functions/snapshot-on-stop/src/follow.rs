@@ -6,13 +6,13 @@
 
 use amiguard::alert::AlertPublisher;
 use amiguard::invocation::Invocation;
-use amiguard::ledger::LedgerStore;
-use amiguard::snapshot_on_stop::core::{self as decide, ManagedImage};
-use amiguard::snapshot_on_stop::ec2::{LaunchTemplateRef, LaunchTemplateVersion, SnapshotOnStopEc2};
-use amiguard::snapshot_on_stop::failed_alert::FailedImage;
-use amiguard::snapshot_on_stop::records::MadeImage;
 
 use crate::alerts::{self, Alerted};
+use crate::core::failed_alert::FailedImage;
+use crate::core::naming::stopped_at_tag_value;
+use crate::core::retention::newest_available;
+use crate::core::{LaunchTemplateRef, LaunchTemplateVersion, MadeImage, ManagedImage};
+use crate::ports::{Ec2, Records};
 use crate::session::Session;
 use crate::{image, retention, Clients, Config, Error, Report};
 
@@ -41,7 +41,7 @@ pub struct Plan<'a> {
 /// The template's default, retention and the alerts of failed images, from the ledger's records
 /// and what EC2 says of each image now. Runs only with a healthy ledger. An alert that cannot be
 /// sent is a warning here (the next stop, or the event's retry, sends it).
-pub async fn settle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+pub async fn settle<E: Ec2, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     session: &mut Session<'_, L>,
     plan: &Plan<'_>,
@@ -56,7 +56,7 @@ pub async fn settle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
         session.record(&MadeImage { retired_at: Some(now), ..record }).await;
     }
     report.images_not_available = managed.iter().filter(|i| !i.available).map(|i| i.image_id.clone()).collect();
-    let newest = decide::newest_available(&managed).cloned();
+    let newest = newest_available(&managed).cloned();
     let versions = match &newest {
         Some(newest) => launch_newest(ec2, session, plan, newest, report).await?,
         None => {
@@ -120,8 +120,8 @@ pub async fn settle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
 /// Makes the template's default launch `newest` (creating the template, or the version, from the
 /// instance's configuration when missing and the instance is still there). Answers the template's
 /// versions before, for the removal of retired images' versions.
-async fn launch_newest<L: LedgerStore>(
-    ec2: &impl SnapshotOnStopEc2,
+async fn launch_newest<L: Records>(
+    ec2: &impl Ec2,
     session: &mut Session<'_, L>,
     plan: &Plan<'_>,
     newest: &ManagedImage,
@@ -171,8 +171,8 @@ async fn launch_newest<L: LedgerStore>(
 /// person changed (a cooldown) or removed is theirs from then on. `managed` follows what was done,
 /// so that retention sees it. A failure is a warning: protection is a second guard (retention
 /// keeps the newest image anyway), and an image whose protection stays is simply not retired.
-async fn guard_newest<L: LedgerStore>(
-    ec2: &impl SnapshotOnStopEc2,
+async fn guard_newest<L: Records>(
+    ec2: &impl Ec2,
     session: &mut Session<'_, L>,
     managed: &mut [ManagedImage],
     newest: Option<&str>,
@@ -231,7 +231,7 @@ async fn guard_newest<L: LedgerStore>(
 }
 
 /// Records which template version launches `image_id`, when the record does not say so yet.
-async fn remember_template<L: LedgerStore>(session: &mut Session<'_, L>, image_id: &str, template: &LaunchTemplateRef) {
+async fn remember_template<L: Records>(session: &mut Session<'_, L>, image_id: &str, template: &LaunchTemplateRef) {
     let record = session.records.images.iter().find(|r| r.image_id.as_deref() == Some(image_id));
     if let Some(record) = record.filter(|r| r.launch_template.as_ref() != Some(template)).cloned() {
         session.record(&MadeImage { launch_template: Some(template.clone()), ..record }).await;
@@ -240,7 +240,7 @@ async fn remember_template<L: LedgerStore>(session: &mut Session<'_, L>, image_i
 
 /// Alerts once (the ledger's claim) that `failed`, an image of `instance_id`, failed.
 /// `event_reason` is the event's `ErrorMessage`, used when EC2 gives no reason of its own.
-pub async fn alert_failed<E, L: LedgerStore, P: AlertPublisher>(
+pub async fn alert_failed<E, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     session: &Session<'_, L>,
     instance_id: &str,
@@ -254,7 +254,7 @@ pub async fn alert_failed<E, L: LedgerStore, P: AlertPublisher>(
         image_id: failed.image_id.clone(),
         image_name: record.map(|r| r.name.clone()).unwrap_or_default(),
         instance_id: instance_id.to_string(),
-        stopped_at: failed.stopped_at.map(decide::stopped_at_tag_value).unwrap_or_default(),
+        stopped_at: failed.stopped_at.map(stopped_at_tag_value).unwrap_or_default(),
         reason,
         last_good_image: last_good.map(str::to_string),
         account: delivery.account.map(str::to_string),

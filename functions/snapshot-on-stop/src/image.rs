@@ -4,16 +4,13 @@
 
 use std::time::Duration;
 
-use amiguard::ledger::LedgerStore;
-use amiguard::snapshot_on_stop::core::{self as decide, InstanceFacts};
-use amiguard::snapshot_on_stop::ec2::{
-    CreateImageOutcome, ImageRecord, LaunchTemplateRef, LaunchTemplateVersion, SnapshotOnStopEc2,
-};
-use amiguard::snapshot_on_stop::launch_data;
-use amiguard::snapshot_on_stop::records::{self, MadeImage};
 use amiguard::tags::{self, Tag};
 use chrono::{DateTime, Utc};
 
+use crate::core::naming::{self, parse_time};
+use crate::core::records::made_by_create_image;
+use crate::core::{ImageRecord, LaunchTemplateRef, LaunchTemplateVersion, MadeImage, StoppedInstance};
+use crate::ports::{CreateImageOutcome, Ec2, Records};
 use crate::session::Session;
 use crate::{Error, Outcome};
 
@@ -34,16 +31,16 @@ pub enum Made {
 }
 
 /// Finds or creates the image of the stop at `stopped_at`, recording it before acting on it.
-pub async fn find_or_create<L: LedgerStore>(
-    ec2: &impl SnapshotOnStopEc2,
+pub async fn find_or_create<L: Records>(
+    ec2: &impl Ec2,
     session: &mut Session<'_, L>,
-    instance: &InstanceFacts,
+    instance: &StoppedInstance,
     stopped_at: DateTime<Utc>,
     now: DateTime<Utc>,
     protect_tag: &str,
 ) -> Result<Made, Error> {
     let instance_id = instance.instance_id.as_str();
-    let name = decide::image_name(instance_id, stopped_at);
+    let name = naming::image_name(instance_id, stopped_at);
     let known = session.records.for_stop(stopped_at).cloned();
     // An earlier delivery of this stop set out to make the image: the only case in which an image
     // with the stop's name can be ours without the ledger holding its id.
@@ -73,9 +70,9 @@ pub async fn find_or_create<L: LedgerStore>(
         return claim_found(ec2, session, instance_id, found, record).await;
     }
     session.record(&record).await;
-    let description = decide::image_description(instance_id, stopped_at);
+    let description = naming::image_description(instance_id, stopped_at);
     match ec2
-        .create_image(instance_id, &name, &description, &decide::image_tags(instance, stopped_at, protect_tag))
+        .create_image(instance_id, &name, &description, &naming::image_tags(instance, stopped_at, protect_tag))
         .await?
     {
         CreateImageOutcome::Created(image_id) => {
@@ -97,8 +94,8 @@ pub async fn find_or_create<L: LedgerStore>(
 /// this stop's image only when it was made after the stop and EC2's own words say CreateImage
 /// made it of this instance; anything else is somebody else's and is never touched. Without the
 /// ledger the name is all there is (and nothing is retired in that mode).
-async fn claim_found<L: LedgerStore>(
-    ec2: &impl SnapshotOnStopEc2,
+async fn claim_found<L: Records>(
+    ec2: &impl Ec2,
     session: &mut Session<'_, L>,
     instance_id: &str,
     found: ImageRecord,
@@ -112,7 +109,7 @@ async fn claim_found<L: LedgerStore>(
         // Still pending: EC2 has not listed its snapshots, so it cannot vouch for it yet.
         return Err(Error::NotYetVerifiable(found.image_id));
     }
-    let created = found.creation_date.as_deref().and_then(decide::parse_time);
+    let created = found.creation_date.as_deref().and_then(parse_time);
     if created.is_none_or(|created| created < record.stopped_at) {
         // Made before the instance stopped (or EC2 does not say when): not an image of this stop.
         return Ok(Made::Skipped(format!(
@@ -121,7 +118,7 @@ async fn claim_found<L: LedgerStore>(
         )));
     }
     let descriptions = ec2.snapshot_descriptions(&found.snapshot_ids).await?;
-    if !records::made_by_create_image(instance_id, &found, &descriptions) {
+    if !made_by_create_image(instance_id, &found, &descriptions) {
         return Ok(Made::Skipped(format!(
             "an image named {} ({}) exists that EC2 does not say CreateImage made of {instance_id}: not touched, no image made",
             record.name, found.image_id
@@ -135,7 +132,7 @@ async fn claim_found<L: LedgerStore>(
 /// Tags the image's snapshots (CreateTags is idempotent, so a redelivery simply repeats it) and
 /// answers their ids, or a warning when AWS has not listed them yet.
 pub async fn tag_snapshots(
-    ec2: &impl SnapshotOnStopEc2,
+    ec2: &impl Ec2,
     instance_id: &str,
     stopped_at: DateTime<Utc>,
     image_id: &str,
@@ -152,38 +149,38 @@ pub async fn tag_snapshots(
     if snapshot_ids.is_empty() {
         return Ok(Err(format!("image {image_id} lists no snapshots yet: its snapshots were not tagged")));
     }
-    ec2.create_tags(&snapshot_ids, &decide::snapshot_tags(instance_id, stopped_at, image_id)).await?;
+    ec2.create_tags(&snapshot_ids, &naming::snapshot_tags(instance_id, stopped_at, image_id)).await?;
     Ok(Ok(snapshot_ids))
 }
 
 /// The instance's relaunch template, `amiguard-<instance>`, when it exists.
-pub async fn find_template(ec2: &impl SnapshotOnStopEc2, instance_id: &str) -> Result<Option<String>, Error> {
-    Ok(ec2.find_launch_template(&decide::launch_template_name(instance_id)).await?)
+pub async fn find_template(ec2: &impl Ec2, instance_id: &str) -> Result<Option<String>, Error> {
+    Ok(ec2.find_launch_template(&naming::launch_template_name(instance_id)).await?)
 }
 
 fn version_description(image_id: &str, stopped_at: DateTime<Utc>) -> String {
-    format!("{image_id}, stopped at {}", decide::stopped_at_tag_value(stopped_at))
+    format!("{image_id}, stopped at {}", naming::stopped_at_tag_value(stopped_at))
 }
 
 /// Creates `amiguard-<instance>` with one version, its default, launching `image_id` with the
 /// instance's configuration. Only for an available image: the default never names another.
 pub async fn create_template(
-    ec2: &impl SnapshotOnStopEc2,
+    ec2: &impl Ec2,
     instance_id: &str,
     image_id: &str,
     stopped_at: DateTime<Utc>,
 ) -> Result<LaunchTemplateRef, Error> {
-    let data = launch_data::relaunch_data(&ec2.instance_launch_data(instance_id).await?, image_id);
     let tags =
         [Tag::new(tags::SOURCE_INSTANCE, instance_id), Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP)];
-    let name = decide::launch_template_name(instance_id);
-    Ok(ec2.create_launch_template(&name, data, &version_description(image_id, stopped_at), &tags).await?)
+    let name = naming::launch_template_name(instance_id);
+    let description = version_description(image_id, stopped_at);
+    Ok(ec2.create_launch_template(&name, instance_id, image_id, &description, &tags).await?)
 }
 
 /// The version of the template that launches `image_id` (the newest, if several do), created from
 /// the instance's configuration now when none does. It does not change the default.
 pub async fn version_for(
-    ec2: &impl SnapshotOnStopEc2,
+    ec2: &impl Ec2,
     template_id: &str,
     versions: &[LaunchTemplateVersion],
     instance_id: &str,
@@ -193,8 +190,8 @@ pub async fn version_for(
     if let Some(version) = existing_version(versions, image_id) {
         return Ok(version);
     }
-    let data = launch_data::relaunch_data(&ec2.instance_launch_data(instance_id).await?, image_id);
-    Ok(ec2.create_launch_template_version(template_id, data, &version_description(image_id, stopped_at)).await?)
+    let description = version_description(image_id, stopped_at);
+    Ok(ec2.create_launch_template_version(template_id, instance_id, image_id, &description).await?)
 }
 
 /// The newest version that launches `image_id`.

@@ -11,11 +11,14 @@
 //! (`image`), retention (`retention`), what follows an image's settling (`follow`, `ami_event`,
 //! `alerts`), one delivery's hold on the ledger (`session`) and its EMF line (`metrics`).
 
+pub mod adapters;
 mod alerts;
 mod ami_event;
+pub mod core;
 mod follow;
 mod image;
 pub mod metrics;
+pub mod ports;
 mod retention;
 mod session;
 
@@ -24,18 +27,20 @@ use amiguard::alert::AlertPublisher;
 use amiguard::config::{self, ConfigError, VarSource};
 use amiguard::events::{self, AmiStateChangeDetail, EventError, AMI_STATE_CHANGE};
 use amiguard::invocation::Invocation;
-use amiguard::ledger::LedgerStore;
 use amiguard::recycle_bin::RecycleBin;
-use amiguard::snapshot_on_stop::core::{self as decide, SkipReason, SnapshotScope};
-use amiguard::snapshot_on_stop::ec2::{LaunchTemplateRef, SnapshotOnStopEc2};
-use amiguard::snapshot_on_stop::records;
 use amiguard::tags::{self, Tag};
 use amiguard::AwsError;
 use serde::{Deserialize, Serialize};
 
+use crate::core::{naming, selection, LaunchTemplateRef, SkipReason, StoppedInstance};
 use crate::follow::{Delivery, Plan};
 use crate::image::Made;
 use crate::session::Session;
+
+pub use crate::adapters::ec2::Ec2Client;
+pub use crate::adapters::ledger as records;
+pub use crate::core::{MadeImage, SnapshotScope};
+pub use crate::ports::{CreateImageOutcome, Ec2, Records};
 
 pub const FUNCTION: &str = "snapshot-on-stop";
 const STATE_CHANGE: &str = "EC2 Instance State-change Notification";
@@ -275,7 +280,7 @@ impl From<Error> for lambda_runtime::Diagnostic {
 /// Handles one EventBridge delivery. Idempotent: a redelivery finds the image in the ledger (or
 /// by its deterministic name) and completes what an earlier delivery left undone; deliveries for
 /// one instance take turns (the ledger's lease).
-pub async fn handle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+pub async fn handle<E: Ec2, L: Records, P: AlertPublisher>(
     clients: &Clients<E, L, P>,
     config: &Config,
     payload: serde_json::Value,
@@ -317,7 +322,7 @@ pub async fn handle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
     let Some(instance) = ec2.describe_instance(instance_id).await? else {
         return Ok(Report::skipped(instance_id, SkipReason::InstanceGone));
     };
-    if let Err(reason) = decide::select(&instance, config.scope) {
+    if let Err(reason) = selection::select(&instance, config.scope) {
         return Ok(Report { stop_reason: instance.state_reason.clone(), ..Report::skipped(instance_id, reason) });
     }
     if config.dry_run {
@@ -336,10 +341,10 @@ pub async fn handle<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
 
 /// The stop's image, its snapshots' tags, its template version, then what EC2 says of every
 /// image: the template's default, retention and the alerts of failed images.
-async fn image_and_retire<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+async fn image_and_retire<E: Ec2, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     session: &mut Session<'_, L>,
-    instance: &amiguard::snapshot_on_stop::core::InstanceFacts,
+    instance: &StoppedInstance,
     stopped_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Report, Error> {
     let (ec2, config, invocation) = (&delivery.clients.ec2, delivery.config, delivery.invocation);
@@ -402,7 +407,7 @@ async fn image_and_retire<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublishe
 
 /// Without a usable ledger no other image is known: the template's default moves to this stop's
 /// image only when EC2 already says it is available (it stays where it was otherwise).
-async fn launch_if_available<E: SnapshotOnStopEc2>(
+async fn launch_if_available<E: Ec2>(
     ec2: &E,
     instance_id: &str,
     image_id: &str,
@@ -430,7 +435,7 @@ async fn launch_if_available<E: SnapshotOnStopEc2>(
 /// A terminated instance: no stop of it will run retention again, so `KEEP_AFTER_TERMINATION`
 /// decides now what stays of its images (the ledger's records only, as on a stop). The launch
 /// template stays with the newest kept image's version; the versions of retired images go.
-async fn after_termination<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublisher>(
+async fn after_termination<E: Ec2, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     instance_id: &str,
 ) -> Result<Report, Error> {
@@ -454,7 +459,7 @@ async fn after_termination<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublish
     }
     if config.dry_run {
         let mut report = Report::new(Outcome::DryRun, instance_id);
-        match clients.ledger.as_ref().map(|store| records::read(store, &clients.region, instance_id)) {
+        match clients.ledger.as_ref().map(|store| store.read_records(&clients.region, instance_id)) {
             Some(read) => match read.await {
                 Ok(known) => report.retired_images = retention::preview(ec2, &known, &keep, None).await?,
                 Err(err) => {
@@ -486,14 +491,14 @@ async fn after_termination<E: SnapshotOnStopEc2, L: LedgerStore, P: AlertPublish
 
 /// Decides and reports (the name it would use and the AMIs it would retire), changes nothing:
 /// the ledger is only read.
-async fn dry_run<E: SnapshotOnStopEc2, L: LedgerStore, P>(
+async fn dry_run<E: Ec2, L: Records, P>(
     clients: &Clients<E, L, P>,
     config: &Config,
     instance_id: &str,
     stopped_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Report, Error> {
     let ec2 = &clients.ec2;
-    let name = decide::image_name(instance_id, stopped_at);
+    let name = naming::image_name(instance_id, stopped_at);
     let mut report = Report::new(Outcome::DryRun, instance_id);
     let existing = ec2.find_own_image_by_name(&name).await?;
     report.image_name = Some(name);
@@ -502,7 +507,7 @@ async fn dry_run<E: SnapshotOnStopEc2, L: LedgerStore, P>(
         report.warnings.push("no ledger is configured (LEDGER_TABLE): nothing would be retired".into());
         return Ok(report);
     };
-    match records::read(store, &clients.region, instance_id).await {
+    match store.read_records(&clients.region, instance_id).await {
         Ok(known) => {
             // Only an image the ledger holds counts as this stop's own.
             let current = report.image_id.as_deref().filter(|id| known.holds_image(id));

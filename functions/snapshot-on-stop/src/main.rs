@@ -4,9 +4,8 @@ use amiguard::alert::sns::SnsAlerts;
 use amiguard::config::ProcessEnv;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
-use amiguard::snapshot_on_stop::ec2::Ec2Client;
 use lambda_runtime::{service_fn, LambdaEvent};
-use snapshot_on_stop::{handle, Clients, Config, FUNCTION};
+use snapshot_on_stop::{handle, Clients, Config, Ec2Client, FUNCTION};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {

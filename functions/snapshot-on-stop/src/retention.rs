@@ -8,12 +8,12 @@ use std::collections::HashMap;
 
 use amiguard::invocation::Invocation;
 use amiguard::ledger::journal::{JournalEntry, Resource};
-use amiguard::ledger::LedgerStore;
 use amiguard::recycle_bin::{self, RecycleBin};
-use amiguard::snapshot_on_stop::core::{self as decide, ManagedImage};
-use amiguard::snapshot_on_stop::ec2::{ImageRecord, LaunchTemplateVersion, SnapshotOnStopEc2};
-use amiguard::snapshot_on_stop::records::{InstanceRecords, MadeImage};
 
+use crate::core::naming::parse_time;
+use crate::core::retention::images_to_retire;
+use crate::core::{ImageRecord, InstanceRecords, LaunchTemplateVersion, MadeImage, ManagedImage};
+use crate::ports::{Ec2, Records};
 use crate::session::Session;
 use crate::{Config, Error, KeptSnapshot, Report, FUNCTION};
 
@@ -40,7 +40,7 @@ impl<'a> Keep<'a> {
 /// candidate for deletion only when the ledger recorded it for the image *and* the image maps it
 /// now. Also answers the records whose image is gone (deregistered by someone else).
 pub async fn recorded_images(
-    ec2: &impl SnapshotOnStopEc2,
+    ec2: &impl Ec2,
     records: &InstanceRecords,
     protect_tag: &str,
 ) -> Result<(Vec<ManagedImage>, Vec<MadeImage>), Error> {
@@ -61,7 +61,7 @@ pub async fn recorded_images(
         managed.push(ManagedImage {
             image_id: image.image_id.clone(),
             stopped_at: Some(record.stopped_at),
-            creation_date: image.creation_date.as_deref().and_then(decide::parse_time),
+            creation_date: image.creation_date.as_deref().and_then(parse_time),
             snapshot_ids: record.snapshot_ids.iter().filter(|s| image.snapshot_ids.contains(s)).cloned().collect(),
             available: image.state.as_deref() == Some("available"),
             protected: image.tags.iter().any(|t| t.key.eq_ignore_ascii_case(protect_tag)),
@@ -89,7 +89,7 @@ pub async fn recorded_images(
 
 /// What a dry run would retire.
 pub async fn preview(
-    ec2: &impl SnapshotOnStopEc2,
+    ec2: &impl Ec2,
     records: &InstanceRecords,
     keep: &Keep<'_>,
     current: Option<&str>,
@@ -97,7 +97,7 @@ pub async fn preview(
     let (managed, _) = recorded_images(ec2, records, keep.protect_tag).await?;
     // The image this stop would make is still pending when retention runs (on AWS, for
     // minutes): like the real stop, the preview does not count it.
-    Ok(decide::images_to_retire(&managed, keep.last, current.unwrap_or_default())
+    Ok(images_to_retire(&managed, keep.last, current.unwrap_or_default())
         .into_iter()
         .map(|i| i.image_id.clone())
         .collect())
@@ -107,8 +107,8 @@ pub async fn preview(
 /// they are now) leave over, except the images in `never_retire` (this stop's image, the one the
 /// template's default launches), recording each retirement and journaling each deletion. Runs
 /// only with a healthy ledger.
-pub async fn retire<L: LedgerStore>(
-    ec2: &impl SnapshotOnStopEc2,
+pub async fn retire<L: Records>(
+    ec2: &impl Ec2,
     session: &mut Session<'_, L>,
     keep: &Keep<'_>,
     managed: &[ManagedImage],
@@ -117,7 +117,7 @@ pub async fn retire<L: LedgerStore>(
     invocation: &Invocation,
 ) -> Result<(), Error> {
     let region = session.region().to_string();
-    let retiring: Vec<ManagedImage> = decide::images_to_retire(managed, keep.last, "")
+    let retiring: Vec<ManagedImage> = images_to_retire(managed, keep.last, "")
         .into_iter()
         .filter(|i| !never_retire.contains(&i.image_id.as_str()))
         .cloned()
@@ -208,11 +208,7 @@ pub async fn retire<L: LedgerStore>(
 
 /// Deletes the launch-template versions that launch a retired image. A failure loses nothing
 /// (the version only points at a deregistered image), so it is a warning, not an error.
-pub async fn remove_retired_template_versions(
-    ec2: &impl SnapshotOnStopEc2,
-    versions: &[LaunchTemplateVersion],
-    report: &mut Report,
-) {
+pub async fn remove_retired_template_versions(ec2: &impl Ec2, versions: &[LaunchTemplateVersion], report: &mut Report) {
     let Some(template) = report.launch_template.clone() else { return };
     // `template.version` is the default now (it launches the newest available image): never stale.
     let stale: Vec<i64> = versions

@@ -7,13 +7,14 @@ use std::time::Duration as StdDuration;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::journal;
 use amiguard::ledger::lease::{self, Acquired, Lease};
-use amiguard::ledger::{keys, Item, LedgerStore};
-use amiguard::snapshot_on_stop::ec2::{ImageRecord, SnapshotOnStopEc2};
-use amiguard::snapshot_on_stop::records::{self, InstanceRecords, MadeImage};
+use amiguard::ledger::{keys, Item};
 use amiguard::tags::Tag;
 use amiguard::AwsError;
 use chrono::{DateTime, Duration, Utc};
 
+use crate::core::records::{adoptable, adopted_record, made_by_create_image};
+use crate::core::{ImageRecord, InstanceRecords, MadeImage};
+use crate::ports::{Ec2, Records};
 use crate::Error;
 
 /// A lease outlives the function's timeout (120 s), so a delivery that dies holding it blocks
@@ -37,7 +38,7 @@ pub struct Session<'a, L> {
     pub warnings: Vec<String>,
 }
 
-impl<'a, L: LedgerStore> Session<'a, L> {
+impl<'a, L: Records> Session<'a, L> {
     /// Takes the instance's lease, waiting a little for a concurrent delivery, and reads its
     /// records. Only a lease held by another delivery is an error (Lambda retries it later).
     pub async fn open(
@@ -80,7 +81,7 @@ impl<'a, L: LedgerStore> Session<'a, L> {
                 }
             }
         }
-        match records::read(store, region, instance_id).await {
+        match store.read_records(region, instance_id).await {
             Ok(read) => {
                 session.records = read;
                 session.healthy = true;
@@ -98,7 +99,7 @@ impl<'a, L: LedgerStore> Session<'a, L> {
             region,
             instance_id,
             lease: None,
-            records: records::read(store, region, instance_id).await?,
+            records: store.read_records(region, instance_id).await?,
             healthy: true,
             read_only: true,
             warnings: Vec::new(),
@@ -142,7 +143,7 @@ impl<'a, L: LedgerStore> Session<'a, L> {
             return;
         }
         if let Some(store) = self.store {
-            if let Err(err) = records::write(store, self.region, self.instance_id, made).await {
+            if let Err(err) = store.write_record(self.region, self.instance_id, made).await {
                 self.lost("written", &err);
             }
         }
@@ -152,19 +153,14 @@ impl<'a, L: LedgerStore> Session<'a, L> {
     /// event (which names only the image) finds the instance's records.
     pub async fn record_made_of(&mut self, image_id: &str, now: DateTime<Utc>) {
         let Some(store) = self.store.filter(|_| self.healthy && !self.read_only) else { return };
-        if let Err(err) = records::write_made_of(store, self.region, image_id, self.instance_id, now).await {
+        if let Err(err) = store.write_made_of(self.region, image_id, self.instance_id, now).await {
             self.lost("written", &err);
         }
     }
 
     /// Adopts, once per instance, the images made before the ledger existed: only those whose
     /// name is exactly the deterministic name for their own tags.
-    pub async fn adopt(
-        &mut self,
-        ec2: &impl SnapshotOnStopEc2,
-        ownership: &[Tag],
-        invocation: &Invocation,
-    ) -> Vec<String> {
+    pub async fn adopt(&mut self, ec2: &impl Ec2, ownership: &[Tag], invocation: &Invocation) -> Vec<String> {
         if !self.healthy || self.read_only || self.records.adopted {
             return Vec::new();
         }
@@ -180,7 +176,7 @@ impl<'a, L: LedgerStore> Session<'a, L> {
         };
         let named: Vec<(&ImageRecord, DateTime<Utc>)> = candidates
             .iter()
-            .filter_map(|image| Some((image, records::adoptable(self.instance_id, image)?)))
+            .filter_map(|image| Some((image, adoptable(self.instance_id, image)?)))
             .filter(|(image, stopped_at)| {
                 !self.records.holds_image(&image.image_id) && self.records.for_stop(*stopped_at).is_none()
             })
@@ -202,14 +198,14 @@ impl<'a, L: LedgerStore> Session<'a, L> {
         let mut adopted = Vec::new();
         for (image, stopped_at) in named {
             // The name and the tags say snapshot-on-stop; EC2's own words must say CreateImage too.
-            if !records::made_by_create_image(self.instance_id, image, &descriptions) {
+            if !made_by_create_image(self.instance_id, image, &descriptions) {
                 continue;
             }
-            self.record(&records::adopted_record(image, stopped_at, invocation.now)).await;
+            self.record(&adopted_record(image, stopped_at, invocation.now)).await;
             adopted.push(image.image_id.clone());
         }
         if self.healthy {
-            match records::mark_adopted(store, self.region, self.instance_id, invocation.now).await {
+            match store.mark_adopted(self.region, self.instance_id, invocation.now).await {
                 Ok(()) => self.records.adopted = true,
                 Err(err) => self.lost("written", &err),
             }

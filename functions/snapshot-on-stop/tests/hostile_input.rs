@@ -5,8 +5,6 @@
 
 use amiguard::invocation::Invocation;
 use amiguard::ledger::memory::MemoryLedger;
-use amiguard::snapshot_on_stop::core::SnapshotScope;
-use amiguard::snapshot_on_stop::ec2::Ec2Client;
 use amiguard::testing::any_json;
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
 use aws_sdk_ec2::Client;
@@ -14,7 +12,7 @@ use aws_smithy_mocks::{mock, mock_client, RuleMode};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use serde_json::{json, Value};
-use snapshot_on_stop::{handle, Clients, Config, Error, Outcome};
+use snapshot_on_stop::{handle, Clients, Config, Ec2Client, Error, Outcome, SnapshotScope};
 
 /// The sample stop event with one field (possibly nested) replaced by anything.
 fn mutated_event() -> impl Strategy<Value = Value> {

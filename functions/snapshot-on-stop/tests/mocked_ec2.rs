@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use amiguard::invocation::Invocation;
 use amiguard::ledger::memory::MemoryLedger;
-use amiguard::snapshot_on_stop::ec2::{CreateImageOutcome, Ec2Client, SnapshotOnStopEc2};
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::operation::create_image::CreateImageOutput;
 use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
@@ -24,7 +23,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
 use serde_json::json;
-use snapshot_on_stop::{handle, Clients, Config, Outcome};
+use snapshot_on_stop::{handle, records, Clients, Config, CreateImageOutcome, Ec2, Ec2Client, Outcome};
 
 const INSTANCE: &str = "i-0123456789abcdef0";
 const IMAGE: &str = "ami-0aaaabbbbccccdddd";
@@ -209,9 +208,7 @@ async fn lose_the_name_to(
     );
     let ledger = MemoryLedger::new();
     // This instance's pre-ledger images were adopted already: only the race is under test.
-    amiguard::snapshot_on_stop::records::mark_adopted(&ledger, "us-east-1", INSTANCE, chrono::Utc::now())
-        .await
-        .unwrap();
+    records::mark_adopted(&ledger, "us-east-1", INSTANCE, chrono::Utc::now()).await.unwrap();
     let clients: Clients<_, _> =
         Clients { ec2: Ec2Client::new(client), ledger: Some(ledger), alerts: None, region: "us-east-1".into() };
     let config = Config::default();

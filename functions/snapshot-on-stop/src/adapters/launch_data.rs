@@ -14,6 +14,7 @@
 //! snapshots, sizes and types), Spot market options, elastic GPU/inference accelerators
 //! (retired services) and instance requirements (the type is fixed).
 
+use amiguard::tags;
 use aws_sdk_ec2::types::{
     CreditSpecificationRequest, LaunchTemplateCapacityReservationSpecificationRequest, LaunchTemplateCpuOptionsRequest,
     LaunchTemplateEnclaveOptionsRequest, LaunchTemplateHibernationOptionsRequest,
@@ -23,8 +24,6 @@ use aws_sdk_ec2::types::{
     LaunchTemplatePrivateDnsNameOptionsRequest, LaunchTemplateTagSpecification, LaunchTemplateTagSpecificationRequest,
     LaunchTemplatesMonitoringRequest, RequestLaunchTemplateData, ResponseLaunchTemplateData,
 };
-
-use crate::tags;
 
 /// The launch data of a relaunch of the instance described by `source`, from `image_id`.
 pub fn relaunch_data(source: &ResponseLaunchTemplateData, image_id: &str) -> RequestLaunchTemplateData {

@@ -1,146 +1,15 @@
-//! The EC2 calls snapshot-on-stop makes, behind a narrow trait so that the handler can be
-//! exercised against the emulator, or against mocks for what the emulator cannot do.
+//! The SDK implementation of the [`Ec2`] port: every listing paged (with the repeated-token
+//! check), every SDK error mapped to [`AwsError`] with its AWS code.
 
-use std::future::Future;
+use std::collections::BTreeSet;
 
+use amiguard::tags::{self, Tag};
+use amiguard::{paging, sdk, AwsError};
 use aws_sdk_ec2::types::{Filter, RequestLaunchTemplateData, ResourceType, TagSpecification};
 
-use crate::error::AwsError;
-use crate::sdk;
-use crate::tags::{self, Tag};
-
-use super::core::InstanceFacts;
-
-/// An image as the adapter reports it: plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRecord {
-    pub image_id: String,
-    pub name: Option<String>,
-    pub state: Option<String>,
-    /// EC2's `StateReason.Message`: why an image failed.
-    pub state_reason: Option<String>,
-    pub creation_date: Option<String>,
-    pub tags: Vec<Tag>,
-    pub snapshot_ids: Vec<String>,
-    /// EC2's `DeregistrationProtection`: `disabled`, `enabled-without-cooldown`,
-    /// `enabled-with-cooldown`, or `disabled after <time>` (still protected until then).
-    pub deregistration_protection: Option<String>,
-}
-
-impl ImageRecord {
-    /// EC2 refuses to deregister the image now (anything but `disabled`, or no such field).
-    pub fn is_deregistration_protected(&self) -> bool {
-        self.deregistration_protection.as_deref().is_some_and(|p| p != "disabled")
-    }
-
-    /// EC2 says the image will never be usable: `failed`, `error` or `invalid`.
-    pub fn has_failed(&self) -> bool {
-        matches!(self.state.as_deref(), Some("failed" | "error" | "invalid"))
-    }
-}
-
-/// The answer to CreateImage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CreateImageOutcome {
-    Created(String),
-    /// `InvalidAMIName.Duplicate`: an earlier delivery of the same event made it already.
-    NameTaken,
-}
-
-/// A launch template and one of its versions.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LaunchTemplateRef {
-    pub id: String,
-    pub version: i64,
-}
-
-/// A version of a launch template and the image it launches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaunchTemplateVersion {
-    pub version: i64,
-    pub image_id: Option<String>,
-    pub is_default: bool,
-}
-
-pub trait SnapshotOnStopEc2: Sync {
-    /// The instance, or `None` when EC2 no longer knows it.
-    fn describe_instance(
-        &self,
-        instance_id: &str,
-    ) -> impl Future<Output = Result<Option<InstanceFacts>, AwsError>> + Send;
-    /// This account's image named `name`, if any (every state, disabled and deprecated included).
-    fn find_own_image_by_name(&self, name: &str) -> impl Future<Output = Result<Option<ImageRecord>, AwsError>> + Send;
-    fn describe_image(&self, image_id: &str) -> impl Future<Output = Result<Option<ImageRecord>, AwsError>> + Send;
-    /// The descriptions EC2 wrote on these snapshots: `(snapshot id, description)`; unknown ids
-    /// are absent.
-    fn snapshot_descriptions(
-        &self,
-        snapshot_ids: &[String],
-    ) -> impl Future<Output = Result<Vec<(String, String)>, AwsError>> + Send;
-    /// The snapshots among `snapshot_ids` that carry `protect_tag` (any letter case, any value).
-    fn protected_snapshots(
-        &self,
-        snapshot_ids: &[String],
-        protect_tag: &str,
-    ) -> impl Future<Output = Result<std::collections::BTreeSet<String>, AwsError>> + Send;
-    /// The images among `image_ids` that still exist (own ones, any state); the others are absent.
-    fn describe_images(&self, image_ids: &[String]) -> impl Future<Output = Result<Vec<ImageRecord>, AwsError>> + Send;
-    /// CreateImage without reboot, tagging the image (only) with `image_tags`.
-    fn create_image(
-        &self,
-        instance_id: &str,
-        name: &str,
-        description: &str,
-        image_tags: &[Tag],
-    ) -> impl Future<Output = Result<CreateImageOutcome, AwsError>> + Send;
-    fn create_tags(&self, resource_ids: &[String], tags: &[Tag]) -> impl Future<Output = Result<(), AwsError>> + Send;
-    /// This account's images tagged with every `(key, value)` of `tag_filters`, every page.
-    fn list_own_images_tagged(
-        &self,
-        tag_filters: &[Tag],
-    ) -> impl Future<Output = Result<Vec<ImageRecord>, AwsError>> + Send;
-    fn deregister_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
-    fn delete_snapshot(&self, snapshot_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
-    /// EC2's own deregistration protection on the image, without a cooldown (so that taking it
-    /// off works at once).
-    fn enable_deregistration_protection(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
-    fn disable_deregistration_protection(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
-    /// `GetLaunchTemplateData` of the instance.
-    fn instance_launch_data(
-        &self,
-        instance_id: &str,
-    ) -> impl Future<Output = Result<aws_sdk_ec2::types::ResponseLaunchTemplateData, AwsError>> + Send;
-    /// The id of the launch template named `name`, or `None` when there is none.
-    fn find_launch_template(&self, name: &str) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
-    fn create_launch_template(
-        &self,
-        name: &str,
-        data: RequestLaunchTemplateData,
-        version_description: &str,
-        tags: &[Tag],
-    ) -> impl Future<Output = Result<LaunchTemplateRef, AwsError>> + Send;
-    fn create_launch_template_version(
-        &self,
-        template_id: &str,
-        data: RequestLaunchTemplateData,
-        version_description: &str,
-    ) -> impl Future<Output = Result<i64, AwsError>> + Send;
-    fn set_default_launch_template_version(
-        &self,
-        template_id: &str,
-        version: i64,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
-    fn list_launch_template_versions(
-        &self,
-        template_id: &str,
-    ) -> impl Future<Output = Result<Vec<LaunchTemplateVersion>, AwsError>> + Send;
-    /// Cleanup that loses nothing when it fails: few retries, the caller reports a warning.
-    fn delete_launch_template_versions(
-        &self,
-        template_id: &str,
-        versions: &[i64],
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
-}
+use super::launch_data;
+use crate::core::{ImageRecord, LaunchTemplateRef, LaunchTemplateVersion, StoppedInstance};
+use crate::ports::{CreateImageOutcome, Ec2};
 
 /// The real EC2 client.
 #[derive(Debug, Clone)]
@@ -171,7 +40,7 @@ impl Ec2Client {
                 .into_paginator()
                 .stop_on_duplicate_token(false)
                 .send();
-            let mut tokens = crate::paging::PageTokens::new("DescribeSnapshots");
+            let mut tokens = paging::PageTokens::new("DescribeSnapshots");
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
                 tokens.check(page.next_token())?;
@@ -179,6 +48,32 @@ impl Ec2Client {
             }
         }
         Ok(found)
+    }
+
+    /// `GetLaunchTemplateData` of the instance.
+    async fn instance_launch_data(
+        &self,
+        instance_id: &str,
+    ) -> Result<aws_sdk_ec2::types::ResponseLaunchTemplateData, AwsError> {
+        let output = self
+            .client
+            .get_launch_template_data()
+            .instance_id(instance_id)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("GetLaunchTemplateData", e))?;
+        output.launch_template_data.ok_or_else(|| {
+            AwsError::new(
+                "GetLaunchTemplateData",
+                "MissingLaunchTemplateData",
+                "GetLaunchTemplateData answered without data",
+            )
+        })
+    }
+
+    /// The launch data of a relaunch of `instance_id`'s configuration from `image_id`.
+    async fn relaunch_data(&self, instance_id: &str, image_id: &str) -> Result<RequestLaunchTemplateData, AwsError> {
+        Ok(launch_data::relaunch_data(&self.instance_launch_data(instance_id).await?, image_id))
     }
 }
 
@@ -199,8 +94,8 @@ fn image_record(image: &aws_sdk_ec2::types::Image) -> Option<ImageRecord> {
     })
 }
 
-impl SnapshotOnStopEc2 for Ec2Client {
-    async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceFacts>, AwsError> {
+impl Ec2 for Ec2Client {
+    async fn describe_instance(&self, instance_id: &str) -> Result<Option<StoppedInstance>, AwsError> {
         let output = match self.client.describe_instances().instance_ids(instance_id).send().await {
             Ok(output) => output,
             Err(err) => {
@@ -210,7 +105,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
         };
         let instance =
             output.reservations().iter().flat_map(|r| r.instances()).find(|i| i.instance_id() == Some(instance_id));
-        Ok(instance.map(|i| InstanceFacts {
+        Ok(instance.map(|i| StoppedInstance {
             instance_id: instance_id.to_string(),
             state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
             root_device_type: i.root_device_type().map(|t| t.as_str().to_string()),
@@ -222,7 +117,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
     async fn find_own_image_by_name(&self, name: &str) -> Result<Option<ImageRecord>, AwsError> {
         let by_name = Filter::builder().name("name").values(name).build();
         let named = |i: &aws_sdk_ec2::types::Image| if i.name() == Some(name) { image_record(i) } else { None };
-        let images = crate::paging::describe_own_images(&self.client, vec![by_name], named).await?;
+        let images = paging::describe_own_images(&self.client, vec![by_name], named).await?;
         Ok(images.into_iter().next())
     }
 
@@ -259,7 +154,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
         &self,
         snapshot_ids: &[String],
         protect_tag: &str,
-    ) -> Result<std::collections::BTreeSet<String>, AwsError> {
+    ) -> Result<BTreeSet<String>, AwsError> {
         let protected = |s: &aws_sdk_ec2::types::Snapshot| {
             let tagged = s.tags().iter().any(|t| t.key().is_some_and(|k| k.eq_ignore_ascii_case(protect_tag)));
             tagged.then(|| s.snapshot_id().map(str::to_string)).flatten()
@@ -273,7 +168,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
         // the call; 100 ids a call stays well under EC2's 200 values per filter.
         for chunk in image_ids.chunks(100) {
             let by_id = Filter::builder().name("image-id").set_values(Some(chunk.to_vec())).build();
-            found.extend(crate::paging::describe_own_images(&self.client, vec![by_id], image_record).await?);
+            found.extend(paging::describe_own_images(&self.client, vec![by_id], image_record).await?);
         }
         Ok(found)
     }
@@ -329,7 +224,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
     async fn list_own_images_tagged(&self, tag_filters: &[Tag]) -> Result<Vec<ImageRecord>, AwsError> {
         let filters =
             tag_filters.iter().map(|t| Filter::builder().name(format!("tag:{}", t.key)).values(&t.value).build());
-        crate::paging::describe_own_images(&self.client, filters.collect(), image_record).await
+        paging::describe_own_images(&self.client, filters.collect(), image_record).await
     }
 
     async fn deregister_image(&self, image_id: &str) -> Result<(), AwsError> {
@@ -373,26 +268,6 @@ impl SnapshotOnStopEc2 for Ec2Client {
             .map_err(|e| AwsError::from_sdk("DeleteSnapshot", e))
     }
 
-    async fn instance_launch_data(
-        &self,
-        instance_id: &str,
-    ) -> Result<aws_sdk_ec2::types::ResponseLaunchTemplateData, AwsError> {
-        let output = self
-            .client
-            .get_launch_template_data()
-            .instance_id(instance_id)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("GetLaunchTemplateData", e))?;
-        output.launch_template_data.ok_or_else(|| {
-            AwsError::new(
-                "GetLaunchTemplateData",
-                "MissingLaunchTemplateData",
-                "GetLaunchTemplateData answered without data",
-            )
-        })
-    }
-
     async fn find_launch_template(&self, name: &str) -> Result<Option<String>, AwsError> {
         match self.client.describe_launch_templates().launch_template_names(name).send().await {
             Ok(output) => Ok(output
@@ -416,10 +291,12 @@ impl SnapshotOnStopEc2 for Ec2Client {
     async fn create_launch_template(
         &self,
         name: &str,
-        data: RequestLaunchTemplateData,
+        instance_id: &str,
+        image_id: &str,
         version_description: &str,
         tags: &[Tag],
     ) -> Result<LaunchTemplateRef, AwsError> {
+        let data = self.relaunch_data(instance_id, image_id).await?;
         let output = self
             .client
             .create_launch_template()
@@ -449,9 +326,11 @@ impl SnapshotOnStopEc2 for Ec2Client {
     async fn create_launch_template_version(
         &self,
         template_id: &str,
-        data: RequestLaunchTemplateData,
+        instance_id: &str,
+        image_id: &str,
         version_description: &str,
     ) -> Result<i64, AwsError> {
+        let data = self.relaunch_data(instance_id, image_id).await?;
         let output = self
             .client
             .create_launch_template_version()
@@ -490,7 +369,7 @@ impl SnapshotOnStopEc2 for Ec2Client {
             .into_paginator()
             .stop_on_duplicate_token(false)
             .send();
-        let mut tokens = crate::paging::PageTokens::new("DescribeLaunchTemplateVersions");
+        let mut tokens = paging::PageTokens::new("DescribeLaunchTemplateVersions");
         let mut versions = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeLaunchTemplateVersions", e))?;

@@ -1,6 +1,5 @@
-//! What snapshot-on-stop remembers in the ledger: every image it made, per instance and stop,
-//! written before it acts on the image. Retention reads only these records: an AMI the ledger
-//! does not hold is never retired, whatever its tags say.
+//! What snapshot-on-stop remembers of the images it made (the ledger's records, as plain data),
+//! and the decisions about images it finds without a record.
 //!
 //! An image found by the stop's deterministic name (a crashed delivery's, one made before the
 //! ledger existed) is taken for snapshot-on-stop's own only when EC2's own words say so
@@ -8,18 +7,12 @@
 //! existed are adopted once per instance, when their name is exactly the deterministic name for
 //! their own tags ([`adoptable`]) *and* EC2 says CreateImage made them of this instance.
 
-use chrono::{DateTime, Duration, Utc};
+use amiguard::aws_words::CreateImageDescription;
+use amiguard::tags;
+use chrono::{DateTime, Utc};
 
-use super::core::{image_name, parse_time, stopped_at_tag_value};
-use super::ec2::{ImageRecord, LaunchTemplateRef};
-use crate::aws_words::CreateImageDescription;
-use crate::error::AwsError;
-use crate::ledger::store::{query_all, Condition, Item, LedgerStore};
-use crate::ledger::{keys, TTL_ATTRIBUTE};
-use crate::tags;
-
-/// How long the record of a retired image stays (for people reading the ledger).
-pub const KEEP_RETIRED_RECORD: Duration = Duration::days(90);
+use super::described::{ImageRecord, LaunchTemplateRef};
+use super::naming::{image_name, parse_time};
 
 /// The record of the image made for one stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,119 +74,6 @@ impl InstanceRecords {
     }
 }
 
-const IMAGE_ID: &str = "image_id";
-const NAME: &str = "name";
-const STOPPED_AT: &str = "stopped_at";
-const INTENDED_AT: &str = "intended_at";
-const SNAPSHOT_IDS: &str = "snapshot_ids";
-const TEMPLATE_ID: &str = "launch_template_id";
-const TEMPLATE_VERSION: &str = "launch_template_version";
-const ADOPTED: &str = "adopted";
-const RETIRED_AT: &str = "retired_at";
-const PROTECTION_SET: &str = "deregistration_protection_set";
-
-fn to_item(region: &str, instance_id: &str, image: &MadeImage) -> Item {
-    let stopped_at = stopped_at_tag_value(image.stopped_at);
-    let mut item = Item::new(keys::instance(region, instance_id), keys::image_of_stop(&stopped_at))
-        .with_s("kind", "made-image")
-        .with_s(STOPPED_AT, stopped_at)
-        .with_s(NAME, &image.name)
-        .with_time(INTENDED_AT, image.intended_at)
-        .with_opt_s(IMAGE_ID, image.image_id.clone())
-        .with_list(SNAPSHOT_IDS, image.snapshot_ids.clone())
-        .with(ADOPTED, crate::ledger::Value::Bool(image.adopted))
-        .with(PROTECTION_SET, crate::ledger::Value::Bool(image.protection_set));
-    if let Some(template) = &image.launch_template {
-        item = item.with_s(TEMPLATE_ID, &template.id).with_n(TEMPLATE_VERSION, template.version);
-    }
-    if let Some(retired_at) = image.retired_at {
-        item = item
-            .with_time(RETIRED_AT, retired_at)
-            .with_n(TTL_ATTRIBUTE, (retired_at + KEEP_RETIRED_RECORD).timestamp());
-    }
-    item
-}
-
-fn from_item(item: &Item) -> Option<MadeImage> {
-    let launch_template = match (item.s(TEMPLATE_ID), item.n(TEMPLATE_VERSION)) {
-        (Some(id), Some(version)) => Some(LaunchTemplateRef { id: id.to_string(), version }),
-        _ => None,
-    };
-    Some(MadeImage {
-        stopped_at: item.time(STOPPED_AT)?,
-        name: item.s(NAME)?.to_string(),
-        intended_at: item.time(INTENDED_AT)?,
-        image_id: item.s(IMAGE_ID).map(str::to_string),
-        snapshot_ids: item.list(SNAPSHOT_IDS).map(<[String]>::to_vec).unwrap_or_default(),
-        launch_template,
-        adopted: item.bool(ADOPTED).unwrap_or(false),
-        retired_at: item.time(RETIRED_AT),
-        protection_set: item.bool(PROTECTION_SET).unwrap_or(false),
-    })
-}
-
-/// The instance's records, in one query.
-pub async fn read(store: &impl LedgerStore, region: &str, instance_id: &str) -> Result<InstanceRecords, AwsError> {
-    let mut records = InstanceRecords::default();
-    for item in query_all(store, &keys::instance(region, instance_id), "").await? {
-        if item.sk == keys::ADOPTED {
-            records.adopted = true;
-        } else if item.sk.starts_with(keys::IMAGE_PREFIX) {
-            // A record amiguard cannot read is not one it acts on.
-            records.images.extend(from_item(&item));
-        }
-    }
-    Ok(records)
-}
-
-/// Writes (or rewrites) the record of one stop. The caller holds the instance's lease.
-pub async fn write(
-    store: &impl LedgerStore,
-    region: &str,
-    instance_id: &str,
-    image: &MadeImage,
-) -> Result<(), AwsError> {
-    store.put(&to_item(region, instance_id, image), &Condition::Always).await.map(|_| ())
-}
-
-/// How long the ledger says which instance an image was made of: its AMI events come within
-/// hours of CreateImage; after that a stop's catch-up does what they would have done.
-pub const KEEP_MADE_OF: Duration = Duration::days(30);
-const INSTANCE_ID: &str = "instance_id";
-
-/// Says which instance `image_id` was made of: an `EC2 AMI State Change` names only the image.
-pub async fn write_made_of(
-    store: &impl LedgerStore,
-    region: &str,
-    image_id: &str,
-    instance_id: &str,
-    now: DateTime<Utc>,
-) -> Result<(), AwsError> {
-    let item = Item::new(keys::made_images(region), image_id)
-        .with_s("kind", "made-of")
-        .with_s(INSTANCE_ID, instance_id)
-        .with_time("made_at", now)
-        .with_n(TTL_ATTRIBUTE, (now + KEEP_MADE_OF).timestamp());
-    store.put(&item, &Condition::Always).await.map(|_| ())
-}
-
-/// The instance snapshot-on-stop made `image_id` of, when the ledger says it did.
-pub async fn made_of(store: &impl LedgerStore, region: &str, image_id: &str) -> Result<Option<String>, AwsError> {
-    let items = query_all(store, &keys::made_images(region), image_id).await?;
-    Ok(items.iter().find(|item| item.sk == image_id).and_then(|item| item.s(INSTANCE_ID)).map(str::to_string))
-}
-
-/// Says that the instance's pre-ledger images were adopted: adoption never runs again for it.
-pub async fn mark_adopted(
-    store: &impl LedgerStore,
-    region: &str,
-    instance_id: &str,
-    now: DateTime<Utc>,
-) -> Result<(), AwsError> {
-    let item = Item::new(keys::instance(region, instance_id), keys::ADOPTED).with_time("adopted_at", now);
-    store.put(&item, &Condition::Always).await.map(|_| ())
-}
-
 /// Whether an image made before the ledger existed is snapshot-on-stop's own image of
 /// `instance_id`: its tags say so *and* its name is exactly the name snapshot-on-stop gives the
 /// stop its tags name. Tags alone are never enough (anyone can write them, and
@@ -246,8 +126,8 @@ pub fn adopted_record(image: &ImageRecord, stopped_at: DateTime<Utc>, now: DateT
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::ledger::memory::MemoryLedger;
-    use crate::tags::Tag;
+    use crate::core::naming::stopped_at_tag_value;
+    use amiguard::tags::Tag;
     use chrono::TimeZone;
     use proptest::prelude::*;
 
@@ -366,33 +246,5 @@ mod tests {
                 prop_assert_eq!(Some(image_name(INSTANCE, stopped_at)), record.name);
             }
         }
-    }
-
-    #[tokio::test]
-    async fn records_round_trip_through_the_ledger() {
-        let store = MemoryLedger::new();
-        let mut made = MadeImage::intent(at(1), "amiguard-x", at(2));
-        write(&store, "us-east-1", INSTANCE, &made).await.unwrap();
-        made.image_id = Some("ami-01".into());
-        made.snapshot_ids = vec!["snap-01".into(), "snap-02".into()];
-        made.launch_template = Some(LaunchTemplateRef { id: "lt-01".into(), version: 3 });
-        write(&store, "us-east-1", INSTANCE, &made).await.unwrap();
-        let mut older = MadeImage::intent(at(0), "amiguard-y", at(0));
-        older.image_id = Some("ami-00".into());
-        older.retired_at = Some(at(3));
-        write(&store, "us-east-1", INSTANCE, &older).await.unwrap();
-        mark_adopted(&store, "us-east-1", INSTANCE, at(4)).await.unwrap();
-
-        let records = read(&store, "us-east-1", INSTANCE).await.unwrap();
-        assert!(records.adopted);
-        assert_eq!(records.images, vec![older.clone(), made.clone()], "oldest stop first, rewritten in place");
-        assert_eq!(records.for_stop(at(1)), Some(&made));
-        assert!(records.holds_image("ami-00") && !records.images[0].is_live() && records.images[1].is_live());
-        // A retired record expires; a live one does not.
-        let partition = store.partition(&keys::instance("us-east-1", INSTANCE));
-        let ttl: Vec<Option<i64>> = partition.iter().map(|i| i.n(TTL_ATTRIBUTE)).collect();
-        assert_eq!(ttl[1], Some((at(3) + KEEP_RETIRED_RECORD).timestamp()));
-        assert_eq!(ttl[2], None);
-        assert_eq!(read(&store, "eu-west-1", INSTANCE).await.unwrap(), InstanceRecords::default());
     }
 }

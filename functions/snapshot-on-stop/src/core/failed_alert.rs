@@ -1,9 +1,8 @@
 //! The alert a person reads when an image snapshot-on-stop made ends `failed`: the instance has no
 //! new backup. Pure: the handler sends it once (the ledger's claim) through the alert publisher.
 
+use amiguard::alert::{fit_subject, Alert, Severity};
 use serde::Serialize;
-
-use crate::alert::{fit_subject, Alert, Severity};
 
 /// Everything the alert says, also its JSON block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
