@@ -27,10 +27,10 @@ const OPT_IN: (&str, &str) = ("amiguard:snapshot-on-stop", "true");
 async fn snapshot_on_stop_clients(
     account: &TestAccount,
     proxy: &Proxy,
-) -> snapshot_on_stop::Clients<Ec2Client, DynamoLedger> {
+) -> snapshot_on_stop::Ports<Ec2Client, DynamoLedger> {
     ledger::create(account).await;
     let through = account.through(proxy);
-    snapshot_on_stop::Clients {
+    snapshot_on_stop::Ports {
         ec2: Ec2Client::new(through.ec2()),
         ledger: Some(ledger::on(&through)),
         alerts: None,
@@ -98,7 +98,7 @@ async fn snapshot_on_stop_when_tagging_fails_the_next_delivery_completes_it_with
 
 /// One stop of `instance` at `time`: its image.
 async fn stop(
-    clients: &snapshot_on_stop::Clients<Ec2Client, DynamoLedger>,
+    clients: &snapshot_on_stop::Ports<Ec2Client, DynamoLedger>,
     config: &snapshot_on_stop::Config,
     instance: &str,
     time: &str,

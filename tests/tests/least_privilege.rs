@@ -72,7 +72,7 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
         account.sns().create_topic().name("amiguard-alerts").send().await.unwrap().topic_arn().unwrap().to_string();
     let proxy = Proxy::start(&moto().endpoint).await;
     let through = account.through(&proxy);
-    let clients = snapshot_on_stop::Clients {
+    let clients = snapshot_on_stop::Ports {
         ec2: Ec2Client::new(through.ec2()),
         ledger: Some(ledger::on(&through)),
         alerts: Some(amiguard::alert::sns::SnsAlerts::new(through.sns(), &topic)),

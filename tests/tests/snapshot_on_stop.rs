@@ -8,7 +8,7 @@ use amiguard_integration_tests::proxy::{Fault, Proxy};
 use amiguard_integration_tests::{moto, sample_event, TestAccount};
 use aws_sdk_ec2::types::{Filter, Image};
 use serde_json::{json, Value};
-use snapshot_on_stop::{handle, records, Clients, Config, Ec2Client, Error, MadeImage, Outcome, SnapshotScope};
+use snapshot_on_stop::{handle, records, Config, Ec2Client, Error, MadeImage, Outcome, Ports, SnapshotScope};
 
 fn config(scope: SnapshotScope, keep_last: usize, dry_run: bool) -> Config {
     Config { scope, keep_last, dry_run, ..Config::default() }
@@ -19,8 +19,8 @@ fn tagged() -> Config {
 }
 
 /// The function's clients on `account`, with its ledger (created from the template on first use).
-async fn clients(account: &TestAccount) -> Clients<Ec2Client, DynamoLedger> {
-    Clients {
+async fn clients(account: &TestAccount) -> Ports<Ec2Client, DynamoLedger> {
+    Ports {
         ec2: Ec2Client::new(account.ec2()),
         ledger: Some(amiguard_integration_tests::ledger::create(account).await),
         alerts: None,
@@ -520,8 +520,8 @@ async fn images_made_before_the_ledger_are_adopted_once_by_their_exact_name() {
 
 /// snapshot-on-stop's clients with EC2 through `proxy` (which says what moto cannot: a pending
 /// image, a hibernation stop), the ledger direct.
-async fn clients_through(account: &TestAccount, proxy: &Proxy) -> Clients<Ec2Client, DynamoLedger> {
-    Clients {
+async fn clients_through(account: &TestAccount, proxy: &Proxy) -> Ports<Ec2Client, DynamoLedger> {
+    Ports {
         ec2: Ec2Client::new(account.through(proxy).ec2()),
         ledger: Some(amiguard_integration_tests::ledger::create(account).await),
         alerts: None,
@@ -698,7 +698,7 @@ struct Scene {
     account: TestAccount,
     instance: String,
     proxy: Proxy,
-    clients: Clients<Ec2Client, DynamoLedger>,
+    clients: Ports<Ec2Client, DynamoLedger>,
     inbox: Option<amiguard_integration_tests::inbox::AlertInbox>,
 }
 
@@ -716,7 +716,7 @@ impl Scene {
         let scene = Self::new().await;
         let inbox = amiguard_integration_tests::inbox::AlertInbox::new(&scene.account, raw).await;
         let alerts = amiguard::alert::sns::SnsAlerts::new(scene.account.through(&scene.proxy).sns(), &inbox.topic_arn);
-        Self { clients: Clients { alerts: Some(alerts), ..scene.clients }, inbox: Some(inbox), ..scene }
+        Self { clients: Ports { alerts: Some(alerts), ..scene.clients }, inbox: Some(inbox), ..scene }
     }
 
     /// The stop at `hour` o'clock on 2026-11-27.
@@ -948,8 +948,8 @@ async fn ami_events_of_images_the_ledger_does_not_hold_change_nothing() {
     elsewhere["region"] = json!("eu-west-1");
     let report = handle(clients, &keep_one, elsewhere, &delivery()).await.unwrap();
     assert!(report.reason.as_deref().unwrap().contains("eu-west-1"), "{:?}", report.reason);
-    let no_ledger: Clients<Ec2Client, DynamoLedger> =
-        Clients { ec2: Ec2Client::new(account.ec2()), ledger: None, alerts: None, region: account.region.clone() };
+    let no_ledger: Ports<Ec2Client, DynamoLedger> =
+        Ports { ec2: Ec2Client::new(account.ec2()), ledger: None, alerts: None, region: account.region.clone() };
     let report = handle(&no_ledger, &keep_one, ami_event(account, &made, "available"), &delivery()).await.unwrap();
     assert!(report.reason.as_deref().unwrap().contains("LEDGER_TABLE"), "{:?}", report.reason);
     let mut malformed = ami_event(account, &made, "available");
@@ -1155,7 +1155,7 @@ async fn retention_retires_nothing_it_could_not_tag_for_the_recycle_bin_and_the_
     };
     // The ledger through the proxy too, to refuse the journal below.
     amiguard_integration_tests::ledger::create(&account).await;
-    let clients = Clients { ledger: Some(amiguard_integration_tests::ledger::on(&account.through(&proxy))), ..clients };
+    let clients = Ports { ledger: Some(amiguard_integration_tests::ledger::on(&account.through(&proxy))), ..clients };
     let stop = |hour: &str| stop_event(&instance, &format!("2026-11-27T{hour}:00:00Z"));
     let first = handle(&clients, &keep_one, stop("01"), &delivery()).await.unwrap();
     // Only the Recycle Bin tag is refused (say, an IAM change): the new image is still tagged.

@@ -5,7 +5,7 @@ use amiguard::config::ProcessEnv;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
 use lambda_runtime::{service_fn, LambdaEvent};
-use snapshot_on_stop::{handle, Clients, Config, Ec2Client, FUNCTION};
+use snapshot_on_stop::{handle, Config, Ec2Client, Ports, FUNCTION};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -20,18 +20,15 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             "LEDGER_TABLE is not set: images are made, none is ever retired"
         );
     }
-    let clients = Clients {
+    let ports = Ports {
         ec2: Ec2Client::new(aws_sdk_ec2::Client::new(&sdk)),
         ledger: table.map(|table| DynamoLedger::from_conf(&sdk, table)),
         alerts: config.alert_topic_arn.as_ref().map(|arn| SnsAlerts::new(aws_sdk_sns::Client::new(&sdk), arn)),
         region,
     };
-    let (clients, config) = (&clients, &config);
+    let (ports, config) = (&ports, &config);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
-        let report = handle(clients, config, event.payload, &Invocation::from_context(&event.context)).await?;
-        amiguard::report::log(FUNCTION, &report);
-        println!("{}", snapshot_on_stop::metrics::emf(&report, config.dry_run, chrono::Utc::now()));
-        Ok::<_, snapshot_on_stop::Error>(report)
+        handle(ports, config, event.payload, &Invocation::from_context(&event.context)).await
     }))
     .await
 }

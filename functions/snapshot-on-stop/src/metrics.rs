@@ -6,7 +6,8 @@ use amiguard::metrics;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::{Outcome, Report, FUNCTION};
+use crate::report::{Outcome, Report};
+use crate::FUNCTION;
 
 /// Every metric snapshot-on-stop emits, as the template's dashboard names them (all under the
 /// `Function` dimension only).

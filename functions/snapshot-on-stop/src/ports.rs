@@ -4,12 +4,24 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 
+use amiguard::alert::sns::SnsAlerts;
 use amiguard::ledger::LedgerStore;
 use amiguard::tags::Tag;
 use amiguard::AwsError;
 use chrono::{DateTime, Utc};
 
 use crate::core::{ImageRecord, InstanceRecords, LaunchTemplateRef, LaunchTemplateVersion, MadeImage, StoppedInstance};
+
+/// The ports the handler acts through, built once per container.
+pub struct Ports<E, L, P = SnsAlerts> {
+    pub ec2: E,
+    /// `None` without `LEDGER_TABLE`: images are made, nothing is retired or followed.
+    pub ledger: Option<L>,
+    /// `None` without `ALERT_TOPIC_ARN`: a failed image is reported, not alerted.
+    pub alerts: Option<P>,
+    /// The region of the clients (part of the ledger's keys).
+    pub region: String,
+}
 
 /// The EC2 calls snapshot-on-stop makes, behind a narrow trait so that the handler can be
 /// exercised against the emulator, or against mocks for what the emulator cannot do.

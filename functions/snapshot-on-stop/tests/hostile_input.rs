@@ -12,7 +12,7 @@ use aws_smithy_mocks::{mock, mock_client, RuleMode};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use serde_json::{json, Value};
-use snapshot_on_stop::{handle, Clients, Config, Ec2Client, Error, Outcome, SnapshotScope};
+use snapshot_on_stop::{handle, Config, Ec2Client, Error, Outcome, Ports, SnapshotScope};
 
 /// The sample stop event with one field (possibly nested) replaced by anything.
 fn mutated_event() -> impl Strategy<Value = Value> {
@@ -34,8 +34,8 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-fn clients() -> Clients<Ec2Client, MemoryLedger> {
-    Clients { ec2: ec2(), ledger: Some(MemoryLedger::new()), alerts: None, region: "us-east-1".into() }
+fn clients() -> Ports<Ec2Client, MemoryLedger> {
+    Ports { ec2: ec2(), ledger: Some(MemoryLedger::new()), alerts: None, region: "us-east-1".into() }
 }
 
 fn now() -> Invocation {

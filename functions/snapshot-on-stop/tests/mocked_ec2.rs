@@ -23,7 +23,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
 use serde_json::json;
-use snapshot_on_stop::{handle, records, Clients, Config, CreateImageOutcome, Ec2, Ec2Client, Outcome};
+use snapshot_on_stop::{handle, records, Config, CreateImageOutcome, Ec2, Ec2Client, Outcome, Ports};
 
 const INSTANCE: &str = "i-0123456789abcdef0";
 const IMAGE: &str = "ami-0aaaabbbbccccdddd";
@@ -140,8 +140,8 @@ async fn the_handler_answers_already_created_when_aws_says_the_name_is_taken() {
 
     // Without the ledger's lease (it is unavailable here), AWS's name uniqueness is what keeps
     // two concurrent deliveries to one image.
-    let clients: Clients<_, MemoryLedger> =
-        Clients { ec2: Ec2Client::new(client), ledger: None, alerts: None, region: "us-east-1".into() };
+    let clients: Ports<_, MemoryLedger> =
+        Ports { ec2: Ec2Client::new(client), ledger: None, alerts: None, region: "us-east-1".into() };
     let report = handle(&clients, &config, event, &Invocation::at(chrono::Utc::now())).await.unwrap();
 
     assert_eq!(report.outcome, Outcome::AlreadyCreated);
@@ -209,8 +209,8 @@ async fn lose_the_name_to(
     let ledger = MemoryLedger::new();
     // This instance's pre-ledger images were adopted already: only the race is under test.
     records::mark_adopted(&ledger, "us-east-1", INSTANCE, chrono::Utc::now()).await.unwrap();
-    let clients: Clients<_, _> =
-        Clients { ec2: Ec2Client::new(client), ledger: Some(ledger), alerts: None, region: "us-east-1".into() };
+    let clients: Ports<_, _> =
+        Ports { ec2: Ec2Client::new(client), ledger: Some(ledger), alerts: None, region: "us-east-1".into() };
     let config = Config::default();
     let mut event: serde_json::Value =
         serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();

@@ -5,28 +5,21 @@
 //! basis), so nothing depends on the event's coming.
 
 use amiguard::alert::AlertPublisher;
-use amiguard::invocation::Invocation;
 
-use crate::alerts::{self, Alerted};
+use super::alerts::{self, Alerted};
+use super::session::Session;
+use super::{image, retention, Delivery};
 use crate::core::failed_alert::FailedImage;
 use crate::core::naming::stopped_at_tag_value;
 use crate::core::retention::newest_available;
 use crate::core::{LaunchTemplateRef, LaunchTemplateVersion, MadeImage, ManagedImage};
+use crate::error::Error;
 use crate::ports::{Ec2, Records};
-use crate::session::Session;
-use crate::{image, retention, Clients, Config, Error, Report};
+use crate::report::Report;
 
-/// One delivery: what it acts through and for whom.
-pub struct Delivery<'a, E, L, P> {
-    pub clients: &'a Clients<E, L, P>,
-    pub config: &'a Config,
-    pub invocation: &'a Invocation,
-    /// The event's account (named in alerts).
-    pub account: Option<&'a str>,
-}
-
-/// What one settling does for an instance.
-pub struct Plan<'a> {
+/// What one settling does for an instance: whose images, which one this delivery made, how many
+/// retention keeps, and whether the instance is still there.
+pub struct Settlement<'a> {
     pub instance_id: &'a str,
     /// This delivery's image (a stop's): never retired by it. Empty when there is none.
     pub current_image: &'a str,
@@ -44,10 +37,10 @@ pub struct Plan<'a> {
 pub async fn settle<E: Ec2, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     session: &mut Session<'_, L>,
-    plan: &Plan<'_>,
+    settlement: &Settlement<'_>,
     report: &mut Report,
 ) -> Result<(), Error> {
-    let ec2 = &delivery.clients.ec2;
+    let ec2 = &delivery.ports.ec2;
     let config = delivery.config;
     let now = delivery.invocation.now;
     let (mut managed, gone) = retention::recorded_images(ec2, &session.records, &config.protect_tag).await?;
@@ -58,12 +51,12 @@ pub async fn settle<E: Ec2, L: Records, P: AlertPublisher>(
     report.images_not_available = managed.iter().filter(|i| !i.available).map(|i| i.image_id.clone()).collect();
     let newest = newest_available(&managed).cloned();
     let versions = match &newest {
-        Some(newest) => launch_newest(ec2, session, plan, newest, report).await?,
+        Some(newest) => launch_newest(ec2, session, settlement, newest, report).await?,
         None => {
             if !managed.is_empty() {
                 report.warnings.push(format!(
                     "no image of {} is available yet: the launch template's default moves when one is",
-                    plan.instance_id
+                    settlement.instance_id
                 ));
             }
             Vec::new()
@@ -87,7 +80,7 @@ pub async fn settle<E: Ec2, L: Records, P: AlertPublisher>(
             ));
         }
     }
-    if let Some(last) = plan.keep {
+    if let Some(last) = settlement.keep {
         let keep = retention::Keep::newest(last, config);
         // The image the template's default launches stays, whatever the count: when the default
         // could not move (a terminated instance, no version for the newest image), it is older.
@@ -97,7 +90,7 @@ pub async fn settle<E: Ec2, L: Records, P: AlertPublisher>(
                 None => newest.as_ref().map(|i| i.image_id.clone()),
             });
         let never_retire: Vec<&str> =
-            [Some(plan.current_image), default_image.as_deref()].into_iter().flatten().collect();
+            [Some(settlement.current_image), default_image.as_deref()].into_iter().flatten().collect();
         retention::retire(ec2, session, &keep, &managed, &never_retire, report, delivery.invocation).await?;
         if !report.retired_images.is_empty() {
             retention::remove_retired_template_versions(ec2, &versions, report).await;
@@ -105,7 +98,7 @@ pub async fn settle<E: Ec2, L: Records, P: AlertPublisher>(
     }
     let last_good = newest.as_ref().map(|i| i.image_id.as_str());
     for failed in managed.iter().filter(|i| i.failed.is_some()) {
-        match alert_failed(delivery, session, plan.instance_id, failed, last_good, None).await {
+        match alert_failed(delivery, session, settlement.instance_id, failed, last_good, None).await {
             Alerted::Sent(warning) => {
                 report.alerted_images.push(failed.image_id.clone());
                 report.warnings.extend(warning);
@@ -123,14 +116,14 @@ pub async fn settle<E: Ec2, L: Records, P: AlertPublisher>(
 async fn launch_newest<L: Records>(
     ec2: &impl Ec2,
     session: &mut Session<'_, L>,
-    plan: &Plan<'_>,
+    settlement: &Settlement<'_>,
     newest: &ManagedImage,
     report: &mut Report,
 ) -> Result<Vec<LaunchTemplateVersion>, Error> {
-    let instance_id = plan.instance_id;
+    let instance_id = settlement.instance_id;
     let stopped_at = newest.stopped_at.unwrap_or_default();
     let Some(template_id) = image::find_template(ec2, instance_id).await? else {
-        if !plan.instance_live {
+        if !settlement.instance_live {
             report.warnings.push(format!("{instance_id} has no launch template and is gone: none is made"));
             return Ok(Vec::new());
         }
@@ -142,7 +135,7 @@ async fn launch_newest<L: Records>(
     let versions = ec2.list_launch_template_versions(&template_id).await?;
     let version = match image::existing_version(&versions, &newest.image_id) {
         Some(version) => version,
-        None if plan.instance_live => {
+        None if settlement.instance_live => {
             image::version_for(ec2, &template_id, &versions, instance_id, &newest.image_id, stopped_at).await?
         }
         None => {
@@ -260,5 +253,5 @@ pub async fn alert_failed<E, L: Records, P: AlertPublisher>(
         account: delivery.account.map(str::to_string),
         region: session.region().to_string(),
     };
-    alerts::once(delivery.clients.alerts.as_ref(), session.store(), &details, delivery.invocation).await
+    alerts::once(delivery.ports.alerts.as_ref(), session.store(), &details, delivery.invocation).await
 }

@@ -7,12 +7,13 @@ use std::time::Duration;
 use amiguard::tags::{self, Tag};
 use chrono::{DateTime, Utc};
 
+use super::session::Session;
 use crate::core::naming::{self, parse_time};
 use crate::core::records::made_by_create_image;
 use crate::core::{ImageRecord, LaunchTemplateRef, LaunchTemplateVersion, MadeImage, StoppedInstance};
+use crate::error::Error;
 use crate::ports::{CreateImageOutcome, Ec2, Records};
-use crate::session::Session;
-use crate::{Error, Outcome};
+use crate::report::Outcome;
 
 /// How long to wait for a new image's snapshot ids to appear (AWS fills them in while the image
 /// is `pending`) before tagging its snapshots is left for a warning.

@@ -4,31 +4,32 @@
 //! at: what is done follows what EC2 says of it now, and only for an image the ledger holds.
 
 use amiguard::alert::AlertPublisher;
-use amiguard::events::{AmiStateChangeDetail, EventError};
+use amiguard::events::AmiStateChangeDetail;
 use amiguard::tags;
 use amiguard::AwsError;
 
-use crate::alerts::Alerted;
+use super::alerts::Alerted;
+use super::follow::{self, Settlement};
+use super::session::Session;
+use super::{image, retention, Delivery};
+use crate::config::KeepAfterTermination;
 use crate::core::retention::newest_available;
 use crate::core::{ImageRecord, MadeImage, ManagedImage};
-use crate::follow::{self, Delivery, Plan};
+use crate::error::Error;
 use crate::ports::{Ec2, Records};
-use crate::session::Session;
-use crate::{image, retention, Error, KeepAfterTermination, Outcome, Report};
+use crate::report::{Outcome, Report};
 
 /// The states the rule delivers; any other is skipped.
 const FOLLOWED: [&str; 2] = ["available", "failed"];
 
+/// An `EC2 AMI State Change` of `detail.image_id` (an AMI id: [`crate::event::parse`] checked it).
 pub async fn image_state_changed<E: Ec2, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     detail: AmiStateChangeDetail,
     event_region: Option<&str>,
 ) -> Result<Report, Error> {
     let image_id = detail.image_id.as_str();
-    if !image_id.starts_with("ami-") {
-        return Err(EventError::Malformed(format!("`detail.ImageId` is not an AMI id: {image_id:?}")).into());
-    }
-    let clients = delivery.clients;
+    let ports = delivery.ports;
     let mut report = Report::new(Outcome::Skipped, "");
     report.image_id = Some(image_id.to_string());
     let skipped = |mut report: Report, reason: String| {
@@ -38,20 +39,20 @@ pub async fn image_state_changed<E: Ec2, L: Records, P: AlertPublisher>(
     if !FOLLOWED.contains(&detail.state.as_str()) {
         return skipped(report, format!("AMI state {}: only available and failed are followed", detail.state));
     }
-    if let Some(region) = event_region.filter(|r| *r != clients.region) {
-        return skipped(report, format!("the image is in {region}; this function follows {}", clients.region));
+    if let Some(region) = event_region.filter(|r| *r != ports.region) {
+        return skipped(report, format!("the image is in {region}; this function follows {}", ports.region));
     }
-    let Some(store) = clients.ledger.as_ref() else {
+    let Some(store) = ports.ledger.as_ref() else {
         return skipped(report, "no ledger is configured (LEDGER_TABLE): images are not followed".into());
     };
-    let Some(instance_id) = store.made_of(&clients.region, image_id).await? else {
+    let Some(instance_id) = store.made_of(&ports.region, image_id).await? else {
         return skipped(report, "not an image snapshot-on-stop made (the ledger holds no record of it)".into());
     };
     report.instance_id = instance_id.clone();
     let mut session = if delivery.config.dry_run {
-        Session::read_only(store, &clients.region, &instance_id).await?
+        Session::read_only(store, &ports.region, &instance_id).await?
     } else {
-        Session::open(Some(store), &clients.region, &instance_id, delivery.invocation).await?
+        Session::open(Some(store), &ports.region, &instance_id, delivery.invocation).await?
     };
     let result = if session.is_healthy() {
         follow_image(delivery, &mut session, &instance_id, &detail, &mut report).await
@@ -79,7 +80,7 @@ async fn follow_image<E: Ec2, L: Records, P: AlertPublisher>(
     report: &mut Report,
 ) -> Result<(), Error> {
     let image_id = detail.image_id.as_str();
-    let ec2 = &delivery.clients.ec2;
+    let ec2 = &delivery.ports.ec2;
     let Some(record) = session.records.images.iter().find(|r| r.image_id.as_deref() == Some(image_id)).cloned() else {
         report.reason = Some(format!("the ledger's records of {instance_id} do not hold the image"));
         return Ok(());
@@ -119,7 +120,7 @@ async fn available<E: Ec2, L: Records, P: AlertPublisher>(
     image: &ImageRecord,
     report: &mut Report,
 ) -> Result<(), Error> {
-    let ec2 = &delivery.clients.ec2;
+    let ec2 = &delivery.ports.ec2;
     let config = delivery.config;
     let instance = ec2.describe_instance(instance_id).await?;
     let instance_live = instance.as_ref().is_some_and(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"));
@@ -153,8 +154,8 @@ async fn available<E: Ec2, L: Records, P: AlertPublisher>(
             session.record(&MadeImage { snapshot_ids, ..record }).await;
         }
     }
-    let plan = Plan { instance_id, current_image: "", keep, instance_live };
-    follow::settle(delivery, session, &plan, report).await
+    let settlement = Settlement { instance_id, current_image: "", keep, instance_live };
+    follow::settle(delivery, session, &settlement, report).await
 }
 
 /// The image failed: nothing changes (the last good image and the template's default stay,
@@ -168,7 +169,7 @@ async fn failed<E: Ec2, L: Records, P: AlertPublisher>(
     detail: &AmiStateChangeDetail,
     report: &mut Report,
 ) -> Result<(), Error> {
-    let ec2 = &delivery.clients.ec2;
+    let ec2 = &delivery.ports.ec2;
     let (managed, _) = retention::recorded_images(ec2, &session.records, &delivery.config.protect_tag).await?;
     let last_good = newest_available(&managed).map(|i| i.image_id.clone());
     let Some(failed) = managed.iter().find(|i| i.image_id == image.image_id).cloned() else {

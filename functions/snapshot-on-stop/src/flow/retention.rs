@@ -10,12 +10,15 @@ use amiguard::invocation::Invocation;
 use amiguard::ledger::journal::{JournalEntry, Resource};
 use amiguard::recycle_bin::{self, RecycleBin};
 
+use super::session::Session;
+use crate::config::Config;
 use crate::core::naming::parse_time;
 use crate::core::retention::images_to_retire;
 use crate::core::{ImageRecord, InstanceRecords, LaunchTemplateVersion, MadeImage, ManagedImage};
+use crate::error::Error;
 use crate::ports::{Ec2, Records};
-use crate::session::Session;
-use crate::{Config, Error, KeptSnapshot, Report, FUNCTION};
+use crate::report::{KeptSnapshot, Report};
+use crate::FUNCTION;
 
 /// How many images retention keeps, the tag that keeps one whatever the count, and the Recycle
 /// Bin that keeps what it retires restorable.

@@ -14,8 +14,8 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::core::records::{adoptable, adopted_record, made_by_create_image};
 use crate::core::{ImageRecord, InstanceRecords, MadeImage};
+use crate::error::Error;
 use crate::ports::{Ec2, Records};
-use crate::Error;
 
 /// A lease outlives the function's timeout (120 s), so a delivery that dies holding it blocks
 /// the instance for at most this long.
