@@ -20,7 +20,6 @@ pub mod tags;
 
 pub mod snapshot_on_stop;
 pub mod sweeper;
-pub mod trust;
 
 #[cfg(feature = "test-util")]
 pub mod testing;

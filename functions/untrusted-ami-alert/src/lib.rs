@@ -3,13 +3,24 @@
 //!
 //! Three triggers: an `EC2 Instance State-change Notification` (`pending`/`running`), a CloudTrail
 //! `RunInstances` (one report per launched instance), and a `Scheduled Event` that audits every
-//! instance that is not terminated (alerts and tags, never stops). The decisions live in
-//! `amiguard::trust` (alert-once is `amiguard::trust::sent`, a record in `amiguard::ledger`);
-//! this handler gathers the facts, calls them and acts; `metrics` is its EMF line.
+//! instance that is not terminated (alerts and tags, never stops). The decisions live in `core`
+//! (alert-once is `amiguard::alert::once`, a record in `amiguard::ledger`); this handler gathers
+//! the facts through the `ports`, calls them and acts; `metrics` is its EMF line.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use crate::core::enforce::{
+    self, Enforcement, EnforcementTaken, InstanceState, LaunchedInstance, Occasion, Outcomes, StopStep,
+};
+use crate::core::fold;
+use crate::core::message::{self as alert, AlertDetails, OwnerSource};
+use crate::core::policy::{self, TrustPolicy};
+use crate::core::provenance::{self, Ancestor, Lineage};
+use crate::core::verdict::{self, LaunchImage, Problem, Reason, Verdict};
+use crate::event::{Event, Launched};
+pub use crate::ports::Ports;
+use crate::ports::{CallerIdentity, Ec2, Folded, LaunchMetadata, Records, Slot};
 use amiguard::alert::once::{self as sent, AlertClaim, AlertKey, Turn};
 use amiguard::alert::AlertPublisher;
 use amiguard::alert::Severity;
@@ -17,23 +28,19 @@ use amiguard::config::{self, ConfigError, VarSource};
 use amiguard::error::AwsError;
 use amiguard::events::EventError;
 use amiguard::invocation::Invocation;
-use amiguard::ledger::LedgerStore;
 use amiguard::tags::{self, Tag};
-use amiguard::trust::alert::{self, AlertDetails, OwnerSource};
-use amiguard::trust::ec2::{LaunchMetadata, TrustEc2};
-use amiguard::trust::enforce::{
-    self, Enforcement, EnforcementTaken, InstanceFacts, InstanceState, Occasion, Outcomes, StopStep,
-};
-use amiguard::trust::fold::{self, Folded, Slot};
-use amiguard::trust::identity::CallerIdentity;
-use amiguard::trust::policy::{self, ImageFacts, Problem, Reason, TrustPolicy, Verdict};
-use amiguard::trust::provenance::{self, Ancestor, Lineage};
-use amiguard::trust::trigger::{self, Launched, Trigger};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub mod adapters;
+pub mod core;
+pub mod event;
 pub mod metrics;
+pub mod ports;
+
+pub use adapters::ec2::Ec2Client;
+pub use adapters::sts::StsIdentity;
 
 pub const FUNCTION: &str = "untrusted-ami-alert";
 
@@ -165,17 +172,6 @@ impl Config {
             ..self
         }
     }
-}
-
-/// The adapters the handler acts through, built once per container.
-pub struct Clients<E, P, I, L> {
-    pub ec2: E,
-    pub alerts: P,
-    pub identity: I,
-    /// Where sent alerts are remembered. `None` (no `LEDGER_TABLE`): every event alerts.
-    pub ledger: Option<L>,
-    /// The region the clients talk to; an event from another region is refused.
-    pub region: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -379,18 +375,18 @@ impl From<Error> for lambda_runtime::Diagnostic {
 /// ledger's claims.
 pub async fn handle<E, P, I, L>(
     config: &Config,
-    clients: &Clients<E, P, I, L>,
+    clients: &Ports<E, P, I, L>,
     payload: &serde_json::Value,
     invocation: &Invocation,
 ) -> Result<Report, Error>
 where
-    E: TrustEc2,
+    E: Ec2,
     P: AlertPublisher,
     I: CallerIdentity,
-    L: LedgerStore,
+    L: Records,
 {
-    let event = trigger::parse(payload)?;
-    if let Some(region) = event.region.as_deref().filter(|r| *r != clients.region) {
+    let event = crate::event::parse(payload)?;
+    if let Some(region) = event.origin().region.as_deref().filter(|r| *r != clients.region) {
         return Err(EventError::Unexpected(format!(
             "event from region {region}: this function watches {} (deploy it in each region)",
             clients.region
@@ -400,44 +396,44 @@ where
     let skipped = |instance_id: Option<String>, reason: String| {
         Ok(Report::Instance(InstanceReport::skipped(config.dry_run, instance_id, reason)))
     };
-    let result = match event.trigger {
-        Trigger::StateChange { instance_id, state } if state != "pending" && state != "running" => skipped(
+    let result = match event {
+        Event::StateChange { instance_id, state, .. } if state != "pending" && state != "running" => skipped(
             Some(instance_id),
             format!("instance state {state}: only pending and running (launches) are judged"),
         ),
-        Trigger::RunInstancesFailed { error_code } if error_code.ends_with("DryRunOperation") => {
+        Event::RunInstancesFailed { error_code, .. } if error_code.ends_with("DryRunOperation") => {
             skipped(None, format!("a DryRun RunInstances call ({error_code}): no instance was launched"))
         }
-        Trigger::RunInstancesFailed { error_code } => {
+        Event::RunInstancesFailed { error_code, .. } => {
             skipped(None, format!("RunInstances failed ({error_code}): no instance was launched"))
         }
-        Trigger::RunInstancesUnrecorded => skipped(
+        Event::RunInstancesUnrecorded { .. } => skipped(
             None,
             "CloudTrail recorded no response for this RunInstances (responseElements null): the instances' \
              state-change events judge them"
                 .into(),
         ),
-        Trigger::OtherApiCall { event_name } => {
+        Event::OtherApiCall { event_name, .. } => {
             skipped(None, format!("CloudTrail event for {event_name}: only RunInstances is judged"))
         }
-        Trigger::StateChange { instance_id, state } => {
-            let account = this_account(event.account, clients).await?;
+        Event::StateChange { instance_id, state, origin } => {
+            let account = this_account(origin.account, clients).await?;
             let ctx = Context::new(config, clients, &account, invocation);
             let launched = vec![Launched { instance_id, image_id: None }];
-            ctx.launch(launched, Occasion::StateChange(state), event.time).await.map(|mut reports| {
+            ctx.launch(launched, Occasion::StateChange(state), origin.time).await.map(|mut reports| {
                 let only = reports.pop();
                 only.map(Report::Instance).unwrap_or(Report::Launch { instances: vec![] })
             })
         }
-        Trigger::RunInstances { instances } => {
-            let account = this_account(event.account, clients).await?;
+        Event::RunInstances { instances, origin } => {
+            let account = this_account(origin.account, clients).await?;
             let ctx = Context::new(config, clients, &account, invocation);
-            ctx.launch(instances, Occasion::RunInstances, event.time)
+            ctx.launch(instances, Occasion::RunInstances, origin.time)
                 .await
                 .map(|instances| Report::Launch { instances })
         }
-        Trigger::Audit => {
-            let account = this_account(event.account, clients).await?;
+        Event::Audit { origin } => {
+            let account = this_account(origin.account, clients).await?;
             let ctx = Context::new(config, clients, &account, invocation);
             ctx.audit().await
         }
@@ -483,7 +479,7 @@ fn or_logged<T>(result: Result<Vec<T>, AwsError>, what: &str) -> Vec<T> {
 /// `self`: the event's account; STS only when the event does not say.
 async fn this_account<E, P, I: CallerIdentity, L>(
     account: Option<String>,
-    clients: &Clients<E, P, I, L>,
+    clients: &Ports<E, P, I, L>,
 ) -> Result<String, Error> {
     match account {
         Some(account) => Ok(account),
@@ -493,7 +489,7 @@ async fn this_account<E, P, I: CallerIdentity, L>(
 
 struct Context<'a, E, P, I, L> {
     config: &'a Config,
-    clients: &'a Clients<E, P, I, L>,
+    clients: &'a Ports<E, P, I, L>,
     account: &'a str,
     invocation: &'a Invocation,
     /// A dry run's launch alerts per image so far in this invocation: they take no slot in the
@@ -502,7 +498,7 @@ struct Context<'a, E, P, I, L> {
 }
 
 impl<'a, E, P, I, L> Context<'a, E, P, I, L> {
-    fn new(config: &'a Config, clients: &'a Clients<E, P, I, L>, account: &'a str, invocation: &'a Invocation) -> Self {
+    fn new(config: &'a Config, clients: &'a Ports<E, P, I, L>, account: &'a str, invocation: &'a Invocation) -> Self {
         Self { config, clients, account, invocation, previewed_alerts: Default::default() }
     }
 }
@@ -556,7 +552,7 @@ fn digest_parts(pending: &[DigestEntry]) -> Vec<(usize, &[DigestEntry], usize)> 
     bounds.into_iter().enumerate().map(|(n, (a, b))| (n, &pending[a..b], count)).collect()
 }
 
-impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<'_, E, P, I, L> {
+impl<E: Ec2, P: AlertPublisher, I: CallerIdentity, L: Records> Context<'_, E, P, I, L> {
     /// A launch: the instances named by the event, judged as EC2 describes them now. One EC2
     /// no longer lists (a short-lived instance, terminated before this ran) is still judged, by
     /// the image EC2's launch metadata recorded (or, for an event over an hour old, the one the
@@ -574,7 +570,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         let (gone, missing, notes) = self.unlisted(&unlisted, event_time).await;
         instances.extend(gone);
         // In the event's order; the ones EC2 knows are guarded even when others are missing.
-        let mut ordered: Vec<InstanceFacts> = Vec::with_capacity(instances.len());
+        let mut ordered: Vec<LaunchedInstance> = Vec::with_capacity(instances.len());
         for id in &instance_ids {
             ordered.extend(instances.iter().filter(|i| &i.instance_id == id).take(1).cloned());
         }
@@ -609,7 +605,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         &self,
         unlisted: &[&Launched],
         event_time: Option<DateTime<Utc>>,
-    ) -> (Vec<InstanceFacts>, Vec<String>, Vec<(String, String)>) {
+    ) -> (Vec<LaunchedInstance>, Vec<String>, Vec<(String, String)>) {
         const LISTED_AFTER_TERMINATION: chrono::Duration = chrono::Duration::hours(1);
         let ask: Vec<String> = unlisted.iter().map(|l| l.instance_id.clone()).collect();
         let metadata: HashMap<String, LaunchMetadata> = if ask.is_empty() {
@@ -644,7 +640,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                 (None, named) => named.clone(),
             };
             match image_id {
-                Some(image_id) if is_gone => gone.push(InstanceFacts {
+                Some(image_id) if is_gone => gone.push(LaunchedInstance {
                     instance_id: id.clone(),
                     image_id: Some(image_id),
                     state: InstanceState::Unlisted,
@@ -709,7 +705,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
     /// forgotten only once it is known to be sent.
     async fn folded_for_digest(&self, guarded: &[Guarded], warnings: &mut Vec<String>) -> Vec<(FoldedFate, Folded)> {
         let Some(store) = &self.clients.ledger else { return Vec::new() };
-        let (records, unreadable) = match fold::folded(store, &self.clients.region).await {
+        let (records, unreadable) = match store.folded(&self.clients.region).await {
             Ok(read) => read,
             Err(err) => {
                 warnings.push(format!("the folded launch alerts could not be read ({err}): the next audit sends them"));
@@ -854,7 +850,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
             for (record, sent_before) in &records {
                 let ids = (record.details.instance_id.clone(), record.details.image_id.clone());
                 if *sent_before || sent_ids.contains(&ids) {
-                    if let Err(err) = fold::forget(store, &self.clients.region, record).await {
+                    if let Err(err) = store.forget_folded(&self.clients.region, record).await {
                         warnings
                             .push(format!("a folded alert's record stays ({err}): the next digest may list it again"));
                     }
@@ -865,11 +861,11 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
     }
 
     /// Reads the images of `instances` once, then guards each instance.
-    async fn guard(&self, instances: &[InstanceFacts], occasion: &Occasion) -> Result<Vec<Guarded>, Error> {
+    async fn guard(&self, instances: &[LaunchedInstance], occasion: &Occasion) -> Result<Vec<Guarded>, Error> {
         let mut image_ids: Vec<String> = instances.iter().filter_map(|i| i.image_id.clone()).collect();
         image_ids.sort();
         image_ids.dedup();
-        let images: HashMap<String, ImageFacts> = if image_ids.is_empty() {
+        let images: HashMap<String, LaunchImage> = if image_ids.is_empty() {
             HashMap::new()
         } else {
             self.clients.ec2.visible_images(&image_ids).await?.into_iter().map(|i| (i.image_id.clone(), i)).collect()
@@ -894,8 +890,8 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
     /// The verdict on the image's owner: the policy's, except where the policy is the account's
     /// own Allowed AMIs settings and EC2 says whether it allows the image (`ImageAllowed`): then
     /// EC2's word decides, so amiguard and EC2 agree by construction. Provenance comes after.
-    fn owner_verdict(&self, image: Option<&ImageFacts>) -> Verdict {
-        let verdict = policy::verdict(&self.config.policy, image, self.account, self.invocation.now);
+    fn owner_verdict(&self, image: Option<&LaunchImage>) -> Verdict {
+        let verdict = verdict::verdict(&self.config.policy, image, self.account, self.invocation.now);
         match (self.config.policy.defers_to_ec2(), image.and_then(|i| i.image_allowed), verdict) {
             (true, Some(false), Verdict::Untrusted { mut reasons, .. }) => {
                 reasons.insert(0, Reason { criterion: None, problem: Problem::NotAllowedByEc2 });
@@ -914,13 +910,13 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
     /// who made each of their ancestors. Images trusted by alias (`amazon`, `aws-marketplace`,
     /// `aws-backup-vault`) are AWS's or verified publishers' and are not traced. Answers the
     /// problem of each image whose lineage is not trusted.
-    async fn provenance(&self, images: &HashMap<String, ImageFacts>) -> HashMap<String, Problem> {
-        let traced: Vec<&ImageFacts> = images
+    async fn provenance(&self, images: &HashMap<String, LaunchImage>) -> HashMap<String, Problem> {
+        let traced: Vec<&LaunchImage> = images
             .values()
             .filter(|i| i.owner_alias.is_none())
             .filter(|i| self.owner_verdict(Some(i)).is_trusted())
             .collect();
-        let mut lineages: Vec<(&ImageFacts, Lineage)> = Vec::with_capacity(traced.len());
+        let mut lineages: Vec<(&LaunchImage, Lineage)> = Vec::with_capacity(traced.len());
         for image in traced {
             let lineage = match self.clients.ec2.image_ancestry(&image.image_id).await {
                 Ok(ancestors) => Lineage::Ancestors(ancestors),
@@ -950,7 +946,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         ask.dedup();
         // A lookup that fails leaves those owners unknown (provenance unverifiable): it never
         // keeps the invocation from alerting on what it knows.
-        let owners: HashMap<String, ImageFacts> = if ask.is_empty() {
+        let owners: HashMap<String, LaunchImage> = if ask.is_empty() {
             HashMap::new()
         } else {
             let found = or_logged(self.clients.ec2.visible_images(&ask).await, "the owners of ancestor images");
@@ -975,7 +971,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
 
     /// The owners of images that are no longer visible, as EC2 recorded them at launch. Only
     /// detail for the alert (the verdict stays "not visible"), so a failure is logged, not fatal.
-    async fn launch_metadata(&self, instance_ids: &[String]) -> HashMap<String, ImageFacts> {
+    async fn launch_metadata(&self, instance_ids: &[String]) -> HashMap<String, LaunchImage> {
         if instance_ids.is_empty() {
             return HashMap::new();
         }
@@ -988,9 +984,9 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
 
     async fn guard_one(
         &self,
-        instance: &InstanceFacts,
-        image: Option<&ImageFacts>,
-        launch_metadata: Option<&ImageFacts>,
+        instance: &LaunchedInstance,
+        image: Option<&LaunchImage>,
+        launch_metadata: Option<&LaunchImage>,
         made_from: Option<&Problem>,
         occasion: &Occasion,
     ) -> Guarded {
@@ -1202,7 +1198,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
                                 let _ = sent::release(store, claim).await;
                             }
                             if let (Some(taken), Some(store)) = (&taken, &self.clients.ledger) {
-                                let _ = fold::release(store, taken).await;
+                                let _ = store.release_slot(taken).await;
                             }
                             failures.insert(
                                 0,
@@ -1247,7 +1243,7 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         let Some(store) = self.clients.ledger.as_ref().filter(|_| self.config.fold_launch_alerts) else {
             return WouldDo::Alert;
         };
-        let taken = match fold::slots_taken(store, &self.clients.region, image_id, self.invocation.clock()).await {
+        let taken = match store.slots_taken(&self.clients.region, image_id, self.invocation.clock()).await {
             Ok(taken) => taken,
             Err(err) => {
                 warnings.push(format!("the launch-alert count of {image_id} could not be read ({err}): not folded"));
@@ -1277,8 +1273,8 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
         };
         let image_id = &details.image_id;
         let (region, now) = (&self.clients.region, self.invocation.clock());
-        match fold::claim_slot(store, region, image_id, now).await {
-            Ok(Slot::Folded) => match fold::keep_folded(store, region, details, now).await {
+        match store.claim_slot(region, image_id, now).await {
+            Ok(Slot::Folded) => match store.keep_folded(region, details, now).await {
                 Ok(()) => Slot::Folded,
                 Err(err) => {
                     warnings.push(format!("the folded alert could not be kept for the digest ({err}): sent instead"));
@@ -1298,10 +1294,9 @@ impl<E: TrustEc2, P: AlertPublisher, I: CallerIdentity, L: LedgerStore> Context<
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::core::enforce::StopOutcome;
     use amiguard::alert::Alert;
     use amiguard::ledger::memory::MemoryLedger;
-    use amiguard::trust::alert::OwnerSource;
-    use amiguard::trust::enforce::StopOutcome;
     use chrono::{DateTime, TimeZone, Utc};
     use serde_json::json;
     use std::sync::Mutex;
@@ -1412,9 +1407,9 @@ mod tests {
 
     #[derive(Default)]
     struct FakeEc2 {
-        instances: Mutex<Vec<InstanceFacts>>,
-        images: Vec<ImageFacts>,
-        metadata: Vec<(String, ImageFacts)>,
+        instances: Mutex<Vec<LaunchedInstance>>,
+        images: Vec<LaunchImage>,
+        metadata: Vec<(String, LaunchImage)>,
         /// What the launch metadata says of each instance's state (`None`: it does not say).
         metadata_state: Option<InstanceState>,
         /// GetImageAncestry's answers: an image's ancestors, or the error code.
@@ -1426,7 +1421,7 @@ mod tests {
     }
 
     impl FakeEc2 {
-        fn with(instance: InstanceFacts) -> Self {
+        fn with(instance: LaunchedInstance) -> Self {
             Self { instances: Mutex::new(vec![instance]), ..Self::default() }
         }
 
@@ -1439,13 +1434,13 @@ mod tests {
         }
     }
 
-    impl TrustEc2 for FakeEc2 {
-        async fn instances(&self, ids: &[String]) -> Result<Vec<InstanceFacts>, AwsError> {
+    impl Ec2 for FakeEc2 {
+        async fn instances(&self, ids: &[String]) -> Result<Vec<LaunchedInstance>, AwsError> {
             self.log("DescribeInstances".into());
             Ok(self.instances.lock().unwrap().iter().filter(|i| ids.contains(&i.instance_id)).cloned().collect())
         }
 
-        async fn live_instances(&self) -> Result<Vec<InstanceFacts>, AwsError> {
+        async fn live_instances(&self) -> Result<Vec<LaunchedInstance>, AwsError> {
             self.log("DescribeInstances".into());
             Ok(self
                 .instances
@@ -1457,7 +1452,7 @@ mod tests {
                 .collect())
         }
 
-        async fn visible_images(&self, ids: &[String]) -> Result<Vec<ImageFacts>, AwsError> {
+        async fn visible_images(&self, ids: &[String]) -> Result<Vec<LaunchImage>, AwsError> {
             self.log("DescribeImages".into());
             Ok(self.images.iter().filter(|i| ids.contains(&i.image_id)).cloned().collect())
         }
@@ -1539,8 +1534,8 @@ mod tests {
         }
     }
 
-    fn clients(ec2: FakeEc2) -> Clients<FakeEc2, FakeSns, FakeSts, MemoryLedger> {
-        Clients {
+    fn clients(ec2: FakeEc2) -> Ports<FakeEc2, FakeSns, FakeSts, MemoryLedger> {
+        Ports {
             ec2,
             alerts: FakeSns::default(),
             identity: FakeSts { calls: Mutex::new(0) },
@@ -1571,17 +1566,17 @@ mod tests {
         Invocation::at(now())
     }
 
-    fn instance(id: &str, image: &str, state: InstanceState) -> InstanceFacts {
-        InstanceFacts { instance_id: id.into(), image_id: Some(image.into()), state }
+    fn instance(id: &str, image: &str, state: InstanceState) -> LaunchedInstance {
+        LaunchedInstance { instance_id: id.into(), image_id: Some(image.into()), state }
     }
 
-    fn vendor_image() -> ImageFacts {
-        ImageFacts {
+    fn vendor_image() -> LaunchImage {
+        LaunchImage {
             image_id: VENDOR_AMI.into(),
             owner_id: "111122223333".into(),
             name: Some("vendor".into()),
             creation_date: Some("2025-01-01T00:00:00.000Z".into()),
-            ..ImageFacts::default()
+            ..LaunchImage::default()
         }
     }
 
@@ -1776,8 +1771,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_account_comes_from_sts_only_when_the_event_has_none() {
-        let own =
-            ImageFacts { image_id: "ami-0bbbbbbbbbbbbbbbb".into(), owner_id: ACCOUNT.into(), ..ImageFacts::default() };
+        let own = LaunchImage {
+            image_id: "ami-0bbbbbbbbbbbbbbbb".into(),
+            owner_id: ACCOUNT.into(),
+            ..LaunchImage::default()
+        };
         let mut ec2 = FakeEc2::with(instance(INSTANCE, &own.image_id, InstanceState::Running));
         ec2.images = vec![own];
         let clients = clients(ec2);
@@ -1798,11 +1796,11 @@ mod tests {
         let mut ec2 = FakeEc2::with(instance(INSTANCE, "ami-0ccccccccccccccc0", InstanceState::Running));
         ec2.metadata = vec![(
             INSTANCE.to_string(),
-            ImageFacts {
+            LaunchImage {
                 image_id: "ami-0ccccccccccccccc0".into(),
                 owner_id: ACCOUNT.into(),
                 name: Some("golden-old".into()),
-                ..ImageFacts::default()
+                ..LaunchImage::default()
             },
         )];
         let clients = clients(ec2);
@@ -1850,12 +1848,12 @@ mod tests {
     }
 
     /// An image this account owns (trusted by `self`), running on the instance.
-    fn own_image() -> ImageFacts {
-        ImageFacts { image_id: "ami-0c0c0c0c0c0c0c0c0".into(), owner_id: ACCOUNT.into(), ..vendor_image() }
+    fn own_image() -> LaunchImage {
+        LaunchImage { image_id: "ami-0c0c0c0c0c0c0c0c0".into(), owner_id: ACCOUNT.into(), ..vendor_image() }
     }
 
     fn copied_in(ancestry: Result<Vec<Ancestor>, &'static str>, source: Option<&str>) -> FakeEc2 {
-        let own = ImageFacts { source_image_id: source.map(str::to_string), ..own_image() };
+        let own = LaunchImage { source_image_id: source.map(str::to_string), ..own_image() };
         FakeEc2 {
             images: vec![own.clone(), vendor_image()],
             ancestry: [(own.image_id.clone(), ancestry)].into(),
@@ -1914,7 +1912,7 @@ mod tests {
         assert!(off.ec2.calls().iter().all(|c| !c.starts_with("GetImageAncestry")), "{:?}", off.ec2.calls());
         // An image trusted by its alias (Amazon's) is not traced.
         let amazon =
-            ImageFacts { owner_alias: Some("amazon".into()), owner_id: "137112412989".into(), ..vendor_image() };
+            LaunchImage { owner_alias: Some("amazon".into()), owner_id: "137112412989".into(), ..vendor_image() };
         let aliased = clients(FakeEc2 {
             images: vec![amazon],
             ..FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running))
@@ -1948,13 +1946,13 @@ mod tests {
             TrustPolicy::from_account_settings("enabled", json!([{"ImageProviders": ["111122223333"]}])).unwrap();
         let config = Config { policy: account_policy, ..config(Enforcement::Alert) };
         let judged = |allowed: Option<bool>, owner: &str| {
-            let image = ImageFacts { image_allowed: allowed, owner_id: owner.into(), ..vendor_image() };
+            let image = LaunchImage { image_allowed: allowed, owner_id: owner.into(), ..vendor_image() };
             clients(FakeEc2 {
                 images: vec![image],
                 ..FakeEc2::with(instance(INSTANCE, VENDOR_AMI, InstanceState::Running))
             })
         };
-        async fn verdict(config: &Config, clients: Clients<FakeEc2, FakeSns, FakeSts, MemoryLedger>) -> InstanceReport {
+        async fn verdict(config: &Config, clients: Ports<FakeEc2, FakeSns, FakeSts, MemoryLedger>) -> InstanceReport {
             instance_report(handle(config, &clients, &state_change("running"), &at()).await.unwrap())
         }
         // The criteria trust the owner, EC2 says not allowed (a condition amiguard cannot see).
@@ -1987,7 +1985,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_audit_sends_its_digest_in_parts_and_a_refused_part_is_sent_by_the_retry() {
-        let instances: Vec<InstanceFacts> =
+        let instances: Vec<LaunchedInstance> =
             (0..120).map(|n| instance(&format!("i-0{n:016x}"), VENDOR_AMI, InstanceState::Running)).collect();
         let ec2 = FakeEc2 { instances: Mutex::new(instances), images: vec![vendor_image()], ..FakeEc2::default() };
         let mut clients = clients(ec2);
@@ -2080,7 +2078,7 @@ mod tests {
         let clients = clients(ec2);
         let store = clients.ledger.as_ref().unwrap();
         for instance in ["i-0000000000000000a", "i-0000000000000000b"] {
-            fold::keep_folded(store, "us-east-1", &folded_alert(instance), now()).await.unwrap();
+            store.keep_folded("us-east-1", &folded_alert(instance), now()).await.unwrap();
         }
         let Report::Audit(audit) = handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.unwrap()
         else {
@@ -2091,7 +2089,7 @@ mod tests {
         assert_eq!(sent.len(), 1, "one digest");
         assert!(sent[0].body.contains("i-0000000000000000a") && sent[0].body.contains("i-0000000000000000b"));
         assert!(audit.untrusted.iter().any(|f| f.instance_id == "i-0000000000000000a"), "the gone one is a finding");
-        assert!(fold::folded(store, "us-east-1").await.unwrap().0.is_empty(), "sent: forgotten");
+        assert!(store.folded("us-east-1").await.unwrap().0.is_empty(), "sent: forgotten");
         // Nothing new: the next audit sends nothing.
         let Report::Audit(again) = handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.unwrap()
         else {
@@ -2105,12 +2103,12 @@ mod tests {
     async fn a_refused_digest_keeps_the_folded_records_for_the_retry() {
         let clients = clients(FakeEc2::default());
         let store = clients.ledger.as_ref().unwrap();
-        fold::keep_folded(store, "us-east-1", &folded_alert("i-0000000000000000a"), now()).await.unwrap();
+        store.keep_folded("us-east-1", &folded_alert("i-0000000000000000a"), now()).await.unwrap();
         let mut clients = clients;
         clients.alerts.fail = true;
         assert!(handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.is_err());
         let store = clients.ledger.as_ref().unwrap();
-        assert_eq!(fold::folded(store, "us-east-1").await.unwrap().0.len(), 1, "kept");
+        assert_eq!(store.folded("us-east-1").await.unwrap().0.len(), 1, "kept");
         clients.alerts.fail = false;
         let Report::Audit(audit) = handle(&config(Enforcement::Alert), &clients, &audit_event(), &at()).await.unwrap()
         else {
@@ -2278,7 +2276,7 @@ mod tests {
     }
 
     /// What a dry run must never do: no publish, no tag, no stop, no ledger write (reads only).
-    fn assert_changed_nothing(clients: &Clients<FakeEc2, FakeSns, FakeSts, MemoryLedger>) {
+    fn assert_changed_nothing(clients: &Ports<FakeEc2, FakeSns, FakeSts, MemoryLedger>) {
         assert!(clients.alerts.sent.lock().unwrap().is_empty(), "published");
         let calls = clients.ec2.calls();
         assert!(
@@ -2383,7 +2381,7 @@ mod tests {
         // Slots real alerts took this hour count too.
         let store = clients.ledger.as_ref().unwrap();
         for _ in 0..3 {
-            fold::claim_slot(store, "us-east-1", VENDOR_AMI, now()).await.unwrap();
+            store.claim_slot("us-east-1", VENDOR_AMI, now()).await.unwrap();
         }
         let mut one = state_change("running");
         one["detail"]["instance-id"] = json!(ids[0]);
@@ -2401,7 +2399,7 @@ mod tests {
             clients(FakeEc2 { instances: Mutex::new(instances), images: vec![vendor_image()], ..FakeEc2::default() });
         let store = clients.ledger.as_ref().unwrap();
         // A folded launch alert of an instance gone since: a real digest would name it.
-        fold::keep_folded(store, "us-east-1", &folded_alert("i-0000000000000000a"), now()).await.unwrap();
+        store.keep_folded("us-east-1", &folded_alert("i-0000000000000000a"), now()).await.unwrap();
         let before = store.items();
         let writes = store.writes();
         let Report::Audit(audit) = handle(&dry(Enforcement::Stop), &clients, &audit_event(), &at()).await.unwrap()

@@ -3,9 +3,10 @@
 
 use serde::Serialize;
 
+use amiguard::alert::{fit_subject, Alert, Severity};
+use amiguard::tags;
+
 use super::enforce::{Enforcement, EnforcementTaken, Occasion};
-use crate::alert::{fit_subject, Alert, Severity};
-use crate::tags;
 
 /// Where the owner facts in an alert come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -279,12 +280,12 @@ mod tests {
             alert.subject,
             "amiguard: untrusted AMI on i-0123456789abcdef0 (ami-0123456789abcdef0, 123456789012 us-east-1)"
         );
-        assert!(alert.subject.len() <= crate::alert::MAX_SUBJECT_CHARS);
+        assert!(alert.subject.len() <= amiguard::alert::MAX_SUBJECT_CHARS);
         let mut long = details();
         long.region = "a-very-long-region-name-that-does-not-exist-1".into();
         long.instance_id = "i-0123456789abcdef0\nX".into();
         let subject = compose(&long, &Occasion::RunInstances).subject;
-        assert_eq!(subject.len(), crate::alert::MAX_SUBJECT_CHARS);
+        assert_eq!(subject.len(), amiguard::alert::MAX_SUBJECT_CHARS);
         assert!(subject.starts_with("amiguard: untrusted AMI on i-0123456789abcdef0?X ("), "{subject}");
         assert!(subject.ends_with("..."));
     }

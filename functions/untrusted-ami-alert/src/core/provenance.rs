@@ -4,7 +4,8 @@
 //! (`GetImageAncestry`; `SourceImageId`/`SourceImageRegion` of a copy where the lineage cannot
 //! be read). Pure: the adapter reads the chain, this module judges it.
 
-use super::policy::{Problem, TrustPolicy};
+use super::policy::TrustPolicy;
+use super::verdict::Problem;
 
 /// One ancestor of an image, parent first: what EC2 says of it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
