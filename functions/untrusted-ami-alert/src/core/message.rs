@@ -1,6 +1,8 @@
 //! The alert a person reads: a subject naming the instance, readable text, and a JSON block for
 //! tools. Pure: the SNS adapter only sends what this module writes.
 
+use std::ops::Range;
+
 use serde::Serialize;
 
 use amiguard::alert::{fit_subject, Alert, Severity};
@@ -113,6 +115,25 @@ pub fn compose_follow_up(details: &AlertDetails, occasion: &Occasion, launches: 
 pub const DIGEST_FINDINGS_PER_MESSAGE: usize = 50;
 /// The JSON a digest part carries at most, with room for its text (SNS takes 256 KB).
 pub const DIGEST_PART_BYTES: usize = 120_000;
+
+/// The digest's parts, as ranges of `findings`: at most [`DIGEST_FINDINGS_PER_MESSAGE`] findings
+/// and about [`DIGEST_PART_BYTES`] of their JSON each (a finding alone always makes a part).
+pub fn digest_parts(findings: &[&AlertDetails]) -> Vec<Range<usize>> {
+    let mut parts = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, details) in findings.iter().enumerate() {
+        let size = serde_json::to_string(details).map(|j| j.len()).unwrap_or(0) + 500;
+        if i > start && (i - start >= DIGEST_FINDINGS_PER_MESSAGE || bytes + size > DIGEST_PART_BYTES) {
+            parts.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < findings.len() {
+        parts.push(start..findings.len());
+    }
+    parts
+}
 
 /// The audit's message: newly untrusted instances, grouped by image and owner; `part` is
 /// `(n, of)` when the audit's findings take several messages.
@@ -246,6 +267,18 @@ mod tests {
         assert_eq!(part.subject, "amiguard: untrusted AMIs on 1 instance (123456789012 us-east-1, part 2 of 3)");
         assert!(follow_up.body.starts_with("This is launch 4 of image ami-a within the hour"), "{}", follow_up.body);
         assert_eq!(follow_up.subject, compose(&findings[0], &Occasion::RunInstances).subject, "the subject's contract");
+    }
+
+    #[test]
+    fn a_large_digest_is_cut_in_parts_of_at_most_fifty_findings_or_about_120_kb() {
+        let findings = vec![details(); 120];
+        let all: Vec<&AlertDetails> = findings.iter().collect();
+        assert_eq!(digest_parts(&all), [0..50, 50..100, 100..120]);
+        assert_eq!(digest_parts(&all[..1]), [Range { start: 0, end: 1 }]);
+        assert!(digest_parts(&[]).is_empty());
+        let mut long = details();
+        long.reasons = vec!["x".repeat(DIGEST_PART_BYTES)];
+        assert_eq!(digest_parts(&[&long, &long, &findings[0]]), [0..1, 1..2, 2..3], "one finding alone is a part");
     }
 
     fn details() -> AlertDetails {

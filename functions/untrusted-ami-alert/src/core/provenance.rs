@@ -4,8 +4,10 @@
 //! (`GetImageAncestry`; `SourceImageId`/`SourceImageRegion` of a copy where the lineage cannot
 //! be read). Pure: the adapter reads the chain, this module judges it.
 
+use std::collections::HashMap;
+
 use super::policy::TrustPolicy;
-use super::verdict::Problem;
+use super::verdict::{LaunchImage, Problem};
 
 /// One ancestor of an image, parent first: what EC2 says of it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -25,6 +27,54 @@ pub enum Lineage {
     Ancestors(Vec<Ancestor>),
     /// The lineage could not be read (the call failed): the reason.
     Unreadable(String),
+}
+
+impl Lineage {
+    /// The lineage of `image` as `GetImageAncestry` answered (`Err`: why it could not be read). A
+    /// copy still names its source on DescribeImages: then that one step can be judged.
+    pub fn read(ancestry: Result<Vec<Ancestor>, String>, image: &LaunchImage) -> Self {
+        match ancestry {
+            Ok(ancestors) => Self::Ancestors(ancestors),
+            Err(_) if image.source_image_id.is_some() => Self::Ancestors(vec![Ancestor {
+                image_id: image.source_image_id.clone().unwrap_or_default(),
+                region: image.source_image_region.clone(),
+                ..Ancestor::default()
+            }]),
+            Err(why) => Self::Unreadable(why),
+        }
+    }
+
+    /// Names each ancestor's owner as DescribeImages showed it (`owners`, by image id).
+    pub fn with_owners(mut self, owners: &HashMap<String, LaunchImage>) -> Self {
+        if let Self::Ancestors(ancestors) = &mut self {
+            for ancestor in ancestors.iter_mut() {
+                if let Some(seen) = owners.get(&ancestor.image_id) {
+                    ancestor.owner_id = Some(seen.owner_id.clone()).filter(|o| !o.is_empty());
+                    ancestor.owner_alias = ancestor.owner_alias.clone().or_else(|| seen.owner_alias.clone());
+                }
+            }
+        }
+        self
+    }
+}
+
+/// The ancestors whose owner ids DescribeImages may show (GetImageAncestry gives only aliases):
+/// those in `region`, or of no stated region, each once. One in another region stays unknown:
+/// unverifiable unless its alias is trusted.
+pub fn ancestors_to_describe<'a>(lineages: impl IntoIterator<Item = &'a Lineage>, region: &str) -> Vec<String> {
+    let mut ask: Vec<String> = lineages
+        .into_iter()
+        .filter_map(|l| match l {
+            Lineage::Ancestors(a) => Some(a),
+            Lineage::Unreadable(_) => None,
+        })
+        .flatten()
+        .filter(|a| a.region.as_deref().is_none_or(|r| r == region))
+        .map(|a| a.image_id.clone())
+        .collect();
+    ask.sort();
+    ask.dedup();
+    ask
 }
 
 /// The provenance verdict: nothing when every ancestor's owner is trusted (or there is none).
