@@ -41,16 +41,16 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     for warning in config.policy.warnings() {
         tracing::warn!(function = FUNCTION, "{warning}");
     }
-    let clients = Ports {
+    let ports = Ports {
         ec2,
         alerts: SnsAlerts::new(aws_sdk_sns::Client::new(&sdk), config.alert_topic_arn.clone()),
         identity: StsIdentity::from_conf(&sdk),
         ledger: table.map(|table| DynamoLedger::from_conf(&sdk, table)),
         region,
     };
-    let (config, clients) = (&config, &clients);
+    let (config, ports) = (&config, &ports);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
-        handle(config, clients, &event.payload, &Invocation::from_context(&event.context)).await
+        handle(config, ports, &event.payload, &Invocation::from_context(&event.context)).await
     }))
     .await
 }

@@ -58,13 +58,13 @@ impl Lineage {
     }
 }
 
-/// The ancestors whose owner ids DescribeImages may show (GetImageAncestry gives only aliases):
-/// those in `region`, or of no stated region, each once. One in another region stays unknown:
-/// unverifiable unless its alias is trusted.
-pub fn ancestors_to_describe<'a>(lineages: impl IntoIterator<Item = &'a Lineage>, region: &str) -> Vec<String> {
+/// The ancestors in the images' `lineages` whose owner ids DescribeImages may show
+/// (GetImageAncestry gives only aliases): those in `region`, or of no stated region, each once.
+/// One in another region stays unknown: unverifiable unless its alias is trusted.
+pub fn ancestors_to_describe(lineages: &[(&LaunchImage, Lineage)], region: &str) -> Vec<String> {
     let mut ask: Vec<String> = lineages
-        .into_iter()
-        .filter_map(|l| match l {
+        .iter()
+        .filter_map(|(_, l)| match l {
             Lineage::Ancestors(a) => Some(a),
             Lineage::Unreadable(_) => None,
         })
@@ -171,5 +171,34 @@ mod tests {
         ]);
         let problem = judge(&policy, "ami-app", &deep, ACCOUNT).unwrap();
         assert!(problem.to_string().contains("ami-app <- ami-mid <- ami-root"), "{problem}");
+    }
+
+    #[test]
+    fn a_lineage_read_names_what_describe_images_can_tell() {
+        let copy = LaunchImage {
+            image_id: "ami-copy".into(),
+            source_image_id: Some("ami-source".into()),
+            source_image_region: Some("eu-west-1".into()),
+            ..LaunchImage::default()
+        };
+        // Unreadable: a copy's own source is its one known ancestor; without one, why.
+        let sourced = Lineage::read(Err("denied".into()), &copy);
+        let Lineage::Ancestors(ref ancestors) = sourced else { panic!("{sourced:?}") };
+        assert_eq!((ancestors[0].image_id.as_str(), ancestors[0].region.as_deref()), ("ami-source", Some("eu-west-1")));
+        let plain = LaunchImage { image_id: "ami-own".into(), ..LaunchImage::default() };
+        assert_eq!(Lineage::read(Err("denied".into()), &plain), Lineage::Unreadable("denied".into()));
+        // Only this region's ancestors (or of no stated region) are asked for, each once.
+        let here = Lineage::Ancestors(vec![
+            ancestor("ami-b", None, None),
+            Ancestor { region: None, ..ancestor("ami-a", None, None) },
+            ancestor("ami-b", None, None),
+        ]);
+        let lineages = [(&copy, sourced), (&plain, here)];
+        assert_eq!(ancestors_to_describe(&lineages, "us-east-1"), ["ami-a", "ami-b"]);
+        // Owners named from what DescribeImages showed; an alias GetImageAncestry gave is kept.
+        let seen = LaunchImage { image_id: "ami-b".into(), owner_id: ACCOUNT.into(), ..LaunchImage::default() };
+        let owners = HashMap::from([("ami-b".to_string(), seen)]);
+        let named = Lineage::Ancestors(vec![ancestor("ami-b", None, Some("amazon"))]).with_owners(&owners);
+        assert_eq!(named, Lineage::Ancestors(vec![ancestor("ami-b", Some(ACCOUNT), Some("amazon"))]));
     }
 }

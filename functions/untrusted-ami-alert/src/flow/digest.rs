@@ -2,8 +2,7 @@
 //! alert for, and for the folded launch alerts the ledger keeps. Each part sent confirms its
 //! claims; a part SNS refuses gives them back. A folded record is forgotten only once known sent.
 
-use amiguard::alert::once::AlertKey;
-use amiguard::alert::once::{self as sent, Turn};
+use amiguard::alert::once::{self as sent, AlertKey, Turn};
 use amiguard::alert::AlertPublisher;
 use amiguard::error::AwsError;
 

@@ -30,7 +30,7 @@ pub async fn provenance<E: Ec2, P, I, L>(
         let ancestry = ctx.ports.ec2.image_ancestry(&image.image_id).await.map_err(|e| e.to_string());
         lineages.push((image, Lineage::read(ancestry, image)));
     }
-    let owners = ancestor_owners(ctx, lineages.iter().map(|(_, l)| l)).await;
+    let owners = ancestor_owners(ctx, &lineages).await;
     let mut problems = HashMap::new();
     for (image, lineage) in lineages {
         let lineage = lineage.with_owners(&owners);
@@ -44,9 +44,9 @@ pub async fn provenance<E: Ec2, P, I, L>(
 /// The ancestors in this region, as DescribeImages shows them (their owner ids). A lookup that
 /// fails leaves those owners unknown (provenance unverifiable): it never keeps the invocation
 /// from alerting on what it knows.
-async fn ancestor_owners<'a, E: Ec2, P, I, L>(
+async fn ancestor_owners<E: Ec2, P, I, L>(
     ctx: &Context<'_, E, P, I, L>,
-    lineages: impl IntoIterator<Item = &'a Lineage>,
+    lineages: &[(&LaunchImage, Lineage)],
 ) -> HashMap<String, LaunchImage> {
     let ask = provenance::ancestors_to_describe(lineages, &ctx.ports.region);
     if ask.is_empty() {
