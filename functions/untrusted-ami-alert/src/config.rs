@@ -195,8 +195,8 @@ mod tests {
             (ALERT_TOPIC_ARN, "arn:aws-us-gov:sns:us-gov-west-1:123456789012:alerts.fifo"),
             (TRUSTED_IMAGE_PROVIDERS, "aws-marketplace,111122223333"),
             (ENFORCEMENT, "stop"),
-            (CHECK_PROVENANCE, "false"),
-            (FOLD_LAUNCH_ALERTS, "true"),
+            ("CHECK_PROVENANCE", "false"),
+            ("FOLD_LAUNCH_ALERTS", "true"),
             (DRY_RUN, "TRUE"),
         ]))
         .unwrap();
