@@ -280,8 +280,7 @@ async fn sweeper_when_one_delete_keeps_failing_deletes_the_others_and_reports_th
 #[tokio::test]
 async fn untrusted_ami_alert_when_publish_fails_is_an_error_and_the_redelivery_alerts() {
     use amiguard::alert::sns::SnsAlerts;
-    use amiguard::trust::ec2::Ec2Trust;
-    use amiguard::trust::identity::StsIdentity;
+    use untrusted_ami_alert::{Ec2Client, StsIdentity};
 
     let account = TestAccount::new().await;
     let topic = account.sns().create_topic().name("alerts").send().await.unwrap().topic_arn().unwrap().to_string();
@@ -295,8 +294,8 @@ async fn untrusted_ami_alert_when_publish_fails_is_an_error_and_the_redelivery_a
         vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
     })
     .unwrap();
-    let clients = untrusted_ami_alert::Clients {
-        ec2: Ec2Trust::new(through.ec2()),
+    let clients = untrusted_ami_alert::Ports {
+        ec2: Ec2Client::new(through.ec2()),
         alerts: SnsAlerts::new(through.sns(), topic),
         identity: StsIdentity::from_conf(through.sdk_config()),
         ledger: Some(ledger::create(&account).await),
@@ -431,8 +430,7 @@ async fn the_sweeper_without_a_working_ledger_deletes_nothing_in_any_region() {
 #[tokio::test]
 async fn untrusted_ami_alert_without_a_writable_ledger_alerts_anyway_and_says_it_may_repeat() {
     use amiguard::alert::sns::SnsAlerts;
-    use amiguard::trust::ec2::Ec2Trust;
-    use amiguard::trust::identity::StsIdentity;
+    use untrusted_ami_alert::{Ec2Client, StsIdentity};
 
     let account = TestAccount::new().await;
     let topic = account.sns().create_topic().name("alerts").send().await.unwrap().topic_arn().unwrap().to_string();
@@ -446,8 +444,8 @@ async fn untrusted_ami_alert_without_a_writable_ledger_alerts_anyway_and_says_it
         vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
     })
     .unwrap();
-    let clients = untrusted_ami_alert::Clients {
-        ec2: Ec2Trust::new(through.ec2()),
+    let clients = untrusted_ami_alert::Ports {
+        ec2: Ec2Client::new(through.ec2()),
         alerts: SnsAlerts::new(through.sns(), topic),
         identity: StsIdentity::from_conf(through.sdk_config()),
         ledger: Some(ledger::on(&through)),

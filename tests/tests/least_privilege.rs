@@ -116,10 +116,9 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
 #[tokio::test]
 async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
     use amiguard::alert::sns::SnsAlerts;
-    use amiguard::trust::ec2::Ec2Trust;
-    use amiguard::trust::identity::StsIdentity;
     use amiguard_integration_tests::proxy::Fault;
     use amiguard_integration_tests::{AMAZON_LINUX_AMI, RHEL_AMI};
+    use untrusted_ami_alert::{Ec2Client, StsIdentity};
 
     let account = TestAccount::new().await;
     let topic =
@@ -157,8 +156,8 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
 
     let proxy = Proxy::start(&moto().endpoint).await;
     let through = account.through(&proxy);
-    let clients = untrusted_ami_alert::Clients {
-        ec2: Ec2Trust::new(through.ec2()),
+    let clients = untrusted_ami_alert::Ports {
+        ec2: Ec2Client::new(through.ec2()),
         alerts: SnsAlerts::new(through.sns(), topic),
         identity: StsIdentity::from_conf(through.sdk_config()),
         ledger: Some(ledger::on(&through)),
@@ -182,7 +181,7 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
     let settings = "<state>enabled</state><imageCriterionSet><item><imageProviderSet><item>amazon</item></imageProviderSet></item></imageCriterionSet>";
     let answer = amiguard_integration_tests::ec2_answer("GetAllowedImagesSettings", settings);
     proxy.inject(Fault::respond("GetAllowedImagesSettings", answer));
-    let (state, criteria) = Ec2Trust::new(through.ec2()).allowed_images_settings().await.unwrap();
+    let (state, criteria) = Ec2Client::new(through.ec2()).allowed_images_settings().await.unwrap();
     assert_eq!((state.as_str(), criteria), ("enabled", json!([{"ImageProviders": ["amazon"]}])));
     assert_policy_matches("untrusted-ami-alert", iam_actions(&proxy.calls()));
 }

@@ -13,15 +13,13 @@ use amiguard::alert::sns::SnsAlerts;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard::tags;
-use amiguard::trust::ec2::Ec2Trust;
-use amiguard::trust::identity::StsIdentity;
 use amiguard_integration_tests::inbox::AlertInbox;
 use amiguard_integration_tests::{
     moto, sample_event, TestAccount, AMAZON_LINUX_AMI, AMAZON_OWNER_ID, RED_HAT_OWNER_ID, RHEL_AMI,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
-use untrusted_ami_alert::{handle, Clients, Config, Error, InstanceReport, Outcome, Report};
+use untrusted_ami_alert::{handle, Config, Ec2Client, Error, InstanceReport, Outcome, Ports, Report, StsIdentity};
 
 fn config(topic_arn: &str, vars: &[(&str, &str)]) -> Config {
     let mut map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -30,9 +28,9 @@ fn config(topic_arn: &str, vars: &[(&str, &str)]) -> Config {
 }
 
 /// The function's clients on `account`, with its ledger (created from the template on first use).
-async fn clients(account: &TestAccount, config: &Config) -> Clients<Ec2Trust, SnsAlerts, StsIdentity, DynamoLedger> {
-    Clients {
-        ec2: Ec2Trust::new(account.ec2()),
+async fn clients(account: &TestAccount, config: &Config) -> Ports<Ec2Client, SnsAlerts, StsIdentity, DynamoLedger> {
+    Ports {
+        ec2: Ec2Client::new(account.ec2()),
         alerts: SnsAlerts::new(account.sns(), config.alert_topic_arn.clone()),
         identity: StsIdentity::from_conf(account.sdk_config()),
         ledger: Some(amiguard_integration_tests::ledger::create(account).await),
@@ -578,7 +576,7 @@ async fn an_untrusted_image_copied_into_the_account_is_alerted_with_its_chain() 
         amiguard_integration_tests::ec2_answer("GetImageAncestry", &lineage),
     ));
     let through = account.through(&proxy);
-    let clients = Clients { ec2: Ec2Trust::new(through.ec2()), ..clients(&account, &config).await };
+    let clients = Ports { ec2: Ec2Client::new(through.ec2()), ..clients(&account, &config).await };
 
     let report =
         one(handle(&config, &clients, &state_change(&account, &instance, "running"), &delivery()).await.unwrap());

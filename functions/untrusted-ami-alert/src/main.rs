@@ -5,10 +5,8 @@ use amiguard::alert::sns::SnsAlerts;
 use amiguard::config::ProcessEnv;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
-use amiguard::trust::ec2::Ec2Trust;
-use amiguard::trust::identity::StsIdentity;
 use lambda_runtime::{service_fn, LambdaEvent};
-use untrusted_ami_alert::{handle, Clients, Config, FUNCTION};
+use untrusted_ami_alert::{handle, Config, Ec2Client, Ports, StsIdentity, FUNCTION};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -21,7 +19,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let sdk = amiguard::sdk::load().await;
     let region =
         sdk.region().map(ToString::to_string).ok_or("AWS_REGION is not set: the region to watch is unknown")?;
-    let ec2 = Ec2Trust::new(aws_sdk_ec2::Client::new(&sdk));
+    let ec2 = Ec2Client::new(aws_sdk_ec2::Client::new(&sdk));
     // TRUST_POLICY_SOURCE=account: the account's Allowed AMIs settings, read once per container.
     // Settings that cannot be read or used leave the default policy judging, said in every
     // report: an unread policy never means "trust all", nor silence.
@@ -43,16 +41,16 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     for warning in config.policy.warnings() {
         tracing::warn!(function = FUNCTION, "{warning}");
     }
-    let clients = Clients {
+    let ports = Ports {
         ec2,
         alerts: SnsAlerts::new(aws_sdk_sns::Client::new(&sdk), config.alert_topic_arn.clone()),
         identity: StsIdentity::from_conf(&sdk),
         ledger: table.map(|table| DynamoLedger::from_conf(&sdk, table)),
         region,
     };
-    let (config, clients) = (&config, &clients);
+    let (config, ports) = (&config, &ports);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
-        handle(config, clients, &event.payload, &Invocation::from_context(&event.context)).await
+        handle(config, ports, &event.payload, &Invocation::from_context(&event.context)).await
     }))
     .await
 }

@@ -54,8 +54,8 @@ fn sent_by(instances: &[crate::InstanceReport]) -> Vec<Option<Severity>> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::core::enforce::EnforcementTaken;
     use crate::{AuditFinding, AuditReport, InstanceReport, Outcome};
-    use amiguard::trust::enforce::EnforcementTaken;
     use chrono::TimeZone;
 
     fn at() -> DateTime<Utc> {

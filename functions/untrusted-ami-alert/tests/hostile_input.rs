@@ -7,13 +7,11 @@ use amiguard::alert::sns::SnsAlerts;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::memory::MemoryLedger;
 use amiguard::testing::any_json;
-use amiguard::trust::ec2::Ec2Trust;
-use amiguard::trust::identity::StsIdentity;
 use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use serde_json::Value;
-use untrusted_ami_alert::{handle, Clients, Config};
+use untrusted_ami_alert::{handle, Config, Ec2Client, Ports, StsIdentity};
 
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:amiguard-alerts";
 
@@ -51,7 +49,7 @@ fn mutated_event() -> impl Strategy<Value = Value> {
 }
 
 struct Mocked {
-    clients: Clients<Ec2Trust, SnsAlerts, StsIdentity, MemoryLedger>,
+    clients: Ports<Ec2Client, SnsAlerts, StsIdentity, MemoryLedger>,
     publish: Rule,
 }
 
@@ -69,8 +67,8 @@ fn clients() -> Mocked {
         aws_sdk_sts::operation::get_caller_identity::GetCallerIdentityOutput::builder().account("123456789012").build()
     });
     Mocked {
-        clients: Clients {
-            ec2: Ec2Trust::new(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe, &metadata])),
+        clients: Ports {
+            ec2: Ec2Client::new(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe, &metadata])),
             alerts: SnsAlerts::new(mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&publish]), TOPIC),
             identity: StsIdentity::new(mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&identity])),
             ledger: Some(MemoryLedger::new()),

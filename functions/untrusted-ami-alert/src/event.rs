@@ -1,35 +1,50 @@
-//! The three events untrusted-ami-alert answers, parsed from the EventBridge envelope: a state
-//! change, a CloudTrail `RunInstances`, and the scheduled audit. Anything else is an error that
-//! changes nothing.
+//! The events untrusted-ami-alert answers, parsed from the EventBridge envelope: a state change, a
+//! CloudTrail `RunInstances` (or another CloudTrail call, or a failed one), and the scheduled
+//! audit. Anything else is an error that changes nothing.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::events::{parse_envelope, EventError};
+use amiguard::events::{parse_envelope, EventError};
 
 pub const STATE_CHANGE: &str = "EC2 Instance State-change Notification";
 pub const CLOUDTRAIL_API_CALL: &str = "AWS API Call via CloudTrail";
 pub const SCHEDULED_EVENT: &str = "Scheduled Event";
 
-/// What the event asks for.
+/// What the event asks for, with where and when it happened ([`Origin`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trigger {
+pub enum Event {
     /// An instance changed state (any state: the handler skips all but `pending` and `running`).
-    StateChange { instance_id: String, state: String },
+    StateChange { instance_id: String, state: String, origin: Origin },
     /// `RunInstances` launched these instances (in the order of the call, without repeats), each
     /// with the image the record says it was launched from (a launch-template launch names no
     /// image in its request; its response does).
-    RunInstances { instances: Vec<Launched> },
+    RunInstances { instances: Vec<Launched>, origin: Origin },
     /// `RunInstances` failed (`errorCode`; a `DryRun` call answers `Client.DryRunOperation`):
     /// nothing was launched.
-    RunInstancesFailed { error_code: String },
+    RunInstancesFailed { error_code: String, origin: Origin },
     /// `RunInstances` without an error whose record holds no response (`"responseElements":
     /// null`, as CloudTrail writes when the response was too large or not recorded): the
     /// instances are unknown here; their state-change events judge them.
-    RunInstancesUnrecorded,
+    RunInstancesUnrecorded { origin: Origin },
     /// A CloudTrail event of another EC2 call: the rule sends more than it should.
-    OtherApiCall { event_name: String },
+    OtherApiCall { event_name: String, origin: Origin },
     /// The scheduled audit.
-    Audit,
+    Audit { origin: Origin },
+}
+
+impl Event {
+    /// Where and when the envelope says the event happened.
+    pub fn origin(&self) -> &Origin {
+        match self {
+            Self::StateChange { origin, .. }
+            | Self::RunInstances { origin, .. }
+            | Self::RunInstancesFailed { origin, .. }
+            | Self::RunInstancesUnrecorded { origin }
+            | Self::OtherApiCall { origin, .. }
+            | Self::Audit { origin } => origin,
+        }
+    }
 }
 
 /// One instance a `RunInstances` record says was launched.
@@ -40,14 +55,14 @@ pub struct Launched {
     pub image_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TriggerEvent {
-    pub trigger: Trigger,
+/// What the envelope says of any event: each a field a direct invoker may leave out.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
     /// The account the event is about (`self`), when the envelope says.
     pub account: Option<String>,
     pub region: Option<String>,
     /// When the event happened, when the envelope says.
-    pub time: Option<chrono::DateTime<chrono::Utc>>,
+    pub time: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,24 +85,31 @@ struct CloudTrailDetail {
     response_elements: Option<serde_json::Value>,
 }
 
-pub fn parse(payload: &serde_json::Value) -> Result<TriggerEvent, EventError> {
+pub fn parse(payload: &serde_json::Value) -> Result<Event, EventError> {
     let envelope = parse_envelope::<serde_json::Value>(payload)?;
+    let account = envelope.account.filter(|a| !a.trim().is_empty());
+    // Said after what the event is: an event from elsewhere is unexpected, whatever its account.
+    let bad_account = account
+        .as_ref()
+        .filter(|a| !amiguard::aws_words::is_account_id(a))
+        .map(|account| EventError::Malformed(format!("account {account:?}: expected a 12-digit account id")));
+    let origin = Origin { account, region: envelope.region.filter(|r| !r.trim().is_empty()), time: envelope.time };
     let source = envelope.source.as_str();
-    let trigger = match envelope.detail_type.as_str() {
+    let event = match envelope.detail_type.as_str() {
         STATE_CHANGE => {
             expect_source(source, &["aws.ec2"])?;
             let detail: StateChangeDetail = detail(envelope.detail)?;
             check_instance_id(&detail.instance_id)?;
-            Trigger::StateChange { instance_id: detail.instance_id, state: detail.state }
+            Event::StateChange { instance_id: detail.instance_id, state: detail.state, origin }
         }
         CLOUDTRAIL_API_CALL => {
             expect_source(source, &["aws.ec2"])?;
-            cloudtrail(detail(envelope.detail)?)?
+            cloudtrail(detail(envelope.detail)?, origin)?
         }
         SCHEDULED_EVENT => {
-            expect_source(source, &crate::events::SCHEDULE_SOURCES)?;
-            crate::events::scheduled_detail(envelope.detail)?;
-            Trigger::Audit
+            expect_source(source, &amiguard::events::SCHEDULE_SOURCES)?;
+            amiguard::events::scheduled_detail(envelope.detail)?;
+            Event::Audit { origin }
         }
         other => {
             return Err(EventError::Unexpected(format!(
@@ -95,16 +117,13 @@ pub fn parse(payload: &serde_json::Value) -> Result<TriggerEvent, EventError> {
             )))
         }
     };
-    let account = envelope.account.filter(|a| !a.trim().is_empty());
-    if let Some(account) = &account {
-        if !crate::aws_words::is_account_id(account) {
-            return Err(EventError::Malformed(format!("account {account:?}: expected a 12-digit account id")));
-        }
+    match bad_account {
+        Some(err) => Err(err),
+        None => Ok(event),
     }
-    Ok(TriggerEvent { trigger, account, region: envelope.region.filter(|r| !r.trim().is_empty()), time: envelope.time })
 }
 
-fn cloudtrail(detail: CloudTrailDetail) -> Result<Trigger, EventError> {
+fn cloudtrail(detail: CloudTrailDetail, origin: Origin) -> Result<Event, EventError> {
     if detail.event_source != "ec2.amazonaws.com" {
         return Err(EventError::Unexpected(format!(
             "CloudTrail eventSource {:?}: expected \"ec2.amazonaws.com\"",
@@ -112,13 +131,13 @@ fn cloudtrail(detail: CloudTrailDetail) -> Result<Trigger, EventError> {
         )));
     }
     if detail.event_name != "RunInstances" {
-        return Ok(Trigger::OtherApiCall { event_name: detail.event_name });
+        return Ok(Event::OtherApiCall { event_name: detail.event_name, origin });
     }
     if let Some(error_code) = detail.error_code.filter(|c| !c.is_empty()) {
-        return Ok(Trigger::RunInstancesFailed { error_code });
+        return Ok(Event::RunInstancesFailed { error_code, origin });
     }
     let Some(response) = detail.response_elements.filter(|r| !r.is_null()) else {
-        return Ok(Trigger::RunInstancesUnrecorded);
+        return Ok(Event::RunInstancesUnrecorded { origin });
     };
     let items = response.pointer("/instancesSet/items").and_then(serde_json::Value::as_array);
     let Some(items) = items.filter(|items| !items.is_empty()) else {
@@ -137,7 +156,7 @@ fn cloudtrail(detail: CloudTrailDetail) -> Result<Trigger, EventError> {
             instances.push(Launched { instance_id: instance_id.to_string(), image_id: image_id.map(str::to_string) });
         }
     }
-    Ok(Trigger::RunInstances { instances })
+    Ok(Event::RunInstances { instances, origin })
 }
 
 fn detail<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, EventError> {
@@ -185,16 +204,24 @@ mod tests {
         json!({"detail-type": CLOUDTRAIL_API_CALL, "source": "aws.ec2", "account": "123456789012", "region": "us-east-1", "detail": detail})
     }
 
+    /// Where `run_instances` events come from.
+    fn the_accounts() -> Origin {
+        Origin { account: Some("123456789012".into()), region: Some("us-east-1".into()), time: None }
+    }
+
     #[test]
     fn a_state_change() {
         let event = parse(&state_change("pending")).unwrap();
         assert_eq!(
             event,
-            TriggerEvent {
-                trigger: Trigger::StateChange { instance_id: "i-0123456789abcdef0".into(), state: "pending".into() },
-                account: Some("123456789012".into()),
-                region: Some("us-east-1".into()),
-                time: Some(chrono::DateTime::parse_from_rfc3339("2026-01-31T12:00:00Z").unwrap().into()),
+            Event::StateChange {
+                instance_id: "i-0123456789abcdef0".into(),
+                state: "pending".into(),
+                origin: Origin {
+                    account: Some("123456789012".into()),
+                    region: Some("us-east-1".into()),
+                    time: Some(chrono::DateTime::parse_from_rfc3339("2026-01-31T12:00:00Z").unwrap().into()),
+                },
             }
         );
     }
@@ -212,8 +239,11 @@ mod tests {
         .unwrap();
         let launched = |id: &str| Launched { instance_id: id.into(), image_id: Some("ami-1".into()) };
         assert_eq!(
-            event.trigger,
-            Trigger::RunInstances { instances: vec![launched("i-0aaaaaaaaaaaaaaaa"), launched("i-0bbbbbbbbbbbbbbbb")] }
+            event,
+            Event::RunInstances {
+                instances: vec![launched("i-0aaaaaaaaaaaaaaaa"), launched("i-0bbbbbbbbbbbbbbbb")],
+                origin: the_accounts(),
+            }
         );
     }
 
@@ -224,10 +254,13 @@ mod tests {
             "errorCode": "Client.UnauthorizedOperation", "responseElements": null
         })))
         .unwrap();
-        assert_eq!(failed.trigger, Trigger::RunInstancesFailed { error_code: "Client.UnauthorizedOperation".into() });
+        assert_eq!(
+            failed,
+            Event::RunInstancesFailed { error_code: "Client.UnauthorizedOperation".into(), origin: the_accounts() }
+        );
         let other =
             parse(&run_instances(json!({"eventSource": "ec2.amazonaws.com", "eventName": "StopInstances"}))).unwrap();
-        assert_eq!(other.trigger, Trigger::OtherApiCall { event_name: "StopInstances".into() });
+        assert_eq!(other, Event::OtherApiCall { event_name: "StopInstances".into(), origin: the_accounts() });
     }
 
     #[test]
@@ -237,15 +270,18 @@ mod tests {
             if !response.is_string() {
                 detail["responseElements"] = response;
             }
-            assert_eq!(parse(&run_instances(detail)).unwrap().trigger, Trigger::RunInstancesUnrecorded);
+            assert_eq!(
+                parse(&run_instances(detail)).unwrap(),
+                Event::RunInstancesUnrecorded { origin: the_accounts() }
+            );
         }
         let dry_run = parse(&run_instances(json!({
             "eventSource": "ec2.amazonaws.com", "eventName": "RunInstances",
             "errorCode": "Client.DryRunOperation", "errorMessage": "Request would have succeeded, but DryRun flag is set."
         })));
         assert_eq!(
-            dry_run.unwrap().trigger,
-            Trigger::RunInstancesFailed { error_code: "Client.DryRunOperation".into() }
+            dry_run.unwrap(),
+            Event::RunInstancesFailed { error_code: "Client.DryRunOperation".into(), origin: the_accounts() }
         );
     }
 
@@ -261,7 +297,7 @@ mod tests {
             ]}}
         })))
         .unwrap();
-        let Trigger::RunInstances { instances } = event.trigger else { panic!("not a launch") };
+        let Event::RunInstances { instances, .. } = event else { panic!("not a launch") };
         let images: Vec<Option<&str>> = instances.iter().map(|i| i.image_id.as_deref()).collect();
         assert_eq!(images, [Some("ami-1"), Some("ami-2"), None]);
     }
@@ -269,14 +305,14 @@ mod tests {
     #[test]
     fn a_scheduled_event_with_or_without_account() {
         let event = parse(&json!({"detail-type": SCHEDULED_EVENT, "source": "aws.events", "detail": {}})).unwrap();
-        assert_eq!(event, TriggerEvent { trigger: Trigger::Audit, account: None, region: None, time: None });
+        assert_eq!(event, Event::Audit { origin: Origin { account: None, region: None, time: None } });
         let blank = parse(
             &json!({"detail-type": SCHEDULED_EVENT, "source": "aws.scheduler", "account": "", "detail": {"x": 1}}),
         );
-        assert_eq!(blank.unwrap().account, None);
+        assert_eq!(blank.unwrap().origin().account, None);
         // EventBridge Scheduler sends the detail as a string holding the object.
         let scheduler = parse(&json!({"detail-type": SCHEDULED_EVENT, "source": "aws.scheduler", "detail": "{}"}));
-        assert_eq!(scheduler.unwrap().trigger, Trigger::Audit);
+        assert_eq!(scheduler.unwrap(), Event::Audit { origin: Origin::default() });
         let not_an_object = parse(&json!({"detail-type": SCHEDULED_EVENT, "source": "aws.scheduler", "detail": "[]"}));
         assert!(matches!(not_an_object, Err(EventError::Malformed(_))));
     }

@@ -1,14 +1,11 @@
-//! Which account `self` is when an event does not say (a manual invocation): STS
-//! GetCallerIdentity, asked once per container.
+//! The SDK implementation of [`CallerIdentity`]: which account `self` is when an event does not
+//! say (a manual invocation), STS GetCallerIdentity, asked once per container.
 
-use std::future::Future;
 use std::sync::OnceLock;
 
-use crate::error::AwsError;
+use amiguard::error::AwsError;
 
-pub trait CallerIdentity: Sync {
-    fn account_id(&self) -> impl Future<Output = Result<String, AwsError>> + Send;
-}
+use crate::ports::CallerIdentity;
 
 /// The real STS client. The answer never changes within a Lambda container, so it is kept.
 #[derive(Debug)]

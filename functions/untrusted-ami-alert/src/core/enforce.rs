@@ -91,7 +91,7 @@ impl fmt::Display for InstanceState {
 
 /// What the adapter learned of an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceFacts {
+pub struct LaunchedInstance {
     pub instance_id: String,
     /// EC2 always reports it; `None` only if it did not.
     pub image_id: Option<String>,
@@ -141,7 +141,7 @@ pub enum StopStep {
 
 /// The enforcement actions for one untrusted instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
+pub struct EnforcementPlan {
     /// Write `amiguard:untrusted-ami=<image id>` (every time: CreateTags is idempotent, and
     /// whatever tag the instance already carries was possibly set by its launcher).
     pub tag: bool,
@@ -150,9 +150,9 @@ pub struct Plan {
     pub gone: bool,
 }
 
-pub fn plan(enforcement: Enforcement, occasion: &Occasion, state: &InstanceState) -> Plan {
+pub fn plan(enforcement: Enforcement, occasion: &Occasion, state: &InstanceState) -> EnforcementPlan {
     if state.is_gone() {
-        return Plan { tag: false, stop: StopStep::NotAsked, gone: true };
+        return EnforcementPlan { tag: false, stop: StopStep::NotAsked, gone: true };
     }
     let stop = match (enforcement, occasion.is_audit(), state) {
         (Enforcement::Stop, false, InstanceState::Running) => StopStep::Now,
@@ -160,7 +160,7 @@ pub fn plan(enforcement: Enforcement, occasion: &Occasion, state: &InstanceState
         (Enforcement::Stop, false, _) => StopStep::NotRunning,
         _ => StopStep::NotAsked,
     };
-    Plan { tag: matches!(enforcement, Enforcement::Tag | Enforcement::Stop), stop, gone: false }
+    EnforcementPlan { tag: matches!(enforcement, Enforcement::Tag | Enforcement::Stop), stop, gone: false }
 }
 
 /// The enforcement taken, as reports and alerts state it.
@@ -206,7 +206,7 @@ pub struct Outcomes<'a> {
 }
 
 /// The enforcement taken once the planned calls are made.
-pub fn taken(enforcement: Enforcement, plan: &Plan, outcomes: Outcomes<'_>) -> EnforcementTaken {
+pub fn taken(enforcement: Enforcement, plan: &EnforcementPlan, outcomes: Outcomes<'_>) -> EnforcementTaken {
     let Outcomes { tag_failed, stop, stop_failed } = outcomes;
     if plan.gone {
         return EnforcementTaken::InstanceGone;
@@ -233,7 +233,11 @@ mod tests {
         for enforcement in [Enforcement::Alert, Enforcement::Tag, Enforcement::Stop] {
             for state in [InstanceState::Terminated, InstanceState::Unlisted] {
                 let p = plan(enforcement, &launch(), &state);
-                assert_eq!(p, Plan { tag: false, stop: StopStep::NotAsked, gone: true }, "{enforcement:?} {state:?}");
+                assert_eq!(
+                    p,
+                    EnforcementPlan { tag: false, stop: StopStep::NotAsked, gone: true },
+                    "{enforcement:?} {state:?}"
+                );
                 assert_eq!(taken(enforcement, &p, none()), EnforcementTaken::InstanceGone);
             }
         }
@@ -251,21 +255,21 @@ mod tests {
     #[test]
     fn alert_mode_does_nothing_but_alert() {
         let p = plan(Enforcement::Alert, &launch(), &InstanceState::Running);
-        assert_eq!(p, Plan { tag: false, stop: StopStep::NotAsked, gone: false });
+        assert_eq!(p, EnforcementPlan { tag: false, stop: StopStep::NotAsked, gone: false });
         assert_eq!(taken(Enforcement::Alert, &p, none()), EnforcementTaken::None);
     }
 
     #[test]
     fn tag_mode_tags_on_every_event() {
         let p = plan(Enforcement::Tag, &launch(), &InstanceState::Running);
-        assert_eq!(p, Plan { tag: true, stop: StopStep::NotAsked, gone: false });
+        assert_eq!(p, EnforcementPlan { tag: true, stop: StopStep::NotAsked, gone: false });
         assert_eq!(taken(Enforcement::Tag, &p, none()), EnforcementTaken::Tagged);
     }
 
     #[test]
     fn stop_mode_stops_a_running_instance_defers_a_pending_one_and_leaves_the_rest() {
         let running = plan(Enforcement::Stop, &launch(), &InstanceState::Running);
-        assert_eq!(running, Plan { tag: true, stop: StopStep::Now, gone: false });
+        assert_eq!(running, EnforcementPlan { tag: true, stop: StopStep::Now, gone: false });
         let stopped = Outcomes { stop: Some(&StopOutcome::Stopping), ..none() };
         assert_eq!(taken(Enforcement::Stop, &running, stopped), EnforcementTaken::TaggedAndStopped);
         let refused = Outcomes { stop: Some(&StopOutcome::NotStoppable), ..none() };
@@ -283,7 +287,7 @@ mod tests {
     #[test]
     fn an_audit_tags_but_never_stops() {
         let p = plan(Enforcement::Stop, &Occasion::Audit, &InstanceState::Running);
-        assert_eq!(p, Plan { tag: true, stop: StopStep::NotAsked, gone: false });
+        assert_eq!(p, EnforcementPlan { tag: true, stop: StopStep::NotAsked, gone: false });
         assert_eq!(taken(Enforcement::Stop, &p, none()), EnforcementTaken::Tagged);
     }
 

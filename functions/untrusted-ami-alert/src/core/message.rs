@@ -1,11 +1,14 @@
 //! The alert a person reads: a subject naming the instance, readable text, and a JSON block for
 //! tools. Pure: the SNS adapter only sends what this module writes.
 
+use std::ops::Range;
+
 use serde::Serialize;
 
+use amiguard::alert::{fit_subject, Alert, Severity};
+use amiguard::tags;
+
 use super::enforce::{Enforcement, EnforcementTaken, Occasion};
-use crate::alert::{fit_subject, Alert, Severity};
-use crate::tags;
 
 /// Where the owner facts in an alert come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -112,6 +115,25 @@ pub fn compose_follow_up(details: &AlertDetails, occasion: &Occasion, launches: 
 pub const DIGEST_FINDINGS_PER_MESSAGE: usize = 50;
 /// The JSON a digest part carries at most, with room for its text (SNS takes 256 KB).
 pub const DIGEST_PART_BYTES: usize = 120_000;
+
+/// The digest's parts, as ranges of `findings`: at most [`DIGEST_FINDINGS_PER_MESSAGE`] findings
+/// and about [`DIGEST_PART_BYTES`] of their JSON each (a finding alone always makes a part).
+pub fn digest_parts(findings: &[&AlertDetails]) -> Vec<Range<usize>> {
+    let mut parts = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, details) in findings.iter().enumerate() {
+        let size = serde_json::to_string(details).map(|j| j.len()).unwrap_or(0) + 500;
+        if i > start && (i - start >= DIGEST_FINDINGS_PER_MESSAGE || bytes + size > DIGEST_PART_BYTES) {
+            parts.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < findings.len() {
+        parts.push(start..findings.len());
+    }
+    parts
+}
 
 /// The audit's message: newly untrusted instances, grouped by image and owner; `part` is
 /// `(n, of)` when the audit's findings take several messages.
@@ -247,6 +269,18 @@ mod tests {
         assert_eq!(follow_up.subject, compose(&findings[0], &Occasion::RunInstances).subject, "the subject's contract");
     }
 
+    #[test]
+    fn a_large_digest_is_cut_in_parts_of_at_most_fifty_findings_or_about_120_kb() {
+        let findings = vec![details(); 120];
+        let all: Vec<&AlertDetails> = findings.iter().collect();
+        assert_eq!(digest_parts(&all), [0..50, 50..100, 100..120]);
+        assert_eq!(digest_parts(&all[..1]), [Range { start: 0, end: 1 }]);
+        assert!(digest_parts(&[]).is_empty());
+        let mut long = details();
+        long.reasons = vec!["x".repeat(DIGEST_PART_BYTES)];
+        assert_eq!(digest_parts(&[&long, &long, &findings[0]]), [0..1, 1..2, 2..3], "one finding alone is a part");
+    }
+
     fn details() -> AlertDetails {
         AlertDetails {
             instance_id: "i-0123456789abcdef0".into(),
@@ -279,12 +313,12 @@ mod tests {
             alert.subject,
             "amiguard: untrusted AMI on i-0123456789abcdef0 (ami-0123456789abcdef0, 123456789012 us-east-1)"
         );
-        assert!(alert.subject.len() <= crate::alert::MAX_SUBJECT_CHARS);
+        assert!(alert.subject.len() <= amiguard::alert::MAX_SUBJECT_CHARS);
         let mut long = details();
         long.region = "a-very-long-region-name-that-does-not-exist-1".into();
         long.instance_id = "i-0123456789abcdef0\nX".into();
         let subject = compose(&long, &Occasion::RunInstances).subject;
-        assert_eq!(subject.len(), crate::alert::MAX_SUBJECT_CHARS);
+        assert_eq!(subject.len(), amiguard::alert::MAX_SUBJECT_CHARS);
         assert!(subject.starts_with("amiguard: untrusted AMI on i-0123456789abcdef0?X ("), "{subject}");
         assert!(subject.ends_with("..."));
     }

@@ -4,7 +4,10 @@
 //! (`GetImageAncestry`; `SourceImageId`/`SourceImageRegion` of a copy where the lineage cannot
 //! be read). Pure: the adapter reads the chain, this module judges it.
 
-use super::policy::{Problem, TrustPolicy};
+use std::collections::HashMap;
+
+use super::policy::TrustPolicy;
+use super::verdict::{LaunchImage, Problem};
 
 /// One ancestor of an image, parent first: what EC2 says of it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -24,6 +27,54 @@ pub enum Lineage {
     Ancestors(Vec<Ancestor>),
     /// The lineage could not be read (the call failed): the reason.
     Unreadable(String),
+}
+
+impl Lineage {
+    /// The lineage of `image` as `GetImageAncestry` answered (`Err`: why it could not be read). A
+    /// copy still names its source on DescribeImages: then that one step can be judged.
+    pub fn read(ancestry: Result<Vec<Ancestor>, String>, image: &LaunchImage) -> Self {
+        match ancestry {
+            Ok(ancestors) => Self::Ancestors(ancestors),
+            Err(_) if image.source_image_id.is_some() => Self::Ancestors(vec![Ancestor {
+                image_id: image.source_image_id.clone().unwrap_or_default(),
+                region: image.source_image_region.clone(),
+                ..Ancestor::default()
+            }]),
+            Err(why) => Self::Unreadable(why),
+        }
+    }
+
+    /// Names each ancestor's owner as DescribeImages showed it (`owners`, by image id).
+    pub fn with_owners(mut self, owners: &HashMap<String, LaunchImage>) -> Self {
+        if let Self::Ancestors(ancestors) = &mut self {
+            for ancestor in ancestors.iter_mut() {
+                if let Some(seen) = owners.get(&ancestor.image_id) {
+                    ancestor.owner_id = Some(seen.owner_id.clone()).filter(|o| !o.is_empty());
+                    ancestor.owner_alias = ancestor.owner_alias.clone().or_else(|| seen.owner_alias.clone());
+                }
+            }
+        }
+        self
+    }
+}
+
+/// The ancestors in the images' `lineages` whose owner ids DescribeImages may show
+/// (GetImageAncestry gives only aliases): those in `region`, or of no stated region, each once.
+/// One in another region stays unknown: unverifiable unless its alias is trusted.
+pub fn ancestors_to_describe(lineages: &[(&LaunchImage, Lineage)], region: &str) -> Vec<String> {
+    let mut ask: Vec<String> = lineages
+        .iter()
+        .filter_map(|(_, l)| match l {
+            Lineage::Ancestors(a) => Some(a),
+            Lineage::Unreadable(_) => None,
+        })
+        .flatten()
+        .filter(|a| a.region.as_deref().is_none_or(|r| r == region))
+        .map(|a| a.image_id.clone())
+        .collect();
+    ask.sort();
+    ask.dedup();
+    ask
 }
 
 /// The provenance verdict: nothing when every ancestor's owner is trusted (or there is none).
@@ -120,5 +171,34 @@ mod tests {
         ]);
         let problem = judge(&policy, "ami-app", &deep, ACCOUNT).unwrap();
         assert!(problem.to_string().contains("ami-app <- ami-mid <- ami-root"), "{problem}");
+    }
+
+    #[test]
+    fn a_lineage_read_names_what_describe_images_can_tell() {
+        let copy = LaunchImage {
+            image_id: "ami-copy".into(),
+            source_image_id: Some("ami-source".into()),
+            source_image_region: Some("eu-west-1".into()),
+            ..LaunchImage::default()
+        };
+        // Unreadable: a copy's own source is its one known ancestor; without one, why.
+        let sourced = Lineage::read(Err("denied".into()), &copy);
+        let Lineage::Ancestors(ref ancestors) = sourced else { panic!("{sourced:?}") };
+        assert_eq!((ancestors[0].image_id.as_str(), ancestors[0].region.as_deref()), ("ami-source", Some("eu-west-1")));
+        let plain = LaunchImage { image_id: "ami-own".into(), ..LaunchImage::default() };
+        assert_eq!(Lineage::read(Err("denied".into()), &plain), Lineage::Unreadable("denied".into()));
+        // Only this region's ancestors (or of no stated region) are asked for, each once.
+        let here = Lineage::Ancestors(vec![
+            ancestor("ami-b", None, None),
+            Ancestor { region: None, ..ancestor("ami-a", None, None) },
+            ancestor("ami-b", None, None),
+        ]);
+        let lineages = [(&copy, sourced), (&plain, here)];
+        assert_eq!(ancestors_to_describe(&lineages, "us-east-1"), ["ami-a", "ami-b"]);
+        // Owners named from what DescribeImages showed; an alias GetImageAncestry gave is kept.
+        let seen = LaunchImage { image_id: "ami-b".into(), owner_id: ACCOUNT.into(), ..LaunchImage::default() };
+        let owners = HashMap::from([("ami-b".to_string(), seen)]);
+        let named = Lineage::Ancestors(vec![ancestor("ami-b", None, Some("amazon"))]).with_owners(&owners);
+        assert_eq!(named, Lineage::Ancestors(vec![ancestor("ami-b", Some(ACCOUNT), Some("amazon"))]));
     }
 }

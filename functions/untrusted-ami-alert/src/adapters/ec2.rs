@@ -1,16 +1,17 @@
-//! The EC2 calls untrusted-ami-alert makes, behind a narrow trait: DescribeInstances,
-//! DescribeImages, DescribeInstanceImageMetadata, CreateTags and StopInstances.
-
-use std::future::Future;
+//! The SDK implementation of [`Ec2`]: DescribeInstances, DescribeImages,
+//! DescribeInstanceImageMetadata, GetImageAncestry, CreateTags and StopInstances, each listing
+//! paged; and GetAllowedImagesSettings, read once at init.
 
 use aws_sdk_ec2::types::Filter;
 
-use super::enforce::{InstanceFacts, InstanceState, StopOutcome};
-use super::policy::ImageFacts;
-use super::provenance::Ancestor;
-use crate::error::AwsError;
-use crate::sdk;
-use crate::tags::{self, Tag};
+use amiguard::error::AwsError;
+use amiguard::sdk;
+use amiguard::tags::{self, Tag};
+
+use crate::core::enforce::{InstanceState, LaunchedInstance, StopOutcome};
+use crate::core::provenance::Ancestor;
+use crate::core::verdict::LaunchImage;
+use crate::ports::{Ec2, LaunchMetadata};
 
 /// Ids per filter: EC2 takes up to 200 values per filter; stay well under.
 const IDS_PER_CALL: usize = 100;
@@ -18,63 +19,31 @@ const IDS_PER_CALL: usize = 100;
 /// The states of an instance that is not terminated (the audit's scope).
 pub const LIVE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
 
-/// DescribeInstanceImageMetadata's answer for one instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaunchMetadata {
-    pub instance_id: String,
-    /// The image it was launched from, as EC2 recorded it then.
-    pub image: ImageFacts,
-    /// The instance's state now, when EC2 says.
-    pub instance_state: Option<InstanceState>,
-}
-
-pub trait TrustEc2: Sync {
-    /// The instances among `instance_ids` that EC2 knows, every page; unknown ids are absent.
-    fn instances(&self, instance_ids: &[String]) -> impl Future<Output = Result<Vec<InstanceFacts>, AwsError>> + Send;
-    /// Every instance that is not terminated, every page.
-    fn live_instances(&self) -> impl Future<Output = Result<Vec<InstanceFacts>, AwsError>> + Send;
-    /// The images among `image_ids` this account can see (its own, public ones, shared with it),
-    /// deprecated and disabled ones included, every page; the others are absent.
-    fn visible_images(&self, image_ids: &[String]) -> impl Future<Output = Result<Vec<ImageFacts>, AwsError>> + Send;
-    /// What EC2 recorded at launch about each instance's image, even when the image is
-    /// deregistered or private (and for instances DescribeInstances no longer lists). Best
-    /// effort: few retries.
-    fn launch_image_metadata(
-        &self,
-        instance_ids: &[String],
-    ) -> impl Future<Output = Result<Vec<LaunchMetadata>, AwsError>> + Send;
-    /// `GetImageAncestry`: the image's ancestors, parent first (the image itself left out), with
-    /// what the call says of each (its region, its owner alias; not its owner id).
-    fn image_ancestry(&self, image_id: &str) -> impl Future<Output = Result<Vec<Ancestor>, AwsError>> + Send;
-    fn tag_instance(&self, instance_id: &str, tag: &Tag) -> impl Future<Output = Result<(), AwsError>> + Send;
-    fn stop_instance(&self, instance_id: &str) -> impl Future<Output = Result<StopOutcome, AwsError>> + Send;
-}
-
 /// The real EC2 client.
 #[derive(Debug, Clone)]
-pub struct Ec2Trust {
+pub struct Ec2Client {
     client: aws_sdk_ec2::Client,
     /// The same client with two attempts at most, for calls whose failure only loses detail.
     best_effort: aws_sdk_ec2::Client,
 }
 
-impl Ec2Trust {
+impl Ec2Client {
     pub fn new(client: aws_sdk_ec2::Client) -> Self {
         let config = client.config().to_builder().retry_config(sdk::cleanup_retry_config()).build();
         Self { best_effort: aws_sdk_ec2::Client::from_conf(config), client }
     }
 }
 
-fn instance_facts(instance: &aws_sdk_ec2::types::Instance) -> Option<InstanceFacts> {
-    Some(InstanceFacts {
+fn launched_instance(instance: &aws_sdk_ec2::types::Instance) -> Option<LaunchedInstance> {
+    Some(LaunchedInstance {
         instance_id: instance.instance_id()?.to_string(),
         image_id: instance.image_id().map(str::to_string),
         state: InstanceState::parse(instance.state().and_then(|s| s.name()).map(|n| n.as_str()).unwrap_or_default()),
     })
 }
 
-fn image_facts(image: &aws_sdk_ec2::types::Image) -> Option<ImageFacts> {
-    Some(ImageFacts {
+fn launch_image(image: &aws_sdk_ec2::types::Image) -> Option<LaunchImage> {
+    Some(LaunchImage {
         image_id: image.image_id()?.to_string(),
         owner_id: image.owner_id().unwrap_or_default().to_string(),
         owner_alias: image.image_owner_alias().map(str::to_string),
@@ -87,12 +56,12 @@ fn image_facts(image: &aws_sdk_ec2::types::Image) -> Option<ImageFacts> {
     })
 }
 
-fn metadata_facts(metadata: &aws_sdk_ec2::types::InstanceImageMetadata) -> Option<LaunchMetadata> {
+fn launch_metadata(metadata: &aws_sdk_ec2::types::InstanceImageMetadata) -> Option<LaunchMetadata> {
     let image = metadata.image_metadata()?;
     Some(LaunchMetadata {
         instance_id: metadata.instance_id()?.to_string(),
         instance_state: metadata.state().and_then(|s| s.name()).map(|n| InstanceState::parse(n.as_str())),
-        image: ImageFacts {
+        image: LaunchImage {
             image_id: image.image_id()?.to_string(),
             owner_id: image.owner_id().unwrap_or_default().to_string(),
             owner_alias: image.image_owner_alias().map(str::to_string),
@@ -100,7 +69,7 @@ fn metadata_facts(metadata: &aws_sdk_ec2::types::InstanceImageMetadata) -> Optio
             creation_date: image.creation_date().map(str::to_string),
             deprecation_time: image.deprecation_time().map(str::to_string),
             image_allowed: image.image_allowed(),
-            ..ImageFacts::default()
+            ..LaunchImage::default()
         },
     })
 }
@@ -109,7 +78,7 @@ fn filter(name: &str, values: &[String]) -> Filter {
     Filter::builder().name(name).set_values(Some(values.to_vec())).build()
 }
 
-impl Ec2Trust {
+impl Ec2Client {
     /// `GetAllowedImagesSettings`: the state (`enabled`, `audit-mode`, `disabled`) and the
     /// criteria, as the JSON `aws ec2 get-allowed-images-settings` prints (the policy parser
     /// reads it, and refuses what it cannot evaluate).
@@ -159,21 +128,21 @@ impl Ec2Trust {
         Ok((output.state().unwrap_or("disabled").to_string(), serde_json::Value::Array(criteria)))
     }
 
-    async fn describe_instances(&self, filter: Filter) -> Result<Vec<InstanceFacts>, AwsError> {
+    async fn describe_instances(&self, filter: Filter) -> Result<Vec<LaunchedInstance>, AwsError> {
         let mut found = Vec::new();
         let mut pages = self.client.describe_instances().filters(filter).max_results(1000).into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeInstances", e))?;
-            found.extend(page.reservations().iter().flat_map(|r| r.instances()).filter_map(instance_facts));
+            found.extend(page.reservations().iter().flat_map(|r| r.instances()).filter_map(launched_instance));
         }
         Ok(found)
     }
 }
 
-impl TrustEc2 for Ec2Trust {
+impl Ec2 for Ec2Client {
     // Filters rather than `InstanceIds`/`ImageIds`: an unknown id in a filter is simply absent,
     // where in the id list it fails the whole call; and filters page with MaxResults.
-    async fn instances(&self, instance_ids: &[String]) -> Result<Vec<InstanceFacts>, AwsError> {
+    async fn instances(&self, instance_ids: &[String]) -> Result<Vec<LaunchedInstance>, AwsError> {
         let mut found = Vec::new();
         for chunk in instance_ids.chunks(IDS_PER_CALL) {
             found.extend(self.describe_instances(filter("instance-id", chunk)).await?);
@@ -181,12 +150,12 @@ impl TrustEc2 for Ec2Trust {
         Ok(found)
     }
 
-    async fn live_instances(&self) -> Result<Vec<InstanceFacts>, AwsError> {
+    async fn live_instances(&self) -> Result<Vec<LaunchedInstance>, AwsError> {
         let states: Vec<String> = LIVE_STATES.iter().map(|s| s.to_string()).collect();
         self.describe_instances(filter("instance-state-name", &states)).await
     }
 
-    async fn visible_images(&self, image_ids: &[String]) -> Result<Vec<ImageFacts>, AwsError> {
+    async fn visible_images(&self, image_ids: &[String]) -> Result<Vec<LaunchImage>, AwsError> {
         let mut found = Vec::new();
         for chunk in image_ids.chunks(IDS_PER_CALL) {
             let mut pages = self
@@ -200,7 +169,7 @@ impl TrustEc2 for Ec2Trust {
                 .send();
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?;
-                found.extend(page.images().iter().filter_map(image_facts));
+                found.extend(page.images().iter().filter_map(launch_image));
             }
         }
         Ok(found)
@@ -218,7 +187,7 @@ impl TrustEc2 for Ec2Trust {
                 .send();
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|e| AwsError::from_sdk("DescribeInstanceImageMetadata", e))?;
-                found.extend(page.instance_image_metadata().iter().filter_map(metadata_facts));
+                found.extend(page.instance_image_metadata().iter().filter_map(launch_metadata));
             }
         }
         Ok(found)
@@ -331,7 +300,7 @@ mod tests {
                     .build()
             });
         let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&first, &second]);
-        let found = Ec2Trust::new(client).live_instances().await.unwrap();
+        let found = Ec2Client::new(client).live_instances().await.unwrap();
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].instance_id, "i-1");
         assert_eq!(found[0].state, InstanceState::Pending);
@@ -351,7 +320,7 @@ mod tests {
             .match_requests(|r| r.next_token() == Some("page-2"))
             .then_error(|| DescribeInstancesError::generic(code("UnauthorizedOperation")));
         let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&first, &failing]);
-        let err = Ec2Trust::new(client).instances(&["i-1".to_string()]).await.unwrap_err();
+        let err = Ec2Client::new(client).instances(&["i-1".to_string()]).await.unwrap_err();
         assert_eq!(err.operation, "DescribeInstances");
         assert_eq!(err.code, "UnauthorizedOperation");
     }
@@ -382,10 +351,10 @@ mod tests {
                     .build()
             });
         let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
-        let images = Ec2Trust::new(client).visible_images(&["ami-1".to_string(), "ami-2".to_string()]).await.unwrap();
+        let images = Ec2Client::new(client).visible_images(&["ami-1".to_string(), "ami-2".to_string()]).await.unwrap();
         assert_eq!(
             images,
-            [ImageFacts {
+            [LaunchImage {
                 image_id: "ami-1".into(),
                 owner_id: "111122223333".into(),
                 owner_alias: None,
@@ -406,7 +375,7 @@ mod tests {
             .then_output(|| DescribeImagesOutput::builder().build());
         let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
         let ids: Vec<String> = (0..250).map(|i| format!("ami-{i:017x}")).collect();
-        Ec2Trust::new(client).visible_images(&ids).await.unwrap();
+        Ec2Client::new(client).visible_images(&ids).await.unwrap();
         assert_eq!(rule.num_calls(), 3);
     }
 
@@ -440,7 +409,8 @@ mod tests {
                     .build()
             });
         let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
-        let found = Ec2Trust::new(client).launch_image_metadata(&["i-1".to_string(), "i-2".to_string()]).await.unwrap();
+        let found =
+            Ec2Client::new(client).launch_image_metadata(&["i-1".to_string(), "i-2".to_string()]).await.unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].instance_id, "i-1");
         assert_eq!(found[0].image.owner_id, "444455556666");
@@ -472,7 +442,7 @@ mod tests {
             },
         );
         let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
-        let ancestors = Ec2Trust::new(client).image_ancestry("ami-app").await.unwrap();
+        let ancestors = Ec2Client::new(client).image_ancestry("ami-app").await.unwrap();
         let read: Vec<(&str, Option<&str>, Option<&str>)> =
             ancestors.iter().map(|a| (a.image_id.as_str(), a.region.as_deref(), a.owner_alias.as_deref())).collect();
         assert_eq!(read, [("ami-copy", Some("us-east-1"), None), ("ami-base", Some("eu-west-1"), Some("amazon"))]);
@@ -485,7 +455,7 @@ mod tests {
                 .build()
         });
         let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&cut]);
-        let ancestors = Ec2Trust::new(client).image_ancestry("ami-app").await.unwrap();
+        let ancestors = Ec2Client::new(client).image_ancestry("ami-app").await.unwrap();
         let ids: Vec<(&str, Option<&str>)> =
             ancestors.iter().map(|a| (a.image_id.as_str(), a.region.as_deref())).collect();
         assert_eq!(ids, [("ami-50th", Some("us-east-1")), ("ami-beyond", Some("us-west-2"))]);
@@ -513,7 +483,7 @@ mod tests {
                 .build()
         });
         let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
-        let (state, criteria) = Ec2Trust::new(client).allowed_images_settings().await.unwrap();
+        let (state, criteria) = Ec2Client::new(client).allowed_images_settings().await.unwrap();
         assert_eq!(state, "audit-mode");
         assert_eq!(
             criteria,
@@ -523,7 +493,7 @@ mod tests {
                 "CreationDateCondition": {"MaximumDaysSinceCreated": 300}
             }])
         );
-        let policy = super::super::policy::TrustPolicy::from_account_settings(&state, criteria).unwrap();
+        let policy = crate::core::policy::TrustPolicy::from_account_settings(&state, criteria).unwrap();
         assert!(policy.defers_to_ec2());
     }
 
@@ -546,7 +516,7 @@ mod tests {
         let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&metadata, &instances], |b| b
             .retry_config(sdk::retry_config())
             .sleep_impl(aws_sdk_ec2::config::SharedAsyncSleep::new(TokioSleeper)));
-        let ec2 = Ec2Trust::new(client);
+        let ec2 = Ec2Client::new(client);
         let err = ec2.launch_image_metadata(&["i-1".to_string()]).await.unwrap_err();
         assert_eq!(err.code, "RequestLimitExceeded");
         assert_eq!(metadata.num_calls(), 2);
@@ -567,7 +537,7 @@ mod tests {
             .match_requests(|r| r.instance_ids() == ["i-running"])
             .then_output(|| StopInstancesOutput::builder().build());
         let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&refused, &denied, &ok]);
-        let ec2 = Ec2Trust::new(client);
+        let ec2 = Ec2Client::new(client);
         assert_eq!(ec2.stop_instance("i-running").await.unwrap(), StopOutcome::Stopping);
         assert_eq!(ec2.stop_instance("i-pending").await.unwrap(), StopOutcome::NotStoppable);
         assert_eq!(ec2.stop_instance("i-spot").await.unwrap_err().code, "UnsupportedOperation");

@@ -1,0 +1,122 @@
+//! untrusted-ami-alert's records in the ledger ([`Records`], for every [`LedgerStore`]): the
+//! launch-alert slots of each image and clock hour (conditional writes: the first writer of a
+//! slot has it; see `core::fold`), and the folded launch alerts kept for the audit's digest.
+
+use chrono::{DateTime, Duration, Utc};
+
+use amiguard::error::AwsError;
+use amiguard::ledger::store::{query_all, Condition, Item, LedgerStore, Written};
+use amiguard::ledger::{keys, TTL_ATTRIBUTE};
+
+use crate::core::fold::{self, LaunchAlert};
+use crate::core::message::AlertDetails;
+use crate::ports::{Folded, Records, Slot, Taken};
+
+/// A slot record outlives its hour by a day (for people reading the ledger), then expires.
+const KEEP_SLOT: Duration = Duration::days(1);
+/// How long a folded alert waits for an audit's digest before the ledger forgets it: as long as a
+/// sent alert is remembered (it is forgotten as soon as a digest sends it).
+const KEEP_FOLDED: Duration = Duration::days(400);
+const DETAILS: &str = "details";
+
+impl<S: LedgerStore> Records for S {
+    async fn claim_slot(&self, region: &str, image_id: &str, now: DateTime<Utc>) -> Result<Slot, AwsError> {
+        let pk = keys::launch_alerts(region, image_id);
+        let hour = fold::hour(now);
+        for n in 1..=fold::SLOTS_PER_HOUR {
+            let item = Item::new(&pk, format!("{hour}#{n}"))
+                .with_s("kind", "launch-alert-slot")
+                .with_time("taken_at", now)
+                .with_n(TTL_ATTRIBUTE, (now + Duration::hours(1) + KEEP_SLOT).timestamp());
+            if self.put(&item, &Condition::Absent).await? == Written::Yes {
+                let taken = Taken { n, pk: item.pk, sk: item.sk };
+                return Ok(match LaunchAlert::nth(n) {
+                    LaunchAlert::Alert => Slot::Alert(taken),
+                    LaunchAlert::FollowUp | LaunchAlert::Folded => Slot::FollowUp(taken),
+                });
+            }
+        }
+        Ok(Slot::Folded)
+    }
+
+    async fn slots_taken(&self, region: &str, image_id: &str, now: DateTime<Utc>) -> Result<u32, AwsError> {
+        let taken = query_all(self, &keys::launch_alerts(region, image_id), &format!("{}#", fold::hour(now))).await?;
+        Ok(u32::try_from(taken.len()).unwrap_or(u32::MAX))
+    }
+
+    async fn release_slot(&self, taken: &Taken) -> Result<(), AwsError> {
+        self.delete(&taken.pk, &taken.sk, &Condition::Always).await.map(|_| ())
+    }
+
+    async fn keep_folded(&self, region: &str, details: &AlertDetails, now: DateTime<Utc>) -> Result<(), AwsError> {
+        let json =
+            serde_json::to_string(details).map_err(|e| AwsError::new("PutItem", "Serialization", e.to_string()))?;
+        let item = Item::new(keys::folded_alerts(region), format!("{}#{}", details.instance_id, details.image_id))
+            .with_s("kind", "folded-alert")
+            .with_s(DETAILS, json)
+            .with_time("folded_at", now)
+            .with_n(TTL_ATTRIBUTE, (now + KEEP_FOLDED).timestamp());
+        self.put(&item, &Condition::Always).await.map(|_| ())
+    }
+
+    async fn folded(&self, region: &str) -> Result<(Vec<Folded>, usize), AwsError> {
+        let items = query_all(self, &keys::folded_alerts(region), "").await?;
+        let total = items.len();
+        let read: Vec<Folded> = items
+            .into_iter()
+            .filter_map(|item| {
+                let details = serde_json::from_str(item.s(DETAILS)?).ok()?;
+                Some(Folded { details, sk: item.sk })
+            })
+            .collect();
+        let unreadable = total - read.len();
+        Ok((read, unreadable))
+    }
+
+    async fn forget_folded(&self, region: &str, folded: &Folded) -> Result<(), AwsError> {
+        self.delete(&keys::folded_alerts(region), &folded.sk, &Condition::Always).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::core::fold::ALERTS_PER_HOUR;
+    use amiguard::ledger::memory::MemoryLedger;
+    use chrono::TimeZone;
+
+    #[tokio::test]
+    async fn three_alerts_a_follow_up_then_folded_each_hour_and_image() {
+        let store = MemoryLedger::new();
+        let at = |h: u32, m: u32| Utc.with_ymd_and_hms(2026, 5, 1, h, m, 0).unwrap();
+        let mut slots = Vec::new();
+        for minute in 0..10 {
+            slots.push(store.claim_slot("us-east-1", "ami-x", at(10, minute)).await.unwrap());
+        }
+        let kinds: Vec<(bool, u32)> = slots[..4]
+            .iter()
+            .map(|s| match s {
+                Slot::Alert(t) => (false, t.n),
+                Slot::FollowUp(t) => (true, t.n),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, [(false, 1), (false, 2), (false, 3), (true, 4)]);
+        assert!(slots[4..].iter().all(|s| *s == Slot::Folded));
+        // Another image, or the next hour, starts again.
+        let first = |slot: Slot| matches!(slot, Slot::Alert(Taken { n: 1, .. }));
+        assert!(first(store.claim_slot("us-east-1", "ami-y", at(10, 30)).await.unwrap()));
+        assert!(first(store.claim_slot("us-east-1", "ami-x", at(11, 0)).await.unwrap()));
+        // A slot given back (its alert was not sent) is taken again.
+        let Slot::Alert(taken) = store.claim_slot("us-east-1", "ami-z", at(10, 0)).await.unwrap() else { panic!() };
+        store.release_slot(&taken).await.unwrap();
+        assert!(first(store.claim_slot("us-east-1", "ami-z", at(10, 1)).await.unwrap()));
+        // Counted without writing: the hour's slots of one image only.
+        let writes = store.writes();
+        assert_eq!(store.slots_taken("us-east-1", "ami-x", at(10, 59)).await.unwrap(), ALERTS_PER_HOUR + 1);
+        assert_eq!(store.slots_taken("us-east-1", "ami-x", at(11, 5)).await.unwrap(), 1);
+        assert_eq!(store.slots_taken("us-east-1", "ami-w", at(10, 5)).await.unwrap(), 0);
+        assert_eq!(store.writes(), writes);
+    }
+}

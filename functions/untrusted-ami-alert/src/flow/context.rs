@@ -1,0 +1,35 @@
+//! What every step of one delivery reads: the configuration, the ports, the account (`self`) and
+//! the invocation's clock.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use amiguard::invocation::Invocation;
+
+use crate::config::Config;
+use crate::ports::Ports;
+
+pub struct Context<'a, E, P, I, L> {
+    pub config: &'a Config,
+    pub ports: &'a Ports<E, P, I, L>,
+    pub account: &'a str,
+    pub invocation: &'a Invocation,
+    /// A dry run's launch alerts per image so far in this invocation: they take no slot in the
+    /// ledger, so the next launch of the same image counts them to say whether it would fold.
+    previewed_alerts: Mutex<HashMap<String, u32>>,
+}
+
+impl<'a, E, P, I, L> Context<'a, E, P, I, L> {
+    pub fn new(config: &'a Config, ports: &'a Ports<E, P, I, L>, account: &'a str, invocation: &'a Invocation) -> Self {
+        Self { config, ports, account, invocation, previewed_alerts: Default::default() }
+    }
+
+    /// Counts a dry run's launch alert of `image_id`, and answers how many this invocation
+    /// previewed before it.
+    pub fn previewed_before(&self, image_id: &str) -> u32 {
+        let mut previewed = self.previewed_alerts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = previewed.entry(image_id.to_string()).or_default();
+        *count += 1;
+        *count - 1
+    }
+}
