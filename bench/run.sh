@@ -66,14 +66,14 @@ fi
 if has planner; then
   echo "== 3. planning at scale (criterion; pinned to one core with taskset -c 0) =="
   echo "building the planner benchmarks (bench profile; cold: ~15 min)..."
-  cargo bench --locked -p amiguard --bench planner --bench planner_memory --no-run --quiet 2>"$OUT/bench-build.log" ||
+  cargo bench --locked -p orphan-snapshot-sweeper --bench planner --bench planner_memory --no-run --quiet 2>"$OUT/bench-build.log" ||
     { cat "$OUT/bench-build.log" >&2; exit 1; }
-  taskset -c 0 cargo bench --locked -p amiguard --bench planner >"$OUT/criterion.log" 2>&1 ||
+  taskset -c 0 cargo bench --locked -p orphan-snapshot-sweeper --bench planner >"$OUT/criterion.log" 2>&1 ||
     { cat "$OUT/criterion.log" >&2; exit 1; }
   $PY bench/planner_summary.py "$CARGO_TARGET_DIR/criterion"
   # One size per process: the high-water mark (VmHWM) never goes down.
   for size in 10000 100000 1000000; do
-    taskset -c 0 cargo bench --locked --quiet -p amiguard --bench planner_memory -- "$size" 2>>"$OUT/bench-build.log" |
+    taskset -c 0 cargo bench --locked --quiet -p orphan-snapshot-sweeper --bench planner_memory -- "$size" 2>>"$OUT/bench-build.log" |
       grep '^planner_memory'
   done
   echo

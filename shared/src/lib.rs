@@ -19,7 +19,6 @@ pub mod sns;
 pub mod tags;
 
 pub mod snapshot_on_stop;
-pub mod sweeper;
 pub mod trust;
 
 #[cfg(feature = "test-util")]

@@ -3,13 +3,12 @@
 //! deletions start.
 
 use amiguard::ledger::journal::{JournalEntry, Resource};
-use amiguard::ledger::LedgerStore;
 use amiguard::recycle_bin;
-use amiguard::sweeper::records;
-use amiguard::sweeper::{Orphan, SweeperEc2};
 use futures::stream::{self, StreamExt};
 use std::collections::HashSet;
 
+use crate::core::{Id, Orphan};
+use crate::ports::{Ec2, Records};
 use crate::report::{FailedDeletion, RegionReport};
 use crate::{Run, DELETE_CONCURRENCY};
 
@@ -24,19 +23,19 @@ enum Deletion {
     NotStarted,
 }
 
-impl<L: LedgerStore> Run<'_, L> {
+impl<L: Records> Run<'_, L> {
     /// Deletes `orphans`: tagged for the Recycle Bin (with a rule in the region) a thousand at a
     /// time, then chunk by chunk. Each chunk's journal entries are written *before* its
     /// deletions start (a write-ahead journal: nothing is deleted that the ledger does not know
     /// of), then corrected for the ones that did not happen. A deletion not started when the
     /// deadline is near is not started at all; once the journal cannot be written, no further
     /// deletion starts in the run.
-    pub(crate) async fn delete<E: SweeperEc2>(
+    pub(crate) async fn delete<E: Ec2>(
         &self,
         region: &str,
         ec2: &E,
         orphans: &[Orphan],
-        recorded: &hashbrown::HashMap<amiguard::sweeper::Id, chrono::DateTime<chrono::Utc>>,
+        recorded: &hashbrown::HashMap<Id, chrono::DateTime<chrono::Utc>>,
         report: &mut RegionReport,
         warnings: &mut Vec<String>,
     ) {
@@ -85,12 +84,12 @@ impl<L: LedgerStore> Run<'_, L> {
     }
 
     /// Journals `chunk` ahead, deletes it, and journals how each deletion ended.
-    async fn delete_chunk<E: SweeperEc2>(
+    async fn delete_chunk<E: Ec2>(
         &self,
         region: &str,
         ec2: &E,
         chunk: &[&Orphan],
-        recorded: &hashbrown::HashMap<amiguard::sweeper::Id, chrono::DateTime<chrono::Utc>>,
+        recorded: &hashbrown::HashMap<Id, chrono::DateTime<chrono::Utc>>,
         report: &mut RegionReport,
         warnings: &mut Vec<String>,
     ) {
@@ -123,7 +122,7 @@ impl<L: LedgerStore> Run<'_, L> {
         for (orphan, entry, outcome) in outcomes {
             let id = orphan.snapshot_id.to_string();
             if matches!(outcome, Deletion::Deleted | Deletion::AlreadyGone) && recorded.contains_key(id.as_str()) {
-                removed.push(records::orphan_key(region, &id));
+                removed.push(L::orphan_key(region, &id));
             }
             match outcome {
                 Deletion::Deleted => {
@@ -140,7 +139,7 @@ impl<L: LedgerStore> Run<'_, L> {
                 Deletion::Failed(failed) => {
                     ended.push(entry.failed(&failed.code, &failed.message));
                     // Still an orphan, on the same clock; the next runs try it after the others.
-                    ended.push(records::failed_orphan(region, orphan, &failed.code, self.invocation.clock()));
+                    ended.push(L::failed_orphan(region, orphan, &failed.code, self.invocation.clock()));
                     report.failed.push(failed);
                 }
                 Deletion::NotStarted => {
@@ -160,7 +159,7 @@ impl<L: LedgerStore> Run<'_, L> {
         }
     }
 
-    async fn delete_one<E: SweeperEc2>(&self, ec2: &E, orphan: &Orphan) -> Deletion {
+    async fn delete_one<E: Ec2>(&self, ec2: &E, orphan: &Orphan) -> Deletion {
         // A deletion starts only while there is time left for it (checked again per deletion: a
         // chunk's deletions may take long under throttling).
         if self.deletion_deadline_is_near() {

@@ -2,10 +2,10 @@
 //! behind in each configured region and deletes them (a dry run by default), keeping everything a
 //! safety rule protects and saying why. Optionally retires old, unused AMIs first.
 //!
-//! The decisions are `amiguard::sweeper` (the planners, the grace clock, and `records`: what the
-//! ledger remembers); its ports are [`SweeperEc2`], [`SummaryPublisher`] and the ledger
-//! (`amiguard::ledger`). Here: the handler, the events (`event`), deleting with the journal
-//! (`delete`), retirement (`retirement`), the configuration and the report.
+//! The decisions are `core` (the planners, the grace clock); its ports are [`ports::Ec2`],
+//! [`ports::SummaryPublisher`] and [`ports::Records`] (what the ledger remembers). Here: the
+//! handler, the events (`event`), deleting with the journal (`delete`), retirement
+//! (`retirement`), the configuration and the report.
 //!
 //! Per region, in this order: list snapshots, then images (so an AMI registered in between is
 //! seen), then the Recycle Bin and the snapshot locks, then the ledger; any failed listing or
@@ -14,25 +14,30 @@
 //! side by side. The invocation still answers with the report (logged before anything else is
 //! sent): an error is only for an event it must not act on.
 
+pub mod adapters;
 pub mod config;
+pub mod core;
 mod delete;
 pub mod event;
+pub mod ports;
 pub mod report;
 mod retirement;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use amiguard::ledger::{keys, Item, LedgerStore};
-use amiguard::sweeper::records::{self, RegionMemory};
-use amiguard::sweeper::{plan, ImageFacts, PlanInput, Policy, SummaryPublisher, SweeperEc2};
+use crate::core::{plan, ImageFacts, PlanInput, Policy};
+use crate::ports::{Ec2, Records, RegionMemory, SummaryPublisher};
+use amiguard::ledger::Item;
 use chrono::{DateTime, Utc};
 use futures::stream::StreamExt;
 use serde::Serialize;
 
+pub use crate::core::{ImageKeepReason, KeepReason};
 pub use amiguard::invocation::Invocation;
 pub use config::Config;
 pub use event::{ScheduledDetail, AMI_STATE_CHANGE, SCHEDULED_EVENT};
+pub use ports::Ports;
 pub use report::{FailedDeletion, RegionReport, Report, RetireOutcome, RetiredImage, FUNCTION};
 
 use amiguard::events::EventError;
@@ -58,15 +63,6 @@ pub const DELETION_MARGIN: Duration = Duration::from_secs(60);
 /// read or write, a deregistration, a deletion): a deletion is then reported failed with code
 /// `Timeout` (it may have happened; the next sweep sees), a listing aborts its region.
 pub const DELETION_CUTOFF: Duration = Duration::from_secs(30);
-
-/// The ports one invocation acts through.
-pub struct Ports<'a, E, P, L> {
-    /// One EC2 client per region of `REGIONS`, in order.
-    pub regions: &'a [(String, E)],
-    pub publisher: &'a P,
-    /// `None` without `LEDGER_TABLE`: a dry run then has no memory, a real run deletes nothing.
-    pub ledger: Option<&'a L>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
@@ -125,9 +121,9 @@ pub async fn handle<E, P, L>(
     invocation: &Invocation,
 ) -> Result<Response, SweepError>
 where
-    E: SweeperEc2,
+    E: Ec2,
     P: SummaryPublisher,
-    L: LedgerStore,
+    L: Records,
 {
     let (account_id, detail) = match event::parse(payload)? {
         SweepEvent::Sweep { account_id, detail } => (account_id, detail),
@@ -177,8 +173,8 @@ where
             Ledger::Absent
         }
         None => Ledger::Refused("no ledger is configured (LEDGER_TABLE): nothing is deleted without it".into()),
-        Some(store) => match store.last(&keys::runs(FUNCTION)).await {
-            Ok(previous) => Ledger::Ready { store, previous_run: previous.and_then(|run| run.time("started_at")) },
+        Some(store) => match store.previous_run().await {
+            Ok(previous_run) => Ledger::Ready { store, previous_run },
             Err(err) => Ledger::Refused(format!("the ledger could not be read ({err}): nothing is deleted without it")),
         },
     };
@@ -238,10 +234,9 @@ where
         recycle_bin_retention_days: config.recycle_bin.retention_days(),
         warnings,
         // A read-only run writes no list to point at.
-        full_lists: run.writable_store().map(|store| report::full_lists(store.table(), &invocation.request_id)),
+        full_lists: run.writable_store().map(|store| store.full_lists(&invocation.request_id)),
         summary_published: None,
     };
-    let run_item = report::run_item(&report);
     report.bound();
     // The report is in the log before anything else is sent: a run cut short by its timeout while
     // writing or publishing still leaves its whole record.
@@ -252,7 +247,7 @@ where
     let mut delivery =
         Delivery { run_id: report.run_id.clone(), run_recorded: None, summary_published: None, warnings: Vec::new() };
     if let Some(store) = run.writable_store() {
-        let written = run.before_deadline(store.put(&run_item, &amiguard::ledger::Condition::Always)).await;
+        let written = run.before_deadline(store.record_run(&report)).await;
         if let Err(err) = &written {
             delivery.warnings.push(format!("the run's summary could not be written to the ledger: {err}"));
         }
@@ -294,13 +289,13 @@ struct Swept {
 
 /// What a region's planning leaves for its deletion step.
 struct Deletions {
-    to_delete: Vec<amiguard::sweeper::Orphan>,
+    to_delete: Vec<crate::core::Orphan>,
     /// When the ledger first saw each of them orphaned (only `to_delete`'s, not the region's).
-    recorded: hashbrown::HashMap<amiguard::sweeper::Id, DateTime<Utc>>,
+    recorded: hashbrown::HashMap<crate::core::Id, DateTime<Utc>>,
 }
 
 /// Records an AMI's deregistration; other states concern the sweep not at all.
-async fn record_ami_event<L: LedgerStore>(
+async fn record_ami_event<L: Records>(
     ledger: Option<&L>,
     read_only: bool,
     region: String,
@@ -321,9 +316,7 @@ async fn record_ami_event<L: LedgerStore>(
         report.reason = Some("no ledger is configured (LEDGER_TABLE): the sweep sees the AMI gone itself".into());
         return Ok(report);
     };
-    let new = records::record_deregistration(store, &report.region, &report.image_id, time)
-        .await
-        .map_err(SweepError::Ledger)?;
+    let new = store.record_deregistration(&report.region, &report.image_id, time).await.map_err(SweepError::Ledger)?;
     report.outcome = if new { "recorded" } else { "already-recorded" };
     Ok(report)
 }
@@ -351,7 +344,7 @@ struct Run<'a, L> {
     ledger_failed: std::sync::Mutex<Option<String>>,
 }
 
-impl<L: LedgerStore> Run<'_, L> {
+impl<L: Records> Run<'_, L> {
     /// Whether less than [`DEADLINE_MARGIN`] is left: no listing or deregistration starts.
     fn deadline_is_near(&self) -> bool {
         self.deadline.is_some_and(|at| tokio::time::Instant::now() + DEADLINE_MARGIN >= at)
@@ -466,7 +459,7 @@ impl<L: LedgerStore> Run<'_, L> {
 
     /// One region, once the regions before it have planned: planned (holding the budget), then
     /// `planned` lets the next region plan, then its deletions, side by side with other regions'.
-    async fn sweep_region<E: SweeperEc2>(
+    async fn sweep_region<E: Ec2>(
         &self,
         region: &str,
         ec2: &E,
@@ -489,7 +482,7 @@ impl<L: LedgerStore> Run<'_, L> {
 
     /// Lists, remembers, retires and plans one region; `None` when nothing is to be deleted in it
     /// (a dry run, an aborted region, nothing due).
-    async fn plan_region<E: SweeperEc2>(
+    async fn plan_region<E: Ec2>(
         &self,
         region: &str,
         ec2: &E,
@@ -557,8 +550,7 @@ impl<L: LedgerStore> Run<'_, L> {
         }
         let RegionMemory { mut memory, image_writes, stale } = match &self.ledger {
             Ledger::Ready { store, previous_run } => {
-                let reading =
-                    records::read_region(*store, region, &images, &binned, self.invocation.now, *previous_run);
+                let reading = store.read_region(region, &images, &binned, self.invocation.now, *previous_run);
                 match self.until_cutoff("Query", reading).await {
                     Ok(memory) => memory,
                     Err(err) => {
@@ -626,7 +618,7 @@ impl<L: LedgerStore> Run<'_, L> {
             } else {
                 hashbrown::HashSet::new()
             };
-            let candidates: Vec<&amiguard::sweeper::Orphan> = plan
+            let candidates: Vec<&crate::core::Orphan> = plan
                 .orphans
                 .iter()
                 .chain(&plan.waiting)
@@ -638,7 +630,7 @@ impl<L: LedgerStore> Run<'_, L> {
                 plan.to_delete.iter().map(|o| o.snapshot_id.as_str()).collect()
             };
             let (orphan_puts, orphan_deletes) =
-                records::orphan_writes(region, &candidates, &deleting, &memory.orphaned_since);
+                L::orphan_writes(region, &candidates, &deleting, &memory.orphaned_since);
             let mut puts: Vec<Item> = image_writes;
             puts.extend(orphan_puts);
             let mut deletes = stale;

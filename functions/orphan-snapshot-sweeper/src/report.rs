@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use amiguard::ledger::{keys, Item, TTL_ATTRIBUTE};
 use amiguard::metrics;
-use amiguard::sweeper::ec2::FastSnapshotRestore;
-use amiguard::sweeper::{ImageKeepReason, KeepReason, Orphan, Plan, SnapshotTotal};
-use chrono::{DateTime, Duration, Utc};
+
+use crate::core::{FastSnapshotRestore, ImageKeepReason, KeepReason, Orphan, Plan, SnapshotTotal};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -19,8 +18,6 @@ pub const FUNCTION: &str = "orphan-snapshot-sweeper";
 pub const LIST_LIMIT: usize = 200;
 /// CloudWatch Logs takes events of up to 256 KB: the logged report stays under this.
 pub const MAX_REPORT_BYTES: usize = 200_000;
-/// How long a run's summary stays in the ledger.
-pub const KEEP_RUN_SUMMARY: Duration = Duration::days(400);
 /// EBS snapshot archive storage, USD per GB-month (us-east-1), billed for at least 90 days: what
 /// deleting an archived snapshot early would still cost, at most.
 pub const ARCHIVE_PRICE_PER_GB_MONTH: f64 = 0.0125;
@@ -176,7 +173,7 @@ impl RegionReport {
             .iter()
             .map(|orphan| WaitingOrphan {
                 orphan: orphan.clone(),
-                deletable_after: amiguard::sweeper::grace::deletable_after(orphan.orphaned_since, plan.min_age),
+                deletable_after: crate::core::grace::deletable_after(orphan.orphaned_since, plan.min_age),
             })
             .collect();
     }
@@ -227,35 +224,6 @@ impl Report {
             limit /= 2;
         }
     }
-}
-
-/// Where the full lists of a run are, in the ledger.
-pub fn full_lists(table: &str, run_id: &str) -> String {
-    format!(
-        "ledger table {table}: every deletion of this run under pk {}, every orphan and its clock under pk orphans#<region>",
-        keys::run(run_id)
-    )
-}
-
-/// The run's summary in the ledger (`pk = runs#orphan-snapshot-sweeper`): the one item an
-/// unchanged account's sweep writes; the next run reads its start time.
-pub fn run_item(report: &Report) -> Item {
-    let t = &report.totals;
-    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    let started = amiguard::ledger::store::format_time(report.started_at);
-    Item::new(keys::runs(FUNCTION), keys::run_summary(&started, &report.run_id))
-        .with_s("kind", "run")
-        .with_s("run_id", &report.run_id)
-        .with_time("started_at", report.started_at)
-        .with("dry_run", amiguard::ledger::Value::Bool(report.dry_run))
-        .with_n("orphans", count(t.orphans))
-        .with_n("waiting", count(t.waiting))
-        .with_n("deleted", count(t.deleted))
-        .with_n("failed", count(t.failed))
-        .with_n("regions_aborted", count(t.regions_aborted))
-        .with_n("reclaimable_gib", count(t.reclaimable_gib))
-        .with_n("images_retired", count(t.images_retired))
-        .with_n(TTL_ATTRIBUTE, (report.started_at + KEEP_RUN_SUMMARY).timestamp())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use amiguard::ledger::journal::{JournalEntry, Resource};
-use amiguard::ledger::{Condition, Item, LedgerStore};
-use amiguard::sweeper::{plan_retirement, records, ImageFacts, RetireInput, RetirePolicy, SweeperEc2, UseFacts};
+use amiguard::ledger::{Condition, Item};
 use amiguard::AwsError;
 
+use crate::core::{plan_retirement, ImageFacts, RetireInput, RetirePolicy, UseFacts};
+use crate::ports::{Ec2, Records};
 use crate::report::{RegionReport, RetireOutcome, RetiredImage};
 use crate::Run;
 
@@ -19,11 +20,11 @@ pub(crate) struct Retirement {
     pub deregistered_any: bool,
 }
 
-impl<L: LedgerStore> Run<'_, L> {
+impl<L: Records> Run<'_, L> {
     /// Plans and (unless a dry run) deregisters this region's unused AMIs. A listing it needs that
     /// fails skips retirement in the region (`retirement_skipped`); the sweep goes on.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn retire<E: SweeperEc2>(
+    pub(crate) async fn retire<E: Ec2>(
         &self,
         region: &str,
         ec2: &E,
@@ -178,7 +179,7 @@ impl<L: LedgerStore> Run<'_, L> {
     /// each image's launch permissions, then its snapshots' create-volume permissions), each
     /// question only for the images every earlier answer left unused. A failed call leaves the
     /// fact unknown, which keeps the image; the run goes on with a warning.
-    async fn use_facts<E: SweeperEc2>(
+    async fn use_facts<E: Ec2>(
         &self,
         region: &str,
         ec2: &E,
@@ -256,9 +257,7 @@ impl<L: LedgerStore> Run<'_, L> {
 
     async fn remember_deregistration(&self, region: &str, image_id: &str) -> Result<(), AwsError> {
         match self.store() {
-            Some(store) => {
-                records::record_deregistration(store, region, image_id, self.invocation.now).await.map(|_| ())
-            }
+            Some(store) => store.record_deregistration(region, image_id, self.invocation.now).await.map(|_| ()),
             None => Ok(()),
         }
     }

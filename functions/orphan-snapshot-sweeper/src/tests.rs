@@ -7,10 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+use crate::core::{ImageKeepReason, KeepReason, SnapshotFacts, SnapshotListing};
+use crate::ports::LaunchTemplateImages;
 use amiguard::ledger::memory::MemoryLedger;
 use amiguard::ledger::{keys, Item};
 use amiguard::recycle_bin::RecycleBin;
-use amiguard::sweeper::{ImageKeepReason, KeepReason, LaunchTemplateImages, SnapshotFacts, SnapshotListing};
 use amiguard::tags::{self, Tag};
 use amiguard::AwsError;
 use chrono::TimeZone;
@@ -44,7 +45,7 @@ fn ledger_seen(region: &str, ids: impl IntoIterator<Item = String>) -> MemoryLed
 }
 
 /// Sweeps `regions` with a ledger that saw every listed snapshot orphaned days ago.
-async fn sweep_with<E: SweeperEc2 + Listed>(
+async fn sweep_with<E: Ec2 + Listed>(
     config: &Config,
     regions: &[(String, E)],
     publisher: &FakeSns,
@@ -140,8 +141,8 @@ struct FakeEc2 {
     instances: BTreeSet<String>,
     templates: LaunchTemplateImages,
     shared: BTreeSet<String>,
-    locked: hashbrown::HashSet<amiguard::sweeper::Id>,
-    restores: Vec<amiguard::sweeper::ec2::FastSnapshotRestore>,
+    locked: hashbrown::HashSet<crate::core::Id>,
+    restores: Vec<crate::core::FastSnapshotRestore>,
     referenced: BTreeSet<String>,
     shared_snapshots: BTreeSet<String>,
     fail: BTreeMap<&'static str, String>,
@@ -216,9 +217,9 @@ impl Listed for FakeEc2 {
     }
 }
 
-impl SweeperEc2 for FakeEc2 {
+impl Ec2 for FakeEc2 {
     async fn snapshots(&self, protect_tag: &str) -> Result<Vec<SnapshotFacts>, AwsError> {
-        let read = || self.snapshots.iter().map(|s| SnapshotFacts::read(s, protect_tag)).collect();
+        let read = || self.snapshots.iter().map(|s| s.read(protect_tag)).collect();
         if let Some(gauge) = &self.gauge {
             Gauge::during(&gauge.listing, &gauge.most_listing, Duration::from_millis(50)).await;
         }
@@ -240,10 +241,10 @@ impl SweeperEc2 for FakeEc2 {
     async fn is_image_shared(&self, image_id: &str) -> Result<bool, AwsError> {
         self.call("DescribeImageAttribute", image_id).map(|_| self.shared.contains(image_id))
     }
-    async fn locked_snapshots(&self) -> Result<hashbrown::HashSet<amiguard::sweeper::Id>, AwsError> {
+    async fn locked_snapshots(&self) -> Result<hashbrown::HashSet<crate::core::Id>, AwsError> {
         self.call("DescribeLockedSnapshots", "").map(|_| self.locked.clone())
     }
-    async fn fast_snapshot_restores(&self) -> Result<Vec<amiguard::sweeper::ec2::FastSnapshotRestore>, AwsError> {
+    async fn fast_snapshot_restores(&self) -> Result<Vec<crate::core::FastSnapshotRestore>, AwsError> {
         self.call("DescribeFastSnapshotRestores", "").map(|_| self.restores.clone())
     }
     async fn referenced_images(&self, image_ids: &[String]) -> Result<BTreeSet<String>, AwsError> {
