@@ -19,6 +19,7 @@ pub mod config;
 pub mod core;
 mod delete;
 pub mod event;
+pub mod metrics;
 pub mod ports;
 pub mod report;
 mod retirement;
@@ -38,7 +39,9 @@ pub use amiguard::invocation::Invocation;
 pub use config::Config;
 pub use event::{ScheduledDetail, AMI_STATE_CHANGE, SCHEDULED_EVENT};
 pub use ports::Ports;
-pub use report::{FailedDeletion, RegionReport, Report, RetireOutcome, RetiredImage, FUNCTION};
+pub use report::{FailedDeletion, RegionReport, Report, RetireOutcome, RetiredImage};
+
+pub const FUNCTION: &str = "orphan-snapshot-sweeper";
 
 use amiguard::events::EventError;
 use event::SweepEvent;
@@ -228,7 +231,7 @@ where
         account_id: account_id.clone(),
         run_id: invocation.request_id.clone(),
         started_at: invocation.now,
-        totals: report::totals(&region_reports, &retired_images, config.price_per_gb_month),
+        totals: crate::core::summary::totals(&region_reports, &retired_images, config.price_per_gb_month),
         regions: region_reports,
         retired_images,
         recycle_bin_retention_days: config.recycle_bin.retention_days(),
@@ -241,7 +244,7 @@ where
     // The report is in the log before anything else is sent: a run cut short by its timeout while
     // writing or publishing still leaves its whole record.
     amiguard::report::log(FUNCTION, &report);
-    for line in report::emf_lines(&report, Utc::now()) {
+    for line in metrics::emf_lines(&report, Utc::now()) {
         println!("{line}");
     }
     let mut delivery =
@@ -254,7 +257,7 @@ where
         delivery.run_recorded = Some(written.is_ok());
     }
     if let Some(topic) = &config.report_topic_arn {
-        let summary = (report::summary_subject(&report), report::summary_text(&report));
+        let summary = (crate::core::summary::summary_subject(&report), crate::core::summary::summary_text(&report));
         let published = run.before_deadline(ports.publisher.publish(topic, &summary.0, &summary.1)).await;
         if let Err(err) = &published {
             delivery.warnings.push(format!("the summary could not be published to {topic}: {err}"));
