@@ -18,6 +18,13 @@ use chrono::TimeZone;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::core::ImageFacts;
+use crate::event::Event;
+use crate::ports::{Ec2, SummaryPublisher};
+use crate::report::FailedDeletion;
+use amiguard::events::EventError;
+use chrono::{DateTime, Utc};
+use std::time::{Duration, SystemTime};
 
 const ACCOUNT: &str = "123456789012";
 
@@ -51,7 +58,7 @@ async fn sweep_with<E: Ec2 + Listed>(
     publisher: &FakeSns,
     payload: &Value,
     invocation: Invocation,
-) -> Result<Report, SweepError> {
+) -> Result<Report, Error> {
     let ledger = MemoryLedger::new();
     for (region, ec2) in regions {
         for item in ledger_seen(region, ec2.listed()).items() {
@@ -340,7 +347,7 @@ async fn anything_but_a_scheduled_event_is_refused_before_any_call() {
         "account": ACCOUNT, "detail": {"instance-id": "i-1", "state": "stopped"}});
     for payload in [json!({}), json!([]), json!("Scheduled Event"), json!(null), state_change] {
         let err = sweep_with(&config(), &regions, &sns, &payload, invocation()).await.unwrap_err();
-        let SweepError::Event(EventError::Unexpected(message)) = &err else { panic!("{err:?}") };
+        let Error::Event(EventError::Unexpected(message)) = &err else { panic!("{err:?}") };
         assert!(message.contains("Scheduled Event"), "{message}");
         let diagnostic = lambda_runtime::Diagnostic::from(err);
         assert_eq!(diagnostic.error_type, "UnexpectedEvent");
@@ -349,7 +356,7 @@ async fn anything_but_a_scheduled_event_is_refused_before_any_call() {
     no_account.as_object_mut().unwrap().remove("account");
     for payload in [event(Value::Null), event(json!("x")), event(json!({"dry_run": "yes"})), no_account] {
         let err = sweep_with(&config(), &regions, &sns, &payload, invocation()).await.unwrap_err();
-        assert!(matches!(err, SweepError::Event(EventError::Malformed(_))), "{payload}: {err:?}");
+        assert!(matches!(err, Error::Event(EventError::Malformed(_))), "{payload}: {err:?}");
     }
     assert!(regions[0].1.calls().is_empty(), "nothing was listed or deleted");
     assert!(sns.published.lock().unwrap().is_empty());
@@ -364,12 +371,12 @@ fn the_sample_events_are_scheduled_events() {
         include_str!("../../../events/orphan-snapshot-sweeper.scheduler.json"),
     ] {
         let payload: Value = serde_json::from_str(sample).unwrap();
-        let Ok(event::SweepEvent::Sweep { account_id, .. }) = event::parse(&payload) else { panic!("{sample}") };
+        let Ok(Event::Sweep { account_id, .. }) = event::parse(&payload) else { panic!("{sample}") };
         assert_eq!(account_id, ACCOUNT, "moto's default account, for `make demo`");
     }
     let dry: Value =
         serde_json::from_str(include_str!("../../../events/orphan-snapshot-sweeper.dry-run.json")).unwrap();
-    let Ok(event::SweepEvent::Sweep { detail, .. }) = event::parse(&dry) else { panic!("not a sweep") };
+    let Ok(Event::Sweep { detail, .. }) = event::parse(&dry) else { panic!("not a sweep") };
     assert_eq!(detail.dry_run, Some(true));
 }
 
@@ -395,11 +402,11 @@ async fn an_eventbridge_scheduler_payload_sweeps_and_a_scheduled_event_from_else
     let mut forged = event(json!({}));
     forged["source"] = json!("my.app");
     let err = sweep_with(&config(), &regions, &sns, &forged, invocation()).await.unwrap_err();
-    assert!(matches!(err, SweepError::Event(EventError::Unexpected(ref m)) if m.contains("my.app")), "{err:?}");
+    assert!(matches!(err, Error::Event(EventError::Unexpected(ref m)) if m.contains("my.app")), "{err:?}");
     let mut not_an_object = scheduler;
     not_an_object["detail"] = json!("[]");
     let err = sweep_with(&config(), &regions, &sns, &not_an_object, invocation()).await.unwrap_err();
-    assert!(matches!(err, SweepError::Event(EventError::Malformed(_))), "{err:?}");
+    assert!(matches!(err, Error::Event(EventError::Malformed(_))), "{err:?}");
 }
 
 // ---- deciding and acting ----
@@ -1362,7 +1369,7 @@ mod hostile_input {
     }
 
     /// Sweeps `payload` over an account with one orphan; returns the result and the deletions made.
-    fn sweep_payload(payload: &Value) -> (Result<Report, SweepError>, usize) {
+    fn sweep_payload(payload: &Value) -> (Result<Report, Error>, usize) {
         let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
         let result = runtime().block_on(sweep_with(&config(), &regions, &FakeSns::default(), payload, invocation()));
         (result, regions[0].1.calls_to("DeleteSnapshot").len())
@@ -1381,7 +1388,7 @@ mod hostile_input {
             match result {
                 Ok(_) => prop_assert!(is_scheduled_event(&payload)),
                 Err(err) => {
-                    prop_assert!(matches!(err, SweepError::Event(_)), "{:?}", err);
+                    prop_assert!(matches!(err, Error::Event(_)), "{:?}", err);
                     prop_assert_eq!(deletions, 0);
                 }
             }
@@ -1393,7 +1400,7 @@ mod hostile_input {
             match result {
                 Ok(report) => prop_assert!(report.dry_run || deletions <= 1),
                 Err(err) => {
-                    prop_assert!(matches!(err, SweepError::Event(_)), "{:?}", err);
+                    prop_assert!(matches!(err, Error::Event(_)), "{:?}", err);
                     prop_assert_eq!(deletions, 0);
                 }
             }
