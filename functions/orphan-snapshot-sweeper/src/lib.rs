@@ -26,6 +26,3 @@ pub use ports::Ports;
 pub use report::{Report, Response, RetireOutcome};
 
 pub const FUNCTION: &str = "orphan-snapshot-sweeper";
-
-#[cfg(test)]
-mod tests;
