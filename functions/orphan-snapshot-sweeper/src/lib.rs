@@ -16,7 +16,7 @@ pub mod report;
 
 pub use crate::core::{ImageKeepReason, KeepReason};
 pub use amiguard::invocation::Invocation;
-pub use config::Config;
+pub use config::{Config, VARIABLES};
 pub use error::Error;
 pub use flow::delete::DELETE_CONCURRENCY;
 pub use flow::run::{DEADLINE_MARGIN, DELETION_CUTOFF, DELETION_MARGIN};
