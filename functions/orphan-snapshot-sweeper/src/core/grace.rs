@@ -93,6 +93,21 @@ mod tests {
         assert_eq!(orphaned_since(Some(t(7)), None, t(-100), t(0)), t(0));
     }
 
+    #[test]
+    fn a_gone_image_went_away_at_the_latest_evidence() {
+        let gone = GoneImage { gone_at: t(48), last_live: t(24), left_bin_at: None, binned: false };
+        // An event between the last sweep that listed it and the one that missed it: EC2's time.
+        assert_eq!(gone.deregistered_at(Some(t(30))), t(30));
+        // No event, or one from before it was last seen live (an earlier absence): the sweep's.
+        assert_eq!(gone.deregistered_at(None), t(48));
+        assert_eq!(gone.deregistered_at(Some(t(10))), t(48));
+        assert_eq!(gone.deregistered_at(Some(t(50))), t(48));
+        // A binned image went away when it left the bin, whatever the event says.
+        let binned = GoneImage { binned: true, left_bin_at: Some(t(200)), ..gone };
+        assert_eq!(binned.deregistered_at(Some(t(30))), t(200));
+        assert_eq!(GoneImage { left_bin_at: None, ..binned }.deregistered_at(Some(t(30))), t(48));
+    }
+
     proptest! {
         /// The clock never starts before anything amiguard observed, nor after now: no input
         /// makes a snapshot deletable before MIN_AGE_HOURS of observed orphanhood.

@@ -1,7 +1,7 @@
 //! The sweep's report as data, and what is computed from it: each region's outcome (what the
 //! plan found, what the deletions came to), the whole length of each list, the run's totals,
 //! the lists cut to fit one log event, and the summary in words (the SNS subject and message).
-//! Its JSON, field by field and in this order, is the function's contract (`crate::report`).
+//! Its JSON, field by field and in this order, is the function's contract (`report.rs` names it).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -71,23 +71,7 @@ pub(super) async fn retire<E: Ec2, L: Records>(
     let bin = run.recycle_bin(region);
     let untagged = mark_for_recycle_bin(run, region, ec2, &plan.to_retire, &bin, warnings).await;
     for image in plan.to_retire {
-        let entry = run.journal(region, Resource::Image, &image.image_id, "unused_image");
-        // The bin keeps EBS-backed AMIs only: an instance-store one (no snapshots) is promised
-        // nothing.
-        let entry = if image.snapshot_ids.is_empty() { entry } else { entry.in_recycle_bin(&bin) };
-        let (outcome, error) = if run.dry_run {
-            (RetireOutcome::DryRun, None)
-        } else if untagged.contains(image.image_id.as_str()) || run.deadline_is_near() || run.ledger_failure().is_some()
-        {
-            // The next run's: not undoable (no Recycle Bin tag), no time left, or the ledger
-            // failed in this run (in this region or another), so it could not be remembered.
-            (RetireOutcome::LeftForNextRun, None)
-        } else if let Err(err) = run.until_cutoff("PutItem", journal_ahead(run, &entry)).await {
-            // No deregistration the journal does not hold.
-            (RetireOutcome::Failed, Some(err))
-        } else {
-            deregister(run, region, ec2, &image.image_id, &entry, warnings).await
-        };
+        let (outcome, error, entry) = retire_one(run, region, ec2, &image, &bin, &untagged, warnings).await;
         retired_out.push(retired_image(region, &image, &entry, outcome, error));
         retirement.deregistered_any |= outcome == RetireOutcome::Deregistered;
         if matches!(outcome, RetireOutcome::Deregistered | RetireOutcome::AlreadyGone | RetireOutcome::DryRun) {
@@ -157,6 +141,36 @@ async fn mark_for_recycle_bin<E: Ec2, L: Records>(
     }
     let marked: BTreeSet<String> = marked.into_iter().collect();
     ids.into_iter().filter(|id| !marked.contains(id)).collect()
+}
+
+/// Retires one image, unless a dry run: only with its Recycle Bin tag written, time left, a ledger
+/// that serves, and its journal entry written ahead. Answers how it ended, and its entry.
+async fn retire_one<E: Ec2, L: Records>(
+    run: &Run<'_, L>,
+    region: &str,
+    ec2: &E,
+    image: &ImageFacts,
+    bin: &RecycleBin,
+    untagged: &BTreeSet<String>,
+    warnings: &mut Vec<String>,
+) -> (RetireOutcome, Option<AwsError>, JournalEntry) {
+    let entry = run.journal(region, Resource::Image, &image.image_id, "unused_image");
+    // The bin keeps EBS-backed AMIs only: an instance-store one (no snapshots) is promised
+    // nothing.
+    let entry = if image.snapshot_ids.is_empty() { entry } else { entry.in_recycle_bin(bin) };
+    let (outcome, error) = if run.dry_run {
+        (RetireOutcome::DryRun, None)
+    } else if untagged.contains(image.image_id.as_str()) || run.deadline_is_near() || run.ledger_failure().is_some() {
+        // The next run's: not undoable (no Recycle Bin tag), no time left, or the ledger
+        // failed in this run (in this region or another), so it could not be remembered.
+        (RetireOutcome::LeftForNextRun, None)
+    } else if let Err(err) = run.until_cutoff("PutItem", journal_ahead(run, &entry)).await {
+        // No deregistration the journal does not hold.
+        (RetireOutcome::Failed, Some(err))
+    } else {
+        deregister(run, region, ec2, &image.image_id, &entry, warnings).await
+    };
+    (outcome, error, entry)
 }
 
 /// Deregisters `image_id`, journaled ahead in `entry`: journals how it ended and, once the image
