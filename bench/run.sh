@@ -4,7 +4,7 @@
 #      beside Cloud Custodian on the same data      (bench/sweep.py, moto + bench/proxy.py)
 #   2. Deletion throughput under DeleteSnapshot throttling (100 burst, 5/s)   (bench/sweep.py)
 #   3. The planner at 10k/100k/1M snapshots, one core (criterion) and peak memory at 1M
-#                                                    (shared/benches/planner.rs, planner_memory.rs)
+#                                                    (functions/orphan-snapshot-sweeper/benches/)
 #   4. Binary sizes (cargo lambda build --release --arm64) and init time to the first Runtime API poll
 #                                                    (bench/cold_start.py, bench/runtime_api.py)
 # Everything it starts (moto, the proxy, the fake Runtime API, the functions) listens on loopback
