@@ -4,7 +4,7 @@
 #      beside Cloud Custodian on the same data      (bench/sweep.py, moto + bench/proxy.py)
 #   2. Deletion throughput under DeleteSnapshot throttling (100 burst, 5/s)   (bench/sweep.py)
 #   3. The planner at 10k/100k/1M snapshots, one core (criterion) and peak memory at 1M
-#                                                    (shared/benches/planner.rs, planner_memory.rs)
+#                                                    (functions/orphan-snapshot-sweeper/benches/)
 #   4. Binary sizes (cargo lambda build --release --arm64) and init time to the first Runtime API poll
 #                                                    (bench/cold_start.py, bench/runtime_api.py)
 # Everything it starts (moto, the proxy, the fake Runtime API, the functions) listens on loopback
@@ -66,14 +66,14 @@ fi
 if has planner; then
   echo "== 3. planning at scale (criterion; pinned to one core with taskset -c 0) =="
   echo "building the planner benchmarks (bench profile; cold: ~15 min)..."
-  cargo bench --locked -p amiguard --bench planner --bench planner_memory --no-run --quiet 2>"$OUT/bench-build.log" ||
+  cargo bench --locked -p orphan-snapshot-sweeper --bench planner --bench planner_memory --no-run --quiet 2>"$OUT/bench-build.log" ||
     { cat "$OUT/bench-build.log" >&2; exit 1; }
-  taskset -c 0 cargo bench --locked -p amiguard --bench planner >"$OUT/criterion.log" 2>&1 ||
+  taskset -c 0 cargo bench --locked -p orphan-snapshot-sweeper --bench planner >"$OUT/criterion.log" 2>&1 ||
     { cat "$OUT/criterion.log" >&2; exit 1; }
   $PY bench/planner_summary.py "$CARGO_TARGET_DIR/criterion"
   # One size per process: the high-water mark (VmHWM) never goes down.
   for size in 10000 100000 1000000; do
-    taskset -c 0 cargo bench --locked --quiet -p amiguard --bench planner_memory -- "$size" 2>>"$OUT/bench-build.log" |
+    taskset -c 0 cargo bench --locked --quiet -p orphan-snapshot-sweeper --bench planner_memory -- "$size" 2>>"$OUT/bench-build.log" |
       grep '^planner_memory'
   done
   echo

@@ -1,7 +1,18 @@
-//! amiguard: the pure core and the AWS adapters shared by the amiguard Lambda functions.
+//! amiguard: the platform of the amiguard Lambda functions.
 //!
-//! Each function has a module: a pure `core` (decisions over plain data, no I/O, tested
-//! exhaustively) and an `ec2` adapter (a narrow trait and its `aws_sdk_ec2::Client` impl).
+//! **A line lives in the crate of the only function that runs it. Code that two or more
+//! functions run lives here, in `amiguard`, which never names a function.** What is here is what
+//! every function stands on: building the SDK and the typed AWS error ([`sdk`], [`error`]),
+//! paging with the repeated-token check ([`paging`]), the grammar of AWS words ([`aws_words`]),
+//! reading the environment ([`config`]), the EventBridge envelope ([`events`]), the invocation
+//! ([`invocation`]), tags ([`tags`]), the Recycle Bin tag ([`recycle_bin`]), the ledger store and
+//! its keys ([`ledger`]), the report and metric line builders ([`report`], [`metrics`]), and the
+//! alerting more than one function sends ([`alert`], [`sns`]).
+//!
+//! Each function crate has the same skeleton: `core/` (pure decisions), `flow/` (the steps of a
+//! delivery over the crate's ports), `adapters/` (the SDK and ledger implementations of the
+//! ports), beside `handler.rs`, `config.rs`, `event.rs`, `report.rs`, `metrics.rs`, `error.rs` and
+//! `ports.rs`. The integration tests' `layout` suite keeps the rule.
 
 pub mod alert;
 pub mod aws_words;
@@ -17,8 +28,6 @@ pub mod report;
 pub mod sdk;
 pub mod sns;
 pub mod tags;
-
-pub mod sweeper;
 
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -11,14 +11,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
 use amiguard::ledger::dynamo::DynamoLedger;
-use amiguard::sweeper::{ImageKeepReason, KeepReason};
 use amiguard_integration_tests::proxy::{Fault, Proxy};
 use amiguard_integration_tests::{moto, sample_event, TestAccount, AMAZON_LINUX_AMI, REGION};
 use aws_sdk_ec2::types::{
     LaunchPermission, LaunchPermissionModifications, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
 };
 use chrono::{SubsecRound, Utc};
-use orphan_snapshot_sweeper::{handle, Config, Invocation, Ports, Report, RetireOutcome};
+use orphan_snapshot_sweeper::{handle, Config, ImageKeepReason, Invocation, KeepReason, Ports, Report, RetireOutcome};
 use serde_json::Value;
 
 const EU_REGION: &str = "eu-west-1";

@@ -329,7 +329,7 @@ fn the_recycle_bin_rules_exist_above_zero_days_select_the_codes_tag_and_outlive_
 fn emitted_by(function: &str) -> (&'static [&'static str], &'static [(&'static str, &'static [&'static str])]) {
     match function {
         orphan_snapshot_sweeper::FUNCTION => {
-            (orphan_snapshot_sweeper::report::METRIC_NAMES, orphan_snapshot_sweeper::report::METRIC_DIMENSIONS)
+            (orphan_snapshot_sweeper::metrics::METRIC_NAMES, orphan_snapshot_sweeper::metrics::METRIC_DIMENSIONS)
         }
         snapshot_on_stop::FUNCTION => (snapshot_on_stop::metrics::METRIC_NAMES, &[]),
         untrusted_ami_alert::FUNCTION => {

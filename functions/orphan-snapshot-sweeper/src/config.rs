@@ -4,6 +4,25 @@
 use amiguard::config::{bool_var, number_var, optional, protect_tag_var, ConfigError, VarSource};
 use amiguard::recycle_bin::RecycleBin;
 
+/// Every environment variable the sweeper reads: [`Config::from_env`]'s, and `LEDGER_TABLE`
+/// (`amiguard::ledger::table_name`, read by `main`).
+pub const VARIABLES: &[&str] = &[
+    "DRY_RUN",
+    "MIN_AGE_HOURS",
+    "MAX_DELETIONS",
+    "MAX_DELETE_FRACTION",
+    "PROTECT_TAG",
+    "REGIONS",
+    "AWS_REGION",
+    "PRICE_PER_GB_MONTH",
+    "REPORT_TOPIC_ARN",
+    "RECYCLE_BIN_CHECK",
+    "RETIRE_UNUSED_AMIS_AFTER_DAYS",
+    "RECYCLE_BIN_RETENTION_DAYS",
+    "LEDGER_READ_ONLY",
+    "LEDGER_TABLE",
+];
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// `DRY_RUN` (default true): decide and report everything, change nothing.
@@ -282,5 +301,20 @@ mod tests {
         .unwrap();
         assert!(config.dry_run);
         assert_eq!((config.report_topic_arn, config.retire_unused_amis_after_days), (None, None));
+    }
+
+    #[test]
+    fn variables_are_every_name_the_function_reads() {
+        let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        // `AWS_REGION` answered, so that every variable after `REGIONS` is read too.
+        let recording = |name: &str| {
+            asked.borrow_mut().insert(name.to_string());
+            (name == "AWS_REGION").then(|| "us-east-1".to_string())
+        };
+        Config::from_env(&recording).unwrap();
+        amiguard::ledger::table_name(&recording).unwrap();
+        let variables: std::collections::BTreeSet<String> = VARIABLES.iter().map(|v| v.to_string()).collect();
+        assert_eq!(asked.into_inner(), variables);
+        assert_eq!(VARIABLES.len(), variables.len(), "each once");
     }
 }

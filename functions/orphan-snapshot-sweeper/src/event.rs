@@ -18,13 +18,15 @@ pub struct ScheduledDetail {
     pub dry_run: Option<bool>,
 }
 
+/// An event the sweeper answers.
 #[derive(Debug)]
-pub enum SweepEvent {
+pub enum Event {
     Sweep { account_id: String, detail: ScheduledDetail },
     AmiStateChange { account_id: String, region: String, image_id: String, state: String, time: DateTime<Utc> },
 }
 
-pub fn parse(payload: &serde_json::Value) -> Result<SweepEvent, EventError> {
+/// Reads `payload` as an [`Event`]; anything else is a typed error, before any AWS call.
+pub fn parse(payload: &serde_json::Value) -> Result<Event, EventError> {
     let detail_type = payload.get("detail-type");
     match detail_type.and_then(|d| d.as_str()) {
         Some(SCHEDULED_EVENT) => {
@@ -39,7 +41,7 @@ pub fn parse(payload: &serde_json::Value) -> Result<SweepEvent, EventError> {
             let detail = scheduled_detail(event.detail)?;
             let detail: ScheduledDetail = serde_json::from_value(serde_json::Value::Object(detail))
                 .map_err(|e| EventError::Malformed(format!("detail: {e}")))?;
-            Ok(SweepEvent::Sweep { account_id: account(event.account)?, detail })
+            Ok(Event::Sweep { account_id: account(event.account)?, detail })
         }
         Some(AMI_STATE_CHANGE) => {
             let event = parse_envelope::<AmiStateChangeDetail>(payload)?;
@@ -58,7 +60,7 @@ pub fn parse(payload: &serde_json::Value) -> Result<SweepEvent, EventError> {
                 .filter(|r| !r.is_empty())
                 .ok_or_else(|| EventError::Malformed("missing field `region`".into()))?;
             let time = event.time.ok_or_else(|| EventError::Malformed("missing field `time`".into()))?;
-            Ok(SweepEvent::AmiStateChange {
+            Ok(Event::AmiStateChange {
                 account_id: account(event.account)?,
                 region,
                 image_id,

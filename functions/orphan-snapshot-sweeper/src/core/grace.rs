@@ -4,7 +4,7 @@
 //! years deregistered by mistake five minutes before the sweep must not lose its snapshots in
 //! that sweep. The clock starts when its AMI went away by the ledger's latest evidence (an
 //! `EC2 AMI State Change` event, or the sweep that first found the AMI missing, or left the
-//! Recycle Bin: `records`), else when the sweeper first saw the snapshot orphaned; a snapshot is
+//! Recycle Bin: [`GoneImage`]), else when the sweeper first saw the snapshot orphaned; a snapshot is
 //! deletable only `MIN_AGE_HOURS` after that.
 
 use chrono::{DateTime, Duration, Utc};
@@ -29,6 +29,34 @@ pub fn orphaned_since(
 /// When an orphan since `since` becomes deletable.
 pub fn deletable_after(since: DateTime<Utc>, min_age: Duration) -> DateTime<Utc> {
     since + min_age
+}
+
+/// What the ledger says of an own image that is gone.
+pub struct GoneImage {
+    /// The sweep that first found it missing.
+    pub gone_at: DateTime<Utc>,
+    /// The last sweep that listed it: it was registered then.
+    pub last_live: DateTime<Utc>,
+    /// The sweep that first found it out of the Recycle Bin again.
+    pub left_bin_at: Option<DateTime<Utc>>,
+    /// It was (or is) in the Recycle Bin.
+    pub binned: bool,
+}
+
+impl GoneImage {
+    /// When the image went away, by the latest evidence. A deregistration event counts only if it
+    /// happened after the image was last seen registered (an older one is from before a restore);
+    /// an image that was in the Recycle Bin went away when it left the bin, since its snapshots
+    /// were kept while it was there.
+    pub fn deregistered_at(&self, event: Option<DateTime<Utc>>) -> DateTime<Utc> {
+        if self.binned {
+            return self.left_bin_at.unwrap_or(self.gone_at).max(self.gone_at);
+        }
+        match event {
+            Some(at) if at >= self.last_live && at <= self.gone_at => at,
+            _ => self.gone_at,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -63,6 +91,21 @@ mod tests {
         assert_eq!(orphaned_since(Some(t(-3)), Some(t(5)), t(-100), t(0)), t(-3));
         // A record from a skewed clock in the future counts as now.
         assert_eq!(orphaned_since(Some(t(7)), None, t(-100), t(0)), t(0));
+    }
+
+    #[test]
+    fn a_gone_image_went_away_at_the_latest_evidence() {
+        let gone = GoneImage { gone_at: t(48), last_live: t(24), left_bin_at: None, binned: false };
+        // An event between the last sweep that listed it and the one that missed it: EC2's time.
+        assert_eq!(gone.deregistered_at(Some(t(30))), t(30));
+        // No event, or one from before it was last seen live (an earlier absence): the sweep's.
+        assert_eq!(gone.deregistered_at(None), t(48));
+        assert_eq!(gone.deregistered_at(Some(t(10))), t(48));
+        assert_eq!(gone.deregistered_at(Some(t(50))), t(48));
+        // A binned image went away when it left the bin, whatever the event says.
+        let binned = GoneImage { binned: true, left_bin_at: Some(t(200)), ..gone };
+        assert_eq!(binned.deregistered_at(Some(t(30))), t(200));
+        assert_eq!(GoneImage { left_bin_at: None, ..binned }.deregistered_at(Some(t(30))), t(48));
     }
 
     proptest! {

@@ -15,46 +15,14 @@
 //! person's note, a truncated copy) does not make a snapshot "from an AMI", and such snapshots are
 //! never deleted.
 
-use super::facts::Id;
-use crate::aws_words::{is_resource_id, CreateImageDescription};
-use crate::tags::{self, Tag};
+use super::facts::{Id, SourceImages};
+use amiguard::aws_words::{is_resource_id, CreateImageDescription};
+use amiguard::tags::{self, Tag};
 
 const COPY_IMAGE_PREFIX: &str = "Copied for DestinationAmi ";
 
 /// The `VolumeId` EC2 gives every snapshot made by `CopySnapshot` or `CopyImage`.
 pub const COPY_VOLUME_ID: &str = "vol-ffffffff";
-
-/// The AMIs a snapshot names: the one EC2's description says it was made for (when consistent
-/// with the snapshot), and the others it names with no such proof: those amiguard's
-/// `amiguard:image` tags name, and the AMI of a description in EC2's form that disagrees with the
-/// snapshot. Any of them existing (or in the Recycle Bin) keeps the snapshot; only the described
-/// one can make it an orphan.
-///
-/// Stored inline, the unproved ones boxed: a million snapshots' sources then cost no allocation
-/// unless a snapshot is tagged or oddly described.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SourceImages {
-    described: Option<Id>,
-    /// Named without proof: these may keep the snapshot, never make it deletable.
-    unproved: Box<[Id]>,
-}
-
-impl SourceImages {
-    /// Every AMI named, the described one first.
-    pub fn iter(&self) -> impl Iterator<Item = &str> + Clone {
-        self.described.iter().chain(self.unproved.iter()).map(Id::as_str)
-    }
-
-    /// The AMI EC2's own description says the snapshot was made for: the only source that can
-    /// make it an orphan.
-    pub fn described(&self) -> Option<&str> {
-        self.described.as_deref()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.described.is_none() && self.unproved.is_empty()
-    }
-}
 
 /// Reads [`SourceImages`] from a snapshot's description, `VolumeId` and tags.
 pub fn source_images(description: &str, volume_id: Option<&str>, tags: &[Tag]) -> SourceImages {
@@ -77,7 +45,7 @@ pub fn source_images(description: &str, volume_id: Option<&str>, tags: &[Tag]) -
             unproved.push(Id::from(tag.value.as_str()));
         }
     }
-    SourceImages { described: described.map(Id::from), unproved: unproved.into_boxed_slice() }
+    SourceImages::new(described.map(Id::from), unproved)
 }
 
 /// The AMI id in an EC2-written description of either format, if the description is exactly one

@@ -1,24 +1,16 @@
-//! Publishing the sweep's summary to `REPORT_TOPIC_ARN`.
+//! Publishing the sweep's summary to `REPORT_TOPIC_ARN` ([`SummaryPublisher`]) on
+//! `aws_sdk_sns::Client`.
 
-use std::future::Future;
+use amiguard::AwsError;
 
-use crate::error::AwsError;
+use crate::ports::SummaryPublisher;
 
 /// SNS allows subjects of up to 100 printable ASCII characters.
 pub const MAX_SUBJECT_CHARS: usize = 100;
 
-pub trait SummaryPublisher: Send + Sync {
-    fn publish(
-        &self,
-        topic_arn: &str,
-        subject: &str,
-        message: &str,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
-}
-
 impl SummaryPublisher for aws_sdk_sns::Client {
     async fn publish(&self, topic_arn: &str, subject: &str, message: &str) -> Result<(), AwsError> {
-        crate::sns::publish(self, topic_arn, &sns_subject(subject), message, &[]).await.map(|_| ())
+        amiguard::sns::publish(self, topic_arn, &sns_subject(subject), message, &[]).await.map(|_| ())
     }
 }
 

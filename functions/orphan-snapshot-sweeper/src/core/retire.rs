@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::facts::ImageFacts;
 use super::planner::{exceeds_fraction, CircuitBreakerTrip};
-use crate::tags;
+use amiguard::tags;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetirePolicy {
@@ -255,7 +255,7 @@ fn classify<'a>(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::tags::Tag;
+    use amiguard::tags::Tag;
     use chrono::TimeZone;
     use proptest::prelude::*;
 

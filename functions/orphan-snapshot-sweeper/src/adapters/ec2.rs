@@ -1,10 +1,9 @@
-//! The EC2 port of the sweeper (one per region) and its `aws_sdk_ec2::Client` adapter.
+//! The sweeper's EC2 port ([`Ec2`], one per region) on `aws_sdk_ec2::Client`.
 //!
 //! Every listing reads every page and fails as a whole when any page fails: a partial listing of
 //! images would make referenced snapshots look orphaned, so there is no "best effort" here.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 
 use aws_sdk_ec2::types::{
     Filter, ImageAttributeName, ImageReferenceOptionName, ImageReferenceResourceType, LockState, ResourceTypeOption,
@@ -13,66 +12,13 @@ use aws_sdk_ec2::types::{
 use chrono::{DateTime, Utc};
 use hashbrown::HashSet;
 
-use super::facts::{Id, ImageFacts, SnapshotFacts, SnapshotListing};
-use super::retire::reads_image_tag;
-use crate::error::AwsError;
-use crate::paging::PageTokens;
-use crate::tags;
+use amiguard::paging::PageTokens;
+use amiguard::tags;
+use amiguard::AwsError;
 
-/// A snapshot with Fast Snapshot Restore on in one Availability Zone: billed by the hour.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct FastSnapshotRestore {
-    pub snapshot_id: String,
-    pub availability_zone: String,
-    /// `enabling`, `optimizing`, `enabled` or `disabling`.
-    pub state: String,
-}
-
-/// The images that launch templates' default and latest versions launch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LaunchTemplateImages {
-    pub image_ids: BTreeSet<String>,
-    /// Versions whose image is not an AMI id even after `ResolveAlias` (an SSM parameter that
-    /// did not resolve): `lt-… version N: <value>`. Any of these means we cannot tell which AMIs
-    /// are in use, so nothing is retired in that region.
-    pub unresolved: Vec<String>,
-}
-
-/// What the sweeper needs from EC2 in one region.
-pub trait SweeperEc2: Send + Sync {
-    /// Every snapshot `DescribeSnapshots` lists for `OwnerIds=self`, every page, read page by page
-    /// into [`SnapshotFacts`] with `protect_tag` (`PROTECT_TAG`).
-    fn snapshots(&self, protect_tag: &str) -> impl Future<Output = Result<Vec<SnapshotFacts>, AwsError>> + Send;
-    /// Every image of the account (`Owners=self`), disabled and deprecated ones included, with
-    /// only the tags the sweeper reads: `protect_tag` (`PROTECT_TAG`) and `amiguard:created-by`.
-    fn images(&self, protect_tag: &str) -> impl Future<Output = Result<Vec<ImageFacts>, AwsError>> + Send;
-    /// The ids of the AMIs in the Recycle Bin (`ListImagesInRecycleBin`).
-    fn images_in_recycle_bin(&self) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
-    /// The images of every instance that is not terminated.
-    fn images_used_by_instances(&self) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
-    /// The images of every launch template's default and latest versions.
-    fn launch_template_images(&self) -> impl Future<Output = Result<LaunchTemplateImages, AwsError>> + Send;
-    /// Whether the image has any launch permission (an account, an organization or unit, `all`).
-    fn is_image_shared(&self, image_id: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
-    /// Snapshots under an EBS snapshot lock (`DescribeLockedSnapshots`, every page): every lock
-    /// state but `expired`. Nobody can delete them; the sweeper never tries.
-    fn locked_snapshots(&self) -> impl Future<Output = Result<HashSet<Id>, AwsError>> + Send;
-    /// Every Fast Snapshot Restore that is not `disabled`, one per snapshot and zone.
-    fn fast_snapshot_restores(&self) -> impl Future<Output = Result<Vec<FastSnapshotRestore>, AwsError>> + Send;
-    /// The images among `image_ids` that `DescribeImageReferences` finds in use: by an instance,
-    /// a launch template (every version), an SSM parameter or an Image Builder recipe.
-    fn referenced_images(
-        &self,
-        image_ids: &[String],
-    ) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
-    /// Whether the snapshot has any create-volume permission (shared with an account or public).
-    fn is_snapshot_shared(&self, snapshot_id: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
-    fn deregister_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
-    fn delete_snapshot(&self, snapshot_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
-    /// Writes the Recycle Bin rules' tag on `resource_ids` (snapshots or images, at most 1,000:
-    /// one `CreateTags`), right before they are deleted or deregistered.
-    fn mark_for_recycle_bin(&self, resource_ids: Vec<String>) -> impl Future<Output = Result<(), AwsError>> + Send;
-}
+use crate::core::retire::reads_image_tag;
+use crate::core::{FastSnapshotRestore, Id, ImageFacts, SnapshotFacts, SnapshotListing};
+use crate::ports::{Ec2, LaunchTemplateImages};
 
 /// EC2's page-size maxima differ by API.
 const MAX_RESULTS: i32 = 1000;
@@ -87,7 +33,7 @@ const LAUNCH_TEMPLATE_VERSION_DEPTH: &str = "10000";
 /// The states of an instance that is not terminated.
 const LIVE_INSTANCE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
 
-impl SweeperEc2 for aws_sdk_ec2::Client {
+impl Ec2 for aws_sdk_ec2::Client {
     async fn snapshots(&self, protect_tag: &str) -> Result<Vec<SnapshotFacts>, AwsError> {
         let mut pages = self
             .describe_snapshots()
@@ -103,13 +49,13 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
             tokens.check(page.next_token())?;
             // Each page's descriptions and tags are dropped here, once read.
             let listed = page.snapshots().iter().filter_map(snapshot_listing);
-            snapshots.extend(listed.map(|listing| SnapshotFacts::read(&listing, protect_tag)));
+            snapshots.extend(listed.map(|listing| listing.read(protect_tag)));
         }
         Ok(snapshots)
     }
 
     async fn images(&self, protect_tag: &str) -> Result<Vec<ImageFacts>, AwsError> {
-        crate::paging::describe_own_images(self, Vec::new(), |image| image_facts(image, protect_tag)).await
+        amiguard::paging::describe_own_images(self, Vec::new(), |image| image_facts(image, protect_tag)).await
     }
 
     async fn images_in_recycle_bin(&self) -> Result<BTreeSet<String>, AwsError> {
@@ -330,10 +276,10 @@ impl SweeperEc2 for aws_sdk_ec2::Client {
     }
 
     /// Writes the Recycle Bin rules' tag on `resource_ids` (at most
-    /// [`crate::recycle_bin::CREATE_TAGS_MAX_IDS`]) in one `CreateTags`: the only tag the role
+    /// [`amiguard::recycle_bin::CREATE_TAGS_MAX_IDS`]) in one `CreateTags`: the only tag the role
     /// that deletes orphans may write.
     async fn mark_for_recycle_bin(&self, resource_ids: Vec<String>) -> Result<(), AwsError> {
-        let tag = crate::recycle_bin::RecycleBin::tag();
+        let tag = amiguard::recycle_bin::RecycleBin::tag();
         self.create_tags()
             .set_resources(Some(resource_ids))
             .tags(aws_sdk_ec2::types::Tag::builder().key(tag.key).value(tag.value).build())
@@ -449,7 +395,7 @@ mod tests {
     macro_rules! client {
         ($($rule:expr),+) => {
             mock_client!(aws_sdk_ec2, RuleMode::Sequential, [$($rule),+], |c| c
-                .retry_config(crate::sdk::retry_config())
+                .retry_config(amiguard::sdk::retry_config())
                 .retry_partition(own_partition()))
         };
     }
@@ -480,7 +426,7 @@ mod tests {
         // The description is believed because it names the volume EC2 says the snapshot is from.
         assert_eq!(s.sources.iter().collect::<Vec<_>>(), ["ami-0a"]);
         // The archive tier is read with the page and keeps the snapshot.
-        assert_eq!(s.marked, Some(crate::sweeper::KeepReason::Archived));
+        assert_eq!(s.marked, Some(crate::core::KeepReason::Archived));
         assert_eq!(last.num_calls(), 1);
     }
 
@@ -588,7 +534,7 @@ mod tests {
         let in_use = mock!(Client::delete_snapshot)
             .then_error(|| DeleteSnapshotError::generic(service_error("InvalidSnapshot.InUse")));
         let client = client!(&in_use);
-        let err = SweeperEc2::delete_snapshot(&client, "snap-01").await.unwrap_err();
+        let err = Ec2::delete_snapshot(&client, "snap-01").await.unwrap_err();
         assert!(err.has_code("InvalidSnapshot.InUse"));
         assert_eq!(in_use.num_calls(), 1, "InUse is not retried");
 
@@ -601,7 +547,7 @@ mod tests {
             .output(|| DeleteSnapshotOutput::builder().build())
             .build();
         let client = client!(&throttled);
-        SweeperEc2::delete_snapshot(&client, "snap-02").await.unwrap();
+        Ec2::delete_snapshot(&client, "snap-02").await.unwrap();
         assert_eq!(throttled.num_calls(), 7);
     }
 

@@ -1,21 +1,27 @@
-//! What the sweeper remembers in the ledger, per region, and what it writes of each sweep:
+//! The sweeper's records in the ledger ([`Records`], on any [`LedgerStore`]): per region, and of
+//! each sweep:
 //!
 //! - every own image it lists, with the snapshots it maps, when it was first seen and when it
 //!   was first seen gone (so a snapshot that an image now in the Recycle Bin mapped is kept,
 //!   whatever its description says: `ListImagesInRecycleBin` gives no mappings);
-//! - when each snapshot was first seen orphaned (the grace clock, [`super::grace`]);
-//! - `EC2 AMI State Change` events to `deregistered` (an earlier start of that clock).
+//! - when each snapshot was first seen orphaned (the grace clock, [`crate::core::grace`]);
+//! - `EC2 AMI State Change` events to `deregistered` (an earlier start of that clock);
+//! - each run's summary, whose start time the next run reads.
 //!
-//! Only what changed is written: a sweep of an unchanged account writes nothing here.
+//! Only what changed is written: a sweep of an unchanged account writes nothing but its summary.
 
+use std::collections::BTreeSet;
+
+use amiguard::ledger::{keys, Condition, Item, LedgerStore, Written, TTL_ATTRIBUTE};
+use amiguard::AwsError;
 use chrono::{DateTime, Duration, Utc};
 use hashbrown::{HashMap, HashSet};
 
-use super::facts::{Id, ImageFacts};
-use super::planner::{Memory, Orphan};
-use crate::error::AwsError;
-use crate::ledger::store::{Condition, Item, LedgerStore, Written};
-use crate::ledger::{keys, TTL_ATTRIBUTE};
+use crate::core::grace::GoneImage;
+use crate::core::{Id, ImageFacts, Orphan};
+use crate::ports::{Records, RegionMemory};
+use crate::report::Report;
+use crate::FUNCTION;
 
 /// How long the record of a gone image and of an AMI event is kept: longer than the Recycle
 /// Bin's longest retention (365 days), so a binned image's mapping outlives its stay there.
@@ -34,49 +40,28 @@ const LEFT_BIN_AT: &str = "left_recycle_bin_at";
 const FAILED_AT: &str = "delete_failed_at";
 const FAILED_CODE: &str = "delete_failed_code";
 
-/// What the ledger says of one region (for the planner), and what this sweep has to write of
-/// the images it listed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RegionMemory {
-    pub memory: Memory,
-    /// The records to write: images new, changed, restored, seen gone, or entering or leaving the
-    /// Recycle Bin for the first time.
-    pub image_writes: Vec<Item>,
-    /// Records that no longer hold: AMI events and orphan clocks of an image listed live again.
-    pub stale: Vec<(String, String)>,
-}
+/// How long a run's summary stays in the ledger.
+pub const KEEP_RUN_SUMMARY: Duration = Duration::days(400);
 
-/// A seen image's record.
-fn image_item(region: &str, image_id: &str, snapshots: &[Id], first_seen: DateTime<Utc>) -> Item {
-    Item::new(keys::seen_images(region), image_id)
-        .with_s("kind", "seen-image")
-        .with_list(SNAPSHOT_IDS, snapshots.iter().map(Id::to_string))
-        .with_time(FIRST_SEEN, first_seen)
-}
+impl<S: LedgerStore> Records for S {
+    async fn previous_run(&self) -> Result<Option<DateTime<Utc>>, AwsError> {
+        Ok(self.last(&keys::runs(FUNCTION)).await?.and_then(|run| run.time("started_at")))
+    }
 
-/// Reads the region's records and compares them with what EC2 listed now: the live images, and
-/// the images in the Recycle Bin (empty when the check is off). `previous_run` is when the last
-/// sweep started (an image missing now was last seen then).
-///
-/// The clock of a snapshot whose AMI went away starts at the *latest* evidence of the AMI's
-/// deregistration, never an older one: a record of an image listed live again is stale (it was
-/// restored), and while an image sits in the Recycle Bin its snapshots are kept, so their clock
-/// starts when it leaves the bin, not when it entered.
-pub async fn read_region(
-    store: &impl LedgerStore,
-    region: &str,
-    live_images: &[ImageFacts],
-    binned: &std::collections::BTreeSet<String>,
-    now: DateTime<Utc>,
-    previous_run: Option<DateTime<Utc>>,
-) -> Result<RegionMemory, AwsError> {
-    let mut region_memory = RegionMemory::default();
-    let RegionMemory { memory, image_writes, stale } = &mut region_memory;
-    let live: HashMap<&str, &ImageFacts> = live_images.iter().map(|i| (i.image_id.as_str(), i)).collect();
-    let mut recorded: HashSet<Id> = HashSet::new();
-    let mut gone: HashMap<Id, GoneImage> = HashMap::new();
-    store
-        .query(&keys::seen_images(region), "", &mut |item| {
+    async fn read_region(
+        &self,
+        region: &str,
+        live_images: &[ImageFacts],
+        binned: &BTreeSet<String>,
+        now: DateTime<Utc>,
+        previous_run: Option<DateTime<Utc>>,
+    ) -> Result<RegionMemory, AwsError> {
+        let mut region_memory = RegionMemory::default();
+        let RegionMemory { memory, image_writes, stale } = &mut region_memory;
+        let live: HashMap<&str, &ImageFacts> = live_images.iter().map(|i| (i.image_id.as_str(), i)).collect();
+        let mut recorded: HashSet<Id> = HashSet::new();
+        let mut gone: HashMap<Id, GoneImage> = HashMap::new();
+        self.query(&keys::seen_images(region), "", &mut |item| {
             let image_id = Id::from(item.sk.as_str());
             let snapshots: Vec<Id> =
                 item.list(SNAPSHOT_IDS).unwrap_or_default().iter().map(|s| Id::from(s.as_str())).collect();
@@ -102,7 +87,7 @@ pub async fn read_region(
                 let mut record = image_item(region, &image_id, &snapshots, first_seen)
                     .with_time(GONE_AT, image.gone_at)
                     .with_time(LAST_SEEN, image.last_live)
-                    .with(IN_BIN, crate::ledger::Value::Bool(in_bin))
+                    .with(IN_BIN, amiguard::ledger::Value::Bool(in_bin))
                     .with_n(TTL_ATTRIBUTE, (now + KEEP_GONE).timestamp());
                 if let Some(left) = image.left_bin_at {
                     record = record.with_time(LEFT_BIN_AT, left);
@@ -115,30 +100,29 @@ pub async fn read_region(
             gone.insert(image_id, image);
         })
         .await?;
-    for image in live_images {
-        // `insert` is false for an image recorded already (or listed twice).
-        if recorded.insert(image.image_id.clone()) {
-            image_writes.push(image_item(region, &image.image_id, &image.snapshot_ids, now));
+        for image in live_images {
+            // `insert` is false for an image recorded already (or listed twice).
+            if recorded.insert(image.image_id.clone()) {
+                image_writes.push(image_item(region, &image.image_id, &image.snapshot_ids, now));
+            }
         }
-    }
-    // A binned image the sweeper never listed (made and deregistered between two sweeps): its
-    // record says it was in the bin, so that its deregistration event is never its clock.
-    for image_id in binned.iter().filter(|id| !recorded.contains(id.as_str())) {
-        image_writes.push(
-            image_item(region, image_id, &[], now)
-                .with_time(GONE_AT, now)
-                .with_time(LAST_SEEN, now)
-                .with(IN_BIN, crate::ledger::Value::Bool(true))
-                .with_n(TTL_ATTRIBUTE, (now + KEEP_GONE).timestamp()),
-        );
-        gone.insert(
-            Id::from(image_id.as_str()),
-            GoneImage { gone_at: now, last_live: now, left_bin_at: None, binned: true },
-        );
-    }
+        // A binned image the sweeper never listed (made and deregistered between two sweeps): its
+        // record says it was in the bin, so that its deregistration event is never its clock.
+        for image_id in binned.iter().filter(|id| !recorded.contains(id.as_str())) {
+            image_writes.push(
+                image_item(region, image_id, &[], now)
+                    .with_time(GONE_AT, now)
+                    .with_time(LAST_SEEN, now)
+                    .with(IN_BIN, amiguard::ledger::Value::Bool(true))
+                    .with_n(TTL_ATTRIBUTE, (now + KEEP_GONE).timestamp()),
+            );
+            gone.insert(
+                Id::from(image_id.as_str()),
+                GoneImage { gone_at: now, last_live: now, left_bin_at: None, binned: true },
+            );
+        }
 
-    store
-        .query(&keys::orphans(region), "", &mut |item| {
+        self.query(&keys::orphans(region), "", &mut |item| {
             let Some(first_seen) = item.time(FIRST_SEEN) else { return };
             if item.s(SOURCE_IMAGE).is_some_and(|image| live.contains_key(image)) {
                 // Its AMI is listed again: that clock belonged to an earlier absence.
@@ -151,9 +135,8 @@ pub async fn read_region(
             memory.orphaned_since.insert(Id::from(item.sk.as_str()), first_seen);
         })
         .await?;
-    let mut events: HashMap<Id, DateTime<Utc>> = HashMap::new();
-    store
-        .query(&keys::ami_events(region), "", &mut |item| {
+        let mut events: HashMap<Id, DateTime<Utc>> = HashMap::new();
+        self.query(&keys::ami_events(region), "", &mut |item| {
             if live.contains_key(item.sk.as_str()) {
                 stale.push((item.pk.clone(), item.sk.clone()));
             } else if let Some(at) = item.time(DEREGISTERED_AT) {
@@ -161,42 +144,90 @@ pub async fn read_region(
             }
         })
         .await?;
-    for (image_id, image) in &gone {
-        memory.deregistered_at.insert(image_id.clone(), image.deregistered_at(events.get(image_id).copied()));
+        for (image_id, image) in &gone {
+            memory.deregistered_at.insert(image_id.clone(), image.deregistered_at(events.get(image_id).copied()));
+        }
+        for (image_id, at) in events {
+            // An event for an image the sweeper never recorded is all there is.
+            memory.deregistered_at.entry(image_id).or_insert(at);
+        }
+        Ok(region_memory)
     }
-    for (image_id, at) in events {
-        // An event for an image the sweeper never recorded is all there is.
-        memory.deregistered_at.entry(image_id).or_insert(at);
+
+    fn orphan_writes(
+        region: &str,
+        candidates: &[&Orphan],
+        deleting: &HashSet<&str>,
+        orphaned_since: &HashMap<Id, DateTime<Utc>>,
+    ) -> (Vec<Item>, Vec<(String, String)>) {
+        let pk = keys::orphans(region);
+        let mut puts = Vec::new();
+        let mut still: HashSet<&str> = HashSet::with_capacity(candidates.len());
+        for orphan in candidates {
+            still.insert(orphan.snapshot_id.as_str());
+            if !orphaned_since.contains_key(orphan.snapshot_id.as_str())
+                && !deleting.contains(orphan.snapshot_id.as_str())
+            {
+                puts.push(
+                    Item::new(&pk, orphan.snapshot_id.as_str())
+                        .with_s("kind", "orphan")
+                        .with_time(FIRST_SEEN, orphan.orphaned_since)
+                        .with_s(SOURCE_IMAGE, orphan.source_image_id.as_str())
+                        .with_n(TTL_ATTRIBUTE, (orphan.orphaned_since + KEEP_ORPHAN_RECORD).timestamp()),
+                );
+            }
+        }
+        let deletes = orphaned_since
+            .keys()
+            .filter(|id| !still.contains(id.as_str()))
+            .map(|id| (pk.clone(), id.to_string()))
+            .collect();
+        (puts, deletes)
     }
-    Ok(region_memory)
+
+    fn failed_orphan(region: &str, orphan: &Orphan, code: &str, at: DateTime<Utc>) -> Item {
+        Item::new(keys::orphans(region), orphan.snapshot_id.as_str())
+            .with_s("kind", "orphan")
+            .with_time(FIRST_SEEN, orphan.orphaned_since)
+            .with_s(SOURCE_IMAGE, orphan.source_image_id.as_str())
+            .with_time(FAILED_AT, at)
+            .with_s(FAILED_CODE, code)
+            .with_n(TTL_ATTRIBUTE, (at + KEEP_ORPHAN_RECORD).timestamp())
+    }
+
+    fn orphan_key(region: &str, snapshot_id: &str) -> (String, String) {
+        (keys::orphans(region), snapshot_id.to_string())
+    }
+
+    async fn record_deregistration(&self, region: &str, image_id: &str, at: DateTime<Utc>) -> Result<bool, AwsError> {
+        let item = Item::new(keys::ami_events(region), image_id)
+            .with_s("kind", "ami-event")
+            .with_time(DEREGISTERED_AT, at)
+            .with_n(EVENT_EPOCH, at.timestamp())
+            .with_n(TTL_ATTRIBUTE, (at + KEEP_GONE).timestamp());
+        let newer = Condition::AbsentOrBelow { attribute: EVENT_EPOCH, value: at.timestamp() };
+        Ok(self.put(&item, &newer).await? == Written::Yes)
+    }
+
+    async fn record_run(&self, report: &Report) -> Result<(), AwsError> {
+        self.put(&run_item(report), &Condition::Always).await.map(|_| ())
+    }
+
+    fn full_lists(&self, run_id: &str) -> String {
+        format!(
+            "ledger table {}: every deletion of this run under pk {}, every orphan and its clock under pk orphans#<region>",
+            self.table(),
+            keys::run(run_id)
+        )
+    }
 }
 
-/// What the ledger says of an own image that is gone.
-struct GoneImage {
-    /// The sweep that first found it missing.
-    gone_at: DateTime<Utc>,
-    /// The last sweep that listed it: it was registered then.
-    last_live: DateTime<Utc>,
-    /// The sweep that first found it out of the Recycle Bin again.
-    left_bin_at: Option<DateTime<Utc>>,
-    /// It was (or is) in the Recycle Bin.
-    binned: bool,
-}
-
-impl GoneImage {
-    /// When the image went away, by the latest evidence. A deregistration event counts only if it
-    /// happened after the image was last seen registered (an older one is from before a restore);
-    /// an image that was in the Recycle Bin went away when it left the bin, since its snapshots
-    /// were kept while it was there.
-    fn deregistered_at(&self, event: Option<DateTime<Utc>>) -> DateTime<Utc> {
-        if self.binned {
-            return self.left_bin_at.unwrap_or(self.gone_at).max(self.gone_at);
-        }
-        match event {
-            Some(at) if at >= self.last_live && at <= self.gone_at => at,
-            _ => self.gone_at,
-        }
-    }
+/// A seen image's record.
+fn image_item(region: &str, image_id: &str, snapshots: &[Id], first_seen: DateTime<Utc>) -> Item {
+    Item::new(keys::seen_images(region), image_id)
+        .with_s("kind", "seen-image")
+        .with_list(SNAPSHOT_IDS, snapshots.iter().map(Id::to_string))
+        .with_time(FIRST_SEEN, first_seen)
 }
 
 fn same_snapshots(recorded: &[Id], listed: &[Id]) -> bool {
@@ -205,74 +236,25 @@ fn same_snapshots(recorded: &[Id], listed: &[Id]) -> bool {
     recorded == listed
 }
 
-/// The orphan records to write after planning: a record for each candidate without one (first
-/// seen now, or at its AMI's deregistration), and away with the records of snapshots that are no
-/// longer candidates (deleted, gone, or kept by a rule now: their clock starts again if they
-/// ever become orphans again). A candidate this run deletes (`deleting`) needs no record: it is
-/// deletable already, and the journal will say what became of it.
-pub fn orphan_writes(
-    region: &str,
-    candidates: &[&Orphan],
-    deleting: &HashSet<&str>,
-    orphaned_since: &HashMap<Id, DateTime<Utc>>,
-) -> (Vec<Item>, Vec<(String, String)>) {
-    let pk = keys::orphans(region);
-    let mut puts = Vec::new();
-    let mut still: HashSet<&str> = HashSet::with_capacity(candidates.len());
-    for orphan in candidates {
-        still.insert(orphan.snapshot_id.as_str());
-        if !orphaned_since.contains_key(orphan.snapshot_id.as_str()) && !deleting.contains(orphan.snapshot_id.as_str())
-        {
-            puts.push(
-                Item::new(&pk, orphan.snapshot_id.as_str())
-                    .with_s("kind", "orphan")
-                    .with_time(FIRST_SEEN, orphan.orphaned_since)
-                    .with_s(SOURCE_IMAGE, orphan.source_image_id.as_str())
-                    .with_n(TTL_ATTRIBUTE, (orphan.orphaned_since + KEEP_ORPHAN_RECORD).timestamp()),
-            );
-        }
-    }
-    let deletes = orphaned_since
-        .keys()
-        .filter(|id| !still.contains(id.as_str()))
-        .map(|id| (pk.clone(), id.to_string()))
-        .collect();
-    (puts, deletes)
-}
-
-/// The orphan record of a snapshot whose deletion failed: its clock goes on (it is still an orphan
-/// since then), and the failure makes it queue behind the others in the next runs.
-pub fn failed_orphan(region: &str, orphan: &Orphan, code: &str, at: DateTime<Utc>) -> Item {
-    Item::new(keys::orphans(region), orphan.snapshot_id.as_str())
-        .with_s("kind", "orphan")
-        .with_time(FIRST_SEEN, orphan.orphaned_since)
-        .with_s(SOURCE_IMAGE, orphan.source_image_id.as_str())
-        .with_time(FAILED_AT, at)
-        .with_s(FAILED_CODE, code)
-        .with_n(TTL_ATTRIBUTE, (at + KEEP_ORPHAN_RECORD).timestamp())
-}
-
-/// The key of a deleted snapshot's orphan record (deleted with its journal entry).
-pub fn orphan_key(region: &str, snapshot_id: &str) -> (String, String) {
-    (keys::orphans(region), snapshot_id.to_string())
-}
-
-/// Records an `EC2 AMI State Change` to `deregistered`. The latest deregistration wins (an AMI
-/// restored from the Recycle Bin and deregistered again starts a new clock); a redelivered or an
-/// older event changes nothing. Answers whether this one was written.
-pub async fn record_deregistration(
-    store: &impl LedgerStore,
-    region: &str,
-    image_id: &str,
-    at: DateTime<Utc>,
-) -> Result<bool, AwsError> {
-    let item = Item::new(keys::ami_events(region), image_id)
-        .with_s("kind", "ami-event")
-        .with_time(DEREGISTERED_AT, at)
-        .with_n(EVENT_EPOCH, at.timestamp())
-        .with_n(TTL_ATTRIBUTE, (at + KEEP_GONE).timestamp());
-    let newer = Condition::AbsentOrBelow { attribute: EVENT_EPOCH, value: at.timestamp() };
-    Ok(store.put(&item, &newer).await? == Written::Yes)
+/// The run's summary in the ledger (`pk = runs#orphan-snapshot-sweeper`): the one item an
+/// unchanged account's sweep writes; the next run reads its start time.
+fn run_item(report: &Report) -> Item {
+    let t = &report.totals;
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let started = amiguard::ledger::store::format_time(report.started_at);
+    Item::new(keys::runs(FUNCTION), keys::run_summary(&started, &report.run_id))
+        .with_s("kind", "run")
+        .with_s("run_id", &report.run_id)
+        .with_time("started_at", report.started_at)
+        .with("dry_run", amiguard::ledger::Value::Bool(report.dry_run))
+        .with_n("orphans", count(t.orphans))
+        .with_n("waiting", count(t.waiting))
+        .with_n("deleted", count(t.deleted))
+        .with_n("failed", count(t.failed))
+        .with_n("regions_aborted", count(t.regions_aborted))
+        .with_n("reclaimable_gib", count(t.reclaimable_gib))
+        .with_n("images_retired", count(t.images_retired))
+        .with_n(TTL_ATTRIBUTE, (report.started_at + KEEP_RUN_SUMMARY).timestamp())
 }
 
 /// The event's time as a number, for the "later wins" condition.
@@ -282,7 +264,7 @@ const EVENT_EPOCH: &str = "deregistered_epoch";
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::ledger::memory::MemoryLedger;
+    use amiguard::ledger::memory::MemoryLedger;
     use chrono::TimeZone;
 
     const REGION: &str = "eu-west-1";
@@ -324,7 +306,7 @@ mod tests {
         previous: Option<DateTime<Utc>>,
     ) -> RegionMemory {
         let binned: std::collections::BTreeSet<String> = binned.iter().map(|s| s.to_string()).collect();
-        let memory = read_region(store, REGION, images, &binned, now, previous).await.unwrap();
+        let memory = store.read_region(REGION, images, &binned, now, previous).await.unwrap();
         store.write_batch(memory.image_writes.clone(), memory.stale.clone()).await.unwrap();
         memory
     }
@@ -368,9 +350,9 @@ mod tests {
         let store = MemoryLedger::new();
         let images = [image("ami-0a", &["snap-1"])];
         sweep(&store, &images, t(0), None).await;
-        assert!(record_deregistration(&store, REGION, "ami-0a", t(5)).await.unwrap());
-        assert!(!record_deregistration(&store, REGION, "ami-0a", t(5)).await.unwrap(), "a redelivery is not new");
-        assert!(!record_deregistration(&store, REGION, "ami-0a", t(4)).await.unwrap(), "an older event is not news");
+        assert!(store.record_deregistration(REGION, "ami-0a", t(5)).await.unwrap());
+        assert!(!store.record_deregistration(REGION, "ami-0a", t(5)).await.unwrap(), "a redelivery is not new");
+        assert!(!store.record_deregistration(REGION, "ami-0a", t(4)).await.unwrap(), "an older event is not news");
         let memory = sweep(&store, &[], t(10), Some(t(0))).await;
         assert_eq!(memory.memory.deregistered_at.get("ami-0a"), Some(&t(5)), "the event is earlier than the sweep");
     }
@@ -380,7 +362,7 @@ mod tests {
         let store = MemoryLedger::new();
         let images = [image("ami-0a", &["snap-1"])];
         sweep(&store, &images, t(0), None).await;
-        record_deregistration(&store, REGION, "ami-0a", t(1)).await.unwrap();
+        store.record_deregistration(REGION, "ami-0a", t(1)).await.unwrap();
         sweep(&store, &[], t(24), Some(t(0))).await;
         store.insert(
             Item::new(keys::orphans(REGION), "snap-1").with_time(FIRST_SEEN, t(24)).with_s(SOURCE_IMAGE, "ami-0a"),
@@ -405,7 +387,7 @@ mod tests {
     async fn an_image_in_the_recycle_bin_starts_its_snapshots_clock_when_it_leaves() {
         let store = MemoryLedger::new();
         sweep(&store, &[image("ami-0a", &["snap-1"])], t(0), None).await;
-        record_deregistration(&store, REGION, "ami-0a", t(1)).await.unwrap();
+        store.record_deregistration(REGION, "ami-0a", t(1)).await.unwrap();
         let binned = sweep_binned(&store, &[], &["ami-0a"], t(24), Some(t(0))).await;
         assert_eq!(binned.image_writes.len(), 1, "entering the bin is written once");
         assert!(sweep_binned(&store, &[], &["ami-0a"], t(48), Some(t(24))).await.image_writes.is_empty());
@@ -417,7 +399,7 @@ mod tests {
         assert!(later.image_writes.is_empty());
         assert_eq!(later.memory.deregistered_at.get("ami-0a"), Some(&t(24 * 8)));
         // An image the sweeper never listed, binned: recorded as binned, its event ignored.
-        record_deregistration(&store, REGION, "ami-0b", t(24 * 9)).await.unwrap();
+        store.record_deregistration(REGION, "ami-0b", t(24 * 9)).await.unwrap();
         let unseen = sweep_binned(&store, &[], &["ami-0b"], t(24 * 10), Some(t(24 * 9))).await;
         assert_eq!(unseen.image_writes.len(), 1);
         let out = sweep_binned(&store, &[], &[], t(24 * 20), Some(t(24 * 10))).await;
@@ -434,7 +416,7 @@ mod tests {
             start_time: t(-100),
             orphaned_since: t(-30),
         };
-        store.insert(failed_orphan(REGION, &orphan, "InvalidSnapshot.InUse", t(0)));
+        store.insert(MemoryLedger::failed_orphan(REGION, &orphan, "InvalidSnapshot.InUse", t(0)));
         let read = sweep(&store, &[], t(24), Some(t(0))).await;
         assert_eq!(read.memory.orphaned_since.get("snap-1"), Some(&t(-30)), "the clock goes on");
         assert!(read.memory.failed_before.contains("snap-1"));
@@ -455,15 +437,15 @@ mod tests {
         let recorded: HashMap<Id, DateTime<Utc>> =
             [("snap-1".into(), t(-5)), ("snap-9".into(), t(-9))].into_iter().collect();
         let none = HashSet::new();
-        let (puts, deletes) = orphan_writes(REGION, &[&known, &fresh], &none, &recorded);
+        let (puts, deletes) = MemoryLedger::orphan_writes(REGION, &[&known, &fresh], &none, &recorded);
         assert_eq!(puts.iter().map(|i| i.sk.as_str()).collect::<Vec<_>>(), ["snap-2"]);
         assert_eq!(puts[0].time(FIRST_SEEN), Some(t(0)));
         assert_eq!(deletes, [(keys::orphans(REGION), "snap-9".to_string())]);
         // One deleted in this run needs no record first.
-        let (puts, _) = orphan_writes(REGION, &[&known, &fresh], &HashSet::from(["snap-2"]), &recorded);
+        let (puts, _) = MemoryLedger::orphan_writes(REGION, &[&known, &fresh], &HashSet::from(["snap-2"]), &recorded);
         assert!(puts.is_empty());
         let only_known: HashMap<Id, DateTime<Utc>> = [("snap-1".into(), t(-5))].into_iter().collect();
-        let (puts, deletes) = orphan_writes(REGION, &[&known], &none, &only_known);
+        let (puts, deletes) = MemoryLedger::orphan_writes(REGION, &[&known], &none, &only_known);
         assert!(puts.is_empty() && deletes.is_empty(), "nothing changed, nothing written");
     }
 }

@@ -8,15 +8,15 @@
 //!   too young, pending, not owned, source AMI still registered, source AMI in the Recycle Bin,
 //!   archived, locked, and a manual snapshot with a `Name` tag.
 //!
-//! The facts are what the EC2 adapter keeps of each page: snapshots read by `SnapshotFacts::read`,
+//! The facts are what the EC2 adapter keeps of each page: snapshots read by `SnapshotListing::read`,
 //! images with the tags retirement reads; the ledger saw every orphan orphaned 30 days ago. The listing comes in a shuffled order (a fixed seed):
 //! the planner must not profit from sorted input.
 
 use std::collections::BTreeSet;
 
-use amiguard::sweeper::{ImageFacts, Memory, PlanInput, Policy, SnapshotFacts, SnapshotListing};
 use amiguard::tags::Tag;
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use orphan_snapshot_sweeper::core::{Id, ImageFacts, Memory, Plan, PlanInput, Policy, SnapshotFacts, SnapshotListing};
 
 pub const ACCOUNT: &str = "123456789012";
 const OTHER_ACCOUNT: &str = "210987654321";
@@ -33,7 +33,7 @@ pub struct Region {
     /// What the ledger remembers: when each orphan was first seen orphaned.
     pub memory: Memory,
     /// Snapshot locks (none: the common account).
-    pub locked: hashbrown::HashSet<amiguard::sweeper::Id>,
+    pub locked: hashbrown::HashSet<Id>,
     /// How many orphans the data holds by construction.
     pub expected_orphans: u64,
 }
@@ -182,7 +182,7 @@ pub fn region(snapshots: usize) -> Region {
             }
         };
         // Read as the EC2 adapter reads each page: the description and tags go with the listing.
-        facts.push(SnapshotFacts::read(&s, PROTECT_TAG));
+        facts.push(s.read(PROTECT_TAG));
     }
     // Fisher-Yates with the fixed seed.
     for i in (1..facts.len()).rev() {
@@ -228,7 +228,7 @@ impl Other {
 
 /// Checks that the plan found what the data holds: a benchmark of a planner that silently did
 /// nothing would measure nothing.
-pub fn check(region: &Region, plan: &amiguard::sweeper::Plan) -> Result<(), String> {
+pub fn check(region: &Region, plan: &Plan) -> Result<(), String> {
     let orphans = plan.orphans.len() as u64;
     if orphans != region.expected_orphans || plan.to_delete.len() as u64 != BUDGET.min(orphans) {
         return Err(format!(

@@ -6,8 +6,8 @@ mod synthetic;
 
 use std::time::Duration;
 
-use amiguard::sweeper::plan;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use orphan_snapshot_sweeper::core::plan;
 
 /// Sizes and how long criterion measures each (fewer samples for the large ones).
 const SIZES: [(usize, usize, u64); 3] = [(10_000, 100, 5), (100_000, 20, 8), (1_000_000, 10, 20)];

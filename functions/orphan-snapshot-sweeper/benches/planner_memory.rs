@@ -6,7 +6,7 @@
 //!   images' facts, and the most the planner held at once on top of its input.
 //!
 //! Run one size per process, as `make bench` does: the high-water mark never goes down.
-//! `cargo bench -p amiguard --bench planner_memory -- 1000000`
+//! `cargo bench -p orphan-snapshot-sweeper --bench planner_memory -- 1000000`
 
 mod synthetic;
 
@@ -14,7 +14,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use amiguard::sweeper::plan;
+use orphan_snapshot_sweeper::core::plan;
 
 /// Issue 5's target at 1M snapshots: 512 MiB.
 const TARGET_KIB: u64 = 512 * 1024;

@@ -11,12 +11,12 @@ use chrono::{DateTime, Duration, Utc};
 use hashbrown::HashMap;
 use serde::Serialize;
 
-use super::facts::{Id, ImageFacts, SnapshotFacts};
+use super::facts::{Id, ImageFacts, KeepReason, SnapshotFacts};
 use super::grace;
 use super::join;
 
 /// The settings that decide what is an orphan and how much one run may delete. (`PROTECT_TAG`
-/// is read with the listing: [`SnapshotFacts::read`].)
+/// is read with the listing: [`super::listing::SnapshotListing::read`].)
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     /// The grace period: snapshots younger than this are kept (`MIN_AGE_HOURS`).
@@ -49,7 +49,7 @@ pub struct PlanInput<'a> {
     pub locked: &'a hashbrown::HashSet<Id>,
 }
 
-/// What the ledger remembers of a region, as the planner reads it ([`super::records`]).
+/// What the ledger remembers of a region, as the planner reads it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Memory {
     /// When amiguard first saw each snapshot orphaned.
@@ -63,44 +63,6 @@ pub struct Memory {
     /// Orphans whose deletion failed in an earlier run (refused, in use): they queue behind the
     /// others, so that a few that always fail never use up `MAX_DELETIONS` run after run.
     pub failed_before: hashbrown::HashSet<Id>,
-}
-
-/// Why a snapshot is kept. One reason per snapshot, the first that applies in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeepReason {
-    /// Its `OwnerId` is not this account (shared with us, public, or not said).
-    NotOwned,
-    /// An image (available, disabled or deprecated) maps it in a block device.
-    ReferencedByImage,
-    /// The AMI it was made for still exists.
-    SourceImageExists,
-    /// The AMI it was made for is in the Recycle Bin and can be restored.
-    SourceImageInRecycleBin,
-    /// It carries the protect tag.
-    Protected,
-    /// AWS Backup manages it.
-    AwsBackup,
-    /// Data Lifecycle Manager manages it.
-    Dlm,
-    /// Recycle Bin manages it (`aws:recycle-bin:*` tags).
-    RecycleBin,
-    /// In the archive tier (`StorageTier`): billed for its 90 days whatever happens.
-    Archived,
-    /// Under an EBS snapshot lock (`DescribeLockedSnapshots`): nobody can delete it.
-    Locked,
-    /// EC2's own words do not say it was made for an AMI (a tag alone never does): a manual
-    /// snapshot, never deleted by the sweeper.
-    NotFromImage,
-    /// Its state is not `completed`.
-    NotCompleted,
-    /// Not an orphan for the grace period yet, by amiguard's own observation (or its start time
-    /// is unknown).
-    TooYoung,
-    /// An orphan beyond what this run may delete (`MAX_DELETIONS`): next run.
-    OverCap,
-    /// An orphan in a region where the circuit breaker refused to act.
-    CircuitBreaker,
 }
 
 /// A snapshot made for an AMI that no longer exists and that nothing else keeps.
@@ -309,26 +271,6 @@ pub(crate) fn exceeds_fraction(part: u64, whole: u64, fraction: f64) -> bool {
 
 const KEEP_REASONS: usize = KeepReason::ALL.len();
 
-impl KeepReason {
-    const ALL: [KeepReason; 15] = [
-        KeepReason::NotOwned,
-        KeepReason::ReferencedByImage,
-        KeepReason::SourceImageExists,
-        KeepReason::SourceImageInRecycleBin,
-        KeepReason::Protected,
-        KeepReason::AwsBackup,
-        KeepReason::Dlm,
-        KeepReason::RecycleBin,
-        KeepReason::Archived,
-        KeepReason::Locked,
-        KeepReason::NotFromImage,
-        KeepReason::NotCompleted,
-        KeepReason::TooYoung,
-        KeepReason::OverCap,
-        KeepReason::CircuitBreaker,
-    ];
-}
-
 /// The decision for one distinct snapshot.
 struct Decision {
     /// Every copy is owned by the account (counted in the circuit breaker's denominator).
@@ -499,9 +441,9 @@ impl<'a> Rules<'a> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::sweeper::facts::SnapshotListing;
-    use crate::tags;
-    use crate::tags::Tag;
+    use crate::core::listing::SnapshotListing;
+    use amiguard::tags;
+    use amiguard::tags::Tag;
     use chrono::TimeZone;
     use proptest::prelude::*;
 
@@ -517,7 +459,7 @@ mod tests {
 
     /// What the EC2 adapter does with each page.
     fn read(listings: &[SnapshotListing]) -> Vec<SnapshotFacts> {
-        listings.iter().map(|listing| SnapshotFacts::read(listing, tags::KEEP)).collect()
+        listings.iter().map(|listing| listing.read(tags::KEEP)).collect()
     }
 
     /// An owned, completed snapshot made 48 hours ago for `ami`.

@@ -1,0 +1,21 @@
+//! The sweeper's pure decisions: which snapshots are orphans and why every other one is kept,
+//! which unused AMIs retire, when an orphan's grace period ends, and what a run comes to in
+//! numbers and words. Facts in, decisions out: no I/O, no SDK type, no ledger, no clock of its
+//! own (`now` is a parameter).
+//!
+//! [`facts`] is the bottom: it owns the types the other modules read and imports none of them,
+//! so that no two modules here import each other.
+
+pub mod facts;
+pub mod grace;
+mod join;
+pub mod listing;
+pub mod origin;
+pub mod planner;
+pub mod retire;
+pub mod summary;
+
+pub use facts::{FastSnapshotRestore, Id, ImageFacts, KeepReason, SnapshotFacts};
+pub use listing::SnapshotListing;
+pub use planner::{plan, Memory, Orphan, Plan, PlanInput, Policy, SnapshotTotal};
+pub use retire::{plan_retirement, ImageKeepReason, RetireInput, RetirePlan, RetirePolicy, UseFacts};

@@ -1,0 +1,154 @@
+//! The sweeper's ports: what it needs from EC2 in one region ([`Ec2`]), the publisher of its
+//! summary ([`SummaryPublisher`]), its own records in the ledger ([`Records`]), and the one
+//! bundle an invocation acts through ([`Ports`]). Their AWS implementations are `adapters`.
+//!
+//! Every listing reads every page and fails as a whole when any page fails: a partial listing of
+//! images would make referenced snapshots look orphaned, so there is no "best effort" here.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+
+use amiguard::ledger::{Item, LedgerStore};
+use amiguard::AwsError;
+use chrono::{DateTime, Utc};
+use hashbrown::{HashMap, HashSet};
+
+use crate::core::{FastSnapshotRestore, Id, ImageFacts, Memory, Orphan, SnapshotFacts};
+use crate::report::Report;
+
+/// The ports one invocation acts through.
+pub struct Ports<'a, E, P, L> {
+    /// One EC2 client per region of `REGIONS`, in order.
+    pub regions: &'a [(String, E)],
+    pub publisher: &'a P,
+    /// `None` without `LEDGER_TABLE`: a dry run then has no memory, a real run deletes nothing.
+    pub ledger: Option<&'a L>,
+}
+
+/// The images that launch templates' default and latest versions launch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaunchTemplateImages {
+    pub image_ids: BTreeSet<String>,
+    /// Versions whose image is not an AMI id even after `ResolveAlias` (an SSM parameter that
+    /// did not resolve): `lt-… version N: <value>`. Any of these means we cannot tell which AMIs
+    /// are in use, so nothing is retired in that region.
+    pub unresolved: Vec<String>,
+}
+
+/// What the sweeper needs from EC2 in one region.
+pub trait Ec2: Send + Sync {
+    /// Every snapshot `DescribeSnapshots` lists for `OwnerIds=self`, every page, read page by page
+    /// into [`SnapshotFacts`] with `protect_tag` (`PROTECT_TAG`).
+    fn snapshots(&self, protect_tag: &str) -> impl Future<Output = Result<Vec<SnapshotFacts>, AwsError>> + Send;
+    /// Every image of the account (`Owners=self`), disabled and deprecated ones included, with
+    /// only the tags the sweeper reads: `protect_tag` (`PROTECT_TAG`) and `amiguard:created-by`.
+    fn images(&self, protect_tag: &str) -> impl Future<Output = Result<Vec<ImageFacts>, AwsError>> + Send;
+    /// The ids of the AMIs in the Recycle Bin (`ListImagesInRecycleBin`).
+    fn images_in_recycle_bin(&self) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
+    /// The images of every instance that is not terminated.
+    fn images_used_by_instances(&self) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
+    /// The images of every launch template's default and latest versions.
+    fn launch_template_images(&self) -> impl Future<Output = Result<LaunchTemplateImages, AwsError>> + Send;
+    /// Whether the image has any launch permission (an account, an organization or unit, `all`).
+    fn is_image_shared(&self, image_id: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    /// Snapshots under an EBS snapshot lock (`DescribeLockedSnapshots`, every page): every lock
+    /// state but `expired`. Nobody can delete them; the sweeper never tries.
+    fn locked_snapshots(&self) -> impl Future<Output = Result<HashSet<Id>, AwsError>> + Send;
+    /// Every Fast Snapshot Restore that is not `disabled`, one per snapshot and zone.
+    fn fast_snapshot_restores(&self) -> impl Future<Output = Result<Vec<FastSnapshotRestore>, AwsError>> + Send;
+    /// The images among `image_ids` that `DescribeImageReferences` finds in use: by an instance,
+    /// a launch template (every version), an SSM parameter or an Image Builder recipe.
+    fn referenced_images(
+        &self,
+        image_ids: &[String],
+    ) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
+    /// Whether the snapshot has any create-volume permission (shared with an account or public).
+    fn is_snapshot_shared(&self, snapshot_id: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    fn deregister_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn delete_snapshot(&self, snapshot_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Writes the Recycle Bin rules' tag on `resource_ids` (snapshots or images, at most 1,000:
+    /// one `CreateTags`), right before they are deleted or deregistered.
+    fn mark_for_recycle_bin(&self, resource_ids: Vec<String>) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// Publishes the sweep's summary to `REPORT_TOPIC_ARN`.
+pub trait SummaryPublisher: Send + Sync {
+    fn publish(
+        &self,
+        topic_arn: &str,
+        subject: &str,
+        message: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// The sweeper's own records in the ledger, on any [`LedgerStore`] (`adapters::ledger`). The
+/// functions without `self` only build items and keys, for a batch written with others.
+pub trait Records: LedgerStore {
+    /// When the last sweep started, by its summary in the ledger (`None`: no sweep yet).
+    fn previous_run(&self) -> impl Future<Output = Result<Option<DateTime<Utc>>, AwsError>> + Send;
+
+    /// Reads the region's records and compares them with what EC2 listed now: the live images, and
+    /// the images in the Recycle Bin (empty when the check is off). `previous_run` is when the last
+    /// sweep started (an image missing now was last seen then).
+    ///
+    /// The clock of a snapshot whose AMI went away starts at the *latest* evidence of the AMI's
+    /// deregistration, never an older one: a record of an image listed live again is stale (it was
+    /// restored), and while an image sits in the Recycle Bin its snapshots are kept, so their clock
+    /// starts when it leaves the bin, not when it entered.
+    fn read_region(
+        &self,
+        region: &str,
+        live_images: &[ImageFacts],
+        binned: &BTreeSet<String>,
+        now: DateTime<Utc>,
+        previous_run: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = Result<RegionMemory, AwsError>> + Send;
+
+    /// The orphan records to write after planning: a record for each candidate without one (first
+    /// seen now, or at its AMI's deregistration), and away with the records of snapshots that are no
+    /// longer candidates (deleted, gone, or kept by a rule now: their clock starts again if they
+    /// ever become orphans again). A candidate this run deletes (`deleting`) needs no record: it is
+    /// deletable already, and the journal will say what became of it.
+    fn orphan_writes(
+        region: &str,
+        candidates: &[&Orphan],
+        deleting: &HashSet<&str>,
+        orphaned_since: &HashMap<Id, DateTime<Utc>>,
+    ) -> (Vec<Item>, Vec<(String, String)>);
+
+    /// The orphan record of a snapshot whose deletion failed: its clock goes on (it is still an orphan
+    /// since then), and the failure makes it queue behind the others in the next runs.
+    fn failed_orphan(region: &str, orphan: &Orphan, code: &str, at: DateTime<Utc>) -> Item;
+
+    /// The key of a deleted snapshot's orphan record (deleted with its journal entry).
+    fn orphan_key(region: &str, snapshot_id: &str) -> (String, String);
+
+    /// Records an `EC2 AMI State Change` to `deregistered`. The latest deregistration wins (an AMI
+    /// restored from the Recycle Bin and deregistered again starts a new clock); a redelivered or an
+    /// older event changes nothing. Answers whether this one was written.
+    fn record_deregistration(
+        &self,
+        region: &str,
+        image_id: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+
+    /// Writes the run's summary (`pk = runs#orphan-snapshot-sweeper`): the one item an unchanged
+    /// account's sweep writes; the next run reads its start time.
+    fn record_run(&self, report: &Report) -> impl Future<Output = Result<(), AwsError>> + Send;
+
+    /// Where the full lists of the run `run_id` are, in the ledger.
+    fn full_lists(&self, run_id: &str) -> String;
+}
+
+/// What the ledger says of one region (for the planner), and what this sweep has to write of
+/// the images it listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegionMemory {
+    pub memory: Memory,
+    /// The records to write: images new, changed, restored, seen gone, or entering or leaving the
+    /// Recycle Bin for the first time.
+    pub image_writes: Vec<Item>,
+    /// Records that no longer hold: AMI events and orphan clocks of an image listed live again.
+    pub stale: Vec<(String, String)>,
+}
