@@ -1,5 +1,5 @@
 //! The one SNS call amiguard makes: `Publish` to a topic, with a subject and message attributes.
-//! Every publisher port (alerts, the sweep's summary) sends through it.
+//! Every publisher port (alerts, a run's summary) sends through it.
 
 use aws_sdk_sns::types::MessageAttributeValue;
 

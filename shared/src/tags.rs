@@ -18,7 +18,7 @@ pub const UNTRUSTED_AMI: &str = "amiguard:untrusted-ami";
 /// The default protect tag: a snapshot or AMI carrying it is never deleted.
 pub const KEEP: &str = "amiguard:keep";
 
-/// `amiguard:created-by` value of snapshot-on-stop's images.
+/// `amiguard:created-by` value of the images amiguard makes when an instance stops.
 pub const CREATED_BY_SNAPSHOT_ON_STOP: &str = "snapshot-on-stop";
 
 /// EC2's limit of user tags per resource.

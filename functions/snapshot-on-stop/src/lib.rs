@@ -11,7 +11,7 @@ pub mod core;
 pub mod error;
 pub mod event;
 mod flow;
-pub mod handler;
+mod handler;
 pub mod metrics;
 pub mod ports;
 pub mod report;

@@ -8,15 +8,15 @@
 //! next audit's digest.
 
 pub mod adapters;
-mod config;
+pub mod config;
 pub mod core;
-mod error;
-mod event;
+pub mod error;
+pub mod event;
 mod flow;
 mod handler;
 pub mod metrics;
 pub mod ports;
-mod report;
+pub mod report;
 
 pub use adapters::ec2::Ec2Client;
 pub use adapters::sts::StsIdentity;

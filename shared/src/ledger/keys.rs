@@ -1,22 +1,23 @@
 //! The key layout of the ledger, said once. One table, keys `pk` (partition) and `sk` (sort),
 //! both strings; every partition holds one kind of record, so one `Query` reads what a decision
-//! needs. Regions are part of the keys: one sweeper writes the records of several regions.
+//! needs. Regions are part of the keys: one function may write the records of several regions.
+//! Which function writes which partition, and what each record holds: `docs/ledger.md`.
 //!
-//! | `pk`                          | `sk`                     | what                                        | writer |
-//! |-------------------------------|--------------------------|---------------------------------------------|--------|
-//! | `instance#<region>#<id>`      | `lease`                  | one delivery at a time for the instance     | snapshot-on-stop |
-//! |                               | `image#<stopped-at>`     | an image it made (or adopted), per stop     | snapshot-on-stop |
-//! |                               | `adopted`                | pre-ledger images were adopted, once        | snapshot-on-stop |
-//! | `made-images#<region>`        | `<image-id>`             | which instance an image was made of (for its AMI events) | snapshot-on-stop |
-//! | `alert#<region>#<instance>`   | `image#<image-id>`       | the alert sent for the instance and image   | untrusted-ami-alert |
-//! | `failed-images#<region>`      | `<image-id>`             | the alert sent for an image that failed      | snapshot-on-stop |
-//! | `launch-alerts#<region>#<image>` | `<hour>#<n>`          | the n-th launch alert of the image that hour (folding) | untrusted-ami-alert |
-//! | `folded-alerts#<region>`      | `<instance>#<image>`     | a folded launch alert, until a digest sends it | untrusted-ami-alert |
-//! | `images#<region>`             | `<image-id>`             | an own image's snapshots, when seen, when gone | sweeper |
-//! | `orphans#<region>`            | `<snapshot-id>`          | when the snapshot was first seen orphaned    | sweeper |
-//! | `ami-events#<region>`         | `<image-id>`             | an `EC2 AMI State Change` to `deregistered`  | sweeper |
-//! | `run#<run-id>`                | `deleted#<resource-id>`  | the journal: one entry per deletion or deregistration | sweeper, snapshot-on-stop |
-//! | `runs#<function>`             | `<started-at>#<run-id>`  | each sweep's summary, newest last            | sweeper |
+//! | `pk`                          | `sk`                     | what                                        |
+//! |-------------------------------|--------------------------|---------------------------------------------|
+//! | `instance#<region>#<id>`      | `lease`                  | one delivery at a time for the instance     |
+//! |                               | `image#<stopped-at>`     | an image made (or adopted) for a stop       |
+//! |                               | `adopted`                | pre-ledger images were adopted, once        |
+//! | `made-images#<region>`        | `<image-id>`             | which instance an image was made of (for its AMI events) |
+//! | `alert#<region>#<instance>`   | `image#<image-id>`       | the alert sent for the instance and image   |
+//! | `failed-images#<region>`      | `<image-id>`             | the alert sent for an image that failed     |
+//! | `launch-alerts#<region>#<image>` | `<hour>#<n>`          | the n-th launch alert of the image that hour (folding) |
+//! | `folded-alerts#<region>`      | `<instance>#<image>`     | a folded launch alert, until a digest sends it |
+//! | `images#<region>`             | `<image-id>`             | an own image's snapshots, when seen, when gone |
+//! | `orphans#<region>`            | `<snapshot-id>`          | when the snapshot was first seen orphaned   |
+//! | `ami-events#<region>`         | `<image-id>`             | an `EC2 AMI State Change` to `deregistered` |
+//! | `run#<run-id>`                | `deleted#<resource-id>`  | the journal: one entry per deletion or deregistration |
+//! | `runs#<function>`             | `<started-at>#<run-id>`  | each run's summary, newest last             |
 
 pub fn instance(region: &str, instance_id: &str) -> String {
     format!("instance#{region}#{instance_id}")
@@ -31,12 +32,12 @@ pub fn image_of_stop(stopped_at: &str) -> String {
     format!("{IMAGE_PREFIX}{stopped_at}")
 }
 
-/// The partition that says which instance each image snapshot-on-stop made is of.
+/// The partition that says which instance each image amiguard made at a stop is of.
 pub fn made_images(region: &str) -> String {
     format!("made-images#{region}")
 }
 
-/// The partition of the alerts sent for images snapshot-on-stop made that failed.
+/// The partition of the alerts sent for images amiguard made that failed.
 pub fn failed_image_alerts(region: &str) -> String {
     format!("failed-images#{region}")
 }

@@ -3,19 +3,12 @@
 //! Tags, names and descriptions are written by anyone with `ec2:CreateTags` and carried by
 //! copies: they may make amiguard keep something, never delete, retire or stay silent. What
 //! causes an action comes from EC2's own fields or from here: what amiguard made (the images of
-//! snapshot-on-stop), saw (each own image's snapshots, when a snapshot was first seen orphaned,
+//! stopped instances), saw (each own image's snapshots, when a snapshot was first seen orphaned,
 //! AMI state events), did (every deletion and deregistration, each run) and sent (one alert per
 //! instance and image).
 //!
-//! - [`store`]: the port, a narrow item store with conditional writes ([`LedgerStore`]), and the
-//!   plain item type every function's records are written as.
-//! - [`dynamo`]: the port's `aws_sdk_dynamodb::Client` adapter.
-//! - [`memory`]: an in-memory store with DynamoDB's semantics, for handler tests.
-//! - [`keys`]: the key layout of the one table (single-table design), said in one place.
-//! - [`journal`]: one entry per deletion or deregistration, under its run.
-//! - [`lease`]: one holder at a time, with an expiry (snapshot-on-stop's one delivery per instance).
-//!
-//! Each function's own records live in its crate, written through this port.
+//! The port is [`LedgerStore`], a narrow item store with conditional writes; the key layout is
+//! [`keys`]. Each function's own records live in its crate, written through this port.
 
 pub mod dynamo;
 pub mod journal;
