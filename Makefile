@@ -62,7 +62,7 @@ lint-template: tools template-tools
 	SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam validate --lint --template template.yaml --region us-east-1
 	$(CHECKOV_VENV)/bin/checkov --file template.yaml --quiet --compact --skip-download
 
-# The performance figures of issue 5 (README, "Benchmarks"): API calls against the floor, deletion
+# The performance figures of issue 5 (docs/benchmarks.md): API calls against the floor, deletion
 # pace under throttling, the planner at 1M snapshots, binary sizes and init time.
 bench: tools
 	@bash bench/run.sh

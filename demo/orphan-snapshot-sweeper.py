@@ -4,7 +4,7 @@ run (the event's detail asks for it: a detail can only make a run drier) and a r
 
 demo/run.sh serves the functions with DRY_RUN=false MIN_AGE_HOURS=0 RECYCLE_BIN_CHECK=false
 (moto cannot backdate snapshots and has no Recycle Bin). After the sweep, the demo reads the run's
-journal from the ledger with the one query the README shows."""
+journal from the ledger with the one query docs/ledger.md shows."""
 
 import os
 
@@ -50,7 +50,7 @@ for title, event_file in [("Dry run", "orphan-snapshot-sweeper.dry-run.json"),
         raise SystemExit(f"orphan-snapshot-sweeper failed: {error}")
     sweep_summary(title, report)
 
-# The journal: every deletion of the run, under its run id, in one query (README, "The ledger").
+# The journal: every deletion of the run, under its run id, in one query (docs/ledger.md).
 journal = client("dynamodb").query(
     TableName=os.environ["LEDGER_TABLE"],
     KeyConditionExpression="pk = :run",

@@ -111,7 +111,7 @@ fn without_literals(text: &str) -> String {
                 out.push('"');
                 let closing: String = std::iter::once('"').chain(std::iter::repeat_n('#', hashes)).collect();
                 let mut body = String::new();
-                while let Some(b) = chars.next() {
+                for b in chars.by_ref() {
                     body.push(b);
                     if body.ends_with(&closing) {
                         break;

@@ -284,7 +284,7 @@ fn the_recycle_bin_rules_exist_above_zero_days_select_the_codes_tag_and_outlive_
                 (&json!("Retain"), &json!("Retain"))
             );
         }
-        // Their ARNs, for the SCP that keeps them from being changed (README, "Undo").
+        // Their ARNs, for the SCP that keeps them from being changed (docs/undo.md).
         let outputs = &rendered["Outputs"];
         assert_eq!(outputs["RecycleBinSnapshotRuleArn"]["Value"], json!({"!GetAtt": "RecycleBinSnapshotRule.Arn"}));
         assert_eq!(outputs["RecycleBinImageRuleArn"]["Value"], json!({"!GetAtt": "RecycleBinImageRule.Arn"}));

@@ -88,7 +88,7 @@ impl Config {
 
     /// The Recycle Bin rules deletions in `region` go to: the stack's in its own region. Elsewhere
     /// deletions are tagged all the same but promised nothing: they are final unless someone made
-    /// a rule there selecting the tag (README, "Undo").
+    /// a rule there selecting the tag (docs/undo.md).
     pub fn recycle_bin_in(&self, region: &str) -> RecycleBin {
         if self.home_region.as_deref() == Some(region) {
             self.recycle_bin

@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
+use amiguard::error::AwsError;
 use amiguard::invocation::Invocation;
 
 use crate::config::Config;
 use crate::ports::Ports;
+use crate::FUNCTION;
 
 pub struct Context<'a, E, P, I, L> {
     pub config: &'a Config,
@@ -32,4 +34,12 @@ impl<'a, E, P, I, L> Context<'a, E, P, I, L> {
         *count += 1;
         *count - 1
     }
+}
+
+/// What a best-effort lookup found, or nothing (logged): it only loses detail, never the verdict.
+pub fn or_logged<T>(result: Result<Vec<T>, AwsError>, what: &str) -> Vec<T> {
+    result.unwrap_or_else(|err| {
+        tracing::warn!(function = FUNCTION, error = %err, "{what} could not be read");
+        Vec::new()
+    })
 }

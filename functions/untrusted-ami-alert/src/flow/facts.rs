@@ -3,15 +3,12 @@
 
 use std::collections::HashMap;
 
-use amiguard::error::AwsError;
-
-use super::context::Context;
+use super::context::{or_logged, Context};
 use super::provenance::provenance;
 use crate::core::enforce::LaunchedInstance;
 use crate::core::verdict::{LaunchImage, Problem};
 use crate::error::Error;
 use crate::ports::Ec2;
-use crate::FUNCTION;
 
 /// What is known of a set of instances' images before any of them is judged.
 pub struct Facts {
@@ -61,12 +58,4 @@ async fn launch_metadata<E: Ec2, P, I, L>(
         "launch metadata (the owners of invisible images)",
     );
     found.into_iter().map(|m| (m.instance_id, m.image)).collect()
-}
-
-/// What a best-effort lookup found, or nothing (logged): it only loses detail, never the verdict.
-pub fn or_logged<T>(result: Result<Vec<T>, AwsError>, what: &str) -> Vec<T> {
-    result.unwrap_or_else(|err| {
-        tracing::warn!(function = FUNCTION, error = %err, "{what} could not be read");
-        Vec::new()
-    })
 }

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use amiguard::alert::AlertPublisher;
 use chrono::{DateTime, Utc};
 
+use super::context::or_logged;
 use super::context::Context;
-use super::facts::or_logged;
 use super::guard::guard;
 use super::Failure;
 use crate::core::enforce::{InstanceState, LaunchedInstance, Occasion};

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
+use super::context::or_logged;
 use super::context::Context;
-use super::facts::or_logged;
 use crate::core::judge;
 use crate::core::provenance::{self, Lineage};
 use crate::core::verdict::{LaunchImage, Problem};
