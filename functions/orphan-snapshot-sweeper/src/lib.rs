@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod ports;
 pub mod report;
 
+pub use crate::adapters::ledger::LEDGER_PARTITIONS;
 pub use crate::core::{ImageKeepReason, KeepReason};
 pub use amiguard::invocation::Invocation;
 pub use config::{Config, VARIABLES};

@@ -22,6 +22,7 @@ pub use crate::adapters::ec2::Ec2Client;
 /// The instance's records in the ledger as functions (`records::read(&store, ..)`), for the tests
 /// that seed or read them: the [`Records`] methods.
 pub use crate::adapters::ledger as records;
+pub use crate::adapters::ledger::LEDGER_PARTITIONS;
 pub use crate::config::{Config, KeepAfterTermination, VARIABLES};
 pub use crate::core::{MadeImage, SnapshotScope};
 pub use crate::error::Error;

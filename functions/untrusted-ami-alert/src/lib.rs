@@ -19,6 +19,7 @@ pub mod ports;
 pub mod report;
 
 pub use adapters::ec2::Ec2Client;
+pub use adapters::ledger::LEDGER_PARTITIONS;
 pub use adapters::sts::StsIdentity;
 pub use config::{Config, VARIABLES};
 pub use error::{Error, FailedStep, InstanceFailure};

@@ -19,6 +19,30 @@
 //! | `run#<run-id>`                | `deleted#<resource-id>`  | the journal: one entry per deletion or deregistration |
 //! | `runs#<function>`             | `<started-at>#<run-id>`  | each run's summary, newest last             |
 
+/// The first part of every partition key the builders below make, up to its first `#`: one
+/// prefix, one kind of record. IAM grants each role the prefixes of its own function only
+/// (`dynamodb:LeadingKeys`, `ForAllValues:StringLike` on `<prefix>*` in `template.yaml`), and
+/// each function crate says which prefixes it uses (its `LEDGER_PARTITIONS`); the integration
+/// tests hold this list, those lists, the template and the builders' output to one another.
+pub const PARTITION_PREFIXES: &[&str] = &[
+    "instance#",
+    "made-images#",
+    "alert#",
+    "failed-images#",
+    "launch-alerts#",
+    "folded-alerts#",
+    "images#",
+    "orphans#",
+    "ami-events#",
+    "run#",
+    "runs#",
+];
+
+/// The prefix of `pk` among [`PARTITION_PREFIXES`] (`None`: a key no builder here makes).
+pub fn partition_prefix(pk: &str) -> Option<&'static str> {
+    PARTITION_PREFIXES.iter().copied().find(|prefix| pk.starts_with(prefix))
+}
+
 pub fn instance(region: &str, instance_id: &str) -> String {
     format!("instance#{region}#{instance_id}")
 }
@@ -89,4 +113,42 @@ pub fn runs(function: &str) -> String {
 
 pub fn run_summary(started_at: &str, run_id: &str) -> String {
     format!("{started_at}#{run_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every partition key builder above, with the prefix its key must start with.
+    fn every_partition_key() -> Vec<String> {
+        vec![
+            instance("us-east-1", "i-0"),
+            made_images("us-east-1"),
+            alert("us-east-1", "i-0"),
+            failed_image_alerts("us-east-1"),
+            launch_alerts("us-east-1", "ami-0"),
+            folded_alerts("us-east-1"),
+            seen_images("us-east-1"),
+            orphans("us-east-1"),
+            ami_events("us-east-1"),
+            run("r-1"),
+            runs("f"),
+        ]
+    }
+
+    #[test]
+    fn every_partition_key_starts_with_its_own_listed_prefix_and_every_prefix_is_made() {
+        let keys = every_partition_key();
+        let prefixes: Vec<&str> = keys.iter().map(|pk| partition_prefix(pk).unwrap_or("<none>")).collect();
+        assert_eq!(prefixes, PARTITION_PREFIXES, "one builder per prefix, in the list's order");
+        for prefix in PARTITION_PREFIXES {
+            let word = prefix.strip_suffix('#').unwrap_or_else(|| panic!("`{prefix}` ends at its first `#`"));
+            assert!(word.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "`{prefix}`: no `#`, `*` or `?` inside");
+            // A pattern `<prefix>*` must not take in another kind's keys.
+            for other in PARTITION_PREFIXES.iter().filter(|other| *other != prefix) {
+                assert!(!other.starts_with(prefix), "`{prefix}*` would match `{other}` keys");
+            }
+        }
+        assert_eq!(partition_prefix("orphan#x"), None);
+    }
 }

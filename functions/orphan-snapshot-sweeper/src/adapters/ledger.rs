@@ -23,6 +23,12 @@ use crate::ports::{Records, RegionMemory};
 use crate::report::Report;
 use crate::FUNCTION;
 
+/// The ledger partitions the sweeper reads and writes (`pk` prefixes of `amiguard::ledger::keys`):
+/// its image records, orphan clocks, AMI events, run summaries, and its journal. Its role may
+/// touch no other: `dynamodb:LeadingKeys` in `template.yaml` lists exactly these (a test holds
+/// them together, and every request of its handler runs within them).
+pub const LEDGER_PARTITIONS: &[&str] = &["images#", "orphans#", "ami-events#", "runs#", "run#"];
+
 /// How long the record of a gone image and of an AMI event is kept: longer than the Recycle
 /// Bin's longest retention (365 days), so a binned image's mapping outlives its stay there.
 pub const KEEP_GONE: Duration = Duration::days(400);

@@ -12,6 +12,13 @@ use crate::core::naming::stopped_at_tag_value;
 use crate::core::{InstanceRecords, LaunchTemplateRef, MadeImage};
 use crate::ports::Records;
 
+/// The ledger partitions snapshot-on-stop reads and writes (`pk` prefixes of
+/// `amiguard::ledger::keys`): its instances' records and leases, which instance each image was
+/// made of, the alerts of failed images, and its journal. Its role may touch no other:
+/// `dynamodb:LeadingKeys` in `template.yaml` lists exactly these (a test holds them together,
+/// and every request of its handler runs within them).
+pub const LEDGER_PARTITIONS: &[&str] = &["instance#", "made-images#", "failed-images#", "run#"];
+
 /// How long the record of a retired image stays (for people reading the ledger).
 pub const KEEP_RETIRED_RECORD: Duration = Duration::days(90);
 

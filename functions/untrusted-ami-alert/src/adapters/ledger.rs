@@ -12,6 +12,13 @@ use crate::core::fold::{self, LaunchAlert};
 use crate::core::message::AlertDetails;
 use crate::ports::{Folded, Records, Slot, Taken};
 
+/// The ledger partitions untrusted-ami-alert reads and writes (`pk` prefixes of
+/// `amiguard::ledger::keys`): the alert claims, the launch-alert slots and the folded alerts.
+/// Its role, which reads the most hostile input, may touch no other (none of the records that
+/// drive a deletion or a retirement): `dynamodb:LeadingKeys` in `template.yaml` lists exactly
+/// these (a test holds them together, and every request of its handler runs within them).
+pub const LEDGER_PARTITIONS: &[&str] = &["alert#", "launch-alerts#", "folded-alerts#"];
+
 /// A slot record outlives its hour by a day (for people reading the ledger), then expires.
 const KEEP_SLOT: Duration = Duration::days(1);
 /// How long a folded alert waits for an audit's digest before the ledger forgets it: as long as a
