@@ -15,6 +15,7 @@
 pub mod event_pattern;
 pub mod inbox;
 pub mod ledger;
+pub mod ledger_iam;
 pub mod proxy;
 pub mod recycle_bin;
 pub mod template;

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use amiguard::invocation::Invocation;
 use amiguard_integration_tests::ledger;
+use amiguard_integration_tests::ledger_iam::{assert_requests_within_leading_keys, patterns};
 use amiguard_integration_tests::proxy::{Call, Proxy};
 use amiguard_integration_tests::template::{function_for, load, policy_actions};
 use amiguard_integration_tests::{moto, sample_event, TestAccount};
@@ -111,6 +112,9 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
     let protected: Vec<String> = protected.lock().unwrap().keys().cloned().collect();
     assert_eq!(protected, [made[2].image_id.clone().unwrap()]);
     assert_policy_matches("snapshot-on-stop", iam_actions(&proxy.calls()));
+    // Every ledger request within its role's partitions (dynamodb:LeadingKeys), each one used.
+    let partitions = assert_requests_within_leading_keys(&load(), "snapshot-on-stop", &proxy.calls());
+    assert_eq!(partitions, patterns(snapshot_on_stop::LEDGER_PARTITIONS));
 }
 
 #[tokio::test]
@@ -184,6 +188,8 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
     let (state, criteria) = Ec2Client::new(through.ec2()).allowed_images_settings().await.unwrap();
     assert_eq!((state.as_str(), criteria), ("enabled", json!([{"ImageProviders": ["amazon"]}])));
     assert_policy_matches("untrusted-ami-alert", iam_actions(&proxy.calls()));
+    // Every ledger request within its role's partitions (its folding: tests/tests/ledger_iam.rs).
+    assert_requests_within_leading_keys(&load(), "untrusted-ami-alert", &proxy.calls());
 }
 
 #[tokio::test]
@@ -254,4 +260,7 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
     orphan_snapshot_sweeper::handle(&unchecked, &ports, &deregistered, &invocation()).await.unwrap();
 
     assert_policy_matches("orphan-snapshot-sweeper", iam_actions(&proxy.calls()));
+    // Every ledger request within its role's partitions (dynamodb:LeadingKeys), each one used.
+    let partitions = assert_requests_within_leading_keys(&load(), "orphan-snapshot-sweeper", &proxy.calls());
+    assert_eq!(partitions, patterns(orphan_snapshot_sweeper::LEDGER_PARTITIONS));
 }
