@@ -119,7 +119,7 @@ pub fn run_summary(started_at: &str, run_id: &str) -> String {
 mod tests {
     use super::*;
 
-    /// Every partition key builder above, with the prefix its key must start with.
+    /// A key of every partition key builder above, in the order of `PARTITION_PREFIXES`.
     fn every_partition_key() -> Vec<String> {
         vec![
             instance("us-east-1", "i-0"),
