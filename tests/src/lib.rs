@@ -449,8 +449,17 @@ mod tests {
         ec2_says_stopped_at("i-0stated", "2026-11-27T01:00:00Z");
         ec2_states_transition_reason("i-0empty", "Server.ScheduledStop: Stopped due to scheduled retirement");
         let edited = with_stated_stop_reasons(answer);
-        assert!(edited.contains("<instanceId>i-0stated</instanceId><reason>User initiated (2026-11-27 01:00:00 GMT)</reason>"), "{edited}");
-        assert!(edited.contains("<instanceId>i-0other</instanceId><reason>User initiated (2026-12-07 13:54:12 UTC)</reason>"), "{edited}");
+        assert!(
+            edited.contains(
+                "<instanceId>i-0stated</instanceId><reason>User initiated (2026-11-27 01:00:00 GMT)</reason>"
+            ),
+            "{edited}"
+        );
+        assert!(
+            edited
+                .contains("<instanceId>i-0other</instanceId><reason>User initiated (2026-12-07 13:54:12 UTC)</reason>"),
+            "{edited}"
+        );
         assert!(edited.contains("<instanceId>i-0empty</instanceId><reason>Server.ScheduledStop: Stopped due to scheduled retirement</reason>"), "{edited}");
     }
 

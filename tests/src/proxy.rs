@@ -271,7 +271,9 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
             Some(FaultKind::AnswerWith(BodyRewrite(answer))) => {
                 ok_response(&service, &answer(&String::from_utf8_lossy(&body)))
             }
-            Some(FaultKind::SnapshotTagsOnCreateImage) => create_image_tagging_snapshots(upstream, &head, &body).await?,
+            Some(FaultKind::SnapshotTagsOnCreateImage) => {
+                create_image_tagging_snapshots(upstream, &head, &body).await?
+            }
             None => forward(upstream, &head, &body).await?,
         };
         if let Some(call) = state.lock().expect("proxy state").calls.get_mut(recorded) {
@@ -391,11 +393,13 @@ async fn create_image_tagging_snapshots(upstream: &str, head: &str, body: &[u8])
     ]))
     .await?;
     let described = String::from_utf8_lossy(&described).into_owned();
-    let snapshots: Vec<&str> = described.split("<snapshotId>").skip(1).filter_map(|s| s.split_once('<')).map(|(id, _)| id).collect();
+    let snapshots: Vec<&str> =
+        described.split("<snapshotId>").skip(1).filter_map(|s| s.split_once('<')).map(|(id, _)| id).collect();
     if snapshots.is_empty() || tags.is_empty() {
         return Ok(created);
     }
-    let mut tagging: Vec<(String, String)> = vec![("Action".into(), "CreateTags".into()), ("Version".into(), "2016-11-15".into())];
+    let mut tagging: Vec<(String, String)> =
+        vec![("Action".into(), "CreateTags".into()), ("Version".into(), "2016-11-15".into())];
     tagging.extend(snapshots.iter().enumerate().map(|(n, id)| (format!("ResourceId.{}", n + 1), id.to_string())));
     for (n, (key, value)) in tags.iter().enumerate() {
         tagging.push((format!("Tag.{}.Key", n + 1), key.clone()));
@@ -423,9 +427,12 @@ fn form_body(params: &[(String, String)]) -> String {
     params.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
 }
 
+/// A request's form parameters, or a resource's tags: `(name, value)` pairs, in order.
+type Pairs = Vec<(String, String)>;
+
 /// `params` without their `snapshot` TagSpecifications (the others renumbered from 1), and the
 /// tags those specified (`None`: there was none).
-fn without_snapshot_tag_specifications(params: &[(String, String)]) -> (Vec<(String, String)>, Option<Vec<(String, String)>>) {
+fn without_snapshot_tag_specifications(params: &[(String, String)]) -> (Pairs, Option<Pairs>) {
     let spec_of = |key: &str| -> Option<(u32, String)> {
         let rest = key.strip_prefix("TagSpecification.")?;
         let (n, field) = rest.split_once('.')?;
@@ -672,9 +679,17 @@ mod tests {
         let body = "Action=CreateImage&InstanceId=i-1&TagSpecification.1.ResourceType=image&TagSpecification.1.Tag.1.Key=amiguard%3Acreated-by&TagSpecification.1.Tag.1.Value=snapshot-on-stop&TagSpecification.2.ResourceType=snapshot&TagSpecification.2.Tag.1.Key=amiguard%3Acreated-by&TagSpecification.2.Tag.1.Value=snapshot-on-stop&TagSpecification.2.Tag.2.Key=team&TagSpecification.2.Tag.2.Value=a+b";
         let (rest, tags) = without_snapshot_tag_specifications(&form_params(body));
         let tags = tags.unwrap();
-        assert_eq!(tags, [("amiguard:created-by".to_string(), "snapshot-on-stop".to_string()), ("team".into(), "a b".into())]);
+        assert_eq!(
+            tags,
+            [("amiguard:created-by".to_string(), "snapshot-on-stop".to_string()), ("team".into(), "a b".into())]
+        );
         let rest = form_body(&rest);
-        assert!(rest.contains("TagSpecification.1.ResourceType=image") && !rest.contains("snapshot&") && !rest.contains("TagSpecification.2"), "{rest}");
+        assert!(
+            rest.contains("TagSpecification.1.ResourceType=image")
+                && !rest.contains("snapshot&")
+                && !rest.contains("TagSpecification.2"),
+            "{rest}"
+        );
         assert!(rest.contains("TagSpecification.1.Tag.1.Key=amiguard%3Acreated-by"), "{rest}");
         // The snapshot's specification first: the image's becomes the first.
         let swapped = "Action=CreateImage&TagSpecification.1.ResourceType=snapshot&TagSpecification.1.Tag.1.Key=k&TagSpecification.1.Tag.1.Value=v&TagSpecification.2.ResourceType=image&TagSpecification.2.Tag.1.Key=i&TagSpecification.2.Tag.1.Value=j";

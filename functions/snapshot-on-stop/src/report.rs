@@ -100,4 +100,11 @@ impl Report {
     pub(crate) fn skipped(instance_id: &str, reason: impl ToString) -> Self {
         Self { reason: Some(reason.to_string()), ..Self::new(Outcome::Skipped, instance_id) }
     }
+
+    /// Adds `warning`, unless the report says it already (two steps may meet the same thing).
+    pub(crate) fn warn(&mut self, warning: String) {
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
+    }
 }
