@@ -14,6 +14,10 @@ It counts every call by (service, action), and adds what the emulator lacks for 
 - The EC2 actions moto lacks (GAPS, the same as the tests' MOTO_GAPS in tests/src/lib.rs) are
   answered as an account without snapshot locks, Fast Snapshot Restores, image references or
   recorded image lineage would answer them, and counted like any call.
+- CreateImage with a `snapshot` TagSpecification, which moto answers with an HTML 500: it is
+  forwarded without that specification, then the new image's snapshots are tagged with its tags
+  through moto's CreateTags, as AWS tags them at creation (the tests' proxy does the same:
+  `FaultKind::SnapshotTagsOnCreateImage` in tests/src/proxy.rs).
 
 Run as a program (`python bench/proxy.py UPSTREAM PORT_FILE`), it serves until killed and writes
 its endpoint to PORT_FILE: `make demo` puts it in front of moto for the functions.
@@ -149,6 +153,8 @@ class Proxy:
                     self.accepted_in.setdefault((region, action), []).append(now)
                 if service == "ec2" and action in GAPS:
                     status, headers, answer = gap_answer(action)
+                elif service == "ec2" and action == "CreateImage" and snapshot_tag_specs(body):
+                    status, headers, answer = self.create_image_tagging_snapshots(request, body)
                 elif action in PAGED and form.get("MaxResults"):
                     status, headers, answer = self.page(request, body, action, form)
                 else:
@@ -167,7 +173,8 @@ class Proxy:
     def forward(self, request, body):
         # A phase's account (the benchmarks) replaces the caller's; without one (make demo) the
         # caller's own x-moto-account-id passes through, so each account keeps its own resources.
-        dropped = ("connection", "x-moto-account-id") if self.account else ("connection",)
+        # The length is http.client's to set: CreateImage's emulation forwards other bodies.
+        dropped = ("connection", "content-length", "x-moto-account-id") if self.account else ("connection", "content-length")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
         if self.account:
             headers["x-moto-account-id"] = self.account
@@ -178,6 +185,26 @@ class Proxy:
             return response.status, response.getheaders(), response.read()
         finally:
             connection.close()
+
+    def create_image_tagging_snapshots(self, request, body):
+        """CreateImage as AWS answers it with a `snapshot` TagSpecification (moto: an HTML 500)."""
+        params = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+        rest, tags = without_snapshot_specs(params)
+        status, headers, answer = self.forward(request, urllib.parse.urlencode(rest).encode())
+        image = re.search(rb"<imageId>([^<]+)</imageId>", answer)
+        if status != 200 or not image or not tags:
+            return status, headers, answer
+        described = {"Action": "DescribeImages", "Version": "2016-11-15", "ImageId.1": image.group(1).decode()}
+        _, _, images = self.forward(request, urllib.parse.urlencode(described).encode())
+        snapshots = [s.decode() for s in re.findall(rb"<snapshotId>([^<]+)</snapshotId>", images)]
+        if not snapshots:
+            return status, headers, answer
+        tagging = [("Action", "CreateTags"), ("Version", "2016-11-15")]
+        tagging += [(f"ResourceId.{n}", s) for n, s in enumerate(snapshots, 1)]
+        for n, (key, value) in enumerate(tags, 1):
+            tagging += [(f"Tag.{n}.Key", key), (f"Tag.{n}.Value", value)]
+        tag_status, tag_headers, tagged = self.forward(request, urllib.parse.urlencode(tagging).encode())
+        return (status, headers, answer) if tag_status == 200 else (tag_status, tag_headers, tagged)
 
     def page(self, request, body, action, form):
         size = max(1, min(1000, int(form["MaxResults"])))
@@ -236,6 +263,34 @@ def items_written(action, body):
         except (ValueError, KeyError, AttributeError):
             return 0
     return 0
+
+
+SPEC = re.compile(r"TagSpecification\.(\d+)\.(.+)")
+
+
+def snapshot_tag_specs(body):
+    """The numbers of the `snapshot` TagSpecifications of a CreateImage body."""
+    params = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {SPEC.match(k).group(1) for k, v in params if SPEC.match(k) and SPEC.match(k).group(2) == "ResourceType" and v == "snapshot"}
+
+
+def without_snapshot_specs(params):
+    """(`params` without the snapshot TagSpecifications, the others renumbered from 1; the tags
+    those specified, as (key, value) pairs)."""
+    snapshot = {SPEC.match(k).group(1) for k, v in params if SPEC.match(k) and SPEC.match(k).group(2) == "ResourceType" and v == "snapshot"}
+    kept = sorted({int(SPEC.match(k).group(1)) for k, _ in params if SPEC.match(k)} - {int(n) for n in snapshot})
+    rest, tags = [], {}
+    for key, value in params:
+        spec = SPEC.match(key)
+        if not spec:
+            rest.append((key, value))
+        elif spec.group(1) in snapshot:
+            tag = re.fullmatch(r"Tag\.(\d+)\.(Key|Value)", spec.group(2))
+            if tag:
+                tags.setdefault(int(tag.group(1)), {})[tag.group(2)] = value
+        else:
+            rest.append((f"TagSpecification.{kept.index(int(spec.group(1))) + 1}.{spec.group(2)}", value))
+    return rest, [(t.get("Key", ""), t.get("Value", "")) for _, t in sorted(tags.items())]
 
 
 def namespace(root):

@@ -1,6 +1,9 @@
 """snapshot-on-stop in the demo: two instances stop; the tagged one is imaged (three times, so
 retention shows), the untagged one is skipped; then the newest image's AMI event."""
 
+import re
+import time
+
 from common import client, heading, invoke, sample_event
 
 ec2 = client("ec2")
@@ -23,15 +26,33 @@ def stop_event(instance_id, time):
     return event
 
 
+def stop_again(instance_id):
+    """Starts and stops the instance again, a second later (EC2 states stop times to the second),
+    and answers the stop time EC2 states, as EventBridge's event would carry it: the function
+    names and orders images by EC2's time, never by an event's alone."""
+    time.sleep(1.1)
+    ec2.start_instances(InstanceIds=[instance_id])
+    ec2.stop_instances(InstanceIds=[instance_id])
+    return stop_time(instance_id)
+
+
+def stop_time(instance_id):
+    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    stated = re.fullmatch(r"User initiated \((\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d) (?:GMT|UTC)\)",
+                          instance["StateTransitionReason"])
+    return f"{stated.group(1)}T{stated.group(2)}Z"
+
+
 heading("snapshot-on-stop: image stopped instances, keep the last 2 per instance")
 web = launch("web-1", {"amiguard:snapshot-on-stop": "true", "team": "storefront"})
 batch = launch("batch-1", {})
 for instance_id, label in [(web, "web-1 (tagged)"), (batch, "batch-1 (untagged)")]:
-    for time in ["2026-11-20T18:00:00Z", "2026-11-21T18:00:00Z", "2026-11-22T18:00:00Z"]:
-        report, error = invoke("snapshot-on-stop", stop_event(instance_id, time))
+    for stop in range(3):
+        time_ = stop_time(instance_id) if stop == 0 else stop_again(instance_id)
+        report, error = invoke("snapshot-on-stop", stop_event(instance_id, time_))
         if error:
             raise SystemExit(f"snapshot-on-stop failed: {error}")
-        line = f"{label:20} stop at {time}: {report['outcome']}"
+        line = f"{label:20} stop at {time_}: {report['outcome']}"
         if report["outcome"] == "skipped":
             print(f"{line} ({report['reason']})")
             break
@@ -41,8 +62,12 @@ for instance_id, label in [(web, "web-1 (tagged)"), (batch, "batch-1 (untagged)"
             line += f"; retired {', '.join(report['retired_images'])} and {len(report['deleted_snapshots'])} snapshot(s)"
         print(line)
 
-again, _ = invoke("snapshot-on-stop", stop_event(web, "2026-11-22T18:00:00Z"))
-print(f"{'web-1 (redelivery)':20} stop at 2026-11-22T18:00:00Z: {again['outcome']} -> {again['image_id']}")
+last = stop_time(web)
+again, _ = invoke("snapshot-on-stop", stop_event(web, last))
+print(f"{'web-1 (redelivery)':20} stop at {last}: {again['outcome']} -> {again['image_id']}")
+# A direct invoke dated in the future: not what EC2 says, so nothing is done.
+forged, _ = invoke("snapshot-on-stop", stop_event(web, "2099-01-01T00:00:00Z"))
+print(f"{'web-1 (forged 2099)':20} {forged['outcome']}: {forged['reason']}")
 # EC2's AMI event for the newest image (moto sends none; it makes images available at once, so
 # the stop already did what the event asks: the event finds nothing left to do).
 settled = sample_event("snapshot-on-stop.ami-available.json")

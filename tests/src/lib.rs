@@ -212,6 +212,56 @@ pub fn emulate_deregistration_protection(proxy: &proxy::Proxy) -> Arc<Mutex<BTre
     protected
 }
 
+/// The `StateTransitionReason` EC2 states for an instance, by instance id, when a test says so
+/// ([`ec2_says_stopped_at`], [`ec2_states_transition_reason`]).
+static STATED_REASONS: OnceLock<Mutex<BTreeMap<String, String>>> = OnceLock::new();
+
+fn stated_reasons() -> std::sync::MutexGuard<'static, BTreeMap<String, String>> {
+    STATED_REASONS.get_or_init(Mutex::default).lock().unwrap()
+}
+
+/// EC2 says, from now on, that `instance_id` last stopped at `time` (RFC 3339): its
+/// `StateTransitionReason` reads `User initiated (2026-11-27 01:00:00 GMT)`, as AWS writes it,
+/// instead of what moto says (the moment `StopInstances` ran, as `User initiated (… UTC)`).
+/// Every test reaches moto through the gap-filling proxy, which writes it.
+pub fn ec2_says_stopped_at(instance_id: &str, time: &str) {
+    let at = chrono::DateTime::parse_from_rfc3339(time).unwrap_or_else(|e| panic!("{time}: {e}"));
+    let reason = format!("User initiated ({} GMT)", at.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M:%S"));
+    ec2_states_transition_reason(instance_id, &reason);
+}
+
+/// EC2 says, from now on, that `instance_id`'s `StateTransitionReason` is `reason` (`""`: EC2
+/// states no time of the stop, as for some stops AWS makes).
+pub fn ec2_states_transition_reason(instance_id: &str, reason: &str) {
+    stated_reasons().insert(instance_id.to_string(), reason.to_string());
+}
+
+/// A DescribeInstances answer with the `<reason>` of each instance a test named set to what
+/// the test said EC2 states (the first `<reason>` after the instance's `<instanceId>` is its own).
+pub fn with_stated_stop_reasons(answer: &str) -> String {
+    let reasons = stated_reasons().clone();
+    let mut out = answer.to_string();
+    for (instance, reason) in reasons {
+        let id = format!("<instanceId>{instance}</instanceId>");
+        let Some(at) = out.find(&id).map(|at| at + id.len()) else { continue };
+        let tail = &out[at..];
+        let next_instance = tail.find("<instanceId>").unwrap_or(tail.len());
+        let element = ["<reason>", "<reason/>"].iter().filter_map(|open| tail.find(open).map(|i| (i, *open))).min();
+        let Some((start, open)) = element.filter(|(start, _)| *start < next_instance) else { continue };
+        let end = if open == "<reason/>" {
+            start + open.len()
+        } else {
+            match tail[start..].find("</reason>") {
+                Some(close) => start + close + "</reason>".len(),
+                None => continue,
+            }
+        };
+        let escaped = reason.replace('&', "&amp;").replace('<', "&lt;");
+        out.replace_range(at + start..at + end, &format!("<reason>{escaped}</reason>"));
+    }
+    out
+}
+
 /// Starts the gap-filling proxy in front of `upstream` on a thread (and runtime) of its own, so
 /// that it outlives every test's runtime; answers its endpoint.
 fn fill_gaps(upstream: &str) -> String {
@@ -224,6 +274,8 @@ fn fill_gaps(upstream: &str) -> String {
             for (action, content) in MOTO_GAPS {
                 proxy.inject(proxy::Fault::respond(action, ec2_answer(action, content)));
             }
+            proxy.inject(proxy::Fault::snapshot_tags_on_create_image());
+            proxy.inject(proxy::Fault::rewrite_with("DescribeInstances", with_stated_stop_reasons));
             sender.send(proxy.endpoint.clone()).unwrap();
             std::future::pending::<()>().await;
         });
@@ -389,6 +441,28 @@ pub fn sample_event(name: &str) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stop_reason_a_test_states_is_written_for_that_instance_only() {
+        let answer = "<instancesSet><item><instanceId>i-0stated</instanceId><reason>User initiated (2026-12-07 13:54:12 UTC)</reason></item>\
+            <item><instanceId>i-0other</instanceId><reason>User initiated (2026-12-07 13:54:12 UTC)</reason></item>\
+            <item><instanceId>i-0empty</instanceId><reason/></item></instancesSet>";
+        ec2_says_stopped_at("i-0stated", "2026-11-27T01:00:00Z");
+        ec2_states_transition_reason("i-0empty", "Server.ScheduledStop: Stopped due to scheduled retirement");
+        let edited = with_stated_stop_reasons(answer);
+        assert!(
+            edited.contains(
+                "<instanceId>i-0stated</instanceId><reason>User initiated (2026-11-27 01:00:00 GMT)</reason>"
+            ),
+            "{edited}"
+        );
+        assert!(
+            edited
+                .contains("<instanceId>i-0other</instanceId><reason>User initiated (2026-12-07 13:54:12 UTC)</reason>"),
+            "{edited}"
+        );
+        assert!(edited.contains("<instanceId>i-0empty</instanceId><reason>Server.ScheduledStop: Stopped due to scheduled retirement</reason>"), "{edited}");
+    }
 
     #[test]
     fn one_images_state_is_set_by_its_name_whatever_the_order_of_its_fields() {

@@ -107,6 +107,12 @@ pub enum FaultKind {
     /// Answer (HTTP 200) what this function makes of the request's body instead of forwarding:
     /// an action moto lacks, whose answer or effect depends on the request.
     AnswerWith(BodyRewrite),
+    /// AWS's `CreateImage` with a `snapshot` TagSpecification, which moto 5.2 answers with an
+    /// HTML 500: the call is forwarded without that specification, then the new image's
+    /// snapshots are tagged with its tags through moto's `CreateTags`, so that the tests see what
+    /// AWS does (the snapshots carry the tags from the moment they exist). A call without one is
+    /// forwarded as it is.
+    SnapshotTagsOnCreateImage,
 }
 
 /// A function over an answer's body, for [`FaultKind::RewriteWith`].
@@ -147,6 +153,11 @@ impl Fault {
     /// Answers `action` with what `answer` makes of the request's body, instead of forwarding it.
     pub fn answer_with(action: &str, answer: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
         Self::on(action, FaultKind::AnswerWith(BodyRewrite(Arc::new(answer))))
+    }
+    /// AWS's snapshot TagSpecifications on `CreateImage`, which moto lacks
+    /// ([`FaultKind::SnapshotTagsOnCreateImage`]).
+    pub fn snapshot_tags_on_create_image() -> Self {
+        Self::on("CreateImage", FaultKind::SnapshotTagsOnCreateImage)
     }
     fn on(action: &str, kind: FaultKind) -> Self {
         Self { action: Some(action.into()), body_contains: None, kind, times: None }
@@ -260,6 +271,9 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
             Some(FaultKind::AnswerWith(BodyRewrite(answer))) => {
                 ok_response(&service, &answer(&String::from_utf8_lossy(&body)))
             }
+            Some(FaultKind::SnapshotTagsOnCreateImage) => {
+                create_image_tagging_snapshots(upstream, &head, &body).await?
+            }
             None => forward(upstream, &head, &body).await?,
         };
         if let Some(call) = state.lock().expect("proxy state").calls.get_mut(recorded) {
@@ -352,6 +366,133 @@ async fn forward(upstream: &str, head: &str, body: &[u8]) -> std::io::Result<Vec
     let mut response = Vec::new();
     server.read_to_end(&mut response).await?;
     Ok(close_after(response))
+}
+
+/// `CreateImage` as AWS does it with a `snapshot` TagSpecification (moto answers an HTML 500):
+/// forwarded without that specification, then the new image's snapshots (from moto's
+/// `DescribeImages`) tagged with its tags by moto's `CreateTags`. The answer is CreateImage's;
+/// a tagging moto refuses is answered as its error, as AWS fails the whole call.
+async fn create_image_tagging_snapshots(upstream: &str, head: &str, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let params = form_params(&String::from_utf8_lossy(body));
+    let (rest, snapshot_tags) = without_snapshot_tag_specifications(&params);
+    if snapshot_tags.is_none() {
+        return forward(upstream, head, body).await;
+    }
+    let call = |body: String| {
+        let head = with_content_length(head, body.len());
+        async move { forward(upstream, &head, body.as_bytes()).await }
+    };
+    let created = call(form_body(&rest)).await?;
+    let text = String::from_utf8_lossy(&created).into_owned();
+    let (Some(200), Some(image_id)) = (status_of(&created), element(&text, "imageId")) else { return Ok(created) };
+    let tags = snapshot_tags.unwrap_or_default();
+    let described = call(form_body(&[
+        ("Action".into(), "DescribeImages".into()),
+        ("Version".into(), "2016-11-15".into()),
+        ("ImageId.1".into(), image_id.to_string()),
+    ]))
+    .await?;
+    let described = String::from_utf8_lossy(&described).into_owned();
+    let snapshots: Vec<&str> =
+        described.split("<snapshotId>").skip(1).filter_map(|s| s.split_once('<')).map(|(id, _)| id).collect();
+    if snapshots.is_empty() || tags.is_empty() {
+        return Ok(created);
+    }
+    let mut tagging: Vec<(String, String)> =
+        vec![("Action".into(), "CreateTags".into()), ("Version".into(), "2016-11-15".into())];
+    tagging.extend(snapshots.iter().enumerate().map(|(n, id)| (format!("ResourceId.{}", n + 1), id.to_string())));
+    for (n, (key, value)) in tags.iter().enumerate() {
+        tagging.push((format!("Tag.{}.Key", n + 1), key.clone()));
+        tagging.push((format!("Tag.{}.Value", n + 1), value.clone()));
+    }
+    let tagged = call(form_body(&tagging)).await?;
+    Ok(if status_of(&tagged) == Some(200) { created } else { tagged })
+}
+
+/// The form parameters of a query-protocol body, decoded, in order.
+fn form_params(body: &str) -> Vec<(String, String)> {
+    body.split('&').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (form_decode(k), form_decode(v))).collect()
+}
+
+/// `params` encoded as a form body.
+fn form_body(params: &[(String, String)]) -> String {
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                other => format!("%{other:02X}"),
+            })
+            .collect()
+    };
+    params.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
+}
+
+/// A request's form parameters, or a resource's tags: `(name, value)` pairs, in order.
+type Pairs = Vec<(String, String)>;
+
+/// `params` without their `snapshot` TagSpecifications (the others renumbered from 1), and the
+/// tags those specified (`None`: there was none).
+fn without_snapshot_tag_specifications(params: &[(String, String)]) -> (Pairs, Option<Pairs>) {
+    let spec_of = |key: &str| -> Option<(u32, String)> {
+        let rest = key.strip_prefix("TagSpecification.")?;
+        let (n, field) = rest.split_once('.')?;
+        Some((n.parse().ok()?, field.to_string()))
+    };
+    let snapshot_specs: Vec<u32> = params
+        .iter()
+        .filter_map(|(k, v)| spec_of(k).filter(|(_, field)| field == "ResourceType" && v == "snapshot").map(|(n, _)| n))
+        .collect();
+    if snapshot_specs.is_empty() {
+        return (params.to_vec(), None);
+    }
+    let mut kept_specs: Vec<u32> =
+        params.iter().filter_map(|(k, _)| spec_of(k)).map(|(n, _)| n).filter(|n| !snapshot_specs.contains(n)).collect();
+    kept_specs.sort_unstable();
+    kept_specs.dedup();
+    let mut rest = Vec::new();
+    let mut tags: Vec<(u32, String, String)> = Vec::new();
+    for (key, value) in params {
+        match spec_of(key) {
+            None => rest.push((key.clone(), value.clone())),
+            Some((n, field)) if snapshot_specs.contains(&n) => {
+                // `Tag.<m>.Key` / `Tag.<m>.Value`
+                if let Some((m, part)) = field.strip_prefix("Tag.").and_then(|f| f.split_once('.')) {
+                    let m: u32 = m.parse().unwrap_or(0);
+                    match tags.iter_mut().find(|(i, _, _)| *i == m) {
+                        Some(tag) if part == "Key" => tag.1 = value.clone(),
+                        Some(tag) => tag.2 = value.clone(),
+                        None if part == "Key" => tags.push((m, value.clone(), String::new())),
+                        None => tags.push((m, String::new(), value.clone())),
+                    }
+                }
+            }
+            Some((n, field)) => {
+                let renumbered = kept_specs.iter().position(|k| *k == n).unwrap_or(0) + 1;
+                rest.push((format!("TagSpecification.{renumbered}.{field}"), value.clone()));
+            }
+        }
+    }
+    tags.sort_by_key(|(m, _, _)| *m);
+    (rest, Some(tags.into_iter().map(|(_, k, v)| (k, v)).collect()))
+}
+
+/// The request `head` with its `Content-Length` set to `length`.
+fn with_content_length(head: &str, length: usize) -> String {
+    let mut lines: Vec<String> = head
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("content-length:"))
+        .map(str::to_string)
+        .collect();
+    lines.push(format!("Content-Length: {length}"));
+    format!("{}\r\n\r\n", lines.join("\r\n"))
+}
+
+/// The text of the first `<name>` element of an XML answer.
+fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find('<')? + start;
+    Some(&xml[start..end])
 }
 
 /// The status code of an HTTP answer (`HTTP/1.1 200 OK`).
@@ -531,6 +672,34 @@ mod tests {
             .push((Fault::error("DeleteSnapshot", 500, "InternalError").when_body_contains("snap-2"), 0));
         assert!(take_fault(&state, "DeleteSnapshot", "Action=DeleteSnapshot&SnapshotId=snap-1").is_none());
         assert!(take_fault(&state, "DeleteSnapshot", "Action=DeleteSnapshot&SnapshotId=snap-2").is_some());
+    }
+
+    #[test]
+    fn a_snapshot_tag_specification_is_taken_out_of_create_image_and_the_others_renumbered() {
+        let body = "Action=CreateImage&InstanceId=i-1&TagSpecification.1.ResourceType=image&TagSpecification.1.Tag.1.Key=amiguard%3Acreated-by&TagSpecification.1.Tag.1.Value=snapshot-on-stop&TagSpecification.2.ResourceType=snapshot&TagSpecification.2.Tag.1.Key=amiguard%3Acreated-by&TagSpecification.2.Tag.1.Value=snapshot-on-stop&TagSpecification.2.Tag.2.Key=team&TagSpecification.2.Tag.2.Value=a+b";
+        let (rest, tags) = without_snapshot_tag_specifications(&form_params(body));
+        let tags = tags.unwrap();
+        assert_eq!(
+            tags,
+            [("amiguard:created-by".to_string(), "snapshot-on-stop".to_string()), ("team".into(), "a b".into())]
+        );
+        let rest = form_body(&rest);
+        assert!(
+            rest.contains("TagSpecification.1.ResourceType=image")
+                && !rest.contains("snapshot&")
+                && !rest.contains("TagSpecification.2"),
+            "{rest}"
+        );
+        assert!(rest.contains("TagSpecification.1.Tag.1.Key=amiguard%3Acreated-by"), "{rest}");
+        // The snapshot's specification first: the image's becomes the first.
+        let swapped = "Action=CreateImage&TagSpecification.1.ResourceType=snapshot&TagSpecification.1.Tag.1.Key=k&TagSpecification.1.Tag.1.Value=v&TagSpecification.2.ResourceType=image&TagSpecification.2.Tag.1.Key=i&TagSpecification.2.Tag.1.Value=j";
+        let (rest, tags) = without_snapshot_tag_specifications(&form_params(swapped));
+        assert_eq!(tags.unwrap(), [("k".to_string(), "v".to_string())]);
+        assert_eq!(form_body(&rest), "Action=CreateImage&TagSpecification.1.ResourceType=image&TagSpecification.1.Tag.1.Key=i&TagSpecification.1.Tag.1.Value=j");
+        let (unchanged, none) = without_snapshot_tag_specifications(&form_params("Action=CreateImage&Name=x"));
+        assert!(none.is_none() && unchanged.len() == 2);
+        let head = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99\r\n\r\n";
+        assert_eq!(with_content_length(head, 7), "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 7\r\n\r\n");
     }
 
     #[test]

@@ -10,7 +10,9 @@ use amiguard_integration_tests::{ledger, moto, sample_event, TestAccount};
 use serde_json::{json, Value};
 use snapshot_on_stop::{Ec2Client, SnapshotScope};
 
+/// The sample stop event, for `instance_id`, at `time`; EC2 says the instance stopped then.
 fn stop_event(instance_id: &str, time: &str) -> Value {
+    amiguard_integration_tests::ec2_says_stopped_at(instance_id, time);
     let mut event = sample_event("snapshot-on-stop.stopped.json");
     event["detail"]["instance-id"] = json!(instance_id);
     event["time"] = json!(time);

@@ -97,6 +97,7 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
         let mut event = sample_event("snapshot-on-stop.stopped.json");
         event["detail"]["instance-id"] = json!(instance);
         event["time"] = json!(time);
+        amiguard_integration_tests::ec2_says_stopped_at(&instance, time);
         made.push(
             snapshot_on_stop::handle(&clients, &config, event, &Invocation::at(chrono::Utc::now())).await.unwrap(),
         );

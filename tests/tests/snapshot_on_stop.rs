@@ -33,8 +33,10 @@ fn delivery() -> Invocation {
     Invocation::at(chrono::Utc::now())
 }
 
-/// The sample stop event, for `instance_id`, at `time`.
+/// The sample stop event, for `instance_id`, at `time`; EC2 says the instance stopped then (the
+/// stop time that names the image is EC2's, never the event's alone).
 fn stop_event(instance_id: &str, time: &str) -> Value {
+    amiguard_integration_tests::ec2_says_stopped_at(instance_id, time);
     let mut event = sample_event("snapshot-on-stop.stopped.json");
     event["detail"]["instance-id"] = json!(instance_id);
     event["time"] = json!(time);

@@ -17,7 +17,8 @@ pub enum Event {
         instance_id: String,
         /// The state the event says the instance reached.
         state: String,
-        /// The event's time: it names a stop's image (required for `stopped` only).
+        /// The event's time (required for `stopped` only): checked against the stop time EC2
+        /// states, which names the image; never believed alone but where EC2 states none.
         time: Option<DateTime<Utc>>,
         account: Option<String>,
     },

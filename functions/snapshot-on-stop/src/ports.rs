@@ -48,13 +48,16 @@ pub trait Ec2: Sync {
     ) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
     /// The images among `image_ids` that still exist (own ones, any state); the others are absent.
     fn describe_images(&self, image_ids: &[String]) -> impl Future<Output = Result<Vec<ImageRecord>, AwsError>> + Send;
-    /// CreateImage without reboot, tagging the image (only) with `image_tags`.
+    /// CreateImage without reboot, tagging the image with `image_tags` and each of its snapshots
+    /// with `snapshot_tags` as EC2 creates them (TagSpecifications: the only way the role may
+    /// write `amiguard:created-by`).
     fn create_image(
         &self,
         instance_id: &str,
         name: &str,
         description: &str,
         image_tags: &[Tag],
+        snapshot_tags: &[Tag],
     ) -> impl Future<Output = Result<CreateImageOutcome, AwsError>> + Send;
     fn create_tags(&self, resource_ids: &[String], tags: &[Tag]) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// This account's images tagged with every `(key, value)` of `tag_filters`, every page.
@@ -70,8 +73,9 @@ pub trait Ec2: Sync {
     fn disable_deregistration_protection(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// The id of the launch template named `name`, or `None` when there is none.
     fn find_launch_template(&self, name: &str) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
-    /// Creates the launch template `name` with one version, its default, that relaunches the
-    /// instance's configuration (its `GetLaunchTemplateData`) from `image_id`.
+    /// Creates the launch template `name`, tagged `tags` at creation, with one version, its
+    /// default, that relaunches the instance's configuration (its `GetLaunchTemplateData`) from
+    /// `image_id`. A name taken is AWS's `InvalidLaunchTemplateName.AlreadyExistsException`.
     fn create_launch_template(
         &self,
         name: &str,
@@ -140,11 +144,13 @@ pub trait Records: LedgerStore {
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// The instance snapshot-on-stop made `image_id` of, when the ledger says it did.
     fn made_of(&self, region: &str, image_id: &str) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
-    /// Says that the instance's pre-ledger images were adopted: adoption never runs again for it.
+    /// Says that the instance's pre-ledger images were adopted, by the delivery of the stop at
+    /// `since_stop`: from then on only images of that stop or later ones are adopted.
     fn mark_adopted(
         &self,
         region: &str,
         instance_id: &str,
         now: DateTime<Utc>,
+        since_stop: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }

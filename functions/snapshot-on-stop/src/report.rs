@@ -29,7 +29,8 @@ pub struct Report {
     pub instance_id: String,
     pub image_id: Option<String>,
     pub image_name: Option<String>,
-    /// Why the instance was skipped; for an AMI event, what was kept.
+    /// Why the instance was skipped (a stop whose time EC2 does not bear out: both times); for
+    /// an AMI event, what was kept.
     pub reason: Option<String>,
     /// For an AMI event: what EC2 says of the image now (what is acted on, not the event's word).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,8 +63,9 @@ pub struct Report {
     /// those it turned off (amiguard's own protection of images no longer the newest).
     pub protection_enabled: Vec<String>,
     pub protection_removed: Vec<String>,
-    /// Cleanup that did not happen and loses nothing (a launch-template version left behind), and
-    /// a ledger that could not be used (nothing is retired then).
+    /// Cleanup that did not happen and loses nothing (a launch-template version left behind), a
+    /// ledger that could not be used (nothing is retired then), and a launch template under
+    /// amiguard's name that the ledger does not record as its own (left as it is).
     pub warnings: Vec<String>,
 }
 
@@ -99,5 +101,12 @@ impl Report {
 
     pub(crate) fn skipped(instance_id: &str, reason: impl ToString) -> Self {
         Self { reason: Some(reason.to_string()), ..Self::new(Outcome::Skipped, instance_id) }
+    }
+
+    /// Adds `warning`, unless the report says it already (two steps may meet the same thing).
+    pub(crate) fn warn(&mut self, warning: String) {
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
     }
 }

@@ -89,7 +89,7 @@ fn image() -> Image {
 async fn a_duplicate_name_answer_is_an_image_made_already() {
     let duplicate = mock!(Client::create_image).then_http_response(|| ec2_error(400, "InvalidAMIName.Duplicate"));
     let ec2 = Ec2Client::new(mock_client!(aws_sdk_ec2, [&duplicate]));
-    let outcome = ec2.create_image(INSTANCE, NAME, "d", &[]).await.unwrap();
+    let outcome = ec2.create_image(INSTANCE, NAME, "d", &[], &[]).await.unwrap();
     assert_eq!(outcome, CreateImageOutcome::NameTaken);
 }
 
@@ -150,7 +150,9 @@ async fn the_handler_answers_already_created_when_aws_says_the_name_is_taken() {
     assert_eq!(report.image_id.as_deref(), Some(IMAGE));
     assert_eq!(create.num_calls(), 1);
     assert_eq!(tag.num_calls(), 1, "the snapshots are tagged on the redelivery too");
-    assert_eq!(report.launch_template.map(|t| (t.id, t.version)), Some(("lt-1".to_string(), 4)));
+    // Without the ledger nothing says `amiguard-<instance>` is amiguard's: it is left as it is.
+    assert_eq!(report.launch_template, None);
+    assert!(report.warnings.iter().any(|w| w.contains("lt-1") && w.contains("left as it is")), "{:?}", report.warnings);
 }
 
 /// A stop whose `CreateImage` loses the race for the name (`InvalidAMIName.Duplicate`) with the
@@ -200,15 +202,19 @@ async fn lose_the_name_to(
         .then_output(move || DescribeImagesOutput::builder().images(found.clone()).build());
     let tag = mock!(Client::create_tags)
         .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+    // The images of the instance the ledger does not hold (made while it failed): none.
+    let by_tags = mock!(Client::describe_images)
+        .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("tag:amiguard:source-instance")))
+        .then_output(|| DescribeImagesOutput::builder().build());
     let (template, versions) = relaunch_template();
     let client = mock_client!(
         aws_sdk_ec2,
         RuleMode::MatchAny,
-        [&instance, &by_name, &create, &snapshots, &by_id, &tag, &template, &versions]
+        [&instance, &by_name, &create, &snapshots, &by_id, &by_tags, &tag, &template, &versions]
     );
     let ledger = MemoryLedger::new();
     // This instance's pre-ledger images were adopted already: only the race is under test.
-    records::mark_adopted(&ledger, "us-east-1", INSTANCE, chrono::Utc::now()).await.unwrap();
+    records::mark_adopted(&ledger, "us-east-1", INSTANCE, chrono::Utc::now(), chrono::Utc::now()).await.unwrap();
     let clients: Ports<_, _> =
         Ports { ec2: Ec2Client::new(client), ledger: Some(ledger), alerts: None, region: "us-east-1".into() };
     let config = Config::default();
@@ -264,7 +270,7 @@ async fn throttling_is_retried_until_the_call_succeeds() {
         .output(|| CreateImageOutput::builder().image_id(IMAGE).build())
         .build();
     let client = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&throttled], fast_retries);
-    let outcome = Ec2Client::new(client).create_image(INSTANCE, NAME, "d", &[]).await.unwrap();
+    let outcome = Ec2Client::new(client).create_image(INSTANCE, NAME, "d", &[], &[]).await.unwrap();
     assert_eq!(outcome, CreateImageOutcome::Created(IMAGE.to_string()));
     assert_eq!(throttled.num_calls(), 3);
 }
@@ -273,7 +279,7 @@ async fn throttling_is_retried_until_the_call_succeeds() {
 async fn other_errors_keep_their_aws_code() {
     let denied = mock!(Client::create_image).then_http_response(|| ec2_error(403, "UnauthorizedOperation"));
     let client = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&denied], fast_retries);
-    let err = Ec2Client::new(client).create_image(INSTANCE, NAME, "d", &[]).await.unwrap_err();
+    let err = Ec2Client::new(client).create_image(INSTANCE, NAME, "d", &[], &[]).await.unwrap_err();
     assert_eq!(err.code, "UnauthorizedOperation");
     assert_eq!(err.operation, "CreateImage");
     assert_eq!(denied.num_calls(), 1, "a refusal is not retried");

@@ -110,6 +110,7 @@ impl Ec2 for Ec2Client {
             state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
             root_device_type: i.root_device_type().map(|t| t.as_str().to_string()),
             state_reason: i.state_reason().and_then(|r| r.code()).map(str::to_string),
+            state_transition_reason: i.state_transition_reason().map(str::to_string),
             tags: tags::from_sdk(i.tags()),
         }))
     }
@@ -179,7 +180,11 @@ impl Ec2 for Ec2Client {
         name: &str,
         description: &str,
         image_tags: &[Tag],
+        snapshot_tags: &[Tag],
     ) -> Result<CreateImageOutcome, AwsError> {
+        let spec = |resource, tags: &[Tag]| {
+            TagSpecification::builder().resource_type(resource).set_tags(Some(tags::to_sdk(tags))).build()
+        };
         let result = self
             .client
             .create_image()
@@ -187,12 +192,8 @@ impl Ec2 for Ec2Client {
             .name(name)
             .description(description)
             .no_reboot(true)
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Image)
-                    .set_tags(Some(tags::to_sdk(image_tags)))
-                    .build(),
-            )
+            .tag_specifications(spec(ResourceType::Image, image_tags))
+            .tag_specifications(spec(ResourceType::Snapshot, snapshot_tags))
             .send()
             .await;
         match result {

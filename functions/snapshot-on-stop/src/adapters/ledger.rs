@@ -32,6 +32,8 @@ const TEMPLATE_VERSION: &str = "launch_template_version";
 const ADOPTED: &str = "adopted";
 const RETIRED_AT: &str = "retired_at";
 const PROTECTION_SET: &str = "deregistration_protection_set";
+const ADOPTED_AT: &str = "adopted_at";
+const ADOPTED_SINCE: &str = "since_stop";
 
 fn to_item(region: &str, instance_id: &str, image: &MadeImage) -> Item {
     let stopped_at = stopped_at_tag_value(image.stopped_at);
@@ -84,6 +86,8 @@ impl<S: LedgerStore> Records for S {
         for item in query_all(self, &keys::instance(region, instance_id), "").await? {
             if item.sk == keys::ADOPTED {
                 records.adopted = true;
+                // Marks written before `since_stop` existed: the time of the adoption bounds it.
+                records.adopted_since = item.time(ADOPTED_SINCE).or_else(|| item.time(ADOPTED_AT));
             } else if item.sk.starts_with(keys::IMAGE_PREFIX) {
                 // A record amiguard cannot read is not one it acts on.
                 records.images.extend(from_item(&item));
@@ -116,8 +120,16 @@ impl<S: LedgerStore> Records for S {
         Ok(items.iter().find(|item| item.sk == image_id).and_then(|item| item.s(INSTANCE_ID)).map(str::to_string))
     }
 
-    async fn mark_adopted(&self, region: &str, instance_id: &str, now: DateTime<Utc>) -> Result<(), AwsError> {
-        let item = Item::new(keys::instance(region, instance_id), keys::ADOPTED).with_time("adopted_at", now);
+    async fn mark_adopted(
+        &self,
+        region: &str,
+        instance_id: &str,
+        now: DateTime<Utc>,
+        since_stop: DateTime<Utc>,
+    ) -> Result<(), AwsError> {
+        let item = Item::new(keys::instance(region, instance_id), keys::ADOPTED)
+            .with_time(ADOPTED_AT, now)
+            .with_time(ADOPTED_SINCE, since_stop);
         self.put(&item, &Condition::Always).await.map(|_| ())
     }
 }
@@ -141,8 +153,9 @@ pub async fn mark_adopted(
     region: &str,
     instance_id: &str,
     now: DateTime<Utc>,
+    since_stop: DateTime<Utc>,
 ) -> Result<(), AwsError> {
-    store.mark_adopted(region, instance_id, now).await
+    store.mark_adopted(region, instance_id, now, since_stop).await
 }
 
 #[cfg(test)]
@@ -171,10 +184,11 @@ mod tests {
         older.image_id = Some("ami-00".into());
         older.retired_at = Some(at(3));
         write(&store, "us-east-1", INSTANCE, &older).await.unwrap();
-        mark_adopted(&store, "us-east-1", INSTANCE, at(4)).await.unwrap();
+        mark_adopted(&store, "us-east-1", INSTANCE, at(4), at(1)).await.unwrap();
 
         let records = read(&store, "us-east-1", INSTANCE).await.unwrap();
         assert!(records.adopted);
+        assert_eq!(records.adopted_since, Some(at(1)));
         assert_eq!(records.images, vec![older.clone(), made.clone()], "oldest stop first, rewritten in place");
         assert_eq!(records.for_stop(at(1)), Some(&made));
         assert!(records.holds_image("ami-00") && !records.images[0].is_live() && records.images[1].is_live());

@@ -58,11 +58,28 @@ pub fn image_tags(instance: &StoppedInstance, stopped_at: DateTime<Utc>, protect
     result
 }
 
-/// The snapshots' tags: amiguard's own and the AMI they belong to.
-pub fn snapshot_tags(instance_id: &str, stopped_at: DateTime<Utc>, image_id: &str) -> Vec<Tag> {
-    let mut result = ownership_tags(instance_id, stopped_at);
+/// The snapshots' tags at creation (CreateImage's `snapshot` TagSpecification): amiguard's own,
+/// `amiguard:created-by` included, which IAM lets the role write only on what it is creating.
+pub fn snapshot_creation_tags(instance_id: &str, stopped_at: DateTime<Utc>) -> Vec<Tag> {
+    ownership_tags(instance_id, stopped_at)
+}
+
+/// The snapshots' tags once the AMI exists (`CreateTags` on what exists: a redelivery repeats
+/// it): the AMI they belong to, which nobody knows before CreateImage answers, and the
+/// information tags an image of the previous version may lack. Never `amiguard:created-by`: IAM
+/// refuses it on an existing resource (the role's tag gate would mean nothing otherwise), and an
+/// image made before this rule has it from then on where it had it.
+pub fn snapshot_tags_after_creation(instance_id: &str, stopped_at: DateTime<Utc>, image_id: &str) -> Vec<Tag> {
+    let mut result: Vec<Tag> =
+        ownership_tags(instance_id, stopped_at).into_iter().filter(|t| t.key != tags::CREATED_BY).collect();
     result.push(Tag::new(tags::IMAGE, image_id));
     result
+}
+
+/// The relaunch template's tags, written by CreateLaunchTemplate: `amiguard:created-by` is what
+/// IAM requires of a template the role changes.
+pub fn launch_template_tags(instance_id: &str) -> Vec<Tag> {
+    vec![Tag::new(tags::SOURCE_INSTANCE, instance_id), Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP)]
 }
 
 /// Reads an `amiguard:stopped-at` or EC2 `CreationDate` value.
@@ -83,6 +100,7 @@ mod tests {
             state: state.into(),
             root_device_type: root.map(str::to_string),
             state_reason: Some("Client.UserInitiatedShutdown".into()),
+            state_transition_reason: None,
             tags: tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect(),
         }
     }
@@ -132,17 +150,29 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_tags_name_the_image() {
-        let got = snapshot_tags("i-1", at(1, 2), "ami-9");
-        assert_eq!(tags::value(&got, "amiguard:image"), Some("ami-9"));
-        assert_eq!(tags::value(&got, "amiguard:source-instance"), Some("i-1"));
-        assert_eq!(got.len(), 4);
+    fn created_by_is_written_at_creation_only_and_the_snapshots_name_their_image_afterwards() {
+        let created = snapshot_creation_tags("i-1", at(1, 2));
+        assert_eq!(tags::value(&created, tags::CREATED_BY), Some(tags::CREATED_BY_SNAPSHOT_ON_STOP));
+        assert_eq!(
+            tags::value(&launch_template_tags("i-1"), tags::CREATED_BY),
+            Some(tags::CREATED_BY_SNAPSHOT_ON_STOP)
+        );
+        let after = snapshot_tags_after_creation("i-1", at(1, 2), "ami-9");
+        assert_eq!(tags::value(&after, "amiguard:image"), Some("ami-9"));
+        assert_eq!(tags::value(&after, "amiguard:source-instance"), Some("i-1"));
+        assert_eq!(tags::value(&after, "amiguard:stopped-at"), Some("2026-03-04T01:02:05Z"));
+        assert!(!after.iter().any(|t| t.key.eq_ignore_ascii_case(tags::CREATED_BY)), "{after:?}");
+        // Together, the snapshot carries what the image does, and the AMI's id.
+        let keys: Vec<&str> = created.iter().chain(&after).map(|t| t.key.as_str()).collect();
+        for key in [tags::SOURCE_INSTANCE, tags::CREATED_BY, tags::STOPPED_AT, tags::IMAGE] {
+            assert!(keys.contains(&key), "{key}");
+        }
     }
 
     proptest! {
         #[test]
         fn image_tags_never_exceed_the_limit_nor_copy_reserved(user in proptest::collection::vec(("[a-zA-Z:]{1,12}", "[a-z]{0,5}"), 0..80)) {
-            let i = StoppedInstance { instance_id: "i-1".into(), state: "stopped".into(), root_device_type: Some("ebs".into()), state_reason: None, tags: user.into_iter().map(|(k, v)| Tag::new(k, v)).collect() };
+            let i = StoppedInstance { instance_id: "i-1".into(), state: "stopped".into(), root_device_type: Some("ebs".into()), state_reason: None, state_transition_reason: None, tags: user.into_iter().map(|(k, v)| Tag::new(k, v)).collect() };
             let got = image_tags(&i, at(0, 0), "legal-hold");
             prop_assert!(got.len() <= tags::MAX_TAGS_PER_RESOURCE);
             prop_assert!(got.iter().all(|t| !tags::is_aws_reserved(&t.key)));

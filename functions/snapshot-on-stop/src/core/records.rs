@@ -2,10 +2,12 @@
 //! and the decisions about images it finds without a record.
 //!
 //! An image found by the stop's deterministic name (a crashed delivery's, one made before the
-//! ledger existed) is taken for snapshot-on-stop's own only when EC2's own words say so
-//! ([`made_by_create_image`]): names and tags anyone can set. Images made before the ledger
-//! existed are adopted once per instance, when their name is exactly the deterministic name for
-//! their own tags ([`adoptable`]) *and* EC2 says CreateImage made them of this instance.
+//! ledger existed, one made while the ledger failed) is taken for snapshot-on-stop's own only when
+//! EC2's own words say so ([`made_by_create_image`]): names and tags anyone can set. Such images
+//! are adopted when their name is exactly the deterministic name for their own tags
+//! ([`adoptable`]), their stop is not after EC2 made them, *and* EC2 says CreateImage made them of
+//! this instance: all of them on the instance's first adoption (made before the ledger existed),
+//! then those of the stops since (made while the ledger failed): [`to_adopt`].
 
 use amiguard::aws_words::CreateImageDescription;
 use amiguard::tags;
@@ -26,7 +28,7 @@ pub struct MadeImage {
     /// The snapshots EC2 made for it (what retention may delete, with the image's own mapping).
     pub snapshot_ids: Vec<String>,
     pub launch_template: Option<LaunchTemplateRef>,
-    /// Made before the ledger existed, adopted by [`adoptable`].
+    /// Made before the ledger existed, or while it failed, and adopted ([`to_adopt`]).
     pub adopted: bool,
     pub retired_at: Option<DateTime<Utc>>,
     /// amiguard turned EC2's deregistration protection on (`PROTECT_NEWEST`): amiguard turns it
@@ -62,6 +64,9 @@ pub struct InstanceRecords {
     pub images: Vec<MadeImage>,
     /// The adoption of pre-ledger images has been done for this instance.
     pub adopted: bool,
+    /// The stop of the delivery that did it: from then on, only images of that stop or later ones
+    /// are adopted (made while the ledger failed).
+    pub adopted_since: Option<DateTime<Utc>>,
 }
 
 impl InstanceRecords {
@@ -71,6 +76,17 @@ impl InstanceRecords {
 
     pub fn holds_image(&self, image_id: &str) -> bool {
         self.images.iter().any(|i| i.image_id.as_deref() == Some(image_id))
+    }
+
+    /// The latest stop recorded (retired images' included).
+    pub fn last_stop(&self) -> Option<DateTime<Utc>> {
+        self.images.iter().map(|i| i.stopped_at).max()
+    }
+
+    /// Whether the launch template `template_id` is one snapshot-on-stop made: a record of the
+    /// instance names it. Its name alone (`amiguard-<instance>`) anyone can take first.
+    pub fn holds_template(&self, template_id: &str) -> bool {
+        self.images.iter().any(|i| i.launch_template.as_ref().is_some_and(|t| t.id == template_id))
     }
 }
 
@@ -105,6 +121,56 @@ pub fn made_by_create_image(instance_id: &str, image: &ImageRecord, descriptions
                     })
             })
         })
+}
+
+/// Which of `found` (this account's images tagged as snapshot-on-stop's of `instance_id`) may be
+/// adopted into its `records`, with their stop times, before EC2's own proof
+/// ([`made_by_create_image`]) is read: [`adoptable`] ones, whose stop is not after EC2's
+/// `CreationDate` of the image (an image of a stop is made after it: a stop time ahead of that is
+/// a tag's word, and would make the image the newest for ever), that the records do not hold and
+/// whose stop they hold no other image for (only, maybe, the intent of a delivery that failed to
+/// record the image). After the instance's first adoption, only images of its stop or later ones:
+/// those made while the ledger failed, never again an older one under an adoptable name.
+pub fn to_adopt<'a>(
+    instance_id: &str,
+    records: &InstanceRecords,
+    found: &'a [ImageRecord],
+) -> Vec<(&'a ImageRecord, DateTime<Utc>)> {
+    let since = records.adopted.then(|| records.adopted_since.or_else(|| records.last_stop()));
+    found
+        .iter()
+        .filter_map(|image| {
+            let stopped_at = adoptable(instance_id, image)?;
+            let created = image.creation_date.as_deref().and_then(parse_time)?;
+            let ours_already = records.holds_image(&image.image_id)
+                || records.for_stop(stopped_at).is_some_and(|r| r.image_id.is_some() || r.retired_at.is_some());
+            let too_old = match since {
+                None => false,
+                Some(None) => true,
+                Some(Some(since)) => stopped_at < since,
+            };
+            (stopped_at <= created && !ours_already && !too_old).then_some((image, stopped_at))
+        })
+        .collect()
+}
+
+/// The record of an adopted image: the intent a failed delivery left for its stop, completed, or
+/// a new one.
+pub fn adopted_into(
+    intent: Option<&MadeImage>,
+    image: &ImageRecord,
+    stopped_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> MadeImage {
+    match intent {
+        Some(intent) => MadeImage {
+            image_id: Some(image.image_id.clone()),
+            snapshot_ids: image.snapshot_ids.clone(),
+            adopted: true,
+            ..intent.clone()
+        },
+        None => adopted_record(image, stopped_at, now),
+    }
 }
 
 /// The record of an adopted image.
@@ -218,6 +284,97 @@ mod tests {
         let mut descriptions = ours(&format!("Created by CreateImage({INSTANCE}) for ami-0a"));
         descriptions.push(("snap-0b".into(), "before the upgrade".into()));
         assert!(!made_by_create_image(INSTANCE, &two, &descriptions));
+    }
+
+    fn candidate(id: &str, stopped: DateTime<Utc>, created: &str) -> ImageRecord {
+        let stopped_tag = stopped_at_tag_value(stopped);
+        ImageRecord {
+            image_id: id.into(),
+            creation_date: Some(created.into()),
+            ..with_tags(&image_name(INSTANCE, stopped), &own_tags(&stopped_tag))
+        }
+    }
+
+    fn recorded(stopped: DateTime<Utc>, image: Option<&str>) -> MadeImage {
+        MadeImage { image_id: image.map(str::to_string), ..MadeImage::intent(stopped, "n", stopped) }
+    }
+
+    fn adopted_ids(records: &InstanceRecords, found: &[ImageRecord]) -> Vec<String> {
+        to_adopt(INSTANCE, records, found).into_iter().map(|(i, _)| i.image_id.clone()).collect()
+    }
+
+    #[test]
+    fn first_adoption_takes_every_adoptable_image_made_after_its_stop() {
+        let found = [
+            candidate("ami-0a", at(1), "2026-05-06T07:01:30Z"),
+            // The stop its tags claim is after EC2 made it: a tag's word (a forged 2099 would be
+            // the newest for ever).
+            candidate("ami-0b", at(30), "2026-05-06T07:02:00Z"),
+            candidate("ami-0c", at(2), "not a date"),
+        ];
+        assert_eq!(adopted_ids(&InstanceRecords::default(), &found), ["ami-0a"]);
+        let (_, stopped_at) = to_adopt(INSTANCE, &InstanceRecords::default(), &found)[0];
+        assert_eq!(stopped_at, at(1));
+    }
+
+    #[test]
+    fn after_the_first_adoption_only_images_of_later_stops_are_adopted() {
+        let records = InstanceRecords {
+            images: vec![recorded(at(10), Some("ami-10"))],
+            adopted: true,
+            adopted_since: Some(at(10)),
+        };
+        let found = [
+            candidate("ami-10", at(10), "2026-05-06T07:10:30Z"),
+            // Made while the ledger failed, after the adoption: adopted.
+            candidate("ami-20", at(20), "2026-05-06T07:20:30Z"),
+            // An older stop's image appearing now under an adoptable name: not any more.
+            candidate("ami-05", at(5), "2026-05-06T07:30:00Z"),
+        ];
+        assert_eq!(adopted_ids(&records, &found), ["ami-20"]);
+        // The very stop of the first adoption, whose own record was lost after it: adopted.
+        let lost = InstanceRecords { images: vec![], ..records.clone() };
+        assert_eq!(adopted_ids(&lost, &found), ["ami-10", "ami-20"]);
+        // Adopted without a time on record: the last recorded stop bounds it.
+        let untimed = InstanceRecords { adopted_since: None, ..records.clone() };
+        assert_eq!(adopted_ids(&untimed, &found), ["ami-20"]);
+        let nothing = InstanceRecords { images: vec![], adopted: true, adopted_since: None };
+        assert!(adopted_ids(&nothing, &found).is_empty());
+    }
+
+    #[test]
+    fn a_stop_the_records_hold_an_image_for_is_never_given_another_but_an_intent_is_completed() {
+        let intent = recorded(at(20), None);
+        let other = recorded(at(21), Some("ami-other"));
+        let retired = MadeImage { retired_at: Some(at(40)), ..recorded(at(22), Some("ami-gone")) };
+        let records =
+            InstanceRecords { images: vec![intent.clone(), other, retired], adopted: false, adopted_since: None };
+        let found = [
+            candidate("ami-20", at(20), "2026-05-06T07:20:30Z"),
+            candidate("ami-21", at(21), "2026-05-06T07:21:30Z"),
+            candidate("ami-22", at(22), "2026-05-06T07:22:30Z"),
+        ];
+        assert_eq!(adopted_ids(&records, &found), ["ami-20"]);
+        let completed = adopted_into(Some(&intent), &found[0], at(20), at(50));
+        assert_eq!(completed.image_id.as_deref(), Some("ami-20"));
+        assert_eq!((completed.intended_at, completed.adopted), (intent.intended_at, true));
+        assert_eq!(completed.snapshot_ids, ["snap-0a"]);
+        let fresh = adopted_into(None, &found[1], at(21), at(50));
+        assert_eq!((fresh.stopped_at, fresh.intended_at, fresh.adopted), (at(21), at(50), true));
+    }
+
+    #[test]
+    fn the_records_say_their_last_stop_and_which_template_is_amiguards() {
+        let mut newest = recorded(at(30), Some("ami-30"));
+        newest.launch_template = Some(LaunchTemplateRef { id: "lt-ours".into(), version: 2 });
+        let records = InstanceRecords {
+            images: vec![recorded(at(10), Some("ami-10")), newest],
+            adopted: true,
+            adopted_since: None,
+        };
+        assert_eq!(records.last_stop(), Some(at(30)));
+        assert!(records.holds_template("lt-ours") && !records.holds_template("lt-theirs"));
+        assert_eq!(InstanceRecords::default().last_stop(), None);
     }
 
     proptest! {

@@ -25,6 +25,9 @@ pub struct StoppedInstance {
     /// EC2's `StateReason.Code` of the last state change: `Client.UserInitiatedShutdown`,
     /// `Client.UserInitiatedHibernate`, `Server.SpotInstanceTermination`, ...
     pub state_reason: Option<String>,
+    /// EC2's `StateTransitionReason`: for a stop a person or the API made, `User initiated
+    /// (<time> GMT)`, the stop time that names its image ([`super::stop_time::stated_by_ec2`]).
+    pub state_transition_reason: Option<String>,
     pub tags: Vec<Tag>,
 }
 
@@ -95,6 +98,7 @@ mod tests {
             state: state.into(),
             root_device_type: root.map(str::to_string),
             state_reason: Some("Client.UserInitiatedShutdown".into()),
+            state_transition_reason: Some("User initiated (2026-11-27 01:00:00 GMT)".into()),
             tags: tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect(),
         }
     }

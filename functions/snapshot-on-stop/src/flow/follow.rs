@@ -7,6 +7,7 @@
 use amiguard::alert::AlertPublisher;
 
 use super::alerts::{self, Alerted};
+use super::image::Template;
 use super::session::Session;
 use super::{image, retention, Delivery};
 use crate::core::failed_alert::FailedImage;
@@ -122,15 +123,28 @@ async fn launch_newest<L: Records>(
 ) -> Result<Vec<LaunchTemplateVersion>, Error> {
     let instance_id = settlement.instance_id;
     let stopped_at = newest.stopped_at.unwrap_or_default();
-    let Some(template_id) = image::find_template(ec2, instance_id).await? else {
-        if !settlement.instance_live {
+    let template_id = match image::find_template(ec2, &session.records, instance_id).await? {
+        Template::Ours(template_id) => template_id,
+        // Someone else's under amiguard's name: never changed (no version, no default, nothing
+        // deleted in it).
+        Template::NotOurs(template_id) => {
+            report.warn(Template::warning(instance_id, &template_id, true));
+            return Ok(Vec::new());
+        }
+        Template::None if !settlement.instance_live => {
             report.warnings.push(format!("{instance_id} has no launch template and is gone: none is made"));
             return Ok(Vec::new());
         }
-        let template = image::create_template(ec2, instance_id, &newest.image_id, stopped_at).await?;
-        remember_template(session, &newest.image_id, &template).await;
-        report.launch_template = Some(template);
-        return Ok(Vec::new());
+        Template::None => {
+            match image::create_template(ec2, instance_id, &newest.image_id, stopped_at).await? {
+                Some(template) => {
+                    remember_template(session, &newest.image_id, &template).await;
+                    report.launch_template = Some(template);
+                }
+                None => report.warn(image::name_taken_warning(instance_id)),
+            }
+            return Ok(Vec::new());
+        }
     };
     let versions = ec2.list_launch_template_versions(&template_id).await?;
     let version = match image::existing_version(&versions, &newest.image_id) {

@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use amiguard::tags::{self, Tag};
 use chrono::{DateTime, Utc};
 
 use super::session::Session;
 use crate::core::naming::{self, parse_time};
 use crate::core::records::made_by_create_image;
-use crate::core::{ImageRecord, LaunchTemplateRef, LaunchTemplateVersion, MadeImage, StoppedInstance};
+use crate::core::{ImageRecord, InstanceRecords, LaunchTemplateRef, LaunchTemplateVersion, MadeImage, StoppedInstance};
 use crate::error::Error;
 use crate::ports::{CreateImageOutcome, Ec2, Records};
 use crate::report::Outcome;
@@ -72,10 +71,9 @@ pub async fn find_or_create<L: Records>(
     }
     session.record(&record).await;
     let description = naming::image_description(instance_id, stopped_at);
-    match ec2
-        .create_image(instance_id, &name, &description, &naming::image_tags(instance, stopped_at, protect_tag))
-        .await?
-    {
+    let image_tags = naming::image_tags(instance, stopped_at, protect_tag);
+    let snapshot_tags = naming::snapshot_creation_tags(instance_id, stopped_at);
+    match ec2.create_image(instance_id, &name, &description, &image_tags, &snapshot_tags).await? {
         CreateImageOutcome::Created(image_id) => {
             let record = MadeImage { image_id: Some(image_id.clone()), ..record };
             session.record(&record).await;
@@ -130,8 +128,9 @@ async fn claim_found<L: Records>(
     Ok(Made::Image { outcome: Outcome::AlreadyCreated, image_id: found.image_id, record })
 }
 
-/// Tags the image's snapshots (CreateTags is idempotent, so a redelivery simply repeats it) and
-/// answers their ids, or a warning when AWS has not listed them yet.
+/// Tags the image's snapshots with the AMI's id (CreateTags is idempotent, so a redelivery simply
+/// repeats it; never `amiguard:created-by`, which they got at creation) and answers their ids, or
+/// a warning when AWS has not listed them yet.
 pub async fn tag_snapshots(
     ec2: &impl Ec2,
     instance_id: &str,
@@ -150,13 +149,54 @@ pub async fn tag_snapshots(
     if snapshot_ids.is_empty() {
         return Ok(Err(format!("image {image_id} lists no snapshots yet: its snapshots were not tagged")));
     }
-    ec2.create_tags(&snapshot_ids, &naming::snapshot_tags(instance_id, stopped_at, image_id)).await?;
+    ec2.create_tags(&snapshot_ids, &naming::snapshot_tags_after_creation(instance_id, stopped_at, image_id)).await?;
     Ok(Ok(snapshot_ids))
 }
 
-/// The instance's relaunch template, `amiguard-<instance>`, when it exists.
-pub async fn find_template(ec2: &impl Ec2, instance_id: &str) -> Result<Option<String>, Error> {
-    Ok(ec2.find_launch_template(&naming::launch_template_name(instance_id)).await?)
+/// The launch template named `amiguard-<instance>`, and whether it is amiguard's to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Template {
+    /// There is none.
+    None,
+    /// The instance's records name it: snapshot-on-stop made it.
+    Ours(String),
+    /// The records do not name it (someone took the name first, or the ledger could not be
+    /// read): it is left as it is, with a warning ([`Template::warning`]).
+    NotOurs(String),
+}
+
+impl Template {
+    /// The warning of a template that is left alone (`recorded`: the records were read).
+    pub fn warning(instance_id: &str, template_id: &str, recorded: bool) -> String {
+        let name = naming::launch_template_name(instance_id);
+        if recorded {
+            format!(
+                "launch template {name} ({template_id}) is not amiguard's (the ledger does not record it): left as it is, no version made in it; delete it and a later stop makes amiguard's own"
+            )
+        } else {
+            format!(
+                "launch template {name} ({template_id}) is left as it is: without the ledger, amiguard cannot say it is its own"
+            )
+        }
+    }
+}
+
+/// The instance's relaunch template, `amiguard-<instance>`, as `records` (the instance's, as
+/// read) say of it.
+pub async fn find_template(ec2: &impl Ec2, records: &InstanceRecords, instance_id: &str) -> Result<Template, Error> {
+    Ok(match ec2.find_launch_template(&naming::launch_template_name(instance_id)).await? {
+        None => Template::None,
+        Some(id) if records.holds_template(&id) => Template::Ours(id),
+        Some(id) => Template::NotOurs(id),
+    })
+}
+
+/// The warning of a template name that another took when amiguard made its own.
+pub fn name_taken_warning(instance_id: &str) -> String {
+    format!(
+        "launch template {} was made by someone else meanwhile: left as it is; delete it and a later stop makes amiguard's own",
+        naming::launch_template_name(instance_id)
+    )
 }
 
 fn version_description(image_id: &str, stopped_at: DateTime<Utc>) -> String {
@@ -164,18 +204,23 @@ fn version_description(image_id: &str, stopped_at: DateTime<Utc>) -> String {
 }
 
 /// Creates `amiguard-<instance>` with one version, its default, launching `image_id` with the
-/// instance's configuration. Only for an available image: the default never names another.
+/// instance's configuration, tagged `amiguard:created-by` at creation (what IAM requires of a
+/// template the role changes). Only for an available image: the default never names another.
+/// `None`: the name was taken meanwhile ([`name_taken_warning`]): not amiguard's, left alone.
 pub async fn create_template(
     ec2: &impl Ec2,
     instance_id: &str,
     image_id: &str,
     stopped_at: DateTime<Utc>,
-) -> Result<LaunchTemplateRef, Error> {
-    let tags =
-        [Tag::new(tags::SOURCE_INSTANCE, instance_id), Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP)];
+) -> Result<Option<LaunchTemplateRef>, Error> {
     let name = naming::launch_template_name(instance_id);
     let description = version_description(image_id, stopped_at);
-    Ok(ec2.create_launch_template(&name, instance_id, image_id, &description, &tags).await?)
+    let tags = naming::launch_template_tags(instance_id);
+    match ec2.create_launch_template(&name, instance_id, image_id, &description, &tags).await {
+        Ok(template) => Ok(Some(template)),
+        Err(err) if err.has_code("InvalidLaunchTemplateName.AlreadyExistsException") => Ok(None),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// The version of the template that launches `image_id` (the newest, if several do), created from

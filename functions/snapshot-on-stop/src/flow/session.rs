@@ -12,7 +12,7 @@ use amiguard::tags::Tag;
 use amiguard::AwsError;
 use chrono::{DateTime, Duration, Utc};
 
-use crate::core::records::{adoptable, adopted_record, made_by_create_image};
+use crate::core::records::{adopted_into, made_by_create_image, to_adopt};
 use crate::core::{ImageRecord, InstanceRecords, MadeImage};
 use crate::error::Error;
 use crate::ports::{Ec2, Records};
@@ -158,10 +158,19 @@ impl<'a, L: Records> Session<'a, L> {
         }
     }
 
-    /// Adopts, once per instance, the images made before the ledger existed: only those whose
-    /// name is exactly the deterministic name for their own tags.
-    pub async fn adopt(&mut self, ec2: &impl Ec2, ownership: &[Tag], invocation: &Invocation) -> Vec<String> {
-        if !self.healthy || self.read_only || self.records.adopted {
+    /// Adopts the images snapshot-on-stop made that the ledger does not hold: on the instance's
+    /// first healthy delivery (of the stop at `stopped_at`), those made before the ledger existed;
+    /// on every later one, those of that stop and later ones, made while the ledger failed
+    /// ([`to_adopt`]). Each only when EC2's own words
+    /// say CreateImage made it of this instance, for that very image.
+    pub async fn adopt(
+        &mut self,
+        ec2: &impl Ec2,
+        ownership: &[Tag],
+        stopped_at: DateTime<Utc>,
+        invocation: &Invocation,
+    ) -> Vec<String> {
+        if !self.healthy || self.read_only {
             return Vec::new();
         }
         let Some(store) = self.store else { return Vec::new() };
@@ -174,13 +183,7 @@ impl<'a, L: Records> Session<'a, L> {
                 return Vec::new();
             }
         };
-        let named: Vec<(&ImageRecord, DateTime<Utc>)> = candidates
-            .iter()
-            .filter_map(|image| Some((image, adoptable(self.instance_id, image)?)))
-            .filter(|(image, stopped_at)| {
-                !self.records.holds_image(&image.image_id) && self.records.for_stop(*stopped_at).is_none()
-            })
-            .collect();
+        let named: Vec<(&ImageRecord, DateTime<Utc>)> = to_adopt(self.instance_id, &self.records, &candidates);
         let snapshot_ids: Vec<String> = named.iter().flat_map(|(image, _)| image.snapshot_ids.clone()).collect();
         let descriptions = if snapshot_ids.is_empty() {
             Vec::new()
@@ -201,12 +204,17 @@ impl<'a, L: Records> Session<'a, L> {
             if !made_by_create_image(self.instance_id, image, &descriptions) {
                 continue;
             }
-            self.record(&adopted_record(image, stopped_at, invocation.now)).await;
+            let record = adopted_into(self.records.for_stop(stopped_at), image, stopped_at, invocation.now);
+            self.record(&record).await;
+            self.record_made_of(&image.image_id, invocation.now).await;
             adopted.push(image.image_id.clone());
         }
-        if self.healthy {
-            match store.mark_adopted(self.region, self.instance_id, invocation.now).await {
-                Ok(()) => self.records.adopted = true,
+        if self.healthy && !self.records.adopted {
+            match store.mark_adopted(self.region, self.instance_id, invocation.now, stopped_at).await {
+                Ok(()) => {
+                    self.records.adopted = true;
+                    self.records.adopted_since = Some(stopped_at);
+                }
                 Err(err) => self.lost("written", &err),
             }
         }

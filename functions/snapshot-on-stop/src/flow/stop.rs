@@ -1,7 +1,8 @@
-//! An instance's state change: a stop is imaged (the image, its snapshots' tags, its
-//! launch-template version), then what EC2 says of every image of the instance is followed (the
-//! template's default, retention, the alerts of failed images); a termination runs retention by
-//! `KEEP_AFTER_TERMINATION`; a dry run decides and reports, and changes nothing.
+//! An instance's state change: a stop is imaged under the stop time EC2 states (the image, its
+//! snapshots' tags, its launch-template version), after adopting what the ledger missed, then what
+//! EC2 says of every image of the instance is followed (the template's default, retention, the
+//! alerts of failed images); a termination runs retention by `KEEP_AFTER_TERMINATION`; a dry run
+//! decides and reports, and changes nothing.
 
 use amiguard::alert::AlertPublisher;
 use amiguard::events::EventError;
@@ -10,13 +11,14 @@ use amiguard::AwsError;
 use chrono::{DateTime, Utc};
 
 use super::follow::{self, Settlement};
-use super::image::{self, Made};
+use super::image::{self, Made, Template};
 use super::retention;
 use super::session::Session;
 use super::Delivery;
 use crate::config::{Config, KeepAfterTermination};
 use crate::core::selection::select;
-use crate::core::{naming, LaunchTemplateRef, MadeImage, SkipReason, StoppedInstance};
+use crate::core::stop_time::{self, StopTime};
+use crate::core::{naming, InstanceRecords, LaunchTemplateRef, MadeImage, SkipReason, StoppedInstance};
 use crate::error::Error;
 use crate::ports::{Ec2, Ports, Records};
 use crate::report::{Outcome, Report};
@@ -35,33 +37,58 @@ pub async fn instance_state_changed<E: Ec2, L: Records, P: AlertPublisher>(
     if state != "stopped" {
         return Ok(Report::skipped(instance_id, SkipReason::EventStateNotStopped(state.to_string())));
     }
-    // The event time names the image, so a redelivery finds it again: without it there is no
-    // safe name, and an image per delivery would follow.
-    let stopped_at = time.ok_or_else(|| EventError::Malformed("missing field `time`".into()))?;
-    stopped(delivery, instance_id, stopped_at).await
+    // The event's time is checked against EC2's stop time (and stands for it when EC2 states
+    // none): an event without one cannot be.
+    let event_time = time.ok_or_else(|| EventError::Malformed("missing field `time`".into()))?;
+    stopped(delivery, instance_id, event_time).await
 }
 
-/// A stop: imaged when EC2 still says the instance is stopped and it is selected.
+/// A stop: imaged when EC2 still says the instance is stopped and it is selected, under the stop
+/// time EC2 states (the event's only where EC2 states none, and never one in the future or
+/// before the instance's last recorded stop). A time that is not believed changes nothing.
 async fn stopped<E: Ec2, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     instance_id: &str,
-    stopped_at: DateTime<Utc>,
+    event_time: DateTime<Utc>,
 ) -> Result<Report, Error> {
     let (ports, config, invocation) = (delivery.ports, delivery.config, delivery.invocation);
     let ec2 = &ports.ec2;
     let Some(instance) = ec2.describe_instance(instance_id).await? else {
         return Ok(Report::skipped(instance_id, SkipReason::InstanceGone));
     };
+    let skipped = |reason: &dyn std::fmt::Display| Report {
+        stop_reason: instance.state_reason.clone(),
+        ..Report::skipped(instance_id, reason)
+    };
     if let Err(reason) = select(&instance, config.scope) {
-        return Ok(Report { stop_reason: instance.state_reason.clone(), ..Report::skipped(instance_id, reason) });
+        return Ok(skipped(&reason));
+    }
+    let stated = instance.state_transition_reason.as_deref().and_then(stop_time::stated_by_ec2);
+    let stop = match stop_time::decide(stated, event_time, invocation.now) {
+        Ok(stop) => stop,
+        Err(refused) => return Ok(skipped(&refused)),
+    };
+    // The event's time alone: held to the ledger's last recorded stop, read first, so that a
+    // refusal writes nothing (not even a lease). A ledger that cannot be read retires nothing.
+    if let (StopTime::EventOnly(_), Some(store)) = (stop, ports.ledger.as_ref()) {
+        if let Ok(known) = store.read_records(&ports.region, instance_id).await {
+            if let Err(refused) = stop_time::not_before_last_recorded(stop, known.last_stop()) {
+                return Ok(skipped(&refused));
+            }
+        }
     }
     if config.dry_run {
-        let report = dry_run(ports, config, instance_id, stopped_at).await?;
+        let report = dry_run(ports, config, instance_id, stop.time()).await?;
         return Ok(Report { stop_reason: instance.state_reason.clone(), ..report });
     }
 
     let mut session = Session::open(ports.ledger.as_ref(), &ports.region, instance_id, invocation).await?;
-    let result = image_and_retire(delivery, &mut session, &instance, stopped_at).await;
+    // Again under the lease: a stop recorded since counts.
+    if let Err(refused) = stop_time::not_before_last_recorded(stop, session.records.last_stop()) {
+        let warnings = session.close().await;
+        return Ok(Report { warnings, ..skipped(&refused) });
+    }
+    let result = image_and_retire(delivery, &mut session, &instance, stop.time()).await;
     let warnings = session.close().await;
     result.map(|mut report| {
         report.warnings.extend(warnings);
@@ -81,7 +108,7 @@ async fn image_and_retire<E: Ec2, L: Records, P: AlertPublisher>(
     let instance_id = instance.instance_id.as_str();
     let ownership =
         [Tag::new(tags::SOURCE_INSTANCE, instance_id), Tag::new(tags::CREATED_BY, tags::CREATED_BY_SNAPSHOT_ON_STOP)];
-    let adopted = session.adopt(ec2, &ownership, invocation).await;
+    let adopted = session.adopt(ec2, &ownership, stopped_at, invocation).await;
     let (outcome, image_id, mut record) =
         match image::find_or_create(ec2, session, instance, stopped_at, invocation.now, &config.protect_tag).await? {
             Made::Image { outcome, image_id, record } => (outcome, image_id, record),
@@ -100,11 +127,18 @@ async fn image_and_retire<E: Ec2, L: Records, P: AlertPublisher>(
         Err(warning) => report.warnings.push(warning),
     }
     // The instance's configuration at this stop, kept now in a version of its own: it becomes
-    // the default once EC2 says the image is available (the template is made then if there is none).
-    if let Some(template_id) = image::find_template(ec2, instance_id).await? {
-        let versions = ec2.list_launch_template_versions(&template_id).await?;
-        let version = image::version_for(ec2, &template_id, &versions, instance_id, &image_id, stopped_at).await?;
-        record.launch_template = Some(LaunchTemplateRef { id: template_id, version });
+    // the default once EC2 says the image is available (the template is made then if there is
+    // none). Only in amiguard's own template: one the records name.
+    match image::find_template(ec2, &session.records, instance_id).await? {
+        Template::Ours(template_id) => {
+            let versions = ec2.list_launch_template_versions(&template_id).await?;
+            let version = image::version_for(ec2, &template_id, &versions, instance_id, &image_id, stopped_at).await?;
+            record.launch_template = Some(LaunchTemplateRef { id: template_id, version });
+        }
+        Template::NotOurs(template_id) => {
+            report.warn(Template::warning(instance_id, &template_id, session.is_healthy()));
+        }
+        Template::None => {}
     }
     session.record(&record).await;
     if session.is_healthy() {
@@ -115,7 +149,7 @@ async fn image_and_retire<E: Ec2, L: Records, P: AlertPublisher>(
             version_for_this_stop(ec2, session, instance_id, &image_id, stopped_at, record, &mut report).await;
         }
     } else {
-        launch_if_available(ec2, instance_id, &image_id, stopped_at, &mut report).await?;
+        launch_if_available(ec2, &session.records, instance_id, &image_id, stopped_at, &mut report).await?;
     }
     Ok(report)
 }
@@ -149,9 +183,12 @@ async fn version_for_this_stop<E: Ec2, L: Records>(
 }
 
 /// Without a usable ledger no other image is known: the template's default moves to this stop's
-/// image only when EC2 already says it is available (it stays where it was otherwise).
+/// image only when EC2 already says it is available (it stays where it was otherwise), and only in
+/// a template the records read in this delivery name. None is made: the ledger could not record
+/// it, and a template it does not record is never amiguard's; a later stop makes it.
 async fn launch_if_available<E: Ec2>(
     ec2: &E,
+    records: &InstanceRecords,
     instance_id: &str,
     image_id: &str,
     stopped_at: DateTime<Utc>,
@@ -162,9 +199,18 @@ async fn launch_if_available<E: Ec2>(
         report.warnings.push(format!("{image_id} is not available yet: the launch template's default stays"));
         return Ok(());
     }
-    let Some(template_id) = image::find_template(ec2, instance_id).await? else {
-        report.launch_template = Some(image::create_template(ec2, instance_id, image_id, stopped_at).await?);
-        return Ok(());
+    let template_id = match image::find_template(ec2, records, instance_id).await? {
+        Template::Ours(template_id) => template_id,
+        Template::NotOurs(template_id) => {
+            report.warn(Template::warning(instance_id, &template_id, false));
+            return Ok(());
+        }
+        Template::None => {
+            report.warn(format!(
+                "no launch template is made for {instance_id} without the ledger (it could not record it): a later stop makes it"
+            ));
+            return Ok(());
+        }
     };
     let versions = ec2.list_launch_template_versions(&template_id).await?;
     let version = image::version_for(ec2, &template_id, &versions, instance_id, image_id, stopped_at).await?;
