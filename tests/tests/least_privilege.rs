@@ -159,7 +159,7 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
     let clients = untrusted_ami_alert::Ports {
         ec2: Ec2Client::new(through.ec2()),
         alerts: SnsAlerts::new(through.sns(), topic),
-        identity: StsIdentity::from_conf(through.sdk_config()),
+        identity: StsIdentity::new(through.sts()),
         ledger: Some(ledger::on(&through)),
         region: account.region.clone(),
     };
