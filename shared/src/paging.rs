@@ -8,6 +8,10 @@ use crate::error::AwsError;
 /// Page size of EC2 listings: the API's maximum, so a sweep makes the fewest calls.
 pub const MAX_RESULTS: i32 = 1000;
 
+/// The error code of a listing that handed back a page token it had answered before: it cannot
+/// be complete, and a caller that takes a failed lookup as "unknown" must not take this one so.
+pub const REPEATED_NEXT_TOKEN: &str = "RepeatedNextToken";
+
 /// Watches a listing's pages move on. The SDK's paginators stop *quietly* when a page hands back
 /// the token it was asked with (`stop_on_duplicate_token`), and a partial listing taken as
 /// complete makes referenced snapshots look orphaned; so amiguard turns that off on every
@@ -28,7 +32,7 @@ impl PageTokens {
         match next {
             Some(token) if !self.seen.insert(token.to_string()) => Err(AwsError::new(
                 self.operation,
-                "RepeatedNextToken",
+                REPEATED_NEXT_TOKEN,
                 format!("a page answered a token answered before ({token}): the listing cannot be complete"),
             )),
             _ => Ok(()),

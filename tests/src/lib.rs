@@ -373,6 +373,14 @@ impl TestAccount {
         aws_sdk_sns::Client::from_conf(config)
     }
 
+    /// STS as this account (moto answers `GetCallerIdentity` with the account of the request).
+    pub fn sts(&self) -> aws_sdk_sts::Client {
+        let config = aws_sdk_sts::config::Builder::from(&self.sdk_config)
+            .interceptor(MotoAccount(self.account_id.clone()))
+            .build();
+        aws_sdk_sts::Client::from_conf(config)
+    }
+
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
         let config = aws_sdk_dynamodb::config::Builder::from(&self.sdk_config)
             .interceptor(MotoAccount(self.account_id.clone()))

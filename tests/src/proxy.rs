@@ -23,6 +23,8 @@ pub struct Call {
     pub body: String,
     /// The HTTP status it was answered with (`None`: no answer, or not yet).
     pub status: Option<u16>,
+    /// The region it was signed for (the SigV4 credential scope's).
+    pub region: String,
 }
 
 impl Call {
@@ -244,6 +246,7 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
             faulted: false,
             body: String::from_utf8_lossy(&body).into_owned(),
             status: None,
+            region: signing_region(&head).unwrap_or_default(),
         };
         let fault = take_fault(state, &call.action, &String::from_utf8_lossy(&body));
         let service = call.service.clone();
@@ -601,6 +604,13 @@ fn signing_service(head: &str) -> Option<String> {
     scope.split('/').nth(3).map(str::to_string)
 }
 
+/// The region from the SigV4 credential scope: `Credential=AKID/date/REGION/service/aws4_request`.
+fn signing_region(head: &str) -> Option<String> {
+    let authorization = header(head, "authorization")?;
+    let scope = authorization.split("Credential=").nth(1)?.split(',').next()?;
+    scope.split('/').nth(2).map(str::to_string)
+}
+
 /// The action: the `Action` form field (EC2, SNS, STS: query protocol) or the `X-Amz-Target`
 /// header (JSON protocols such as SQS's).
 fn action(head: &str, body: &[u8]) -> Option<String> {
@@ -618,6 +628,7 @@ mod tests {
     fn reads_the_action_and_service_of_query_and_json_calls() {
         let head = "POST / HTTP/1.1\r\nAuthorization: AWS4-HMAC-SHA256 Credential=AK/20261127/us-east-1/ec2/aws4_request, SignedHeaders=host\r\n\r\n";
         assert_eq!(signing_service(head).as_deref(), Some("ec2"));
+        assert_eq!(signing_region(head).as_deref(), Some("us-east-1"));
         assert_eq!(action(head, b"Action=DescribeImages&Version=2016-11-15").as_deref(), Some("DescribeImages"));
         let json = "POST / HTTP/1.1\r\nX-Amz-Target: AmazonSQS.ReceiveMessage\r\n\r\n";
         assert_eq!(action(json, b"{}").as_deref(), Some("ReceiveMessage"));

@@ -299,7 +299,7 @@ async fn untrusted_ami_alert_when_publish_fails_is_an_error_and_the_redelivery_a
     let clients = untrusted_ami_alert::Ports {
         ec2: Ec2Client::new(through.ec2()),
         alerts: SnsAlerts::new(through.sns(), topic),
-        identity: StsIdentity::from_conf(through.sdk_config()),
+        identity: StsIdentity::new(through.sts()),
         ledger: Some(ledger::create(&account).await),
         region: account.region.clone(),
     };
@@ -449,7 +449,7 @@ async fn untrusted_ami_alert_without_a_writable_ledger_alerts_anyway_and_says_it
     let clients = untrusted_ami_alert::Ports {
         ec2: Ec2Client::new(through.ec2()),
         alerts: SnsAlerts::new(through.sns(), topic),
-        identity: StsIdentity::from_conf(through.sdk_config()),
+        identity: StsIdentity::new(through.sts()),
         ledger: Some(ledger::on(&through)),
         region: account.region.clone(),
     };

@@ -164,7 +164,7 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
     let clients = untrusted_ami_alert::Ports {
         ec2: Ec2Client::new(through.ec2()),
         alerts: SnsAlerts::new(through.sns(), topic),
-        identity: StsIdentity::from_conf(through.sdk_config()),
+        identity: StsIdentity::new(through.sts()),
         ledger: Some(ledger::on(&through)),
         region: account.region.clone(),
     };
@@ -264,4 +264,107 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
     // Every ledger request within its role's partitions (dynamodb:LeadingKeys), each one used.
     let partitions = assert_requests_within_leading_keys(&load(), "orphan-snapshot-sweeper", &proxy.calls());
     assert_eq!(partitions, patterns(orphan_snapshot_sweeper::LEDGER_PARTITIONS));
+}
+
+/// The statements of `logical_id`'s policies that grant `action` (`Action` a string or a list).
+fn statements_granting<'a>(
+    template: &'a serde_json::Value,
+    logical_id: &str,
+    action: &str,
+) -> Vec<&'a serde_json::Value> {
+    fn walk<'a>(value: &'a serde_json::Value, action: &str, found: &mut Vec<&'a serde_json::Value>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let grants = match map.get("Action") {
+                    Some(serde_json::Value::String(a)) => a == action,
+                    Some(serde_json::Value::Array(list)) => list.iter().any(|a| a == action),
+                    _ => false,
+                };
+                if grants && map.get("Effect").is_some_and(|e| e == "Allow") {
+                    found.push(value);
+                }
+                map.values().for_each(|v| walk(v, action, found));
+            }
+            serde_json::Value::Array(list) => list.iter().for_each(|v| walk(v, action, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(&template["Resources"][logical_id]["Properties"]["Policies"], action, &mut found);
+    found
+}
+
+#[tokio::test]
+async fn untrusted_ami_alert_reads_an_ancestor_in_its_own_region_and_its_policy_allows_every_region() {
+    use amiguard::alert::sns::SnsAlerts;
+    use amiguard_integration_tests::proxy::Fault;
+    use amiguard_integration_tests::{ec2_answer, AMAZON_LINUX_AMI};
+    use untrusted_ami_alert::{Ec2Client, StsIdentity};
+
+    // The policy: what provenance reads is granted in every region (no region in the resource, no
+    // region condition), since an ancestor is read where it is.
+    let template = load();
+    let function = function_for(&template, "untrusted-ami-alert");
+    for action in ["ec2:DescribeImages", "ec2:GetImageAncestry"] {
+        let statements = statements_granting(&template, &function.logical_id, action);
+        assert!(!statements.is_empty(), "{action} is not granted");
+        for statement in statements {
+            assert_eq!(statement["Resource"], json!("*"), "{action}: {statement}");
+            assert!(statement.get("Condition").is_none(), "{action}: {statement}");
+        }
+    }
+
+    // The calls: an own image copied from us-west-2; its source is described there.
+    let account = TestAccount::new().await;
+    let topic = account.sns().create_topic().name("alerts").send().await.unwrap().topic_arn().unwrap().to_string();
+    let west = account.ec2_in("us-west-2");
+    let builder = west
+        .run_instances()
+        .image_id(AMAZON_LINUX_AMI)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let builder = builder.instances()[0].instance_id().unwrap().to_string();
+    let source = west.create_image().instance_id(&builder).name("golden").send().await.unwrap();
+    let source = source.image_id().unwrap().to_string();
+    let copy = account.ec2().copy_image().source_image_id(&source).source_region("us-west-2").name("golden").send();
+    let copy = copy.await.unwrap().image_id().unwrap().to_string();
+    let instance = account.run_instance(&copy, &[]).await;
+    ledger::create(&account).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let lineage = format!(
+        "<imageAncestryEntrySet><item><imageId>{copy}</imageId><sourceImageId>{source}</sourceImageId><sourceImageRegion>us-west-2</sourceImageRegion></item><item><imageId>{source}</imageId></item></imageAncestryEntrySet>"
+    );
+    proxy.inject(Fault::respond("GetImageAncestry", ec2_answer("GetImageAncestry", &lineage)));
+    let through = account.through(&proxy);
+    let vars = [("ALERT_TOPIC_ARN", topic.clone()), ("ENFORCEMENT", "stop".to_string())];
+    let config = untrusted_ami_alert::Config::from_env(&move |name: &str| {
+        vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let clients = untrusted_ami_alert::Ports {
+        ec2: Ec2Client::new(through.ec2()),
+        alerts: SnsAlerts::new(through.sns(), topic),
+        identity: StsIdentity::new(through.sts()),
+        ledger: Some(ledger::on(&through)),
+        region: account.region.clone(),
+    };
+    let mut event = sample_event("untrusted-ami-alert.running.json");
+    event["account"] = json!(account.account_id);
+    event["detail"]["instance-id"] = json!(instance);
+
+    let report = untrusted_ami_alert::handle(&config, &clients, &event, &Invocation::at(chrono::Utc::now())).await;
+
+    let untrusted_ami_alert::Report::Instance(one) = report.unwrap() else { panic!("not one instance") };
+    assert_eq!(one.outcome, untrusted_ami_alert::Outcome::Trusted, "{:?}", one.reasons);
+    let calls = proxy.calls();
+    let described_there =
+        calls.iter().filter(|c| c.action == "DescribeImages" && c.region == "us-west-2" && c.body.contains(&source));
+    assert_eq!(described_there.count(), 1, "the source is described in its own region");
+    let granted = policy_actions(&template, &function.logical_id);
+    let used = iam_actions(&calls);
+    assert!(used.is_subset(&granted), "called but not granted: {:?}", used.difference(&granted).collect::<Vec<_>>());
 }

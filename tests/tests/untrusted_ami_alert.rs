@@ -32,7 +32,7 @@ async fn clients(account: &TestAccount, config: &Config) -> Ports<Ec2Client, Sns
     Ports {
         ec2: Ec2Client::new(account.ec2()),
         alerts: SnsAlerts::new(account.sns(), config.alert_topic_arn.clone()),
-        identity: StsIdentity::from_conf(account.sdk_config()),
+        identity: StsIdentity::new(account.sts()),
         ledger: Some(amiguard_integration_tests::ledger::create(account).await),
         region: account.region.clone(),
     }
@@ -208,13 +208,14 @@ async fn a_cloudtrail_run_instances_event_reports_each_instance() {
     let amazon = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
     let mut event = sample_event("untrusted-ami-alert.cloudtrail-run-instances.json");
     event["account"] = json!(account.account_id);
+    event["detail"]["recipientAccountId"] = json!(account.account_id);
     event["detail"]["responseElements"]["instancesSet"]["items"][0]["instanceId"] = json!(rhel);
     event["detail"]["responseElements"]["instancesSet"]["items"][1]["instanceId"] = json!(amazon);
     event["detail"]["responseElements"]["instancesSet"]["items"][1]["imageId"] = json!(AMAZON_LINUX_AMI);
 
     let report = handle(&config, &clients(&account, &config).await, &event, &delivery()).await.unwrap();
 
-    let Report::Launch { instances } = report else { panic!("expected `instances`, got {report:?}") };
+    let Report::Launch { instances, .. } = report else { panic!("expected `instances`, got {report:?}") };
     let verdicts: Vec<(&str, Outcome)> =
         instances.iter().map(|r| (r.instance_id.as_deref().unwrap(), r.outcome)).collect();
     assert_eq!(verdicts, [(rhel.as_str(), Outcome::Untrusted), (amazon.as_str(), Outcome::Trusted)]);
@@ -223,6 +224,7 @@ async fn a_cloudtrail_run_instances_event_reports_each_instance() {
 
     let mut failed = sample_event("untrusted-ami-alert.cloudtrail-run-instances-failed.json");
     failed["account"] = json!(account.account_id);
+    failed["detail"]["recipientAccountId"] = json!(account.account_id);
     let skipped = one(handle(&config, &clients(&account, &config).await, &failed, &delivery()).await.unwrap());
     assert_eq!(skipped.outcome, Outcome::Skipped);
 }
@@ -537,11 +539,12 @@ async fn published_cloudtrail_records_each_get_an_answer_never_an_error() {
         let mut event = sample_event(sample);
         // As delivered where the function runs: its account and region.
         event["account"] = json!(account.account_id);
+        event["detail"]["recipientAccountId"] = json!(account.account_id);
         event["region"] = json!(account.region);
         let report = handle(&config, &clients, &event, &delivery()).await;
         let report = report.unwrap_or_else(|err| panic!("{sample}: {err}"));
         let instances = match report {
-            Report::Launch { instances } => instances,
+            Report::Launch { instances, .. } => instances,
             Report::Instance(one) => vec![one],
             Report::Audit(_) => panic!("{sample}: an audit"),
         };
@@ -700,6 +703,7 @@ async fn a_dry_run_names_the_untrusted_launch_and_sends_tags_stops_and_writes_no
     let instance = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
     let mut cloudtrail = sample_event("untrusted-ami-alert.cloudtrail-run-instances.json");
     cloudtrail["account"] = json!(account.account_id);
+    cloudtrail["detail"]["recipientAccountId"] = json!(account.account_id);
     let items = &mut cloudtrail["detail"]["responseElements"]["instancesSet"]["items"];
     items.as_array_mut().unwrap().truncate(1);
     items[0]["instanceId"] = json!(instance);
@@ -708,7 +712,7 @@ async fn a_dry_run_names_the_untrusted_launch_and_sends_tags_stops_and_writes_no
     audit_event["account"] = json!(account.account_id);
 
     let launch = one(handle(&dry, &clients, &state_change(&account, &instance, "running"), &delivery()).await.unwrap());
-    let Report::Launch { instances } = handle(&dry, &clients, &cloudtrail, &delivery()).await.unwrap() else {
+    let Report::Launch { instances, .. } = handle(&dry, &clients, &cloudtrail, &delivery()).await.unwrap() else {
         panic!("not a launch report")
     };
     let Report::Audit(audit) = handle(&dry, &clients, &audit_event, &delivery()).await.unwrap() else {

@@ -12,6 +12,7 @@ pub const TRUST_POLICY_SOURCE: &str = "TRUST_POLICY_SOURCE";
 pub const ALERT_TOPIC_ARN: &str = "ALERT_TOPIC_ARN";
 pub const ENFORCEMENT: &str = "ENFORCEMENT";
 pub const CHECK_PROVENANCE: &str = "CHECK_PROVENANCE";
+pub const ENFORCE_UNVERIFIABLE: &str = "ENFORCE_UNVERIFIABLE";
 pub const FOLD_LAUNCH_ALERTS: &str = "FOLD_LAUNCH_ALERTS";
 pub const DRY_RUN: &str = "DRY_RUN";
 
@@ -23,6 +24,7 @@ pub const VARIABLES: &[&str] = &[
     TRUST_POLICY_SOURCE,
     ALERT_TOPIC_ARN,
     ENFORCEMENT,
+    ENFORCE_UNVERIFIABLE,
     CHECK_PROVENANCE,
     FOLD_LAUNCH_ALERTS,
     DRY_RUN,
@@ -35,6 +37,11 @@ pub struct Config {
     pub policy: TrustPolicy,
     pub alert_topic_arn: String,
     pub enforcement: Enforcement,
+    /// `ENFORCE_UNVERIFIABLE` (default false): `ENFORCEMENT` also tags and stops on a `medium`
+    /// verdict (not proven untrusted: provenance that cannot be verified, a trusted owner's image
+    /// failing a name or age condition). By default only a `high` one (an owner or an ancestor's
+    /// owner proven untrusted) is enforced; a `medium` one alerts only.
+    pub enforce_unverifiable: bool,
     /// `CHECK_PROVENANCE` (default true): an image whose owner is trusted is judged again by the
     /// owners of the images it was copied or built from.
     pub check_provenance: bool,
@@ -67,6 +74,7 @@ impl Config {
             ));
         }
         let enforcement = config::choice_var(source, ENFORCEMENT, Enforcement::Alert, &Enforcement::CHOICES)?;
+        let enforce_unverifiable = config::bool_var(source, ENFORCE_UNVERIFIABLE, false)?;
         let check_provenance = config::bool_var(source, CHECK_PROVENANCE, true)?;
         let fold_launch_alerts = config::bool_var(source, FOLD_LAUNCH_ALERTS, false)?;
         let dry_run = config::bool_var(source, DRY_RUN, false)?;
@@ -74,6 +82,7 @@ impl Config {
             policy,
             alert_topic_arn,
             enforcement,
+            enforce_unverifiable,
             check_provenance,
             policy_from_account,
             fold_launch_alerts,
@@ -178,6 +187,7 @@ mod tests {
         assert_eq!(config.enforcement, Enforcement::Alert);
         assert_eq!(config.alert_topic_arn, TOPIC);
         assert!(config.check_provenance, "provenance is checked unless turned off");
+        assert!(!config.enforce_unverifiable, "only a proven verdict is enforced unless told otherwise");
         assert!(!config.fold_launch_alerts, "no folding unless an audit is known to send the digest");
         assert!(!config.dry_run, "a deployed function acts unless told to only report");
         // Blank means unset (an empty template parameter).
@@ -195,6 +205,7 @@ mod tests {
             (ALERT_TOPIC_ARN, "arn:aws-us-gov:sns:us-gov-west-1:123456789012:alerts.fifo"),
             (TRUSTED_IMAGE_PROVIDERS, "aws-marketplace,111122223333"),
             (ENFORCEMENT, "stop"),
+            (ENFORCE_UNVERIFIABLE, "True"),
             ("CHECK_PROVENANCE", "false"),
             ("FOLD_LAUNCH_ALERTS", "true"),
             (DRY_RUN, "TRUE"),
@@ -204,6 +215,7 @@ mod tests {
         assert!(config.dry_run);
         assert_eq!(config.policy.to_string(), "trusted image providers: aws-marketplace, 111122223333");
         assert_eq!(config.enforcement, Enforcement::Stop);
+        assert!(config.enforce_unverifiable);
         assert!(!config.check_provenance);
         let criteria = Config::from_env(&env(&[
             (ALERT_TOPIC_ARN, TOPIC),
@@ -218,8 +230,9 @@ mod tests {
     #[test]
     fn config_errors_name_the_variable() {
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
-        let cases: [Case; 11] = [
+        let cases: [Case; 12] = [
             (&[], ALERT_TOPIC_ARN, "required"),
+            (&[(ALERT_TOPIC_ARN, TOPIC), (ENFORCE_UNVERIFIABLE, "sometimes")], ENFORCE_UNVERIFIABLE, "true or false"),
             (&[(ALERT_TOPIC_ARN, TOPIC), (DRY_RUN, "yes")], DRY_RUN, "true or false"),
             (&[(ALERT_TOPIC_ARN, TOPIC), (TRUST_POLICY_SOURCE, "ssm")], TRUST_POLICY_SOURCE, "one of env, account"),
             (

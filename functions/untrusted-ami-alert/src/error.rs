@@ -46,6 +46,11 @@ pub enum Error {
     /// invocation fails and Lambda retries it.
     #[error("instance not found: {}: EC2 may not list a new instance yet; failing so that Lambda retries", .0.join(", "))]
     InstancesNotFound(Vec<String>),
+    /// The event names an account other than the function's own (STS's answer): forged, or
+    /// misrouted. Judged as that account, every own image would be untrusted (and, with
+    /// `ENFORCEMENT=stop`, its instances stopped); so it is refused and changes nothing.
+    #[error("the event names account {named}, but this function runs in account {own}: refused; nothing judged, tagged, stopped or sent")]
+    AnotherAccount { named: String, own: String },
     /// Some instances could not be fully guarded; the others were. A retry is safe: the ledger
     /// keeps alerts single and enforcement is idempotent.
     #[error("{} instance(s) not fully guarded: {}", .0.len(), describe_failures(.0))]
@@ -68,6 +73,7 @@ impl From<Error> for lambda_runtime::Diagnostic {
             Error::Event(event) => return event.clone().into(),
             Error::Aws(aws) => format!("AwsError.{}", aws.code),
             Error::InstancesNotFound(_) => "InstanceNotFound".to_string(),
+            Error::AnotherAccount { .. } => "EventForAnotherAccount".to_string(),
             Error::NotGuarded(failures) => match failures.first().map(|f| f.step) {
                 Some(FailedStep::Alert) => "AlertNotSent".to_string(),
                 Some(FailedStep::AlertInProgress) => "AlertInProgress".to_string(),

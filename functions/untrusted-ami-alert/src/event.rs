@@ -55,14 +55,24 @@ pub struct Launched {
     pub image_id: Option<String>,
 }
 
-/// What the envelope says of any event: each a field a direct invoker may leave out.
+/// What the envelope says of any event: each a field a direct invoker may leave out, or write.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Origin {
-    /// The account the event is about (`self`), when the envelope says.
+    /// The account the envelope says the event is about, when it says. Never `self` (that is
+    /// STS's answer): an event naming another account is refused.
     pub account: Option<String>,
+    /// A CloudTrail record's `recipientAccountId`: the account that received the call.
+    pub recipient_account: Option<String>,
     pub region: Option<String>,
     /// When the event happened, when the envelope says.
     pub time: Option<DateTime<Utc>>,
+}
+
+impl Origin {
+    /// Every account the event names (the envelope's, a CloudTrail record's recipient).
+    pub fn accounts(&self) -> impl Iterator<Item = &str> {
+        self.account.iter().chain(&self.recipient_account).map(String::as_str)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -79,6 +89,8 @@ struct CloudTrailDetail {
     event_name: String,
     #[serde(default)]
     error_code: Option<String>,
+    #[serde(default)]
+    recipient_account_id: Option<String>,
     /// Read loosely: published records carry many shapes (`launchTime` as epoch milliseconds,
     /// sometimes a float; nested sets of every kind). Only the instance and image ids are read.
     #[serde(default)]
@@ -89,11 +101,13 @@ pub fn parse(payload: &serde_json::Value) -> Result<Event, EventError> {
     let envelope = parse_envelope::<serde_json::Value>(payload)?;
     let account = envelope.account.filter(|a| !a.trim().is_empty());
     // Said after what the event is: an event from elsewhere is unexpected, whatever its account.
-    let bad_account = account
-        .as_ref()
-        .filter(|a| !amiguard::aws_words::is_account_id(a))
-        .map(|account| EventError::Malformed(format!("account {account:?}: expected a 12-digit account id")));
-    let origin = Origin { account, region: envelope.region.filter(|r| !r.trim().is_empty()), time: envelope.time };
+    let bad_account = account.as_deref().and_then(|a| account_error("account", a));
+    let origin = Origin {
+        account,
+        recipient_account: None,
+        region: envelope.region.filter(|r| !r.trim().is_empty()),
+        time: envelope.time,
+    };
     let source = envelope.source.as_str();
     let event = match envelope.detail_type.as_str() {
         STATE_CHANGE => {
@@ -123,12 +137,22 @@ pub fn parse(payload: &serde_json::Value) -> Result<Event, EventError> {
     }
 }
 
-fn cloudtrail(detail: CloudTrailDetail, origin: Origin) -> Result<Event, EventError> {
+/// The error for an account field that is not a 12-digit account id.
+fn account_error(field: &str, account: &str) -> Option<EventError> {
+    (!amiguard::aws_words::is_account_id(account))
+        .then(|| EventError::Malformed(format!("{field} {account:?}: expected a 12-digit account id")))
+}
+
+fn cloudtrail(detail: CloudTrailDetail, mut origin: Origin) -> Result<Event, EventError> {
     if detail.event_source != "ec2.amazonaws.com" {
         return Err(EventError::Unexpected(format!(
             "CloudTrail eventSource {:?}: expected \"ec2.amazonaws.com\"",
             detail.event_source
         )));
+    }
+    origin.recipient_account = detail.recipient_account_id.filter(|a| !a.trim().is_empty());
+    if let Some(err) = origin.recipient_account.as_deref().and_then(|a| account_error("detail.recipientAccountId", a)) {
+        return Err(err);
     }
     if detail.event_name != "RunInstances" {
         return Ok(Event::OtherApiCall { event_name: detail.event_name, origin });
@@ -206,7 +230,7 @@ mod tests {
 
     /// Where `run_instances` events come from.
     fn the_accounts() -> Origin {
-        Origin { account: Some("123456789012".into()), region: Some("us-east-1".into()), time: None }
+        Origin { account: Some("123456789012".into()), region: Some("us-east-1".into()), ..Origin::default() }
     }
 
     #[test]
@@ -219,6 +243,7 @@ mod tests {
                 state: "pending".into(),
                 origin: Origin {
                     account: Some("123456789012".into()),
+                    recipient_account: None,
                     region: Some("us-east-1".into()),
                     time: Some(chrono::DateTime::parse_from_rfc3339("2026-01-31T12:00:00Z").unwrap().into()),
                 },
@@ -245,6 +270,22 @@ mod tests {
                 origin: the_accounts(),
             }
         );
+    }
+
+    #[test]
+    fn every_account_an_event_names_is_read_and_must_be_an_account_id() {
+        let mut detail = json!({
+            "eventSource": "ec2.amazonaws.com", "eventName": "RunInstances",
+            "recipientAccountId": "999988887777", "responseElements": null
+        });
+        let event = parse(&run_instances(detail.clone())).unwrap();
+        assert_eq!(event.origin().accounts().collect::<Vec<_>>(), ["123456789012", "999988887777"]);
+        detail["recipientAccountId"] = json!("");
+        assert_eq!(parse(&run_instances(detail.clone())).unwrap().origin().accounts().count(), 1);
+        detail["recipientAccountId"] = json!("me");
+        let err = parse(&run_instances(detail)).unwrap_err();
+        assert!(matches!(&err, EventError::Malformed(m) if m.contains("recipientAccountId")), "{err}");
+        assert_eq!(parse(&state_change("running")).unwrap().origin().accounts().collect::<Vec<_>>(), ["123456789012"]);
     }
 
     #[test]
@@ -305,7 +346,7 @@ mod tests {
     #[test]
     fn a_scheduled_event_with_or_without_account() {
         let event = parse(&json!({"detail-type": SCHEDULED_EVENT, "source": "aws.events", "detail": {}})).unwrap();
-        assert_eq!(event, Event::Audit { origin: Origin { account: None, region: None, time: None } });
+        assert_eq!(event, Event::Audit { origin: Origin::default() });
         let blank = parse(
             &json!({"detail-type": SCHEDULED_EVENT, "source": "aws.scheduler", "account": "", "detail": {"x": 1}}),
         );

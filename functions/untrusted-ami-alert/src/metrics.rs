@@ -24,7 +24,7 @@ const SEVERITIES: [Severity; 2] = [Severity::High, Severity::Medium];
 pub fn emf_lines(report: &Report, timestamp: DateTime<Utc>) -> Vec<Value> {
     let (dry_run, sent): (bool, Vec<Option<Severity>>) = match report {
         Report::Instance(one) => (one.dry_run, sent_by(std::slice::from_ref(one))),
-        Report::Launch { instances } => (instances.first().is_some_and(|i| i.dry_run), sent_by(instances)),
+        Report::Launch { instances, .. } => (instances.first().is_some_and(|i| i.dry_run), sent_by(instances)),
         Report::Audit(audit) => (
             audit.dry_run,
             audit.untrusted.iter().filter(|f| f.alert_message_id.is_some()).map(|f| f.severity).collect(),
@@ -95,15 +95,13 @@ mod tests {
 
     #[test]
     fn a_launch_counts_the_alerts_it_sent_by_severity_and_every_severity_has_its_line() {
-        let launch = Report::Launch {
-            instances: vec![
-                alerted(Severity::High, Some("m-1")),
-                alerted(Severity::Medium, Some("m-2")),
-                alerted(Severity::Medium, Some("m-3")),
-                // Alerted before, or folded: nothing sent now.
-                alerted(Severity::High, None),
-            ],
-        };
+        let launch = Report::launch(vec![
+            alerted(Severity::High, Some("m-1")),
+            alerted(Severity::Medium, Some("m-2")),
+            alerted(Severity::Medium, Some("m-3")),
+            // Alerted before, or folded: nothing sent now.
+            alerted(Severity::High, None),
+        ]);
         assert_eq!(counts(&emf_lines(&launch, at())), [("high", 1), ("medium", 2)]);
         let quiet = Report::Instance(InstanceReport::skipped(false, None, "a stop".into()));
         assert_eq!(counts(&emf_lines(&quiet, at())), [("high", 0), ("medium", 0)]);
@@ -120,6 +118,7 @@ mod tests {
             alert_message_id: message_id.map(str::to_string),
             enforcement: EnforcementTaken::None,
             would: vec![],
+            why_not_enforced: None,
         };
         let audit = Report::Audit(AuditReport {
             outcome: Outcome::Audit,
@@ -129,6 +128,8 @@ mod tests {
             alerts_sent: 1,
             alerts_would_send: None,
             warnings: vec![],
+            counts: Default::default(),
+            full_lists: None,
         });
         assert_eq!(counts(&emf_lines(&audit, at())), [("high", 0), ("medium", 1)]);
     }

@@ -25,8 +25,9 @@ pub struct Ports<E, P, I, L> {
     pub region: String,
 }
 
-/// The EC2 calls untrusted-ami-alert makes: DescribeInstances, DescribeImages,
-/// DescribeInstanceImageMetadata, GetImageAncestry, CreateTags and StopInstances.
+/// The EC2 calls untrusted-ami-alert makes: DescribeInstances, DescribeImages (also in the
+/// regions of images' ancestors), DescribeInstanceImageMetadata, GetImageAncestry, CreateTags and
+/// StopInstances. Every listing reads every page and fails on a page token answered twice.
 pub trait Ec2: Sync {
     /// The instances among `instance_ids` that EC2 knows, every page; unknown ids are absent.
     fn instances(
@@ -38,6 +39,13 @@ pub trait Ec2: Sync {
     /// The images among `image_ids` this account can see (its own, public ones, shared with it),
     /// deprecated and disabled ones included, every page; the others are absent.
     fn visible_images(&self, image_ids: &[String]) -> impl Future<Output = Result<Vec<LaunchImage>, AwsError>> + Send;
+    /// [`Ec2::visible_images`] in another region: where an ancestor of an image is (a copy's
+    /// source is read in its own region, through a client of that region made once per container).
+    fn visible_images_in(
+        &self,
+        region: &str,
+        image_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<LaunchImage>, AwsError>> + Send;
     /// What EC2 recorded at launch about each instance's image, even when the image is
     /// deregistered or private (and for instances DescribeInstances no longer lists). Best
     /// effort: few retries.
@@ -46,7 +54,9 @@ pub trait Ec2: Sync {
         instance_ids: &[String],
     ) -> impl Future<Output = Result<Vec<LaunchMetadata>, AwsError>> + Send;
     /// `GetImageAncestry`: the image's ancestors, parent first (the image itself left out), with
-    /// what the call says of each (its region, its owner alias; not its owner id).
+    /// what the call says of each (its region, its owner alias; not its owner id). Retried as any
+    /// call (a throttled answer is not a lineage that cannot be read); an image's lineage never
+    /// changes, so an answer is kept for the container (a failure is not).
     fn image_ancestry(&self, image_id: &str) -> impl Future<Output = Result<Vec<Ancestor>, AwsError>> + Send;
     fn tag_instance(&self, instance_id: &str, tag: &Tag) -> impl Future<Output = Result<(), AwsError>> + Send;
     fn stop_instance(&self, instance_id: &str) -> impl Future<Output = Result<StopOutcome, AwsError>> + Send;
@@ -62,7 +72,8 @@ pub struct LaunchMetadata {
     pub instance_state: Option<InstanceState>,
 }
 
-/// Which account `self` is when an event does not say (a manual invocation).
+/// Which account `self` is: the function's own (STS `GetCallerIdentity`, asked once per
+/// container), whatever an event says.
 pub trait CallerIdentity: Sync {
     fn account_id(&self) -> impl Future<Output = Result<String, AwsError>> + Send;
 }

@@ -1,11 +1,12 @@
 //! The JSON report of an invocation: one instance's (a state change), `instances` (a CloudTrail
-//! `RunInstances`) or an audit's. Logged as one line and answered; its fields are a contract.
+//! `RunInstances`) or an audit's. Logged as one line and answered; its fields are a contract. Its
+//! lists are cut to fit one log event ([`Report::bound`]), their whole lengths kept in `counts`.
 
 use serde::Serialize;
 
 use amiguard::alert::Severity;
 
-use crate::core::enforce::EnforcementTaken;
+use crate::core::enforce::{self, EnforcementTaken};
 use crate::core::message::AlertDetails;
 use crate::core::verdict::Verdict;
 
@@ -67,6 +68,10 @@ pub struct InstanceReport {
     /// A dry run's: what a real run would do now (nothing here when it would do nothing).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would: Vec<WouldDo>,
+    /// For `enforcement: withheld`: why nothing was tagged or stopped (a `medium` verdict is not
+    /// proven untrusted, and `ENFORCE_UNVERIFIABLE` is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_not_enforced: Option<String>,
 }
 
 impl InstanceReport {
@@ -86,6 +91,7 @@ impl InstanceReport {
             alert_folded: false,
             warnings: Vec::new(),
             would: Vec::new(),
+            why_not_enforced: None,
         }
     }
 
@@ -118,6 +124,7 @@ impl InstanceReport {
             alert_folded: false,
             warnings: vec![],
             would: vec![],
+            why_not_enforced: None,
         }
     }
 }
@@ -137,6 +144,9 @@ pub struct AuditFinding {
     /// A dry run's: what a real run would do now.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would: Vec<WouldDo>,
+    /// For `enforcement: withheld`: why nothing was tagged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_not_enforced: Option<String>,
 }
 
 impl AuditFinding {
@@ -151,6 +161,7 @@ impl AuditFinding {
             alert_message_id: report.alert_message_id,
             enforcement: report.enforcement,
             would: report.would,
+            why_not_enforced: report.why_not_enforced,
         }
     }
 
@@ -166,6 +177,8 @@ impl AuditFinding {
             alert_message_id,
             enforcement: details.enforcement,
             would,
+            why_not_enforced: (details.enforcement == EnforcementTaken::Withheld)
+                .then(|| enforce::withheld_because(details.enforcement_mode)),
         }
     }
 }
@@ -186,6 +199,23 @@ pub struct AuditReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alerts_would_send: Option<usize>,
     pub warnings: Vec<String>,
+    /// The whole length of `untrusted` and `warnings` (the lists themselves may be cut).
+    pub counts: AuditCounts,
+    /// Where the entries cut from the lists are, when some were (`null`: the lists are whole).
+    pub full_lists: Option<String>,
+}
+
+/// The whole length of each list of an audit's report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AuditCounts {
+    pub untrusted: usize,
+    pub warnings: usize,
+}
+
+/// The whole length of a launch's `instances`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LaunchCounts {
+    pub instances: usize,
 }
 
 /// The answer of an invocation: one instance (state change), `instances` (CloudTrail
@@ -194,8 +224,100 @@ pub struct AuditReport {
 #[serde(untagged)]
 pub enum Report {
     Instance(InstanceReport),
-    Launch { instances: Vec<InstanceReport> },
+    Launch {
+        instances: Vec<InstanceReport>,
+        /// The whole length of `instances` (the list itself may be cut).
+        counts: LaunchCounts,
+        /// Where the instances cut from the list are, when some were (`null`: the list is whole).
+        full_lists: Option<String>,
+    },
     Audit(AuditReport),
+}
+
+/// The most entries any list of a report shows (fewer when the report would not fit one log
+/// event); the counts are always whole.
+pub const LIST_LIMIT: usize = 200;
+/// CloudWatch Logs takes events of up to 256 KB: the logged report stays under this.
+pub const MAX_REPORT_BYTES: usize = 200_000;
+
+impl Report {
+    /// A launch's report: one per instance, in the event's order.
+    pub(crate) fn launch(instances: Vec<InstanceReport>) -> Self {
+        Self::Launch { instances, counts: LaunchCounts::default(), full_lists: None }
+    }
+
+    /// Takes the whole length of each list, then cuts every list to what fits one log event (at
+    /// most [`LIST_LIMIT`] entries each, fewer for a large report); `full_lists` (where the rest
+    /// is) is said when something was cut. Once per report: the handler's, before it is logged
+    /// and answered.
+    pub fn bound(&mut self, full_lists: &str) {
+        match self {
+            Self::Instance(_) => {}
+            Self::Launch { instances, counts, .. } => *counts = LaunchCounts { instances: instances.len() },
+            Self::Audit(audit) => {
+                audit.counts = AuditCounts { untrusted: audit.untrusted.len(), warnings: audit.warnings.len() }
+            }
+        }
+        let mut limit = LIST_LIMIT;
+        loop {
+            let cut = self.cut(limit);
+            if cut {
+                self.say_where_the_rest_is(full_lists);
+            }
+            let size = serde_json::to_string(self).map_or(0, |json| json.len());
+            if size <= MAX_REPORT_BYTES || limit == 0 {
+                break;
+            }
+            limit /= 2;
+        }
+    }
+
+    /// Cuts each list to `limit` entries; answers whether anything was cut.
+    fn cut(&mut self, limit: usize) -> bool {
+        fn truncate<T>(list: &mut Vec<T>, limit: usize) -> bool {
+            let cut = list.len() > limit;
+            list.truncate(limit);
+            cut
+        }
+        match self {
+            Self::Instance(one) => truncate(&mut one.warnings, limit),
+            Self::Launch { instances, .. } => truncate(instances, limit),
+            Self::Audit(audit) => truncate(&mut audit.untrusted, limit) | truncate(&mut audit.warnings, limit),
+        }
+    }
+
+    fn say_where_the_rest_is(&mut self, full_lists: &str) {
+        match self {
+            Self::Instance(_) => {}
+            Self::Launch { full_lists: said, .. } => *said = Some(full_lists.to_string()),
+            Self::Audit(audit) => audit.full_lists = Some(full_lists.to_string()),
+        }
+    }
+}
+
+/// Where an invocation's whole lists are, for a report cut to fit: a dry run's are nowhere (it
+/// sends and records nothing); an audit's findings are in its digest messages, and those alerted
+/// before in the ledger's alert records; a launch's instances each in its own alert.
+pub fn full_lists(report: &Report, dry_run: bool, table: Option<&str>, region: &str) -> String {
+    if dry_run {
+        return "a dry run sends and records nothing: the entries cut from these lists are not kept anywhere; the \
+                counts are whole"
+            .to_string();
+    }
+    let sent = match report {
+        Report::Audit(_) => {
+            "every finding not alerted before is in this audit's digest messages (SNS; each \
+                             finding's alert_message_id names its part)"
+        }
+        _ => "every untrusted instance not alerted before is in its own alert (SNS)",
+    };
+    match table {
+        Some(table) => format!(
+            "{sent}; every alert sent is recorded in the ledger table {table}: alert#{region}#<instance-id> (one \
+             record per instance and image), folded launch alerts not sent yet under folded-alerts#{region}"
+        ),
+        None => format!("{sent}; without a ledger (LEDGER_TABLE unset) alerts sent are not recorded"),
+    }
 }
 
 #[cfg(test)]
@@ -214,22 +336,82 @@ mod tests {
             json!({"outcome": "skipped", "dry_run": false, "instance_id": INSTANCE, "image_id": null, "owner_id": null, "reasons": ["why"],
                    "alert_message_id": null, "enforcement": "none", "already_alerted": false, "alert_folded": false, "warnings": []})
         );
+        let mut launch = Report::launch(vec![one]);
+        launch.bound("elsewhere");
         assert_eq!(
-            serde_json::to_value(Report::Launch { instances: vec![one] }).unwrap()["instances"][0]["outcome"],
-            "skipped"
+            serde_json::to_value(launch).unwrap(),
+            json!({"instances": [serde_json::to_value(one_again()).unwrap()], "counts": {"instances": 1}, "full_lists": null})
         );
-        let audit = Report::Audit(AuditReport {
+        let mut audit = Report::Audit(audit(0));
+        audit.bound("elsewhere");
+        assert_eq!(
+            serde_json::to_value(audit).unwrap(),
+            json!({"outcome": "audit", "dry_run": false, "audited": 3, "untrusted": [], "alerts_sent": 0, "warnings": [],
+                   "counts": {"untrusted": 0, "warnings": 0}, "full_lists": null})
+        );
+    }
+
+    fn one_again() -> InstanceReport {
+        InstanceReport::skipped(false, Some(INSTANCE.into()), "why".into())
+    }
+
+    fn audit(findings: usize) -> AuditReport {
+        let finding = AuditFinding {
+            instance_id: INSTANCE.into(),
+            image_id: Some("ami-0123456789abcdef0".into()),
+            owner_id: Some("111122223333".into()),
+            reasons: vec![
+                "owner 111122223333 (no owner alias) is not a trusted provider (trusted: amazon, self)".into()
+            ],
+            severity: Some(Severity::High),
+            alert_message_id: Some("3f1c2a9e-0b4d-4c6e-8a7f-1d2e3f4a5b6c".into()),
+            enforcement: EnforcementTaken::Tagged,
+            would: vec![],
+            why_not_enforced: None,
+        };
+        AuditReport {
             outcome: Outcome::Audit,
             dry_run: false,
             audited: 3,
-            untrusted: vec![],
-            alerts_sent: 0,
+            untrusted: vec![finding; findings],
+            alerts_sent: findings,
             alerts_would_send: None,
-            warnings: vec![],
-        });
-        assert_eq!(
-            serde_json::to_value(audit).unwrap(),
-            json!({"outcome": "audit", "dry_run": false, "audited": 3, "untrusted": [], "alerts_sent": 0, "warnings": []})
-        );
+            warnings: (0..findings)
+                .map(|i| format!("the tag could not be written on i-{i:017x}: TagLimitExceeded"))
+                .collect(),
+            counts: AuditCounts::default(),
+            full_lists: None,
+        }
+    }
+
+    #[test]
+    fn a_large_report_is_cut_to_fit_one_log_event_with_its_whole_counts_and_where_the_rest_is() {
+        for findings in [150, 1_500, 20_000] {
+            let mut report = Report::Audit(audit(findings));
+            report.bound("the digest and the ledger");
+            let line = serde_json::to_string(&report).unwrap();
+            assert!(line.len() <= MAX_REPORT_BYTES, "{findings}: {} bytes", line.len());
+            let Report::Audit(audit) = report else { panic!() };
+            assert_eq!((audit.counts.untrusted, audit.counts.warnings), (findings, findings));
+            assert_eq!(audit.alerts_sent, findings);
+            assert!(!audit.untrusted.is_empty() && audit.untrusted.len() <= LIST_LIMIT, "{findings}");
+            assert_eq!(audit.untrusted.len() == findings, findings <= LIST_LIMIT, "{findings}");
+            assert_eq!(audit.full_lists.is_some(), findings > LIST_LIMIT, "{findings}");
+        }
+        let mut launch = Report::launch(vec![one_again(); 1_500]);
+        launch.bound("each alert");
+        assert!(serde_json::to_string(&launch).unwrap().len() <= MAX_REPORT_BYTES);
+        let Report::Launch { instances, counts, full_lists } = launch else { panic!() };
+        assert_eq!((instances.len(), counts.instances, full_lists.as_deref()), (LIST_LIMIT, 1_500, Some("each alert")));
+    }
+
+    #[test]
+    fn the_full_lists_are_said_where_they_are() {
+        let audit = Report::Audit(audit(0));
+        let said = full_lists(&audit, false, Some("amiguard-ledger"), "us-east-1");
+        assert!(said.contains("digest") && said.contains("amiguard-ledger: alert#us-east-1#<instance-id>"), "{said}");
+        assert!(full_lists(&audit, false, None, "us-east-1").contains("LEDGER_TABLE unset"));
+        assert!(full_lists(&audit, true, Some("t"), "us-east-1").starts_with("a dry run sends and records nothing"));
+        assert!(full_lists(&Report::launch(vec![]), false, Some("t"), "r").contains("its own alert"));
     }
 }

@@ -92,7 +92,8 @@ async fn a_dry_run_of_many_launches_says_which_alerts_would_fold_and_takes_no_sl
         clients(FakeEc2 { instances: Mutex::new(instances), images: vec![vendor_image()], ..FakeEc2::default() });
     let items: Vec<serde_json::Value> = ids.iter().map(|id| json!({"instanceId": id, "imageId": VENDOR_AMI})).collect();
     let event = cloudtrail(json!({"instancesSet": {"items": items}}));
-    let Report::Launch { instances } = handle(&dry(Enforcement::Alert), &clients, &event, &at()).await.unwrap() else {
+    let Report::Launch { instances, .. } = handle(&dry(Enforcement::Alert), &clients, &event, &at()).await.unwrap()
+    else {
         panic!("not a launch report")
     };
     let would: Vec<Vec<WouldDo>> = instances.iter().map(|i| i.would.clone()).collect();

@@ -177,21 +177,28 @@ async fn a_failed_stop_is_alerted_once_and_fails_the_invocation_for_a_retry() {
 }
 
 #[tokio::test]
-async fn the_account_comes_from_sts_only_when_the_event_has_none() {
+async fn the_account_comes_from_sts_never_from_the_event() {
     let own =
         LaunchImage { image_id: "ami-0bbbbbbbbbbbbbbbb".into(), owner_id: ACCOUNT.into(), ..LaunchImage::default() };
     let mut ec2 = FakeEc2::with(instance(INSTANCE, &own.image_id, InstanceState::Running));
     ec2.images = vec![own];
     let clients = clients(ec2);
     let with_account =
-        instance_report(handle(&config(Enforcement::Alert), &clients, &state_change("running"), &at()).await.unwrap());
+        instance_report(handle(&config(Enforcement::Stop), &clients, &state_change("running"), &at()).await.unwrap());
     assert_eq!(with_account.outcome, Outcome::Trusted);
-    assert_eq!(*clients.identity.calls.lock().unwrap(), 0);
+    assert_eq!(*clients.identity.calls.lock().unwrap(), 1, "self resolved through STS, whatever the event says");
     let mut event = state_change("running");
     event.as_object_mut().unwrap().remove("account");
-    let without = instance_report(handle(&config(Enforcement::Alert), &clients, &event, &at()).await.unwrap());
+    let without = instance_report(handle(&config(Enforcement::Stop), &clients, &event, &at()).await.unwrap());
     assert_eq!(without.outcome, Outcome::Trusted, "self resolved through STS");
-    assert_eq!(*clients.identity.calls.lock().unwrap(), 1);
+    // An event naming another account would make the account's own image untrusted (and, with
+    // ENFORCEMENT=stop, stop the instance): refused, nothing read or done.
+    event["account"] = json!("210987654321");
+    let calls = clients.ec2.calls().len();
+    let err = handle(&config(Enforcement::Stop), &clients, &event, &at()).await.unwrap_err();
+    assert!(matches!(&err, Error::AnotherAccount { named, own } if named == "210987654321" && own == ACCOUNT), "{err}");
+    assert_eq!(clients.ec2.calls().len(), calls, "no EC2 call: {:?}", clients.ec2.calls());
+    assert!(clients.alerts.sent.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -374,7 +381,7 @@ async fn an_instance_ec2_no_longer_lists_is_judged_by_the_image_its_launch_recor
     let event = cloudtrail(json!({"instancesSet": {"items": [
         {"instanceId": INSTANCE, "imageId": VENDOR_AMI, "launchTime": 1769860800000u64}
     ]}}));
-    let Report::Launch { instances } = handle(&config(Enforcement::Stop), &clients, &event, &at()).await.unwrap()
+    let Report::Launch { instances, .. } = handle(&config(Enforcement::Stop), &clients, &event, &at()).await.unwrap()
     else {
         panic!("not a launch report")
     };
@@ -420,7 +427,7 @@ async fn ec2s_image_is_judged_when_the_record_names_another() {
     // A forged record naming a trusted image for an untrusted instance.
     let event =
         cloudtrail(json!({"instancesSet": {"items": [{"instanceId": INSTANCE, "imageId": "ami-0bbbbbbbbbbbbbbbb"}]}}));
-    let Report::Launch { instances } = handle(&config(Enforcement::Alert), &clients, &event, &at()).await.unwrap()
+    let Report::Launch { instances, .. } = handle(&config(Enforcement::Alert), &clients, &event, &at()).await.unwrap()
     else {
         panic!("not a launch report")
     };

@@ -1,10 +1,16 @@
-//! The SDK implementation of [`Ec2`]: DescribeInstances, DescribeImages,
-//! DescribeInstanceImageMetadata, GetImageAncestry, CreateTags and StopInstances, each listing
-//! paged; and GetAllowedImagesSettings, read once at init.
+//! The SDK implementation of [`Ec2`]: DescribeInstances, DescribeImages (here and in the regions
+//! of images' ancestors), DescribeInstanceImageMetadata, GetImageAncestry, CreateTags and
+//! StopInstances, each listing paged to its end with the repeated-token check
+//! (`amiguard::paging`); and GetAllowedImagesSettings, read once at init.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use aws_sdk_ec2::config::Region;
 use aws_sdk_ec2::types::Filter;
 
 use amiguard::error::AwsError;
+use amiguard::paging::{PageTokens, MAX_RESULTS};
 use amiguard::sdk;
 use amiguard::tags::{self, Tag};
 
@@ -15,6 +21,9 @@ use crate::ports::{Ec2, LaunchMetadata};
 
 /// Ids per filter: EC2 takes up to 200 values per filter; stay well under.
 const IDS_PER_CALL: usize = 100;
+/// Lineages kept per container at most (a container judging more distinct own images than this
+/// starts over: a lineage asked again costs one call).
+const LINEAGES_KEPT: usize = 10_000;
 
 /// The states of an instance that is not terminated (the audit's scope).
 pub const LIVE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
@@ -25,12 +34,36 @@ pub struct Ec2Client {
     client: aws_sdk_ec2::Client,
     /// The same client with two attempts at most, for calls whose failure only loses detail.
     best_effort: aws_sdk_ec2::Client,
+    /// Clients of the other regions an ancestor was read in, each made on first use and kept
+    /// (with `client`'s configuration: its retries, timeouts and credentials).
+    regions: Arc<Mutex<HashMap<String, aws_sdk_ec2::Client>>>,
+    /// GetImageAncestry's answers by image id: a lineage never changes. Only answers EC2 gave are
+    /// kept; a failure is asked again.
+    lineages: Arc<Mutex<HashMap<String, Vec<Ancestor>>>>,
 }
 
 impl Ec2Client {
     pub fn new(client: aws_sdk_ec2::Client) -> Self {
         let config = client.config().to_builder().retry_config(sdk::cleanup_retry_config()).build();
-        Self { best_effort: aws_sdk_ec2::Client::from_conf(config), client }
+        Self {
+            best_effort: aws_sdk_ec2::Client::from_conf(config),
+            client,
+            regions: Arc::default(),
+            lineages: Arc::default(),
+        }
+    }
+
+    /// The client of `region`: this one's own, or one made for it once.
+    fn in_region(&self, region: &str) -> aws_sdk_ec2::Client {
+        if self.client.config().region().is_some_and(|own| own.as_ref() == region) {
+            return self.client.clone();
+        }
+        let mut regions = self.regions.lock().unwrap_or_else(PoisonError::into_inner);
+        let client = regions.entry(region.to_string()).or_insert_with(|| {
+            let config = self.client.config().to_builder().region(Region::new(region.to_string())).build();
+            aws_sdk_ec2::Client::from_conf(config)
+        });
+        client.clone()
     }
 }
 
@@ -129,14 +162,76 @@ impl Ec2Client {
     }
 
     async fn describe_instances(&self, filter: Filter) -> Result<Vec<LaunchedInstance>, AwsError> {
+        let mut pages = self
+            .client
+            .describe_instances()
+            .filters(filter)
+            .max_results(MAX_RESULTS)
+            .into_paginator()
+            .stop_on_duplicate_token(false)
+            .send();
+        let mut tokens = PageTokens::new("DescribeInstances");
         let mut found = Vec::new();
-        let mut pages = self.client.describe_instances().filters(filter).max_results(1000).into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeInstances", e))?;
+            tokens.check(page.next_token())?;
             found.extend(page.reservations().iter().flat_map(|r| r.instances()).filter_map(launched_instance));
         }
         Ok(found)
     }
+}
+
+/// The images among `image_ids` that `client`'s region shows, every page of every chunk.
+async fn describe_images(client: &aws_sdk_ec2::Client, image_ids: &[String]) -> Result<Vec<LaunchImage>, AwsError> {
+    let mut found = Vec::new();
+    for chunk in image_ids.chunks(IDS_PER_CALL) {
+        let mut pages = client
+            .describe_images()
+            .filters(filter("image-id", chunk))
+            .include_deprecated(true)
+            .include_disabled(true)
+            .max_results(MAX_RESULTS)
+            .into_paginator()
+            .stop_on_duplicate_token(false)
+            .send();
+        let mut tokens = PageTokens::new("DescribeImages");
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?;
+            tokens.check(page.next_token())?;
+            found.extend(page.images().iter().filter_map(launch_image));
+        }
+    }
+    Ok(found)
+}
+
+/// `GetImageAncestry`'s entries, from the image to the root, as ancestors parent first.
+fn ancestors(image_id: &str, entries: &[aws_sdk_ec2::types::ImageAncestryEntry]) -> Vec<Ancestor> {
+    // Each entry names its parent's region.
+    let mut ancestors = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let Some(id) = entry.image_id() else { continue };
+        if index == 0 && id == image_id {
+            continue;
+        }
+        let child = index.checked_sub(1).and_then(|c| entries.get(c));
+        let region = child.and_then(|c| c.source_image_region()).map(str::to_string);
+        ancestors.push(Ancestor {
+            image_id: id.to_string(),
+            region,
+            owner_id: None,
+            owner_alias: entry.image_owner_alias().map(str::to_string),
+        });
+    }
+    // The chain can end before the root (AWS cuts it at 50 entries, or at a source in another
+    // partition): a last entry that still names a source is not the root, and that source is
+    // judged like any ancestor (its owner unknown unless it can be read).
+    if let Some(source) = entries.last().and_then(|last| last.source_image_id()) {
+        if !ancestors.iter().any(|a| a.image_id == source) && source != image_id {
+            let region = entries.last().and_then(|last| last.source_image_region()).map(str::to_string);
+            ancestors.push(Ancestor { image_id: source.to_string(), region, ..Ancestor::default() });
+        }
+    }
+    ancestors
 }
 
 impl Ec2 for Ec2Client {
@@ -156,23 +251,11 @@ impl Ec2 for Ec2Client {
     }
 
     async fn visible_images(&self, image_ids: &[String]) -> Result<Vec<LaunchImage>, AwsError> {
-        let mut found = Vec::new();
-        for chunk in image_ids.chunks(IDS_PER_CALL) {
-            let mut pages = self
-                .client
-                .describe_images()
-                .filters(filter("image-id", chunk))
-                .include_deprecated(true)
-                .include_disabled(true)
-                .max_results(1000)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| AwsError::from_sdk("DescribeImages", e))?;
-                found.extend(page.images().iter().filter_map(launch_image));
-            }
-        }
-        Ok(found)
+        describe_images(&self.client, image_ids).await
+    }
+
+    async fn visible_images_in(&self, region: &str, image_ids: &[String]) -> Result<Vec<LaunchImage>, AwsError> {
+        describe_images(&self.in_region(region), image_ids).await
     }
 
     async fn launch_image_metadata(&self, instance_ids: &[String]) -> Result<Vec<LaunchMetadata>, AwsError> {
@@ -182,11 +265,14 @@ impl Ec2 for Ec2Client {
                 .best_effort
                 .describe_instance_image_metadata()
                 .filters(filter("instance-id", chunk))
-                .max_results(1000)
+                .max_results(MAX_RESULTS)
                 .into_paginator()
+                .stop_on_duplicate_token(false)
                 .send();
+            let mut tokens = PageTokens::new("DescribeInstanceImageMetadata");
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|e| AwsError::from_sdk("DescribeInstanceImageMetadata", e))?;
+                tokens.check(page.next_token())?;
                 found.extend(page.instance_image_metadata().iter().filter_map(launch_metadata));
             }
         }
@@ -194,39 +280,24 @@ impl Ec2 for Ec2Client {
     }
 
     async fn image_ancestry(&self, image_id: &str) -> Result<Vec<Ancestor>, AwsError> {
+        if let Some(known) = self.lineages.lock().unwrap_or_else(PoisonError::into_inner).get(image_id) {
+            return Ok(known.clone());
+        }
+        // The standard client: a throttled call is retried like any other, not taken for a
+        // lineage that cannot be read.
         let output = self
-            .best_effort
+            .client
             .get_image_ancestry()
             .image_id(image_id)
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("GetImageAncestry", e))?;
-        // From the image to the root; each entry names its parent's region.
-        let entries = output.image_ancestry_entries();
-        let mut ancestors = Vec::new();
-        for (index, entry) in entries.iter().enumerate() {
-            let Some(id) = entry.image_id() else { continue };
-            if index == 0 && id == image_id {
-                continue;
-            }
-            let child = index.checked_sub(1).and_then(|c| entries.get(c));
-            let region = child.and_then(|c| c.source_image_region()).map(str::to_string);
-            ancestors.push(Ancestor {
-                image_id: id.to_string(),
-                region,
-                owner_id: None,
-                owner_alias: entry.image_owner_alias().map(str::to_string),
-            });
+        let ancestors = ancestors(image_id, output.image_ancestry_entries());
+        let mut kept = self.lineages.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() >= LINEAGES_KEPT {
+            kept.clear();
         }
-        // The chain can end before the root (AWS cuts it at 50 entries, or at a source in another
-        // partition): a last entry that still names a source is not the root, and that source
-        // is judged like any ancestor (its owner unknown unless it can be read).
-        if let Some(source) = entries.last().and_then(|last| last.source_image_id()) {
-            if !ancestors.iter().any(|a| a.image_id == source) && source != image_id {
-                let region = entries.last().and_then(|last| last.source_image_region()).map(str::to_string);
-                ancestors.push(Ancestor { image_id: source.to_string(), region, ..Ancestor::default() });
-            }
-        }
+        kept.insert(image_id.to_string(), ancestors.clone());
         Ok(ancestors)
     }
 
@@ -523,6 +594,109 @@ mod tests {
         let err = ec2.instances(&["i-1".to_string()]).await.unwrap_err();
         assert_eq!(err.code, "RequestLimitExceeded");
         assert_eq!(instances.num_calls(), sdk::MAX_ATTEMPTS as usize);
+    }
+
+    #[tokio::test]
+    async fn every_listing_pages_by_the_most_and_fails_on_a_page_token_it_answered_before() {
+        let instances = mock!(Client::describe_instances)
+            .match_requests(|r| r.max_results() == Some(MAX_RESULTS))
+            .then_output(|| DescribeInstancesOutput::builder().next_token("again").build());
+        let images = mock!(Client::describe_images)
+            .match_requests(|r| r.max_results() == Some(MAX_RESULTS))
+            .then_output(|| DescribeImagesOutput::builder().next_token("again").build());
+        let metadata = mock!(Client::describe_instance_image_metadata)
+            .match_requests(|r| r.max_results() == Some(MAX_RESULTS))
+            .then_output(|| DescribeInstanceImageMetadataOutput::builder().next_token("again").build());
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&instances, &images, &metadata]);
+        let ec2 = Ec2Client::new(client);
+        let ids = ["i-1".to_string()];
+        let errors = [
+            ec2.live_instances().await.unwrap_err(),
+            ec2.instances(&ids).await.unwrap_err(),
+            ec2.visible_images(&ids).await.unwrap_err(),
+            ec2.visible_images_in("eu-west-1", &ids).await.unwrap_err(),
+            ec2.launch_image_metadata(&ids).await.unwrap_err(),
+        ];
+        let operations: Vec<&str> = errors.iter().map(|e| e.operation).collect();
+        assert_eq!(
+            operations,
+            [
+                "DescribeInstances",
+                "DescribeInstances",
+                "DescribeImages",
+                "DescribeImages",
+                "DescribeInstanceImageMetadata"
+            ]
+        );
+        for err in &errors {
+            assert_eq!(err.code, amiguard::paging::REPEATED_NEXT_TOKEN);
+            assert!(err.to_string().contains("(again)"), "{err}");
+        }
+        // The second page answered the token again: two calls each, not a quiet end.
+        assert_eq!((instances.num_calls(), images.num_calls(), metadata.num_calls()), (4, 4, 2));
+    }
+
+    #[tokio::test]
+    async fn another_regions_images_are_read_with_that_regions_client_made_once() {
+        let rule = mock!(Client::describe_images).then_output(|| DescribeImagesOutput::builder().build());
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule], |b| b.region(Region::new("us-east-1")));
+        let ec2 = Ec2Client::new(client);
+        let region = |client: aws_sdk_ec2::Client| client.config().region().map(|r| r.as_ref().to_string());
+        assert_eq!(region(ec2.in_region("eu-west-1")).as_deref(), Some("eu-west-1"));
+        for _ in 0..2 {
+            ec2.visible_images_in("eu-west-1", &["ami-1".to_string()]).await.unwrap();
+        }
+        assert_eq!(region(ec2.in_region("us-east-1")).as_deref(), Some("us-east-1"), "its own region: its own client");
+        let made: Vec<String> = ec2.regions.lock().unwrap().keys().cloned().collect();
+        assert_eq!(made, ["eu-west-1"], "one client per other region, kept");
+        assert_eq!(rule.num_calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_ancestry_is_retried_an_answer_is_kept_and_a_failure_asked_again() {
+        use aws_sdk_ec2::operation::get_image_ancestry::{GetImageAncestryError, GetImageAncestryOutput};
+        use aws_sdk_ec2::types::ImageAncestryEntry;
+        let answer = || {
+            GetImageAncestryOutput::builder()
+                .image_ancestry_entries(
+                    ImageAncestryEntry::builder()
+                        .image_id("ami-app")
+                        .source_image_id("ami-base")
+                        .source_image_region("eu-west-1")
+                        .build(),
+                )
+                .image_ancestry_entries(ImageAncestryEntry::builder().image_id("ami-base").build())
+                .build()
+        };
+        let app = mock!(Client::get_image_ancestry)
+            .match_requests(|r| r.image_id() == Some("ami-app"))
+            .sequence()
+            .error(|| GetImageAncestryError::generic(code("RequestLimitExceeded")))
+            .times(3)
+            .output(answer)
+            .build();
+        let denied = mock!(Client::get_image_ancestry)
+            .match_requests(|r| r.image_id() == Some("ami-denied"))
+            .then_error(|| GetImageAncestryError::generic(code("UnauthorizedOperation")));
+        // The standard mode with the policy's attempts, in a partition of its own: the adaptive
+        // mode's rate limiter reads the wall clock, which a paused runtime does not move.
+        let policy = aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(sdk::MAX_ATTEMPTS);
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&app, &denied], |b| b
+            .retry_config(policy.clone())
+            .retry_partition(aws_sdk_ec2::config::retry::RetryPartition::new("ancestry-test"))
+            .sleep_impl(aws_sdk_ec2::config::SharedAsyncSleep::new(TokioSleeper)));
+        let ec2 = Ec2Client::new(client);
+        for _ in 0..3 {
+            let ancestors = ec2.image_ancestry("ami-app").await.unwrap();
+            let read: Vec<(&str, Option<&str>)> =
+                ancestors.iter().map(|a| (a.image_id.as_str(), a.region.as_deref())).collect();
+            assert_eq!(read, [("ami-base", Some("eu-west-1"))]);
+        }
+        assert_eq!(app.num_calls(), 4, "three throttled attempts, one answer, then the container's copy");
+        for _ in 0..2 {
+            assert_eq!(ec2.image_ancestry("ami-denied").await.unwrap_err().code, "UnauthorizedOperation");
+        }
+        assert_eq!(denied.num_calls(), 2, "a failure is not kept");
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! The SDK implementation of [`CallerIdentity`]: which account `self` is when an event does not
-//! say (a manual invocation), STS GetCallerIdentity, asked once per container.
+//! The SDK implementation of [`CallerIdentity`]: which account `self` is, STS GetCallerIdentity,
+//! asked once per container (never taken from an event).
 
 use std::sync::OnceLock;
 

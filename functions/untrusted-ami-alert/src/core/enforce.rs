@@ -1,13 +1,18 @@
 //! What to do about an instance that runs an untrusted image: pure decisions over plain data.
 //!
 //! The alert goes out once per instance and image (the ledger's record: `sent`); enforcement is
-//! applied on every untrusted event and is idempotent. Nothing here reads the instance's tags: a
-//! launcher can pre-set any tag on its own instance. A scheduled audit never stops an instance:
-//! stopping a long-running machine is a person's decision.
+//! applied on every untrusted event and is idempotent, and only on what is proven: a `high`
+//! verdict (an owner, or an ancestor's owner, proven untrusted). A `medium` one (provenance that
+//! cannot be verified, a trusted owner's image failing a name or age condition) alerts only,
+//! unless `ENFORCE_UNVERIFIABLE`. Nothing here reads the instance's tags: a launcher can pre-set
+//! any tag on its own instance. A scheduled audit never stops an instance: stopping a
+//! long-running machine is a person's decision.
 
 use std::fmt;
 
 use serde::Serialize;
+
+use amiguard::alert::Severity;
 
 /// `ENFORCEMENT`: what happens besides the alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -148,11 +153,34 @@ pub struct EnforcementPlan {
     pub stop: StopStep,
     /// The instance is terminated or no longer listed: nothing is tagged or stopped.
     pub gone: bool,
+    /// The verdict is not proven (`medium`) and `ENFORCE_UNVERIFIABLE` is off: nothing is tagged
+    /// or stopped that `ENFORCEMENT` would have, and the report and the alert say why.
+    pub withheld: bool,
 }
 
-pub fn plan(enforcement: Enforcement, occasion: &Occasion, state: &InstanceState) -> EnforcementPlan {
+/// Whether a verdict of `severity` is proven enough to be enforced: `high` (an owner, or an
+/// ancestor's owner, proven untrusted; an image EC2 does not allow or cannot show), or `medium`
+/// (not proven: provenance that cannot be verified, a trusted owner's image failing a name or
+/// age condition) only when `ENFORCE_UNVERIFIABLE` says so. A throttled or refused lookup, an
+/// ancestor in another region, a name: none of them may stop a production instance.
+pub fn enforceable(severity: Severity, enforce_unverifiable: bool) -> bool {
+    severity == Severity::High || enforce_unverifiable
+}
+
+/// What to do about an untrusted instance in `state`: `enforceable` says whether its verdict may
+/// be enforced at all ([`enforceable`]).
+pub fn plan(
+    enforcement: Enforcement,
+    occasion: &Occasion,
+    state: &InstanceState,
+    enforceable: bool,
+) -> EnforcementPlan {
+    let nothing = EnforcementPlan { tag: false, stop: StopStep::NotAsked, gone: false, withheld: false };
     if state.is_gone() {
-        return EnforcementPlan { tag: false, stop: StopStep::NotAsked, gone: true };
+        return EnforcementPlan { gone: true, ..nothing };
+    }
+    if !enforceable && enforcement != Enforcement::Alert {
+        return EnforcementPlan { withheld: true, ..nothing };
     }
     let stop = match (enforcement, occasion.is_audit(), state) {
         (Enforcement::Stop, false, InstanceState::Running) => StopStep::Now,
@@ -160,7 +188,17 @@ pub fn plan(enforcement: Enforcement, occasion: &Occasion, state: &InstanceState
         (Enforcement::Stop, false, _) => StopStep::NotRunning,
         _ => StopStep::NotAsked,
     };
-    EnforcementPlan { tag: matches!(enforcement, Enforcement::Tag | Enforcement::Stop), stop, gone: false }
+    EnforcementPlan { tag: matches!(enforcement, Enforcement::Tag | Enforcement::Stop), stop, ..nothing }
+}
+
+/// Why nothing was enforced on a `withheld` instance, as the report and the alert say it.
+pub fn withheld_because(enforcement: Enforcement) -> String {
+    format!(
+        "not proven untrusted (a medium verdict: its provenance cannot be verified, or a trusted owner's image fails a \
+         name, age or deprecation condition): ENFORCEMENT={} tags and stops only on a high verdict (an owner or an \
+         ancestor's owner proven untrusted); ENFORCE_UNVERIFIABLE=true would enforce it",
+        enforcement.as_str()
+    )
 }
 
 /// The enforcement taken, as reports and alerts state it.
@@ -186,6 +224,9 @@ pub enum EnforcementTaken {
     Failed,
     /// The instance is terminated or no longer listed: nothing to tag or stop (the alert still goes).
     InstanceGone,
+    /// Not tagged or stopped although `ENFORCEMENT` would: the verdict is `medium`, not proven
+    /// untrusted, and `ENFORCE_UNVERIFIABLE` is off (the alert still goes, saying why).
+    Withheld,
 }
 
 /// How StopInstances answered.
@@ -211,6 +252,9 @@ pub fn taken(enforcement: Enforcement, plan: &EnforcementPlan, outcomes: Outcome
     if plan.gone {
         return EnforcementTaken::InstanceGone;
     }
+    if plan.withheld {
+        return EnforcementTaken::Withheld;
+    }
     match (enforcement, plan.stop, stop) {
         (Enforcement::Alert, _, _) => EnforcementTaken::None,
         _ if stop_failed => EnforcementTaken::Failed,
@@ -232,16 +276,16 @@ mod tests {
     fn a_gone_instance_is_never_tagged_or_stopped_whatever_the_mode() {
         for enforcement in [Enforcement::Alert, Enforcement::Tag, Enforcement::Stop] {
             for state in [InstanceState::Terminated, InstanceState::Unlisted] {
-                let p = plan(enforcement, &launch(), &state);
+                let p = plan(enforcement, &launch(), &state, true);
                 assert_eq!(
                     p,
-                    EnforcementPlan { tag: false, stop: StopStep::NotAsked, gone: true },
+                    EnforcementPlan { tag: false, stop: StopStep::NotAsked, gone: true, withheld: false },
                     "{enforcement:?} {state:?}"
                 );
                 assert_eq!(taken(enforcement, &p, none()), EnforcementTaken::InstanceGone);
             }
         }
-        assert!(!plan(Enforcement::Stop, &launch(), &InstanceState::ShuttingDown).gone);
+        assert!(!plan(Enforcement::Stop, &launch(), &InstanceState::ShuttingDown, true).gone);
     }
 
     fn launch() -> Occasion {
@@ -254,31 +298,31 @@ mod tests {
 
     #[test]
     fn alert_mode_does_nothing_but_alert() {
-        let p = plan(Enforcement::Alert, &launch(), &InstanceState::Running);
-        assert_eq!(p, EnforcementPlan { tag: false, stop: StopStep::NotAsked, gone: false });
+        let p = plan(Enforcement::Alert, &launch(), &InstanceState::Running, true);
+        assert_eq!(p, EnforcementPlan { tag: false, stop: StopStep::NotAsked, gone: false, withheld: false });
         assert_eq!(taken(Enforcement::Alert, &p, none()), EnforcementTaken::None);
     }
 
     #[test]
     fn tag_mode_tags_on_every_event() {
-        let p = plan(Enforcement::Tag, &launch(), &InstanceState::Running);
-        assert_eq!(p, EnforcementPlan { tag: true, stop: StopStep::NotAsked, gone: false });
+        let p = plan(Enforcement::Tag, &launch(), &InstanceState::Running, true);
+        assert_eq!(p, EnforcementPlan { tag: true, stop: StopStep::NotAsked, gone: false, withheld: false });
         assert_eq!(taken(Enforcement::Tag, &p, none()), EnforcementTaken::Tagged);
     }
 
     #[test]
     fn stop_mode_stops_a_running_instance_defers_a_pending_one_and_leaves_the_rest() {
-        let running = plan(Enforcement::Stop, &launch(), &InstanceState::Running);
-        assert_eq!(running, EnforcementPlan { tag: true, stop: StopStep::Now, gone: false });
+        let running = plan(Enforcement::Stop, &launch(), &InstanceState::Running, true);
+        assert_eq!(running, EnforcementPlan { tag: true, stop: StopStep::Now, gone: false, withheld: false });
         let stopped = Outcomes { stop: Some(&StopOutcome::Stopping), ..none() };
         assert_eq!(taken(Enforcement::Stop, &running, stopped), EnforcementTaken::TaggedAndStopped);
         let refused = Outcomes { stop: Some(&StopOutcome::NotStoppable), ..none() };
         assert_eq!(taken(Enforcement::Stop, &running, refused), EnforcementTaken::TaggedNotRunning);
-        let pending = plan(Enforcement::Stop, &Occasion::StateChange("pending".into()), &InstanceState::Pending);
+        let pending = plan(Enforcement::Stop, &Occasion::StateChange("pending".into()), &InstanceState::Pending, true);
         assert_eq!(pending.stop, StopStep::WhenRunning);
         assert_eq!(taken(Enforcement::Stop, &pending, none()), EnforcementTaken::TaggedStopDeferred);
         for state in [InstanceState::Stopping, InstanceState::Stopped, InstanceState::ShuttingDown] {
-            let p = plan(Enforcement::Stop, &Occasion::RunInstances, &state);
+            let p = plan(Enforcement::Stop, &Occasion::RunInstances, &state, true);
             assert_eq!(p.stop, StopStep::NotRunning);
             assert_eq!(taken(Enforcement::Stop, &p, none()), EnforcementTaken::TaggedNotRunning);
         }
@@ -286,17 +330,17 @@ mod tests {
 
     #[test]
     fn an_audit_tags_but_never_stops() {
-        let p = plan(Enforcement::Stop, &Occasion::Audit, &InstanceState::Running);
-        assert_eq!(p, EnforcementPlan { tag: true, stop: StopStep::NotAsked, gone: false });
+        let p = plan(Enforcement::Stop, &Occasion::Audit, &InstanceState::Running, true);
+        assert_eq!(p, EnforcementPlan { tag: true, stop: StopStep::NotAsked, gone: false, withheld: false });
         assert_eq!(taken(Enforcement::Stop, &p, none()), EnforcementTaken::Tagged);
     }
 
     #[test]
     fn a_failed_tag_is_said_and_a_failed_stop_is_a_failure() {
-        let p = plan(Enforcement::Stop, &launch(), &InstanceState::Running);
+        let p = plan(Enforcement::Stop, &launch(), &InstanceState::Running, true);
         let tag_failed = Outcomes { tag_failed: true, ..none() };
         assert_eq!(
-            taken(Enforcement::Tag, &plan(Enforcement::Tag, &launch(), &InstanceState::Running), tag_failed),
+            taken(Enforcement::Tag, &plan(Enforcement::Tag, &launch(), &InstanceState::Running, true), tag_failed),
             EnforcementTaken::TagFailed
         );
         let stopped_untagged = Outcomes { tag_failed: true, stop: Some(&StopOutcome::Stopping), stop_failed: false };
@@ -313,5 +357,34 @@ mod tests {
         assert_eq!(InstanceState::parse("shutting-down"), InstanceState::ShuttingDown);
         assert_eq!(InstanceState::parse("weird").as_str(), "weird");
         assert_eq!(Occasion::StateChange("pending".into()).to_string(), "launch (state-change event: pending)");
+    }
+
+    #[test]
+    fn only_a_proven_verdict_is_enforced_unless_told_otherwise() {
+        assert!(enforceable(Severity::High, false));
+        assert!(!enforceable(Severity::Medium, false));
+        assert!(enforceable(Severity::Medium, true));
+        for enforcement in [Enforcement::Tag, Enforcement::Stop] {
+            for occasion in [launch(), Occasion::RunInstances, Occasion::Audit] {
+                for state in [InstanceState::Pending, InstanceState::Running, InstanceState::Stopped] {
+                    let p = plan(enforcement, &occasion, &state, false);
+                    assert_eq!(
+                        p,
+                        EnforcementPlan { tag: false, stop: StopStep::NotAsked, gone: false, withheld: true }
+                    );
+                    assert_eq!(taken(enforcement, &p, none()), EnforcementTaken::Withheld);
+                }
+            }
+        }
+        // Alert only: nothing was to be enforced, so nothing is withheld.
+        let alert = plan(Enforcement::Alert, &launch(), &InstanceState::Running, false);
+        assert_eq!(taken(Enforcement::Alert, &alert, none()), EnforcementTaken::None);
+        // A gone instance stays gone, whatever the verdict.
+        let gone = plan(Enforcement::Stop, &launch(), &InstanceState::Terminated, false);
+        assert_eq!(taken(Enforcement::Stop, &gone, none()), EnforcementTaken::InstanceGone);
+        let why = withheld_because(Enforcement::Stop);
+        assert!(why.contains("not proven untrusted") && why.contains("ENFORCEMENT=stop"), "{why}");
+        assert!(why.contains("ENFORCE_UNVERIFIABLE=true"), "{why}");
+        assert_eq!(serde_json::to_value(EnforcementTaken::Withheld).unwrap(), "withheld");
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use amiguard::alert::{fit_subject, Alert, Severity};
 use amiguard::tags;
 
-use super::enforce::{Enforcement, EnforcementTaken, Occasion};
+use super::enforce::{self, Enforcement, EnforcementTaken, Occasion};
 
 /// Where the owner facts in an alert come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -170,8 +170,13 @@ pub fn compose_digest(findings: &[AlertDetails], account: &str, region: &str, pa
             text.push_str(&format!("  why: {reason}\n"));
         }
         for member in members {
+            let withheld = if member.enforcement == EnforcementTaken::Withheld {
+                " (not proven untrusted: alerted only; ENFORCE_UNVERIFIABLE=true would enforce it)"
+            } else {
+                ""
+            };
             text.push_str(&format!(
-                "  - {} ({}), enforcement: {}\n",
+                "  - {} ({}), enforcement: {}{withheld}\n",
                 member.instance_id,
                 member.instance_state,
                 serde_json::to_value(member.enforcement)
@@ -221,6 +226,7 @@ fn enforcement_text(details: &AlertDetails, occasion: &Occasion) -> String {
         EnforcementTaken::InstanceGone => {
             format!("none: the instance is {} (nothing to tag or stop)", details.instance_state)
         }
+        EnforcementTaken::Withheld => format!("none: {}", enforce::withheld_because(details.enforcement_mode)),
         EnforcementTaken::Failed => format!(
             "FAILED ({}): {}",
             details.enforcement_mode.as_str(),
@@ -396,5 +402,14 @@ mod tests {
         assert!(compose(&d, &Occasion::RunInstances)
             .body
             .contains("Enforcement: none (ENFORCEMENT=alert: alert only)"));
+        // A medium verdict with ENFORCEMENT=stop: why nothing was done, in the alert and the digest.
+        d.enforcement_mode = Enforcement::Stop;
+        d.enforcement = EnforcementTaken::Withheld;
+        d.severity = Severity::Medium;
+        let body = compose(&d, &Occasion::RunInstances).body;
+        assert!(body.contains("Enforcement: none: not proven untrusted (a medium verdict"), "{body}");
+        assert!(body.contains("ENFORCEMENT=stop tags and stops only on a high verdict"), "{body}");
+        let digest = compose_digest(&[d], "123456789012", "us-east-1", None).body;
+        assert!(digest.contains("enforcement: withheld (not proven untrusted: alerted only;"), "{digest}");
     }
 }

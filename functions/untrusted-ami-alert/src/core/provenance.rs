@@ -2,9 +2,10 @@
 //! public AMI makes an image owned by the account itself, trusted by `self`; so an image whose
 //! owner is trusted is judged again by the owners of its ancestors, as EC2 records the lineage
 //! (`GetImageAncestry`; `SourceImageId`/`SourceImageRegion` of a copy where the lineage cannot
-//! be read). Pure: the adapter reads the chain, this module judges it.
+//! be read), each ancestor's owner read in the ancestor's own region. Pure: the adapter reads the
+//! chain, this module judges it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::policy::TrustPolicy;
 use super::verdict::{LaunchImage, Problem};
@@ -58,22 +59,27 @@ impl Lineage {
     }
 }
 
-/// The ancestors in the images' `lineages` whose owner ids DescribeImages may show
-/// (GetImageAncestry gives only aliases): those in `region`, or of no stated region, each once.
-/// One in another region stays unknown: unverifiable unless its alias is trusted.
-pub fn ancestors_to_describe(lineages: &[(&LaunchImage, Lineage)], region: &str) -> Vec<String> {
-    let mut ask: Vec<String> = lineages
+/// The ancestors in the images' `lineages` whose owner ids DescribeImages shows (GetImageAncestry
+/// gives only aliases), by the region each is in (`region`, this one, when EC2 names none), each
+/// once: an ancestor is read where it is (a copy's source in its own region), so that an own image
+/// copied from another region is judged by its source's owner, not taken for unverifiable.
+pub fn ancestors_to_describe(lineages: &[(&LaunchImage, Lineage)], region: &str) -> BTreeMap<String, Vec<String>> {
+    let mut ask: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let ancestors = lineages
         .iter()
         .filter_map(|(_, l)| match l {
             Lineage::Ancestors(a) => Some(a),
             Lineage::Unreadable(_) => None,
         })
-        .flatten()
-        .filter(|a| a.region.as_deref().is_none_or(|r| r == region))
-        .map(|a| a.image_id.clone())
-        .collect();
-    ask.sort();
-    ask.dedup();
+        .flatten();
+    for ancestor in ancestors {
+        let place = ancestor.region.as_deref().filter(|r| !r.is_empty()).unwrap_or(region);
+        ask.entry(place.to_string()).or_default().push(ancestor.image_id.clone());
+    }
+    for ids in ask.values_mut() {
+        ids.sort();
+        ids.dedup();
+    }
     ask
 }
 
@@ -187,14 +193,17 @@ mod tests {
         assert_eq!((ancestors[0].image_id.as_str(), ancestors[0].region.as_deref()), ("ami-source", Some("eu-west-1")));
         let plain = LaunchImage { image_id: "ami-own".into(), ..LaunchImage::default() };
         assert_eq!(Lineage::read(Err("denied".into()), &plain), Lineage::Unreadable("denied".into()));
-        // Only this region's ancestors (or of no stated region) are asked for, each once.
+        // Each ancestor is asked for in its own region (this one when EC2 names none), each once.
         let here = Lineage::Ancestors(vec![
             ancestor("ami-b", None, None),
             Ancestor { region: None, ..ancestor("ami-a", None, None) },
             ancestor("ami-b", None, None),
         ]);
-        let lineages = [(&copy, sourced), (&plain, here)];
-        assert_eq!(ancestors_to_describe(&lineages, "us-east-1"), ["ami-a", "ami-b"]);
+        let lineages = [(&copy, sourced), (&plain, here), (&plain, Lineage::Unreadable("denied".into()))];
+        let asked = ancestors_to_describe(&lineages, "us-east-1");
+        let asked: Vec<(&str, Vec<&str>)> =
+            asked.iter().map(|(r, ids)| (r.as_str(), ids.iter().map(String::as_str).collect())).collect();
+        assert_eq!(asked, [("eu-west-1", vec!["ami-source"]), ("us-east-1", vec!["ami-a", "ami-b"])]);
         // Owners named from what DescribeImages showed; an alias GetImageAncestry gave is kept.
         let seen = LaunchImage { image_id: "ami-b".into(), owner_id: ACCOUNT.into(), ..LaunchImage::default() };
         let owners = HashMap::from([("ami-b".to_string(), seen)]);

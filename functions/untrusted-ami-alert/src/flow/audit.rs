@@ -10,7 +10,7 @@ use super::Failure;
 use crate::core::enforce::Occasion;
 use crate::error::Error;
 use crate::ports::{Ec2, Records};
-use crate::report::{AuditFinding, AuditReport, Outcome, Report, WouldDo};
+use crate::report::{AuditCounts, AuditFinding, AuditReport, Outcome, Report, WouldDo};
 
 pub async fn audit<E: Ec2, P: AlertPublisher, I, L: Records>(ctx: &Context<'_, E, P, I, L>) -> Result<Report, Failure> {
     let instances = ctx.ports.ec2.live_instances().await?;
@@ -39,6 +39,9 @@ pub async fn audit<E: Ec2, P: AlertPublisher, I, L: Records>(ctx: &Context<'_, E
         alerts_sent,
         alerts_would_send,
         warnings,
+        // Taken, with where the rest is, when the handler cuts the lists to fit one log event.
+        counts: AuditCounts::default(),
+        full_lists: None,
     });
     if !failures.is_empty() {
         return Err(Failure { error: Error::NotGuarded(failures), done: Some(Box::new(report)) });

@@ -6,6 +6,7 @@ use std::sync::{Mutex, PoisonError};
 
 use amiguard::error::AwsError;
 use amiguard::invocation::Invocation;
+use amiguard::paging::REPEATED_NEXT_TOKEN;
 
 use crate::config::Config;
 use crate::ports::Ports;
@@ -36,10 +37,16 @@ impl<'a, E, P, I, L> Context<'a, E, P, I, L> {
     }
 }
 
-/// What a best-effort lookup found, or nothing (logged): it only loses detail, never the verdict.
-pub fn or_logged<T>(result: Result<Vec<T>, AwsError>, what: &str) -> Vec<T> {
-    result.unwrap_or_else(|err| {
-        tracing::warn!(function = FUNCTION, error = %err, "{what} could not be read");
-        Vec::new()
-    })
+/// What a best-effort lookup found, or nothing (logged): it only loses detail, or leaves a verdict
+/// unverifiable (never trusted). A listing that repeated a page token is the exception: it is an
+/// error, so that a partial answer is never taken for a whole one without saying so.
+pub fn best_effort<T>(result: Result<Vec<T>, AwsError>, what: &str) -> Result<Vec<T>, AwsError> {
+    match result {
+        Ok(found) => Ok(found),
+        Err(err) if err.has_code(REPEATED_NEXT_TOKEN) => Err(err),
+        Err(err) => {
+            tracing::warn!(function = FUNCTION, error = %err, "{what} could not be read");
+            Ok(Vec::new())
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Enforcement: the plan for an untrusted instance carried out (the tag, the stop), or in a dry
-//! run said (`would`). Applied on every untrusted event: both calls are idempotent.
+//! run said (`would`), or withheld (a `medium` verdict, not proven untrusted) with the reason.
+//! Applied on every untrusted event: both calls are idempotent.
 
 use amiguard::error::AwsError;
 use amiguard::tags::{self, Tag};
@@ -31,8 +32,13 @@ pub async fn enforce<E: Ec2, P, I, L>(
     let (stop, stop_error) = stop(ctx, instance_id, plan, report).await;
     let outcomes = Outcomes { tag_failed: tag_error.is_some(), stop: stop.as_ref(), stop_failed: stop_error.is_some() };
     report.enforcement = match enforce::taken(ctx.config.enforcement, plan, outcomes) {
-        // Nothing was tagged or stopped: `would` says what would be.
+        // Nothing was or would be tagged or stopped: said as a real run says it.
         EnforcementTaken::InstanceGone => EnforcementTaken::InstanceGone,
+        EnforcementTaken::Withheld => {
+            report.why_not_enforced = Some(enforce::withheld_because(ctx.config.enforcement));
+            EnforcementTaken::Withheld
+        }
+        // Nothing was tagged or stopped: `would` says what would be.
         _ if ctx.config.dry_run => EnforcementTaken::None,
         taken => taken,
     };

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::context::{or_logged, Context};
+use super::context::{best_effort, Context};
 use super::provenance::provenance;
 use crate::core::enforce::LaunchedInstance;
 use crate::core::verdict::{LaunchImage, Problem};
@@ -39,23 +39,24 @@ pub async fn gather<E: Ec2, P, I, L>(
         .filter(|i| i.image_id.as_ref().is_some_and(|id| !images.contains_key(id)))
         .map(|i| i.instance_id.clone())
         .collect();
-    let launch_metadata = launch_metadata(ctx, &hidden).await;
-    let provenance = if ctx.config.check_provenance { provenance(ctx, &images).await } else { HashMap::new() };
+    let launch_metadata = launch_metadata(ctx, &hidden).await?;
+    let provenance = if ctx.config.check_provenance { provenance(ctx, &images).await? } else { HashMap::new() };
     Ok(Facts { images, launch_metadata, provenance })
 }
 
 /// The owners of images that are no longer visible, as EC2 recorded them at launch. Only
-/// detail for the alert (the verdict stays "not visible"), so a failure is logged, not fatal.
+/// detail for the alert (the verdict stays "not visible"), so a failure is logged, not fatal
+/// (unless the listing repeated a page token: `best_effort`).
 async fn launch_metadata<E: Ec2, P, I, L>(
     ctx: &Context<'_, E, P, I, L>,
     instance_ids: &[String],
-) -> HashMap<String, LaunchImage> {
+) -> Result<HashMap<String, LaunchImage>, Error> {
     if instance_ids.is_empty() {
-        return HashMap::new();
+        return Ok(HashMap::new());
     }
-    let found = or_logged(
+    let found = best_effort(
         ctx.ports.ec2.launch_image_metadata(instance_ids).await,
         "launch metadata (the owners of invisible images)",
-    );
-    found.into_iter().map(|m| (m.instance_id, m.image)).collect()
+    )?;
+    Ok(found.into_iter().map(|m| (m.instance_id, m.image)).collect())
 }

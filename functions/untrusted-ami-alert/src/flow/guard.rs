@@ -83,9 +83,10 @@ struct Untrusted<'a> {
     severity: Severity,
 }
 
-/// Enforce first, so that the alert says what was done; then alert, once. A tag that cannot be
-/// written is said in the alert and the report; only a failed stop fails the invocation (its
-/// retry stops the instance and does not alert again).
+/// Enforce first (only a `high` verdict, unless `ENFORCE_UNVERIFIABLE`), so that the alert says
+/// what was done; then alert, once. A tag that cannot be written is said in the alert and the
+/// report; only a failed stop fails the invocation (its retry stops the instance and does not
+/// alert again).
 async fn guard_untrusted<E: Ec2, P: AlertPublisher, I, L: Records>(
     ctx: &Context<'_, E, P, I, L>,
     untrusted: &Untrusted<'_>,
@@ -93,7 +94,8 @@ async fn guard_untrusted<E: Ec2, P: AlertPublisher, I, L: Records>(
     occasion: &Occasion,
 ) -> Guarded {
     let mut failures = Vec::new();
-    let plan = enforce::plan(ctx.config.enforcement, occasion, &untrusted.instance.state);
+    let enforceable = enforce::enforceable(untrusted.severity, ctx.config.enforce_unverifiable);
+    let plan = enforce::plan(ctx.config.enforcement, occasion, &untrusted.instance.state, enforceable);
     let instance_id = &untrusted.instance.instance_id;
     let enforced = enforce(ctx, instance_id, &untrusted.image_id, &plan, &mut report, &mut failures).await;
     let details = alert_details(ctx, untrusted, &report, &enforced, occasion);

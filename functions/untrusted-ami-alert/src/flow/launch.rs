@@ -4,10 +4,10 @@
 use std::collections::{HashMap, HashSet};
 
 use amiguard::alert::AlertPublisher;
+use amiguard::error::AwsError;
 use chrono::{DateTime, Utc};
 
-use super::context::or_logged;
-use super::context::Context;
+use super::context::{best_effort, Context};
 use super::guard::guard;
 use super::Failure;
 use crate::core::enforce::{InstanceState, LaunchedInstance, Occasion};
@@ -33,7 +33,7 @@ pub async fn launch<E: Ec2, P: AlertPublisher, I, L: Records>(
     let mut instances = ctx.ports.ec2.instances(&instance_ids).await?;
     let known: HashSet<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
     let unlisted: Vec<&Launched> = launched.iter().filter(|l| !known.contains(&l.instance_id)).collect();
-    let (gone, missing, notes) = judge_unlisted(ctx, &unlisted, event_time).await;
+    let (gone, missing, notes) = judge_unlisted(ctx, &unlisted, event_time).await?;
     instances.extend(gone);
     // In the event's order; the ones EC2 knows are guarded even when others are missing.
     let mut ordered: Vec<LaunchedInstance> = Vec::with_capacity(instances.len());
@@ -51,7 +51,7 @@ pub async fn launch<E: Ec2, P: AlertPublisher, I, L: Records>(
     }
     if !failures.is_empty() || !missing.is_empty() {
         let error = if failures.is_empty() { Error::InstancesNotFound(missing) } else { Error::NotGuarded(failures) };
-        return Err(Failure { error, done: Some(Box::new(Report::Launch { instances: reports })) });
+        return Err(Failure { error, done: Some(Box::new(Report::launch(reports))) });
     }
     Ok(reports)
 }
@@ -65,12 +65,13 @@ async fn judge_unlisted<E: Ec2, P, I, L>(
     ctx: &Context<'_, E, P, I, L>,
     unlisted: &[&Launched],
     event_time: Option<DateTime<Utc>>,
-) -> (Vec<LaunchedInstance>, Vec<String>, Vec<(String, String)>) {
+) -> Result<UnlistedJudged, AwsError> {
     let ask: Vec<String> = unlisted.iter().map(|l| l.instance_id.clone()).collect();
     let metadata: HashMap<String, LaunchMetadata> = if ask.is_empty() {
         HashMap::new()
     } else {
-        let found = or_logged(ctx.ports.ec2.launch_image_metadata(&ask).await, "launch metadata of unlisted instances");
+        let found =
+            best_effort(ctx.ports.ec2.launch_image_metadata(&ask).await, "launch metadata of unlisted instances")?;
         found.into_iter().map(|m| (m.instance_id.clone(), m)).collect()
     };
     let old_event = event_time.is_some_and(|t| ctx.invocation.now - t > LISTED_AFTER_TERMINATION);
@@ -81,8 +82,11 @@ async fn judge_unlisted<E: Ec2, P, I, L>(
             None => missing.push(launched.instance_id.clone()),
         }
     }
-    (gone, missing, notes)
+    Ok((gone, missing, notes))
 }
+
+/// The unlisted instances judged gone, the ids left for the retry, and notes by instance id.
+type UnlistedJudged = (Vec<LaunchedInstance>, Vec<String>, Vec<(String, String)>);
 
 /// An instance EC2 does not list, when it is gone (by its launch metadata's state, or by the
 /// event's age when EC2 does not say): with the image EC2's launch metadata names, the record's

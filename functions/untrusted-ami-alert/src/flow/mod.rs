@@ -20,7 +20,7 @@ use amiguard::invocation::Invocation;
 use crate::config::Config;
 use crate::core::enforce::Occasion;
 use crate::error::Error;
-use crate::event::{Event, Launched};
+use crate::event::{Event, Launched, Origin};
 use crate::ports::{CallerIdentity, Ec2, Ports, Records};
 use crate::report::{InstanceReport, Report};
 use context::Context;
@@ -57,6 +57,7 @@ where
     I: CallerIdentity,
     L: Records,
 {
+    let account = own_account(event.origin(), ports).await?;
     let skipped = |instance_id: Option<String>, reason: String| {
         Ok(Report::Instance(InstanceReport::skipped(config.dry_run, instance_id, reason)))
     };
@@ -81,32 +82,28 @@ where
             skipped(None, format!("CloudTrail event for {event_name}: only RunInstances is judged"))
         }
         Event::StateChange { instance_id, state, origin } => {
-            let account = this_account(origin.account, ports).await?;
             let ctx = Context::new(config, ports, &account, invocation);
             let launched = vec![Launched { instance_id, image_id: None }];
             let mut reports = launch::launch(&ctx, launched, Occasion::StateChange(state), origin.time).await?;
-            Ok(reports.pop().map(Report::Instance).unwrap_or(Report::Launch { instances: vec![] }))
+            Ok(reports.pop().map(Report::Instance).unwrap_or(Report::launch(vec![])))
         }
         Event::RunInstances { instances, origin } => {
-            let account = this_account(origin.account, ports).await?;
             let ctx = Context::new(config, ports, &account, invocation);
             let instances = launch::launch(&ctx, instances, Occasion::RunInstances, origin.time).await?;
-            Ok(Report::Launch { instances })
+            Ok(Report::launch(instances))
         }
-        Event::Audit { origin } => {
-            let account = this_account(origin.account, ports).await?;
-            audit::audit(&Context::new(config, ports, &account, invocation)).await
-        }
+        Event::Audit { .. } => audit::audit(&Context::new(config, ports, &account, invocation)).await,
     }
 }
 
-/// `self`: the event's account; STS only when the event does not say.
-async fn this_account<E, P, I: CallerIdentity, L>(
-    account: Option<String>,
-    ports: &Ports<E, P, I, L>,
-) -> Result<String, Error> {
-    match account {
-        Some(account) => Ok(account),
-        None => Ok(ports.identity.account_id().await?),
+/// `self`: the function's own account, as STS says (asked once per container), never the
+/// event's: anyone allowed to invoke the function can write an event. An event naming another
+/// account is refused before anything is judged: taken at its word, every own image would be
+/// untrusted and, with `ENFORCEMENT=stop`, production instances stopped.
+async fn own_account<E, P, I: CallerIdentity, L>(origin: &Origin, ports: &Ports<E, P, I, L>) -> Result<String, Error> {
+    let own = ports.identity.account_id().await?;
+    match origin.accounts().find(|named| *named != own) {
+        Some(named) => Err(Error::AnotherAccount { named: named.to_string(), own }),
+        None => Ok(own),
     }
 }

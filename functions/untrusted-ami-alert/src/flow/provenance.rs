@@ -1,11 +1,12 @@
 //! Provenance, read: who made each image whose owner the policy trusts by id, from EC2's lineage
-//! (`GetImageAncestry`) and the owners DescribeImages shows of its ancestors; judged by
-//! `core::provenance`.
+//! (`GetImageAncestry`) and the owners DescribeImages shows of its ancestors, each in its own
+//! region; judged by `core::provenance`.
 
 use std::collections::HashMap;
 
-use super::context::or_logged;
-use super::context::Context;
+use amiguard::error::AwsError;
+
+use super::context::{best_effort, Context};
 use crate::core::judge;
 use crate::core::provenance::{self, Lineage};
 use crate::core::verdict::{LaunchImage, Problem};
@@ -18,7 +19,7 @@ use crate::ports::Ec2;
 pub async fn provenance<E: Ec2, P, I, L>(
     ctx: &Context<'_, E, P, I, L>,
     images: &HashMap<String, LaunchImage>,
-) -> HashMap<String, Problem> {
+) -> Result<HashMap<String, Problem>, AwsError> {
     let (policy, account) = (&ctx.config.policy, ctx.account);
     let traced: Vec<&LaunchImage> = images
         .values()
@@ -30,7 +31,7 @@ pub async fn provenance<E: Ec2, P, I, L>(
         let ancestry = ctx.ports.ec2.image_ancestry(&image.image_id).await.map_err(|e| e.to_string());
         lineages.push((image, Lineage::read(ancestry, image)));
     }
-    let owners = ancestor_owners(ctx, &lineages).await;
+    let owners = ancestor_owners(ctx, &lineages).await?;
     let mut problems = HashMap::new();
     for (image, lineage) in lineages {
         let lineage = lineage.with_owners(&owners);
@@ -38,20 +39,25 @@ pub async fn provenance<E: Ec2, P, I, L>(
             problems.insert(image.image_id.clone(), problem);
         }
     }
-    problems
+    Ok(problems)
 }
 
-/// The ancestors in this region, as DescribeImages shows them (their owner ids). A lookup that
-/// fails leaves those owners unknown (provenance unverifiable): it never keeps the invocation
-/// from alerting on what it knows.
+/// The ancestors, as DescribeImages shows them (their owner ids), each read in its own region. A
+/// lookup that fails leaves those owners unknown (provenance unverifiable: alerted, not
+/// enforced): it never keeps the invocation from alerting on what it knows.
 async fn ancestor_owners<E: Ec2, P, I, L>(
     ctx: &Context<'_, E, P, I, L>,
     lineages: &[(&LaunchImage, Lineage)],
-) -> HashMap<String, LaunchImage> {
-    let ask = provenance::ancestors_to_describe(lineages, &ctx.ports.region);
-    if ask.is_empty() {
-        return HashMap::new();
+) -> Result<HashMap<String, LaunchImage>, AwsError> {
+    let mut owners = HashMap::new();
+    for (region, ask) in provenance::ancestors_to_describe(lineages, &ctx.ports.region) {
+        let found = if region == ctx.ports.region {
+            ctx.ports.ec2.visible_images(&ask).await
+        } else {
+            ctx.ports.ec2.visible_images_in(&region, &ask).await
+        };
+        let found = best_effort(found, &format!("the owners of ancestor images in {region}"))?;
+        owners.extend(found.into_iter().map(|i| (i.image_id.clone(), i)));
     }
-    let found = or_logged(ctx.ports.ec2.visible_images(&ask).await, "the owners of ancestor images");
-    found.into_iter().map(|i| (i.image_id.clone(), i)).collect()
+    Ok(owners)
 }

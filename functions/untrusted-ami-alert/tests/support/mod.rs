@@ -30,6 +30,10 @@ pub const VENDOR_AMI: &str = "ami-0aaaaaaaaaaaaaaaa";
 pub struct FakeEc2 {
     pub instances: Mutex<Vec<LaunchedInstance>>,
     pub images: Vec<LaunchImage>,
+    /// Images of other regions (an ancestor's), by region.
+    pub images_elsewhere: Vec<(String, LaunchImage)>,
+    /// A listing that answers this error code (e.g. `RepeatedNextToken`), by operation.
+    pub failing_listing: Option<(&'static str, &'static str)>,
     pub metadata: Vec<(String, LaunchImage)>,
     /// What the launch metadata says of each instance's state (`None`: it does not say).
     pub metadata_state: Option<InstanceState>,
@@ -53,26 +57,45 @@ impl FakeEc2 {
     fn log(&self, call: String) {
         self.calls.lock().unwrap().push(call);
     }
+
+    /// The error `failing_listing` names for `operation`, if any.
+    fn listing_fails(&self, operation: &'static str) -> Result<(), AwsError> {
+        match self.failing_listing {
+            Some((failing, code)) if failing == operation => Err(AwsError::new(operation, code, "mocked")),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Ec2 for FakeEc2 {
     async fn instances(&self, ids: &[String]) -> Result<Vec<LaunchedInstance>, AwsError> {
         self.log("DescribeInstances".into());
+        self.listing_fails("DescribeInstances")?;
         Ok(self.instances.lock().unwrap().iter().filter(|i| ids.contains(&i.instance_id)).cloned().collect())
     }
 
     async fn live_instances(&self) -> Result<Vec<LaunchedInstance>, AwsError> {
         self.log("DescribeInstances".into());
+        self.listing_fails("DescribeInstances")?;
         Ok(self.instances.lock().unwrap().iter().filter(|i| i.state != InstanceState::Terminated).cloned().collect())
     }
 
     async fn visible_images(&self, ids: &[String]) -> Result<Vec<LaunchImage>, AwsError> {
         self.log("DescribeImages".into());
+        self.listing_fails("DescribeImages")?;
         Ok(self.images.iter().filter(|i| ids.contains(&i.image_id)).cloned().collect())
+    }
+
+    async fn visible_images_in(&self, region: &str, ids: &[String]) -> Result<Vec<LaunchImage>, AwsError> {
+        self.log(format!("DescribeImages {region}"));
+        self.listing_fails("DescribeImages")?;
+        let here = self.images_elsewhere.iter().filter(|(r, i)| r == region && ids.contains(&i.image_id));
+        Ok(here.map(|(_, i)| i.clone()).collect())
     }
 
     async fn launch_image_metadata(&self, ids: &[String]) -> Result<Vec<LaunchMetadata>, AwsError> {
         self.log("DescribeInstanceImageMetadata".into());
+        self.listing_fails("DescribeInstanceImageMetadata")?;
         if self.metadata.is_empty() {
             return Err(AwsError::new("DescribeInstanceImageMetadata", "UnauthorizedOperation", "no"));
         }
@@ -163,6 +186,7 @@ pub fn config(enforcement: Enforcement) -> Config {
         policy: TrustPolicy::default(),
         alert_topic_arn: TOPIC.into(),
         enforcement,
+        enforce_unverifiable: false,
         check_provenance: true,
         policy_from_account: false,
         fold_launch_alerts: true,
