@@ -310,7 +310,7 @@ async fn the_alerts_folding_and_digest_stay_within_its_partitions() {
     let ports = Ports {
         ec2: Ec2Client::new(through.ec2()),
         alerts: amiguard::alert::sns::SnsAlerts::new(through.sns(), config.alert_topic_arn.clone()),
-        identity: StsIdentity::from_conf(through.sdk_config()),
+        identity: StsIdentity::new(through.sts()),
         ledger: Some(ledger::on(&through)),
         region: account.region.clone(),
     };

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::SystemTime;
 
-use amiguard_integration_tests::proxy::Proxy;
+use amiguard_integration_tests::proxy::{Fault, Proxy};
 use amiguard_integration_tests::{moto, workspace_root, TestAccount, AMAZON_LINUX_AMI};
 use serde_json::Value;
 
@@ -222,6 +222,16 @@ async fn make_try_prints_the_dry_runs_summaries_and_changes_nothing_with_or_with
     account.sns().create_topic().name("amiguard-alerts").send().await.unwrap();
 
     let proxy = Proxy::start(&moto().endpoint).await;
+    // moto lacks DescribeInstanceImageMetadata: EC2's launch record of the instance whose image is
+    // not visible names an owner the default policy does not trust, so the audit's verdict is
+    // proven (high) and a real run would tag it.
+    let recorded = format!(
+        "<instanceImageMetadataSet><item><instanceId>{untrusted}</instanceId><imageMetadata><imageId>{UNKNOWN_AMI}</imageId><imageOwnerId>111122223333</imageOwnerId></imageMetadata></item></instanceImageMetadataSet>"
+    );
+    proxy.inject(Fault::respond(
+        "DescribeInstanceImageMetadata",
+        amiguard_integration_tests::ec2_answer("DescribeInstanceImageMetadata", &recorded),
+    ));
     let caller = |ledger: Option<&str>, min_age: &str| {
         let mut aws = vec![
             ("AWS_ENDPOINT_URL", proxy.endpoint.as_str()),

@@ -224,6 +224,47 @@ async fn an_invisible_image_is_untrusted_and_its_recorded_owner_is_reported() {
 }
 
 #[tokio::test]
+async fn a_hidden_image_is_stopped_only_when_ecs_launch_record_names_an_untrusted_owner() {
+    let recorded = |owner: &str| {
+        vec![(
+            INSTANCE.to_string(),
+            LaunchImage { image_id: "ami-0ccccccccccccccc0".into(), owner_id: owner.into(), ..LaunchImage::default() },
+        )]
+    };
+    // Its owner cannot be verified (nothing recorded, or its own account recorded): alerted
+    // (medium), nothing tagged or stopped, and the report says why.
+    for metadata in [vec![], recorded(ACCOUNT)] {
+        let mut ec2 = FakeEc2::with(instance(INSTANCE, "ami-0ccccccccccccccc0", InstanceState::Running));
+        ec2.metadata = metadata.clone();
+        let clients = clients(ec2);
+        let report = instance_report(
+            handle(&config(Enforcement::Stop), &clients, &state_change("running"), &at()).await.unwrap(),
+        );
+        assert_eq!(report.outcome, Outcome::Untrusted, "{metadata:?}");
+        assert_eq!(report.severity, Some(Severity::Medium), "{metadata:?}");
+        assert_eq!(report.enforcement, EnforcementTaken::Withheld, "{metadata:?}");
+        assert!(report.why_not_enforced.is_some(), "{metadata:?}");
+        let calls = clients.ec2.calls();
+        assert!(!calls.iter().any(|c| c.starts_with("StopInstances") || c.starts_with("CreateTags")), "{calls:?}");
+        assert_eq!(clients.alerts.sent.lock().unwrap().len(), 1, "alerted all the same");
+    }
+    // EC2 recorded at launch an owner the policy does not trust: proven, so enforced.
+    let mut ec2 = FakeEc2::with(instance(INSTANCE, "ami-0ccccccccccccccc0", InstanceState::Running));
+    ec2.metadata = recorded("111122223333");
+    let clients = clients(ec2);
+    let report =
+        instance_report(handle(&config(Enforcement::Stop), &clients, &state_change("running"), &at()).await.unwrap());
+    assert_eq!(report.severity, Some(Severity::High));
+    assert_eq!(report.enforcement, EnforcementTaken::TaggedAndStopped);
+    assert!(
+        report.reasons.iter().any(|r| r.contains("EC2 recorded at launch that its owner is 111122223333")),
+        "{:?}",
+        report.reasons
+    );
+    assert!(clients.ec2.calls().contains(&format!("StopInstances {INSTANCE}")));
+}
+
+#[tokio::test]
 async fn unavailable_launch_metadata_still_alerts_with_an_unknown_owner() {
     let clients = clients(FakeEc2::with(instance(INSTANCE, "ami-0ccccccccccccccc0", InstanceState::Running)));
     let report =

@@ -41,6 +41,12 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 pub enum Problem {
     /// DescribeImages does not show it: deregistered, or private to another account.
     ImageNotVisible,
+    /// The image is not visible, and the owner EC2 recorded when the instance was launched
+    /// (`DescribeInstanceImageMetadata`) is not one the policy trusts.
+    RecordedOwnerNotTrusted {
+        owner_id: String,
+        owner_alias: Option<String>,
+    },
     OwnerNotTrusted {
         owner_id: String,
         owner_alias: Option<String>,
@@ -95,6 +101,11 @@ impl fmt::Display for Problem {
             Self::ImageNotVisible => f.write_str(
                 "image not visible: it is deregistered or private to another account, so its owner cannot be verified",
             ),
+            Self::RecordedOwnerNotTrusted { owner_id, owner_alias } => {
+                let alias =
+                    owner_alias.as_deref().map(|a| format!("owner alias {a}")).unwrap_or("no owner alias".into());
+                write!(f, "EC2 recorded at launch that its owner is {owner_id} ({alias}), not a trusted provider")
+            }
             Self::OwnerNotTrusted { owner_id, owner_alias, providers } => {
                 let alias =
                     owner_alias.as_deref().map(|a| format!("owner alias {a}")).unwrap_or("no owner alias".into());

@@ -59,9 +59,10 @@ async fn guard_one<E: Ec2, P: AlertPublisher, I, L: Records>(
     };
     let image = facts.images.get(&image_id);
     let made_from = facts.provenance.get(&image_id);
-    let owner_verdict = judge::owner_verdict(&ctx.config.policy, image, ctx.account, ctx.invocation.now);
+    let recorded = facts.launch_metadata.get(&instance_id);
+    let owner_verdict = judge::owner_verdict(&ctx.config.policy, image, recorded, ctx.account, ctx.invocation.now);
     let verdict = judge::launch_verdict(owner_verdict, made_from);
-    let (owner, owner_source) = judge::owner(image, facts.launch_metadata.get(&instance_id));
+    let (owner, owner_source) = judge::owner(image, recorded);
     let owner_id = owner.map(|o| o.owner_id.clone()).filter(|id| !id.is_empty());
     let report = InstanceReport::judged(ctx.config.dry_run, instance_id, image_id.clone(), owner_id, &verdict);
     match verdict {

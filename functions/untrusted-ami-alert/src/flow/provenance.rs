@@ -24,7 +24,7 @@ pub async fn provenance<E: Ec2, P, I, L>(
     let traced: Vec<&LaunchImage> = images
         .values()
         .filter(|i| i.owner_alias.is_none())
-        .filter(|i| judge::owner_verdict(policy, Some(i), account, ctx.invocation.now).is_trusted())
+        .filter(|i| judge::owner_verdict(policy, Some(i), None, account, ctx.invocation.now).is_trusted())
         .collect();
     let mut lineages: Vec<(&LaunchImage, Lineage)> = Vec::with_capacity(traced.len());
     for image in traced {
