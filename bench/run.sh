@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: the four figures of issue 5, printed (benchmarks, not timed tests).
-#   1. API floor: the sweeper's calls on ~5,000 snapshots against ceil(S/1000)+ceil(I/1000)+deletions,
-#      beside Cloud Custodian on the same data      (bench/sweep.py, moto + bench/proxy.py)
+#   1. API floor: the sweeper's calls on ~5,000 snapshots against ceil(S/1000)+ceil(I/1000)+2 per
+#      deletion (its sharing check, its DeleteSnapshot)+ceil(deletions/1000) taggings, beside Cloud
+#      Custodian on the same data                   (bench/sweep.py, moto + bench/proxy.py)
 #   2. Deletion throughput under DeleteSnapshot throttling (100 burst, 5/s)   (bench/sweep.py)
 #   3. The planner at 10k/100k/1M snapshots, one core (criterion) and peak memory at 1M
 #                                                    (functions/orphan-snapshot-sweeper/benches/)

@@ -11,7 +11,8 @@ Each account gets amiguard's ledger (DynamoDB on the same moto), created from te
 
 Phases, each in a fresh account:
   floor       amiguard sweep, no throttling: EC2 calls by action vs ceil(S/1000) + ceil(I/1000) +
-              deletions + ceil(deletions/1000) Recycle Bin taggings; the ledger's calls and items written, then again for an unchanged rerun
+              2 per deletion (its sharing check, its DeleteSnapshot) + ceil(deletions/1000) Recycle Bin
+              taggings; the ledger's calls and items written, then again for an unchanged rerun
   custodian   Cloud Custodian (ebs-snapshot, `unused` + CreateImage description, `delete`) on the same data
   throughput  amiguard sweep with DeleteSnapshot throttled to AWS's 100 burst, 5/s refill
   regions     the same throttle in each of four regions (a bucket per region), swept in one invocation
@@ -147,7 +148,10 @@ def run_sweeper(binary, proxy, account, name, extra_env=None):
     env = {"AWS_ENDPOINT_URL": proxy.endpoint, "DRY_RUN": "false", "MIN_AGE_HOURS": "0",
            "MAX_DELETIONS": "100000", "RECYCLE_BIN_CHECK": "false", "RUST_LOG": "warn", "LEDGER_TABLE": LEDGER_TABLE,
            # The stack's default: every deletion is tagged for the Recycle Bin first.
-           "RECYCLE_BIN_RETENTION_DAYS": "7"}
+           "RECYCLE_BIN_RETENTION_DAYS": "7",
+           # The seeded AMIs were deregistered before any sweep or AMI event saw them (amiguard
+           # installed afterwards): their orphans are unwitnessed, and adopted, as on the first day.
+           "ADOPT_UNWITNESSED_ORPHANS": "true"}
     env.update(extra_env or {})
     with open(os.path.join(OUT, f"sweeper-{name}.log"), "w") as log:
         process = runtime_api.start(binary, api, env, log)
@@ -195,9 +199,11 @@ def phase_floor(args, endpoint, proxy):
     counts = region["counts"]
     deletions = counts["deleted"] + counts["already_gone"] + counts["failed"]
     # Snapshot locks keep a snapshot (a locked one is never sent a DeleteSnapshot) and Fast
-    # Snapshot Restores are reported: one page each for an account with none.
+    # Snapshot Restores are reported: one page each for an account with none. Each orphan about
+    # to be deleted is asked whether it is shared (one DescribeSnapshotAttribute each).
     floor = {"DescribeSnapshots": math.ceil(s / 1000), "DescribeImages": math.ceil(i / 1000),
-             "DescribeLockedSnapshots": 1, "DescribeFastSnapshotRestores": 1, "DeleteSnapshot": deletions}
+             "DescribeLockedSnapshots": 1, "DescribeFastSnapshotRestores": 1,
+             "DescribeSnapshotAttribute": deletions, "DeleteSnapshot": deletions}
     # The Recycle Bin tag (RECYCLE_BIN_RETENTION_DAYS=7): one CreateTags per 1,000 deletions.
     if deletions:
         floor["CreateTags"] = math.ceil(deletions / 1000)
@@ -205,10 +211,10 @@ def phase_floor(args, endpoint, proxy):
     observed = {a: c for (_, a), c in calls.items()}
     total_floor = sum(floor.values())
     tags = floor.get("CreateTags", 0)
-    print(f"  floor: ceil(S/1000) + ceil(I/1000) + 1 lock page + 1 Fast Snapshot Restore page + deletions"
-          f" + ceil(deletions/1000) Recycle Bin taggings"
-          f" = ceil({s}/1000) + ceil({i}/1000) + 1 + 1 + {deletions} + {tags}"
-          f" = {floor['DescribeSnapshots']} + {floor['DescribeImages']} + 1 + 1 + {deletions} + {tags} = {total_floor}"
+    print(f"  floor: ceil(S/1000) + ceil(I/1000) + 1 lock page + 1 Fast Snapshot Restore page"
+          f" + 2 per deletion (its sharing check and its DeleteSnapshot) + ceil(deletions/1000) Recycle Bin taggings"
+          f" = ceil({s}/1000) + ceil({i}/1000) + 1 + 1 + 2 x {deletions} + {tags}"
+          f" = {floor['DescribeSnapshots']} + {floor['DescribeImages']} + 1 + 1 + {2 * deletions} + {tags} = {total_floor}"
           " (+ 1 ListImagesInRecycleBin page on AWS: RECYCLE_BIN_CHECK=false here, moto lacks it)")
     extra = {a: observed.get(a, 0) - floor.get(a, 0) for a in set(observed) | set(floor)}
     extra = {a: d for a, d in extra.items() if d}

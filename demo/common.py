@@ -79,6 +79,10 @@ def sweep_summary(title, report):
             for orphan in region["orphans"]:
                 print(f"    would delete {orphan['snapshot_id']}  ({orphan['size_gib']} GiB, "
                       f"left by {orphan['source_image_id']})")
+        for orphan in region.get("unwitnessed", []):
+            print(f"    unwitnessed  {orphan['snapshot_id']}  ({orphan['size_gib']} GiB, its description names "
+                  f"{orphan['source_image_id']}): kept, amiguard never saw that AMI map it; "
+                  "ADOPT_UNWITNESSED_ORPHANS=true deletes it once you have read this list")
         for waiting in region["waiting"]:
             print(f"    waiting      {waiting['snapshot_id']}  ({waiting['size_gib']} GiB, left by "
                   f"{waiting['source_image_id']}): deletable after {waiting['deletable_after']}")

@@ -1,6 +1,8 @@
-"""orphan-snapshot-sweeper in the demo: a small account with three orphans (AMIs created, then
-deregistered), a protected orphan, a snapshot an AMI still uses and a manual snapshot; then a dry
-run (the event's detail asks for it: a detail can only make a run drier) and a real sweep.
+"""orphan-snapshot-sweeper in the demo: a small account with three orphans (AMIs created, witnessed by
+the sweeper through their `available` AMI events, then deregistered), a protected orphan, an orphan
+left before amiguard was installed (nothing witnessed it: kept `unwitnessed` and listed), a
+snapshot an AMI still uses and a manual snapshot; then a dry run (the event's detail asks for it: a
+detail can only make a run drier) and a real sweep.
 
 demo/run.sh serves the functions with DRY_RUN=false MIN_AGE_HOURS=0 RECYCLE_BIN_CHECK=false
 (moto cannot backdate snapshots and has no Recycle Bin). After the sweep, the demo reads the run's
@@ -22,6 +24,18 @@ def make_image(name):
     return image_id, image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
 
 
+def witness(image_id):
+    """What EventBridge delivers when EC2 says the image became available: the sweeper records the
+    image's snapshot mapping as EC2 lists it (the image is then witnessed)."""
+    event = sample_event("orphan-snapshot-sweeper.ami-available.json")
+    event["account"] = ACCOUNT
+    event["detail"]["ImageId"] = image_id
+    event["resources"] = [f"arn:aws:ec2:us-east-1::image/{image_id}"]
+    answer, error = invoke("orphan-snapshot-sweeper", event)
+    if error or answer["outcome"] != "recorded":
+        raise SystemExit(f"orphan-snapshot-sweeper did not record {image_id}: {error or answer}")
+
+
 def scheduled(name):
     event = sample_event(name)
     event["account"] = ACCOUNT
@@ -31,9 +45,15 @@ def scheduled(name):
 heading("orphan-snapshot-sweeper: delete what deregistered AMIs left behind, safely")
 for n in range(1, 4):
     image_id, snapshot_id = make_image(f"release-{n}")
+    witness(image_id)
     ec2.deregister_image(ImageId=image_id)
-    print(f"orphan      {snapshot_id}  (its AMI {image_id} was deregistered)")
+    print(f"orphan      {snapshot_id}  (its AMI {image_id} was witnessed, then deregistered)")
+image_id, snapshot_id = make_image("before-amiguard")
+ec2.deregister_image(ImageId=image_id)
+print(f"unwitnessed {snapshot_id}  (its AMI {image_id} was deregistered before amiguard saw it: "
+      "listed, kept until ADOPT_UNWITNESSED_ORPHANS=true)")
 image_id, snapshot_id = make_image("legal-hold")
+witness(image_id)
 ec2.deregister_image(ImageId=image_id)
 ec2.create_tags(Resources=[snapshot_id], Tags=[{"Key": "amiguard:keep", "Value": "legal hold"}])
 print(f"protected   {snapshot_id}  (an orphan tagged amiguard:keep)")

@@ -194,20 +194,35 @@ async fn snapshot_on_stop_survives_a_cut_connection() {
     assert_eq!(proxy.count("DescribeInstances"), 2, "the cut call was retried once");
 }
 
-/// A real orphan: an AMI created, then deregistered.
+/// A real orphan: an AMI created, witnessed by the sweeper (EC2 said it became available: its
+/// mapping is in the ledger), then deregistered.
 async fn orphan(account: &TestAccount) -> String {
+    use amiguard_integration_tests::REGION;
     let instance = account.run_instance(amiguard_integration_tests::AMAZON_LINUX_AMI, &[]).await;
     let ec2 = account.ec2();
     let name = format!("faults-{instance}");
     let image_id = ec2.create_image().instance_id(&instance).name(name).send().await.unwrap().image_id.unwrap();
     let image = ec2.describe_images().image_ids(&image_id).send().await.unwrap();
     let snapshot = image.images()[0].block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap().to_string();
+    let mut available = sample_event("orphan-snapshot-sweeper.ami-available.json");
+    available["account"] = json!(account.account_id);
+    available["detail"]["ImageId"] = json!(image_id);
+    let vars = [("AWS_REGION", REGION)];
+    let config = orphan_snapshot_sweeper::Config::from_env(&move |name: &str| {
+        vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    })
+    .unwrap();
+    let regions = vec![(REGION.to_string(), ec2.clone())];
+    let ledger = ledger::create(account).await;
+    let ports = orphan_snapshot_sweeper::Ports { regions: &regions, publisher: &account.sns(), ledger: Some(&ledger) };
+    let witnessed = orphan_snapshot_sweeper::handle(&config, &ports, &available, &delivery()).await.unwrap();
+    assert_eq!(serde_json::to_value(witnessed).unwrap()["outcome"], "recorded");
     ec2.deregister_image().image_id(image_id).send().await.unwrap();
     snapshot
 }
 
 /// An orphan in `region` as EC2 would describe it: a snapshot of its own volume "created by
-/// CreateImage" for an AMI that does not exist.
+/// CreateImage" for an AMI that does not exist. Nothing witnessed it: deleted only when adopted.
 async fn orphan_in(account: &TestAccount, region: &str) -> String {
     let ec2 = account.ec2_in(region);
     let volume = ec2.create_volume().availability_zone(format!("{region}a")).size(8).send().await.unwrap();
@@ -398,6 +413,8 @@ async fn the_sweeper_without_a_working_ledger_deletes_nothing_in_any_region() {
         ("MIN_AGE_HOURS", "0"),
         ("RECYCLE_BIN_CHECK", "false"),
         ("MAX_DELETE_FRACTION", "1"),
+        // The second region's orphan is deletable but for the ledger.
+        ("ADOPT_UNWITNESSED_ORPHANS", "true"),
     ];
     let config = orphan_snapshot_sweeper::Config::from_env(&move |name: &str| {
         vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())

@@ -368,3 +368,64 @@ async fn untrusted_ami_alert_reads_an_ancestor_in_its_own_region_and_its_policy_
     let used = iam_actions(&calls);
     assert!(used.is_subset(&granted), "called but not granted: {:?}", used.difference(&granted).collect::<Vec<_>>());
 }
+
+/// The sweeper as the stack deploys it by default (no retirement): a sweep that deletes asks
+/// `DescribeSnapshotAttribute` of each orphan about to be deleted, and AMI events describe their
+/// image; every action it calls is in the policy the default parameters render (not only in a
+/// branch another parameter turns on).
+#[tokio::test]
+async fn the_default_sweeper_asks_whether_each_orphan_is_shared_and_its_policy_grants_it() {
+    use amiguard_integration_tests::template::render;
+    use amiguard_integration_tests::{AMAZON_LINUX_AMI, REGION};
+    use orphan_snapshot_sweeper::{Config, Ports};
+
+    let account = TestAccount::new().await;
+    let ec2 = account.ec2();
+    let instance = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+    let image = ec2.create_image().instance_id(&instance).name("witnessed").send().await.unwrap();
+    let image = image.image_id().unwrap().to_string();
+    ledger::create(&account).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let through = account.through(&proxy);
+    let regions = vec![(REGION.to_string(), through.ec2())];
+    let (sns, ledger) = (through.sns(), ledger::on(&through));
+    let ports = Ports { regions: &regions, publisher: &sns, ledger: Some(&ledger) };
+    let vars = [
+        ("AWS_REGION", REGION),
+        ("DRY_RUN", "false"),
+        ("MIN_AGE_HOURS", "0"),
+        ("RECYCLE_BIN_CHECK", "false"),
+        ("MAX_DELETE_FRACTION", "1"),
+    ];
+    let config =
+        Config::from_env(&move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())).unwrap();
+    let invocation = || {
+        Invocation::at(chrono::Utc::now())
+            .with_deadline(std::time::SystemTime::now() + std::time::Duration::from_secs(900))
+    };
+    // Witnessed by its `available` event, deregistered (its event too), then swept.
+    for state in ["available", "deregistered"] {
+        let mut event = sample_event(&format!("orphan-snapshot-sweeper.ami-{state}.json"));
+        event["account"] = json!(account.account_id);
+        event["detail"]["ImageId"] = json!(image);
+        let answer = orphan_snapshot_sweeper::handle(&config, &ports, &event, &invocation()).await.unwrap();
+        assert_eq!(serde_json::to_value(answer).unwrap()["outcome"], "recorded", "{state}");
+        if state == "available" {
+            ec2.deregister_image().image_id(&image).send().await.unwrap();
+        }
+    }
+    let mut event = sample_event("orphan-snapshot-sweeper.scheduled.json");
+    event["account"] = json!(account.account_id);
+    let report =
+        orphan_snapshot_sweeper::handle(&config, &ports, &event, &invocation()).await.unwrap().sweep().unwrap();
+    assert_eq!(report.regions[0].deleted.len(), 1, "{:?}", report.regions[0]);
+
+    let used = iam_actions(&proxy.calls());
+    assert!(used.contains("ec2:DescribeSnapshotAttribute"), "{used:?}");
+    assert_eq!(proxy.count("DescribeSnapshotAttribute"), proxy.count("DeleteSnapshot"), "one call per deletion");
+    let template = load();
+    let function = function_for(&template, "orphan-snapshot-sweeper");
+    let granted = policy_actions(&render(&template, &[]), &function.logical_id);
+    let missing: Vec<&String> = used.difference(&granted).collect();
+    assert!(missing.is_empty(), "called, but not granted by the default parameters: {missing:?}");
+}

@@ -119,6 +119,12 @@ fn emulator_state() -> Value {
     if let Some(iam) = state.get_mut("iam").and_then(Value::as_object_mut) {
         iam.remove("AccountSummary");
     }
+    // moto dumps every DynamoDB `Item` object it ever made, the copies a Query answers with
+    // included: a read adds to that list. The ledger's items themselves are compared, item by
+    // item, by `account_state`.
+    if let Some(dynamodb) = state.get_mut("dynamodb").and_then(Value::as_object_mut) {
+        dynamodb.remove("Item");
+    }
     state.as_object_mut().unwrap().retain(|_, models| models.as_object().is_some_and(|m| !m.is_empty()));
     state
 }
@@ -173,6 +179,11 @@ async fn account_state(account: &TestAccount) -> Vec<String> {
     for table in tables.table_names() {
         let items = account.dynamodb().scan().table_name(table).send().await.unwrap();
         lines.push(format!("table {table}: {} items", items.items().len()));
+        for item in items.items() {
+            let item: std::collections::BTreeMap<&String, String> =
+                item.iter().map(|(name, value)| (name, format!("{value:?}"))).collect();
+            lines.push(format!("item of {table}: {item:?}"));
+        }
     }
     lines.sort();
     lines
@@ -186,6 +197,32 @@ async fn orphan(account: &TestAccount) -> String {
     let image = image.image_id().unwrap().to_string();
     let described = ec2.describe_images().image_ids(&image).send().await.unwrap();
     let snapshot = described.images()[0].block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap().to_string();
+    ec2.deregister_image().image_id(&image).send().await.unwrap();
+    snapshot
+}
+
+/// An orphan the deployed sweeper witnessed: an AMI whose `available` event it recorded in the
+/// ledger, then deregistered. Answers the snapshot.
+async fn witnessed_orphan(account: &TestAccount) -> String {
+    let ec2 = account.ec2();
+    let instance = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+    let image = ec2.create_image().instance_id(&instance).name("release-2").send().await.unwrap();
+    let image = image.image_id().unwrap().to_string();
+    let described = ec2.describe_images().image_ids(&image).send().await.unwrap();
+    let snapshot = described.images()[0].block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap().to_string();
+    let mut available = amiguard_integration_tests::sample_event("orphan-snapshot-sweeper.ami-available.json");
+    available["account"] = Value::String(account.account_id.clone());
+    available["detail"]["ImageId"] = Value::String(image.clone());
+    let config = orphan_snapshot_sweeper::Config::from_env(&|name: &str| {
+        (name == "AWS_REGION").then(|| amiguard_integration_tests::REGION.to_string())
+    })
+    .unwrap();
+    let regions = vec![(amiguard_integration_tests::REGION.to_string(), ec2.clone())];
+    let ledger = amiguard_integration_tests::ledger::create(account).await;
+    let ports = orphan_snapshot_sweeper::Ports { regions: &regions, publisher: &account.sns(), ledger: Some(&ledger) };
+    let invocation = orphan_snapshot_sweeper::Invocation::at(chrono::Utc::now());
+    let answer = orphan_snapshot_sweeper::handle(&config, &ports, &available, &invocation).await.unwrap();
+    assert_eq!(serde_json::to_value(answer).unwrap()["outcome"], "recorded");
     ec2.deregister_image().image_id(&image).send().await.unwrap();
     snapshot
 }
@@ -252,7 +289,8 @@ async fn make_try_prints_the_dry_runs_summaries_and_changes_nothing_with_or_with
         command
     };
 
-    // Without a ledger, MIN_AGE_HOURS=0: the orphan is what a sweep would delete now.
+    // Without a ledger, MIN_AGE_HOURS=0: nothing witnessed the orphan's AMI (it was there before
+    // amiguard), so it is listed unwitnessed for the caller to read, and nothing would be deleted.
     let (state, listed) = (emulator_state(), account_state(&account).await);
     let (output, text) = run(caller(None, "0")).await;
     assert!(output.status.success(), "{text}");
@@ -264,10 +302,12 @@ async fn make_try_prints_the_dry_runs_summaries_and_changes_nothing_with_or_with
     assert!(stdout.contains(&format!("account {CALLER_ACCOUNT}")), "{text}");
     assert!(stdout.contains("ledger: none"), "{text}");
     assert!(stdout.contains("Dry run (dry_run=true):"), "{text}");
-    assert!(stdout.contains(&format!("would delete {orphan}")), "{text}");
+    assert!(stdout.contains(&format!("unwitnessed  {orphan}  (15 GiB")), "{text}");
+    assert!(stdout.contains("ADOPT_UNWITNESSED_ORPHANS=true"), "{text}");
     assert!(stdout.contains("manual snapshots (never deleted): 1, 20 GiB"), "{text}");
     assert!(stdout.contains("referenced_by_image 1"), "the snapshot of {kept_image} is kept: {text}");
-    assert_eq!(stdout.matches("would delete").count(), 1, "only the orphan: {text}");
+    assert!(stdout.contains("unwitnessed 1"), "{text}");
+    assert_eq!(stdout.matches("would delete").count(), 0, "nothing witnessed: {text}");
     assert!(stdout.contains("scheduled audit (dry_run=true):"), "{text}");
     assert!(stdout.contains(&format!("untrusted {untrusted}  (image {UNKNOWN_AMI}")), "{text}");
     let would = stdout.lines().find(|l| l.contains("a real run would: ")).unwrap_or_else(|| panic!("{text}"));
@@ -278,8 +318,10 @@ async fn make_try_prints_the_dry_runs_summaries_and_changes_nothing_with_or_with
     assert_same_state(&state, &emulator_state(), &text);
 
     // With the ledger: read (its clocks, sent alerts), never written; MIN_AGE_HOURS=24 (the
-    // default), so the orphan, first seen now, waits out its grace period.
+    // default). An AMI the deployed sweeper witnessed (EC2 said it became available), then
+    // deregistered: its orphan, first seen now, waits out its grace period.
     amiguard_integration_tests::ledger::create(&account).await;
+    let witnessed = witnessed_orphan(&account).await;
     let before = proxy.calls().len();
     let (state, listed) = (emulator_state(), account_state(&account).await);
     let (output, text) = run(caller(Some(amiguard_integration_tests::ledger::TABLE), "24")).await;
@@ -287,7 +329,8 @@ async fn make_try_prints_the_dry_runs_summaries_and_changes_nothing_with_or_with
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.starts_with("DRY RUN: "), "{text}");
     assert!(stdout.contains("ledger: amiguard-ledger, read only"), "{text}");
-    assert!(stdout.contains(&format!("waiting      {orphan}")), "{text}");
+    assert!(stdout.contains(&format!("waiting      {witnessed}")), "{text}");
+    assert!(stdout.contains(&format!("unwitnessed  {orphan}")), "{text}");
     assert!(!stdout.contains("would delete"), "{text}");
     assert!(stdout.contains("LEDGER_READ_ONLY: the ledger was read, not written"), "{text}");
     assert!(stdout.contains(&format!("untrusted {untrusted}")), "{text}");

@@ -92,11 +92,29 @@ async fn image(ec2: &aws_sdk_ec2::Client) -> (String, String) {
     (image_id, snapshot_id)
 }
 
-/// A real orphan: an AMI created, then deregistered (its snapshot stays behind).
-async fn orphan(ec2: &aws_sdk_ec2::Client) -> String {
+/// A real orphan: an AMI created, witnessed (EC2 said it became available: the sweeper recorded
+/// its mapping), then deregistered (its snapshot stays behind).
+async fn orphan(account: &TestAccount, ec2: &aws_sdk_ec2::Client) -> String {
     let (image_id, snapshot_id) = image(ec2).await;
+    let witnessed = witness(account, ec2, &image_id).await;
+    assert_eq!(witnessed["outcome"], "recorded", "{witnessed}");
     ec2.deregister_image().image_id(image_id).send().await.unwrap();
     snapshot_id
+}
+
+/// What EventBridge delivers when EC2 says `image_id` became available: the sweeper records the
+/// image's mapping as EC2 lists it. Its answer, as JSON.
+async fn witness(account: &TestAccount, ec2: &aws_sdk_ec2::Client, image_id: &str) -> Value {
+    let region = region_of(ec2);
+    let mut event = sample_event("orphan-snapshot-sweeper.ami-available.json");
+    event["account"] = Value::String(account.account_id.clone());
+    event["region"] = Value::String(region.clone());
+    event["detail"]["ImageId"] = Value::String(image_id.to_string());
+    let regions = vec![(region.clone(), ec2.clone())];
+    let ledger = ledger(account).await;
+    let ports = Ports { regions: &regions, publisher: &account.sns(), ledger: Some(&ledger) };
+    let answer = handle(&config(&[("REGIONS", &region)]), &ports, &event, &invocation()).await.unwrap();
+    serde_json::to_value(answer).unwrap()
 }
 
 /// A snapshot of a new volume with a description and tags of our choosing (moto lets tests write
@@ -154,18 +172,20 @@ fn ids(list: &[String]) -> BTreeSet<String> {
 async fn deletes_exactly_the_orphans_of_a_realistic_account() {
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
-    let orphan_a = orphan(&ec2).await;
-    let orphan_b = orphan(&ec2).await;
+    let orphan_a = orphan(&account, &ec2).await;
+    let orphan_b = orphan(&account, &ec2).await;
     let (live_image, referenced) = image(&ec2).await;
     let (disabled_image, disabled_snapshot) = image(&ec2).await;
     ec2.disable_image().image_id(&disabled_image).send().await.unwrap();
-    let protected = orphan(&ec2).await;
+    let protected = orphan(&account, &ec2).await;
     tag_snapshot(&ec2, &protected, "amiguard:keep").await;
     let gone = "Created by CreateImage(i-0123456789abcdef0) for ami-0123456789abcdef0 from vol-0123456789abcdef0";
     let backup = crafted(&ec2, gone, &[("aws:backup:source-resource", "arn:aws:ec2:us-east-1::volume/vol-1")], 4).await;
     let dlm = crafted(&ec2, gone, &[("aws:dlm:lifecycle-policy-id", "policy-0123")], 4).await;
     let manual = crafted(&ec2, "before the database upgrade", &[], 7).await;
-    // EC2's words on a snapshot of the volume they name: from that (gone) AMI.
+    // EC2's words written by hand (`CreateSnapshot` takes any description), even on a snapshot of
+    // the very volume they name: they prove nothing. Kept unwitnessed (the ledger never saw that
+    // AMI map it), deleted only once adopted.
     let create_image_form =
         crafted(&ec2, "Created by CreateImage(i-0123456789abcdef0) for ami-0123456789abcdef0 from {volume}", &[], 5)
             .await;
@@ -186,7 +206,9 @@ async fn deletes_exactly_the_orphans_of_a_realistic_account() {
 
     let report = sweep(&account, &config(&[]), &scheduled(&account)).await;
 
-    let expected = set(&[&orphan_a, &orphan_b, &create_image_form, &copy_form]);
+    // Only the witnessed orphans: AMIs EC2 said became available, then deregistered.
+    let expected = set(&[&orphan_a, &orphan_b]);
+    let forgeries = set(&[&create_image_form, &copy_form]);
     let region = &report.regions[0];
     assert_eq!(region.aborted, None);
     assert_eq!(ids(&region.deleted), expected);
@@ -203,6 +225,8 @@ async fn deletes_exactly_the_orphans_of_a_realistic_account() {
         &oflive_image,
         &other_volume,
         &tagged_only,
+        &create_image_form,
+        &copy_form,
     ] {
         assert!(after.contains(kept), "{kept} must be kept");
     }
@@ -213,6 +237,7 @@ async fn deletes_exactly_the_orphans_of_a_realistic_account() {
         (KeepReason::AwsBackup, 1),
         (KeepReason::Dlm, 1),
         (KeepReason::NotFromImage, 3),
+        (KeepReason::Unwitnessed, 2),
     ]);
     if foreign > 0 {
         expected_kept.insert(KeepReason::NotOwned, foreign);
@@ -221,15 +246,26 @@ async fn deletes_exactly_the_orphans_of_a_realistic_account() {
     assert_eq!((region.unreferenced_manual.count, region.unreferenced_manual.gib), (3, 7 + 4 + 2));
     let orphan_ids: BTreeSet<String> = region.orphans.iter().map(|o| o.snapshot_id.to_string()).collect();
     assert_eq!(orphan_ids, expected);
-    let sources: BTreeSet<&str> = region.orphans.iter().map(|o| o.source_image_id.as_str()).collect();
-    assert!(sources.contains("ami-0123456789abcdef0") && sources.contains("ami-0fedcba9876543210"), "{sources:?}");
-    // moto's CreateImage snapshots are 15 GiB; the crafted ones 5 and 6.
+    // The forgeries are listed, each with its size and the AMI its words name, for a person to read.
+    let unwitnessed: BTreeSet<String> = region.unwitnessed.iter().map(|o| o.snapshot_id.to_string()).collect();
+    assert_eq!(unwitnessed, forgeries);
+    let sources: BTreeSet<&str> = region.unwitnessed.iter().map(|o| o.source_image_id.as_str()).collect();
+    assert_eq!(sources, BTreeSet::from(["ami-0123456789abcdef0", "ami-0fedcba9876543210"]));
+    assert_eq!(region.unwitnessed_gib, 5 + 6);
+    // moto's CreateImage snapshots are 15 GiB.
     let size: u64 = region.orphans.iter().map(|o| o.size_gib).sum();
+    assert_eq!(size, 30);
     assert_eq!(region.reclaimable_gib, size);
     assert_eq!(region.estimated_monthly_savings_usd, (size as f64 * 0.05 * 100.0).round() / 100.0);
     assert_eq!(region.snapshots_scanned, before.len() as u64 + foreign);
     assert_eq!(region.images_scanned, 2, "the live and the disabled image, listed with Owners=self");
-    assert_eq!(report.totals.deleted, 4);
+    assert_eq!(report.totals.deleted, 2);
+    assert_eq!((report.totals.unwitnessed_count, report.totals.unwitnessed_gib), (2, 11));
+
+    // Adopted (a person read the list): the forgeries go, nothing else.
+    let adopted = sweep(&account, &config(&[("ADOPT_UNWITNESSED_ORPHANS", "true")]), &scheduled(&account)).await;
+    assert_eq!(ids(&adopted.regions[0].deleted), forgeries);
+    assert!(adopted.regions[0].unwitnessed.is_empty());
 
     // Idempotent: a second run finds nothing more to delete.
     let again = sweep(&account, &config(&[]), &scheduled(&account)).await;
@@ -245,16 +281,16 @@ fn answer(action: &str, content: &str) -> Fault {
 async fn what_ec2_says_of_a_snapshot_keeps_it_locks_the_archive_tier_copies_and_the_protect_tag_in_any_case() {
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
-    let deletable = orphan(&ec2).await;
-    let archived = orphan(&ec2).await;
+    let deletable = orphan(&account, &ec2).await;
+    let archived = orphan(&account, &ec2).await;
     ec2.modify_snapshot_tier()
         .snapshot_id(&archived)
         .storage_tier(aws_sdk_ec2::types::TargetStorageTier::Archive)
         .send()
         .await
         .unwrap();
-    let locked = orphan(&ec2).await;
-    let shouting = orphan(&ec2).await;
+    let locked = orphan(&account, &ec2).await;
+    let shouting = orphan(&account, &ec2).await;
     tag_snapshot(&ec2, &shouting, "AMIGUARD:KEEP").await;
     // A DR copy that kept its original's CreateImage words: EC2 gives a copy the volume
     // vol-ffffffff (moto keeps the original's, so the proxy says what EC2 would).
@@ -314,8 +350,8 @@ async fn what_ec2_says_of_a_snapshot_keeps_it_locks_the_archive_tier_copies_and_
 async fn dry_run_by_default_and_by_event_deletes_nothing() {
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
-    let a = orphan(&ec2).await;
-    let b = orphan(&ec2).await;
+    let a = orphan(&account, &ec2).await;
+    let b = orphan(&account, &ec2).await;
     let before = own_snapshots(&account, &ec2).await;
 
     // DRY_RUN unset: the default is a dry run.
@@ -344,7 +380,7 @@ async fn dry_run_by_default_and_by_event_deletes_nothing() {
 async fn the_grace_period_keeps_fresh_orphans() {
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
-    let fresh = orphan(&ec2).await;
+    let fresh = orphan(&account, &ec2).await;
     let report = sweep(&account, &config(&[("MIN_AGE_HOURS", "24")]), &scheduled(&account)).await;
     assert_eq!(report.regions[0].kept.get(&KeepReason::TooYoung), Some(&1));
     assert!(report.regions[0].orphans.is_empty());
@@ -356,7 +392,7 @@ async fn the_cap_bounds_a_run_and_the_next_run_continues() {
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
     for _ in 0..5 {
-        orphan(&ec2).await;
+        orphan(&account, &ec2).await;
     }
     let capped = config(&[("MAX_DELETIONS", "2")]);
     let report = sweep(&account, &capped, &scheduled(&account)).await;
@@ -374,7 +410,7 @@ async fn the_circuit_breaker_refuses_to_delete_most_of_a_region() {
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
     for _ in 0..3 {
-        orphan(&ec2).await;
+        orphan(&account, &ec2).await;
     }
     image(&ec2).await;
     let before = own_snapshots(&account, &ec2).await;
@@ -391,8 +427,8 @@ async fn the_circuit_breaker_refuses_to_delete_most_of_a_region() {
 async fn two_regions_share_one_cap() {
     let account = TestAccount::new().await;
     let (east, eu) = (account.ec2(), account.ec2_in(EU_REGION));
-    let east_orphans = [orphan(&east).await, orphan(&east).await];
-    let eu_orphans = [orphan(&eu).await, orphan(&eu).await];
+    let east_orphans = [orphan(&account, &east).await, orphan(&account, &east).await];
+    let eu_orphans = [orphan(&account, &eu).await, orphan(&account, &eu).await];
     let eu_referenced = image(&eu).await.1;
 
     let both = config(&[("REGIONS", &format!("{REGION},{EU_REGION}")), ("MAX_DELETIONS", "3")]);
@@ -412,7 +448,7 @@ async fn two_regions_share_one_cap() {
 async fn an_unexpected_event_changes_nothing() {
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
-    let snapshot = orphan(&ec2).await;
+    let snapshot = orphan(&account, &ec2).await;
     let regions = vec![(REGION.to_string(), ec2.clone())];
     let ledger = ledger(&account).await;
     let ports = Ports { regions: &regions, publisher: &account.sns(), ledger: Some(&ledger) };
@@ -429,7 +465,7 @@ async fn an_unexpected_event_changes_nothing() {
 async fn the_summary_is_published_to_the_report_topic() {
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
-    orphan(&ec2).await;
+    orphan(&account, &ec2).await;
     let (sns, sqs) = (account.sns(), account.sqs());
     let topic = sns.create_topic().name("sweeps").send().await.unwrap().topic_arn.unwrap();
     let queue_url = sqs.create_queue().queue_name("sweeps").send().await.unwrap().queue_url.unwrap();
@@ -593,7 +629,7 @@ async fn a_third_of_calls_throttled_slows_the_sweep_but_deletes_every_orphan() {
     let ec2 = account.ec2();
     let mut orphans = BTreeSet::new();
     for _ in 0..9 {
-        orphans.insert(orphan(&ec2).await);
+        orphans.insert(orphan(&account, &ec2).await);
     }
     let proxy = Proxy::start(&moto().endpoint).await;
     proxy.inject(Fault::throttle(1.0 / 3.0));
@@ -611,7 +647,7 @@ async fn a_third_of_calls_throttled_slows_the_sweep_but_deletes_every_orphan() {
 async fn a_listing_refused_by_aws_aborts_the_region_and_deletes_nothing() {
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
-    orphan(&ec2).await;
+    orphan(&account, &ec2).await;
     let before = own_snapshots(&account, &ec2).await;
     let proxy = Proxy::start(&moto().endpoint).await;
     proxy.inject(Fault::error("DescribeImages", 403, "UnauthorizedOperation"));
@@ -628,7 +664,7 @@ async fn a_delete_answered_in_use_is_reported_and_the_others_go_on() {
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
     for _ in 0..3 {
-        orphan(&ec2).await;
+        orphan(&account, &ec2).await;
     }
     let proxy = Proxy::start(&moto().endpoint).await;
     proxy.inject(Fault::error("DeleteSnapshot", 400, "InvalidSnapshot.InUse").times(1));
@@ -704,16 +740,18 @@ async fn an_ami_deregistration_event_starts_the_clock_of_its_snapshots() {
     for image_id in [&with_event, &without_event] {
         ec2.deregister_image().image_id(image_id).send().await.unwrap();
     }
+    // Delivered ten minutes after the sweep: EC2 no longer lists the AMI, so it is gone as of
+    // then (amiguard's clock; the event's own time says nothing).
     let mut event = sample_event("orphan-snapshot-sweeper.ami-deregistered.json");
     event["account"] = Value::String(account.account_id.clone());
     event["detail"]["ImageId"] = Value::String(with_event.clone());
-    event["time"] = Value::String(amiguard::ledger::store::format_time(t0 + chrono::Duration::minutes(10)));
+    let delivered = at(t0 + chrono::Duration::minutes(10));
     let ledger = ledger(&account).await;
     let regions = vec![(REGION.to_string(), ec2.clone())];
     let ports = Ports { regions: &regions, publisher: &account.sns(), ledger: Some(&ledger) };
-    let recorded = serde_json::to_value(handle(&hour, &ports, &event, &at(t0)).await.unwrap()).unwrap();
+    let recorded = serde_json::to_value(handle(&hour, &ports, &event, &delivered).await.unwrap()).unwrap();
     assert_eq!(recorded["outcome"], "recorded");
-    let again = serde_json::to_value(handle(&hour, &ports, &event, &at(t0)).await.unwrap()).unwrap();
+    let again = serde_json::to_value(handle(&hour, &ports, &event, &delivered).await.unwrap()).unwrap();
     assert_eq!(again["outcome"], "already-recorded", "a redelivered event changes nothing");
 
     // 70 minutes after the deregistration: one hour since the event, but only just seen by a sweep.
@@ -766,7 +804,7 @@ async fn a_snapshot_an_image_in_the_recycle_bin_mapped_is_kept_whatever_its_desc
 async fn every_deletion_is_journaled_under_its_run_and_one_query_lists_them() {
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
-    let orphans = [orphan(&ec2).await, orphan(&ec2).await];
+    let orphans = [orphan(&account, &ec2).await, orphan(&account, &ec2).await];
     let report = sweep(&account, &config(&[]), &scheduled(&account)).await;
     assert_eq!(ids(&report.regions[0].deleted), set(&[&orphans[0], &orphans[1]]));
 
@@ -822,16 +860,21 @@ async fn an_unchanged_account_costs_one_run_record_and_a_first_sweep_batches_its
             .map(|c| c.action.clone())
             .collect()
     };
-    // 3 images and 30 orphans first seen: 33 items, in two BatchWriteItem calls, and the run.
+    // 3 images and 30 orphans first seen (unwitnessed: only their descriptions name an AMI,
+    // but their clocks run): 33 items, in two BatchWriteItem calls, and the run.
     assert_eq!(first.regions[0].ledger_writes, 33);
     assert_eq!(writes(&proxy), ["BatchWriteItem", "BatchWriteItem", "PutItem"]);
-    assert_eq!(first.regions[0].waiting.len(), 30);
+    assert_eq!(first.regions[0].unwitnessed.len(), 30);
 
     let proxy = Proxy::start(&moto().endpoint).await;
     let again = sweep_through(&account, &proxy, &dry, Utc::now()).await;
     assert_eq!(again.regions[0].ledger_writes, 0);
     assert_eq!(writes(&proxy), ["PutItem"], "one run record, nothing per image or snapshot");
-    assert_eq!(again.regions[0].waiting.len(), 30, "still waiting, by the first sighting's clock");
+    let unwitnessed = &again.regions[0].unwitnessed;
+    assert_eq!(unwitnessed.len(), 30);
+    // The ledger keeps seconds.
+    let first_seen = first.regions[0].unwitnessed[0].orphaned_since.trunc_subsecs(0);
+    assert!(unwitnessed.iter().all(|o| o.orphaned_since == first_seen), "by the first sighting's clock");
 }
 
 /// Own snapshots and images that carry the Recycle Bin rules' tag now.
@@ -853,11 +896,12 @@ async fn the_sweeper_tags_exactly_what_it_then_deletes_or_retires_for_the_recycl
     use amiguard_integration_tests::recycle_bin;
     let account = TestAccount::new().await;
     let ec2 = account.ec2();
-    let orphans: BTreeSet<String> = [orphan(&ec2).await, orphan(&ec2).await, orphan(&ec2).await].into();
+    let orphans: BTreeSet<String> =
+        [orphan(&account, &ec2).await, orphan(&account, &ec2).await, orphan(&account, &ec2).await].into();
     let (unused, unused_snapshot) = image(&ec2).await;
     let in_use = image(&ec2).await;
     account.run_instance(&in_use.0, &[]).await;
-    let protected = orphan(&ec2).await;
+    let protected = orphan(&account, &ec2).await;
     tag_snapshot(&ec2, &protected, "amiguard:keep").await;
     let manual = crafted(&ec2, "before the upgrade", &[], 8).await;
     let settings = [("RETIRE_UNUSED_AMIS_AFTER_DAYS", "0"), ("RECYCLE_BIN_RETENTION_DAYS", "7")];

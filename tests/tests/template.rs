@@ -15,8 +15,6 @@ const NOT_DELIVERED: &[&str] = &[
     "snapshot-on-stop.running.json",
     // untrusted-ami-alert answers `skipped` for states other than pending and running.
     "untrusted-ami-alert.stopped.json",
-    // The sweeper records only deregistrations; it answers `skipped` for other AMI states.
-    "orphan-snapshot-sweeper.ami-available.json",
     // An EventBridge Scheduler payload: the stack schedules the sweep with an EventBridge rule,
     // so nothing in it sends this; the sample shows a sweep started by a Scheduler schedule an
     // operator creates instead, which the sweeper accepts (source aws.scheduler).
@@ -113,20 +111,23 @@ fn the_image_rule_takes_only_available_and_failed_images_from_ec2() {
     let mut other_type = failed;
     other_type["detail-type"] = json!("EC2 Instance State-change Notification");
     assert!(!delivered(&function, &other_type));
-    // The sweeper's rule takes deregistrations only: the two functions never share an AMI event.
+    // The sweeper's rule takes `available` too (it records the image's mapping as EC2 lists it:
+    // the image is then witnessed), never `failed`; each function acts only on what concerns it.
     let sweeper =
         functions(&template).into_iter().find(|f| f.binary.as_deref() == Some("orphan-snapshot-sweeper")).unwrap();
-    assert!(!delivered(&sweeper, &available));
+    assert!(delivered(&sweeper, &available));
+    assert!(!delivered(&sweeper, &amiguard_integration_tests::sample_event("snapshot-on-stop.ami-failed.json")));
 }
 
 #[test]
-fn the_sweepers_ami_rule_takes_only_deregistrations_from_ec2() {
+fn the_sweepers_ami_rule_takes_only_available_and_deregistered_images_from_ec2() {
     let template = load();
     let function =
         functions(&template).into_iter().find(|f| f.binary.as_deref() == Some("orphan-snapshot-sweeper")).unwrap();
     let deregistered = amiguard_integration_tests::sample_event("orphan-snapshot-sweeper.ami-deregistered.json");
-    assert!(delivered(&function, &deregistered));
-    for state in ["available", "failed", "disabled", "pending"] {
+    let available = amiguard_integration_tests::sample_event("orphan-snapshot-sweeper.ami-available.json");
+    assert!(delivered(&function, &deregistered) && delivered(&function, &available));
+    for state in ["failed", "disabled", "pending", "Available", "deregistered "] {
         let mut other = deregistered.clone();
         other["detail"]["State"] = json!(state);
         assert!(!delivered(&function, &other), "state {state} must not be delivered");

@@ -18,6 +18,7 @@ pub const VARIABLES: &[&str] = &[
     "REPORT_TOPIC_ARN",
     "RECYCLE_BIN_CHECK",
     "RETIRE_UNUSED_AMIS_AFTER_DAYS",
+    "ADOPT_UNWITNESSED_ORPHANS",
     "RECYCLE_BIN_RETENTION_DAYS",
     "LEDGER_READ_ONLY",
     "LEDGER_TABLE",
@@ -46,6 +47,10 @@ pub struct Config {
     pub recycle_bin_check: bool,
     /// `RETIRE_UNUSED_AMIS_AFTER_DAYS` (optional; off when unset).
     pub retire_unused_amis_after_days: Option<u32>,
+    /// `ADOPT_UNWITNESSED_ORPHANS` (default false): delete the orphans amiguard never witnessed
+    /// (their AMI known only from a description) like the others. For cleaning up what was left
+    /// before amiguard was installed, once a person has read a dry run's `unwitnessed` list.
+    pub adopt_unwitnessed_orphans: bool,
     /// `RECYCLE_BIN_RETENTION_DAYS` (default 0): the stack's Recycle Bin rules, which exist in
     /// the function's own region (`AWS_REGION`) only.
     pub recycle_bin: RecycleBin,
@@ -80,6 +85,7 @@ impl Config {
             report_topic_arn: report_topic_arn(source)?,
             recycle_bin_check: bool_var(source, "RECYCLE_BIN_CHECK", true)?,
             retire_unused_amis_after_days,
+            adopt_unwitnessed_orphans: bool_var(source, "ADOPT_UNWITNESSED_ORPHANS", false)?,
             recycle_bin: RecycleBin::from_env(source)?,
             home_region: optional(source, "AWS_REGION"),
             ledger_read_only: ledger_read_only(source)?,
@@ -206,6 +212,7 @@ mod tests {
                 report_topic_arn: None,
                 recycle_bin_check: true,
                 retire_unused_amis_after_days: None,
+                adopt_unwitnessed_orphans: false,
                 recycle_bin: RecycleBin::retaining_for(0),
                 home_region: Some("eu-west-1".into()),
                 ledger_read_only: false,
@@ -226,6 +233,7 @@ mod tests {
             ("REPORT_TOPIC_ARN", "arn:aws:sns:eu-west-1:123456789012:sweeps"),
             ("RECYCLE_BIN_CHECK", "false"),
             ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "180"),
+            ("ADOPT_UNWITNESSED_ORPHANS", "TRUE"),
             ("RECYCLE_BIN_RETENTION_DAYS", "7"),
             ("AWS_REGION", "us-east-1"),
         ]))
@@ -240,6 +248,7 @@ mod tests {
         assert_eq!(config.report_topic_region(), Some("eu-west-1"));
         assert!(!config.recycle_bin_check);
         assert_eq!(config.retire_unused_amis_after_days, Some(180));
+        assert!(config.adopt_unwitnessed_orphans);
         // The stack's rules are in its own region: deletions elsewhere are not promised a restore.
         assert_eq!(config.recycle_bin_in("us-east-1"), RecycleBin::retaining_for(7));
         assert_eq!(config.recycle_bin_in("eu-central-1"), RecycleBin::retaining_for(7).elsewhere());
@@ -267,6 +276,7 @@ mod tests {
             ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "soon"),
             ("RECYCLE_BIN_RETENTION_DAYS", "400"),
             ("LEDGER_READ_ONLY", "maybe"),
+            ("ADOPT_UNWITNESSED_ORPHANS", "yes"),
         ] {
             let err = Config::from_env(&env(&[region, (name, value)])).unwrap_err();
             assert_eq!(err.variable, name, "{name}={value}");

@@ -1,7 +1,9 @@
 //! The events the sweeper answers: the scheduled sweep (from an EventBridge schedule rule or from
-//! EventBridge Scheduler), and `EC2 AMI State Change` events, whose `deregistered` state starts the
-//! grace clock of that AMI's snapshots. Anything else is refused before any AWS call.
+//! EventBridge Scheduler), and `EC2 AMI State Change` events (`available` records an image's
+//! mapping, `deregistered` starts the grace clock of its snapshots, each once EC2 confirms it).
+//! Anything else is refused before any AWS call.
 
+use amiguard::aws_words::is_resource_id;
 pub use amiguard::events::AMI_STATE_CHANGE;
 use amiguard::events::{parse_envelope, scheduled_detail, AmiStateChangeDetail, EventError, SCHEDULE_SOURCES};
 use chrono::{DateTime, Utc};
@@ -52,7 +54,7 @@ pub fn parse(payload: &serde_json::Value) -> Result<Event, EventError> {
                 )));
             }
             let image_id = event.detail.image_id;
-            if !image_id.starts_with("ami-") {
+            if !is_resource_id(&image_id, "ami-") {
                 return Err(EventError::Malformed(format!("`detail.ImageId` is not an AMI id: {image_id:?}")));
             }
             let region = event

@@ -11,7 +11,7 @@ use crate::flow::run::Run;
 use crate::flow::{ami_event, sweep};
 use crate::metrics;
 use crate::ports::{Ec2, Ports, Records, SummaryPublisher};
-use crate::report::Response;
+use crate::report::{AmiEventReport, Response};
 use crate::FUNCTION;
 
 /// One invocation: a sweep (every region in order; publish and log the report), or the record
@@ -29,17 +29,22 @@ where
 {
     let (account_id, detail) = match event::parse(payload)? {
         Event::Sweep { account_id, detail } => (account_id, detail),
-        Event::AmiStateChange { region, image_id, state, time, .. } => {
-            let report =
-                ami_event::record(ports.ledger, config.ledger_read_only, region, image_id, state, time).await?;
+        Event::AmiStateChange { account_id, region, image_id, state, time } => {
+            let event = AmiEventReport { outcome: "skipped", image_id, region, state, time, reason: None };
+            let (ledger, read_only) = (ports.ledger, config.ledger_read_only);
+            let report = ami_event::record(ports.regions, ledger, read_only, &account_id, event, invocation).await?;
             amiguard::report::log(FUNCTION, &report);
             return Ok(Response::AmiEvent(report));
         }
     };
     let (run, warnings) = Run::start(config, ports, &account_id, &detail, invocation).await;
-    let mut report = sweep::sweep(&run, ports.regions, warnings).await;
+    let (mut report, unshown) = sweep::sweep(&run, ports.regions, warnings).await;
     // The report is in the log before anything else is sent: a run cut short by its timeout while
-    // writing or publishing still leaves its whole record.
+    // writing or publishing still leaves its whole record. The warnings it has no room for are
+    // logged one a line, as `full_lists` says.
+    for warning in &unshown {
+        tracing::warn!(function = FUNCTION, run_id = %report.run_id, warning = %warning, "warning");
+    }
     amiguard::report::log(FUNCTION, &report);
     for line in metrics::emf_lines(&report, Utc::now()) {
         println!("{line}");
@@ -49,6 +54,7 @@ where
         amiguard::report::log(FUNCTION, &delivery);
     }
     report.summary_published = delivery.summary_published;
+    report.totals.warnings += delivery.warnings.len() as u64;
     report.warnings.extend(delivery.warnings);
     Ok(Response::Sweep(Box::new(report)))
 }

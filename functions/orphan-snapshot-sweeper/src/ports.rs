@@ -43,6 +43,11 @@ pub trait Ec2: Send + Sync {
     /// Every image of the account (`Owners=self`), disabled and deprecated ones included, with
     /// only the tags the sweeper reads: `protect_tag` (`PROTECT_TAG`) and `amiguard:created-by`.
     fn images(&self, protect_tag: &str) -> impl Future<Output = Result<Vec<ImageFacts>, AwsError>> + Send;
+    /// The account's image `image_id` as EC2 lists it now (`DescribeImages` of that id,
+    /// `Owners=self`, disabled and deprecated ones included), or `None` when EC2 does not list
+    /// it: deregistered, never existed, or another account's. What an AMI event may record comes
+    /// from this answer, never from the event.
+    fn image(&self, image_id: &str) -> impl Future<Output = Result<Option<ImageFacts>, AwsError>> + Send;
     /// The ids of the AMIs in the Recycle Bin (`ListImagesInRecycleBin`).
     fn images_in_recycle_bin(&self) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
     /// The images of every instance that is not terminated.
@@ -123,9 +128,21 @@ pub trait Records: LedgerStore {
     /// The key of a deleted snapshot's orphan record (deleted with its journal entry).
     fn orphan_key(region: &str, snapshot_id: &str) -> (String, String);
 
-    /// Records an `EC2 AMI State Change` to `deregistered`. The latest deregistration wins (an AMI
-    /// restored from the Recycle Bin and deregistered again starts a new clock); a redelivered or an
-    /// older event changes nothing. Answers whether this one was written.
+    /// Records what EC2 listed of an own image (its snapshots' mapping) when an `EC2 AMI State
+    /// Change` said it became `available`, first seen `at` (amiguard's clock): the image is then
+    /// witnessed though no sweep ever lists it. Written only when the ledger has no record of the
+    /// image yet (a sweep's own record is never overwritten). Answers whether it was written.
+    fn record_image(
+        &self,
+        region: &str,
+        image: &ImageFacts,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+
+    /// Records that an AMI is gone, as amiguard learned it `at` (its own clock, once EC2 no longer
+    /// lists the AMI; never an event's `time`). The latest wins (an AMI restored from the Recycle
+    /// Bin and deregistered again starts a new clock); an earlier or equal time changes nothing.
+    /// Answers whether this one was written.
     fn record_deregistration(
         &self,
         region: &str,

@@ -35,7 +35,10 @@ pub struct AmiEventReport {
     pub image_id: String,
     pub region: String,
     pub state: String,
+    /// The event's own `time`, as it said it: information only (a deregistration is recorded at
+    /// amiguard's clock, once EC2 no longer lists the AMI).
     pub time: DateTime<Utc>,
+    /// Why nothing was recorded (`skipped`).
     pub reason: Option<String>,
 }
 

@@ -176,8 +176,10 @@ async fn dry_run_deletes_nothing_and_the_event_can_only_make_a_run_drier() {
 
 #[tokio::test]
 async fn a_read_only_dry_run_uses_the_ledgers_clocks_and_writes_nothing() {
-    // snap-01 the ledger saw orphaned days ago (due), snap-02 it never saw (first seen now).
+    // snap-01 the ledger saw orphaned days ago (due), snap-02 it saw only mapped by its AMI, which
+    // the last sweep listed (first seen orphaned now).
     let ledger = ledger_seen("us-east-1", ["snap-01".to_string()]);
+    ledger.insert(listed_image("us-east-1", "snap-02"));
     let before = ledger.items();
     let read_only = Config { dry_run: true, ledger_read_only: true, ..config() };
     let ec2 = FakeEc2::with(vec![orphan("snap-01"), orphan("snap-02")], vec![]);
@@ -426,8 +428,21 @@ mod hostile_input {
 
     use super::*;
 
-    /// Strings and keys that bring payloads close to a scheduled event.
-    const HINTS: &[&str] = &["Scheduled Event", "aws.events", "detail-type", "detail"];
+    /// Strings and keys that bring payloads close to an event the sweeper answers.
+    const HINTS: &[&str] = &[
+        "Scheduled Event",
+        "aws.events",
+        "detail-type",
+        "detail",
+        "EC2 AMI State Change",
+        "aws.ec2",
+        "ImageId",
+        "State",
+        "available",
+        "deregistered",
+        "dry_run",
+        "ami-001",
+    ];
 
     /// The scheduled sample with one field replaced by anything.
     fn mutated_event() -> impl Strategy<Value = Value> {
@@ -443,11 +458,53 @@ mod hostile_input {
         })
     }
 
+    /// A valid `EC2 AMI State Change` envelope around a hostile `detail`: anything, or the
+    /// documented keys with any values (the AMI of the account's orphan among them).
+    fn ami_event_with_hostile_detail() -> impl Strategy<Value = Value> {
+        let image_id = prop_oneof![
+            Just(json!("ami-001")),
+            "ami-[0-9a-f]{0,20}".prop_map(Value::from),
+            ".{0,24}".prop_map(Value::from),
+            any_json(HINTS),
+        ];
+        let state = prop_oneof![
+            prop::sample::select(vec!["available", "deregistered", "failed", "disabled", "Deregistered"])
+                .prop_map(Value::from),
+            any_json(HINTS),
+        ];
+        let documented = (image_id, state, any_json(HINTS)).prop_map(
+            |(image_id, state, message)| json!({"ImageId": image_id, "State": state, "ErrorMessage": message}),
+        );
+        prop_oneof![documented, any_json(HINTS)].prop_map(|detail| {
+            json!({
+                "version": "0", "id": "e-2", "detail-type": "EC2 AMI State Change", "source": "aws.ec2",
+                "account": ACCOUNT, "time": "2026-06-01T02:10:00Z", "region": "us-east-1",
+                "resources": ["arn:aws:ec2:us-east-1::image/ami-001"], "detail": detail
+            })
+        })
+    }
+
+    /// Random JSON, and valid envelopes (a scheduled event, an AMI event) around hostile details,
+    /// so that the handler's own parsing is tried and not only the envelope's.
+    fn payloads() -> impl Strategy<Value = Value> {
+        prop_oneof![any_json(HINTS), any_json(HINTS).prop_map(event), ami_event_with_hostile_detail()]
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
-    /// Sweeps `payload` over an account with one orphan; returns the result and the deletions made.
+    /// Answers `payload` over an account with one (witnessed) orphan; returns the answer and the
+    /// deletions made.
+    fn answer(payload: &Value) -> (Result<Response, Error>, usize) {
+        let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
+        let ledger = ledger_seen("us-east-1", regions[0].1.listed());
+        let ports = Ports { regions: &regions, publisher: &FakeSns::default(), ledger: Some(&ledger) };
+        let result = runtime().block_on(handle(&config(), &ports, payload, &invocation()));
+        (result, regions[0].1.calls_to("DeleteSnapshot").len())
+    }
+
+    /// Sweeps `payload`; returns the result and the deletions made.
     fn sweep_payload(payload: &Value) -> (Result<Report, Error>, usize) {
         let regions = vec![("us-east-1".to_string(), FakeEc2::with(vec![orphan("snap-01")], vec![]))];
         let result = runtime().block_on(sweep_with(&config(), &regions, &FakeSns::default(), payload, invocation()));
@@ -458,19 +515,35 @@ mod hostile_input {
         payload["detail-type"] == "Scheduled Event"
     }
 
+    /// A report or a typed error, and never a deletion the answer does not account for.
+    fn check(payload: &Value, result: Result<Response, Error>, deletions: usize) -> Result<(), TestCaseError> {
+        match result {
+            Ok(Response::Sweep(report)) => {
+                prop_assert!(is_scheduled_event(payload), "a sweep from {}", payload);
+                prop_assert_eq!(deletions as u64, report.totals.deleted);
+                prop_assert!(deletions <= 1 && (!report.dry_run || deletions == 0));
+            }
+            Ok(Response::AmiEvent(report)) => {
+                prop_assert_eq!(&payload["detail-type"], "EC2 AMI State Change");
+                prop_assert_eq!(deletions, 0, "an AMI event deletes nothing");
+                prop_assert!(["recorded", "already-recorded", "skipped"].contains(&report.outcome));
+                prop_assert!(report.outcome != "skipped" || report.reason.is_some(), "a skip says why");
+            }
+            Err(err) => {
+                prop_assert!(matches!(err, Error::Event(_)), "{:?}", err);
+                prop_assert_eq!(deletions, 0);
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
-        fn arbitrary_json_is_refused_before_any_deletion(payload in any_json(HINTS)) {
-            let (result, deletions) = sweep_payload(&payload);
-            match result {
-                Ok(_) => prop_assert!(is_scheduled_event(&payload)),
-                Err(err) => {
-                    prop_assert!(matches!(err, Error::Event(_)), "{:?}", err);
-                    prop_assert_eq!(deletions, 0);
-                }
-            }
+        fn arbitrary_json_is_refused_before_any_deletion(payload in payloads()) {
+            let (result, deletions) = answer(&payload);
+            check(&payload, result, deletions)?;
         }
 
         #[test]
@@ -489,10 +562,19 @@ mod hostile_input {
     #[test]
     fn still_alive_after_a_hundred_random_payloads() {
         let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut reports, mut errors) = (0, 0);
         for _ in 0..100 {
-            let payload = any_json(HINTS).new_tree(&mut runner).unwrap().current();
-            let _ = sweep_payload(&payload);
+            let payload = payloads().new_tree(&mut runner).unwrap().current();
+            let (result, deletions) = answer(&payload);
+            if result.is_ok() {
+                reports += 1;
+            } else {
+                errors += 1;
+            }
+            check(&payload, result, deletions).unwrap_or_else(|e| panic!("{payload}: {e}"));
         }
+        assert_eq!(reports + errors, 100);
+        assert!(reports > 0 && errors > 0, "both kinds of answer were tried: {reports} reports, {errors} errors");
         let (result, deletions) = sweep_payload(&event(json!({})));
         assert_eq!(result.unwrap().regions[0].deleted, ["snap-01"]);
         assert_eq!(deletions, 1);

@@ -94,6 +94,13 @@ fn no_restores() -> Rule {
     })
 }
 
+/// Shared with nobody: no create-volume permission.
+fn not_shared() -> Rule {
+    mock!(Client::describe_snapshot_attribute).then_output(|| {
+        aws_sdk_ec2::operation::describe_snapshot_attribute::DescribeSnapshotAttributeOutput::builder().build()
+    })
+}
+
 fn deletes() -> Rule {
     mock!(Client::delete_snapshot).then_output(|| DeleteSnapshotOutput::builder().build())
 }
@@ -115,9 +122,9 @@ fn client(rules: &[&Rule]) -> Client {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let partition = aws_sdk_ec2::config::retry::RetryPartition::new(format!("sweeper-handler-test-{n}"));
-    // No locks, no Fast Snapshot Restore: the listings every sweep makes.
-    let (no_locks, no_restores) = (no_locks(), no_restores());
-    let rules: Vec<&Rule> = rules.iter().copied().chain([&no_locks, &no_restores]).collect();
+    // No locks, no Fast Snapshot Restore, nothing shared: what every sweep asks besides.
+    let (no_locks, no_restores, not_shared) = (no_locks(), no_restores(), not_shared());
+    let rules: Vec<&Rule> = rules.iter().copied().chain([&no_locks, &no_restores, &not_shared]).collect();
     mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules, |c| c
         .retry_config(amiguard::sdk::retry_config())
         .retry_partition(partition.clone())

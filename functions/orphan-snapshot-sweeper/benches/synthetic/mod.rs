@@ -9,7 +9,8 @@
 //!   archived, locked, and a manual snapshot with a `Name` tag.
 //!
 //! The facts are what the EC2 adapter keeps of each page: snapshots read by `SnapshotListing::read`,
-//! images with the tags retirement reads; the ledger saw every orphan orphaned 30 days ago. The listing comes in a shuffled order (a fixed seed):
+//! images with the tags retirement reads; the ledger witnessed every orphan's image map it, and saw
+//! the orphan orphaned 30 days ago. The listing comes in a shuffled order (a fixed seed):
 //! the planner must not profit from sorted input.
 
 use std::collections::BTreeSet;
@@ -55,7 +56,7 @@ impl Region {
 }
 
 pub fn policy() -> Policy {
-    Policy { min_age: Duration::hours(24), max_delete_fraction: 0.5 }
+    Policy { min_age: Duration::hours(24), max_delete_fraction: 0.5, adopt_unwitnessed: false }
 }
 
 /// splitmix64: a small deterministic generator, so the data is the same on every run.
@@ -143,6 +144,8 @@ pub fn region(snapshots: usize) -> Region {
             expected_orphans += 1;
             memory.orphaned_since.insert(id("snap", n as u64).into(), now - Duration::days(30));
             let image = gone_image_id(n);
+            // Witnessed: the ledger recorded the image mapping it while it was registered.
+            memory.mapped_by_gone_images.insert(id("snap", n as u64).into(), vec![image.as_str().into()]);
             let tags = if n % 2 == 0 { amiguard_tags(n as u64, &image) } else { Vec::new() };
             snapshot(create_image_description(n as u64, &image), tags)
         } else {

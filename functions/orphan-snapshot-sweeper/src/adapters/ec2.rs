@@ -58,6 +58,28 @@ impl Ec2 for aws_sdk_ec2::Client {
         amiguard::paging::describe_own_images(self, Vec::new(), |image| image_facts(image, protect_tag)).await
     }
 
+    async fn image(&self, image_id: &str) -> Result<Option<ImageFacts>, AwsError> {
+        // One id: no page to follow (EC2 refuses `MaxResults` beside `ImageIds`).
+        let answer = self
+            .describe_images()
+            .image_ids(image_id)
+            .owners("self")
+            .include_disabled(true)
+            .include_deprecated(true)
+            .send()
+            .await;
+        match answer {
+            Ok(output) => {
+                Ok(output.images().iter().filter(|i| i.image_id() == Some(image_id)).find_map(|i| image_facts(i, "")))
+            }
+            // An id that never existed (a deregistered one answers an empty list).
+            Err(err) => match AwsError::from_sdk("DescribeImages", err) {
+                err if err.has_code("InvalidAMIID.NotFound") || err.has_code("InvalidAMIID.Unavailable") => Ok(None),
+                err => Err(err),
+            },
+        }
+    }
+
     async fn images_in_recycle_bin(&self) -> Result<BTreeSet<String>, AwsError> {
         let mut pages = self
             .list_images_in_recycle_bin()
@@ -501,6 +523,45 @@ mod tests {
         assert_eq!(images[0].state, "disabled");
         assert_eq!(images[0].creation_date.unwrap().to_rfc3339(), "2024-10-10T00:00:00+00:00");
         assert_eq!(images[0].last_launched_time, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_image_is_asked_by_id_as_an_own_image_and_not_listed_is_none() {
+        let mapped = Image::builder()
+            .image_id("ami-0a")
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name("/dev/xvda")
+                    .ebs(EbsBlockDevice::builder().snapshot_id("snap-0a").build())
+                    .build(),
+            )
+            .build();
+        let listed = mock!(Client::describe_images)
+            .match_requests(|r| {
+                r.image_ids() == ["ami-0a".to_string()]
+                    && r.owners() == ["self".to_string()]
+                    && r.include_disabled() == Some(true)
+                    && r.include_deprecated() == Some(true)
+                    && r.max_results().is_none()
+            })
+            .then_output(move || DescribeImagesOutput::builder().images(mapped.clone()).build());
+        // Deregistered: an empty list; never existed: EC2's NotFound; a refusal is an error.
+        let gone = mock!(Client::describe_images).then_output(|| DescribeImagesOutput::builder().build());
+        let never = mock!(Client::describe_images).then_error(|| {
+            aws_sdk_ec2::operation::describe_images::DescribeImagesError::generic(service_error(
+                "InvalidAMIID.NotFound",
+            ))
+        });
+        let refused = mock!(Client::describe_images).then_error(|| {
+            aws_sdk_ec2::operation::describe_images::DescribeImagesError::generic(service_error(
+                "UnauthorizedOperation",
+            ))
+        });
+        let client = client!(&listed, &gone, &never, &refused);
+        assert_eq!(client.image("ami-0a").await.unwrap().unwrap().snapshot_ids, ["snap-0a"]);
+        assert_eq!(client.image("ami-0b").await.unwrap(), None);
+        assert_eq!(client.image("ami-0c").await.unwrap(), None);
+        assert_eq!(client.image("ami-0d").await.unwrap_err().code, "UnauthorizedOperation");
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,9 +3,13 @@
 //!
 //! - every own image it lists, with the snapshots it maps, when it was first seen and when it
 //!   was first seen gone (so a snapshot that an image now in the Recycle Bin mapped is kept,
-//!   whatever its description says: `ListImagesInRecycleBin` gives no mappings);
+//!   whatever its description says: `ListImagesInRecycleBin` gives no mappings; and an orphan is
+//!   *witnessed* when its AMI's record maps it). An `EC2 AMI State Change` to `available`
+//!   records an image the same way, as EC2 lists it: every own image is then witnessed, not only
+//!   those a sweep happens to list;
 //! - when each snapshot was first seen orphaned (the grace clock, [`crate::core::grace`]);
-//! - `EC2 AMI State Change` events to `deregistered` (an earlier start of that clock);
+//! - `EC2 AMI State Change` events to `deregistered`, dated when amiguard learned the AMI was gone
+//!   (an earlier start of that clock than the next sweep's);
 //! - each run's summary, whose start time the next run reads.
 //!
 //! Only what changed is written: a sweep of an unchanged account writes nothing but its summary.
@@ -203,6 +207,11 @@ impl<S: LedgerStore> Records for S {
 
     fn orphan_key(region: &str, snapshot_id: &str) -> (String, String) {
         (keys::orphans(region), snapshot_id.to_string())
+    }
+
+    async fn record_image(&self, region: &str, image: &ImageFacts, at: DateTime<Utc>) -> Result<bool, AwsError> {
+        let item = image_item(region, &image.image_id, &image.snapshot_ids, at);
+        Ok(self.put(&item, &Condition::Absent).await? == Written::Yes)
     }
 
     async fn record_deregistration(&self, region: &str, image_id: &str, at: DateTime<Utc>) -> Result<bool, AwsError> {

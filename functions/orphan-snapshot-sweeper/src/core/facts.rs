@@ -100,9 +100,17 @@ pub enum KeepReason {
     NotFromImage,
     /// Its state is not `completed`.
     NotCompleted,
+    /// An orphan amiguard never witnessed: the ledger never recorded its AMI mapping it while the
+    /// AMI was registered, so only its description (which anyone can write) ties it to an AMI.
+    /// Listed in the report's `unwitnessed` with its size, its grace clock recorded all the same;
+    /// deleted only once `ADOPT_UNWITNESSED_ORPHANS=true` adopts it.
+    Unwitnessed,
     /// Not an orphan for the grace period yet, by amiguard's own observation (or its start time
     /// is unknown).
     TooYoung,
+    /// About to be deleted, but its `createVolumePermission` grants another account or `all` (it
+    /// may be in use there), or could not be read. Asked only of the orphans about to be deleted.
+    Shared,
     /// An orphan beyond what this run may delete (`MAX_DELETIONS`): next run.
     OverCap,
     /// An orphan in a region where the circuit breaker refused to act.
@@ -111,7 +119,7 @@ pub enum KeepReason {
 
 impl KeepReason {
     /// Every reason, in the order they apply.
-    pub(super) const ALL: [KeepReason; 15] = [
+    pub(super) const ALL: [KeepReason; 17] = [
         KeepReason::NotOwned,
         KeepReason::ReferencedByImage,
         KeepReason::SourceImageExists,
@@ -124,7 +132,9 @@ impl KeepReason {
         KeepReason::Locked,
         KeepReason::NotFromImage,
         KeepReason::NotCompleted,
+        KeepReason::Unwitnessed,
         KeepReason::TooYoung,
+        KeepReason::Shared,
         KeepReason::OverCap,
         KeepReason::CircuitBreaker,
     ];

@@ -24,6 +24,10 @@ pub struct Policy {
     /// The circuit breaker (`MAX_DELETE_FRACTION`): a plan that would delete more than this
     /// fraction of the region's own snapshots deletes nothing.
     pub max_delete_fraction: f64,
+    /// `ADOPT_UNWITNESSED_ORPHANS`: unwitnessed orphans are orphans like the others (the way to
+    /// clean up what was left before amiguard was installed, once a person has read the list).
+    /// Off, they are kept ([`KeepReason::Unwitnessed`]).
+    pub adopt_unwitnessed: bool,
 }
 
 /// The facts of one region, gathered by the handler.
@@ -58,7 +62,8 @@ pub struct Memory {
     /// that found it gone).
     pub deregistered_at: HashMap<Id, DateTime<Utc>>,
     /// For a snapshot that images now gone mapped (EC2's own block-device mappings, as the
-    /// ledger recorded them): those images. One of them in the Recycle Bin keeps the snapshot.
+    /// ledger recorded them while the images were registered): those images. One of them in the
+    /// Recycle Bin keeps the snapshot; the one its description names makes it *witnessed*.
     pub mapped_by_gone_images: HashMap<Id, Vec<Id>>,
     /// Orphans whose deletion failed in an earlier run (refused, in use): they queue behind the
     /// others, so that a few that always fail never use up `MAX_DELETIONS` run after run.
@@ -112,8 +117,13 @@ pub struct Plan {
     /// earlier run after all others), before the cap and the circuit breaker.
     pub orphans: Vec<Orphan>,
     /// Orphans still in their grace period (counted as kept `too_young`), the soonest deletable
-    /// first. With `orphans`, every snapshot the ledger's grace clock follows.
+    /// first. With `orphans` and `unwitnessed`, every snapshot the ledger's grace clock follows.
     pub waiting: Vec<Orphan>,
+    /// Orphans amiguard never witnessed (counted as kept `unwitnessed`), oldest first: kept
+    /// unless adopted, their clock recorded so that adopting them later does not restart it.
+    pub unwitnessed: Vec<Orphan>,
+    /// The size of all unwitnessed orphans.
+    pub unwitnessed_gib: u64,
     /// The grace period, to say when each waiting orphan becomes deletable.
     pub min_age: Duration,
     /// The orphans to delete in this run: the first ones of `orphans`, within the budget, unless
@@ -134,6 +144,8 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
     Kept(KeepReason),
+    /// An orphan amiguard never witnessed, kept unless adopted.
+    Unwitnessed(Orphan),
     /// An orphan in its grace period.
     Waiting(Orphan),
     Deletable(Orphan),
@@ -163,6 +175,8 @@ fn plan_in_partitions(input: &PlanInput<'_>, policy: &Policy, bits: u32) -> Plan
         own_snapshots: 0,
         orphans: Vec::new(),
         waiting: Vec::new(),
+        unwitnessed: Vec::new(),
+        unwitnessed_gib: 0,
         min_age: policy.min_age,
         to_delete: Vec::new(),
         kept: BTreeMap::new(),
@@ -198,6 +212,10 @@ fn plan_in_partitions(input: &PlanInput<'_>, policy: &Policy, bits: u32) -> Plan
                     total.gib += decision.size_gib;
                 }
             }
+            Verdict::Unwitnessed(orphan) => {
+                kept[KeepReason::Unwitnessed as usize] += 1;
+                plan.unwitnessed.push(orphan);
+            }
             Verdict::Waiting(orphan) => {
                 kept[KeepReason::TooYoung as usize] += 1;
                 plan.waiting.push(orphan);
@@ -219,6 +237,8 @@ fn plan_in_partitions(input: &PlanInput<'_>, policy: &Policy, bits: u32) -> Plan
         plan.orphans.extend(failed);
     }
     plan.waiting.sort_by(|a, b| (a.orphaned_since, &a.snapshot_id).cmp(&(b.orphaned_since, &b.snapshot_id)));
+    sort_oldest_first(&mut plan.unwitnessed);
+    plan.unwitnessed_gib = plan.unwitnessed.iter().map(|o| o.size_gib).sum();
     plan.reclaimable_gib = plan.orphans.iter().map(|o| o.size_gib).sum();
 
     let orphans = plan.orphans.len() as u64;
@@ -264,6 +284,46 @@ fn sort_oldest_first(orphans: &mut Vec<Orphan>) {
     *orphans = keys.iter().map(|&(_, index)| orphans[index].clone()).collect();
 }
 
+impl Plan {
+    /// The orphans to ask about next, before deleting, whether they are shared: after the first
+    /// `checked` asked already, of which `shared` were, enough to fill what is left of `budget`
+    /// (the region's `MAX_DELETIONS`). Empty when the budget is filled, every orphan was asked
+    /// about, or the circuit breaker tripped. Only the orphans about to be deleted are asked
+    /// about; one kept shared lets the next in line take its place.
+    pub fn next_to_ask(&self, checked: usize, shared: usize, budget: u64) -> std::ops::Range<usize> {
+        if self.circuit_breaker.is_some() {
+            return 0..0;
+        }
+        let checked = checked.min(self.orphans.len());
+        let deletions = checked.saturating_sub(shared);
+        let wanted = usize::try_from(budget).unwrap_or(usize::MAX).saturating_sub(deletions);
+        checked..checked.saturating_add(wanted).min(self.orphans.len())
+    }
+
+    /// The deletions once the first `checked` orphans were asked about: those of them not in
+    /// `shared` (found shared, or whose permissions could not be read: kept `shared`); the
+    /// orphans not asked about are over the cap. A plan whose circuit breaker tripped deletes
+    /// nothing and stays as it is.
+    pub fn keep_shared(&mut self, checked: usize, shared: &hashbrown::HashSet<Id>) {
+        if self.circuit_breaker.is_some() {
+            return;
+        }
+        let checked = checked.min(self.orphans.len());
+        self.to_delete =
+            self.orphans[..checked].iter().filter(|o| !shared.contains(o.snapshot_id.as_str())).cloned().collect();
+        set_count(&mut self.kept, KeepReason::Shared, (checked - self.to_delete.len()) as u64);
+        set_count(&mut self.kept, KeepReason::OverCap, (self.orphans.len() - checked) as u64);
+    }
+}
+
+fn set_count(kept: &mut BTreeMap<KeepReason, u64>, reason: KeepReason, count: u64) {
+    if count == 0 {
+        kept.remove(&reason);
+    } else {
+        kept.insert(reason, count);
+    }
+}
+
 /// `part` is more than `fraction` of `whole`. No part is never too much.
 pub(crate) fn exceeds_fraction(part: u64, whole: u64, fraction: f64) -> bool {
     part > 0 && part as f64 > fraction * whole as f64
@@ -284,6 +344,7 @@ struct Rules<'a> {
     account_id: &'a str,
     now: DateTime<Utc>,
     min_age: Duration,
+    adopt_unwitnessed: bool,
     /// A snapshot two retired images share gets the smaller id: the same whatever the order.
     /// Small (this run's retirements), so a plain map.
     retired_sources: HashMap<&'a str, &'a str>,
@@ -306,6 +367,7 @@ impl<'a> Rules<'a> {
             account_id: input.account_id,
             now: input.now,
             min_age: policy.min_age,
+            adopt_unwitnessed: policy.adopt_unwitnessed,
             retired_sources,
             memory: input.memory,
             locked: input.locked,
@@ -345,17 +407,29 @@ impl<'a> Rules<'a> {
         latest
     }
 
+    /// Whether the ledger recorded `source` mapping the snapshot while `source` was registered:
+    /// the AMI its description names is one it really belonged to, by EC2's own listing.
+    fn witnessed(&self, snapshot: &SnapshotFacts, source: &str) -> bool {
+        !self.memory.mapped_by_gone_images.is_empty()
+            && self
+                .memory
+                .mapped_by_gone_images
+                .get(snapshot.snapshot_id.as_str())
+                .is_some_and(|images| images.iter().any(|image| image == source))
+    }
+
     fn decide(&self, snapshot: &SnapshotFacts, found: join::Found) -> Decision {
         Decision { owned: self.owns(snapshot), verdict: self.classify(snapshot, found), size_gib: snapshot.size_gib }
     }
 
     /// Every copy must agree that the snapshot is an orphan, and the result must not depend on
-    /// which copy came first: the smallest keep reason wins, then waiting (the copy deletable
-    /// last), else the smallest orphan.
+    /// which copy came first: the smallest keep reason wins, then unwitnessed (any copy not
+    /// witnessed), then waiting (the copy deletable last), else the smallest orphan.
     fn decide_copies<'s>(&self, copies: impl Iterator<Item = (&'s SnapshotFacts, join::Found)>) -> Decision {
         let mut owned = true;
         let mut size_gib = 0;
         let mut kept: Option<KeepReason> = None;
+        let mut unwitnessed: Option<Orphan> = None;
         let mut waiting: Option<Orphan> = None;
         let mut orphan: Option<Orphan> = None;
         for (snapshot, found) in copies {
@@ -363,6 +437,11 @@ impl<'a> Rules<'a> {
             size_gib = size_gib.max(snapshot.size_gib);
             match self.classify(snapshot, found) {
                 Verdict::Kept(reason) => kept = Some(kept.map_or(reason, |k| k.min(reason))),
+                Verdict::Unwitnessed(candidate) => {
+                    if unwitnessed.as_ref().is_none_or(|known| candidate < *known) {
+                        unwitnessed = Some(candidate);
+                    }
+                }
                 Verdict::Waiting(candidate) => {
                     let later = |known: &Orphan| (candidate.orphaned_since, &candidate) > (known.orphaned_since, known);
                     if waiting.as_ref().is_none_or(later) {
@@ -376,12 +455,13 @@ impl<'a> Rules<'a> {
                 }
             }
         }
-        let verdict = match (kept, waiting, orphan) {
-            (Some(reason), _, _) => Verdict::Kept(reason),
-            (None, Some(waiting), _) => Verdict::Waiting(waiting),
-            (None, None, Some(orphan)) => Verdict::Deletable(orphan),
+        let verdict = match (kept, unwitnessed, waiting, orphan) {
+            (Some(reason), _, _, _) => Verdict::Kept(reason),
+            (None, Some(unwitnessed), _, _) => Verdict::Unwitnessed(unwitnessed),
+            (None, None, Some(waiting), _) => Verdict::Waiting(waiting),
+            (None, None, None, Some(orphan)) => Verdict::Deletable(orphan),
             // No copies: not reachable from `plan`, and nothing to delete either way.
-            (None, None, None) => Verdict::Kept(KeepReason::NotOwned),
+            (None, None, None, None) => Verdict::Kept(KeepReason::NotOwned),
         };
         Decision { owned, verdict, size_gib }
     }
@@ -428,6 +508,12 @@ impl<'a> Rules<'a> {
             start_time,
             orphaned_since,
         };
+        // A description is anyone's to write (`CreateSnapshot`, `CopySnapshot`): only the ledger's
+        // record of the AMI mapping it, or this run's retirement of the image, proves the snapshot
+        // was that AMI's. (Its clock runs all the same: adopting it later does not restart it.)
+        if retired.is_none() && !self.adopt_unwitnessed && !self.witnessed(snapshot, source_image_id) {
+            return Verdict::Unwitnessed(orphan);
+        }
         let old_enough = self.now.signed_duration_since(start_time) >= self.min_age;
         if old_enough && self.now >= grace::deletable_after(orphaned_since, self.min_age) {
             Verdict::Deletable(orphan)
@@ -454,7 +540,7 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        Policy { min_age: Duration::hours(24), max_delete_fraction: 1.0 }
+        Policy { min_age: Duration::hours(24), max_delete_fraction: 1.0, adopt_unwitnessed: false }
     }
 
     /// What the EC2 adapter does with each page.
@@ -499,12 +585,26 @@ mod tests {
     /// How long ago the ledger first saw the tests' snapshots orphaned: past the 24-hour grace.
     const ORPHANED_HOURS: i64 = 40;
 
-    /// A memory in which the ledger saw every listed snapshot orphaned `ORPHANED_HOURS` ago.
+    /// A memory in which the ledger recorded the AMI each listed snapshot's description names
+    /// mapping it, while registered: every orphan among them is witnessed.
+    fn witnessing(listings: &[SnapshotListing]) -> Memory {
+        let mut memory = Memory::default();
+        for listing in listings {
+            if let Some(image) = listing.read(tags::KEEP).sources.described() {
+                let mapped = memory.mapped_by_gone_images.entry(Id::from(listing.snapshot_id.as_str())).or_default();
+                mapped.push(Id::from(image));
+            }
+        }
+        memory
+    }
+
+    /// A memory in which the ledger witnessed every listed snapshot's AMI map it, and saw the
+    /// snapshot orphaned `ORPHANED_HOURS` ago.
     fn seen_long_ago(listings: &[SnapshotListing]) -> Memory {
         let since = now() - Duration::hours(ORPHANED_HOURS);
         Memory {
             orphaned_since: listings.iter().map(|l| (Id::from(l.snapshot_id.as_str()), since)).collect(),
-            ..Memory::default()
+            ..witnessing(listings)
         }
     }
 
@@ -647,7 +747,7 @@ mod tests {
             retired_images: &[],
             images_in_recycle_bin: &binned,
             budget: 1,
-            memory: &Memory::default(),
+            memory: &witnessing(std::slice::from_ref(&s)),
             locked: &no_locks(),
         };
         assert_eq!(plan(&input, &zero).to_delete.len(), 1, "MIN_AGE_HOURS=0 has no grace period");
@@ -660,7 +760,7 @@ mod tests {
         let mut old = snapshot("snap-01", "ami-0a");
         old.start_time = Some(now() - Duration::days(730));
         let old = [old];
-        let first = run_with(&old, &[], &[], 10, &Memory::default());
+        let first = run_with(&old, &[], &[], 10, &witnessing(&old));
         assert!(first.orphans.is_empty() && first.to_delete.is_empty(), "{first:?}");
         assert_eq!(first.kept, BTreeMap::from([(KeepReason::TooYoung, 1)]));
         assert_eq!(first.waiting.len(), 1);
@@ -668,7 +768,7 @@ mod tests {
 
         let seen = |hours: i64| Memory {
             orphaned_since: [(Id::from("snap-01"), now() - Duration::hours(hours))].into_iter().collect(),
-            ..Memory::default()
+            ..witnessing(&old)
         };
         assert_eq!(run_with(&old, &[], &[], 10, &seen(23)).waiting.len(), 1, "23 hours of observed orphanhood");
         let due = run_with(&old, &[], &[], 10, &seen(24));
@@ -693,7 +793,7 @@ mod tests {
         // Registered into ami-0b from the snapshot: its description still names an older, gone ami-0a.
         let described = snapshot("snap-01", "ami-0a");
         let mut memory = seen_long_ago(std::slice::from_ref(&described));
-        memory.mapped_by_gone_images.insert("snap-01".into(), vec!["ami-0b".into()]);
+        memory.mapped_by_gone_images.entry("snap-01".into()).or_default().push("ami-0b".into());
         let binned = run_with(std::slice::from_ref(&described), &[], &["ami-0b"], 10, &memory);
         assert_eq!(only_reason(&binned), KeepReason::SourceImageInRecycleBin);
         // Once ami-0b left the bin for good, nothing keeps the snapshot any more.
@@ -705,6 +805,80 @@ mod tests {
         let manual = [manual];
         assert_eq!(only_reason(&run_with(&manual, &[], &["ami-0b"], 10, &memory)), KeepReason::SourceImageInRecycleBin);
         assert_eq!(only_reason(&run_with(&manual, &[], &[], 10, &memory)), KeepReason::NotFromImage);
+    }
+
+    #[test]
+    fn a_description_makes_a_candidate_only_the_ledgers_witness_or_adoption_makes_it_deletable() {
+        let forged = snapshot("snap-01", "ami-0a");
+        let forged = std::slice::from_ref(&forged);
+        let seen_orphaned = Memory { mapped_by_gone_images: HashMap::new(), ..seen_long_ago(forged) };
+        // Its description alone (anyone can write it): kept, listed with its size and its clock.
+        let kept = run_with(forged, &[], &[], 10, &seen_orphaned);
+        assert_eq!(only_reason(&kept), KeepReason::Unwitnessed);
+        assert_eq!(kept.unwitnessed.len(), 1);
+        assert_eq!((kept.unwitnessed[0].size_gib, kept.unwitnessed_gib), (8, 8));
+        assert_eq!(kept.unwitnessed[0].orphaned_since, now() - Duration::hours(ORPHANED_HOURS), "its clock runs");
+        assert!(kept.waiting.is_empty(), "not waiting to be deleted: kept until adopted");
+        // The ledger saw another AMI map it (it was registered into one): not its described AMI's.
+        let mut other = seen_orphaned.clone();
+        other.mapped_by_gone_images.insert("snap-01".into(), vec!["ami-0b".into()]);
+        assert_eq!(only_reason(&run_with(forged, &[], &[], 10, &other)), KeepReason::Unwitnessed);
+        // The ledger saw ami-0a map it while registered: witnessed.
+        assert_eq!(run_with(forged, &[], &[], 10, &seen_long_ago(forged)).to_delete.len(), 1);
+        // Adopted by the operator: an orphan like the others, on the clock it kept.
+        let adopting = Policy { adopt_unwitnessed: true, ..policy() };
+        let binned = BTreeSet::new();
+        let snapshots = read(forged);
+        let input = PlanInput {
+            account_id: ACCOUNT,
+            now: now(),
+            snapshots: &snapshots,
+            images: &[],
+            retired_images: &[],
+            images_in_recycle_bin: &binned,
+            budget: 10,
+            memory: &seen_orphaned,
+            locked: &no_locks(),
+        };
+        let adopted = plan(&input, &adopting);
+        assert_eq!(adopted.to_delete.len(), 1);
+        assert_eq!(adopted.to_delete[0].orphaned_since, now() - Duration::hours(ORPHANED_HOURS));
+        assert!(adopted.unwitnessed.is_empty());
+        // Adopted but first seen now: it waits out the grace period like any orphan.
+        let fresh = Memory::default();
+        let waiting = plan(&PlanInput { memory: &fresh, ..input }, &adopting);
+        assert_eq!((waiting.waiting.len(), waiting.to_delete.len()), (1, 0));
+        // An image this run retired maps it: witnessed by the retirement.
+        let retired = [image("ami-0r", &["snap-01"])];
+        assert_eq!(plan(&PlanInput { retired_images: &retired, ..input }, &policy()).to_delete.len(), 1);
+    }
+
+    #[test]
+    fn a_shared_orphan_is_kept_and_the_next_in_line_takes_its_place() {
+        let snapshots: Vec<SnapshotListing> = (0..5)
+            .map(|i| {
+                let mut s = snapshot(&format!("snap-0{i}"), &format!("ami-0{i}"));
+                s.start_time = Some(now() - Duration::days(10 - i));
+                s
+            })
+            .collect();
+        let mut plan = run(&snapshots, &[], &[], 2);
+        assert_eq!(plan.next_to_ask(0, 0, 2), 0..2, "the two about to be deleted");
+        // snap-00 is shared: one more is asked about, and none beyond the budget.
+        assert_eq!(plan.next_to_ask(2, 1, 2), 2..3);
+        assert_eq!(plan.next_to_ask(3, 1, 2), 3..3);
+        let shared: hashbrown::HashSet<Id> = [Id::from("snap-00")].into_iter().collect();
+        plan.keep_shared(3, &shared);
+        let ids: Vec<&str> = plan.to_delete.iter().map(|o| o.snapshot_id.as_str()).collect();
+        assert_eq!(ids, ["snap-01", "snap-02"]);
+        assert_eq!(plan.kept, BTreeMap::from([(KeepReason::Shared, 1), (KeepReason::OverCap, 2)]));
+        assert_eq!(plan.orphans.len(), 5, "still reported as orphans");
+        // Nothing is asked when the circuit breaker tripped.
+        let tripped = Plan {
+            circuit_breaker: Some(CircuitBreakerTrip { orphans: 5, own_snapshots: 5, max_fraction: 0.5 }),
+            ..plan
+        };
+        assert_eq!(tripped.next_to_ask(0, 0, 2), 0..0);
     }
 
     #[test]
@@ -911,6 +1085,8 @@ mod tests {
         memory: Memory,
         /// Snapshots under an EBS snapshot lock.
         locked: hashbrown::HashSet<Id>,
+        /// `ADOPT_UNWITNESSED_ORPHANS`.
+        adopt: bool,
     }
 
     fn arb_world() -> impl Strategy<Value = World> {
@@ -929,6 +1105,8 @@ mod tests {
                 prop::collection::vec((0usize..40, (0..AMIS).prop_map(ami)), 0..4),
                 prop::collection::btree_set(0usize..40, 0..4),
             ),
+            // Adoption, and the listing entries whose described AMI the ledger saw map them.
+            (any::<bool>(), prop::collection::btree_set(0usize..40, 0..40)),
         )
             .prop_map(
                 |(
@@ -941,6 +1119,7 @@ mod tests {
                     repeats,
                     partition_bits,
                     remembered,
+                    (adopt, witnessed),
                 )| {
                     let (first_seen, deregistered, gone_mappings, locked) = remembered;
                     let locked = locked.iter().map(|i| Id::from(format!("snap-{i:04x}").as_str())).collect();
@@ -978,6 +1157,12 @@ mod tests {
                             .or_default()
                             .push(Id::from(image.as_str()));
                     }
+                    for listing in witnessed.iter().filter_map(|&i| snapshots.get(i)) {
+                        if let Some(image) = listing.read(tags::KEEP).sources.described() {
+                            let id = Id::from(listing.snapshot_id.as_str());
+                            memory.mapped_by_gone_images.entry(id).or_default().push(Id::from(image));
+                        }
+                    }
                     World {
                         snapshots,
                         images: live,
@@ -989,6 +1174,7 @@ mod tests {
                         partition_bits,
                         memory,
                         locked,
+                        adopt,
                     }
                 },
             )
@@ -1010,8 +1196,20 @@ mod tests {
             memory: &world.memory,
             locked: &world.locked,
         };
-        let policy = Policy { min_age: Duration::hours(world.min_age_hours), max_delete_fraction: world.fraction };
+        let policy = Policy {
+            min_age: Duration::hours(world.min_age_hours),
+            max_delete_fraction: world.fraction,
+            adopt_unwitnessed: world.adopt,
+        };
         plan_in_partitions(&input, &policy, partition_bits)
+    }
+
+    /// Whether the world's ledger saw the AMI the snapshot's description names map it, or this
+    /// run retired an image that maps it: read from the facts, not through the planner.
+    fn witnessed(world: &World, s: &SnapshotListing) -> bool {
+        let retired = world.retired.iter().any(|i| i.snapshot_ids.iter().any(|id| *id == s.snapshot_id));
+        let mapped = world.memory.mapped_by_gone_images.get(s.snapshot_id.as_str());
+        retired || mapped.is_some_and(|images| images.iter().any(|image| s.description.contains(image.as_str())))
     }
 
     fn has_key_prefix(s: &SnapshotListing, prefix: &str) -> bool {
@@ -1075,7 +1273,79 @@ mod tests {
                 for image in world.memory.mapped_by_gone_images.get(s.snapshot_id.as_str()).into_iter().flatten() {
                     prop_assert!(!world.binned.contains(image.as_str()), "a binned image {} mapped it", image);
                 }
+                prop_assert!(world.adopt || witnessed(&world, s), "not witnessed, not adopted: {:?}", s);
             }
+        }
+
+        /// No plan ever deletes an orphan that is not witnessed (the ledger saw the AMI its
+        /// description names map it, or this run retired an image that maps it) unless adoption
+        /// is on; adoption only ever adds the unwitnessed to the orphans, and a kept unwitnessed
+        /// orphan is neither deleted nor waiting.
+        #[test]
+        fn no_plan_deletes_an_unwitnessed_orphan_unless_adoption_is_on(world in arb_world()) {
+            let kept = plan_world(&World { adopt: false, ..world.clone() });
+            for orphan in kept.to_delete.iter().chain(&kept.orphans).chain(&kept.waiting) {
+                let copies: Vec<&SnapshotListing> =
+                    world.snapshots.iter().filter(|s| s.snapshot_id == orphan.snapshot_id.as_str()).collect();
+                prop_assert!(copies.iter().all(|s| witnessed(&world, s)), "{:?} is not witnessed", orphan);
+            }
+            let listed = |list: &[Orphan]| -> BTreeSet<String> { list.iter().map(|o| o.snapshot_id.to_string()).collect() };
+            let unwitnessed = listed(&kept.unwitnessed);
+            prop_assert!(unwitnessed.is_disjoint(&listed(&kept.to_delete)));
+            prop_assert!(unwitnessed.is_disjoint(&listed(&kept.waiting)));
+            prop_assert_eq!(kept.kept.get(&KeepReason::Unwitnessed).copied().unwrap_or(0), kept.unwitnessed.len() as u64);
+            prop_assert_eq!(kept.unwitnessed_gib, kept.unwitnessed.iter().map(|o| o.size_gib).sum::<u64>());
+
+            let adopted = plan_world(&World { adopt: true, ..world });
+            prop_assert!(adopted.unwitnessed.is_empty());
+            let candidates = |plan: &Plan| -> BTreeSet<String> {
+                listed(&plan.orphans).union(&listed(&plan.waiting)).cloned().collect()
+            };
+            let before: BTreeSet<String> = candidates(&kept).union(&unwitnessed).cloned().collect();
+            prop_assert_eq!(candidates(&adopted), before, "adoption turns exactly the unwitnessed into orphans");
+            // Adopting them does not restart their clock.
+            for orphan in adopted.orphans.iter().chain(&adopted.waiting) {
+                if let Some(known) = kept.unwitnessed.iter().find(|u| u.snapshot_id == orphan.snapshot_id) {
+                    prop_assert_eq!(known.orphaned_since, orphan.orphaned_since);
+                }
+            }
+        }
+
+        /// Asked in turn, as the sweep asks, with any answers: no shared orphan is ever deleted,
+        /// the budget holds, only orphans in line are asked about, and every snapshot is still
+        /// accounted for once.
+        #[test]
+        fn a_shared_orphan_is_never_deleted_and_the_budget_holds(
+            world in arb_world(),
+            shared_picks in prop::collection::btree_set(0usize..40, 0..40),
+        ) {
+            let mut plan = plan_world(&world);
+            let shared_ids: BTreeSet<String> = shared_picks.iter().map(|i| format!("snap-{i:04x}")).collect();
+            let (mut checked, mut found) = (0, hashbrown::HashSet::new());
+            loop {
+                let next = plan.next_to_ask(checked, found.len(), world.budget);
+                if next.is_empty() {
+                    break;
+                }
+                prop_assert_eq!(next.start, checked, "asked in line");
+                for orphan in &plan.orphans[next.clone()] {
+                    if shared_ids.contains(orphan.snapshot_id.as_str()) {
+                        found.insert(orphan.snapshot_id.clone());
+                    }
+                }
+                checked = next.end;
+            }
+            plan.keep_shared(checked, &found);
+            prop_assert!(plan.to_delete.len() as u64 <= world.budget);
+            prop_assert!(plan.to_delete.iter().all(|o| !shared_ids.contains(o.snapshot_id.as_str())));
+            if plan.circuit_breaker.is_none() {
+                let fresh = plan.orphans.iter().filter(|o| !shared_ids.contains(o.snapshot_id.as_str())).count();
+                prop_assert_eq!(plan.to_delete.len() as u64, (fresh as u64).min(world.budget), "the budget is filled");
+            } else {
+                prop_assert!(plan.to_delete.is_empty() && checked == 0);
+            }
+            let kept: u64 = plan.kept.values().sum();
+            prop_assert_eq!(kept + plan.to_delete.len() as u64, plan.snapshots_scanned);
         }
 
         #[test]

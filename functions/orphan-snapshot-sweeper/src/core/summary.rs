@@ -40,9 +40,11 @@ pub struct Report {
     /// stays restorable (0: deletions are final).
     pub recycle_bin_retention_days: u32,
     pub totals: Totals,
-    /// Things worth a look that did not stop the run (a summary that could not be published, ...).
+    /// Things worth a look that did not stop the run (a summary that could not be published, ...),
+    /// bounded like every list (`totals.warnings` counts them all).
     pub warnings: Vec<String>,
-    /// Where the full lists are, when the report's lists are cut to fit (see `counts`).
+    /// Where the full lists are, when the report's lists are cut to fit (see `counts`, and
+    /// `totals.warnings`).
     pub full_lists: Option<String>,
     /// `null` without `REPORT_TOPIC_ARN`; otherwise whether SNS accepted the summary. Always
     /// `null` in the report's log line, which is written before the publish: the second log line
@@ -74,6 +76,7 @@ pub struct ListCounts {
     pub already_gone: u64,
     pub failed: u64,
     pub left_for_next_run: u64,
+    pub unwitnessed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -88,6 +91,12 @@ pub struct RegionReport {
     pub orphans_failed_before: u64,
     /// Orphans in their grace period, with the time each becomes deletable (soonest first).
     pub waiting: Vec<WaitingOrphan>,
+    /// Orphans amiguard never witnessed (their AMI known only from a description), kept unless
+    /// `ADOPT_UNWITNESSED_ORPHANS=true`: each with its size and since when it is an orphan (its
+    /// clock runs while it is kept), oldest first, for a person to read before adopting them.
+    pub unwitnessed: Vec<Orphan>,
+    /// The size of all unwitnessed orphans (what adopting them would free at most).
+    pub unwitnessed_gib: u64,
     /// How many of the orphans this run set out to delete (in a dry run: would delete).
     pub planned_deletions: u64,
     /// Deletions AWS confirmed. Nothing else is ever counted as deleted.
@@ -133,6 +142,8 @@ impl RegionReport {
             orphans: Vec::new(),
             orphans_failed_before: 0,
             waiting: Vec::new(),
+            unwitnessed: Vec::new(),
+            unwitnessed_gib: 0,
             planned_deletions: 0,
             deleted: Vec::new(),
             restorable_until: None,
@@ -170,6 +181,8 @@ impl RegionReport {
         self.reclaimable_gib = plan.reclaimable_gib;
         self.estimated_monthly_savings_usd = monthly_cost(plan.reclaimable_gib, price_per_gb_month);
         self.orphans = plan.orphans.clone();
+        self.unwitnessed = plan.unwitnessed.clone();
+        self.unwitnessed_gib = plan.unwitnessed_gib;
         self.waiting = plan
             .waiting
             .iter()
@@ -195,6 +208,7 @@ impl RegionReport {
             already_gone: self.already_gone.len() as u64,
             failed: self.failed.len() as u64,
             left_for_next_run: self.left_for_next_run.len() as u64,
+            unwitnessed: self.unwitnessed.len() as u64,
         };
     }
 
@@ -206,25 +220,47 @@ impl RegionReport {
         self.failed.truncate(limit);
         self.left_for_next_run.truncate(limit);
         self.fast_snapshot_restores.truncate(limit);
+        self.unwitnessed.truncate(limit);
     }
 }
 
 impl Report {
     /// Cuts every list to what fits one log event (at most [`LIST_LIMIT`] entries each, fewer
-    /// for a large run), after the counts and totals were taken from the whole lists.
-    pub fn bound(&mut self) {
+    /// for a large run), after the counts and totals were taken from the whole lists. Answers the
+    /// warnings cut from the report (to be logged one a line: the journal and the orphans'
+    /// clocks are in the ledger, the warnings only in the log), and `full_lists` then says so.
+    pub fn bound(&mut self) -> Vec<String> {
+        self.totals.warnings = self.warnings.len() as u64;
         let mut limit = LIST_LIMIT;
+        let mut cut = Vec::new();
         loop {
             for region in &mut self.regions {
                 region.cut(limit);
             }
             self.retired_images.truncate(limit);
+            if self.warnings.len() > limit {
+                let mut rest = self.warnings.split_off(limit);
+                rest.append(&mut cut);
+                cut = rest;
+            }
             let size = serde_json::to_string(self).map_or(0, |json| json.len());
             if size <= MAX_REPORT_BYTES || limit == 0 {
                 break;
             }
             limit /= 2;
         }
+        if !cut.is_empty() {
+            let where_warnings_are = format!(
+                "the {} warning(s) not shown here: this run's log, one `warning` line each (run_id {})",
+                cut.len(),
+                self.run_id
+            );
+            self.full_lists = Some(match self.full_lists.take() {
+                Some(lists) => format!("{lists}; {where_warnings_are}"),
+                None => where_warnings_are,
+            });
+        }
+        cut
     }
 }
 
@@ -282,6 +318,11 @@ pub struct Totals {
     pub unreferenced_manual_gib: u64,
     pub regions_aborted: u64,
     pub images_retired: u64,
+    /// Orphans kept `unwitnessed`, and their size.
+    pub unwitnessed_count: u64,
+    pub unwitnessed_gib: u64,
+    /// The run's warnings, all of them (the report's `warnings` may show fewer).
+    pub warnings: u64,
 }
 
 /// Dollars, to the cent.
@@ -308,6 +349,8 @@ pub fn totals(regions: &[RegionReport], retired: &[RetiredImage], price_per_gb_m
         t.unreferenced_manual_count += r.unreferenced_manual.count;
         t.unreferenced_manual_gib += r.unreferenced_manual.gib;
         t.regions_aborted += u64::from(r.aborted.is_some());
+        t.unwitnessed_count += r.counts.unwitnessed;
+        t.unwitnessed_gib += r.unwitnessed_gib;
     }
     t.estimated_monthly_savings_usd = monthly_cost(t.reclaimable_gib, price_per_gb_month);
     t.images_retired = retired
@@ -392,6 +435,13 @@ pub fn summary_text(report: &Report) -> String {
                 r.fast_snapshot_restore_cost_usd_per_hour
             );
         }
+        if r.counts.unwitnessed > 0 {
+            let _ = writeln!(
+                text,
+                "  unwitnessed orphans (kept: amiguard never saw their AMI map them, only a description names it; read the report's list, then ADOPT_UNWITNESSED_ORPHANS=true deletes them): {} ({} GiB)",
+                r.counts.unwitnessed, r.unwitnessed_gib
+            );
+        }
         if r.unreferenced_manual.count > 0 {
             let _ = writeln!(
                 text,
@@ -415,6 +465,10 @@ pub fn summary_text(report: &Report) -> String {
     }
     for warning in &report.warnings {
         let _ = writeln!(text, "warning: {warning}");
+    }
+    let unshown = report.totals.warnings.saturating_sub(report.warnings.len() as u64);
+    if unshown > 0 {
+        let _ = writeln!(text, "and {unshown} more warning(s): see full_lists");
     }
     let _ = writeln!(text);
     let _ = writeln!(
@@ -523,6 +577,26 @@ pub(crate) mod tests {
         assert_eq!(value["regions"][1]["aborted"], "listing images failed");
         assert_eq!(value["dry_run"], false);
         assert_eq!(value["retired_images"], json!([]));
+    }
+
+    #[test]
+    fn warnings_are_bounded_like_every_list_and_full_lists_says_where_the_rest_is() {
+        let mut report = report();
+        report.warnings = (0..1000).map(|i| format!("eu-west-1: snap-{i:05} kept: could not be read")).collect();
+        let cut = report.bound();
+        assert_eq!(report.totals.warnings, 1000, "the count is whole");
+        assert_eq!(report.warnings.len(), LIST_LIMIT);
+        assert_eq!(cut.len(), 1000 - LIST_LIMIT, "every warning is either shown or answered");
+        assert_eq!(cut[0], format!("eu-west-1: snap-{LIST_LIMIT:05} kept: could not be read"), "in order");
+        let full = report.full_lists.clone().unwrap();
+        assert!(full.contains("800 warning(s)") && full.contains("r-1"), "{full}");
+        assert!(summary_text(&report).contains("and 800 more warning(s)"));
+
+        // A report that fits shows them all and says nothing more.
+        let mut small = super::tests::report();
+        small.warnings = vec!["one".into()];
+        assert!(small.bound().is_empty());
+        assert_eq!((small.totals.warnings, small.full_lists), (1, None));
     }
 
     #[test]

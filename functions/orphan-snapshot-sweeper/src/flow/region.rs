@@ -1,14 +1,16 @@
 //! One region of a sweep: listed (snapshots, then images, so that an AMI registered in between is
 //! seen; then the Recycle Bin and the snapshot locks), remembered (the ledger's records of it),
-//! its unused AMIs retired, planned, and what it saw written to the ledger before its deletions.
-//! Any failed listing or ledger read aborts the region with zero deletions.
+//! its unused AMIs retired, planned, the orphans about to be deleted asked whether they are shared,
+//! and what it saw written to the ledger before its deletions. Any failed listing or ledger read
+//! aborts the region with zero deletions.
 
 use std::collections::BTreeSet;
 
 use amiguard::ledger::Item;
 use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
 
-use super::delete::delete;
+use super::delete::{delete, DELETE_CONCURRENCY};
 use super::retirement::retire;
 use super::run::{Ledger, Run};
 use crate::core::{plan, Id, ImageFacts, Memory, Orphan, Plan, PlanInput, Policy, SnapshotFacts};
@@ -86,6 +88,7 @@ async fn plan_region<E: Ec2, L: Records>(
     let policy = Policy {
         min_age: chrono::Duration::hours(i64::from(run.config.min_age_hours)),
         max_delete_fraction: run.config.max_delete_fraction,
+        adopt_unwitnessed: run.config.adopt_unwitnessed_orphans,
     };
     let input = PlanInput {
         account_id: run.account_id,
@@ -98,12 +101,14 @@ async fn plan_region<E: Ec2, L: Records>(
         memory: &memory,
         locked: &locked,
     };
-    let plan = plan(&input, &policy);
-    let report = &mut swept.report;
+    let mut plan = plan(&input, &policy);
     if let Some(trip) = &plan.circuit_breaker {
         tracing::warn!(region, %trip, "circuit breaker tripped");
-        report.aborted = Some(trip.to_string());
+        swept.report.aborted = Some(trip.to_string());
     }
+    // In a dry run too: what it says it would delete is what a real run would.
+    keep_shared(run, region, ec2, &mut plan, *budget, &mut swept.warnings).await;
+    let report = &mut swept.report;
     if !write_memory(run, region, &plan, &retired, &memory, (image_writes, stale), report).await {
         return None;
     }
@@ -269,8 +274,15 @@ async fn write_memory<L: Records>(
     } else {
         hashbrown::HashSet::new()
     };
-    let candidates: Vec<&Orphan> =
-        plan.orphans.iter().chain(&plan.waiting).filter(|o| !simulated.contains(o.snapshot_id.as_str())).collect();
+    // Unwitnessed orphans too: their clock runs while they are kept, so that adopting them later
+    // does not restart it.
+    let candidates: Vec<&Orphan> = plan
+        .orphans
+        .iter()
+        .chain(&plan.waiting)
+        .chain(&plan.unwitnessed)
+        .filter(|o| !simulated.contains(o.snapshot_id.as_str()))
+        .collect();
     let deleting: hashbrown::HashSet<&str> = if run.dry_run {
         hashbrown::HashSet::new()
     } else {
@@ -290,4 +302,54 @@ async fn write_memory<L: Records>(
     }
     report.ledger_writes = writes;
     true
+}
+
+/// Before deleting: an orphan shared with another account or public may be in use there. Only the
+/// orphans about to be deleted are asked about (`DescribeSnapshotAttribute` of
+/// `createVolumePermission`, one call each, as many in flight as deletions); one shared, or whose
+/// permissions could not be read (it could not be verified), is kept `shared`, and the next
+/// orphan in line takes its place within the budget ([`Plan::next_to_ask`]): asked in turn until
+/// `budget` deletions are verified unshared or none is left. A read that fails is a warning
+/// naming the snapshot. Near the deadline no more is asked: what was not asked about is not
+/// deleted.
+async fn keep_shared<E: Ec2, L: Records>(
+    run: &Run<'_, L>,
+    region: &str,
+    ec2: &E,
+    plan: &mut Plan,
+    budget: u64,
+    warnings: &mut Vec<String>,
+) {
+    let (mut checked, mut shared) = (0, hashbrown::HashSet::<Id>::new());
+    loop {
+        let next = plan.next_to_ask(checked, shared.len(), budget);
+        if next.is_empty() || run.deletion_deadline_is_near() {
+            break;
+        }
+        checked = next.end;
+        let answers: Vec<(Id, Result<bool, amiguard::AwsError>)> = stream::iter(&plan.orphans[next])
+            .map(|orphan| async move {
+                let id = orphan.snapshot_id.clone();
+                let answer = run.until_cutoff("DescribeSnapshotAttribute", ec2.is_snapshot_shared(&id)).await;
+                (id, answer)
+            })
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .collect()
+            .await;
+        for (id, answer) in answers {
+            match answer {
+                Ok(false) => {}
+                Ok(true) => {
+                    shared.insert(id);
+                }
+                Err(err) => {
+                    warnings.push(format!(
+                        "{region}: {id} kept: its create-volume permissions could not be read, so it may be shared ({err})"
+                    ));
+                    shared.insert(id);
+                }
+            }
+        }
+    }
+    plan.keep_shared(checked, &shared);
 }

@@ -15,12 +15,12 @@ use crate::report::{Delivery, RegionReport, Report};
 pub const REGION_CONCURRENCY: usize = 4;
 
 /// Sweeps every region of `regions` in `run`, and reports (with the run's `warnings` so far),
-/// every list cut to fit one log event.
+/// every list cut to fit one log event; answers too the warnings the report had no room for.
 pub(crate) async fn sweep<E: Ec2, L: Records>(
     run: &Run<'_, L>,
     regions: &[(String, E)],
     mut warnings: Vec<String>,
-) -> Report {
+) -> (Report, Vec<String>) {
     let mut region_reports = Vec::new();
     let mut retired_images = Vec::new();
     for region in in_turn(run, regions).await {
@@ -44,8 +44,8 @@ pub(crate) async fn sweep<E: Ec2, L: Records>(
         full_lists: run.writable_store().map(|store| store.full_lists(request_id)),
         summary_published: None,
     };
-    report.bound();
-    report
+    let unshown = report.bound();
+    (report, unshown)
 }
 
 /// Every region's share, in `REGIONS` order. Regions are planned one at a time, in that order:

@@ -33,16 +33,45 @@ pub fn invocation() -> Invocation {
 /// How long ago the ledger saw the tests' orphans orphaned (established orphans: past the grace).
 pub const SEEN_ORPHANED_DAYS: i64 = 3;
 
-/// A ledger in which the snapshots `ids` of `region` were seen orphaned `SEEN_ORPHANED_DAYS` ago.
+/// A ledger in which the snapshots `ids` of `region` were seen orphaned `SEEN_ORPHANED_DAYS` ago,
+/// each witnessed: the sweep that listed the AMI [`orphan`] describes it for recorded it mapping
+/// it, a day before that AMI was found gone.
 pub fn ledger_seen(region: &str, ids: impl IntoIterator<Item = String>) -> MemoryLedger {
     let ledger = MemoryLedger::new();
     for id in ids {
+        ledger.insert(witnessed_image(region, &id));
         ledger.insert(
             Item::new(keys::orphans(region), id)
                 .with_time("first_seen", now() - chrono::Duration::days(SEEN_ORPHANED_DAYS)),
         );
     }
     ledger
+}
+
+/// The AMI an [`orphan`] `snapshot_id` says it was made for.
+pub fn described_image(snapshot_id: &str) -> String {
+    format!("ami-0{}", &snapshot_id[5..])
+}
+
+/// The ledger's record of [`described_image`] mapping `snapshot_id` as the last sweep listed it:
+/// the next sweep finds it gone (its snapshot's clock starts then).
+pub fn listed_image(region: &str, snapshot_id: &str) -> Item {
+    Item::new(keys::seen_images(region), described_image(snapshot_id))
+        .with_s("kind", "seen-image")
+        .with_list("snapshot_ids", [snapshot_id.to_string()])
+        .with_time("first_seen", now() - chrono::Duration::days(30))
+}
+
+/// The ledger's record of [`described_image`] mapping `snapshot_id`, seen registered until a sweep
+/// `SEEN_ORPHANED_DAYS` ago found it gone (what the sweeper itself writes of an image it lists).
+pub fn witnessed_image(region: &str, snapshot_id: &str) -> Item {
+    let days = |n: i64| now() - chrono::Duration::days(n);
+    Item::new(keys::seen_images(region), described_image(snapshot_id))
+        .with_s("kind", "seen-image")
+        .with_list("snapshot_ids", [snapshot_id.to_string()])
+        .with_time("first_seen", days(SEEN_ORPHANED_DAYS + 30))
+        .with_time("last_seen", days(SEEN_ORPHANED_DAYS + 1))
+        .with_time("gone_at", days(SEEN_ORPHANED_DAYS))
 }
 
 /// Sweeps `regions` with a ledger that saw every listed snapshot orphaned days ago.
@@ -80,6 +109,7 @@ pub fn config() -> Config {
         report_topic_arn: None,
         recycle_bin_check: true,
         retire_unused_amis_after_days: None,
+        adopt_unwitnessed_orphans: false,
         recycle_bin: RecycleBin::default(),
         home_region: Some("us-east-1".into()),
         ledger_read_only: false,
@@ -106,7 +136,7 @@ pub fn orphan(id: &str) -> SnapshotListing {
         state: "completed".to_string(),
         start_time: Some(now() - chrono::Duration::days(3)),
         size_gib: 10,
-        description: format!("Created by CreateImage(i-0123) for ami-0{} from vol-01", &id[5..]),
+        description: format!("Created by CreateImage(i-0123) for {} from vol-01", described_image(id)),
         volume_id: Some("vol-01".to_string()),
         storage_tier: Some("standard".to_string()),
         tags: vec![],
@@ -233,6 +263,9 @@ impl Ec2 for FakeEc2 {
     async fn images(&self, _protect_tag: &str) -> Result<Vec<ImageFacts>, AwsError> {
         self.maybe_slow("DescribeImages").await;
         self.call("DescribeImages", "").map(|_| self.images.clone())
+    }
+    async fn image(&self, image_id: &str) -> Result<Option<ImageFacts>, AwsError> {
+        self.call("DescribeImages", image_id).map(|_| self.images.iter().find(|i| i.image_id == image_id).cloned())
     }
     async fn images_in_recycle_bin(&self) -> Result<BTreeSet<String>, AwsError> {
         self.call("ListImagesInRecycleBin", "").map(|_| self.bin.clone())
