@@ -13,7 +13,7 @@ SAM_STAMP := $(call stamp,$(SAM_VENV),requirements-sam.txt)
 CHECKOV_STAMP := $(call stamp,$(CHECKOV_VENV),requirements-checkov.txt)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: test demo try tools template-tools fmt-check clippy cargo-test lint-template bench
+.PHONY: test demo try tools template-tools fmt-check clippy cargo-test lint-template bench org-template org-upload
 
 test: tools fmt-check clippy cargo-test lint-template
 	@echo "make test: all checks passed"
@@ -24,6 +24,18 @@ demo: tools
 # Dry runs only, with your credentials and region (AWS_ENDPOINT_URL honoured): nothing is changed.
 try: tools
 	@bash demo/try.sh
+
+# An organisation (README, Deploy): template.yaml as plain CloudFormation for a service-managed
+# StackSet, in build/org-template.yaml (translated offline by .venv-sam's SAM translator; no build).
+org-template: template-tools
+	@$(SAM_VENV)/bin/python deploy/org_template.py
+
+# make org-upload CODE_BUCKET_PREFIX=<prefix> REGIONS=<region,region...>: builds the functions once
+# (cargo lambda, arm64 release) and puts each zip in the bucket <prefix>-<region> of every region,
+# under the key build/org-template.yaml reads (AWS_ENDPOINT_URL honoured). ORG_UPLOAD_ZIPS_DIR=<dir>
+# uploads <dir>/<function>/bootstrap.zip instead of building (the tests use it).
+org-upload: tools org-template
+	@$(VENV)/bin/python deploy/org_upload.py
 
 tools: $(STAMP)
 
@@ -58,7 +70,7 @@ cargo-test: tools
 	cargo test --workspace --locked
 
 lint-template: tools template-tools
-	cfn-lint template.yaml
+	cfn-lint template.yaml deploy/monitoring.yaml
 	SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam validate --lint --template template.yaml --region us-east-1
 	$(CHECKOV_VENV)/bin/checkov --file template.yaml --quiet --compact --skip-download
 
