@@ -339,9 +339,12 @@ fn shown_metric(widget: &str, row: &Value) -> ShownMetric {
     }
 }
 
+/// The `SEARCH('...')` of `expression`, alone or inside metric math over its series (the
+/// organisation's dashboard sums each one: `SUM(SEARCH('...', 'Sum', 3600))`).
 fn searched_metric(widget: &str, expression: &str) -> ShownMetric {
     let query = expression
-        .strip_prefix("SEARCH('")
+        .find("SEARCH('")
+        .map(|start| &expression[start + "SEARCH('".len()..])
         .and_then(|rest| rest.split('\'').next())
         .unwrap_or_else(|| panic!("{widget}: only SEARCH('...') expressions are read: {expression}"));
     let (schema, terms) = query
@@ -371,5 +374,22 @@ fn searched_metric(widget: &str, expression: &str) -> ShownMetric {
         namespace,
         name: name.unwrap_or_else(|| panic!("{widget}: a SEARCH must name its MetricName: {query}")),
         dimensions,
+    }
+}
+
+/// The metrics `function` emits (its `METRIC_NAMES`) and the dimensions besides `Function` each
+/// is published under (its `METRIC_DIMENSIONS`).
+pub fn emitted_metrics(
+    function: &str,
+) -> (&'static [&'static str], &'static [(&'static str, &'static [&'static str])]) {
+    match function {
+        orphan_snapshot_sweeper::FUNCTION => {
+            (orphan_snapshot_sweeper::metrics::METRIC_NAMES, orphan_snapshot_sweeper::metrics::METRIC_DIMENSIONS)
+        }
+        snapshot_on_stop::FUNCTION => (snapshot_on_stop::metrics::METRIC_NAMES, &[]),
+        untrusted_ami_alert::FUNCTION => {
+            (untrusted_ami_alert::metrics::METRIC_NAMES, untrusted_ami_alert::metrics::METRIC_DIMENSIONS)
+        }
+        other => panic!("{other:?} is no function of the workspace"),
     }
 }
