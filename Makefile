@@ -66,7 +66,8 @@ fmt-check:
 clippy:
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-cargo-test: tools
+# template-tools too: the organisation template's tests translate template.yaml with .venv-sam's SAM translator.
+cargo-test: tools template-tools
 	cargo test --workspace --locked
 
 lint-template: tools template-tools

@@ -209,7 +209,7 @@ def main():
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # two runs at once each write their own
     tmp.write_text(heading + yaml.dump(output, Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True))
     os.replace(tmp, out)
     if not args.sam:
