@@ -156,7 +156,8 @@ def upload(prefix, regions, keys, paths, owner):
             try:
                 # Never over an existing object: the put fails if the key is taken.
                 client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ExpectedBucketOwner=owner,
-                                  ContentType="application/zip", Metadata={"sha256": sha256})
+                                  ContentType="application/zip" if key.endswith(".zip") else "text/yaml",
+                                  Metadata={"sha256": sha256})
                 print(f"put    s3://{bucket}/{key}")
             except botocore.exceptions.ClientError as error:
                 if error_code(error) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
