@@ -274,6 +274,42 @@ fn a_functions_key_changes_with_its_sources_and_only_then() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// The translation asks IAM for nothing: a managed policy named by a name neither the translator's
+/// own map nor deploy/org_template.py's knows stops it, saying what to write instead.
+#[test]
+fn an_unknown_managed_policy_name_stops_the_offline_translation() {
+    let root = scratch("policy");
+    let source = workspace_root();
+    for name in ["Cargo.toml", "Cargo.lock", "deploy/org_template.py"] {
+        std::fs::create_dir_all(root.join(name).parent().unwrap()).unwrap();
+        std::fs::copy(source.join(name), root.join(name)).unwrap();
+    }
+    for dir in ["shared", "functions"] {
+        copy_tree(&source.join(dir), &root.join(dir));
+    }
+    let template = std::fs::read_to_string(source.join("template.yaml")).unwrap();
+    let needle = "      Policies:\n";
+    assert!(template.contains(needle));
+    let edited = template.replacen(needle, &format!("{needle}        - NoSuchManagedPolicyAnywhere\n"), 1);
+    std::fs::write(root.join("template.yaml"), edited).unwrap();
+    let output = Command::new(tool(".venv-sam", "python", "template-tools"))
+        .arg(root.join("deploy/org_template.py"))
+        .arg("--out")
+        .arg(root.join("out.yaml"))
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("NoSuchManagedPolicyAnywhere") && stderr.contains("write each as an ARN"),
+        "{}",
+        text(&output)
+    );
+    assert!(!root.join("out.yaml").exists(), "nothing written");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap().flatten() {
