@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use amiguard_integration_tests::event_pattern::matches;
-use amiguard_integration_tests::template::{function_packages, functions, load, sample_events, TemplateFunction};
+use amiguard_integration_tests::template::{
+    emitted_metrics, function_packages, functions, load, sample_events, TemplateFunction,
+};
 use serde_json::{json, Value};
 
 /// Samples that exist to show what a function does with an event its rules never deliver
@@ -325,21 +327,6 @@ fn the_recycle_bin_rules_exist_above_zero_days_select_the_codes_tag_and_outlive_
     assert!(statements.iter().all(|s| s["Action"] != "ec2:CreateTags"), "no rules, no tag to write");
 }
 
-/// The metrics each function emits (its `METRIC_NAMES`, string literals beside the code that
-/// emits them) and the dimensions besides `Function` each is published under.
-fn emitted_by(function: &str) -> (&'static [&'static str], &'static [(&'static str, &'static [&'static str])]) {
-    match function {
-        orphan_snapshot_sweeper::FUNCTION => {
-            (orphan_snapshot_sweeper::metrics::METRIC_NAMES, orphan_snapshot_sweeper::metrics::METRIC_DIMENSIONS)
-        }
-        snapshot_on_stop::FUNCTION => (snapshot_on_stop::metrics::METRIC_NAMES, &[]),
-        untrusted_ami_alert::FUNCTION => {
-            (untrusted_ami_alert::metrics::METRIC_NAMES, untrusted_ami_alert::metrics::METRIC_DIMENSIONS)
-        }
-        other => panic!("the dashboard shows metrics of {other:?}, which is no function of the workspace"),
-    }
-}
-
 /// What issue 15 asks the dashboard to show of amiguard's own metrics, per function.
 const ASKED_FOR: &[(&str, &str)] = &[
     ("orphan-snapshot-sweeper", "ReclaimableGiB"),
@@ -366,7 +353,7 @@ fn every_amiguard_metric_the_dashboard_shows_is_one_its_function_emits_under_tho
             panic!("{}: {} names no Function: every amiguard metric has one", metric.widget, metric.name)
         });
         assert!(packages.iter().any(|p| p == function), "{}: no function {function}", metric.widget);
-        let (names, dimensions) = emitted_by(function);
+        let (names, dimensions) = emitted_metrics(function);
         assert!(
             names.contains(&metric.name.as_str()),
             "{}: {function} emits no metric {:?} (its METRIC_NAMES: {names:?})",
@@ -388,7 +375,7 @@ fn every_amiguard_metric_the_dashboard_shows_is_one_its_function_emits_under_tho
         );
     }
     for (function, name) in ASKED_FOR {
-        assert!(emitted_by(function).0.contains(name), "{function} must emit {name}");
+        assert!(emitted_metrics(function).0.contains(name), "{function} must emit {name}");
         assert!(
             own.iter().any(|m| m.name == *name && m.dimension("Function") == Some(function)),
             "the dashboard must show {function}'s {name}"
@@ -396,7 +383,7 @@ fn every_amiguard_metric_the_dashboard_shows_is_one_its_function_emits_under_tho
     }
     // The two functions whose every metric the issue lists: each of them is shown.
     for function in [snapshot_on_stop::FUNCTION, untrusted_ami_alert::FUNCTION] {
-        for name in emitted_by(function).0 {
+        for name in emitted_metrics(function).0 {
             assert!(ASKED_FOR.contains(&(function, *name)), "{function}'s {name} is shown and listed above");
         }
     }
