@@ -6,7 +6,8 @@
 //! starting with the account id and the region, each account's figures in its own row (orphans
 //! seeded in two accounts and regions, an untrusted instance in a third), the refused account's
 //! rows saying so while the others print, and the totals summing the rows; only reads (and
-//! AssumeRole, ListAccounts) reach the emulator, and its whole state is the same afterwards.
+//! AssumeRole, ListAccounts, read in two pages) reach the emulator, and its whole state is the same
+//! afterwards.
 //! Bad settings are refused in one line before anything is built.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -125,6 +126,14 @@ async fn make_try_over_an_organisation_prints_one_row_per_account_and_region_and
         "DescribeInstanceImageMetadata",
         amiguard_integration_tests::ec2_answer("DescribeInstanceImageMetadata", &recorded),
     ));
+    // moto answers every account in one page (up to 100): the proxy hands moto's own list over
+    // in two pages, so that only a run that follows NextToken sees every account.
+    let listed = organizations("ListAccounts", &json!({}));
+    let listed = listed["Accounts"].as_array().unwrap();
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    let (first, rest) = listed.split_at(2);
+    proxy.inject(Fault::respond("ListAccounts", json!({"Accounts": rest}).to_string()).when_body_contains("page-2"));
+    proxy.inject(Fault::respond("ListAccounts", json!({"Accounts": first, "NextToken": "page-2"}).to_string()));
     // moto assumes any role: STS refuses the one of this account, as AWS does when the role is
     // missing or does not trust the caller.
     proxy.inject(Fault::error("AssumeRole", 403, "AccessDenied").when_body_contains(&refused));
@@ -198,7 +207,7 @@ async fn make_try_over_an_organisation_prints_one_row_per_account_and_region_and
     // What reached the emulator: the accounts listed, each active one's role asked for once (the
     // closed one's never), then reads only, in both regions.
     let calls = proxy.calls();
-    assert!(calls.iter().any(|c| c.action == "ListAccounts"), "{calls:?}");
+    assert_eq!(proxy.count("ListAccounts"), 2, "both pages: {calls:?}");
     let assumed: Vec<String> =
         calls.iter().filter(|c| c.action == "AssumeRole").filter_map(|c| c.param("RoleArn")).collect();
     let mut wanted: Vec<String> = active.iter().map(|a| format!("arn:aws:iam::{a}:role/{ROLE}")).collect();
