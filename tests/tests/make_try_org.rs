@@ -139,26 +139,31 @@ async fn make_try_over_an_organisation_prints_one_row_per_account_and_region_and
     proxy.inject(Fault::error("AssumeRole", 403, "AccessDenied").when_body_contains(&refused));
 
     let regions = REGIONS.join(",");
-    let mut command = try_command(&[
-        ("AWS_ENDPOINT_URL", proxy.endpoint.as_str()),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_REGIONS", regions.as_str()),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-    ]);
-    command
-        .env("TRY_ROLE_NAME", ROLE)
-        .env("AMIGUARD_BIN_DIR", &bin_dir)
-        .env("RECYCLE_BIN_CHECK", "false")
-        .env("MIN_AGE_HOURS", "0")
-        // What the caller may have set for the deployed functions changes nothing here.
-        .env("DRY_RUN", "false")
-        .env("REPORT_TOPIC_ARN", format!("arn:aws:sns:us-east-1:{MANAGEMENT}:amiguard-alerts"))
-        .env("ENFORCEMENT", "stop");
+    let caller = |adopt: &str, max_delete_fraction: &str| {
+        let mut command = try_command(&[
+            ("AWS_ENDPOINT_URL", proxy.endpoint.as_str()),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_REGIONS", regions.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ]);
+        command
+            .env("TRY_ROLE_NAME", ROLE)
+            .env("AMIGUARD_BIN_DIR", &bin_dir)
+            .env("RECYCLE_BIN_CHECK", "false")
+            .env("MIN_AGE_HOURS", "0")
+            .env("ADOPT_UNWITNESSED_ORPHANS", adopt)
+            .env("MAX_DELETE_FRACTION", max_delete_fraction)
+            // What the caller may have set for the deployed functions changes nothing here.
+            .env("DRY_RUN", "false")
+            .env("REPORT_TOPIC_ARN", format!("arn:aws:sns:us-east-1:{MANAGEMENT}:amiguard-alerts"))
+            .env("ENFORCEMENT", "stop");
+        command
+    };
 
     let state = emulator_state();
     let started = std::time::Instant::now();
-    let (output, text) = run(command).await;
+    let (output, text) = run(caller("false", "0.5")).await;
     let took = started.elapsed();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -229,6 +234,40 @@ async fn make_try_over_an_organisation_prints_one_row_per_account_and_region_and
     assert!(writes.is_empty(), "a dry run called {writes:?}");
     assert_same_state(&state, &emulator_state(), &text);
     eprintln!("make try over 4 accounts x 2 regions took {:.1} s", took.as_secs_f64());
+
+    // Adopted (ADOPT_UNWITNESSED_ORPHANS=true), the same orphans are in the witnessed columns:
+    // a real run would delete them (each is all of its account's own snapshots: the circuit
+    // breaker lets them through only at MAX_DELETE_FRACTION=1).
+    let (output, text) = run(caller("true", "1")).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let rows = self::rows(&stdout);
+    assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), expected, "{text}");
+    let row = |account: &str, region: &str| figures(&rows[&(account.to_string(), region.to_string())]);
+    assert_eq!(row(&orphans, "us-east-1"), vec![2.0, 30.0, 1.5, 0.0, 0.0, 0.0, 0.0, 0.0], "{text}");
+    assert_eq!(row(MANAGEMENT, "us-west-2"), vec![1.0, 15.0, 0.75, 0.0, 0.0, 0.0, 0.0, 0.0], "{text}");
+    let total = stdout.lines().find(|l| l.starts_with("total ")).unwrap_or_else(|| panic!("{text}"));
+    let total = total.split_whitespace().skip(3).collect::<Vec<_>>().join(" ");
+    assert_eq!(figures(&total), vec![3.0, 45.0, 2.25, 0.0, 0.0, 0.0, 0.0, 1.0], "{text}");
+    assert_same_state(&state, &emulator_state(), &text);
+
+    // At the default breaker, a real run would stop in those two places: their rows say why, and
+    // every other row still has its figures.
+    let (output, text) = run(caller("true", "0.5")).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let rows = self::rows(&stdout);
+    assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), expected, "{text}");
+    for (account, region, orphans) in [(orphans.as_str(), "us-east-1", 2), (MANAGEMENT, "us-west-2", 1)] {
+        assert_eq!(
+            rows[&(account.to_string(), region.to_string())],
+            format!("sweep aborted: circuit breaker: {orphans} orphans of {orphans} own snapshots is more than MAX_DELETE_FRACTION=0.5; nothing deleted"),
+            "{text}"
+        );
+    }
+    assert_eq!(figures(&rows[&(untrusted_account.clone(), "us-west-2".to_string())])[7], 1.0, "{text}");
+    assert!(stdout.contains("4 row(s) failed (counted in no total)"), "{text}");
+    assert_same_state(&state, &emulator_state(), &text);
 }
 
 #[tokio::test]
