@@ -301,4 +301,24 @@ async fn make_try_refuses_a_bad_role_name_or_region_list_in_one_line_before_buil
         "{:?}",
         proxy.calls()
     );
+
+    // Credentials that may not list the organisation (not its management or a delegated
+    // administrator account): refused in one line, no role assumed, nothing built.
+    proxy.inject(Fault::error("ListAccounts", 400, "AccessDeniedException"));
+    let mut command = try_command(&[
+        ("AWS_ENDPOINT_URL", proxy.endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ]);
+    command.env("TRY_ROLE_NAME", ROLE).env("PATH", "/usr/bin:/bin").env_remove("CARGO_TARGET_DIR");
+    let (output, text) = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {text}");
+    assert!(
+        stderr.starts_with("make try: Organizations ListAccounts failed for arn:aws:sts::123456789012:user/moto (AccessDeniedException): TRY_ROLE_NAME needs"),
+        "{text}"
+    );
+    assert!(proxy.calls().iter().all(|c| c.action != "AssumeRole"), "{:?}", proxy.calls());
 }
