@@ -292,7 +292,8 @@ def dry_run_region(api, account, region, credentials, scheduled):
 def dry_run_account(api, account, role, regions, scheduled):
     """The rows of one account: one per region, or the role's refusal in each."""
     partition = os.environ["AMIGUARD_TRY_PARTITION"]
-    sts = boto3.client("sts", region_name=os.environ["AWS_REGION"])
+    # A session per thread: boto3's default session is not safe to make clients from side by side.
+    sts = boto3.session.Session().client("sts", region_name=os.environ["AWS_REGION"])
     try:
         credentials = sts.assume_role(RoleArn=f"arn:{partition}:iam::{account}:role/{role}",
                                       RoleSessionName=SESSION_NAME)["Credentials"]
@@ -307,6 +308,15 @@ def dry_run_account(api, account, role, regions, scheduled):
             rows.append({"account": account, "region": region,
                          "error": f"dry run failed: {type(err).__name__}: {_one_line(err)}"})
     return rows
+
+
+def account_rows(api, account, role, regions, scheduled):
+    """dry_run_account's rows; whatever it raised, a row per region saying so (never the end)."""
+    try:
+        return dry_run_account(api, account, role, regions, scheduled)
+    except Exception as err:
+        return [{"account": account, "region": region,
+                 "error": f"dry run failed: {type(err).__name__}: {_one_line(err)}"} for region in regions]
 
 
 COLUMNS = [
@@ -357,7 +367,7 @@ def run(scheduled):
     api = RuntimeApi()
     try:
         with concurrent.futures.ThreadPoolExecutor(POOL) as pool:
-            per_account = list(pool.map(lambda a: dry_run_account(api, a, role, regions, scheduled), accounts))
+            per_account = list(pool.map(lambda a: account_rows(api, a, role, regions, scheduled), accounts))
     finally:
         api.close()
         with _processes_lock:
