@@ -20,7 +20,9 @@ lambda_need_tools try .venv/bin/cargo-lambda
 preflight=$("$PY" demo/try.py preflight) || exit 2
 eval "$preflight"
 if [[ -n ${AMIGUARD_TRY_ROLE:-} ]]; then
-  echo "organisation: $(tr , '\n' <<<"$AMIGUARD_TRY_ACCOUNTS" | wc -l) active accounts, listed by $AMIGUARD_TRY_ACCOUNT ($AMIGUARD_TRY_CALLER), each through role $AMIGUARD_TRY_ROLE; regions $AMIGUARD_TRY_REGIONS${AWS_ENDPOINT_URL:+, endpoint $AWS_ENDPOINT_URL}"
+  IFS=, read -ra accounts <<<"$AMIGUARD_TRY_ACCOUNTS"
+  echo "organisation: ${#accounts[@]} active accounts, listed by $AMIGUARD_TRY_ACCOUNT ($AMIGUARD_TRY_CALLER)," \
+    "each through role $AMIGUARD_TRY_ROLE; regions $AMIGUARD_TRY_REGIONS${AWS_ENDPOINT_URL:+, endpoint $AWS_ENDPOINT_URL}"
 else
   echo "account $AMIGUARD_TRY_ACCOUNT ($AMIGUARD_TRY_CALLER), region $AWS_REGION${AWS_ENDPOINT_URL:+, endpoint $AWS_ENDPOINT_URL}"
 fi

@@ -8,9 +8,9 @@ list them. `run` then takes the accounts `POOL` at a time: for each it assumes
 `arn:<partition>:iam::<account>:role/<role>` (the caller's own account too: it is listed like any
 other, through its role) and, with those credentials, runs the sweeper (DRY_RUN=true,
 LEDGER_READ_ONLY=true, REGIONS=<the region>) and the alert function's audit (DRY_RUN=true) once per
-region, each as its own process, served its one event by a small Lambda Runtime API here. A role that cannot
-be assumed, or a dry run that fails, is a row saying so: the others still run and print. The exit
-status is 1 when any row failed, after the whole table and its totals."""
+region, each as its own process, served its one event by the small Lambda Runtime API below. A
+role that cannot be assumed, or a dry run that fails, is a row saying so: the others still run and
+print. The exit status is 1 when any row failed, after the whole table and its totals."""
 
 import concurrent.futures
 import http.server
@@ -32,8 +32,8 @@ from common import ROOT
 # Accounts dry-run side by side (each runs its regions one after the other, two processes each).
 POOL = 4
 SESSION_NAME = "amiguard-try"
-# IAM role names: 1-64 of letters, digits and +=,.@_- (a role with a path is named by its last part
-# in no ARN: give the plain name of a role without a path).
+# IAM role names: 1-64 of letters, digits and +=,.@_-. The role is assumed as role/<name>: it must
+# have no path.
 ROLE_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
 REGION_NAME = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 DEFAULT_PRICE_PER_GB_MONTH = 0.05
