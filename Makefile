@@ -22,6 +22,7 @@ demo: tools
 	@bash demo/run.sh
 
 # Dry runs only, with your credentials and region (AWS_ENDPOINT_URL honoured): nothing is changed.
+# With TRY_ROLE_NAME=<role> (and AWS_REGIONS=<a,b>), in every active account of the organisation.
 try: tools
 	@bash demo/try.sh
 

@@ -7,7 +7,8 @@ functions, which then need no credential provider of their own (the Rust SDK her
 It refuses, with one line on stderr and exit status 2, without credentials, without a region, or
 when STS refuses the credentials. `run` builds the two scheduled events with the caller's account
 and region, invokes both functions (started by demo/try.sh with DRY_RUN=true) and prints the
-readable summaries `make demo` prints.
+readable summaries `make demo` prints. With `TRY_ROLE_NAME`, `preflight` also lists the
+organisation's accounts and `org` runs the same dry runs in each of them (demo/try_org.py).
 
 `AWS_ENDPOINT_URL` is honoured by boto3 and by the functions alike: the tests run this against
 moto."""
@@ -21,6 +22,7 @@ import uuid
 import boto3
 import botocore.exceptions
 
+import try_org
 from common import audit_summary, heading, invoke, sample_event, sweep_summary
 
 
@@ -59,6 +61,10 @@ def preflight():
     for name, value in exports.items():
         print(f"export {name}={shlex.quote(value)}")
     print(f"export AWS_SESSION_TOKEN={shlex.quote(frozen.token)}" if frozen.token else "unset AWS_SESSION_TOKEN")
+    if os.environ.get("TRY_ROLE_NAME"):
+        try_org.preflight(session, region, identity)
+    else:
+        print("unset AMIGUARD_TRY_ROLE")
 
 
 def scheduled(name, account, region, partition, rule):
@@ -105,4 +111,4 @@ def run():
 
 
 if __name__ == "__main__":
-    {"preflight": preflight, "run": run}[sys.argv[1]]()
+    {"preflight": preflight, "run": run, "org": lambda: try_org.run(scheduled)}[sys.argv[1]]()

@@ -6,6 +6,8 @@
 # only read it (the sweeper with LEDGER_READ_ONLY=true, the alert function's dry run never
 # writes). REPORT_TOPIC_ARN is unset, so the sweeper publishes no summary; the alert function
 # needs a topic ARN to start and is given one that does not exist, which its dry run never uses.
+# With TRY_ROLE_NAME, the same in every active account of the organisation (through that role) and
+# every region of AWS_REGIONS, printed as one table (demo/try_org.py).
 # Other settings of the functions (MIN_AGE_HOURS, REGIONS, TRUSTED_IMAGE_PROVIDERS, ...) are taken
 # from the caller's environment, as the deployed functions take them from the template.
 set -euo pipefail
@@ -17,7 +19,13 @@ lambda_need_tools try .venv/bin/cargo-lambda
 # Who and where, before anything is built or started; try.py says why when it refuses.
 preflight=$("$PY" demo/try.py preflight) || exit 2
 eval "$preflight"
-echo "account $AMIGUARD_TRY_ACCOUNT ($AMIGUARD_TRY_CALLER), region $AWS_REGION${AWS_ENDPOINT_URL:+, endpoint $AWS_ENDPOINT_URL}"
+if [[ -n ${AMIGUARD_TRY_ROLE:-} ]]; then
+  IFS=, read -ra accounts <<<"$AMIGUARD_TRY_ACCOUNTS"
+  echo "organisation: ${#accounts[@]} active accounts, listed by $AMIGUARD_TRY_ACCOUNT ($AMIGUARD_TRY_CALLER)," \
+    "each through role $AMIGUARD_TRY_ROLE; regions $AMIGUARD_TRY_REGIONS${AWS_ENDPOINT_URL:+, endpoint $AWS_ENDPOINT_URL}"
+else
+  echo "account $AMIGUARD_TRY_ACCOUNT ($AMIGUARD_TRY_CALLER), region $AWS_REGION${AWS_ENDPOINT_URL:+, endpoint $AWS_ENDPOINT_URL}"
+fi
 if [[ -n ${LEDGER_TABLE:-} ]]; then
   echo "ledger: $LEDGER_TABLE, read only"
 else
@@ -25,6 +33,11 @@ else
 fi
 
 lambda_build
+if [[ -n ${AMIGUARD_TRY_ROLE:-} ]]; then
+  # Every account and region: try_org.py runs the functions itself, with each role's credentials.
+  LAMBDA_BIN_DIR=$LAMBDA_BIN_DIR "$PY" demo/try.py org
+  exit
+fi
 lambda_serve
 lambda_start orphan-snapshot-sweeper -u REPORT_TOPIC_ARN RUST_LOG="${RUST_LOG:-warn}" \
   DRY_RUN=true LEDGER_READ_ONLY=true

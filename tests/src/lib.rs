@@ -19,6 +19,7 @@ pub mod ledger_iam;
 pub mod proxy;
 pub mod recycle_bin;
 pub mod template;
+pub mod try_org;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -577,6 +577,15 @@ fn error_response(service: &str, status: u16, code: &str) -> Vec<u8> {
         )
         .into_bytes();
     }
+    if service == "organizations" {
+        // Organizations speaks JSON (1.1) too: its code is the `__type`.
+        let body = format!("{{\"__type\":\"{code}\",\"Message\":\"{message}\"}}");
+        return format!(
+            "HTTP/1.1 {status} Injected\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
+    }
     let body = if service == "ec2" {
         format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>proxy</RequestID></Response>")
     } else {
