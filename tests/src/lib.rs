@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod recycle_bin;
 pub mod template;
 pub mod try_org;
+pub mod try_run;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -15,9 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use amiguard_integration_tests::proxy::{Fault, Proxy};
-use amiguard_integration_tests::try_org::{
-    assert_same_state, bin_dir, create_account, emulator_state, organizations, run, try_command,
-};
+use amiguard_integration_tests::try_org::{create_account, organizations};
+use amiguard_integration_tests::try_run::{assert_same_state, bin_dir, emulator_state, run, try_command};
 use amiguard_integration_tests::{moto, TestAccount, AMAZON_LINUX_AMI};
 use serde_json::json;
 
