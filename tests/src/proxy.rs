@@ -577,6 +577,15 @@ fn error_response(service: &str, status: u16, code: &str) -> Vec<u8> {
         )
         .into_bytes();
     }
+    if service == "securityhub" {
+        // REST JSON: the code in the x-amzn-ErrorType header and the body.
+        let body = format!("{{\"__type\":\"{code}\",\"Code\":\"{code}\",\"Message\":\"{message}\"}}");
+        return format!(
+            "HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\nx-amzn-ErrorType: {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
+    }
     let body = if service == "ec2" {
         format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>proxy</RequestID></Response>")
     } else {
@@ -617,7 +626,24 @@ fn action(head: &str, body: &[u8]) -> Option<String> {
     if let Some(target) = header(head, "x-amz-target") {
         return target.rsplit('.').next().map(str::to_string);
     }
-    String::from_utf8_lossy(body).split('&').find_map(|pair| pair.strip_prefix("Action=").map(str::to_string))
+    String::from_utf8_lossy(body)
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("Action=").map(str::to_string))
+        .or_else(|| rest_action(head))
+}
+
+/// The action of a REST call, named by its method and path (Security Hub's REST JSON protocol).
+fn rest_action(head: &str) -> Option<String> {
+    let mut request_line = head.lines().next()?.split(' ');
+    let (method, path) = (request_line.next()?, request_line.next()?.split('?').next()?);
+    let action = match (method, path) {
+        ("POST", "/findings/import") => "BatchImportFindings",
+        ("POST", "/findings") => "GetFindings",
+        ("POST", "/accounts") => "EnableSecurityHub",
+        ("GET", "/accounts") => "DescribeHub",
+        _ => return None,
+    };
+    Some(action.to_string())
 }
 
 #[cfg(test)]
@@ -630,6 +656,8 @@ mod tests {
         assert_eq!(signing_service(head).as_deref(), Some("ec2"));
         assert_eq!(signing_region(head).as_deref(), Some("us-east-1"));
         assert_eq!(action(head, b"Action=DescribeImages&Version=2016-11-15").as_deref(), Some("DescribeImages"));
+        let rest = "POST /findings/import HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(action(rest, b"{\"Findings\": []}").as_deref(), Some("BatchImportFindings"));
         let json = "POST / HTTP/1.1\r\nX-Amz-Target: AmazonSQS.ReceiveMessage\r\n\r\n";
         assert_eq!(action(json, b"{}").as_deref(), Some("ReceiveMessage"));
     }
