@@ -119,7 +119,10 @@ async fn a_launch_makes_one_finding_and_a_second_sighting_updates_it() {
     let finding = &found[0];
     let (acct, region) = (&account.account_id, &account.region);
     assert_eq!(finding.id(), Some(finding_id(&account, &instance, AMAZON_LINUX_AMI).as_str()));
-    assert_eq!(finding.product_arn(), Some(format!("arn:aws:securityhub:{region}:{acct}:product/{acct}/default").as_str()));
+    assert_eq!(
+        finding.product_arn(),
+        Some(format!("arn:aws:securityhub:{region}:{acct}:product/{acct}/default").as_str())
+    );
     assert_eq!(finding.aws_account_id(), Some(acct.as_str()));
     assert_eq!(finding.severity().and_then(|s| s.label()), Some(&SeverityLabel::High));
     assert_eq!(finding.record_state(), Some(&RecordState::Active));
@@ -143,7 +146,12 @@ async fn a_launch_makes_one_finding_and_a_second_sighting_updates_it() {
     let again = hub_findings(&account).await;
     assert_eq!(again.len(), 1, "updated, not added: {again:?}");
     assert_eq!(again[0].id(), finding.id());
-    assert!(again[0].updated_at() > finding.updated_at(), "{:?} after {:?}", again[0].updated_at(), finding.updated_at());
+    assert!(
+        again[0].updated_at() > finding.updated_at(),
+        "{:?} after {:?}",
+        again[0].updated_at(),
+        finding.updated_at()
+    );
     assert_eq!(again[0].created_at(), finding.created_at(), "dated by its first sighting");
     assert_eq!(inbox.drain().await.len(), 1, "one alert");
 }

@@ -215,8 +215,13 @@ async fn lose_the_name_to(
     let ledger = MemoryLedger::new();
     // This instance's pre-ledger images were adopted already: only the race is under test.
     records::mark_adopted(&ledger, "us-east-1", INSTANCE, chrono::Utc::now(), chrono::Utc::now()).await.unwrap();
-    let clients: Ports<_, _> =
-        Ports { ec2: Ec2Client::new(client), ledger: Some(ledger), alerts: None, region: "us-east-1".into(), findings: None };
+    let clients: Ports<_, _> = Ports {
+        ec2: Ec2Client::new(client),
+        ledger: Some(ledger),
+        alerts: None,
+        region: "us-east-1".into(),
+        findings: None,
+    };
     let config = Config::default();
     let mut event: serde_json::Value =
         serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();

@@ -48,9 +48,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         identity: StsIdentity::from_conf(&sdk),
         ledger: table.map(|table| DynamoLedger::from_conf(&sdk, table)),
         region,
-        findings: config.security_hub_findings.then(|| {
-            Box::new(SecurityHubFindings::from_conf(&sdk)) as Box<dyn amiguard::findings::FindingsPublisher>
-        }),
+        findings: config
+            .security_hub_findings
+            .then(|| Box::new(SecurityHubFindings::from_conf(&sdk)) as Box<dyn amiguard::findings::FindingsPublisher>),
     };
     let (config, ports) = (&config, &ports);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {

@@ -11,8 +11,8 @@ use amiguard::findings::FindingsPublisher;
 use amiguard::ledger::LedgerStore;
 use amiguard::tags::Tag;
 
-use crate::core::finding::OpenFinding;
 use crate::core::enforce::{InstanceState, LaunchedInstance, StopOutcome};
+use crate::core::finding::OpenFinding;
 use crate::core::message::AlertDetails;
 use crate::core::provenance::Ancestor;
 use crate::core::verdict::LaunchImage;

@@ -225,7 +225,10 @@ mod tests {
         assert_eq!(scope.instance_arn("i-01"), "arn:aws:ec2:us-east-1:123456789012:instance/i-01");
         assert_eq!(scope.image_arn("ami-0a"), "arn:aws:ec2:us-east-1::image/ami-0a");
         let gov = Scope::new("us-gov-west-1", "123456789012");
-        assert_eq!(gov.product_arn(), "arn:aws-us-gov:securityhub:us-gov-west-1:123456789012:product/123456789012/default");
+        assert_eq!(
+            gov.product_arn(),
+            "arn:aws-us-gov:securityhub:us-gov-west-1:123456789012:product/123456789012/default"
+        );
         assert_eq!(partition_of("cn-north-1"), "aws-cn");
         assert_eq!(partition_of("us-iso-east-1"), "aws-iso");
         assert_eq!(partition_of("us-isob-east-1"), "aws-iso-b");

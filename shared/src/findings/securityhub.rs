@@ -44,9 +44,10 @@ impl SecurityHubFindings {
 
     /// Where the findings go: STS's account (asked once), the client's region.
     async fn scope(&self) -> Result<Scope, AwsError> {
-        let region = self.client.config().region().map(ToString::to_string).ok_or_else(|| {
-            AwsError::new("BatchImportFindings", "NoRegion", "the Security Hub client has no region")
-        })?;
+        let region =
+            self.client.config().region().map(ToString::to_string).ok_or_else(|| {
+                AwsError::new("BatchImportFindings", "NoRegion", "the Security Hub client has no region")
+            })?;
         let known = self.account.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let account = match known {
             Some(account) => account,
@@ -86,9 +87,10 @@ impl SecurityHubFindings {
         };
         let mut warnings = Vec::new();
         for chunk in findings.chunks(MAX_FINDINGS_PER_CALL) {
-            let request = self.client.batch_import_findings().set_findings(Some(
-                chunk.iter().map(|finding| asff(&scope, finding)).collect(),
-            ));
+            let request = self
+                .client
+                .batch_import_findings()
+                .set_findings(Some(chunk.iter().map(|finding| asff(&scope, finding)).collect()));
             match request.send().await.map_err(|e| AwsError::from_sdk("BatchImportFindings", e)) {
                 Ok(answer) => warnings.extend(answer.failed_findings().iter().map(|failed| {
                     format!(
@@ -104,9 +106,7 @@ impl SecurityHubFindings {
                     warnings.push(NOT_ENABLED.to_string());
                     break;
                 }
-                Err(err) => {
-                    warnings.push(format!("{} Security Hub finding(s) not imported ({err})", chunk.len()))
-                }
+                Err(err) => warnings.push(format!("{} Security Hub finding(s) not imported ({err})", chunk.len())),
             }
         }
         warnings

@@ -100,7 +100,8 @@ pub async fn settle<E: Ec2, L: Records, P: AlertPublisher>(
     let last_good = newest.as_ref().map(|i| i.image_id.as_str());
     for failed in managed.iter().filter(|i| i.failed.is_some()) {
         let alerted =
-            alert_failed(delivery, session, settlement.instance_id, failed, last_good, None, &mut report.warnings).await;
+            alert_failed(delivery, session, settlement.instance_id, failed, last_good, None, &mut report.warnings)
+                .await;
         match alerted {
             Alerted::Sent(warning) => {
                 report.alerted_images.push(failed.image_id.clone());

@@ -33,10 +33,8 @@ pub fn untrusted(details: &AlertDetails, created_at: DateTime<Utc>, now: DateTim
         (Some(id), None) => id.clone(),
         (None, _) => "unknown".to_string(),
     };
-    let enforcement = serde_json::to_value(details.enforcement)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let enforcement =
+        serde_json::to_value(details.enforcement).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
     let description = format!(
         "Why: {reasons}. Instance {instance} ({state}) in account {account}, {region}, runs image {image} \
          owned by {owner}. Seen on: {seen}. Enforcement: {enforcement} (ENFORCEMENT={mode}). Policy: {policy}.",

@@ -27,7 +27,10 @@ fn publisher<'c, E, P, I, L>(ctx: &'c Context<'_, E, P, I, L>) -> Option<&'c dyn
 /// Imports the findings of the untrusted instances in `guarded`. A warning about one finding goes
 /// to its instance's report; the others (Security Hub not enabled, a failed call) are answered,
 /// for the caller to say once per report.
-pub async fn import_untrusted<E, P, I, L: Records>(ctx: &Context<'_, E, P, I, L>, guarded: &mut [Guarded]) -> Vec<String> {
+pub async fn import_untrusted<E, P, I, L: Records>(
+    ctx: &Context<'_, E, P, I, L>,
+    guarded: &mut [Guarded],
+) -> Vec<String> {
     let Some(publisher) = publisher(ctx) else { return Vec::new() };
     let now = ctx.invocation.clock();
     let mut findings: Vec<(usize, Finding)> = Vec::new();
@@ -73,7 +76,9 @@ pub async fn archive_resolved<E: Ec2, P, I, L: Records>(
     let region = &ctx.ports.region;
     let open = match store.open_findings(region).await {
         Ok(open) => open,
-        Err(err) => return vec![format!("the recorded Security Hub findings could not be read ({err}): none archived")],
+        Err(err) => {
+            return vec![format!("the recorded Security Hub findings could not be read ({err}): none archived")]
+        }
     };
     let judged: HashMap<&str, (&Outcome, Option<&str>)> = guarded
         .iter()
@@ -123,7 +128,11 @@ pub async fn archive_resolved<E: Ec2, P, I, L: Records>(
 
 /// Why the finding's instance is over, as EC2 says: listed terminated (or shutting down), or not
 /// listed at all once EC2 would have stopped listing a terminated one.
-fn gone<E, P, I, L>(ctx: &Context<'_, E, P, I, L>, finding: &OpenFinding, found: &[LaunchedInstance]) -> Option<Resolution> {
+fn gone<E, P, I, L>(
+    ctx: &Context<'_, E, P, I, L>,
+    finding: &OpenFinding,
+    found: &[LaunchedInstance],
+) -> Option<Resolution> {
     match found.iter().find(|i| i.instance_id == finding.instance_id) {
         Some(i) if i.state.is_gone() || i.state == InstanceState::ShuttingDown => Some(Resolution::InstanceTerminated),
         Some(_) => None,
