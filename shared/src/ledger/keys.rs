@@ -134,6 +134,7 @@ mod tests {
             failed_image_alerts("us-east-1"),
             launch_alerts("us-east-1", "ami-0"),
             folded_alerts("us-east-1"),
+            findings("us-east-1"),
             seen_images("us-east-1"),
             orphans("us-east-1"),
             ami_events("us-east-1"),
