@@ -24,20 +24,35 @@ fn publisher<'c, E, P, I, L>(ctx: &'c Context<'_, E, P, I, L>) -> Option<&'c dyn
     ctx.ports.findings.as_deref().filter(|_| !ctx.config.dry_run)
 }
 
-/// Imports the findings of the untrusted instances in `guarded`. A warning about one finding goes
-/// to its instance's report; the others (Security Hub not enabled, a failed call) are answered,
-/// for the caller to say once per report.
+/// The findings recorded and not archived yet (the audit's: it reads them once, to date the
+/// findings it imports again and to archive those that are over); none when nothing is imported.
+pub async fn open_findings<E, P, I, L: Records>(ctx: &Context<'_, E, P, I, L>) -> Result<Vec<OpenFinding>, String> {
+    let (Some(_), Some(store)) = (publisher(ctx), ctx.ports.ledger.as_ref()) else { return Ok(Vec::new()) };
+    store
+        .open_findings(&ctx.ports.region)
+        .await
+        .map_err(|err| format!("the recorded Security Hub findings could not be read ({err}): none archived"))
+}
+
+/// Imports the findings of the untrusted instances in `guarded`, recording in the ledger those
+/// not among `known` (the open findings the caller read). A warning about one finding goes to its
+/// instance's report; the others (Security Hub not enabled, a failed call) are answered, for the
+/// caller to say once per report.
 pub async fn import_untrusted<E, P, I, L: Records>(
     ctx: &Context<'_, E, P, I, L>,
     guarded: &mut [Guarded],
+    known: &[OpenFinding],
 ) -> Vec<String> {
     let Some(publisher) = publisher(ctx) else { return Vec::new() };
     let now = ctx.invocation.clock();
     let mut findings: Vec<(usize, Finding)> = Vec::new();
     for (n, g) in guarded.iter_mut().enumerate() {
         let Some(details) = &g.untrusted else { continue };
-        let first_seen = match &ctx.ports.ledger {
-            Some(store) => {
+        let recorded = known.iter().find(|k| k.instance_id == details.instance_id && k.image_id == details.image_id);
+        let first_seen = match (recorded, &ctx.ports.ledger) {
+            (Some(open), _) => open.first_seen,
+            (None, None) => now,
+            (None, Some(store)) => {
                 let recorded = store
                     .record_finding(&ctx.ports.region, &details.instance_id, &details.image_id, details.severity, now)
                     .await;
@@ -48,7 +63,6 @@ pub async fn import_untrusted<E, P, I, L: Records>(
                     now
                 })
             }
-            None => now,
         };
         findings.push((n, finding::untrusted(details, first_seen, now)));
     }
@@ -64,22 +78,17 @@ pub async fn import_untrusted<E, P, I, L: Records>(
 }
 
 /// The audit: archives each recorded finding EC2 verifies is over, and forgets it once Security
-/// Hub took the archived record. `listed` is the audit's whole listing of instances not
+/// Hub took the archived record. `open` is what [`open_findings`] read, `listed` the audit's whole listing of instances not
 /// terminated, `guarded` what it judged of them. Nothing unverified archives: an instance not
 /// listed is asked of EC2 again, and a failed call keeps every finding active.
 pub async fn archive_resolved<E: Ec2, P, I, L: Records>(
     ctx: &Context<'_, E, P, I, L>,
     listed: &[LaunchedInstance],
     guarded: &[Guarded],
+    open: &[OpenFinding],
 ) -> Vec<String> {
     let (Some(publisher), Some(store)) = (publisher(ctx), ctx.ports.ledger.as_ref()) else { return Vec::new() };
     let region = &ctx.ports.region;
-    let open = match store.open_findings(region).await {
-        Ok(open) => open,
-        Err(err) => {
-            return vec![format!("the recorded Security Hub findings could not be read ({err}): none archived")]
-        }
-    };
     let judged: HashMap<&str, (&Outcome, Option<&str>)> = guarded
         .iter()
         .filter_map(|g| Some((g.report.instance_id.as_deref()?, (&g.report.outcome, g.report.image_id.as_deref()))))
@@ -87,7 +96,7 @@ pub async fn archive_resolved<E: Ec2, P, I, L: Records>(
     let live: HashSet<&str> = listed.iter().map(|i| i.instance_id.as_str()).collect();
     let mut resolved: Vec<(&OpenFinding, Resolution)> = Vec::new();
     let mut unlisted: Vec<&OpenFinding> = Vec::new();
-    for finding in &open {
+    for finding in open {
         match judged.get(finding.instance_id.as_str()) {
             Some((Outcome::Trusted, Some(image))) if *image == finding.image_id => {
                 resolved.push((finding, Resolution::ImageTrusted))

@@ -43,7 +43,7 @@ pub async fn launch<E: Ec2, P: AlertPublisher, I, L: Records>(
     }
     let mut guarded = guard(ctx, &ordered, &occasion).await?;
     // After the alerts: a finding never costs one.
-    let findings_warnings = findings::import_untrusted(ctx, &mut guarded).await;
+    let findings_warnings = findings::import_untrusted(ctx, &mut guarded, &[]).await;
     let mut failures = Vec::new();
     let mut reports = Vec::new();
     for mut g in guarded {
