@@ -52,7 +52,7 @@ async fn enable_security_hub(account: &TestAccount) {
     account.securityhub().enable_security_hub().send().await.unwrap();
 }
 
-/// The account's findings, as GetFindings answers. Read on a thread of its own with a large stack:
+/// The account's findings, as GetFindings answers (every page). Read on a thread of its own with a large stack:
 /// the SDK's deserializer of an ASFF finding (its `ResourceDetails` alone is 31 KB) overflows a
 /// test thread's 2 MB in a debug build. Its own runtime and clients, so that nothing waits on
 /// the test's runtime while it runs.
@@ -62,7 +62,15 @@ async fn hub_findings(account: &TestAccount) -> Vec<AwsSecurityFinding> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let account = TestAccount::with_id(&account_id).await;
-            account.securityhub().get_findings().send().await.unwrap().findings().to_vec()
+            let (client, mut found, mut token) = (account.securityhub(), Vec::new(), None);
+            loop {
+                let page = client.get_findings().set_next_token(token).send().await.unwrap();
+                found.extend(page.findings().iter().cloned());
+                token = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+                if token.is_none() {
+                    return found;
+                }
+            }
         })
     };
     std::thread::Builder::new().stack_size(64 << 20).spawn(read).unwrap().join().unwrap()
@@ -310,4 +318,40 @@ async fn a_failed_image_of_snapshot_on_stop_is_a_finding() {
     assert!(resources.iter().any(|r| r.ends_with(&format!("instance/{instance}"))), "{resources:?}");
     assert!(resources.iter().any(|r| r.ends_with(&format!("image/{failed}"))), "{resources:?}");
     assert_eq!(inbox.drain().await.len(), 1, "and its alert");
+}
+
+#[tokio::test]
+async fn a_hundred_and_one_findings_take_two_calls_and_a_refused_one_is_a_warning_naming_it() {
+    let account = TestAccount::new().await;
+    enable_security_hub(&account).await;
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[]);
+    let proxy = Proxy::start(&moto().endpoint).await;
+    let ports = ports(&account, &config, Some(findings_of(&account.through(&proxy)))).await;
+    for _ in 0..101 {
+        account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+    }
+    let audit = handle(&config, &ports, &audit_event(&account), &Invocation::at(Utc::now())).await.unwrap();
+    assert!(warnings_of(&audit).is_empty(), "{:?}", warnings_of(&audit));
+    assert_eq!(proxy.count("BatchImportFindings"), 2, "at most 100 findings a call");
+    assert_eq!(hub_findings(&account).await.len(), 101);
+
+    // Security Hub refuses the next one (its FailedFindings): the report says which and why.
+    let instance = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+    let id = finding_id(&account, &instance, AMAZON_LINUX_AMI);
+    let refused = format!(
+        r#""FailedFindings": [{{"ErrorCode": "InvalidInput", "ErrorMessage": "refused by the test", "Id": "{id}"}}]"#
+    );
+    proxy.inject(Fault::rewrite("BatchImportFindings", r#""FailedFindings": []"#, refused));
+    let report =
+        one(handle(&config, &ports, &running(&account, &instance), &Invocation::at(Utc::now())).await.unwrap());
+    assert!(report.alert_message_id.is_some());
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains(&id) && w.contains("InvalidInput") && w.contains("refused by the test")),
+        "{:?}",
+        report.warnings
+    );
 }
