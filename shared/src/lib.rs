@@ -7,7 +7,8 @@
 //! reading the environment ([`config`]), the EventBridge envelope ([`events`]), the invocation
 //! ([`invocation`]), tags ([`tags`]), the Recycle Bin tag ([`recycle_bin`]), the ledger store and
 //! its keys ([`ledger`]), the report and metric line builders ([`report`], [`metrics`]), and the
-//! alerting more than one function sends ([`alert`], [`sns`]).
+//! alerting more than one function sends ([`alert`], [`sns`]) and its Security Hub findings
+//! ([`findings`]).
 //!
 //! Each function crate has the same skeleton: `core/` (pure decisions), `flow/` (the steps of a
 //! delivery over the crate's ports), `adapters/` (the SDK and ledger implementations of the
@@ -19,6 +20,7 @@ pub mod aws_words;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod findings;
 pub mod invocation;
 pub mod ledger;
 pub mod metrics;

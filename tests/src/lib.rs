@@ -383,6 +383,14 @@ impl TestAccount {
         aws_sdk_sts::Client::from_conf(config)
     }
 
+    /// Security Hub as this account (moto keeps each account's findings apart).
+    pub fn securityhub(&self) -> aws_sdk_securityhub::Client {
+        let config = aws_sdk_securityhub::config::Builder::from(&self.sdk_config)
+            .interceptor(MotoAccount(self.account_id.clone()))
+            .build();
+        aws_sdk_securityhub::Client::from_conf(config)
+    }
+
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
         let config = aws_sdk_dynamodb::config::Builder::from(&self.sdk_config)
             .interceptor(MotoAccount(self.account_id.clone()))

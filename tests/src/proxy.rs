@@ -565,23 +565,28 @@ fn dechunk(mut chunked: &[u8]) -> Vec<u8> {
     body
 }
 
-/// An error answer in the service's own format: EC2's `<Response><Errors>`, DynamoDB's JSON
-/// `__type`, or the `<ErrorResponse>` of the other query-protocol services (SNS, STS).
+/// An error answer in the service's own format: EC2's `<Response><Errors>`, the JSON `__type` of
+/// DynamoDB (JSON 1.0), Organizations (JSON 1.1) and Security Hub (REST JSON, the code also in
+/// `Code`), or the `<ErrorResponse>` of the other query-protocol services (SNS, STS).
 fn error_response(service: &str, status: u16, code: &str) -> Vec<u8> {
     let message = "injected by the test proxy";
-    if service == "dynamodb" {
-        let body = format!("{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{code}\",\"message\":\"{message}\"}}");
+    let json = match service {
+        "dynamodb" => Some((
+            "application/x-amz-json-1.0",
+            format!("{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{code}\",\"message\":\"{message}\"}}"),
+        )),
+        "organizations" => {
+            Some(("application/x-amz-json-1.1", format!("{{\"__type\":\"{code}\",\"Message\":\"{message}\"}}")))
+        }
+        "securityhub" => Some((
+            "application/json",
+            format!("{{\"__type\":\"{code}\",\"Code\":\"{code}\",\"Message\":\"{message}\"}}"),
+        )),
+        _ => None,
+    };
+    if let Some((content_type, body)) = json {
         return format!(
-            "HTTP/1.1 {status} Injected\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-ErrorType: {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes();
-    }
-    if service == "organizations" {
-        // Organizations speaks JSON (1.1) too: its code is the `__type`.
-        let body = format!("{{\"__type\":\"{code}\",\"Message\":\"{message}\"}}");
-        return format!(
-            "HTTP/1.1 {status} Injected\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status} Injected\r\nContent-Type: {content_type}\r\nx-amzn-ErrorType: {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .into_bytes();
@@ -626,7 +631,24 @@ fn action(head: &str, body: &[u8]) -> Option<String> {
     if let Some(target) = header(head, "x-amz-target") {
         return target.rsplit('.').next().map(str::to_string);
     }
-    String::from_utf8_lossy(body).split('&').find_map(|pair| pair.strip_prefix("Action=").map(str::to_string))
+    String::from_utf8_lossy(body)
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("Action=").map(str::to_string))
+        .or_else(|| rest_action(head))
+}
+
+/// The action of a REST call, named by its method and path (Security Hub's REST JSON protocol).
+fn rest_action(head: &str) -> Option<String> {
+    let mut request_line = head.lines().next()?.split(' ');
+    let (method, path) = (request_line.next()?, request_line.next()?.split('?').next()?);
+    let action = match (method, path) {
+        ("POST", "/findings/import") => "BatchImportFindings",
+        ("POST", "/findings") => "GetFindings",
+        ("POST", "/accounts") => "EnableSecurityHub",
+        ("GET", "/accounts") => "DescribeHub",
+        _ => return None,
+    };
+    Some(action.to_string())
 }
 
 #[cfg(test)]
@@ -639,6 +661,8 @@ mod tests {
         assert_eq!(signing_service(head).as_deref(), Some("ec2"));
         assert_eq!(signing_region(head).as_deref(), Some("us-east-1"));
         assert_eq!(action(head, b"Action=DescribeImages&Version=2016-11-15").as_deref(), Some("DescribeImages"));
+        let rest = "POST /findings/import HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(action(rest, b"{\"Findings\": []}").as_deref(), Some("BatchImportFindings"));
         let json = "POST / HTTP/1.1\r\nX-Amz-Target: AmazonSQS.ReceiveMessage\r\n\r\n";
         assert_eq!(action(json, b"{}").as_deref(), Some("ReceiveMessage"));
     }

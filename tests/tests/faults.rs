@@ -37,6 +37,7 @@ async fn snapshot_on_stop_clients(
         ledger: Some(ledger::on(&through)),
         alerts: None,
         region: account.region.clone(),
+        findings: None,
     }
 }
 
@@ -317,6 +318,7 @@ async fn untrusted_ami_alert_when_publish_fails_is_an_error_and_the_redelivery_a
         identity: StsIdentity::new(through.sts()),
         ledger: Some(ledger::create(&account).await),
         region: account.region.clone(),
+        findings: None,
     };
     let mut event = sample_event("untrusted-ami-alert.running.json");
     event["account"] = json!(account.account_id);
@@ -469,6 +471,7 @@ async fn untrusted_ami_alert_without_a_writable_ledger_alerts_anyway_and_says_it
         identity: StsIdentity::new(through.sts()),
         ledger: Some(ledger::on(&through)),
         region: account.region.clone(),
+        findings: None,
     };
     let mut event = sample_event("untrusted-ami-alert.running.json");
     event["account"] = json!(account.account_id);

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use amiguard::findings::securityhub::SecurityHubFindings;
 use amiguard::invocation::Invocation;
 use amiguard_integration_tests::ledger;
 use amiguard_integration_tests::ledger_iam::{assert_requests_within_leading_keys, patterns};
@@ -71,6 +72,7 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
         .unwrap();
     let topic =
         account.sns().create_topic().name("amiguard-alerts").send().await.unwrap().topic_arn().unwrap().to_string();
+    account.securityhub().enable_security_hub().send().await.unwrap();
     let proxy = Proxy::start(&moto().endpoint).await;
     let through = account.through(&proxy);
     let clients = snapshot_on_stop::Ports {
@@ -78,6 +80,8 @@ async fn snapshot_on_stop_calls_exactly_what_its_policy_grants() {
         ledger: Some(ledger::on(&through)),
         alerts: Some(amiguard::alert::sns::SnsAlerts::new(through.sns(), &topic)),
         region: account.region.clone(),
+        // The failed image is a finding in the account's own Security Hub.
+        findings: Some(Box::new(SecurityHubFindings::new(through.securityhub(), through.sts()))),
     };
     let config = snapshot_on_stop::Config {
         scope: SnapshotScope::Tagged,
@@ -159,6 +163,7 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
     let from_golden = account.run_instance(golden.image_id().unwrap(), &[]).await;
     ledger::create(&account).await;
 
+    account.securityhub().enable_security_hub().send().await.unwrap();
     let proxy = Proxy::start(&moto().endpoint).await;
     let through = account.through(&proxy);
     let clients = untrusted_ami_alert::Ports {
@@ -167,6 +172,8 @@ async fn untrusted_ami_alert_calls_exactly_what_its_policy_grants() {
         identity: StsIdentity::new(through.sts()),
         ledger: Some(ledger::on(&through)),
         region: account.region.clone(),
+        // Its untrusted instances are findings in the account's own Security Hub.
+        findings: Some(Box::new(SecurityHubFindings::new(through.securityhub(), through.sts()))),
     };
     let delivery = || Invocation::at(chrono::Utc::now());
     let event_for = |instance: &str| {
@@ -351,6 +358,7 @@ async fn untrusted_ami_alert_reads_an_ancestor_in_its_own_region_and_its_policy_
         identity: StsIdentity::new(through.sts()),
         ledger: Some(ledger::on(&through)),
         region: account.region.clone(),
+        findings: None,
     };
     let mut event = sample_event("untrusted-ami-alert.running.json");
     event["account"] = json!(account.account_id);

@@ -131,6 +131,7 @@ fn every_partition_the_key_builders_make_is_listed_by_some_function_and_shared_o
         keys::failed_image_alerts("eu-west-1"),
         keys::launch_alerts("eu-west-1", "ami-0"),
         keys::folded_alerts("eu-west-1"),
+        keys::findings("eu-west-1"),
         keys::seen_images("eu-west-1"),
         keys::orphans("eu-west-1"),
         keys::ami_events("eu-west-1"),
@@ -305,6 +306,7 @@ async fn the_alerts_folding_and_digest_stay_within_its_partitions() {
     let config =
         Config::from_env(&move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap();
     ledger::create(&account).await;
+    account.securityhub().enable_security_hub().send().await.unwrap();
     let proxy = Proxy::start(&moto().endpoint).await;
     let through = account.through(&proxy);
     let ports = Ports {
@@ -313,6 +315,11 @@ async fn the_alerts_folding_and_digest_stay_within_its_partitions() {
         identity: StsIdentity::new(through.sts()),
         ledger: Some(ledger::on(&through)),
         region: account.region.clone(),
+        // Its findings recorded for the audit to archive (`findings#`).
+        findings: Some(Box::new(amiguard::findings::securityhub::SecurityHubFindings::new(
+            through.securityhub(),
+            through.sts(),
+        ))),
     };
     let in_the_hour = |minute: u32| Invocation::at(Utc.with_ymd_and_hms(2026, 12, 2, 10, minute, 0).unwrap());
     // The first publish fails: its claim and its slot are given back, and the retry alerts.

@@ -25,6 +25,7 @@ async fn clients(account: &TestAccount) -> Ports<Ec2Client, DynamoLedger> {
         ledger: Some(amiguard_integration_tests::ledger::create(account).await),
         alerts: None,
         region: account.region.clone(),
+        findings: None,
     }
 }
 
@@ -528,6 +529,7 @@ async fn clients_through(account: &TestAccount, proxy: &Proxy) -> Ports<Ec2Clien
         ledger: Some(amiguard_integration_tests::ledger::create(account).await),
         alerts: None,
         region: account.region.clone(),
+        findings: None,
     }
 }
 
@@ -950,8 +952,13 @@ async fn ami_events_of_images_the_ledger_does_not_hold_change_nothing() {
     elsewhere["region"] = json!("eu-west-1");
     let report = handle(clients, &keep_one, elsewhere, &delivery()).await.unwrap();
     assert!(report.reason.as_deref().unwrap().contains("eu-west-1"), "{:?}", report.reason);
-    let no_ledger: Ports<Ec2Client, DynamoLedger> =
-        Ports { ec2: Ec2Client::new(account.ec2()), ledger: None, alerts: None, region: account.region.clone() };
+    let no_ledger: Ports<Ec2Client, DynamoLedger> = Ports {
+        ec2: Ec2Client::new(account.ec2()),
+        ledger: None,
+        alerts: None,
+        region: account.region.clone(),
+        findings: None,
+    };
     let report = handle(&no_ledger, &keep_one, ami_event(account, &made, "available"), &delivery()).await.unwrap();
     assert!(report.reason.as_deref().unwrap().contains("LEDGER_TABLE"), "{:?}", report.reason);
     let mut malformed = ami_event(account, &made, "available");

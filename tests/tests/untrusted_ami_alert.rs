@@ -35,6 +35,7 @@ async fn clients(account: &TestAccount, config: &Config) -> Ports<Ec2Client, Sns
         identity: StsIdentity::new(account.sts()),
         ledger: Some(amiguard_integration_tests::ledger::create(account).await),
         region: account.region.clone(),
+        findings: None,
     }
 }
 

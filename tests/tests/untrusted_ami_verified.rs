@@ -44,6 +44,7 @@ async fn ports(
         identity: StsIdentity::new(through.sts()),
         ledger: Some(amiguard_integration_tests::ledger::on(&through)),
         region: account.region.clone(),
+        findings: None,
     }
 }
 

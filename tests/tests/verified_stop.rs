@@ -63,6 +63,7 @@ async fn through(account: &TestAccount, proxy: &Proxy) -> Ports<Ec2Client, Dynam
         ledger: Some(ledger::on(&through)),
         alerts: None,
         region: account.region.clone(),
+        findings: None,
     }
 }
 

@@ -20,6 +20,7 @@ pub const VARIABLES: &[&str] = &[
     "ALERT_TOPIC_ARN",
     "PROTECT_NEWEST",
     "RECYCLE_BIN_RETENTION_DAYS",
+    amiguard::findings::SECURITY_HUB_FINDINGS,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,9 @@ pub struct Config {
     /// `RECYCLE_BIN_RETENTION_DAYS` (default 0): what retention retires is tagged for the stack's
     /// Recycle Bin rules first, and restorable for that long.
     pub recycle_bin: RecycleBin,
+    /// `SECURITY_HUB_FINDINGS` (default true): an image that failed is also a finding in the
+    /// account's own Security Hub.
+    pub security_hub_findings: bool,
 }
 
 /// What happens to a terminated instance's images (no stop of it will ever run retention again).
@@ -80,6 +84,7 @@ impl Default for Config {
             alert_topic_arn: None,
             protect_newest: false,
             recycle_bin: RecycleBin::default(),
+            security_hub_findings: true,
         }
     }
 }
@@ -100,6 +105,7 @@ impl Config {
             alert_topic_arn: config::optional_topic_arn_var(source, "ALERT_TOPIC_ARN")?,
             protect_newest: config::bool_var(source, "PROTECT_NEWEST", false)?,
             recycle_bin: RecycleBin::from_env(source)?,
+            security_hub_findings: config::bool_var(source, amiguard::findings::SECURITY_HUB_FINDINGS, true)?,
         })
     }
 }
@@ -132,6 +138,7 @@ mod tests {
             ("ALERT_TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:amiguard-alerts"),
             ("PROTECT_NEWEST", "true"),
             ("RECYCLE_BIN_RETENTION_DAYS", "7"),
+            ("SECURITY_HUB_FINDINGS", "false"),
         ];
         let expected = Config {
             scope: SnapshotScope::All,
@@ -142,6 +149,7 @@ mod tests {
             alert_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:amiguard-alerts".into()),
             protect_newest: true,
             recycle_bin: RecycleBin::retaining_for(7),
+            security_hub_findings: false,
         };
         assert_eq!(from(env).unwrap(), expected);
         let all = from(&[("KEEP_AFTER_TERMINATION", "ALL")]).unwrap();
@@ -150,7 +158,8 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_variable_and_what_it_accepts() {
-        let cases: [(Env, &str, &str); 8] = [
+        let cases: [(Env, &str, &str); 9] = [
+            (&[("SECURITY_HUB_FINDINGS", "yes")], "SECURITY_HUB_FINDINGS", "true or false"),
             (&[("SNAPSHOT_SCOPE", "some")], "SNAPSHOT_SCOPE", "one of tagged, all"),
             (&[("KEEP_LAST", "0")], "KEEP_LAST", "a number from 1 to 1000"),
             (&[("KEEP_LAST", "three")], "KEEP_LAST", "a number from 1 to 1000"),

@@ -2,6 +2,7 @@
 
 use amiguard::alert::sns::SnsAlerts;
 use amiguard::config::ProcessEnv;
+use amiguard::findings::securityhub::SecurityHubFindings;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
 use lambda_runtime::{service_fn, LambdaEvent};
@@ -25,6 +26,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         ledger: table.map(|table| DynamoLedger::from_conf(&sdk, table)),
         alerts: config.alert_topic_arn.as_ref().map(|arn| SnsAlerts::new(aws_sdk_sns::Client::new(&sdk), arn)),
         region,
+        findings: config
+            .security_hub_findings
+            .then(|| Box::new(SecurityHubFindings::from_conf(&sdk)) as Box<dyn amiguard::findings::FindingsPublisher>),
     };
     let (ports, config) = (&ports, &config);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 
 use amiguard::alert::sns::SnsAlerts;
+use amiguard::findings::FindingsPublisher;
 use amiguard::ledger::LedgerStore;
 use amiguard::tags::Tag;
 use amiguard::AwsError;
@@ -21,6 +22,8 @@ pub struct Ports<E, L, P = SnsAlerts> {
     pub alerts: Option<P>,
     /// The region of the clients (part of the ledger's keys).
     pub region: String,
+    /// Where findings go (`SECURITY_HUB_FINDINGS`); `None`: no finding is imported.
+    pub findings: Option<Box<dyn FindingsPublisher>>,
 }
 
 /// The EC2 calls snapshot-on-stop makes, behind a narrow trait so that the handler can be

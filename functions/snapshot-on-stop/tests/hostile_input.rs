@@ -80,7 +80,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn clients() -> Ports<Ec2Client, MemoryLedger> {
-    Ports { ec2: ec2(), ledger: Some(MemoryLedger::new()), alerts: None, region: "us-east-1".into() }
+    Ports { ec2: ec2(), ledger: Some(MemoryLedger::new()), alerts: None, region: "us-east-1".into(), findings: None }
 }
 
 fn now() -> Invocation {

@@ -141,7 +141,7 @@ async fn the_handler_answers_already_created_when_aws_says_the_name_is_taken() {
     // Without the ledger's lease (it is unavailable here), AWS's name uniqueness is what keeps
     // two concurrent deliveries to one image.
     let clients: Ports<_, MemoryLedger> =
-        Ports { ec2: Ec2Client::new(client), ledger: None, alerts: None, region: "us-east-1".into() };
+        Ports { ec2: Ec2Client::new(client), ledger: None, alerts: None, region: "us-east-1".into(), findings: None };
     let report = handle(&clients, &config, event, &Invocation::at(chrono::Utc::now())).await.unwrap();
 
     assert_eq!(report.outcome, Outcome::AlreadyCreated);
@@ -215,8 +215,13 @@ async fn lose_the_name_to(
     let ledger = MemoryLedger::new();
     // This instance's pre-ledger images were adopted already: only the race is under test.
     records::mark_adopted(&ledger, "us-east-1", INSTANCE, chrono::Utc::now(), chrono::Utc::now()).await.unwrap();
-    let clients: Ports<_, _> =
-        Ports { ec2: Ec2Client::new(client), ledger: Some(ledger), alerts: None, region: "us-east-1".into() };
+    let clients: Ports<_, _> = Ports {
+        ec2: Ec2Client::new(client),
+        ledger: Some(ledger),
+        alerts: None,
+        region: "us-east-1".into(),
+        findings: None,
+    };
     let config = Config::default();
     let mut event: serde_json::Value =
         serde_json::from_str(include_str!("../../../events/snapshot-on-stop.stopped.json")).unwrap();

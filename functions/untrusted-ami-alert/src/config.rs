@@ -15,6 +15,7 @@ pub const CHECK_PROVENANCE: &str = "CHECK_PROVENANCE";
 pub const ENFORCE_UNVERIFIABLE: &str = "ENFORCE_UNVERIFIABLE";
 pub const FOLD_LAUNCH_ALERTS: &str = "FOLD_LAUNCH_ALERTS";
 pub const DRY_RUN: &str = "DRY_RUN";
+pub use amiguard::findings::SECURITY_HUB_FINDINGS;
 
 /// Every environment variable the function reads: [`Config::from_env`]'s, and `LEDGER_TABLE`
 /// (`amiguard::ledger::table_name`, read by `main`).
@@ -28,6 +29,7 @@ pub const VARIABLES: &[&str] = &[
     CHECK_PROVENANCE,
     FOLD_LAUNCH_ALERTS,
     DRY_RUN,
+    SECURITY_HUB_FINDINGS,
     amiguard::ledger::LEDGER_TABLE,
 ];
 
@@ -56,6 +58,9 @@ pub struct Config {
     /// publish nothing, tag nothing, stop nothing, write nothing to the ledger (it is read: a
     /// sent alert is reported as not repeated).
     pub dry_run: bool,
+    /// `SECURITY_HUB_FINDINGS` (default true): every untrusted instance is also a finding in the
+    /// account's own Security Hub, archived once the audit verifies it is over.
+    pub security_hub_findings: bool,
     /// Said in every report: why the policy is not the one configured (the account's settings
     /// could not be used, so the default judges).
     pub policy_note: Option<String>,
@@ -78,6 +83,7 @@ impl Config {
         let check_provenance = config::bool_var(source, CHECK_PROVENANCE, true)?;
         let fold_launch_alerts = config::bool_var(source, FOLD_LAUNCH_ALERTS, false)?;
         let dry_run = config::bool_var(source, DRY_RUN, false)?;
+        let security_hub_findings = config::bool_var(source, SECURITY_HUB_FINDINGS, true)?;
         Ok(Self {
             policy,
             alert_topic_arn,
@@ -87,6 +93,7 @@ impl Config {
             policy_from_account,
             fold_launch_alerts,
             dry_run,
+            security_hub_findings,
             policy_note: None,
         })
     }
@@ -190,6 +197,7 @@ mod tests {
         assert!(!config.enforce_unverifiable, "only a proven verdict is enforced unless told otherwise");
         assert!(!config.fold_launch_alerts, "no folding unless an audit is known to send the digest");
         assert!(!config.dry_run, "a deployed function acts unless told to only report");
+        assert!(config.security_hub_findings, "findings are imported unless turned off");
         // Blank means unset (an empty template parameter).
         let blank = Config::from_env(&env(&[
             (ALERT_TOPIC_ARN, TOPIC),
@@ -209,8 +217,10 @@ mod tests {
             ("CHECK_PROVENANCE", "false"),
             ("FOLD_LAUNCH_ALERTS", "true"),
             (DRY_RUN, "TRUE"),
+            (SECURITY_HUB_FINDINGS, "false"),
         ]))
         .unwrap();
+        assert!(!config.security_hub_findings);
         assert!(config.fold_launch_alerts);
         assert!(config.dry_run);
         assert_eq!(config.policy.to_string(), "trusted image providers: aws-marketplace, 111122223333");
@@ -230,8 +240,9 @@ mod tests {
     #[test]
     fn config_errors_name_the_variable() {
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
-        let cases: [Case; 12] = [
+        let cases: [Case; 13] = [
             (&[], ALERT_TOPIC_ARN, "required"),
+            (&[(ALERT_TOPIC_ARN, TOPIC), (SECURITY_HUB_FINDINGS, "on")], SECURITY_HUB_FINDINGS, "true or false"),
             (&[(ALERT_TOPIC_ARN, TOPIC), (ENFORCE_UNVERIFIABLE, "sometimes")], ENFORCE_UNVERIFIABLE, "true or false"),
             (&[(ALERT_TOPIC_ARN, TOPIC), (DRY_RUN, "yes")], DRY_RUN, "true or false"),
             (&[(ALERT_TOPIC_ARN, TOPIC), (TRUST_POLICY_SOURCE, "ssm")], TRUST_POLICY_SOURCE, "one of env, account"),

@@ -3,6 +3,7 @@
 
 use amiguard::alert::sns::SnsAlerts;
 use amiguard::config::ProcessEnv;
+use amiguard::findings::securityhub::SecurityHubFindings;
 use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
 use lambda_runtime::{service_fn, LambdaEvent};
@@ -47,6 +48,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         identity: StsIdentity::from_conf(&sdk),
         ledger: table.map(|table| DynamoLedger::from_conf(&sdk, table)),
         region,
+        findings: config
+            .security_hub_findings
+            .then(|| Box::new(SecurityHubFindings::from_conf(&sdk)) as Box<dyn amiguard::findings::FindingsPublisher>),
     };
     let (config, ports) = (&config, &ports);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {

@@ -5,11 +5,14 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
+use amiguard::alert::Severity;
 use amiguard::error::AwsError;
+use amiguard::findings::FindingsPublisher;
 use amiguard::ledger::LedgerStore;
 use amiguard::tags::Tag;
 
 use crate::core::enforce::{InstanceState, LaunchedInstance, StopOutcome};
+use crate::core::finding::OpenFinding;
 use crate::core::message::AlertDetails;
 use crate::core::provenance::Ancestor;
 use crate::core::verdict::LaunchImage;
@@ -23,6 +26,8 @@ pub struct Ports<E, P, I, L> {
     pub ledger: Option<L>,
     /// The region the clients talk to; an event from another region is refused.
     pub region: String,
+    /// Where findings go (`SECURITY_HUB_FINDINGS`); `None`: no finding is imported.
+    pub findings: Option<Box<dyn FindingsPublisher>>,
 }
 
 /// The EC2 calls untrusted-ami-alert makes: DescribeInstances, DescribeImages (also in the
@@ -112,6 +117,21 @@ pub trait Records: LedgerStore {
     fn folded(&self, region: &str) -> impl Future<Output = Result<(Vec<Folded>, usize), AwsError>> + Send;
     /// Forgets a folded alert once a digest sent it (or it was alerted otherwise).
     fn forget_folded(&self, region: &str, folded: &Folded) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Records that the finding of `instance_id` running `image_id` was imported (active), and
+    /// answers when it was first (this time, or an earlier sighting's).
+    fn record_finding(
+        &self,
+        region: &str,
+        instance_id: &str,
+        image_id: &str,
+        severity: Severity,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<DateTime<Utc>, AwsError>> + Send;
+    /// Every finding recorded and not archived yet (records that cannot be read are left out:
+    /// they stay active, never archived on what could not be read).
+    fn open_findings(&self, region: &str) -> impl Future<Output = Result<Vec<OpenFinding>, AwsError>> + Send;
+    /// Forgets a finding once Security Hub took its archived record.
+    fn forget_finding(&self, region: &str, open: &OpenFinding) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 /// What one launch's alert may be.

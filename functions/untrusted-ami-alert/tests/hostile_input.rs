@@ -190,6 +190,7 @@ fn clients() -> Mocked {
             identity: StsIdentity::new(mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&identity])),
             ledger: Some(MemoryLedger::new()),
             region: "us-east-1".into(),
+            findings: None,
         },
         publish,
     }

@@ -13,6 +13,7 @@
 //! | `failed-images#<region>`      | `<image-id>`             | the alert sent for an image that failed     |
 //! | `launch-alerts#<region>#<image>` | `<hour>#<n>`          | the n-th launch alert of the image that hour (folding) |
 //! | `folded-alerts#<region>`      | `<instance>#<image>`     | a folded launch alert, until a digest sends it |
+//! | `findings#<region>`          | `<instance>#<image>`     | a Security Hub finding imported and not archived yet |
 //! | `images#<region>`             | `<image-id>`             | an own image's snapshots, when seen, when gone |
 //! | `orphans#<region>`            | `<snapshot-id>`          | when the snapshot was first seen orphaned   |
 //! | `ami-events#<region>`         | `<image-id>`             | an `EC2 AMI State Change` to `deregistered` |
@@ -31,6 +32,7 @@ pub const PARTITION_PREFIXES: &[&str] = &[
     "failed-images#",
     "launch-alerts#",
     "folded-alerts#",
+    "findings#",
     "images#",
     "orphans#",
     "ami-events#",
@@ -74,6 +76,10 @@ pub fn launch_alerts(region: &str, image_id: &str) -> String {
 /// The partition of the folded launch alerts waiting for the audit's digest.
 pub fn folded_alerts(region: &str) -> String {
     format!("folded-alerts#{region}")
+}
+
+pub fn findings(region: &str) -> String {
+    format!("findings#{region}")
 }
 
 pub fn alert(region: &str, instance_id: &str) -> String {
@@ -128,6 +134,7 @@ mod tests {
             failed_image_alerts("us-east-1"),
             launch_alerts("us-east-1", "ami-0"),
             folded_alerts("us-east-1"),
+            findings("us-east-1"),
             seen_images("us-east-1"),
             orphans("us-east-1"),
             ami_events("us-east-1"),

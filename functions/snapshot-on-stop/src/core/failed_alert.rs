@@ -2,6 +2,8 @@
 //! new backup. Pure: the handler sends it once (the ledger's claim) through the alert publisher.
 
 use amiguard::alert::{fit_subject, Alert, Severity};
+use amiguard::findings::{self, Finding, RecordState, Subject, MAX_DESCRIPTION_CHARS};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// Everything the alert says, also its JSON block.
@@ -57,6 +59,40 @@ pub fn compose(failed: &FailedImage) -> Alert {
         reason = failed.reason.as_deref().filter(|r| !r.is_empty()).unwrap_or("EC2 gave no reason"),
     );
     Alert { subject, body, severity: SEVERITY }
+}
+
+/// The failed image's Security Hub finding: `amiguard/<region>/failed-image/<image-id>`, one per
+/// image (a later sighting updates it), `MEDIUM` as its alert, dated by the stop it was made for.
+pub fn finding(failed: &FailedImage, stopped_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Finding {
+    let kept = match &failed.last_good_image {
+        Some(image) => format!("{image}, the newest good image, is kept and the launch template launches it"),
+        None => "the instance has no good image".to_string(),
+    };
+    let description = format!(
+        "Why: {reason}. Image {image} \"{name}\" that amiguard made when instance {instance} stopped at {stopped} \
+         failed in {region}: that stop has no backup. {kept}. Nothing was deregistered or deleted for it.",
+        reason = failed.reason.as_deref().filter(|r| !r.is_empty()).unwrap_or("EC2 gave no reason"),
+        image = failed.image_id,
+        name = failed.image_name,
+        instance = failed.instance_id,
+        stopped = failed.stopped_at,
+        region = failed.region,
+    );
+    Finding {
+        id: findings::finding_id(&failed.region, "failed-image", &[failed.image_id.as_str()]),
+        generator_id: "amiguard/failed-image".into(),
+        types: vec!["Software and Configuration Checks/AWS Security Best Practices/Failed Backup Image".into()],
+        created_at: stopped_at.unwrap_or(now),
+        updated_at: now,
+        severity: SEVERITY,
+        title: format!("Backup image {} of instance {} failed", failed.image_id, failed.instance_id),
+        description: findings::fit_text(&description, MAX_DESCRIPTION_CHARS),
+        remediation: "Check the KMS keys of the instance's volumes (disabled, or not usable by EC2) and the volumes \
+                      themselves, then stop the instance again for a new image; deregister the failed image."
+            .into(),
+        subjects: vec![Subject::Instance(failed.instance_id.clone()), Subject::Image(failed.image_id.clone())],
+        record_state: RecordState::Active,
+    }
 }
 
 #[cfg(test)]

@@ -187,7 +187,8 @@ async fn failed<E: Ec2, L: Records, P: AlertPublisher>(
         return Ok(());
     }
     report.outcome = Outcome::ImageFailed;
-    match follow::alert_failed(delivery, session, instance_id, &failed, last_good.as_deref(), event_reason).await {
+    let (last_good, warnings) = (last_good.as_deref(), &mut report.warnings);
+    match follow::alert_failed(delivery, session, instance_id, &failed, last_good, event_reason, warnings).await {
         Alerted::Sent(warning) => {
             report.alerted_images.push(failed.image_id.clone());
             report.warnings.extend(warning);

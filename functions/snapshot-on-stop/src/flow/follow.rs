@@ -10,7 +10,7 @@ use super::alerts::{self, Alerted};
 use super::image::Template;
 use super::session::Session;
 use super::{image, retention, Delivery};
-use crate::core::failed_alert::FailedImage;
+use crate::core::failed_alert::{self, FailedImage};
 use crate::core::naming::stopped_at_tag_value;
 use crate::core::retention::newest_available;
 use crate::core::{LaunchTemplateRef, LaunchTemplateVersion, MadeImage, ManagedImage};
@@ -99,7 +99,10 @@ pub async fn settle<E: Ec2, L: Records, P: AlertPublisher>(
     }
     let last_good = newest.as_ref().map(|i| i.image_id.as_str());
     for failed in managed.iter().filter(|i| i.failed.is_some()) {
-        match alert_failed(delivery, session, settlement.instance_id, failed, last_good, None).await {
+        let alerted =
+            alert_failed(delivery, session, settlement.instance_id, failed, last_good, None, &mut report.warnings)
+                .await;
+        match alerted {
             Alerted::Sent(warning) => {
                 report.alerted_images.push(failed.image_id.clone());
                 report.warnings.extend(warning);
@@ -246,7 +249,9 @@ async fn remember_template<L: Records>(session: &mut Session<'_, L>, image_id: &
 }
 
 /// Alerts once (the ledger's claim) that `failed`, an image of `instance_id`, failed.
-/// `event_reason` is the event's `ErrorMessage`, used when EC2 gives no reason of its own.
+/// `event_reason` is the event's `ErrorMessage`, used when EC2 gives no reason of its own. Then,
+/// whatever became of the alert, its Security Hub finding (`SECURITY_HUB_FINDINGS`), whose
+/// warnings go to `warnings` (never a failed invocation).
 pub async fn alert_failed<E, L: Records, P: AlertPublisher>(
     delivery: &Delivery<'_, E, L, P>,
     session: &Session<'_, L>,
@@ -254,6 +259,7 @@ pub async fn alert_failed<E, L: Records, P: AlertPublisher>(
     failed: &ManagedImage,
     last_good: Option<&str>,
     event_reason: Option<&str>,
+    warnings: &mut Vec<String>,
 ) -> Alerted {
     let record = session.records.images.iter().find(|r| r.image_id.as_deref() == Some(failed.image_id.as_str()));
     let reason = failed.failed.clone().filter(|r| !r.is_empty()).or_else(|| event_reason.map(str::to_string));
@@ -267,5 +273,10 @@ pub async fn alert_failed<E, L: Records, P: AlertPublisher>(
         account: delivery.account.map(str::to_string),
         region: session.region().to_string(),
     };
-    alerts::once(delivery.ports.alerts.as_ref(), session.store(), &details, delivery.invocation).await
+    let alerted = alerts::once(delivery.ports.alerts.as_ref(), session.store(), &details, delivery.invocation).await;
+    if let Some(publisher) = delivery.ports.findings.as_deref().filter(|_| !delivery.config.dry_run) {
+        let finding = failed_alert::finding(&details, failed.stopped_at, delivery.invocation.clock());
+        warnings.extend(publisher.import(std::slice::from_ref(&finding)).await);
+    }
+    alerted
 }

@@ -1,6 +1,8 @@
 //! untrusted-ami-alert's records in the ledger ([`Records`], for every [`LedgerStore`]): the
 //! launch-alert slots of each image and clock hour (conditional writes: the first writer of a
-//! slot has it; see `core::fold`), and the folded launch alerts kept for the audit's digest.
+//! slot has it; see `core::fold`), the folded launch alerts kept for the audit's digest, and the
+//! Security Hub findings it imported and has not archived yet (the audit archives them once EC2
+//! says they are over: what amiguard recorded, never a tag or Security Hub's own listing).
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -8,16 +10,20 @@ use amiguard::error::AwsError;
 use amiguard::ledger::store::{query_all, Condition, Item, LedgerStore, Written};
 use amiguard::ledger::{keys, TTL_ATTRIBUTE};
 
+use amiguard::alert::Severity;
+
+use crate::core::finding::OpenFinding;
 use crate::core::fold::{self, LaunchAlert};
 use crate::core::message::AlertDetails;
 use crate::ports::{Folded, Records, Slot, Taken};
 
 /// The ledger partitions untrusted-ami-alert reads and writes (`pk` prefixes of
-/// `amiguard::ledger::keys`): the alert claims, the launch-alert slots and the folded alerts.
+/// `amiguard::ledger::keys`): the alert claims, the launch-alert slots, the folded alerts and the
+/// Security Hub findings not archived yet.
 /// Its role, which reads the most hostile input, may touch no other (none of the records that
 /// drive a deletion or a retirement): `dynamodb:LeadingKeys` in `template.yaml` lists exactly
 /// these (a test holds them together, and every request of its handler runs within them).
-pub const LEDGER_PARTITIONS: &[&str] = &["alert#", "launch-alerts#", "folded-alerts#"];
+pub const LEDGER_PARTITIONS: &[&str] = &["alert#", "launch-alerts#", "folded-alerts#", "findings#"];
 
 /// A slot record outlives its hour by a day (for people reading the ledger), then expires.
 const KEEP_SLOT: Duration = Duration::days(1);
@@ -25,6 +31,8 @@ const KEEP_SLOT: Duration = Duration::days(1);
 /// sent alert is remembered (it is forgotten as soon as a digest sends it).
 const KEEP_FOLDED: Duration = Duration::days(400);
 const DETAILS: &str = "details";
+const SEVERITY: &str = "severity";
+const FIRST_SEEN: &str = "first_seen";
 
 impl<S: LedgerStore> Records for S {
     async fn claim_slot(&self, region: &str, image_id: &str, now: DateTime<Utc>) -> Result<Slot, AwsError> {
@@ -82,6 +90,55 @@ impl<S: LedgerStore> Records for S {
 
     async fn forget_folded(&self, region: &str, folded: &Folded) -> Result<(), AwsError> {
         self.delete(&keys::folded_alerts(region), &folded.sk, &Condition::Always).await.map(|_| ())
+    }
+
+    async fn record_finding(
+        &self,
+        region: &str,
+        instance_id: &str,
+        image_id: &str,
+        severity: Severity,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, AwsError> {
+        let (pk, sk) = (keys::findings(region), format!("{instance_id}#{image_id}"));
+        let item = Item::new(&pk, &sk)
+            .with_s("kind", "finding")
+            .with_s("instance_id", instance_id)
+            .with_s("image_id", image_id)
+            .with_s(SEVERITY, severity.as_str())
+            .with_time(FIRST_SEEN, now);
+        if self.put(&item, &Condition::Absent).await? == Written::Yes {
+            // As the ledger keeps it (to the second), so that every sighting states the same.
+            return Ok(item.time(FIRST_SEEN).unwrap_or(now));
+        }
+        // Recorded by an earlier sighting: its first sighting dates the finding.
+        let known = query_all(self, &pk, &sk).await?.into_iter().find(|item| item.sk == sk);
+        Ok(known.and_then(|item| item.time(FIRST_SEEN)).unwrap_or(now))
+    }
+
+    async fn open_findings(&self, region: &str) -> Result<Vec<OpenFinding>, AwsError> {
+        let items = query_all(self, &keys::findings(region), "").await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| {
+                let severity = match item.s(SEVERITY)? {
+                    "high" => Severity::High,
+                    "medium" => Severity::Medium,
+                    _ => return None,
+                };
+                Some(OpenFinding {
+                    instance_id: item.s("instance_id")?.to_string(),
+                    image_id: item.s("image_id")?.to_string(),
+                    severity,
+                    first_seen: item.time(FIRST_SEEN)?,
+                })
+            })
+            .collect())
+    }
+
+    async fn forget_finding(&self, region: &str, open: &OpenFinding) -> Result<(), AwsError> {
+        let sk = format!("{}#{}", open.instance_id, open.image_id);
+        self.delete(&keys::findings(region), &sk, &Condition::Always).await.map(|_| ())
     }
 }
 

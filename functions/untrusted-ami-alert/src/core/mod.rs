@@ -2,10 +2,12 @@
 //! parameter. From the bottom up: `criteria` (the Allowed AMIs language), `policy` (the trust
 //! policy), `verdict` (an image by the policy), `provenance` (who made it), `enforce` (what to do
 //! about an untrusted instance), `message` (the alert a person reads, the audit's digest),
-//! `judge` (the verdict on a launch) and `fold` (no storm of launch alerts).
+//! `judge` (the verdict on a launch), `fold` (no storm of launch alerts) and `finding` (its
+//! Security Hub finding).
 
 pub mod criteria;
 pub mod enforce;
+pub mod finding;
 pub mod fold;
 pub mod judge;
 pub mod message;

@@ -5,6 +5,7 @@ use amiguard::alert::AlertPublisher;
 
 use super::context::Context;
 use super::digest::{folded_for_digest, send_digest};
+use super::findings;
 use super::guard::{guard, Guarded};
 use super::Failure;
 use crate::core::enforce::Occasion;
@@ -20,6 +21,13 @@ pub async fn audit<E: Ec2, P: AlertPublisher, I, L: Records>(ctx: &Context<'_, E
     let folded = folded_for_digest(ctx, &guarded, &mut warnings).await;
     // Folded launch alerts of instances gone since, sent by this digest: findings too.
     let mut untrusted = send_digest(ctx, &mut guarded, folded, &mut failures, &mut warnings).await;
+    // After the digest: a finding never costs an alert.
+    let open = findings::open_findings(ctx).await;
+    warnings.extend(findings::import_untrusted(ctx, &mut guarded, open.as_deref().unwrap_or_default()).await);
+    match open {
+        Ok(open) => warnings.extend(findings::archive_resolved(ctx, &instances, &guarded, &open).await),
+        Err(warning) => warnings.push(warning),
+    }
     let mut alerts_sent = untrusted.iter().filter(|f| f.alert_message_id.is_some()).count();
     for Guarded { report, failures: f, .. } in guarded {
         failures.extend(f);

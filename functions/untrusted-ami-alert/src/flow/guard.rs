@@ -21,12 +21,14 @@ pub struct Guarded {
     pub failures: Vec<InstanceFailure>,
     /// The audit's: an alert claimed for the digest, not sent yet.
     pub pending: Option<PendingAlert>,
+    /// An untrusted instance's: what its alert states, for its Security Hub finding.
+    pub untrusted: Option<AlertDetails>,
 }
 
 impl Guarded {
     /// Nothing to do about it (skipped, or trusted).
     fn settled(report: InstanceReport) -> Self {
-        Self { report, failures: vec![], pending: None }
+        Self { report, failures: vec![], pending: None, untrusted: None }
     }
 }
 
@@ -100,8 +102,9 @@ async fn guard_untrusted<E: Ec2, P: AlertPublisher, I, L: Records>(
     let instance_id = &untrusted.instance.instance_id;
     let enforced = enforce(ctx, instance_id, &untrusted.image_id, &plan, &mut report, &mut failures).await;
     let details = alert_details(ctx, untrusted, &report, &enforced, occasion);
+    let untrusted = Some(details.clone());
     let pending = alert_once(ctx, details, occasion, &mut report, &mut failures).await;
-    Guarded { report, failures, pending }
+    Guarded { report, failures, pending, untrusted }
 }
 
 /// Everything the alert says of an untrusted instance (also its JSON block), before the ledger

@@ -8,6 +8,7 @@ use amiguard::error::AwsError;
 use chrono::{DateTime, Utc};
 
 use super::context::{best_effort, Context};
+use super::findings;
 use super::guard::guard;
 use super::Failure;
 use crate::core::enforce::{InstanceState, LaunchedInstance, Occasion};
@@ -40,10 +41,15 @@ pub async fn launch<E: Ec2, P: AlertPublisher, I, L: Records>(
     for id in &instance_ids {
         ordered.extend(instances.iter().filter(|i| &i.instance_id == id).take(1).cloned());
     }
-    let guarded = guard(ctx, &ordered, &occasion).await?;
+    let mut guarded = guard(ctx, &ordered, &occasion).await?;
+    // After the alerts: a finding never costs one.
+    let findings_warnings = findings::import_untrusted(ctx, &mut guarded, &[]).await;
     let mut failures = Vec::new();
     let mut reports = Vec::new();
     for mut g in guarded {
+        if g.untrusted.is_some() {
+            g.report.warnings.extend(findings_warnings.iter().cloned());
+        }
         failures.extend(g.failures);
         let id = g.report.instance_id.as_deref();
         g.report.warnings.extend(notes.iter().filter(|(i, _)| Some(i.as_str()) == id).map(|(_, n)| n.clone()));

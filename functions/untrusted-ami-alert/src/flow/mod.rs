@@ -1,7 +1,8 @@
 //! The steps of a delivery, over `core` and the ports only. An event is judged as a launch
 //! (`launch`: the instances it names) or an audit (`audit`: every instance not terminated, with
 //! its `digest`); each instance is guarded (`guard`): its facts gathered (`facts`,
-//! `provenance`), judged, enforced (`enforcement`) and alerted once (`alert`).
+//! `provenance`), judged, enforced (`enforcement`) and alerted once (`alert`), then made a Security Hub finding
+//! (`findings`).
 
 mod alert;
 mod audit;
@@ -9,6 +10,7 @@ mod context;
 mod digest;
 mod enforcement;
 mod facts;
+mod findings;
 mod guard;
 mod launch;
 mod provenance;

@@ -178,6 +178,7 @@ pub fn clients(ec2: FakeEc2) -> Ports<FakeEc2, FakeSns, FakeSts, MemoryLedger> {
         identity: FakeSts { calls: Mutex::new(0) },
         ledger: Some(MemoryLedger::new()),
         region: "us-east-1".into(),
+        findings: None,
     }
 }
 
@@ -191,6 +192,7 @@ pub fn config(enforcement: Enforcement) -> Config {
         policy_from_account: false,
         fold_launch_alerts: true,
         dry_run: false,
+        security_hub_findings: true,
         policy_note: None,
     }
 }
