@@ -427,6 +427,21 @@ impl TestAccount {
         output.instances()[0].instance_id().unwrap().to_string()
     }
 
+    /// Runs one untagged instance of `image_id` in `region` and returns its id.
+    pub async fn run_instance_in(&self, region: &str, image_id: &str) -> String {
+        let output = self
+            .ec2_in(region)
+            .run_instances()
+            .image_id(image_id)
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await
+            .expect("RunInstances");
+        output.instances()[0].instance_id().unwrap().to_string()
+    }
+
     /// Runs an instance and stops it (moto stops at once).
     pub async fn stopped_instance(&self, tags: &[(&str, &str)]) -> String {
         let id = self.run_instance(AMAZON_LINUX_AMI, tags).await;

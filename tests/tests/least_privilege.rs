@@ -325,16 +325,7 @@ async fn untrusted_ami_alert_reads_an_ancestor_in_its_own_region_and_its_policy_
     let account = TestAccount::new().await;
     let topic = account.sns().create_topic().name("alerts").send().await.unwrap().topic_arn().unwrap().to_string();
     let west = account.ec2_in("us-west-2");
-    let builder = west
-        .run_instances()
-        .image_id(AMAZON_LINUX_AMI)
-        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap();
-    let builder = builder.instances()[0].instance_id().unwrap().to_string();
+    let builder = account.run_instance_in("us-west-2", AMAZON_LINUX_AMI).await;
     let source = west.create_image().instance_id(&builder).name("golden").send().await.unwrap();
     let source = source.image_id().unwrap().to_string();
     let copy = account.ec2().copy_image().source_image_id(&source).source_region("us-west-2").name("golden").send();

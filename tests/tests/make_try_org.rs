@@ -35,16 +35,7 @@ const ORGANISATION_ACTIONS: [&str; 2] = ["AssumeRole", "ListAccounts"];
 /// deregistered and the instance terminated (so that the audit has nothing to judge there).
 async fn orphan(account: &TestAccount, region: &str) -> String {
     let ec2 = account.ec2_in(region);
-    let instance = ec2
-        .run_instances()
-        .image_id(AMAZON_LINUX_AMI)
-        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap();
-    let instance = instance.instances()[0].instance_id().unwrap().to_string();
+    let instance = account.run_instance_in(region, AMAZON_LINUX_AMI).await;
     let image = ec2.create_image().instance_id(&instance).name(format!("release-{instance}")).send().await.unwrap();
     let image = image.image_id().unwrap().to_string();
     let described = ec2.describe_images().image_ids(&image).send().await.unwrap();

@@ -80,16 +80,7 @@ async fn amiguard_tags(account: &TestAccount, instance_id: &str) -> Vec<String> 
 /// An AMI made in the test account in `region` (CreateImage of an Amazon Linux instance there).
 async fn own_image_in(account: &TestAccount, region: &str, name: &str) -> String {
     let ec2 = account.ec2_in(region);
-    let run = ec2
-        .run_instances()
-        .image_id(AMAZON_LINUX_AMI)
-        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap();
-    let source = run.instances()[0].instance_id().unwrap().to_string();
+    let source = account.run_instance_in(region, AMAZON_LINUX_AMI).await;
     ec2.create_image().instance_id(&source).name(name).send().await.unwrap().image_id().unwrap().to_string()
 }
 
