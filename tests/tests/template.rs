@@ -464,3 +464,32 @@ fn the_dashboards_lambda_and_sqs_panels_name_every_function_and_dead_letter_queu
     }
     assert_eq!(template["Outputs"]["DashboardName"]["Value"], json!({"!Ref": dashboard.logical_id}));
 }
+
+#[test]
+fn only_the_functions_that_import_findings_may_import_them_and_only_into_the_accounts_default_product() {
+    let template = load();
+    let grants = |rendered: &Value, function: &str| -> Vec<Value> {
+        rendered["Resources"][function]["Properties"]["Policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|policy| policy["Statement"].as_array().cloned().unwrap_or_default())
+            .filter(|statement| statement.to_string().contains("securityhub:"))
+            .collect()
+    };
+    let product = json!({"!Sub": "arn:${AWS::Partition}:securityhub:${AWS::Region}:${AWS::AccountId}:product/${AWS::AccountId}/default"});
+    let on = amiguard_integration_tests::template::render(&template, &[]);
+    for function in ["UntrustedAmiAlertFunction", "SnapshotOnStopFunction"] {
+        let statements = grants(&on, function);
+        assert_eq!(statements.len(), 1, "{function}: {statements:#?}");
+        assert_eq!(statements[0]["Action"], "securityhub:BatchImportFindings", "{function}");
+        assert_eq!(statements[0]["Resource"], product, "{function}");
+        let env = &on["Resources"][function]["Properties"]["Environment"]["Variables"];
+        assert_eq!(env["SECURITY_HUB_FINDINGS"], json!({"!Ref": "SecurityHubFindings"}), "{function}");
+    }
+    assert!(grants(&on, "OrphanSnapshotSweeperFunction").is_empty(), "the sweeper makes no finding");
+    let off = amiguard_integration_tests::template::render(&template, &[("SecurityHubFindings", "false")]);
+    for function in ["UntrustedAmiAlertFunction", "SnapshotOnStopFunction", "OrphanSnapshotSweeperFunction"] {
+        assert!(grants(&off, function).is_empty(), "{function}: findings off, no Security Hub grant");
+    }
+}
