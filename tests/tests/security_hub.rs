@@ -197,6 +197,13 @@ async fn the_audit_archives_a_finding_only_once_ec2_says_it_is_over() {
     assert_eq!(state_of(&found, &terminated), Some(RecordState::Archived));
     assert_eq!(state_of(&found, &kept), Some(RecordState::Active));
 
+    // Judged trusted only by the fallback policy (the account's Allowed AMIs settings could not
+    // be used, e.g. someone disabled them): that is no verified trust, and archives nothing.
+    let fallback = self::config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "amazon")])
+        .with_default_policy_because("GetAllowedImagesSettings: disabled");
+    handle(&fallback, &ports, &audit_event(&account), &Invocation::at(Utc::now())).await.unwrap();
+    assert_eq!(state_of(&hub_findings(&account).await, &kept), Some(RecordState::Active));
+
     // Its image trusted now (the policy changed): the audit judges it trusted, and archives it.
     let trusting = self::config(&inbox.topic_arn, &[("TRUSTED_IMAGE_PROVIDERS", "amazon")]);
     handle(&trusting, &ports, &audit_event(&account), &Invocation::at(Utc::now())).await.unwrap();

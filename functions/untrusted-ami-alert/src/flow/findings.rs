@@ -98,7 +98,9 @@ pub async fn archive_resolved<E: Ec2, P, I, L: Records>(
     let mut unlisted: Vec<&OpenFinding> = Vec::new();
     for finding in open {
         match judged.get(finding.instance_id.as_str()) {
-            Some((Outcome::Trusted, Some(image))) if *image == finding.image_id => {
+            // Trusted by the policy the account set, not by the fallback judging while that
+            // policy could not be read: a fallback's "trusted" archives nothing.
+            Some((Outcome::Trusted, Some(image))) if *image == finding.image_id && ctx.config.policy_note.is_none() => {
                 resolved.push((finding, Resolution::ImageTrusted))
             }
             Some(_) => {}
