@@ -282,6 +282,31 @@ async fn security_hub_not_enabled_is_a_warning_and_changes_nothing_else() {
 }
 
 #[tokio::test]
+async fn security_hub_enabled_later_is_asked_again_once_the_wait_is_over() {
+    let account = TestAccount::new().await;
+    enable_security_hub(&account).await;
+    let proxy = Proxy::start(&moto().endpoint).await;
+    proxy.inject(Fault::error("BatchImportFindings", 401, "InvalidAccessException"));
+    let through = account.through(&proxy);
+    let inbox = AlertInbox::new(&account, true).await;
+    let config = config(&inbox.topic_arn, &[]);
+    let patient = SecurityHubFindings::new(through.securityhub(), through.sts());
+    let ports = ports(&account, &config, Some(Box::new(patient.asking_again_after(std::time::Duration::ZERO)))).await;
+    let instance = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+    let first = one(handle(&config, &ports, &running(&account, &instance), &Invocation::at(Utc::now())).await.unwrap());
+    assert_eq!(first.warnings, [NOT_ENABLED]);
+    assert!(hub_findings(&account).await.is_empty());
+
+    // Security Hub answers now (enabled meanwhile): the wait over, the container asks again.
+    proxy.clear_faults();
+    let second =
+        one(handle(&config, &ports, &running(&account, &instance), &Invocation::at(Utc::now())).await.unwrap());
+    assert!(second.warnings.is_empty(), "{:?}", second.warnings);
+    assert_eq!(proxy.count("BatchImportFindings"), 2);
+    assert_eq!(hub_findings(&account).await.len(), 1, "the finding is imported");
+}
+
+#[tokio::test]
 async fn a_failed_image_of_snapshot_on_stop_is_a_finding() {
     use snapshot_on_stop::{Config, Ec2Client, Ports};
     let account = TestAccount::new().await;

@@ -2,12 +2,14 @@
 //! default product, in calls of at most 100 findings. The account is STS's (asked once per
 //! container, when the first finding is imported), the region and partition its client's.
 //!
-//! Security Hub not enabled (`InvalidAccessException`) is remembered for the container: no call
-//! is made again there, and every later import answers [`NOT_ENABLED`] too, so that no report of
-//! that container is silent about the findings it did not import.
+//! Security Hub not enabled (`InvalidAccessException`) is remembered for an hour
+//! ([`ASK_AGAIN_AFTER`]): no call is made in that time, and every import answers [`NOT_ENABLED`]
+//! too, so that no report is silent about the findings it did not import. Then the container asks
+//! again: Security Hub enabled later (an organisation's auto-enable may come after amiguard's
+//! first launch) takes findings without a restart.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use aws_sdk_securityhub::types::{
     AwsSecurityFinding, Partition, Recommendation, RecordState as AsffRecordState, Remediation, Resource,
@@ -24,18 +26,46 @@ use crate::error::AwsError;
 /// The code Security Hub answers when it is not enabled in the account (and region).
 pub const NOT_ENABLED_CODE: &str = "InvalidAccessException";
 
+/// How long a container takes Security Hub's "not enabled" for an answer before it asks again.
+pub const ASK_AGAIN_AFTER: Duration = Duration::from_secs(3600);
+
 /// The real Security Hub client, with STS to learn the account.
 #[derive(Debug)]
 pub struct SecurityHubFindings {
     client: aws_sdk_securityhub::Client,
     sts: aws_sdk_sts::Client,
     account: Mutex<Option<String>>,
-    not_enabled: AtomicBool,
+    /// When Security Hub last answered "not enabled", while that answer still holds.
+    not_enabled_since: Mutex<Option<Instant>>,
+    ask_again_after: Duration,
 }
 
 impl SecurityHubFindings {
     pub fn new(client: aws_sdk_securityhub::Client, sts: aws_sdk_sts::Client) -> Self {
-        Self { client, sts, account: Mutex::new(None), not_enabled: AtomicBool::new(false) }
+        Self {
+            client,
+            sts,
+            account: Mutex::new(None),
+            not_enabled_since: Mutex::new(None),
+            ask_again_after: ASK_AGAIN_AFTER,
+        }
+    }
+
+    /// The same, asking again `after` a "not enabled" answer instead of [`ASK_AGAIN_AFTER`].
+    pub fn asking_again_after(self, after: Duration) -> Self {
+        Self { ask_again_after: after, ..self }
+    }
+
+    fn known_not_enabled(&self) -> bool {
+        let mut since = self.not_enabled_since.lock().unwrap_or_else(PoisonError::into_inner);
+        match *since {
+            Some(when) if when.elapsed() < self.ask_again_after => true,
+            Some(_) => {
+                *since = None;
+                false
+            }
+            None => false,
+        }
     }
 
     pub fn from_conf(sdk: &aws_config::SdkConfig) -> Self {
@@ -73,7 +103,7 @@ impl SecurityHubFindings {
         if findings.is_empty() {
             return Vec::new();
         }
-        if self.not_enabled.load(Ordering::Relaxed) {
+        if self.known_not_enabled() {
             return vec![NOT_ENABLED.to_string()];
         }
         let scope = match self.scope().await {
@@ -101,8 +131,8 @@ impl SecurityHubFindings {
                     )
                 })),
                 Err(err) if err.has_code(NOT_ENABLED_CODE) => {
-                    self.not_enabled.store(true, Ordering::Relaxed);
-                    tracing::warn!(error = %err, "{NOT_ENABLED}: no finding is imported in this container");
+                    *self.not_enabled_since.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                    tracing::warn!(error = %err, "{NOT_ENABLED}: no finding is imported for an hour, then asked again");
                     warnings.push(NOT_ENABLED.to_string());
                     break;
                 }
