@@ -40,6 +40,25 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
 pub const REGION: &str = "us-east-1";
+
+/// The sweeper's configuration for moto: `DRY_RUN=false`, `MIN_AGE_HOURS=0`, no Recycle Bin check
+/// and no circuit breaker, unless `overrides` says otherwise.
+pub fn sweeper_config(overrides: &[(&str, &str)]) -> orphan_snapshot_sweeper::Config {
+    let mut vars: std::collections::HashMap<String, String> = [
+        ("AWS_REGION", REGION),
+        ("DRY_RUN", "false"),
+        ("MIN_AGE_HOURS", "0"),
+        ("RECYCLE_BIN_CHECK", "false"),
+        ("MAX_DELETE_FRACTION", "1.0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in overrides {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    orphan_snapshot_sweeper::Config::from_env(&move |name: &str| vars.get(name).cloned()).unwrap()
+}
 pub const AMAZON_LINUX_AMI: &str = "ami-0a1b2c3d4e5f00001";
 pub const AMAZON_OWNER_ID: &str = "137112412989";
 pub const RHEL_AMI: &str = "ami-0a1b2c3d4e5f00002";

@@ -7,11 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use amiguard::ledger::dynamo::DynamoLedger;
 use amiguard_integration_tests::proxy::{Fault, Proxy};
+use amiguard_integration_tests::sweeper_config as config;
 use amiguard_integration_tests::{moto, sample_event, TestAccount, AMAZON_LINUX_AMI, REGION};
 use aws_sdk_ec2::types::{
     LaunchPermission, LaunchPermissionModifications, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
@@ -21,24 +22,6 @@ use orphan_snapshot_sweeper::{handle, Config, ImageKeepReason, Invocation, KeepR
 use serde_json::Value;
 
 const EU_REGION: &str = "eu-west-1";
-
-/// The sweeper's configuration for moto, `DRY_RUN=false` unless overridden.
-fn config(overrides: &[(&str, &str)]) -> Config {
-    let mut vars: HashMap<String, String> = [
-        ("AWS_REGION", REGION),
-        ("DRY_RUN", "false"),
-        ("MIN_AGE_HOURS", "0"),
-        ("RECYCLE_BIN_CHECK", "false"),
-        ("MAX_DELETE_FRACTION", "1.0"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for (k, v) in overrides {
-        vars.insert(k.to_string(), v.to_string());
-    }
-    Config::from_env(&move |name: &str| vars.get(name).cloned()).unwrap()
-}
 
 /// The sample scheduled event, for this test's account.
 fn scheduled(account: &TestAccount) -> Value {

@@ -14,10 +14,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use amiguard_integration_tests::proxy::{Fault, Proxy};
+use amiguard_integration_tests::sweeper_config as config;
 use amiguard_integration_tests::{moto, sample_event, TestAccount, AMAZON_LINUX_AMI, REGION};
 use aws_sdk_ec2::types::{OperationType, SnapshotAttributeName};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -26,24 +27,6 @@ use serde_json::{json, Value};
 
 /// A disaster-recovery region: snapshots are copied there, AMIs never registered.
 const DR_REGION: &str = "eu-west-1";
-
-/// The sweeper's configuration for moto, `DRY_RUN=false` and `MIN_AGE_HOURS=0` unless overridden.
-fn config(overrides: &[(&str, &str)]) -> Config {
-    let mut vars: HashMap<String, String> = [
-        ("AWS_REGION", REGION),
-        ("DRY_RUN", "false"),
-        ("MIN_AGE_HOURS", "0"),
-        ("RECYCLE_BIN_CHECK", "false"),
-        ("MAX_DELETE_FRACTION", "1.0"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for (k, v) in overrides {
-        vars.insert(k.to_string(), v.to_string());
-    }
-    Config::from_env(&move |name: &str| vars.get(name).cloned()).unwrap()
-}
 
 /// A time the ledger keeps exactly (it keeps seconds).
 fn start() -> DateTime<Utc> {
