@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failure here should panic.
 
 pub mod event_pattern;
+pub mod image_lifecycle;
 pub mod inbox;
 pub mod ledger;
 pub mod ledger_iam;

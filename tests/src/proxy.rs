@@ -115,6 +115,58 @@ pub enum FaultKind {
     /// AWS does (the snapshots carry the tags from the moment they exist). A call without one is
     /// forwarded as it is.
     SnapshotTagsOnCreateImage,
+    /// Answer what this function makes of the whole call (its account and body), with the status
+    /// it says; it may forward requests of its own first ([`Upstream`]): an emulation of actions
+    /// whose answer or effect depends on the calling account or on moto's state.
+    Handle(CallHandler),
+}
+
+/// An answer: its HTTP status and body.
+pub type Answer = (u16, String);
+
+/// A function from a call to its answer, for [`FaultKind::Handle`].
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct CallHandler(
+    Arc<dyn Fn(Call, Upstream) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>> + Send + Sync>,
+);
+
+impl std::fmt::Debug for CallHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallHandler(..)")
+    }
+}
+
+/// Where a handled call would have gone: forwards a body of the handler's choosing with the
+/// call's own headers (its account, its signing scope).
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    upstream: String,
+    head: String,
+}
+
+impl Upstream {
+    /// Sends `body` instead of the call's and answers what came back (its body de-chunked);
+    /// status 0 when the upstream could not be reached.
+    pub async fn forward(&self, body: &str) -> Answer {
+        let head = with_content_length(&self.head, body.len());
+        match forward(&self.upstream, &head, body.as_bytes()).await {
+            Ok(response) => split_answer(&response),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+}
+
+/// The status and the (de-chunked) body of an HTTP answer.
+fn split_answer(response: &[u8]) -> Answer {
+    let status = status_of(response).unwrap_or(0);
+    let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return (status, String::new()) };
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let mut body = response[split + 4..].to_vec();
+    if header(&format!("{head}\r\n"), "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        body = dechunk(&body);
+    }
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// A function over an answer's body, for [`FaultKind::RewriteWith`].
@@ -160,6 +212,17 @@ impl Fault {
     /// ([`FaultKind::SnapshotTagsOnCreateImage`]).
     pub fn snapshot_tags_on_create_image() -> Self {
         Self::on("CreateImage", FaultKind::SnapshotTagsOnCreateImage)
+    }
+    /// Answers `action` with what `handle` makes of the call ([`FaultKind::Handle`]).
+    pub fn handle_with<F, Fut>(action: &str, handle: F) -> Self
+    where
+        F: Fn(Call, Upstream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Answer> + Send + 'static,
+    {
+        Self::on(
+            action,
+            FaultKind::Handle(CallHandler(Arc::new(move |call, upstream| Box::pin(handle(call, upstream))))),
+        )
     }
     fn on(action: &str, kind: FaultKind) -> Self {
         Self { action: Some(action.into()), body_contains: None, kind, times: None }
@@ -250,6 +313,7 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
         };
         let fault = take_fault(state, &call.action, &String::from_utf8_lossy(&body));
         let service = call.service.clone();
+        let handled = call.clone();
         let recorded = {
             let mut state = state.lock().expect("proxy state");
             state.calls.push(Call {
@@ -276,6 +340,11 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
             }
             Some(FaultKind::SnapshotTagsOnCreateImage) => {
                 create_image_tagging_snapshots(upstream, &head, &body).await?
+            }
+            Some(FaultKind::Handle(CallHandler(handle))) => {
+                let (status, answer) =
+                    handle(handled, Upstream { upstream: upstream.to_string(), head: head.clone() }).await;
+                response_with(&service, status, &answer)
             }
             None => forward(upstream, &head, &body).await?,
         };
@@ -524,6 +593,18 @@ fn ok_response(service: &str, body: &str) -> Vec<u8> {
     let content_type = if service == "dynamodb" { "application/x-amz-json-1.0" } else { "text/xml" };
     format!(
         "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// An answer of `status` with `body`, typed as the service's protocol answers.
+fn response_with(service: &str, status: u16, body: &str) -> Vec<u8> {
+    if status == 200 {
+        return ok_response(service, body);
+    }
+    format!(
+        "HTTP/1.1 {status} Handled\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
