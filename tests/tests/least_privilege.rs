@@ -267,10 +267,80 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
     deregistered["account"] = json!(account.account_id);
     orphan_snapshot_sweeper::handle(&unchecked, &ports, &deregistered, &invocation()).await.unwrap();
 
-    assert_policy_matches("orphan-snapshot-sweeper", iam_actions(&proxy.calls()));
+    // And staged retirement (issue 22), whose calls moto lacks: through the image-lifecycle model.
+    let mut calls = proxy.calls();
+    calls.extend(staged_retirement_calls().await);
+    assert_policy_matches("orphan-snapshot-sweeper", iam_actions(&calls));
     // Every ledger request within its role's partitions (dynamodb:LeadingKeys), each one used.
-    let partitions = assert_requests_within_leading_keys(&load(), "orphan-snapshot-sweeper", &proxy.calls());
+    let partitions = assert_requests_within_leading_keys(&load(), "orphan-snapshot-sweeper", &calls);
     assert_eq!(partitions, patterns(orphan_snapshot_sweeper::LEDGER_PARTITIONS));
+}
+
+/// The sweeper's calls in staged retirement (no dwell, no lag: one stage a run), recorded in front
+/// of the image-lifecycle model: an unshared image deprecated, disabled, deregistered and its
+/// snapshot deleted; two images shared with a consumer account, each deprecated on a usage report
+/// (asked, read, deleted), then one undone when the consumer launches it (its deprecation
+/// removed), the other disabled (its launch permissions read first) and undone when a launch
+/// template of the consumer names it (enabled again, its sharing restored).
+async fn staged_retirement_calls() -> Vec<Call> {
+    use amiguard_integration_tests::image_lifecycle::ImageLifecycle;
+    use amiguard_integration_tests::{sweeper_config, AMAZON_LINUX_AMI, REGION};
+    use aws_sdk_ec2::types::{LaunchPermission, LaunchPermissionModifications, RequestLaunchTemplateData};
+    use chrono::SubsecRound;
+    use orphan_snapshot_sweeper::Ports;
+
+    let model = ImageLifecycle::start().await;
+    let recorder = Proxy::start(&model.proxy().endpoint).await;
+    let (owner, consumer) = (TestAccount::new().await, TestAccount::new().await);
+    ledger::create(&owner).await;
+    let ec2 = owner.ec2();
+    let mut images = Vec::new();
+    for name in ["unshared", "launched", "templated"] {
+        let instance = owner.run_instance(AMAZON_LINUX_AMI, &[]).await;
+        images.push(ec2.create_image().instance_id(&instance).name(name).send().await.unwrap().image_id.unwrap());
+    }
+    for shared in &images[1..] {
+        let add = LaunchPermission::builder().user_id(&consumer.account_id).build();
+        let sharing = LaunchPermissionModifications::builder().add(add).build();
+        ec2.modify_image_attribute().image_id(shared).launch_permission(sharing).send().await.unwrap();
+    }
+    let config = sweeper_config(&[
+        ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "0"),
+        ("RETIRE_DWELL_DAYS", "0"),
+        ("USAGE_REPORT_LAG_DAYS", "0"),
+        ("RECYCLE_BIN_RETENTION_DAYS", "7"),
+    ]);
+    let through = owner.through(&recorder);
+    let regions = vec![(REGION.to_string(), through.ec2())];
+    let (sns, ledger) = (through.sns(), ledger::on(&through));
+    let ports = Ports { regions: &regions, publisher: &sns, ledger: Some(&ledger) };
+    let mut event = sample_event("orphan-snapshot-sweeper.scheduled.json");
+    event["account"] = json!(owner.account_id);
+    let mut now = chrono::Utc::now().trunc_subsecs(0) + chrono::Duration::minutes(1);
+    for run in 0..7 {
+        model.set_now(now);
+        let invocation =
+            Invocation::at(now).with_deadline(std::time::SystemTime::now() + std::time::Duration::from_secs(900));
+        orphan_snapshot_sweeper::handle(&config, &ports, &event, &invocation).await.unwrap();
+        match run {
+            2 => drop(consumer.run_instance(&images[1], &[]).await),
+            4 => {
+                let data = RequestLaunchTemplateData::builder().image_id(&images[2]).build();
+                consumer
+                    .ec2()
+                    .create_launch_template()
+                    .launch_template_name("golden")
+                    .launch_template_data(data)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+        model.complete_reports_from(&[&consumer]).await;
+        now += chrono::Duration::minutes(1);
+    }
+    recorder.calls()
 }
 
 /// The statements of `logical_id`'s policies that grant `action` (`Action` a string or a list).
