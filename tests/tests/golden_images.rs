@@ -275,7 +275,8 @@ async fn unused_everywhere_it_goes_deprecated_disabled_deregistered_and_its_snap
     let (_, read) = with_a_report(&world, &[&consumer], &[], world.start).await;
     let deprecated = stage(&read, &golden);
     assert_eq!(fields(deprecated), ("deprecated", "advanced", Some("disabled")), "{deprecated}");
-    assert!(deprecated["since"].is_string(), "{deprecated}");
+    let since: DateTime<Utc> = deprecated["since"].as_str().unwrap().parse().unwrap();
+    assert_eq!(since, world.start + minutes(1), "the stage is dated by the run's clock: {deprecated}");
     let time = world.model.deprecation(&golden).expect("EnableImageDeprecation");
     assert!(
         time >= world.start && time <= world.model.now() + minutes(1),
@@ -466,11 +467,13 @@ async fn a_report_older_than_the_stage_plus_the_lag_or_expired_advances_nothing(
     let dwelling = world.run(&real, since + days(2)).await;
     let entry = stage(&dwelling, &golden);
     assert_eq!(fields(entry).0, "deprecated");
-    assert!(entry["next_at"].is_string(), "{entry}");
+    let next_at: DateTime<Utc> = entry["next_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(next_at, since + days(14), "the dwell's end: {entry}");
     // The dwell over: that report is too old to tell (launch templates lag), nothing advances.
     let stale = world.run(&real, since + days(15)).await;
     let entry = stage(&stale, &golden);
     assert_eq!(fields(entry), ("deprecated", "none", Some("disabled")), "{entry}");
+    assert!(entry["waiting_for"].as_str().is_some_and(|w| w.contains("USAGE_REPORT_LAG_DAYS")), "{entry}");
     assert_eq!(world.state(&golden).await.as_deref(), Some("available"));
     assert_eq!(world.calls("DisableImage"), 0);
     assert!(world.model.reports().iter().any(|r| r.report_id == early.report_id().unwrap()), "not amiguard's: kept");
