@@ -143,7 +143,16 @@ impl ImageLifecycle {
         ];
         for (action, handler) in handlers {
             let model = model.clone();
-            proxy.inject(Fault::handle_with(action, move |call, upstream| handler(model.clone(), call, upstream)));
+            proxy.inject(Fault::handle_with(action, move |call, upstream| {
+                // `DryRun=true`: EC2 checks the permission and changes nothing (moto's own answer
+                // for the actions it has; the model's for the others).
+                if call.param("DryRun").is_some_and(|v| v == "true") {
+                    let body = error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.").1;
+                    return Box::pin(std::future::ready((412u16, body)))
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>;
+                }
+                handler(model.clone(), call, upstream)
+            }));
         }
         Self { proxy, model }
     }

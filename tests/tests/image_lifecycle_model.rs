@@ -262,6 +262,25 @@ async fn deprecation_refuses_the_past_rounds_to_the_minute_and_shows_in_describe
     model.set_now(now);
     let ec2 = owner.through(model.proxy()).ec2();
 
+    let dry = ec2
+        .enable_image_deprecation()
+        .image_id(&golden)
+        .deprecate_at(sdk_time(now + Duration::hours(1)))
+        .dry_run(true)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(dry.code(), Some("DryRunOperation"));
+    let dry = ec2
+        .create_image_usage_report()
+        .image_id(&golden)
+        .set_resource_types(Some(resource_types(20)))
+        .dry_run(true)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(dry.code(), Some("DryRunOperation"));
+    assert!(model.reports().is_empty() && model.deprecation(&golden).is_none(), "a dry run changes nothing");
     let past = ec2
         .enable_image_deprecation()
         .image_id(&golden)
