@@ -761,6 +761,15 @@ mod tests {
     }
 
     #[test]
+    fn a_handled_calls_upstream_answer_is_read_whole_and_its_own_answer_keeps_its_status() {
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n<a>2\r\n7\r\n026</a>\r\n0\r\n\r\n";
+        assert_eq!(split_answer(chunked), (200, "<a>2026</a>".to_string()));
+        assert_eq!(split_answer(b"HTTP/1.1 400 Bad\r\nContent-Length: 3\r\n\r\n<e>"), (400, "<e>".to_string()));
+        assert_eq!(status_of(&response_with("ec2", 412, "<Response/>")), Some(412));
+        assert_eq!(status_of(&response_with("ec2", 200, "<ok/>")), Some(200));
+    }
+
+    #[test]
     fn dynamodb_errors_are_json_with_the_code_in_type() {
         let out = String::from_utf8(error_response("dynamodb", 400, "ConditionalCheckFailedException")).unwrap();
         assert!(out.contains("\"__type\":\"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException\""));

@@ -284,6 +284,10 @@ async fn unused_everywhere_it_goes_deprecated_disabled_deregistered_and_its_snap
     );
     assert_eq!(world.state(&golden).await.as_deref(), Some("available"), "launches still work");
     assert_eq!(read["totals"]["retirement_stages"]["deprecated"]["images"], 1, "{:#}", read["totals"]);
+    let region_totals = &read["regions"][0]["retirement_stage_totals"]["deprecated"];
+    assert_eq!(region_totals["images"], 1, "{region_totals}");
+    assert!(region_totals["gib"].as_f64().is_some_and(|g| g > 0.0), "what it holds: {region_totals}");
+    assert!(region_totals["monthly_cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{region_totals}");
     assert!(world.model.reports_of(&golden).is_empty(), "the report amiguard made is deleted once read");
 
     // Disabled, on a report made after the deprecation.
@@ -593,6 +597,7 @@ async fn a_dry_run_changes_nothing_and_previews_each_stage() {
     let entry = stage(&preview, &private);
     assert_eq!(fields(entry), ("active", "would_advance", Some("deprecated")), "{entry}");
     assert_eq!(fields(stage(&preview, &golden)).0, "active");
+    assert_eq!(preview["regions"][0]["counts"]["retirement_stages"], 2, "{:#}", preview["regions"][0]["counts"]);
     assert_eq!(changes(&world), 0);
     assert!(world.model.reports().is_empty(), "a dry run creates no usage report");
     assert_eq!(world.model.deprecation(&private), None);
