@@ -42,8 +42,9 @@ use aws_smithy_types::config_bag::ConfigBag;
 
 pub const REGION: &str = "us-east-1";
 
-/// The sweeper's configuration for moto: `DRY_RUN=false`, `MIN_AGE_HOURS=0`, no Recycle Bin check
-/// and no circuit breaker, unless `overrides` says otherwise.
+/// The sweeper's configuration for moto: `DRY_RUN=false`, `MIN_AGE_HOURS=0`, no Recycle Bin check,
+/// no circuit breaker and one-step retirement (`RETIRE_STAGES=deregister`), unless `overrides` says
+/// otherwise.
 pub fn sweeper_config(overrides: &[(&str, &str)]) -> orphan_snapshot_sweeper::Config {
     let mut vars: std::collections::HashMap<String, String> = [
         ("AWS_REGION", REGION),
@@ -51,6 +52,8 @@ pub fn sweeper_config(overrides: &[(&str, &str)]) -> orphan_snapshot_sweeper::Co
         ("MIN_AGE_HOURS", "0"),
         ("RECYCLE_BIN_CHECK", "false"),
         ("MAX_DELETE_FRACTION", "1.0"),
+        // Retirement in one step (today's): the staged one is asked for by name.
+        ("RETIRE_STAGES", "deregister"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

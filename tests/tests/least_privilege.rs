@@ -242,6 +242,8 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
             ("REPORT_TOPIC_ARN", topic.clone()),
             // The stack's default: what it deletes is tagged for the Recycle Bin first.
             ("RECYCLE_BIN_RETENTION_DAYS", "7".into()),
+            // One-step retirement first; the staged one below (`staged_retirement_calls`).
+            ("RETIRE_STAGES", "deregister".into()),
         ];
         vars.extend(overrides);
         Config::from_env(&move |name: &str| vars.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))
@@ -266,6 +268,13 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
     let mut deregistered = sample_event("orphan-snapshot-sweeper.ami-deregistered.json");
     deregistered["account"] = json!(account.account_id);
     orphan_snapshot_sweeper::handle(&unchecked, &ports, &deregistered, &invocation()).await.unwrap();
+    let staged = run(vec![
+        ("RECYCLE_BIN_CHECK", "false".into()),
+        ("RETIRE_STAGES", "deprecate,disable,deregister".into()),
+        ("RETIRE_DWELL_DAYS", "0".into()),
+        ("USAGE_REPORT_LAG_DAYS", "0".into()),
+    ]);
+    staged_retirement_calls(&account, &proxy, &staged, &ports, &event).await;
 
     // And staged retirement (issue 22), whose calls moto lacks: through the image-lifecycle model.
     let mut calls = proxy.calls();
@@ -497,4 +506,157 @@ async fn the_default_sweeper_asks_whether_each_orphan_is_shared_and_its_policy_g
     let granted = policy_actions(&render(&template, &[]), &function.logical_id);
     let missing: Vec<&String> = used.difference(&granted).collect();
     assert!(missing.is_empty(), "called, but not granted by the default parameters: {missing:?}");
+}
+
+/// The values of a form-encoded request's `name` or `name.N` fields.
+fn form_values(body: &str, name: &str) -> Vec<String> {
+    body.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| *key == name || key.strip_prefix(name).is_some_and(|rest| rest.starts_with('.')))
+        .map(|(_, value)| value.to_string())
+        .collect()
+}
+
+/// Staged retirement's calls, every one (the usage reports and deprecation answered here as EC2
+/// does, moto lacking them): two shared images go through four runs; X is deprecated, disabled,
+/// then found in use and enabled with its sharing put back; Y is deprecated then found in use.
+async fn staged_retirement_calls<E, P, L>(
+    account: &TestAccount,
+    proxy: &Proxy,
+    config: &orphan_snapshot_sweeper::Config,
+    ports: &orphan_snapshot_sweeper::Ports<'_, E, P, L>,
+    event: &serde_json::Value,
+) where
+    E: orphan_snapshot_sweeper::ports::Ec2,
+    P: orphan_snapshot_sweeper::ports::SummaryPublisher,
+    L: orphan_snapshot_sweeper::ports::Records,
+{
+    use amiguard_integration_tests::proxy::Fault;
+    use amiguard_integration_tests::{ec2_answer, AMAZON_LINUX_AMI};
+    use aws_sdk_ec2::types::{LaunchPermission, LaunchPermissionModifications};
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    let ec2 = account.ec2();
+    let mut shared = Vec::new();
+    for name in ["golden-x", "golden-y"] {
+        let instance = account.run_instance(AMAZON_LINUX_AMI, &[]).await;
+        let image = ec2.create_image().instance_id(&instance).name(name).send().await.unwrap();
+        let image = image.image_id().unwrap().to_string();
+        let consumer = LaunchPermission::builder().user_id("111111111111").build();
+        ec2.modify_image_attribute()
+            .image_id(&image)
+            .launch_permission(LaunchPermissionModifications::builder().add(consumer).build())
+            .send()
+            .await
+            .unwrap();
+        shared.push(image);
+    }
+    let (x, y) = (shared[0].clone(), shared[1].clone());
+    let reports_exist = Arc::new(Mutex::new(false));
+    let used: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let deprecated: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let image_of = |body: &str| form_values(body, "ImageId").into_iter().next().unwrap_or_default();
+    proxy.inject(Fault::answer_with("CreateImageUsageReport", move |body| {
+        ec2_answer("CreateImageUsageReport", &format!("<reportId>amiur-{}</reportId>", image_of(body)))
+    }));
+    let exist = reports_exist.clone();
+    proxy.inject(Fault::answer_with("DescribeImageUsageReports", move |body| {
+        let now = chrono::Utc::now();
+        let items: String = if *exist.lock().unwrap() {
+            form_values(body, "ImageId")
+                .iter()
+                .map(|image| {
+                    format!(
+                        "<item><imageId>{image}</imageId><reportId>amiur-{image}</reportId><state>available</state><creationTime>{}</creationTime><expirationTime>{}</expirationTime></item>",
+                        now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        (now + chrono::Duration::days(30)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    )
+                })
+                .collect()
+        } else {
+            String::new()
+        };
+        ec2_answer("DescribeImageUsageReports", &format!("<imageUsageReportSet>{items}</imageUsageReportSet>"))
+    }));
+    let in_use = used.clone();
+    proxy.inject(Fault::answer_with("DescribeImageUsageReportEntries", move |body| {
+        let report = form_values(body, "ReportId").into_iter().next().unwrap_or_default();
+        let image = report.trim_start_matches("amiur-").to_string();
+        let item = if in_use.lock().unwrap().contains(&image) {
+            format!("<item><reportId>{report}</reportId><imageId>{image}</imageId><accountId>222222222222</accountId><resourceType>ec2:Instance</resourceType><usageCount>1</usageCount></item>")
+        } else {
+            String::new()
+        };
+        ec2_answer("DescribeImageUsageReportEntries", &format!("<imageUsageReportEntrySet>{item}</imageUsageReportEntrySet>"))
+    }));
+    proxy.inject(Fault::answer_with("DeleteImageUsageReport", |_| {
+        ec2_answer("DeleteImageUsageReport", "<return>true</return>")
+    }));
+    let marked = deprecated.clone();
+    proxy.inject(Fault::answer_with("EnableImageDeprecation", move |body| {
+        marked.lock().unwrap().insert(form_values(body, "ImageId").concat());
+        ec2_answer("EnableImageDeprecation", "<return>true</return>")
+    }));
+    let marked = deprecated.clone();
+    proxy.inject(Fault::answer_with("DisableImageDeprecation", move |body| {
+        marked.lock().unwrap().remove(&form_values(body, "ImageId").concat());
+        ec2_answer("DisableImageDeprecation", "<return>true</return>")
+    }));
+    // DescribeImages shows the deprecation, as EC2 does (moto does not model it).
+    let marked = deprecated.clone();
+    proxy.inject(Fault::rewrite_with("DescribeImages", move |answer| {
+        let mut answer = answer.to_string();
+        for image in marked.lock().unwrap().iter() {
+            let id = format!("<imageId>{image}</imageId>");
+            answer = answer.replace(&id, &format!("{id}<deprecationTime>2030-01-01T00:00:00.000Z</deprecationTime>"));
+        }
+        answer
+    }));
+    let invocation = || {
+        Invocation::at(chrono::Utc::now())
+            .with_deadline(std::time::SystemTime::now() + std::time::Duration::from_secs(900))
+    };
+    let stages = |report: &orphan_snapshot_sweeper::Report| -> Vec<(String, String, String)> {
+        let json = serde_json::to_value(report).unwrap();
+        json["regions"][0]["retirement_stages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no retirement_stages: {json}"))
+            .iter()
+            .filter(|e| e["image_id"] == x || e["image_id"] == y)
+            .map(|e| (e["image_id"].as_str().unwrap().to_string(), e["stage"].to_string(), e["change"].to_string()))
+            .collect()
+    };
+    let sweep = async |step: &str| {
+        let answer = orphan_snapshot_sweeper::handle(config, ports, event, &invocation()).await.unwrap();
+        let report = answer.sweep().unwrap();
+        assert!(report.regions[0].aborted.is_none(), "{step}: {:?}", report.regions[0]);
+        stages(&report)
+    };
+    // A: candidates; the usage reports are asked for.
+    sweep("ask").await;
+    assert_eq!(proxy.count("CreateImageUsageReport"), 2);
+    // B: the reports show no use: both deprecated.
+    *reports_exist.lock().unwrap() = true;
+    let b = sweep("deprecate").await;
+    assert!(b.iter().all(|(_, stage, change)| stage == "\"deprecated\"" && change == "\"advanced\""), "{b:?}");
+    // C: Y is in use (undone); X is disabled.
+    used.lock().unwrap().insert(y.clone());
+    let c = sweep("disable").await;
+    assert!(c.contains(&(y.clone(), "\"active\"".into(), "\"undone\"".into())), "{c:?}");
+    assert!(c.contains(&(x.clone(), "\"disabled\"".into(), "\"advanced\"".into())), "{c:?}");
+    // D: X is in use: enabled, its sharing put back.
+    used.lock().unwrap().insert(x.clone());
+    let d = sweep("enable").await;
+    assert!(d.contains(&(x.clone(), "\"active\"".into(), "\"undone\"".into())), "{d:?}");
+    let permissions = ec2
+        .describe_image_attribute()
+        .image_id(&x)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+        .send()
+        .await
+        .unwrap();
+    let users: Vec<&str> = permissions.launch_permissions().iter().filter_map(|p| p.user_id()).collect();
+    assert_eq!(users, ["111111111111"], "the recorded sharing is back");
+    proxy.clear_faults();
 }

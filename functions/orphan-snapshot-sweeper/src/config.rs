@@ -4,6 +4,8 @@
 use amiguard::config::{bool_var, number_var, optional, protect_tag_var, ConfigError, VarSource};
 use amiguard::recycle_bin::RecycleBin;
 
+use crate::core::Stages;
+
 /// Every environment variable the sweeper reads: [`Config::from_env`]'s, and `LEDGER_TABLE`
 /// (`amiguard::ledger::table_name`, read by `main`).
 pub const VARIABLES: &[&str] = &[
@@ -22,6 +24,13 @@ pub const VARIABLES: &[&str] = &[
     "RECYCLE_BIN_RETENTION_DAYS",
     "LEDGER_READ_ONLY",
     "LEDGER_TABLE",
+    "RETIRE_STAGES",
+    "RETIRE_DWELL_DAYS",
+    "USAGE_REPORT_LAG_DAYS",
+    "USAGE_REPORT_TEMPLATE_DEPTH",
+    "RETIRE_KEEP_NEWEST",
+    "RETIRE_FAMILY_TAG",
+    "RETIRE_IMAGE_BUILDER_IMAGES",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +70,76 @@ pub struct Config {
     /// first sightings, no run summary. For a dry run from outside the stack (`make try`): a
     /// deployed dry run writes, so that its clocks have run when deletion is turned on.
     pub ledger_read_only: bool,
+    /// How `RETIRE_UNUSED_AMIS_AFTER_DAYS` retires: its stages and their evidence (issue 22).
+    pub staged_retirement: StagedRetirement,
+}
+
+/// The settings of staged retirement, read (and checked) whether or not retirement is on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedRetirement {
+    /// `RETIRE_STAGES` (default `deprecate,disable,deregister`; `deregister`: today's one step).
+    pub stages: Stages,
+    /// `RETIRE_DWELL_DAYS` (default 14; 0 allowed): the least time between two stages.
+    pub dwell_days: u32,
+    /// `USAGE_REPORT_LAG_DAYS` (default 3; 0 allowed): how long after a stage a usage report must
+    /// be made to be evidence for the next.
+    pub lag_days: u32,
+    /// `USAGE_REPORT_TEMPLATE_DEPTH` (default 20): the launch-template versions a report reads.
+    pub template_depth: u32,
+    /// `RETIRE_KEEP_NEWEST` (default 1): the newest images of each family never retired.
+    pub keep_newest: u32,
+    /// `RETIRE_FAMILY_TAG` (unset: no families by tag): the tag whose value names a family.
+    pub family_tag: Option<String>,
+    /// `RETIRE_IMAGE_BUILDER_IMAGES` (default false): also retire Image Builder's images.
+    pub image_builder_images: bool,
+}
+
+impl Default for StagedRetirement {
+    fn default() -> Self {
+        Self {
+            stages: Stages::default(),
+            dwell_days: 14,
+            lag_days: 3,
+            template_depth: 20,
+            keep_newest: 1,
+            family_tag: None,
+            image_builder_images: false,
+        }
+    }
+}
+
+impl StagedRetirement {
+    pub fn from_env(source: &dyn VarSource) -> Result<Self, ConfigError> {
+        let stages = match optional(source, "RETIRE_STAGES") {
+            None => Stages::default(),
+            Some(text) => Stages::parse(&text).ok_or_else(|| {
+                ConfigError::new(
+                    "RETIRE_STAGES",
+                    text.clone(),
+                    "deprecate,disable,deregister (the default), deregister (one step), or those verbs in that order ending with deregister",
+                )
+            })?,
+        };
+        Ok(Self {
+            stages,
+            dwell_days: number_var(source, "RETIRE_DWELL_DAYS", 14u32, 0, 3_650)?,
+            // A usage report expires 30 days after it is made.
+            lag_days: number_var(source, "USAGE_REPORT_LAG_DAYS", 3u32, 0, 29)?,
+            template_depth: number_var(source, "USAGE_REPORT_TEMPLATE_DEPTH", 20u32, 1, 10_000)?,
+            keep_newest: number_var(source, "RETIRE_KEEP_NEWEST", 1u32, 0, 1_000)?,
+            family_tag: family_tag(source)?,
+            image_builder_images: bool_var(source, "RETIRE_IMAGE_BUILDER_IMAGES", false)?,
+        })
+    }
+}
+
+/// `RETIRE_FAMILY_TAG`: a tag key EC2 accepts (1-128 characters, not `aws:`).
+fn family_tag(source: &dyn VarSource) -> Result<Option<String>, ConfigError> {
+    let Some(key) = optional(source, "RETIRE_FAMILY_TAG") else { return Ok(None) };
+    if key.chars().count() > 128 || amiguard::tags::is_aws_reserved(&key) {
+        return Err(ConfigError::new("RETIRE_FAMILY_TAG", key, "a tag key of 1-128 characters not starting with aws:"));
+    }
+    Ok(Some(key))
 }
 
 pub const DEFAULT_MIN_AGE_HOURS: u32 = 24;
@@ -89,6 +168,7 @@ impl Config {
             recycle_bin: RecycleBin::from_env(source)?,
             home_region: optional(source, "AWS_REGION"),
             ledger_read_only: ledger_read_only(source)?,
+            staged_retirement: StagedRetirement::from_env(source)?,
         })
     }
 
@@ -216,6 +296,7 @@ mod tests {
                 recycle_bin: RecycleBin::retaining_for(0),
                 home_region: Some("eu-west-1".into()),
                 ledger_read_only: false,
+                staged_retirement: StagedRetirement::default(),
             }
         );
     }
@@ -281,6 +362,42 @@ mod tests {
             let err = Config::from_env(&env(&[region, (name, value)])).unwrap_err();
             assert_eq!(err.variable, name, "{name}={value}");
             assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn staged_retirement_reads_its_seven_variables_and_accepts_zero_days() {
+        let config = Config::from_env(&env(&[
+            ("AWS_REGION", "us-east-1"),
+            ("RETIRE_STAGES", "deregister"),
+            ("RETIRE_DWELL_DAYS", "0"),
+            ("USAGE_REPORT_LAG_DAYS", "0"),
+            ("USAGE_REPORT_TEMPLATE_DEPTH", "15"),
+            ("RETIRE_KEEP_NEWEST", "2"),
+            ("RETIRE_FAMILY_TAG", "golden:family"),
+            ("RETIRE_IMAGE_BUILDER_IMAGES", "true"),
+        ]))
+        .unwrap();
+        let staged = config.staged_retirement;
+        assert!(staged.stages.is_one_step());
+        assert_eq!((staged.dwell_days, staged.lag_days, staged.template_depth, staged.keep_newest), (0, 0, 15, 2));
+        assert_eq!(staged.family_tag.as_deref(), Some("golden:family"));
+        assert!(staged.image_builder_images);
+        let two = Config::from_env(&env(&[("AWS_REGION", "us-east-1"), ("RETIRE_STAGES", "disable, deregister")]));
+        assert!(!two.unwrap().staged_retirement.stages.is_one_step());
+        for (name, value) in [
+            ("RETIRE_STAGES", "deregister,deprecate"),
+            ("RETIRE_STAGES", "deprecate,disable"),
+            ("RETIRE_STAGES", "archive,deregister"),
+            ("RETIRE_DWELL_DAYS", "-1"),
+            ("USAGE_REPORT_LAG_DAYS", "30"),
+            ("USAGE_REPORT_TEMPLATE_DEPTH", "0"),
+            ("RETIRE_KEEP_NEWEST", "many"),
+            ("RETIRE_FAMILY_TAG", "aws:family"),
+            ("RETIRE_IMAGE_BUILDER_IMAGES", "yes"),
+        ] {
+            let err = Config::from_env(&env(&[("AWS_REGION", "us-east-1"), (name, value)])).unwrap_err();
+            assert_eq!(err.variable, name, "{name}={value}");
         }
     }
 

@@ -5,7 +5,7 @@
 //! Every listing reads every page and fails as a whole when any page fails: a partial listing of
 //! images would make referenced snapshots look orphaned, so there is no "best effort" here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use amiguard::ledger::{Item, LedgerStore};
@@ -13,7 +13,10 @@ use amiguard::AwsError;
 use chrono::{DateTime, Utc};
 use hashbrown::{HashMap, HashSet};
 
-use crate::core::{FastSnapshotRestore, Id, ImageFacts, Memory, Orphan, SnapshotFacts};
+use crate::core::{
+    FastSnapshotRestore, Id, ImageFacts, LaunchPermissions, Memory, Orphan, SnapshotFacts, StageRecord, StagedImage,
+    UsageEntry, UsageReport,
+};
 use crate::report::Report;
 
 /// The ports one invocation acts through.
@@ -74,6 +77,49 @@ pub trait Ec2: Send + Sync {
     /// Writes the Recycle Bin rules' tag on `resource_ids` (snapshots or images, at most 1,000:
     /// one `CreateTags`), right before they are deleted or deregistered.
     fn mark_for_recycle_bin(&self, resource_ids: Vec<String>) -> impl Future<Output = Result<(), AwsError>> + Send;
+
+    // Staged retirement (issue 22).
+
+    /// Every own image (`Owners=self`, `IncludeDisabled`, `IncludeDeprecated`, every page) with
+    /// what the stages read: its deprecation time, volume sizes and every tag.
+    fn staged_images(&self) -> impl Future<Output = Result<Vec<StagedImage>, AwsError>> + Send;
+    /// The image's launch permissions: accounts, organizations, units, and whether it is public.
+    fn launch_permissions(&self, image_id: &str) -> impl Future<Output = Result<LaunchPermissions, AwsError>> + Send;
+    /// Adds `permissions` (accounts, organizations, units) to the image's launch permissions.
+    fn add_launch_permissions(
+        &self,
+        image_id: &str,
+        permissions: &LaunchPermissions,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// `CreateImageUsageReport` over every account (instances; launch templates to
+    /// `template_depth` versions): the report's id.
+    fn create_image_usage_report(
+        &self,
+        image_id: &str,
+        template_depth: u32,
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
+    /// Every usage report of `image_ids` (`DescribeImageUsageReports`, every page), without entries.
+    fn image_usage_reports(
+        &self,
+        image_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<UsageReport>, AwsError>> + Send;
+    /// A report's entries (`DescribeImageUsageReportEntries`, every page).
+    fn image_usage_report_entries(
+        &self,
+        report_id: &str,
+    ) -> impl Future<Output = Result<Vec<UsageEntry>, AwsError>> + Send;
+    fn delete_image_usage_report(&self, report_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// `EnableImageDeprecation` at the next whole minute after `now` (EC2 refuses the past).
+    fn enable_image_deprecation(
+        &self,
+        image_id: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn disable_image_deprecation(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// `DisableImage`: EC2 also removes every launch permission (record them first).
+    fn disable_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// `EnableImage`: EC2 does not put the launch permissions back.
+    fn enable_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 /// Publishes the sweep's summary to `REPORT_TOPIC_ARN`.
@@ -156,6 +202,23 @@ pub trait Records: LedgerStore {
 
     /// Where the full lists of the run `run_id` are, in the ledger.
     fn full_lists(&self, run_id: &str) -> String;
+
+    /// Staged retirement: every image's retirement record in the region, by image id.
+    fn retirement_records(
+        &self,
+        region: &str,
+    ) -> impl Future<Output = Result<BTreeMap<String, StageRecord>, AwsError>> + Send;
+
+    /// Staged retirement: writes one image's record (before a stage is taken, and after), by the
+    /// run `run_id`, with the evidence it acts on in words.
+    fn record_retirement(
+        &self,
+        region: &str,
+        image_id: &str,
+        record: &StageRecord,
+        run_id: &str,
+        evidence: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 /// What the ledger says of one region (for the planner), and what this sweep has to write of

@@ -17,6 +17,7 @@
 //! | `images#<region>`             | `<image-id>`             | an own image's snapshots, when seen, when gone |
 //! | `orphans#<region>`            | `<snapshot-id>`          | when the snapshot was first seen orphaned   |
 //! | `ami-events#<region>`         | `<image-id>`             | an `EC2 AMI State Change` to `deregistered` |
+//! | `retirement#<region>`         | `<image-id>`             | an image's staged retirement: stage, when, evidence, launch permissions |
 //! | `run#<run-id>`                | `deleted#<resource-id>`  | the journal: one entry per deletion or deregistration |
 //! | `runs#<function>`             | `<started-at>#<run-id>`  | each run's summary, newest last             |
 
@@ -38,6 +39,7 @@ pub const PARTITION_PREFIXES: &[&str] = &[
     "ami-events#",
     "run#",
     "runs#",
+    "retirement#",
 ];
 
 /// The prefix of `pk` among [`PARTITION_PREFIXES`] (`None`: a key no builder here makes).
@@ -102,6 +104,11 @@ pub fn ami_events(region: &str) -> String {
     format!("ami-events#{region}")
 }
 
+/// The partition of the sweeper's staged retirements: one record per image.
+pub fn retirement(region: &str) -> String {
+    format!("retirement#{region}")
+}
+
 pub fn run(run_id: &str) -> String {
     format!("run#{run_id}")
 }
@@ -140,6 +147,7 @@ mod tests {
             ami_events("us-east-1"),
             run("r-1"),
             runs("f"),
+            retirement("us-east-1"),
         ]
     }
 

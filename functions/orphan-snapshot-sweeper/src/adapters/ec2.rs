@@ -16,8 +16,12 @@ use amiguard::paging::PageTokens;
 use amiguard::tags;
 use amiguard::AwsError;
 
+use super::image_stages;
 use crate::core::retire::reads_image_tag;
-use crate::core::{FastSnapshotRestore, Id, ImageFacts, SnapshotFacts, SnapshotListing};
+use crate::core::{
+    FastSnapshotRestore, Id, ImageFacts, LaunchPermissions, SnapshotFacts, SnapshotListing, StagedImage, UsageEntry,
+    UsageReport,
+};
 use crate::ports::{Ec2, LaunchTemplateImages};
 
 /// EC2's page-size maxima differ by API.
@@ -309,6 +313,50 @@ impl Ec2 for aws_sdk_ec2::Client {
             .await
             .map(|_| ())
             .map_err(|e| AwsError::from_sdk("CreateTags", e))
+    }
+
+    async fn staged_images(&self) -> Result<Vec<StagedImage>, AwsError> {
+        image_stages::staged_images(self).await
+    }
+
+    async fn launch_permissions(&self, image_id: &str) -> Result<LaunchPermissions, AwsError> {
+        image_stages::launch_permissions(self, image_id).await
+    }
+
+    async fn add_launch_permissions(&self, image_id: &str, permissions: &LaunchPermissions) -> Result<(), AwsError> {
+        image_stages::add_launch_permissions(self, image_id, permissions).await
+    }
+
+    async fn create_image_usage_report(&self, image_id: &str, template_depth: u32) -> Result<String, AwsError> {
+        image_stages::create_image_usage_report(self, image_id, template_depth).await
+    }
+
+    async fn image_usage_reports(&self, image_ids: &[String]) -> Result<Vec<UsageReport>, AwsError> {
+        image_stages::image_usage_reports(self, image_ids).await
+    }
+
+    async fn image_usage_report_entries(&self, report_id: &str) -> Result<Vec<UsageEntry>, AwsError> {
+        image_stages::image_usage_report_entries(self, report_id).await
+    }
+
+    async fn delete_image_usage_report(&self, report_id: &str) -> Result<(), AwsError> {
+        image_stages::delete_image_usage_report(self, report_id).await
+    }
+
+    async fn enable_image_deprecation(&self, image_id: &str, now: DateTime<Utc>) -> Result<(), AwsError> {
+        image_stages::enable_image_deprecation(self, image_id, now).await
+    }
+
+    async fn disable_image_deprecation(&self, image_id: &str) -> Result<(), AwsError> {
+        image_stages::disable_image_deprecation(self, image_id).await
+    }
+
+    async fn disable_image(&self, image_id: &str) -> Result<(), AwsError> {
+        image_stages::disable_image(self, image_id).await
+    }
+
+    async fn enable_image(&self, image_id: &str) -> Result<(), AwsError> {
+        image_stages::enable_image(self, image_id).await
     }
 }
 

@@ -14,7 +14,7 @@
 //!
 //! Only what changed is written: a sweep of an unchanged account writes nothing but its summary.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use amiguard::ledger::{keys, Condition, Item, LedgerStore, Written, TTL_ATTRIBUTE};
 use amiguard::AwsError;
@@ -22,7 +22,7 @@ use chrono::{DateTime, Duration, Utc};
 use hashbrown::{HashMap, HashSet};
 
 use crate::core::grace::GoneImage;
-use crate::core::{Id, ImageFacts, Orphan};
+use crate::core::{Id, ImageFacts, Orphan, StageRecord};
 use crate::ports::{Records, RegionMemory};
 use crate::report::Report;
 use crate::FUNCTION;
@@ -31,7 +31,7 @@ use crate::FUNCTION;
 /// its image records, orphan clocks, AMI events, run summaries, and its journal. Its role may
 /// touch no other: `dynamodb:LeadingKeys` in `template.yaml` lists exactly these (a test holds
 /// them together, and every request of its handler runs within them).
-pub const LEDGER_PARTITIONS: &[&str] = &["images#", "orphans#", "ami-events#", "runs#", "run#"];
+pub const LEDGER_PARTITIONS: &[&str] = &["images#", "orphans#", "ami-events#", "runs#", "run#", "retirement#"];
 
 /// How long the record of a gone image and of an AMI event is kept: longer than the Recycle
 /// Bin's longest retention (365 days), so a binned image's mapping outlives its stay there.
@@ -234,6 +234,21 @@ impl<S: LedgerStore> Records for S {
             self.table(),
             keys::run(run_id)
         )
+    }
+
+    async fn retirement_records(&self, region: &str) -> Result<BTreeMap<String, StageRecord>, AwsError> {
+        super::retirement_ledger::read_records(self, region).await
+    }
+
+    async fn record_retirement(
+        &self,
+        region: &str,
+        image_id: &str,
+        record: &StageRecord,
+        run_id: &str,
+        evidence: &str,
+    ) -> Result<(), AwsError> {
+        super::retirement_ledger::write_record(self, region, image_id, record, run_id, evidence).await
     }
 }
 

@@ -2,5 +2,7 @@
 //! `aws_sdk_sns::Client`, and the sweeper's records on any ledger store.
 
 pub mod ec2;
+pub mod image_stages;
 pub mod ledger;
+pub mod retirement_ledger;
 pub mod sns;

@@ -13,9 +13,17 @@ pub mod listing;
 pub mod origin;
 pub mod planner;
 pub mod retire;
+pub mod stage_plan;
+pub mod stage_report;
+pub mod stages;
 pub mod summary;
 
 pub use facts::{FastSnapshotRestore, Id, ImageFacts, KeepReason, SnapshotFacts};
 pub use listing::SnapshotListing;
 pub use planner::{plan, Memory, Orphan, Plan, PlanInput, Policy, SnapshotTotal};
 pub use retire::{plan_retirement, ImageKeepReason, RetireInput, RetirePlan, RetirePolicy, UseFacts};
+pub use stage_plan::{plan_stages, FamilyRule, StageInput, StagePlan};
+pub use stage_report::{RetirementStageEntry, StageChange, StageEvidence, StageTotal, StageTotals};
+pub use stages::{
+    Evidence, LaunchPermissions, Stage, StagePolicy, StageRecord, StagedImage, Stages, UsageEntry, UsageReport, Verdict,
+};

@@ -106,6 +106,18 @@ pub enum ImageKeepReason {
     UseUnknown,
     OverCap,
     CircuitBreaker,
+    /// Staged retirement: made by EC2 Image Builder (its `Ec2ImageBuilderArn` tag), left to Image
+    /// Builder's own lifecycle policies unless `RETIRE_IMAGE_BUILDER_IMAGES=true`.
+    LeftToImageBuilder,
+    /// Staged retirement: among the newest `RETIRE_KEEP_NEWEST` of its family.
+    NewestOfFamily,
+    /// Staged retirement: deprecated by someone else (no stage of amiguard's): left alone.
+    DeprecatedByPerson,
+    /// Staged retirement: its retirement ended (undone on use, or by a person) less than
+    /// `RETIRE_UNUSED_AMIS_AFTER_DAYS` ago.
+    RetirementEnded,
+    /// Staged retirement: a usage report shows it in use in another account.
+    UsedInAnotherAccount,
 }
 
 /// The decision for one region.

@@ -14,6 +14,7 @@ use super::facts::{FastSnapshotRestore, KeepReason};
 use super::grace;
 use super::planner::{Orphan, Plan, SnapshotTotal};
 use super::retire::ImageKeepReason;
+use super::stage_report::{RetirementStageEntry, StageTotals};
 
 /// The most entries any list of the report shows (fewer when the report would not fit one log
 /// event); the counts are always whole, and the full lists are in the ledger.
@@ -77,6 +78,9 @@ pub struct ListCounts {
     pub failed: u64,
     pub left_for_next_run: u64,
     pub unwitnessed: u64,
+    /// With staged retirement: the whole length of `retirement_stages`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retirement_stages: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -131,6 +135,13 @@ pub struct RegionReport {
     pub ledger_writes: u64,
     /// The whole length of each list above.
     pub counts: ListCounts,
+    /// With staged retirement (`RETIRE_STAGES` of more than `deregister`): every image in a stage
+    /// or with a next stage, the images that advanced first (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retirement_stages: Option<Vec<RetirementStageEntry>>,
+    /// With staged retirement: per stage, its images after the run and their monthly cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retirement_stage_totals: Option<StageTotals>,
 }
 
 impl RegionReport {
@@ -162,6 +173,8 @@ impl RegionReport {
             retirement_skipped: None,
             ledger_writes: 0,
             counts: ListCounts::default(),
+            retirement_stages: None,
+            retirement_stage_totals: None,
         }
     }
 
@@ -209,6 +222,7 @@ impl RegionReport {
             failed: self.failed.len() as u64,
             left_for_next_run: self.left_for_next_run.len() as u64,
             unwitnessed: self.unwitnessed.len() as u64,
+            retirement_stages: self.retirement_stages.as_ref().map(|list| list.len() as u64),
         };
     }
 
@@ -221,6 +235,9 @@ impl RegionReport {
         self.left_for_next_run.truncate(limit);
         self.fast_snapshot_restores.truncate(limit);
         self.unwitnessed.truncate(limit);
+        if let Some(list) = &mut self.retirement_stages {
+            list.truncate(limit);
+        }
     }
 }
 
@@ -323,6 +340,9 @@ pub struct Totals {
     pub unwitnessed_gib: u64,
     /// The run's warnings, all of them (the report's `warnings` may show fewer).
     pub warnings: u64,
+    /// With staged retirement: per stage, its images after the run and their monthly cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retirement_stages: Option<StageTotals>,
 }
 
 /// Dollars, to the cent.
@@ -353,6 +373,10 @@ pub fn totals(regions: &[RegionReport], retired: &[RetiredImage], price_per_gb_m
         t.unwitnessed_gib += r.unwitnessed_gib;
     }
     t.estimated_monthly_savings_usd = monthly_cost(t.reclaimable_gib, price_per_gb_month);
+    let staged: Vec<&StageTotals> = regions.iter().filter_map(|r| r.retirement_stage_totals.as_ref()).collect();
+    if !staged.is_empty() {
+        t.retirement_stages = Some(StageTotals::sum(staged.into_iter(), price_per_gb_month));
+    }
     t.images_retired = retired
         .iter()
         .filter(|i| matches!(i.outcome, RetireOutcome::Deregistered | RetireOutcome::AlreadyGone))

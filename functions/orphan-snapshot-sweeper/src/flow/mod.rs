@@ -13,4 +13,6 @@ pub(crate) mod delete;
 pub(crate) mod region;
 pub(crate) mod retirement;
 pub(crate) mod run;
+pub(crate) mod stage_evidence;
+pub(crate) mod stages;
 pub(crate) mod sweep;

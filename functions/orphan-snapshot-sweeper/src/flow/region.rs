@@ -13,6 +13,7 @@ use futures::stream::{self, StreamExt};
 use super::delete::{delete, DELETE_CONCURRENCY};
 use super::retirement::retire;
 use super::run::{Ledger, Run};
+use super::stages::retire_in_stages;
 use crate::core::{plan, Id, ImageFacts, Memory, Orphan, Plan, PlanInput, Policy, SnapshotFacts};
 use crate::ports::{Ec2, Records, RegionMemory};
 use crate::report::{RegionReport, RetiredImage};
@@ -240,7 +241,11 @@ async fn retire_first<E: Ec2, L: Records>(
     if !run.time_for(report, "retiring unused AMIs") {
         return None;
     }
-    let retirement = retire(run, region, ec2, images, days, budget, report, retired_out, warnings).await;
+    let retirement = if run.config.staged_retirement.stages.is_one_step() {
+        retire(run, region, ec2, images, days, budget, report, retired_out, warnings).await
+    } else {
+        retire_in_stages(run, region, ec2, images, days, budget, report, retired_out, warnings).await
+    };
     if retirement.deregistered_any && run.config.recycle_bin_check {
         if !run.time_for(report, "listing the Recycle Bin after retiring images") {
             return None;

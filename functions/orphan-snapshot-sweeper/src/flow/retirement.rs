@@ -84,7 +84,7 @@ pub(super) async fn retire<E: Ec2, L: Records>(
 /// The images in use by instances and by launch templates' default and latest versions; `None`
 /// (retirement skipped in the region, said in the report) when either could not be listed, when
 /// a template's image could not be resolved, or when the deadline came near.
-async fn in_use<E: Ec2, L: Records>(
+pub(super) async fn in_use<E: Ec2, L: Records>(
     run: &Run<'_, L>,
     ec2: &E,
     report: &mut RegionReport,
@@ -120,7 +120,7 @@ async fn in_use<E: Ec2, L: Records>(
 /// Tags the images to retire for the Recycle Bin's AMI rule first, in one call per 1,000 (a dry
 /// run tags nothing), and answers those that could not be tagged: they are not deregistered,
 /// since that could not be undone.
-async fn mark_for_recycle_bin<E: Ec2, L: Records>(
+pub(super) async fn mark_for_recycle_bin<E: Ec2, L: Records>(
     run: &Run<'_, L>,
     region: &str,
     ec2: &E,
@@ -145,7 +145,7 @@ async fn mark_for_recycle_bin<E: Ec2, L: Records>(
 
 /// Retires one image, unless a dry run: only with its Recycle Bin tag written, time left, a ledger
 /// that serves, and its journal entry written ahead. Answers how it ended, and its entry.
-async fn retire_one<E: Ec2, L: Records>(
+pub(super) async fn retire_one<E: Ec2, L: Records>(
     run: &Run<'_, L>,
     region: &str,
     ec2: &E,
@@ -212,7 +212,7 @@ async fn deregister<E: Ec2, L: Records>(
 }
 
 /// What the report says of one image this run retired (or tried to).
-fn retired_image(
+pub(super) fn retired_image(
     region: &str,
     image: &ImageFacts,
     entry: &JournalEntry,

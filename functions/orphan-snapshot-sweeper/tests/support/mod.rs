@@ -15,7 +15,11 @@ use amiguard::recycle_bin::RecycleBin;
 use amiguard::tags;
 use amiguard::AwsError;
 use chrono::{DateTime, TimeZone, Utc};
-use orphan_snapshot_sweeper::core::{FastSnapshotRestore, Id, ImageFacts, SnapshotFacts, SnapshotListing};
+use orphan_snapshot_sweeper::config::StagedRetirement;
+use orphan_snapshot_sweeper::core::{
+    FastSnapshotRestore, Id, ImageFacts, LaunchPermissions, SnapshotFacts, SnapshotListing, StagedImage, Stages,
+    UsageEntry, UsageReport,
+};
 use orphan_snapshot_sweeper::ports::{Ec2, LaunchTemplateImages, SummaryPublisher};
 use orphan_snapshot_sweeper::{handle, Config, Error, Invocation, Ports, Report};
 use serde_json::{json, Value};
@@ -113,6 +117,11 @@ pub fn config() -> Config {
         recycle_bin: RecycleBin::default(),
         home_region: Some("us-east-1".into()),
         ledger_read_only: false,
+        // Today's one-step retirement: the staged one has tests of its own (tests/stages.rs).
+        staged_retirement: StagedRetirement {
+            stages: Stages::parse("deregister").unwrap(),
+            ..StagedRetirement::default()
+        },
     }
 }
 
@@ -190,6 +199,13 @@ pub struct FakeEc2 {
     pub delete_started: Mutex<Vec<tokio::time::Instant>>,
     /// Called as each DeleteSnapshot answers (to break the ledger in the middle of a run).
     pub on_delete: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Staged retirement: the images as `staged_images` lists them (deprecation and disabling
+    /// change them), their launch permissions, and the usage reports asked for.
+    pub staged: Mutex<Vec<StagedImage>>,
+    pub permissions: Mutex<BTreeMap<String, LaunchPermissions>>,
+    pub usage_reports: Mutex<Vec<UsageReport>>,
+    /// When a usage report asked for now is made (the tests' clock).
+    pub report_clock: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// The most listings and deletions in flight at once, across regions.
@@ -237,6 +253,13 @@ impl FakeEc2 {
             if slow_op == op {
                 tokio::time::sleep(pause).await;
             }
+        }
+    }
+
+    /// Changes the staged listing's image `image_id` (a stage taken, or a person's change).
+    pub fn change_image(&self, image_id: &str, change: impl FnOnce(&mut StagedImage)) {
+        if let Some(image) = self.staged.lock().unwrap().iter_mut().find(|i| i.image_id == image_id) {
+            change(image);
         }
     }
 
@@ -301,6 +324,76 @@ impl Ec2 for FakeEc2 {
     }
     async fn mark_for_recycle_bin(&self, resource_ids: Vec<String>) -> Result<(), AwsError> {
         self.call("CreateTags", &resource_ids.join(","))
+    }
+    async fn staged_images(&self) -> Result<Vec<StagedImage>, AwsError> {
+        self.call("DescribeImages", "staged").map(|_| self.staged.lock().unwrap().clone())
+    }
+    async fn launch_permissions(&self, image_id: &str) -> Result<LaunchPermissions, AwsError> {
+        self.call("DescribeImageAttribute", image_id)?;
+        Ok(self.permissions.lock().unwrap().get(image_id).cloned().unwrap_or_default())
+    }
+    async fn add_launch_permissions(&self, image_id: &str, add: &LaunchPermissions) -> Result<(), AwsError> {
+        self.call("ModifyImageAttribute", image_id)?;
+        let mut permissions = self.permissions.lock().unwrap();
+        let now = permissions.entry(image_id.to_string()).or_default();
+        now.user_ids.extend(add.user_ids.iter().cloned());
+        now.organization_arns.extend(add.organization_arns.iter().cloned());
+        now.organizational_unit_arns.extend(add.organizational_unit_arns.iter().cloned());
+        Ok(())
+    }
+    async fn create_image_usage_report(&self, image_id: &str, depth: u32) -> Result<String, AwsError> {
+        self.call("CreateImageUsageReport", &format!("{image_id} depth {depth}"))?;
+        let mut reports = self.usage_reports.lock().unwrap();
+        let report_id = format!("amiur-{}", reports.len() + 1);
+        let created = self.report_clock.lock().unwrap().unwrap_or_else(now);
+        reports.push(UsageReport {
+            report_id: report_id.clone(),
+            image_id: image_id.to_string(),
+            state: "pending".into(),
+            created: Some(created),
+            expires: Some(created + chrono::Duration::days(30)),
+            account_ids: BTreeSet::new(),
+            entries: Some(Vec::new()),
+        });
+        Ok(report_id)
+    }
+    async fn image_usage_reports(&self, image_ids: &[String]) -> Result<Vec<UsageReport>, AwsError> {
+        self.call("DescribeImageUsageReports", &image_ids.join(","))?;
+        let reports = self.usage_reports.lock().unwrap();
+        let listed = reports.iter().filter(|r| image_ids.contains(&r.image_id));
+        Ok(listed.map(|r| UsageReport { entries: None, ..r.clone() }).collect())
+    }
+    async fn image_usage_report_entries(&self, report_id: &str) -> Result<Vec<UsageEntry>, AwsError> {
+        self.call("DescribeImageUsageReportEntries", report_id)?;
+        let reports = self.usage_reports.lock().unwrap();
+        Ok(reports.iter().find(|r| r.report_id == report_id).and_then(|r| r.entries.clone()).unwrap_or_default())
+    }
+    async fn delete_image_usage_report(&self, report_id: &str) -> Result<(), AwsError> {
+        self.call("DeleteImageUsageReport", report_id)?;
+        self.usage_reports.lock().unwrap().retain(|r| r.report_id != report_id);
+        Ok(())
+    }
+    async fn enable_image_deprecation(&self, image_id: &str, at: DateTime<Utc>) -> Result<(), AwsError> {
+        self.call("EnableImageDeprecation", image_id)?;
+        self.change_image(image_id, |i| i.deprecation_time = Some(at));
+        Ok(())
+    }
+    async fn disable_image_deprecation(&self, image_id: &str) -> Result<(), AwsError> {
+        self.call("DisableImageDeprecation", image_id)?;
+        self.change_image(image_id, |i| i.deprecation_time = None);
+        Ok(())
+    }
+    async fn disable_image(&self, image_id: &str) -> Result<(), AwsError> {
+        self.call("DisableImage", image_id)?;
+        self.change_image(image_id, |i| i.state = "disabled".into());
+        // As EC2: every launch permission goes.
+        self.permissions.lock().unwrap().remove(image_id);
+        Ok(())
+    }
+    async fn enable_image(&self, image_id: &str) -> Result<(), AwsError> {
+        self.call("EnableImage", image_id)?;
+        self.change_image(image_id, |i| i.state = "available".into());
+        Ok(())
     }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), AwsError> {
         if let Some(gauge) = &self.gauge {
