@@ -276,9 +276,9 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
     ]);
     staged_retirement_calls(&account, &proxy, &staged, &ports, &event).await;
 
-    // And staged retirement (issue 22), whose calls moto lacks: through the image-lifecycle model.
+    // And staged retirement (issue 22) through the image-lifecycle model, with consumer accounts.
     let mut calls = proxy.calls();
-    calls.extend(staged_retirement_calls().await);
+    calls.extend(staged_retirement_calls_through_the_model().await);
     assert_policy_matches("orphan-snapshot-sweeper", iam_actions(&calls));
     // Every ledger request within its role's partitions (dynamodb:LeadingKeys), each one used.
     let partitions = assert_requests_within_leading_keys(&load(), "orphan-snapshot-sweeper", &calls);
@@ -291,7 +291,7 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
 /// (asked, read, deleted), then one undone when the consumer launches it (its deprecation
 /// removed), the other disabled (its launch permissions read first) and undone when a launch
 /// template of the consumer names it (enabled again, its sharing restored).
-async fn staged_retirement_calls() -> Vec<Call> {
+async fn staged_retirement_calls_through_the_model() -> Vec<Call> {
     use amiguard_integration_tests::image_lifecycle::ImageLifecycle;
     use amiguard_integration_tests::{sweeper_config, AMAZON_LINUX_AMI, REGION};
     use aws_sdk_ec2::types::{LaunchPermission, LaunchPermissionModifications, RequestLaunchTemplateData};
