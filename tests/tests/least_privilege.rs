@@ -315,6 +315,7 @@ async fn staged_retirement_calls_through_the_model() -> Vec<Call> {
     }
     let config = sweeper_config(&[
         ("RETIRE_UNUSED_AMIS_AFTER_DAYS", "0"),
+        ("RETIRE_STAGES", "deprecate,disable,deregister"),
         ("RETIRE_DWELL_DAYS", "0"),
         ("USAGE_REPORT_LAG_DAYS", "0"),
         ("RECYCLE_BIN_RETENTION_DAYS", "7"),
@@ -349,7 +350,25 @@ async fn staged_retirement_calls_through_the_model() -> Vec<Call> {
         model.complete_reports_from(&[&consumer]).await;
         now += chrono::Duration::minutes(1);
     }
-    recorder.calls()
+    let calls = recorder.calls();
+    let made: std::collections::BTreeSet<&str> =
+        calls.iter().filter(|c| c.succeeded()).map(|c| c.action.as_str()).collect();
+    for action in [
+        "CreateImageUsageReport",
+        "DescribeImageUsageReports",
+        "DescribeImageUsageReportEntries",
+        "DeleteImageUsageReport",
+        "EnableImageDeprecation",
+        "DisableImageDeprecation",
+        "DisableImage",
+        "EnableImage",
+        "ModifyImageAttribute",
+        "DeregisterImage",
+        "DeleteSnapshot",
+    ] {
+        assert!(made.contains(action), "staged retirement through the model never made {action}: {made:?}");
+    }
+    calls
 }
 
 /// The statements of `logical_id`'s policies that grant `action` (`Action` a string or a list).
