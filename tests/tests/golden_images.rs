@@ -665,3 +665,46 @@ async fn a_dry_run_changes_nothing_and_previews_each_stage() {
     assert!(world.snapshot_exists(&private_snapshot).await);
     assert_eq!(world.sharing(&golden).await, BTreeSet::from([consumer.account_id.clone()]));
 }
+
+#[tokio::test]
+async fn a_report_made_before_the_image_became_a_candidate_or_over_some_accounts_only_advances_nothing() {
+    let world = World::new().await;
+    let (listed, other) = (TestAccount::new().await, TestAccount::new().await);
+    let (golden, _) = world.image("golden-2026-08", &[]).await;
+    world.share(&golden, &[&listed.account_id, &other.account_id], true).await;
+    let instances =
+        || aws_sdk_ec2::types::ImageUsageResourceTypeRequest::builder().resource_type("ec2:Instance").build();
+
+    // A person's report from before amiguard considered the image, showing no use.
+    world.model.set_now(world.start - minutes(30));
+    world.person().create_image_usage_report().image_id(&golden).resource_types(instances()).send().await.unwrap();
+    world.model.complete_reports_from(&[&listed, &other]).await;
+    let first = world.run(&[], world.start).await;
+    assert_eq!(fields(stage(&first, &golden)).0, "active", "older than the candidate: no evidence");
+    assert_eq!(world.model.deprecation(&golden), None);
+
+    // amiguard's own report stays pending; a person's newer one over one account only shows no use.
+    world.model.set_now(world.start + minutes(1));
+    world
+        .person()
+        .create_image_usage_report()
+        .image_id(&golden)
+        .resource_types(instances())
+        .account_ids(&listed.account_id)
+        .send()
+        .await
+        .unwrap();
+    let partial: Vec<String> = world
+        .model
+        .reports_of(&golden)
+        .into_iter()
+        .filter(|r| !r.account_ids.is_empty())
+        .map(|r| r.report_id)
+        .collect();
+    world.model.complete_report(&partial[0], Vec::new());
+    let second = world.run(&[], world.start + minutes(2)).await;
+    let entry = stage(&second, &golden);
+    assert_eq!(fields(entry).0, "active", "it does not cover every account it is shared with: {entry}");
+    assert_eq!((world.calls("EnableImageDeprecation"), world.model.deprecation(&golden)), (0, None));
+    assert_eq!(world.sharing(&golden).await.len(), 4);
+}
