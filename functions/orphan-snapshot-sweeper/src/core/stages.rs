@@ -302,6 +302,12 @@ pub fn decide(
     }
     let record = record.filter(|r| r.ended.is_none());
     let (stage, stage_at) = record.map_or((Stage::Active, None), |r| r.effective(image));
+    if stage == Stage::Deregistered {
+        // Listed again after amiguard deregistered it: a person restored it from the Recycle Bin.
+        return Verdict::EndedByPerson(
+            "restored from the Recycle Bin by someone else after amiguard deregistered it".into(),
+        );
+    }
     if let (Some(record), Stage::Deprecated | Stage::Disabled) = (record, stage) {
         return decide_in_stage(image, record, stage, stage_at, evidence, newest_of_family, policy, now);
     }
@@ -746,6 +752,12 @@ mod tests {
         let record = in_stage(Stage::Disabled, now() - days(3));
         assert!(matches!(decide_now(&image("ami-1"), Some(&record), &unused(consumer())), Verdict::EndedByPerson(_)));
         let record = in_stage(Stage::Deprecated, now() - days(3));
+        assert!(matches!(decide_now(&image("ami-1"), Some(&record), &unused(consumer())), Verdict::EndedByPerson(_)));
+    }
+
+    #[test]
+    fn an_image_restored_from_the_recycle_bin_ends_amiguards_retirement() {
+        let record = in_stage(Stage::Deregistered, now() - days(3));
         assert!(matches!(decide_now(&image("ami-1"), Some(&record), &unused(consumer())), Verdict::EndedByPerson(_)));
     }
 

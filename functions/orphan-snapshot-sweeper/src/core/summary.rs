@@ -479,6 +479,16 @@ pub fn summary_text(report: &Report) -> String {
         if let Some(reason) = &r.retirement_skipped {
             let _ = writeln!(text, "  no image retired: {reason}");
         }
+        if let Some(stages) = &r.retirement_stage_totals {
+            let _ = writeln!(
+                text,
+                "  retirement stages: {} deprecated, {} disabled (${:.2}/month held), {} deregistered this run",
+                stages.deprecated.images,
+                stages.disabled.images,
+                stages.deprecated.monthly_cost_usd + stages.disabled.monthly_cost_usd,
+                stages.deregistered.images
+            );
+        }
     }
     if !report.retired_images.is_empty() {
         let _ = writeln!(text);
