@@ -178,6 +178,9 @@ async fn a_shared_image_advances_only_on_a_later_runs_available_report_and_a_per
     assert_eq!((ended["change"].as_str(), ended["stage"].as_str()), (Some("ended_by_person"), Some("active")));
     assert!(ended["why_stopped"].as_str().unwrap().contains("EnableImage"));
     assert_eq!(ec2.permissions.lock().unwrap().get("ami-01"), Some(&sharing));
+    // And amiguard's own deprecation goes with it (a person's would stay).
+    assert_eq!(ec2.calls_to("DisableImageDeprecation"), ["ami-01"]);
+    assert_eq!(ec2.staged.lock().unwrap()[0].deprecation_time, None);
     // Not considered again for RETIRE_UNUSED_AMIS_AFTER_DAYS.
     let (report, ec2) = sweep_in(&config, ec2, &ledger, hours(6)).await;
     assert_eq!(report.regions[0].images_kept[&ImageKeepReason::RetirementEnded], 1);
@@ -276,4 +279,53 @@ async fn max_deletions_bounds_the_stages_of_a_run() {
     assert_eq!(ec2.calls_to("EnableImageDeprecation"), ["ami-01"], "the oldest first");
     let waiting = entry(&stages_of(&report), "ami-02").clone();
     assert!(waiting["waiting_for"].as_str().unwrap().contains("MAX_DELETIONS"), "{waiting}");
+}
+
+#[tokio::test]
+async fn every_usage_report_amiguard_asked_for_is_deleted_once_read_the_last_one_too() {
+    let ledger = MemoryLedger::new();
+    let config = staged(0, 0);
+    let ec2 = region(&[1]);
+    shared_with(&ec2, "ami-01", consumer());
+    let mut ec2 = ec2;
+    let mut hour = 0;
+    for stage in ["deprecated", "disabled", "deregistered"] {
+        *ec2.report_clock.lock().unwrap() = Some(hours(hour));
+        let (_, asked) = sweep_in(&config, ec2, &ledger, hours(hour)).await;
+        reports_ready(&asked, vec![]);
+        let (report, next) = sweep_in(&config, asked, &ledger, hours(hour + 1)).await;
+        assert_eq!(entry(&stages_of(&report), "ami-01")["stage"], stage);
+        ec2 = next;
+        hour += 2;
+    }
+    assert_eq!(ec2.calls_to("DeleteImageUsageReport"), ["amiur-1", "amiur-2", "amiur-3"]);
+    assert!(ec2.usage_reports.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn undoing_a_disabled_image_enables_it_puts_back_its_sharing_and_removes_amiguards_deprecation() {
+    let ledger = MemoryLedger::new();
+    let config = staged(0, 0);
+    let ec2 = region(&[1]);
+    shared_with(&ec2, "ami-01", consumer());
+    let mut ec2 = ec2;
+    for hour in [0, 2] {
+        *ec2.report_clock.lock().unwrap() = Some(hours(hour));
+        let (_, asked) = sweep_in(&config, ec2, &ledger, hours(hour)).await;
+        reports_ready(&asked, vec![]);
+        let (_, next) = sweep_in(&config, asked, &ledger, hours(hour + 1)).await;
+        ec2 = next;
+    }
+    assert_eq!(ec2.calls_to("DisableImage"), ["ami-01"]);
+    // A consumer's instance still runs it: the next report says so.
+    *ec2.report_clock.lock().unwrap() = Some(hours(4));
+    let (_, ec2) = sweep_in(&config, ec2, &ledger, hours(4)).await;
+    let instance = UsageEntry { account_id: CONSUMER.into(), resource_type: "ec2:Instance".into(), usage_count: 1 };
+    reports_ready(&ec2, vec![instance]);
+    let (report, ec2) = sweep_in(&config, ec2, &ledger, hours(5)).await;
+    let undone = entry(&stages_of(&report), "ami-01").clone();
+    assert_eq!((undone["change"].as_str(), undone["stage"].as_str()), (Some("undone"), Some("active")));
+    assert_eq!(ec2.calls_to("EnableImage"), ["ami-01"]);
+    assert_eq!(ec2.permissions.lock().unwrap().get("ami-01"), Some(&consumer()));
+    assert_eq!(ec2.calls_to("DisableImageDeprecation"), ["ami-01"]);
 }

@@ -213,6 +213,8 @@ pub struct StageRecord {
     /// When and why the retirement ended (undone on use, or by a person); it is not begun again
     /// for `RETIRE_UNUSED_AMIS_AFTER_DAYS` after.
     pub ended: Option<(DateTime<Utc>, String)>,
+    /// amiguard deprecated the image (its own deprecation: removed when the retirement ends).
+    pub deprecated_by_amiguard: bool,
 }
 
 impl StageRecord {
@@ -226,7 +228,15 @@ impl StageRecord {
             permissions: None,
             report_id: None,
             ended: None,
+            deprecated_by_amiguard: false,
         }
+    }
+
+    /// Whether the image's deprecation is amiguard's own: it took (or was taking) that stage.
+    pub fn deprecation_is_amiguards(&self) -> bool {
+        self.deprecated_by_amiguard
+            || self.stage == Stage::Deprecated
+            || matches!(self.intended, Some((Stage::Deprecated, _)))
     }
 
     /// The stage in effect: an intended one counts once EC2 shows it (the run that took it ended
@@ -622,6 +632,7 @@ mod tests {
             permissions: Some(consumer()),
             report_id: None,
             ended: None,
+            deprecated_by_amiguard: true,
         }
     }
 
@@ -868,6 +879,7 @@ mod tests {
                     permissions,
                     report_id: None,
                     ended: ended.then_some((at, "launched".into())),
+                    deprecated_by_amiguard: stage != Stage::Active,
                 }),
         )
     }
