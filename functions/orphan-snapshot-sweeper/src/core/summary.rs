@@ -136,7 +136,7 @@ pub struct RegionReport {
     /// The whole length of each list above.
     pub counts: ListCounts,
     /// With staged retirement (`RETIRE_STAGES` of more than `deregister`): every image in a stage
-    /// or with a next stage, the images that advanced first (absent otherwise).
+    /// or with a next stage, those this run changed first (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retirement_stages: Option<Vec<RetirementStageEntry>>,
     /// With staged retirement: per stage, its images after the run and their monthly cost.

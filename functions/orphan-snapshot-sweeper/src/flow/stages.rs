@@ -150,6 +150,8 @@ pub(super) async fn retire_in_stages<E: Ec2, L: Records>(
         entries.push(step.entry);
     }
     report.retirement_stage_totals = Some(StageTotals::of(&entries, run.config.price_per_gb_month));
+    // What this run changed first: the list may be cut to fit the log event.
+    entries.sort_by_key(|e| e.change == StageChange::None);
     report.retirement_stages = Some(entries);
     retirement
 }
