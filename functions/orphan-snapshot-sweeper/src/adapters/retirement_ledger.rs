@@ -31,6 +31,7 @@ const ENDED_AT: &str = "ended_at";
 const ENDED_WHY: &str = "ended_why";
 const BY: &str = "by_run";
 const EVIDENCE: &str = "evidence";
+const DEPRECATED_BY_AMIGUARD: &str = "deprecated_by_amiguard";
 
 /// Every retirement record of the region, by image id.
 pub async fn read_records(store: &impl LedgerStore, region: &str) -> Result<BTreeMap<String, StageRecord>, AwsError> {
@@ -78,6 +79,9 @@ pub fn to_item(region: &str, image_id: &str, record: &StageRecord) -> Item {
             .with_list(ORGS, permissions.organization_arns.iter().cloned())
             .with_list(UNITS, permissions.organizational_unit_arns.iter().cloned());
     }
+    if record.deprecated_by_amiguard {
+        item = item.with(DEPRECATED_BY_AMIGUARD, amiguard::ledger::Value::Bool(true));
+    }
     if let Some((at, why)) = &record.ended {
         item = item.with_time(ENDED_AT, *at).with_s(ENDED_WHY, why.clone());
     }
@@ -117,6 +121,7 @@ pub fn from_item(item: &Item) -> Option<StageRecord> {
         permissions,
         report_id: item.s(REPORT_ID).map(str::to_string),
         ended,
+        deprecated_by_amiguard: item.bool(DEPRECATED_BY_AMIGUARD) == Some(true),
     })
 }
 
@@ -143,6 +148,7 @@ mod tests {
             }),
             report_id: Some("amiur-1".into()),
             ended: None,
+            deprecated_by_amiguard: true,
         };
         let item = to_item("us-east-1", "ami-1", &record);
         assert_eq!((item.pk.as_str(), item.sk.as_str()), ("retirement#us-east-1", "ami-1"));

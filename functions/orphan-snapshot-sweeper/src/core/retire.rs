@@ -116,8 +116,6 @@ pub enum ImageKeepReason {
     /// Staged retirement: its retirement ended (undone on use, or by a person) less than
     /// `RETIRE_UNUSED_AMIS_AFTER_DAYS` ago.
     RetirementEnded,
-    /// Staged retirement: a usage report shows it in use in another account.
-    UsedInAnotherAccount,
 }
 
 /// The decision for one region.

@@ -213,6 +213,8 @@ pub struct StageRecord {
     /// When and why the retirement ended (undone on use, or by a person); it is not begun again
     /// for `RETIRE_UNUSED_AMIS_AFTER_DAYS` after.
     pub ended: Option<(DateTime<Utc>, String)>,
+    /// amiguard deprecated the image (its own deprecation: removed when the retirement ends).
+    pub deprecated_by_amiguard: bool,
 }
 
 impl StageRecord {
@@ -226,7 +228,15 @@ impl StageRecord {
             permissions: None,
             report_id: None,
             ended: None,
+            deprecated_by_amiguard: false,
         }
+    }
+
+    /// Whether the image's deprecation is amiguard's own: it took (or was taking) that stage.
+    pub fn deprecation_is_amiguards(&self) -> bool {
+        self.deprecated_by_amiguard
+            || self.stage == Stage::Deprecated
+            || matches!(self.intended, Some((Stage::Deprecated, _)))
     }
 
     /// The stage in effect: an intended one counts once EC2 shows it (the run that took it ended
@@ -302,6 +312,12 @@ pub fn decide(
     }
     let record = record.filter(|r| r.ended.is_none());
     let (stage, stage_at) = record.map_or((Stage::Active, None), |r| r.effective(image));
+    if stage == Stage::Deregistered {
+        // Listed again after amiguard deregistered it: a person restored it from the Recycle Bin.
+        return Verdict::EndedByPerson(
+            "restored from the Recycle Bin by someone else after amiguard deregistered it".into(),
+        );
+    }
     if let (Some(record), Stage::Deprecated | Stage::Disabled) = (record, stage) {
         return decide_in_stage(image, record, stage, stage_at, evidence, newest_of_family, policy, now);
     }
@@ -616,6 +632,7 @@ mod tests {
             permissions: Some(consumer()),
             report_id: None,
             ended: None,
+            deprecated_by_amiguard: true,
         }
     }
 
@@ -750,6 +767,12 @@ mod tests {
     }
 
     #[test]
+    fn an_image_restored_from_the_recycle_bin_ends_amiguards_retirement() {
+        let record = in_stage(Stage::Deregistered, now() - days(3));
+        assert!(matches!(decide_now(&image("ami-1"), Some(&record), &unused(consumer())), Verdict::EndedByPerson(_)));
+    }
+
+    #[test]
     fn a_deprecation_a_person_set_is_left_alone() {
         let deprecated = StagedImage { deprecation_time: Some(now() - days(1)), ..image("ami-1") };
         let verdict = decide_now(&deprecated, None, &unused(LaunchPermissions::default()));
@@ -856,6 +879,7 @@ mod tests {
                     permissions,
                     report_id: None,
                     ended: ended.then_some((at, "launched".into())),
+                    deprecated_by_amiguard: stage != Stage::Active,
                 }),
         )
     }

@@ -136,7 +136,7 @@ pub struct RegionReport {
     /// The whole length of each list above.
     pub counts: ListCounts,
     /// With staged retirement (`RETIRE_STAGES` of more than `deregister`): every image in a stage
-    /// or with a next stage, the images that advanced first (absent otherwise).
+    /// or with a next stage, those this run changed first (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retirement_stages: Option<Vec<RetirementStageEntry>>,
     /// With staged retirement: per stage, its images after the run and their monthly cost.
@@ -478,6 +478,16 @@ pub fn summary_text(report: &Report) -> String {
         }
         if let Some(reason) = &r.retirement_skipped {
             let _ = writeln!(text, "  no image retired: {reason}");
+        }
+        if let Some(stages) = &r.retirement_stage_totals {
+            let _ = writeln!(
+                text,
+                "  retirement stages: {} deprecated, {} disabled (${:.2}/month held), {} deregistered this run",
+                stages.deprecated.images,
+                stages.disabled.images,
+                stages.deprecated.monthly_cost_usd + stages.disabled.monthly_cost_usd,
+                stages.deregistered.images
+            );
         }
     }
     if !report.retired_images.is_empty() {

@@ -128,6 +128,7 @@ pub(super) async fn retire_in_stages<E: Ec2, L: Records>(
         let mut step = Step::new(image, record, facts, &here.policy, run.invocation.now);
         if let Some(image_facts) = deregistering.facts.get(image.image_id.as_str()) {
             if !run.dry_run {
+                here.consume_report(&mut step, warnings).await;
                 // Recorded before it is taken, like every stage.
                 step.record.intended = Some((Stage::Deregistered, run.invocation.now));
                 if !here.save(&mut step, warnings).await {
@@ -149,6 +150,8 @@ pub(super) async fn retire_in_stages<E: Ec2, L: Records>(
         entries.push(step.entry);
     }
     report.retirement_stage_totals = Some(StageTotals::of(&entries, run.config.price_per_gb_month));
+    // What this run changed first: the list may be cut to fit the log event.
+    entries.sort_by_key(|e| e.change == StageChange::None);
     report.retirement_stages = Some(entries);
     retirement
 }
@@ -174,6 +177,8 @@ struct Step {
     entry: RetirementStageEntry,
     /// The evidence acted on, in words (written with the record).
     evidence_words: String,
+    /// Whether EC2 lists the image deprecated now.
+    deprecated_now: bool,
     /// Whether the usage report amiguard asked for is done with: read, in error, expired, or no
     /// longer listed (delete it, forget its id); `false` while pending or when the reports could
     /// not be read.
@@ -232,14 +237,17 @@ impl Step {
                     })
             });
         let record = record.cloned().unwrap_or_else(|| StageRecord::candidate(now));
-        Self { record, changed: false, entry, evidence_words, report_consumed }
+        let deprecated_now = image.deprecation_time.is_some();
+        Self { record, changed: false, entry, evidence_words, deprecated_now, report_consumed }
     }
 
     fn stopped(&mut self, change: StageChange, why: String, now: DateTime<Utc>) {
+        // amiguard's own deprecation is gone by now (removed, or by a person).
         self.record = StageRecord {
             stage: Stage::Active,
             intended: None,
             ended: Some((now, why.clone())),
+            deprecated_by_amiguard: false,
             ..self.record.clone()
         };
         self.changed = true;
@@ -397,6 +405,7 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
         step.record.stage = next;
         step.record.stage_at = Some(now);
         step.record.began_at = step.record.began_at.or(Some(now));
+        step.record.deprecated_by_amiguard |= next == Stage::Deprecated;
         step.record.intended = None;
         step.changed = true;
         step.entry.stage = next;
@@ -444,7 +453,10 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
                 self.run.until_cutoff("DisableImageDeprecation", self.ec2.disable_image_deprecation(&image_id)).await
             }
             Stage::Disabled => match self.run.until_cutoff("EnableImage", self.ec2.enable_image(&image_id)).await {
-                Ok(()) => self.restore_sharing(&step.record, &image_id).await,
+                Ok(()) => match self.restore_sharing(&step.record, &image_id).await {
+                    Ok(()) => self.remove_own_deprecation(step, &image_id).await,
+                    Err(err) => Err(err),
+                },
                 Err(err) => Err(err),
             },
             _ => Ok(()),
@@ -463,7 +475,11 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
 
     async fn ended_by_person(&self, step: &mut Step, why: &str, warnings: &mut Vec<String>) {
         let image_id = step.entry.image_id.clone();
-        match self.restore_sharing(&step.record, &image_id).await {
+        let restored = match self.restore_sharing(&step.record, &image_id).await {
+            Ok(()) => self.remove_own_deprecation(step, &image_id).await,
+            Err(err) => Err(err),
+        };
+        match restored {
             Ok(()) => {
                 self.consume_report(step, warnings).await;
                 step.stopped(StageChange::EndedByPerson, why.to_string(), self.now());
@@ -472,6 +488,15 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
                 warnings.push(format!("{}: {image_id}: its recorded sharing could not be put back: {err}", self.region))
             }
         }
+    }
+
+    /// Removes the deprecation amiguard set (never a person's: the ledger says whose it is), once
+    /// the retirement ends in a later stage.
+    async fn remove_own_deprecation(&self, step: &Step, image_id: &str) -> Result<(), AwsError> {
+        if !(step.deprecated_now && step.record.deprecation_is_amiguards()) {
+            return Ok(());
+        }
+        self.run.until_cutoff("DisableImageDeprecation", self.ec2.disable_image_deprecation(image_id)).await
     }
 
     /// Puts back the launch permissions recorded before amiguard disabled the image.

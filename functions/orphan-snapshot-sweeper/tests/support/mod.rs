@@ -343,8 +343,9 @@ impl Ec2 for FakeEc2 {
     }
     async fn create_image_usage_report(&self, image_id: &str, depth: u32) -> Result<String, AwsError> {
         self.call("CreateImageUsageReport", &format!("{image_id} depth {depth}"))?;
+        // Numbered by the reports ever asked for (deleted ones included), as EC2's ids never repeat.
+        let report_id = format!("amiur-{}", self.calls_to("CreateImageUsageReport").len());
         let mut reports = self.usage_reports.lock().unwrap();
-        let report_id = format!("amiur-{}", reports.len() + 1);
         let created = self.report_clock.lock().unwrap().unwrap_or_else(now);
         reports.push(UsageReport {
             report_id: report_id.clone(),
