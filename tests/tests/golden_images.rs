@@ -319,7 +319,6 @@ async fn unused_everywhere_it_goes_deprecated_disabled_deregistered_and_its_snap
 }
 
 #[tokio::test]
-#[ignore = "golden bug: the report read for the deregistration is never deleted (flow/stages.rs: deregistration goes through retire_one, which skips consume_report)"]
 async fn every_usage_report_amiguard_asked_for_is_deleted_once_read() {
     let world = World::new().await;
     let consumer = TestAccount::new().await;
@@ -427,7 +426,6 @@ async fn disabled_by_amiguard(
 }
 
 #[tokio::test]
-#[ignore = "golden bug: undoing a disabled image (EnableImage, sharing restored) leaves amiguard's own deprecation on it (flow/stages.rs undo: Stage::Disabled arm)"]
 async fn undoing_a_disabled_image_removes_amiguards_deprecation_too() {
     let world = World::new().await;
     let consumer = TestAccount::new().await;
@@ -439,7 +437,6 @@ async fn undoing_a_disabled_image_removes_amiguards_deprecation_too() {
 }
 
 #[tokio::test]
-#[ignore = "golden bug: a person's EnableImage ends the retirement but leaves amiguard's own deprecation, which later runs then take for a person's (flow/stages.rs ended_by_person)"]
 async fn a_persons_enable_image_removes_amiguards_deprecation_too() {
     let world = World::new().await;
     let consumer = TestAccount::new().await;
