@@ -720,3 +720,31 @@ async fn a_report_made_before_the_image_became_a_candidate_or_over_some_accounts
     assert_eq!((world.calls("EnableImageDeprecation"), world.model.deprecation(&golden)), (0, None));
     assert_eq!(world.sharing(&golden).await.len(), 4);
 }
+
+#[tokio::test]
+async fn a_person_removing_amiguards_deprecation_ends_the_retirement() {
+    let world = World::new().await;
+    let consumer = TestAccount::new().await;
+    let (golden, _) = world.image("golden-2026-09", &[]).await;
+    world.share(&golden, &[&consumer.account_id], false).await;
+    let settings = [("RETIRE_UNUSED_AMIS_AFTER_DAYS", "30")];
+    let start = world.start + days(31);
+    let (_, read) = with_a_report(&world, &[&consumer], &settings, start).await;
+    assert_eq!(fields(stage(&read, &golden)).0, "deprecated");
+
+    world.model.set_now(start + minutes(5));
+    world.person().disable_image_deprecation().image_id(&golden).send().await.unwrap();
+    let after = world.run(&settings, start + minutes(10)).await;
+    let ended = stage(&after, &golden);
+    assert_eq!(fields(ended).1, "ended_by_person", "{ended}");
+    assert!(ended["why_stopped"].is_string(), "{ended}");
+    // Not deprecated again, nor asked about, for RETIRE_UNUSED_AMIS_AFTER_DAYS.
+    let asked = world.calls("CreateImageUsageReport");
+    for n in 1..4 {
+        world.model.complete_reports_from(&[&consumer]).await;
+        world.run(&settings, start + days(n)).await;
+    }
+    assert_eq!(world.calls("CreateImageUsageReport"), asked);
+    assert_eq!((world.calls("EnableImageDeprecation"), world.model.deprecation(&golden)), (1, None));
+    assert_eq!(world.state(&golden).await.as_deref(), Some("available"));
+}
