@@ -748,3 +748,47 @@ async fn a_person_removing_amiguards_deprecation_ends_the_retirement() {
     assert_eq!((world.calls("EnableImageDeprecation"), world.model.deprecation(&golden)), (1, None));
     assert_eq!(world.state(&golden).await.as_deref(), Some("available"));
 }
+
+#[tokio::test]
+async fn with_the_default_dwell_and_lag_each_stage_waits_its_days() {
+    let world = World::new().await;
+    let consumer = TestAccount::new().await;
+    let (golden, snapshot) = world.image("golden-2026-10", &[]).await;
+    world.share(&golden, &[&consumer.account_id], false).await;
+    let defaults = [("RETIRE_DWELL_DAYS", "14"), ("USAGE_REPORT_LAG_DAYS", "3")];
+    let since = |entry: &Value| -> DateTime<Utc> { entry["since"].as_str().unwrap().parse().unwrap() };
+    let next_at = |entry: &Value| -> DateTime<Utc> { entry["next_at"].as_str().unwrap().parse().unwrap() };
+
+    let (_, read) = with_a_report(&world, &[&consumer], &defaults, world.start).await;
+    let deprecated = stage(&read, &golden);
+    assert_eq!(fields(deprecated), ("deprecated", "advanced", Some("disabled")), "{deprecated}");
+    let d = since(deprecated);
+    assert_eq!(next_at(deprecated), d + days(14), "{deprecated}");
+
+    // A day in: it dwells, and asks EC2 for nothing yet.
+    let dwelling = world.run(&defaults, d + days(1)).await;
+    assert_eq!(fields(stage(&dwelling, &golden)), ("deprecated", "none", Some("disabled")));
+    assert_eq!(world.calls("CreateImageUsageReport"), 1);
+    // Just before the dwell ends: still deprecated.
+    let (_, read) = with_a_report(&world, &[&consumer], &defaults, d + days(14) - minutes(2)).await;
+    assert_eq!(fields(stage(&read, &golden)).0, "deprecated", "{read:#}");
+    assert_eq!(world.calls("DisableImage"), 0);
+
+    // The dwell over: a report made now (later than the stage + the lag) shows no use: disabled.
+    let (_, read) = with_a_report(&world, &[&consumer], &defaults, d + days(14)).await;
+    let disabled = stage(&read, &golden);
+    assert_eq!(fields(disabled), ("disabled", "advanced", Some("deregistered")), "{disabled}");
+    let e = since(disabled);
+    assert!(e >= d + days(14), "{disabled}");
+    assert_eq!(next_at(disabled), e + days(14), "{disabled}");
+    assert_eq!(world.state(&golden).await.as_deref(), Some("disabled"));
+
+    let (_, read) = with_a_report(&world, &[&consumer], &defaults, e + days(7)).await;
+    assert_eq!(fields(stage(&read, &golden)).0, "disabled");
+    let (_, read) = with_a_report(&world, &[&consumer], &defaults, e + days(14)).await;
+    assert_eq!(fields(stage(&read, &golden)).0, "deregistered", "{read:#}");
+    assert_eq!(world.state(&golden).await, None);
+    let after = world.run(&defaults, e + days(15)).await;
+    let deleted: BTreeSet<String> = [&read, &after].iter().flat_map(|r| strings(&r["regions"][0]["deleted"])).collect();
+    assert!(deleted.contains(&snapshot), "{deleted:?}");
+}
