@@ -145,6 +145,19 @@ pub async fn image_usage_reports(client: &Client, image_ids: &[String]) -> Resul
                     created: report.creation_time().and_then(to_chrono),
                     expires: report.expiration_time().and_then(to_chrono),
                     account_ids: report.account_ids().iter().cloned().collect(),
+                    resource_types: report
+                        .resource_types()
+                        .iter()
+                        .map(|t| {
+                            let depth = t
+                                .resource_type_options()
+                                .iter()
+                                .filter(|o| o.option_name() == Some("version-depth"))
+                                .flat_map(|o| o.option_values())
+                                .find_map(|v| v.parse().ok());
+                            (t.resource_type().unwrap_or_default().to_string(), depth)
+                        })
+                        .collect(),
                     entries: None,
                 });
             }
@@ -153,7 +166,8 @@ pub async fn image_usage_reports(client: &Client, image_ids: &[String]) -> Resul
     Ok(reports)
 }
 
-/// The entries of one report, every page.
+/// The entries of one report, every page. An entry without a report id is counted (the request
+/// names one report); one naming another report is an error, never dropped.
 pub async fn image_usage_report_entries(client: &Client, report_id: &str) -> Result<Vec<UsageEntry>, AwsError> {
     let mut pages = client
         .describe_image_usage_report_entries()
@@ -167,16 +181,21 @@ pub async fn image_usage_report_entries(client: &Client, report_id: &str) -> Res
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| AwsError::from_sdk("DescribeImageUsageReportEntries", e))?;
         tokens.check(page.next_token())?;
-        entries.extend(page.image_usage_report_entries().iter().filter(|e| e.report_id() == Some(report_id)).map(
-            |e| {
-                UsageEntry {
-                    account_id: e.account_id().unwrap_or_default().to_string(),
-                    resource_type: e.resource_type().unwrap_or_default().to_string(),
-                    // An entry without a count is use until EC2 says otherwise.
-                    usage_count: e.usage_count().unwrap_or(1),
-                }
-            },
-        ));
+        for e in page.image_usage_report_entries() {
+            if let Some(other) = e.report_id().filter(|id| *id != report_id) {
+                return Err(AwsError::new(
+                    "DescribeImageUsageReportEntries",
+                    "UnexpectedReportId",
+                    format!("asked for the entries of {report_id}, EC2 answered one of {other}"),
+                ));
+            }
+            entries.push(UsageEntry {
+                account_id: e.account_id().unwrap_or_default().to_string(),
+                resource_type: e.resource_type().unwrap_or_default().to_string(),
+                // An entry without a count is use until EC2 says otherwise.
+                usage_count: e.usage_count().unwrap_or(1),
+            });
+        }
     }
     Ok(entries)
 }

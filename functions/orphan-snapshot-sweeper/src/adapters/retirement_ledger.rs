@@ -27,6 +27,10 @@ const USERS: &str = "launch_permission_accounts";
 const ORGS: &str = "launch_permission_organizations";
 const UNITS: &str = "launch_permission_units";
 const REPORT_ID: &str = "usage_report_id";
+const REPORT_PERMISSIONS: &str = "usage_report_permissions_recorded";
+const REPORT_USERS: &str = "usage_report_accounts";
+const REPORT_ORGS: &str = "usage_report_organizations";
+const REPORT_UNITS: &str = "usage_report_units";
 const ENDED_AT: &str = "ended_at";
 const ENDED_WHY: &str = "ended_why";
 const BY: &str = "by_run";
@@ -79,6 +83,13 @@ pub fn to_item(region: &str, image_id: &str, record: &StageRecord) -> Item {
             .with_list(ORGS, permissions.organization_arns.iter().cloned())
             .with_list(UNITS, permissions.organizational_unit_arns.iter().cloned());
     }
+    if let Some(permissions) = &record.report_permissions {
+        item = item
+            .with(REPORT_PERMISSIONS, amiguard::ledger::Value::Bool(true))
+            .with_list(REPORT_USERS, permissions.user_ids.iter().cloned())
+            .with_list(REPORT_ORGS, permissions.organization_arns.iter().cloned())
+            .with_list(REPORT_UNITS, permissions.organizational_unit_arns.iter().cloned());
+    }
     if record.deprecated_by_amiguard {
         item = item.with(DEPRECATED_BY_AMIGUARD, amiguard::ledger::Value::Bool(true));
     }
@@ -108,6 +119,12 @@ pub fn from_item(item: &Item) -> Option<StageRecord> {
         organizational_unit_arns: list(UNITS),
         public: false,
     });
+    let report_permissions = (item.bool(REPORT_PERMISSIONS) == Some(true)).then(|| LaunchPermissions {
+        user_ids: list(REPORT_USERS),
+        organization_arns: list(REPORT_ORGS),
+        organizational_unit_arns: list(REPORT_UNITS),
+        public: false,
+    });
     let ended = match (item.time(ENDED_AT), item.s(ENDED_WHY)) {
         (Some(at), why) => Some((at, why.unwrap_or_default().to_string())),
         _ => None,
@@ -120,6 +137,7 @@ pub fn from_item(item: &Item) -> Option<StageRecord> {
         intended,
         permissions,
         report_id: item.s(REPORT_ID).map(str::to_string),
+        report_permissions,
         ended,
         deprecated_by_amiguard: item.bool(DEPRECATED_BY_AMIGUARD) == Some(true),
     })
@@ -147,6 +165,10 @@ mod tests {
                 public: false,
             }),
             report_id: Some("amiur-1".into()),
+            report_permissions: Some(LaunchPermissions {
+                user_ids: ["111111111111".to_string(), "222222222222".to_string()].into(),
+                ..LaunchPermissions::default()
+            }),
             ended: None,
             deprecated_by_amiguard: true,
         };

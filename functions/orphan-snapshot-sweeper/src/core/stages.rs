@@ -102,6 +102,9 @@ pub struct StagePolicy {
     pub protect_tag: String,
     /// `RETIRE_IMAGE_BUILDER_IMAGES`: Image Builder's images are left to its own lifecycle unless set.
     pub image_builder_images: bool,
+    /// `USAGE_REPORT_TEMPLATE_DEPTH`: a report is evidence only if it read launch templates at
+    /// least this deep (and instances).
+    pub template_depth: u32,
 }
 
 /// What the stages read of an own image, as `DescribeImages` lists it (disabled ones included).
@@ -135,6 +138,15 @@ pub struct LaunchPermissions {
 }
 
 impl LaunchPermissions {
+    /// Whether every account, organisation and unit of `self` is in `other` (and `self` is
+    /// public only if `other` is): nobody can launch under `self` who could not under `other`.
+    pub fn within(&self, other: &LaunchPermissions) -> bool {
+        (!self.public || other.public)
+            && self.user_ids.is_subset(&other.user_ids)
+            && self.organization_arns.is_subset(&other.organization_arns)
+            && self.organizational_unit_arns.is_subset(&other.organizational_unit_arns)
+    }
+
     pub fn is_shared(&self) -> bool {
         self.public
             || !self.user_ids.is_empty()
@@ -169,6 +181,8 @@ pub struct UsageReport {
     pub expires: Option<DateTime<Utc>>,
     /// The accounts it covers; empty: every account.
     pub account_ids: BTreeSet<String>,
+    /// The resource types it reads, with the `version-depth` option of each (`None`: not given).
+    pub resource_types: Vec<(String, Option<u32>)>,
     /// Read only for an `available` report (`None`: not read, or the read failed).
     pub entries: Option<Vec<UsageEntry>>,
 }
@@ -184,6 +198,14 @@ impl UsageReport {
             return true;
         }
         !permissions.needs_every_account() && permissions.user_ids.is_subset(&self.account_ids)
+    }
+
+    /// Whether it asks what amiguard asks: instances, and launch templates at least `depth`
+    /// versions deep (a narrower report, e.g. a person's instances-only check, is no evidence).
+    pub fn asks_enough(&self, depth: u32) -> bool {
+        let has = |kind: &str| self.resource_types.iter().any(|(k, _)| k == kind);
+        has("ec2:Instance")
+            && self.resource_types.iter().any(|(k, d)| k == "ec2:LaunchTemplate" && d.is_some_and(|d| d >= depth))
     }
 
     /// The uses it shows (entries with a count).
@@ -208,8 +230,12 @@ pub struct StageRecord {
     pub intended: Option<(Stage, DateTime<Utc>)>,
     /// The launch permissions recorded before disabling: what an `EnableImage` must put back.
     pub permissions: Option<LaunchPermissions>,
-    /// The usage report amiguard asked for and has not read yet.
+    /// The usage report amiguard asked for and has not read yet: the only report that is
+    /// evidence for a stage.
     pub report_id: Option<String>,
+    /// The launch permissions the image had when amiguard asked for `report_id` (for a disabled
+    /// image, the recorded ones): a report is evidence only while today's are within them.
+    pub report_permissions: Option<LaunchPermissions>,
     /// When and why the retirement ended (undone on use, or by a person); it is not begun again
     /// for `RETIRE_UNUSED_AMIS_AFTER_DAYS` after.
     pub ended: Option<(DateTime<Utc>, String)>,
@@ -227,6 +253,7 @@ impl StageRecord {
             intended: None,
             permissions: None,
             report_id: None,
+            report_permissions: None,
             ended: None,
             deprecated_by_amiguard: false,
         }
@@ -302,7 +329,11 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Verdict {
     if image.public {
-        // Never retired, and nothing amiguard did to it is touched either.
+        // Never retired; a stage amiguard took on it before it was made public is undone.
+        let live = record.filter(|r| r.ended.is_none()).map(|r| r.effective(image).0);
+        if matches!(live, Some(Stage::Deprecated | Stage::Disabled)) {
+            return Verdict::Undo("made public while in amiguard's stage: public images are never retired".into());
+        }
         return Verdict::Keep(ImageKeepReason::Public);
     }
     if let Some((ended_at, _)) = record.and_then(|r| r.ended.as_ref()) {
@@ -356,17 +387,34 @@ fn decide_in_stage(
             "its deprecation was removed by someone else while amiguard had it deprecated".into(),
         );
     }
+    // Any other state than the one amiguard left (a person's DisableImage, `error`, ...): not
+    // amiguard's to go on with, and a disabled image's emptied permissions say nothing of its sharing.
+    let left = if stage == Stage::Deprecated { "available" } else { "disabled" };
+    if image.state != left {
+        return Verdict::EndedByPerson(format!(
+            "found {} while amiguard had it {}: changed by someone else; amiguard's retirement stops",
+            image.state,
+            stage.name()
+        ));
+    }
     let began = record.began_at.or(stage_at).unwrap_or(now);
     if let Some(use_seen) = use_since(image, evidence, began) {
         return Verdict::Undo(use_seen);
     }
     if let Err(reason) = holds(image, newest_of_family, policy) {
-        let why = format!("held: {}", reason_name(reason));
-        return Verdict::Wait { waiting_for: why, next_at: None, request_report: false };
+        // A keep rule never keeps it broken: amiguard's stage is undone.
+        return Verdict::Undo(format!("kept now ({}): amiguard's stage undone", reason_name(reason)));
+    }
+    if evidence.referenced != Some(false) {
+        let waiting_for = "references unknown: DescribeImageReferences did not answer for it this run".to_string();
+        return Verdict::Wait { waiting_for, next_at: None, request_report: false };
     }
     // Once disabled, EC2 has removed its launch permissions: the recorded ones say who could use it.
     let permissions =
         if stage >= Stage::Disabled { record.permissions.as_ref() } else { evidence.permissions.as_ref() };
+    if permissions.is_some_and(|p| p.public) {
+        return Verdict::Undo("made public while in amiguard's stage: public images are never retired".into());
+    }
     let at = stage_at.unwrap_or(now);
     advance_or_wait(image, Some(record), stage, at, permissions, evidence, policy, now)
 }
@@ -468,7 +516,11 @@ fn advance_or_wait(
     let Some(next) = policy.stages.after(stage) else {
         return Verdict::Keep(ImageKeepReason::NotRetirableState);
     };
-    let dwell_ends = if stage == Stage::Active { at } else { at + policy.dwell };
+    // Deprecation, which launches survive, may come as soon as an image is a candidate; any other
+    // stage (a first stage that disables included) waits the dwell and the lag after the last one
+    // (or after the candidacy).
+    let gentle = stage == Stage::Active && next == Stage::Deprecated;
+    let dwell_ends = if gentle { at } else { at + policy.dwell };
     let Some(permissions) = permissions else {
         let waiting_for = "its launch permissions could not be read (recorded or now)".to_string();
         return Verdict::Wait { waiting_for, next_at: None, request_report: false };
@@ -482,9 +534,25 @@ fn advance_or_wait(
         }
         return Verdict::Advance(next);
     }
-    // Shared: only a usage report over every account it is shared with is evidence.
-    let made_after = if stage == Stage::Active { at } else { at + policy.lag };
-    match report_evidence(&image.image_id, permissions, &evidence.reports, made_after, now) {
+    // Use any report shows (whoever asked for it) keeps it.
+    let mine = evidence.reports.iter().filter(|r| r.image_id == image.image_id && r.state == "available");
+    if let Some(report) = mine.into_iter().find(|r| r.uses().next().is_some()) {
+        let accounts: BTreeSet<&str> = report.uses().map(|e| e.account_id.as_str()).collect();
+        let accounts: Vec<&str> = accounts.into_iter().collect();
+        return Verdict::Spared(format!("usage report {} shows use in {}", report.report_id, accounts.join(", ")));
+    }
+    if !evidence.reports_read {
+        let waiting_for = "its usage reports could not be listed this run".to_string();
+        return Verdict::Wait { waiting_for, next_at: None, request_report: false };
+    }
+    // Shared: only amiguard's own usage report over every account it is shared with is evidence.
+    let made_after = if gentle { at } else { at + policy.lag };
+    let asked = Asked {
+        report_id: record.and_then(|r| r.report_id.as_deref()),
+        with: record.and_then(|r| r.report_permissions.as_ref()),
+        depth: policy.template_depth,
+    };
+    match report_evidence(&image.image_id, permissions, &evidence.reports, &asked, made_after, now) {
         Ok(report) if report.uses().next().is_some() => {
             let accounts: BTreeSet<&str> = report.uses().map(|e| e.account_id.as_str()).collect();
             let accounts: Vec<&str> = accounts.into_iter().collect();
@@ -499,7 +567,7 @@ fn advance_or_wait(
             let ours_pending = record
                 .and_then(|r| r.report_id.as_deref())
                 .is_some_and(|id| evidence.reports.iter().any(|r| r.report_id == id && r.state == "pending"));
-            let request_report = !ours_pending && now >= due;
+            let request_report = !ours_pending && now >= due && evidence.reports_read;
             Verdict::Wait { waiting_for: why, next_at: (now < due).then_some(due), request_report }
         }
     }
@@ -514,44 +582,61 @@ fn dwelling(until: DateTime<Utc>, request_report: bool) -> Verdict {
     Verdict::Wait { waiting_for: format!("dwell until {}", until.to_rfc3339()), next_at: Some(until), request_report }
 }
 
-/// The newest report that is evidence (available, unexpired, covering, made after `made_after`,
-/// its entries read), or why there is none.
+/// The usage report amiguard asked for (the ledger's id), what the image's launch permissions
+/// were then, and the launch-template depth it must have read.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    pub report_id: Option<&'a str>,
+    pub with: Option<&'a LaunchPermissions>,
+    pub depth: u32,
+}
+
+/// amiguard's own report when it is evidence (of this image, available, unexpired, reading
+/// instances and launch templates `depth` deep, covering every account of `permissions`, asked for
+/// when the sharing was at least `permissions`, made after `made_after`, its entries read), or why
+/// it is not. Any other report (a person's, another tool's) is never evidence to advance.
 pub fn report_evidence<'a>(
     image_id: &str,
     permissions: &LaunchPermissions,
     reports: &'a [UsageReport],
+    asked: &Asked<'_>,
     made_after: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<&'a UsageReport, String> {
-    let mut mine: Vec<&UsageReport> = reports.iter().filter(|r| r.image_id == image_id).collect();
-    mine.sort_by_key(|r| std::cmp::Reverse(r.created));
-    let usable = |r: &&UsageReport| {
-        r.state == "available"
-            && r.is_live(now)
-            && r.covers(permissions)
-            && r.created.is_some_and(|c| c >= made_after)
-            && r.entries.is_some()
+    let Some(own) = asked.report_id else { return Err("no usage report yet".into()) };
+    let Some(report) = reports.iter().find(|r| r.report_id == own && r.image_id == image_id) else {
+        return Err(format!("usage report {own} not listed for this image"));
     };
-    if let Some(report) = mine.iter().copied().find(usable) {
-        return Ok(report);
+    let id = &report.report_id;
+    match report.state.as_str() {
+        "available" => {}
+        "pending" => return Err(format!("usage report {id} pending")),
+        state => return Err(format!("usage report {id} in state {state}")),
     }
-    let Some(newest) = mine.first() else { return Err("no usage report yet".into()) };
-    Err(match newest.state.as_str() {
-        "pending" => format!("usage report {} pending", newest.report_id),
-        "available" if !newest.is_live(now) => format!("usage report {} expired", newest.report_id),
-        "available" if !newest.covers(permissions) => {
-            format!("usage report {} does not cover every account the image is shared with", newest.report_id)
-        }
-        "available" if newest.entries.is_none() => {
-            format!("usage report {}: its entries could not be read", newest.report_id)
-        }
-        "available" => format!(
-            "usage report {} older than the stage + USAGE_REPORT_LAG_DAYS (made before {})",
-            newest.report_id,
+    if !report.is_live(now) {
+        return Err(format!("usage report {id} expired"));
+    }
+    if !report.asks_enough(asked.depth) {
+        return Err(format!(
+            "usage report {id} does not read instances and launch templates USAGE_REPORT_TEMPLATE_DEPTH deep"
+        ));
+    }
+    if !report.covers(permissions) {
+        return Err(format!("usage report {id} does not cover every account the image is shared with"));
+    }
+    if !asked.with.is_some_and(|then| permissions.within(then)) {
+        return Err(format!("the image's sharing changed since usage report {id} was asked for"));
+    }
+    if report.created.is_none_or(|c| c < made_after) {
+        return Err(format!(
+            "usage report {id} older than the stage + USAGE_REPORT_LAG_DAYS (made before {})",
             made_after.to_rfc3339()
-        ),
-        state => format!("usage report {} in state {state}", newest.report_id),
-    })
+        ));
+    }
+    if report.entries.is_none() {
+        return Err(format!("usage report {id}: its entries could not be read"));
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -577,6 +662,7 @@ mod tests {
             lag: days(3),
             protect_tag: tags::KEEP.to_string(),
             image_builder_images: false,
+            template_depth: 20,
         }
     }
 
@@ -618,8 +704,14 @@ mod tests {
             created: Some(created),
             expires: Some(created + days(30)),
             account_ids: BTreeSet::new(),
+            resource_types: asked_by_amiguard(),
             entries: (state == "available").then_some(entries),
         }
+    }
+
+    /// What amiguard asks a report to read (`USAGE_REPORT_TEMPLATE_DEPTH` 20).
+    fn asked_by_amiguard() -> Vec<(String, Option<u32>)> {
+        vec![("ec2:Instance".into(), None), ("ec2:LaunchTemplate".into(), Some(20))]
     }
 
     fn in_stage(stage: Stage, at: DateTime<Utc>) -> StageRecord {
@@ -631,9 +723,15 @@ mod tests {
             intended: None,
             permissions: Some(consumer()),
             report_id: None,
+            report_permissions: Some(consumer()),
             ended: None,
             deprecated_by_amiguard: true,
         }
+    }
+
+    /// `record`, with amiguard's report `id` asked for while shared with `consumer()`.
+    fn asked(record: StageRecord, id: &str) -> StageRecord {
+        StageRecord { report_id: Some(id.into()), report_permissions: Some(consumer()), ..record }
     }
 
     fn decide_now(image: &StagedImage, record: Option<&StageRecord>, evidence: &Evidence) -> Verdict {
@@ -674,7 +772,7 @@ mod tests {
             Verdict::Wait { request_report: true, waiting_for, .. } => assert_eq!(waiting_for, "no usage report yet"),
             other => panic!("{other:?}"),
         }
-        let ours = StageRecord { report_id: Some("r-1".into()), ..candidate.clone() };
+        let ours = asked(candidate.clone(), "r-1");
         evidence.reports = vec![report("r-1", "pending", now() - days(1), vec![])];
         assert!(matches!(
             decide_now(&image("ami-1"), Some(&ours), &evidence),
@@ -724,7 +822,7 @@ mod tests {
         let taken = now() - days(5);
         let mut deprecated = image("ami-1");
         deprecated.deprecation_time = Some(taken);
-        let record = in_stage(Stage::Deprecated, taken);
+        let record = asked(in_stage(Stage::Deprecated, taken), "r-1");
         let early =
             Evidence { reports: vec![report("r-1", "available", taken + days(2), vec![])], ..unused(consumer()) };
         let verdict = decide(&deprecated, Some(&record), &early, false, &policy, now());
@@ -732,6 +830,7 @@ mod tests {
             matches!(&verdict, Verdict::Wait { waiting_for, .. } if waiting_for.contains("USAGE_REPORT_LAG_DAYS")),
             "{verdict:?}"
         );
+        let record = asked(record, "r-2");
         let late =
             Evidence { reports: vec![report("r-2", "available", taken + days(3), vec![])], ..unused(consumer()) };
         assert_eq!(decide(&deprecated, Some(&record), &late, false, &policy, now()), Verdict::Advance(Stage::Disabled));
@@ -800,7 +899,10 @@ mod tests {
     fn public_images_and_ended_retirements_are_kept() {
         let public = StagedImage { public: true, ..image("ami-1") };
         let record = in_stage(Stage::Deprecated, now() - days(30));
-        assert_eq!(decide_now(&public, Some(&record), &unused(consumer())), Verdict::Keep(ImageKeepReason::Public));
+        assert_eq!(decide_now(&public, None, &unused(consumer())), Verdict::Keep(ImageKeepReason::Public));
+        // Made public while in amiguard's stage: that stage is undone (issue 22 review #7).
+        let deprecated = StagedImage { deprecation_time: Some(now() - days(30)), ..public.clone() };
+        assert!(matches!(decide_now(&deprecated, Some(&record), &unused(consumer())), Verdict::Undo(_)));
         let ended = StageRecord { ended: Some((now() - days(10), "launched".into())), ..record };
         let verdict = decide_now(&image("ami-1"), Some(&ended), &unused(LaunchPermissions::default()));
         assert_eq!(verdict, Verdict::Keep(ImageKeepReason::RetirementEnded));
@@ -837,6 +939,123 @@ mod tests {
         }
     }
 
+    #[test]
+    fn only_amiguards_own_report_reading_instances_and_deep_templates_is_evidence() {
+        let candidate = asked(StageRecord::candidate(now() - days(2)), "r-1");
+        let full = report("r-1", "available", now() - days(1), vec![]);
+        let persons = UsageReport { report_id: "r-9".into(), ..full.clone() };
+        let instances_only = UsageReport { resource_types: vec![("ec2:Instance".into(), None)], ..full.clone() };
+        let shallow = UsageReport {
+            resource_types: vec![("ec2:Instance".into(), None), ("ec2:LaunchTemplate".into(), Some(1))],
+            ..full.clone()
+        };
+        for report in [persons, instances_only, shallow] {
+            let evidence = Evidence { reports: vec![report.clone()], ..unused(consumer()) };
+            let verdict = decide_now(&image("ami-1"), Some(&candidate), &evidence);
+            assert!(matches!(verdict, Verdict::Wait { .. }), "{report:?}: {verdict:?}");
+        }
+        let evidence = Evidence { reports: vec![full], ..unused(consumer()) };
+        assert_eq!(decide_now(&image("ami-1"), Some(&candidate), &evidence), Verdict::Advance(Stage::Deprecated));
+    }
+
+    #[test]
+    fn a_report_asked_before_the_image_was_shared_wider_is_no_evidence_a_fresh_one_is_asked() {
+        let candidate = asked(StageRecord::candidate(now() - days(2)), "r-1");
+        let wider = LaunchPermissions {
+            user_ids: ["111111111111".to_string(), "222222222222".to_string()].into(),
+            ..LaunchPermissions::default()
+        };
+        let evidence = Evidence { reports: vec![report("r-1", "available", now() - days(1), vec![])], ..unused(wider) };
+        let Verdict::Wait { waiting_for, request_report: true, .. } =
+            decide_now(&image("ami-1"), Some(&candidate), &evidence)
+        else {
+            panic!("waits for a fresh report")
+        };
+        assert!(waiting_for.contains("sharing changed"), "{waiting_for}");
+        // Not recorded at all (asked before the record kept them): no evidence either.
+        let unknown = StageRecord { report_permissions: None, ..candidate };
+        let evidence = Evidence { permissions: Some(consumer()), ..evidence };
+        assert!(matches!(decide_now(&image("ami-1"), Some(&unknown), &evidence), Verdict::Wait { .. }));
+    }
+
+    #[test]
+    fn an_image_found_in_another_state_than_amiguard_left_it_stops_its_retirement() {
+        let policy = StagePolicy { dwell: days(0), ..policy() };
+        let record = StageRecord { permissions: None, ..in_stage(Stage::Deprecated, now() - days(20)) };
+        let deprecated = StagedImage { deprecation_time: Some(now() - days(20)), ..image("ami-1") };
+        for state in ["disabled", "error", "pending"] {
+            let changed = StagedImage { state: state.into(), ..deprecated.clone() };
+            // A person's DisableImage emptied its launch permissions: never read as "not shared".
+            let verdict = decide(&changed, Some(&record), &unused(LaunchPermissions::default()), false, &policy, now());
+            assert!(matches!(&verdict, Verdict::EndedByPerson(why) if why.contains(state)), "{state}: {verdict:?}");
+        }
+        let disabled = StagedImage { state: "error".into(), ..deprecated };
+        let record = in_stage(Stage::Disabled, now() - days(20));
+        let verdict = decide(&disabled, Some(&record), &unused(LaunchPermissions::default()), false, &policy, now());
+        assert!(matches!(verdict, Verdict::EndedByPerson(_)), "{verdict:?}");
+    }
+
+    #[test]
+    fn a_stage_waits_until_describe_image_references_answered_for_it() {
+        let deprecated = StagedImage { deprecation_time: Some(now() - days(20)), ..image("ami-1") };
+        let record = in_stage(Stage::Deprecated, now() - days(20));
+        let unknown = Evidence { referenced: None, ..unused(LaunchPermissions::default()) };
+        let verdict = decide_now(&deprecated, Some(&record), &unknown);
+        assert!(
+            matches!(&verdict, Verdict::Wait { waiting_for, .. } if waiting_for.contains("references unknown")),
+            "{verdict:?}"
+        );
+        let answered = unused(LaunchPermissions::default());
+        assert_eq!(decide_now(&deprecated, Some(&record), &answered), Verdict::Advance(Stage::Disabled));
+    }
+
+    #[test]
+    fn a_first_stage_that_disables_waits_the_dwell_and_a_report_the_lag_after_the_candidacy() {
+        let policy = StagePolicy { stages: Stages::parse("disable,deregister").unwrap(), ..policy() };
+        let young = StageRecord::candidate(now() - days(2));
+        let verdict =
+            decide(&image("ami-1"), Some(&young), &unused(LaunchPermissions::default()), false, &policy, now());
+        assert!(
+            matches!(&verdict, Verdict::Wait { waiting_for, .. } if waiting_for.starts_with("dwell")),
+            "{verdict:?}"
+        );
+        let since = now() - days(20);
+        let candidate = asked(StageRecord::candidate(since), "r-1");
+        let early =
+            Evidence { reports: vec![report("r-1", "available", since + days(2), vec![])], ..unused(consumer()) };
+        let verdict = decide(&image("ami-1"), Some(&candidate), &early, false, &policy, now());
+        assert!(
+            matches!(&verdict, Verdict::Wait { waiting_for, .. } if waiting_for.contains("USAGE_REPORT_LAG_DAYS")),
+            "{verdict:?}"
+        );
+        let late =
+            Evidence { reports: vec![report("r-1", "available", since + days(3), vec![])], ..unused(consumer()) };
+        assert_eq!(
+            decide(&image("ami-1"), Some(&candidate), &late, false, &policy, now()),
+            Verdict::Advance(Stage::Disabled)
+        );
+    }
+
+    #[test]
+    fn a_keep_rule_that_starts_while_in_amiguards_stage_undoes_the_stage() {
+        let disabled =
+            StagedImage { state: "disabled".into(), deprecation_time: Some(now() - days(20)), ..image("ami-1") };
+        let record = in_stage(Stage::Disabled, now() - days(20));
+        let protected = StagedImage { tags: vec![Tag::new(tags::KEEP, "")], ..disabled.clone() };
+        let verdict = decide_now(&protected, Some(&record), &unused(LaunchPermissions::default()));
+        assert!(matches!(&verdict, Verdict::Undo(why) if why.contains("protected")), "{verdict:?}");
+        let newest = decide(&disabled, Some(&record), &unused(LaunchPermissions::default()), true, &policy(), now());
+        assert!(matches!(&newest, Verdict::Undo(why) if why.contains("newest")), "{newest:?}");
+    }
+
+    #[test]
+    fn no_report_is_asked_for_when_the_reports_could_not_be_listed() {
+        let candidate = StageRecord::candidate(now() - days(2));
+        let evidence = Evidence { reports_read: false, ..unused(consumer()) };
+        let verdict = decide_now(&image("ami-1"), Some(&candidate), &evidence);
+        assert!(matches!(verdict, Verdict::Wait { request_report: false, .. }), "{verdict:?}");
+    }
+
     fn arb_time() -> impl Strategy<Value = DateTime<Utc>> {
         (0i64..120).prop_map(|d| now() - days(d))
     }
@@ -851,33 +1070,46 @@ mod tests {
         })
     }
 
+    /// Reports of any maker: ids r-0..r-3 (a record may name one), of this image or another,
+    /// reading what amiguard asks or less (instances only, templates 1 deep).
     fn arb_report() -> impl Strategy<Value = UsageReport> {
-        (0u8..3, arb_time(), 0u8..3, any::<bool>(), any::<bool>()).prop_map(|(state, created, accounts, used, read)| {
-            let state = ["pending", "available", "error"][state as usize];
-            UsageReport {
-                account_ids: match accounts {
-                    0 => BTreeSet::new(),
-                    1 => ["111111111111".to_string()].into(),
-                    _ => ["1".to_string()].into(),
-                },
-                entries: (state == "available" && read).then(|| if used { vec![use_by("9")] } else { vec![] }),
-                ..report(&format!("r-{}", created.timestamp()), state, created, vec![])
-            }
-        })
+        (0u8..3, arb_time(), 0u8..3, any::<bool>(), any::<bool>(), 0u8..4, 0u8..4, any::<bool>()).prop_map(
+            |(state, created, accounts, used, read, id, types, other_image)| {
+                let state = ["pending", "available", "error"][state as usize];
+                UsageReport {
+                    image_id: if other_image { "ami-2".into() } else { "ami-1".into() },
+                    account_ids: match accounts {
+                        0 => BTreeSet::new(),
+                        1 => ["111111111111".to_string()].into(),
+                        _ => ["1".to_string()].into(),
+                    },
+                    resource_types: match types {
+                        0 => vec![("ec2:Instance".into(), None)],
+                        1 => vec![("ec2:Instance".into(), None), ("ec2:LaunchTemplate".into(), Some(1))],
+                        _ => asked_by_amiguard(),
+                    },
+                    entries: (state == "available" && read).then(|| if used { vec![use_by("9")] } else { vec![] }),
+                    ..report(&format!("r-{id}"), state, created, vec![])
+                }
+            },
+        )
     }
 
     fn arb_record() -> impl Strategy<Value = Option<StageRecord>> {
         let stage = prop::sample::select(vec![Stage::Active, Stage::Deprecated, Stage::Disabled]);
+        let intended = prop::sample::select(vec![None, Some(Stage::Deprecated), Some(Stage::Disabled)]);
+        let asked = (proptest::option::of(0u8..4), proptest::option::of(arb_permissions()));
         proptest::option::of(
-            (stage, arb_time(), arb_time(), proptest::option::of(arb_permissions()), any::<bool>(), any::<bool>())
-                .prop_map(|(stage, at, since, permissions, intended, ended)| StageRecord {
+            (stage, arb_time(), arb_time(), proptest::option::of(arb_permissions()), intended, any::<bool>(), asked)
+                .prop_map(|(stage, at, since, permissions, intended, ended, (report, asked_with))| StageRecord {
                     stage,
                     stage_at: (stage != Stage::Active).then_some(at),
                     began_at: (stage != Stage::Active).then_some(at),
                     candidate_since: since,
-                    intended: intended.then_some((Stage::Deprecated, at)),
+                    intended: intended.map(|s| (s, at)),
                     permissions,
-                    report_id: None,
+                    report_id: report.map(|n| format!("r-{n}")),
+                    report_permissions: asked_with,
                     ended: ended.then_some((at, "launched".into())),
                     deprecated_by_amiguard: stage != Stage::Active,
                 }),
@@ -897,9 +1129,13 @@ mod tests {
     }
 
     proptest! {
-        /// No verdict ever advances a shared image without an available, unexpired report over
-        /// every account it is shared with, made late enough for its stage, that shows no use;
-        /// never touches a public image; undoes or ends only amiguard's own stage.
+        /// No verdict ever advances a shared image without amiguard's own report (the record's
+        /// id) of this image, available, unexpired, reading instances and launch templates deep
+        /// enough, covering every account it is shared with, asked for while its sharing was at
+        /// least today's, made late enough for its stage, that shows no use (nor any other report
+        /// showing use); an image in a stage advances only in the state amiguard left it and with
+        /// DescribeImageReferences' answer "none"; a public image is never advanced, and only
+        /// amiguard's own stage is undone or ended.
         #[test]
         fn no_shared_image_advances_without_a_covering_report_newer_than_its_stage(
             image in arb_image(),
@@ -907,11 +1143,13 @@ mod tests {
             permissions in proptest::option::of(arb_permissions()),
             reports in proptest::collection::vec(arb_report(), 0..4),
             referenced in proptest::option::of(any::<bool>()),
+            reports_read in any::<bool>(),
             dwell in 0i64..20,
             lag in 0i64..5,
+            stages in prop::sample::select(vec!["deprecate,disable,deregister", "disable,deregister"]),
         ) {
-            let policy = StagePolicy { dwell: days(dwell), lag: days(lag), ..policy() };
-            let evidence = Evidence { referenced, permissions: permissions.clone(), snapshot_shared: Some(false), reports: reports.clone(), reports_read: true, ..Evidence::default() };
+            let policy = StagePolicy { dwell: days(dwell), lag: days(lag), stages: Stages::parse(stages).unwrap(), ..policy() };
+            let evidence = Evidence { referenced, permissions: permissions.clone(), snapshot_shared: Some(false), reports: reports.clone(), reports_read, ..Evidence::default() };
             let verdict = decide(&image, record.as_ref(), &evidence, false, &policy, now());
             let live = record.as_ref().filter(|r| r.ended.is_none());
             let (stage, stage_at) = live.map_or((Stage::Active, None), |r| r.effective(&image));
@@ -919,33 +1157,55 @@ mod tests {
                 Verdict::Advance(next) => {
                     prop_assert!(!image.public);
                     prop_assert_eq!(Some(*next), policy.stages.after(stage), "one stage, the next");
+                    if stage != Stage::Active {
+                        prop_assert_eq!(referenced, Some(false), "references answered");
+                        let left = if stage == Stage::Deprecated { "available" } else { "disabled" };
+                        prop_assert_eq!(image.state.as_str(), left, "in the state amiguard left it");
+                    }
                     let judged = if stage >= Stage::Disabled { live.and_then(|r| r.permissions.clone()) } else { permissions.clone() };
                     let judged = judged.expect("advanced on known permissions");
                     prop_assert!(!judged.public);
                     if judged.is_shared() {
-                        let made_after = match stage {
+                        let gentle = stage == Stage::Active && *next == Stage::Deprecated;
+                        let since = match stage {
                             Stage::Active => live.map_or(now(), |r| r.candidate_since),
-                            _ => stage_at.unwrap() + policy.lag,
+                            _ => stage_at.unwrap(),
                         };
-                        let evidence_report = reports.iter().any(|r| {
-                            r.state == "available"
-                                && r.expires.is_some_and(|e| e > now())
-                                && r.created.is_some_and(|c| c >= made_after)
-                                && (r.account_ids.is_empty() || (!judged.needs_every_account() && judged.user_ids.is_subset(&r.account_ids)))
-                                && r.entries.as_ref().is_some_and(|e| e.iter().all(|e| e.usage_count == 0))
-                        });
-                        prop_assert!(evidence_report, "{:?} advanced without evidence", next);
+                        let made_after = if gentle { since } else { since + policy.lag };
+                        let record = live.expect("a shared image advances on a report amiguard asked for");
+                        let own = reports.iter().find(|r| Some(&r.report_id) == record.report_id.as_ref() && r.image_id == "ami-1");
+                        let own = own.expect("amiguard's own report");
+                        prop_assert!(
+                            own.state == "available"
+                                && own.expires.is_some_and(|e| e > now())
+                                && own.created.is_some_and(|c| c >= made_after)
+                                && own.resource_types.contains(&("ec2:Instance".to_string(), None))
+                                && own.resource_types.contains(&("ec2:LaunchTemplate".to_string(), Some(20)))
+                                && (own.account_ids.is_empty() || (!judged.needs_every_account() && judged.user_ids.is_subset(&own.account_ids)))
+                                && record.report_permissions.as_ref().is_some_and(|then| judged.within(then))
+                                && own.entries.as_ref().is_some_and(|e| e.iter().all(|e| e.usage_count == 0)),
+                            "{:?} advanced on {:?}", next, own
+                        );
+                        prop_assert!(reports_read);
+                        prop_assert!(!reports.iter().any(|r| r.image_id == "ami-1" && r.uses().next().is_some()), "no report shows use");
+                    }
+                    if !gentle_first(stage, *next) {
+                        let since = stage_at.or(live.map(|r| r.candidate_since)).unwrap_or(now());
+                        prop_assert!(now() >= since + policy.dwell, "the dwell is over");
                     }
                 }
                 Verdict::Undo(_) | Verdict::EndedByPerson(_) => {
-                    prop_assert!(!image.public);
                     prop_assert!(matches!(stage, Stage::Deprecated | Stage::Disabled), "only amiguard's own stage");
                 }
                 _ => {}
             }
-            if image.public {
+            if image.public && !matches!(stage, Stage::Deprecated | Stage::Disabled) {
                 prop_assert_eq!(verdict, Verdict::Keep(ImageKeepReason::Public));
             }
         }
+    }
+
+    fn gentle_first(stage: Stage, next: Stage) -> bool {
+        stage == Stage::Active && next == Stage::Deprecated
     }
 }

@@ -43,7 +43,10 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
                     warnings.push(format!("{region}: {id} waits: its launch permissions could not be read: {err}"))
                 }
             }
-            let disabled = record.is_some_and(|r| r.stage >= Stage::Disabled);
+            // The stage in effect (an intended DisableImage EC2 shows counts): a disabled image's
+            // permissions are emptied by EC2, its recorded ones say who may use it.
+            let image = staged.iter().find(|i| &i.image_id == id);
+            let disabled = record.zip(image).is_some_and(|(r, i)| r.effective(i).0 >= Stage::Disabled);
             let judged =
                 if disabled { record.and_then(|r| r.permissions.clone()) } else { evidence[id].permissions.clone() };
             if judged.as_ref().is_some_and(|p| p.is_shared() && !p.public) {

@@ -70,6 +70,7 @@ pub(super) async fn retire_in_stages<E: Ec2, L: Records>(
         lag: Duration::days(i64::from(settings.lag_days)),
         protect_tag: run.config.protect_tag.clone(),
         image_builder_images: settings.image_builder_images,
+        template_depth: settings.template_depth,
     };
     let families = FamilyRule {
         tag: settings.family_tag.clone(),
@@ -179,6 +180,13 @@ struct Step {
     evidence_words: String,
     /// Whether EC2 lists the image deprecated now.
     deprecated_now: bool,
+    /// EC2's state of the image now (`available`, `disabled`, ...).
+    state_now: String,
+    /// The launch permissions the decision was judged against (the recorded ones once disabled).
+    judged: Option<crate::core::LaunchPermissions>,
+    /// Whether amiguard's report (the record's id) is listed for this image: only then is it
+    /// deleted; an id not listed is forgotten, never deleted (it may name someone else's report).
+    own_listed: bool,
     /// Whether the usage report amiguard asked for is done with: read, in error, expired, or no
     /// longer listed (delete it, forget its id); `false` while pending or when the reports could
     /// not be read.
@@ -229,16 +237,28 @@ impl Step {
             evidence.used_by_instance,
             evidence.used_by_launch_template
         );
-        let report_consumed =
-            record.and_then(|r| r.report_id.as_deref()).is_some_and(|id| {
-                evidence.reports_read
-                    && evidence.reports.iter().find(|r| r.report_id == id).is_none_or(|r| {
-                        r.entries.is_some() || r.state == "error" || r.expires.is_some_and(|at| at <= now)
-                    })
-            });
+        let own = record
+            .and_then(|r| r.report_id.as_deref())
+            .and_then(|id| evidence.reports.iter().find(|r| r.report_id == id && r.image_id == image.image_id));
+        let own_listed = own.is_some();
+        let report_consumed = record.and_then(|r| r.report_id.as_deref()).is_some() && evidence.reports_read && {
+            own.is_none_or(|r| r.entries.is_some() || r.state == "error" || r.expires.is_some_and(|at| at <= now))
+        };
+        let judged = judged.cloned();
         let record = record.cloned().unwrap_or_else(|| StageRecord::candidate(now));
         let deprecated_now = image.deprecation_time.is_some();
-        Self { record, changed: false, entry, evidence_words, deprecated_now, report_consumed }
+        let state_now = image.state.clone();
+        Self {
+            record,
+            changed: false,
+            entry,
+            evidence_words,
+            deprecated_now,
+            state_now,
+            judged,
+            own_listed,
+            report_consumed,
+        }
     }
 
     fn stopped(&mut self, change: StageChange, why: String, now: DateTime<Utc>) {
@@ -333,6 +353,13 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
         if !step.report_consumed {
             return;
         }
+        if !step.own_listed {
+            // Not listed for this image: gone, or not amiguard's; forgotten, never deleted.
+            step.record.report_id = None;
+            step.record.report_permissions = None;
+            step.changed = true;
+            return;
+        }
         let done =
             self.run.until_cutoff("DeleteImageUsageReport", self.ec2.delete_image_usage_report(&report_id)).await;
         match done {
@@ -344,15 +371,27 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
             }
         }
         step.record.report_id = None;
+        step.record.report_permissions = None;
         step.changed = true;
     }
 
+    /// Asks for a fresh report, the launch permissions it is judged against recorded with it; the
+    /// one amiguard had (no longer evidence: the core asks only when it is not pending) is deleted
+    /// first, so that at most one is live.
     async fn request_report(&self, step: &mut Step, warnings: &mut Vec<String>) {
+        if step.record.report_id.is_some() {
+            step.report_consumed = true;
+            self.consume_report(step, warnings).await;
+            if step.record.report_id.is_some() {
+                return;
+            }
+        }
         let (image_id, depth) = (&step.entry.image_id, self.run.config.staged_retirement.template_depth);
         match self.run.until_cutoff("CreateImageUsageReport", self.ec2.create_image_usage_report(image_id, depth)).await
         {
             Ok(report_id) => {
                 step.record.report_id = Some(report_id);
+                step.record.report_permissions = step.judged.clone();
                 step.changed = true;
             }
             Err(err) => {
@@ -368,12 +407,30 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
             step.entry.waiting_for = Some("left for the next run (deadline near, or the ledger failed)".into());
             return;
         }
+        if next == Stage::Disabled {
+            // EC2 removes every launch permission on DisableImage: what to put back is these, read
+            // now, and never more than the decision was judged against.
+            let image_id = step.entry.image_id.clone();
+            let now_read =
+                self.run.until_cutoff("DescribeImageAttribute", self.ec2.launch_permissions(&image_id)).await;
+            let why = match (now_read, step.judged.as_ref()) {
+                (Ok(read), Some(judged)) if read.within(judged) => {
+                    step.record.permissions = Some(read);
+                    None
+                }
+                (Ok(_), _) => Some("its sharing changed since it was judged: judged again next run".to_string()),
+                (Err(err), _) => {
+                    Some(format!("its launch permissions could not be read before disabling: {}", err.code))
+                }
+            };
+            if let Some(why) = why {
+                warnings.push(format!("{}: {image_id} not disabled: {why}", self.region));
+                step.entry.waiting_for = Some(why);
+                return;
+            }
+        }
         self.consume_report(step, warnings).await;
         step.record.intended = Some((next, now));
-        if next == Stage::Disabled {
-            // EC2 removes every launch permission on DisableImage: what to put back is these.
-            step.record.permissions = self.permissions_now(&step.entry.image_id).await;
-        }
         if !self.save(step, warnings).await {
             return;
         }
@@ -393,11 +450,6 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
                 step.entry.waiting_for = Some(format!("{} failed: {}", next.name(), err.code));
             }
         }
-    }
-
-    /// The launch permissions read this run, as recorded before disabling.
-    async fn permissions_now(&self, image_id: &str) -> Option<crate::core::LaunchPermissions> {
-        self.run.until_cutoff("DescribeImageAttribute", self.ec2.launch_permissions(image_id)).await.ok()
     }
 
     fn took(&self, step: &mut Step, next: Stage) {
@@ -453,7 +505,7 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
                 self.run.until_cutoff("DisableImageDeprecation", self.ec2.disable_image_deprecation(&image_id)).await
             }
             Stage::Disabled => match self.run.until_cutoff("EnableImage", self.ec2.enable_image(&image_id)).await {
-                Ok(()) => match self.restore_sharing(&step.record, &image_id).await {
+                Ok(()) => match self.restore_sharing(step, &image_id).await {
                     Ok(()) => self.remove_own_deprecation(step, &image_id).await,
                     Err(err) => Err(err),
                 },
@@ -475,7 +527,20 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
 
     async fn ended_by_person(&self, step: &mut Step, why: &str, warnings: &mut Vec<String>) {
         let image_id = step.entry.image_id.clone();
-        let restored = match self.restore_sharing(&step.record, &image_id).await {
+        if step.state_now != "available" {
+            // Someone else left it in another state: amiguard stops and touches nothing; what it
+            // left is said, for a person to finish.
+            let left = format!(
+                "{why} (amiguard's deprecation: {}; recorded sharing: {:?})",
+                if step.deprecated_now && step.record.deprecation_is_amiguards() { "left on it" } else { "none" },
+                step.record.permissions
+            );
+            warnings.push(format!("{}: {image_id}: {left}", self.region));
+            self.consume_report(step, warnings).await;
+            step.stopped(StageChange::EndedByPerson, left, self.now());
+            return;
+        }
+        let restored = match self.restore_sharing(step, &image_id).await {
             Ok(()) => self.remove_own_deprecation(step, &image_id).await,
             Err(err) => Err(err),
         };
@@ -499,23 +564,31 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
         self.run.until_cutoff("DisableImageDeprecation", self.ec2.disable_image_deprecation(image_id)).await
     }
 
-    /// Puts back the launch permissions recorded before amiguard disabled the image.
-    async fn restore_sharing(&self, record: &StageRecord, image_id: &str) -> Result<(), AwsError> {
-        match &record.permissions {
-            Some(permissions)
-                if record.stage >= Stage::Disabled || record.intended.is_some_and(|(s, _)| s == Stage::Disabled) =>
-            {
+    /// Puts back the launch permissions recorded before amiguard disabled the image, when EC2
+    /// shows that stage taken (a DisableImage that failed removed nothing: nothing is re-added).
+    /// Disabled with none recorded: an error (the sharing is unknown), never a silent success.
+    async fn restore_sharing(&self, step: &Step, image_id: &str) -> Result<(), AwsError> {
+        if step.entry.stage < Stage::Disabled {
+            return Ok(());
+        }
+        match &step.record.permissions {
+            Some(permissions) => {
                 self.run
                     .until_cutoff("ModifyImageAttribute", self.ec2.add_launch_permissions(image_id, permissions))
                     .await
             }
-            _ => Ok(()),
+            None => Err(AwsError::new(
+                "ModifyImageAttribute",
+                "SharingUnknown",
+                "amiguard disabled it with no launch permissions recorded: its sharing must be put back by hand",
+            )),
         }
     }
 
     /// Writes the step's record; `false` (a warning, the ledger marked failed) when it could not.
     async fn save(&self, step: &mut Step, warnings: &mut Vec<String>) -> bool {
-        let Some(store) = self.run.writable_store() else { return true };
+        // No writable ledger: only a dry run (which takes nothing) goes on.
+        let Some(store) = self.run.writable_store() else { return self.run.dry_run };
         let run_id = &self.run.invocation.request_id;
         let write =
             store.record_retirement(self.region, &step.entry.image_id, &step.record, run_id, &step.evidence_words);

@@ -354,6 +354,7 @@ impl Ec2 for FakeEc2 {
             created: Some(created),
             expires: Some(created + chrono::Duration::days(30)),
             account_ids: BTreeSet::new(),
+            resource_types: vec![("ec2:Instance".into(), None), ("ec2:LaunchTemplate".into(), Some(depth))],
             entries: Some(Vec::new()),
         });
         Ok(report_id)
