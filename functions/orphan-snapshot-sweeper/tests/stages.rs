@@ -10,8 +10,11 @@ use amiguard::ledger::keys;
 use amiguard::ledger::memory::MemoryLedger;
 use amiguard::tags::Tag;
 use chrono::{DateTime, Duration, Utc};
+use orphan_snapshot_sweeper::adapters::retirement_ledger;
 use orphan_snapshot_sweeper::config::StagedRetirement;
-use orphan_snapshot_sweeper::core::{ImageFacts, LaunchPermissions, StagedImage, UsageEntry};
+use orphan_snapshot_sweeper::core::{
+    ImageFacts, LaunchPermissions, Stage, StageRecord, StagedImage, UsageEntry, UsageReport,
+};
 use orphan_snapshot_sweeper::{Config, ImageKeepReason, Report};
 use serde_json::Value;
 use support::*;
@@ -328,4 +331,214 @@ async fn undoing_a_disabled_image_enables_it_puts_back_its_sharing_and_removes_a
     assert_eq!(ec2.calls_to("EnableImage"), ["ami-01"]);
     assert_eq!(ec2.permissions.lock().unwrap().get("ami-01"), Some(&consumer()));
     assert_eq!(ec2.calls_to("DisableImageDeprecation"), ["ami-01"]);
+}
+
+/// Runs until `ami-01` (shared with the consumer) is deprecated, then asks for and readies the
+/// report of its next stage: the next run would disable it.
+async fn deprecated_with_a_report(config: &Config, ledger: &MemoryLedger) -> FakeEc2 {
+    let ec2 = region(&[1]);
+    shared_with(&ec2, "ami-01", consumer());
+    let (_, ec2) = sweep_in(config, ec2, ledger, hours(0)).await;
+    reports_ready(&ec2, vec![]);
+    let (_, ec2) = sweep_in(config, ec2, ledger, hours(1)).await;
+    assert_eq!(ec2.calls_to("EnableImageDeprecation"), ["ami-01"]);
+    *ec2.report_clock.lock().unwrap() = Some(hours(2));
+    let (_, ec2) = sweep_in(config, ec2, ledger, hours(2)).await;
+    reports_ready(&ec2, vec![]);
+    ec2
+}
+
+#[tokio::test]
+async fn no_disable_image_when_the_launch_permissions_read_just_before_it_fails() {
+    let ledger = MemoryLedger::new();
+    let config = staged(0, 0);
+    let ec2 = deprecated_with_a_report(&config, &ledger).await;
+    // The run's second read of the permissions (the one just before DisableImage) is throttled.
+    let read = ec2.calls_to("DescribeImageAttribute").len();
+    ec2.fail_nth.lock().unwrap().insert("DescribeImageAttribute", read + 2);
+    let (report, ec2) = sweep_in(&config, ec2, &ledger, hours(3)).await;
+    assert!(ec2.calls_to("DisableImage").is_empty(), "disabled with its sharing unread");
+    let waiting = entry(&stages_of(&report), "ami-01").clone();
+    assert_eq!(waiting["stage"], "deprecated");
+    assert!(waiting["waiting_for"].as_str().unwrap().contains("could not be read"), "{waiting}");
+    assert!(report.warnings.iter().any(|w| w.contains("not disabled")), "{:?}", report.warnings);
+    // The next run reads them and records them before disabling.
+    let (report, ec2) = sweep_in(&config, ec2, &ledger, hours(4)).await;
+    assert_eq!(entry(&stages_of(&report), "ami-01")["stage"], "disabled");
+    assert_eq!(ec2.calls_to("DisableImage"), ["ami-01"]);
+    let record = ledger.get(&keys::retirement("us-east-1"), "ami-01").unwrap();
+    assert_eq!(record.list("launch_permission_accounts").unwrap(), [CONSUMER]);
+}
+
+#[tokio::test]
+async fn a_failed_disable_image_re_adds_nothing_when_the_retirement_later_ends() {
+    let ledger = MemoryLedger::new();
+    let config = staged(0, 0);
+    let mut ec2 = deprecated_with_a_report(&config, &ledger).await;
+    ec2.fail.insert("DisableImage", "UnauthorizedOperation".into());
+    let (report, mut ec2) = sweep_in(&config, ec2, &ledger, hours(3)).await;
+    assert_eq!(ec2.calls_to("DisableImage"), ["ami-01"]);
+    assert!(entry(&stages_of(&report), "ami-01")["waiting_for"].as_str().unwrap().contains("disabled failed"));
+    ec2.fail.clear();
+    // The owner off-boards the consumer, and removes amiguard's deprecation.
+    ec2.permissions.lock().unwrap().remove("ami-01");
+    ec2.change_image("ami-01", |i| i.deprecation_time = None);
+    let (report, ec2) = sweep_in(&config, ec2, &ledger, hours(4)).await;
+    assert_eq!(entry(&stages_of(&report), "ami-01")["change"], "ended_by_person");
+    assert!(ec2.calls_to("ModifyImageAttribute").is_empty(), "EC2 never removed them");
+    assert_eq!(ec2.permissions.lock().unwrap().get("ami-01"), None);
+}
+
+/// A record amiguard left: `stage` taken 20 days ago, its deprecation, `permissions` recorded.
+fn record(ledger: &MemoryLedger, image_id: &str, stage: Stage, permissions: Option<LaunchPermissions>) {
+    let at = hours(-20 * 24);
+    let record = StageRecord {
+        stage,
+        stage_at: Some(at),
+        began_at: Some(at),
+        permissions,
+        deprecated_by_amiguard: true,
+        ..StageRecord::candidate(at - Duration::days(1))
+    };
+    ledger.insert(retirement_ledger::to_item("us-east-1", image_id, &record));
+}
+
+#[tokio::test]
+async fn a_restore_with_no_recorded_permissions_is_a_failure_reported_and_retried_never_an_end() {
+    let ledger = MemoryLedger::new();
+    let config = staged(0, 0);
+    let mut ec2 = region(&[1, 2]);
+    for id in ["ami-01", "ami-02"] {
+        record(&ledger, id, Stage::Disabled, None);
+        ec2.change_image(id, |i| {
+            i.state = "disabled".into();
+            i.deprecation_time = Some(hours(-20 * 24));
+        });
+    }
+    // ami-01: a person enables it; ami-02: an instance of this account runs it (undo).
+    ec2.change_image("ami-01", |i| i.state = "available".into());
+    ec2.instances.insert("ami-02".into());
+    for hour in [0, 1] {
+        let (report, next) = sweep_in(&config, ec2, &ledger, hours(hour)).await;
+        ec2 = next;
+        let stages = stages_of(&report);
+        for id in ["ami-01", "ami-02"] {
+            let entry = entry(&stages, id);
+            assert_eq!(entry["change"], "none", "{entry}");
+            let record = ledger.get(&keys::retirement("us-east-1"), id).unwrap();
+            assert_eq!((record.s("stage"), record.s("ended_why")), (Some("disabled"), None), "{id}: not ended");
+            assert!(report.warnings.iter().any(|w| w.contains(id) && w.contains("by hand")), "{:?}", report.warnings);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_person_disabling_an_image_amiguard_deprecated_ends_the_retirement_untouched() {
+    let ledger = MemoryLedger::new();
+    let config = staged(0, 0);
+    let (_, ec2) = sweep_in(&config, region(&[1]), &ledger, hours(0)).await;
+    assert_eq!(ec2.calls_to("EnableImageDeprecation"), ["ami-01"]);
+    ec2.change_image("ami-01", |i| i.state = "disabled".into());
+    let (report, ec2) = sweep_in(&config, ec2, &ledger, hours(1)).await;
+    let ended = entry(&stages_of(&report), "ami-01").clone();
+    assert_eq!(ended["change"], "ended_by_person", "{ended}");
+    assert!(ended["why_stopped"].as_str().unwrap().contains("found disabled"), "{ended}");
+    let record = ledger.get(&keys::retirement("us-east-1"), "ami-01").unwrap();
+    assert!(record.s("ended_why").is_some());
+    let (_, ec2) = sweep_in(&config, ec2, &ledger, hours(2)).await;
+    let (_, ec2) = sweep_in(&config, ec2, &ledger, hours(3)).await;
+    for call in ["DisableImage", "DeregisterImage", "ModifyImageAttribute", "EnableImage"] {
+        assert!(ec2.calls_to(call).is_empty(), "{call}");
+    }
+}
+
+#[tokio::test]
+async fn no_stage_is_taken_that_the_ledger_could_not_record_first_at_any_stage() {
+    let ledger = MemoryLedger::new();
+    let config = staged(0, 0);
+    let (_, ec2) = sweep_in(&config, region(&[1]), &ledger, hours(0)).await;
+    ledger.fail("PutItem");
+    let (_, ec2) = sweep_in(&config, ec2, &ledger, hours(1)).await;
+    assert!(ec2.calls_to("DisableImage").is_empty());
+    ledger.heal();
+    let (_, ec2) = sweep_in(&config, ec2, &ledger, hours(2)).await;
+    assert_eq!(ec2.calls_to("DisableImage"), ["ami-01"]);
+    ledger.fail("PutItem");
+    let (_, ec2) = sweep_in(&config, ec2, &ledger, hours(3)).await;
+    assert!(ec2.calls_to("DeregisterImage").is_empty());
+    ledger.heal();
+    let (_, ec2) = sweep_in(&config, ec2, &ledger, hours(4)).await;
+    assert_eq!(ec2.calls_to("DeregisterImage"), ["ami-01"]);
+}
+
+#[tokio::test]
+async fn a_dry_run_with_records_and_reports_present_changes_nothing() {
+    let ledger = MemoryLedger::new();
+    let ec2 = region(&[1, 2, 3, 4, 5]);
+    let deprecated_at = hours(-20 * 24);
+    for n in 1..=5 {
+        ec2.change_image(&format!("ami-0{n}"), |i| i.deprecation_time = Some(deprecated_at));
+    }
+    // ami-01: amiguard disabled it, a person enabled it: its sharing would be put back.
+    record(&ledger, "ami-01", Stage::Disabled, Some(consumer()));
+    // ami-02: launched since amiguard deprecated it: the deprecation would be removed.
+    record(&ledger, "ami-02", Stage::Deprecated, Some(LaunchPermissions::default()));
+    ec2.change_image("ami-02", |i| i.last_launched_time = Some(hours(-24)));
+    // ami-03: shared, amiguard's report read with no use: it would be disabled, the report deleted.
+    // ami-04: shared, amiguard's report in error: it would be deleted and another asked for.
+    for (id, report_id, state) in [("ami-03", "amiur-3", "available"), ("ami-04", "amiur-4", "error")] {
+        shared_with(&ec2, id, consumer());
+        let at = hours(-20 * 24);
+        let record = StageRecord {
+            stage: Stage::Deprecated,
+            stage_at: Some(at),
+            began_at: Some(at),
+            deprecated_by_amiguard: true,
+            report_id: Some(report_id.into()),
+            report_permissions: Some(consumer()),
+            ..StageRecord::candidate(at - Duration::days(1))
+        };
+        ledger.insert(retirement_ledger::to_item("us-east-1", id, &record));
+        ec2.usage_reports.lock().unwrap().push(UsageReport {
+            report_id: report_id.into(),
+            image_id: id.into(),
+            state: state.into(),
+            created: Some(hours(-24)),
+            expires: Some(hours(24 * 29)),
+            account_ids: Default::default(),
+            resource_types: vec![("ec2:Instance".into(), None), ("ec2:LaunchTemplate".into(), Some(20))],
+            entries: Some(vec![]),
+        });
+    }
+    // ami-05: disabled by amiguard, unshared: it would be deregistered.
+    record(&ledger, "ami-05", Stage::Disabled, Some(LaunchPermissions::default()));
+    ec2.change_image("ami-05", |i| i.state = "disabled".into());
+    ec2.change_image("ami-01", |i| i.state = "available".into());
+    let before = ledger.partition(&keys::retirement("us-east-1"));
+    let config = Config { dry_run: true, ..staged(0, 0) };
+    let (report, ec2) = sweep_in(&config, ec2, &ledger, hours(0)).await;
+    let stages = stages_of(&report);
+    assert!(entry(&stages, "ami-01")["why_stopped"]
+        .as_str()
+        .unwrap()
+        .starts_with("would put its recorded sharing back"));
+    assert!(entry(&stages, "ami-02")["why_stopped"].as_str().unwrap().starts_with("would undo"));
+    for id in ["ami-03", "ami-05"] {
+        assert_eq!(entry(&stages, id)["change"], "would_advance", "{id}: {stages:?}");
+    }
+    assert!(entry(&stages, "ami-04")["waiting_for"].as_str().unwrap().contains("error"));
+    for change in [
+        "EnableImageDeprecation",
+        "DisableImageDeprecation",
+        "CreateImageUsageReport",
+        "DeleteImageUsageReport",
+        "DisableImage",
+        "EnableImage",
+        "ModifyImageAttribute",
+        "DeregisterImage",
+        "CreateTags",
+    ] {
+        assert!(ec2.calls_to(change).is_empty(), "{change}: {:?}", ec2.calls());
+    }
+    assert_eq!(ledger.partition(&keys::retirement("us-east-1")), before, "no retirement record written");
 }

@@ -186,6 +186,9 @@ pub struct FakeEc2 {
     pub referenced: BTreeSet<String>,
     pub shared_snapshots: BTreeSet<String>,
     pub fail: BTreeMap<&'static str, String>,
+    /// The call to an operation that fails (`RequestLimitExceeded`): its number among all the
+    /// calls to it so far, from 1 (to fail one call in the middle of a run).
+    pub fail_nth: Mutex<BTreeMap<&'static str, usize>>,
     pub delete_errors: BTreeMap<String, String>,
     pub deregister_errors: BTreeMap<String, String>,
     pub calls: Mutex<Vec<String>>,
@@ -238,6 +241,10 @@ impl FakeEc2 {
 
     fn call(&self, op: &'static str, arg: &str) -> Result<(), AwsError> {
         self.calls.lock().unwrap().push(if arg.is_empty() { op.to_string() } else { format!("{op} {arg}") });
+        let nth = self.calls().iter().filter(|c| c.as_str() == op || c.starts_with(&format!("{op} "))).count();
+        if self.fail_nth.lock().unwrap().get(op) == Some(&nth) {
+            return Err(err(op, "RequestLimitExceeded"));
+        }
         match self.fail.get(op) {
             Some(code) => Err(err(op, code)),
             None => Ok(()),
