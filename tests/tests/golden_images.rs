@@ -579,7 +579,8 @@ async fn a_report_older_than_the_stage_plus_the_lag_or_expired_advances_nothing(
     let stale = world.run(&real, since + days(15)).await;
     let entry = stage(&stale, &golden);
     assert_eq!(fields(entry), ("deprecated", "none", Some("disabled")), "{entry}");
-    assert!(entry["waiting_for"].as_str().is_some_and(|w| w.contains("USAGE_REPORT_LAG_DAYS")), "{entry}");
+    // (A person's report, instances only, is no evidence at all: amiguard asks for its own.)
+    assert_eq!(entry["waiting_for"], "no usage report yet", "{entry}");
     assert_eq!(world.state(&golden).await.as_deref(), Some("available"));
     assert_eq!(world.calls("DisableImage"), 0);
     assert!(world.model.reports().iter().any(|r| r.report_id == early.report_id().unwrap()), "not amiguard's: kept");
@@ -791,4 +792,70 @@ async fn with_the_default_dwell_and_lag_each_stage_waits_its_days() {
     let after = world.run(&defaults, e + days(15)).await;
     let deleted: BTreeSet<String> = [&read, &after].iter().flat_map(|r| strings(&r["regions"][0]["deleted"])).collect();
     assert!(deleted.contains(&snapshot), "{deleted:?}");
+}
+
+/// A person's DisableImage on an image amiguard deprecated (EC2 then empties its launch
+/// permissions): amiguard's retirement ends there, untouched; the emptied permissions are never
+/// read as "not shared", and it is neither disabled again nor deregistered.
+#[tokio::test]
+async fn a_persons_disable_image_on_an_image_amiguard_deprecated_ends_the_retirement() {
+    let world = World::new().await;
+    let consumer = TestAccount::new().await;
+    let (golden, snapshot) = world.image("golden-held", &[]).await;
+    world.share(&golden, &[&consumer.account_id], false).await;
+    let (_, read) = with_a_report(&world, &[&consumer], &[], world.start).await;
+    assert_eq!(fields(stage(&read, &golden)).0, "deprecated");
+    world.person().disable_image().image_id(&golden).send().await.unwrap();
+    assert_eq!(world.state(&golden).await.as_deref(), Some("disabled"));
+    let next = world.run(&[], world.start + minutes(2)).await;
+    let ended = stage(&next, &golden);
+    assert_eq!(ended["change"], "ended_by_person", "{ended}");
+    assert!(ended["why_stopped"].as_str().is_some_and(|w| w.contains("found disabled")), "{ended}");
+    for n in 4..8 {
+        world.run(&[], world.start + minutes(n)).await;
+    }
+    assert_eq!((world.calls("DisableImage"), world.calls("DeregisterImage")), (0, 0));
+    assert_eq!(world.state(&golden).await.as_deref(), Some("disabled"), "left as the person left it");
+    assert!(world.snapshot_exists(&snapshot).await);
+}
+
+/// A report someone else made (every account, instances and launch templates 20 deep, no use) is
+/// no evidence: only the report amiguard asked for (the ledger's id) advances a shared image.
+#[tokio::test]
+async fn a_report_someone_else_made_advances_nothing() {
+    let world = World::new().await;
+    let consumer = TestAccount::new().await;
+    let (golden, _) = world.image("golden-others-report", &[]).await;
+    world.share(&golden, &[&consumer.account_id], false).await;
+    world.run(&[], world.start).await;
+    assert_eq!(world.calls("CreateImageUsageReport"), 1);
+    // A person deletes amiguard's report and makes one of their own, as full as amiguard's.
+    let [own] = world.model.reports_of(&golden).try_into().unwrap_or_else(|r| panic!("one report: {r:?}"));
+    world.person().delete_image_usage_report().report_id(&own.report_id).send().await.unwrap();
+    let depth = aws_sdk_ec2::types::ImageUsageResourceTypeOptionRequest::builder()
+        .option_name("version-depth")
+        .option_values("20")
+        .build();
+    world
+        .person()
+        .create_image_usage_report()
+        .image_id(&golden)
+        .resource_types(
+            aws_sdk_ec2::types::ImageUsageResourceTypeRequest::builder().resource_type("ec2:Instance").build(),
+        )
+        .resource_types(
+            aws_sdk_ec2::types::ImageUsageResourceTypeRequest::builder()
+                .resource_type("ec2:LaunchTemplate")
+                .resource_type_options(depth)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    world.model.complete_reports_from(&[&consumer]).await;
+    let read = world.run(&[], world.start + minutes(1)).await;
+    let waiting = stage(&read, &golden);
+    assert_eq!(fields(waiting).0, "active", "{waiting}");
+    assert_eq!(world.model.deprecation(&golden), None);
+    assert_eq!(world.calls("CreateImageUsageReport"), 2, "its own asked for again");
 }
