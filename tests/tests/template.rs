@@ -493,3 +493,57 @@ fn only_the_functions_that_import_findings_may_import_them_and_only_into_the_acc
         assert!(grants(&off, function).is_empty(), "{function}: findings off, no Security Hub grant");
     }
 }
+
+/// Whether the sweeper's config accepts `value` for `variable` (the rest as deployed defaults).
+fn sweeper_accepts(variable: &str, value: &str) -> bool {
+    let vars: std::collections::HashMap<String, String> =
+        [("AWS_REGION", "us-east-1"), (variable, value)].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    orphan_snapshot_sweeper::Config::from_env(&move |name: &str| vars.get(name).cloned()).is_ok()
+}
+
+/// Every value the staged-retirement parameters allow is one the function accepts, and every
+/// plain number it accepts the parameter allows: a deployed value it refused would fail every
+/// sweep at init (snapshot sweeping included).
+#[test]
+fn the_staged_retirement_parameters_allow_exactly_what_the_sweeper_accepts() {
+    let template = load();
+    let env = &template["Resources"]["OrphanSnapshotSweeperFunction"]["Properties"]["Environment"]["Variables"];
+    let variable = |parameter: &str| {
+        let found = env.as_object().unwrap().iter().find(|(_, v)| **v == json!({"!Ref": parameter}));
+        found.unwrap_or_else(|| panic!("{parameter} is not passed to the sweeper")).0.clone()
+    };
+    for (parameter, max) in
+        [("SweeperRetireDwellDays", 3650), ("SweeperUsageReportLagDays", 29), ("SweeperRetireKeepNewest", 1000)]
+    {
+        let name = variable(parameter);
+        let mut values: Vec<String> = (0..=max + 1).map(|d: u32| d.to_string()).collect();
+        values.extend(["", "00", "07", "-1", "1e2", " 7", "99999"].map(str::to_string));
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        let allowed = parameter_accepts(&template, parameter, &values);
+        for (value, allowed) in values.iter().zip(allowed) {
+            let canonical = value.parse::<u32>().is_ok_and(|n| n.to_string() == *value);
+            if allowed || canonical {
+                assert_eq!(allowed, sweeper_accepts(&name, value), "{parameter} ({name}) = {value:?}");
+            }
+        }
+    }
+    let name = variable("SweeperRetireFamilyTag");
+    let long = "a".repeat(128);
+    let too_long = "a".repeat(129);
+    let tags = ["", "golden:family", "team/app", "aws:x", "AWS:x", " x", "x ", "a b", &long, &too_long];
+    let allowed = parameter_accepts(&template, "SweeperRetireFamilyTag", &tags);
+    for (tag, allowed) in tags.iter().zip(allowed) {
+        assert!(
+            !allowed || sweeper_accepts(&name, tag),
+            "SweeperRetireFamilyTag = {tag:?} allowed, refused by the sweeper"
+        );
+    }
+    assert!(!parameter_accepts(&template, "SweeperRetireFamilyTag", &["aws:x", " x"]).contains(&true));
+    for parameter in ["SweeperRetireStages", "SweeperRetireImageBuilderImages"] {
+        let name = variable(parameter);
+        for value in template["Parameters"][parameter]["AllowedValues"].as_array().unwrap() {
+            let value = value.as_str().unwrap();
+            assert!(sweeper_accepts(&name, value), "{parameter} ({name}) = {value:?}");
+        }
+    }
+}
