@@ -219,6 +219,15 @@ pub trait Records: LedgerStore {
         run_id: &str,
         evidence: &str,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+
+    /// Staged retirement: forgets the record of a candidate that is one no more (its candidacy
+    /// begins again, dated anew, when it is one again).
+    fn forget_retirement(
+        &self,
+        region: &str,
+        image_id: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 /// What the ledger says of one region (for the planner), and what this sweep has to write of

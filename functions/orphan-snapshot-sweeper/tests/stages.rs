@@ -542,3 +542,29 @@ async fn a_dry_run_with_records_and_reports_present_changes_nothing() {
     }
     assert_eq!(ledger.partition(&keys::retirement("us-east-1")), before, "no retirement record written");
 }
+
+#[tokio::test]
+async fn a_candidate_that_stops_being_one_is_forgotten_and_its_old_report_never_counts() {
+    let ledger = MemoryLedger::new();
+    let config = Config { retire_unused_amis_after_days: Some(1), ..staged(0, 0) };
+    let ec2 = region(&[1]);
+    shared_with(&ec2, "ami-01", consumer());
+    let (_, ec2) = sweep_in(&config, ec2, &ledger, hours(0)).await;
+    assert_eq!(ec2.calls_to("CreateImageUsageReport").len(), 1);
+    // Launched: a candidate no more. Its record and the report asked for it are forgotten.
+    ec2.change_image("ami-01", |i| i.last_launched_time = Some(hours(1)));
+    let (_, ec2) = sweep_in(&config, ec2, &ledger, hours(2)).await;
+    assert_eq!(ec2.calls_to("DeleteImageUsageReport"), ["amiur-1"]);
+    assert!(ledger.get(&keys::retirement("us-east-1"), "ami-01").unwrap().s("stage").is_none(), "forgotten");
+    // A candidate again a day after the launch: the report made before (had it survived) is no
+    // evidence; a fresh one is asked for, and nothing advances yet.
+    reports_ready(&ec2, vec![]);
+    let (report, ec2) = sweep_in(&config, ec2, &ledger, hours(26)).await;
+    assert!(ec2.calls_to("EnableImageDeprecation").is_empty(), "{:?}", stages_of(&report));
+    assert_eq!(ec2.calls_to("CreateImageUsageReport").len(), 2);
+    let record = ledger.get(&keys::retirement("us-east-1"), "ami-01").unwrap();
+    assert_eq!(
+        record.s("candidate_since"),
+        Some(hours(26).to_rfc3339_opts(chrono::SecondsFormat::Secs, true).as_str())
+    );
+}

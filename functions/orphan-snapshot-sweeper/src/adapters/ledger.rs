@@ -250,6 +250,10 @@ impl<S: LedgerStore> Records for S {
     ) -> Result<(), AwsError> {
         super::retirement_ledger::write_record(self, region, image_id, record, run_id, evidence).await
     }
+
+    async fn forget_retirement(&self, region: &str, image_id: &str, at: DateTime<Utc>) -> Result<(), AwsError> {
+        super::retirement_ledger::forget_record(self, region, image_id, at).await
+    }
 }
 
 /// A seen image's record.

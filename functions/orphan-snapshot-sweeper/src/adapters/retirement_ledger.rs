@@ -63,6 +63,20 @@ pub async fn write_record(
     store.put(&item, &Condition::Always).await.map(|_| ())
 }
 
+/// Forgets the record of `image_id` (a candidate that is one no more, at `at`): overwritten by an
+/// item without a stage, which reads as no record, and expires (a PutItem: the role deletes nothing).
+pub async fn forget_record(
+    store: &impl LedgerStore,
+    region: &str,
+    image_id: &str,
+    at: DateTime<Utc>,
+) -> Result<(), AwsError> {
+    let item = Item::new(keys::retirement(region), image_id)
+        .with_time("forgotten_at", at)
+        .with_n(TTL_ATTRIBUTE, (at + KEEP_ENDED).timestamp());
+    store.put(&item, &Condition::Always).await.map(|_| ())
+}
+
 pub fn to_item(region: &str, image_id: &str, record: &StageRecord) -> Item {
     let mut item = Item::new(keys::retirement(region), image_id)
         .with_s(STAGE, record.stage.name())

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::planner::{exceeds_fraction, CircuitBreakerTrip};
 use super::retire::ImageKeepReason;
-use super::stages::{decide, Evidence, StagePolicy, StageRecord, StagedImage, Verdict, IMAGE_BUILDER_TAG};
+use super::stages::{decide, Evidence, Stage, StagePolicy, StageRecord, StagedImage, Verdict, IMAGE_BUILDER_TAG};
 use amiguard::tags;
 
 /// How images are grouped into families.
@@ -82,6 +82,10 @@ pub struct StagePlan {
     /// Every image with a verdict other than `Keep`, oldest first, with that verdict.
     pub decided: Vec<(StagedImage, Verdict)>,
     pub kept: BTreeMap<ImageKeepReason, u64>,
+    /// The images kept while the ledger holds them as candidates (no stage taken, none intended,
+    /// not ended), for a reason other than a fact not known: candidates no more, their record
+    /// (and the report asked for them) forgotten, so that a later candidacy is dated anew.
+    pub no_longer_candidates: Vec<String>,
     /// The images kept only because what EC2 says of their use is not asked yet: ask, then plan again.
     pub to_ask: BTreeSet<String>,
     pub circuit_breaker: Option<CircuitBreakerTrip>,
@@ -91,8 +95,13 @@ pub struct StagePlan {
 /// circuit breaker (more advances than `max_delete_fraction` of the region's images: none).
 pub fn plan_stages(input: &StageInput<'_>, policy: &StagePolicy, families: &FamilyRule) -> StagePlan {
     let newest = newest_of_families(input.images, families);
-    let mut plan =
-        StagePlan { decided: Vec::new(), kept: BTreeMap::new(), to_ask: BTreeSet::new(), circuit_breaker: None };
+    let mut plan = StagePlan {
+        decided: Vec::new(),
+        kept: BTreeMap::new(),
+        no_longer_candidates: Vec::new(),
+        to_ask: BTreeSet::new(),
+        circuit_breaker: None,
+    };
     let unknown = Evidence::default();
     let mut images: Vec<&StagedImage> = input.images.iter().collect();
     images.sort_by(|a, b| (a.creation_date, &a.image_id).cmp(&(b.creation_date, &b.image_id)));
@@ -105,6 +114,17 @@ pub fn plan_stages(input: &StageInput<'_>, policy: &StagePolicy, families: &Fami
                 *plan.kept.entry(reason).or_default() += 1;
                 if reason == ImageKeepReason::ReferencesUnknown {
                     plan.to_ask.insert(image.image_id.clone());
+                }
+                let unknown = matches!(
+                    reason,
+                    ImageKeepReason::ReferencesUnknown
+                        | ImageKeepReason::SharingUnknown
+                        | ImageKeepReason::SnapshotSharingUnknown
+                );
+                let candidate =
+                    record.is_some_and(|r| r.ended.is_none() && r.stage == Stage::Active && r.intended.is_none());
+                if candidate && !unknown {
+                    plan.no_longer_candidates.push(image.image_id.clone());
                 }
             }
             verdict => plan.decided.push((image.clone(), verdict)),

@@ -119,6 +119,9 @@ pub(super) async fn retire_in_stages<E: Ec2, L: Records>(
     if let Some(trip) = &plan.circuit_breaker {
         report.retirement_skipped = Some(format!("{trip} (images)"));
     }
+    if !run.dry_run {
+        here.forget_candidates(&plan.no_longer_candidates, &records, warnings).await;
+    }
     let advancing = plan.decided.iter().filter(|(_, v)| matches!(v, Verdict::Advance(_))).count() as u64;
     *budget = budget.saturating_sub(advancing);
     let mut entries = Vec::new();
@@ -344,6 +347,39 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
         }
         if step.changed && !dry_run {
             self.save(step, warnings).await;
+        }
+    }
+
+    /// Forgets the records of the candidates that are ones no more (and deletes the report asked
+    /// for them, an id amiguard's own CreateImageUsageReport answered): a later candidacy is
+    /// dated anew, and no report made before it counts.
+    async fn forget_candidates(
+        &self,
+        ids: &[String],
+        records: &BTreeMap<String, StageRecord>,
+        warnings: &mut Vec<String>,
+    ) {
+        let Some(store) = self.run.writable_store() else { return };
+        for id in ids {
+            if self.run.deadline_is_near() || self.run.ledger_failure().is_some() {
+                return;
+            }
+            if let Some(report_id) = records.get(id).and_then(|r| r.report_id.as_deref()) {
+                let deleted = self
+                    .run
+                    .until_cutoff("DeleteImageUsageReport", self.ec2.delete_image_usage_report(report_id))
+                    .await;
+                if let Err(err) = deleted.or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) }) {
+                    warnings.push(format!("{}: usage report {report_id} could not be deleted: {err}", self.region));
+                    continue;
+                }
+            }
+            let forgotten = store.forget_retirement(self.region, id, self.now());
+            if let Err(err) = self.run.until_cutoff("PutItem", forgotten).await {
+                self.run.ledger_broke(&err);
+                warnings.push(format!("{}: the retirement record of {id} could not be forgotten: {err}", self.region));
+                return;
+            }
         }
     }
 
