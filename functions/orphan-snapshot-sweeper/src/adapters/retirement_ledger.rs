@@ -36,6 +36,7 @@ const ENDED_WHY: &str = "ended_why";
 const BY: &str = "by_run";
 const EVIDENCE: &str = "evidence";
 const DEPRECATED_BY_AMIGUARD: &str = "deprecated_by_amiguard";
+const VERSION: &str = "record_version";
 
 /// Every retirement record of the region, by image id.
 pub async fn read_records(store: &impl LedgerStore, region: &str) -> Result<BTreeMap<String, StageRecord>, AwsError> {
@@ -50,7 +51,10 @@ pub async fn read_records(store: &impl LedgerStore, region: &str) -> Result<BTre
     Ok(records)
 }
 
-/// Writes `record` of `image_id`, by the run `run_id`, with the evidence it acted on in words.
+/// Writes `record` of `image_id` as its next version, by the run `run_id`, with the evidence it
+/// acted on in words: only if the ledger still holds the version read (`record.version`; a
+/// record never read is written over a forgotten one or none). Another writer's record in
+/// between: an error, nothing written.
 pub async fn write_record(
     store: &impl LedgerStore,
     region: &str,
@@ -59,8 +63,20 @@ pub async fn write_record(
     run_id: &str,
     evidence: &str,
 ) -> Result<(), AwsError> {
-    let item = to_item(region, image_id, record).with_s(BY, run_id).with_s(EVIDENCE, evidence);
-    store.put(&item, &Condition::Always).await.map(|_| ())
+    let next = StageRecord { version: record.version + 1, ..record.clone() };
+    let item = to_item(region, image_id, &next).with_s(BY, run_id).with_s(EVIDENCE, evidence);
+    let condition = match record.version {
+        0 => Condition::Always,
+        read => Condition::Equals { attribute: VERSION, value: read.to_string() },
+    };
+    match store.put(&item, &condition).await? {
+        amiguard::ledger::Written::Yes => Ok(()),
+        amiguard::ledger::Written::ConditionFailed => Err(AwsError::new(
+            "PutItem",
+            "ConditionalCheckFailedException",
+            format!("the retirement record of {image_id} changed since it was read (version {})", record.version),
+        )),
+    }
 }
 
 /// Forgets the record of `image_id` (a candidate that is one no more, at `at`): overwritten by an
@@ -81,7 +97,8 @@ pub fn to_item(region: &str, image_id: &str, record: &StageRecord) -> Item {
     let mut item = Item::new(keys::retirement(region), image_id)
         .with_s(STAGE, record.stage.name())
         .with_time(CANDIDATE_SINCE, record.candidate_since)
-        .with_opt_s(REPORT_ID, record.report_id.clone());
+        .with_opt_s(REPORT_ID, record.report_id.clone())
+        .with_s(VERSION, record.version.to_string());
     for (name, time) in [(STAGE_AT, record.stage_at), (BEGAN_AT, record.began_at)] {
         if let Some(time) = time {
             item = item.with_time(name, time);
@@ -154,6 +171,8 @@ pub fn from_item(item: &Item) -> Option<StageRecord> {
         report_permissions,
         ended,
         deprecated_by_amiguard: item.bool(DEPRECATED_BY_AMIGUARD) == Some(true),
+        // A record written before versions: 0 (its next write is the last unconditional one).
+        version: item.s(VERSION).and_then(|v| v.parse().ok()).unwrap_or(0),
     })
 }
 
@@ -185,6 +204,7 @@ mod tests {
             }),
             ended: None,
             deprecated_by_amiguard: true,
+            version: 3,
         };
         let item = to_item("us-east-1", "ami-1", &record);
         assert_eq!((item.pk.as_str(), item.sk.as_str()), ("retirement#us-east-1", "ami-1"));
@@ -194,6 +214,27 @@ mod tests {
         let item = to_item("us-east-1", "ami-1", &ended);
         assert_eq!(from_item(&item), Some(ended));
         assert_eq!(item.n(TTL_ATTRIBUTE), Some((at + KEEP_ENDED).timestamp()));
+    }
+
+    #[tokio::test]
+    async fn a_record_is_written_only_over_the_version_read() {
+        let ledger = amiguard::ledger::memory::MemoryLedger::new();
+        let at = Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap();
+        let read = StageRecord::candidate(at);
+        write_record(&ledger, "us-east-1", "ami-1", &read, "run-1", "").await.unwrap();
+        let first = read_records(&ledger, "us-east-1").await.unwrap()["ami-1"].clone();
+        assert_eq!(first.version, 1);
+        // Another writer records the permissions meanwhile.
+        let shared =
+            LaunchPermissions { user_ids: ["111111111111".to_string()].into(), ..LaunchPermissions::default() };
+        let theirs = StageRecord { permissions: Some(shared.clone()), ..first.clone() };
+        write_record(&ledger, "us-east-1", "ami-1", &theirs, "run-2", "").await.unwrap();
+        // A write from the stale read (permissions emptied) is refused, and theirs stays.
+        let stale = StageRecord { permissions: Some(LaunchPermissions::default()), ..first };
+        let refused = write_record(&ledger, "us-east-1", "ami-1", &stale, "run-1", "").await.unwrap_err();
+        assert_eq!(refused.code, "ConditionalCheckFailedException");
+        let now = read_records(&ledger, "us-east-1").await.unwrap()["ami-1"].clone();
+        assert_eq!((now.permissions, now.version), (Some(shared), 2));
     }
 
     #[test]

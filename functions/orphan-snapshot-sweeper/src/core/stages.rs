@@ -241,6 +241,9 @@ pub struct StageRecord {
     pub ended: Option<(DateTime<Utc>, String)>,
     /// amiguard deprecated the image (its own deprecation: removed when the retirement ends).
     pub deprecated_by_amiguard: bool,
+    /// The version of the record as read (0: none read): a write takes the next one only if the
+    /// ledger still holds this one (no last writer wins over recorded permissions).
+    pub version: u64,
 }
 
 impl StageRecord {
@@ -256,6 +259,7 @@ impl StageRecord {
             report_permissions: None,
             ended: None,
             deprecated_by_amiguard: false,
+            version: 0,
         }
     }
 
@@ -726,6 +730,7 @@ mod tests {
             report_permissions: Some(consumer()),
             ended: None,
             deprecated_by_amiguard: true,
+            version: 1,
         }
     }
 
@@ -1112,6 +1117,7 @@ mod tests {
                     report_permissions: asked_with,
                     ended: ended.then_some((at, "launched".into())),
                     deprecated_by_amiguard: stage != Stage::Active,
+                    version: 1,
                 }),
         )
     }

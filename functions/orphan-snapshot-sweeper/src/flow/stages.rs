@@ -631,6 +631,7 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
         match self.run.until_cutoff("PutItem", write).await {
             Ok(()) => {
                 step.changed = false;
+                step.record.version += 1;
                 true
             }
             Err(err) => {
