@@ -568,3 +568,23 @@ async fn a_candidate_that_stops_being_one_is_forgotten_and_its_old_report_never_
         Some(hours(26).to_rfc3339_opts(chrono::SecondsFormat::Secs, true).as_str())
     );
 }
+
+#[tokio::test]
+async fn a_protect_tag_put_on_an_image_amiguard_disabled_undoes_the_stage_and_brings_back_its_sharing() {
+    let ledger = MemoryLedger::new();
+    let config = staged(0, 0);
+    let mut ec2 = deprecated_with_a_report(&config, &ledger).await;
+    let (_, next) = sweep_in(&config, ec2, &ledger, hours(3)).await;
+    ec2 = next;
+    assert_eq!(ec2.calls_to("DisableImage"), ["ami-01"]);
+    assert!(ec2.permissions.lock().unwrap().get("ami-01").is_none());
+    // A person tags it to keep it: kept means usable, not kept disabled.
+    ec2.change_image("ami-01", |i| i.tags.push(Tag::new("amiguard:keep", "")));
+    let (report, ec2) = sweep_in(&config, ec2, &ledger, hours(4)).await;
+    let undone = entry(&stages_of(&report), "ami-01").clone();
+    assert_eq!(undone["change"], "undone", "{undone}");
+    assert!(undone["why_stopped"].as_str().unwrap().contains("protected"), "{undone}");
+    assert_eq!(ec2.calls_to("EnableImage"), ["ami-01"]);
+    assert_eq!(ec2.permissions.lock().unwrap().get("ami-01"), Some(&consumer()));
+    assert_eq!(ec2.calls_to("DisableImageDeprecation"), ["ami-01"]);
+}
