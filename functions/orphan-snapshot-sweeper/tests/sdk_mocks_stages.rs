@@ -289,3 +289,63 @@ async fn the_stages_listing_includes_disabled_images_with_their_deprecation_tags
     assert_eq!(image.snapshot_ids, ["snap-1", "snap-2"]);
     assert_eq!(image.tags.len(), 2, "every tag: families read them (to keep)");
 }
+
+#[tokio::test]
+async fn a_reports_resource_types_are_read_and_entries_without_a_report_id_count() {
+    use aws_sdk_ec2::types::{ImageUsageResourceType, ImageUsageResourceTypeOption};
+    let listed = mock!(Client::describe_image_usage_reports).then_output(|| {
+        let depth = ImageUsageResourceTypeOption::builder().option_name("version-depth").option_values("20").build();
+        DescribeImageUsageReportsOutput::builder()
+            .image_usage_reports(
+                ImageUsageReport::builder()
+                    .report_id("amiur-1")
+                    .image_id("ami-1")
+                    .state("available")
+                    .resource_types(ImageUsageResourceType::builder().resource_type("ec2:Instance").build())
+                    .resource_types(
+                        ImageUsageResourceType::builder()
+                            .resource_type("ec2:LaunchTemplate")
+                            .resource_type_options(depth)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    });
+    // EC2 may leave an entry's ReportId out: the request named one report, so it is that one's.
+    let unnamed = mock!(Client::describe_image_usage_report_entries)
+        .match_requests(|r| r.report_ids() == ["amiur-1"])
+        .then_output(|| {
+            DescribeImageUsageReportEntriesOutput::builder()
+                .image_usage_report_entries(
+                    ImageUsageReportEntry::builder()
+                        .account_id(CONSUMER)
+                        .resource_type("ec2:LaunchTemplate")
+                        .usage_count(1)
+                        .build(),
+                )
+                .build()
+        });
+    let other = mock!(Client::describe_image_usage_report_entries)
+        .match_requests(|r| r.report_ids() == ["amiur-2"])
+        .then_output(|| {
+            DescribeImageUsageReportEntriesOutput::builder()
+                .image_usage_report_entries(
+                    ImageUsageReportEntry::builder().report_id("amiur-9").account_id(CONSUMER).usage_count(1).build(),
+                )
+                .build()
+        });
+    let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&listed, &unnamed, &other]);
+    let reports = Ec2::image_usage_reports(&client, &["ami-1".to_string()]).await.unwrap();
+    assert_eq!(
+        reports[0].resource_types,
+        [("ec2:Instance".to_string(), None), ("ec2:LaunchTemplate".to_string(), Some(20))]
+    );
+    let entries = Ec2::image_usage_report_entries(&client, "amiur-1").await.unwrap();
+    assert_eq!(
+        entries,
+        [UsageEntry { account_id: CONSUMER.into(), resource_type: "ec2:LaunchTemplate".into(), usage_count: 1 }]
+    );
+    let err = Ec2::image_usage_report_entries(&client, "amiur-2").await.unwrap_err();
+    assert_eq!(err.code, "UnexpectedReportId");
+}
