@@ -17,6 +17,7 @@ pub mod stage_plan;
 pub mod stage_report;
 pub mod stages;
 pub mod summary;
+pub mod usage_reports;
 
 pub use facts::{FastSnapshotRestore, Id, ImageFacts, KeepReason, SnapshotFacts};
 pub use listing::SnapshotListing;

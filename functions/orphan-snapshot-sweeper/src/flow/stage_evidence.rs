@@ -1,15 +1,70 @@
 //! The evidence of staged retirement, asked of EC2 for the images that can still advance or are
 //! in a stage: in-account references, launch permissions, snapshots' sharing, and the usage
 //! reports of the shared ones with the entries of those available. A failed call leaves its fact
-//! unknown (the image waits or is kept) with a warning.
+//! unknown (the image waits or is kept) with a warning. Also the records the stages forget and
+//! the images they deregister (tagged for the Recycle Bin first).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use super::retirement::mark_for_recycle_bin;
 use super::stages::{in_stage, Region};
-use crate::core::{Evidence, Stage, StageRecord, StagedImage};
+use crate::core::{Evidence, ImageFacts, Stage, StageRecord, StagedImage, Verdict};
 use crate::ports::{Ec2, Records};
 
 impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
+    /// The images about to be deregistered, with their Recycle Bin tag written first.
+    pub(super) async fn deregistering<'i>(
+        &self,
+        decided: &[(StagedImage, Verdict)],
+        images: &'i [ImageFacts],
+        warnings: &mut Vec<String>,
+    ) -> Deregistering<'i> {
+        let ids: BTreeSet<&str> = decided
+            .iter()
+            .filter(|(_, v)| *v == Verdict::Advance(Stage::Deregistered))
+            .map(|(i, _)| i.image_id.as_str())
+            .collect();
+        let facts: BTreeMap<&str, &ImageFacts> =
+            images.iter().filter(|i| ids.contains(i.image_id.as_str())).map(|i| (i.image_id.as_str(), i)).collect();
+        let bin = self.run.recycle_bin(self.region);
+        let listed: Vec<ImageFacts> = facts.values().map(|i| (*i).clone()).collect();
+        let untagged = mark_for_recycle_bin(self.run, self.region, self.ec2, &listed, &bin, warnings).await;
+        Deregistering { facts, bin, untagged }
+    }
+
+    /// Forgets the records of the candidates that are ones no more (and deletes the report asked
+    /// for them, an id amiguard's own CreateImageUsageReport answered): a later candidacy is
+    /// dated anew, and no report made before it counts.
+    pub(super) async fn forget_candidates(
+        &self,
+        ids: &[String],
+        records: &BTreeMap<String, StageRecord>,
+        warnings: &mut Vec<String>,
+    ) {
+        let Some(store) = self.run.writable_store() else { return };
+        for id in ids {
+            if self.run.deadline_is_near() || self.run.ledger_failure().is_some() {
+                return;
+            }
+            if let Some(report_id) = records.get(id).and_then(|r| r.report_id.as_deref()) {
+                let deleted = self
+                    .run
+                    .until_cutoff("DeleteImageUsageReport", self.ec2.delete_image_usage_report(report_id))
+                    .await;
+                if let Err(err) = deleted.or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) }) {
+                    warnings.push(format!("{}: usage report {report_id} could not be deleted: {err}", self.region));
+                    continue;
+                }
+            }
+            let forgotten = store.forget_retirement(self.region, id, self.now());
+            if let Err(err) = self.run.until_cutoff("PutItem", forgotten).await {
+                self.run.ledger_broke(&err);
+                warnings.push(format!("{}: the retirement record of {id} could not be forgotten: {err}", self.region));
+                return;
+            }
+        }
+    }
+
     /// Asks EC2 what the images `to_ask` are used by, in order, each question for the images it
     /// can still matter to: references, launch permissions, snapshots' sharing (candidates only),
     /// then the usage reports of the shared ones and the entries of those available. A failed call
@@ -128,4 +183,12 @@ fn set(evidence: &mut BTreeMap<String, Evidence>, id: &str, change: impl FnOnce(
     if let Some(e) = evidence.get_mut(id) {
         change(e);
     }
+}
+
+/// The images this run deregisters, tagged for the Recycle Bin first (what could not be tagged
+/// is not deregistered).
+pub(super) struct Deregistering<'a> {
+    pub facts: BTreeMap<&'a str, &'a ImageFacts>,
+    pub bin: amiguard::recycle_bin::RecycleBin,
+    pub untagged: BTreeSet<String>,
 }

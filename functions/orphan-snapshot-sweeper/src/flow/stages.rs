@@ -5,12 +5,12 @@
 //! again once done; an undo or a person's end recorded once the sharing is back. Deregistration,
 //! the last stage, goes through today's path (Recycle Bin tag, journal).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use amiguard::AwsError;
 use chrono::{DateTime, Duration, Utc};
 
-use super::retirement::{in_use, mark_for_recycle_bin, retire_one, retired_image, Retirement};
+use super::retirement::{in_use, retire_one, retired_image, Retirement};
 use super::run::Run;
 use crate::core::{
     plan_stages, Evidence, FamilyRule, ImageFacts, RetirementStageEntry, Stage, StageChange, StageEvidence, StageInput,
@@ -165,14 +165,6 @@ pub(super) fn in_stage(record: Option<&StageRecord>) -> bool {
     record.is_some_and(|r| r.ended.is_none() && (r.stage != Stage::Active || r.intended.is_some()))
 }
 
-/// The images this run deregisters, tagged for the Recycle Bin first (what could not be tagged
-/// is not deregistered).
-struct Deregistering<'a> {
-    facts: BTreeMap<&'a str, &'a ImageFacts>,
-    bin: amiguard::recycle_bin::RecycleBin,
-    untagged: BTreeSet<String>,
-}
-
 /// One image's step: its record as it will be written, and its report entry.
 struct Step {
     record: StageRecord,
@@ -287,26 +279,6 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
         self.run.invocation.now
     }
 
-    /// The images about to be deregistered, with their Recycle Bin tag written first.
-    async fn deregistering<'i>(
-        &self,
-        decided: &[(StagedImage, Verdict)],
-        images: &'i [ImageFacts],
-        warnings: &mut Vec<String>,
-    ) -> Deregistering<'i> {
-        let ids: BTreeSet<&str> = decided
-            .iter()
-            .filter(|(_, v)| *v == Verdict::Advance(Stage::Deregistered))
-            .map(|(i, _)| i.image_id.as_str())
-            .collect();
-        let facts: BTreeMap<&str, &ImageFacts> =
-            images.iter().filter(|i| ids.contains(i.image_id.as_str())).map(|i| (i.image_id.as_str(), i)).collect();
-        let bin = self.run.recycle_bin(self.region);
-        let listed: Vec<ImageFacts> = facts.values().map(|i| (*i).clone()).collect();
-        let untagged = mark_for_recycle_bin(self.run, self.region, self.ec2, &listed, &bin, warnings).await;
-        Deregistering { facts, bin, untagged }
-    }
-
     /// Takes one image's decision (a dry run only says it), then writes its record if it changed.
     async fn act(&self, step: &mut Step, verdict: &Verdict, warnings: &mut Vec<String>) {
         let dry_run = self.run.dry_run;
@@ -347,39 +319,6 @@ impl<E: Ec2, L: Records> Region<'_, '_, E, L> {
         }
         if step.changed && !dry_run {
             self.save(step, warnings).await;
-        }
-    }
-
-    /// Forgets the records of the candidates that are ones no more (and deletes the report asked
-    /// for them, an id amiguard's own CreateImageUsageReport answered): a later candidacy is
-    /// dated anew, and no report made before it counts.
-    async fn forget_candidates(
-        &self,
-        ids: &[String],
-        records: &BTreeMap<String, StageRecord>,
-        warnings: &mut Vec<String>,
-    ) {
-        let Some(store) = self.run.writable_store() else { return };
-        for id in ids {
-            if self.run.deadline_is_near() || self.run.ledger_failure().is_some() {
-                return;
-            }
-            if let Some(report_id) = records.get(id).and_then(|r| r.report_id.as_deref()) {
-                let deleted = self
-                    .run
-                    .until_cutoff("DeleteImageUsageReport", self.ec2.delete_image_usage_report(report_id))
-                    .await;
-                if let Err(err) = deleted.or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) }) {
-                    warnings.push(format!("{}: usage report {report_id} could not be deleted: {err}", self.region));
-                    continue;
-                }
-            }
-            let forgotten = store.forget_retirement(self.region, id, self.now());
-            if let Err(err) = self.run.until_cutoff("PutItem", forgotten).await {
-                self.run.ledger_broke(&err);
-                warnings.push(format!("{}: the retirement record of {id} could not be forgotten: {err}", self.region));
-                return;
-            }
         }
     }
 
