@@ -579,6 +579,8 @@ async fn staged_retirement_calls<E, P, L>(
     proxy.inject(Fault::answer_with("CreateImageUsageReport", move |body| {
         ec2_answer("CreateImageUsageReport", &format!("<reportId>amiur-{}</reportId>", image_of(body)))
     }));
+    // What amiguard asks a report to read, as EC2 lists it (a narrower report is no evidence).
+    const READS: &str = "<resourceTypeSet><item><resourceType>ec2:Instance</resourceType></item><item><resourceType>ec2:LaunchTemplate</resourceType><resourceTypeOptionSet><item><optionName>version-depth</optionName><optionValueSet><item>20</item></optionValueSet></item></resourceTypeOptionSet></item></resourceTypeSet>";
     let exist = reports_exist.clone();
     proxy.inject(Fault::answer_with("DescribeImageUsageReports", move |body| {
         let now = chrono::Utc::now();
@@ -587,7 +589,7 @@ async fn staged_retirement_calls<E, P, L>(
                 .iter()
                 .map(|image| {
                     format!(
-                        "<item><imageId>{image}</imageId><reportId>amiur-{image}</reportId><state>available</state><creationTime>{}</creationTime><expirationTime>{}</expirationTime></item>",
+                        "<item><imageId>{image}</imageId><reportId>amiur-{image}</reportId>{READS}<state>available</state><creationTime>{}</creationTime><expirationTime>{}</expirationTime></item>",
                         now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                         (now + chrono::Duration::days(30)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
                     )
@@ -659,6 +661,9 @@ async fn staged_retirement_calls<E, P, L>(
     *reports_exist.lock().unwrap() = true;
     let b = sweep("deprecate").await;
     assert!(b.iter().all(|(_, stage, change)| stage == "\"deprecated\"" && change == "\"advanced\""), "{b:?}");
+    // The next stage waits for a report amiguard asks for after the deprecation (its own id).
+    sweep("ask again").await;
+    assert_eq!(proxy.count("CreateImageUsageReport"), 4);
     // C: Y is in use (undone); X is disabled.
     used.lock().unwrap().insert(y.clone());
     let c = sweep("disable").await;
