@@ -48,8 +48,7 @@ impl Ec2 for aws_sdk_ec2::Client {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
             tokens.check(page.next_token())?;
             // Each page's descriptions and tags are dropped here, once read.
-            let listed = page.snapshots().iter().filter_map(snapshot_listing);
-            snapshots.extend(listed.map(|listing| listing.read(protect_tag)));
+            snapshots.extend(page.snapshots().iter().filter_map(|snapshot| snapshot_facts(snapshot, protect_tag)));
         }
         Ok(snapshots)
     }
@@ -310,6 +309,13 @@ impl Ec2 for aws_sdk_ec2::Client {
             .map(|_| ())
             .map_err(|e| AwsError::from_sdk("CreateTags", e))
     }
+}
+
+/// A listed snapshot's facts, with its `FullSnapshotSizeInBytes` (what deleting it frees at most).
+pub fn snapshot_facts(snapshot: &aws_sdk_ec2::types::Snapshot, protect_tag: &str) -> Option<SnapshotFacts> {
+    let mut facts = snapshot_listing(snapshot)?.read(protect_tag);
+    facts.full_size_bytes = snapshot.full_snapshot_size_in_bytes().and_then(|bytes| u64::try_from(bytes).ok());
+    Some(facts)
 }
 
 /// A listed snapshot as the sweeper reads it; `None` for an entry without an id.

@@ -13,6 +13,7 @@ pub mod listing;
 pub mod origin;
 pub mod planner;
 pub mod retire;
+pub mod savings;
 pub mod summary;
 
 pub use facts::{FastSnapshotRestore, Id, ImageFacts, KeepReason, SnapshotFacts};
