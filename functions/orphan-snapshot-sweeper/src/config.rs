@@ -22,6 +22,7 @@ pub const VARIABLES: &[&str] = &[
     "RECYCLE_BIN_RETENTION_DAYS",
     "LEDGER_READ_ONLY",
     "LEDGER_TABLE",
+    "EXACT_SAVINGS",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +62,10 @@ pub struct Config {
     /// first sightings, no run summary. For a dry run from outside the stack (`make try`): a
     /// deployed dry run writes, so that its clocks have run when deletion is turned on.
     pub ledger_read_only: bool,
+    /// `EXACT_SAVINGS` (default true): what each planned deletion really frees, from the EBS
+    /// direct APIs (`ListSnapshotBlocks`, `ListChangedBlocks`: $0.0006 per 1,000 requests);
+    /// false: the upper bound only, and no EBS call.
+    pub exact_savings: bool,
 }
 
 pub const DEFAULT_MIN_AGE_HOURS: u32 = 24;
@@ -89,6 +94,7 @@ impl Config {
             recycle_bin: RecycleBin::from_env(source)?,
             home_region: optional(source, "AWS_REGION"),
             ledger_read_only: ledger_read_only(source)?,
+            exact_savings: bool_var(source, "EXACT_SAVINGS", true)?,
         })
     }
 
@@ -216,6 +222,7 @@ mod tests {
                 recycle_bin: RecycleBin::retaining_for(0),
                 home_region: Some("eu-west-1".into()),
                 ledger_read_only: false,
+                exact_savings: true,
             }
         );
     }

@@ -13,6 +13,7 @@ use amiguard::AwsError;
 use chrono::{DateTime, Utc};
 use hashbrown::{HashMap, HashSet};
 
+use crate::core::savings::Blocks;
 use crate::core::{FastSnapshotRestore, Id, ImageFacts, Memory, Orphan, SnapshotFacts};
 use crate::report::Report;
 
@@ -75,6 +76,23 @@ pub trait Ec2: Send + Sync {
     /// one `CreateTags`), right before they are deleted or deregistered.
     fn mark_for_recycle_bin(&self, resource_ids: Vec<String>) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
+
+/// The EBS direct APIs of one region, for exact savings (`EXACT_SAVINGS`): what a snapshot's
+/// blocks are and which differ between two snapshots of one lineage, every page. Boxed futures,
+/// so that a run holds the regions' clients as `dyn Ebs` ([`EbsRegions`]) beside [`Ports`].
+pub trait Ebs: Send + Sync {
+    /// Every block index `ListSnapshotBlocks` lists for the snapshot, and the block size.
+    fn snapshot_blocks<'a>(&'a self, snapshot_id: &'a str) -> futures::future::BoxFuture<'a, Result<Blocks, AwsError>>;
+    /// Every block index `ListChangedBlocks` lists from `first` (the older) to `second`.
+    fn changed_blocks<'a>(
+        &'a self,
+        first: &'a str,
+        second: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<HashSet<u32>, AwsError>>;
+}
+
+/// The EBS direct APIs' client of each region, by region name (a region missing here gets bounds).
+pub type EbsRegions = [(String, Box<dyn Ebs>)];
 
 /// Publishes the sweep's summary to `REPORT_TOPIC_ARN`.
 pub trait SummaryPublisher: Send + Sync {

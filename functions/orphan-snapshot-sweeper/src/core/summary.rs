@@ -14,6 +14,7 @@ use super::facts::{FastSnapshotRestore, KeepReason};
 use super::grace;
 use super::planner::{Orphan, Plan, SnapshotTotal};
 use super::retire::ImageKeepReason;
+use super::savings::{Freed, Prices, Tier, GIB};
 
 /// The most entries any list of the report shows (fewer when the report would not fit one log
 /// event); the counts are always whole, and the full lists are in the ledger.
@@ -22,7 +23,7 @@ pub const LIST_LIMIT: usize = 200;
 pub const MAX_REPORT_BYTES: usize = 200_000;
 /// EBS snapshot archive storage, USD per GB-month (us-east-1), billed for at least 90 days: what
 /// deleting an archived snapshot early would still cost, at most.
-pub const ARCHIVE_PRICE_PER_GB_MONTH: f64 = 0.0125;
+pub const ARCHIVE_PRICE_PER_GB_MONTH: f64 = super::savings::ARCHIVE_PRICE_PER_GB_MONTH;
 pub const ARCHIVE_MINIMUM_MONTHS: f64 = 3.0;
 /// Fast Snapshot Restore, USD per snapshot and Availability Zone and hour (us-east-1).
 pub const FAST_SNAPSHOT_RESTORE_PRICE_PER_HOUR: f64 = 0.75;
@@ -77,6 +78,44 @@ pub struct ListCounts {
     pub failed: u64,
     pub left_for_next_run: u64,
     pub unwitnessed: u64,
+    /// The planned deletions' savings entries (`EXACT_SAVINGS`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub freed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What deleting one planned snapshot frees (the whole planned set deleted): `freed_bytes`
+/// exactly, from the EBS direct APIs; or `freed_bytes_at_most` (its full size, or its volume's)
+/// with `why_at_most`, when there is no exact figure. `monthly_usd` prices whichever is given by
+/// the snapshot's tier.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FreedSnapshot {
+    pub snapshot_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes_at_most: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_at_most: Option<String>,
+    pub tier: Tier,
+    pub monthly_usd: f64,
+}
+
+impl FreedSnapshot {
+    pub fn new(snapshot_id: &str, freed: &Freed, tier: Tier, prices: &Prices) -> Self {
+        let bytes = freed.exact().or(freed.at_most()).unwrap_or(0);
+        Self {
+            snapshot_id: snapshot_id.to_string(),
+            freed_bytes: freed.exact(),
+            freed_bytes_at_most: freed.at_most(),
+            why_at_most: freed.why().map(str::to_string),
+            tier,
+            monthly_usd: prices.monthly_usd(bytes, tier),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -131,6 +170,20 @@ pub struct RegionReport {
     pub ledger_writes: u64,
     /// The whole length of each list above.
     pub counts: ListCounts,
+    /// What each planned deletion frees (a dry run's too), in the order they are planned: absent
+    /// when none is planned.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub freed: Vec<FreedSnapshot>,
+    /// The sum of the exact figures of `freed`, and what they cost a month by tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_monthly_usd: Option<f64>,
+    /// The sum of the bounds of `freed` (deletions with no exact figure), and their monthly cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes_at_most: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_monthly_usd_at_most: Option<f64>,
 }
 
 impl RegionReport {
@@ -162,7 +215,32 @@ impl RegionReport {
             retirement_skipped: None,
             ledger_writes: 0,
             counts: ListCounts::default(),
+            freed: Vec::new(),
+            freed_bytes: None,
+            freed_monthly_usd: None,
+            freed_bytes_at_most: None,
+            freed_monthly_usd_at_most: None,
         }
+    }
+
+    /// What the planned deletions free, each and in sum (exact figures and bounds apart).
+    pub fn set_freed(&mut self, freed: Vec<FreedSnapshot>) {
+        if freed.is_empty() {
+            return;
+        }
+        let (mut exact, mut at_most, mut exact_usd, mut at_most_usd) = (0, 0, 0.0, 0.0);
+        for entry in &freed {
+            match (entry.freed_bytes, entry.freed_bytes_at_most) {
+                (Some(bytes), _) => (exact, exact_usd) = (exact + bytes, exact_usd + entry.monthly_usd),
+                (None, Some(bytes)) => (at_most, at_most_usd) = (at_most + bytes, at_most_usd + entry.monthly_usd),
+                (None, None) => {}
+            }
+        }
+        self.freed_bytes = Some(exact);
+        self.freed_monthly_usd = Some(cents(exact_usd));
+        self.freed_bytes_at_most = Some(at_most);
+        self.freed_monthly_usd_at_most = Some(cents(at_most_usd));
+        self.freed = freed;
     }
 
     /// What the plan found, as the report says it.
@@ -209,6 +287,7 @@ impl RegionReport {
             failed: self.failed.len() as u64,
             left_for_next_run: self.left_for_next_run.len() as u64,
             unwitnessed: self.unwitnessed.len() as u64,
+            freed: self.freed.len() as u64,
         };
     }
 
@@ -221,6 +300,7 @@ impl RegionReport {
         self.left_for_next_run.truncate(limit);
         self.fast_snapshot_restores.truncate(limit);
         self.unwitnessed.truncate(limit);
+        self.freed.truncate(limit);
     }
 }
 
@@ -323,6 +403,30 @@ pub struct Totals {
     pub unwitnessed_gib: u64,
     /// The run's warnings, all of them (the report's `warnings` may show fewer).
     pub warnings: u64,
+    /// What the planned deletions free, over the regions: exact figures (`freed_bytes`) and
+    /// bounds (`freed_bytes_at_most`) apart, each with its monthly cost by tier. Absent when no
+    /// region planned a deletion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_monthly_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes_at_most: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_monthly_usd_at_most: Option<f64>,
+}
+
+/// `Some(a + b)` when either is there.
+fn add<T: std::ops::Add<Output = T> + Default>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or_default() + b.unwrap_or_default()),
+    }
+}
+
+/// Bytes in GiB, for people.
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / GIB as f64
 }
 
 /// Dollars, to the cent.
@@ -351,6 +455,10 @@ pub fn totals(regions: &[RegionReport], retired: &[RetiredImage], price_per_gb_m
         t.regions_aborted += u64::from(r.aborted.is_some());
         t.unwitnessed_count += r.counts.unwitnessed;
         t.unwitnessed_gib += r.unwitnessed_gib;
+        t.freed_bytes = add(t.freed_bytes, r.freed_bytes);
+        t.freed_monthly_usd = add(t.freed_monthly_usd, r.freed_monthly_usd).map(cents);
+        t.freed_bytes_at_most = add(t.freed_bytes_at_most, r.freed_bytes_at_most);
+        t.freed_monthly_usd_at_most = add(t.freed_monthly_usd_at_most, r.freed_monthly_usd_at_most).map(cents);
     }
     t.estimated_monthly_savings_usd = monthly_cost(t.reclaimable_gib, price_per_gb_month);
     t.images_retired = retired
@@ -408,6 +516,16 @@ pub fn summary_text(report: &Report) -> String {
             r.counts.failed,
             r.counts.left_for_next_run
         );
+        if let (Some(exact), Some(at_most)) = (r.freed_bytes, r.freed_bytes_at_most) {
+            let _ = writeln!(
+                text,
+                "  the planned deletions free {:.2} GiB exactly (${:.2}/month), and at most {:.2} GiB more where there is no exact figure (up to ${:.2}/month)",
+                gib(exact),
+                r.freed_monthly_usd.unwrap_or_default(),
+                gib(at_most),
+                r.freed_monthly_usd_at_most.unwrap_or_default()
+            );
+        }
         if let Some(first) = r.waiting.first() {
             let _ = writeln!(
                 text,
@@ -475,6 +593,12 @@ pub fn summary_text(report: &Report) -> String {
         text,
         "Savings are an upper bound: EBS snapshots are incremental, so deleting one frees at most the size of its volume."
     );
+    if t.freed_bytes.is_some() {
+        let _ = writeln!(
+            text,
+            "What the planned deletions free exactly is read from the EBS direct APIs (EXACT_SAVINGS): each region's `freed` list says which figure is exact and why the others are bounds."
+        );
+    }
     text
 }
 

@@ -13,4 +13,5 @@ pub(crate) mod delete;
 pub(crate) mod region;
 pub(crate) mod retirement;
 pub(crate) mod run;
+pub(crate) mod savings;
 pub(crate) mod sweep;

@@ -113,6 +113,7 @@ pub fn config() -> Config {
         recycle_bin: RecycleBin::default(),
         home_region: Some("us-east-1".into()),
         ledger_read_only: false,
+        exact_savings: true,
     }
 }
 
