@@ -22,6 +22,7 @@ use hashbrown::{HashMap, HashSet};
 
 pub use super::facts::Tier;
 use super::facts::{Id, SnapshotFacts};
+use serde::Serialize;
 
 /// A GiB in bytes.
 pub const GIB: u64 = 1 << 30;
@@ -89,6 +90,42 @@ impl Freed {
             Self::AtMost { why, .. } => Some(why),
         }
     }
+}
+
+/// What deleting one planned snapshot frees (the whole planned set deleted): `freed_bytes`
+/// exactly, from the EBS direct APIs; or `freed_bytes_at_most` (its full size, or its volume's)
+/// with `why_at_most`, when there is no exact figure. `monthly_usd` prices whichever is given by
+/// the snapshot's tier.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FreedSnapshot {
+    pub snapshot_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes_at_most: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_at_most: Option<String>,
+    pub tier: Tier,
+    pub monthly_usd: f64,
+}
+
+impl FreedSnapshot {
+    pub fn new(snapshot_id: &str, freed: &Freed, tier: Tier, prices: &Prices) -> Self {
+        let bytes = freed.exact().or(freed.at_most()).unwrap_or(0);
+        Self {
+            snapshot_id: snapshot_id.to_string(),
+            freed_bytes: freed.exact(),
+            freed_bytes_at_most: freed.at_most(),
+            why_at_most: freed.why().map(str::to_string),
+            tier,
+            monthly_usd: prices.monthly_usd(bytes, tier),
+        }
+    }
+}
+
+/// Bytes in GiB, for people.
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / GIB as f64
 }
 
 /// One snapshot of a lineage, as savings read it.

@@ -14,7 +14,8 @@ use super::facts::{FastSnapshotRestore, KeepReason};
 use super::grace;
 use super::planner::{Orphan, Plan, SnapshotTotal};
 use super::retire::ImageKeepReason;
-use super::savings::{Freed, Prices, Tier, GIB};
+use super::savings::gib;
+pub use super::savings::FreedSnapshot;
 
 /// The most entries any list of the report shows (fewer when the report would not fit one log
 /// event); the counts are always whole, and the full lists are in the ledger.
@@ -85,37 +86,6 @@ pub struct ListCounts {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
-}
-
-/// What deleting one planned snapshot frees (the whole planned set deleted): `freed_bytes`
-/// exactly, from the EBS direct APIs; or `freed_bytes_at_most` (its full size, or its volume's)
-/// with `why_at_most`, when there is no exact figure. `monthly_usd` prices whichever is given by
-/// the snapshot's tier.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FreedSnapshot {
-    pub snapshot_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub freed_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub freed_bytes_at_most: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub why_at_most: Option<String>,
-    pub tier: Tier,
-    pub monthly_usd: f64,
-}
-
-impl FreedSnapshot {
-    pub fn new(snapshot_id: &str, freed: &Freed, tier: Tier, prices: &Prices) -> Self {
-        let bytes = freed.exact().or(freed.at_most()).unwrap_or(0);
-        Self {
-            snapshot_id: snapshot_id.to_string(),
-            freed_bytes: freed.exact(),
-            freed_bytes_at_most: freed.at_most(),
-            why_at_most: freed.why().map(str::to_string),
-            tier,
-            monthly_usd: prices.monthly_usd(bytes, tier),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -422,11 +392,6 @@ fn add<T: std::ops::Add<Output = T> + Default>(a: Option<T>, b: Option<T>) -> Op
         (None, None) => None,
         (a, b) => Some(a.unwrap_or_default() + b.unwrap_or_default()),
     }
-}
-
-/// Bytes in GiB, for people.
-pub fn gib(bytes: u64) -> f64 {
-    bytes as f64 / GIB as f64
 }
 
 /// Dollars, to the cent.
