@@ -74,3 +74,23 @@ fn replace_element(xml: &str, name: &str, value: &str) -> String {
         _ => xml.to_string(),
     }
 }
+
+/// `DescribeSnapshots`' answer with every snapshot on `volume_id`: one lineage, whatever moto
+/// said (for a test that needs neighbours, not their order).
+pub fn one_volume(answer: &str, volume_id: &str) -> String {
+    let (open, close) = ("<volumeId>", "</volumeId>");
+    let mut out = String::new();
+    let mut rest = answer;
+    while let (Some(a), Some(b)) = (rest.find(open), rest.find(close)) {
+        if b < a {
+            break;
+        }
+        out.push_str(&rest[..a + open.len()]);
+        out.push_str(volume_id);
+        rest = &rest[b..];
+        out.push_str(close);
+        rest = &rest[close.len()..];
+    }
+    out.push_str(rest);
+    out
+}
