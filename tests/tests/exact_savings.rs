@@ -137,3 +137,30 @@ async fn exact_savings_off_makes_no_ebs_call() {
     assert_eq!(lineage.proxy.count("ListSnapshotBlocks") + lineage.proxy.count("ListChangedBlocks"), 0);
     assert!(lineage.proxy.calls().iter().all(|c| c.service != "ebs"));
 }
+
+#[test]
+fn the_ebs_direct_apis_are_granted_to_the_sweeper_only_while_exact_savings_is_on() {
+    use amiguard_integration_tests::template::{load, render};
+    use serde_json::Value;
+    let template = load();
+    let grants = |rendered: &Value, function: &str| -> Vec<Value> {
+        rendered["Resources"][function]["Properties"]["Policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|policy| policy["Statement"].as_array().cloned().unwrap_or_default())
+            .filter(|statement| statement.to_string().contains("ebs:"))
+            .collect()
+    };
+    let on = render(&template, &[]);
+    let statements = grants(&on, "OrphanSnapshotSweeperFunction");
+    assert_eq!(statements.len(), 1, "{statements:#?}");
+    assert_eq!(statements[0]["Action"], json!(["ebs:ListSnapshotBlocks", "ebs:ListChangedBlocks"]));
+    let env = &on["Resources"]["OrphanSnapshotSweeperFunction"]["Properties"]["Environment"]["Variables"];
+    assert_eq!(env["EXACT_SAVINGS"], json!({"!Ref": "SweeperExactSavings"}));
+    for function in ["UntrustedAmiAlertFunction", "SnapshotOnStopFunction"] {
+        assert!(grants(&on, function).is_empty(), "{function}: no EBS direct API");
+    }
+    let off = render(&template, &[("SweeperExactSavings", "false")]);
+    assert!(grants(&off, "OrphanSnapshotSweeperFunction").is_empty(), "EXACT_SAVINGS off: no EBS grant");
+}
