@@ -262,6 +262,15 @@ mod tests {
     }
 
     #[test]
+    fn exact_savings_is_on_unless_turned_off() {
+        let region = ("AWS_REGION", "us-east-1");
+        assert!(Config::from_env(&env(&[region])).unwrap().exact_savings);
+        assert!(!Config::from_env(&env(&[region, ("EXACT_SAVINGS", "FALSE")])).unwrap().exact_savings);
+        let err = Config::from_env(&env(&[region, ("EXACT_SAVINGS", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("EXACT_SAVINGS"), "{err}");
+    }
+
+    #[test]
     fn invalid_values_name_their_variable() {
         let region = ("AWS_REGION", "us-east-1");
         for (name, value) in [

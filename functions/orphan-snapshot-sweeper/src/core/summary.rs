@@ -689,6 +689,45 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn freed_figures_add_up_exact_and_bounds_apart_by_region_and_run() {
+        use crate::core::savings::{Freed, Prices, Tier, GIB};
+        let prices = Prices { standard_per_gb_month: 0.05 };
+        let mut report = report();
+        let exact = FreedSnapshot::new("snap-01", &Freed::Exact { bytes: 2 * GIB }, Tier::Standard, &prices);
+        let bound = FreedSnapshot::new(
+            "snap-02",
+            &Freed::AtMost { bytes: 8 * GIB, why: "a copy".into() },
+            Tier::Standard,
+            &prices,
+        );
+        let archived = FreedSnapshot::new("snap-03", &Freed::Exact { bytes: 100 * GIB }, Tier::Archive, &prices);
+        report.regions[0].set_freed(vec![exact, bound, archived]);
+        let r = &report.regions[0];
+        assert_eq!((r.freed_bytes, r.freed_bytes_at_most), (Some(102 * GIB), Some(8 * GIB)));
+        assert_eq!((r.freed_monthly_usd, r.freed_monthly_usd_at_most), (Some(1.35), Some(0.4)), "by tier: 0.10 + 1.25");
+        report.regions[1].set_freed(vec![]);
+        assert_eq!(report.regions[1].freed_bytes, None, "nothing planned: not applicable");
+        report.regions.iter_mut().for_each(RegionReport::count);
+        let t = totals(&report.regions, &[], 0.05);
+        assert_eq!((t.freed_bytes, t.freed_bytes_at_most), (Some(102 * GIB), Some(8 * GIB)));
+        assert_eq!((t.estimated_monthly_savings_usd, t.reclaimable_gib), (1.5, 30), "the bound as before");
+        let value = serde_json::to_value(&report.regions[0]).unwrap();
+        assert_eq!(
+            value["freed"][1],
+            json!({"snapshot_id": "snap-02", "freed_bytes_at_most": 8 * GIB, "why_at_most": "a copy", "tier": "standard", "monthly_usd": 0.4})
+        );
+        assert_eq!(value["counts"]["freed"], 3);
+        report.totals = t;
+        assert!(summary_text(&report).contains("free 102.00 GiB exactly ($1.35/month), and at most 8.00 GiB more"));
+        // A report without planned deletions has none of these fields.
+        let plain = serde_json::to_value(super::tests::report()).unwrap();
+        for field in ["freed", "freed_bytes", "freed_bytes_at_most"] {
+            assert!(plain["regions"][0].get(field).is_none() && plain["totals"].get(field).is_none(), "{field}");
+        }
+        assert!(plain["regions"][0]["counts"].get("freed").is_none());
+    }
+
+    #[test]
     fn the_summary_reads_well() {
         let report = report();
         assert_eq!(
