@@ -134,3 +134,120 @@ impl Ebs for EbsClient {
         Box::pin(self.list_changed_blocks(first, second))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use aws_sdk_ebs::operation::list_changed_blocks::{ListChangedBlocksError, ListChangedBlocksOutput};
+    use aws_sdk_ebs::operation::list_snapshot_blocks::{ListSnapshotBlocksError, ListSnapshotBlocksOutput};
+    use aws_sdk_ebs::types::{Block, ChangedBlock};
+    use aws_sdk_ebs::Client;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+    use aws_smithy_types::error::ErrorMetadata;
+
+    fn blocks_page(indexes: &[i32], next: Option<&str>) -> ListSnapshotBlocksOutput {
+        ListSnapshotBlocksOutput::builder()
+            .set_blocks(Some(
+                indexes.iter().map(|i| Block::builder().block_index(*i).block_token("t").build()).collect(),
+            ))
+            .block_size(524_288)
+            .volume_size(8)
+            .set_next_token(next.map(str::to_string))
+            .build()
+    }
+
+    fn changed_page(indexes: &[i32], next: Option<&str>) -> ListChangedBlocksOutput {
+        ListChangedBlocksOutput::builder()
+            .set_changed_blocks(Some(indexes.iter().map(|i| ChangedBlock::builder().block_index(*i).build()).collect()))
+            .block_size(524_288)
+            .set_next_token(next.map(str::to_string))
+            .build()
+    }
+
+    fn service_error(code: &str) -> ErrorMetadata {
+        ErrorMetadata::builder().code(code).message(format!("{code} (mocked)")).build()
+    }
+
+    /// The SDK's own retries off: what is retried here is this adapter's doing.
+    macro_rules! client {
+        ($($rule:expr),+) => {
+            EbsClient::new(mock_client!(aws_sdk_ebs, RuleMode::Sequential, [$($rule),+], |c| c
+                .retry_config(aws_sdk_ebs::config::retry::RetryConfig::disabled())))
+        };
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_page_of_the_blocks_is_read_with_the_largest_page() {
+        let first = mock!(Client::list_snapshot_blocks)
+            .match_requests(|r| {
+                r.snapshot_id() == Some("snap-1") && r.max_results() == Some(MAX_RESULTS) && r.next_token().is_none()
+            })
+            .then_output(|| blocks_page(&[3, 1], Some("t1")));
+        let last = mock!(Client::list_snapshot_blocks)
+            .match_requests(|r| r.next_token() == Some("t1"))
+            .then_output(|| blocks_page(&[7, 1], None));
+        let client = client!(&first, &last);
+        let blocks = client.snapshot_blocks("snap-1").await.unwrap();
+        assert_eq!(blocks, Blocks { indexes: vec![1, 3, 7], block_size: 524_288 });
+        assert_eq!((first.num_calls(), last.num_calls()), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_page_of_the_changes_is_read() {
+        let first = mock!(Client::list_changed_blocks)
+            .match_requests(|r| {
+                r.first_snapshot_id() == Some("snap-1")
+                    && r.second_snapshot_id() == Some("snap-2")
+                    && r.max_results() == Some(MAX_RESULTS)
+            })
+            .then_output(|| changed_page(&[2], Some("t1")));
+        let last = mock!(Client::list_changed_blocks)
+            .match_requests(|r| r.next_token() == Some("t1"))
+            .then_output(|| changed_page(&[5, 6], None));
+        let client = client!(&first, &last);
+        let changed = client.changed_blocks("snap-1", "snap-2").await.unwrap();
+        assert_eq!(changed, [2, 5, 6].into_iter().collect());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repeated_page_token_fails_the_listing() {
+        let first = mock!(Client::list_snapshot_blocks).then_output(|| blocks_page(&[1], Some("t1")));
+        let again = mock!(Client::list_snapshot_blocks).then_output(|| blocks_page(&[2], Some("t1")));
+        let client = client!(&first, &again);
+        let err = client.snapshot_blocks("snap-1").await.unwrap_err();
+        assert_eq!((err.operation, err.code.as_str()), ("ListSnapshotBlocks", amiguard::paging::REPEATED_NEXT_TOKEN));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn both_throttles_are_retried_with_backoff_and_other_errors_keep_their_code() {
+        let throttled = mock!(Client::list_snapshot_blocks)
+            .sequence()
+            .error(|| ListSnapshotBlocksError::generic(service_error("RequestThrottledException")))
+            .error(|| ListSnapshotBlocksError::generic(service_error("ConcurrentLimitExceededException")))
+            .output(|| blocks_page(&[1], None))
+            .build();
+        let client = client!(&throttled);
+        let started = tokio::time::Instant::now();
+        assert_eq!(client.snapshot_blocks("snap-1").await.unwrap().indexes, [1]);
+        assert_eq!(throttled.num_calls(), 3);
+        assert!(tokio::time::Instant::now() - started >= Duration::from_millis(1500), "0.5 s, then 1 s");
+
+        let always = mock!(Client::list_changed_blocks)
+            .sequence()
+            .error(|| ListChangedBlocksError::generic(service_error("RequestThrottledException")))
+            .times(ATTEMPTS as usize)
+            .build();
+        let client = client!(&always);
+        let err = client.changed_blocks("snap-1", "snap-2").await.unwrap_err();
+        assert_eq!((err.operation, err.code.as_str()), ("ListChangedBlocks", "RequestThrottledException"));
+        assert_eq!(always.num_calls(), ATTEMPTS as usize, "given up after {ATTEMPTS} tries");
+
+        let denied = mock!(Client::list_changed_blocks)
+            .then_error(|| ListChangedBlocksError::generic(service_error("AccessDeniedException")));
+        let client = client!(&denied);
+        let err = client.changed_blocks("snap-1", "snap-2").await.unwrap_err();
+        assert_eq!(err.code, "AccessDeniedException");
+        assert_eq!(denied.num_calls(), 1, "not a throttle: not retried");
+    }
+}
