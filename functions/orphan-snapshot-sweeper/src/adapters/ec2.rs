@@ -779,4 +779,17 @@ mod tests {
         let facts = image_facts(&image, tags::KEEP).unwrap();
         assert_eq!((facts.creation_date, facts.public), (None, false));
     }
+
+    #[test]
+    fn snapshot_facts_carry_the_lineage_full_size_and_tier_savings_read() {
+        let listed = Snapshot::builder().snapshot_id("snap-01").full_snapshot_size_in_bytes(3 << 20).build();
+        let facts = snapshot_facts(&snapshot("snap-01"), tags::KEEP).unwrap();
+        assert_eq!(facts.volume_id.as_deref(), Some("vol-01"));
+        assert_eq!((facts.full_size_bytes, facts.tier), (None, crate::core::Tier::Archive));
+        let facts = snapshot_facts(&listed, tags::KEEP).unwrap();
+        assert_eq!(
+            (facts.full_size_bytes, facts.volume_id, facts.tier),
+            (Some(3 << 20), None, crate::core::Tier::Standard)
+        );
+    }
 }

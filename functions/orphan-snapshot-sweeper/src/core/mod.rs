@@ -16,7 +16,7 @@ pub mod retire;
 pub mod savings;
 pub mod summary;
 
-pub use facts::{FastSnapshotRestore, Id, ImageFacts, KeepReason, SnapshotFacts};
+pub use facts::{FastSnapshotRestore, Id, ImageFacts, KeepReason, SnapshotFacts, Tier};
 pub use listing::SnapshotListing;
 pub use planner::{plan, Memory, Orphan, Plan, PlanInput, Policy, SnapshotTotal};
 pub use retire::{plan_retirement, ImageKeepReason, RetireInput, RetirePlan, RetirePolicy, UseFacts};
