@@ -94,3 +94,25 @@ pub fn one_volume(answer: &str, volume_id: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// Paging as AWS does it, which moto does not (it answers every block at once): the answer to a
+/// call without `pageToken` keeps the first `first` entries of its `Blocks` or `ChangedBlocks`
+/// list and says `NextToken` `page-2`; the answer to `pageToken=page-2` keeps the rest.
+pub fn paged(proxy: &crate::proxy::Proxy, action: &str, list: &'static str, first: usize) {
+    use crate::proxy::Fault;
+    let cut = move |answer: &str, first_page: bool| {
+        let mut value: serde_json::Value = serde_json::from_str(answer).expect("a JSON answer");
+        let entries = value[list].as_array().cloned().unwrap_or_default();
+        let (head, tail) = entries.split_at(first.min(entries.len()));
+        if first_page {
+            value[list] = serde_json::Value::Array(head.to_vec());
+            value["NextToken"] = serde_json::json!("page-2");
+        } else {
+            value[list] = serde_json::Value::Array(tail.to_vec());
+        }
+        value.to_string()
+    };
+    // The second page first: the first page's rule matches any call of the action.
+    proxy.inject(Fault::rewrite_with(action, move |answer| cut(answer, false)).when_body_contains("pageToken=page-2"));
+    proxy.inject(Fault::rewrite_with(action, move |answer| cut(answer, true)).times(1));
+}

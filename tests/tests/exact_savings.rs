@@ -164,3 +164,18 @@ fn the_ebs_direct_apis_are_granted_to_the_sweeper_only_while_exact_savings_is_on
     let off = render(&template, &[("SweeperExactSavings", "false")]);
     assert!(grants(&off, "OrphanSnapshotSweeperFunction").is_empty(), "EXACT_SAVINGS off: no EBS grant");
 }
+
+#[tokio::test]
+async fn every_page_of_both_listings_is_read() {
+    use amiguard_integration_tests::savings::paged;
+    let lineage = lineage(&[2]).await;
+    paged(&lineage.proxy, "ListSnapshotBlocks", "Blocks", 2);
+    paged(&lineage.proxy, "ListChangedBlocks", "ChangedBlocks", 1);
+    let report = dry_run(&lineage, "true").await;
+    assert_eq!(entry(&report, &lineage.snapshots[2]).freed_bytes, Some(2 * BLOCK), "the same as in one page");
+    assert_eq!(lineage.proxy.count("ListSnapshotBlocks"), 2, "two pages");
+    let pages: Vec<String> =
+        lineage.proxy.calls().iter().filter(|c| c.action == "ListChangedBlocks").map(|c| c.path.clone()).collect();
+    assert!(pages.iter().any(|p| p.contains("pageToken=page-2")), "{pages:?}");
+    assert!(pages.iter().all(|p| p.contains("maxResults=10000")), "{pages:?}");
+}
