@@ -13,7 +13,7 @@ use amiguard::AwsError;
 use chrono::{DateTime, Utc};
 use hashbrown::{HashMap, HashSet};
 
-use crate::core::savings::Blocks;
+use crate::core::savings::{BlockSet, Blocks};
 use crate::core::{FastSnapshotRestore, Id, ImageFacts, Memory, Orphan, SnapshotFacts};
 use crate::report::Report;
 
@@ -88,7 +88,7 @@ pub trait Ebs: Send + Sync {
         &'a self,
         first: &'a str,
         second: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<HashSet<u32>, AwsError>>;
+    ) -> futures::future::BoxFuture<'a, Result<BlockSet, AwsError>>;
 }
 
 /// The EBS direct APIs' client of each region, by region name (a region missing here gets bounds).

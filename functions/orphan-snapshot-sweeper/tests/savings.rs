@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use amiguard::ledger::keys;
 use amiguard::AwsError;
 use futures::future::BoxFuture;
-use orphan_snapshot_sweeper::core::savings::Blocks;
+use orphan_snapshot_sweeper::core::savings::{BlockSet, Blocks};
 use orphan_snapshot_sweeper::ports::Ebs;
 use orphan_snapshot_sweeper::{handle_with_ebs, Ports, DEADLINE_MARGIN};
 use serde_json::json;
@@ -52,11 +52,7 @@ impl Ebs for FakeEbs {
         })
     }
 
-    fn changed_blocks<'a>(
-        &'a self,
-        first: &'a str,
-        second: &'a str,
-    ) -> BoxFuture<'a, Result<hashbrown::HashSet<u32>, AwsError>> {
+    fn changed_blocks<'a>(&'a self, first: &'a str, second: &'a str) -> BoxFuture<'a, Result<BlockSet, AwsError>> {
         Box::pin(async move {
             self.started.lock().unwrap().push(tokio::time::Instant::now());
             tokio::time::sleep(self.delay).await;
@@ -106,11 +102,7 @@ async fn a_run_that_runs_out_of_time_reports_the_rest_as_bounds() {
         fn snapshot_blocks<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Blocks, AwsError>> {
             self.0.snapshot_blocks(id)
         }
-        fn changed_blocks<'a>(
-            &'a self,
-            first: &'a str,
-            second: &'a str,
-        ) -> BoxFuture<'a, Result<hashbrown::HashSet<u32>, AwsError>> {
+        fn changed_blocks<'a>(&'a self, first: &'a str, second: &'a str) -> BoxFuture<'a, Result<BlockSet, AwsError>> {
             self.0.changed_blocks(first, second)
         }
     }

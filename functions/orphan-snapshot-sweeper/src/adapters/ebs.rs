@@ -5,13 +5,11 @@
 
 use std::time::Duration;
 
+use crate::core::savings::{BlockSet, Blocks};
+use crate::ports::Ebs;
 use amiguard::paging::PageTokens;
 use amiguard::AwsError;
 use futures::future::BoxFuture;
-use hashbrown::HashSet;
-
-use crate::core::savings::Blocks;
-use crate::ports::Ebs;
 
 /// The largest page both list calls answer.
 pub const MAX_RESULTS: i32 = 10_000;
@@ -75,12 +73,11 @@ impl EbsClient {
                         .map_err(|e| AwsError::from_sdk(OPERATION, e))
                 })
                 .await?;
-            if let Some(size) = page.block_size().and_then(|s| u64::try_from(s).ok()) {
+            if let Some(size) = page.block_size().and_then(|s| u64::try_from(s).ok()).filter(|s| *s > 0) {
                 blocks.block_size = size;
             }
-            blocks
-                .indexes
-                .extend(page.blocks().iter().filter_map(|b| b.block_index()).filter_map(|i| u32::try_from(i).ok()));
+            let limit = block_limit(page.volume_size(), page.block_size());
+            read_indexes(OPERATION, &mut blocks.indexes, page.blocks().iter().map(|b| b.block_index()), limit)?;
             next = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
             tokens.check(next.as_deref())?;
             if next.is_none() {
@@ -90,14 +87,12 @@ impl EbsClient {
         if blocks.block_size == 0 && !blocks.indexes.is_empty() {
             return Err(AwsError::new(OPERATION, "NoBlockSize", format!("{snapshot_id}: no BlockSize was answered")));
         }
-        blocks.indexes.sort_unstable();
-        blocks.indexes.dedup();
         Ok(blocks)
     }
 
-    async fn list_changed_blocks(&self, first: &str, second: &str) -> Result<HashSet<u32>, AwsError> {
+    async fn list_changed_blocks(&self, first: &str, second: &str) -> Result<BlockSet, AwsError> {
         const OPERATION: &str = "ListChangedBlocks";
-        let (mut changed, mut tokens, mut next) = (HashSet::new(), PageTokens::new(OPERATION), None::<String>);
+        let (mut changed, mut tokens, mut next) = (BlockSet::default(), PageTokens::new(OPERATION), None::<String>);
         loop {
             let page = self
                 .retried(|| async {
@@ -112,9 +107,8 @@ impl EbsClient {
                         .map_err(|e| AwsError::from_sdk(OPERATION, e))
                 })
                 .await?;
-            changed.extend(
-                page.changed_blocks().iter().filter_map(|b| b.block_index()).filter_map(|i| u32::try_from(i).ok()),
-            );
+            let limit = block_limit(page.volume_size(), page.block_size());
+            read_indexes(OPERATION, &mut changed, page.changed_blocks().iter().map(|b| b.block_index()), limit)?;
             next = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
             tokens.check(next.as_deref())?;
             if next.is_none() {
@@ -125,12 +119,47 @@ impl EbsClient {
     }
 }
 
+/// The most blocks any EBS volume has: 64 TiB in blocks of 512 KiB.
+pub const MAX_BLOCKS: u64 = (64 << 40) / (512 << 10);
+
+/// How many blocks a volume of `volume_gib` GiB has in blocks of `block_size` bytes, as a page
+/// says them ([`MAX_BLOCKS`] when it does not).
+fn block_limit(volume_gib: Option<i64>, block_size: Option<i32>) -> u64 {
+    match (volume_gib.and_then(|v| u64::try_from(v).ok()), block_size.and_then(|b| u64::try_from(b).ok())) {
+        (Some(gib), Some(size)) if size > 0 => (gib << 30).div_ceil(size).min(MAX_BLOCKS),
+        _ => MAX_BLOCKS,
+    }
+}
+
+/// Adds a page's block indexes to `set`; an index that is not one of the volume's blocks fails
+/// the listing (a set of one bit per block never grows past the volume).
+fn read_indexes(
+    operation: &'static str,
+    set: &mut BlockSet,
+    indexes: impl Iterator<Item = Option<i32>>,
+    limit: u64,
+) -> Result<(), AwsError> {
+    for index in indexes.flatten() {
+        match u32::try_from(index) {
+            Ok(index) if u64::from(index) < limit => set.insert(index),
+            _ => {
+                return Err(AwsError::new(
+                    operation,
+                    "BlockIndexOutOfRange",
+                    format!("block index {index} is not one of the volume's {limit} blocks"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Ebs for EbsClient {
     fn snapshot_blocks<'a>(&'a self, snapshot_id: &'a str) -> BoxFuture<'a, Result<Blocks, AwsError>> {
         Box::pin(self.list_snapshot_blocks(snapshot_id))
     }
 
-    fn changed_blocks<'a>(&'a self, first: &'a str, second: &'a str) -> BoxFuture<'a, Result<HashSet<u32>, AwsError>> {
+    fn changed_blocks<'a>(&'a self, first: &'a str, second: &'a str) -> BoxFuture<'a, Result<BlockSet, AwsError>> {
         Box::pin(self.list_changed_blocks(first, second))
     }
 }
@@ -189,7 +218,7 @@ mod tests {
             .then_output(|| blocks_page(&[7, 1], None));
         let client = client!(&first, &last);
         let blocks = client.snapshot_blocks("snap-1").await.unwrap();
-        assert_eq!(blocks, Blocks { indexes: vec![1, 3, 7], block_size: 524_288 });
+        assert_eq!(blocks, Blocks { indexes: [1, 3, 7].into_iter().collect(), block_size: 524_288 });
         assert_eq!((first.num_calls(), last.num_calls()), (1, 1));
     }
 
@@ -211,6 +240,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_index_beyond_the_volume_fails_the_listing() {
+        // 8 GiB in blocks of 512 KiB: 16,384 blocks, 0 to 16,383.
+        let beyond = mock!(Client::list_snapshot_blocks).then_output(|| blocks_page(&[16_383, 16_384], None));
+        let err = client!(&beyond).snapshot_blocks("snap-1").await.unwrap_err();
+        assert_eq!(err.code, "BlockIndexOutOfRange");
+        let negative = mock!(Client::list_changed_blocks).then_output(|| changed_page(&[-1], None));
+        assert_eq!(client!(&negative).changed_blocks("a", "b").await.unwrap_err().code, "BlockIndexOutOfRange");
+        assert_eq!((block_limit(Some(8), Some(524_288)), block_limit(None, None)), (16_384, MAX_BLOCKS));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_repeated_page_token_fails_the_listing() {
         let first = mock!(Client::list_snapshot_blocks).then_output(|| blocks_page(&[1], Some("t1")));
         let again = mock!(Client::list_snapshot_blocks).then_output(|| blocks_page(&[2], Some("t1")));
@@ -229,7 +269,7 @@ mod tests {
             .build();
         let client = client!(&throttled);
         let started = tokio::time::Instant::now();
-        assert_eq!(client.snapshot_blocks("snap-1").await.unwrap().indexes, [1]);
+        assert_eq!(client.snapshot_blocks("snap-1").await.unwrap().indexes.iter().collect::<Vec<_>>(), [1]);
         assert_eq!(throttled.num_calls(), 3);
         assert!(tokio::time::Instant::now() - started >= Duration::from_millis(1500), "0.5 s, then 1 s");
 

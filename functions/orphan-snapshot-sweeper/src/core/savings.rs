@@ -151,10 +151,66 @@ pub enum Ask {
     Changed { first: Id, second: Id },
 }
 
+/// A set of block indexes, one bit each: a 1 TiB volume's blocks (2M of 512 KiB) take 256 KiB,
+/// whatever share of them a listing holds, so that a lineage of many large snapshots fits the
+/// function's memory. Indexes come from the EBS direct APIs, bounded by the volume's size
+/// (`adapters::ebs` refuses one beyond it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockSet {
+    words: Vec<u64>,
+}
+
+impl BlockSet {
+    pub fn insert(&mut self, index: u32) {
+        let (word, bit) = ((index / 64) as usize, index % 64);
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        self.words[word] |= 1 << bit;
+    }
+
+    pub fn contains(&self, index: u32) -> bool {
+        self.words.get((index / 64) as usize).is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|w| *w == 0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(n, word)| {
+            (0..64u32).filter(move |bit| word & (1 << bit) != 0).map(move |bit| n as u32 * 64 + bit)
+        })
+    }
+
+    /// The indexes in both.
+    pub fn and(&self, other: &Self) -> Self {
+        Self { words: self.words.iter().zip(&other.words).map(|(a, b)| a & b).collect() }
+    }
+
+    /// The indexes in `self` and not in `other`.
+    pub fn and_not(&self, other: &Self) -> Self {
+        let word = |n: usize| other.words.get(n).copied().unwrap_or(0);
+        Self { words: self.words.iter().enumerate().map(|(n, a)| a & !word(n)).collect() }
+    }
+}
+
+impl FromIterator<u32> for BlockSet {
+    fn from_iter<I: IntoIterator<Item = u32>>(indexes: I) -> Self {
+        let mut set = Self::default();
+        indexes.into_iter().for_each(|index| set.insert(index));
+        set
+    }
+}
+
 /// `ListSnapshotBlocks`' answer: every block index the snapshot holds, and the block size.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Blocks {
-    pub indexes: Vec<u32>,
+    pub indexes: BlockSet,
     pub block_size: u64,
 }
 
@@ -163,7 +219,7 @@ pub struct Blocks {
 pub struct Evidence {
     pub blocks: HashMap<Id, Result<Blocks, String>>,
     /// By `(first, second)`: the block indexes `ListChangedBlocks` listed.
-    pub changed: HashMap<(Id, Id), Result<HashSet<u32>, String>>,
+    pub changed: HashMap<(Id, Id), Result<BlockSet, String>>,
 }
 
 /// What the planned set is to savings: its lineages (every snapshot of a volume that holds a
@@ -250,7 +306,7 @@ impl Lineage {
     /// missing.
     pub fn freed(&self, evidence: &Evidence, bound: &dyn Fn(&str) -> u64) -> Vec<(Id, Freed)> {
         let members = &self.members;
-        let changed = |j: usize| -> Result<&HashSet<u32>, String> {
+        let changed = |j: usize| -> Result<&BlockSet, String> {
             let (first, second) = (&members[j].snapshot_id, &members[j + 1].snapshot_id);
             match evidence.changed.get(&(first.clone(), second.clone())) {
                 Some(Ok(changed)) => Ok(changed),
@@ -270,12 +326,9 @@ impl Lineage {
                 // The blocks it holds that its older neighbour does not: an older one holding the
                 // same block is either still there (nothing freed) or planned and older (counted
                 // for it).
-                let mut held: Vec<u32> = match i {
+                let mut held = match i {
                     0 => blocks.indexes.clone(),
-                    _ => {
-                        let from_older = changed(i - 1)?;
-                        blocks.indexes.iter().copied().filter(|b| from_older.contains(b)).collect()
-                    }
+                    _ => blocks.indexes.and(changed(i - 1)?),
                 };
                 // Followed newer, through co-deleted neighbours: a block the next snapshot holds
                 // unchanged is freed only if that one is planned too and it ends among planned ones.
@@ -283,12 +336,12 @@ impl Lineage {
                 let mut j = i;
                 while !held.is_empty() {
                     if j + 1 == members.len() {
-                        freed += held.len() as u64;
+                        freed += held.len();
                         break;
                     }
                     let to_newer = changed(j)?;
-                    let (carried, ended): (Vec<u32>, Vec<u32>) = held.iter().partition(|b| !to_newer.contains(*b));
-                    freed += ended.len() as u64;
+                    let (carried, ended) = (held.and_not(to_newer), held.and(to_newer));
+                    freed += ended.len();
                     if !members[j + 1].planned {
                         break;
                     }
@@ -595,6 +648,18 @@ mod tests {
                 prop_assert_eq!(f.exact(), Some(brute[s]), "{}", snapshot);
             }
             prop_assert_eq!(freed.len(), model.planned.iter().filter(|p| **p).count());
+        }
+
+        /// The bit set is a set: what it holds, and what `and` and `and_not` make of two.
+        #[test]
+        fn block_sets_are_sets(a in proptest::collection::btree_set(0u32..300, 0..40), b in proptest::collection::btree_set(0u32..300, 0..40)) {
+            let (sa, sb): (BlockSet, BlockSet) = (a.iter().copied().collect(), b.iter().copied().collect());
+            prop_assert_eq!(sa.iter().collect::<Vec<_>>(), a.iter().copied().collect::<Vec<_>>());
+            prop_assert_eq!(sa.len(), a.len() as u64);
+            prop_assert_eq!(sa.is_empty(), a.is_empty());
+            prop_assert!((0..320).all(|i| sa.contains(i) == a.contains(&i)));
+            prop_assert_eq!(sa.and(&sb).iter().collect::<Vec<_>>(), a.intersection(&b).copied().collect::<Vec<_>>());
+            prop_assert_eq!(sa.and_not(&sb).iter().collect::<Vec<_>>(), a.difference(&b).copied().collect::<Vec<_>>());
         }
 
         /// With answers missing, every figure is either exact and right, or a labelled bound; an

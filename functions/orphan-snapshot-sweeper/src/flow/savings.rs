@@ -8,7 +8,7 @@ use futures::stream::{self, StreamExt};
 use hashbrown::{HashMap, HashSet};
 
 use super::run::Run;
-use crate::core::savings::{self, Ask, Evidence, Freed, Lineage, Prices, Tier};
+use crate::core::savings::{self, Ask, BlockSet, Evidence, Freed, Lineage, Prices, Tier};
 use crate::core::summary::FreedSnapshot;
 use crate::core::{Id, Orphan, SnapshotFacts};
 use crate::ports::{Ebs, Records};
@@ -147,5 +147,5 @@ pub(super) fn entries(
 
 enum Answer {
     Blocks(savings::Blocks),
-    Changed(HashSet<u32>),
+    Changed(BlockSet),
 }
