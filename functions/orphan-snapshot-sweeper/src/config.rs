@@ -31,6 +31,7 @@ pub const VARIABLES: &[&str] = &[
     "RETIRE_KEEP_NEWEST",
     "RETIRE_FAMILY_TAG",
     "RETIRE_IMAGE_BUILDER_IMAGES",
+    "EXACT_SAVINGS",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +73,10 @@ pub struct Config {
     pub ledger_read_only: bool,
     /// How `RETIRE_UNUSED_AMIS_AFTER_DAYS` retires: its stages and their evidence (issue 22).
     pub staged_retirement: StagedRetirement,
+    /// `EXACT_SAVINGS` (default true): what each planned deletion really frees, from the EBS
+    /// direct APIs (`ListSnapshotBlocks`, `ListChangedBlocks`: $0.0006 per 1,000 requests);
+    /// false: the upper bound only, and no EBS call.
+    pub exact_savings: bool,
 }
 
 /// The settings of staged retirement, read (and checked) whether or not retirement is on.
@@ -169,6 +174,7 @@ impl Config {
             home_region: optional(source, "AWS_REGION"),
             ledger_read_only: ledger_read_only(source)?,
             staged_retirement: StagedRetirement::from_env(source)?,
+            exact_savings: bool_var(source, "EXACT_SAVINGS", true)?,
         })
     }
 
@@ -297,6 +303,7 @@ mod tests {
                 home_region: Some("eu-west-1".into()),
                 ledger_read_only: false,
                 staged_retirement: StagedRetirement::default(),
+                exact_savings: true,
             }
         );
     }
@@ -333,6 +340,15 @@ mod tests {
         // The stack's rules are in its own region: deletions elsewhere are not promised a restore.
         assert_eq!(config.recycle_bin_in("us-east-1"), RecycleBin::retaining_for(7));
         assert_eq!(config.recycle_bin_in("eu-central-1"), RecycleBin::retaining_for(7).elsewhere());
+    }
+
+    #[test]
+    fn exact_savings_is_on_unless_turned_off() {
+        let region = ("AWS_REGION", "us-east-1");
+        assert!(Config::from_env(&env(&[region])).unwrap().exact_savings);
+        assert!(!Config::from_env(&env(&[region, ("EXACT_SAVINGS", "FALSE")])).unwrap().exact_savings);
+        let err = Config::from_env(&env(&[region, ("EXACT_SAVINGS", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("EXACT_SAVINGS"), "{err}");
     }
 
     #[test]

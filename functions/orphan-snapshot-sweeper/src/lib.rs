@@ -22,7 +22,7 @@ pub use error::Error;
 pub use flow::delete::DELETE_CONCURRENCY;
 pub use flow::run::{DEADLINE_MARGIN, DELETION_CUTOFF, DELETION_MARGIN};
 pub use flow::sweep::REGION_CONCURRENCY;
-pub use handler::handle;
+pub use handler::{handle, handle_with_ebs};
 pub use ports::Ports;
 pub use report::{Report, Response, RetireOutcome};
 

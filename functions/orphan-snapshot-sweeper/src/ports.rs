@@ -17,6 +17,7 @@ use crate::core::{
     FastSnapshotRestore, Id, ImageFacts, LaunchPermissions, Memory, Orphan, SnapshotFacts, StageRecord, StagedImage,
     UsageEntry, UsageReport,
 };
+use crate::core::savings::{BlockSet, Blocks};
 use crate::report::Report;
 
 /// The ports one invocation acts through.
@@ -121,6 +122,23 @@ pub trait Ec2: Send + Sync {
     /// `EnableImage`: EC2 does not put the launch permissions back.
     fn enable_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
+
+/// The EBS direct APIs of one region, for exact savings (`EXACT_SAVINGS`): what a snapshot's
+/// blocks are and which differ between two snapshots of one lineage, every page. Boxed futures,
+/// so that a run holds the regions' clients as `dyn Ebs` ([`EbsRegions`]) beside [`Ports`].
+pub trait Ebs: Send + Sync {
+    /// Every block index `ListSnapshotBlocks` lists for the snapshot, and the block size.
+    fn snapshot_blocks<'a>(&'a self, snapshot_id: &'a str) -> futures::future::BoxFuture<'a, Result<Blocks, AwsError>>;
+    /// Every block index `ListChangedBlocks` lists from `first` (the older) to `second`.
+    fn changed_blocks<'a>(
+        &'a self,
+        first: &'a str,
+        second: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<BlockSet, AwsError>>;
+}
+
+/// The EBS direct APIs' client of each region, by region name (a region missing here gets bounds).
+pub type EbsRegions = [(String, Box<dyn Ebs>)];
 
 /// Publishes the sweep's summary to `REPORT_TOPIC_ARN`.
 pub trait SummaryPublisher: Send + Sync {

@@ -16,9 +16,10 @@ pub mod retire;
 pub mod stage_plan;
 pub mod stage_report;
 pub mod stages;
+pub mod savings;
 pub mod summary;
 
-pub use facts::{FastSnapshotRestore, Id, ImageFacts, KeepReason, SnapshotFacts};
+pub use facts::{FastSnapshotRestore, Id, ImageFacts, KeepReason, SnapshotFacts, Tier};
 pub use listing::SnapshotListing;
 pub use planner::{plan, Memory, Orphan, Plan, PlanInput, Policy, SnapshotTotal};
 pub use retire::{plan_retirement, ImageKeepReason, RetireInput, RetirePlan, RetirePolicy, UseFacts};

@@ -15,4 +15,5 @@ pub(crate) mod retirement;
 pub(crate) mod run;
 pub(crate) mod stage_evidence;
 pub(crate) mod stages;
+pub(crate) mod savings;
 pub(crate) mod sweep;

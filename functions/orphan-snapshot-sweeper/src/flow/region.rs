@@ -14,6 +14,8 @@ use super::delete::{delete, DELETE_CONCURRENCY};
 use super::retirement::retire;
 use super::run::{Ledger, Run};
 use super::stages::retire_in_stages;
+use super::savings;
+use crate::core::savings::Freed;
 use crate::core::{plan, Id, ImageFacts, Memory, Orphan, Plan, PlanInput, Policy, SnapshotFacts};
 use crate::ports::{Ec2, Records, RegionMemory};
 use crate::report::{RegionReport, RetiredImage};
@@ -30,6 +32,8 @@ struct Deletions {
     to_delete: Vec<Orphan>,
     /// When the ledger first saw each of them orphaned (only `to_delete`'s, not the region's).
     recorded: hashbrown::HashMap<Id, DateTime<Utc>>,
+    /// What deleting each of them frees (`EXACT_SAVINGS`), for its journal entry.
+    freed: hashbrown::HashMap<Id, Freed>,
 }
 
 /// What the region's listings said.
@@ -59,7 +63,8 @@ pub(super) async fn sweep_region<E: Ec2, L: Records>(
     let _ = planned.send(());
     if let Some(deletions) = deletions {
         let Swept { report, warnings, .. } = &mut swept;
-        delete(run, region, ec2, &deletions.to_delete, &deletions.recorded, report, warnings).await;
+        let (to_delete, recorded, freed) = (&deletions.to_delete, &deletions.recorded, &deletions.freed);
+        delete(run, region, ec2, to_delete, recorded, freed, report, warnings).await;
     }
     swept
 }
@@ -115,6 +120,9 @@ async fn plan_region<E: Ec2, L: Records>(
     }
     *budget = budget.saturating_sub(plan.to_delete.len() as u64);
     report.fill_from_plan(&plan, run.config.price_per_gb_month);
+    // What the planned deletions free (a dry run's too: it is for reports).
+    let freed = savings::freed(run, run.ebs_in(region), &snapshots, &plan.to_delete).await;
+    report.set_freed(savings::entries(&snapshots, &plan.to_delete, &freed, run.config.price_per_gb_month));
     report.orphans_failed_before =
         plan.orphans.iter().filter(|o| memory.failed_before.contains(o.snapshot_id.as_str())).count() as u64;
     if run.dry_run || plan.to_delete.is_empty() {
@@ -126,7 +134,7 @@ async fn plan_region<E: Ec2, L: Records>(
         .filter_map(|o| memory.orphaned_since.get_key_value(o.snapshot_id.as_str()))
         .map(|(id, since)| (id.clone(), *since))
         .collect();
-    Some(Deletions { to_delete: plan.to_delete, recorded })
+    Some(Deletions { to_delete: plan.to_delete, recorded, freed })
 }
 
 /// Whether the region may start at all: not without a usable ledger, not once it failed in this

@@ -122,6 +122,7 @@ pub fn config() -> Config {
             stages: Stages::parse("deregister").unwrap(),
             ..StagedRetirement::default()
         },
+        exact_savings: true,
     }
 }
 
