@@ -22,6 +22,7 @@ pub const VARIABLES: &[&str] = &[
     "RECYCLE_BIN_RETENTION_DAYS",
     "LEDGER_READ_ONLY",
     "LEDGER_TABLE",
+    "PARTITIONED_LISTING_ABOVE",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,12 +62,17 @@ pub struct Config {
     /// first sightings, no run summary. For a dry run from outside the stack (`make try`): a
     /// deployed dry run writes, so that its clocks have run when deletion is turned on.
     pub ledger_read_only: bool,
+    /// `PARTITIONED_LISTING_ABOVE` (default 20,000): a region whose last complete pass (the
+    /// ledger) listed more snapshots than this is listed in 16 partitions side by side
+    /// (`core::partitions`); 0 lists every region so, even one with no pass recorded.
+    pub partitioned_listing_above: u64,
 }
 
 pub const DEFAULT_MIN_AGE_HOURS: u32 = 24;
 pub const DEFAULT_MAX_DELETIONS: u32 = 500;
 pub const DEFAULT_MAX_DELETE_FRACTION: f64 = 0.5;
 pub const DEFAULT_PRICE_PER_GB_MONTH: f64 = 0.05;
+pub const DEFAULT_PARTITIONED_LISTING_ABOVE: u64 = 20_000;
 
 impl Config {
     pub fn from_env(source: &dyn VarSource) -> Result<Self, ConfigError> {
@@ -89,6 +95,13 @@ impl Config {
             recycle_bin: RecycleBin::from_env(source)?,
             home_region: optional(source, "AWS_REGION"),
             ledger_read_only: ledger_read_only(source)?,
+            partitioned_listing_above: number_var(
+                source,
+                "PARTITIONED_LISTING_ABOVE",
+                DEFAULT_PARTITIONED_LISTING_ABOVE,
+                0,
+                1_000_000_000,
+            )?,
         })
     }
 
@@ -216,6 +229,7 @@ mod tests {
                 recycle_bin: RecycleBin::retaining_for(0),
                 home_region: Some("eu-west-1".into()),
                 ledger_read_only: false,
+                partitioned_listing_above: 20_000,
             }
         );
     }
@@ -326,5 +340,17 @@ mod tests {
         let variables: std::collections::BTreeSet<String> = VARIABLES.iter().map(|v| v.to_string()).collect();
         assert_eq!(asked.into_inner(), variables);
         assert_eq!(VARIABLES.len(), variables.len(), "each once");
+    }
+
+    #[test]
+    fn the_partitioned_listing_threshold_is_read_and_checked() {
+        let region = ("AWS_REGION", "us-east-1");
+        let read = |value: &str| Config::from_env(&env(&[region, ("PARTITIONED_LISTING_ABOVE", value)]));
+        assert_eq!(read("0").unwrap().partitioned_listing_above, 0);
+        assert_eq!(read("50000").unwrap().partitioned_listing_above, 50_000);
+        for bad in ["-1", "many", "1.5"] {
+            let err = read(bad).unwrap_err();
+            assert_eq!(err.variable, "PARTITIONED_LISTING_ABOVE", "{bad}");
+        }
     }
 }

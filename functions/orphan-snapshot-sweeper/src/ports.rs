@@ -13,6 +13,7 @@ use amiguard::AwsError;
 use chrono::{DateTime, Utc};
 use hashbrown::{HashMap, HashSet};
 
+use crate::core::partitions::Passes;
 use crate::core::{FastSnapshotRestore, Id, ImageFacts, Memory, Orphan, SnapshotFacts};
 use crate::report::Report;
 
@@ -74,6 +75,26 @@ pub trait Ec2: Send + Sync {
     /// Writes the Recycle Bin rules' tag on `resource_ids` (snapshots or images, at most 1,000:
     /// one `CreateTags`), right before they are deleted or deregistered.
     fn mark_for_recycle_bin(&self, resource_ids: Vec<String>) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// One page of `DescribeSnapshots` for `OwnerIds=self` (`MaxResults` 1000), of the partition
+    /// `partition` (a `snapshot-id` filter value such as `snap-*0`; `None`: every snapshot), from
+    /// `next_token`. Not retried when throttled: the caller paces its partitions and counts the
+    /// throttled answers (`core::partitions`).
+    fn snapshot_page(
+        &self,
+        protect_tag: &str,
+        partition: Option<&str>,
+        next_token: Option<String>,
+    ) -> impl Future<Output = Result<SnapshotPage, AwsError>> + Send {
+        let _ = (protect_tag, partition, next_token);
+        async { Err(AwsError::new("DescribeSnapshots", "NotImplemented", "no paged listing here")) }
+    }
+}
+
+/// One page of a snapshot listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotPage {
+    pub snapshots: Vec<SnapshotFacts>,
+    pub next_token: Option<String>,
 }
 
 /// Publishes the sweep's summary to `REPORT_TOPIC_ARN`.
@@ -156,6 +177,18 @@ pub trait Records: LedgerStore {
 
     /// Where the full lists of the run `run_id` are, in the ledger.
     fn full_lists(&self, run_id: &str) -> String;
+
+    /// What the ledger keeps of the region's snapshot listing passes (`passes#<region>`): the
+    /// last complete pass's size and how far the current partitioned pass came.
+    fn snapshot_passes(&self, region: &str) -> impl Future<Output = Result<Passes, AwsError>> + Send;
+
+    /// Records the region's passes (after a complete listing, or partitions covered).
+    fn record_snapshot_passes(
+        &self,
+        region: &str,
+        passes: &Passes,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 /// What the ledger says of one region (for the planner), and what this sweep has to write of

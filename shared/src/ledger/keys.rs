@@ -36,6 +36,7 @@ pub const PARTITION_PREFIXES: &[&str] = &[
     "images#",
     "orphans#",
     "ami-events#",
+    "passes#",
     "run#",
     "runs#",
 ];
@@ -101,6 +102,14 @@ pub fn orphans(region: &str) -> String {
 pub fn ami_events(region: &str) -> String {
     format!("ami-events#{region}")
 }
+
+/// The partition of a region's snapshot listing passes (the sweeper's; one item, sort key
+/// [`SNAPSHOT_PASSES`]).
+pub fn snapshot_passes(region: &str) -> String {
+    format!("passes#{region}")
+}
+
+pub const SNAPSHOT_PASSES: &str = "snapshots";
 
 pub fn run(run_id: &str) -> String {
     format!("run#{run_id}")

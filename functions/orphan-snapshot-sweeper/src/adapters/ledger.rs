@@ -31,7 +31,7 @@ use crate::FUNCTION;
 /// its image records, orphan clocks, AMI events, run summaries, and its journal. Its role may
 /// touch no other: `dynamodb:LeadingKeys` in `template.yaml` lists exactly these (a test holds
 /// them together, and every request of its handler runs within them).
-pub const LEDGER_PARTITIONS: &[&str] = &["images#", "orphans#", "ami-events#", "runs#", "run#"];
+pub const LEDGER_PARTITIONS: &[&str] = &["images#", "orphans#", "ami-events#", "passes#", "runs#", "run#"];
 
 /// How long the record of a gone image and of an AMI event is kept: longer than the Recycle
 /// Bin's longest retention (365 days), so a binned image's mapping outlives its stay there.
@@ -226,6 +226,19 @@ impl<S: LedgerStore> Records for S {
 
     async fn record_run(&self, report: &Report) -> Result<(), AwsError> {
         self.put(&run_item(report), &Condition::Always).await.map(|_| ())
+    }
+
+    async fn snapshot_passes(&self, region: &str) -> Result<crate::core::partitions::Passes, AwsError> {
+        super::passes::read(self, region).await
+    }
+
+    async fn record_snapshot_passes(
+        &self,
+        region: &str,
+        passes: &crate::core::partitions::Passes,
+        at: DateTime<Utc>,
+    ) -> Result<(), AwsError> {
+        super::passes::write(self, region, passes, at).await
     }
 
     fn full_lists(&self, run_id: &str) -> String {

@@ -3,4 +3,6 @@
 
 pub mod ec2;
 pub mod ledger;
+mod passes;
+mod snapshot_pages;
 pub mod sns;

@@ -11,6 +11,7 @@ pub mod grace;
 mod join;
 pub mod listing;
 pub mod origin;
+pub mod partitions;
 pub mod planner;
 pub mod retire;
 pub mod summary;

@@ -131,6 +131,10 @@ pub struct RegionReport {
     pub ledger_writes: u64,
     /// The whole length of each list above.
     pub counts: ListCounts,
+    /// How the region's snapshots were listed: in one sequence or in partitions (which were
+    /// complete, cut, left for the next run; calls; throttled answers), and the passes' sizes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_listing: Option<super::partitions::ListingReport>,
 }
 
 impl RegionReport {
@@ -162,6 +166,7 @@ impl RegionReport {
             retirement_skipped: None,
             ledger_writes: 0,
             counts: ListCounts::default(),
+            snapshot_listing: None,
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub(crate) mod ami_event;
 pub(crate) mod delete;
+pub(crate) mod partitioned;
 pub(crate) mod region;
 pub(crate) mod retirement;
 pub(crate) mod run;

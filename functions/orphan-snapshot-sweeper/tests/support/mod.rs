@@ -113,6 +113,7 @@ pub fn config() -> Config {
         recycle_bin: RecycleBin::default(),
         home_region: Some("us-east-1".into()),
         ledger_read_only: false,
+        partitioned_listing_above: orphan_snapshot_sweeper::config::DEFAULT_PARTITIONED_LISTING_ABOVE,
     }
 }
 
