@@ -182,6 +182,9 @@ pub trait Records: LedgerStore {
     /// last complete pass's size and how far the current partitioned pass came.
     fn snapshot_passes(&self, region: &str) -> impl Future<Output = Result<Passes, AwsError>> + Send;
 
+    /// The item of the region's passes, for the batch written before deleting.
+    fn snapshot_passes_item(region: &str, passes: &Passes, at: DateTime<Utc>) -> Item;
+
     /// Records the region's passes (after a complete listing, or partitions covered).
     fn record_snapshot_passes(
         &self,

@@ -232,6 +232,10 @@ impl<S: LedgerStore> Records for S {
         super::passes::read(self, region).await
     }
 
+    fn snapshot_passes_item(region: &str, passes: &crate::core::partitions::Passes, at: DateTime<Utc>) -> Item {
+        super::passes::item(region, passes, at)
+    }
+
     async fn record_snapshot_passes(
         &self,
         region: &str,

@@ -30,7 +30,7 @@ pub(super) async fn write(
     store.put(&item(region, passes, at), &Condition::Always).await.map(|_| ())
 }
 
-fn item(region: &str, passes: &Passes, at: DateTime<Utc>) -> Item {
+pub(super) fn item(region: &str, passes: &Passes, at: DateTime<Utc>) -> Item {
     let mut item = Item::new(keys::snapshot_passes(region), keys::SNAPSHOT_PASSES)
         .with_s("kind", "snapshot-passes")
         .with_time(RECORDED_AT, at)

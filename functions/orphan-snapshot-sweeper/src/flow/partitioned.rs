@@ -50,46 +50,46 @@ pub(super) async fn passes<L: Records>(run: &Run<'_, L>, region: &str, report: &
     }
 }
 
-/// After a complete listing in one sequence: the pass recorded (dry run or not, unless the ledger
-/// is read-only or absent), and the report's `snapshot_listing`.
-pub(super) async fn after_sequential<L: Records>(
+/// After a complete listing in one sequence: the report's `snapshot_listing`, and the pass to
+/// record (dry run or not) with what the region writes before deleting ([`PassToRecord`]).
+pub(super) fn after_sequential<L: Records>(
     run: &Run<'_, L>,
-    region: &str,
     snapshots: &[SnapshotFacts],
     passes: &Passes,
     report: &mut RegionReport,
-    warnings: &mut Vec<String>,
-) {
+) -> PassToRecord {
     let (per_partition, outside) = partitions::counts(snapshots.iter().map(|s| s.snapshot_id.as_str()));
     let next = Passes::after_listing(per_partition, outside);
-    let recorded = record(run, region, passes, &next, warnings).await;
     report.snapshot_listing = Some(ListingReport {
         mode: "sequential",
         last_complete_pass: passes.last.as_ref().map(|l| l.total),
-        pass_recorded: recorded.then(|| next.last.as_ref().map(|l| l.total)).flatten(),
         ..ListingReport::default()
     });
+    PassToRecord::new(run, passes, next, true)
 }
 
-/// Writes `next` when it differs from what the ledger has (`passes`): an unchanged account's
-/// sweep writes nothing new. Answers whether the ledger holds `next` now. A failure is a warning:
-/// the next run then compares with the older pass.
-async fn record<L: Records>(
-    run: &Run<'_, L>,
-    region: &str,
-    passes: &Passes,
-    next: &Passes,
-    warnings: &mut Vec<String>,
-) -> bool {
-    let Some(store) = run.writable_store() else { return false };
-    if next == passes {
-        return true;
+/// The passes to write with the region's other records (`None` when unchanged: an unchanged
+/// account's sweep writes nothing new; or when the ledger is read-only or absent), and the pass
+/// size to report once written (`None`: no pass completed).
+pub(super) struct PassToRecord {
+    pub write: Option<Passes>,
+    pub completed: Option<u64>,
+}
+
+impl PassToRecord {
+    fn new<L: Records>(run: &Run<'_, L>, passes: &Passes, next: Passes, completed: bool) -> Self {
+        if run.writable_store().is_none() {
+            return Self { write: None, completed: None };
+        }
+        let completed = completed.then(|| next.last.as_ref().map(|l| l.total)).flatten();
+        let write = (next != *passes).then_some(next);
+        Self { write, completed }
     }
-    match run.until_cutoff("PutItem", store.record_snapshot_passes(region, next, run.invocation.now)).await {
-        Ok(()) => true,
-        Err(err) => {
-            warnings.push(format!("{region}: the snapshot listing's pass could not be recorded in the ledger: {err}"));
-            false
+
+    /// Once the region's records are written: the report says the pass it recorded.
+    pub fn written(&self, report: &mut RegionReport) {
+        if let Some(listing) = &mut report.snapshot_listing {
+            listing.pass_recorded = self.completed;
         }
     }
 }
@@ -103,6 +103,7 @@ pub(super) struct Partitioned {
     /// Why nothing may be deleted in the region this run (the coverage proof failed, or no
     /// partition was listed completely).
     pub blocked: Option<String>,
+    pub pass: PassToRecord,
 }
 
 /// What became of one partition.
@@ -195,11 +196,8 @@ pub(super) async fn list_and_plan<E: Ec2, L: Records>(
     }
     let next = passes.after_partitions(&counts);
     let completed_pass = !counts.is_empty() && next.current.is_empty();
-    if record(run, region, passes, &next, warnings).await && completed_pass {
-        listing.pass_recorded = next.last.as_ref().map(|l| l.total);
-    }
     report.snapshot_listing = Some(listing);
-    Partitioned { plan, complete, blocked }
+    Partitioned { plan, complete, blocked, pass: PassToRecord::new(run, passes, next, completed_pass) }
 }
 
 /// Nothing of `plan` is deleted: every orphan is held (counted as the circuit breaker's: a

@@ -81,9 +81,9 @@ async fn plan_region<E: Ec2, L: Records>(
     let passes = partitioned::passes(run, region, &mut swept.report).await?;
     let in_partitions = passes.partitioned(run.config.partitioned_listing_above);
     let Listing { snapshots, images, mut binned, locked } = list(run, region, ec2, swept, in_partitions).await?;
+    let mut pass = None;
     if !in_partitions {
-        let Swept { report, warnings, .. } = swept;
-        partitioned::after_sequential(run, region, &snapshots, &passes, report, warnings).await;
+        pass = Some(partitioned::after_sequential(run, &snapshots, &passes, &mut swept.report));
     }
     let RegionMemory { mut memory, image_writes, stale } = remember(run, region, &images, &binned, swept).await?;
     let retired = retire_first(run, region, ec2, &images, budget, swept, &mut binned).await?;
@@ -119,6 +119,7 @@ async fn plan_region<E: Ec2, L: Records>(
             crate::core::partitions::partition_of(id).is_some_and(|p| listed.complete.contains(&p))
         });
         blocked = listed.blocked;
+        pass = Some(listed.pass);
         listed.plan
     } else {
         plan(&input, &policy)
@@ -140,8 +141,12 @@ async fn plan_region<E: Ec2, L: Records>(
         swept.report.aborted = Some(why);
     }
     let report = &mut swept.report;
-    if !write_memory(run, region, &plan, &retired, &memory, (image_writes, stale), report).await {
+    let pass_item = pass.as_ref().and_then(|p| p.write.as_ref()).map(|p| L::snapshot_passes_item(region, p, run.invocation.now));
+    if !write_memory(run, region, &plan, &retired, &memory, (image_writes, stale, pass_item), report).await {
         return None;
+    }
+    if let Some(pass) = &pass {
+        pass.written(report);
     }
     *budget = budget.saturating_sub(plan.to_delete.len() as u64);
     report.fill_from_plan(&plan, run.config.price_per_gb_month);
@@ -304,7 +309,7 @@ async fn write_memory<L: Records>(
     plan: &Plan,
     retired: &[ImageFacts],
     memory: &Memory,
-    (image_writes, stale): (Vec<Item>, Vec<(String, String)>),
+    (image_writes, stale, pass): (Vec<Item>, Vec<(String, String)>, Option<Item>),
     report: &mut RegionReport,
 ) -> bool {
     let Some(store) = run.writable_store() else { return true };
@@ -335,6 +340,8 @@ async fn write_memory<L: Records>(
     let mut deletes = stale;
     deletes.extend(orphan_deletes);
     let writes = (puts.len() + deletes.len()) as u64;
+    // The listing's pass rides along (not counted: it is not of an image or a snapshot).
+    puts.extend(pass);
     if let Err(err) = run.until_cutoff("BatchWriteItem", store.write_batch(puts, deletes)).await {
         run.ledger_broke(&err);
         report.fill_from_plan(plan, run.config.price_per_gb_month);
