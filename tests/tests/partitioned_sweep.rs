@@ -58,7 +58,12 @@ async fn seed(account: &TestAccount, gone: usize, live: usize, manual: usize) ->
     }
     let volume = ec2.create_volume().availability_zone(format!("{REGION}a")).size(1).send().await.unwrap();
     for n in 0..manual {
-        ec2.create_snapshot().volume_id(volume.volume_id().unwrap()).description(format!("nightly {n}")).send().await.unwrap();
+        ec2.create_snapshot()
+            .volume_id(volume.volume_id().unwrap())
+            .description(format!("nightly {n}"))
+            .send()
+            .await
+            .unwrap();
     }
     (orphans, own_snapshots(account).await)
 }
@@ -185,8 +190,11 @@ async fn a_cut_partition_deletes_nothing_and_the_others_go_on() {
     // The partition of one orphan fails (an error EC2 gives no retry for).
     let victim = orphans.iter().next().unwrap().clone();
     let cut = partitions::filter(partitions::partition_of(&victim).unwrap());
-    let in_cut: BTreeSet<String> =
-        orphans.iter().filter(|id| partitions::partition_of(id) == partitions::partition_of(&victim)).cloned().collect();
+    let in_cut: BTreeSet<String> = orphans
+        .iter()
+        .filter(|id| partitions::partition_of(id) == partitions::partition_of(&victim))
+        .cloned()
+        .collect();
     let proxy = Proxy::start(&moto().endpoint).await;
     let encoded = format!("Filter.1.Value.1={}", cut.replace('*', "%2A"));
     proxy.inject(Fault::error("DescribeSnapshots", 400, "InvalidParameterValue").when_body_contains(&encoded));
@@ -292,6 +300,10 @@ async fn a_region_too_large_for_one_run_continues_in_the_next_the_partitions_lef
     let region = &second["regions"][0];
     let all_deleted: BTreeSet<String> = deleted.union(&strings(&region["deleted"])).cloned().collect();
     assert_eq!(all_deleted, orphans, "{region}");
-    assert_eq!(region["snapshot_listing"]["pass_recorded"], listed(&account).await + all_deleted.len() - deleted.len(), "{region}");
+    assert_eq!(
+        region["snapshot_listing"]["pass_recorded"],
+        listed(&account).await + all_deleted.len() - deleted.len(),
+        "{region}"
+    );
     assert!(recorded_passes(&account).await.current.is_empty());
 }

@@ -283,8 +283,11 @@ pub fn merge(parts: Vec<Plan>, failed_before: &hashbrown::HashSet<Id>, policy: &
     plan.unwitnessed.sort_unstable_by(|a, b| (a.start_time, &a.snapshot_id).cmp(&(b.start_time, &b.snapshot_id)));
     let orphans = plan.orphans.len() as u64;
     if exceeds_fraction(orphans, plan.own_snapshots, policy.max_delete_fraction) {
-        plan.circuit_breaker =
-            Some(CircuitBreakerTrip { orphans, own_snapshots: plan.own_snapshots, max_fraction: policy.max_delete_fraction });
+        plan.circuit_breaker = Some(CircuitBreakerTrip {
+            orphans,
+            own_snapshots: plan.own_snapshots,
+            max_fraction: policy.max_delete_fraction,
+        });
         *plan.kept.entry(super::KeepReason::CircuitBreaker).or_default() += orphans;
     } else {
         let allowed = usize::try_from(budget).unwrap_or(usize::MAX).min(plan.orphans.len());
@@ -447,7 +450,8 @@ mod tests {
         let text = short.to_string();
         assert!(text.contains("1799") && text.contains("2000") && text.contains("nothing deleted"), "{text}");
         assert_eq!(Passes::default().shortfall(&[(0, 0)]), None, "no pass to compare with");
-        let whole = Passes { last: Some(LastPass { total: 16_000, per_partition: Vec::new() }), current: BTreeMap::new() };
+        let whole =
+            Passes { last: Some(LastPass { total: 16_000, per_partition: Vec::new() }), current: BTreeMap::new() };
         assert!(whole.shortfall(&[(0, 899)]).is_some(), "per partition unknown: the total's share");
         assert!(whole.shortfall(&[(0, 900)]).is_none());
     }
@@ -541,7 +545,8 @@ mod tests {
                         memory.orphaned_since.insert(snapshot.clone(), now() - Duration::hours(hours));
                     }
                     if witnessed {
-                        let source = snapshots.iter().find(|s| s.snapshot_id == snapshot).and_then(|s| s.sources.described());
+                        let source =
+                            snapshots.iter().find(|s| s.snapshot_id == snapshot).and_then(|s| s.sources.described());
                         if let Some(source) = source {
                             memory.mapped_by_gone_images.entry(snapshot.clone()).or_default().push(Id::from(source));
                             memory.deregistered_at.insert(Id::from(source), now() - Duration::hours(30));

@@ -108,7 +108,10 @@ pub(super) struct Partitioned {
 
 /// What became of one partition.
 enum Outcome {
-    Complete { count: u64, plan: Plan },
+    Complete {
+        count: u64,
+        plan: Box<Plan>,
+    },
     Cut(String),
     /// Not started: the deadline would have cut it.
     Left,
@@ -124,8 +127,7 @@ pub(super) async fn list_and_plan<E: Ec2, L: Records>(
     input: &PlanInput<'_>,
     policy: &Policy,
     passes: &Passes,
-    report: &mut RegionReport,
-    warnings: &mut Vec<String>,
+    (report, warnings): (&mut RegionReport, &mut Vec<String>),
 ) -> Partitioned {
     let clock = Instant::now();
     let bucket = Mutex::new(TokenBucket::new(BUCKET_CAPACITY, BUCKET_REFILL_PER_SECOND, 0.0));
@@ -140,7 +142,10 @@ pub(super) async fn list_and_plan<E: Ec2, L: Records>(
                 let outcome = match list_partition(run, ec2, partition, &pace, longest).await {
                     Listed::Complete(snapshots) => {
                         let part = PlanInput { snapshots: &snapshots, budget: unlimited, ..*input };
-                        Outcome::Complete { count: snapshots.len() as u64, plan: for_merge(plan(&part, alone)) }
+                        Outcome::Complete {
+                            count: snapshots.len() as u64,
+                            plan: Box::new(for_merge(plan(&part, alone))),
+                        }
                     }
                     Listed::Cut(reason) => Outcome::Cut(reason),
                     Listed::Left => Outcome::Left,
@@ -166,7 +171,7 @@ pub(super) async fn list_and_plan<E: Ec2, L: Records>(
                 listing.complete.push(partitions::filter(partition));
                 counts.push((partition, count));
                 complete.insert(partition);
-                parts.push(plan);
+                parts.push(*plan);
             }
             Outcome::Cut(reason) => {
                 warnings.push(format!(
@@ -331,8 +336,7 @@ pub(super) async fn recheck_images<E: Ec2, L: Records>(
         images.iter().flat_map(|i| i.snapshot_ids.iter().map(|s| s.as_str())).collect();
     let live: hashbrown::HashSet<&str> = images.iter().map(|i| i.image_id.as_str()).collect();
     let before = plan.to_delete.len();
-    plan.to_delete
-        .retain(|o| !mapped.contains(o.snapshot_id.as_str()) && !live.contains(o.source_image_id.as_str()));
+    plan.to_delete.retain(|o| !mapped.contains(o.snapshot_id.as_str()) && !live.contains(o.source_image_id.as_str()));
     if plan.to_delete.len() < before {
         warnings.push(format!(
             "{region}: {} orphan(s) not deleted: an image listed after the snapshots maps them or is their AMI",

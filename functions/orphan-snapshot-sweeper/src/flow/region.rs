@@ -113,11 +113,11 @@ async fn plan_region<E: Ec2, L: Records>(
     let mut blocked = None;
     let mut plan = if in_partitions {
         let Swept { report, warnings, .. } = swept;
-        let listed = partitioned::list_and_plan(run, region, ec2, &input, &policy, &passes, report, warnings).await;
+        let listed = partitioned::list_and_plan(run, region, ec2, &input, &policy, &passes, (report, warnings)).await;
         // Only the complete partitions' orphan clocks can be found stale.
-        memory.orphaned_since.retain(|id, _| {
-            crate::core::partitions::partition_of(id).is_some_and(|p| listed.complete.contains(&p))
-        });
+        memory
+            .orphaned_since
+            .retain(|id, _| crate::core::partitions::partition_of(id).is_some_and(|p| listed.complete.contains(&p)));
         blocked = listed.blocked;
         pass = Some(listed.pass);
         listed.plan
@@ -141,7 +141,8 @@ async fn plan_region<E: Ec2, L: Records>(
         swept.report.aborted = Some(why);
     }
     let report = &mut swept.report;
-    let pass_item = pass.as_ref().and_then(|p| p.write.as_ref()).map(|p| L::snapshot_passes_item(region, p, run.invocation.now));
+    let pass_item =
+        pass.as_ref().and_then(|p| p.write.as_ref()).map(|p| L::snapshot_passes_item(region, p, run.invocation.now));
     if !write_memory(run, region, &plan, &retired, &memory, (image_writes, stale, pass_item), report).await {
         return None;
     }
