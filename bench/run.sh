@@ -52,6 +52,9 @@ if has scale && [[ -z ${SCALE_BASELINE:-} ]]; then
     (cd "$base/tree" && cargo build --release --locked --quiet -p orphan-snapshot-sweeper)
     cp "$CARGO_TARGET_DIR/release/orphan-snapshot-sweeper" "$SCALE_BASELINE"
     git worktree remove --force "$base/tree"
+    # Cargo would take the baseline's workspace crates for today's (same names, and the
+    # baseline's sources unchanged): they are built again.
+    cargo clean --release --quiet -p amiguard -p orphan-snapshot-sweeper
   fi
 fi
 if has sweep || has cold-start || has scale; then
