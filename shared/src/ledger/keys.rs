@@ -147,6 +147,7 @@ mod tests {
             seen_images("us-east-1"),
             orphans("us-east-1"),
             ami_events("us-east-1"),
+            snapshot_passes("us-east-1"),
             run("r-1"),
             runs("f"),
         ]
