@@ -243,6 +243,8 @@ async fn markedly_fewer_snapshots_than_the_last_pass_delete_nothing_and_say_why(
     assert_eq!(region["snapshot_listing"]["mode"], "partitioned", "{region}");
     assert_eq!(region["deleted"], json!([]), "{region}");
     assert_eq!(region["planned_deletions"], 0, "{region}");
+    assert_eq!(region["kept"]["circuit_breaker"], orphans.len(), "each orphan held once: {region}");
+    assert_eq!(region["kept"]["over_cap"], Value::Null, "{region}");
     assert_eq!(ids(&region["orphans"]), orphans, "still reported, for a person to read");
     assert_eq!(own_snapshots(&account).await, all);
     // A complete listing all the same: its size is the new pass.

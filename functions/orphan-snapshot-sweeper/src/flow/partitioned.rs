@@ -208,8 +208,13 @@ pub(super) async fn list_and_plan<E: Ec2, L: Records>(
 /// Nothing of `plan` is deleted: every orphan is held (counted as the circuit breaker's: a
 /// region-wide refusal to act).
 fn hold_all(plan: &mut Plan) {
+    if plan.circuit_breaker.is_some() {
+        // Held already, and counted so.
+        return;
+    }
     plan.to_delete.clear();
     plan.kept.remove(&KeepReason::OverCap);
+    plan.kept.remove(&KeepReason::Shared);
     if !plan.orphans.is_empty() {
         *plan.kept.entry(KeepReason::CircuitBreaker).or_default() += plan.orphans.len() as u64;
     }
