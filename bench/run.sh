@@ -102,7 +102,9 @@ if has planner; then
 fi
 
 if has scale; then
-  $PY bench/scale.py --binary "$CARGO_TARGET_DIR/release/orphan-snapshot-sweeper" --baseline "$SCALE_BASELINE"
+  # SCALE_SIZES and SCALE_LATENCIES (comma-separated) change the grid: 100000,1000000 and 1,3.
+  $PY bench/scale.py --binary "$CARGO_TARGET_DIR/release/orphan-snapshot-sweeper" --baseline "$SCALE_BASELINE" \
+    --sizes "${SCALE_SIZES:-100000,1000000}" --latencies "${SCALE_LATENCIES:-1,3}"
   echo
 fi
 
