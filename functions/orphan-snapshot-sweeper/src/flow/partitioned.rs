@@ -241,10 +241,14 @@ impl Pace<'_> {
         lock(self.counters).0 += 1;
     }
 
-    /// EC2 throttled a call: counted, the bucket emptied, and a pause before the `attempt`-th retry.
-    async fn throttled(&self, attempt: u32) {
+    /// EC2 throttled a call: counted, and the bucket emptied.
+    fn throttled(&self) {
         lock(self.counters).1 += 1;
         lock(self.bucket).throttled(self.now());
+    }
+
+    /// The pause before the `attempt`-th retry of a throttled call.
+    async fn pause(&self, attempt: u32) {
         tokio::time::sleep(Duration::from_secs_f64(partitions::retry_delay(attempt))).await;
     }
 }
@@ -296,11 +300,12 @@ async fn list_partition<E: Ec2, L: Records>(
                 }
             }
             Err(err) if is_throttling(&err) => {
+                pace.throttled();
                 attempt += 1;
                 if attempt > MAX_THROTTLED_RETRIES {
                     return Listed::Cut(format!("throttled out after {MAX_THROTTLED_RETRIES} retries: {err}"));
                 }
-                pace.throttled(attempt).await;
+                pace.pause(attempt).await;
             }
             Err(err) => return Listed::Cut(err.to_string()),
         }
