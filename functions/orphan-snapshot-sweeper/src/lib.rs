@@ -20,6 +20,7 @@ pub use amiguard::invocation::Invocation;
 pub use config::{Config, VARIABLES};
 pub use error::Error;
 pub use flow::delete::DELETE_CONCURRENCY;
+pub use flow::partitioned::PARTITION_CONCURRENCY;
 pub use flow::run::{DEADLINE_MARGIN, DELETION_CUTOFF, DELETION_MARGIN};
 pub use flow::sweep::REGION_CONCURRENCY;
 pub use handler::{handle, handle_with_ebs};

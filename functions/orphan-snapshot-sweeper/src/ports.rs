@@ -13,11 +13,12 @@ use amiguard::AwsError;
 use chrono::{DateTime, Utc};
 use hashbrown::{HashMap, HashSet};
 
+use crate::core::partitions::Passes;
+use crate::core::savings::{BlockSet, Blocks};
 use crate::core::{
     FastSnapshotRestore, Id, ImageFacts, LaunchPermissions, Memory, Orphan, SnapshotFacts, StageRecord, StagedImage,
     UsageEntry, UsageReport,
 };
-use crate::core::savings::{BlockSet, Blocks};
 use crate::report::Report;
 
 /// The ports one invocation acts through.
@@ -121,6 +122,20 @@ pub trait Ec2: Send + Sync {
     fn disable_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// `EnableImage`: EC2 does not put the launch permissions back.
     fn enable_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+
+    /// One page of `DescribeSnapshots` for `OwnerIds=self` (`MaxResults` 1000), of the partition
+    /// `partition` (a `snapshot-id` filter value such as `snap-*0`; `None`: every snapshot), from
+    /// `next_token`. Not retried when throttled: the caller paces its partitions and counts the
+    /// throttled answers (`core::partitions`).
+    fn snapshot_page(
+        &self,
+        protect_tag: &str,
+        partition: Option<&str>,
+        next_token: Option<String>,
+    ) -> impl Future<Output = Result<SnapshotPage, AwsError>> + Send {
+        let _ = (protect_tag, partition, next_token);
+        async { Err(AwsError::new("DescribeSnapshots", "NotImplemented", "no paged listing here")) }
+    }
 }
 
 /// The EBS direct APIs of one region, for exact savings (`EXACT_SAVINGS`): what a snapshot's
@@ -135,6 +150,13 @@ pub trait Ebs: Send + Sync {
         first: &'a str,
         second: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<BlockSet, AwsError>>;
+}
+
+/// One page of a snapshot listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotPage {
+    pub snapshots: Vec<SnapshotFacts>,
+    pub next_token: Option<String>,
 }
 
 /// The EBS direct APIs' client of each region, by region name (a region missing here gets bounds).
@@ -236,6 +258,21 @@ pub trait Records: LedgerStore {
         record: &StageRecord,
         run_id: &str,
         evidence: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+
+    /// What the ledger keeps of the region's snapshot listing passes (`passes#<region>`): the
+    /// last complete pass's size and how far the current partitioned pass came.
+    fn snapshot_passes(&self, region: &str) -> impl Future<Output = Result<Passes, AwsError>> + Send;
+
+    /// The item of the region's passes, for the batch written before deleting.
+    fn snapshot_passes_item(region: &str, passes: &Passes, at: DateTime<Utc>) -> Item;
+
+    /// Records the region's passes (after a complete listing, or partitions covered).
+    fn record_snapshot_passes(
+        &self,
+        region: &str,
+        passes: &Passes,
+        at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 

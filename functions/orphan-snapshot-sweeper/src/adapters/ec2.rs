@@ -57,6 +57,15 @@ impl Ec2 for aws_sdk_ec2::Client {
         Ok(snapshots)
     }
 
+    async fn snapshot_page(
+        &self,
+        protect_tag: &str,
+        partition: Option<&str>,
+        next_token: Option<String>,
+    ) -> Result<crate::ports::SnapshotPage, AwsError> {
+        super::snapshot_pages::snapshot_page(self, protect_tag, partition, next_token).await
+    }
+
     async fn images(&self, protect_tag: &str) -> Result<Vec<ImageFacts>, AwsError> {
         amiguard::paging::describe_own_images(self, Vec::new(), |image| image_facts(image, protect_tag)).await
     }

@@ -5,5 +5,7 @@ pub mod ebs;
 pub mod ec2;
 pub mod image_stages;
 pub mod ledger;
+mod passes;
 pub mod retirement_ledger;
+mod snapshot_pages;
 pub mod sns;

@@ -11,12 +11,13 @@ pub mod grace;
 mod join;
 pub mod listing;
 pub mod origin;
+pub mod partitions;
 pub mod planner;
 pub mod retire;
+pub mod savings;
 pub mod stage_plan;
 pub mod stage_report;
 pub mod stages;
-pub mod savings;
 pub mod summary;
 
 pub use facts::{FastSnapshotRestore, Id, ImageFacts, KeepReason, SnapshotFacts, Tier};

@@ -14,9 +14,9 @@ use super::facts::{FastSnapshotRestore, KeepReason};
 use super::grace;
 use super::planner::{Orphan, Plan, SnapshotTotal};
 use super::retire::ImageKeepReason;
-use super::stage_report::{RetirementStageEntry, StageTotals};
 use super::savings::gib;
 pub use super::savings::FreedSnapshot;
+use super::stage_report::{RetirementStageEntry, StageTotals};
 
 /// The most entries any list of the report shows (fewer when the report would not fit one log
 /// event); the counts are always whole, and the full lists are in the ledger.
@@ -165,6 +165,10 @@ pub struct RegionReport {
     pub freed_bytes_at_most: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freed_monthly_usd_at_most: Option<f64>,
+    /// How the region's snapshots were listed: in one sequence or in partitions (which were
+    /// complete, cut, left for the next run; calls; throttled answers), and the passes' sizes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_listing: Option<super::partitions::ListingReport>,
 }
 
 impl RegionReport {
@@ -203,6 +207,7 @@ impl RegionReport {
             freed_monthly_usd: None,
             freed_bytes_at_most: None,
             freed_monthly_usd_at_most: None,
+            snapshot_listing: None,
         }
     }
 

@@ -123,6 +123,7 @@ pub fn config() -> Config {
             ..StagedRetirement::default()
         },
         exact_savings: true,
+        partitioned_listing_above: orphan_snapshot_sweeper::config::DEFAULT_PARTITIONED_LISTING_ABOVE,
     }
 }
 
