@@ -159,6 +159,8 @@ class Proxy:
                     status, headers, answer = self.page(request, body, action, form)
                 else:
                     status, headers, answer = self.forward(request, body)
+                if service == "ebs" and status == 500:
+                    status, headers, answer = ebs_unknown_snapshot()
         finally:
             with self.lock:
                 self.in_flight[action] -= 1
@@ -321,6 +323,14 @@ def region_of_request(headers):
     """The region of the SigV4 scope (`Credential=KEY/DATE/REGION/SERVICE/aws4_request`)."""
     scope = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/", headers.get("Authorization", ""))
     return scope.group(1) if scope else ""
+
+
+def ebs_unknown_snapshot():
+    """moto's EBS direct APIs know only the snapshots they made (StartSnapshot), and answer an
+    HTML 500 (retried) for any other: answered as AWS answers a snapshot it does not know, so
+    that the sweeper's exact savings (EXACT_SAVINGS) turn at once into that snapshot's bound."""
+    body = b'{"Message": "moto knows the blocks of the snapshots its EBS direct APIs made only", "Reason": "SNAPSHOT_NOT_FOUND"}'
+    return 404, [("Content-Type", "application/json"), ("x-amzn-ErrorType", "ResourceNotFoundException")], body
 
 
 def error_xml(code, message):

@@ -8,12 +8,17 @@
 #                                                    (functions/orphan-snapshot-sweeper/benches/)
 #   4. Binary sizes (cargo lambda build --release --arm64) and init time to the first Runtime API poll
 #                                                    (bench/cold_start.py, bench/runtime_api.py)
+#   5. (issue 23; only with BENCH_PARTS=scale: about 50 minutes) a million snapshots in one run:
+#      the release binary as Lambda runs it, dry run, against a synthetic EC2 endpoint of N
+#      snapshots at 1 and 3 s a page (bench/scale.py, bench/ec2_synth.py), beside the code before
+#      issue 23 (SCALE_BASELINE: a binary; unset, built from a worktree of $SCALE_BASELINE_COMMIT)
 # Everything it starts (moto, the proxy, the fake Runtime API, the functions) listens on loopback
 # only and is stopped before it exits. Builds go to $CARGO_TARGET_DIR (default target/); a cold
 # run builds the workspace three times (x86_64 release, arm64 release, bench profile with the
 # dev-dependencies' features): about 50 minutes on 2 cores. Later runs take about 14 minutes.
 #
-# BENCH_PARTS=sweep,planner,cold-start (default: all) selects parts; the builds they need run first.
+# BENCH_PARTS=sweep,planner,cold-start (default) selects parts, `scale` among them; the builds
+# they need run first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -36,7 +41,23 @@ echo
 
 packages=()
 for f in "${FUNCTIONS[@]}"; do packages+=(-p "$f"); done
-if has sweep || has cold-start; then
+if has scale && [[ -z ${SCALE_BASELINE:-} ]]; then
+  # The baseline first: it is built into the same target dir (the same artifact names), then
+  # copied aside, and today's binaries are built after it.
+  SCALE_BASELINE=$OUT/orphan-snapshot-sweeper-${SCALE_BASELINE_COMMIT:=f3c5bca}
+  if [[ ! -x $SCALE_BASELINE ]]; then
+    echo "building the baseline sweeper of $SCALE_BASELINE_COMMIT (a git worktree; cold: ~15 min)..."
+    base=$(mktemp -d)
+    git worktree add --detach "$base/tree" "$SCALE_BASELINE_COMMIT" >/dev/null
+    (cd "$base/tree" && cargo build --release --locked --quiet -p orphan-snapshot-sweeper)
+    cp "$CARGO_TARGET_DIR/release/orphan-snapshot-sweeper" "$SCALE_BASELINE"
+    git worktree remove --force "$base/tree"
+    # Cargo would take the baseline's workspace crates for today's (same names, and the
+    # baseline's sources unchanged): they are built again.
+    cargo clean --release --quiet -p amiguard -p orphan-snapshot-sweeper
+  fi
+fi
+if has sweep || has cold-start || has scale; then
   echo "building the x86_64 release binaries (cargo build --release; cold: ~17 min)..."
   cargo build --release --locked --quiet "${packages[@]}"
 fi
@@ -77,6 +98,13 @@ if has planner; then
     taskset -c 0 cargo bench --locked --quiet -p orphan-snapshot-sweeper --bench planner_memory -- "$size" 2>>"$OUT/bench-build.log" |
       grep '^planner_memory'
   done
+  echo
+fi
+
+if has scale; then
+  # SCALE_SIZES and SCALE_LATENCIES (comma-separated) change the grid: 100000,1000000 and 1,3.
+  $PY bench/scale.py --binary "$CARGO_TARGET_DIR/release/orphan-snapshot-sweeper" --baseline "$SCALE_BASELINE" \
+    --sizes "${SCALE_SIZES:-100000,1000000}" --latencies "${SCALE_LATENCIES:-1,3}"
   echo
 fi
 

@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod ledger_iam;
 pub mod proxy;
 pub mod recycle_bin;
+pub mod savings;
 pub mod template;
 pub mod try_org;
 pub mod try_run;
@@ -412,6 +413,14 @@ impl TestAccount {
             .interceptor(MotoAccount(self.account_id.clone()))
             .build();
         aws_sdk_securityhub::Client::from_conf(config)
+    }
+
+    /// The EBS direct APIs as this account.
+    pub fn ebs(&self) -> aws_sdk_ebs::Client {
+        let config = aws_sdk_ebs::config::Builder::from(&self.sdk_config)
+            .interceptor(MotoAccount(self.account_id.clone()))
+            .build();
+        aws_sdk_ebs::Client::from_conf(config)
     }
 
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {

@@ -25,6 +25,9 @@ pub struct Call {
     pub status: Option<u16>,
     /// The region it was signed for (the SigV4 credential scope's).
     pub region: String,
+    /// The request's path and query (`/snapshots/snap-1/blocks?maxResults=10000`): what names
+    /// the resource of a REST call (the EBS direct APIs).
+    pub path: String,
 }
 
 impl Call {
@@ -227,7 +230,7 @@ impl Fault {
     fn on(action: &str, kind: FaultKind) -> Self {
         Self { action: Some(action.into()), body_contains: None, kind, times: None }
     }
-    /// Only the calls whose body contains `text`.
+    /// Only the calls whose body (or for a call without one, its path) contains `text`.
     pub fn when_body_contains(mut self, text: &str) -> Self {
         self.body_contains = Some(text.into());
         self
@@ -310,8 +313,11 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
             body: String::from_utf8_lossy(&body).into_owned(),
             status: None,
             region: signing_region(&head).unwrap_or_default(),
+            path: head.lines().next().and_then(|line| line.split(' ').nth(1)).unwrap_or_default().to_string(),
         };
-        let fault = take_fault(state, &call.action, &String::from_utf8_lossy(&body));
+        // A call without a body (a REST GET) is matched by its path instead.
+        let matched = if body.is_empty() { call.path.clone() } else { String::from_utf8_lossy(&body).into_owned() };
+        let fault = take_fault(state, &call.action, &matched);
         let service = call.service.clone();
         let handled = call.clone();
         let recorded = {
@@ -659,7 +665,7 @@ fn error_response(service: &str, status: u16, code: &str) -> Vec<u8> {
         "organizations" => {
             Some(("application/x-amz-json-1.1", format!("{{\"__type\":\"{code}\",\"Message\":\"{message}\"}}")))
         }
-        "securityhub" => Some((
+        "securityhub" | "ebs" => Some((
             "application/json",
             format!("{{\"__type\":\"{code}\",\"Code\":\"{code}\",\"Message\":\"{message}\"}}"),
         )),
@@ -727,6 +733,21 @@ fn rest_action(head: &str) -> Option<String> {
         ("POST", "/findings") => "GetFindings",
         ("POST", "/accounts") => "EnableSecurityHub",
         ("GET", "/accounts") => "DescribeHub",
+        _ => return ebs_action(method, path),
+    };
+    Some(action.to_string())
+}
+
+/// The action of an EBS direct API call (REST JSON), by its method and path.
+fn ebs_action(method: &str, path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let action = match (method, parts.as_slice()) {
+        ("POST", ["snapshots"]) => "StartSnapshot",
+        ("POST", ["snapshots", "completion", _]) => "CompleteSnapshot",
+        ("GET", ["snapshots", _, "blocks"]) => "ListSnapshotBlocks",
+        ("GET", ["snapshots", _, "changedblocks"]) => "ListChangedBlocks",
+        ("PUT", ["snapshots", _, "blocks", _]) => "PutSnapshotBlock",
+        ("GET", ["snapshots", _, "blocks", _]) => "GetSnapshotBlock",
         _ => return None,
     };
     Some(action.to_string())

@@ -259,10 +259,22 @@ async fn orphan_snapshot_sweeper_calls_exactly_what_its_policy_grants() {
     let checked = run(vec![("RECYCLE_BIN_CHECK", "true".into())]);
     let aborted = orphan_snapshot_sweeper::handle(&checked, &ports, &event, &invocation()).await.unwrap();
     assert!(aborted.sweep().unwrap().regions[0].aborted.is_some());
-    // Then the full sweep: retirement, deletions and the summary.
+    // Then the full sweep: retirement, deletions and the summary, and with EXACT_SAVINGS (the
+    // stack's default) what each deletion frees: moto's EBS direct APIs know only the snapshots
+    // they made, so the answers are refused at the proxy (the calls are recorded all the same),
+    // and every snapshot is on one volume, so that neighbours are compared.
+    proxy.inject(Fault::error("ListSnapshotBlocks", 400, "ResourceNotFoundException"));
+    proxy.inject(Fault::error("ListChangedBlocks", 400, "ResourceNotFoundException"));
+    proxy.inject(Fault::rewrite_with("DescribeSnapshots", |answer| {
+        amiguard_integration_tests::savings::one_volume(answer, "vol-0feed000000000001")
+    }));
+    let ebs = amiguard_integration_tests::savings::ebs_regions(&through);
     let unchecked = run(vec![("RECYCLE_BIN_CHECK", "false".into())]);
-    let report =
-        orphan_snapshot_sweeper::handle(&unchecked, &ports, &event, &invocation()).await.unwrap().sweep().unwrap();
+    let report = orphan_snapshot_sweeper::handle_with_ebs(&unchecked, &ports, Some(&ebs), &event, &invocation())
+        .await
+        .unwrap()
+        .sweep()
+        .unwrap();
     assert!(!report.regions[0].deleted.is_empty() && !report.retired_images.is_empty());
     // An AMI's deregistration event is recorded.
     let mut deregistered = sample_event("orphan-snapshot-sweeper.ami-deregistered.json");

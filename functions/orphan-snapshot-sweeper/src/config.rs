@@ -31,6 +31,8 @@ pub const VARIABLES: &[&str] = &[
     "RETIRE_KEEP_NEWEST",
     "RETIRE_FAMILY_TAG",
     "RETIRE_IMAGE_BUILDER_IMAGES",
+    "EXACT_SAVINGS",
+    "PARTITIONED_LISTING_ABOVE",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +74,14 @@ pub struct Config {
     pub ledger_read_only: bool,
     /// How `RETIRE_UNUSED_AMIS_AFTER_DAYS` retires: its stages and their evidence (issue 22).
     pub staged_retirement: StagedRetirement,
+    /// `EXACT_SAVINGS` (default true): what each planned deletion really frees, from the EBS
+    /// direct APIs (`ListSnapshotBlocks`, `ListChangedBlocks`: $0.0006 per 1,000 requests);
+    /// false: the upper bound only, and no EBS call.
+    pub exact_savings: bool,
+    /// `PARTITIONED_LISTING_ABOVE` (default 20,000): a region whose last complete pass (the
+    /// ledger) listed more snapshots than this is listed in 16 partitions side by side
+    /// (`core::partitions`); 0 lists every region so, even one with no pass recorded.
+    pub partitioned_listing_above: u64,
 }
 
 /// The settings of staged retirement, read (and checked) whether or not retirement is on.
@@ -146,6 +156,7 @@ pub const DEFAULT_MIN_AGE_HOURS: u32 = 24;
 pub const DEFAULT_MAX_DELETIONS: u32 = 500;
 pub const DEFAULT_MAX_DELETE_FRACTION: f64 = 0.5;
 pub const DEFAULT_PRICE_PER_GB_MONTH: f64 = 0.05;
+pub const DEFAULT_PARTITIONED_LISTING_ABOVE: u64 = 20_000;
 
 impl Config {
     pub fn from_env(source: &dyn VarSource) -> Result<Self, ConfigError> {
@@ -169,6 +180,14 @@ impl Config {
             home_region: optional(source, "AWS_REGION"),
             ledger_read_only: ledger_read_only(source)?,
             staged_retirement: StagedRetirement::from_env(source)?,
+            exact_savings: bool_var(source, "EXACT_SAVINGS", true)?,
+            partitioned_listing_above: number_var(
+                source,
+                "PARTITIONED_LISTING_ABOVE",
+                DEFAULT_PARTITIONED_LISTING_ABOVE,
+                0,
+                1_000_000_000,
+            )?,
         })
     }
 
@@ -297,6 +316,8 @@ mod tests {
                 home_region: Some("eu-west-1".into()),
                 ledger_read_only: false,
                 staged_retirement: StagedRetirement::default(),
+                exact_savings: true,
+                partitioned_listing_above: 20_000,
             }
         );
     }
@@ -333,6 +354,15 @@ mod tests {
         // The stack's rules are in its own region: deletions elsewhere are not promised a restore.
         assert_eq!(config.recycle_bin_in("us-east-1"), RecycleBin::retaining_for(7));
         assert_eq!(config.recycle_bin_in("eu-central-1"), RecycleBin::retaining_for(7).elsewhere());
+    }
+
+    #[test]
+    fn exact_savings_is_on_unless_turned_off() {
+        let region = ("AWS_REGION", "us-east-1");
+        assert!(Config::from_env(&env(&[region])).unwrap().exact_savings);
+        assert!(!Config::from_env(&env(&[region, ("EXACT_SAVINGS", "FALSE")])).unwrap().exact_savings);
+        let err = Config::from_env(&env(&[region, ("EXACT_SAVINGS", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("EXACT_SAVINGS"), "{err}");
     }
 
     #[test]
@@ -443,5 +473,17 @@ mod tests {
         let variables: std::collections::BTreeSet<String> = VARIABLES.iter().map(|v| v.to_string()).collect();
         assert_eq!(asked.into_inner(), variables);
         assert_eq!(VARIABLES.len(), variables.len(), "each once");
+    }
+
+    #[test]
+    fn the_partitioned_listing_threshold_is_read_and_checked() {
+        let region = ("AWS_REGION", "us-east-1");
+        let read = |value: &str| Config::from_env(&env(&[region, ("PARTITIONED_LISTING_ABOVE", value)]));
+        assert_eq!(read("0").unwrap().partitioned_listing_above, 0);
+        assert_eq!(read("50000").unwrap().partitioned_listing_above, 50_000);
+        for bad in ["-1", "many", "1.5"] {
+            let err = read(bad).unwrap_err();
+            assert_eq!(err.variable, "PARTITIONED_LISTING_ABOVE", "{bad}");
+        }
     }
 }

@@ -10,15 +10,31 @@ use crate::event::{self, Event};
 use crate::flow::run::Run;
 use crate::flow::{ami_event, sweep};
 use crate::metrics;
-use crate::ports::{Ec2, Ports, Records, SummaryPublisher};
+use crate::ports::{EbsRegions, Ec2, Ports, Records, SummaryPublisher};
 use crate::report::{AmiEventReport, Response};
 use crate::FUNCTION;
 
 /// One invocation: a sweep (every region in order; publish and log the report), or the record
-/// of an AMI event.
+/// of an AMI event. Without the EBS direct APIs: savings are bounds ([`handle_with_ebs`]).
 pub async fn handle<E, P, L>(
     config: &Config,
     ports: &Ports<'_, E, P, L>,
+    payload: &serde_json::Value,
+    invocation: &Invocation,
+) -> Result<Response, Error>
+where
+    E: Ec2,
+    P: SummaryPublisher,
+    L: Records,
+{
+    handle_with_ebs(config, ports, None, payload, invocation).await
+}
+
+/// [`handle`], with the EBS direct APIs of each region for exact savings (`EXACT_SAVINGS`).
+pub async fn handle_with_ebs<E, P, L>(
+    config: &Config,
+    ports: &Ports<'_, E, P, L>,
+    ebs: Option<&EbsRegions>,
     payload: &serde_json::Value,
     invocation: &Invocation,
 ) -> Result<Response, Error>
@@ -37,7 +53,8 @@ where
             return Ok(Response::AmiEvent(report));
         }
     };
-    let (run, warnings) = Run::start(config, ports, &account_id, &detail, invocation).await;
+    let (mut run, warnings) = Run::start(config, ports, &account_id, &detail, invocation).await;
+    run.ebs = ebs;
     let (mut report, unshown) = sweep::sweep(&run, ports.regions, warnings).await;
     // The report is in the log before anything else is sent: a run cut short by its timeout while
     // writing or publishing still leaves its whole record. The warnings it has no room for are

@@ -20,9 +20,10 @@ pub use amiguard::invocation::Invocation;
 pub use config::{Config, VARIABLES};
 pub use error::Error;
 pub use flow::delete::DELETE_CONCURRENCY;
+pub use flow::partitioned::PARTITION_CONCURRENCY;
 pub use flow::run::{DEADLINE_MARGIN, DELETION_CUTOFF, DELETION_MARGIN};
 pub use flow::sweep::REGION_CONCURRENCY;
-pub use handler::handle;
+pub use handler::{handle, handle_with_ebs};
 pub use ports::Ports;
 pub use report::{Report, Response, RetireOutcome};
 

@@ -6,7 +6,9 @@ use amiguard::invocation::Invocation;
 use amiguard::ledger::dynamo::DynamoLedger;
 use aws_config::Region;
 use lambda_runtime::{service_fn, LambdaEvent};
-use orphan_snapshot_sweeper::{handle, Config, Ports, FUNCTION};
+use orphan_snapshot_sweeper::adapters::ebs::EbsClient;
+use orphan_snapshot_sweeper::ports::Ebs;
+use orphan_snapshot_sweeper::{handle_with_ebs, Config, Ports, FUNCTION};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -31,13 +33,24 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         sns = sns.region(Region::new(region.to_string()));
     }
     let sns = aws_sdk_sns::Client::from_conf(sns.build());
+    // The EBS direct APIs of each region, for exact savings (none asked with EXACT_SAVINGS=false).
+    let ebs: Vec<(String, Box<dyn Ebs>)> = config
+        .regions
+        .iter()
+        .map(|region| {
+            let conf = aws_sdk_ebs::config::Builder::from(&sdk_config).region(Region::new(region.clone())).build();
+            let client: Box<dyn Ebs> = Box::new(EbsClient::new(aws_sdk_ebs::Client::from_conf(conf)));
+            (region.clone(), client)
+        })
+        .collect();
     let ledger = table.map(|table| DynamoLedger::from_conf(&sdk_config, table));
     let ports = Ports { regions: &regions, publisher: &sns, ledger: ledger.as_ref() };
 
     lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         let invocation = Invocation::from_context(&event.context);
-        let (config, ports) = (&config, &ports);
-        async move { handle(config, ports, &event.payload, &invocation).await }
+        let (config, ports, ebs) = (&config, &ports, &ebs);
+        let ebs = config.exact_savings.then_some(ebs.as_slice());
+        async move { handle_with_ebs(config, ports, ebs, &event.payload, &invocation).await }
     }))
     .await
 }

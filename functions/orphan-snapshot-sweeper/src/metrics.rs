@@ -27,6 +27,10 @@ pub const METRIC_NAMES: &[&str] = &[
     "RegionsAborted",
     "ImagesRetired",
     "Kept",
+    "FreedBytes",
+    "FreedBytesAtMost",
+    "FreedMonthlyUSD",
+    "FreedMonthlyUSDAtMost",
 ];
 /// The metrics published under a dimension besides `Function`: `Kept` per keep reason.
 pub const METRIC_DIMENSIONS: &[(&str, &[&str])] = &[("Kept", &["Reason"])];
@@ -80,9 +84,22 @@ pub fn kept_emf(report: &Report, timestamp: DateTime<Utc>) -> Vec<Value> {
         .collect()
 }
 
-/// Every EMF line of the run: [`emf`], then [`kept_emf`].
+/// What the run's planned deletions free (`totals.freed_bytes` and `totals.freed_bytes_at_most`,
+/// and their monthly cost by tier): the dashboard's savings panel. 0 when nothing is planned.
+pub fn freed_emf(report: &Report, timestamp: DateTime<Utc>) -> Value {
+    let t = &report.totals;
+    let metrics = [
+        ("FreedBytes", "Bytes", json!(t.freed_bytes.unwrap_or(0))),
+        ("FreedBytesAtMost", "Bytes", json!(t.freed_bytes_at_most.unwrap_or(0))),
+        ("FreedMonthlyUSD", "None", json!(t.freed_monthly_usd.unwrap_or(0.0))),
+        ("FreedMonthlyUSDAtMost", "None", json!(t.freed_monthly_usd_at_most.unwrap_or(0.0))),
+    ];
+    metrics::emf_line(metrics::NAMESPACE, FUNCTION, &[], &[("DryRun", json!(report.dry_run))], &metrics, timestamp)
+}
+
+/// Every EMF line of the run: [`emf`], [`freed_emf`], then [`kept_emf`].
 pub fn emf_lines(report: &Report, timestamp: DateTime<Utc>) -> Vec<Value> {
-    let mut lines = vec![emf(report, timestamp)];
+    let mut lines = vec![emf(report, timestamp), freed_emf(report, timestamp)];
     lines.extend(kept_emf(report, timestamp));
     lines
 }
@@ -111,6 +128,29 @@ mod tests {
         assert_eq!(line["DeleteFailed"], 1);
         assert_eq!(line["RegionsAborted"], 1);
         assert_eq!(line["ReclaimableGiB"], 30);
+    }
+
+    #[test]
+    fn freed_carries_the_totals_exact_and_bound_apart() {
+        let mut report = report();
+        let at = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+        assert_eq!(
+            (freed_emf(&report, at)["FreedBytes"].clone(), freed_emf(&report, at)["FreedBytesAtMost"].clone()),
+            (json!(0), json!(0))
+        );
+        report.totals.freed_bytes = Some(1 << 20);
+        report.totals.freed_bytes_at_most = Some(8 << 30);
+        report.totals.freed_monthly_usd_at_most = Some(0.4);
+        let line = freed_emf(&report, at);
+        assert_eq!((&line["FreedBytes"], &line["FreedBytesAtMost"]), (&json!(1 << 20), &json!(8u64 << 30)));
+        assert_eq!((&line["FreedMonthlyUSD"], &line["FreedMonthlyUSDAtMost"]), (&json!(0.0), &json!(0.4)));
+        let units: Vec<&str> = line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Unit"].as_str().unwrap())
+            .collect();
+        assert_eq!(units, ["Bytes", "Bytes", "None", "None"]);
     }
 
     #[test]

@@ -13,6 +13,8 @@ use amiguard::AwsError;
 use chrono::{DateTime, Utc};
 use hashbrown::{HashMap, HashSet};
 
+use crate::core::partitions::Passes;
+use crate::core::savings::{BlockSet, Blocks};
 use crate::core::{
     FastSnapshotRestore, Id, ImageFacts, LaunchPermissions, Memory, Orphan, SnapshotFacts, StageRecord, StagedImage,
     UsageEntry, UsageReport,
@@ -120,7 +122,45 @@ pub trait Ec2: Send + Sync {
     fn disable_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// `EnableImage`: EC2 does not put the launch permissions back.
     fn enable_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+
+    /// One page of `DescribeSnapshots` for `OwnerIds=self` (`MaxResults` 1000), of the partition
+    /// `partition` (a `snapshot-id` filter value such as `snap-*0`; `None`: every snapshot), from
+    /// `next_token`. Not retried when throttled: the caller paces its partitions and counts the
+    /// throttled answers (`core::partitions`).
+    fn snapshot_page(
+        &self,
+        protect_tag: &str,
+        partition: Option<&str>,
+        next_token: Option<String>,
+    ) -> impl Future<Output = Result<SnapshotPage, AwsError>> + Send {
+        let _ = (protect_tag, partition, next_token);
+        async { Err(AwsError::new("DescribeSnapshots", "NotImplemented", "no paged listing here")) }
+    }
 }
+
+/// The EBS direct APIs of one region, for exact savings (`EXACT_SAVINGS`): what a snapshot's
+/// blocks are and which differ between two snapshots of one lineage, every page. Boxed futures,
+/// so that a run holds the regions' clients as `dyn Ebs` ([`EbsRegions`]) beside [`Ports`].
+pub trait Ebs: Send + Sync {
+    /// Every block index `ListSnapshotBlocks` lists for the snapshot, and the block size.
+    fn snapshot_blocks<'a>(&'a self, snapshot_id: &'a str) -> futures::future::BoxFuture<'a, Result<Blocks, AwsError>>;
+    /// Every block index `ListChangedBlocks` lists from `first` (the older) to `second`.
+    fn changed_blocks<'a>(
+        &'a self,
+        first: &'a str,
+        second: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<BlockSet, AwsError>>;
+}
+
+/// One page of a snapshot listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotPage {
+    pub snapshots: Vec<SnapshotFacts>,
+    pub next_token: Option<String>,
+}
+
+/// The EBS direct APIs' client of each region, by region name (a region missing here gets bounds).
+pub type EbsRegions = [(String, Box<dyn Ebs>)];
 
 /// Publishes the sweep's summary to `REPORT_TOPIC_ARN`.
 pub trait SummaryPublisher: Send + Sync {
@@ -226,6 +266,21 @@ pub trait Records: LedgerStore {
         &self,
         region: &str,
         image_id: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+
+    /// What the ledger keeps of the region's snapshot listing passes (`passes#<region>`): the
+    /// last complete pass's size and how far the current partitioned pass came.
+    fn snapshot_passes(&self, region: &str) -> impl Future<Output = Result<Passes, AwsError>> + Send;
+
+    /// The item of the region's passes, for the batch written before deleting.
+    fn snapshot_passes_item(region: &str, passes: &Passes, at: DateTime<Utc>) -> Item;
+
+    /// Records the region's passes (after a complete listing, or partitions covered).
+    fn record_snapshot_passes(
+        &self,
+        region: &str,
+        passes: &Passes,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use crate::core::summary::{
-    ArchivedSnapshots, FailedDeletion, ListCounts, RegionReport, Report, RetireOutcome, RetiredImage, Totals,
-    WaitingOrphan, LIST_LIMIT, MAX_REPORT_BYTES,
+    ArchivedSnapshots, FailedDeletion, FreedSnapshot, ListCounts, RegionReport, Report, RetireOutcome, RetiredImage,
+    Totals, WaitingOrphan, LIST_LIMIT, MAX_REPORT_BYTES,
 };
 
 /// What an invocation answers: a sweep's report, or what became of an AMI event.

@@ -53,6 +53,12 @@ pub struct JournalEntry {
     /// Until when the Recycle Bin keeps it restorable once deleted (`None`: no retention rule,
     /// the deletion is final). Counted from `time`, which is before the call: a lower bound.
     pub restorable_until: Option<DateTime<Utc>>,
+    /// Snapshots: what deleting it frees, exactly (the EBS direct APIs' blocks), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes: Option<u64>,
+    /// Snapshots: what deleting it frees at most, when there is no exact figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes_at_most: Option<u64>,
 }
 
 /// The key of `resource_id`'s entry in the journal of `run_id`.
@@ -82,6 +88,8 @@ impl JournalEntry {
             source_image_id: None,
             rule,
             restorable_until: None,
+            freed_bytes: None,
+            freed_bytes_at_most: None,
         }
     }
 
@@ -91,6 +99,11 @@ impl JournalEntry {
 
     pub fn with_source(self, image_id: &str) -> Self {
         Self { source_image_id: Some(image_id.to_string()), ..self }
+    }
+
+    /// What deleting it frees: `exact` bytes, or `at_most` bytes when there is no exact figure.
+    pub fn with_freed(self, exact: Option<u64>, at_most: Option<u64>) -> Self {
+        Self { freed_bytes: exact, freed_bytes_at_most: at_most, ..self }
     }
 
     /// Says until when the Recycle Bin keeps it, when `bin` has rules (tagged for them first).
@@ -104,7 +117,7 @@ impl JournalEntry {
 
     fn item(&self, state: &str) -> Item {
         let (pk, sk) = self.key();
-        Item::new(pk, sk)
+        let item = Item::new(pk, sk)
             .with_s("kind", "journal")
             .with_s("state", state)
             .with_s("function", self.function)
@@ -115,7 +128,16 @@ impl JournalEntry {
             .with_s("rule", self.rule)
             .with_opt_s("source_image_id", self.source_image_id.clone())
             .with_n("size_gib", self.size_gib.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)))
-            .with_n(TTL_ATTRIBUTE, (self.time + KEEP_JOURNAL).timestamp())
+            .with_n(TTL_ATTRIBUTE, (self.time + KEEP_JOURNAL).timestamp());
+        let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let item = match self.freed_bytes {
+            Some(n) => item.with_n("freed_bytes", bytes(n)),
+            None => item,
+        };
+        match self.freed_bytes_at_most {
+            Some(n) => item.with_n("freed_bytes_at_most", bytes(n)),
+            None => item,
+        }
     }
 
     /// Written before the call: amiguard sets out to delete (or deregister) it.

@@ -37,6 +37,7 @@ pub const PARTITION_PREFIXES: &[&str] = &[
     "images#",
     "orphans#",
     "ami-events#",
+    "passes#",
     "run#",
     "runs#",
     "retirement#",
@@ -109,6 +110,14 @@ pub fn retirement(region: &str) -> String {
     format!("retirement#{region}")
 }
 
+/// The partition of a region's snapshot listing passes (the sweeper's; one item, sort key
+/// [`SNAPSHOT_PASSES`]).
+pub fn snapshot_passes(region: &str) -> String {
+    format!("passes#{region}")
+}
+
+pub const SNAPSHOT_PASSES: &str = "snapshots";
+
 pub fn run(run_id: &str) -> String {
     format!("run#{run_id}")
 }
@@ -145,6 +154,7 @@ mod tests {
             seen_images("us-east-1"),
             orphans("us-east-1"),
             ami_events("us-east-1"),
+            snapshot_passes("us-east-1"),
             run("r-1"),
             runs("f"),
             retirement("us-east-1"),

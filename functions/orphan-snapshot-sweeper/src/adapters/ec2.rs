@@ -52,10 +52,18 @@ impl Ec2 for aws_sdk_ec2::Client {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
             tokens.check(page.next_token())?;
             // Each page's descriptions and tags are dropped here, once read.
-            let listed = page.snapshots().iter().filter_map(snapshot_listing);
-            snapshots.extend(listed.map(|listing| listing.read(protect_tag)));
+            snapshots.extend(page.snapshots().iter().filter_map(|snapshot| snapshot_facts(snapshot, protect_tag)));
         }
         Ok(snapshots)
+    }
+
+    async fn snapshot_page(
+        &self,
+        protect_tag: &str,
+        partition: Option<&str>,
+        next_token: Option<String>,
+    ) -> Result<crate::ports::SnapshotPage, AwsError> {
+        super::snapshot_pages::snapshot_page(self, protect_tag, partition, next_token).await
     }
 
     async fn images(&self, protect_tag: &str) -> Result<Vec<ImageFacts>, AwsError> {
@@ -358,6 +366,13 @@ impl Ec2 for aws_sdk_ec2::Client {
     async fn enable_image(&self, image_id: &str) -> Result<(), AwsError> {
         image_stages::enable_image(self, image_id).await
     }
+}
+
+/// A listed snapshot's facts, with its `FullSnapshotSizeInBytes` (what deleting it frees at most).
+pub fn snapshot_facts(snapshot: &aws_sdk_ec2::types::Snapshot, protect_tag: &str) -> Option<SnapshotFacts> {
+    let mut facts = snapshot_listing(snapshot)?.read(protect_tag);
+    facts.full_size_bytes = snapshot.full_snapshot_size_in_bytes().and_then(|bytes| u64::try_from(bytes).ok());
+    Some(facts)
 }
 
 /// A listed snapshot as the sweeper reads it; `None` for an entry without an id.
@@ -820,5 +835,18 @@ mod tests {
         let image = Image::builder().image_id("ami-0a").creation_date("yesterday").build();
         let facts = image_facts(&image, tags::KEEP).unwrap();
         assert_eq!((facts.creation_date, facts.public), (None, false));
+    }
+
+    #[test]
+    fn snapshot_facts_carry_the_lineage_full_size_and_tier_savings_read() {
+        let listed = Snapshot::builder().snapshot_id("snap-01").full_snapshot_size_in_bytes(3 << 20).build();
+        let facts = snapshot_facts(&snapshot("snap-01"), tags::KEEP).unwrap();
+        assert_eq!(facts.volume_id.as_deref(), Some("vol-01"));
+        assert_eq!((facts.full_size_bytes, facts.tier), (None, crate::core::Tier::Archive));
+        let facts = snapshot_facts(&listed, tags::KEEP).unwrap();
+        assert_eq!(
+            (facts.full_size_bytes, facts.volume_id, facts.tier),
+            (Some(3 << 20), None, crate::core::Tier::Standard)
+        );
     }
 }

@@ -31,7 +31,8 @@ use crate::FUNCTION;
 /// its image records, orphan clocks, AMI events, run summaries, and its journal. Its role may
 /// touch no other: `dynamodb:LeadingKeys` in `template.yaml` lists exactly these (a test holds
 /// them together, and every request of its handler runs within them).
-pub const LEDGER_PARTITIONS: &[&str] = &["images#", "orphans#", "ami-events#", "runs#", "run#", "retirement#"];
+pub const LEDGER_PARTITIONS: &[&str] =
+    &["images#", "orphans#", "ami-events#", "passes#", "runs#", "run#", "retirement#"];
 
 /// How long the record of a gone image and of an AMI event is kept: longer than the Recycle
 /// Bin's longest retention (365 days), so a binned image's mapping outlives its stay there.
@@ -226,6 +227,23 @@ impl<S: LedgerStore> Records for S {
 
     async fn record_run(&self, report: &Report) -> Result<(), AwsError> {
         self.put(&run_item(report), &Condition::Always).await.map(|_| ())
+    }
+
+    async fn snapshot_passes(&self, region: &str) -> Result<crate::core::partitions::Passes, AwsError> {
+        super::passes::read(self, region).await
+    }
+
+    fn snapshot_passes_item(region: &str, passes: &crate::core::partitions::Passes, at: DateTime<Utc>) -> Item {
+        super::passes::item(region, passes, at)
+    }
+
+    async fn record_snapshot_passes(
+        &self,
+        region: &str,
+        passes: &crate::core::partitions::Passes,
+        at: DateTime<Utc>,
+    ) -> Result<(), AwsError> {
+        super::passes::write(self, region, passes, at).await
     }
 
     fn full_lists(&self, run_id: &str) -> String {

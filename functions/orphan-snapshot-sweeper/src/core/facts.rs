@@ -69,6 +69,31 @@ pub struct SnapshotFacts {
     /// [`KeepReason::Protected`], [`KeepReason::AwsBackup`], [`KeepReason::Dlm`],
     /// [`KeepReason::RecycleBin`], [`KeepReason::Archived`].
     pub marked: Option<KeepReason>,
+    /// The volume it was taken from (`vol-ffffffff` for a copy; `None`: not said): its lineage.
+    pub volume_id: Option<Id>,
+    /// EC2's `FullSnapshotSizeInBytes`, when said: what deleting it frees at most.
+    pub full_size_bytes: Option<u64>,
+    /// EC2's `StorageTier`, which sets its price.
+    pub tier: Tier,
+}
+
+/// A snapshot's storage tier (EC2's `StorageTier`), which sets its price (`savings::Prices`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    #[default]
+    Standard,
+    Archive,
+}
+
+impl Tier {
+    /// EC2's `StorageTier` (`standard`, `archive`; not said: standard).
+    pub fn from_ec2(tier: Option<&str>) -> Self {
+        match tier {
+            Some("archive") => Self::Archive,
+            _ => Self::Standard,
+        }
+    }
 }
 
 /// Why a snapshot is kept. One reason per snapshot, the first that applies in this order.

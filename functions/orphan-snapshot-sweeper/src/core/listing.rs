@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::facts::{Id, KeepReason, SnapshotFacts};
+use super::facts::{Id, KeepReason, SnapshotFacts, Tier};
 use super::origin;
 use amiguard::tags::Tag;
 
@@ -61,6 +61,9 @@ impl SnapshotListing {
             size_gib: self.size_gib,
             sources: origin::source_images(description, self.volume_id.as_deref(), tags),
             marked,
+            volume_id: self.volume_id.as_deref().map(Id::from),
+            full_size_bytes: None,
+            tier: Tier::from_ec2(self.storage_tier.as_deref()),
         }
     }
 }

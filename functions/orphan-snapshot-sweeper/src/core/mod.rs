@@ -11,15 +11,17 @@ pub mod grace;
 mod join;
 pub mod listing;
 pub mod origin;
+pub mod partitions;
 pub mod planner;
 pub mod retire;
+pub mod savings;
 pub mod stage_plan;
 pub mod stage_report;
 pub mod stages;
 pub mod summary;
 pub mod usage_reports;
 
-pub use facts::{FastSnapshotRestore, Id, ImageFacts, KeepReason, SnapshotFacts};
+pub use facts::{FastSnapshotRestore, Id, ImageFacts, KeepReason, SnapshotFacts, Tier};
 pub use listing::SnapshotListing;
 pub use planner::{plan, Memory, Orphan, Plan, PlanInput, Policy, SnapshotTotal};
 pub use retire::{plan_retirement, ImageKeepReason, RetireInput, RetirePlan, RetirePolicy, UseFacts};

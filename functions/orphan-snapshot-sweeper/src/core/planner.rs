@@ -424,7 +424,8 @@ impl<'a> Rules<'a> {
 
     /// Every copy must agree that the snapshot is an orphan, and the result must not depend on
     /// which copy came first: the smallest keep reason wins, then unwitnessed (any copy not
-    /// witnessed), then waiting (the copy deletable last), else the smallest orphan.
+    /// witnessed; the copy deletable last, as for waiting, so that adopting it never moves its
+    /// clock back), then waiting (the copy deletable last), else the smallest orphan.
     fn decide_copies<'s>(&self, copies: impl Iterator<Item = (&'s SnapshotFacts, join::Found)>) -> Decision {
         let mut owned = true;
         let mut size_gib = 0;
@@ -438,7 +439,8 @@ impl<'a> Rules<'a> {
             match self.classify(snapshot, found) {
                 Verdict::Kept(reason) => kept = Some(kept.map_or(reason, |k| k.min(reason))),
                 Verdict::Unwitnessed(candidate) => {
-                    if unwitnessed.as_ref().is_none_or(|known| candidate < *known) {
+                    let later = |known: &Orphan| (candidate.orphaned_since, &candidate) > (known.orphaned_since, known);
+                    if unwitnessed.as_ref().is_none_or(later) {
                         unwitnessed = Some(candidate);
                     }
                 }
@@ -457,7 +459,14 @@ impl<'a> Rules<'a> {
         }
         let verdict = match (kept, unwitnessed, waiting, orphan) {
             (Some(reason), _, _, _) => Verdict::Kept(reason),
-            (None, Some(unwitnessed), _, _) => Verdict::Unwitnessed(unwitnessed),
+            // Its clock is the latest of the copies' (as a waiting one's), so that adopting it
+            // later never makes it deletable sooner than its copies agree.
+            (None, Some(mut unwitnessed), waiting, _) => {
+                if let Some(waiting) = waiting.filter(|w| w.orphaned_since > unwitnessed.orphaned_since) {
+                    unwitnessed.orphaned_since = waiting.orphaned_since;
+                }
+                Verdict::Unwitnessed(unwitnessed)
+            }
             (None, None, Some(waiting), _) => Verdict::Waiting(waiting),
             (None, None, None, Some(orphan)) => Verdict::Deletable(orphan),
             // No copies: not reachable from `plan`, and nothing to delete either way.

@@ -14,6 +14,8 @@ use super::facts::{FastSnapshotRestore, KeepReason};
 use super::grace;
 use super::planner::{Orphan, Plan, SnapshotTotal};
 use super::retire::ImageKeepReason;
+use super::savings::gib;
+pub use super::savings::FreedSnapshot;
 use super::stage_report::{RetirementStageEntry, StageTotals};
 
 /// The most entries any list of the report shows (fewer when the report would not fit one log
@@ -23,7 +25,7 @@ pub const LIST_LIMIT: usize = 200;
 pub const MAX_REPORT_BYTES: usize = 200_000;
 /// EBS snapshot archive storage, USD per GB-month (us-east-1), billed for at least 90 days: what
 /// deleting an archived snapshot early would still cost, at most.
-pub const ARCHIVE_PRICE_PER_GB_MONTH: f64 = 0.0125;
+pub const ARCHIVE_PRICE_PER_GB_MONTH: f64 = super::savings::ARCHIVE_PRICE_PER_GB_MONTH;
 pub const ARCHIVE_MINIMUM_MONTHS: f64 = 3.0;
 /// Fast Snapshot Restore, USD per snapshot and Availability Zone and hour (us-east-1).
 pub const FAST_SNAPSHOT_RESTORE_PRICE_PER_HOUR: f64 = 0.75;
@@ -81,6 +83,13 @@ pub struct ListCounts {
     /// With staged retirement: the whole length of `retirement_stages`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retirement_stages: Option<u64>,
+    /// The planned deletions' savings entries (`EXACT_SAVINGS`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub freed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -142,6 +151,24 @@ pub struct RegionReport {
     /// With staged retirement: per stage, its images after the run and their monthly cost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retirement_stage_totals: Option<StageTotals>,
+    /// What each planned deletion frees (a dry run's too), in the order they are planned: absent
+    /// when none is planned.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub freed: Vec<FreedSnapshot>,
+    /// The sum of the exact figures of `freed`, and what they cost a month by tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_monthly_usd: Option<f64>,
+    /// The sum of the bounds of `freed` (deletions with no exact figure), and their monthly cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes_at_most: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_monthly_usd_at_most: Option<f64>,
+    /// How the region's snapshots were listed: in one sequence or in partitions (which were
+    /// complete, cut, left for the next run; calls; throttled answers), and the passes' sizes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_listing: Option<super::partitions::ListingReport>,
 }
 
 impl RegionReport {
@@ -175,7 +202,33 @@ impl RegionReport {
             counts: ListCounts::default(),
             retirement_stages: None,
             retirement_stage_totals: None,
+            freed: Vec::new(),
+            freed_bytes: None,
+            freed_monthly_usd: None,
+            freed_bytes_at_most: None,
+            freed_monthly_usd_at_most: None,
+            snapshot_listing: None,
         }
+    }
+
+    /// What the planned deletions free, each and in sum (exact figures and bounds apart).
+    pub fn set_freed(&mut self, freed: Vec<FreedSnapshot>) {
+        if freed.is_empty() {
+            return;
+        }
+        let (mut exact, mut at_most, mut exact_usd, mut at_most_usd) = (0, 0, 0.0, 0.0);
+        for entry in &freed {
+            match (entry.freed_bytes, entry.freed_bytes_at_most) {
+                (Some(bytes), _) => (exact, exact_usd) = (exact + bytes, exact_usd + entry.monthly_usd),
+                (None, Some(bytes)) => (at_most, at_most_usd) = (at_most + bytes, at_most_usd + entry.monthly_usd),
+                (None, None) => {}
+            }
+        }
+        self.freed_bytes = Some(exact);
+        self.freed_monthly_usd = Some(cents(exact_usd));
+        self.freed_bytes_at_most = Some(at_most);
+        self.freed_monthly_usd_at_most = Some(cents(at_most_usd));
+        self.freed = freed;
     }
 
     /// What the plan found, as the report says it.
@@ -223,6 +276,7 @@ impl RegionReport {
             left_for_next_run: self.left_for_next_run.len() as u64,
             unwitnessed: self.unwitnessed.len() as u64,
             retirement_stages: self.retirement_stages.as_ref().map(|list| list.len() as u64),
+            freed: self.freed.len() as u64,
         };
     }
 
@@ -238,6 +292,7 @@ impl RegionReport {
         if let Some(list) = &mut self.retirement_stages {
             list.truncate(limit);
         }
+        self.freed.truncate(limit);
     }
 }
 
@@ -343,6 +398,25 @@ pub struct Totals {
     /// With staged retirement: per stage, its images after the run and their monthly cost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retirement_stages: Option<StageTotals>,
+    /// What the planned deletions free, over the regions: exact figures (`freed_bytes`) and
+    /// bounds (`freed_bytes_at_most`) apart, each with its monthly cost by tier. Absent when no
+    /// region planned a deletion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_monthly_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_bytes_at_most: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_monthly_usd_at_most: Option<f64>,
+}
+
+/// `Some(a + b)` when either is there.
+fn add<T: std::ops::Add<Output = T> + Default>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or_default() + b.unwrap_or_default()),
+    }
 }
 
 /// Dollars, to the cent.
@@ -371,6 +445,10 @@ pub fn totals(regions: &[RegionReport], retired: &[RetiredImage], price_per_gb_m
         t.regions_aborted += u64::from(r.aborted.is_some());
         t.unwitnessed_count += r.counts.unwitnessed;
         t.unwitnessed_gib += r.unwitnessed_gib;
+        t.freed_bytes = add(t.freed_bytes, r.freed_bytes);
+        t.freed_monthly_usd = add(t.freed_monthly_usd, r.freed_monthly_usd).map(cents);
+        t.freed_bytes_at_most = add(t.freed_bytes_at_most, r.freed_bytes_at_most);
+        t.freed_monthly_usd_at_most = add(t.freed_monthly_usd_at_most, r.freed_monthly_usd_at_most).map(cents);
     }
     t.estimated_monthly_savings_usd = monthly_cost(t.reclaimable_gib, price_per_gb_month);
     let staged: Vec<&StageTotals> = regions.iter().filter_map(|r| r.retirement_stage_totals.as_ref()).collect();
@@ -432,6 +510,16 @@ pub fn summary_text(report: &Report) -> String {
             r.counts.failed,
             r.counts.left_for_next_run
         );
+        if let (Some(exact), Some(at_most)) = (r.freed_bytes, r.freed_bytes_at_most) {
+            let _ = writeln!(
+                text,
+                "  the planned deletions free {:.2} GiB exactly (${:.2}/month), and at most {:.2} GiB more where there is no exact figure (up to ${:.2}/month)",
+                gib(exact),
+                r.freed_monthly_usd.unwrap_or_default(),
+                gib(at_most),
+                r.freed_monthly_usd_at_most.unwrap_or_default()
+            );
+        }
         if let Some(first) = r.waiting.first() {
             let _ = writeln!(
                 text,
@@ -509,6 +597,12 @@ pub fn summary_text(report: &Report) -> String {
         text,
         "Savings are an upper bound: EBS snapshots are incremental, so deleting one frees at most the size of its volume."
     );
+    if t.freed_bytes.is_some() {
+        let _ = writeln!(
+            text,
+            "What the planned deletions free exactly is read from the EBS direct APIs (EXACT_SAVINGS): each region's `freed` list says which figure is exact and why the others are bounds."
+        );
+    }
     text
 }
 
@@ -631,6 +725,45 @@ pub(crate) mod tests {
         small.warnings = vec!["one".into()];
         assert!(small.bound().is_empty());
         assert_eq!((small.totals.warnings, small.full_lists), (1, None));
+    }
+
+    #[test]
+    fn freed_figures_add_up_exact_and_bounds_apart_by_region_and_run() {
+        use crate::core::savings::{Freed, Prices, Tier, GIB};
+        let prices = Prices { standard_per_gb_month: 0.05 };
+        let mut report = report();
+        let exact = FreedSnapshot::new("snap-01", &Freed::Exact { bytes: 2 * GIB }, Tier::Standard, &prices);
+        let bound = FreedSnapshot::new(
+            "snap-02",
+            &Freed::AtMost { bytes: 8 * GIB, why: "a copy".into() },
+            Tier::Standard,
+            &prices,
+        );
+        let archived = FreedSnapshot::new("snap-03", &Freed::Exact { bytes: 100 * GIB }, Tier::Archive, &prices);
+        report.regions[0].set_freed(vec![exact, bound, archived]);
+        let r = &report.regions[0];
+        assert_eq!((r.freed_bytes, r.freed_bytes_at_most), (Some(102 * GIB), Some(8 * GIB)));
+        assert_eq!((r.freed_monthly_usd, r.freed_monthly_usd_at_most), (Some(1.35), Some(0.4)), "by tier: 0.10 + 1.25");
+        report.regions[1].set_freed(vec![]);
+        assert_eq!(report.regions[1].freed_bytes, None, "nothing planned: not applicable");
+        report.regions.iter_mut().for_each(RegionReport::count);
+        let t = totals(&report.regions, &[], 0.05);
+        assert_eq!((t.freed_bytes, t.freed_bytes_at_most), (Some(102 * GIB), Some(8 * GIB)));
+        assert_eq!((t.estimated_monthly_savings_usd, t.reclaimable_gib), (1.5, 30), "the bound as before");
+        let value = serde_json::to_value(&report.regions[0]).unwrap();
+        assert_eq!(
+            value["freed"][1],
+            json!({"snapshot_id": "snap-02", "freed_bytes_at_most": 8 * GIB, "why_at_most": "a copy", "tier": "standard", "monthly_usd": 0.4})
+        );
+        assert_eq!(value["counts"]["freed"], 3);
+        report.totals = t;
+        assert!(summary_text(&report).contains("free 102.00 GiB exactly ($1.35/month), and at most 8.00 GiB more"));
+        // A report without planned deletions has none of these fields.
+        let plain = serde_json::to_value(super::tests::report()).unwrap();
+        for field in ["freed", "freed_bytes", "freed_bytes_at_most"] {
+            assert!(plain["regions"][0].get(field).is_none() && plain["totals"].get(field).is_none(), "{field}");
+        }
+        assert!(plain["regions"][0]["counts"].get("freed").is_none());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use futures::stream::{self, StreamExt};
 use std::collections::HashSet;
 
 use super::run::Run;
+use crate::core::savings::Freed;
 use crate::core::{Id, Orphan};
 use crate::ports::{Ec2, Records};
 use crate::report::{FailedDeletion, RegionReport};
@@ -34,13 +35,15 @@ enum Deletion {
 /// deletions start (a write-ahead journal: nothing is deleted that the ledger does not know
 /// of), then corrected for the ones that did not happen. A deletion not started when the
 /// deadline is near is not started at all; once the journal cannot be written, no further
-/// deletion starts in the run.
+/// deletion starts in the run. Each journal entry carries what its deletion frees (`freed`).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn delete<E: Ec2, L: Records>(
     run: &Run<'_, L>,
     region: &str,
     ec2: &E,
     orphans: &[Orphan],
     recorded: &hashbrown::HashMap<Id, DateTime<Utc>>,
+    freed: &hashbrown::HashMap<Id, Freed>,
     report: &mut RegionReport,
     warnings: &mut Vec<String>,
 ) {
@@ -69,7 +72,7 @@ pub(super) async fn delete<E: Ec2, L: Records>(
                 report.left_for_next_run.extend(chunk.iter().map(|o| o.snapshot_id.to_string()));
                 continue;
             }
-            delete_chunk(run, region, ec2, chunk, recorded, report, warnings).await;
+            delete_chunk(run, region, ec2, chunk, recorded, freed, report, warnings).await;
         }
     }
     report.deleted.sort();
@@ -88,19 +91,23 @@ fn may_go_on_deleting<L: Records>(run: &Run<'_, L>, report: &mut RegionReport) -
 }
 
 /// Journals `chunk` ahead, deletes it, and journals how each deletion ended.
+#[allow(clippy::too_many_arguments)]
 async fn delete_chunk<E: Ec2, L: Records>(
     run: &Run<'_, L>,
     region: &str,
     ec2: &E,
     chunk: &[&Orphan],
     recorded: &hashbrown::HashMap<Id, DateTime<Utc>>,
+    freed: &hashbrown::HashMap<Id, Freed>,
     report: &mut RegionReport,
     warnings: &mut Vec<String>,
 ) {
     // One entry per deletion, dated before its call: its `restorable_until` is then a lower
     // bound, never a promise a few seconds too long.
-    let entries: Vec<(&Orphan, JournalEntry)> =
-        chunk.iter().map(|orphan| (*orphan, journal_entry(run, region, orphan))).collect();
+    let entries: Vec<(&Orphan, JournalEntry)> = chunk
+        .iter()
+        .map(|orphan| (*orphan, journal_entry(run, region, orphan, freed.get(&orphan.snapshot_id))))
+        .collect();
     if let Some(store) = run.store() {
         let ahead: Vec<_> = entries.iter().map(|(_, entry)| entry.intended()).collect();
         if let Err(err) = run.until_cutoff("BatchWriteItem", store.write_batch(ahead, Vec::new())).await {
@@ -192,8 +199,9 @@ async fn delete_one<E: Ec2, L: Records>(run: &Run<'_, L>, ec2: &E, orphan: &Orph
     }
 }
 
-fn journal_entry<L: Records>(run: &Run<'_, L>, region: &str, orphan: &Orphan) -> JournalEntry {
+fn journal_entry<L: Records>(run: &Run<'_, L>, region: &str, orphan: &Orphan, freed: Option<&Freed>) -> JournalEntry {
     run.journal(region, Resource::Snapshot, &orphan.snapshot_id, "orphan")
+        .with_freed(freed.and_then(Freed::exact), freed.and_then(Freed::at_most))
         .with_size(orphan.size_gib)
         .with_source(&orphan.source_image_id)
         .in_recycle_bin(&run.recycle_bin(region))

@@ -10,9 +10,11 @@
 
 pub(crate) mod ami_event;
 pub(crate) mod delete;
+pub(crate) mod partitioned;
 pub(crate) mod region;
 pub(crate) mod retirement;
 pub(crate) mod run;
+pub(crate) mod savings;
 pub(crate) mod stage_evidence;
 pub(crate) mod stages;
 pub(crate) mod sweep;

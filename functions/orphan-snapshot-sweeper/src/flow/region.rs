@@ -11,9 +11,12 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 
 use super::delete::{delete, DELETE_CONCURRENCY};
+use super::partitioned;
 use super::retirement::retire;
 use super::run::{Ledger, Run};
+use super::savings;
 use super::stages::retire_in_stages;
+use crate::core::savings::Freed;
 use crate::core::{plan, Id, ImageFacts, Memory, Orphan, Plan, PlanInput, Policy, SnapshotFacts};
 use crate::ports::{Ec2, Records, RegionMemory};
 use crate::report::{RegionReport, RetiredImage};
@@ -30,6 +33,8 @@ struct Deletions {
     to_delete: Vec<Orphan>,
     /// When the ledger first saw each of them orphaned (only `to_delete`'s, not the region's).
     recorded: hashbrown::HashMap<Id, DateTime<Utc>>,
+    /// What deleting each of them frees (`EXACT_SAVINGS`), for its journal entry.
+    freed: hashbrown::HashMap<Id, Freed>,
 }
 
 /// What the region's listings said.
@@ -59,7 +64,8 @@ pub(super) async fn sweep_region<E: Ec2, L: Records>(
     let _ = planned.send(());
     if let Some(deletions) = deletions {
         let Swept { report, warnings, .. } = &mut swept;
-        delete(run, region, ec2, &deletions.to_delete, &deletions.recorded, report, warnings).await;
+        let (to_delete, recorded, freed) = (&deletions.to_delete, &deletions.recorded, &deletions.freed);
+        delete(run, region, ec2, to_delete, recorded, freed, report, warnings).await;
     }
     swept
 }
@@ -76,7 +82,15 @@ async fn plan_region<E: Ec2, L: Records>(
     if !may_start(run, &mut swept.report) {
         return None;
     }
-    let Listing { snapshots, images, mut binned, locked } = list(run, region, ec2, swept).await?;
+    // A large region is listed in partitions (issue 23): its images first, its snapshots after
+    // the ledger is read, partition by partition (`partitioned`).
+    let passes = partitioned::passes(run, region, &mut swept.report).await?;
+    let in_partitions = passes.partitioned(run.config.partitioned_listing_above);
+    let Listing { snapshots, images, mut binned, locked } = list(run, region, ec2, swept, in_partitions).await?;
+    let mut pass = None;
+    if !in_partitions {
+        pass = Some(partitioned::after_sequential(run, &snapshots, &passes, &mut swept.report));
+    }
     let RegionMemory { mut memory, image_writes, stale } = remember(run, region, &images, &binned, swept).await?;
     let retired = retire_first(run, region, ec2, &images, budget, swept, &mut binned).await?;
     for image in &retired {
@@ -102,19 +116,50 @@ async fn plan_region<E: Ec2, L: Records>(
         memory: &memory,
         locked: &locked,
     };
-    let mut plan = plan(&input, &policy);
+    let mut blocked = None;
+    let mut plan = if in_partitions {
+        let Swept { report, warnings, .. } = swept;
+        let listed = partitioned::list_and_plan(run, region, ec2, &input, &policy, &passes, (report, warnings)).await;
+        // Only the complete partitions' orphan clocks can be found stale.
+        memory
+            .orphaned_since
+            .retain(|id, _| crate::core::partitions::partition_of(id).is_some_and(|p| listed.complete.contains(&p)));
+        blocked = listed.blocked;
+        pass = Some(listed.pass);
+        listed.plan
+    } else {
+        plan(&input, &policy)
+    };
     if let Some(trip) = &plan.circuit_breaker {
         tracing::warn!(region, %trip, "circuit breaker tripped");
         swept.report.aborted = Some(trip.to_string());
     }
-    // In a dry run too: what it says it would delete is what a real run would.
-    keep_shared(run, region, ec2, &mut plan, *budget, &mut swept.warnings).await;
+    if blocked.is_none() {
+        // In a dry run too: what it says it would delete is what a real run would.
+        keep_shared(run, region, ec2, &mut plan, *budget, &mut swept.warnings).await;
+    }
+    if in_partitions && !run.dry_run && blocked.is_none() {
+        if let Err(why) = partitioned::recheck_images(run, region, ec2, &mut plan, &mut swept.warnings).await {
+            blocked = Some(why);
+        }
+    }
+    if let Some(why) = blocked {
+        swept.report.aborted = Some(why);
+    }
     let report = &mut swept.report;
-    if !write_memory(run, region, &plan, &retired, &memory, (image_writes, stale), report).await {
+    let pass_item =
+        pass.as_ref().and_then(|p| p.write.as_ref()).map(|p| L::snapshot_passes_item(region, p, run.invocation.now));
+    if !write_memory(run, region, &plan, &retired, &memory, (image_writes, stale, pass_item), report).await {
         return None;
+    }
+    if let Some(pass) = &pass {
+        pass.written(report);
     }
     *budget = budget.saturating_sub(plan.to_delete.len() as u64);
     report.fill_from_plan(&plan, run.config.price_per_gb_month);
+    // What the planned deletions free (a dry run's too: it is for reports).
+    let freed = savings::freed(run, run.ebs_in(region), &snapshots, &plan.to_delete).await;
+    report.set_freed(savings::entries(&snapshots, &plan.to_delete, &freed, run.config.price_per_gb_month));
     report.orphans_failed_before =
         plan.orphans.iter().filter(|o| memory.failed_before.contains(o.snapshot_id.as_str())).count() as u64;
     if run.dry_run || plan.to_delete.is_empty() {
@@ -126,7 +171,7 @@ async fn plan_region<E: Ec2, L: Records>(
         .filter_map(|o| memory.orphaned_since.get_key_value(o.snapshot_id.as_str()))
         .map(|(id, since)| (id.clone(), *since))
         .collect();
-    Some(Deletions { to_delete: plan.to_delete, recorded })
+    Some(Deletions { to_delete: plan.to_delete, recorded, freed })
 }
 
 /// Whether the region may start at all: not without a usable ledger, not once it failed in this
@@ -152,13 +197,23 @@ fn aborted<T>(region: &str, report: &mut RegionReport, what: &str, err: &dyn std
 
 /// The region's listings, in the safe order; `None` when one failed or the deadline came near
 /// (the region is aborted). Fast Snapshot Restore decides nothing: failing, it is a warning.
-async fn list<E: Ec2, L: Records>(run: &Run<'_, L>, region: &str, ec2: &E, swept: &mut Swept) -> Option<Listing> {
+async fn list<E: Ec2, L: Records>(
+    run: &Run<'_, L>,
+    region: &str,
+    ec2: &E,
+    swept: &mut Swept,
+    in_partitions: bool,
+) -> Option<Listing> {
     let Swept { report, warnings, .. } = swept;
-    let snapshots = match run.until_cutoff("DescribeSnapshots", ec2.snapshots(&run.config.protect_tag)).await {
-        Ok(snapshots) => snapshots,
-        Err(err) => return aborted(region, report, "listing snapshots", &err),
-    };
-    report.snapshots_scanned = snapshots.len() as u64;
+    // Listed in partitions, the snapshots come after the ledger is read (`partitioned`).
+    let mut snapshots = Vec::new();
+    if !in_partitions {
+        snapshots = match run.until_cutoff("DescribeSnapshots", ec2.snapshots(&run.config.protect_tag)).await {
+            Ok(snapshots) => snapshots,
+            Err(err) => return aborted(region, report, "listing snapshots", &err),
+        };
+        report.snapshots_scanned = snapshots.len() as u64;
+    }
     if !run.time_for(report, "listing images") {
         return None;
     }
@@ -268,7 +323,7 @@ async fn write_memory<L: Records>(
     plan: &Plan,
     retired: &[ImageFacts],
     memory: &Memory,
-    (image_writes, stale): (Vec<Item>, Vec<(String, String)>),
+    (image_writes, stale, pass): (Vec<Item>, Vec<(String, String)>, Option<Item>),
     report: &mut RegionReport,
 ) -> bool {
     let Some(store) = run.writable_store() else { return true };
@@ -299,6 +354,8 @@ async fn write_memory<L: Records>(
     let mut deletes = stale;
     deletes.extend(orphan_deletes);
     let writes = (puts.len() + deletes.len()) as u64;
+    // The listing's pass rides along (not counted: it is not of an image or a snapshot).
+    puts.extend(pass);
     if let Err(err) = run.until_cutoff("BatchWriteItem", store.write_batch(puts, deletes)).await {
         run.ledger_broke(&err);
         report.fill_from_plan(plan, run.config.price_per_gb_month);

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::event::ScheduledDetail;
-use crate::ports::{Ports, Records};
+use crate::ports::{Ebs, EbsRegions, Ports, Records};
 use crate::report::RegionReport;
 use crate::FUNCTION;
 
@@ -72,6 +72,8 @@ pub(crate) struct Run<'a, L> {
     pub ledger: Ledger<'a, L>,
     /// Set when the ledger failed: from then on no region deletes or deregisters anything more.
     ledger_failed: std::sync::Mutex<Option<String>>,
+    /// The EBS direct APIs of each region, for exact savings (`None`: bounds only).
+    pub ebs: Option<&'a EbsRegions>,
 }
 
 impl<'a, L: Records> Run<'a, L> {
@@ -97,8 +99,23 @@ impl<'a, L: Records> Run<'a, L> {
             warnings.extend(rules_elsewhere(config, ports.regions));
         }
         let ledger = Ledger::open(ports.ledger, dry_run, &mut warnings).await;
-        let run = Run { config, account_id, dry_run, invocation, deadline, ledger, ledger_failed: Default::default() };
+        let run = Run {
+            config,
+            account_id,
+            dry_run,
+            invocation,
+            deadline,
+            ledger,
+            ledger_failed: Default::default(),
+            ebs: None,
+        };
         (run, warnings)
+    }
+
+    /// The EBS direct APIs of `region`, if the run has them.
+    pub fn ebs_in(&self, region: &str) -> Option<&'a dyn Ebs> {
+        let regions = self.ebs?;
+        regions.iter().find(|(name, _)| name == region).map(|(_, ebs)| ebs.as_ref())
     }
 
     /// Whether less than [`DEADLINE_MARGIN`] is left: no listing or deregistration starts.

@@ -122,6 +122,8 @@ pub fn config() -> Config {
             stages: Stages::parse("deregister").unwrap(),
             ..StagedRetirement::default()
         },
+        exact_savings: true,
+        partitioned_listing_above: orphan_snapshot_sweeper::config::DEFAULT_PARTITIONED_LISTING_ABOVE,
     }
 }
 

@@ -1,0 +1,132 @@
+//! Exact savings through the handler, over fakes: what each deletion frees reaches its journal
+//! entry, and under tokio's paused clock a run that runs out of time reports the rest as bounds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use amiguard::ledger::keys;
+use amiguard::AwsError;
+use futures::future::BoxFuture;
+use orphan_snapshot_sweeper::core::savings::{BlockSet, Blocks};
+use orphan_snapshot_sweeper::ports::Ebs;
+use orphan_snapshot_sweeper::{handle_with_ebs, Ports, DEADLINE_MARGIN};
+use serde_json::json;
+use support::*;
+
+const BLOCK: u64 = 512 * 1024;
+
+/// The EBS direct APIs over a block model: each snapshot's version of each block index. Each
+/// call takes `delay` (on tokio's clock) and is recorded with when it started.
+struct FakeEbs {
+    versions: HashMap<String, Vec<Option<u32>>>,
+    delay: Duration,
+    started: Mutex<Vec<tokio::time::Instant>>,
+}
+
+impl FakeEbs {
+    fn new(versions: &[(&str, &[Option<u32>])], delay: Duration) -> Self {
+        let versions = versions.iter().map(|(id, v)| (id.to_string(), v.to_vec())).collect();
+        Self { versions, delay, started: Mutex::new(Vec::new()) }
+    }
+
+    fn of(&self, id: &str) -> Result<&Vec<Option<u32>>, AwsError> {
+        self.versions
+            .get(id)
+            .ok_or_else(|| AwsError::new("ListSnapshotBlocks", "ResourceNotFoundException", id.to_string()))
+    }
+}
+
+impl Ebs for FakeEbs {
+    fn snapshot_blocks<'a>(&'a self, snapshot_id: &'a str) -> BoxFuture<'a, Result<Blocks, AwsError>> {
+        Box::pin(async move {
+            self.started.lock().unwrap().push(tokio::time::Instant::now());
+            tokio::time::sleep(self.delay).await;
+            let versions = self.of(snapshot_id)?;
+            let indexes = (0..versions.len() as u32).filter(|b| versions[*b as usize].is_some()).collect();
+            Ok(Blocks { indexes, block_size: BLOCK })
+        })
+    }
+
+    fn changed_blocks<'a>(&'a self, first: &'a str, second: &'a str) -> BoxFuture<'a, Result<BlockSet, AwsError>> {
+        Box::pin(async move {
+            self.started.lock().unwrap().push(tokio::time::Instant::now());
+            tokio::time::sleep(self.delay).await;
+            let (a, b) = (self.of(first)?, self.of(second)?);
+            Ok((0..a.len() as u32).filter(|i| a[*i as usize] != b[*i as usize]).collect())
+        })
+    }
+}
+
+/// Three orphans of one volume (the support's `orphan`s: `vol-01`, the same start time, so by
+/// id), all deleted: each distinct block is freed once, for the oldest holding it.
+#[tokio::test]
+async fn each_deletion_s_journal_entry_says_what_it_frees() {
+    let ids = ["snap-001", "snap-002", "snap-003"];
+    let ebs = FakeEbs::new(
+        &[("snap-001", &[Some(1), Some(1)]), ("snap-002", &[Some(1), Some(2)]), ("snap-003", &[Some(3), Some(2)])],
+        Duration::ZERO,
+    );
+    let ebs: Vec<(String, Box<dyn Ebs>)> = vec![("us-east-1".into(), Box::new(ebs))];
+    let ledger = ledger_seen("us-east-1", ids.iter().map(|s| s.to_string()));
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(ids.iter().map(|id| orphan(id)).collect(), vec![]))];
+    let ports = Ports { regions: &regions, publisher: &FakeSns::default(), ledger: Some(&ledger) };
+    let response = handle_with_ebs(&config(), &ports, Some(&ebs), &event(json!({})), &invocation()).await.unwrap();
+    let report = response.sweep().unwrap();
+    assert_eq!(report.regions[0].deleted.len(), 3);
+    let journal = |id: &str| {
+        ledger.items().into_iter().find(|i| i.pk == keys::run("r-test") && i.s("resource_id") == Some(id)).unwrap()
+    };
+    let freed: Vec<Option<i64>> = ids.iter().map(|id| journal(id).n("freed_bytes")).collect();
+    let block = BLOCK as i64;
+    assert_eq!(freed, [Some(2 * block), Some(block), Some(block)]);
+    assert!(ids.iter().all(|id| journal(id).n("freed_bytes_at_most").is_none()));
+    assert_eq!(report.totals.freed_bytes, Some(4 * BLOCK));
+}
+
+/// Each call takes 100 s and the deadline is 500 s away: questions start while more than
+/// `DEADLINE_MARGIN` is left, and the snapshots whose answers did not come are labelled bounds.
+#[tokio::test(start_paused = true)]
+async fn a_run_that_runs_out_of_time_reports_the_rest_as_bounds() {
+    let ids: Vec<String> = (0..20).map(|i| format!("snap-{i:03}")).collect();
+    let versions: Vec<(String, Vec<Option<u32>>)> =
+        ids.iter().enumerate().map(|(i, id)| (id.clone(), vec![Some(i as u32), Some(0)])).collect();
+    let model: Vec<(&str, &[Option<u32>])> = versions.iter().map(|(id, v)| (id.as_str(), v.as_slice())).collect();
+    let fake = std::sync::Arc::new(FakeEbs::new(&model, Duration::from_secs(100)));
+    struct Shared(std::sync::Arc<FakeEbs>);
+    impl Ebs for Shared {
+        fn snapshot_blocks<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Blocks, AwsError>> {
+            self.0.snapshot_blocks(id)
+        }
+        fn changed_blocks<'a>(&'a self, first: &'a str, second: &'a str) -> BoxFuture<'a, Result<BlockSet, AwsError>> {
+            self.0.changed_blocks(first, second)
+        }
+    }
+    let ebs: Vec<(String, Box<dyn Ebs>)> = vec![("us-east-1".into(), Box::new(Shared(fake.clone())))];
+    let ledger = ledger_seen("us-east-1", ids.iter().cloned());
+    let regions = vec![("us-east-1".to_string(), FakeEc2::with(ids.iter().map(|id| orphan(id)).collect(), vec![]))];
+    let ports = Ports { regions: &regions, publisher: &FakeSns::default(), ledger: Some(&ledger) };
+    let start = tokio::time::Instant::now();
+    let deadline = start + Duration::from_secs(500);
+    let soon = invocation().with_deadline(SystemTime::now() + Duration::from_secs(500));
+    let config = orphan_snapshot_sweeper::Config { dry_run: true, ..config() };
+    let report = handle_with_ebs(&config, &ports, Some(&ebs), &event(json!({})), &soon).await.unwrap().sweep().unwrap();
+    let started = fake.started.lock().unwrap().clone();
+    assert!(!started.is_empty() && started.len() < 39, "some asked, not all 39: {}", started.len());
+    assert!(started.iter().all(|at| *at + DEADLINE_MARGIN < deadline), "none inside the margin");
+    let freed = &report.regions[0].freed;
+    assert_eq!(freed.len(), 20, "every planned deletion has its entry");
+    let late: Vec<&str> =
+        freed.iter().filter_map(|f| f.why_at_most.as_deref()).filter(|w| w.contains("deadline")).collect();
+    assert!(!late.is_empty(), "{freed:#?}");
+    for entry in freed {
+        assert!(entry.freed_bytes.is_some() != entry.freed_bytes_at_most.is_some(), "one or the other: {entry:?}");
+        if let Some(bound) = entry.freed_bytes_at_most {
+            assert_eq!(bound, 10 << 30, "the volume's size");
+        }
+    }
+}
