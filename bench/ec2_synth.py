@@ -15,13 +15,17 @@ Answered (EC2's query protocol, POST form bodies; STS's GetCallerIdentity too):
   DescribeImages         Owners self, MaxResults, NextToken (IncludeDisabled/Deprecated accepted)
   DescribeLockedSnapshots, DescribeFastSnapshotRestores, DescribeInstances,
   DescribeLaunchTemplateVersions, DescribeSnapshotAttribute, DescribeImageAttribute: empty answers
+With `--filter-after-paging`, a filtered DescribeSnapshots call pages the whole account and filters
+each page after: a page holds only the matching snapshots among the next MaxResults of the account,
+so it is short, often empty, and still carries a NextToken (EC2's API reference warns that filtered
+describe calls may answer so; whether DescribeSnapshots' `snapshot-id` filter does is not measured).
 Each page of DescribeSnapshots and DescribeImages is answered after `--latency` seconds. Each action
 has EC2's token bucket (`--burst` 100, `--refill` 20 a second); a call finding it empty is answered
 at once with HTTP 503 `RequestLimitExceeded`, as EC2 does.
 
 GET /stats answers the calls, throttled answers and pages served so far (JSON).
 
-Usage: ec2_synth.py --snapshots N --latency 3 [--port 0]   (prints `listening on PORT` when ready)
+Usage: ec2_synth.py --snapshots N --latency 3 [--filter-after-paging] [--port 0]   (prints `listening on PORT` when ready)
 """
 
 import argparse
@@ -122,9 +126,19 @@ class Account:
                 f"<imageType>machine</imageType><name>bench-{j}</name><rootDeviceType>ebs</rootDeviceType>"
                 f"<rootDeviceName>/dev/xvda</rootDeviceName><blockDeviceMapping>{mappings}</blockDeviceMapping></item>")
 
-    def snapshot_page(self, patterns, start, size):
+    def snapshot_page(self, patterns, start, size, filter_after_paging=False):
         """Snapshots from index `start` matching any of `patterns` (None: all): up to `size`, and
-        the index to go on from (None: the end)."""
+        the index to go on from (None: the end). `filter_after_paging`: the next `size` of the
+        account, then only those matching (a short or empty page, with a token until the end)."""
+        if patterns is not None and filter_after_paging:
+            end = min(self.n, start + size)
+            if len(patterns) == 1 and re.fullmatch(r"snap-\*[0-9a-f]", patterns[0]):
+                residue = (int(patterns[0][-1], 16) * self.inverse) % 16
+                found = list(range(start + (residue - start) % 16, end, 16))
+            else:
+                regexes = [wildcard_regex(p) for p in patterns]
+                found = [i for i in range(start, end) if any(r.match(snapshot_id(i)) for r in regexes)]
+            return found, (end if end < self.n else None)
         if patterns is None:
             end = min(self.n, start + size)
             return list(range(start, end)), (end if end < self.n else None)
@@ -162,6 +176,7 @@ class Server:
     def __init__(self, args):
         self.account = Account(args.snapshots)
         self.latency = args.latency
+        self.filter_after_paging = args.filter_after_paging
         self.burst, self.refill = args.burst, args.refill
         self.buckets = {}
         self.stats = {"calls": {}, "throttled": {}, "pages": {}}
@@ -193,7 +208,8 @@ class Server:
         size = max(5, min(1000, int(params.get("MaxResults") or 1000)))
         start = int(params.get("NextToken") or 0)
         if action == "DescribeSnapshots":
-            found, after = self.account.snapshot_page(snapshot_id_filter(params), start, size)
+            found, after = self.account.snapshot_page(
+                snapshot_id_filter(params), start, size, self.filter_after_paging)
             time.sleep(self.latency)
             self.count("pages", action)
             items = "".join(self.account.snapshot_xml(i) for i in found)
@@ -231,6 +247,8 @@ def main():
     parser.add_argument("--burst", type=float, default=100)
     parser.add_argument("--refill", type=float, default=20)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--filter-after-paging", action="store_true",
+                        help="filtered DescribeSnapshots pages the whole account, then filters: short/empty pages with a NextToken")
     args = parser.parse_args()
     server = Server(args)
 

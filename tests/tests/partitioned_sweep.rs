@@ -6,7 +6,9 @@
 //!   moto 5.2.5 honours with EC2's wildcards; it ignores `MaxResults` and `NextToken`, so each
 //!   partition is one page) and deletes exactly the orphans one listing finds;
 //! - a partition whose listing was cut deletes nothing; the others go on;
-//! - markedly fewer snapshots than the last complete pass: nothing deleted, and why;
+//! - markedly fewer snapshots than the last complete pass: nothing deleted, and why, and the
+//!   short listing never becomes the baseline (issue 23's review, B3); a region's first
+//!   partitioned pass, with no complete pass recorded, records it and deletes nothing;
 //! - every complete listing records the pass size, in a dry run too (not with LEDGER_READ_ONLY);
 //! - a region too large for one run continues its pass in the next, the partitions left first.
 
@@ -111,6 +113,13 @@ fn adopting(above: &str, dry_run: &str) -> Config {
     config(&[("ADOPT_UNWITNESSED_ORPHANS", "true"), ("PARTITIONED_LISTING_ABOVE", above), ("DRY_RUN", dry_run)])
 }
 
+/// A dry run listing the region in one sequence: the complete pass a partitioned listing proves
+/// its coverage with (a region's first partitioned pass deletes nothing).
+async fn record_a_pass(account: &TestAccount) {
+    let report = sweep(account, &adopting("1000000", "true")).await;
+    assert_eq!(report["regions"][0]["snapshot_listing"]["mode"], "sequential", "{report}");
+}
+
 async fn recorded_passes(account: &TestAccount) -> Passes {
     amiguard_integration_tests::ledger::on(account).snapshot_passes(REGION).await.unwrap()
 }
@@ -164,6 +173,7 @@ async fn a_region_above_the_threshold_is_listed_in_16_partitions_and_deletes_wha
 async fn throttled_partitions_are_paced_and_retried_and_still_delete_what_one_listing_would() {
     let account = TestAccount::new().await;
     let (orphans, all) = seed(&account, 6, 1, 4).await;
+    record_a_pass(&account).await;
     let proxy = Proxy::start(&moto().endpoint).await;
     proxy.inject(Fault {
         action: Some("DescribeSnapshots".into()),
@@ -187,6 +197,7 @@ async fn throttled_partitions_are_paced_and_retried_and_still_delete_what_one_li
 async fn a_cut_partition_deletes_nothing_and_the_others_go_on() {
     let account = TestAccount::new().await;
     let (orphans, all) = seed(&account, 16, 1, 4).await;
+    record_a_pass(&account).await;
     // The partition of one orphan fails (an error EC2 gives no retry for).
     let victim = orphans.iter().next().unwrap().clone();
     let cut = partitions::filter(partitions::partition_of(&victim).unwrap());
@@ -247,8 +258,30 @@ async fn markedly_fewer_snapshots_than_the_last_pass_delete_nothing_and_say_why(
     assert_eq!(region["kept"]["over_cap"], Value::Null, "{region}");
     assert_eq!(ids(&region["orphans"]), orphans, "still reported, for a person to read");
     assert_eq!(own_snapshots(&account).await, all);
-    // A complete listing all the same: its size is the new pass.
-    assert_eq!(recorded_passes(&account).await.last.unwrap().total, now_listed as u64);
+    // A complete listing, but the proof refused it: kept for the record, never the baseline
+    // (it used to become the new pass: the review's B3). The next run is refused again.
+    let passes = recorded_passes(&account).await;
+    assert_eq!(passes.last, before.last, "the baseline stays");
+    assert_eq!(passes.refused.values().sum::<u64>(), now_listed as u64);
+    assert_eq!(region["snapshot_listing"]["pass_recorded"], Value::Null, "{region}");
+    let again = sweep(&account, &adopting("20000", "false")).await;
+    assert!(again["regions"][0]["aborted"].as_str().unwrap_or_default().contains("listed 32000"), "{again}");
+    assert_eq!(own_snapshots(&account).await, all);
+}
+
+#[tokio::test]
+async fn a_first_partitioned_pass_records_the_region_and_deletes_nothing() {
+    let account = TestAccount::new().await;
+    let (orphans, all) = seed(&account, 4, 1, 2).await;
+    let first = sweep(&account, &adopting("0", "false")).await;
+    let region = &first["regions"][0];
+    assert!(region["aborted"].as_str().unwrap_or_default().contains("no complete listing pass"), "{region}");
+    assert_eq!(region["deleted"], json!([]), "{region}");
+    assert_eq!(own_snapshots(&account).await, all);
+    assert_eq!(recorded_passes(&account).await.last.unwrap().total, listed(&account).await as u64);
+    // Proved against it, the next run deletes.
+    let second = sweep(&account, &adopting("0", "false")).await;
+    assert_eq!(strings(&second["regions"][0]["deleted"]), orphans, "{second}");
 }
 
 #[tokio::test]
@@ -272,6 +305,7 @@ async fn the_pass_size_is_recorded_by_dry_runs_but_not_with_a_read_only_ledger()
 async fn a_region_too_large_for_one_run_continues_in_the_next_the_partitions_left_first() {
     let account = TestAccount::new().await;
     let (orphans, _) = seed(&account, 16, 1, 8).await;
+    record_a_pass(&account).await;
     let proxy = Proxy::start(&moto().endpoint).await;
     // Each page takes 6 s, and the deadline leaves 10 s past the margin: the first 8 partitions
     // are listed, the next 8 would not end in time and are left for the next run.

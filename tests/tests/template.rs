@@ -228,6 +228,44 @@ fn the_protect_tag_parameter_admits_only_keys_the_guard_and_the_code_agree_on() 
     assert_eq!(matched, keys.iter().map(|k| accepted.contains(k)).collect::<Vec<_>>(), "{keys:?}");
 }
 
+/// `PARTITIONED_LISTING_ABOVE`'s parameter admits exactly what the sweeper's config accepts, and
+/// the stack passes it on.
+#[test]
+fn the_partitioned_listing_parameter_admits_what_the_sweeper_accepts() {
+    let template = load();
+    let parameter = &template["Parameters"]["SweeperPartitionedListingAbove"];
+    assert_eq!(parameter["Default"], json!("20000"));
+    let values =
+        ["0", "1", "20000", "999999999", "1000000000", "", "-1", "1000000001", "20000.5", "1e4", "abc", "99999999999"];
+    // Whole numbers written plainly: the function also trims spaces and reads `+5` or `007`, which
+    // the parameter refuses (a stricter form, the same range).
+    let admitted = parameter_accepts(&template, "SweeperPartitionedListingAbove", &values);
+    for (value, admitted) in values.iter().zip(admitted) {
+        let read = |name: &str| match name {
+            "PARTITIONED_LISTING_ABOVE" => Some(value.to_string()),
+            "AWS_REGION" => Some("us-east-1".to_string()),
+            _ => None,
+        };
+        let accepted = orphan_snapshot_sweeper::Config::from_env(&read).is_ok();
+        // An empty value is the default to the function; CloudFormation refuses it.
+        if !value.is_empty() {
+            assert_eq!(admitted, accepted, "{value:?}");
+        } else {
+            assert!(!admitted);
+        }
+    }
+    let sweeper = template["Resources"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|r| r["Properties"]["Environment"]["Variables"]["EXACT_SAVINGS"].is_object())
+        .expect("the sweeper's function");
+    assert_eq!(
+        sweeper["Properties"]["Environment"]["Variables"]["PARTITIONED_LISTING_ABOVE"],
+        json!({"!Ref": "SweeperPartitionedListingAbove"})
+    );
+}
+
 /// The Recycle Bin rules the stack deploys with these parameters, by resource type: the whole
 /// resource.
 fn recycle_bin_rules(rendered: &Value) -> Vec<(String, Value)> {

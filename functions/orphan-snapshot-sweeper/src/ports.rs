@@ -123,6 +123,22 @@ pub trait Ec2: Send + Sync {
     /// `EnableImage`: EC2 does not put the launch permissions back.
     fn enable_image(&self, image_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
 
+    /// [`Ec2::snapshots`], counting in `seen` the snapshots listed so far, page by page, so that
+    /// a listing cut by the deadline still says how far it came (issue 23: a region too large
+    /// for one listing is listed in partitions from the next run on). By default the count is
+    /// set once, at the end.
+    fn snapshots_counting<'a>(
+        &'a self,
+        protect_tag: &'a str,
+        seen: &'a std::sync::atomic::AtomicU64,
+    ) -> impl Future<Output = Result<Vec<SnapshotFacts>, AwsError>> + Send + 'a {
+        async move {
+            let snapshots = self.snapshots(protect_tag).await?;
+            seen.store(snapshots.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(snapshots)
+        }
+    }
+
     /// One page of `DescribeSnapshots` for `OwnerIds=self` (`MaxResults` 1000), of the partition
     /// `partition` (a `snapshot-id` filter value such as `snap-*0`; `None`: every snapshot), from
     /// `next_token`. Not retried when throttled: the caller paces its partitions and counts the

@@ -57,6 +57,29 @@ impl Ec2 for aws_sdk_ec2::Client {
         Ok(snapshots)
     }
 
+    async fn snapshots_counting(
+        &self,
+        protect_tag: &str,
+        seen: &std::sync::atomic::AtomicU64,
+    ) -> Result<Vec<SnapshotFacts>, AwsError> {
+        let mut pages = self
+            .describe_snapshots()
+            .owner_ids("self")
+            .max_results(MAX_RESULTS)
+            .into_paginator()
+            .stop_on_duplicate_token(false)
+            .send();
+        let mut tokens = PageTokens::new("DescribeSnapshots");
+        let mut snapshots = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
+            tokens.check(page.next_token())?;
+            seen.fetch_add(page.snapshots().len() as u64, std::sync::atomic::Ordering::Relaxed);
+            snapshots.extend(page.snapshots().iter().filter_map(|snapshot| snapshot_facts(snapshot, protect_tag)));
+        }
+        Ok(snapshots)
+    }
+
     async fn snapshot_page(
         &self,
         protect_tag: &str,

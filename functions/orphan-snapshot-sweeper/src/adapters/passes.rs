@@ -15,6 +15,14 @@ const LAST_PER_PARTITION: &str = "last_per_partition";
 /// The current pass: `<partition>:<count>` for each partition it covered.
 const CURRENT: &str = "current";
 const RECORDED_AT: &str = "recorded_at";
+/// The deletions planned after each partition's listing: `<partition>:<count>` for the current
+/// pass, one number a partition for the last complete one.
+const CURRENT_DELETED: &str = "current_deleted";
+const LAST_DELETED: &str = "last_deleted";
+/// The last counts the coverage proof refused (a record, never a baseline): `<partition>:<count>`.
+const REFUSED: &str = "refused";
+/// A listing in one sequence cut after seeing this many snapshots.
+const SEQUENTIAL_CUT_AFTER: &str = "sequential_cut_after";
 
 pub(super) async fn read(store: &impl LedgerStore, region: &str) -> Result<Passes, AwsError> {
     let Some(item) = store.last(&keys::snapshot_passes(region)).await? else { return Ok(Passes::default()) };
@@ -39,6 +47,18 @@ pub(super) fn item(region: &str, passes: &Passes, at: DateTime<Utc>) -> Item {
         item = item
             .with_n(LAST_TOTAL, i64::try_from(last.total).unwrap_or(i64::MAX))
             .with_list(LAST_PER_PARTITION, last.per_partition.iter().map(u64::to_string));
+        if !last.deleted.is_empty() {
+            item = item.with_list(LAST_DELETED, last.deleted.iter().map(u64::to_string));
+        }
+    }
+    if !passes.current_deleted.is_empty() {
+        item = item.with_list(CURRENT_DELETED, passes.current_deleted.iter().map(|(p, n)| format!("{p}:{n}")));
+    }
+    if !passes.refused.is_empty() {
+        item = item.with_list(REFUSED, passes.refused.iter().map(|(p, n)| format!("{p}:{n}")));
+    }
+    if let Some(seen) = passes.sequential_cut_after {
+        item = item.with_n(SEQUENTIAL_CUT_AFTER, i64::try_from(seen).unwrap_or(i64::MAX));
     }
     item
 }
@@ -49,18 +69,33 @@ fn from_item(item: &Item) -> Passes {
     let last = item.n(LAST_TOTAL).and_then(|total| u64::try_from(total).ok()).map(|total| {
         let per_partition: Vec<u64> =
             item.list(LAST_PER_PARTITION).unwrap_or_default().iter().filter_map(|n| n.parse().ok()).collect();
-        LastPass { total, per_partition: if per_partition.len() == PARTITIONS { per_partition } else { Vec::new() } }
+        // Deletions unreadable: none expected (the next listing must find as many as listed:
+        // a stricter proof, never a looser one).
+        let deleted: Vec<u64> =
+            item.list(LAST_DELETED).unwrap_or_default().iter().filter_map(|n| n.parse().ok()).collect();
+        LastPass {
+            total,
+            per_partition: if per_partition.len() == PARTITIONS { per_partition } else { Vec::new() },
+            deleted: if deleted.len() == PARTITIONS { deleted } else { Vec::new() },
+        }
     });
-    let current: BTreeMap<usize, u64> = item
-        .list(CURRENT)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|entry| {
-            let (p, n) = entry.split_once(':')?;
-            Some((p.parse().ok().filter(|p| *p < PARTITIONS)?, n.parse().ok()?))
-        })
-        .collect();
-    Passes { last, current }
+    let per_partition = |name: &str| -> BTreeMap<usize, u64> {
+        item.list(name)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|entry| {
+                let (p, n) = entry.split_once(':')?;
+                Some((p.parse().ok().filter(|p| *p < PARTITIONS)?, n.parse().ok()?))
+            })
+            .collect()
+    };
+    Passes {
+        last,
+        current: per_partition(CURRENT),
+        current_deleted: per_partition(CURRENT_DELETED),
+        refused: per_partition(REFUSED),
+        sequential_cut_after: item.n(SEQUENTIAL_CUT_AFTER).and_then(|n| u64::try_from(n).ok()),
+    }
 }
 
 #[cfg(test)]
@@ -75,10 +110,20 @@ mod tests {
         let ledger = MemoryLedger::new();
         let at = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
         assert_eq!(read(&ledger, "eu-west-1").await.unwrap(), Passes::default());
-        let passes = Passes::after_listing((0..16).collect(), 4).after_partitions(&[(3, 7), (12, 9)]);
+        let mut passes = Passes::after_listing((0..16).collect(), 4).after_partitions(&[(3, 7), (12, 9)]);
         write(&ledger, "eu-west-1", &passes, at).await.unwrap();
         assert_eq!(read(&ledger, "eu-west-1").await.unwrap(), passes);
-        assert_eq!(passes.last.as_ref().unwrap().total, 124);
+        // The deletions planned, the refused counts and a cut listing in one sequence too.
+        let mut deleting = [0u64; PARTITIONS];
+        (deleting[3], deleting[5]) = (2, 1);
+        passes.deleting(&deleting);
+        passes = passes.after_refused(&[(7, 1)]).after_cut_sequential(30_000);
+        let complete = passes.after_partitions(&(0..16).map(|p| (p, 10)).collect::<Vec<_>>());
+        for passes in [passes.clone(), complete] {
+            write(&ledger, "eu-west-1", &passes, at).await.unwrap();
+            assert_eq!(read(&ledger, "eu-west-1").await.unwrap(), passes);
+        }
+        assert_eq!(Passes::after_listing((0..16).collect(), 4).last.unwrap().total, 124);
         assert_eq!(read(&ledger, "us-east-1").await.unwrap(), Passes::default(), "per region");
     }
 }

@@ -31,9 +31,12 @@ pub const BUCKET_CAPACITY: f64 = 100.0;
 pub const BUCKET_REFILL_PER_SECOND: f64 = 20.0;
 /// How many throttled answers in a row one page may get before its partition is cut.
 pub const MAX_THROTTLED_RETRIES: u32 = 8;
+/// How many transient failures in a row (a 5xx answer, a connection reset, a timeout) one page
+/// may get before its partition is cut; each retried after the same pause as a throttled answer.
+pub const MAX_TRANSIENT_RETRIES: u32 = 3;
 
 /// A listing that finds more than this fraction fewer snapshots than the last complete pass
-/// listed in the same partitions deletes nothing ("markedly fewer").
+/// listed in the same partitions, or in any one of them, deletes nothing ("markedly fewer").
 pub const COVERAGE_SHORTFALL: f64 = 0.10;
 
 /// The `snapshot-id` filter value of partition `index` (`snap-*0` ... `snap-*f`).
@@ -111,27 +114,56 @@ pub fn retry_delay(attempt: u32) -> f64 {
 
 /// What the ledger keeps of a region's listing passes: the last complete one, and how far the
 /// current one came (a region too large for one run continues its pass in the next).
+///
+/// Only a listing that passed the coverage proof counts towards a pass ([`Passes::after_partitions`]);
+/// one the proof refused is kept in `refused`, for the record, and never compared with: a
+/// listing that is short for a lasting reason (a filter EC2 reads otherwise, a listing ended
+/// early without an error) must not become the baseline that proves the next one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Passes {
     pub last: Option<LastPass>,
     /// The partitions the current pass has covered so far, each with the count it listed.
     pub current: BTreeMap<usize, u64>,
+    /// The deletions planned in each partition of the current pass after it was listed (the
+    /// next listing of the partition expects that many fewer).
+    pub current_deleted: BTreeMap<usize, u64>,
+    /// The last counts the coverage proof refused, per partition: a record, never a baseline.
+    pub refused: BTreeMap<usize, u64>,
+    /// A listing in one sequence was cut (the deadline) after seeing this many snapshots, more
+    /// than the threshold: the region is listed in partitions from the next run on.
+    pub sequential_cut_after: Option<u64>,
 }
 
 /// A complete pass: every snapshot of the region listed, by one listing or by partitions over
 /// one or more runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LastPass {
     pub total: u64,
     /// How many each partition held (`PARTITIONS` numbers).
     pub per_partition: Vec<u64>,
+    /// How many deletions were planned in each partition after it was listed (`PARTITIONS`
+    /// numbers, or none): the next listing expects that many fewer there.
+    pub deleted: Vec<u64>,
+}
+
+impl LastPass {
+    /// What the next listing of `partition` should find at least as many of (less 10%): its
+    /// count less the deletions planned after it (`None`: per partition unknown).
+    fn expected(&self, partition: usize) -> Option<u64> {
+        let listed = *self.per_partition.get(partition)?;
+        Some(listed.saturating_sub(self.deleted.get(partition).copied().unwrap_or(0)))
+    }
 }
 
 impl Passes {
     /// Whether the region is listed in partitions: its last complete pass listed more than
-    /// `above` snapshots, or a partitioned pass is under way; `above` 0 partitions every region.
+    /// `above` snapshots, a partitioned pass is under way, or a listing in one sequence was cut
+    /// after seeing more than `above`; `above` 0 partitions every region.
     pub fn partitioned(&self, above: u64) -> bool {
-        above == 0 || !self.current.is_empty() || self.last.as_ref().is_some_and(|last| last.total > above)
+        above == 0
+            || !self.current.is_empty()
+            || self.sequential_cut_after.is_some_and(|seen| seen > above)
+            || self.last.as_ref().is_some_and(|last| last.total > above)
     }
 
     /// The partitions in the order to list them: those the current pass has not covered first.
@@ -146,61 +178,147 @@ impl Passes {
     /// holds): a complete pass.
     pub fn after_listing(per_partition: Vec<u64>, outside: u64) -> Self {
         let total = per_partition.iter().sum::<u64>() + outside;
-        Passes { last: Some(LastPass { total, per_partition }), current: BTreeMap::new() }
+        Passes { last: Some(LastPass { total, per_partition, deleted: Vec::new() }), ..Passes::default() }
     }
 
-    /// After a partitioned listing whose `complete` partitions listed these counts: they are
-    /// covered; once every partition is, the pass is complete (and the next one starts).
+    /// After a listing in one sequence cut after seeing `seen` snapshots: remembered, so that
+    /// the next run lists the region in partitions when `seen` is above the threshold.
+    pub fn after_cut_sequential(&self, seen: u64) -> Self {
+        Passes { sequential_cut_after: Some(seen), ..self.clone() }
+    }
+
+    /// After a partitioned listing whose `complete` partitions listed these counts (and passed
+    /// the coverage proof, or there was no pass to prove it with): they are covered; once every
+    /// partition is, the pass is complete (and the next one starts).
     pub fn after_partitions(&self, complete: &[(usize, u64)]) -> Self {
         let mut next = self.clone();
-        next.current.extend(complete.iter().copied());
+        for (p, n) in complete {
+            next.current.insert(*p, *n);
+            next.current_deleted.remove(p);
+            next.refused.remove(p);
+        }
         if next.current.len() == PARTITIONS {
             let per_partition: Vec<u64> = (0..PARTITIONS).map(|p| next.current[&p]).collect();
+            let deleted: Vec<u64> =
+                (0..PARTITIONS).map(|p| next.current_deleted.get(&p).copied().unwrap_or(0)).collect();
             let total = per_partition.iter().sum();
-            next = Passes { last: Some(LastPass { total, per_partition }), current: BTreeMap::new() };
+            next = Passes {
+                last: Some(LastPass { total, per_partition, deleted }),
+                refused: next.refused,
+                ..Passes::default()
+            };
         }
         next
     }
 
+    /// After a partitioned listing the coverage proof refused: its counts are kept for the
+    /// record only; the pass, and the last complete pass, stay as they were.
+    pub fn after_refused(&self, complete: &[(usize, u64)]) -> Self {
+        let mut next = self.clone();
+        next.refused.extend(complete.iter().copied());
+        next
+    }
+
+    /// `deleting` planned (at most) in each partition after this run listed it: the next listing
+    /// of that partition expects that many fewer. Counted with the current pass when the
+    /// partition is in it, else with the last complete pass (a listing in one sequence, or a
+    /// pass this run completed).
+    pub fn deleting(&mut self, deleting: &[u64; PARTITIONS]) {
+        for (p, n) in deleting.iter().enumerate().filter(|(_, n)| **n > 0) {
+            if self.current.contains_key(&p) {
+                *self.current_deleted.entry(p).or_default() += n;
+            } else if let Some(last) = &mut self.last {
+                if last.per_partition.len() == PARTITIONS {
+                    last.deleted.resize(PARTITIONS, 0);
+                    last.deleted[p] += n;
+                }
+            }
+        }
+    }
+
+    /// What the next listing of `partition` should find at least as many of (less 10%): its most
+    /// recent proved count (the current pass's, else the last complete pass's) less the
+    /// deletions planned after it (`None`: no pass, or per partition unknown).
+    fn expected(&self, partition: usize) -> Option<u64> {
+        match self.current.get(&partition) {
+            Some(n) if self.last.as_ref().is_some_and(|l| l.per_partition.len() == PARTITIONS) => {
+                Some(n.saturating_sub(self.current_deleted.get(&partition).copied().unwrap_or(0)))
+            }
+            _ => self.last.as_ref()?.expected(partition),
+        }
+    }
+
+    /// The region's snapshots outside the `complete` partitions, as the last complete pass listed
+    /// them less the deletions planned since (0: no pass recorded, or per partition unknown and
+    /// every partition complete).
+    pub fn rest_of_region(&self, complete: &std::collections::BTreeSet<usize>) -> u64 {
+        let Some(last) = &self.last else { return 0 };
+        if last.per_partition.len() == PARTITIONS {
+            (0..PARTITIONS).filter(|p| !complete.contains(p)).filter_map(|p| self.expected(p)).sum()
+        } else {
+            last.total * (PARTITIONS - complete.len()) as u64 / PARTITIONS as u64
+        }
+    }
+
     /// Whether the `complete` partitions found markedly fewer snapshots than the last complete
-    /// pass listed in them (`None`: no pass to compare with, or not markedly fewer).
+    /// pass listed in them, in all or in any one of them (`None`: no pass to compare with, or
+    /// not markedly fewer). The last pass's counts are less the deletions planned after them.
     pub fn shortfall(&self, complete: &[(usize, u64)]) -> Option<Shortfall> {
         let last = self.last.as_ref()?;
         if complete.is_empty() {
             return None;
         }
+        let short = |found: u64, expected: u64| (found as f64) < (1.0 - COVERAGE_SHORTFALL) * expected as f64;
         let found: u64 = complete.iter().map(|(_, n)| n).sum();
         let expected: u64 = if last.per_partition.len() == PARTITIONS {
-            complete.iter().map(|(p, _)| last.per_partition[*p]).sum()
+            complete.iter().filter_map(|(p, _)| self.expected(*p)).sum()
         } else {
-            last.total * complete.len() as u64 / PARTITIONS as u64
+            last.total.saturating_sub(last.deleted.iter().sum()) * complete.len() as u64 / PARTITIONS as u64
         };
-        ((found as f64) < (1.0 - COVERAGE_SHORTFALL) * expected as f64).then_some(Shortfall {
+        // One partition short is enough: a partition that comes back complete but empty is
+        // only 1/16 of the region's total.
+        let partition =
+            complete.iter().find_map(|(p, n)| self.expected(*p).filter(|e| short(*n, *e)).map(|e| (filter(*p), *n, e)));
+        (short(found, expected) || partition.is_some()).then_some(Shortfall {
             found,
             expected,
             partitions: complete.len(),
+            partition,
         })
     }
 }
 
+/// Why a partitioned listing deletes nothing when the region has no complete pass recorded to
+/// prove its coverage with (its first partitioned pass).
+pub const NO_PASS_TO_PROVE: &str = "coverage not proved: no complete listing pass of this region is recorded to compare with (its first partitioned pass); this pass is recorded and nothing is deleted in this region until it is complete";
+
 /// A partitioned listing that found markedly fewer snapshots than the last complete pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shortfall {
     pub found: u64,
     pub expected: u64,
     pub partitions: usize,
+    /// The first partition markedly short of its own last count: its filter, found, expected.
+    pub partition: Option<(String, u64, u64)>,
 }
 
 impl std::fmt::Display for Shortfall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "coverage not proved: the partitioned listing found {} snapshots in {} complete partition(s) where the last complete pass listed {} (more than {}% fewer); nothing deleted in this region this run",
+            "coverage not proved: the partitioned listing found {} snapshots in {} complete partition(s) where the last complete pass listed {} (more than {}% fewer, in all or in one partition); nothing deleted in this region this run",
             self.found,
             self.partitions,
             self.expected,
             (COVERAGE_SHORTFALL * 100.0).round()
-        )
+        )?;
+        if let Some((partition, found, expected)) = &self.partition {
+            write!(
+                f,
+                " (partition {partition}: {found} where the last pass listed {expected}, less the deletions since)"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -242,7 +360,22 @@ pub struct CutPartition {
 /// with an unlimited budget and no circuit breaker: [`per_partition`]): the rules that need the
 /// whole region applied once, as [`super::plan`] applies them to one listing. `failed_before`
 /// is the ledger's [`super::Memory::failed_before`], `budget` what the region may still delete.
-pub fn merge(parts: Vec<Plan>, failed_before: &hashbrown::HashSet<Id>, policy: &Policy, budget: u64) -> Plan {
+///
+/// The circuit breaker is over the region, as DESIGN names it: the orphans found (only the
+/// complete partitions' can be deleted) against the region's own snapshots, the complete
+/// partitions' plus `rest` (what the last complete pass listed in the others, less the deletions
+/// planned since: [`Passes::rest_of_region`]). So a run deletes at most the fraction of the
+/// region, as a listing in one sequence would. While fewer than half the partitions are complete,
+/// their own fraction must hold too (they are a uniform sample: the id's last hex digit is
+/// random): a sample far above the fraction is a sign that something is wrong, held, not acted on.
+pub fn merge(
+    parts: Vec<Plan>,
+    failed_before: &hashbrown::HashSet<Id>,
+    policy: &Policy,
+    budget: u64,
+    rest: u64,
+) -> Plan {
+    let sampled = parts.len() < PARTITIONS / 2;
     let mut plan = Plan {
         snapshots_scanned: 0,
         own_snapshots: 0,
@@ -282,10 +415,13 @@ pub fn merge(parts: Vec<Plan>, failed_before: &hashbrown::HashSet<Id>, policy: &
     plan.waiting.sort_unstable_by(|a, b| (a.orphaned_since, &a.snapshot_id).cmp(&(b.orphaned_since, &b.snapshot_id)));
     plan.unwitnessed.sort_unstable_by(|a, b| (a.start_time, &a.snapshot_id).cmp(&(b.start_time, &b.snapshot_id)));
     let orphans = plan.orphans.len() as u64;
-    if exceeds_fraction(orphans, plan.own_snapshots, policy.max_delete_fraction) {
+    let region = plan.own_snapshots.saturating_add(rest);
+    let over_region = exceeds_fraction(orphans, region, policy.max_delete_fraction);
+    let over_sample = sampled && exceeds_fraction(orphans, plan.own_snapshots, policy.max_delete_fraction);
+    if over_region || over_sample {
         plan.circuit_breaker = Some(CircuitBreakerTrip {
             orphans,
-            own_snapshots: plan.own_snapshots,
+            own_snapshots: if over_region { region } else { plan.own_snapshots },
             max_fraction: policy.max_delete_fraction,
         });
         *plan.kept.entry(super::KeepReason::CircuitBreaker).or_default() += orphans;
@@ -420,7 +556,7 @@ mod tests {
         assert!(!passes.partitioned(20_000), "more than, not as many as");
         passes = Passes::after_listing(vec![1251; PARTITIONS], 0);
         assert!(passes.partitioned(20_000));
-        let going_on = Passes { last: None, current: BTreeMap::from([(3, 10)]) };
+        let going_on = Passes { current: BTreeMap::from([(3, 10)]), ..Passes::default() };
         assert!(going_on.partitioned(20_000));
     }
 
@@ -450,10 +586,87 @@ mod tests {
         let text = short.to_string();
         assert!(text.contains("1799") && text.contains("2000") && text.contains("nothing deleted"), "{text}");
         assert_eq!(Passes::default().shortfall(&[(0, 0)]), None, "no pass to compare with");
-        let whole =
-            Passes { last: Some(LastPass { total: 16_000, per_partition: Vec::new() }), current: BTreeMap::new() };
+        let whole = Passes {
+            last: Some(LastPass { total: 16_000, per_partition: Vec::new(), deleted: Vec::new() }),
+            ..Passes::default()
+        };
         assert!(whole.shortfall(&[(0, 899)]).is_some(), "per partition unknown: the total's share");
         assert!(whole.shortfall(&[(0, 900)]).is_none());
+    }
+
+    #[test]
+    fn the_rest_of_the_region_is_the_last_pass_less_the_deletions_since() {
+        let mut passes = Passes::after_listing(vec![100; PARTITIONS], 0);
+        let mut deleting = [0u64; PARTITIONS];
+        deleting[1] = 30;
+        passes.deleting(&deleting);
+        let complete: std::collections::BTreeSet<usize> = (2..PARTITIONS).collect();
+        assert_eq!(passes.rest_of_region(&complete), 100 + 70);
+        assert_eq!(Passes::default().rest_of_region(&complete), 0);
+    }
+
+    #[test]
+    fn one_partition_markedly_short_of_its_own_last_count_is_a_shortfall() {
+        let passes = Passes::after_listing(vec![1000; PARTITIONS], 0);
+        // Every partition complete, one of them empty: 1/16 of the total, yet a shortfall.
+        let mut counts: Vec<(usize, u64)> = (0..PARTITIONS).map(|p| (p, 1000)).collect();
+        counts[5].1 = 0;
+        let short = passes.shortfall(&counts).unwrap();
+        assert_eq!(short.partition, Some((filter(5), 0, 1000)));
+        assert!(short.to_string().contains("snap-*5"), "{short}");
+        counts[5].1 = 901;
+        assert_eq!(passes.shortfall(&counts), None, "within 10% of its own count");
+    }
+
+    #[test]
+    fn the_deletions_planned_after_a_listing_are_expected_missing_from_the_next() {
+        let mut passes = Passes::after_listing(vec![1000; PARTITIONS], 0);
+        let mut deleting = [0u64; PARTITIONS];
+        deleting[2] = 400;
+        passes.deleting(&deleting);
+        assert_eq!(passes.shortfall(&[(2, 600)]), None, "the 400 deleted are not missing");
+        assert!(passes.shortfall(&[(2, 500)]).is_some());
+        // In a pass under way, the deletions go with the partition's current count, and into
+        // the last pass once it completes.
+        let going_on = passes.after_partitions(&[(3, 1000)]);
+        let mut going_on = going_on.clone();
+        deleting = [0; PARTITIONS];
+        deleting[3] = 300;
+        going_on.deleting(&deleting);
+        assert_eq!(going_on.current_deleted.get(&3), Some(&300));
+        let rest: Vec<(usize, u64)> = (0..PARTITIONS).filter(|p| *p != 3).map(|p| (p, 1000)).collect();
+        let complete = going_on.after_partitions(&rest);
+        assert_eq!(complete.last.as_ref().unwrap().deleted[3], 300);
+        assert_eq!(complete.shortfall(&[(3, 700)]), None);
+        assert!(complete.current_deleted.is_empty());
+        // A partition listed again before its pass completes: its current count, less the
+        // deletions planned after it, is what it is compared with.
+        assert_eq!(going_on.shortfall(&[(3, 700)]), None);
+        assert!(going_on.shortfall(&[(3, 600)]).is_some());
+    }
+
+    #[test]
+    fn a_refused_listing_is_recorded_but_never_becomes_the_baseline() {
+        let passes = Passes::after_listing(vec![1000; PARTITIONS], 0);
+        let short: Vec<(usize, u64)> = (0..PARTITIONS).map(|p| (p, 500)).collect();
+        assert!(passes.shortfall(&short).is_some());
+        let after = passes.after_refused(&short);
+        assert_eq!(after.last, passes.last, "the baseline stays");
+        assert!(after.current.is_empty(), "nothing covered");
+        assert_eq!(after.refused.len(), PARTITIONS);
+        assert!(after.shortfall(&short).is_some(), "refused again the next run");
+    }
+
+    #[test]
+    fn a_sequential_listing_cut_above_the_threshold_partitions_the_next_run() {
+        let passes = Passes::default();
+        assert!(!passes.after_cut_sequential(20_000).partitioned(20_000), "not above");
+        let cut = passes.after_cut_sequential(20_001);
+        assert!(cut.partitioned(20_000));
+        assert_eq!(cut.shortfall(&[(0, 1)]), None, "no pass to prove with: the caller refuses");
+        let complete = cut.after_partitions(&(0..PARTITIONS).map(|p| (p, 2000)).collect::<Vec<_>>());
+        assert_eq!(complete.sequential_cut_after, None, "a complete pass replaces the marker");
+        assert!(complete.partitioned(20_000));
     }
 
     // ---- the partitions' plans merged are the region's plan ----
@@ -596,7 +809,7 @@ mod tests {
                 for_merge(plan_of(world, &mine, &alone, unlimited))
             })
             .collect();
-        merge(parts, &world.memory.failed_before, &policy(world), world.budget)
+        merge(parts, &world.memory.failed_before, &policy(world), world.budget, 0)
     }
 
     proptest! {
@@ -624,8 +837,32 @@ mod tests {
                 prop_assert!(complete.contains(&partition_of(&orphan.snapshot_id).unwrap()));
             }
             prop_assert!(plan.to_delete.len() as u64 <= world.budget);
-            if !plan.to_delete.is_empty() {
-                prop_assert!(!exceeds_fraction(plan.orphans.len() as u64, plan.own_snapshots, world.fraction));
+        }
+
+        /// The circuit breaker is over the region: the orphans of the complete partitions against
+        /// the region's own snapshots (those listed, and the rest as the last pass knew them);
+        /// fewer than half the partitions complete, their own fraction must hold as well.
+        #[test]
+        fn the_circuit_breaker_is_over_the_region(
+            world in arb_world(),
+            complete in prop::collection::btree_set(0usize..PARTITIONS, 1..PARTITIONS),
+            rest in 0u64..200,
+        ) {
+            let (alone, unlimited) = per_partition(&policy(&world));
+            let parts: Vec<Plan> = complete
+                .iter()
+                .map(|&p| {
+                    let mine: Vec<_> = world.snapshots.iter().filter(|s| partition_of(&s.snapshot_id) == Some(p)).cloned().collect();
+                    for_merge(plan_of(&world, &mine, &alone, unlimited))
+                })
+                .collect();
+            let plan = merge(parts, &world.memory.failed_before, &policy(&world), world.budget, rest);
+            let orphans = plan.orphans.len() as u64;
+            let over_region = exceeds_fraction(orphans, plan.own_snapshots + rest, world.fraction);
+            let over_sample = complete.len() < PARTITIONS / 2 && exceeds_fraction(orphans, plan.own_snapshots, world.fraction);
+            prop_assert_eq!(plan.circuit_breaker.is_some(), over_region || over_sample);
+            if plan.circuit_breaker.is_some() {
+                prop_assert!(plan.to_delete.is_empty());
             }
         }
     }

@@ -24,9 +24,9 @@ use tokio::time::Instant;
 use super::run::{Ledger, Run, DEADLINE_MARGIN};
 use crate::core::partitions::{
     self, for_merge, merge, per_partition, CutPartition, ListingReport, Passes, TokenBucket, BUCKET_CAPACITY,
-    BUCKET_REFILL_PER_SECOND, MAX_THROTTLED_RETRIES,
+    BUCKET_REFILL_PER_SECOND, MAX_THROTTLED_RETRIES, MAX_TRANSIENT_RETRIES, NO_PASS_TO_PROVE, PARTITIONS,
 };
-use crate::core::{plan, KeepReason, Plan, PlanInput, Policy, SnapshotFacts};
+use crate::core::{plan, KeepReason, Orphan, Plan, PlanInput, Policy, SnapshotFacts};
 use crate::ports::{Ec2, Records};
 use crate::report::RegionReport;
 
@@ -74,16 +74,34 @@ pub(super) fn after_sequential<L: Records>(
 pub(super) struct PassToRecord {
     pub write: Option<Passes>,
     pub completed: Option<u64>,
+    /// The passes to write, changed or not (`None`: the ledger is not written).
+    next: Option<Passes>,
 }
 
 impl PassToRecord {
     fn new<L: Records>(run: &Run<'_, L>, passes: &Passes, next: Passes, completed: bool) -> Self {
         if run.writable_store().is_none() {
-            return Self { write: None, completed: None };
+            return Self { write: None, completed: None, next: None };
         }
         let completed = completed.then(|| next.last.as_ref().map(|l| l.total)).flatten();
-        let write = (next != *passes).then_some(next);
-        Self { write, completed }
+        let write = (next != *passes).then(|| next.clone());
+        Self { write, completed, next: Some(next) }
+    }
+
+    /// A real run is about to delete `to_delete` (at most): the next listing of their partitions
+    /// expects that many fewer, so that the sweeper's own deletions never read as a shortfall.
+    pub fn deleting(&mut self, to_delete: &[Orphan]) {
+        let Some(next) = &mut self.next else { return };
+        let mut per_partition = [0u64; PARTITIONS];
+        for orphan in to_delete {
+            if let Some(p) = partitions::partition_of(&orphan.snapshot_id) {
+                per_partition[p] += 1;
+            }
+        }
+        if per_partition.iter().any(|n| *n > 0) {
+            next.deleting(&per_partition);
+            self.write = Some(next.clone());
+        }
     }
 
     /// Once the region's records are written: the report says the pass it recorded.
@@ -186,8 +204,15 @@ pub(super) async fn list_and_plan<E: Ec2, L: Records>(
     let (calls, throttled) = lock(&counters).to_owned();
     (listing.calls, listing.throttled) = (Some(calls), Some(throttled));
 
-    let mut plan = merge(parts, &input.memory.failed_before, policy, input.budget);
-    let mut blocked = passes.shortfall(&counts).map(|shortfall| shortfall.to_string());
+    // The circuit breaker over the region: the partitions not complete counted as the last
+    // complete pass listed them (`merge`).
+    let mut plan = merge(parts, &input.memory.failed_before, policy, input.budget, passes.rest_of_region(&complete));
+    let shortfall = passes.shortfall(&counts);
+    let mut blocked = shortfall.as_ref().map(ToString::to_string);
+    if passes.last.is_none() {
+        // Nothing to prove coverage with: the first pass records, and deletes nothing.
+        blocked = Some(NO_PASS_TO_PROVE.to_string());
+    }
     if complete.is_empty() {
         blocked = Some(format!(
             "listing snapshots failed in every partition ({} cut, {} left for the next run), nothing deleted in this region",
@@ -199,8 +224,9 @@ pub(super) async fn list_and_plan<E: Ec2, L: Records>(
         tracing::warn!(region, why, "partitioned listing: nothing deleted");
         hold_all(&mut plan);
     }
-    let next = passes.after_partitions(&counts);
-    let completed_pass = !counts.is_empty() && next.current.is_empty();
+    // A listing the proof refused never counts towards a pass (nor becomes the baseline).
+    let next = if shortfall.is_some() { passes.after_refused(&counts) } else { passes.after_partitions(&counts) };
+    let completed_pass = shortfall.is_none() && !counts.is_empty() && next.current.is_empty();
     report.snapshot_listing = Some(listing);
     Partitioned { plan, complete, blocked, pass: PassToRecord::new(run, passes, next, completed_pass) }
 }
@@ -280,7 +306,7 @@ async fn list_partition<E: Ec2, L: Records>(
     }
     let filter = partitions::filter(partition);
     let mut tokens = PageTokens::new("DescribeSnapshots");
-    let (mut snapshots, mut next, mut attempt) = (Vec::new(), None, 0u32);
+    let (mut snapshots, mut next, mut attempt, mut failed) = (Vec::new(), None, 0u32, 0u32);
     loop {
         if run.deadline_is_near() {
             return Listed::Cut("the invocation's deadline was near".into());
@@ -289,7 +315,7 @@ async fn list_partition<E: Ec2, L: Records>(
         let page = ec2.snapshot_page(&run.config.protect_tag, Some(&filter), next.clone());
         match run.until_cutoff("DescribeSnapshots", page).await {
             Ok(page) => {
-                attempt = 0;
+                (attempt, failed) = (0, 0);
                 if let Err(err) = tokens.check(page.next_token.as_deref()) {
                     return Listed::Cut(err.to_string());
                 }
@@ -307,6 +333,13 @@ async fn list_partition<E: Ec2, L: Records>(
                 }
                 pace.pause(attempt).await;
             }
+            Err(err) if is_transient(&err) && !run.deadline_is_near() => {
+                failed += 1;
+                if failed > MAX_TRANSIENT_RETRIES {
+                    return Listed::Cut(format!("failed after {MAX_TRANSIENT_RETRIES} retries: {err}"));
+                }
+                pace.pause(failed).await;
+            }
             Err(err) => return Listed::Cut(err.to_string()),
         }
     }
@@ -319,6 +352,47 @@ async fn list_partition<E: Ec2, L: Records>(
 /// EC2's throttling answers.
 fn is_throttling(err: &AwsError) -> bool {
     ["RequestLimitExceeded", "Throttling", "ThrottlingException"].iter().any(|code| err.has_code(code))
+}
+
+/// A failure that may not happen again: a 5xx answer, a connection reset, a timeout of the call
+/// (not the invocation's own deadline, which cuts the partition).
+fn is_transient(err: &AwsError) -> bool {
+    [
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "Unavailable",
+        "TimeoutError",
+        "DispatchFailure",
+        "ResponseError",
+    ]
+    .iter()
+    .any(|code| err.has_code(code))
+}
+
+/// After a listing in one sequence was cut having seen `seen` snapshots, more than
+/// `PARTITIONED_LISTING_ABOVE`: the ledger remembers it (dry run or not), so that the next run
+/// lists the region in partitions (issue 23: a region too large for one listing would otherwise
+/// be cut every day). A failed write is a warning: the region is aborted already.
+pub(super) async fn record_cut_sequential<L: Records>(
+    run: &Run<'_, L>,
+    region: &str,
+    passes: &Passes,
+    seen: u64,
+    warnings: &mut Vec<String>,
+) {
+    let Some(store) = run.writable_store() else { return };
+    if seen <= run.config.partitioned_listing_above {
+        return;
+    }
+    let item = L::snapshot_passes_item(region, &passes.after_cut_sequential(seen), run.invocation.now);
+    // Written until the deadline itself: the listing was cut at the cutoff already.
+    match run.before_deadline(store.write_batch(vec![item], Vec::new())).await {
+        Ok(()) => warnings.push(format!(
+            "{region}: the snapshot listing was cut after {seen} snapshots (more than PARTITIONED_LISTING_ABOVE): the next run lists the region in partitions"
+        )),
+        Err(err) => warnings.push(format!("{region}: recording the cut snapshot listing failed: {err}")),
+    }
 }
 
 /// Before deleting in a partitioned region: the images listed once more (the snapshots were

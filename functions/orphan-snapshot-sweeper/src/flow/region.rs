@@ -86,7 +86,16 @@ async fn plan_region<E: Ec2, L: Records>(
     // the ledger is read, partition by partition (`partitioned`).
     let passes = partitioned::passes(run, region, &mut swept.report).await?;
     let in_partitions = passes.partitioned(run.config.partitioned_listing_above);
-    let Listing { snapshots, images, mut binned, locked } = list(run, region, ec2, swept, in_partitions).await?;
+    let mut cut_after = None;
+    let Some(Listing { snapshots, images, mut binned, locked }) =
+        list(run, region, ec2, swept, in_partitions, &mut cut_after).await
+    else {
+        if let Some(seen) = cut_after {
+            // Too large for one listing: the next run lists the region in partitions (issue 23).
+            partitioned::record_cut_sequential(run, region, &passes, seen, &mut swept.warnings).await;
+        }
+        return None;
+    };
     let mut pass = None;
     if !in_partitions {
         pass = Some(partitioned::after_sequential(run, &snapshots, &passes, &mut swept.report));
@@ -138,13 +147,18 @@ async fn plan_region<E: Ec2, L: Records>(
         // In a dry run too: what it says it would delete is what a real run would.
         keep_shared(run, region, ec2, &mut plan, *budget, &mut swept.warnings).await;
     }
-    if in_partitions && !run.dry_run && blocked.is_none() {
+    // In a dry run too (read-only): what it says it would delete is what a real run would.
+    if in_partitions && blocked.is_none() {
         if let Err(why) = partitioned::recheck_images(run, region, ec2, &mut plan, &mut swept.warnings).await {
             blocked = Some(why);
         }
     }
     if let Some(why) = blocked {
         swept.report.aborted = Some(why);
+    }
+    if let (Some(pass), false) = (&mut pass, run.dry_run) {
+        // The next listing expects the deletions planned now to be missing.
+        pass.deleting(&plan.to_delete);
     }
     let report = &mut swept.report;
     let pass_item =
@@ -203,14 +217,23 @@ async fn list<E: Ec2, L: Records>(
     ec2: &E,
     swept: &mut Swept,
     in_partitions: bool,
+    cut_after: &mut Option<u64>,
 ) -> Option<Listing> {
     let Swept { report, warnings, .. } = swept;
     // Listed in partitions, the snapshots come after the ledger is read (`partitioned`).
     let mut snapshots = Vec::new();
     if !in_partitions {
-        snapshots = match run.until_cutoff("DescribeSnapshots", ec2.snapshots(&run.config.protect_tag)).await {
+        let seen = std::sync::atomic::AtomicU64::new(0);
+        let listing = ec2.snapshots_counting(&run.config.protect_tag, &seen);
+        snapshots = match run.until_cutoff("DescribeSnapshots", listing).await {
             Ok(snapshots) => snapshots,
-            Err(err) => return aborted(region, report, "listing snapshots", &err),
+            Err(err) => {
+                if err.has_code("Timeout") {
+                    // Cut by the deadline: how far it came.
+                    *cut_after = Some(seen.load(std::sync::atomic::Ordering::Relaxed));
+                }
+                return aborted(region, report, "listing snapshots", &err);
+            }
         };
         report.snapshots_scanned = snapshots.len() as u64;
     }
