@@ -286,3 +286,36 @@ async fn the_evidence_held_at_once_is_capped() {
     assert!(capped > 80, "{capped}");
     assert!(freed.iter().any(|f| f.freed_bytes.is_some()), "what fits is still exact");
 }
+
+/// B1: the oldest snapshot of a volume created from an AMI's snapshot that is listed and stays is
+/// compared with it (`ListChangedBlocks(ami's, oldest)`): exactly what changed since is freed.
+#[tokio::test]
+async fn the_oldest_snapshot_is_compared_with_the_ami_snapshot_its_volume_came_from() {
+    let (_, ids) = three();
+    // The AMI's snapshot holds snap-001's first block; snap-001 rewrote none of it but block 1.
+    let ebs = FakeEbs::new(
+        &[
+            ("snap-ami", &[Some(1), Some(0)]),
+            ("snap-001", &[Some(1), Some(1)]),
+            ("snap-002", &[Some(1), Some(2)]),
+            ("snap-003", &[Some(3), Some(2)]),
+        ],
+        Duration::ZERO,
+    );
+    let ebs: Vec<(String, Box<dyn Ebs>)> = vec![("us-east-1".into(), Box::new(ebs))];
+    let ledger = ledger_seen("us-east-1", ids.iter().map(|s| s.to_string()));
+    let mut snapshots: Vec<SnapshotListing> = ids.iter().map(|id| orphan(id)).collect();
+    snapshots.push(SnapshotListing { volume_id: Some("vol-ami".into()), ..orphan("snap-ami") });
+    let ec2 = FakeEc2 {
+        volumes: Some(vec![("vol-01".into(), Some("snap-ami".into()))]),
+        ..FakeEc2::with(snapshots, vec![image("ami-golden", &["snap-ami"], 30)])
+    };
+    let regions = vec![("us-east-1".to_string(), ec2)];
+    let ports = Ports { regions: &regions, publisher: &FakeSns::default(), ledger: Some(&ledger) };
+    let config = orphan_snapshot_sweeper::Config { dry_run: true, ..config() };
+    let report = handle_with_ebs(&config, &ports, Some(&ebs), &event(json!({})), &invocation()).await.unwrap();
+    let freed = &report.sweep().unwrap().regions[0].freed;
+    let exact: Vec<(&str, Option<u64>)> = freed.iter().map(|f| (f.snapshot_id.as_str(), f.freed_bytes)).collect();
+    // Block 0 (version 1) is the AMI's: not freed; block 1's version 1 only snap-001 holds.
+    assert_eq!(exact, [("snap-001", Some(BLOCK)), ("snap-002", Some(BLOCK)), ("snap-003", Some(BLOCK))], "{freed:#?}");
+}
