@@ -138,7 +138,10 @@ fn with_volumes(snapshots: Vec<SnapshotListing>) -> FakeEc2 {
     FakeEc2 { volumes: Some(vec![("vol-01".into(), None)]), ..FakeEc2::with(snapshots, vec![]) }
 }
 
-fn three() -> (Vec<(String, Box<dyn Ebs>)>, [&'static str; 3]) {
+/// The EBS direct APIs of each region, as the handler takes them.
+type EbsRegions = Vec<(String, Box<dyn Ebs>)>;
+
+fn three() -> (EbsRegions, [&'static str; 3]) {
     let ebs = FakeEbs::new(
         &[("snap-001", &[Some(1), Some(1)]), ("snap-002", &[Some(1), Some(2)]), ("snap-003", &[Some(3), Some(2)])],
         Duration::ZERO,
