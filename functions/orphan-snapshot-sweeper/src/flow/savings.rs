@@ -25,6 +25,9 @@ const LINEAGES_AT_ONCE: usize = 4;
 pub const OFF: &str = "EXACT_SAVINGS=false: the bound only";
 pub const NO_CLIENT: &str = "no EBS direct API client for this region: the bound only";
 const NOT_IN_TIME: &str = "not asked: the invocation's deadline was near";
+/// Why a real run's question was not asked or not answered in its time: the rest is the deletions'.
+const DELETIONS_TIME: &str =
+    "not asked in time: the invocation's deadline was near, the rest of its time is the deletions'";
 
 /// Why a planned snapshot of a region listed in partitions gets its bound (issue 23's part 2 lists
 /// one volume's snapshots across every partition; a neighbour may be in one not listed).
@@ -138,6 +141,15 @@ pub(super) async fn freed<E: Ec2, L: Records>(
     Figures { freed, volume_of }
 }
 
+/// Why a question was not asked (or answered) in time.
+fn not_in_time<L: Records>(run: &Run<'_, L>) -> &'static str {
+    if run.dry_run {
+        NOT_IN_TIME
+    } else {
+        DELETIONS_TIME
+    }
+}
+
 /// Whether a question may start: not near the deadline, nor after `stop`.
 fn may_ask<L: Records>(run: &Run<'_, L>, stop: Option<tokio::time::Instant>) -> bool {
     !run.deadline_is_near() && stop.is_none_or(|at| tokio::time::Instant::now() < at)
@@ -155,7 +167,7 @@ async fn until_stop<L: Records, T>(
         None => call.await,
         Some(at) => tokio::time::timeout_at(at, call)
             .await
-            .unwrap_or_else(|_| Err(AwsError::new(operation, "Timeout", NOT_IN_TIME))),
+            .unwrap_or_else(|_| Err(AwsError::new(operation, "Timeout", not_in_time(run)))),
     }
 }
 
@@ -170,7 +182,7 @@ async fn volumes<E: Ec2, L: Records>(
     let mut volumes = Vec::new();
     for batch in values.chunks(VOLUME_FILTER_VALUES) {
         if !may_ask(run, stop) {
-            return Err(NOT_IN_TIME.to_string());
+            return Err(not_in_time(run).to_string());
         }
         let answer = until_stop(run, stop, "DescribeVolumes", ec2.volumes(by, batch.to_vec())).await;
         volumes.extend(answer.map_err(|err| format!("DescribeVolumes failed: {}: {}", err.code, err.message))?);
@@ -281,7 +293,7 @@ async fn ask<L: Records>(
         .map(|question| async move {
             let Ok(_slot) = slots.acquire().await else { return (question, Err("no slot".to_string()), 0) };
             if !may_ask(run, stop) {
-                return (question, Err(NOT_IN_TIME.to_string()), 0);
+                return (question, Err(not_in_time(run).to_string()), 0);
             }
             let answer = match &question {
                 Ask::Blocks(id) => {
