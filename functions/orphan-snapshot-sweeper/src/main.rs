@@ -38,8 +38,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         .regions
         .iter()
         .map(|region| {
-            let conf = aws_sdk_ebs::config::Builder::from(&sdk_config).region(Region::new(region.clone())).build();
-            let client: Box<dyn Ebs> = Box::new(EbsClient::new(aws_sdk_ebs::Client::from_conf(conf)));
+            let client: Box<dyn Ebs> = Box::new(EbsClient::from_sdk_config(&sdk_config, region));
             (region.clone(), client)
         })
         .collect();

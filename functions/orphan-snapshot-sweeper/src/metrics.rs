@@ -84,8 +84,10 @@ pub fn kept_emf(report: &Report, timestamp: DateTime<Utc>) -> Vec<Value> {
         .collect()
 }
 
-/// What the run's planned deletions free (`totals.freed_bytes` and `totals.freed_bytes_at_most`,
-/// and their monthly cost by tier): the dashboard's savings panel. 0 when nothing is planned.
+/// What the run's deletions free (`totals.freed_bytes` and `totals.freed_bytes_at_most`, and their
+/// monthly cost by tier): the dashboard's savings panel. In a real run the totals are of the
+/// deletions AWS confirmed (their bytes are freed once the Recycle Bin's retention ends); a dry
+/// run's plan is not sent ([`emf_lines`]). 0 when nothing was deleted.
 pub fn freed_emf(report: &Report, timestamp: DateTime<Utc>) -> Value {
     let t = &report.totals;
     let metrics = [
@@ -97,9 +99,13 @@ pub fn freed_emf(report: &Report, timestamp: DateTime<Utc>) -> Value {
     metrics::emf_line(metrics::NAMESPACE, FUNCTION, &[], &[("DryRun", json!(report.dry_run))], &metrics, timestamp)
 }
 
-/// Every EMF line of the run: [`emf`], [`freed_emf`], then [`kept_emf`].
+/// Every EMF line of the run: [`emf`], [`freed_emf`] (a real run's only: the freed metrics count
+/// the deletions AWS confirmed, never a dry run's plan), then [`kept_emf`].
 pub fn emf_lines(report: &Report, timestamp: DateTime<Utc>) -> Vec<Value> {
-    let mut lines = vec![emf(report, timestamp), freed_emf(report, timestamp)];
+    let mut lines = vec![emf(report, timestamp)];
+    if !report.dry_run {
+        lines.push(freed_emf(report, timestamp));
+    }
     lines.extend(kept_emf(report, timestamp));
     lines
 }
@@ -189,5 +195,18 @@ mod tests {
             .collect();
         expected.sort();
         assert_eq!(emitted, expected);
+    }
+
+    /// B5: the freed metrics are a real run's (the deletions AWS confirmed), never a dry run's plan.
+    #[test]
+    fn a_dry_run_sends_no_freed_metrics() {
+        let at = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+        let freed_lines =
+            |report: &Report| emf_lines(report, at).iter().filter(|line| line.get("FreedBytes").is_some()).count();
+        let mut report = report();
+        report.dry_run = true;
+        assert_eq!(freed_lines(&report), 0);
+        report.dry_run = false;
+        assert_eq!(freed_lines(&report), 1);
     }
 }

@@ -152,6 +152,19 @@ pub trait Ec2: Send + Sync {
         let _ = (protect_tag, partition, next_token);
         async { Err(AwsError::new("DescribeSnapshots", "NotImplemented", "no paged listing here")) }
     }
+
+    /// The volumes `DescribeVolumes` lists with the filter `by` (`volume-id` or `snapshot-id`) of
+    /// `values` (at most [`VOLUME_FILTER_VALUES`]), every page: each volume's id and the snapshot it
+    /// was created from (`None`: from no snapshot). For exact savings (issue 23): what the oldest
+    /// snapshot of a lineage descends from, and which planned snapshots a volume came from.
+    fn volumes(
+        &self,
+        by: &'static str,
+        values: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<(Id, Option<Id>)>, AwsError>> + Send {
+        let _ = (by, values);
+        async { Err(AwsError::new("DescribeVolumes", "NotImplemented", "no volumes here")) }
+    }
 }
 
 /// The EBS direct APIs of one region, for exact savings (`EXACT_SAVINGS`): what a snapshot's
@@ -167,6 +180,9 @@ pub trait Ebs: Send + Sync {
         second: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<BlockSet, AwsError>>;
 }
+
+/// The most values one `DescribeVolumes` filter is given.
+pub const VOLUME_FILTER_VALUES: usize = 200;
 
 /// One page of a snapshot listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -15,6 +15,8 @@ use futures::future::BoxFuture;
 pub const MAX_RESULTS: i32 = 10_000;
 /// The throttles of the EBS direct APIs: retried, with backoff.
 pub const THROTTLES: [&str; 2] = ["RequestThrottledException", "ConcurrentLimitExceededException"];
+/// Also retried: the EBS direct APIs' own server error (the SDK's retries are off for them).
+pub const TRANSIENT: [&str; 1] = ["InternalServerException"];
 /// Tries per page (the first and the retries) before a throttle is the answer.
 pub const ATTEMPTS: u32 = 6;
 
@@ -29,6 +31,17 @@ pub struct EbsClient {
 impl EbsClient {
     pub fn new(client: aws_sdk_ebs::Client) -> Self {
         Self { client, backoff: Duration::from_millis(500) }
+    }
+
+    /// The client of `region` from the function's SDK configuration, with the SDK's own retries
+    /// off: this adapter retries each page itself ([`ATTEMPTS`] tries in all, not multiplied by
+    /// the SDK's).
+    pub fn from_sdk_config(sdk_config: &aws_config::SdkConfig, region: &str) -> Self {
+        let conf = aws_sdk_ebs::config::Builder::from(sdk_config)
+            .region(aws_sdk_ebs::config::Region::new(region.to_string()))
+            .retry_config(aws_sdk_ebs::config::retry::RetryConfig::disabled())
+            .build();
+        Self::new(aws_sdk_ebs::Client::from_conf(conf))
     }
 
     /// The same client, waiting `backoff` before its first retry (tests wait less).
@@ -46,7 +59,7 @@ impl EbsClient {
         let mut attempt = 1;
         loop {
             match call().await {
-                Err(err) if attempt < ATTEMPTS && THROTTLES.iter().any(|code| err.has_code(code)) => {
+                Err(err) if attempt < ATTEMPTS && THROTTLES.iter().chain(&TRANSIENT).any(|code| err.has_code(code)) => {
                     tracing::debug!(error = %err, attempt, "EBS direct API throttled: retrying");
                     tokio::time::sleep(wait).await;
                     wait = wait.saturating_mul(2);
@@ -132,14 +145,18 @@ fn block_limit(volume_gib: Option<i64>, block_size: Option<i32>) -> u64 {
 }
 
 /// Adds a page's block indexes to `set`; an index that is not one of the volume's blocks fails
-/// the listing (a set of one bit per block never grows past the volume).
+/// the listing (a set of one bit per block never grows past the volume), and so does a block
+/// without an index (dropped, a changed block would read as unchanged).
 fn read_indexes(
     operation: &'static str,
     set: &mut BlockSet,
     indexes: impl Iterator<Item = Option<i32>>,
     limit: u64,
 ) -> Result<(), AwsError> {
-    for index in indexes.flatten() {
+    for index in indexes {
+        let Some(index) = index else {
+            return Err(AwsError::new(operation, "BlockIndexMissing", "a block was answered without its index"));
+        };
         match u32::try_from(index) {
             Ok(index) if u64::from(index) < limit => set.insert(index),
             _ => {
@@ -248,6 +265,27 @@ mod tests {
         let negative = mock!(Client::list_changed_blocks).then_output(|| changed_page(&[-1], None));
         assert_eq!(client!(&negative).changed_blocks("a", "b").await.unwrap_err().code, "BlockIndexOutOfRange");
         assert_eq!((block_limit(Some(8), Some(524_288)), block_limit(None, None)), (16_384, MAX_BLOCKS));
+    }
+
+    /// C6: a block without an index fails the listing (a changed block is never read as
+    /// unchanged), and the SDK's own retries are off for the client the function builds.
+    #[tokio::test(start_paused = true)]
+    async fn a_block_without_an_index_fails_the_listing_and_the_sdk_does_not_retry() {
+        let unindexed = mock!(Client::list_changed_blocks).then_output(|| {
+            ListChangedBlocksOutput::builder()
+                .changed_blocks(ChangedBlock::builder().block_index(1).build())
+                .changed_blocks(ChangedBlock::builder().build())
+                .block_size(524_288)
+                .build()
+        });
+        assert_eq!(client!(&unindexed).changed_blocks("a", "b").await.unwrap_err().code, "BlockIndexMissing");
+        let sdk_config = aws_config::SdkConfig::builder()
+            .retry_config(aws_sdk_ebs::config::retry::RetryConfig::standard().with_max_attempts(5))
+            .behavior_version(aws_sdk_ebs::config::BehaviorVersion::latest())
+            .build();
+        let client = EbsClient::from_sdk_config(&sdk_config, "eu-west-1");
+        assert_eq!(client.client.config().retry_config().map(|r| r.max_attempts()), Some(1));
+        assert_eq!(client.client.config().region().map(|r| r.to_string()), Some("eu-west-1".into()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,6 +28,8 @@ use crate::ports::{Ec2, LaunchTemplateImages};
 const MAX_RESULTS: i32 = 1000;
 const MAX_RESULTS_LAUNCH_TEMPLATES: i32 = 200;
 const MAX_RESULTS_IMAGE_REFERENCES: i32 = 1000;
+/// `DescribeVolumes` answers 500 at most a page.
+const MAX_RESULTS_VOLUMES: i32 = 500;
 /// `DescribeImageReferences` takes at most this many image ids a call.
 pub const IMAGE_REFERENCE_IDS_PER_CALL: usize = 10;
 /// The launch-template versions `DescribeImageReferences` reads back: its maximum (default 10),
@@ -87,6 +89,29 @@ impl Ec2 for aws_sdk_ec2::Client {
         next_token: Option<String>,
     ) -> Result<crate::ports::SnapshotPage, AwsError> {
         super::snapshot_pages::snapshot_page(self, protect_tag, partition, next_token).await
+    }
+
+    async fn volumes(&self, by: &'static str, values: Vec<String>) -> Result<Vec<(Id, Option<Id>)>, AwsError> {
+        // A filter, not `VolumeIds`: a volume that is gone is not an error, only absent.
+        let filter = Filter::builder().name(by).set_values(Some(values)).build();
+        let mut pages = self
+            .describe_volumes()
+            .filters(filter)
+            .max_results(MAX_RESULTS_VOLUMES)
+            .into_paginator()
+            .stop_on_duplicate_token(false)
+            .send();
+        let mut tokens = PageTokens::new("DescribeVolumes");
+        let mut volumes = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeVolumes", e))?;
+            tokens.check(page.next_token())?;
+            volumes.extend(page.volumes().iter().filter_map(|v| {
+                let source = v.snapshot_id().filter(|s| !s.is_empty()).map(Id::from);
+                v.volume_id().map(|id| (Id::from(id), source))
+            }));
+        }
+        Ok(volumes)
     }
 
     async fn images(&self, protect_tag: &str) -> Result<Vec<ImageFacts>, AwsError> {

@@ -7,6 +7,7 @@
 //! so that no two modules here import each other.
 
 pub mod facts;
+mod freed_report;
 pub mod grace;
 mod join;
 pub mod listing;

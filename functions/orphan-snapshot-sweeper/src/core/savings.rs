@@ -140,7 +140,29 @@ pub struct Member {
 pub struct Lineage {
     pub volume_id: Id,
     pub members: Vec<Member>,
+    /// What the oldest listed member descends from (the snapshot its volume was created from).
+    pub origin: Origin,
 }
+
+/// The snapshot a lineage's volume was created from, as amiguard verified it (`DescribeVolumes`):
+/// the oldest listed snapshot of a volume created from snapshot S is incremental to S (every
+/// instance's root volume comes from an AMI's snapshot), so what deleting it frees depends on S.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The volume exists and was created from no snapshot: the oldest member has no ancestor.
+    Empty,
+    /// Created from this snapshot, which is listed and stays: the oldest member is compared with it.
+    From(Id),
+    /// Not verified (why): the oldest member, when planned, gets its bound.
+    Unknown(String),
+}
+
+/// Why the oldest snapshot of a lineage whose origin was not verified gets a bound.
+pub const ORIGIN_UNKNOWN: &str =
+    "its volume is gone or was created from a snapshot amiguard cannot compare: it may share blocks with that snapshot";
+/// Why a planned snapshot that an existing volume was created from gets a bound.
+pub const HAS_DESCENDANTS: &str =
+    "an existing volume was created from it: that volume's snapshots may share its blocks";
 
 /// A question to the EBS direct APIs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -175,6 +197,11 @@ impl BlockSet {
 
     pub fn len(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// The memory the set holds, in bytes (one bit per block up to its highest index).
+    pub fn heap_bytes(&self) -> u64 {
+        (self.words.capacity() * std::mem::size_of::<u64>()) as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -278,7 +305,11 @@ pub fn lineages(snapshots: &[SnapshotFacts], planned: &HashSet<&str>) -> Lineage
             .into_iter()
             .map(|s| Member { snapshot_id: s.snapshot_id.clone(), planned: planned.contains(s.snapshot_id.as_str()) })
             .collect();
-        lineages.push(Lineage { volume_id: Id::from(volume), members });
+        lineages.push(Lineage {
+            volume_id: Id::from(volume),
+            members,
+            origin: Origin::Unknown(ORIGIN_UNKNOWN.to_string()),
+        });
     }
     Lineages { lineages, unknown }
 }
@@ -288,6 +319,11 @@ impl Lineage {
     /// between each pair of neighbours one of which is planned.
     pub fn asks(&self) -> Vec<Ask> {
         let mut asks = Vec::new();
+        if let (Origin::From(source), Some(oldest)) = (&self.origin, self.members.first()) {
+            if oldest.planned {
+                asks.push(Ask::Changed { first: source.clone(), second: oldest.snapshot_id.clone() });
+            }
+        }
         for (i, member) in self.members.iter().enumerate() {
             if member.planned {
                 asks.push(Ask::Blocks(member.snapshot_id.clone()));
@@ -326,8 +362,18 @@ impl Lineage {
                 // The blocks it holds that its older neighbour does not: an older one holding the
                 // same block is either still there (nothing freed) or planned and older (counted
                 // for it).
-                let mut held = match i {
-                    0 => blocks.indexes.clone(),
+                let mut held = match (i, &self.origin) {
+                    (0, Origin::Empty) => blocks.indexes.clone(),
+                    // The snapshot its volume was created from stays: what it holds unchanged is
+                    // not freed.
+                    (0, Origin::From(source)) => match evidence.changed.get(&(source.clone(), id.clone())) {
+                        Some(Ok(changed)) => blocks.indexes.and(changed),
+                        Some(Err(why)) => return Err(format!("ListChangedBlocks {source} -> {id} failed: {why}")),
+                        None => return Err(format!("ListChangedBlocks {source} -> {id} was not asked")),
+                    },
+                    // Unverified: what the lineage alone says is the most it frees (an ancestor
+                    // holding some of it only frees less).
+                    (0, Origin::Unknown(_)) => blocks.indexes.clone(),
                     _ => blocks.indexes.and(changed(i - 1)?),
                 };
                 // Followed newer, through co-deleted neighbours: a block the next snapshot holds
@@ -350,9 +396,12 @@ impl Lineage {
                 }
                 Ok(freed.saturating_mul(blocks.block_size))
             })();
-            let freed = match freed {
-                Ok(bytes) => Freed::Exact { bytes },
-                Err(why) => Freed::AtMost { bytes: bound(id), why },
+            let freed = match (freed, &self.origin) {
+                (Ok(bytes), Origin::Unknown(why)) if i == 0 => {
+                    Freed::AtMost { bytes: bytes.min(bound(id)), why: why.clone() }
+                }
+                (Ok(bytes), _) => Freed::Exact { bytes },
+                (Err(why), _) => Freed::AtMost { bytes: bound(id), why },
             };
             out.push((id.clone(), freed));
         }
@@ -385,7 +434,7 @@ mod tests {
         fn lineage(&self) -> Lineage {
             let members =
                 self.planned.iter().enumerate().map(|(s, &planned)| Member { snapshot_id: id(s), planned }).collect();
-            Lineage { volume_id: "vol-01".into(), members }
+            Lineage { volume_id: "vol-01".into(), members, origin: Origin::Empty }
         }
 
         /// What the EBS direct APIs answer of this model, for every question the lineage asks.
@@ -528,6 +577,36 @@ mod tests {
         assert_eq!(freed[0], (id(1), Freed::Exact { bytes: BLOCK }));
         assert_eq!(freed[1].1.at_most(), Some(5));
         assert!(freed[1].1.why().unwrap().contains("ListSnapshotBlocks snap-02 was not asked"));
+    }
+
+    /// B1: the oldest listed snapshot of a volume created from a surviving snapshot (an AMI's)
+    /// frees only what changed since that snapshot; unverified, it gets its bound.
+    #[test]
+    fn the_oldest_snapshot_is_compared_with_the_snapshot_its_volume_came_from() {
+        // Day 1 holds blocks 0-4; the AMI's snapshot it came from holds 0, 1 and 2 unchanged.
+        let model = five_days([true, false, false, false, false]);
+        let mut lineage = model.lineage();
+        lineage.origin = Origin::From("snap-ami".into());
+        assert_eq!(lineage.asks()[0], Ask::Changed { first: "snap-ami".into(), second: id(0) });
+        let mut evidence = model.evidence();
+        // Blocks 3 and 4 changed since the AMI's snapshot.
+        evidence.changed.insert(("snap-ami".into(), id(0)), Ok([3u32, 4].into_iter().collect()));
+        // Of day 1's own (3, 4), day 2 still holds both: nothing freed; without the ancestor it
+        // would be day 1's blocks 1 and 2 (rewritten on day 2), which the AMI's snapshot holds.
+        assert_eq!(lineage.freed(&evidence, &|_| 99), vec![(id(0), Freed::Exact { bytes: 0 })]);
+        evidence.changed.insert(("snap-ami".into(), id(0)), Ok([1u32, 2, 3, 4].into_iter().collect()));
+        assert_eq!(lineage.freed(&evidence, &|_| 99), vec![(id(0), Freed::Exact { bytes: 2 * BLOCK })]);
+        evidence.changed.remove(&("snap-ami".into(), id(0)));
+        assert!(lineage.freed(&evidence, &|_| 99)[0].1.why().unwrap().contains("snap-ami -> snap-00 was not asked"));
+        // Not verified: a labelled bound (what the lineage alone says), never exact.
+        lineage.origin = Origin::Unknown(ORIGIN_UNKNOWN.into());
+        assert_eq!(
+            lineage.freed(&model.evidence(), &|_| 99 * BLOCK),
+            vec![(id(0), Freed::AtMost { bytes: 2 * BLOCK, why: ORIGIN_UNKNOWN.into() })]
+        );
+        // A lineage read from a listing starts unverified.
+        let found = lineages(&[facts("snap-a", Some("vol-1"), Some(1))], &["snap-a"].into_iter().collect());
+        assert_eq!(found.lineages[0].origin, Origin::Unknown(ORIGIN_UNKNOWN.into()));
     }
 
     #[test]

@@ -211,26 +211,6 @@ impl RegionReport {
         }
     }
 
-    /// What the planned deletions free, each and in sum (exact figures and bounds apart).
-    pub fn set_freed(&mut self, freed: Vec<FreedSnapshot>) {
-        if freed.is_empty() {
-            return;
-        }
-        let (mut exact, mut at_most, mut exact_usd, mut at_most_usd) = (0, 0, 0.0, 0.0);
-        for entry in &freed {
-            match (entry.freed_bytes, entry.freed_bytes_at_most) {
-                (Some(bytes), _) => (exact, exact_usd) = (exact + bytes, exact_usd + entry.monthly_usd),
-                (None, Some(bytes)) => (at_most, at_most_usd) = (at_most + bytes, at_most_usd + entry.monthly_usd),
-                (None, None) => {}
-            }
-        }
-        self.freed_bytes = Some(exact);
-        self.freed_monthly_usd = Some(cents(exact_usd));
-        self.freed_bytes_at_most = Some(at_most);
-        self.freed_monthly_usd_at_most = Some(cents(at_most_usd));
-        self.freed = freed;
-    }
-
     /// What the plan found, as the report says it.
     pub fn fill_from_plan(&mut self, plan: &Plan, price_per_gb_month: f64) {
         self.snapshots_scanned = plan.snapshots_scanned;
@@ -424,7 +404,7 @@ pub fn monthly_cost(gib: u64, price_per_gb_month: f64) -> f64 {
     cents(gib as f64 * price_per_gb_month)
 }
 
-fn cents(usd: f64) -> f64 {
+pub(crate) fn cents(usd: f64) -> f64 {
     (usd * 100.0).round() / 100.0
 }
 

@@ -10,7 +10,6 @@ use futures::stream::{self, StreamExt};
 use std::collections::HashSet;
 
 use super::run::Run;
-use crate::core::savings::Freed;
 use crate::core::{Id, Orphan};
 use crate::ports::{Ec2, Records};
 use crate::report::{FailedDeletion, RegionReport};
@@ -35,18 +34,18 @@ enum Deletion {
 /// deletions start (a write-ahead journal: nothing is deleted that the ledger does not know
 /// of), then corrected for the ones that did not happen. A deletion not started when the
 /// deadline is near is not started at all; once the journal cannot be written, no further
-/// deletion starts in the run. Each journal entry carries what its deletion frees (`freed`).
-#[allow(clippy::too_many_arguments)]
+/// deletion starts in the run. Answers the journal entries of the deletions AWS confirmed: what
+/// each freed is known only once the region's deletions are done (`savings::journal` writes it).
 pub(super) async fn delete<E: Ec2, L: Records>(
     run: &Run<'_, L>,
     region: &str,
     ec2: &E,
     orphans: &[Orphan],
     recorded: &hashbrown::HashMap<Id, DateTime<Utc>>,
-    freed: &hashbrown::HashMap<Id, Freed>,
     report: &mut RegionReport,
     warnings: &mut Vec<String>,
-) {
+) -> Vec<JournalEntry> {
+    let mut done = Vec::new();
     let bin = run.recycle_bin(region);
     for batch in orphans.chunks(recycle_bin::CREATE_TAGS_MAX_IDS) {
         if !may_go_on_deleting(run, report) {
@@ -72,13 +71,14 @@ pub(super) async fn delete<E: Ec2, L: Records>(
                 report.left_for_next_run.extend(chunk.iter().map(|o| o.snapshot_id.to_string()));
                 continue;
             }
-            delete_chunk(run, region, ec2, chunk, recorded, freed, report, warnings).await;
+            done.extend(delete_chunk(run, region, ec2, chunk, recorded, report, warnings).await);
         }
     }
     report.deleted.sort();
     report.already_gone.sort();
     report.failed.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
     report.left_for_next_run.sort();
+    done
 }
 
 /// Whether another deletion may start in the region: not once a ledger failure (in this
@@ -90,24 +90,21 @@ fn may_go_on_deleting<L: Records>(run: &Run<'_, L>, report: &mut RegionReport) -
     !run.deletion_deadline_is_near() && report.aborted.is_none()
 }
 
-/// Journals `chunk` ahead, deletes it, and journals how each deletion ended.
-#[allow(clippy::too_many_arguments)]
+/// Journals `chunk` ahead, deletes it, and journals how each deletion ended; answers the entries
+/// of the deletions AWS confirmed.
 async fn delete_chunk<E: Ec2, L: Records>(
     run: &Run<'_, L>,
     region: &str,
     ec2: &E,
     chunk: &[&Orphan],
     recorded: &hashbrown::HashMap<Id, DateTime<Utc>>,
-    freed: &hashbrown::HashMap<Id, Freed>,
     report: &mut RegionReport,
     warnings: &mut Vec<String>,
-) {
+) -> Vec<JournalEntry> {
     // One entry per deletion, dated before its call: its `restorable_until` is then a lower
     // bound, never a promise a few seconds too long.
-    let entries: Vec<(&Orphan, JournalEntry)> = chunk
-        .iter()
-        .map(|orphan| (*orphan, journal_entry(run, region, orphan, freed.get(&orphan.snapshot_id))))
-        .collect();
+    let entries: Vec<(&Orphan, JournalEntry)> =
+        chunk.iter().map(|orphan| (*orphan, journal_entry(run, region, orphan))).collect();
     if let Some(store) = run.store() {
         let ahead: Vec<_> = entries.iter().map(|(_, entry)| entry.intended()).collect();
         if let Err(err) = run.until_cutoff("BatchWriteItem", store.write_batch(ahead, Vec::new())).await {
@@ -119,7 +116,7 @@ async fn delete_chunk<E: Ec2, L: Records>(
                 format!("writing the journal to the ledger failed, nothing more deleted in this region: {err}")
             });
             report.left_for_next_run.extend(chunk.iter().map(|o| o.snapshot_id.to_string()));
-            return;
+            return Vec::new();
         }
     }
     let outcomes: Vec<(&Orphan, &JournalEntry, Deletion)> = stream::iter(&entries)
@@ -127,7 +124,7 @@ async fn delete_chunk<E: Ec2, L: Records>(
         .buffer_unordered(DELETE_CONCURRENCY)
         .collect()
         .await;
-    let (ended, removed) = settle(run, region, outcomes, recorded, report);
+    let (ended, removed, done) = settle(run, region, outcomes, recorded, report);
     if let Some(store) = run.store() {
         if let Err(err) = run.before_deadline(store.write_batch(ended, removed)).await {
             run.ledger_broke(&err);
@@ -137,6 +134,7 @@ async fn delete_chunk<E: Ec2, L: Records>(
             warnings.push(format!("{region}: some journal entries of this run stay `intended`: {err}"));
         }
     }
+    done
 }
 
 /// Reports how each deletion of a chunk ended, and answers what the ledger is to say of them:
@@ -148,8 +146,8 @@ fn settle<L: Records>(
     outcomes: Vec<(&Orphan, &JournalEntry, Deletion)>,
     recorded: &hashbrown::HashMap<Id, DateTime<Utc>>,
     report: &mut RegionReport,
-) -> (Vec<Item>, Vec<(String, String)>) {
-    let (mut ended, mut removed) = (Vec::new(), Vec::new());
+) -> (Vec<Item>, Vec<(String, String)>, Vec<JournalEntry>) {
+    let (mut ended, mut removed, mut done) = (Vec::new(), Vec::new(), Vec::new());
     for (orphan, entry, outcome) in outcomes {
         let id = orphan.snapshot_id.to_string();
         if matches!(outcome, Deletion::Deleted | Deletion::AlreadyGone) && recorded.contains_key(id.as_str()) {
@@ -161,6 +159,7 @@ fn settle<L: Records>(
                 // earliest of their times.
                 report.restorable_until = recycle_bin::earliest(report.restorable_until, entry.restorable_until);
                 ended.push(entry.done());
+                done.push(entry.clone());
                 report.deleted.push(id);
             }
             Deletion::AlreadyGone => {
@@ -179,7 +178,7 @@ fn settle<L: Records>(
             }
         }
     }
-    (ended, removed)
+    (ended, removed, done)
 }
 
 async fn delete_one<E: Ec2, L: Records>(run: &Run<'_, L>, ec2: &E, orphan: &Orphan) -> Deletion {
@@ -199,9 +198,8 @@ async fn delete_one<E: Ec2, L: Records>(run: &Run<'_, L>, ec2: &E, orphan: &Orph
     }
 }
 
-fn journal_entry<L: Records>(run: &Run<'_, L>, region: &str, orphan: &Orphan, freed: Option<&Freed>) -> JournalEntry {
+fn journal_entry<L: Records>(run: &Run<'_, L>, region: &str, orphan: &Orphan) -> JournalEntry {
     run.journal(region, Resource::Snapshot, &orphan.snapshot_id, "orphan")
-        .with_freed(freed.and_then(Freed::exact), freed.and_then(Freed::at_most))
         .with_size(orphan.size_gib)
         .with_source(&orphan.source_image_id)
         .in_recycle_bin(&run.recycle_bin(region))

@@ -16,7 +16,7 @@ use super::retirement::retire;
 use super::run::{Ledger, Run};
 use super::savings;
 use super::stages::retire_in_stages;
-use crate::core::savings::Freed;
+use crate::core::savings::Tier;
 use crate::core::{plan, Id, ImageFacts, Memory, Orphan, Plan, PlanInput, Policy, SnapshotFacts};
 use crate::ports::{Ec2, Records, RegionMemory};
 use crate::report::{RegionReport, RetiredImage};
@@ -33,8 +33,10 @@ struct Deletions {
     to_delete: Vec<Orphan>,
     /// When the ledger first saw each of them orphaned (only `to_delete`'s, not the region's).
     recorded: hashbrown::HashMap<Id, DateTime<Utc>>,
-    /// What deleting each of them frees (`EXACT_SAVINGS`), for its journal entry.
-    freed: hashbrown::HashMap<Id, Freed>,
+    /// What deleting each of them frees (`EXACT_SAVINGS`) if all go, and each one's tier: the
+    /// report and the journal say it of those deleted, once the deletions are done.
+    freed: savings::Figures,
+    tiers: hashbrown::HashMap<Id, Tier>,
 }
 
 /// What the region's listings said.
@@ -64,8 +66,17 @@ pub(super) async fn sweep_region<E: Ec2, L: Records>(
     let _ = planned.send(());
     if let Some(deletions) = deletions {
         let Swept { report, warnings, .. } = &mut swept;
-        let (to_delete, recorded, freed) = (&deletions.to_delete, &deletions.recorded, &deletions.freed);
-        delete(run, region, ec2, to_delete, recorded, freed, report, warnings).await;
+        let (to_delete, recorded) = (&deletions.to_delete, &deletions.recorded);
+        let done = delete(run, region, ec2, to_delete, recorded, report, warnings).await;
+        // What the deletions AWS confirmed free, in the report and in their journal entries.
+        let freed = savings::settled(&deletions.freed, &report.deleted, to_delete);
+        report.set_freed(savings::deleted_entries(
+            &report.deleted,
+            &freed,
+            &deletions.tiers,
+            run.config.price_per_gb_month,
+        ));
+        savings::journal(run, region, done, &freed, warnings).await;
     }
     swept
 }
@@ -171,9 +182,14 @@ async fn plan_region<E: Ec2, L: Records>(
     }
     *budget = budget.saturating_sub(plan.to_delete.len() as u64);
     report.fill_from_plan(&plan, run.config.price_per_gb_month);
-    // What the planned deletions free (a dry run's too: it is for reports).
-    let freed = savings::freed(run, run.ebs_in(region), &snapshots, &plan.to_delete).await;
-    report.set_freed(savings::entries(&snapshots, &plan.to_delete, &freed, run.config.price_per_gb_month));
+    // What the planned deletions free (a dry run's: it is for reports; a real run's is reported
+    // for what was deleted, after the deletions).
+    let freed = savings::freed(run, ec2, run.ebs_in(region), &snapshots, &plan.to_delete, in_partitions).await;
+    let entries = savings::entries(&snapshots, &plan.to_delete, &freed.freed, run.config.price_per_gb_month);
+    let tiers = entries.iter().map(|e| (Id::from(e.snapshot_id.as_str()), e.tier)).collect();
+    if run.dry_run {
+        report.set_freed(entries);
+    }
     report.orphans_failed_before =
         plan.orphans.iter().filter(|o| memory.failed_before.contains(o.snapshot_id.as_str())).count() as u64;
     if run.dry_run || plan.to_delete.is_empty() {
@@ -185,7 +201,7 @@ async fn plan_region<E: Ec2, L: Records>(
         .filter_map(|o| memory.orphaned_since.get_key_value(o.snapshot_id.as_str()))
         .map(|(id, since)| (id.clone(), *since))
         .collect();
-    Some(Deletions { to_delete: plan.to_delete, recorded, freed })
+    Some(Deletions { to_delete: plan.to_delete, recorded, freed, tiers })
 }
 
 /// Whether the region may start at all: not without a usable ledger, not once it failed in this

@@ -211,6 +211,8 @@ pub struct FakeEc2 {
     pub usage_reports: Mutex<Vec<UsageReport>>,
     /// When a usage report asked for now is made (the tests' clock).
     pub report_clock: Mutex<Option<DateTime<Utc>>>,
+    /// The volumes `DescribeVolumes` lists (each one's source snapshot); `None`: not answered.
+    pub volumes: Option<Vec<(String, Option<String>)>>,
 }
 
 /// The most listings and deletions in flight at once, across regions.
@@ -285,6 +287,36 @@ impl Listed for FakeEc2 {
 }
 
 impl Ec2 for FakeEc2 {
+    /// A partition's snapshots in one page (tests of paging have their own fake).
+    async fn snapshot_page(
+        &self,
+        protect_tag: &str,
+        partition: Option<&str>,
+        _next_token: Option<String>,
+    ) -> Result<orphan_snapshot_sweeper::ports::SnapshotPage, AwsError> {
+        use orphan_snapshot_sweeper::core::partitions::{filter, partition_of};
+        self.call("DescribeSnapshots", partition.unwrap_or_default())?;
+        let snapshots = self
+            .snapshots
+            .iter()
+            .filter(|s| partition.is_none_or(|p| partition_of(&s.snapshot_id).map(filter).as_deref() == Some(p)))
+            .map(|s| s.read(protect_tag))
+            .collect();
+        Ok(orphan_snapshot_sweeper::ports::SnapshotPage { snapshots, next_token: None })
+    }
+
+    async fn volumes(&self, by: &'static str, values: Vec<String>) -> Result<Vec<(Id, Option<Id>)>, AwsError> {
+        self.call("DescribeVolumes", by)?;
+        let Some(volumes) = &self.volumes else {
+            return Err(err("DescribeVolumes", "NotImplemented"));
+        };
+        let hit = |(volume, source): &&(String, Option<String>)| match by {
+            "volume-id" => values.contains(volume),
+            _ => source.as_ref().is_some_and(|s| values.contains(s)),
+        };
+        Ok(volumes.iter().filter(hit).map(|(v, s)| (Id::from(v.as_str()), s.as_deref().map(Id::from))).collect())
+    }
+
     async fn snapshots(&self, protect_tag: &str) -> Result<Vec<SnapshotFacts>, AwsError> {
         let read = || self.snapshots.iter().map(|s| s.read(protect_tag)).collect();
         if let Some(gauge) = &self.gauge {
