@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::types::{
     Filter, ImageAttributeName, ImageReferenceOptionName, ImageReferenceResourceType, LockState, ResourceTypeOption,
     ResourceTypeRequest, SnapshotAttributeName,
@@ -41,22 +42,7 @@ const LIVE_INSTANCE_STATES: [&str; 5] = ["pending", "running", "shutting-down", 
 
 impl Ec2 for aws_sdk_ec2::Client {
     async fn snapshots(&self, protect_tag: &str) -> Result<Vec<SnapshotFacts>, AwsError> {
-        let mut pages = self
-            .describe_snapshots()
-            .owner_ids("self")
-            .max_results(MAX_RESULTS)
-            .into_paginator()
-            .stop_on_duplicate_token(false)
-            .send();
-        let mut tokens = PageTokens::new("DescribeSnapshots");
-        let mut snapshots = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
-            tokens.check(page.next_token())?;
-            // Each page's descriptions and tags are dropped here, once read.
-            snapshots.extend(page.snapshots().iter().filter_map(|snapshot| snapshot_facts(snapshot, protect_tag)));
-        }
-        Ok(snapshots)
+        self.snapshots_counting(protect_tag, &std::sync::atomic::AtomicU64::new(0)).await
     }
 
     async fn snapshots_counting(
@@ -77,6 +63,7 @@ impl Ec2 for aws_sdk_ec2::Client {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
             tokens.check(page.next_token())?;
             seen.fetch_add(page.snapshots().len() as u64, std::sync::atomic::Ordering::Relaxed);
+            // Each page's descriptions and tags are dropped here, once read.
             snapshots.extend(page.snapshots().iter().filter_map(|snapshot| snapshot_facts(snapshot, protect_tag)));
         }
         Ok(snapshots)
@@ -88,7 +75,26 @@ impl Ec2 for aws_sdk_ec2::Client {
         partition: Option<&str>,
         next_token: Option<String>,
     ) -> Result<crate::ports::SnapshotPage, AwsError> {
-        super::snapshot_pages::snapshot_page(self, protect_tag, partition, next_token).await
+        // Answered as EC2 gave it: a throttled answer comes back as `RequestLimitExceeded`
+        // instead of being retried by the SDK, so that the caller paces the partitions of a region
+        // with one token bucket and counts what EC2 throttled (`flow::partitioned`).
+        let filter = partition.map(|value| Filter::builder().name("snapshot-id").values(value).build());
+        let page = self
+            .describe_snapshots()
+            .owner_ids("self")
+            .max_results(MAX_RESULTS)
+            .set_filters(filter.map(|f| vec![f]))
+            .set_next_token(next_token)
+            .customize()
+            .config_override(aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled()))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
+        Ok(crate::ports::SnapshotPage {
+            // Each page's descriptions and tags are dropped here, once read.
+            snapshots: page.snapshots().iter().filter_map(|snapshot| snapshot_facts(snapshot, protect_tag)).collect(),
+            next_token: page.next_token().filter(|t| !t.is_empty()).map(str::to_string),
+        })
     }
 
     async fn volumes(&self, by: &'static str, values: Vec<String>) -> Result<Vec<(Id, Option<Id>)>, AwsError> {

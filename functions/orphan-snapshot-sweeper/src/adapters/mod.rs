@@ -7,5 +7,4 @@ pub mod image_stages;
 pub mod ledger;
 mod passes;
 pub mod retirement_ledger;
-mod snapshot_pages;
 pub mod sns;
