@@ -147,6 +147,18 @@ pub fn function_for(template: &Value, binary: &str) -> TemplateFunction {
         .unwrap_or_else(|| panic!("template.yaml has no function built from `{binary}`"))
 }
 
+/// The statements of a rendered function's inline policies that mention `service` (as
+/// `"ebs:"` or `"securityhub:"`): what the template grants it of that service.
+pub fn statements_naming(rendered: &Value, logical_id: &str, service: &str) -> Vec<Value> {
+    rendered["Resources"][logical_id]["Properties"]["Policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|policy| policy["Statement"].as_array().cloned().unwrap_or_default())
+        .filter(|statement| statement.to_string().contains(service))
+        .collect()
+}
+
 /// The template as CloudFormation would deploy it with `overrides` for some parameters (the
 /// others at their defaults): every condition evaluated, the resources and outputs whose condition
 /// is false left out, and each `!If` replaced by its chosen branch (`AWS::NoValue` dropped).

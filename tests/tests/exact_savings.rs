@@ -140,18 +140,10 @@ async fn exact_savings_off_makes_no_ebs_call() {
 
 #[test]
 fn the_ebs_direct_apis_are_granted_to_the_sweeper_only_while_exact_savings_is_on() {
-    use amiguard_integration_tests::template::{load, render};
+    use amiguard_integration_tests::template::{load, render, statements_naming};
     use serde_json::Value;
     let template = load();
-    let grants = |rendered: &Value, function: &str| -> Vec<Value> {
-        rendered["Resources"][function]["Properties"]["Policies"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|policy| policy["Statement"].as_array().cloned().unwrap_or_default())
-            .filter(|statement| statement.to_string().contains("ebs:"))
-            .collect()
-    };
+    let grants = |rendered: &Value, function: &str| statements_naming(rendered, function, "ebs:");
     let on = render(&template, &[]);
     let statements = grants(&on, "OrphanSnapshotSweeperFunction");
     assert_eq!(statements.len(), 1, "{statements:#?}");

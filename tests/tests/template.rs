@@ -6,7 +6,7 @@
 
 use amiguard_integration_tests::event_pattern::matches;
 use amiguard_integration_tests::template::{
-    emitted_metrics, function_packages, functions, load, sample_events, TemplateFunction,
+    emitted_metrics, function_packages, functions, load, sample_events, statements_naming, TemplateFunction,
 };
 use serde_json::{json, Value};
 
@@ -506,15 +506,7 @@ fn the_dashboards_lambda_and_sqs_panels_name_every_function_and_dead_letter_queu
 #[test]
 fn only_the_functions_that_import_findings_may_import_them_and_only_into_the_accounts_default_product() {
     let template = load();
-    let grants = |rendered: &Value, function: &str| -> Vec<Value> {
-        rendered["Resources"][function]["Properties"]["Policies"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|policy| policy["Statement"].as_array().cloned().unwrap_or_default())
-            .filter(|statement| statement.to_string().contains("securityhub:"))
-            .collect()
-    };
+    let grants = |rendered: &Value, function: &str| statements_naming(rendered, function, "securityhub:");
     let product = json!({"!Sub": "arn:${AWS::Partition}:securityhub:${AWS::Region}:${AWS::AccountId}:product/${AWS::AccountId}/default"});
     let on = amiguard_integration_tests::template::render(&template, &[]);
     for function in ["UntrustedAmiAlertFunction", "SnapshotOnStopFunction"] {
